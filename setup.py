@@ -21,7 +21,7 @@ setup(
         "openmm_e2former.model": "model",
         "openmm_e2former.kernels": "kernels",
     },
-    package_data={"openmm_e2former": ["data/*.json", "data/*.pt"]},
+    package_data={"openmm_e2former": ["data/*.json", "data/*.pt"], "openmm_e2former.model": ["*.json"]},
     install_requires=["numpy", "torch>=2.3", "pyyaml", "tqdm"],
     extras_require={
         "openmm": ["openmm>=8.2", "openmmml"],

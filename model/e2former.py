@@ -1,0 +1,392 @@
+"""E2Former-V2 (UBio-MolFM V1.5 architecture) in pure PyTorch.
+
+The network, block by block (shared/docs/e2former_v2_spec.md §2):
+
+1. neighbour graph: for every atom the ``max_neighbors`` nearest atoms / periodic images
+   within the cutoff (official semantics, :mod:`.neighbors`);
+2. edge-degree embedding: initial features [N, 9, C] built from edges only;
+3. ``num_layers`` pre-norm transformer blocks: equivariant RMS norm, system (charge /
+   multiplicity) embedding added to the l=0 row, attention with the first-order EAAS tensor
+   product, gated FFN;
+4. final norm, one energy MLP per head on the l=0 row, sum over atoms; forces by autograd or
+   by the direct force head.
+
+EAAS, two exactly equivalent evaluations (``eaas=``):
+
+* ``"relative"`` (default): ``T_i = sum_e alpha_e (x)_h TP(v_j, r_hat_e)`` with the product
+  written as ``sum_k r_hat[k] CG[k] v_j`` (CG derived from the SO(2) form, see :mod:`.so3`).
+  Uses only relative vectors, so it does not lose float32 digits far from the origin.
+* ``"so2"``: the official node-centric route: ``TP(v_j, p_j)`` evaluated per atom / image via
+  Wigner rotations of *absolute* positions, aggregated with ``alpha/d``, and
+  ``T_i = TP(sum v, p_i) - sum TP(v_j, p_j)`` (spec §2.5 step 6).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .config import E2FormerConfig
+from .layers import (EquivariantRMSNorm, GatedFFN, RadialMLP, SO3Linear, SO3ToScalar, envelope,
+                     gaussian_rbf)
+from .neighbors import neighbor_list
+from .validation import OVERLAP_DISTANCE
+from .so3 import PATH_NORM, first_order_cg, spherical_harmonics, tp_first_order_so2
+
+EAAS_MODES = ("relative", "so2")
+
+
+class Graph:
+    """Edges of one structure (target ``center`` <- source ``neighbor``), with geometry."""
+
+    def __init__(self, center, neighbor, shift, positions, cutoff, num_basis_offsets, rbf_coeff, env_kind):
+        self.center = center
+        self.neighbor = neighbor
+        self.shift = shift
+        vec = positions[center] - positions[neighbor] - shift
+        self.vec = vec
+        self.dist = vec.norm(dim=1)
+        self.unit = vec / self.dist.clamp_min(1e-6)[:, None]
+        self.rbf = gaussian_rbf(self.dist, num_basis_offsets, rbf_coeff)
+        self.env = envelope(self.dist / cutoff, env_kind)
+        self.num_nodes = positions.shape[0]
+        self.positions = positions
+
+
+class EdgeDegreeEmbedding(nn.Module):
+    """Initial node features: h_i[l,m,c] = 1/avg_deg * sum_e Y_l(r_hat_e)[m] * u(d_e) * MLP_l(z_e)[c]."""
+
+    def __init__(self, cfg: E2FormerConfig):
+        super().__init__()
+        nb, C = cfg.num_basis, cfg.channels
+        self.num_basis = nb
+        self.inv_avg_degree = 1.0 / cfg.avg_degree
+        self.source_embedding = nn.Embedding(cfg.degree_num_elements, nb)
+        self.target_embedding = nn.Embedding(cfg.degree_num_elements, nb)
+        self.radial = nn.ModuleList([RadialMLP(3 * nb, cfg.hidden, C) for _ in range(3)])
+
+    def forward(self, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        nb = self.num_basis
+        sh = spherical_harmonics(g.unit)  # [E, 9]
+        t = self.target_embedding(z)
+        s = self.source_embedding(z)
+        out = []
+        for l, mlp in enumerate(self.radial):
+            W = mlp.lin0.weight
+            node_t = t @ W[:, nb:2 * nb].t()
+            node_s = s @ W[:, 2 * nb:].t()
+            h0 = g.rbf @ W[:, :nb].t() + mlp.lin0.bias + node_t[g.center] + node_s[g.neighbor]
+            a = mlp.tail(h0) * g.env[:, None]  # [E, C]
+            rows = (0, 1) if l == 0 else ((1, 4) if l == 1 else (4, 9))
+            out.append(sh[:, rows[0]:rows[1], None] * a[:, None, :])
+        msg = torch.cat(out, dim=1)  # [E, 9, C]
+        h = msg.new_zeros(g.num_nodes, 9, msg.shape[2]).index_add_(0, g.center, msg)
+        return h * self.inv_avg_degree
+
+
+class Attention(nn.Module):
+    """``E2AttentionArbOrder_sparse`` with ``so2-first-order`` EAAS (spec §2.5)."""
+
+    def __init__(self, cfg: E2FormerConfig):
+        super().__init__()
+        C, H, nb, T = cfg.channels, cfg.num_heads, cfg.num_basis, cfg.atom_embed_size
+        self.C, self.H, self.D, self.nb = C, H, cfg.head_dim, nb
+        self.qkdot = cfg.logit_form == "QKdot_alpha"
+        self.source_embedding = nn.Embedding(cfg.num_elements, T)
+        self.target_embedding = nn.Embedding(cfg.num_elements, T)
+        self.edge_mlp = RadialMLP(nb + 2 * T, cfg.hidden, H if self.qkdot else 2 * H)
+        self.query = SO3ToScalar(C, cfg.qk_width)
+        self.key = SO3ToScalar(C, cfg.qk_width)
+        self.value = SO3Linear(C, C)
+        if self.qkdot:
+            self.dot_linear = SO3Linear(C, nb)
+            self.dot_radial = RadialMLP(nb + 2 * T, cfg.hidden, 3 * nb)
+            self.dot_out = nn.Linear(3 * nb, H)
+        self.tp_mix = nn.ModuleList([nn.Linear(C, C, bias=False), nn.Linear(3 * C, C, bias=False),
+                                     nn.Linear(2 * C, C, bias=False)])
+        self.out = SO3Linear(C, C)
+        self.register_buffer("cg", first_order_cg(), persistent=False)
+        self.register_buffer("path_norm", torch.tensor(PATH_NORM), persistent=False)
+        self.eaas = "relative"
+
+    def _edge_first_layer(self, mlp: RadialMLP, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        nb, T = self.nb, self.target_embedding.weight.shape[1]
+        W = mlp.lin0.weight
+        node_t = self.target_embedding(z) @ W[:, nb:nb + T].t()
+        node_s = self.source_embedding(z) @ W[:, nb + T:].t()
+        return g.rbf @ W[:, :nb].t() + mlp.lin0.bias + node_t[g.center] + node_s[g.neighbor]
+
+    def attention_weights(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        """alpha [E, H]: envelope-weighted softmax with the official +1e-3, times the edge weight w."""
+        H, N = self.H, x.shape[0]
+        out = self.edge_mlp.tail(self._edge_first_layer(self.edge_mlp, z, g))
+        q = self.query(x).view(N, H, self.D)
+        k = self.key(x).view(N, H, self.D)
+        qk = (q[g.center] * k[g.neighbor]).sum(dim=2) / math.sqrt(self.D)
+        if self.qkdot:
+            w = out
+            d = self.dot_linear(x)  # [N, 9, nb]
+            sh = spherical_harmonics(g.unit) / math.sqrt(4.0 * math.pi)  # e3nn "integral" norm
+            di = d[g.center]
+            proj = torch.cat([
+                sh[:, 0:1] * di[:, 0],
+                (sh[:, 1:4, None] * di[:, 1:4]).sum(dim=1),
+                (sh[:, 4:9, None] * di[:, 4:9]).sum(dim=1),
+            ], dim=1)
+            radial = self.dot_radial.tail(self._edge_first_layer(self.dot_radial, z, g))
+            gate = self.dot_out(proj * radial)
+        else:
+            gate, w = out[:, :H], out[:, H:]
+        logits = gate * qk
+        index = g.center[:, None].expand(-1, H)
+        amax = logits.new_zeros(N, H).scatter_reduce(0, index, logits, "amax", include_self=False)
+        eps = torch.exp(logits - amax[g.center]) * g.env[:, None]
+        denom = logits.new_zeros(N, H).index_add(0, g.center, eps) + 1e-3
+        return eps * w / denom[g.center]
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        N, C, H = x.shape[0], self.C, self.H
+        alpha = self.attention_weights(x, z, g)
+        alpha_c = alpha.repeat(1, C // H)  # channel c uses head c mod H
+        v = self.value(x)
+        if self.eaas == "so2":
+            T = self._eaas_so2(v, alpha_c, g)
+        else:
+            T = self._eaas_relative(v, alpha_c, g)
+        # mix the paths of each output degree (input channel index = path * C + c)
+        y0 = self.tp_mix[0](T[:, 0:1])
+        y1 = self.tp_mix[1](torch.cat([T[:, 1:4], T[:, 4:7], T[:, 7:10]], dim=2))
+        y2 = self.tp_mix[2](torch.cat([T[:, 10:15], T[:, 15:20]], dim=2))
+        y = torch.cat([y0, y1, y2], dim=1) * self.path_norm.to(x.dtype)[None, :, None]
+        return self.out(y)
+
+    def _eaas_relative(self, v, alpha_c, g: Graph) -> torch.Tensor:
+        cg = self.cg.to(v.dtype)
+        mat = torch.einsum("ek,krm->erm", g.unit, cg)  # [E, 20, 9]
+        msg = torch.bmm(mat, v[g.neighbor]) * alpha_c[:, None, :]  # [E, 20, C]
+        return msg.new_zeros(v.shape[0], 20, v.shape[2]).index_add_(0, g.center, msg)
+
+    def _eaas_so2(self, v, alpha_c, g: Graph) -> torch.Tensor:
+        """Official route with absolute positions (spec §2.5.6)."""
+        key = torch.cat([g.neighbor[:, None].to(g.shift.dtype), g.shift], dim=1)
+        images, image_of_edge = torch.unique(key.detach(), dim=0, return_inverse=True)
+        atom = images[:, 0].long()
+        p_img = g.positions[atom] + images[:, 1:].to(g.positions.dtype)
+        B = tp_first_order_so2(v[atom], p_img)  # [M, 20, C]
+        wgt = alpha_c / g.dist.clamp_min(1e-6)[:, None]
+        N = v.shape[0]
+        sum_b = v.new_zeros(N, 20, v.shape[2]).index_add_(0, g.center, B[image_of_edge] * wgt[:, None, :])
+        sum_v = v.new_zeros(N, 9, v.shape[2]).index_add_(0, g.center, v[atom][image_of_edge] * wgt[:, None, :])
+        return tp_first_order_so2(sum_v, g.positions) - sum_b
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: E2FormerConfig):
+        super().__init__()
+        self.norm_attn = EquivariantRMSNorm(cfg.channels)
+        self.attn = Attention(cfg)
+        self.norm_ffn = EquivariantRMSNorm(cfg.channels)
+        self.ffn = GatedFFN(cfg.channels)
+
+    def forward(self, x, system, z, g: Graph):
+        h = self.norm_attn(x)
+        h = torch.cat([h[:, 0:1] + system, h[:, 1:]], dim=1)
+        x = x + self.attn(h, z, g)
+        return x + self.ffn(self.norm_ffn(x))
+
+
+class Heads(nn.Module):
+    """One energy MLP (C -> C -> C -> 1, SiLU) per head, stacked; optional direct force head."""
+
+    def __init__(self, cfg: E2FormerConfig):
+        super().__init__()
+        n, C = len(cfg.heads), cfg.channels
+        self.w0 = nn.Parameter(torch.randn(n, C, C) / math.sqrt(C))
+        self.b0 = nn.Parameter(torch.zeros(n, C))
+        self.w1 = nn.Parameter(torch.randn(n, C, C) / math.sqrt(C))
+        self.b1 = nn.Parameter(torch.zeros(n, C))
+        self.w2 = nn.Parameter(torch.randn(n, 1, C) / math.sqrt(C))
+        self.b2 = nn.Parameter(torch.zeros(n, 1))
+        self.force = None if cfg.autograd_forces else nn.Parameter(torch.randn(n, C) / math.sqrt(C))
+
+    def energy(self, x0: torch.Tensor, head: int) -> torch.Tensor:
+        h = F.silu(F.linear(x0, self.w0[head], self.b0[head]))
+        h = F.silu(F.linear(h, self.w1[head], self.b1[head]))
+        return F.linear(h, self.w2[head], self.b2[head])[:, 0]
+
+
+class E2FormerV2(nn.Module):
+    """The E2Former-V2 potential. Positions in Å, energies in eV, forces in eV/Å."""
+
+    def __init__(self, cfg: E2FormerConfig, reference_energies: Optional[Dict[str, List[float]]] = None):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        C = cfg.channels
+        self.cutoff = float(cfg.cutoff)
+        self.max_neighbors = int(cfg.max_neighbors)
+        self.head_names: List[str] = list(cfg.heads)
+        self.default_head = self.head_names[0]
+        self.direct_forces = not cfg.autograd_forces
+        self.charge_embedding = nn.Embedding(30, C)
+        self.multiplicity_embedding = nn.Embedding(30, C)
+        self.system_mix = nn.Linear(2 * C, C)
+        nb = cfg.num_basis
+        self.register_buffer("rbf_offsets", torch.linspace(0.0, cfg.cutoff, nb))
+        delta = cfg.cutoff / (nb - 1)
+        self.rbf_coeff = -0.5 / (2.0 * delta) ** 2
+        self.edge_degree = EdgeDegreeEmbedding(cfg)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
+        self.norm_final = EquivariantRMSNorm(C)
+        self.heads = Heads(cfg)
+        # per-head reference energies (eV per atom, index Z) and the table length (supported Z < length)
+        table = torch.zeros(len(self.head_names), cfg.num_elements, dtype=torch.float64)
+        length = torch.full((len(self.head_names),), cfg.num_elements, dtype=torch.long)
+        for h, name in enumerate(self.head_names):
+            ref = (reference_energies or {}).get(name)
+            if ref is not None:
+                n = min(len(ref), cfg.num_elements)
+                table[h, :n] = torch.tensor(ref[:n], dtype=torch.float64)
+                length[h] = n
+        self.register_buffer("reference_energy", table)
+        self.register_buffer("reference_length", length)
+        self.eval()
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def eaas(self) -> str:
+        return self.blocks[0].attn.eaas
+
+    def set_eaas(self, mode: str) -> "E2FormerV2":
+        if mode not in EAAS_MODES:
+            raise ValueError(f"eaas must be one of {EAAS_MODES}, got {mode!r}")
+        for b in self.blocks:
+            b.attn.eaas = mode
+        return self
+
+    def head_index(self, head: Optional[str]) -> int:
+        if head is None:
+            return 0
+        if head not in self.head_names:
+            raise ValueError(f"unknown head {head!r}; this model has heads {self.head_names}")
+        return self.head_names.index(head)
+
+    # ------------------------------------------------------------------ core
+    def build_graph(self, positions: torch.Tensor, cell: Optional[torch.Tensor], pbc: Optional[torch.Tensor],
+                    check_overlap: bool = True) -> Graph:
+        """Official neighbour semantics: the ``max_neighbors`` nearest atoms/images with
+        ``min_dist <= d <= cutoff``. The list is built once with ``min_dist = 0`` so that
+        overlapping atoms (which the official model silently ignores) can be reported."""
+        K = self.max_neighbors
+        with torch.no_grad():
+            pos = positions.detach()
+            center, neighbor, shift = neighbor_list(pos, cell, pbc, self.cutoff, K + 1, 0.0)
+            not_self = (center != neighbor) | (shift != 0).any(dim=1)
+            center, neighbor, shift = center[not_self], neighbor[not_self], shift[not_self]
+            d = (pos[center] - pos[neighbor] - shift.to(pos.dtype)).norm(dim=1)
+            if check_overlap and d.numel() and bool((d < OVERLAP_DISTANCE).any()):
+                k = int(torch.argmin(d))
+                raise ValueError(f"atoms {int(center[k])} and {int(neighbor[k])} overlap (distance "
+                                 f"{float(d[k]):.4f} Å < {OVERLAP_DISTANCE} Å): check the structure (duplicated "
+                                 "atoms, a blown-up simulation, or positions not in Å)")
+            keep = d >= self.config.min_dist
+            center, neighbor, shift = center[keep], neighbor[keep], shift[keep]
+            # re-apply the cap (edges are sorted by centre, then distance)
+            rank = torch.arange(center.numel(), device=center.device) - torch.searchsorted(center, center)
+            keep = rank < K
+            center, neighbor, shift = center[keep], neighbor[keep], shift[keep]
+        return Graph(center, neighbor, shift.to(positions.dtype), positions, self.cutoff,
+                     self.rbf_offsets.to(positions.dtype), self.rbf_coeff, self.config.envelope)
+
+    def node_features(self, z: torch.Tensor, g: Graph, charge: int, multiplicity: int) -> torch.Tensor:
+        """Final normalised node features [N, 9, C]."""
+        dev = z.device
+        q = torch.tensor([min(max(int(charge), -10), 10) + 10], device=dev)
+        s = torch.tensor([min(max(int(multiplicity), 0), 20)], device=dev)
+        system = F.silu(self.system_mix(torch.cat([self.charge_embedding(q), self.multiplicity_embedding(s)], dim=1)))
+        x = self.edge_degree(z, g)
+        for block in self.blocks:
+            x = block(x, system.to(x.dtype), z, g)
+        return self.norm_final(x)
+
+    def energy_terms(self, z, positions, cell=None, pbc=None, charge: int = 0, multiplicity: int = 1,
+                     head: int = 0, check_overlap: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(E_model [eV], direct forces [N,3] eV/Å or None)."""
+        g = self.build_graph(positions, cell, pbc, check_overlap)
+        x = self.node_features(z, g, charge, multiplicity)
+        energy = self.heads.energy(x[:, 0], head).sum()
+        direct = None
+        if self.heads.force is not None:
+            direct = torch.einsum("nkc,c->nk", x[:, 1:4], self.heads.force[head])
+        return energy, direct
+
+    def reference(self, z: torch.Tensor, head: int) -> torch.Tensor:
+        return self.reference_energy[head][z].sum()
+
+    def forward(self, atomic_numbers, positions, cell=None, pbc=None, charge: int = 0,
+                multiplicity: int = 1, head_index: int = 0) -> torch.Tensor:
+        """Total energy (eV, including the head's per-element reference energies)."""
+        e, _ = self.energy_terms(atomic_numbers, positions, cell, pbc, charge, multiplicity, head_index)
+        return e + self.reference(atomic_numbers, head_index).to(e.dtype)
+
+    # ------------------------------------------------------------------ user API
+    @property
+    def device(self) -> torch.device:
+        return self.rbf_offsets.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.rbf_offsets.dtype
+
+    def energy_and_forces(self, atomic_numbers: torch.Tensor, positions: torch.Tensor,
+                          cell: Optional[torch.Tensor] = None, pbc: Optional[torch.Tensor] = None,
+                          charge: int = 0, multiplicity: int = 1, head: Optional[str] = None,
+                          forces: bool = True, validate: bool = True):
+        """(energy incl. reference [eV] tensor, energy_model [eV] tensor, forces [N,3] eV/Å tensor or None),
+        on the model's device; no host copies."""
+        from .validation import check_inputs
+
+        hi = self.head_index(head)
+        z = atomic_numbers.to(self.device, torch.long)
+        pos = positions.to(self.device, self.dtype)
+        if cell is not None:
+            cell = cell.to(self.device, self.dtype)
+        if pbc is not None:
+            pbc = pbc.to(self.device, torch.bool)
+        if validate:
+            check_inputs(self, z, pos, cell, pbc, charge, multiplicity, hi)
+        need_grad = forces and not self.direct_forces
+        if need_grad:
+            pos = pos.detach().requires_grad_(True)
+        with torch.set_grad_enabled(need_grad):
+            e_model, direct = self.energy_terms(z, pos, cell, pbc, charge, multiplicity, hi, validate)
+            f = None
+            if forces:
+                if self.direct_forces:
+                    f = direct
+                elif pos.shape[0] > 0 and e_model.requires_grad:
+                    f = -torch.autograd.grad(e_model, pos)[0]
+                else:
+                    f = torch.zeros_like(pos)
+        e_model = e_model.detach()
+        total = e_model.to(torch.float64) + self.reference(z, hi)
+        return total, e_model, (f.detach() if f is not None else None)
+
+    def predict(self, atomic_numbers, positions, cell=None, pbc=None, charge: int = 0, multiplicity: int = 1,
+                head: Optional[str] = None, forces: bool = True) -> Dict[str, object]:
+        """Energy (eV, with reference energies), energy_model (eV, network alone) and forces
+        (eV/Å, float64 NumPy (N, 3)). Positions in Å; cell rows are lattice vectors; ``pbc``
+        three booleans (default: all True if a cell is given, else all False)."""
+        from .validation import as_inputs
+
+        z, pos, cell_t, pbc_t = as_inputs(atomic_numbers, positions, cell, pbc)
+        total, e_model, f = self.energy_and_forces(z, pos, cell_t, pbc_t, int(charge), int(multiplicity), head,
+                                                   forces=forces)
+        out: Dict[str, object] = {"energy": float(total), "energy_model": float(e_model)}
+        if forces:
+            out["forces"] = f.to(torch.float64).cpu().numpy() if f is not None else None
+        return out

@@ -1,0 +1,135 @@
+"""Building blocks of E2Former-V2 (spec §2.2). Features are [N, 9, C] (rows: l=0 | l=1 x3 | l=2 x5)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .so3 import C_SIGMOID, C_SILU
+
+
+class SO3Linear(nn.Module):
+    """Degree-wise linear map: one [out, in] matrix per degree l, bias on the l = 0 row only."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(3, out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y0 = torch.matmul(x[:, 0:1], self.weight[0].t())
+        bias = self.bias
+        if bias is not None:
+            y0 = y0 + bias
+        y1 = torch.matmul(x[:, 1:4], self.weight[1].t())
+        y2 = torch.matmul(x[:, 4:9], self.weight[2].t())
+        return torch.cat([y0, y1, y2], dim=1)
+
+
+class SO3ToScalar(nn.Module):
+    """Invariant projection used for queries and keys (official ``SO3_Linear2Scalar``):
+    two degree-wise linears, per-degree inner products over m, then an MLP."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        hidden = out_features // 2
+        self.weight = nn.Parameter(torch.empty(3, hidden, in_features))
+        self.weight2 = nn.Parameter(torch.empty(3, hidden, in_features))
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(in_features))
+        nn.init.normal_(self.weight2, std=1.0 / math.sqrt(in_features))
+        self.lin1 = nn.Linear(3 * hidden, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.lin2 = nn.Linear(hidden, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w1, w2 = self.weight, self.weight2
+        s0 = (torch.matmul(x[:, 0], w1[0].t()) + self.bias) * torch.matmul(x[:, 0], w2[0].t())
+        s1 = (torch.matmul(x[:, 1:4], w1[1].t()) * torch.matmul(x[:, 1:4], w2[1].t())).sum(dim=1)
+        s2 = (torch.matmul(x[:, 4:9], w1[2].t()) * torch.matmul(x[:, 4:9], w2[2].t())).sum(dim=1)
+        h = self.lin1(torch.cat([s0, s1, s2], dim=1))
+        return self.lin2(F.silu(self.norm(h)))
+
+
+class RadialMLP(nn.Module):
+    """Linear -> LayerNorm -> SiLU -> Linear -> LayerNorm -> SiLU -> Linear (official ``RadialProfile``).
+
+    ``first_layer_split`` lets callers feed the first linear in pieces (the per-edge radial
+    basis, and per-element tables for the two atoms), which is exactly equivalent and avoids
+    building the concatenated per-edge input."""
+
+    def __init__(self, in_features: int, hidden: int, out_features: int):
+        super().__init__()
+        self.lin0 = nn.Linear(in_features, hidden)
+        self.norm0 = nn.LayerNorm(hidden)
+        self.lin1 = nn.Linear(hidden, hidden)
+        self.norm1 = nn.LayerNorm(hidden)
+        self.lin2 = nn.Linear(hidden, out_features)
+
+    def tail(self, h0: torch.Tensor) -> torch.Tensor:
+        """Everything after the first linear (input: first linear's output, bias included)."""
+        h = F.silu(self.norm0(h0))
+        h = F.silu(self.norm1(self.lin1(h)))
+        return self.lin2(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.lin0(x))
+
+
+class EquivariantRMSNorm(nn.Module):
+    """``rms_norm_sh``: centre the l=0 row over channels, one RMS over all degrees (each degree
+    weighted 1/((2l+1)(lmax+1))), degree-wise affine weight, bias on l = 0 (spec §2.2.4)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(3, channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("row_weight", torch.tensor([1 / 3] + [1 / 9] * 3 + [1 / 15] * 5), persistent=False)
+        self.register_buffer("row_degree", torch.tensor([0, 1, 1, 1, 2, 2, 2, 2, 2]), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0 = x[:, 0:1] - x[:, 0:1].mean(dim=2, keepdim=True)
+        x = torch.cat([x0, x[:, 1:]], dim=1)
+        nu = (x.pow(2).mean(dim=2) * self.row_weight.to(x.dtype)).sum(dim=1)
+        scale = torch.rsqrt(nu + self.eps)
+        y = x * scale[:, None, None] * self.weight[self.row_degree]
+        return torch.cat([y[:, 0:1] + self.bias, y[:, 1:]], dim=1)
+
+
+class GatedFFN(nn.Module):
+    """FFN ``s3``: SO3 linear -> gate (SiLU for l=0, sigmoid gates for l>0 from the l=0 row) -> SO3 linear."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.lin1 = SO3Linear(channels, channels)
+        self.gate = nn.Linear(channels, 3 * channels)
+        self.lin2 = SO3Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        C = self.channels
+        z = self.lin1(x)
+        g = self.gate(z[:, 0])
+        y0 = C_SILU * F.silu(g[:, :C])
+        y1 = C_SIGMOID * torch.sigmoid(g[:, C:2 * C])[:, None] * z[:, 1:4]
+        y2 = C_SIGMOID * torch.sigmoid(g[:, 2 * C:])[:, None] * z[:, 4:9]
+        return self.lin2(torch.cat([y0[:, None], y1, y2], dim=1))
+
+
+def envelope(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Smooth cutoff u(x), x = d / cutoff; zero for x >= 1."""
+    if kind == "smoothstep":
+        u = 1.0 - 10.0 * x ** 3 + 15.0 * x ** 4 - 6.0 * x ** 5
+    else:  # official main branch: DimeNet polynomial, p = 5
+        x5 = x ** 5
+        u = 1.0 - 21.0 * x5 + 35.0 * x5 * x - 15.0 * x5 * x * x
+    return torch.where(x < 1.0, u, torch.zeros_like(u))
+
+
+def gaussian_rbf(d: torch.Tensor, offsets: torch.Tensor, coeff: float) -> torch.Tensor:
+    """exp(coeff * (d - mu_k)^2) -> [E, K]."""
+    return torch.exp(coeff * (d[:, None] - offsets[None, :]) ** 2)
