@@ -1,0 +1,80 @@
+"""GPU kernels of openmm-e2former (installed as ``openmm_e2former.kernels``).
+
+Public API
+----------
+``fused_attention(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, *,
+                  backend=None, allow_tf32=False, max_degree=None)  ->  U [N, 3, 9, C]``
+
+One attention layer's edge part of E2Former-V2 (QK_alpha logits, envelope-weighted smooth softmax with
+``+1e-3`` in the denominator, first-order EAAS aggregation in relative-vector form)::
+
+    d_e = |vec_e|, r_e = vec_e / d_e,  z_e = [phi(d_e); t[i]; s[src_e]],  [g_e; w_e] = fc(z_e)
+    a_eh = g_eh <q[i,h], k[src_e,h]> / sqrt(D),   m_ih = max_{e->i} a_eh
+    eps_eh = exp(a_eh - m_ih) u(d_e),   alpha_eh = eps_eh w_eh / (sum_{e'->i} eps_e'h + 1e-3)
+    U[i, x, m, c] = sum_{e->i} alpha_{e, c mod H} r_e[x] v[src_e, m, c]
+
+Arguments:
+    row_ptr   [N+1] int32/int64 CSR pointer; edges sorted by target atom i.
+    src       [E] int64 source atom of each edge.
+    vec       [E, 3] float32 target-minus-source vector (Angstrom); differentiable.
+    q, k      [N, H, D] float32 queries / keys; differentiable.
+    v         [N, 9, C] float32 values; channel c belongs to head c mod H; differentiable.
+    t, s      [N, T] target / source embeddings.
+    fc_params ``FCParams`` (W0, b0, ln0_w, ln0_b, W1, b1, ln1_w, ln1_b, W2, b2; nn.Linear layout
+              [out, in]) or a 10-tuple in that order.  W0 acts on [phi (nb); t (T); s (T)].
+    mu        [nb] RBF centres (linspace(0, R, nb)); gamma: float (``rbf_gamma(R, nb)``); cutoff: float R.
+    backend   "triton" | "reference" | None (auto: Triton when every tensor is on CUDA, triton imports
+              and the shapes are supported; else the PyTorch reference).  The environment variable
+              ``E2FORMER_ATTENTION_BACKEND=reference`` forces the reference everywhere (``=triton``
+              forces Triton, which then raises if it cannot run).
+    allow_tf32  use TF32 tensor cores inside the fused edge MLP (default: exact fp32 "ieee" dots).
+    max_degree  upper bound of the in-degree (e.g. max_neighbors); saves one device->host sync.
+
+Gradients: all inputs are differentiable on both backends.  The Triton backend computes d/d(vec, q, k, v)
+in a fused recompute kernel (dk, dv by fp32 atomics); d/d(t, s, mu, fc params) and double backward go
+through the reference.
+"""
+from __future__ import annotations
+
+import os
+
+from .attention_reference import (FCParams, attention_reference, gaussian_rbf, polynomial_envelope,
+                                  rbf_gamma, edge_mlp, csr_targets)
+
+_TRITON_ERR = None
+try:  # triton is optional (CPU-only machines)
+    from . import attention_triton as _attention_triton  # noqa: F401
+    HAS_TRITON = True
+except Exception as exc:  # ImportError, or triton present but broken
+    _attention_triton = None
+    HAS_TRITON = False
+    _TRITON_ERR = exc
+
+__all__ = ["fused_attention", "attention_reference", "FCParams", "rbf_gamma", "gaussian_rbf",
+           "polynomial_envelope", "edge_mlp", "csr_targets", "HAS_TRITON", "select_backend"]
+
+
+def select_backend(q, v, fc_params, backend=None) -> str:
+    """Return "triton" or "reference" for these inputs (see ``fused_attention``)."""
+    backend = backend or os.environ.get("E2FORMER_ATTENTION_BACKEND", "auto").lower()
+    if backend == "reference":
+        return "reference"
+    ok = HAS_TRITON and v.is_cuda and q.is_cuda and _attention_triton.triton_supported(q, v, fc_params)
+    if backend == "triton":
+        if not HAS_TRITON:
+            raise RuntimeError(f"triton backend requested but triton is unavailable: {_TRITON_ERR}")
+        if not (ok or os.environ.get("TRITON_INTERPRET") == "1"):
+            raise RuntimeError("triton backend requested but inputs are not on CUDA or shapes unsupported")
+        return "triton"
+    if backend != "auto":
+        raise ValueError(f"unknown backend {backend!r}")
+    return "triton" if ok else "reference"
+
+
+def fused_attention(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, *,
+                    backend=None, allow_tf32=False, max_degree=None):
+    """Attention edge part -> U [N, 3, 9, C]; see the module docstring."""
+    if select_backend(q, v, fc_params, backend) == "triton":
+        return _attention_triton.attention_triton(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma,
+                                                  cutoff, allow_tf32=allow_tf32, max_degree=max_degree)
+    return attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff)

@@ -1,0 +1,63 @@
+"""Random problem instances for tests and benchmarks of the attention kernels (no triton import)."""
+from __future__ import annotations
+
+import torch
+
+from .attention_reference import FCParams, rbf_gamma
+
+TINY = dict(C=32, H=16, D=4, nb=64, T=16, hid=32)
+V15 = dict(C=256, H=128, D=8, nb=256, T=128, hid=128)
+
+
+def make_case(N, K, C, H, D, nb, T, hid, *, device="cpu", dtype=torch.float32, seed=0,
+              cutoff=4.5, fixed_degree=False, special_rows=True, index_dtype=torch.int64):
+    """Random CSR graph + inputs.  Degrees uniform in [0, K] (or exactly K with fixed_degree); with
+    special_rows atom 0 has no edge, atom 1 one edge and atom 2 (if any) K edges.  Edge lengths are
+    uniform in [0.7, 1.05 R] so a few edges lie beyond the cutoff (envelope 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    if fixed_degree:
+        deg = torch.full((N,), K, dtype=torch.int64)
+    else:
+        deg = torch.randint(0, K + 1, (N,), generator=gen)
+    if special_rows:
+        if N > 0:
+            deg[0] = 0
+        if N > 1:
+            deg[1] = 1
+        if N > 2:
+            deg[2] = K
+    row_ptr = torch.zeros(N + 1, dtype=torch.int64)
+    row_ptr[1:] = torch.cumsum(deg, 0)
+    E = int(row_ptr[-1])
+    src = torch.randint(0, max(N, 1), (E,), generator=gen)
+    dirs = torch.randn(E, 3, generator=gen, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    dist = 0.7 + (1.05 * cutoff - 0.7) * torch.rand(E, 1, generator=gen, dtype=torch.float64)
+    vec = dirs * dist
+
+    def rn(*shape, std=1.0):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * std
+
+    case = dict(
+        row_ptr=row_ptr.to(index_dtype), src=src, vec=vec,
+        q=rn(N, H, D), k=rn(N, H, D), v=rn(N, 9, C), t=rn(N, T), s=rn(N, T),
+        fc_params=FCParams.random(nb, T, hid, H, dtype=torch.float64, generator=gen),
+        mu=torch.linspace(0, cutoff, nb, dtype=torch.float64),
+        gamma=rbf_gamma(cutoff, nb), cutoff=cutoff)
+    out = {}
+    for key, val in case.items():
+        if isinstance(val, torch.Tensor):
+            val = val.to(device)
+            if val.is_floating_point():
+                val = val.to(dtype)
+        elif isinstance(val, FCParams):
+            val = FCParams(*(x.to(device=device, dtype=dtype) for x in val))
+        out[key] = val
+    return out
+
+
+ARG_ORDER = ("row_ptr", "src", "vec", "q", "k", "v", "t", "s", "fc_params", "mu", "gamma", "cutoff")
+
+
+def args_of(case):
+    return tuple(case[n] for n in ARG_ORDER)

@@ -1,0 +1,140 @@
+"""Plain-PyTorch ground truth for the E2Former-V2 attention edge part (QK_alpha, first-order EAAS).
+
+Everything here is written for clarity, not speed: it materialises per-edge tensors of size E x hid,
+E x H and E x 3 x 9 x C.  It is differentiable to every input (also twice) and is the reference the
+fused Triton kernel (``attention_triton.py``) is tested against.
+
+Notation (one attention layer, edges in CSR order by target atom ``i``):
+
+    d_e   = |vec_e|,  r_e = vec_e / d_e                      (vec = target - source)
+    z_e   = [phi(d_e) ; t[i] ; s[j]]                         (j = src[e])
+    [g_e ; w_e] = fc(z_e)                                    (Linear-LN-SiLU-Linear-LN-SiLU-Linear)
+    a_eh  = g_eh <q_ih, k_jh> / sqrt(D)
+    m_ih  = max_{e->i} a_eh
+    eps_eh = exp(a_eh - m_ih) u(d_e)
+    alpha_eh = eps_eh w_eh / (sum_{e'->i} eps_e'h + 1e-3)
+    U[i, x, m, c] = sum_{e->i} alpha_{e, c mod H} r_e[x] v[j, m, c]
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+SOFTMAX_EPS = 1e-3   # the "+1e-3" in the softmax denominator
+LN_EPS = 1e-5        # LayerNorm epsilon inside the edge MLP
+
+
+class FCParams(NamedTuple):
+    """Parameters of the edge MLP ``fc`` (nn.Linear convention: weight [out, in]).
+
+    fc = Linear(nb+2T -> hid) -> LayerNorm(hid) -> SiLU -> Linear(hid -> hid) -> LayerNorm(hid) -> SiLU
+         -> Linear(hid -> 2H)
+    The input of the first Linear is ordered [phi(d) (nb) ; t[i] (T) ; s[src] (T)].
+    """
+    W0: torch.Tensor     # [hid, nb + 2T]
+    b0: torch.Tensor     # [hid]
+    ln0_w: torch.Tensor  # [hid]
+    ln0_b: torch.Tensor  # [hid]
+    W1: torch.Tensor     # [hid, hid]
+    b1: torch.Tensor     # [hid]
+    ln1_w: torch.Tensor  # [hid]
+    ln1_b: torch.Tensor  # [hid]
+    W2: torch.Tensor     # [2H, hid]
+    b2: torch.Tensor     # [2H]
+
+    @staticmethod
+    def from_radial_profile(net: torch.nn.Module) -> "FCParams":
+        """Build from an ``nn.Sequential`` laid out like RadialProfile (net.0, .1, .3, .4, .6)."""
+        return FCParams(net[0].weight, net[0].bias, net[1].weight, net[1].bias,
+                        net[3].weight, net[3].bias, net[4].weight, net[4].bias,
+                        net[6].weight, net[6].bias)
+
+    @staticmethod
+    def random(nb: int, T: int, hid: int, H: int, *, dtype=torch.float32, device=None,
+               generator: torch.Generator | None = None, scale: float = 1.0) -> "FCParams":
+        """Random parameters with nn.Linear-like scales (for tests and benchmarks)."""
+        def rn(*shape, std=1.0):
+            return torch.randn(*shape, dtype=dtype, generator=generator).to(device) * std
+        nin = nb + 2 * T
+        return FCParams(
+            rn(hid, nin, std=scale / math.sqrt(nin)), rn(hid, std=0.1),
+            1.0 + rn(hid, std=0.1), rn(hid, std=0.1),
+            rn(hid, hid, std=scale / math.sqrt(hid)), rn(hid, std=0.1),
+            1.0 + rn(hid, std=0.1), rn(hid, std=0.1),
+            rn(2 * H, hid, std=scale / math.sqrt(hid)), rn(2 * H, std=0.1))
+
+
+def rbf_gamma(cutoff: float, nb: int) -> float:
+    """gamma = -0.5 / (2 Delta)^2 with Delta = R / (nb - 1)  (GaussianSmearing, basis_width_scalar=2)."""
+    delta = cutoff / (nb - 1)
+    return -0.5 / (2.0 * delta) ** 2
+
+
+def gaussian_rbf(d: torch.Tensor, mu: torch.Tensor, gamma: float) -> torch.Tensor:
+    """phi_k(d) = exp(gamma (d - mu_k)^2)  ->  [E, nb]."""
+    return torch.exp(gamma * (d[:, None] - mu[None, :]) ** 2)
+
+
+def polynomial_envelope(d: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """u(d) = 1 - 21 x^5 + 35 x^6 - 15 x^7 for x = d/R < 1, else 0 (DimeNet envelope, p = 5)."""
+    x = d / cutoff
+    x5 = x ** 5
+    u = 1.0 - 21.0 * x5 + 35.0 * x5 * x - 15.0 * x5 * x * x
+    return torch.where(x < 1.0, u, torch.zeros_like(u))
+
+
+def edge_mlp(z: torch.Tensor, p: FCParams) -> torch.Tensor:
+    """fc(z): Linear -> LN -> SiLU -> Linear -> LN -> SiLU -> Linear."""
+    hid = p.W0.shape[0]
+    h = F.silu(F.layer_norm(F.linear(z, p.W0, p.b0), (hid,), p.ln0_w, p.ln0_b, LN_EPS))
+    h = F.silu(F.layer_norm(F.linear(h, p.W1, p.b1), (hid,), p.ln1_w, p.ln1_b, LN_EPS))
+    return F.linear(h, p.W2, p.b2)
+
+
+def csr_targets(row_ptr: torch.Tensor, num_edges: int) -> torch.Tensor:
+    """Target atom index of every edge from the CSR row pointer  ->  [E] int64."""
+    n = row_ptr.numel() - 1
+    counts = (row_ptr[1:] - row_ptr[:-1]).long()
+    return torch.repeat_interleave(torch.arange(n, device=row_ptr.device), counts, output_size=num_edges)
+
+
+def attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff):
+    """Reference attention edge part.  Returns U [N, 3, 9, C] (dtype of v).
+
+    Args:
+        row_ptr: [N+1] int32/int64 CSR pointer (edges sorted by target atom).
+        src:     [E] int64 source atom of each edge.
+        vec:     [E, 3] target-minus-source vectors.
+        q, k:    [N, H, D] queries / keys (key of the source atom is used).
+        v:       [N, 9, C] values (of the source atom); channel c uses head c mod H.
+        t, s:    [N, T] target / source embeddings.
+        fc_params: FCParams (or a 10-tuple in the same order).
+        mu:      [nb] RBF centres; gamma: float RBF exponent (negative); cutoff: float R.
+    """
+    p = FCParams(*fc_params)
+    N, H, D = q.shape
+    C = v.shape[-1]
+    E = src.numel()
+    tgt = csr_targets(row_ptr, E)
+
+    d = torch.linalg.vector_norm(vec, dim=-1)                    # [E]
+    rhat = vec / d[:, None]                                       # [E, 3]
+    z = torch.cat([gaussian_rbf(d, mu, gamma), t[tgt], s[src]], dim=-1)
+    out = edge_mlp(z, p)                                          # [E, 2H]
+    g, w = out[:, :H], out[:, H:]
+
+    a = g * (q[tgt] * k[src]).sum(-1) / math.sqrt(D)             # [E, H]
+    m = torch.full((N, H), -torch.inf, dtype=a.dtype, device=a.device)
+    m = m.scatter_reduce(0, tgt[:, None].expand(E, H), a, reduce="amax", include_self=True)
+    eps = torch.exp(a - m[tgt]) * polynomial_envelope(d, cutoff)[:, None]
+    denom = torch.zeros((N, H), dtype=a.dtype, device=a.device).index_add(0, tgt, eps) + SOFTMAX_EPS
+    alpha = eps * w / denom[tgt]                                  # [E, H]
+
+    head_of_channel = torch.arange(C, device=v.device) % H
+    alpha_c = alpha[:, head_of_channel]                           # [E, C]
+    msg = alpha_c[:, None, None, :] * rhat[:, :, None, None] * v[src][:, None, :, :]  # [E, 3, 9, C]
+    U = torch.zeros((N, 3, 9, C), dtype=msg.dtype, device=msg.device).index_add(0, tgt, msg)
+    return U
