@@ -135,6 +135,9 @@ def attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, 
 
     head_of_channel = torch.arange(C, device=v.device) % H
     alpha_c = alpha[:, head_of_channel]                           # [E, C]
-    msg = alpha_c[:, None, None, :] * rhat[:, :, None, None] * v[src][:, None, :, :]  # [E, 3, 9, C]
-    U = torch.zeros((N, 3, 9, C), dtype=msg.dtype, device=msg.device).index_add(0, tgt, msg)
-    return U
+    v_src = v[src]                                                # [E, 9, C]
+    U = []
+    for x in range(3):                                            # one Cartesian component at a time
+        msg = (alpha_c * rhat[:, x, None])[:, None, :] * v_src    # [E, 9, C]
+        U.append(torch.zeros((N, 9, C), dtype=msg.dtype, device=msg.device).index_add(0, tgt, msg))
+    return torch.stack(U, dim=1)                                  # [N, 3, 9, C]

@@ -89,7 +89,7 @@ def _silu_layer_norm_bwd(dx, y, n, rstd, lnw, HID: tl.constexpr):
 
 
 @triton.jit
-def _edge_mlp_fwd(d, i, j, mask_e, pt, ps, mu, W0a, ln0w, ln0b, W1, b1, ln1w, ln1b, W2, b2,
+def _edge_mlp_fwd(d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2,
                   gamma, nb: tl.constexpr,
                   H: tl.constexpr, HID: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
                   PREC: tl.constexpr):
@@ -103,18 +103,18 @@ def _edge_mlp_fwd(d, i, j, mask_e, pt, ps, mu, W0a, ln0w, ln0b, W1, b1, ln1w, ln
         muk = tl.load(mu + offs_k, mask=mk, other=0.0)
         diff = d[:, None] - muk[None, :]
         phi = tl.where(mk[None, :], tl.exp(gamma * diff * diff), 0.0)
-        w0t = tl.load(W0a + offs_f[None, :] * nb + offs_k[:, None], mask=mk[:, None], other=0.0)
+        w0t = tl.load(W0aT + offs_k[:, None] * HID + offs_f[None, :], mask=mk[:, None], other=0.0)
         h0 += tl.dot(phi, w0t, input_precision=PREC)
     h0 += tl.load(pt + i * HID + offs_f)[None, :]
     h0 += tl.load(ps + j[:, None] * HID + offs_f[None, :], mask=mask_e[:, None], other=0.0)
     x1, y0, n0, rstd0 = _layer_norm_silu(h0, tl.load(ln0w + offs_f), tl.load(ln0b + offs_f), HID)
     # second Linear
-    w1t = tl.load(W1 + offs_f[None, :] * HID + offs_f[:, None])              # [in, out]
+    w1t = tl.load(W1T + offs_f[:, None] * HID + offs_f[None, :])             # [in, out]
     h1 = tl.dot(x1, w1t, input_precision=PREC) + tl.load(b1 + offs_f)[None, :]
     x2, y1, n1, rstd1 = _layer_norm_silu(h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID)
     # third Linear, split into logit gate g and post-softmax weight w
-    w2g = tl.load(W2 + offs_h[None, :] * HID + offs_f[:, None])              # [HID, H]
-    w2w = tl.load(W2 + (H + offs_h)[None, :] * HID + offs_f[:, None])
+    w2g = tl.load(W2T + offs_f[:, None] * (2 * H) + offs_h[None, :])        # [HID, H]
+    w2w = tl.load(W2T + offs_f[:, None] * (2 * H) + H + offs_h[None, :])
     g = tl.dot(x2, w2g, input_precision=PREC) + tl.load(b2 + offs_h)[None, :]
     w = tl.dot(x2, w2w, input_precision=PREC) + tl.load(b2 + H + offs_h)[None, :]
     return g, w, y0, n0, rstd0, y1, n1, rstd1
@@ -136,7 +136,7 @@ def _qk_dot(q, k, i, j, mask_e, H: tl.constexpr, D: tl.constexpr, BLOCK_E: tl.co
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
 def _attn_fwd_kernel(row_ptr, src, vec, q, k, v, pt, ps, mu,
-                     W0a, ln0w, ln0b, W1, b1, ln1w, ln1b, W2, b2,
+                     W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2,
                      U, M_out, S_out,
                      gamma, cutoff, sm_scale, nb: tl.constexpr,
                      C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
@@ -144,7 +144,7 @@ def _attn_fwd_kernel(row_ptr, src, vec, q, k, v, pt, ps, mu,
     i = tl.program_id(0).to(tl.int64)
     offs_e, mask_e, j, rx, ry, rz, d = _load_edge_tile(row_ptr, src, vec, i, BLOCK_E)
     g, w, _y0, _n0, _r0, _y1, _n1, _r1 = _edge_mlp_fwd(
-        d, i, j, mask_e, pt, ps, mu, W0a, ln0w, ln0b, W1, b1, ln1w, ln1b, W2, b2, gamma, nb,
+        d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2, gamma, nb,
         H, HID, BLOCK_E, BLOCK_NB, PREC)
     qk = _qk_dot(q, k, i, j, mask_e, H, D, BLOCK_E)
 
@@ -180,7 +180,7 @@ def _attn_fwd_kernel(row_ptr, src, vec, q, k, v, pt, ps, mu,
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
 def _attn_bwd_kernel(row_ptr, src, vec, q, k, v, pt, ps, mu,
-                     W0a, ln0w, ln0b, W1, b1, ln1w, ln1b, W2, b2,
+                     W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2, W0a, W1, W2,
                      M_in, S_in, dU,
                      dvec, dq, dk, dv,
                      gamma, cutoff, sm_scale, nb: tl.constexpr,
@@ -189,7 +189,7 @@ def _attn_bwd_kernel(row_ptr, src, vec, q, k, v, pt, ps, mu,
     i = tl.program_id(0).to(tl.int64)
     offs_e, mask_e, j, rx, ry, rz, d = _load_edge_tile(row_ptr, src, vec, i, BLOCK_E)
     g, w, y0, n0, rstd0, y1, n1, rstd1 = _edge_mlp_fwd(
-        d, i, j, mask_e, pt, ps, mu, W0a, ln0w, ln0b, W1, b1, ln1w, ln1b, W2, b2, gamma, nb,
+        d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2, gamma, nb,
         H, HID, BLOCK_E, BLOCK_NB, PREC)
     qk = _qk_dot(q, k, i, j, mask_e, H, D, BLOCK_E)
 
@@ -282,6 +282,18 @@ def _attn_bwd_kernel(row_ptr, src, vec, q, k, v, pt, ps, mu,
 # ----------------------------------------------------------------------------------------------------
 # host side
 # ----------------------------------------------------------------------------------------------------
+_LAST_COMPILED = {}   # last launched compiled kernels (diagnostics: n_regs, n_spills)
+
+
+def compile_info():
+    """Registers / spills / shared memory of the last launched forward and backward kernels."""
+    out = {}
+    for key, ck in _LAST_COMPILED.items():
+        out[key] = {a: getattr(ck, a, None) for a in ("n_regs", "n_spills", "shared")}
+        out[key]["num_warps"] = getattr(getattr(ck, "metadata", None), "num_warps", None)
+    return out
+
+
 def _is_pow2(x: int) -> bool:
     return x >= 1 and (x & (x - 1)) == 0
 
@@ -308,38 +320,43 @@ def _launch_cfg(H: int, hid: int, block_e: int):
     return num_warps
 
 
+def _prep(t, s, mu, fc, nb):
+    """fp32 contiguous operands: per-node first-Linear parts and (transposed) weight copies."""
+    p = FCParams(*(x.detach() for x in fc))
+    f32 = torch.float32
+    T = t.shape[1]
+    W0 = p.W0.to(f32)
+    # per-NODE parts of the first Linear (allowed N x hid tensors); pt includes the bias b0
+    pt = torch.addmm(p.b0.to(f32), t.detach().to(f32), W0[:, nb:nb + T].t()).contiguous()
+    ps = (s.detach().to(f32) @ W0[:, nb + T:].t()).contiguous()
+    c = lambda x: x.to(f32).contiguous()
+    fwd_w = [c(W0[:, :nb].t()), c(p.ln0_w), c(p.ln0_b), c(p.W1.t()), c(p.b1), c(p.ln1_w), c(p.ln1_b),
+             c(p.W2.t()), c(p.b2)]
+    bwd_w = [c(W0[:, :nb]), c(p.W1), c(p.W2)]
+    return pt, ps, c(mu.detach()), fwd_w, bwd_w
+
+
 class FusedAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff, allow_tf32, max_degree, *fc):
-        p = FCParams(*fc)
         N, H, D = q.shape
         C = v.shape[-1]
         nb = mu.numel()
-        T = t.shape[1]
-        hid = p.W0.shape[0]
-        dev = v.device
+        hid = fc[0].shape[0]
         f32 = torch.float32
-        with torch.no_grad():
-            W0 = p.W0.to(f32)
-            # per-NODE parts of the first Linear (allowed N x hid tensors)
-            pt = torch.addmm(p.b0.to(f32), t.to(f32), W0[:, nb:nb + T].t()).contiguous()
-            ps = (s.to(f32) @ W0[:, nb + T:].t()).contiguous()
-            W0a = W0[:, :nb].contiguous()
+        pt, ps, muc, fwd_w, _ = _prep(t, s, mu, fc, nb)
         rp = row_ptr.contiguous()
         srcc = src.contiguous()
-        vecc = vec.detach().to(f32).contiguous()
-        qc, kc, vc = (x.detach().to(f32).contiguous() for x in (q, k, v))
-        muc = mu.detach().to(f32).contiguous()
-        w = [x.detach().to(f32).contiguous() for x in (p.ln0_w, p.ln0_b, p.W1, p.b1, p.ln1_w, p.ln1_b, p.W2, p.b2)]
+        vecc, qc, kc, vc = (x.detach().to(f32).contiguous() for x in (vec, q, k, v))
         block_e = _block_e(rp, max_degree)
         block_nb = min(64, triton.next_power_of_2(nb))
         prec = "tf32" if allow_tf32 else "ieee"
-        U = torch.empty((N, 3, 9, C), device=dev, dtype=f32)
-        M = torch.empty((N, H), device=dev, dtype=f32)
-        S = torch.empty((N, H), device=dev, dtype=f32)
+        U = torch.empty((N, 3, 9, C), device=v.device, dtype=f32)
+        M = torch.empty((N, H), device=v.device, dtype=f32)
+        S = torch.empty((N, H), device=v.device, dtype=f32)
         nw = _launch_cfg(H, hid, block_e)
         if N > 0:
-            _attn_fwd_kernel[(N,)](rp, srcc, vecc, qc, kc, vc, pt, ps, muc, W0a, *w, U, M, S,
+            _LAST_COMPILED["fwd"] = _attn_fwd_kernel[(N,)](rp, srcc, vecc, qc, kc, vc, pt, ps, muc, *fwd_w, U, M, S,
                                    float(gamma), float(cutoff), 1.0 / math.sqrt(D), nb=nb,
                                    C=C, H=H, D=D, HID=hid, BLOCK_E=block_e, BLOCK_NB=block_nb, PREC=prec,
                                    num_warps=nw)
@@ -356,9 +373,9 @@ class FusedAttentionFunction(torch.autograd.Function):
         # input order: row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff, allow_tf32, max_degree, *fc
         n_fixed = 13
         grads = [None] * (n_fixed + len(fc))
-        need_ref = (torch.is_grad_enabled() or nig[6] or nig[7] or nig[8] or any(nig[n_fixed:]))
         if dU is None:
             return tuple(grads)
+        need_ref = (torch.is_grad_enabled() or nig[6] or nig[7] or nig[8] or any(nig[n_fixed:]))
         if need_ref:
             # training / double-backward path: autograd through the PyTorch reference
             inputs = {2: vec, 3: q, 4: k, 5: v, 6: t, 7: s, 8: mu}
@@ -374,29 +391,21 @@ class FusedAttentionFunction(torch.autograd.Function):
                 grads[idx] = gr if gr is not None else torch.zeros_like(inputs[idx])
             return tuple(grads)
 
-        p = FCParams(*fc)
         N, H, D = q.shape
         C = v.shape[-1]
         nb = mu.numel()
-        T = t.shape[1]
-        hid = p.W0.shape[0]
+        hid = fc[0].shape[0]
         f32 = torch.float32
-        W0 = p.W0.detach().to(f32)
-        pt = torch.addmm(p.b0.detach().to(f32), t.detach().to(f32), W0[:, nb:nb + T].t()).contiguous()
-        ps = (s.detach().to(f32) @ W0[:, nb + T:].t()).contiguous()
-        W0a = W0[:, :nb].contiguous()
-        vecc = vec.detach().to(f32).contiguous()
-        qc, kc, vc = (x.detach().to(f32).contiguous() for x in (q, k, v))
-        muc = mu.detach().to(f32).contiguous()
-        w = [x.detach().to(f32).contiguous() for x in (p.ln0_w, p.ln0_b, p.W1, p.b1, p.ln1_w, p.ln1_b, p.W2, p.b2)]
+        pt, ps, muc, fwd_w, bwd_w = _prep(t, s, mu, fc, nb)
+        vecc, qc, kc, vc = (x.detach().to(f32).contiguous() for x in (vec, q, k, v))
         dUc = dU.to(f32).contiguous()
         dvec = torch.zeros_like(vecc)
         dq = torch.empty_like(qc)
         dk = torch.zeros_like(kc)
         dv = torch.zeros_like(vc)
         if N > 0:
-            _attn_bwd_kernel[(N,)](row_ptr.contiguous(), src.contiguous(), vecc, qc, kc, vc, pt, ps, muc,
-                                   W0a, *w, M, S, dUc, dvec, dq, dk, dv,
+            _LAST_COMPILED["bwd"] = _attn_bwd_kernel[(N,)](row_ptr.contiguous(), src.contiguous(), vecc, qc, kc, vc, pt, ps, muc,
+                                   *fwd_w, *bwd_w, M, S, dUc, dvec, dq, dk, dv,
                                    ctx.gamma, ctx.cutoff, 1.0 / math.sqrt(D), nb=nb,
                                    C=C, H=H, D=D, HID=hid, BLOCK_E=ctx.block_e, BLOCK_NB=ctx.block_nb,
                                    PREC=ctx.prec, num_warps=ctx.nw)
