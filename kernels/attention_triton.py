@@ -23,7 +23,8 @@ Design
   nondeterministic).
 * Gradients w.r.t. t, s, mu and the fc parameters (training only), and double backward, use the
   PyTorch reference (``torch.autograd.grad`` through ``attention_reference``).
-* ``tl.dot`` uses ``input_precision="ieee"`` (exact fp32) unless ``allow_tf32=True``.
+* ``tl.dot`` uses ``input_precision="ieee"`` (exact fp32) unless ``allow_tf32=True``, which switches the
+  edge-MLP forward dots (also their recomputation in backward) to TF32; the backward-only dots stay fp32.
 
 Only importable where triton is installed; ``kernels/__init__.py`` guards the import.
 """
@@ -253,10 +254,10 @@ def _attn_bwd_kernel(row_ptr, src, vec, q, k, v, pt, ps, mu,
     # --- back through the edge MLP down to phi(d) ---------------------------------------------------
     w2g = tl.load(W2 + offs_h[:, None] * HID + offs_f[None, :])                  # [H, HID]
     w2w = tl.load(W2 + (H + offs_h)[:, None] * HID + offs_f[None, :])
-    dx2 = tl.dot(dg, w2g, input_precision=PREC) + tl.dot(dw, w2w, input_precision=PREC)
+    dx2 = tl.dot(dg, w2g, input_precision="ieee") + tl.dot(dw, w2w, input_precision="ieee")
     dh1 = _silu_layer_norm_bwd(dx2, y1, n1, rstd1, tl.load(ln1w + offs_f), HID)
     w1 = tl.load(W1 + offs_f[:, None] * HID + offs_f[None, :])                   # [out, in]
-    dx1 = tl.dot(dh1, w1, input_precision=PREC)
+    dx1 = tl.dot(dh1, w1, input_precision="ieee")
     dh0 = _silu_layer_norm_bwd(dx1, y0, n0, rstd0, tl.load(ln0w + offs_f), HID)
     dd_e = du * du_dd
     for k0 in range(0, nb, BLOCK_NB):
@@ -266,7 +267,7 @@ def _attn_bwd_kernel(row_ptr, src, vec, q, k, v, pt, ps, mu,
         diff = d[:, None] - muk[None, :]
         phi = tl.where(mk[None, :], tl.exp(gamma * diff * diff), 0.0)
         w0 = tl.load(W0a + offs_f[:, None] * nb + offs_k[None, :], mask=mk[None, :], other=0.0)
-        dphi = tl.dot(dh0, w0, input_precision=PREC)                             # [BLOCK_E, BLOCK_NB]
+        dphi = tl.dot(dh0, w0, input_precision="ieee")                           # [BLOCK_E, BLOCK_NB]
         dd_e += tl.sum(dphi * phi * (2.0 * gamma) * diff, 1)
 
     # --- vec = d * r  ->  dvec = dd r + (dr - (dr.r) r) / d ------------------------------------------
@@ -289,8 +290,11 @@ def compile_info():
     """Registers / spills / shared memory of the last launched forward and backward kernels."""
     out = {}
     for key, ck in _LAST_COMPILED.items():
-        out[key] = {a: getattr(ck, a, None) for a in ("n_regs", "n_spills", "shared")}
-        out[key]["num_warps"] = getattr(getattr(ck, "metadata", None), "num_warps", None)
+        try:
+            md = ck.metadata
+            out[key] = dict(n_regs=ck.n_regs, n_spills=ck.n_spills, shared=md.shared, num_warps=md.num_warps)
+        except Exception as exc:  # diagnostics only
+            out[key] = repr(exc)[:100]
     return out
 
 
