@@ -209,7 +209,7 @@ def convert_official_state_dict(sd: Dict[str, torch.Tensor], model: E2FormerV2) 
             pieces.append(piece.to(target.dtype))
         if len(pieces) == len(model.head_names):
             out[f"heads.{slot}"] = torch.stack(pieces)
-    persistent_buffers = {"rbf_offsets", "reference_energy", "reference_length"}
+    persistent_buffers = {"rbf_offsets"}
     for key in ours:
         if key.startswith("heads.") or key in persistent_buffers or key in out:
             continue
@@ -296,7 +296,7 @@ def load_model(path: Optional[os.PathLike] = None, config: Any = None, device: A
                 unexpected.append(k)
             elif tuple(v.shape) != tuple(ours[k].shape):
                 problems.append(f"{k}: checkpoint shape {tuple(v.shape)} != model shape {tuple(ours[k].shape)}")
-        missing = [k for k in ours if k not in sd and k not in ("reference_energy", "reference_length")]
+        missing = [k for k in ours if k not in sd]
         _raise_if(problems, missing, unexpected)
         _load_into(model, sd)
         model.metadata = dict(blob.get("metadata") or {})
@@ -321,8 +321,7 @@ def save_model(model: E2FormerV2, path: os.PathLike, metadata: Optional[Dict[str
     for h, name in enumerate(model.head_names):
         n = int(model.reference_length[h])
         refs[name] = model.reference_energy[h, :n].cpu().tolist()
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()
-          if k not in ("reference_energy", "reference_length")}
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     blob = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
             "reference_energies": refs, "state_dict": sd,
             "metadata": dict(metadata or getattr(model, "metadata", {}) or {})}

@@ -243,17 +243,18 @@ class E2FormerV2(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
         self.norm_final = EquivariantRMSNorm(C)
         self.heads = Heads(cfg)
-        # per-head reference energies (eV per atom, index Z) and the table length (supported Z < length)
+        # per-head reference energies (eV per atom, index Z) and the table length (supported Z < length).
+        # Kept as plain float64 attributes, not buffers: model.to(float32) must not round them
+        # (a float32 sum over a few thousand atoms would be off by ~1e-3 eV).
         table = torch.zeros(len(self.head_names), cfg.num_elements, dtype=torch.float64)
-        length = torch.full((len(self.head_names),), cfg.num_elements, dtype=torch.long)
+        self.reference_length: List[int] = [cfg.num_elements] * len(self.head_names)
         for h, name in enumerate(self.head_names):
             ref = (reference_energies or {}).get(name)
             if ref is not None:
                 n = min(len(ref), cfg.num_elements)
                 table[h, :n] = torch.tensor(ref[:n], dtype=torch.float64)
-                length[h] = n
-        self.register_buffer("reference_energy", table)
-        self.register_buffer("reference_length", length)
+                self.reference_length[h] = n
+        self.reference_energy = table
         self.eval()
 
     # ------------------------------------------------------------------ configuration
@@ -325,6 +326,9 @@ class E2FormerV2(nn.Module):
         return energy, direct
 
     def reference(self, z: torch.Tensor, head: int) -> torch.Tensor:
+        """Sum of the head's per-element reference energies (eV, float64)."""
+        if self.reference_energy.device != z.device:
+            self.reference_energy = self.reference_energy.to(z.device)
         return self.reference_energy[head][z].sum()
 
     def forward(self, atomic_numbers, positions, cell=None, pbc=None, charge: int = 0,

@@ -1,0 +1,53 @@
+"""Shared helpers for the CPU test-suite (fixture paths, cached models)."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures" / "official_parity"
+VARIANTS = ("tiny_qk", "tiny_qkdot", "tiny_direct", "v15")
+
+
+@functools.lru_cache(maxsize=None)
+def model(variant: str = "tiny_qk", eaas: str = "relative", dtype: str = "float32"):
+    from openmm_e2former import load_model
+
+    return load_model(FIXTURES / variant / "checkpoint.pt", eaas=eaas, dtype=dtype)
+
+
+def case(variant: str, name: str):
+    d = np.load(FIXTURES / variant / f"{name}.npz")
+    return {k: d[k] for k in d.files}
+
+
+def predict_case(m, c, **kw):
+    cell = c["cell"] if c["pbc"].any() else None
+    return m.predict(c["atomic_numbers"], c["positions"], cell, c["pbc"], int(c["charge"]),
+                     int(c["multiplicity"]), head=str(c["head"]), **kw)
+
+
+def random_rotation(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def water_box(n_side: int = 2, spacing: float = 3.1, seed: int = 0):
+    """Small periodic water box: n_side^3 randomly oriented rigid waters on a jittered grid."""
+    rng = np.random.default_rng(seed)
+    geom = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [0.9572 * np.cos(np.radians(104.52)),
+                                                            0.9572 * np.sin(np.radians(104.52)), 0.0]])
+    pos, z = [], []
+    for i in range(n_side):
+        for j in range(n_side):
+            for k in range(n_side):
+                c = (np.array([i, j, k]) + 0.5) * spacing + rng.uniform(-0.2, 0.2, 3)
+                pos.append(geom @ random_rotation(int(rng.integers(1 << 30))).T + c)
+                z += [8, 1, 1]
+    return np.array(z), np.concatenate(pos), np.eye(3) * n_side * spacing
