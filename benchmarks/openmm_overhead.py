@@ -1,0 +1,216 @@
+"""Per-step overhead of the E2Former-V2 OpenMM force's data path on the CUDA platform.
+
+For N = 1k / 10k / 100k particles this times MD steps of
+
+* ``base``    : N particles in a periodic box with a cheap MM force (CustomExternalForce restraint),
+* ``empty``   : base + an empty ``openmm.PythonForce`` (returns 0 and a preallocated zero array),
+* ``naive``   : base + the usual openmm-ml pattern (``getPositions(asNumpy=True)`` -> ``torch.tensor`` on the
+                GPU -> autograd -> ``.cpu().numpy()``) around a trivial model,
+* ``ours``    : base + :func:`openmm_e2former.force.create_python_force` with the trivial
+                ``QuadraticTestModel`` (E = k sum r^2, autograd forces): exactly the buffers and copies of
+                the real force (pinned host buffers, one H2D + one D2H copy, one sync per step),
+* ``model``   : optional (``--model PATH``): the real E2Former-V2 checkpoint through the same force,
+
+and reports the time added per step relative to ``base``.  Every variant runs in its own Context; the
+median of ``--repeats`` timed blocks of ``--steps`` steps (after warm-up) is used.
+
+Usage: python benchmarks/openmm_overhead.py --json out.json --md out.md [--sizes 1000,10000,100000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402  (import torch before openmm: harmless and matches openmm-torch's rule)
+import openmm  # noqa: E402
+from openmm import unit  # noqa: E402
+
+from openmm_e2former.force import (  # noqa: E402
+    QUADRATIC_TEST_MODEL,
+    QuadraticTestModel,
+    create_python_force,
+)
+
+
+class EmptyCompute:
+    def __init__(self, n):
+        self.zeros = np.zeros((n, 3))
+
+    def __call__(self, state):
+        return 0.0, self.zeros
+
+
+class NaiveCompute:
+    """The common openmm-ml pattern (no pinned buffers, Quantity conversions, fresh tensors each step)."""
+
+    def __init__(self, n, device):
+        self.n = n
+        self.device = device
+        self.model = None
+
+    def __getstate__(self):
+        return {"n": self.n, "device": self.device}
+
+    def __setstate__(self, s):
+        self.__init__(s["n"], s["device"])
+
+    def __call__(self, state):
+        if self.model is None:
+            self.model = QuadraticTestModel(device=self.device)
+        pos = state.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+        box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom)
+        p = torch.tensor(pos, dtype=torch.float32, device=self.device)
+        c = torch.tensor(box, dtype=torch.float32, device=self.device)
+        e, f = self.model.energy_and_forces(None, p, c, None, 0, 1, None)
+        return float(e) * 96.48533212331002, f.cpu().numpy() * 964.8533212331002
+
+
+def make_system(n, density=100.0):
+    """n particles on a jittered lattice at `density` particles/nm^3, periodic cubic box."""
+    L = (n / density) ** (1.0 / 3.0)
+    m = int(np.ceil(n ** (1.0 / 3.0)))
+    g = (np.stack(np.meshgrid(*[np.arange(m)] * 3, indexing="ij"), -1).reshape(-1, 3)[:n] + 0.5) * (L / m)
+    rng = np.random.default_rng(0)
+    pos = g + rng.normal(scale=0.01, size=g.shape)
+    system = openmm.System()
+    system.setDefaultPeriodicBoxVectors(openmm.Vec3(L, 0, 0), openmm.Vec3(0, L, 0), openmm.Vec3(0, 0, L))
+    restraint = openmm.CustomExternalForce("0.5*k*((x-x0)^2+(y-y0)^2+(z-z0)^2)")
+    restraint.addGlobalParameter("k", 100.0)
+    for name in ("x0", "y0", "z0"):
+        restraint.addPerParticleParameter(name)
+    for i in range(n):
+        system.addParticle(12.0)
+        restraint.addParticle(i, pos[i].tolist())
+    system.addForce(restraint)
+    return system, pos
+
+
+def time_variant(system, pos, platform_name, props, steps, warmup, repeats):
+    integ = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.001 * unit.picosecond)
+    plat = openmm.Platform.getPlatformByName(platform_name)
+    ctx = openmm.Context(system, integ, plat, props)
+    ctx.setPositions(pos)
+    ctx.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+    integ.step(warmup)
+    ctx.getState(getPositions=True)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        integ.step(steps)
+        ctx.getState(getPositions=True)
+        times.append((time.perf_counter() - t0) / steps * 1e3)
+    del ctx, integ
+    return statistics.median(times), times
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--platform", default="CUDA")
+    ap.add_argument("--precision", default="mixed")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--variants", default="base,empty,naive,ours")
+    ap.add_argument("--model", default=None, help="real checkpoint to time through the same force (optional)")
+    ap.add_argument("--model-sizes", default="1000,10000")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--md", default=None)
+    args = ap.parse_args(argv)
+
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    variants = [v for v in args.variants.split(",") if v]
+    props = {"Precision": args.precision} if args.platform in ("CUDA", "OpenCL") else {}
+    if args.platform == "CUDA":
+        props["DeviceIndex"] = "0"
+    meta = {
+        "openmm": openmm.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": args.platform,
+        "precision": args.precision,
+        "device": args.device,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "integrator": "LangevinMiddleIntegrator 1 fs",
+        "base_system": "N particles, 100/nm^3, periodic cube, CustomExternalForce restraint",
+    }
+    results = []
+    for n in sizes:
+        system0, pos = make_system(n)
+        row = {"atoms": n}
+        for v in variants + (["model"] if args.model and str(n) in args.model_sizes.split(",") else []):
+            system = openmm.System()
+            system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system0))
+            if v == "empty":
+                f = openmm.PythonForce(EmptyCompute(n))
+                f.setUsesPeriodicBoundaryConditions(True)
+                system.addForce(f)
+            elif v == "naive":
+                f = openmm.PythonForce(NaiveCompute(n, args.device))
+                f.setUsesPeriodicBoundaryConditions(True)
+                system.addForce(f)
+            elif v == "ours":
+                system.addForce(create_python_force([6] * n, QUADRATIC_TEST_MODEL, periodic=True, device=args.device))
+            elif v == "model":
+                # water-like composition is irrelevant for timing the data path; carbon everywhere
+                system.addForce(create_python_force([6] * n, args.model, periodic=True, device=args.device))
+            elif v != "base":
+                raise SystemExit(f"unknown variant {v}")
+            steps = args.steps if v != "model" else max(10, args.steps // 10)
+            try:
+                med, all_t = time_variant(system, pos, args.platform, props, steps, args.warmup if v != "model" else 3,
+                                          args.repeats)
+            except Exception as exc:  # keep going: report what failed
+                print(f"N={n} {v}: FAILED {type(exc).__name__}: {exc}", flush=True)
+                row[v] = None
+                continue
+            row[v] = med
+            row[v + "_all"] = all_t
+            print(f"N={n:>7d} {v:>6s}: {med:8.3f} ms/step  (blocks: {', '.join(f'{t:.3f}' for t in all_t)})",
+                  flush=True)
+        base = row.get("base")
+        for v in variants + ["model"]:
+            if v != "base" and row.get(v) is not None and base is not None:
+                row[v + "_overhead"] = row[v] - base
+        results.append(row)
+
+    out = {"meta": meta, "results": results}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+    lines = [f"# OpenMM PythonForce overhead ({meta['gpu']}, {args.platform} platform, {args.precision} precision)", "",
+             f"openmm {meta['openmm']}, torch {meta['torch']}, Python {meta['python']}; {meta['integrator']}; "
+             f"base system: {meta['base_system']}; median of {args.repeats} blocks of {args.steps} steps.", "",
+             "ms per step added to the base system:", "",
+             "| atoms | base ms/step | empty PythonForce | naive openmm-ml pattern | ours (trivial model) |"
+             + (" real model |" if args.model else ""),
+             "|---|---|---|---|---|" + ("---|" if args.model else "")]
+
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    for r in results:
+        lines.append(f"| {r['atoms']:,} | {fmt(r.get('base'))} | {fmt(r.get('empty_overhead'))} | "
+                     f"{fmt(r.get('naive_overhead'))} | {fmt(r.get('ours_overhead'))} |"
+                     + (f" {fmt(r.get('model_overhead'))} |" if args.model else ""))
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.md:
+        with open(args.md, "w") as fh:
+            fh.write(text)
+
+
+if __name__ == "__main__":
+    main()

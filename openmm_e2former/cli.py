@@ -1,0 +1,386 @@
+"""``e2former-md``: molecular dynamics of a PDB structure with the E2Former-V2 potential.
+
+Pipeline: PDB (or PDBx/mmCIF) in -> optional PDBFixer repair (missing heavy atoms, hydrogens at a pH) ->
+optional solvation (Modeller.addSolvent: padding, ion concentration) -> pure ML (``--ml all``) or ML/MM
+(``--ml-residues`` / ``--ml-atoms``; amber14 + TIP3P-FB for the rest, mechanical embedding through
+``MLPotential.createMixedSystem``) -> energy minimisation -> Langevin MD with a StateDataReporter (CSV),
+a DCD trajectory and a progress bar -> a short summary (energies, ns/day).
+
+Examples::
+
+    e2former-md water.pdb --model ckpt.pt --steps 1000
+    e2former-md protein.pdb --model ckpt.pt --fix --solvate --padding 1.0 --ml-residues 42-44 --steps 5000
+    e2former-md ligand_complex.pdb --model ckpt.pt --ml-residues LIG --platform CUDA --precision mixed
+
+Input errors (missing/unreadable files, residues the force field cannot template, elements the model
+does not support, bad selections) print one line ``e2former-md: error: ...`` and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import List, Optional, Sequence
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+MM_FORCEFIELD = ("amber14-all.xml", "amber14/tip3pfb.xml")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback, exit code 2."""
+
+
+# ----------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="e2former-md",
+        description="Run MD of a PDB structure with the E2Former-V2 ML potential (pure ML or ML/MM).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("pdb", help="input structure (.pdb, or .cif/.pdbx)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="E2Former-V2 checkpoint (default: the bundled model)")
+    g.add_argument("--config", default=None, help="config .yaml of an official checkpoint (default: beside it)")
+    g.add_argument("--head", default=None, help="model head (e.g. omol25, svp; default: the model's default)")
+    g.add_argument("--charge", type=int, default=0, help="total charge of the ML region")
+    g.add_argument("--multiplicity", type=int, default=1, help="spin multiplicity 2S+1 of the ML region")
+    g.add_argument("--device", default=None, help="torch device for the model (default: cuda if available)")
+    g = p.add_argument_group("system preparation")
+    g.add_argument("--fix", action="store_true",
+                   help="repair the structure with PDBFixer (non-standard residues, missing heavy atoms, hydrogens)")
+    g.add_argument("--ph", type=float, default=7.0, help="pH for the hydrogens added by --fix")
+    g.add_argument("--solvate", action="store_true", help="add a water box (TIP3P-FB) and ions")
+    g.add_argument("--padding", type=float, default=1.0, help="solvent padding (nm)")
+    g.add_argument("--ionic-strength", type=float, default=0.15, help="salt concentration (molar)")
+    g.add_argument("--no-neutralize", action="store_true", help="do not add counter-ions")
+    g = p.add_argument_group("ML region")
+    sel = g.add_mutually_exclusive_group()
+    sel.add_argument("--ml", choices=["all"], default=None, help="'all': every atom with E2Former-V2 (default)")
+    sel.add_argument("--ml-residues", default=None,
+                     help="ML/MM: residues for the ML region, comma-separated: residue names (LIG), PDB residue "
+                          "numbers or ranges (5, 10-12), optionally with a chain (A:10-12)")
+    sel.add_argument("--ml-atoms", default=None, help="ML/MM: 0-based atom indices or ranges (0-21,30)")
+    g.add_argument("--nonbonded-cutoff", type=float, default=1.0, help="MM nonbonded cutoff (nm) for ML/MM")
+    g = p.add_argument_group("simulation")
+    g.add_argument("--platform", default=None, help="OpenMM platform (Reference, CPU, CUDA, OpenCL)")
+    g.add_argument("--precision", choices=["single", "mixed", "double"], default=None,
+                   help="OpenMM platform precision (CUDA/OpenCL); 'double' also runs the model in float64")
+    g.add_argument("--temperature", type=float, default=300.0, help="K")
+    g.add_argument("--friction", type=float, default=1.0, help="Langevin friction (1/ps)")
+    g.add_argument("--timestep", type=float, default=0.5, help="fs")
+    g.add_argument("--steps", type=int, default=1000, help="MD steps")
+    g.add_argument("--minimize-steps", type=int, default=200,
+                   help="max. L-BFGS iterations of the energy minimisation (0: until converged, -1: skip)")
+    g.add_argument("--report-interval", type=int, default=100, help="steps between reports / DCD frames")
+    g.add_argument("--seed", type=int, default=None, help="random seed (velocities, Langevin noise)")
+    g = p.add_argument_group("output")
+    g.add_argument("--output", default=None, help="output prefix (default: input file name without extension)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------
+def _parse_ranges(text: str, what: str) -> List[int]:
+    import re
+
+    out: List[int] = []
+    for tok in text.replace(" ", "").split(","):
+        if not tok:
+            continue
+        m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", tok)
+        if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise CLIError(f"invalid {what} {tok!r} (expected integers or ranges like 3-7)")
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) is not None else a
+        out.extend(range(a, b + 1))
+    return out
+
+
+def select_atoms(topology, ml: Optional[str], ml_residues: Optional[str], ml_atoms: Optional[str]) -> Optional[List[int]]:
+    """ML atom indices, or None for pure ML."""
+    n = topology.getNumAtoms()
+    if ml_atoms is not None:
+        idx = sorted(set(_parse_ranges(ml_atoms, "atom index")))
+        bad = [i for i in idx if i < 0 or i >= n]
+        if bad:
+            raise CLIError(f"--ml-atoms: atom indices {bad[:5]} out of range (the system has {n} atoms)")
+        if not idx:
+            raise CLIError("--ml-atoms selects no atom")
+        return idx
+    if ml_residues is not None:
+        chosen = set()
+        residues = list(topology.residues())
+        for tok in ml_residues.replace(" ", "").split(","):
+            if not tok:
+                continue
+            chain = None
+            if ":" in tok:
+                chain, tok = tok.split(":", 1)
+            if tok and (tok[0].isdigit() or tok[0] == "-"):
+                numbers = set(_parse_ranges(tok, "residue number"))
+                match = [r for r in residues if _resnum(r) in numbers]
+            else:
+                match = [r for r in residues if r.name.upper() == tok.upper()]
+            if chain is not None:
+                match = [r for r in match if r.chain.id == chain]
+            if not match:
+                raise CLIError(f"--ml-residues: {tok!r}{' in chain ' + chain if chain else ''} matches no residue")
+            chosen.update(r.index for r in match)
+        idx = sorted(a.index for r in residues if r.index in chosen for a in r.atoms())
+        if not idx:
+            raise CLIError("--ml-residues selects no atom")
+        return idx
+    return None
+
+
+def _resnum(residue) -> Optional[int]:
+    try:
+        return int(residue.id)
+    except (TypeError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------
+def load_structure(path: str):
+    """(topology, positions) from a PDB/PDBx file, with clear errors."""
+    from openmm import app, unit
+
+    if not os.path.exists(path):
+        raise CLIError(f"input file not found: {path}")
+    if os.path.isdir(path):
+        raise CLIError(f"input path is a directory, not a structure file: {path}")
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext in (".cif", ".pdbx", ".mmcif"):
+            f = app.PDBxFile(path)
+        else:
+            f = app.PDBFile(path)
+    except Exception as exc:  # OpenMM's readers raise a variety of exceptions on garbage
+        raise CLIError(f"could not read {path} as a {'PDBx/mmCIF' if ext in ('.cif', '.pdbx', '.mmcif') else 'PDB'} "
+                       f"file: {type(exc).__name__}: {exc}") from None
+    top = f.topology
+    if top.getNumAtoms() == 0:
+        raise CLIError(f"{path} contains no atoms (is it a PDB file?)")
+    pos = f.getPositions()
+    box = top.getPeriodicBoxVectors()
+    if box is not None:
+        lengths = [v.norm() for v in box.value_in_unit(unit.nanometer)]
+        if max(lengths) <= 0.1 + 1e-9:  # CRYST1 1 1 1 placeholder of NMR / model files
+            top.setPeriodicBoxVectors(None)
+    return top, pos
+
+
+def fix_structure(path: str, ph: float):
+    try:
+        from pdbfixer import PDBFixer
+    except ImportError:
+        raise CLIError("--fix needs PDBFixer: pip install pdbfixer") from None
+    try:
+        fixer = PDBFixer(filename=path)
+    except Exception as exc:
+        raise CLIError(f"PDBFixer could not read {path}: {type(exc).__name__}: {exc}") from None
+    fixer.findMissingResidues()
+    fixer.missingResidues = {}  # do not model missing loops; only complete residues that are present
+    fixer.findNonstandardResidues()
+    fixer.replaceNonstandardResidues()
+    fixer.findMissingAtoms()
+    fixer.addMissingAtoms()
+    fixer.addMissingHydrogens(ph)
+    return fixer.topology, fixer.positions
+
+
+def _template_error(exc: Exception) -> CLIError:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CLIError(f"the amber14 force field cannot build this system: {msg}. Use --fix to add missing atoms "
+                    f"and hydrogens, and put residues without amber14 templates (ligands, unusual residues) in "
+                    f"the ML region (--ml all, or --ml-residues NAME)")
+
+
+# ----------------------------------------------------------------------------------------------------
+def build_simulation(args, topology, positions):
+    import openmm
+    from openmm import app, unit
+    from openmmml import MLPotential
+
+    ml_atoms = select_atoms(topology, args.ml, args.ml_residues, args.ml_atoms)
+    ml_precision = "double" if args.precision == "double" else None
+    ml_kwargs = dict(charge=args.charge, multiplicity=args.multiplicity, precision=ml_precision)
+    if args.head is not None:
+        ml_kwargs["head"] = args.head
+    if args.device is not None:
+        ml_kwargs["device"] = args.device
+    potential_kwargs = {}
+    if args.model is not None:
+        if not os.path.exists(args.model):
+            raise CLIError(f"model file not found: {args.model}")
+        potential_kwargs["modelPath"] = args.model
+    if args.config is not None:
+        potential_kwargs["config"] = args.config
+    try:
+        potential = MLPotential("e2formerv2", **potential_kwargs)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    periodic = topology.getPeriodicBoxVectors() is not None
+    if ml_atoms is None:
+        system = potential.createSystem(topology, **ml_kwargs)
+        mode = "pure ML"
+    else:
+        ff = app.ForceField(*MM_FORCEFIELD)
+        try:
+            mm_system = ff.createSystem(
+                topology, nonbondedMethod=app.PME if periodic else app.NoCutoff,
+                nonbondedCutoff=args.nonbonded_cutoff * unit.nanometer, constraints=None, rigidWater=False)
+        except ValueError as exc:
+            raise _template_error(exc) from None
+        system = potential.createMixedSystem(topology, mm_system, ml_atoms, **ml_kwargs)
+        mode = f"ML/MM ({len(ml_atoms)} ML atoms, mechanical embedding, amber14)"
+    integrator = openmm.LangevinMiddleIntegrator(args.temperature * unit.kelvin, args.friction / unit.picosecond,
+                                                 args.timestep * unit.femtosecond)
+    if args.seed is not None:
+        integrator.setRandomNumberSeed(args.seed)
+    platform, props = None, {}
+    if args.platform is not None:
+        try:
+            platform = openmm.Platform.getPlatformByName(args.platform)
+        except Exception:
+            names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+            raise CLIError(f"unknown OpenMM platform {args.platform!r} (available: {', '.join(names)})") from None
+        if args.precision is not None and args.platform in ("CUDA", "OpenCL", "HIP"):
+            props["Precision"] = args.precision
+    sim = app.Simulation(topology, system, integrator, platform, props or None)
+    sim.context.setPositions(positions)
+    return sim, mode, ml_atoms
+
+
+def run(args) -> dict:
+    import openmm
+    from openmm import app, unit
+
+    if args.steps < 0:
+        raise CLIError("--steps must be >= 0")
+    if args.report_interval <= 0:
+        raise CLIError("--report-interval must be > 0")
+    if args.fix:
+        if not os.path.exists(args.pdb):
+            raise CLIError(f"input file not found: {args.pdb}")
+        load_structure(args.pdb)  # same clear errors as without --fix
+        topology, positions = fix_structure(args.pdb, args.ph)
+    else:
+        topology, positions = load_structure(args.pdb)
+    if args.solvate:
+        modeller = app.Modeller(topology, positions)
+        try:
+            modeller.addSolvent(app.ForceField(*MM_FORCEFIELD), model="tip3p", padding=args.padding * unit.nanometer,
+                                ionicStrength=args.ionic_strength * unit.molar, neutralize=not args.no_neutralize)
+        except ValueError as exc:
+            raise _template_error(exc) from None
+        topology, positions = modeller.topology, modeller.positions
+
+    prefix = args.output or os.path.splitext(os.path.basename(args.pdb))[0] + "_e2former"
+    out_dir = os.path.dirname(prefix)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+
+    sim, mode, ml_atoms = build_simulation(args, topology, positions)
+    ctx = sim.context
+    n_atoms = topology.getNumAtoms()
+    periodic = topology.getPeriodicBoxVectors() is not None
+    print(f"e2former-md: {n_atoms} atoms, {mode}, {'periodic' if periodic else 'non-periodic'}, "
+          f"platform {ctx.getPlatform().getName()}", flush=True)
+
+    def epot():
+        return ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+
+    summary = {"atoms": n_atoms, "mode": mode, "platform": ctx.getPlatform().getName()}
+    summary["initial_energy"] = epot()
+    if args.minimize_steps >= 0:
+        t0 = time.perf_counter()
+        sim.minimizeEnergy(maxIterations=args.minimize_steps)
+        summary["minimized_energy"] = epot()
+        summary["minimize_seconds"] = time.perf_counter() - t0
+    with open(prefix + "_minimized.pdb", "w") as fh:
+        app.PDBFile.writeFile(topology, ctx.getState(getPositions=True).getPositions(), fh)
+
+    if args.seed is not None:
+        ctx.setVelocitiesToTemperature(args.temperature * unit.kelvin, args.seed)
+    else:
+        ctx.setVelocitiesToTemperature(args.temperature * unit.kelvin)
+    log_path, dcd_path = prefix + ".csv", prefix + ".dcd"
+    sim.reporters.append(app.StateDataReporter(log_path, args.report_interval, step=True, time=True,
+                                               potentialEnergy=True, kineticEnergy=True, totalEnergy=True,
+                                               temperature=True, speed=True))
+    sim.reporters.append(app.DCDReporter(dcd_path, args.report_interval))
+
+    bar = None
+    if not args.no_progress and args.steps > 0:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=args.steps, unit="step", desc="MD", file=sys.stderr, dynamic_ncols=True)
+        except ImportError:  # pragma: no cover
+            bar = None
+    chunk = max(1, min(args.report_interval, 100))
+    done = 0
+    t0 = time.perf_counter()
+    while done < args.steps:
+        k = min(chunk, args.steps - done)
+        sim.step(k)
+        done += k
+        if bar is not None:
+            bar.update(k)
+    wall = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    st = ctx.getState(getEnergy=True, getPositions=True)
+    summary["final_potential_energy"] = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    summary["final_kinetic_energy"] = st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
+    dof = 3 * sum(1 for i in range(sim.system.getNumParticles()) if sim.system.getParticleMass(i)._value > 0) \
+        - sim.system.getNumConstraints() \
+        - (3 if any(isinstance(f, openmm.CMMotionRemover) for f in sim.system.getForces()) else 0)
+    kb = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+    summary["final_temperature"] = 2 * summary["final_kinetic_energy"] / (max(dof, 1) * kb)
+    summary["steps"] = args.steps
+    summary["md_seconds"] = wall
+    ns = args.steps * args.timestep * 1e-6
+    summary["ns_per_day"] = ns / wall * 86400 if wall > 0 and args.steps else 0.0
+    with open(prefix + "_final.pdb", "w") as fh:
+        app.PDBFile.writeFile(topology, st.getPositions(), fh)
+    summary["outputs"] = [log_path, dcd_path, prefix + "_minimized.pdb", prefix + "_final.pdb"]
+
+    print("summary:")
+    print(f"  initial potential energy   {summary['initial_energy']:.3f} kJ/mol")
+    if "minimized_energy" in summary:
+        print(f"  minimised potential energy {summary['minimized_energy']:.3f} kJ/mol "
+              f"({summary['minimize_seconds']:.1f} s)")
+    print(f"  final potential energy     {summary['final_potential_energy']:.3f} kJ/mol")
+    print(f"  final kinetic energy       {summary['final_kinetic_energy']:.3f} kJ/mol "
+          f"(T = {summary['final_temperature']:.1f} K)")
+    print(f"  MD: {args.steps} steps x {args.timestep} fs in {wall:.2f} s = {summary['ns_per_day']:.3f} ns/day")
+    print(f"  outputs: {', '.join(summary['outputs'])}")
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except CLIError as exc:
+        print(f"e2former-md: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        # our plug-in and the model raise ValueError with a clear message for bad input (unsupported
+        # element, unknown head, charge/multiplicity out of range, overlapping atoms ...)
+        print(f"e2former-md: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if "modelPath" in str(exc) or "default" in str(exc).lower() and "model" in str(exc).lower():
+            print(f"e2former-md: error: {exc} (use --model PATH)", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""The OpenMM force of E2Former-V2: one :class:`openmm.PythonForce` around the model.
+
+Units: OpenMM hands positions / box vectors in nm and wants energy in kJ/mol and forces in
+kJ/mol/nm; the model works in Å and eV.  The conversion happens here, with exact constants.
+
+What is pickled
+---------------
+``openmm.PythonForce`` pickles its callable when it is built, and every ``copy.deepcopy`` /
+``XmlSerializer`` round trip / ``CustomCVForce`` (``createMixedSystem(..., interpolate=True)``)
+unpickles a *new* instance.  :class:`E2FormerForceComputation` therefore pickles only what defines the
+potential: the model file's absolute path (plus the config path or dict), atomic numbers, charge,
+multiplicity, head, periodicity, device request and precision -- a few hundred bytes whatever the
+model size.  We deliberately do *not* embed the weights: the production model has ~25 M parameters
+(~100 MB as float32, ~200 MB once XmlSerializer hex-encodes the pickle), and the interpolation path
+deep-copies the force, so embedded weights would make every copy and every serialized System huge.
+The price is that a serialized System refers to the model file by path; the error on a missing file
+names the path.  ``modelPath=None`` (the bundled default model) is pickled as ``None`` and resolved in
+the process that runs the force.
+
+The model itself is loaded lazily, on the first evaluation, through a per-process cache keyed by
+(path, config, device, dtype): all copies of a force in one process share one model on the device.
+
+Data path per step (CUDA)
+-------------------------
+OpenMM 8.6 has no GPU-resident path for a PythonForce: positions come to the host, forces go back.
+We keep the model, atomic numbers and the model's neighbour list on the GPU and use one pinned host
+buffer each way:
+
+1. ``State._getVectorAsNumpy`` writes the positions (float64 nm) straight into a pinned buffer that
+   also holds the 3 box rows (no Quantity objects, no temporary arrays);
+2. one asynchronous host->device copy of that buffer; nm->Å and float64->model dtype on the GPU;
+3. ``model.energy_and_forces`` (neighbour list + network + autograd / direct forces on the GPU); the
+   model's input validation (an extra neighbour search and host syncs) runs on the first evaluation
+   only, later a non-finite energy triggers it to name the problem;
+4. forces (scaled to kJ/mol/nm, float64) and energy are packed into one device buffer and copied
+   back with one device->host copy into a pinned buffer; one stream synchronisation;
+5. the callable returns a float and a NumPy view of the pinned buffer (OpenMM copies it at once).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = [
+    "EV_TO_KJ_PER_MOL",
+    "NM_TO_ANGSTROM",
+    "E2FormerForceComputation",
+    "QuadraticTestModel",
+    "create_python_force",
+    "get_model",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+#: 1 eV in kJ/mol (CODATA 2018: e * N_A / 1000).
+EV_TO_KJ_PER_MOL = 96.48533212331002
+#: 1 nm in Å.
+NM_TO_ANGSTROM = 10.0
+#: eV/Å -> kJ/mol/nm.
+EV_PER_A_TO_KJ_PER_MOL_NM = EV_TO_KJ_PER_MOL * NM_TO_ANGSTROM
+
+#: Model "path" that selects the trivial test model (see QuadraticTestModel); used by the overhead
+#: benchmark and tests that exercise the OpenMM plumbing without the network.
+QUADRATIC_TEST_MODEL = "builtin:quadratic-test-model"
+
+_MODEL_CACHE: dict = {}
+_MODEL_CACHE_LOCK = threading.Lock()
+
+
+# ----------------------------------------------------------------------------------------------------
+# device / precision / model cache
+# ----------------------------------------------------------------------------------------------------
+def resolve_device(device: Any = None) -> str:
+    """``None`` -> ``'cuda'`` when torch sees a GPU, else ``'cpu'``; ``torch.device`` or str accepted.
+    Returned normalised (``'cuda'`` -> ``'cuda:<current>'``) so it can be used as a cache key."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r} was requested but torch sees no CUDA device")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return str(dev)
+
+
+def resolve_dtype(precision: Optional[str] = None):
+    """openmm-ml's ``precision`` argument: None / 'single' -> float32, 'double' -> float64."""
+    import torch
+
+    if precision is None or precision == "single":
+        return torch.float32
+    if precision == "double":
+        return torch.float64
+    raise ValueError(f"precision must be None, 'single' or 'double', not {precision!r}")
+
+
+def _config_key(config: Any):
+    if config is None or isinstance(config, str):
+        return config
+    if isinstance(config, os.PathLike):
+        return os.fspath(config)
+    import json
+
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def get_model(model_path: Optional[str], config: Any = None, device: Any = None, precision: Optional[str] = None):
+    """Load (once per process) and return the model for (path, config, device, precision)."""
+    dev = resolve_device(device)
+    dtype = resolve_dtype(precision)
+    key = (model_path, _config_key(config), dev, str(dtype))
+    with _MODEL_CACHE_LOCK:
+        model = _MODEL_CACHE.get(key)
+        if model is None:
+            if model_path == QUADRATIC_TEST_MODEL:
+                model = QuadraticTestModel(device=dev, dtype=dtype)
+            else:
+                if model_path is not None and not os.path.exists(model_path):
+                    raise FileNotFoundError(f"E2Former-V2 model file not found: {model_path}")
+                try:
+                    from openmm_e2former import load_model
+                except ImportError:  # package __init__ without the re-export
+                    from openmm_e2former.model.checkpoint import load_model
+
+                model = load_model(path=model_path, config=config, device=dev, dtype=dtype)
+            _MODEL_CACHE[key] = model
+    return model
+
+
+def clear_model_cache() -> None:
+    with _MODEL_CACHE_LOCK:
+        _MODEL_CACHE.clear()
+
+
+class QuadraticTestModel:
+    """A trivial stand-in with the model's calling convention: E = k * sum(positions**2) (eV, Å), forces by
+    autograd.  Used by ``benchmarks/openmm_overhead.py`` to measure the cost of the OpenMM <-> torch data
+    path alone (same buffers and copies as the real model) and by plumbing tests."""
+
+    cutoff = 4.5
+    head_names = ["test"]
+    default_head = "test"
+
+    def __init__(self, device="cpu", dtype=None, k: float = 1e-3):
+        import torch
+
+        self.device = torch.device(device)
+        self.dtype = dtype or torch.float32
+        self.k = k
+
+    def head_index(self, name):
+        return 0
+
+    def energy_and_forces(self, atomic_numbers, positions, cell, pbc, charge, multiplicity, head):
+        import torch
+
+        with torch.enable_grad():
+            pos = positions.detach().requires_grad_(True)
+            energy = self.k * (pos * pos).sum()
+            (grad,) = torch.autograd.grad(energy, pos)
+        return energy.detach(), -grad
+
+
+# ----------------------------------------------------------------------------------------------------
+# the PythonForce callable
+# ----------------------------------------------------------------------------------------------------
+class _Runtime:
+    """Per-process, per-instance state built on the first call (never pickled)."""
+
+    def __init__(self, comp: "E2FormerForceComputation"):
+        import torch
+
+        self.model = get_model(comp.model_path, comp.config, comp.device, comp.precision)
+        self.dev = torch.device(resolve_device(comp.device))
+        self.dtype = resolve_dtype(comp.precision)
+        n = len(comp.atomic_numbers)
+        self.n = n
+        self.cuda = self.dev.type == "cuda"
+        pin = self.cuda
+        # host -> device: rows [0, n) positions (nm), rows [n, n+3) box vectors (nm)
+        self.h_in = torch.zeros((n + 3, 3), dtype=torch.float64, pin_memory=pin)
+        self.h_in_np = self.h_in.numpy()
+        self.h_pos_np = self.h_in_np[:n]
+        # device -> host: [0, 3n) forces (kJ/mol/nm), [3n] energy (kJ/mol)
+        self.h_out = torch.zeros(3 * n + 1, dtype=torch.float64, pin_memory=pin)
+        self.h_out_np = self.h_out.numpy()
+        self.forces_view = self.h_out_np[: 3 * n].reshape(n, 3)
+        if self.cuda:
+            self.d_in = torch.empty((n + 3, 3), dtype=torch.float64, device=self.dev)
+            self.d_out = torch.empty(3 * n + 1, dtype=torch.float64, device=self.dev)
+        else:
+            self.d_in = self.h_in
+            self.d_out = self.h_out
+        self.z = torch.as_tensor(np.asarray(comp.atomic_numbers, dtype=np.int64), device=self.dev)
+        self.pbc = torch.tensor([True, True, True], device=self.dev) if comp.periodic else None
+        self.head = comp.head if comp.head is not None else getattr(self.model, "default_head", None)
+        self.fast_positions = hasattr(_state_class(), "_getVectorAsNumpy")
+        try:
+            import inspect
+
+            self.validate_kw = "validate" in inspect.signature(self.model.energy_and_forces).parameters
+        except (TypeError, ValueError):  # pragma: no cover
+            self.validate_kw = False
+        self.validated = False
+        self.lock = threading.Lock()
+
+
+_STATE_CLASS = None
+
+
+def _state_class():
+    global _STATE_CLASS
+    if _STATE_CLASS is None:
+        import openmm
+
+        _STATE_CLASS = openmm.State
+    return _STATE_CLASS
+
+
+class E2FormerForceComputation:
+    """Callable given to ``openmm.PythonForce``: state (nm) -> (energy kJ/mol, forces kJ/mol/nm).
+
+    Small to pickle (see the module docstring); the model is loaded on the first call."""
+
+    _PICKLED = ("model_path", "config", "atomic_numbers", "charge", "multiplicity", "head", "periodic",
+                "device", "precision")
+
+    def __init__(self, atomic_numbers: Sequence[int], model_path: Optional[str] = None, config: Any = None,
+                 charge: int = 0, multiplicity: int = 1, head: Optional[str] = None, periodic: bool = False,
+                 device: Any = None, precision: Optional[str] = None):
+        if model_path is not None and model_path != QUADRATIC_TEST_MODEL:
+            model_path = os.path.abspath(os.fspath(model_path))
+        if isinstance(config, os.PathLike) or (isinstance(config, str) and os.path.exists(config)):
+            config = os.path.abspath(os.fspath(config))
+        self.model_path = model_path
+        self.config = config
+        self.atomic_numbers = [int(z) for z in atomic_numbers]
+        self.charge = int(charge)
+        self.multiplicity = int(multiplicity)
+        self.head = head
+        self.periodic = bool(periodic)
+        self.device = None if device is None else str(device)
+        self.precision = precision
+        self._rt: Optional[_Runtime] = None
+
+    # -- pickling: the definition only, never the model or buffers --------------------------------
+    def __getstate__(self):
+        return {k: getattr(self, k) for k in self._PICKLED}
+
+    def __setstate__(self, state):
+        for k in self._PICKLED:
+            setattr(self, k, state.get(k))
+        self._rt = None
+
+    def __repr__(self):
+        return (f"E2FormerForceComputation(model_path={self.model_path!r}, n_atoms={len(self.atomic_numbers)}, "
+                f"charge={self.charge}, multiplicity={self.multiplicity}, head={self.head!r}, "
+                f"periodic={self.periodic}, device={self.device!r}, precision={self.precision!r})")
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def runtime(self) -> _Runtime:
+        if self._rt is None:
+            self._rt = _Runtime(self)
+        return self._rt
+
+    def __call__(self, state):
+        rt = self._rt if self._rt is not None else self.runtime()
+        with rt.lock:
+            return self._compute(rt, state)
+
+    def _compute(self, rt: _Runtime, state):
+        import torch
+
+        n = rt.n
+        if rt.fast_positions:
+            # writes exactly n rows of float64 nm into the pinned buffer
+            state._getVectorAsNumpy(_state_class().Positions, rt.h_pos_np)
+        else:  # pragma: no cover - older/newer OpenMM without the private helper
+            from openmm import unit
+
+            rt.h_pos_np[...] = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        if self.periodic:
+            box = state.getPeriodicBoxVectors(asNumpy=True)
+            rt.h_in_np[n:] = box._value if hasattr(box, "_value") else box
+        if rt.cuda:
+            rt.d_in.copy_(rt.h_in, non_blocking=True)
+        x = rt.d_in.mul(NM_TO_ANGSTROM).to(rt.dtype)
+        pos = x[:n]
+        cell = x[n:] if self.periodic else None
+        kwargs = {}
+        if rt.validate_kw:
+            # full input validation (elements, NaN, overlaps: an extra neighbour search and several host
+            # syncs) on the first evaluation only; later steps check the energy for finiteness and
+            # re-run with validation to report what went wrong.
+            kwargs["validate"] = not rt.validated
+        out = rt.model.energy_and_forces(rt.z, pos, cell, rt.pbc, self.charge, self.multiplicity, rt.head, **kwargs)
+        energy, forces = out[0], out[-1]
+        with torch.no_grad():
+            rt.d_out[: 3 * n].copy_(forces.detach().reshape(-1)).mul_(EV_PER_A_TO_KJ_PER_MOL_NM)
+            rt.d_out[3 * n].copy_(energy.detach()).mul_(EV_TO_KJ_PER_MOL)
+            if rt.cuda:
+                rt.h_out.copy_(rt.d_out, non_blocking=True)
+                torch.cuda.current_stream(rt.dev).synchronize()
+        e = float(rt.h_out_np[3 * n])
+        if not np.isfinite(e):
+            if rt.validate_kw and rt.validated:
+                rt.model.energy_and_forces(rt.z, pos, cell, rt.pbc, self.charge, self.multiplicity, rt.head,
+                                           validate=True)
+            raise ValueError(f"E2Former-V2 energy is not finite ({e}): the simulation is unstable or the "
+                             "structure is invalid")
+        rt.validated = True
+        return e, rt.forces_view
+
+
+# ----------------------------------------------------------------------------------------------------
+def create_python_force(atomic_numbers: Sequence[int], model_path: Optional[str] = None, config: Any = None,
+                        particles: Optional[Sequence[int]] = None, periodic: bool = False, charge: int = 0,
+                        multiplicity: int = 1, head: Optional[str] = None, device: Any = None,
+                        precision: Optional[str] = None, force_group: int = 0, name: str = "E2FormerV2"):
+    """Build the ``openmm.PythonForce`` (not added to any System).
+
+    ``atomic_numbers[i]`` belongs to particle ``particles[i]`` (all particles of the System when
+    ``particles`` is None)."""
+    import openmm
+
+    if particles is not None and len(particles) != len(atomic_numbers):
+        raise ValueError(f"{len(particles)} particles but {len(atomic_numbers)} atomic numbers")
+    comp = E2FormerForceComputation(atomic_numbers, model_path=model_path, config=config, charge=charge,
+                                    multiplicity=multiplicity, head=head, periodic=periodic, device=device,
+                                    precision=precision)
+    pickle.dumps(comp)  # PythonForce swallows pickling errors (then deepcopy/XML fail later): fail here
+    force = openmm.PythonForce(comp)
+    force.setUsesPeriodicBoundaryConditions(bool(periodic))
+    if particles is not None:
+        force.setParticles([int(i) for i in particles])
+    force.setForceGroup(force_group)
+    force.setName(name)
+    return force
