@@ -113,7 +113,8 @@ def bench_one(setting, N, impl, mode, case):
 def main(argv):
     quick = "--quick" in argv
     paths = [a for a in argv if not a.startswith("--")]
-    prefix = paths[0] if paths else str(REPO / "benchmarks/results/attention_h100")
+    gpu = "h200" if "H200" in torch.cuda.get_device_name() else "h100"
+    prefix = paths[0] if paths else str(REPO / f"benchmarks/results/attention_{gpu}")
     Ns = (128, 2048, 32768) if quick else (128, 512, 2048, 8192, 32768, 100000)
     budget_s = float(os.environ.get("BENCH_BUDGET_S", "1e9"))
     t_start = time.time()

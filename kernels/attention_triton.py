@@ -31,6 +31,7 @@ Only importable where triton is installed; ``kernels/__init__.py`` guards the im
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -319,6 +320,9 @@ def _block_e(row_ptr: torch.Tensor, max_degree: int | None) -> int:
 
 
 def _launch_cfg(H: int, hid: int, block_e: int):
+    override = os.environ.get("E2F_ATTN_NUM_WARPS")
+    if override:
+        return int(override)
     work = block_e * max(H, hid)
     num_warps = 4 if work <= 2048 else 8
     return num_warps

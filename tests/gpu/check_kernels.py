@@ -34,7 +34,7 @@ DEV = os.environ.get("E2F_CHECK_DEVICE", "cuda")   # "cpu" + TRITON_INTERPRET=1:
 
 def sync():
     if DEV == "cuda":
-        sync()
+        torch.cuda.synchronize()
 
 
 def rel(a, b):
