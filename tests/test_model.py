@@ -1,0 +1,194 @@
+"""Physical properties of the network: symmetries, conservative forces, periodic behaviour."""
+import numpy as np
+import pytest
+import torch
+
+from helpers import case, model, predict_case, random_rotation, water_box
+
+
+def _mol(name="random20", variant="tiny_qk"):
+    c = case(variant, name)
+    return c["atomic_numbers"], c["positions"]
+
+
+@pytest.mark.parametrize("eaas", ["relative", "so2"])
+def test_rotation_invariance_and_force_equivariance(eaas):
+    m = model("tiny_qk", eaas)
+    z, pos = _mol()
+    ref = m.predict(z, pos)
+    centre = pos.mean(0)
+    for seed in range(3):
+        R = random_rotation(seed)
+        out = m.predict(z, (pos - centre) @ R.T + centre)
+        assert abs(out["energy"] - ref["energy"]) < 2e-5
+        np.testing.assert_allclose(out["forces"], ref["forces"] @ R.T, atol=2e-4)
+
+
+def test_rotation_periodic_triclinic():
+    m = model("tiny_qk")
+    c = case("tiny_qk", "water30_triclinic_pbc")
+    ref = predict_case(m, c)
+    R = random_rotation(7)
+    out = m.predict(c["atomic_numbers"], c["positions"] @ R.T, c["cell"] @ R.T, c["pbc"])
+    assert abs(out["energy"] - ref["energy"]) < 5e-5
+    np.testing.assert_allclose(out["forces"], ref["forces"] @ R.T, atol=3e-4)
+
+
+def test_translation_relative_route_is_exact_far_from_origin():
+    """The relative-vector EAAS only sees r_i - r_j: translating by 1000 Å changes nothing beyond
+    float32 rounding of the coordinates themselves (the official absolute-position route loses digits)."""
+    m = model("tiny_qk", "relative", "float64")
+    z, pos = _mol()
+    ref = m.predict(z, pos)
+    out = m.predict(z, pos + np.array([1000.0, -700.0, 300.0]))
+    assert abs(out["energy"] - ref["energy"]) < 1e-9
+    np.testing.assert_allclose(out["forces"], ref["forces"], atol=1e-9)
+    m32 = model("tiny_qk", "relative")
+    out32 = m32.predict(z, pos + 100.0)
+    assert abs(out32["energy"] - ref["energy"]) < 1e-4
+
+
+def test_permutation():
+    m = model("tiny_qk")
+    z, pos = _mol()
+    perm = np.random.default_rng(3).permutation(len(z))
+    ref = m.predict(z, pos)
+    out = m.predict(z[perm], pos[perm])
+    assert abs(out["energy"] - ref["energy"]) < 2e-5
+    np.testing.assert_allclose(out["forces"], ref["forces"][perm], atol=1e-4)
+
+
+@pytest.mark.parametrize("name,periodic", [("random20", False), ("water7_cubic6_pbc", True)])
+def test_forces_match_central_finite_differences(name, periodic):
+    # (a symmetric molecule such as ethanol has exactly tied attention maxima: the official
+    # max-subtracted softmax with its +1e-3 term has a kink there, so FD and autograd differ by ~3e-6)
+    m = model("tiny_qk", "relative", "float64")
+    c = case("tiny_qk", name)
+    cell = c["cell"] if periodic else None
+    z, pos = c["atomic_numbers"], c["positions"].copy()
+    f = m.predict(z, pos, cell, c["pbc"])["forces"]
+    h = 1e-5  # the radial basis is narrow (sigma = 0.035 Å): keep the O(h^2) error small
+    rng = np.random.default_rng(0)
+    for a in rng.choice(len(z), size=4, replace=False):
+        for k in range(3):
+            p1, p2 = pos.copy(), pos.copy()
+            p1[a, k] += h
+            p2[a, k] -= h
+            e1 = m.predict(z, p1, cell, c["pbc"], forces=False)["energy_model"]
+            e2 = m.predict(z, p2, cell, c["pbc"], forces=False)["energy_model"]
+            assert abs(-(e1 - e2) / (2 * h) - f[a, k]) < 1e-6 * max(1.0, abs(f[a, k])), (a, k)
+
+
+def test_net_force_vanishes():
+    m = model("tiny_qk")
+    z, pos = _mol()
+    assert np.abs(m.predict(z, pos)["forces"].sum(0)).max() < 1e-4
+
+
+def test_periodic_wrap_invariance():
+    m = model("tiny_qk")
+    c = case("tiny_qk", "water30_triclinic_pbc")
+    ref = predict_case(m, c)
+    shifts = np.random.default_rng(1).integers(-3, 4, size=(len(c["positions"]), 3))
+    moved = c["positions"] + shifts @ c["cell"]
+    out = m.predict(c["atomic_numbers"], moved, c["cell"], c["pbc"])
+    assert abs(out["energy"] - ref["energy"]) < 5e-5
+    np.testing.assert_allclose(out["forces"], ref["forces"], atol=3e-4)
+
+
+def test_supercell_extensivity():
+    m = model("tiny_qk", "relative", "float64")
+    z, pos, cell = water_box(2, 3.2, seed=4)
+    one = m.predict(z, pos, cell)
+    z2 = np.concatenate([z, z])
+    pos2 = np.concatenate([pos, pos + cell[0]])
+    cell2 = cell.copy()
+    cell2[0] *= 2
+    two = m.predict(z2, pos2, cell2)
+    assert abs(two["energy_model"] - 2 * one["energy_model"]) < 1e-8 * max(1.0, abs(two["energy_model"]))
+    np.testing.assert_allclose(two["forces"], np.concatenate([one["forces"]] * 2), atol=1e-9)
+
+
+def test_triclinic_equivalent_cells():
+    """The same lattice written with different (skewed) basis vectors gives the same result."""
+    m = model("tiny_qk", "relative", "float64")
+    z, pos, cell = water_box(2, 3.3, seed=5)
+    ref = m.predict(z, pos, cell)
+    skew = np.array([[1, 0, 0], [1, 1, 0], [-1, 1, 1]]) @ cell  # unimodular transform: same lattice
+    out = m.predict(z, pos, skew)
+    assert abs(out["energy"] - ref["energy"]) < 1e-8 * abs(ref["energy"])
+    np.testing.assert_allclose(out["forces"], ref["forces"], atol=1e-9)
+
+
+def test_small_cell_uses_many_images():
+    """A cell smaller than the cutoff: one water in a 3.5 Å box sees many images of itself."""
+    m = model("tiny_qk", "relative", "float64")
+    z = np.array([8, 1, 1])
+    pos = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.24, 0.927, 0.0]]) + 1.0
+    r = m.predict(z, pos, np.eye(3) * 3.5)
+    assert np.isfinite(r["energy"]) and np.abs(r["forces"].sum(0)).max() < 1e-8
+
+
+def test_mixed_periodicity_slab():
+    m = model("tiny_qk")
+    c = case("tiny_qk", "water12_slab_pbc_TTF")
+    ref = predict_case(m, c)
+    moved = c["positions"] + np.array([0.0, 0.0, 50.0])  # non-periodic direction: free translation
+    out = m.predict(c["atomic_numbers"], moved, c["cell"], c["pbc"])
+    assert abs(out["energy"] - ref["energy"]) < 5e-5
+
+
+def test_isolated_atoms_without_neighbours():
+    """The official model crashes on a structure with no edge; ours returns a finite energy."""
+    m = model("tiny_qk")
+    r = m.predict([8, 8], [[0.0, 0.0, 0.0], [20.0, 0.0, 0.0]])
+    assert np.isfinite(r["energy"]) and np.all(r["forces"] == 0)
+    r1 = m.predict([6], [[1.0, 2.0, 3.0]])
+    assert np.isfinite(r1["energy"])
+    # with no neighbours the network output is element-independent (spec §2.3)
+    a = m.predict([1], [[0.0, 0.0, 0.0]])["energy_model"]
+    b = m.predict([16], [[0.0, 0.0, 0.0]])["energy_model"]
+    assert abs(a - b) < 1e-6
+
+
+def test_charge_and_multiplicity_change_energy():
+    m = model("tiny_qk")
+    z, pos = _mol("water")
+    e0 = m.predict(z, pos)["energy"]
+    assert abs(m.predict(z, pos, charge=1, multiplicity=2)["energy"] - e0) > 1e-4
+    assert abs(m.predict(z, pos, multiplicity=3)["energy"] - e0) > 1e-4
+
+
+def test_heads_differ_and_default_is_first():
+    m = model("tiny_qk")
+    z, pos = _mol("water")
+    assert m.head_names == ["omol25", "svp"] and m.default_head == "omol25"
+    assert m.predict(z, pos)["energy"] == m.predict(z, pos, head="omol25")["energy"]
+    assert m.predict(z, pos, head="svp")["energy_model"] != m.predict(z, pos)["energy_model"]
+
+
+def test_direct_force_head_is_not_a_gradient():
+    m = model("tiny_direct")
+    z, pos = _mol("water3", "tiny_direct")
+    out = m.predict(z, pos)
+    assert m.direct_forces and out["forces"].shape == (9, 3)
+    no_f = m.predict(z, pos, forces=False)
+    assert "forces" not in no_f or no_f["forces"] is None
+    assert no_f["energy"] == pytest.approx(out["energy"], abs=1e-6)
+
+
+def test_float64_model_matches_float32():
+    z, pos = _mol()
+    a = model("tiny_qk").predict(z, pos)
+    b = model("tiny_qk", "relative", "float64").predict(z, pos)
+    assert abs(a["energy"] - b["energy"]) < 1e-4
+    np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-4)
+
+
+def test_energy_and_forces_tensor_api():
+    m = model("tiny_qk")
+    z, pos = _mol("water")
+    e, em, f = m.energy_and_forces(torch.tensor(z), torch.tensor(pos), head="omol25")
+    ref = m.predict(z, pos)
+    assert torch.is_tensor(e) and f.shape == (3, 3)
+    assert abs(float(e) - ref["energy"]) < 1e-9
