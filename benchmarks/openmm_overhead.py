@@ -30,6 +30,25 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+try:  # running from a checkout that is not pip-installed: map model/ and kernels/ like setup.py does
+    import openmm_e2former.model  # noqa: F401
+except ImportError:
+    import importlib.util
+
+    _REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+    class _SubpackageFinder:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            sub = {"openmm_e2former.model": "model", "openmm_e2former.kernels": "kernels"}.get(name)
+            if sub is None:
+                return None
+            d = os.path.join(_REPO, sub)
+            return importlib.util.spec_from_file_location(name, os.path.join(d, "__init__.py"),
+                                                          submodule_search_locations=[d])
+
+    sys.meta_path.insert(0, _SubpackageFinder)
+
 import torch  # noqa: E402  (import torch before openmm: harmless and matches openmm-torch's rule)
 import openmm  # noqa: E402
 from openmm import unit  # noqa: E402
@@ -112,6 +131,38 @@ def time_variant(system, pos, platform_name, props, steps, warmup, repeats):
     return statistics.median(times), times
 
 
+def gpu_check(npz_path, model_path, platform_name, props, device):
+    """Energy/forces of a fixture structure through our force on `platform_name`/`device` vs
+    model.predict on the CPU (float32 both)."""
+    from openmm import app
+    from openmm_e2former.force import get_model
+
+    d = np.load(npz_path)
+    z = d["atomic_numbers"].astype(int)
+    pos = np.asarray(d["positions"], dtype=np.float64)
+    cell = np.asarray(d["cell"], dtype=np.float64) if np.asarray(d["pbc"]).any() else None
+    system = openmm.System()
+    for zi in z:
+        system.addParticle(app.Element.getByAtomicNumber(int(zi)).mass)
+    if cell is not None:
+        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*r) for r in cell * 0.1])
+    system.addForce(create_python_force(z.tolist(), model_path, periodic=cell is not None, device=device))
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform_name),
+                         props)
+    ctx.setPositions(pos * 0.1)
+    st = ctx.getState(getEnergy=True, getForces=True)
+    e = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    f = st.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    ref = get_model(model_path, None, "cpu", None).predict(z, pos, cell)
+    e_ref = ref["energy"] * 96.48533212331002
+    f_ref = ref["forces"] * 964.8533212331002
+    out = {"structure": os.path.basename(npz_path), "atoms": len(z), "energy_kj": e, "energy_ref_kj": e_ref,
+           "energy_abs_diff_kj": abs(e - e_ref), "forces_max_abs_diff_kj_nm": float(np.abs(f - f_ref).max()),
+           "forces_max_abs_kj_nm": float(np.abs(f_ref).max())}
+    print("GPU check:", out, flush=True)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000,100000")
@@ -124,6 +175,7 @@ def main(argv=None):
     ap.add_argument("--variants", default="base,empty,naive,ours")
     ap.add_argument("--model", default=None, help="real checkpoint to time through the same force (optional)")
     ap.add_argument("--model-sizes", default="1000,10000")
+    ap.add_argument("--check-npz", default=None, help="fixture .npz to compare GPU force vs CPU predict (needs --model)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--md", default=None)
     args = ap.parse_args(argv)
@@ -146,6 +198,12 @@ def main(argv=None):
         "integrator": "LangevinMiddleIntegrator 1 fs",
         "base_system": "N particles, 100/nm^3, periodic cube, CustomExternalForce restraint",
     }
+    if args.check_npz and args.model:
+        try:
+            meta["gpu_check"] = gpu_check(args.check_npz, args.model, args.platform, props, args.device)
+        except Exception as exc:
+            print(f"GPU check FAILED: {type(exc).__name__}: {exc}", flush=True)
+            meta["gpu_check"] = {"error": f"{type(exc).__name__}: {exc}"}
     results = []
     for n in sizes:
         system0, pos = make_system(n)
@@ -168,10 +226,10 @@ def main(argv=None):
                 system.addForce(create_python_force([6] * n, args.model, periodic=True, device=args.device))
             elif v != "base":
                 raise SystemExit(f"unknown variant {v}")
-            steps = args.steps if v != "model" else max(10, args.steps // 10)
+            steps = args.steps if v != "model" else 10
             try:
                 med, all_t = time_variant(system, pos, args.platform, props, steps, args.warmup if v != "model" else 3,
-                                          args.repeats)
+                                          args.repeats if v != "model" else min(3, args.repeats))
             except Exception as exc:  # keep going: report what failed
                 print(f"N={n} {v}: FAILED {type(exc).__name__}: {exc}", flush=True)
                 row[v] = None

@@ -151,6 +151,14 @@ def load_structure(path: str):
     if os.path.isdir(path):
         raise CLIError(f"input path is a directory, not a structure file: {path}")
     ext = os.path.splitext(path)[1].lower()
+    if ext not in (".cif", ".pdbx", ".mmcif"):
+        try:
+            with open(path, "r", errors="replace") as fh:
+                has_atoms = any(line.startswith(("ATOM", "HETATM")) for line in fh)
+        except OSError as exc:
+            raise CLIError(f"cannot read {path}: {exc}") from None
+        if not has_atoms:
+            raise CLIError(f"{path} contains no atoms (no ATOM/HETATM records: is it a PDB file?)")
     try:
         if ext in (".cif", ".pdbx", ".mmcif"):
             f = app.PDBxFile(path)
@@ -160,12 +168,12 @@ def load_structure(path: str):
         raise CLIError(f"could not read {path} as a {'PDBx/mmCIF' if ext in ('.cif', '.pdbx', '.mmcif') else 'PDB'} "
                        f"file: {type(exc).__name__}: {exc}") from None
     top = f.topology
-    if top.getNumAtoms() == 0:
+    if top.getNumAtoms() == 0:  # pragma: no cover - OpenMM's reader usually fails first
         raise CLIError(f"{path} contains no atoms (is it a PDB file?)")
     pos = f.getPositions()
     box = top.getPeriodicBoxVectors()
     if box is not None:
-        lengths = [v.norm() for v in box.value_in_unit(unit.nanometer)]
+        lengths = [(v[0] ** 2 + v[1] ** 2 + v[2] ** 2) ** 0.5 for v in box.value_in_unit(unit.nanometer)]
         if max(lengths) <= 0.1 + 1e-9:  # CRYST1 1 1 1 placeholder of NMR / model files
             top.setPeriodicBoxVectors(None)
     return top, pos
@@ -233,8 +241,17 @@ def build_simulation(args, topology, positions):
                 nonbondedCutoff=args.nonbonded_cutoff * unit.nanometer, constraints=None, rigidWater=False)
         except ValueError as exc:
             raise _template_error(exc) from None
-        system = potential.createMixedSystem(topology, mm_system, ml_atoms, **ml_kwargs)
-        mode = f"ML/MM ({len(ml_atoms)} ML atoms, mechanical embedding, amber14)"
+        info = potential.createMixedSystem(topology, mm_system, ml_atoms, returnInfo=True, **ml_kwargs)
+        system = info["system"]
+        n_caps = system.getNumParticles() - topology.getNumAtoms()
+        if n_caps:  # link-atom H caps (virtual sites) for bonds crossing the ML/MM boundary
+            old_to_new = info["oldToNew"]
+            new_positions = [openmm.Vec3(0, 0, 0)] * info["topology"].getNumAtoms()
+            for old, pos in enumerate(positions.value_in_unit(unit.nanometer)):
+                new_positions[old_to_new[old]] = openmm.Vec3(*pos)
+            topology, positions = info["topology"], new_positions * unit.nanometer
+        mode = (f"ML/MM ({len(ml_atoms)} ML atoms, mechanical embedding, amber14"
+                + (f", {n_caps} link-atom caps)" if n_caps else ")"))
     integrator = openmm.LangevinMiddleIntegrator(args.temperature * unit.kelvin, args.friction / unit.picosecond,
                                                  args.timestep * unit.femtosecond)
     if args.seed is not None:
@@ -250,7 +267,8 @@ def build_simulation(args, topology, positions):
             props["Precision"] = args.precision
     sim = app.Simulation(topology, system, integrator, platform, props or None)
     sim.context.setPositions(positions)
-    return sim, mode, ml_atoms
+    sim.context.computeVirtualSites()
+    return sim, mode, ml_atoms, topology
 
 
 def run(args) -> dict:
@@ -282,7 +300,7 @@ def run(args) -> dict:
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
 
-    sim, mode, ml_atoms = build_simulation(args, topology, positions)
+    sim, mode, ml_atoms, topology = build_simulation(args, topology, positions)
     ctx = sim.context
     n_atoms = topology.getNumAtoms()
     periodic = topology.getPeriodicBoxVectors() is not None

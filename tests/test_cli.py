@@ -1,0 +1,105 @@
+"""e2former-md end to end on tiny inputs, and its clear errors (exit code 2, no traceback)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("openmm")
+pytest.importorskip("openmmml")
+
+from openmm_e2former.cli import main  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _common(tmp_path, ckpt, steps=4):
+    return ["--model", str(ckpt), "--steps", str(steps), "--report-interval", "2", "--minimize-steps", "3",
+            "--platform", "Reference", "--no-progress", "--seed", "1", "--output", str(tmp_path / "out" / "run")]
+
+
+def test_cli_pure_ml_waters(water_pdb_factory, tiny_qk_checkpoint, tmp_path, capsys):
+    pdb = water_pdb_factory(3)
+    assert main([str(pdb), "--ml", "all"] + _common(tmp_path, tiny_qk_checkpoint)) == 0
+    out = capsys.readouterr().out
+    assert "pure ML" in out and "ns/day" in out and "final potential energy" in out
+    csv = (tmp_path / "out" / "run.csv").read_text().splitlines()
+    assert len(csv) == 1 + 2  # header + 2 reports
+    assert (tmp_path / "out" / "run.dcd").stat().st_size > 0
+    assert (tmp_path / "out" / "run_final.pdb").exists()
+
+
+def test_cli_ml_mm_periodic(water_pdb_factory, tiny_qk_checkpoint, tmp_path, capsys):
+    pdb = water_pdb_factory(8, box_angstrom=(12.0, 12.0, 12.0))
+    args = [str(pdb), "--ml-residues", "1-2", "--nonbonded-cutoff", "0.55"] + _common(tmp_path, tiny_qk_checkpoint)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "ML/MM (6 ML atoms" in out and "periodic" in out
+
+
+def test_cli_ml_mm_dipeptide_with_fix(ala2_pdb, tiny_qk_checkpoint, tmp_path, capsys):
+    args = [str(ala2_pdb), "--fix", "--ml-residues", "ALA"] + _common(tmp_path, tiny_qk_checkpoint, steps=2)
+    assert main(args) == 0
+    assert "ML/MM (10 ML atoms" in capsys.readouterr().out
+
+
+def _err(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_cli_missing_and_invalid_files(tmp_path, tiny_qk_checkpoint, capsys):
+    assert "not found" in _err([str(tmp_path / "nope.pdb"), "--model", str(tiny_qk_checkpoint)], capsys)
+    bad = tmp_path / "bad.pdb"
+    bad.write_text("this is not a PDB file\nATOM      1  garbage\n")
+    assert "e2former-md: error:" in _err([str(bad), "--model", str(tiny_qk_checkpoint)], capsys)
+    empty = tmp_path / "empty.pdb"
+    empty.write_text("REMARK nothing here\nEND\n")
+    assert "no atoms" in _err([str(empty), "--model", str(tiny_qk_checkpoint)], capsys)
+
+
+def test_cli_model_and_selection_errors(water_pdb_factory, tiny_qk_checkpoint, tmp_path, capsys):
+    pdb = water_pdb_factory(2)
+    assert "model file not found" in _err([str(pdb), "--model", str(tmp_path / "m.pt")], capsys)
+    assert "matches no residue" in _err([str(pdb), "--model", str(tiny_qk_checkpoint), "--ml-residues", "LIG"],
+                                        capsys)
+    assert "out of range" in _err([str(pdb), "--model", str(tiny_qk_checkpoint), "--ml-atoms", "0-99"], capsys)
+
+
+def test_cli_unknown_residue_and_unsupported_element(tmp_path, tiny_qk_checkpoint, capsys):
+    # a residue amber14 cannot template, in an ML/MM run (MM needs templates for every residue)
+    lig = tmp_path / "lig.pdb"
+    lig.write_text(
+        "HETATM    1  C1  LIG A   1       0.000   0.000   0.000  1.00  0.00           C\n"
+        "HETATM    2  O1  LIG A   1       1.400   0.000   0.000  1.00  0.00           O\n"
+        "HETATM    3  O   HOH A   2       4.000   0.000   0.000  1.00  0.00           O\n"
+        "HETATM    4  H1  HOH A   2       4.957   0.000   0.000  1.00  0.00           H\n"
+        "HETATM    5  H2  HOH A   2       3.760   0.927   0.000  1.00  0.00           H\n"
+        "END\n")
+    err = _err([str(lig), "--model", str(tiny_qk_checkpoint), "--ml-residues", "HOH"], capsys)
+    assert "template" in err.lower() and "LIG" in err
+    # an element the model does not support (Fm, Z=100)
+    fm = tmp_path / "fm.pdb"
+    fm.write_text("HETATM    1 FM   FM  A   1       0.000   0.000   0.000  1.00  0.00          FM\n"
+                  "HETATM    2  O   HOH A   2       3.000   0.000   0.000  1.00  0.00           O\n"
+                  "END\n")
+    err = _err([str(fm), "--model", str(tiny_qk_checkpoint), "--steps", "1"], capsys)
+    assert "Z=100" in err
+
+
+def test_cli_console_entry_point_help():
+    out = subprocess.run([sys.executable, "-c", "import sys; from openmm_e2former.cli import main; sys.exit(main(['--help']))"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "e2former-md" in out.stdout and "--ml-residues" in out.stdout
