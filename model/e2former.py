@@ -55,6 +55,17 @@ class Graph:
         self.env = envelope(self.dist / cutoff, env_kind)
         self.num_nodes = positions.shape[0]
         self.positions = positions
+        self._padded = None
+
+    def padded(self):
+        """Edges laid out as [N, K] slots (K = largest in-degree): (slot of each edge, K)."""
+        if self._padded is None:
+            n = self.center.numel()
+            first = torch.searchsorted(self.center, self.center)
+            slot = torch.arange(n, device=self.center.device) - first
+            K = int(slot.max()) + 1 if n else 1
+            self._padded = (slot, K)
+        return self._padded
 
 
 class EdgeDegreeEmbedding(nn.Module):
@@ -151,12 +162,11 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         N, C, H = x.shape[0], self.C, self.H
         alpha = self.attention_weights(x, z, g)
-        alpha_c = alpha.repeat(1, C // H)  # channel c uses head c mod H
         v = self.value(x)
         if self.eaas == "so2":
-            T = self._eaas_so2(v, alpha_c, g)
+            T = self._eaas_so2(v, alpha.repeat(1, C // H), g)  # channel c uses head c mod H
         else:
-            T = self._eaas_relative(v, alpha_c, g)
+            T = self._eaas_relative(v, alpha, g)
         # mix the paths of each output degree (input channel index = path * C + c)
         y0 = self.tp_mix[0](T[:, 0:1])
         y1 = self.tp_mix[1](torch.cat([T[:, 1:4], T[:, 4:7], T[:, 7:10]], dim=2))
@@ -164,11 +174,25 @@ class Attention(nn.Module):
         y = torch.cat([y0, y1, y2], dim=1) * self.path_norm.to(x.dtype)[None, :, None]
         return self.out(y)
 
-    def _eaas_relative(self, v, alpha_c, g: Graph) -> torch.Tensor:
-        cg = self.cg.to(v.dtype)
-        mat = torch.einsum("ek,krm->erm", g.unit, cg)  # [E, 20, 9]
-        msg = torch.bmm(mat, v[g.neighbor]) * alpha_c[:, None, :]  # [E, 20, C]
-        return msg.new_zeros(v.shape[0], 20, v.shape[2]).index_add_(0, g.center, msg)
+    def _eaas_relative(self, v, alpha, g: Graph) -> torch.Tensor:
+        """T_i = sum_k CG_k U_i[k] with U_i[k, m, c] = sum_e alpha[e, h(c)] r_hat_e[k] v_j[m, c].
+
+        U is computed head by head as small matrix products over each target's edge slots
+        ([3, K] weights x [K, 9*C/H] neighbour features), so no edge x 20 x C tensor is built."""
+        N, C, H = v.shape[0], v.shape[2], self.H
+        G = C // H
+        slot, K = g.padded()
+        # weights [N, H, 3, K]
+        w = (alpha[:, :, None] * g.unit[:, None, :])  # [E, H, 3]
+        W = w.new_zeros(N, K, H, 3).index_put_((g.center, slot), w)
+        W = W.permute(0, 2, 3, 1)
+        # neighbour features per head: vh[n, h, g*9 + m] = v[n, m, g*H + h]
+        vh = v.view(N, 9, G, H).permute(0, 3, 2, 1).reshape(N, H, G * 9)
+        idx = v.new_zeros(N, K, dtype=torch.long).index_put_((g.center, slot), g.neighbor)
+        Vg = vh[idx].transpose(1, 2)  # [N, H, K, G*9]
+        U = torch.matmul(W, Vg)  # [N, H, 3, G*9]
+        U = U.view(N, H, 3, G, 9).permute(0, 2, 4, 3, 1).reshape(N, 3, 9, C)
+        return torch.einsum("krm,nkmc->nrc", self.cg.to(v.dtype), U)
 
     def _eaas_so2(self, v, alpha_c, g: Graph) -> torch.Tensor:
         """Official route with absolute positions (spec §2.5.6)."""
