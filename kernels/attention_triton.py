@@ -59,12 +59,13 @@ def _load_edge_tile(row_ptr, src, vec, i, BLOCK_E: tl.constexpr):
 
 @triton.jit
 def _envelope(d, cutoff):
+    # factored (cancellation-free) forms: u = (1-x)^3 (1 + 3x + 6x^2 + 10x^3 + 15x^4),
+    # du/dd = -105 x^4 (1-x)^2 / R
     x = d / cutoff
+    omx = tl.maximum(1.0 - x, 0.0)
     x2 = x * x
-    x4 = x2 * x2
-    x5 = x4 * x
-    u = 1.0 - 21.0 * x5 + 35.0 * x5 * x - 15.0 * x5 * x2
-    du = (-105.0 * x4 + 210.0 * x5 - 105.0 * x5 * x) / cutoff
+    u = omx * omx * omx * (1.0 + x * (3.0 + x * (6.0 + x * (10.0 + 15.0 * x))))
+    du = -105.0 * x2 * x2 * omx * omx / cutoff
     inside = x < 1.0
     return tl.where(inside, u, 0.0), tl.where(inside, du, 0.0)
 
