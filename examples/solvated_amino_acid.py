@@ -83,7 +83,9 @@ def main(argv=None):
     if args.mode == "ml":
         system = potential.createSystem(top, **kwargs)
     else:
-        mm = ff.createSystem(top, nonbondedMethod=app.PME, nonbondedCutoff=0.9 * unit.nanometer, constraints=None,
+        box = min(v.value_in_unit(unit.nanometer) for v in top.getUnitCellDimensions())
+        cutoff = min(0.9, 0.49 * box)
+        mm = ff.createSystem(top, nonbondedMethod=app.PME, nonbondedCutoff=cutoff * unit.nanometer, constraints=None,
                              rigidWater=False)
         peptide = [a.index for a in top.atoms() if a.residue.name != "HOH"]
         system = potential.createMixedSystem(top, mm, peptide, **kwargs)

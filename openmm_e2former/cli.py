@@ -235,10 +235,17 @@ def build_simulation(args, topology, positions):
         mode = "pure ML"
     else:
         ff = app.ForceField(*MM_FORCEFIELD)
+        cutoff = args.nonbonded_cutoff
+        if periodic:
+            vecs = topology.getPeriodicBoxVectors().value_in_unit(unit.nanometer)
+            half = 0.5 * min(vecs[0][0], vecs[1][1], vecs[2][2])
+            if cutoff > 0.99 * half:
+                cutoff = 0.99 * half
+                print(f"e2former-md: note: MM cutoff reduced to {cutoff:.3f} nm (half the box)", file=sys.stderr)
         try:
             mm_system = ff.createSystem(
                 topology, nonbondedMethod=app.PME if periodic else app.NoCutoff,
-                nonbondedCutoff=args.nonbonded_cutoff * unit.nanometer, constraints=None, rigidWater=False)
+                nonbondedCutoff=cutoff * unit.nanometer, constraints=None, rigidWater=False)
         except ValueError as exc:
             raise _template_error(exc) from None
         info = potential.createMixedSystem(topology, mm_system, ml_atoms, returnInfo=True, **ml_kwargs)
