@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from .config import E2FormerConfig
 from .layers import (EquivariantRMSNorm, GatedFFN, RadialMLP, SO3Linear, SO3ToScalar, envelope,
@@ -51,11 +52,26 @@ class Graph:
         self.vec = vec
         self.dist = vec.norm(dim=1)
         self.unit = vec / self.dist.clamp_min(1e-6)[:, None]
-        self.rbf = gaussian_rbf(self.dist, num_basis_offsets, rbf_coeff)
+        self.rbf_offsets = num_basis_offsets
+        self.rbf_coeff = rbf_coeff
+        self.cutoff = cutoff
+        self._rbf = None
         self.env = envelope(self.dist / cutoff, env_kind)
         self.num_nodes = positions.shape[0]
         self.positions = positions
         self._padded = None
+
+    @property
+    def rbf(self) -> torch.Tensor:
+        """[E, num_basis] Gaussian basis (built on first use: the fused GPU path never needs it)."""
+        if self._rbf is None:
+            self._rbf = gaussian_rbf(self.dist, self.rbf_offsets, self.rbf_coeff)
+        return self._rbf
+
+    def row_ptr(self) -> torch.Tensor:
+        """CSR pointer of the (centre-sorted) edges, [N+1]."""
+        counts = torch.bincount(self.center, minlength=self.num_nodes)
+        return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
 
     def padded(self):
         """Edges laid out as [N, K] slots (K = largest in-degree): (slot of each edge, K)."""
@@ -76,26 +92,45 @@ class EdgeDegreeEmbedding(nn.Module):
         nb, C = cfg.num_basis, cfg.channels
         self.num_basis = nb
         self.inv_avg_degree = 1.0 / cfg.avg_degree
+        self.rbf_coeff = -0.5 / (2.0 * cfg.cutoff / (nb - 1)) ** 2
         self.source_embedding = nn.Embedding(cfg.degree_num_elements, nb)
         self.target_embedding = nn.Embedding(cfg.degree_num_elements, nb)
         self.radial = nn.ModuleList([RadialMLP(3 * nb, cfg.hidden, C) for _ in range(3)])
 
-    def forward(self, z: torch.Tensor, g: Graph) -> torch.Tensor:
+    #: edges per chunk: above this the per-edge work runs in chunks under activation checkpointing,
+    #: so memory stays ~ chunk x 9 x C instead of edges x 9 x C (100k atoms x 32 edges x 2304 floats = 30 GB)
+    chunk_edges = 32768
+
+    def _messages(self, node_t, node_s, center, neighbor, dist, unit, env, offsets):
         nb = self.num_basis
-        sh = spherical_harmonics(g.unit)  # [E, 9]
-        t = self.target_embedding(z)
-        s = self.source_embedding(z)
+        rbf = gaussian_rbf(dist, offsets, self.rbf_coeff)
+        sh = spherical_harmonics(unit)  # [E, 9]
         out = []
         for l, mlp in enumerate(self.radial):
-            W = mlp.lin0.weight
-            node_t = t @ W[:, nb:2 * nb].t()
-            node_s = s @ W[:, 2 * nb:].t()
-            h0 = g.rbf @ W[:, :nb].t() + mlp.lin0.bias + node_t[g.center] + node_s[g.neighbor]
-            a = mlp.tail(h0) * g.env[:, None]  # [E, C]
+            h0 = rbf @ mlp.lin0.weight[:, :nb].t() + mlp.lin0.bias + node_t[l][center] + node_s[l][neighbor]
+            a = mlp.tail(h0) * env[:, None]  # [E, C]
             rows = (0, 1) if l == 0 else ((1, 4) if l == 1 else (4, 9))
             out.append(sh[:, rows[0]:rows[1], None] * a[:, None, :])
-        msg = torch.cat(out, dim=1)  # [E, 9, C]
-        h = msg.new_zeros(g.num_nodes, 9, msg.shape[2]).index_add_(0, g.center, msg)
+        return torch.cat(out, dim=1)  # [E, 9, C]
+
+    def forward(self, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        nb = self.num_basis
+        t = self.target_embedding(z)
+        s = self.source_embedding(z)
+        node_t = [t @ mlp.lin0.weight[:, nb:2 * nb].t() for mlp in self.radial]
+        node_s = [s @ mlp.lin0.weight[:, 2 * nb:].t() for mlp in self.radial]
+        E, N = g.center.numel(), g.num_nodes
+        C = self.radial[0].lin2.out_features
+        h = g.dist.new_zeros(N, 9, C)
+        step = self.chunk_edges
+        for e0 in range(0, max(E, 1), step):
+            sl = slice(e0, min(E, e0 + step))
+            args = (node_t, node_s, g.center[sl], g.neighbor[sl], g.dist[sl], g.unit[sl], g.env[sl], g.rbf_offsets)
+            if E > step and torch.is_grad_enabled():
+                msg = torch.utils.checkpoint.checkpoint(self._messages, *args, use_reentrant=False)
+            else:
+                msg = self._messages(*args)
+            h = h.index_add(0, g.center[sl], msg)
         return h * self.inv_avg_degree
 
 
@@ -123,6 +158,8 @@ class Attention(nn.Module):
         self.register_buffer("cg", first_order_cg(), persistent=False)
         self.register_buffer("path_norm", torch.tensor(PATH_NORM), persistent=False)
         self.eaas = "relative"
+        self.backend = "auto"      # "auto" (Triton on CUDA), "reference" or "triton"
+        self.allow_tf32 = False    # TF32 tensor cores inside the fused edge MLP
 
     def _edge_first_layer(self, mlp: RadialMLP, z: torch.Tensor, g: Graph) -> torch.Tensor:
         nb, T = self.nb, self.target_embedding.weight.shape[1]
@@ -161,18 +198,52 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         N, C, H = x.shape[0], self.C, self.H
-        alpha = self.attention_weights(x, z, g)
         v = self.value(x)
-        if self.eaas == "so2":
-            T = self._eaas_so2(v, alpha.repeat(1, C // H), g)  # channel c uses head c mod H
+        if self.use_fused(x):
+            T = self._eaas_fused(x, v, z, g)
         else:
-            T = self._eaas_relative(v, alpha, g)
+            T = self._eaas_reference(x, v, z, g)
         # mix the paths of each output degree (input channel index = path * C + c)
         y0 = self.tp_mix[0](T[:, 0:1])
         y1 = self.tp_mix[1](torch.cat([T[:, 1:4], T[:, 4:7], T[:, 7:10]], dim=2))
         y2 = self.tp_mix[2](torch.cat([T[:, 10:15], T[:, 15:20]], dim=2))
         y = torch.cat([y0, y1, y2], dim=1) * self.path_norm.to(x.dtype)[None, :, None]
         return self.out(y)
+
+    def use_fused(self, x: torch.Tensor) -> bool:
+        """The fused Triton kernel covers the QK_alpha form with the relative-vector EAAS on CUDA."""
+        if self.backend == "reference" or not x.is_cuda or self.qkdot or self.eaas != "relative":
+            return False
+        from ..kernels import HAS_TRITON
+
+        if not HAS_TRITON:
+            if self.backend == "triton":
+                raise RuntimeError("attention backend 'triton' requested but triton is not available")
+            return False
+        return x.dtype == torch.float32
+
+    def _eaas_fused(self, x, v, z, g: Graph) -> torch.Tensor:
+        from ..kernels import fused_attention, FCParams
+
+        N, H = x.shape[0], self.H
+        q = self.query(x).view(N, H, self.D)
+        k = self.key(x).view(N, H, self.D)
+        m = self.edge_mlp
+        fc = FCParams(m.lin0.weight, m.lin0.bias, m.norm0.weight, m.norm0.bias, m.lin1.weight, m.lin1.bias,
+                      m.norm1.weight, m.norm1.bias, m.lin2.weight, m.lin2.bias)
+        U = fused_attention(g.row_ptr(), g.neighbor, g.vec, q, k, v, self.target_embedding(z),
+                            self.source_embedding(z), fc, g.rbf_offsets, g.rbf_coeff, g.cutoff,
+                            allow_tf32=self.allow_tf32, max_degree=g.padded()[1])
+        return torch.einsum("krm,nkmc->nrc", self.cg.to(v.dtype), U)
+
+    def _eaas_reference(self, x, v, z, g: Graph) -> torch.Tensor:
+        C, H = self.C, self.H
+        alpha = self.attention_weights(x, z, g)
+        if self.eaas == "so2":
+            T = self._eaas_so2(v, alpha.repeat(1, C // H), g)  # channel c uses head c mod H
+        else:
+            T = self._eaas_relative(v, alpha, g)
+        return T
 
     def _eaas_relative(self, v, alpha, g: Graph) -> torch.Tensor:
         """T_i = sum_k CG_k U_i[k] with U_i[k, m, c] = sum_e alpha[e, h(c)] r_hat_e[k] v_j[m, c].
@@ -291,6 +362,16 @@ class E2FormerV2(nn.Module):
             raise ValueError(f"eaas must be one of {EAAS_MODES}, got {mode!r}")
         for b in self.blocks:
             b.attn.eaas = mode
+        return self
+
+    def set_attention_backend(self, backend: str = "auto", allow_tf32: bool = False) -> "E2FormerV2":
+        """'auto': fused Triton kernel on CUDA (QK_alpha, relative EAAS, float32), PyTorch elsewhere;
+        'reference': always PyTorch; 'triton': require the kernel."""
+        if backend not in ("auto", "reference", "triton"):
+            raise ValueError(f"attention backend must be 'auto', 'reference' or 'triton', got {backend!r}")
+        for b in self.blocks:
+            b.attn.backend = backend
+            b.attn.allow_tf32 = bool(allow_tf32)
         return self
 
     def head_index(self, head: Optional[str]) -> int:
