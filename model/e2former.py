@@ -350,6 +350,11 @@ class E2FormerV2(nn.Module):
                 table[h, :n] = torch.tensor(ref[:n], dtype=torch.float64)
                 self.reference_length[h] = n
         self.reference_energy = table
+        #: activation checkpointing of the transformer blocks: True / False / "auto" (on CUDA once the
+        #: node features exceed ``checkpoint_min_elements`` floats, ~29k atoms at C = 256), which keeps
+        #: the memory of a 100k-atom force evaluation to about one block's activations
+        self.checkpoint_blocks = "auto"
+        self.checkpoint_min_elements = 1 << 26
         self.eval()
 
     # ------------------------------------------------------------------ configuration
@@ -415,8 +420,21 @@ class E2FormerV2(nn.Module):
         s = torch.tensor([min(max(int(multiplicity), 0), 20)], device=dev)
         system = F.silu(self.system_mix(torch.cat([self.charge_embedding(q), self.multiplicity_embedding(s)], dim=1)))
         x = self.edge_degree(z, g)
+        ckpt = self.checkpoint_blocks
+        if ckpt == "auto":
+            ckpt = x.is_cuda and x.numel() >= self.checkpoint_min_elements
+        if ckpt:
+            # build the graph's lazy caches outside the checkpointed regions, so that the recomputation
+            # sees exactly the same operations as the first pass
+            g.padded()
+            if not all(b.attn.use_fused(x) for b in self.blocks):
+                g.rbf
         for block in self.blocks:
-            x = block(x, system.to(x.dtype), z, g)
+            if ckpt and torch.is_grad_enabled():
+                # keep only block inputs for the backward pass; intermediates are recomputed
+                x = torch.utils.checkpoint.checkpoint(block, x, system.to(x.dtype), z, g, use_reentrant=False)
+            else:
+                x = block(x, system.to(x.dtype), z, g)
         return self.norm_final(x)
 
     def energy_terms(self, z, positions, cell=None, pbc=None, charge: int = 0, multiplicity: int = 1,

@@ -192,3 +192,19 @@ def test_energy_and_forces_tensor_api():
     ref = m.predict(z, pos)
     assert torch.is_tensor(e) and f.shape == (3, 3)
     assert abs(float(e) - ref["energy"]) < 1e-9
+
+
+def test_memory_saving_paths_give_identical_results():
+    """Chunked + checkpointed edge-degree embedding and checkpointed blocks (used automatically for
+    large systems on the GPU) compute the same function."""
+    from openmm_e2former import load_model
+    from helpers import FIXTURES
+
+    m = load_model(FIXTURES / "tiny_qk" / "checkpoint.pt", dtype="float64")
+    c = case("tiny_qk", "water30_triclinic_pbc")
+    ref = predict_case(m, c)
+    m.checkpoint_blocks = True
+    m.edge_degree.chunk_edges = 97
+    out = predict_case(m, c)
+    assert abs(out["energy"] - ref["energy"]) < 1e-9
+    np.testing.assert_allclose(out["forces"], ref["forces"], atol=1e-10)

@@ -1,0 +1,162 @@
+"""GPU checks and end-to-end speed of the whole model (issue #4).
+
+Part 1 (correctness): every official parity fixture case on the GPU (fused Triton attention where it
+applies, PyTorch elsewhere) against the official outputs.
+Part 2 (speed): V1.5-size model (random weights of the v15 fixture), energy + conservative forces,
+the paper's App. D systems: FCC carbon (a = 3.8 Å, the N atoms nearest the centre of a large block,
+non-periodic) at N = 1k, 10k, 50k, 100k, and a periodic ~100k-atom water box (the 648-atom fixture box
+replicated). fp32 (exact fp32 dots in the kernels) and TF32. steps/s = 1 / median step time; peak memory
+= torch.cuda.max_memory_allocated during one step.
+
+    python benchmarks/gpu_end_to_end.py --out DIR [--parts parity,speed] [--sizes 1000,10000,...]
+Results are appended to DIR/gpu_end_to_end.json after every measurement (resumable: done rows are skipped).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+FIX = next(p for p in [REPO / "shared" / "fixtures" / "official_parity",
+                       REPO.parent / "shared" / "fixtures" / "official_parity"] if p.exists())
+
+
+def fcc_carbon(n: int, a: float = 3.8) -> np.ndarray:
+    m = int(np.ceil((n / 4) ** (1 / 3))) + 2
+    g = np.arange(m)
+    base = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3).astype(float)
+    basis = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    pts = (base[:, None, :] + basis[None]).reshape(-1, 3) * a
+    c = pts.mean(0)
+    order = np.argsort(np.linalg.norm(pts - c, axis=1), kind="stable")
+    return pts[order[:n]]
+
+
+def water_box(target: int):
+    box = np.load(FIX / "v15" / "water216_pbc.npz")
+    z0, p0, cell0 = box["atomic_numbers"], box["positions"], box["cell"]
+    r = max(1, int((target / len(z0)) ** (1 / 3)))
+    reps = [r, r, r]
+    k = 0
+    while np.prod(reps) * len(z0) < 0.95 * target:
+        reps[2 - k % 3] += 1
+        k += 1
+    shifts = np.stack(np.meshgrid(*[np.arange(n) for n in reps], indexing="ij"), -1).reshape(-1, 3)
+    pos = np.concatenate([p0 + s @ cell0 for s in shifts])
+    return np.tile(z0, len(shifts)), pos, cell0 * np.array(reps)[:, None]
+
+
+def log(rows, path):
+    path.write_text(json.dumps(rows, indent=1))
+
+
+def parity(out: Path, rows):
+    from openmm_e2former import load_model
+
+    for variant in ("tiny_qk", "tiny_qkdot", "tiny_direct", "v15"):
+        m = load_model(FIX / variant / "checkpoint.pt", device="cuda")
+        worst_e = worst_f = 0.0
+        n = 0
+        for f in sorted((FIX / variant).glob("*.npz")):
+            d = np.load(f)
+            cell = d["cell"] if d["pbc"].any() else None
+            r = m.predict(d["atomic_numbers"], d["positions"], cell, d["pbc"], int(d["charge"]),
+                          int(d["multiplicity"]), head=str(d["head"]))
+            de = abs(r["energy_model"] - float(d["energy_model"]))
+            df = float(np.abs(r["forces"] - d["forces"]).max())
+            ok = de <= max(1e-4, 1e-6 * abs(float(d["energy_model"]))) and df <= 1e-3
+            worst_e, worst_f, n = max(worst_e, de), max(worst_f, df), n + 1
+            rows.append({"part": "parity", "variant": variant, "case": f.stem, "dE_eV": de, "dF_eV_A": df,
+                         "pass": bool(ok), "fused": bool(m.blocks[0].attn.use_fused(torch.zeros(1, device="cuda")))})
+            print(f"parity {variant:12s} {f.stem:32s} dE {de:.2e} dF {df:.2e} {'OK' if ok else 'FAIL'}", flush=True)
+        log(rows, out)
+
+
+def step_time(m, z, pos, cell, pbc, repeats):
+    zt = torch.as_tensor(z, device="cuda")
+    pt = torch.as_tensor(pos, dtype=torch.float32, device="cuda")
+    ct = None if cell is None else torch.as_tensor(cell, dtype=torch.float32, device="cuda")
+    pb = None if pbc is None else torch.as_tensor(pbc, device="cuda")
+    m.energy_and_forces(zt, pt, ct, pb)  # warm-up / compile
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        e, _, f = m.energy_and_forces(zt, pt, ct, pb)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() - base
+    return float(np.median(times)), peak / 2**30, float(e), f
+
+
+def speed(out: Path, rows, sizes, modes, budget_s):
+    from openmm_e2former import load_model
+
+    t_start = time.time()
+    m = load_model(FIX / "v15" / "checkpoint.pt", device="cuda")
+    systems = [(f"fcc_carbon_{n}", n) for n in sizes] + [("water_box_pbc", -1)]
+    done = {(r["system"], r["mode"]) for r in rows if r.get("part") == "speed"}
+    ref_forces = {}
+    for name, n in systems:
+        if n == -1:
+            z, pos, cell = water_box(100_000)
+            pbc = np.array([True] * 3)
+        else:
+            pos = fcc_carbon(n)
+            z, cell, pbc = np.full(n, 6), None, None
+        for mode in modes:
+            if (name, mode) in done:
+                continue
+            if time.time() - t_start > budget_s:
+                print("time budget reached; rerun to resume", flush=True)
+                return
+            torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+            torch.backends.cudnn.allow_tf32 = mode == "tf32"
+            m.set_attention_backend("auto", allow_tf32=(mode == "tf32"))
+            try:
+                reps = 5 if len(z) <= 20_000 else 2
+                t, peak, e, f = step_time(m, z, pos, cell, pbc, reps)
+                row = {"part": "speed", "system": name, "n_atoms": int(len(z)), "mode": mode,
+                       "step_s": t, "steps_per_s": 1.0 / t, "peak_mem_GiB": peak, "energy_eV": e}
+                if mode == "fp32":
+                    ref_forces[name] = f
+                elif name in ref_forces:
+                    row["max_force_diff_vs_fp32_eV_A"] = float((f - ref_forces[name]).abs().max())
+            except torch.cuda.OutOfMemoryError as exc:
+                row = {"part": "speed", "system": name, "n_atoms": int(len(z)), "mode": mode, "error": "OOM",
+                       "detail": str(exc)[:200]}
+            torch.cuda.empty_cache()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            log(rows, out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--parts", default="parity,speed")
+    ap.add_argument("--sizes", default="1000,10000,20000,50000,100000")
+    ap.add_argument("--modes", default="fp32,tf32")
+    ap.add_argument("--budget-s", type=float, default=420)
+    args = ap.parse_args()
+    out = Path(args.out) / "gpu_end_to_end.json"
+    rows = json.loads(out.read_text()) if out.exists() else []
+    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    if "parity" in args.parts and not any(r.get("part") == "parity" for r in rows):
+        parity(out, rows)
+    if "speed" in args.parts:
+        speed(out, rows, [int(s) for s in args.sizes.split(",")], args.modes.split(","), args.budget_s)
+
+
+if __name__ == "__main__":
+    main()
