@@ -30,6 +30,15 @@ Arguments:
     allow_tf32  use TF32 tensor cores inside the fused edge MLP (default: exact fp32 "ieee" dots).
     max_degree  upper bound of the in-degree (e.g. max_neighbors); saves one device->host sync.
 
+``fused_edge_degree(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutoff, scale=1/23.01, *,
+                    backend=None, allow_tf32=False, max_degree=None)  ->  h [N, 9, C]``
+
+Edge-degree embedding (initial node features): ``h[i,m,c] = scale sum_{e->i} Y_{l(m)}(r_e)[m] u(d_e)
+RadialProfile_l([phi(d_e); T0[i]; S0[src_e]])[c]`` for l = 0, 1, 2 (``radial_params``: 3 FCParams whose
+W2 is [C, hid]; Y in e3nn "component" normalisation).  Same backend selection
+(``E2FORMER_EDGE_DEGREE_BACKEND`` or ``E2FORMER_ATTENTION_BACKEND`` = reference forces the reference).
+The Triton backend computes d/d(vec) in a fused kernel; other gradients use the reference.
+
 Gradients: all inputs are differentiable on both backends.  The Triton backend computes d/d(vec, q, k, v)
 in a fused recompute kernel (dk, dv by fp32 atomics); d/d(t, s, mu, fc params) and double backward go
 through the reference.
@@ -40,26 +49,33 @@ import os
 
 from .attention_reference import (FCParams, attention_reference, gaussian_rbf, polynomial_envelope,
                                   rbf_gamma, edge_mlp, csr_targets)
+from .edge_degree_reference import edge_degree_reference, spherical_harmonics_l2, EDGE_DEGREE_SCALE
 
 _TRITON_ERR = None
 try:  # triton is optional (CPU-only machines)
     from . import attention_triton as _attention_triton  # noqa: F401
+    from . import edge_degree_triton as _edge_degree_triton  # noqa: F401
     HAS_TRITON = True
 except Exception as exc:  # ImportError, or triton present but broken
     _attention_triton = None
+    _edge_degree_triton = None
     HAS_TRITON = False
     _TRITON_ERR = exc
 
 __all__ = ["fused_attention", "attention_reference", "FCParams", "rbf_gamma", "gaussian_rbf",
-           "polynomial_envelope", "edge_mlp", "csr_targets", "HAS_TRITON", "select_backend"]
+           "polynomial_envelope", "edge_mlp", "csr_targets", "HAS_TRITON", "select_backend",
+           "fused_edge_degree", "edge_degree_reference", "spherical_harmonics_l2", "EDGE_DEGREE_SCALE"]
 
 
-def select_backend(q, v, fc_params, backend=None) -> str:
+def select_backend(q, v, fc_params, backend=None, *, _ok=None) -> str:
     """Return "triton" or "reference" for these inputs (see ``fused_attention``)."""
     backend = backend or os.environ.get("E2FORMER_ATTENTION_BACKEND", "auto").lower()
     if backend == "reference":
         return "reference"
-    ok = HAS_TRITON and v.is_cuda and q.is_cuda and _attention_triton.triton_supported(q, v, fc_params)
+    if _ok is not None:
+        ok = HAS_TRITON and _ok
+    else:
+        ok = HAS_TRITON and v.is_cuda and q.is_cuda and _attention_triton.triton_supported(q, v, fc_params)
     if backend == "triton":
         if not HAS_TRITON:
             raise RuntimeError(f"triton backend requested but triton is unavailable: {_TRITON_ERR}")
@@ -78,3 +94,17 @@ def fused_attention(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cuto
         return _attention_triton.attention_triton(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma,
                                                   cutoff, allow_tf32=allow_tf32, max_degree=max_degree)
     return attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff)
+
+
+def fused_edge_degree(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutoff,
+                      scale=EDGE_DEGREE_SCALE, *, backend=None, allow_tf32=False, max_degree=None):
+    """Edge-degree embedding -> h [N, 9, C]; see the module docstring."""
+    backend = backend or os.environ.get("E2FORMER_EDGE_DEGREE_BACKEND")
+    p0 = FCParams(*radial_params[0])
+    hid, C = p0.W0.shape[0], p0.W2.shape[0]
+    ok = (vec.is_cuda and hid >= 16 and (hid & (hid - 1)) == 0 and C >= 16 and (C & (C - 1)) == 0)
+    if select_backend(None, None, None, backend, _ok=ok) == "triton":
+        return _edge_degree_triton.edge_degree_triton(row_ptr, src, vec, T0, S0, radial_params, mu, gamma,
+                                                      cutoff, scale, allow_tf32=allow_tf32,
+                                                      max_degree=max_degree)
+    return edge_degree_reference(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutoff, scale)

@@ -86,7 +86,7 @@ def polynomial_envelope(d: torch.Tensor, cutoff: float) -> torch.Tensor:
     u ~ 1e-5), which made fp32 results of atoms whose edges all lie near R wrong by ~1e-4 relative.
     """
     x = d / cutoff
-    omx = torch.clamp(1.0 - x, min=0.0)
+    omx = torch.clamp((cutoff - d) / cutoff, min=0.0)   # (R-d) is exact near R (Sterbenz)
     u = omx ** 3 * (1.0 + x * (3.0 + x * (6.0 + x * (10.0 + 15.0 * x))))
     return torch.where(x < 1.0, u, torch.zeros_like(u))
 

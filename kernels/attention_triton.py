@@ -62,7 +62,7 @@ def _envelope(d, cutoff):
     # factored (cancellation-free) forms: u = (1-x)^3 (1 + 3x + 6x^2 + 10x^3 + 15x^4),
     # du/dd = -105 x^4 (1-x)^2 / R
     x = d / cutoff
-    omx = tl.maximum(1.0 - x, 0.0)
+    omx = tl.maximum((cutoff - d) / cutoff, 0.0)     # (R-d) is exact near R (Sterbenz)
     x2 = x * x
     u = omx * omx * omx * (1.0 + x * (3.0 + x * (6.0 + x * (10.0 + 15.0 * x))))
     du = -105.0 * x2 * x2 * omx * omx / cutoff

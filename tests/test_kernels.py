@@ -129,6 +129,75 @@ def test_reference_equivariance_rotation():
     assert torch.allclose(U_r, torch.einsum("xy,nymc->nxmc", R, U), atol=1e-12)
 
 
+def test_envelope_fp32_accuracy_near_cutoff():
+    """The envelope is evaluated in factored form: fp32 keeps full relative precision up to the cutoff."""
+    d64 = torch.linspace(0.5, 4.4999, 2001, dtype=torch.float64)
+    x = d64 / 4.5
+    exact = 1 - 21 * x ** 5 + 35 * x ** 6 - 15 * x ** 7
+    u32 = K.polynomial_envelope(d64.float(), 4.5).double()
+    exact_at_f32 = K.polynomial_envelope(d64.float().double(), 4.5)
+    assert torch.allclose(exact, K.polynomial_envelope(d64, 4.5), rtol=1e-9, atol=1e-13)
+    assert ((u32 - exact_at_f32).abs() / exact_at_f32.abs().clamp_min(1e-30)).max() < 1e-5
+    # whole layer: fp32 vs fp64 on a random-degree graph (many low-degree atoms with edges near R)
+    c32 = make_case(300, 8, **MICRO, seed=9)
+    c64 = {k_: (v_.double() if isinstance(v_, torch.Tensor) and v_.is_floating_point() else v_)
+           for k_, v_ in c32.items()}
+    c64["fc_params"] = FCParams(*(x_.double() for x_ in c32["fc_params"]))
+    U32, U64 = attention_reference(*args_of(c32)), attention_reference(*args_of(c64))
+    assert ((U32.double() - U64).norm() / U64.norm()).item() < 2e-6
+
+
+def _naive_edge_degree(row_ptr, src, vec, T0, S0, params, mu, gamma, cutoff, scale):
+    N = row_ptr.numel() - 1
+    C = params[0].W2.shape[0]
+    h = torch.zeros(N, 9, C, dtype=torch.float64)
+    s3, s5, s15 = math.sqrt(3), math.sqrt(5), math.sqrt(15)
+    for i in range(N):
+        for e in range(int(row_ptr[i]), int(row_ptr[i + 1])):
+            j = int(src[e])
+            d = float(vec[e].norm())
+            x, y, z = (float(c) / d for c in vec[e])
+            Y = [1.0, s3 * x, s3 * y, s3 * z, s15 * x * z, s15 * x * y, s5 * (y * y - (x * x + z * z) / 2),
+                 s15 * y * z, s15 / 2 * (z * z - x * x)]
+            xr = d / cutoff
+            env = 1 - 21 * xr ** 5 + 35 * xr ** 6 - 15 * xr ** 7 if xr < 1 else 0.0
+            zz = torch.cat([torch.exp(gamma * (d - mu) ** 2), T0[i], S0[j]])
+            for m in range(9):
+                p = params[(0, 1, 1, 1, 2, 2, 2, 2, 2)[m]]
+                hh = torch.nn.functional.silu(torch.nn.functional.layer_norm(p.W0 @ zz + p.b0, (p.W0.shape[0],), p.ln0_w, p.ln0_b, 1e-5))
+                hh = torch.nn.functional.silu(torch.nn.functional.layer_norm(p.W1 @ hh + p.b1, (p.W1.shape[0],), p.ln1_w, p.ln1_b, 1e-5))
+                h[i, m] += scale * Y[m] * env * (p.W2 @ hh + p.b2)
+    return h
+
+
+def _edge_degree_case(dtype=torch.float64, N=6, K_=4, nb=6, hid=5, C=4, seed=21):
+    case = make_case(N, K_, C=4, H=2, D=2, nb=nb, T=3, hid=hid, dtype=dtype, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    T0 = torch.randn(N, nb, generator=g, dtype=torch.float64).to(dtype)
+    S0 = torch.randn(N, nb, generator=g, dtype=torch.float64).to(dtype)
+    params = [FCParams.random(nb, nb, hid, C // 2, dtype=torch.float64, generator=g) for _ in range(3)]
+    params = [FCParams(*(x.to(dtype) for x in p)) for p in params]
+    return (case["row_ptr"], case["src"], case["vec"], T0, S0, params, case["mu"], case["gamma"], case["cutoff"])
+
+
+def test_edge_degree_reference_matches_naive_and_gradcheck():
+    args = _edge_degree_case()
+    h = K.edge_degree_reference(*args)
+    hn = _naive_edge_degree(*args, K.EDGE_DEGREE_SCALE)
+    assert h.shape == (6, 9, 4) and torch.all(h[0] == 0)
+    assert torch.allclose(h, hn, rtol=1e-10, atol=1e-12)
+    row_ptr, src, vec, T0, S0, params, mu, gamma, cutoff = args
+    vec = vec.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda v_: K.edge_degree_reference(row_ptr, src, v_, T0, S0, params, mu, gamma, cutoff), (vec,),
+        eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+    # rotation: l=1 rows rotate as vectors, l=0 invariant
+    R, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    h_r = K.edge_degree_reference(row_ptr, src, args[2] @ R.T, T0, S0, params, mu, gamma, cutoff)
+    assert torch.allclose(h_r[:, 0], h[:, 0], atol=1e-12)
+    assert torch.allclose(h_r[:, 1:4], torch.einsum("xy,nyc->nxc", R, h[:, 1:4]), atol=1e-12)
+
+
 def test_dispatch_cpu_uses_reference():
     case = make_case(5, 3, **MICRO, seed=7)
     U = fused_attention(*args_of(case))
@@ -144,8 +213,9 @@ _INTERP_SCRIPT = textwrap.dedent(r"""
     assert os.environ.get("TRITON_INTERPRET") == "1"
     import torch
     from importlib import import_module
-    K = import_module(sys.argv[1])
-    attention_reference, fused_attention, FCParams = K.attention_reference, K.fused_attention, K.FCParams
+    KM = import_module(sys.argv[1])
+    attention_reference, fused_attention, FCParams = KM.attention_reference, KM.fused_attention, KM.FCParams
+    from importlib import import_module
     T_ = import_module(sys.argv[1] + "._testing")
     make_case, args_of, TINY = T_.make_case, T_.args_of, T_.TINY
 
@@ -184,6 +254,27 @@ _INTERP_SCRIPT = textwrap.dedent(r"""
     g_r = torch.autograd.grad(U2, [args[2], args[6], p.W0, p.W2], G)
     errs = [rel(a, b) for a, b in zip(g_t, g_r)]
     print("training-path rel errors:", ["%.2e" % x for x in errs])
+    worst = max(worst, *errs)
+    # edge-degree embedding kernel: forward and d/dvec
+    ed_tri = import_module(sys.argv[1] + ".edge_degree_triton")
+    N, nb, hid, C = 7, 32, 32, 32
+    case = make_case(N, 6, **TINY, seed=15)
+    g = torch.Generator().manual_seed(15)
+    T0, S0 = torch.randn(N, nb, generator=g), torch.randn(N, nb, generator=g)
+    params = [FCParams.random(nb, nb, hid, C // 2, generator=g) for _ in range(3)]
+    mu = torch.linspace(0, 4.5, nb)
+    gam = KM.rbf_gamma(4.5, nb)
+    vec = case["vec"].clone().requires_grad_(True)
+    h = KM.fused_edge_degree(case["row_ptr"], case["src"], vec, T0, S0, params, mu, gam, 4.5, backend="triton")
+    vec64 = case["vec"].double().requires_grad_(True)
+    p64 = [FCParams(*(x.double() for x in p)) for p in params]
+    h64 = KM.edge_degree_reference(case["row_ptr"], case["src"], vec64, T0.double(), S0.double(), p64,
+                                  mu.double(), gam, 4.5)
+    G = torch.randn(h.shape, generator=g, dtype=torch.float64)
+    gk, = torch.autograd.grad(h, [vec], G.float())
+    gr, = torch.autograd.grad(h64, [vec64], G)
+    errs = [rel(h.double(), h64), rel(gk.double(), gr)]
+    print("edge-degree rel errors h, dvec:", ["%.2e" % x for x in errs])
     worst = max(worst, *errs)
     print("WORST", worst)
     assert worst < 2e-5, worst

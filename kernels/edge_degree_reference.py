@@ -1,0 +1,48 @@
+"""Plain-PyTorch reference of the E2Former-V2 edge-degree embedding (initial node features).
+
+    z_e    = [phi(d_e) (nb) ; T0[i] (T0) ; S0[src_e] (T0)]
+    a_e^l  = RadialProfile_l(z_e) * u(d_e)                  l = 0, 1, 2   ([E, C] each)
+    h[i, m, c] = (1/23.01) sum_{e->i} Y_{l(m)}(r_e)[m] a_e^{l(m)}[c]      -> [N, 9, C]
+
+RadialProfile_l = Linear(nb+2T0 -> hid) -> LN -> SiLU -> Linear(hid -> hid) -> LN -> SiLU -> Linear(hid -> C),
+parameters as ``FCParams`` (W2 is [C, hid]).  Y: e3nn "component" normalisation, rows
+0 -> l0; 1..3 -> l1 (sqrt3 (x, y, z)); 4..8 -> l2.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .attention_reference import FCParams, csr_targets, edge_mlp, gaussian_rbf, polynomial_envelope
+
+EDGE_DEGREE_SCALE = 1.0 / 23.01
+L_OF_M = (0, 1, 1, 1, 2, 2, 2, 2, 2)
+
+
+def spherical_harmonics_l2(rhat: torch.Tensor) -> torch.Tensor:
+    """Real spherical harmonics l = 0..2, e3nn 'component' normalisation, on unit vectors -> [E, 9]."""
+    x, y, z = rhat.unbind(-1)
+    s3, s5, s15 = math.sqrt(3.0), math.sqrt(5.0), math.sqrt(15.0)
+    return torch.stack([
+        torch.ones_like(x),
+        s3 * x, s3 * y, s3 * z,
+        s15 * x * z, s15 * x * y, s5 * (y * y - 0.5 * (x * x + z * z)), s15 * y * z, 0.5 * s15 * (z * z - x * x),
+    ], dim=-1)
+
+
+def edge_degree_reference(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutoff,
+                          scale: float = EDGE_DEGREE_SCALE):
+    """Edge-degree embedding -> [N, 9, C].  ``radial_params``: 3 FCParams (l = 0, 1, 2)."""
+    N = row_ptr.numel() - 1
+    E = src.numel()
+    tgt = csr_targets(row_ptr, E)
+    d = torch.linalg.vector_norm(vec, dim=-1)
+    rhat = vec / d[:, None]
+    z = torch.cat([gaussian_rbf(d, mu, gamma), T0[tgt], S0[src]], dim=-1)
+    u = polynomial_envelope(d, cutoff)[:, None]
+    Y = spherical_harmonics_l2(rhat)                                   # [E, 9]
+    a = [edge_mlp(z, FCParams(*p)) * u for p in radial_params]          # 3 x [E, C]
+    msg = torch.stack([Y[:, m, None] * a[L_OF_M[m]] for m in range(9)], dim=1)   # [E, 9, C]
+    C = msg.shape[-1]
+    return scale * torch.zeros((N, 9, C), dtype=msg.dtype, device=msg.device).index_add(0, tgt, msg)
