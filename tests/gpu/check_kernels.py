@@ -96,6 +96,60 @@ def check_case(name, N, K_, cfg, seed, allow_tf32=False, fixed_degree=False):
 APPA = dict(V15, H=16)
 
 
+def check_edge_degree(name, N, K_, nb, hid, C, seed, time_it=False):
+    """Fused edge-degree embedding vs float64 reference: forward and d/dvec (+ optional timing)."""
+    ED = import_module(K.__name__ + ".edge_degree_triton")
+    c32 = make_case(N, K_, C=16, H=16, D=4, nb=nb, T=16, hid=hid, device=DEV, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    T0 = torch.randn(N, nb, generator=g).to(DEV)
+    S0 = torch.randn(N, nb, generator=g).to(DEV)
+    params = [K.FCParams(*(x.to(DEV) for x in K.FCParams.random(nb, nb, hid, C // 2, generator=g)))
+              for _ in range(3)]
+    vec = c32["vec"].clone().requires_grad_(True)
+    vec64 = c32["vec"].double().requires_grad_(True)
+    p64 = [K.FCParams(*(x.double() for x in p)) for p in params]
+    common = (c32["row_ptr"], c32["src"])
+    poison_allocator(max(4 * N * 9 * C * 4, 1 << 20))
+    h = ED.edge_degree_triton(*common, vec, T0, S0, params, c32["mu"], c32["gamma"], c32["cutoff"], max_degree=K_)
+    G = torch.randn(h.shape, device=DEV, dtype=torch.float64, generator=torch.Generator(device=DEV).manual_seed(seed))
+    gk, = torch.autograd.grad(h, [vec], G.float())
+    h64 = K.edge_degree_reference(*common, vec64, T0.double(), S0.double(), p64, c32["mu"].double(),
+                                  c32["gamma"], c32["cutoff"])
+    gr, = torch.autograd.grad(h64, [vec64], G)
+    row = dict(name=name, N=N, K=K_, E=int(c32["row_ptr"][-1]), nb=nb, hid=hid, C=C,
+               err_h=rel(h, h64), err_dvec=rel(gk, gr),
+               finite=bool(torch.isfinite(h).all() and torch.isfinite(gk).all()))
+    row["pass"] = row["finite"] and max(row["err_h"], row["err_dvec"]) <= TOL
+    try:
+        row["compile_info"] = AT.compile_info()
+    except BaseException as exc:
+        row["compile_info"] = repr(exc)[:100]
+    if time_it and DEV == "cuda":
+        import triton
+        a = (*common, vec, T0, S0, params, c32["mu"], c32["gamma"], c32["cutoff"])
+        def fused_fb():
+            return torch.autograd.grad(ED.edge_degree_triton(*a, max_degree=K_), [vec], G.float())
+        def ref_fb():
+            return torch.autograd.grad(K.edge_degree_reference(*a), [vec], G.float())
+        for nm, fn in (("fused_fwd_bwd_ms", fused_fb), ("ref_fwd_bwd_ms", ref_fb)):
+            try:
+                row[nm] = triton.testing.do_bench(fn, warmup=3, rep=20, return_mode="median")
+            except Exception as exc:
+                row[nm] = repr(exc)[:100]
+    return row
+
+
+def final_cases():
+    """Short priority-ordered list for the last (time-limited) device run."""
+    return [("attn", ("v15", 2000, 32, V15, 101, False, False)),
+            ("attn", ("appA-fixedK", 2000, 64, APPA, 102, False, True)),
+            ("edge", ("edge-v15", 2000, 32, 256, 128, 256, 103, False)),
+            ("attn", ("tiny", 2000, 8, TINY, 104, False, False)),
+            ("attn", ("v15", 20000, 32, V15, 105, False, False)),
+            ("edge", ("edge-v15", 20000, 32, 256, 128, 256, 106, True)),
+            ("attn", ("v15-tf32", 2000, 32, V15, 107, True, False))]
+
+
 def cases(quick=False):
     out = []
     sizes = (100, 2000) if quick else (100, 2000, 20000)
@@ -119,6 +173,8 @@ def main(argv):
     quick = "--quick" in argv
     paths = [a for a in argv if not a.startswith("--")]
     out_path = paths[0] if paths else os.path.join(os.environ.get("OUT", "."), "kernels_gpu_check.json")
+    if "--final" in argv:
+        return main_final(out_path)
     rows = []
     print(f"{'case':14s} {'N':>6s} {'K':>3s} {'E':>8s} {'U':>9s} {'dvec':>9s} {'dq':>9s} {'dk':>9s} "
           f"{'dv':>9s} {'ref32':>9s} pass", flush=True)
@@ -144,6 +200,22 @@ def main(argv):
     Path(out_path).write_text(json.dumps(res, indent=1))
     print("ALL PASS" if res["all_pass"] else "SOME FAILED", flush=True)
     return 0 if res["all_pass"] else 1
+
+
+def main_final(out_path):
+    rows = []
+    for kind, args in final_cases():
+        try:
+            r = check_case(*args) if kind == "attn" else check_edge_degree(*args)
+        except Exception as exc:
+            r = dict(name=args[0], N=args[1], K=args[2], error=repr(exc)[:500], **{"pass": False})
+        r.pop("compile_info", None) if False else None
+        print({k_: (f"{v_:.2e}" if isinstance(v_, float) else v_) for k_, v_ in r.items()}, flush=True)
+        rows.append(r)
+        res = dict(device=torch.cuda.get_device_name() if DEV == "cuda" else "cpu", tol=TOL, rows=rows,
+                   all_pass=all(x["pass"] for x in rows))
+        Path(out_path).write_text(json.dumps(res, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
