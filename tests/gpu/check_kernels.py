@@ -209,7 +209,6 @@ def main_final(out_path):
             r = check_case(*args) if kind == "attn" else check_edge_degree(*args)
         except Exception as exc:
             r = dict(name=args[0], N=args[1], K=args[2], error=repr(exc)[:500], **{"pass": False})
-        r.pop("compile_info", None) if False else None
         print({k_: (f"{v_:.2e}" if isinstance(v_, float) else v_) for k_, v_ in r.items()}, flush=True)
         rows.append(r)
         res = dict(device=torch.cuda.get_device_name() if DEV == "cuda" else "cpu", tol=TOL, rows=rows,
