@@ -20,10 +20,9 @@ EAAS, two exactly equivalent evaluations (``eaas=``):
   Wigner rotations of *absolute* positions, aggregated with ``alpha/d``, and
   ``T_i = TP(sum v, p_i) - sum TP(v_j, p_j)`` (spec §2.5 step 6).
 """
-from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Final, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -44,44 +43,48 @@ EAAS_MODES = ("relative", "so2")
 class Graph:
     """Edges of one structure (target ``center`` <- source ``neighbor``), with geometry."""
 
-    def __init__(self, center, neighbor, shift, positions, cutoff, num_basis_offsets, rbf_coeff, env_kind):
+    def __init__(self, center: torch.Tensor, neighbor: torch.Tensor, shift: torch.Tensor, positions: torch.Tensor,
+                 cutoff: float, num_basis_offsets: torch.Tensor, rbf_coeff: float, env_kind: str):
         self.center = center
         self.neighbor = neighbor
         self.shift = shift
         vec = positions[center] - positions[neighbor] - shift
         self.vec = vec
-        self.dist = vec.norm(dim=1)
+        self.dist = torch.linalg.vector_norm(vec, dim=1)
         self.unit = vec / self.dist.clamp_min(1e-6)[:, None]
         self.rbf_offsets = num_basis_offsets
         self.rbf_coeff = rbf_coeff
         self.cutoff = cutoff
-        self._rbf = None
+        self._rbf = torch.jit.annotate(Optional[torch.Tensor], None)
         self.env = envelope(self.dist / cutoff, env_kind)
         self.num_nodes = positions.shape[0]
         self.positions = positions
-        self._padded = None
+        self._padded = torch.jit.annotate(Optional[Tuple[torch.Tensor, int]], None)
 
-    @property
     def rbf(self) -> torch.Tensor:
         """[E, num_basis] Gaussian basis (built on first use: the fused GPU path never needs it)."""
-        if self._rbf is None:
-            self._rbf = gaussian_rbf(self.dist, self.rbf_offsets, self.rbf_coeff)
-        return self._rbf
+        cached = self._rbf
+        if cached is None:
+            cached = gaussian_rbf(self.dist, self.rbf_offsets, self.rbf_coeff)
+            self._rbf = cached
+        return cached
 
     def row_ptr(self) -> torch.Tensor:
         """CSR pointer of the (centre-sorted) edges, [N+1]."""
         counts = torch.bincount(self.center, minlength=self.num_nodes)
         return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
 
-    def padded(self):
+    def padded(self) -> Tuple[torch.Tensor, int]:
         """Edges laid out as [N, K] slots (K = largest in-degree): (slot of each edge, K)."""
-        if self._padded is None:
+        cached = self._padded
+        if cached is None:
             n = self.center.numel()
             first = torch.searchsorted(self.center, self.center)
             slot = torch.arange(n, device=self.center.device) - first
-            K = int(slot.max()) + 1 if n else 1
-            self._padded = (slot, K)
-        return self._padded
+            K = int(slot.max()) + 1 if n > 0 else 1
+            cached = (slot, K)
+            self._padded = cached
+        return cached
 
 
 class EdgeDegreeEmbedding(nn.Module):
@@ -96,12 +99,14 @@ class EdgeDegreeEmbedding(nn.Module):
         self.source_embedding = nn.Embedding(cfg.degree_num_elements, nb)
         self.target_embedding = nn.Embedding(cfg.degree_num_elements, nb)
         self.radial = nn.ModuleList([RadialMLP(3 * nb, cfg.hidden, C) for _ in range(3)])
+        self.channels = C
+        #: edges per chunk: above this the per-edge work runs in chunks under activation checkpointing,
+        #: so memory stays ~ chunk x 9 x C instead of edges x 9 x C (100k atoms x 32 edges: 30 GB)
+        self.chunk_edges = 32768
 
-    #: edges per chunk: above this the per-edge work runs in chunks under activation checkpointing,
-    #: so memory stays ~ chunk x 9 x C instead of edges x 9 x C (100k atoms x 32 edges x 2304 floats = 30 GB)
-    chunk_edges = 32768
-
-    def _messages(self, node_t, node_s, center, neighbor, dist, unit, env, offsets):
+    def _messages(self, node_t: List[torch.Tensor], node_s: List[torch.Tensor], center: torch.Tensor,
+                  neighbor: torch.Tensor, dist: torch.Tensor, unit: torch.Tensor, env: torch.Tensor,
+                  offsets: torch.Tensor) -> torch.Tensor:
         nb = self.num_basis
         rbf = gaussian_rbf(dist, offsets, self.rbf_coeff)
         sh = spherical_harmonics(unit)  # [E, 9]
@@ -109,9 +114,17 @@ class EdgeDegreeEmbedding(nn.Module):
         for l, mlp in enumerate(self.radial):
             h0 = rbf @ mlp.lin0.weight[:, :nb].t() + mlp.lin0.bias + node_t[l][center] + node_s[l][neighbor]
             a = mlp.tail(h0) * env[:, None]  # [E, C]
-            rows = (0, 1) if l == 0 else ((1, 4) if l == 1 else (4, 9))
-            out.append(sh[:, rows[0]:rows[1], None] * a[:, None, :])
+            lo = 0 if l == 0 else (1 if l == 1 else 4)
+            hi = 1 if l == 0 else (4 if l == 1 else 9)
+            out.append(sh[:, lo:hi, None] * a[:, None, :])
         return torch.cat(out, dim=1)  # [E, 9, C]
+
+    @torch.jit.unused
+    def _messages_checkpointed(self, node_t: List[torch.Tensor], node_s: List[torch.Tensor], center: torch.Tensor,
+                               neighbor: torch.Tensor, dist: torch.Tensor, unit: torch.Tensor, env: torch.Tensor,
+                               offsets: torch.Tensor) -> torch.Tensor:
+        return torch.utils.checkpoint.checkpoint(self._messages, node_t, node_s, center, neighbor, dist, unit, env,
+                                                 offsets, use_reentrant=False)
 
     def forward(self, z: torch.Tensor, g: Graph) -> torch.Tensor:
         nb = self.num_basis
@@ -120,22 +133,27 @@ class EdgeDegreeEmbedding(nn.Module):
         node_t = [t @ mlp.lin0.weight[:, nb:2 * nb].t() for mlp in self.radial]
         node_s = [s @ mlp.lin0.weight[:, 2 * nb:].t() for mlp in self.radial]
         E, N = g.center.numel(), g.num_nodes
-        C = self.radial[0].lin2.out_features
-        h = g.dist.new_zeros(N, 9, C)
+        h = g.dist.new_zeros(N, 9, self.channels)
         step = self.chunk_edges
         for e0 in range(0, max(E, 1), step):
-            sl = slice(e0, min(E, e0 + step))
-            args = (node_t, node_s, g.center[sl], g.neighbor[sl], g.dist[sl], g.unit[sl], g.env[sl], g.rbf_offsets)
-            if E > step and torch.is_grad_enabled():
-                msg = torch.utils.checkpoint.checkpoint(self._messages, *args, use_reentrant=False)
+            e1 = min(E, e0 + step)
+            center = g.center[e0:e1]
+            chunked = E > step and torch.is_grad_enabled()
+            if chunked and not torch.jit.is_scripting():
+                msg = self._messages_checkpointed(node_t, node_s, center, g.neighbor[e0:e1], g.dist[e0:e1],
+                                                  g.unit[e0:e1], g.env[e0:e1], g.rbf_offsets)
             else:
-                msg = self._messages(*args)
-            h = h.index_add(0, g.center[sl], msg)
+                msg = self._messages(node_t, node_s, center, g.neighbor[e0:e1], g.dist[e0:e1], g.unit[e0:e1],
+                                     g.env[e0:e1], g.rbf_offsets)
+            h = h.index_add(0, center, msg)
         return h * self.inv_avg_degree
 
 
 class Attention(nn.Module):
     """``E2AttentionArbOrder_sparse`` with ``so2-first-order`` EAAS (spec §2.5)."""
+
+    qkdot: Final[bool]
+    use_so2: Final[bool]
 
     def __init__(self, cfg: E2FormerConfig):
         super().__init__()
@@ -157,35 +175,37 @@ class Attention(nn.Module):
         self.out = SO3Linear(C, C)
         self.register_buffer("cg", first_order_cg(), persistent=False)
         self.register_buffer("path_norm", torch.tensor(PATH_NORM), persistent=False)
-        self.eaas = "relative"
+        self.use_so2 = False       # EAAS route: False = relative vectors, True = official SO(2) route
         self.backend = "auto"      # "auto" (Triton on CUDA), "reference" or "triton"
         self.allow_tf32 = False    # TF32 tensor cores inside the fused edge MLP
 
-    def _edge_first_layer(self, mlp: RadialMLP, z: torch.Tensor, g: Graph) -> torch.Tensor:
-        nb, T = self.nb, self.target_embedding.weight.shape[1]
-        W = mlp.lin0.weight
+    def _edge_first_layer(self, W: torch.Tensor, b: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        """First linear of an edge MLP on [rbf(d); t(Z_i); s(Z_j)], the element parts per atom."""
+        nb = self.nb
+        T = self.target_embedding.weight.shape[1]
         node_t = self.target_embedding(z) @ W[:, nb:nb + T].t()
         node_s = self.source_embedding(z) @ W[:, nb + T:].t()
-        return g.rbf @ W[:, :nb].t() + mlp.lin0.bias + node_t[g.center] + node_s[g.neighbor]
+        return g.rbf() @ W[:, :nb].t() + b + node_t[g.center] + node_s[g.neighbor]
 
     def attention_weights(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         """alpha [E, H]: envelope-weighted softmax with the official +1e-3, times the edge weight w."""
         H, N = self.H, x.shape[0]
-        out = self.edge_mlp.tail(self._edge_first_layer(self.edge_mlp, z, g))
+        out = self.edge_mlp.tail(self._edge_first_layer(self.edge_mlp.lin0.weight, self.edge_mlp.lin0.bias, z, g))
         q = self.query(x).view(N, H, self.D)
         k = self.key(x).view(N, H, self.D)
         qk = (q[g.center] * k[g.neighbor]).sum(dim=2) / math.sqrt(self.D)
         if self.qkdot:
             w = out
             d = self.dot_linear(x)  # [N, 9, nb]
-            sh = spherical_harmonics(g.unit) / math.sqrt(4.0 * math.pi)  # e3nn "integral" norm
+            sh = spherical_harmonics(g.unit) / 3.5449077018110318  # sqrt(4 pi): e3nn "integral" norm
             di = d[g.center]
             proj = torch.cat([
                 sh[:, 0:1] * di[:, 0],
                 (sh[:, 1:4, None] * di[:, 1:4]).sum(dim=1),
                 (sh[:, 4:9, None] * di[:, 4:9]).sum(dim=1),
             ], dim=1)
-            radial = self.dot_radial.tail(self._edge_first_layer(self.dot_radial, z, g))
+            radial = self.dot_radial.tail(self._edge_first_layer(self.dot_radial.lin0.weight,
+                                                                 self.dot_radial.lin0.bias, z, g))
             gate = self.dot_out(proj * radial)
         else:
             gate, w = out[:, :H], out[:, H:]
@@ -197,9 +217,11 @@ class Attention(nn.Module):
         return eps * w / denom[g.center]
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
-        N, C, H = x.shape[0], self.C, self.H
         v = self.value(x)
-        if self.use_fused(x):
+        fused = False
+        if not torch.jit.is_scripting():
+            fused = self.use_fused(x)
+        if fused:
             T = self._eaas_fused(x, v, z, g)
         else:
             T = self._eaas_reference(x, v, z, g)
@@ -210,9 +232,10 @@ class Attention(nn.Module):
         y = torch.cat([y0, y1, y2], dim=1) * self.path_norm.to(x.dtype)[None, :, None]
         return self.out(y)
 
+    @torch.jit.unused
     def use_fused(self, x: torch.Tensor) -> bool:
         """The fused Triton kernel covers the QK_alpha form with the relative-vector EAAS on CUDA."""
-        if self.backend == "reference" or not x.is_cuda or self.qkdot or self.eaas != "relative":
+        if self.backend == "reference" or not x.is_cuda or self.qkdot or self.use_so2:
             return False
         from ..kernels import HAS_TRITON
 
@@ -222,7 +245,8 @@ class Attention(nn.Module):
             return False
         return x.dtype == torch.float32
 
-    def _eaas_fused(self, x, v, z, g: Graph) -> torch.Tensor:
+    @torch.jit.unused
+    def _eaas_fused(self, x: torch.Tensor, v: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         from ..kernels import fused_attention, FCParams
 
         N, H = x.shape[0], self.H
@@ -236,16 +260,13 @@ class Attention(nn.Module):
                             allow_tf32=self.allow_tf32, max_degree=g.padded()[1])
         return torch.einsum("krm,nkmc->nrc", self.cg.to(v.dtype), U)
 
-    def _eaas_reference(self, x, v, z, g: Graph) -> torch.Tensor:
-        C, H = self.C, self.H
+    def _eaas_reference(self, x: torch.Tensor, v: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         alpha = self.attention_weights(x, z, g)
-        if self.eaas == "so2":
-            T = self._eaas_so2(v, alpha.repeat(1, C // H), g)  # channel c uses head c mod H
-        else:
-            T = self._eaas_relative(v, alpha, g)
-        return T
+        if self.use_so2:
+            return self._eaas_so2(v, alpha.repeat(1, self.C // self.H), g)  # channel c uses head c mod H
+        return self._eaas_relative(v, alpha, g)
 
-    def _eaas_relative(self, v, alpha, g: Graph) -> torch.Tensor:
+    def _eaas_relative(self, v: torch.Tensor, alpha: torch.Tensor, g: Graph) -> torch.Tensor:
         """T_i = sum_k CG_k U_i[k] with U_i[k, m, c] = sum_e alpha[e, h(c)] r_hat_e[k] v_j[m, c].
 
         U is computed head by head as small matrix products over each target's edge slots
@@ -255,17 +276,17 @@ class Attention(nn.Module):
         slot, K = g.padded()
         # weights [N, H, 3, K]
         w = (alpha[:, :, None] * g.unit[:, None, :])  # [E, H, 3]
-        W = w.new_zeros(N, K, H, 3).index_put_((g.center, slot), w)
+        W = w.new_zeros(N, K, H, 3).index_put_([g.center, slot], w)
         W = W.permute(0, 2, 3, 1)
         # neighbour features per head: vh[n, h, g*9 + m] = v[n, m, g*H + h]
         vh = v.view(N, 9, G, H).permute(0, 3, 2, 1).reshape(N, H, G * 9)
-        idx = v.new_zeros(N, K, dtype=torch.long).index_put_((g.center, slot), g.neighbor)
+        idx = torch.zeros(N, K, dtype=torch.long, device=v.device).index_put_([g.center, slot], g.neighbor)
         Vg = vh[idx].transpose(1, 2)  # [N, H, K, G*9]
         U = torch.matmul(W, Vg)  # [N, H, 3, G*9]
         U = U.view(N, H, 3, G, 9).permute(0, 2, 4, 3, 1).reshape(N, 3, 9, C)
         return torch.einsum("krm,nkmc->nrc", self.cg.to(v.dtype), U)
 
-    def _eaas_so2(self, v, alpha_c, g: Graph) -> torch.Tensor:
+    def _eaas_so2(self, v: torch.Tensor, alpha_c: torch.Tensor, g: Graph) -> torch.Tensor:
         """Official route with absolute positions (spec §2.5.6)."""
         key = torch.cat([g.neighbor[:, None].to(g.shift.dtype), g.shift], dim=1)
         images, image_of_edge = torch.unique(key.detach(), dim=0, return_inverse=True)
@@ -287,7 +308,7 @@ class Block(nn.Module):
         self.norm_ffn = EquivariantRMSNorm(cfg.channels)
         self.ffn = GatedFFN(cfg.channels)
 
-    def forward(self, x, system, z, g: Graph):
+    def forward(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         h = self.norm_attn(x)
         h = torch.cat([h[:, 0:1] + system, h[:, 1:]], dim=1)
         x = x + self.attn(h, z, g)
@@ -315,7 +336,12 @@ class Heads(nn.Module):
 
 
 class E2FormerV2(nn.Module):
-    """The E2Former-V2 potential. Positions in Å, energies in eV, forces in eV/Å."""
+    """The E2Former-V2 potential. Positions in Å, energies in eV, forces in eV/Å.
+
+    ``forward`` (and everything it calls) compiles with ``torch.jit.script`` (used for openmm-torch);
+    the user API (``predict``, ``energy_and_forces``) and the GPU kernels are Python-side only."""
+
+    __jit_unused_properties__ = ["eaas", "device", "dtype"]
 
     def __init__(self, cfg: E2FormerConfig, reference_energies: Optional[Dict[str, List[float]]] = None):
         super().__init__()
@@ -324,6 +350,9 @@ class E2FormerV2(nn.Module):
         C = cfg.channels
         self.cutoff = float(cfg.cutoff)
         self.max_neighbors = int(cfg.max_neighbors)
+        self.min_dist = float(cfg.min_dist)
+        self.overlap_distance = float(OVERLAP_DISTANCE)
+        self.envelope_kind = str(cfg.envelope)
         self.head_names: List[str] = list(cfg.heads)
         self.default_head = self.head_names[0]
         self.direct_forces = not cfg.autograd_forces
@@ -360,13 +389,13 @@ class E2FormerV2(nn.Module):
     # ------------------------------------------------------------------ configuration
     @property
     def eaas(self) -> str:
-        return self.blocks[0].attn.eaas
+        return "so2" if self.blocks[0].attn.use_so2 else "relative"
 
     def set_eaas(self, mode: str) -> "E2FormerV2":
         if mode not in EAAS_MODES:
             raise ValueError(f"eaas must be one of {EAAS_MODES}, got {mode!r}")
         for b in self.blocks:
-            b.attn.eaas = mode
+            b.attn.use_so2 = mode == "so2"
         return self
 
     def set_attention_backend(self, backend: str = "auto", allow_tf32: bool = False) -> "E2FormerV2":
@@ -398,20 +427,20 @@ class E2FormerV2(nn.Module):
             center, neighbor, shift = neighbor_list(pos, cell, pbc, self.cutoff, K + 1, 0.0)
             not_self = (center != neighbor) | (shift != 0).any(dim=1)
             center, neighbor, shift = center[not_self], neighbor[not_self], shift[not_self]
-            d = (pos[center] - pos[neighbor] - shift.to(pos.dtype)).norm(dim=1)
-            if check_overlap and d.numel() and bool((d < OVERLAP_DISTANCE).any()):
+            d = torch.linalg.vector_norm(pos[center] - pos[neighbor] - shift.to(pos.dtype), dim=1)
+            if check_overlap and d.numel() > 0 and bool((d < self.overlap_distance).any()):
                 k = int(torch.argmin(d))
-                raise ValueError(f"atoms {int(center[k])} and {int(neighbor[k])} overlap (distance "
-                                 f"{float(d[k]):.4f} Å < {OVERLAP_DISTANCE} Å): check the structure (duplicated "
-                                 "atoms, a blown-up simulation, or positions not in Å)")
-            keep = d >= self.config.min_dist
+                raise ValueError("atoms {} and {} overlap (distance {:.4f} Å < {} Å): check the structure "
+                                 "(duplicated atoms, a blown-up simulation, or positions not in Å)".format(
+                                     int(center[k]), int(neighbor[k]), float(d[k]), self.overlap_distance))
+            keep = d >= self.min_dist
             center, neighbor, shift = center[keep], neighbor[keep], shift[keep]
             # re-apply the cap (edges are sorted by centre, then distance)
             rank = torch.arange(center.numel(), device=center.device) - torch.searchsorted(center, center)
             keep = rank < K
             center, neighbor, shift = center[keep], neighbor[keep], shift[keep]
         return Graph(center, neighbor, shift.to(positions.dtype), positions, self.cutoff,
-                     self.rbf_offsets.to(positions.dtype), self.rbf_coeff, self.config.envelope)
+                     self.rbf_offsets.to(positions.dtype), self.rbf_coeff, self.envelope_kind)
 
     def node_features(self, z: torch.Tensor, g: Graph, charge: int, multiplicity: int) -> torch.Tensor:
         """Final normalised node features [N, 9, C]."""
@@ -420,49 +449,63 @@ class E2FormerV2(nn.Module):
         s = torch.tensor([min(max(int(multiplicity), 0), 20)], device=dev)
         system = F.silu(self.system_mix(torch.cat([self.charge_embedding(q), self.multiplicity_embedding(s)], dim=1)))
         x = self.edge_degree(z, g)
+        system = system.to(x.dtype)
+        if not torch.jit.is_scripting():
+            if self._use_checkpointing(x):
+                return self.norm_final(self._blocks_checkpointed(x, system, z, g))
+        for block in self.blocks:
+            x = block(x, system, z, g)
+        return self.norm_final(x)
+
+    @torch.jit.unused
+    def _use_checkpointing(self, x: torch.Tensor) -> bool:
         ckpt = self.checkpoint_blocks
         if ckpt == "auto":
             ckpt = x.is_cuda and x.numel() >= self.checkpoint_min_elements
-        if ckpt:
-            # build the graph's lazy caches outside the checkpointed regions, so that the recomputation
-            # sees exactly the same operations as the first pass
-            g.padded()
-            if not all(b.attn.use_fused(x) for b in self.blocks):
-                g.rbf
-        for block in self.blocks:
-            if ckpt and torch.is_grad_enabled():
-                # keep only block inputs for the backward pass; intermediates are recomputed
-                x = torch.utils.checkpoint.checkpoint(block, x, system.to(x.dtype), z, g, use_reentrant=False)
-            else:
-                x = block(x, system.to(x.dtype), z, g)
-        return self.norm_final(x)
+        return bool(ckpt) and torch.is_grad_enabled()
 
-    def energy_terms(self, z, positions, cell=None, pbc=None, charge: int = 0, multiplicity: int = 1,
+    @torch.jit.unused
+    def _blocks_checkpointed(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        """Blocks under activation checkpointing: only block inputs are kept for the backward pass."""
+        # build the graph's lazy caches first, so that the recomputation sees the same operations
+        g.padded()
+        if not all(b.attn.use_fused(x) for b in self.blocks):
+            g.rbf()
+        for block in self.blocks:
+            x = torch.utils.checkpoint.checkpoint(block, x, system, z, g, use_reentrant=False)
+        return x
+
+    def energy_terms(self, z: torch.Tensor, positions: torch.Tensor, cell: Optional[torch.Tensor] = None,
+                     pbc: Optional[torch.Tensor] = None, charge: int = 0, multiplicity: int = 1,
                      head: int = 0, check_overlap: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(E_model [eV], direct forces [N,3] eV/Å or None)."""
         g = self.build_graph(positions, cell, pbc, check_overlap)
         x = self.node_features(z, g, charge, multiplicity)
         energy = self.heads.energy(x[:, 0], head).sum()
-        direct = None
-        if self.heads.force is not None:
-            direct = torch.einsum("nkc,c->nk", x[:, 1:4], self.heads.force[head])
+        direct: Optional[torch.Tensor] = None
+        force = self.heads.force
+        if force is not None:
+            direct = torch.einsum("nkc,c->nk", x[:, 1:4], force[head])
         return energy, direct
 
     def reference(self, z: torch.Tensor, head: int) -> torch.Tensor:
         """Sum of the head's per-element reference energies (eV, float64)."""
-        if self.reference_energy.device != z.device:
-            self.reference_energy = self.reference_energy.to(z.device)
-        return self.reference_energy[head][z].sum()
+        table = self.reference_energy
+        if table.device != z.device:
+            table = table.to(z.device)
+            self.reference_energy = table
+        return table[head][z].sum()
 
-    def forward(self, atomic_numbers, positions, cell=None, pbc=None, charge: int = 0,
-                multiplicity: int = 1, head_index: int = 0) -> torch.Tensor:
-        """Total energy (eV, including the head's per-element reference energies)."""
+    def forward(self, atomic_numbers: torch.Tensor, positions: torch.Tensor, cell: Optional[torch.Tensor] = None,
+                pbc: Optional[torch.Tensor] = None, charge: int = 0, multiplicity: int = 1,
+                head_index: int = 0) -> torch.Tensor:
+        """Total energy (eV, float64, including the head's per-element reference energies)."""
         e, _ = self.energy_terms(atomic_numbers, positions, cell, pbc, charge, multiplicity, head_index)
-        return e + self.reference(atomic_numbers, head_index).to(e.dtype)
+        return e.to(torch.float64) + self.reference(atomic_numbers, head_index)
 
     # ------------------------------------------------------------------ user API
     @property
-    def device(self) -> torch.device:
+    def device(self) -> torch.device:  # noqa: D401
         return self.rbf_offsets.device
 
     @property

@@ -1,5 +1,4 @@
 """Building blocks of E2Former-V2 (spec §2.2). Features are [N, 9, C] (rows: l=0 | l=1 x3 | l=2 x5)."""
-from __future__ import annotations
 
 import math
 
@@ -109,14 +108,16 @@ class GatedFFN(nn.Module):
         self.lin1 = SO3Linear(channels, channels)
         self.gate = nn.Linear(channels, 3 * channels)
         self.lin2 = SO3Linear(channels, channels)
+        self.c_silu = C_SILU
+        self.c_sigmoid = C_SIGMOID
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         C = self.channels
         z = self.lin1(x)
         g = self.gate(z[:, 0])
-        y0 = C_SILU * F.silu(g[:, :C])
-        y1 = C_SIGMOID * torch.sigmoid(g[:, C:2 * C])[:, None] * z[:, 1:4]
-        y2 = C_SIGMOID * torch.sigmoid(g[:, 2 * C:])[:, None] * z[:, 4:9]
+        y0 = self.c_silu * F.silu(g[:, :C])
+        y1 = self.c_sigmoid * torch.sigmoid(g[:, C:2 * C])[:, None] * z[:, 1:4]
+        y2 = self.c_sigmoid * torch.sigmoid(g[:, 2 * C:])[:, None] * z[:, 4:9]
         return self.lin2(torch.cat([y0[:, None], y1, y2], dim=1))
 
 

@@ -25,7 +25,6 @@ with three constant 20x9 matrices ``CG[k]``.  :func:`first_order_cg` derives the
 SO(2) definition itself* (Wigner matrices of the three unit vectors), so both forms are the
 same function by construction; ``tests/test_so3.py`` checks the linearity numerically.
 """
-from __future__ import annotations
 
 import math
 from functools import lru_cache

@@ -208,3 +208,25 @@ def test_memory_saving_paths_give_identical_results():
     out = predict_case(m, c)
     assert abs(out["energy"] - ref["energy"]) < 1e-9
     np.testing.assert_allclose(out["forces"], ref["forces"], atol=1e-10)
+
+
+@pytest.mark.parametrize("variant,name", [("tiny_qk", "water30_triclinic_pbc"), ("tiny_qkdot", "random20"),
+                                          ("tiny_direct", "water12_slab_pbc_TTF")])
+def test_torchscript_forward_matches_eager(variant, name):
+    """forward() compiles with torch.jit.script (needed by openmm-torch) and computes the same energy
+    and autograd forces."""
+    m = model(variant)
+    c = case(variant, name)
+    scripted = torch.jit.script(m)
+    z = torch.tensor(c["atomic_numbers"])
+    cell = torch.tensor(c["cell"], dtype=torch.float32)
+    pbc = torch.tensor(c["pbc"])
+    out = []
+    for fn in (m, scripted):
+        pos = torch.tensor(c["positions"], dtype=torch.float32, requires_grad=True)
+        e = fn(z, pos, cell, pbc, int(c["charge"]), int(c["multiplicity"]), 0)
+        (g,) = torch.autograd.grad(e, pos)
+        out.append((float(e), g))
+    assert out[0][1].dtype == torch.float32
+    assert abs(out[0][0] - out[1][0]) < 1e-6 * abs(out[0][0])
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-5, rtol=1e-5)
