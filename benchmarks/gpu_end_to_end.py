@@ -25,7 +25,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-FIX = next(p for p in [REPO / "shared" / "fixtures" / "official_parity",
+FIX = next(p for p in [Path(os.environ.get("E2F_FIXTURES", "/nonexistent")),
+                       REPO / "shared" / "fixtures" / "official_parity",
                        REPO.parent / "shared" / "fixtures" / "official_parity"] if p.exists())
 
 
