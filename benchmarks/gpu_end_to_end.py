@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+
 FIX = next(p for p in [Path(os.environ.get("E2F_FIXTURES", "/nonexistent")),
                        REPO / "shared" / "fixtures" / "official_parity",
                        REPO.parent / "shared" / "fixtures" / "official_parity"] if p.exists())
