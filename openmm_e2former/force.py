@@ -303,8 +303,9 @@ class E2FormerForceComputation:
         out = rt.model.energy_and_forces(rt.z, pos, cell, rt.pbc, self.charge, self.multiplicity, rt.head, **kwargs)
         energy, forces = out[0], out[-1]
         with torch.no_grad():
-            rt.d_out[: 3 * n].copy_(forces.detach().reshape(-1)).mul_(EV_PER_A_TO_KJ_PER_MOL_NM)
-            rt.d_out[3 * n].copy_(energy.detach()).mul_(EV_TO_KJ_PER_MOL)
+            # one fused kernel each: scale + cast to float64 into the packed output buffer
+            torch.mul(forces.detach().reshape(-1), EV_PER_A_TO_KJ_PER_MOL_NM, out=rt.d_out[: 3 * n])
+            torch.mul(energy.detach().reshape(()), EV_TO_KJ_PER_MOL, out=rt.d_out[3 * n])
             if rt.cuda:
                 rt.h_out.copy_(rt.d_out, non_blocking=True)
                 torch.cuda.current_stream(rt.dev).synchronize()
