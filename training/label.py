@@ -1,0 +1,159 @@
+"""Label raw shards with teacher energies and forces (resumable).
+
+Teacher ``so3lr`` (default): SO3LR through so3krates-torch's ASE calculator ``SO3LRCalculator`` (weights ship
+inside the wheel, nothing is downloaded).  The total charge of every frame is passed as
+``atoms.info["charge"]``.  Periodic frames use the default long-range cutoff ``r_max_lr`` = 12 Å; gas-phase
+frames use ``--gas-lr-cutoff`` (default 100 Å, i.e. every pair of a cluster/solute interacts).
+
+Pitfall handled here: ASE calculators cache results and do not treat a change of ``atoms.info`` (the charge)
+as a system change, so ``calc.reset()`` is called before every frame.
+
+Teacher ``mm-placeholder``: copies the classical OpenMM energies/forces stored by ``generate --store-mm``.
+This exists ONLY to exercise the pipeline where so3krates-torch cannot be installed; shards labelled with it
+carry ``teacher = "PLACEHOLDER:openmm-amber14"`` and ``train`` refuses to mix teachers.
+
+Resumable: labelled shards are written next to each other in ``--out`` with a per-frame ``labelled`` mask,
+saved atomically every ``--save-every`` frames; a restarted run continues where it stopped.  ``--max-minutes``
+bounds the wall time of one call.  Throughput is appended to ``<out>/label_log.jsonl``.
+
+    python -m training.label --raw data/raw --out data/labelled [--device cuda] [--max-minutes 9]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from .shards import list_shards, load_shard, save_shard, scalar
+
+SO3LR_TEACHER = "SO3LR (so3krates-torch 0.2.1, bundled so3lr.model)"
+PLACEHOLDER_TEACHER = "PLACEHOLDER:openmm-amber14"
+
+
+class SO3LRTeacher:
+    """Energy (eV) and forces (eV/Å) of one frame from SO3LR."""
+
+    def __init__(self, device: str = "cpu", dtype: str = "float32", lr_cutoff: float = 12.0,
+                 gas_lr_cutoff: float = 100.0):
+        try:
+            from so3krates_torch.calculator.so3 import SO3LRCalculator
+        except ImportError as exc:   # pragma: no cover - depends on the environment
+            raise RuntimeError(
+                "SO3LR teacher unavailable: cannot import so3krates_torch "
+                f"({exc}). Install: pip install torch-geometric e3nn ase matscipy h5py && "
+                "pip install --no-deps so3krates-torch==0.2.1") from exc
+        import torch
+        prev = torch.get_default_dtype()
+        self.periodic = SO3LRCalculator(r_max_lr=lr_cutoff, default_dtype=dtype, device=device)
+        self.gas = SO3LRCalculator(r_max_lr=gas_lr_cutoff, default_dtype=dtype, device=device)
+        torch.set_default_dtype(prev)   # the calculator changes the global default dtype
+        self.name = SO3LR_TEACHER
+        self.settings = {"device": device, "dtype": dtype, "r_max_lr": lr_cutoff, "gas_r_max_lr": gas_lr_cutoff}
+
+    def __call__(self, z, pos, cell, pbc, charge: int, multiplicity: int):
+        import torch
+        from ase import Atoms
+        if multiplicity != 1:
+            raise ValueError("only closed-shell (multiplicity 1) frames are labelled")
+        periodic = bool(np.any(pbc))
+        atoms = Atoms(numbers=z, positions=pos, cell=cell if periodic else None, pbc=pbc if periodic else False)
+        atoms.info["charge"] = int(charge)
+        calc = self.periodic if periodic else self.gas
+        calc.reset()
+        prev = torch.get_default_dtype()
+        try:
+            calc.calculate(atoms, ["energy", "forces"])
+        finally:
+            torch.set_default_dtype(prev)
+        return float(calc.results["energy"]), np.asarray(calc.results["forces"], dtype=np.float32)
+
+
+def label_shard(raw_path: Path, out_path: Path, teacher, teacher_name: str, save_every: int,
+                deadline: float) -> Dict[str, float]:
+    raw = load_shard(raw_path)
+    F = raw["positions"].shape[0]
+    if out_path.exists():
+        lab = load_shard(out_path)
+        if str(scalar(lab["teacher"])) != teacher_name:
+            raise RuntimeError(f"{out_path}: labelled by {scalar(lab['teacher'])!r}, not {teacher_name!r}")
+        if lab["positions"].shape != raw["positions"].shape or not np.array_equal(lab["positions"], raw["positions"]):
+            raise RuntimeError(f"{out_path}: positions differ from {raw_path}")
+    else:
+        lab = dict(raw)
+        lab.pop("mm_energy", None)
+        lab.pop("mm_forces", None)
+        lab.update(energy=np.zeros(F, np.float64), forces=np.zeros_like(raw["positions"], dtype=np.float32),
+                   labelled=np.zeros(F, bool), teacher=teacher_name)
+    todo = np.flatnonzero(~lab["labelled"])
+    done, t0, since_save = 0, time.time(), 0
+    z = raw["Z"].astype(np.int64)
+    pbc = raw["pbc"].astype(bool)
+    for k in todo:
+        if time.time() > deadline:
+            break
+        if teacher is None:   # placeholder: classical labels from the raw shard
+            if "mm_energy" not in raw:
+                raise RuntimeError(f"{raw_path}: no mm_energy (generate with --store-mm) for the placeholder teacher")
+            e, f = float(raw["mm_energy"][k]), raw["mm_forces"][k]
+        else:
+            e, f = teacher(z, raw["positions"][k].astype(np.float64), raw["cell"][k].astype(np.float64), pbc,
+                           int(scalar(raw["charge"])), int(scalar(raw["multiplicity"])))
+        if not (np.isfinite(e) and np.all(np.isfinite(f))):
+            raise RuntimeError(f"{raw_path} frame {k}: non-finite teacher label")
+        lab["energy"][k], lab["forces"][k], lab["labelled"][k] = e, f, True
+        done += 1
+        since_save += 1
+        if since_save >= save_every:
+            save_shard(out_path, lab)
+            since_save = 0
+    if since_save or not out_path.exists():
+        save_shard(out_path, lab)
+    dt = time.time() - t0
+    return {"shard": raw_path.name, "atoms": int(len(z)), "frames_done": done,
+            "frames_left": int((~lab["labelled"]).sum()), "seconds": round(dt, 3),
+            "s_per_frame": round(dt / done, 4) if done else None}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--raw", nargs="+", default=["data/raw"], help="raw shard directories or files")
+    ap.add_argument("--out", default="data/labelled")
+    ap.add_argument("--teacher", choices=["so3lr", "mm-placeholder"], default="so3lr")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--gas-lr-cutoff", type=float, default=100.0)
+    ap.add_argument("--save-every", type=int, default=20)
+    ap.add_argument("--max-minutes", type=float, default=1e9)
+    args = ap.parse_args(argv)
+    deadline = time.time() + 60.0 * args.max_minutes
+    if args.teacher == "so3lr":
+        teacher = SO3LRTeacher(args.device, args.dtype, gas_lr_cutoff=args.gas_lr_cutoff)
+        name = teacher.name
+    else:
+        print("WARNING: placeholder teacher (classical amber14 labels) - for pipeline tests only", file=sys.stderr)
+        teacher, name = None, PLACEHOLDER_TEACHER
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    left = 0
+    with open(out / "label_log.jsonl", "a") as log:
+        for raw_path in list_shards(args.raw):
+            if time.time() > deadline:
+                left += 1
+                continue
+            res = label_shard(raw_path, out / raw_path.name, teacher, name, args.save_every, deadline)
+            res.update(teacher=name, device=args.device, dtype=args.dtype, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            if res["frames_done"]:
+                log.write(json.dumps(res) + "\n")
+                print(json.dumps(res), flush=True)
+            left += res["frames_left"] > 0
+    print(f"shards with frames left: {left}" + (" (re-run to continue)" if left else ""), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
