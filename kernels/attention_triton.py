@@ -391,11 +391,18 @@ class FusedAttentionFunction(torch.autograd.Function):
             for n, x in enumerate(fc):
                 inputs[n_fixed + n] = x
             wanted = [idx for idx in inputs if nig[idx]]
+            grad_mode = torch.is_grad_enabled()
             with torch.enable_grad():
-                out = attention_reference(row_ptr, src, vec, q, k, v, t, s, FCParams(*fc), mu,
-                                          ctx.gamma, ctx.cutoff)
+                if not grad_mode:
+                    # first-order backward: recompute on fresh leaves. Differentiating the saved inputs
+                    # themselves (they belong to the outer graph) gave wrong d/d(vec, q, k, v) whenever
+                    # parameters also required grad (forces off by ~1 eV/Å in the model).
+                    inputs = {i_: x.detach().requires_grad_(bool(nig[i_])) for i_, x in inputs.items()}
+                out = attention_reference(row_ptr, src, inputs[2], inputs[3], inputs[4], inputs[5], inputs[6],
+                                          inputs[7], FCParams(*[inputs[n_fixed + n] for n in range(len(fc))]),
+                                          inputs[8], ctx.gamma, ctx.cutoff)
                 res = torch.autograd.grad(out, [inputs[i_] for i_ in wanted], dU,
-                                          create_graph=torch.is_grad_enabled(), allow_unused=True)
+                                          create_graph=grad_mode, allow_unused=True)
             for idx, gr in zip(wanted, res):
                 grads[idx] = gr if gr is not None else torch.zeros_like(inputs[idx])
             return tuple(grads)
