@@ -142,6 +142,30 @@ def speed(out: Path, rows, sizes, modes, budget_s):
             log(rows, out)
 
 
+def diagnose(n: int = 1000):
+    """Peak GPU memory after each stage of one energy + forces evaluation (FCC carbon)."""
+    from openmm_e2former import load_model
+
+    m = load_model(FIX / "v15" / "checkpoint.pt", device="cuda")
+    pos = torch.as_tensor(fcc_carbon(n), dtype=torch.float32, device="cuda").requires_grad_(True)
+    z = torch.full((n,), 6, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    gib = lambda: (torch.cuda.max_memory_allocated() - base) / 2**30  # noqa: E731
+    g = m.build_graph(pos, None, None)
+    print(f"diag N={n} E={g.center.numel()} graph peak {gib():.2f} GiB", flush=True)
+    x = m.edge_degree(z, g)
+    print(f"diag edge_degree peak {gib():.2f} GiB", flush=True)
+    system = torch.zeros(1, x.shape[2], device="cuda")
+    for i, b in enumerate(m.blocks):
+        x = b(x, system, z, g)
+        print(f"diag block {i} peak {gib():.2f} GiB fused={b.attn.use_fused(x)}", flush=True)
+    e = m.heads.energy(m.norm_final(x)[:, 0], 0).sum()
+    torch.autograd.grad(e, pos)
+    print(f"diag backward peak {gib():.2f} GiB", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -153,6 +177,8 @@ def main():
     out = Path(args.out) / "gpu_end_to_end.json"
     rows = json.loads(out.read_text()) if out.exists() else []
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    if "diagnose" in args.parts:
+        diagnose()
     if "parity" in args.parts and not any(r.get("part") == "parity" for r in rows):
         parity(out, rows)
     if "speed" in args.parts:

@@ -267,9 +267,13 @@ def _find_yaml(path: Path) -> Path:
 
 
 def load_model(path: Optional[os.PathLike] = None, config: Any = None, device: Any = "cpu",
-               dtype: torch.dtype = torch.float32, eaas: str = "relative") -> E2FormerV2:
+               dtype: torch.dtype = torch.float32, eaas: str = "relative", trainable: bool = False) -> E2FormerV2:
     """Load an official checkpoint or one of ours; see the module docstring. ``path=None`` is
-    handled by :func:`openmm_e2former.load_model` (bundled default model)."""
+    handled by :func:`openmm_e2former.load_model` (bundled default model).
+
+    The model is returned in eval mode with ``requires_grad=False`` on its parameters (inference:
+    forces need gradients with respect to positions only, which also lets the GPU kernels take their
+    fully fused backward); pass ``trainable=True`` to fine-tune."""
     if path is None:
         raise CheckpointError("no checkpoint path given")
     path = Path(path)
@@ -312,6 +316,7 @@ def load_model(path: Optional[os.PathLike] = None, config: Any = None, device: A
         raise CheckpointError(f"{path}: neither an official checkpoint (no 'model' state dict) nor an "
                               f"{FORMAT_NAME} file (keys: {sorted(blob)[:10]})")
     model.set_eaas(eaas)
+    model.requires_grad_(bool(trainable))
     return model.to(device=device, dtype=dtype).eval()
 
 

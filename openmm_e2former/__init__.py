@@ -44,7 +44,7 @@ def _dtype(dtype):
 
 
 def load_model(path: "os.PathLike | str | None" = None, config=None, device="cpu", dtype=None,
-               eaas: str = "relative"):
+               eaas: str = "relative", trainable: bool = False):
     """Load an E2Former-V2 model.
 
     path:   an official checkpoint (``{"model": state_dict}``; its flattened yaml beside it or given
@@ -52,6 +52,7 @@ def load_model(path: "os.PathLike | str | None" = None, config=None, device="cpu
     config: yaml path / dict / E2FormerConfig (only needed for official checkpoints without a yaml beside).
     device, dtype: where and in which precision to run (float32 default, float64 supported).
     eaas:   'relative' (default, exact and translation-safe) or 'so2' (the official absolute-position route).
+    trainable: keep ``requires_grad`` on the parameters (default False: an inference model).
 
     Loading is strict: a checkpoint that does not fit the configuration raises CheckpointError listing
     the missing / unexpected / mis-shaped tensors.
@@ -64,7 +65,7 @@ def load_model(path: "os.PathLike | str | None" = None, config=None, device="cpu
             raise DefaultModelUnavailable(
                 "no bundled default E2Former-V2 model is installed with this version of openmm-e2former; "
                 "pass a checkpoint explicitly (load_model(path) / MLPotential('e2formerv2', modelPath=...))")
-    return _load(path, config=config, device=device, dtype=_dtype(dtype), eaas=eaas)
+    return _load(path, config=config, device=device, dtype=_dtype(dtype), eaas=eaas, trainable=trainable)
 
 
 def save_model(model, path, metadata=None) -> None:
