@@ -1,0 +1,386 @@
+"""Train the default E2Former-V2 student on teacher-labelled shards.
+
+* config file (``training/configs/default.yaml``), ``--set a.b=value`` overrides;
+* loss = ``energy_weight * MSE(E/N) + force_weight * MSE(F)`` with E = teacher energy minus the per-element
+  reference energies (``training/refs.py``); forces by autograd with ``create_graph=True``;
+* AdamW, linear warm-up + cosine decay, gradient clipping, EMA of the weights (validation and export use it);
+* validation split by SYSTEM (``system`` label of the shards), per kind, deterministic;
+* resumable: ``<out_dir>/checkpoint.pt`` holds model, optimiser, EMA, step, data-order position and all RNG
+  states; a call runs until ``--max-minutes`` (default 9) or ``--steps`` more steps, saves and exits, and the
+  next call continues bit-for-bit on the same device;
+* at ``train.max_steps`` (or with ``--export``) the EMA model is written with ``save_model`` to
+  ``<out_dir>/model.pt`` with metadata (teacher, data, elements, metrics).
+
+    python -m training.train --config training/configs/default.yaml --max-minutes 9   # repeat until done
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import yaml
+
+from .refs import load_refs
+from .shards import list_shards, load_shard, scalar
+
+CKPT_NAME = "checkpoint.pt"
+
+
+# ----------------------------------------------------------------------------------------------- config
+def load_config(path: os.PathLike, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------- data
+class Frames:
+    """All labelled frames in memory, grouped by shard (same composition within a shard)."""
+
+    def __init__(self, dirs: Sequence[os.PathLike]):
+        self.shards: List[Dict[str, Any]] = []
+        self.index: List[Tuple[int, int]] = []   # (shard, frame)
+        teachers = set()
+        for p in list_shards(dirs):
+            d = load_shard(p)
+            if "labelled" not in d:
+                continue
+            frames = np.flatnonzero(d["labelled"])
+            if not len(frames):
+                continue
+            teachers.add(str(scalar(d["teacher"])))
+            s = {"path": str(p), "system": str(scalar(d["system"])), "kind": str(scalar(d["kind"])),
+                 "Z": d["Z"].astype(np.int64), "pbc": d["pbc"].astype(bool), "charge": int(scalar(d["charge"])),
+                 "multiplicity": int(scalar(d["multiplicity"])), "positions": d["positions"][frames],
+                 "cell": d["cell"][frames], "energy": d["energy"][frames], "forces": d["forces"][frames]}
+            self.shards.append(s)
+            self.index += [(len(self.shards) - 1, k) for k in range(len(frames))]
+        if not self.shards:
+            raise ValueError(f"no labelled frames in {list(dirs)}")
+        if len(teachers) != 1:
+            raise ValueError(f"labelled data must come from exactly one teacher, found {sorted(teachers)}")
+        self.teacher = teachers.pop()
+
+    def elements(self) -> List[int]:
+        return sorted({int(z) for s in self.shards for z in np.unique(s["Z"])})
+
+    def split(self, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
+        """Indices into ``self.index`` for (train, val); whole systems go to validation, per kind."""
+        by_kind: Dict[str, List[str]] = {}
+        for s in self.shards:
+            by_kind.setdefault(s["kind"], [])
+            if s["system"] not in by_kind[s["kind"]]:
+                by_kind[s["kind"]].append(s["system"])
+        val_systems = set()
+        for kind, systems in by_kind.items():
+            if len(systems) < 2 or val_fraction <= 0:
+                continue
+            order = sorted(systems, key=lambda n: hashlib.sha256(f"{seed}/{n}".encode()).hexdigest())
+            val_systems.update(order[:max(1, int(round(val_fraction * len(systems))))])
+        all_systems = sorted({s["system"] for s in self.shards})
+        if not val_systems and val_fraction > 0 and len(all_systems) >= 2:   # tiny data sets: one system
+            val_systems.add(min(all_systems, key=lambda n: hashlib.sha256(f"{seed}/{n}".encode()).hexdigest()))
+        train, val = [], []
+        for i, (si, _) in enumerate(self.index):
+            (val if self.shards[si]["system"] in val_systems else train).append(i)
+        return train, val
+
+
+def frame_tensors(frames: Frames, i: int, device, dtype):
+    si, k = frames.index[i]
+    s = frames.shards[si]
+    periodic = bool(s["pbc"].any())
+    return dict(
+        z=torch.as_tensor(s["Z"], device=device),
+        pos=torch.as_tensor(s["positions"][k], device=device, dtype=dtype),
+        cell=torch.as_tensor(s["cell"][k], device=device, dtype=dtype) if periodic else None,
+        pbc=torch.as_tensor(s["pbc"], device=device) if periodic else None,
+        charge=s["charge"], multiplicity=s["multiplicity"],
+        energy=float(s["energy"][k]), forces=torch.as_tensor(s["forces"][k], device=device, dtype=dtype),
+        kind=s["kind"], system=s["system"])
+
+
+def predict(model, f, create_graph: bool):
+    """(E_model [eV] tensor, forces [N,3]) for one frame; differentiable w.r.t. the weights if create_graph."""
+    pos = f["pos"].detach().requires_grad_(True)
+    e, _ = model.energy_terms(f["z"], pos, f["cell"], f["pbc"], f["charge"], f["multiplicity"], 0,
+                              check_overlap=False)
+    (g,) = torch.autograd.grad(e, pos, create_graph=create_graph)
+    return e, -g
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+class EMA:
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def model(self, model: torch.nn.Module) -> torch.nn.Module:
+        m = copy.deepcopy(model)
+        m.load_state_dict(self.shadow)
+        return m.eval()
+
+
+def lr_at(step: int, t: Dict[str, Any]) -> float:
+    if step < t["warmup_steps"]:
+        return t["lr"] * (step + 1) / t["warmup_steps"]
+    x = min(1.0, (step - t["warmup_steps"]) / max(1, t["max_steps"] - t["warmup_steps"]))
+    return t["lr_min"] + 0.5 * (t["lr"] - t["lr_min"]) * (1.0 + math.cos(math.pi * x))
+
+
+def rng_state() -> Dict[str, Any]:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: Dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def build_model(mcfg: Dict[str, Any], refs: Dict[str, Any], seed: int):
+    from openmm_e2former.model import E2FormerConfig, E2FormerV2
+    torch.manual_seed(seed)
+    cfg = E2FormerConfig.from_dict(dict(mcfg))
+    return E2FormerV2(cfg, reference_energies={cfg.heads[0]: list(refs["table"])})
+
+
+def evaluate(model, frames: Frames, idx: Sequence[int], max_frames: int, device, dtype,
+             table: np.ndarray) -> Dict[str, Any]:
+    """Energy-per-atom and force MAE per kind (and overall), meV/atom and meV/Å."""
+    if not idx:
+        return {}
+    if len(idx) > max_frames:
+        idx = [idx[int(j)] for j in np.linspace(0, len(idx) - 1, max_frames)]
+    acc: Dict[str, List[float]] = {}
+    for i in idx:
+        f = frame_tensors(frames, i, device, dtype)
+        e, fp = predict(model, f, create_graph=False)
+        n = len(f["z"])
+        e_target = f["energy"] - float(table[f["z"].cpu().numpy()].sum())
+        de = abs(float(e) - e_target) / n * 1000.0
+        df = float((fp.detach() - f["forces"]).abs().mean()) * 1000.0
+        for key in (f["kind"], "all"):
+            a = acc.setdefault(key, [0.0, 0.0, 0])
+            a[0] += de
+            a[1] += df
+            a[2] += 1
+    return {k: {"energy_mae_meV_per_atom": v[0] / v[2], "force_mae_meV_per_A": v[1] / v[2], "frames": v[2]}
+            for k, v in acc.items()}
+
+
+def save_checkpoint(path: Path, blob: Dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+
+
+def export(model, ema: EMA, path: Path, cfg: Dict[str, Any], frames: Frames, train_idx, val_idx, step: int,
+           metrics: Dict[str, Any], refs: Dict[str, Any]) -> None:
+    from openmm_e2former.model import save_model
+    m = ema.model(model).cpu().float()
+    kinds: Dict[str, int] = {}
+    for si, _ in frames.index:
+        kinds[frames.shards[si]["kind"]] = kinds.get(frames.shards[si]["kind"], 0) + 1
+    meta = {"name": "e2formerv2-default", "teacher": frames.teacher, "elements": frames.elements(),
+            "data": {"frames": len(frames.index), "train_frames": len(train_idx), "val_frames": len(val_idx),
+                     "systems": len({s["system"] for s in frames.shards}), "frames_by_kind": kinds,
+                     "dirs": list(cfg["data"]["dirs"])},
+            "reference_energies": {"source": "least squares on the labelled set",
+                                   "teacher": refs.get("teacher")},
+            "training": {"step": step, "config": cfg, "ema_decay": ema.decay},
+            "validation": metrics, "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"},
+            "limits": "short-range only (cutoff %.1f A); no long-range electrostatics beyond the cutoff"
+                      % float(cfg["model"]["cutoff"])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(m, path, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------------- main loop
+def train(cfg: Dict[str, Any], max_minutes: float = 9.0, steps: Optional[int] = None, fresh: bool = False,
+          export_now: bool = False, log=print) -> Dict[str, Any]:
+    t_start = time.time()
+    tcfg, dcfg = cfg["train"], cfg["data"]
+    out = Path(cfg["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    dev = tcfg.get("device", "auto")
+    device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
+    dtype = torch.float32
+    refs = load_refs(Path(dcfg["refs"]))
+    frames = Frames(dcfg["dirs"])
+    if refs.get("teacher") != frames.teacher:
+        raise ValueError(f"reference energies fitted on {refs.get('teacher')!r} but data labelled by {frames.teacher!r}")
+    train_idx, val_idx = frames.split(float(dcfg["val_fraction"]), int(dcfg["split_seed"]))
+    if not train_idx:
+        raise ValueError("empty training split")
+    table = np.asarray(refs["table"], dtype=np.float64)
+    missing = [z for z in frames.elements() if z >= len(table)]
+    if missing:
+        raise ValueError(f"no reference energy for elements {missing}: refit refs.py on the current data")
+
+    seed = int(tcfg["seed"])
+    model = build_model(cfg["model"], refs, seed).to(device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    ema = EMA(model, float(tcfg["ema_decay"]))
+    step, epoch, cursor = 0, 0, 0
+    ckpt_path = out / CKPT_NAME
+    history: List[Dict[str, Any]] = []
+    if ckpt_path.exists() and not fresh:
+        blob = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if blob["model_config"] != cfg["model"]:
+            raise ValueError(f"{ckpt_path}: model config differs from the config file; use --fresh or the old config")
+        model.load_state_dict(blob["model"])
+        opt.load_state_dict(blob["optimizer"])
+        ema.shadow = {k: v.to(device) for k, v in blob["ema"].items()}
+        step, epoch, cursor = blob["step"], blob["epoch"], blob["cursor"]
+        history = blob.get("history", [])
+        set_rng_state(blob["rng"])
+        log(f"resumed from {ckpt_path} at step {step} (epoch {epoch}, cursor {cursor})")
+    else:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def order(ep: int) -> np.ndarray:
+        return np.random.default_rng(seed * 100003 + ep).permutation(len(train_idx))
+
+    perm = order(epoch)
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema.shadow,
+                                    "step": step, "epoch": epoch, "cursor": cursor, "rng": rng_state(),
+                                    "model_config": cfg["model"], "config": cfg, "history": history})
+
+    deadline = t_start + 60.0 * max_minutes
+    step_times: List[float] = []
+    end_step = int(tcfg["max_steps"]) if steps is None else min(int(tcfg["max_steps"]), step + int(steps))
+    budget = int(dcfg["atoms_per_step"])
+    w_e, w_f = float(tcfg["energy_weight"]), float(tcfg["force_weight"])
+    last_metrics: Dict[str, Any] = history[-1]["val"] if history and "val" in history[-1] else {}
+    stopped_by_time = False
+    while step < end_step:
+        # leave room for one more step and the checkpoint write
+        est = (np.median(step_times) if step_times else 0.0)
+        if time.time() + 2 * est + 5 > deadline:
+            stopped_by_time = True
+            break
+        t0 = time.time()
+        for gparam in opt.param_groups:
+            gparam["lr"] = lr_at(step, tcfg)
+        opt.zero_grad(set_to_none=True)
+        atoms, n_frames, sum_le, sum_lf = 0, 0, 0.0, 0.0
+        batch = []
+        while True:
+            if cursor >= len(perm):
+                epoch, cursor = epoch + 1, 0
+                perm = order(epoch)
+            i = train_idx[int(perm[cursor])]
+            n = len(frames.shards[frames.index[i][0]]["Z"])
+            if batch and atoms + n > budget:
+                break
+            batch.append(i)
+            atoms += n
+            cursor += 1
+            if atoms >= budget:
+                break
+        for i in batch:
+            f = frame_tensors(frames, i, device, dtype)
+            n = len(f["z"])
+            e_target = f["energy"] - float(table[f["z"].cpu().numpy()].sum())
+            e, fp = predict(model, f, create_graph=True)
+            le = ((e - e_target) / n) ** 2
+            lf = ((fp - f["forces"]) ** 2).mean()
+            # frames weighted by atom count for forces, equally for energies (mean over the step)
+            loss = (w_e * le + w_f * lf * n * len(batch) / atoms) / len(batch)
+            loss.backward()
+            sum_le += float(le.detach())
+            sum_lf += float(lf.detach()) * n
+            n_frames += 1
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["grad_clip"]))
+        if not torch.isfinite(gnorm):
+            raise FloatingPointError(f"non-finite gradient at step {step}")
+        opt.step()
+        ema.update(model, step)
+        step += 1
+        step_times.append(time.time() - t0)
+        if step % int(tcfg["log_every"]) == 0 or step == end_step:
+            rec = {"step": step, "epoch": epoch, "lr": lr_at(step - 1, tcfg),
+                   "rmse_e_meV_per_atom": 1000 * math.sqrt(sum_le / n_frames),
+                   "rmse_f_meV_per_A": 1000 * math.sqrt(sum_lf / atoms), "frames": n_frames, "atoms": atoms,
+                   "s_per_step": float(np.mean(step_times[-int(tcfg['log_every']):]))}
+            history.append(rec)
+            log(json.dumps(rec))
+        if step % int(tcfg["val_every"]) == 0 and val_idx:
+            last_metrics = evaluate(ema.model(model), frames, val_idx, int(dcfg["max_val_frames"]), device, dtype, table)
+            history.append({"step": step, "val": last_metrics})
+            log(json.dumps({"step": step, "val_all": last_metrics.get("all")}))
+        if step % int(tcfg["ckpt_every"]) == 0:
+            checkpoint()
+    checkpoint()
+    done = step >= int(tcfg["max_steps"])
+    result = {"step": step, "epoch": epoch, "done": done, "stopped_by_time": stopped_by_time,
+              "train_frames": len(train_idx), "val_frames": len(val_idx), "device": str(device),
+              "seconds": time.time() - t_start}
+    if done or export_now:
+        if val_idx:
+            last_metrics = evaluate(ema.model(model), frames, val_idx, int(dcfg["max_val_frames"]), device, dtype, table)
+        export(model, ema, out / "model.pt", cfg, frames, train_idx, val_idx, step, last_metrics, refs)
+        result["model"] = str(out / "model.pt")
+        result["val"] = last_metrics
+    with open(out / "train_log.jsonl", "a") as fh:
+        fh.write(json.dumps(result) + "\n")
+    log(json.dumps(result))
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(Path(__file__).parent / "configs" / "default.yaml"))
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config entries")
+    ap.add_argument("--max-minutes", type=float, default=9.0, help="wall-time budget of this call")
+    ap.add_argument("--steps", type=int, help="at most this many optimiser steps in this call")
+    ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    ap.add_argument("--export", action="store_true", help="write model.pt from the EMA weights now")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.set)
+    res = train(cfg, args.max_minutes, args.steps, args.fresh, args.export)
+    return 0 if res["step"] > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
