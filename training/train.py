@@ -190,7 +190,7 @@ def evaluate(model, frames: Frames, idx: Sequence[int], max_frames: int, device,
         e, fp = predict(model, f, create_graph=False)
         n = len(f["z"])
         e_target = f["energy"] - float(table[f["z"].cpu().numpy()].sum())
-        de = abs(float(e) - e_target) / n * 1000.0
+        de = abs(float(e.detach()) - e_target) / n * 1000.0
         df = float((fp.detach() - f["forces"]).abs().mean()) * 1000.0
         for key in (f["kind"], "all"):
             a = acc.setdefault(key, [0.0, 0.0, 0])
