@@ -103,3 +103,12 @@ def test_cli_console_entry_point_help():
     out = subprocess.run([sys.executable, "-c", "import sys; from openmm_e2former.cli import main; sys.exit(main(['--help']))"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "e2former-md" in out.stdout and "--ml-residues" in out.stdout
+
+
+def test_cli_fix_solvate_ml_mm(ala2_pdb, tiny_qk_checkpoint, tmp_path, capsys):
+    """PDBFixer + Modeller.addSolvent (periodic, PME) + ML/MM with link atoms, a couple of steps."""
+    args = [str(ala2_pdb), "--fix", "--solvate", "--padding", "0.3", "--ionic-strength", "0",
+            "--ml-residues", "ALA"] + _common(tmp_path, tiny_qk_checkpoint, steps=2)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "periodic" in out and "non-periodic" not in out and "2 link-atom caps" in out
