@@ -47,8 +47,20 @@ def load_config(path: os.PathLike, overrides: Sequence[str] = ()) -> Dict[str, A
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = _number(yaml.safe_load(value))
+    for key in ("lr", "lr_min", "weight_decay", "grad_clip", "energy_weight", "force_weight", "ema_decay"):
+        if key in cfg.get("train", {}):
+            cfg["train"][key] = float(cfg["train"][key])   # YAML 1.1 reads "3e-3" (no dot) as a string
     return cfg
+
+
+def _number(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
 
 
 # ----------------------------------------------------------------------------------------------- data
