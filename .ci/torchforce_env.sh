@@ -43,6 +43,11 @@ print("torchforce venv: torch", torch.__version__, "openmm", openmm.__version__,
 PYEOF
 }
 
+# one builder at a time (parallel CI jobs on one machine share the cache)
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+if command -v flock >/dev/null 2>&1; then flock 9; fi
+
 if [[ -f "$STAMP" ]] && check_venv; then
   echo "reusing $VENV"
 else
@@ -88,4 +93,6 @@ PYEOF
 cd "$REPO"
 export PYTHONPATH="$SHIM:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export E2F_REQUIRE_OPENMMTORCH=1
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_torchforce.py "$@"
+rc=0
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_torchforce.py "$@" || rc=$?
+exit $rc
