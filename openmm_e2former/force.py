@@ -192,6 +192,8 @@ class _Runtime:
         self.h_out = torch.zeros(3 * n + 1, dtype=torch.float64, pin_memory=pin)
         self.h_out_np = self.h_out.numpy()
         self.forces_view = self.h_out_np[: 3 * n].reshape(n, 3)
+        # positions + box in Å and the model dtype (one fused scale+cast kernel per step)
+        self.d_x = torch.empty((n + 3, 3), dtype=self.dtype, device=self.dev)
         if self.cuda:
             self.d_in = torch.empty((n + 3, 3), dtype=torch.float64, device=self.dev)
             self.d_out = torch.empty(3 * n + 1, dtype=torch.float64, device=self.dev)
@@ -291,7 +293,7 @@ class E2FormerForceComputation:
             rt.h_in_np[n:] = box._value if hasattr(box, "_value") else box
         if rt.cuda:
             rt.d_in.copy_(rt.h_in, non_blocking=True)
-        x = rt.d_in.mul(NM_TO_ANGSTROM).to(rt.dtype)
+        x = torch.mul(rt.d_in, NM_TO_ANGSTROM, out=rt.d_x)
         pos = x[:n]
         cell = x[n:] if self.periodic else None
         kwargs = {}
