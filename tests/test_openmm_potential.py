@@ -420,3 +420,17 @@ def test_error_overlapping_atoms_at_runtime(official_parity_dir, tiny_qk_checkpo
     pos[3] = pos[0] + 0.001
     with pytest.raises(Exception, match="overlap"):
         evaluate(system, pos)
+
+
+def test_interpolated_system_xml_round_trip(water_pdb_factory, tiny_qk_checkpoint):
+    """The CustomCVForce that holds the ML force (interpolate=True) survives XmlSerializer and deepcopy."""
+    pdb = app.PDBFile(str(water_pdb_factory(3)))
+    pos = np.array(pdb.getPositions().value_in_unit(unit.nanometer))
+    mm = app.ForceField("amber14/tip3pfb.xml").createSystem(pdb.topology, nonbondedMethod=app.NoCutoff,
+                                                            constraints=None, rigidWater=False)
+    pot = MLPotential("e2formerv2", modelPath=str(tiny_qk_checkpoint))
+    interp = pot.createMixedSystem(pdb.topology, mm, [0, 1, 2], interpolate=True, device="cpu")
+    lam = {"lambda_interpolate": 0.6}
+    e0, _ = evaluate(interp, pos, params=lam)
+    for s in (openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(interp)), copy.deepcopy(interp)):
+        assert evaluate(s, pos, params=lam)[0] == pytest.approx(e0, abs=1e-3)
