@@ -19,12 +19,11 @@ class SO3Linear(nn.Module):
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y0 = torch.matmul(x[:, 0:1], self.weight[0].t())
-        bias = self.bias
-        if bias is not None:
-            y0 = y0 + bias
-        y1 = torch.matmul(x[:, 1:4], self.weight[1].t())
-        y2 = torch.matmul(x[:, 4:9], self.weight[2].t())
+        N, C = x.shape[0], x.shape[2]
+        y0 = F.linear(x[:, 0], self.weight[0], self.bias)[:, None]
+        # per-degree rows as 2-D matrices: a plain GEMM (a strided 3-D matmul falls back to a slow batched one)
+        y1 = F.linear(x[:, 1:4].reshape(N * 3, C), self.weight[1]).view(N, 3, -1)
+        y2 = F.linear(x[:, 4:9].reshape(N * 5, C), self.weight[2]).view(N, 5, -1)
         return torch.cat([y0, y1, y2], dim=1)
 
 
@@ -45,12 +44,20 @@ class SO3ToScalar(nn.Module):
         self.lin2 = nn.Linear(hidden, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w1, w2 = self.weight, self.weight2
-        s0 = (torch.matmul(x[:, 0], w1[0].t()) + self.bias) * torch.matmul(x[:, 0], w2[0].t())
-        s1 = (torch.matmul(x[:, 1:4], w1[1].t()) * torch.matmul(x[:, 1:4], w2[1].t())).sum(dim=1)
-        s2 = (torch.matmul(x[:, 4:9], w1[2].t()) * torch.matmul(x[:, 4:9], w2[2].t())).sum(dim=1)
-        h = self.lin1(torch.cat([s0, s1, s2], dim=1))
-        return self.lin2(F.silu(self.norm(h)))
+        N, C = x.shape[0], x.shape[2]
+        # both per-degree linears in one GEMM per degree
+        w0 = torch.cat([self.weight[0], self.weight2[0]], dim=0)
+        w1 = torch.cat([self.weight[1], self.weight2[1]], dim=0)
+        w2 = torch.cat([self.weight[2], self.weight2[2]], dim=0)
+        h = self.weight.shape[1]
+        a0 = F.linear(x[:, 0], w0)
+        a1 = F.linear(x[:, 1:4].reshape(N * 3, C), w1).view(N, 3, 2 * h)
+        a2 = F.linear(x[:, 4:9].reshape(N * 5, C), w2).view(N, 5, 2 * h)
+        s0 = (a0[:, :h] + self.bias) * a0[:, h:]
+        s1 = (a1[:, :, :h] * a1[:, :, h:]).sum(dim=1)
+        s2 = (a2[:, :, :h] * a2[:, :, h:]).sum(dim=1)
+        out = self.lin1(torch.cat([s0, s1, s2], dim=1))
+        return self.lin2(F.silu(self.norm(out)))
 
 
 class RadialMLP(nn.Module):
