@@ -316,6 +316,9 @@ def load_model(path: Optional[os.PathLike] = None, config: Any = None, device: A
         raise CheckpointError(f"{path}: neither an official checkpoint (no 'model' state dict) nor an "
                               f"{FORMAT_NAME} file (keys: {sorted(blob)[:10]})")
     model.set_eaas(eaas)
+    # E2FORMER_ALLOW_TF32=1: TF32 tensor cores inside the fused GPU edge MLP (for models created out of
+    # reach of the caller, e.g. inside an OpenMM PythonForce); exact fp32 dots by default
+    model.set_attention_backend("auto", allow_tf32=os.environ.get("E2FORMER_ALLOW_TF32", "0") == "1")
     model.requires_grad_(bool(trainable))
     return model.to(device=device, dtype=dtype).eval()
 
