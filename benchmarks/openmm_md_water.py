@@ -43,7 +43,8 @@ def water_topology(reps=(5, 5, 6)):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", help="checkpoint (default: a randomly initialised V1.5-size model, see --config)")
+    ap.add_argument("--config", help="official yaml for the random model (default: the v15 fixture config)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--tf32", action="store_true")
     ap.add_argument("--out", default="openmm_md_water.json")
@@ -53,6 +54,14 @@ def main():
     import openmm.unit as u
     from openmmml import MLPotential
 
+    if args.model is None:  # V1.5 size, random weights (speed does not depend on the weight values)
+        from openmm_e2former.model import E2FormerV2, load_config, official_reference_energies, save_model
+
+        fix = Path(os.environ.get("E2F_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/official_parity"))
+        torch.manual_seed(0)
+        model = E2FormerV2(load_config(args.config or fix / "v15" / "config.yaml"), official_reference_energies())
+        args.model = "/tmp/v15_random.pt"
+        save_model(model, args.model, metadata={"note": "random weights, V1.5 size"})
     if args.tf32:  # TF32 matmuls, and TF32 dots in the fused kernels of the lazily loaded model
         torch.backends.cuda.matmul.allow_tf32 = True
         os.environ["E2FORMER_ALLOW_TF32"] = "1"
