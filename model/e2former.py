@@ -101,8 +101,9 @@ class EdgeDegreeEmbedding(nn.Module):
         self.radial = nn.ModuleList([RadialMLP(3 * nb, cfg.hidden, C) for _ in range(3)])
         self.channels = C
         #: edges per chunk: above this the per-edge work runs in chunks under activation checkpointing,
-        #: so memory stays ~ chunk x 9 x C instead of edges x 9 x C (100k atoms x 32 edges: 30 GB)
-        self.chunk_edges = 32768
+        #: so memory stays ~ chunk x 9 x C floats (64M) instead of edges x 9 x C (100k atoms, 32 edges: 30 GB)
+        self.chunk_edges = max(4096, (1 << 26) // (9 * C))
+        self.backend = "auto"      # "auto": fused Triton kernel on CUDA (float32), "reference": PyTorch
 
     def _messages(self, node_t: List[torch.Tensor], node_s: List[torch.Tensor], center: torch.Tensor,
                   neighbor: torch.Tensor, dist: torch.Tensor, unit: torch.Tensor, env: torch.Tensor,
@@ -126,7 +127,28 @@ class EdgeDegreeEmbedding(nn.Module):
         return torch.utils.checkpoint.checkpoint(self._messages, node_t, node_s, center, neighbor, dist, unit, env,
                                                  offsets, use_reentrant=False)
 
+    @torch.jit.unused
+    def use_fused(self, x: torch.Tensor) -> bool:
+        if self.backend == "reference" or not x.is_cuda or x.dtype != torch.float32:
+            return False
+        from ..kernels import HAS_TRITON
+
+        return HAS_TRITON
+
+    @torch.jit.unused
+    def _fused(self, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        from ..kernels import FCParams, fused_edge_degree
+
+        params = [FCParams(m.lin0.weight, m.lin0.bias, m.norm0.weight, m.norm0.bias, m.lin1.weight, m.lin1.bias,
+                           m.norm1.weight, m.norm1.bias, m.lin2.weight, m.lin2.bias) for m in self.radial]
+        return fused_edge_degree(g.row_ptr(), g.neighbor, g.vec, self.target_embedding(z), self.source_embedding(z),
+                                 params, g.rbf_offsets, g.rbf_coeff, g.cutoff, self.inv_avg_degree,
+                                 max_degree=g.padded()[1])
+
     def forward(self, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if self.use_fused(g.dist):
+                return self._fused(z, g)
         nb = self.num_basis
         t = self.target_embedding(z)
         s = self.source_embedding(z)
@@ -406,6 +428,7 @@ class E2FormerV2(nn.Module):
         for b in self.blocks:
             b.attn.backend = backend
             b.attn.allow_tf32 = bool(allow_tf32)
+        self.edge_degree.backend = "reference" if backend == "reference" else "auto"
         return self
 
     def head_index(self, head: Optional[str]) -> int:
