@@ -99,3 +99,14 @@ def water_pdb_factory(tmp_path):
         return p
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a test module with torch on one thread (restored afterwards)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

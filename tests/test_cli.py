@@ -12,14 +12,8 @@ pytest.importorskip("openmmml")
 from openmm_e2former.cli import main  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# torch on one thread: two threads inside an OpenMM PythonForce on this 2-core machine ran ~30x slower
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _common(tmp_path, ckpt, steps=4):

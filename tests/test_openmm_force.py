@@ -13,14 +13,8 @@ from openmm import unit  # noqa: E402
 from openmm_e2former import force as F  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# torch on one thread: two threads inside an OpenMM PythonForce on this 2-core machine ran ~30x slower
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _context(system, pos, box=None):

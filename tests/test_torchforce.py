@@ -34,12 +34,8 @@ requires_openmmtorch = pytest.mark.skipif(
            "(torch 2.9.1 + openmmtorch 1.5)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# torch on one thread: two threads inside an OpenMM PythonForce on this 2-core machine ran ~30x slower
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _case(official_parity_dir, name):
