@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--output", default=None, help="output prefix (default: input file name without extension)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-plots", action="store_true",
+                   help="do not write PNG plots (energy/temperature trace; water O-O g(r) for periodic runs)")
+    g.add_argument("--rdf-reference", default=None,
+                   help="reference g_OO(r) file (two columns: r/Å, g) drawn on the water RDF plot")
     return p
 
 
@@ -372,6 +376,8 @@ def run(args) -> dict:
     with open(prefix + "_final.pdb", "w") as fh:
         app.PDBFile.writeFile(topology, st.getPositions(), fh)
     summary["outputs"] = [log_path, dcd_path, prefix + "_minimized.pdb", prefix + "_final.pdb"]
+    if not args.no_plots and args.steps >= args.report_interval:
+        summary["outputs"] += _plots(args, prefix, log_path, dcd_path, periodic)
 
     print("summary:")
     print(f"  initial potential energy   {summary['initial_energy']:.3f} kJ/mol")
@@ -384,6 +390,27 @@ def run(args) -> dict:
     print(f"  MD: {args.steps} steps x {args.timestep} fs in {wall:.2f} s = {summary['ns_per_day']:.3f} ns/day")
     print(f"  outputs: {', '.join(summary['outputs'])}")
     return summary
+
+
+def _plots(args, prefix: str, log_path: str, dcd_path: str, periodic: bool) -> List[str]:
+    """Energy/temperature trace and (periodic runs with water) the O-O g(r), as PNG; a missing plotting
+    package or a system without water skips a plot with a note instead of failing the run."""
+    from . import analysis
+
+    written = []
+    try:
+        written.append(analysis.plot_energy_trace(log_path, prefix + "_energy.png"))
+    except ImportError as exc:
+        print(f"e2former-md: note: no energy plot ({exc.name} not installed)", file=sys.stderr)
+    if periodic:
+        try:
+            written.append(analysis.plot_water_rdf(dcd_path, prefix + "_final.pdb", prefix + "_rdf_OO.png",
+                                                   args.rdf_reference))
+        except ImportError as exc:
+            print(f"e2former-md: note: no g(r) plot ({exc.name} not installed)", file=sys.stderr)
+        except ValueError as exc:
+            print(f"e2former-md: note: no g(r) plot ({exc})", file=sys.stderr)
+    return written
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -38,6 +38,10 @@ def test_cli_ml_mm_periodic(water_pdb_factory, tiny_qk_checkpoint, tmp_path, cap
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "ML/MM (6 ML atoms" in out and "periodic" in out
+    # PNG plots: energy/temperature trace and the water O-O g(r) of the periodic box
+    for name in ("run_energy.png", "run_rdf_OO.png"):
+        png = tmp_path / "out" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
 def test_cli_ml_mm_dipeptide_with_fix(ala2_pdb, tiny_qk_checkpoint, tmp_path, capsys):
