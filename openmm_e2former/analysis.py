@@ -53,7 +53,8 @@ def _column(data: Dict[str, np.ndarray], prefix: str) -> Optional[np.ndarray]:
 
 
 def plot_energy_trace(csv_path: str, png_path: str) -> str:
-    """Potential, kinetic and total energy (kJ/mol) and temperature (K) against time (ps)."""
+    """Potential, kinetic and total energy (kJ/mol, relative to the first report) and temperature (K)
+    against time (ps)."""
     data = read_state_csv(csv_path)
     t = _column(data, "Time")
     if t is None:
@@ -62,11 +63,12 @@ def plot_energy_trace(csv_path: str, png_path: str) -> str:
         raise ValueError(f"{csv_path}: no time or step column / no rows")
     plt = _matplotlib()
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    # ML energies carry large per-element reference energies: show changes from the first report
     for name, style in (("Potential Energy", "-"), ("Kinetic Energy", "--"), ("Total Energy", "-")):
         y = _column(data, name)
-        if y is not None:
-            ax1.plot(t, y, style, label=name.replace(" Energy", ""))
-    ax1.set_ylabel("energy (kJ/mol)")
+        if y is not None and len(y):
+            ax1.plot(t, y - y[0], style, label=f"{name.replace(' Energy', '')} (start {y[0]:.6g})")
+    ax1.set_ylabel("E - E(first report) (kJ/mol)")
     ax1.legend(loc="best", fontsize=8)
     ax1.set_title(os.path.basename(csv_path))
     temp = _column(data, "Temperature")
