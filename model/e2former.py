@@ -401,9 +401,9 @@ class E2FormerV2(nn.Module):
                 table[h, :n] = torch.tensor(ref[:n], dtype=torch.float64)
                 self.reference_length[h] = n
         self.reference_energy = table
-        #: activation checkpointing of the transformer blocks: True / False / "auto" (on CUDA once the
-        #: node features exceed ``checkpoint_min_elements`` floats, ~29k atoms at C = 256), which keeps
-        #: the memory of a 100k-atom force evaluation to about one block's activations
+        #: activation checkpointing of the transformer blocks: True / False / "auto" (once the node
+        #: features exceed ``checkpoint_min_elements`` floats: ~900 atoms at C = 256 on the CPU, ~29k on
+        #: the GPU), which keeps a force evaluation to about one block's activations
         self.checkpoint_blocks = "auto"
         self.checkpoint_min_elements = 1 << 26
         self.eval()
@@ -484,7 +484,7 @@ class E2FormerV2(nn.Module):
     def _use_checkpointing(self, x: torch.Tensor) -> bool:
         ckpt = self.checkpoint_blocks
         if ckpt == "auto":
-            ckpt = x.is_cuda and x.numel() >= self.checkpoint_min_elements
+            ckpt = x.numel() >= (self.checkpoint_min_elements if x.is_cuda else self.checkpoint_min_elements >> 5)
         return bool(ckpt) and torch.is_grad_enabled()
 
     @torch.jit.unused
