@@ -5,7 +5,8 @@ applies, PyTorch elsewhere) against the official outputs.
 Part 2 (speed): V1.5-size model (random weights of the v15 fixture), energy + conservative forces,
 the paper's App. D systems: FCC carbon (a = 3.8 Å, the N atoms nearest the centre of a large block,
 non-periodic) at N = 1k, 10k, 50k, 100k, and a periodic ~100k-atom water box (the 648-atom fixture box
-replicated). fp32 (exact fp32 dots in the kernels) and TF32. steps/s = 1 / median step time; peak memory
+replicated). fp32 (exact fp32 dots in the kernels), TF32, and bf16 (bf16 autocast of the node-level
+matrix products, TF32 in the kernels); the force difference to fp32 is recorded. steps/s = 1 / median step time; peak memory
 = torch.cuda.max_memory_allocated during one step.
 
     python benchmarks/gpu_end_to_end.py --out DIR [--parts parity,speed] [--sizes 1000,10000,...]
@@ -121,9 +122,9 @@ def speed(out: Path, rows, sizes, modes, budget_s):
             if time.time() - t_start > budget_s:
                 print("time budget reached; rerun to resume", flush=True)
                 return
-            torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
-            torch.backends.cudnn.allow_tf32 = mode == "tf32"
-            m.set_attention_backend("auto", allow_tf32=(mode == "tf32"))
+            torch.backends.cuda.matmul.allow_tf32 = mode in ("tf32", "bf16")
+            torch.backends.cudnn.allow_tf32 = mode in ("tf32", "bf16")
+            m.set_precision(mode)
             try:
                 reps = 5 if len(z) <= 20_000 else 2
                 t, peak, e, f = step_time(m, z, pos, cell, pbc, reps)
@@ -171,7 +172,7 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--parts", default="parity,speed")
     ap.add_argument("--sizes", default="1000,10000,20000,50000,100000")
-    ap.add_argument("--modes", default="fp32,tf32")
+    ap.add_argument("--modes", default="fp32,tf32,bf16")
     ap.add_argument("--budget-s", type=float, default=420)
     args = ap.parse_args()
     out = Path(args.out) / "gpu_end_to_end.json"

@@ -231,7 +231,9 @@ class Attention(nn.Module):
             gate = self.dot_out(proj * radial)
         else:
             gate, w = out[:, :H], out[:, H:]
-        logits = gate * qk
+        # (under bf16 autocast the projections arrive in bf16: the softmax runs in the feature dtype)
+        logits = (gate * qk).to(x.dtype)
+        w = w.to(x.dtype)
         index = g.center[:, None].expand(-1, H)
         amax = logits.new_zeros(N, H).scatter_reduce(0, index, logits, "amax", include_self=False)
         eps = torch.exp(logits - amax[g.center]) * g.env[:, None]
@@ -284,6 +286,7 @@ class Attention(nn.Module):
 
     def _eaas_reference(self, x: torch.Tensor, v: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         alpha = self.attention_weights(x, z, g)
+        v = v.to(x.dtype)
         if self.use_so2:
             return self._eaas_so2(v, alpha.repeat(1, self.C // self.H), g)  # channel c uses head c mod H
         return self._eaas_relative(v, alpha, g)
@@ -406,6 +409,8 @@ class E2FormerV2(nn.Module):
         #: the GPU), which keeps a force evaluation to about one block's activations
         self.checkpoint_blocks = "auto"
         self.checkpoint_min_elements = 1 << 26
+        #: bf16 autocast of the node-level matrix products (see set_precision)
+        self.bf16 = False
         self.eval()
 
     # ------------------------------------------------------------------ configuration
@@ -429,6 +434,17 @@ class E2FormerV2(nn.Module):
             b.attn.backend = backend
             b.attn.allow_tf32 = bool(allow_tf32)
         self.edge_degree.backend = "reference" if backend == "reference" else "auto"
+        return self
+
+    def set_precision(self, mode: str = "fp32") -> "E2FormerV2":
+        """'fp32' (default: exact float32 everywhere), 'tf32' (TF32 dots in the fused GPU edge MLPs; set
+        ``torch.backends.cuda.matmul.allow_tf32`` for the other matrix products) or 'bf16' (additionally
+        bf16 autocast of the node-level matrix products). The model must be float32."""
+        if mode not in ("fp32", "tf32", "bf16"):
+            raise ValueError(f"precision mode must be 'fp32', 'tf32' or 'bf16', got {mode!r}")
+        backend = self.blocks[0].attn.backend
+        self.set_attention_backend(backend, allow_tf32=mode != "fp32")
+        self.bf16 = mode == "bf16"
         return self
 
     def head_index(self, head: Optional[str]) -> int:
@@ -474,8 +490,8 @@ class E2FormerV2(nn.Module):
         x = self.edge_degree(z, g)
         system = system.to(x.dtype)
         if not torch.jit.is_scripting():
-            if self._use_checkpointing(x):
-                return self.norm_final(self._blocks_checkpointed(x, system, z, g))
+            if self.bf16 or self._use_checkpointing(x):
+                return self.norm_final(self._blocks_python(x, system, z, g))
         for block in self.blocks:
             x = block(x, system, z, g)
         return self.norm_final(x)
@@ -488,14 +504,23 @@ class E2FormerV2(nn.Module):
         return bool(ckpt) and torch.is_grad_enabled()
 
     @torch.jit.unused
-    def _blocks_checkpointed(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
-        """Blocks under activation checkpointing: only block inputs are kept for the backward pass."""
-        # build the graph's lazy caches first, so that the recomputation sees the same operations
-        g.padded()
-        if not all(b.attn.use_fused(x) for b in self.blocks):
-            g.rbf()
-        for block in self.blocks:
-            x = torch.utils.checkpoint.checkpoint(block, x, system, z, g, use_reentrant=False)
+    def _blocks_python(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        """Blocks with the Python-only options: activation checkpointing (only block inputs are kept for
+        the backward pass) and/or bf16 autocast of the node-level matrix products (the residual stream,
+        norms, edge kernels and sums stay float32)."""
+        ckpt = self._use_checkpointing(x)
+        if ckpt:
+            # build the graph's lazy caches first, so that the recomputation sees the same operations
+            g.padded()
+            if not all(b.attn.use_fused(x) for b in self.blocks):
+                g.rbf()
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            for block in self.blocks:
+                if ckpt:
+                    x = torch.utils.checkpoint.checkpoint(block, x, system, z, g, use_reentrant=False)
+                else:
+                    x = block(x, system, z, g)
+                x = x.float() if self.bf16 else x
         return x
 
     def energy_terms(self, z: torch.Tensor, positions: torch.Tensor, cell: Optional[torch.Tensor] = None,

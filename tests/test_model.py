@@ -230,3 +230,24 @@ def test_torchscript_forward_matches_eager(variant, name):
     assert out[0][1].dtype == torch.float32
     assert abs(out[0][0] - out[1][0]) < 1e-6 * abs(out[0][0])
     torch.testing.assert_close(out[0][1], out[1][1], atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_mode_is_close_to_fp32():
+    """bf16 autocast of the node-level matrix products: a few-percent force error, no NaN; fp32 is exact again."""
+    from openmm_e2former import load_model
+    from helpers import FIXTURES
+
+    m = load_model(FIXTURES / "tiny_qk" / "checkpoint.pt")
+    c = case("tiny_qk", "water30_triclinic_pbc")
+    ref = predict_case(m, c)
+    m.set_precision("bf16")
+    out = predict_case(m, c)
+    scale = np.abs(ref["forces"]).max()
+    assert np.isfinite(out["forces"]).all()
+    assert np.abs(out["forces"] - ref["forces"]).max() < 0.1 * scale
+    assert abs(out["energy_model"] - ref["energy_model"]) < 0.05 * max(1.0, abs(ref["energy_model"]))
+    m.set_precision("fp32")
+    again = predict_case(m, c)
+    assert abs(again["energy"] - ref["energy"]) < 1e-6
+    with pytest.raises(ValueError):
+        m.set_precision("fp8")
