@@ -24,7 +24,6 @@ EAAS, two exactly equivalent evaluations (``eaas=``):
 import math
 from typing import Dict, Final, List, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -38,6 +37,28 @@ from .validation import OVERLAP_DISTANCE
 from .so3 import PATH_NORM, first_order_cg, spherical_harmonics, tp_first_order_so2
 
 EAAS_MODES = ("relative", "so2")
+
+
+def _fused_kernels_usable(x: torch.Tensor, backend: str) -> bool:
+    """Whether a fused Triton kernel may run on ``x`` ('auto': float32 CUDA tensors and triton importable;
+    'reference': never; 'triton': required, error if impossible)."""
+    if backend == "reference":
+        return False
+    from ..kernels import HAS_TRITON
+
+    ok = HAS_TRITON and x.is_cuda and x.dtype == torch.float32
+    if backend == "triton" and not ok:
+        raise RuntimeError("backend 'triton' requested but triton is unavailable or the tensors are not "
+                           "float32 on CUDA")
+    return ok
+
+
+def _fc_params(mlp: RadialMLP):
+    """A RadialMLP's tensors in the kernels' FCParams order."""
+    from ..kernels import FCParams
+
+    return FCParams(mlp.lin0.weight, mlp.lin0.bias, mlp.norm0.weight, mlp.norm0.bias, mlp.lin1.weight,
+                    mlp.lin1.bias, mlp.norm1.weight, mlp.norm1.bias, mlp.lin2.weight, mlp.lin2.bias)
 
 
 class Graph:
@@ -129,18 +150,13 @@ class EdgeDegreeEmbedding(nn.Module):
 
     @torch.jit.unused
     def use_fused(self, x: torch.Tensor) -> bool:
-        if self.backend == "reference" or not x.is_cuda or x.dtype != torch.float32:
-            return False
-        from ..kernels import HAS_TRITON
-
-        return HAS_TRITON
+        return _fused_kernels_usable(x, self.backend)
 
     @torch.jit.unused
     def _fused(self, z: torch.Tensor, g: Graph) -> torch.Tensor:
-        from ..kernels import FCParams, fused_edge_degree
+        from ..kernels import fused_edge_degree
 
-        params = [FCParams(m.lin0.weight, m.lin0.bias, m.norm0.weight, m.norm0.bias, m.lin1.weight, m.lin1.bias,
-                           m.norm1.weight, m.norm1.bias, m.lin2.weight, m.lin2.bias) for m in self.radial]
+        params = [_fc_params(m) for m in self.radial]
         return fused_edge_degree(g.row_ptr(), g.neighbor, g.vec, self.target_embedding(z), self.source_embedding(z),
                                  params, g.rbf_offsets, g.rbf_coeff, g.cutoff, self.inv_avg_degree,
                                  max_degree=g.padded()[1])
@@ -259,28 +275,19 @@ class Attention(nn.Module):
     @torch.jit.unused
     def use_fused(self, x: torch.Tensor) -> bool:
         """The fused Triton kernel covers the QK_alpha form with the relative-vector EAAS on CUDA."""
-        if self.backend == "reference" or not x.is_cuda or self.qkdot or self.use_so2:
+        if self.qkdot or self.use_so2:
             return False
-        from ..kernels import HAS_TRITON
-
-        if not HAS_TRITON:
-            if self.backend == "triton":
-                raise RuntimeError("attention backend 'triton' requested but triton is not available")
-            return False
-        return x.dtype == torch.float32
+        return _fused_kernels_usable(x, self.backend)
 
     @torch.jit.unused
     def _eaas_fused(self, x: torch.Tensor, v: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
-        from ..kernels import fused_attention, FCParams
+        from ..kernels import fused_attention
 
         N, H = x.shape[0], self.H
         q = self.query(x).view(N, H, self.D)
         k = self.key(x).view(N, H, self.D)
-        m = self.edge_mlp
-        fc = FCParams(m.lin0.weight, m.lin0.bias, m.norm0.weight, m.norm0.bias, m.lin1.weight, m.lin1.bias,
-                      m.norm1.weight, m.norm1.bias, m.lin2.weight, m.lin2.bias)
         U = fused_attention(g.row_ptr(), g.neighbor, g.vec, q, k, v, self.target_embedding(z),
-                            self.source_embedding(z), fc, g.rbf_offsets, g.rbf_coeff, g.cutoff,
+                            self.source_embedding(z), _fc_params(self.edge_mlp), g.rbf_offsets, g.rbf_coeff, g.cutoff,
                             allow_tf32=self.allow_tf32, max_degree=g.padded()[1])
         return torch.einsum("krm,nkmc->nrc", self.cg.to(v.dtype), U)
 
