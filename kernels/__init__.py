@@ -23,10 +23,11 @@ Arguments:
     fc_params ``FCParams`` (W0, b0, ln0_w, ln0_b, W1, b1, ln1_w, ln1_b, W2, b2; nn.Linear layout
               [out, in]) or a 10-tuple in that order.  W0 acts on [phi (nb); t (T); s (T)].
     mu        [nb] RBF centres (linspace(0, R, nb)); gamma: float (``rbf_gamma(R, nb)``); cutoff: float R.
-    backend   "triton" | "reference" | None (auto: Triton when every tensor is on CUDA, triton imports
+    backend   "triton" | "triton_v2" | "reference" | None (auto: Triton when every tensor is on CUDA, triton imports
               and the shapes are supported; else the PyTorch reference).  The environment variable
               ``E2FORMER_ATTENTION_BACKEND=reference`` forces the reference everywhere (``=triton``
-              forces Triton, which then raises if it cannot run).
+              forces Triton, which then raises if it cannot run).  "triton_v2" selects the register-blocked
+              kernels of ``attention_triton_v2`` (explicit opt-in only; auto still picks v1 "triton").
     allow_tf32  use TF32 tensor cores inside the fused edge MLP (default: exact fp32 "ieee" dots).
     max_degree  upper bound of the in-degree (e.g. max_neighbors); saves one device->host sync.
 
@@ -61,6 +62,12 @@ except Exception as exc:  # ImportError, or triton present but broken
     _edge_degree_triton = None
     HAS_TRITON = False
     _TRITON_ERR = exc
+_attention_triton_v2 = None
+if HAS_TRITON:
+    try:
+        from . import attention_triton_v2 as _attention_triton_v2  # noqa: F401
+    except Exception as exc:  # v2 is opt-in: its failure must not disable v1
+        _TRITON_ERR = exc
 
 __all__ = ["fused_attention", "attention_reference", "FCParams", "rbf_gamma", "gaussian_rbf",
            "polynomial_envelope", "edge_mlp", "csr_targets", "HAS_TRITON", "select_backend",
@@ -68,7 +75,7 @@ __all__ = ["fused_attention", "attention_reference", "FCParams", "rbf_gamma", "g
 
 
 def select_backend(q, v, fc_params, backend=None, *, _ok=None) -> str:
-    """Return "triton" or "reference" for these inputs (see ``fused_attention``)."""
+    """Return "triton", "triton_v2" or "reference" for these inputs (see ``fused_attention``)."""
     backend = backend or os.environ.get("E2FORMER_ATTENTION_BACKEND", "auto").lower()
     if backend == "reference":
         return "reference"
@@ -76,12 +83,12 @@ def select_backend(q, v, fc_params, backend=None, *, _ok=None) -> str:
         ok = HAS_TRITON and _ok
     else:
         ok = HAS_TRITON and v.is_cuda and q.is_cuda and _attention_triton.triton_supported(q, v, fc_params)
-    if backend == "triton":
-        if not HAS_TRITON:
-            raise RuntimeError(f"triton backend requested but triton is unavailable: {_TRITON_ERR}")
+    if backend in ("triton", "triton_v2"):
+        if not HAS_TRITON or (backend == "triton_v2" and _attention_triton_v2 is None):
+            raise RuntimeError(f"{backend} backend requested but triton is unavailable: {_TRITON_ERR}")
         if not (ok or os.environ.get("TRITON_INTERPRET") == "1"):
-            raise RuntimeError("triton backend requested but inputs are not on CUDA or shapes unsupported")
-        return "triton"
+            raise RuntimeError(f"{backend} backend requested but inputs are not on CUDA or shapes unsupported")
+        return backend
     if backend != "auto":
         raise ValueError(f"unknown backend {backend!r}")
     return "triton" if ok else "reference"
@@ -90,7 +97,11 @@ def select_backend(q, v, fc_params, backend=None, *, _ok=None) -> str:
 def fused_attention(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, *,
                     backend=None, allow_tf32=False, max_degree=None):
     """Attention edge part -> U [N, 3, 9, C]; see the module docstring."""
-    if select_backend(q, v, fc_params, backend) == "triton":
+    chosen = select_backend(q, v, fc_params, backend)
+    if chosen == "triton_v2":
+        return _attention_triton_v2.attention_triton_v2(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma,
+                                                        cutoff, allow_tf32=allow_tf32, max_degree=max_degree)
+    if chosen == "triton":
         return _attention_triton.attention_triton(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma,
                                                   cutoff, allow_tf32=allow_tf32, max_degree=max_degree)
     return attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff)
@@ -103,7 +114,7 @@ def fused_edge_degree(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutof
     p0 = FCParams(*radial_params[0])
     hid, C = p0.W0.shape[0], p0.W2.shape[0]
     ok = (vec.is_cuda and hid >= 16 and (hid & (hid - 1)) == 0 and C >= 16 and (C & (C - 1)) == 0)
-    if select_backend(None, None, None, backend, _ok=ok) == "triton":
+    if select_backend(None, None, None, backend, _ok=ok) in ("triton", "triton_v2"):
         return _edge_degree_triton.edge_degree_triton(row_ptr, src, vec, T0, S0, radial_params, mu, gamma,
                                                       cutoff, scale, allow_tf32=allow_tf32,
                                                       max_degree=max_degree)

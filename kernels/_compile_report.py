@@ -1,0 +1,124 @@
+"""Compile the fused attention kernels for sm_90 on a machine WITHOUT a GPU and report registers, spills
+and shared memory (v1 vs v2).
+
+    python -m kernels._compile_report [--quick]
+
+Triton 3.6 compiles to PTX without a driver; the bundled ``ptxas -v`` then gives the register count and the
+local-memory (stack) size.  ``spills`` below is stack bytes / 4, which is what Triton reports as
+``n_spills`` on a GPU (CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES / 4); the spill store/load byte counts are from
+ptxas.  Pointer arguments are specialised as 16-byte aligned, as a real launch with torch tensors does.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from kernels import attention_triton as v1, attention_triton_v2 as v2
+else:
+    from . import attention_triton as v1, attention_triton_v2 as v2
+
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+FLOAT_SCALARS = {"gamma", "cutoff", "sm_scale"}
+INT_SCALARS = {"N", "n_blocks", "nprog"}
+INT_PTRS = {"row_ptr", "src"}
+SMEM_PER_SM = 228 * 1024   # H100 / H200: 228 KB shared memory per SM (227 KB usable per block)
+
+
+def compile_kernel(fn, consts: dict, num_warps: int) -> dict:
+    sig = {}
+    for n in fn.arg_names:
+        if n in consts:
+            sig[n] = "constexpr"
+        elif n in FLOAT_SCALARS:
+            sig[n] = "fp32"
+        elif n in INT_SCALARS:
+            sig[n] = "i32"
+        elif n in INT_PTRS:
+            sig[n] = "*i64"
+        else:
+            sig[n] = "*fp32"
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, ty in sig.items() if ty.startswith("*")}
+    t0 = time.time()
+    ck = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                        target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ck.asm["ptx"])
+    try:
+        log = subprocess.run([PTXAS, "-v", "--gpu-name=sm_90a", f.name, "-o", os.devnull],
+                             capture_output=True, text=True, check=True).stderr
+    finally:
+        os.unlink(f.name)
+    regs = int(re.search(r"Used (\d+) registers", log).group(1))
+    stack = int(re.search(r"(\d+) bytes stack frame", log).group(1))
+    st, ld = (int(x) for x in re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log).groups())
+    shared = ck.metadata.shared
+    threads = 32 * num_warps
+    blocks_regs = 65536 // max(1, regs * threads)
+    blocks_smem = SMEM_PER_SM // max(1, shared + 1024) if shared else 32
+    return dict(regs=regs, spills=stack // 4, spill_st=st, spill_ld=ld, shared=shared,
+                blocks_per_sm=min(blocks_regs, blocks_smem, 2048 // threads), secs=time.time() - t0)
+
+
+CONFIGS = {  # name: (C, H, D, nb, HID, K)
+    "v15": (256, 128, 8, 256, 128, 32),
+    "tiny": (32, 16, 4, 64, 32, 32),
+}
+
+
+def v1_runs(name):
+    C, H, D, nb, HID, K = CONFIGS[name]
+    bn = min(64, triton.next_power_of_2(nb))
+    for nw in (8,) if name == "v15" else (4,):
+        consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_E=K, BLOCK_NB=bn, PREC="ieee")
+        yield f"v1 fwd {name} BLOCK_E={K} nw={nw}", v1._attn_fwd_kernel, consts, nw
+        yield f"v1 bwd {name} BLOCK_E={K} nw={nw}", v1._attn_bwd_kernel, consts, nw
+
+
+def v2_runs(name, variants):
+    C, H, D, nb, HID, K = CONFIGS[name]
+    for bt, hb, kc, nw, prec in variants:
+        hb, kc = min(hb, H), min(kc, HID)
+        consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=bt, BLOCK_E=K, BLOCK_NB=min(kc, nb),
+                      HB=hb, KC=kc, PREC=prec)
+        tag = f"{name} BLOCK_T={bt} BLOCK_E={K} HB={hb} KC={kc} nw={nw} {prec}"
+        yield f"v2 fwd {tag}", v2._attn_fwd_kernel_v2, consts, nw
+        yield f"v2 bwd {tag}", v2._attn_bwd_kernel_v2, consts, nw
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    quick = "--quick" in argv
+    runs = []
+    # (BLOCK_T, HB, KC, num_warps, precision); the first entry of each list is the default of
+    # attention_triton_v2.launch_config (fwd default = first "v2 fwd" line, bwd default = second "v2 bwd")
+    v15_variants = [(2, 32, 32, 8, "ieee"), (1, 16, 16, 4, "ieee")] if quick else [
+        (2, 32, 32, 8, "ieee"), (1, 16, 16, 4, "ieee"), (1, 32, 32, 4, "ieee"), (1, 32, 32, 8, "ieee"),
+        (2, 32, 32, 4, "ieee"), (1, 16, 16, 8, "ieee"), (2, 16, 16, 4, "ieee"), (2, 16, 16, 8, "ieee"),
+        (2, 32, 32, 8, "tf32"), (1, 16, 16, 4, "tf32")]
+    tiny_variants = [(2, 32, 32, 8, "ieee"), (1, 16, 16, 4, "ieee")]
+    for name in ("tiny", "v15"):
+        runs += list(v1_runs(name))
+        runs += list(v2_runs(name, v15_variants if name == "v15" else tiny_variants))
+    print(f"triton {triton.__version__}, target sm_90a (ptxas -v); spills = stack bytes / 4 (Triton n_spills)")
+    print(f"{'kernel / config':<62} {'regs':>5} {'spills':>6} {'st B':>6} {'ld B':>6} {'shared':>7} {'CTA/SM':>6}")
+    for label, fn, consts, nw in runs:
+        try:
+            r = compile_kernel(fn, consts, nw)
+            print(f"{label:<62} {r['regs']:>5} {r['spills']:>6} {r['spill_st']:>6} {r['spill_ld']:>6} "
+                  f"{r['shared']:>7} {r['blocks_per_sm']:>6}   ({r['secs']:.0f} s)", flush=True)
+        except Exception as exc:  # report and go on
+            print(f"{label:<62} FAILED: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

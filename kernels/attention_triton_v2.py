@@ -1,0 +1,534 @@
+"""Fused Triton kernels for the E2Former-V2 attention edge part, version 2 (register-blocked).
+
+Same operation, inputs, outputs and autograd semantics as ``attention_triton`` (v1); see
+``attention_reference`` for the maths.  Selected with ``fused_attention(..., backend="triton_v2")`` or
+``E2FORMER_ATTENTION_BACKEND=triton_v2``; v1 stays the default until v2 has been benchmarked on a GPU.
+
+Why v2
+------
+v1 keeps every [BLOCK_E, HID] / [BLOCK_E, H] edge tile and the full [HID, HID] / [HID, H] weight operands
+live at once; at the V1.5 size (H = 128, HID = 128) that spills 500-750 registers and needs ~150 KB of
+shared memory for layout conversions (1 CTA / SM).  v2 never holds a [rows, H], [rows, C] or [HID, HID]
+tile in registers:
+
+* Rows: ``BLOCK_T`` targets x ``BLOCK_E`` edge slots per program (row r = t * BLOCK_E + e).  Per-target
+  reductions (softmax max / sum, aggregation) are segment reductions over a [BLOCK_T, BLOCK_E, HB] view.
+* Edge MLP: layer 1 is chunked over the RBF axis (as v1).  The activations x1 (and x2) [rows, HID] are
+  staged in a small per-program global scratch slot (L1/L2 resident, written and read by the same CTA, with
+  barriers); layer 2 and 3 are K-chunked dots ``sum_k x[:, k:k+KC] @ W[k:k+KC, :]`` so the weight operand
+  in registers is only [KC, HID] or [KC, HB].  Only one [rows, HID] accumulator is live.
+* Heads: a loop over head blocks of ``HB`` heads.  Per block: g, w (the block's columns of the last
+  Linear), <q, k>, logits, exact per-target softmax (all heads are independent, so nothing is carried
+  between blocks), then the aggregation of the block's channels c = h + r * H (r < C / H), one value row m
+  at a time, stored straight into U (each program owns its targets' rows: no atomics in the forward).
+* The grid is persistent (``min(#target blocks, #SM * PROGRAMS_PER_SM)`` programs looping over target
+  blocks), which bounds the scratch to #programs x rows x HID floats (x3 in the backward).
+* Backward: same blocking.  Per head block: aggregation backward (dv by fp32 atomics), softmax backward,
+  dq (stored), dk (atomics), and dx2 += dg @ W2g[hb] + dw @ W2w[hb] accumulated in one [rows, HID] tile.
+  Then LayerNorm/SiLU backward with the pre-LN activations re-read from scratch, dx1 by a K-chunked dot
+  through scratch, and the RBF part down to d(vec).
+
+``tl.dot`` uses ``input_precision="ieee"`` unless ``allow_tf32=True`` (edge-MLP forward dots only).
+Gradients w.r.t. t, s, mu and the fc parameters, and double backward, use the PyTorch reference exactly as
+v1 does.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .attention_reference import FCParams, attention_reference
+from .attention_triton import _envelope, triton_supported, _prep  # noqa: F401  (shared helpers)
+
+
+# ----------------------------------------------------------------------------------------------------
+# device helpers
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def _rows(row_ptr, src, vec, i0, N, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    R: tl.constexpr = BLOCK_T * BLOCK_E
+    offs_r = tl.arange(0, R)
+    e_loc = offs_r % BLOCK_E
+    t_loc = offs_r // BLOCK_E
+    tgt = i0 + t_loc
+    tgt = tl.where(tgt < N, tgt, 0)
+    # per-target CSR bounds by scalar loads (a vector gather of row_ptr here made the 3.6 compiler fail in
+    # TritonGPURemoveLayoutConversions: "mask type matches ptr type")
+    start = tl.zeros([R], dtype=tl.int64)
+    end = tl.zeros([R], dtype=tl.int64)
+    for tt in tl.static_range(BLOCK_T):
+        ok = i0 + tt < N
+        it = tl.where(ok, i0 + tt, 0)
+        s_t = tl.load(row_ptr + it).to(tl.int64)
+        e_t = tl.where(ok, tl.load(row_ptr + it + 1).to(tl.int64), s_t)
+        start = tl.where(t_loc == tt, s_t, start)
+        end = tl.where(t_loc == tt, e_t, end)
+    offs_e = start + e_loc
+    mask_e = offs_e < end           # end = start = 0 for targets past N
+    j = tl.load(src + offs_e, mask=mask_e, other=0).to(tl.int64)
+    vx = tl.load(vec + offs_e * 3 + 0, mask=mask_e, other=1.0)   # padded rows: unit vector, d = 1
+    vy = tl.load(vec + offs_e * 3 + 1, mask=mask_e, other=0.0)
+    vz = tl.load(vec + offs_e * 3 + 2, mask=mask_e, other=0.0)
+    d = tl.sqrt(vx * vx + vy * vy + vz * vz)
+    return offs_r, e_loc, tgt, offs_e, mask_e, j, vx / d, vy / d, vz / d, d
+
+
+@triton.jit
+def _seg_sum(x, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, HB: tl.constexpr):
+    return tl.sum(tl.reshape(x, [BLOCK_T, BLOCK_E, HB]), 1)
+
+
+@triton.jit
+def _seg_max(x, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, HB: tl.constexpr):
+    return tl.max(tl.reshape(x, [BLOCK_T, BLOCK_E, HB]), 1)
+
+
+@triton.jit
+def _seg_min(x, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, HB: tl.constexpr):
+    return tl.min(tl.reshape(x, [BLOCK_T, BLOCK_E, HB]), 1)
+
+
+@triton.jit
+def _seg_bcast(y, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, HB: tl.constexpr):
+    return tl.reshape(tl.broadcast_to(y[:, None, :], [BLOCK_T, BLOCK_E, HB]), [BLOCK_T * BLOCK_E, HB])
+
+
+@triton.jit
+def _ln_stats(h, HID: tl.constexpr):
+    mean = tl.sum(h, 1) / HID
+    xc = h - mean[:, None]
+    var = tl.sum(xc * xc, 1) / HID
+    rstd = 1.0 / tl.sqrt(var + 1e-5)
+    return xc * rstd[:, None], rstd
+
+
+@triton.jit
+def _silu_ln_bwd(dx, h, lnw, lnb, HID: tl.constexpr):
+    """d/dh of silu(LN(h)) given the upstream dx (recomputes the LN from the pre-LN h)."""
+    y, rstd = _ln_stats(h, HID)
+    n = y * lnw[None, :] + lnb[None, :]
+    sg = tl.sigmoid(n)
+    dn = dx * sg * (1.0 + n * (1.0 - sg))
+    dy = dn * lnw[None, :]
+    c1 = tl.sum(dy, 1) / HID
+    c2 = tl.sum(dy * y, 1) / HID
+    return rstd[:, None] * (dy - c1[:, None] - y * c2[:, None])
+
+
+@triton.jit
+def _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, nb: tl.constexpr, HID: tl.constexpr,
+            R: tl.constexpr, BLOCK_NB: tl.constexpr, PREC: tl.constexpr):
+    """pre-LN h0 = W0 [phi(d); t; s] + b0  ->  [R, HID]"""
+    offs_f = tl.arange(0, HID)
+    h0 = tl.load(pt + tgt[:, None] * HID + offs_f[None, :])
+    h0 += tl.load(ps + j[:, None] * HID + offs_f[None, :], mask=mask_e[:, None], other=0.0)
+    for k0 in range(0, nb, BLOCK_NB):
+        offs_k = k0 + tl.arange(0, BLOCK_NB)
+        mk = offs_k < nb
+        muk = tl.load(mu + offs_k, mask=mk, other=0.0)
+        diff = d[:, None] - muk[None, :]
+        phi = tl.where(mk[None, :], tl.exp(gamma * diff * diff), 0.0)
+        w0t = tl.load(W0aT + offs_k[:, None] * HID + offs_f[None, :], mask=mk[:, None], other=0.0)
+        h0 = tl.dot(phi, w0t, h0, input_precision=PREC)
+    return h0
+
+
+@triton.jit
+def _chunked_dot(scr, W, ldw, col0, acc, R: tl.constexpr, KTOT: tl.constexpr, NOUT: tl.constexpr,
+                 KC: tl.constexpr, PREC: tl.constexpr, NCOLS: tl.constexpr = 0):
+    """acc += X @ W[:, col0:col0+NOUT] with X [R, KTOT] read from scratch (row-major) in K-chunks;
+    W row-major with leading dimension ldw; with NCOLS > 0 columns >= NCOLS read as 0."""
+    offs_r = tl.arange(0, R)
+    offs_n = tl.arange(0, NOUT)
+    for k0 in range(0, KTOT, KC):
+        offs_k = k0 + tl.arange(0, KC)
+        xk = tl.load(scr + offs_r[:, None] * KTOT + offs_k[None, :])
+        if NCOLS > 0:
+            wk = tl.load(W + offs_k[:, None] * ldw + col0 + offs_n[None, :],
+                         mask=(col0 + offs_n[None, :]) < NCOLS, other=0.0)
+        else:
+            wk = tl.load(W + offs_k[:, None] * ldw + col0 + offs_n[None, :])
+        acc = tl.dot(xk, wk, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _to_scratch(scr, x, R: tl.constexpr, HID: tl.constexpr):
+    offs_r = tl.arange(0, R)
+    offs_f = tl.arange(0, HID)
+    tl.debug_barrier()      # earlier readers of this slot are done
+    tl.store(scr + offs_r[:, None] * HID + offs_f[None, :], x)
+    tl.debug_barrier()      # visible to the whole CTA
+
+
+@triton.jit
+def _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_h0, scr_h1,
+               gamma, nb: tl.constexpr, HID: tl.constexpr, R: tl.constexpr, BLOCK_NB: tl.constexpr,
+               KC: tl.constexpr, PREC: tl.constexpr, SAVE_PRE: tl.constexpr):
+    """Edge MLP up to x2 = silu(LN(W1 x1 + b1)); x2 is left in scr_x.  With SAVE_PRE the pre-LN h0 / h1
+    are also written to scr_h0 / scr_h1 (backward)."""
+    offs_f = tl.arange(0, HID)
+    h0 = _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, nb, HID, R, BLOCK_NB, PREC)
+    if SAVE_PRE:
+        _to_scratch(scr_h0, h0, R, HID)
+    y0, _r0 = _ln_stats(h0, HID)
+    n0 = y0 * tl.load(ln0w + offs_f)[None, :] + tl.load(ln0b + offs_f)[None, :]
+    _to_scratch(scr_x, n0 * tl.sigmoid(n0), R, HID)
+    h1 = _chunked_dot(scr_x, W1T, HID, 0, tl.zeros([R, HID], dtype=tl.float32) + tl.load(b1 + offs_f)[None, :],
+                      R, HID, HID, KC, PREC)
+    if SAVE_PRE:
+        _to_scratch(scr_h1, h1, R, HID)
+    y1, _r1 = _ln_stats(h1, HID)
+    n1 = y1 * tl.load(ln1w + offs_f)[None, :] + tl.load(ln1b + offs_f)[None, :]
+    _to_scratch(scr_x, n1 * tl.sigmoid(n1), R, HID)
+
+
+@triton.jit
+def _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
+                       H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, R: tl.constexpr,
+                       HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr):
+    """g, w (columns hb0..hb0+HB of the last Linear), <q,k> and the logits a for one head block."""
+    offs_hb = hb0 + tl.arange(0, HB)
+    g = _chunked_dot(scr_x, W2T, 2 * H, hb0, tl.zeros([R, HB], dtype=tl.float32) + tl.load(b2 + offs_hb)[None, :],
+                     R, HID, HB, KC, PREC)
+    w = _chunked_dot(scr_x, W2T, 2 * H, H + hb0,
+                     tl.zeros([R, HB], dtype=tl.float32) + tl.load(b2 + H + offs_hb)[None, :],
+                     R, HID, HB, KC, PREC)
+    qk = tl.zeros([R, HB], dtype=tl.float32)
+    for dd in tl.static_range(D):
+        qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd)
+        kd = tl.load(k + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, mask=mask_e[:, None], other=0.0)
+        qk += qd * kd
+    a = tl.where(mask_e[:, None], g * qk * sm_scale, float("-inf"))
+    return g, w, qk, a
+
+
+# ----------------------------------------------------------------------------------------------------
+# forward kernel
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
+                        W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2,
+                        U, M_out, S_out, scratch,
+                        N, n_blocks, nprog, gamma, cutoff, sm_scale, nb: tl.constexpr,
+                        C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
+                        BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
+                        HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr):
+    R: tl.constexpr = BLOCK_T * BLOCK_E
+    pid = tl.program_id(0)
+    scr_x = scratch + pid.to(tl.int64) * (R * HID)
+    offs_t = tl.arange(0, BLOCK_T)
+    blk = pid
+    while blk < n_blocks:            # persistent loop over target blocks (a while loop: the interpreter
+        i0 = blk.to(tl.int64) * BLOCK_T   # cannot iterate range() over runtime scalars)
+        blk += nprog
+        offs_r, e_loc, tgt, offs_e, mask_e, j, rx, ry, rz, d = _rows(row_ptr, src, vec, i0, N, BLOCK_T, BLOCK_E)
+        _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_x, scr_x,
+                   gamma, nb, HID, R, BLOCK_NB, KC, PREC, False)
+        u, _du = _envelope(d, cutoff)
+        u = tl.where(mask_e, u, 0.0)
+        tgt_t = i0 + offs_t
+        tmask = tgt_t < N
+        for hb0 in range(0, H, HB):
+            offs_hb = hb0 + tl.arange(0, HB)
+            g, w, qk, a = _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
+                                             H, D, HID, R, HB, KC, PREC)
+            m = _seg_max(a, BLOCK_T, BLOCK_E, HB)                        # [BLOCK_T, HB]
+            m = tl.where(m == float("-inf"), 0.0, m)                    # atom without edges
+            eps = tl.exp(a - _seg_bcast(m, BLOCK_T, BLOCK_E, HB)) * u[:, None]
+            S = _seg_sum(eps, BLOCK_T, BLOCK_E, HB) + 1e-3
+            alpha = eps * w / _seg_bcast(S, BLOCK_T, BLOCK_E, HB)
+            st = tgt_t[:, None] * H + offs_hb[None, :]
+            tl.store(M_out + st, m, mask=tmask[:, None])
+            tl.store(S_out + st, S, mask=tmask[:, None])
+            # U[i, x, mm, c] = sum_e alpha[e, c mod H] r[e, x] v[j, mm, c], c = h + rr * H
+            for mm in range(9):
+                for rr in tl.static_range(C // H):
+                    c0 = rr * H + hb0
+                    V = tl.load(v + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
+                                mask=mask_e[:, None], other=0.0)
+                    aV = alpha * V
+                    base = U + tgt_t[:, None] * (27 * C) + mm * C + c0 + tl.arange(0, HB)[None, :]
+                    tl.store(base, _seg_sum(aV * rx[:, None], BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
+                    tl.store(base + 9 * C, _seg_sum(aV * ry[:, None], BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
+                    tl.store(base + 18 * C, _seg_sum(aV * rz[:, None], BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
+
+
+# ----------------------------------------------------------------------------------------------------
+# backward kernel (grads w.r.t. vec, q, k, v)
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
+                        W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2, W0a, W1, W2,
+                        M_in, S_in, dU,
+                        dvec, dq, dk, dv, scratch,
+                        N, n_blocks, nprog, gamma, cutoff, sm_scale, nb: tl.constexpr,
+                        C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
+                        BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
+                        HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr):
+    R: tl.constexpr = BLOCK_T * BLOCK_E
+    pid = tl.program_id(0)
+    scr_x = scratch + pid.to(tl.int64) * (3 * R * HID)
+    scr_h0 = scr_x + R * HID
+    scr_h1 = scr_h0 + R * HID
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_f = tl.arange(0, HID)
+    blk = pid
+    while blk < n_blocks:            # persistent loop over target blocks (a while loop: the interpreter
+        i0 = blk.to(tl.int64) * BLOCK_T   # cannot iterate range() over runtime scalars)
+        blk += nprog
+        offs_r, e_loc, tgt, offs_e, mask_e, j, rx, ry, rz, d = _rows(row_ptr, src, vec, i0, N, BLOCK_T, BLOCK_E)
+        _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_h0, scr_h1,
+                   gamma, nb, HID, R, BLOCK_NB, KC, PREC, True)
+        u, du_dd = _envelope(d, cutoff)
+        u = tl.where(mask_e, u, 0.0)
+        tgt_t = i0 + offs_t
+        tmask = tgt_t < N
+        dx2 = tl.zeros([R, HID], dtype=tl.float32)
+        du = tl.zeros([R], dtype=tl.float32)
+        drx = tl.zeros([R], dtype=tl.float32)
+        dry = tl.zeros([R], dtype=tl.float32)
+        drz = tl.zeros([R], dtype=tl.float32)
+        for hb0 in range(0, H, HB):
+            offs_hb = hb0 + tl.arange(0, HB)
+            g, w, qk, a = _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
+                                             H, D, HID, R, HB, KC, PREC)
+            st = tgt_t[:, None] * H + offs_hb[None, :]
+            m_r = _seg_bcast(tl.load(M_in + st, mask=tmask[:, None], other=0.0), BLOCK_T, BLOCK_E, HB)
+            S_r = _seg_bcast(tl.load(S_in + st, mask=tmask[:, None], other=1.0), BLOCK_T, BLOCK_E, HB)
+            p = tl.exp(a - m_r)                                            # 0 on padded rows
+            eps = p * u[:, None]
+            alpha = eps * w / S_r
+            # --- aggregation backward ------------------------------------------------------------
+            dalpha = tl.zeros([R, HB], dtype=tl.float32)
+            for mm in range(9):
+                for rr in range(C // H):
+                    c0 = rr * H + hb0
+                    V = tl.load(v + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
+                                mask=mask_e[:, None], other=0.0)
+                    gb = dU + tgt[:, None] * (27 * C) + mm * C + c0 + tl.arange(0, HB)[None, :]
+                    Gx = tl.load(gb)
+                    Gy = tl.load(gb + 9 * C)
+                    Gz = tl.load(gb + 18 * C)
+                    rG = rx[:, None] * Gx + ry[:, None] * Gy + rz[:, None] * Gz
+                    dalpha += rG * V
+                    aV = alpha * V
+                    drx += tl.sum(aV * Gx, 1)
+                    dry += tl.sum(aV * Gy, 1)
+                    drz += tl.sum(aV * Gz, 1)
+                    tl.atomic_add(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :], alpha * rG,
+                                  mask=mask_e[:, None])
+            # --- smooth softmax backward (heads independent: local to the block) --------------------
+            delta = _seg_sum(dalpha * alpha, BLOCK_T, BLOCK_E, HB)            # [BLOCK_T, HB]
+            dw = dalpha * eps / S_r
+            deps = (dalpha * w - _seg_bcast(delta, BLOCK_T, BLOCK_E, HB)) / S_r
+            da = deps * eps
+            du += tl.sum(deps * p, 1)
+            dm = -_seg_sum(da, BLOCK_T, BLOCK_E, HB)                          # [BLOCK_T, HB]
+            amax = _seg_bcast(_seg_max(a, BLOCK_T, BLOCK_E, HB), BLOCK_T, BLOCK_E, HB)
+            cand = tl.where((a == amax) & mask_e[:, None], e_loc[:, None], BLOCK_E)
+            first = _seg_bcast(_seg_min(cand, BLOCK_T, BLOCK_E, HB), BLOCK_T, BLOCK_E, HB)
+            da += tl.where(e_loc[:, None] == first, _seg_bcast(dm, BLOCK_T, BLOCK_E, HB), 0.0)
+            da = tl.where(mask_e[:, None], da, 0.0)
+            # --- a = g <q,k> scale --------------------------------------------------------------------
+            dg = da * qk * sm_scale
+            dqk = da * g * sm_scale
+            for dd in tl.static_range(D):
+                kd = tl.load(k + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, mask=mask_e[:, None], other=0.0)
+                tl.store(dq + tgt_t[:, None] * (H * D) + offs_hb[None, :] * D + dd,
+                         _seg_sum(dqk * kd, BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
+                qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd)
+                tl.atomic_add(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd,
+                              mask=mask_e[:, None])
+            # --- last Linear: dx2 += dg W2[g rows of block] + dw W2[w rows of block] --------------------
+            w2g = tl.load(W2 + offs_hb[:, None] * HID + offs_f[None, :])            # [HB, HID]
+            w2w = tl.load(W2 + (H + offs_hb)[:, None] * HID + offs_f[None, :])
+            dx2 = tl.dot(dg, w2g, dx2, input_precision="ieee")
+            dx2 = tl.dot(dw, w2w, dx2, input_precision="ieee")
+        # --- LN1/SiLU backward, W1 (K-chunked through scratch), LN0/SiLU backward ----------------------
+        h1 = tl.load(scr_h1 + offs_r[:, None] * HID + offs_f[None, :])
+        dh1 = _silu_ln_bwd(dx2, h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID)
+        _to_scratch(scr_x, dh1, R, HID)
+        dx1 = _chunked_dot(scr_x, W1, HID, 0, tl.zeros([R, HID], dtype=tl.float32), R, HID, HID, KC, "ieee")
+        h0 = tl.load(scr_h0 + offs_r[:, None] * HID + offs_f[None, :])
+        dh0 = _silu_ln_bwd(dx1, h0, tl.load(ln0w + offs_f), tl.load(ln0b + offs_f), HID)
+        dd_e = du * du_dd
+        # dphi = dh0 W0a[:, chunk]: K = HID is chunked through scratch (a K = HID FMA dot keeps whole
+        # K-strips of both operands in registers)
+        _to_scratch(scr_x, dh0, R, HID)
+        for k0 in range(0, nb, BLOCK_NB):
+            offs_k = k0 + tl.arange(0, BLOCK_NB)
+            mk = offs_k < nb
+            muk = tl.load(mu + offs_k, mask=mk, other=0.0)
+            diff = d[:, None] - muk[None, :]
+            phi = tl.where(mk[None, :], tl.exp(gamma * diff * diff), 0.0)
+            dphi = _chunked_dot(scr_x, W0a, nb, k0, tl.zeros([R, BLOCK_NB], dtype=tl.float32),
+                                R, HID, BLOCK_NB, KC, "ieee", nb)
+            dd_e += tl.sum(dphi * phi * (2.0 * gamma) * diff, 1)
+        # --- vec = d r -> dvec = dd r + (dr - (dr.r) r) / d -----------------------------------------------
+        rdot = drx * rx + dry * ry + drz * rz
+        tl.store(dvec + offs_e * 3 + 0, dd_e * rx + (drx - rdot * rx) / d, mask=mask_e)
+        tl.store(dvec + offs_e * 3 + 1, dd_e * ry + (dry - rdot * ry) / d, mask=mask_e)
+        tl.store(dvec + offs_e * 3 + 2, dd_e * rz + (drz - rdot * rz) / d, mask=mask_e)
+
+
+# ----------------------------------------------------------------------------------------------------
+# host side
+# ----------------------------------------------------------------------------------------------------
+_LAST_COMPILED = {}   # last launched compiled kernels (diagnostics)
+
+
+def compile_info():
+    """Registers / spills / shared memory of the last launched v2 forward and backward kernels."""
+    out = {}
+    for key, ck in _LAST_COMPILED.items():
+        try:
+            md = ck.metadata
+            out[key] = dict(n_regs=ck.n_regs, n_spills=ck.n_spills, shared=md.shared, num_warps=md.num_warps)
+        except Exception as exc:  # diagnostics only
+            out[key] = repr(exc)[:100]
+    return out
+
+
+def _block_e(row_ptr: torch.Tensor, max_degree: int | None) -> int:
+    if max_degree is None:
+        n = row_ptr.numel() - 1
+        max_degree = int((row_ptr[1:] - row_ptr[:-1]).max().item()) if n > 0 else 0
+    return max(16, triton.next_power_of_2(max(int(max_degree), 1)))
+
+
+def _env_int(name, default):
+    val = os.environ.get(name)
+    return int(val) if val else default
+
+
+def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") -> dict:
+    """Tile parameters of the forward ("fwd") or backward ("bwd") kernel.
+
+    Defaults chosen from sm_90 compile reports (benchmarks/results/attention_v2_compile_report.txt; zero
+    spills at the V1.5 size), not yet from GPU timings.  Overridable for tuning with E2F_V2_{FWD,BWD}_
+    {BLOCK_T, HB, KC, NUM_WARPS} and E2F_V2_PROGS_PER_SM.
+    """
+    K = kind.upper()
+    if kind == "fwd":
+        d_bt, d_hb, d_kc, d_nw = max(1, 64 // block_e), 32, 32, 8     # ~64 rows per program
+    else:
+        d_bt, d_hb, d_kc, d_nw = max(1, 32 // block_e), 16, 16, 4     # ~32 rows per program
+    hb = min(H, _env_int(f"E2F_V2_{K}_HB", d_hb))
+    kc = min(hid, _env_int(f"E2F_V2_{K}_KC", d_kc))
+    cfg = dict(BLOCK_T=_env_int(f"E2F_V2_{K}_BLOCK_T", d_bt), HB=hb, KC=kc,
+               BLOCK_NB=min(kc, triton.next_power_of_2(nb)), num_warps=_env_int(f"E2F_V2_{K}_NUM_WARPS", d_nw),
+               progs_per_sm=_env_int("E2F_V2_PROGS_PER_SM", 8))
+    assert H % hb == 0 and hid % kc == 0, cfg
+    return cfg
+
+
+def _grid(n_blocks: int, device, progs_per_sm: int) -> int:
+    if device.type == "cuda":
+        n_sm = torch.cuda.get_device_properties(device).multi_processor_count
+    else:  # interpreter
+        n_sm = 2
+    return max(1, min(n_blocks, n_sm * progs_per_sm))
+
+
+class FusedAttentionFunctionV2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff, allow_tf32, max_degree, *fc):
+        N, H, D = q.shape
+        C = v.shape[-1]
+        nb = mu.numel()
+        hid = fc[0].shape[0]
+        f32 = torch.float32
+        pt, ps, muc, fwd_w, _ = _prep(t, s, mu, fc, nb)
+        rp = row_ptr.contiguous()
+        srcc = src.contiguous()
+        vecc, qc, kc_, vc = (x.detach().to(f32).contiguous() for x in (vec, q, k, v))
+        block_e = _block_e(rp, max_degree)
+        cfg = launch_config(H, hid, nb, block_e, "fwd")
+        prec = "tf32" if allow_tf32 else "ieee"
+        U = torch.empty((N, 3, 9, C), device=v.device, dtype=f32)
+        M = torch.empty((N, H), device=v.device, dtype=f32)
+        S = torch.empty((N, H), device=v.device, dtype=f32)
+        if N > 0:
+            n_blocks = triton.cdiv(N, cfg["BLOCK_T"])
+            nprog = _grid(n_blocks, v.device, cfg["progs_per_sm"])
+            R = cfg["BLOCK_T"] * block_e
+            scratch = torch.empty(nprog * R * hid, device=v.device, dtype=f32)
+            _LAST_COMPILED["fwd"] = _attn_fwd_kernel_v2[(nprog,)](
+                rp, srcc, vecc, qc, kc_, vc, pt, ps, muc, *fwd_w, U, M, S, scratch,
+                N, n_blocks, nprog, float(gamma), float(cutoff), 1.0 / math.sqrt(D), nb=nb,
+                C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=block_e, BLOCK_NB=cfg["BLOCK_NB"],
+                HB=cfg["HB"], KC=cfg["KC"], PREC=prec, num_warps=cfg["num_warps"])
+        ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
+        ctx.gamma, ctx.cutoff, ctx.prec, ctx.block_e = float(gamma), float(cutoff), prec, block_e
+        ctx.mark_non_differentiable(M, S)
+        return U, M, S
+
+    @staticmethod
+    def backward(ctx, dU, _dM, _dS):
+        row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc = ctx.saved_tensors
+        nig = ctx.needs_input_grad
+        n_fixed = 13
+        grads = [None] * (n_fixed + len(fc))
+        if dU is None:
+            return tuple(grads)
+        need_ref = (torch.is_grad_enabled() or nig[6] or nig[7] or nig[8] or any(nig[n_fixed:]))
+        if need_ref:
+            # training / double-backward path: autograd through the PyTorch reference (as in v1)
+            inputs = {2: vec, 3: q, 4: k, 5: v, 6: t, 7: s, 8: mu}
+            for n, x in enumerate(fc):
+                inputs[n_fixed + n] = x
+            wanted = [idx for idx in inputs if nig[idx]]
+            grad_mode = torch.is_grad_enabled()
+            with torch.enable_grad():
+                if not grad_mode:
+                    inputs = {i_: x.detach().requires_grad_(bool(nig[i_])) for i_, x in inputs.items()}
+                out = attention_reference(row_ptr, src, inputs[2], inputs[3], inputs[4], inputs[5], inputs[6],
+                                          inputs[7], FCParams(*[inputs[n_fixed + n] for n in range(len(fc))]),
+                                          inputs[8], ctx.gamma, ctx.cutoff)
+                res = torch.autograd.grad(out, [inputs[i_] for i_ in wanted], dU,
+                                          create_graph=grad_mode, allow_unused=True)
+            for idx, gr in zip(wanted, res):
+                grads[idx] = gr if gr is not None else torch.zeros_like(inputs[idx])
+            return tuple(grads)
+
+        N, H, D = q.shape
+        C = v.shape[-1]
+        nb = mu.numel()
+        hid = fc[0].shape[0]
+        f32 = torch.float32
+        cfg = launch_config(H, hid, nb, ctx.block_e, "bwd")
+        pt, ps, muc, fwd_w, bwd_w = _prep(t, s, mu, fc, nb)
+        vecc, qc, kc_, vc = (x.detach().to(f32).contiguous() for x in (vec, q, k, v))
+        dUc = dU.to(f32).contiguous()
+        dvec = torch.zeros_like(vecc)
+        dq = torch.empty_like(qc)
+        dk = torch.zeros_like(kc_)
+        dv = torch.zeros_like(vc)
+        if N > 0:
+            n_blocks = triton.cdiv(N, cfg["BLOCK_T"])
+            nprog = _grid(n_blocks, v.device, cfg["progs_per_sm"])
+            R = cfg["BLOCK_T"] * ctx.block_e
+            scratch = torch.empty(nprog * 3 * R * hid, device=v.device, dtype=f32)
+            _LAST_COMPILED["bwd"] = _attn_bwd_kernel_v2[(nprog,)](
+                row_ptr.contiguous(), src.contiguous(), vecc, qc, kc_, vc, pt, ps, muc,
+                *fwd_w, *bwd_w, M, S, dUc, dvec, dq, dk, dv, scratch,
+                N, n_blocks, nprog, ctx.gamma, ctx.cutoff, 1.0 / math.sqrt(D), nb=nb,
+                C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=ctx.block_e, BLOCK_NB=cfg["BLOCK_NB"],
+                HB=cfg["HB"], KC=cfg["KC"], PREC=ctx.prec, num_warps=cfg["num_warps"])
+        for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):
+            if nig[idx]:
+                grads[idx] = gr.to(x.dtype)
+        return tuple(grads)
+
+
+def attention_triton_v2(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, *,
+                        allow_tf32: bool = False, max_degree: int | None = None, return_stats: bool = False):
+    """Fused Triton attention edge part, v2 blocking; same signature / result as ``attention_triton``."""
+    U, M, S = FusedAttentionFunctionV2.apply(row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff,
+                                             allow_tf32, max_degree, *FCParams(*fc_params))
+    return (U, M, S) if return_stats else U
