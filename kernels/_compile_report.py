@@ -2,6 +2,7 @@
 and shared memory (v1 vs v2).
 
     python -m kernels._compile_report [--quick]
+    python -m kernels._compile_report --gpu [N ...]    (on a GPU machine: v1 vs v2 check + timing)
 
 Triton 3.6 compiles to PTX without a driver; the bundled ``ptxas -v`` then gives the register count and the
 local-memory (stack) size.  ``spills`` below is stack bytes / 4, which is what Triton reports as
@@ -95,8 +96,58 @@ def v2_runs(name, variants):
         yield f"v2 bwd {tag}", v2._attn_bwd_kernel_v2, consts, nw
 
 
+def gpu_main(sizes):
+    """On a CUDA machine: v2 vs float64 reference (rel. errors, gate 1e-5) at N = 2000 for v15 and appA,
+    then do_bench medians of v1 / v2 (fwd, fwd+bwd) and the launched kernels' regs / spills."""
+    import torch
+    from triton.testing import do_bench
+    if __package__ in (None, ""):
+        from kernels._testing import make_case, args_of, V15
+        from kernels.attention_reference import attention_reference
+    else:
+        from ._testing import make_case, args_of, V15
+        from .attention_reference import attention_reference
+    settings = {"v15": (32, V15), "appA": (64, dict(V15, H=16))}
+    rel = lambda a, b: ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+    for name, (K, cfg) in settings.items():
+        c32 = make_case(2000, K, **cfg, device="cuda", seed=1)
+        c64 = make_case(2000, K, **cfg, device="cuda", seed=1, dtype=torch.float64)
+        a32, a64 = list(args_of(c32)), list(args_of(c64))
+        for n in (2, 3, 4, 5):
+            a32[n] = a32[n].clone().requires_grad_(True)
+            a64[n] = a64[n].clone().requires_grad_(True)
+        Ur = attention_reference(*a64)
+        G = torch.randn(Ur.shape, device="cuda", dtype=torch.float64)
+        gr = torch.autograd.grad(Ur, [a64[n] for n in (2, 3, 4, 5)], G)
+        for impl, fn in (("v1", v1.attention_triton), ("v2", v2.attention_triton_v2)):
+            U = fn(*a32, max_degree=K)
+            gt = torch.autograd.grad(U, [a32[n] for n in (2, 3, 4, 5)], G.float())
+            errs = [rel(U, Ur)] + [rel(a, b) for a, b in zip(gt, gr)]
+            print(f"check {name} {impl} N=2000 rel U,dvec,dq,dk,dv: {['%.1e' % e for e in errs]} "
+                  f"{'PASS' if max(errs) <= 1e-5 and torch.isfinite(U).all() else 'FAIL'}", flush=True)
+    for name, (K, cfg) in settings.items():
+        for N in sizes:
+            case = make_case(N, K, **cfg, device="cuda", seed=2, fixed_degree=True, special_rows=False)
+            args = list(args_of(case))
+            for n in (2, 3, 4, 5):
+                args[n] = args[n].clone().requires_grad_(True)
+            for impl, fn, mod in (("v1", v1.attention_triton, v1), ("v2", v2.attention_triton_v2, v2)):
+                for tf32 in (False, True):
+                    f = lambda: fn(*args, allow_tf32=tf32, max_degree=K)
+                    U = f()
+                    G = torch.randn_like(U)
+                    fb = lambda: torch.autograd.grad(f(), [args[n] for n in (2, 3, 4, 5)], G)
+                    t_f, t_fb = do_bench(f), do_bench(fb)
+                    print(f"bench {name} N={N} {impl} tf32={tf32}: fwd {t_f:.3f} ms, fwd+bwd {t_fb:.3f} ms; "
+                          f"{mod.compile_info()}", flush=True)
+                    del U
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if "--gpu" in argv:
+        sizes = [int(a) for a in argv if a.isdigit()] or [16384, 100000]
+        return gpu_main(sizes)
     quick = "--quick" in argv
     runs = []
     # (BLOCK_T, HB, KC, num_warps, precision); the first entry of each list is the default of
