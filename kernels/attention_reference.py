@@ -146,3 +146,41 @@ def attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, 
         msg = (alpha_c * rhat[:, x, None])[:, None, :] * v_src    # [E, 9, C]
         U.append(torch.zeros((N, 9, C), dtype=msg.dtype, device=msg.device).index_add(0, tgt, msg))
     return torch.stack(U, dim=1)                                  # [N, 3, 9, C]
+
+
+#: positions of the differentiable inputs of the fused attention autograd Functions:
+#: (row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff, allow_tf32, max_degree, *fc)
+FUSED_N_FIXED = 13
+
+
+def needs_reference_backward(needs_input_grad) -> bool:
+    """True when a fused kernel's backward must go through the reference: double backward (grad mode on),
+    or gradients for t, s, mu or the MLP parameters (training), which the fused backward does not compute."""
+    nig = needs_input_grad
+    return bool(torch.is_grad_enabled() or nig[6] or nig[7] or nig[8] or any(nig[FUSED_N_FIXED:]))
+
+
+def reference_backward(needs_input_grad, dU, row_ptr, src, vec, q, k, v, t, s, mu, fc, gamma, cutoff):
+    """Gradients of the fused attention's inputs by autograd through :func:`attention_reference`
+    (the training / double-backward path of the Triton Functions). Returns the full tuple of grads."""
+    nig = needs_input_grad
+    grads = [None] * (FUSED_N_FIXED + len(fc))
+    inputs = {2: vec, 3: q, 4: k, 5: v, 6: t, 7: s, 8: mu}
+    for n, x in enumerate(fc):
+        inputs[FUSED_N_FIXED + n] = x
+    wanted = [idx for idx in inputs if nig[idx]]
+    grad_mode = torch.is_grad_enabled()
+    with torch.enable_grad():
+        if not grad_mode:
+            # first-order backward: recompute on fresh leaves. Differentiating the saved inputs
+            # themselves (they belong to the outer graph) gave wrong d/d(vec, q, k, v) whenever
+            # parameters also required grad (forces off by ~1 eV/Å in the model).
+            inputs = {i_: x.detach().requires_grad_(bool(nig[i_])) for i_, x in inputs.items()}
+        out = attention_reference(row_ptr, src, inputs[2], inputs[3], inputs[4], inputs[5], inputs[6], inputs[7],
+                                  FCParams(*[inputs[FUSED_N_FIXED + n] for n in range(len(fc))]), inputs[8],
+                                  gamma, cutoff)
+        res = torch.autograd.grad(out, [inputs[i_] for i_ in wanted], dU, create_graph=grad_mode,
+                                  allow_unused=True)
+    for idx, gr in zip(wanted, res):
+        grads[idx] = gr if gr is not None else torch.zeros_like(inputs[idx])
+    return tuple(grads)

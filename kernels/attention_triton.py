@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_reference import FCParams, SOFTMAX_EPS, LN_EPS, attention_reference
+from .attention_reference import FCParams, FUSED_N_FIXED, needs_reference_backward, reference_backward
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -379,33 +379,11 @@ class FusedAttentionFunction(torch.autograd.Function):
     def backward(ctx, dU, _dM, _dS):
         row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc = ctx.saved_tensors
         nig = ctx.needs_input_grad
-        # input order: row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff, allow_tf32, max_degree, *fc
-        n_fixed = 13
-        grads = [None] * (n_fixed + len(fc))
+        grads = [None] * (FUSED_N_FIXED + len(fc))
         if dU is None:
             return tuple(grads)
-        need_ref = (torch.is_grad_enabled() or nig[6] or nig[7] or nig[8] or any(nig[n_fixed:]))
-        if need_ref:
-            # training / double-backward path: autograd through the PyTorch reference
-            inputs = {2: vec, 3: q, 4: k, 5: v, 6: t, 7: s, 8: mu}
-            for n, x in enumerate(fc):
-                inputs[n_fixed + n] = x
-            wanted = [idx for idx in inputs if nig[idx]]
-            grad_mode = torch.is_grad_enabled()
-            with torch.enable_grad():
-                if not grad_mode:
-                    # first-order backward: recompute on fresh leaves. Differentiating the saved inputs
-                    # themselves (they belong to the outer graph) gave wrong d/d(vec, q, k, v) whenever
-                    # parameters also required grad (forces off by ~1 eV/Å in the model).
-                    inputs = {i_: x.detach().requires_grad_(bool(nig[i_])) for i_, x in inputs.items()}
-                out = attention_reference(row_ptr, src, inputs[2], inputs[3], inputs[4], inputs[5], inputs[6],
-                                          inputs[7], FCParams(*[inputs[n_fixed + n] for n in range(len(fc))]),
-                                          inputs[8], ctx.gamma, ctx.cutoff)
-                res = torch.autograd.grad(out, [inputs[i_] for i_ in wanted], dU,
-                                          create_graph=grad_mode, allow_unused=True)
-            for idx, gr in zip(wanted, res):
-                grads[idx] = gr if gr is not None else torch.zeros_like(inputs[idx])
-            return tuple(grads)
+        if needs_reference_backward(nig):  # training / double backward: autograd through the reference
+            return reference_backward(nig, dU, row_ptr, src, vec, q, k, v, t, s, mu, fc, ctx.gamma, ctx.cutoff)
 
         N, H, D = q.shape
         C = v.shape[-1]

@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_reference import FCParams, attention_reference
+from .attention_reference import FCParams, FUSED_N_FIXED, needs_reference_backward, reference_backward
 from .attention_triton import _envelope, triton_supported, _prep  # noqa: F401  (shared helpers)
 
 
@@ -472,29 +472,11 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
     def backward(ctx, dU, _dM, _dS):
         row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc = ctx.saved_tensors
         nig = ctx.needs_input_grad
-        n_fixed = 13
-        grads = [None] * (n_fixed + len(fc))
+        grads = [None] * (FUSED_N_FIXED + len(fc))
         if dU is None:
             return tuple(grads)
-        need_ref = (torch.is_grad_enabled() or nig[6] or nig[7] or nig[8] or any(nig[n_fixed:]))
-        if need_ref:
-            # training / double-backward path: autograd through the PyTorch reference (as in v1)
-            inputs = {2: vec, 3: q, 4: k, 5: v, 6: t, 7: s, 8: mu}
-            for n, x in enumerate(fc):
-                inputs[n_fixed + n] = x
-            wanted = [idx for idx in inputs if nig[idx]]
-            grad_mode = torch.is_grad_enabled()
-            with torch.enable_grad():
-                if not grad_mode:
-                    inputs = {i_: x.detach().requires_grad_(bool(nig[i_])) for i_, x in inputs.items()}
-                out = attention_reference(row_ptr, src, inputs[2], inputs[3], inputs[4], inputs[5], inputs[6],
-                                          inputs[7], FCParams(*[inputs[n_fixed + n] for n in range(len(fc))]),
-                                          inputs[8], ctx.gamma, ctx.cutoff)
-                res = torch.autograd.grad(out, [inputs[i_] for i_ in wanted], dU,
-                                          create_graph=grad_mode, allow_unused=True)
-            for idx, gr in zip(wanted, res):
-                grads[idx] = gr if gr is not None else torch.zeros_like(inputs[idx])
-            return tuple(grads)
+        if needs_reference_backward(nig):  # training / double backward: autograd through the reference
+            return reference_backward(nig, dU, row_ptr, src, vec, q, k, v, t, s, mu, fc, ctx.gamma, ctx.cutoff)
 
         N, H, D = q.shape
         C = v.shape[-1]
