@@ -92,6 +92,18 @@ def _silu_layer_norm_bwd(dx, y, n, rstd, lnw, HID: tl.constexpr):
 
 
 @triton.jit
+def _rbf_chunk(d, mu, k0, gamma, nb: tl.constexpr, BLOCK_NB: tl.constexpr):
+    """Gaussian RBF of the edge distances d [E] for the centres mu[k0 : k0 + BLOCK_NB]:
+    (centre indices, their mask, d - mu_k, phi = exp(gamma (d - mu_k)^2) masked) -- shared by every kernel."""
+    offs_k = k0 + tl.arange(0, BLOCK_NB)
+    mk = offs_k < nb
+    muk = tl.load(mu + offs_k, mask=mk, other=0.0)
+    diff = d[:, None] - muk[None, :]
+    phi = tl.where(mk[None, :], tl.exp(gamma * diff * diff), 0.0)
+    return offs_k, mk, diff, phi
+
+
+@triton.jit
 def _edge_mlp_fwd(d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2,
                   gamma, nb: tl.constexpr,
                   H: tl.constexpr, HID: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
@@ -101,11 +113,7 @@ def _edge_mlp_fwd(d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, 
     # first Linear: RBF part on chip, node parts precomputed (pt includes the bias b0)
     h0 = tl.zeros([BLOCK_E, HID], dtype=tl.float32)
     for k0 in range(0, nb, BLOCK_NB):
-        offs_k = k0 + tl.arange(0, BLOCK_NB)
-        mk = offs_k < nb
-        muk = tl.load(mu + offs_k, mask=mk, other=0.0)
-        diff = d[:, None] - muk[None, :]
-        phi = tl.where(mk[None, :], tl.exp(gamma * diff * diff), 0.0)
+        offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
         w0t = tl.load(W0aT + offs_k[:, None] * HID + offs_f[None, :], mask=mk[:, None], other=0.0)
         h0 += tl.dot(phi, w0t, input_precision=PREC)
     h0 += tl.load(pt + i * HID + offs_f)[None, :]
@@ -263,11 +271,7 @@ def _attn_bwd_kernel(row_ptr, src, vec, q, k, v, pt, ps, mu,
     dh0 = _silu_layer_norm_bwd(dx1, y0, n0, rstd0, tl.load(ln0w + offs_f), HID)
     dd_e = du * du_dd
     for k0 in range(0, nb, BLOCK_NB):
-        offs_k = k0 + tl.arange(0, BLOCK_NB)
-        mk = offs_k < nb
-        muk = tl.load(mu + offs_k, mask=mk, other=0.0)
-        diff = d[:, None] - muk[None, :]
-        phi = tl.where(mk[None, :], tl.exp(gamma * diff * diff), 0.0)
+        offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
         w0 = tl.load(W0a + offs_f[:, None] * nb + offs_k[None, :], mask=mk[None, :], other=0.0)
         dphi = tl.dot(dh0, w0, input_precision="ieee")                           # [BLOCK_E, BLOCK_NB]
         dd_e += tl.sum(dphi * phi * (2.0 * gamma) * diff, 1)

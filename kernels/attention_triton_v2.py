@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 
 from .attention_reference import FCParams, FUSED_N_FIXED, needs_reference_backward, reference_backward
-from .attention_triton import _envelope, triton_supported, _prep  # noqa: F401  (shared helpers)
+from .attention_triton import _envelope, _rbf_chunk, triton_supported, _prep  # noqa: F401  (shared helpers)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -127,11 +127,7 @@ def _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, nb: tl.constexpr, HID: t
     h0 = tl.load(pt + tgt[:, None] * HID + offs_f[None, :])
     h0 += tl.load(ps + j[:, None] * HID + offs_f[None, :], mask=mask_e[:, None], other=0.0)
     for k0 in range(0, nb, BLOCK_NB):
-        offs_k = k0 + tl.arange(0, BLOCK_NB)
-        mk = offs_k < nb
-        muk = tl.load(mu + offs_k, mask=mk, other=0.0)
-        diff = d[:, None] - muk[None, :]
-        phi = tl.where(mk[None, :], tl.exp(gamma * diff * diff), 0.0)
+        offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
         w0t = tl.load(W0aT + offs_k[:, None] * HID + offs_f[None, :], mask=mk[:, None], other=0.0)
         h0 = tl.dot(phi, w0t, h0, input_precision=PREC)
     return h0
@@ -361,11 +357,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         # K-strips of both operands in registers)
         _to_scratch(scr_x, dh0, R, HID)
         for k0 in range(0, nb, BLOCK_NB):
-            offs_k = k0 + tl.arange(0, BLOCK_NB)
-            mk = offs_k < nb
-            muk = tl.load(mu + offs_k, mask=mk, other=0.0)
-            diff = d[:, None] - muk[None, :]
-            phi = tl.where(mk[None, :], tl.exp(gamma * diff * diff), 0.0)
+            offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
             dphi = _chunked_dot(scr_x, W0a, nb, k0, tl.zeros([R, BLOCK_NB], dtype=tl.float32),
                                 R, HID, BLOCK_NB, KC, "ieee", nb)
             dd_e += tl.sum(dphi * phi * (2.0 * gamma) * diff, 1)

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .attention_reference import FCParams
 from .attention_triton import (_load_edge_tile, _envelope, _layer_norm_silu, _silu_layer_norm_bwd,
-                               _block_e, _LAST_COMPILED)
+                               _block_e, _rbf_chunk, _LAST_COMPILED)
 from .edge_degree_reference import edge_degree_reference, EDGE_DEGREE_SCALE
 
 S3 = math.sqrt(3.0)
@@ -42,11 +42,7 @@ def _radial_hidden(l: tl.constexpr, d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0
     offs_f = tl.arange(0, HID)
     h0 = tl.zeros([BLOCK_E, HID], dtype=tl.float32)
     for k0 in range(0, nb, BLOCK_NB):
-        offs_k = k0 + tl.arange(0, BLOCK_NB)
-        mk = offs_k < nb
-        muk = tl.load(mu + offs_k, mask=mk, other=0.0)
-        diff = d[:, None] - muk[None, :]
-        phi = tl.where(mk[None, :], tl.exp(gamma * diff * diff), 0.0)
+        offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
         w0t = tl.load(W0aT + l * (nb * HID) + offs_k[:, None] * HID + offs_f[None, :], mask=mk[:, None],
                       other=0.0)
         h0 += tl.dot(phi, w0t, input_precision=PREC)
@@ -161,11 +157,7 @@ def _edge_deg_bwd_kernel(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b
         dx1 = tl.dot(dh1, w1, input_precision="ieee")
         dh0 = _silu_layer_norm_bwd(dx1, y0, n0, rstd0, tl.load(ln0w + l * HID + offs_f), HID)
         for k0 in range(0, nb, BLOCK_NB):
-            offs_k = k0 + tl.arange(0, BLOCK_NB)
-            mk = offs_k < nb
-            muk = tl.load(mu + offs_k, mask=mk, other=0.0)
-            diff = d[:, None] - muk[None, :]
-            phi = tl.where(mk[None, :], tl.exp(gamma * diff * diff), 0.0)
+            offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
             w0 = tl.load(W0a + l * (HID * nb) + offs_f[:, None] * nb + offs_k[None, :], mask=mk[None, :],
                          other=0.0)
             dphi = tl.dot(dh0, w0, input_precision="ieee")
