@@ -126,3 +126,50 @@ def test_capped_peptide_builder():
                     for line in pdb.splitlines() if line.startswith("ATOM")])
     d = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1) + np.eye(len(xyz)) * 9
     assert d.min() > 1.1   # no clashes in the sketch
+
+
+def test_predict_batch_equals_frame_by_frame():
+    """One graph of several frames (gas-phase, charged, periodic) gives each frame's own energy and forces."""
+    from openmm_e2former.model import E2FormerConfig, E2FormerV2
+    torch.manual_seed(0)
+    cfg = E2FormerConfig(channels=16, num_layers=2, num_heads=4, head_dim=4, num_basis=16, cutoff=4.0,
+                         max_neighbors=64, avg_degree=10.0, atom_embed_size=8, num_elements=20,
+                         degree_num_elements=20, heads=["t"])
+    model = E2FormerV2(cfg).double()
+    g = torch.Generator().manual_seed(1)
+    L = 6.0
+    frames = [
+        dict(z=torch.tensor([8, 1, 1]), pos=torch.tensor([[0., 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]),
+             cell=None, pbc=None, charge=0, multiplicity=1),
+        dict(z=torch.tensor([8, 1]), pos=torch.tensor([[0., 0, 0], [0.97, 0, 0]]), cell=None, pbc=None,
+             charge=-1, multiplicity=1),
+        dict(z=torch.tensor([8, 1, 1, 6, 1, 16]), pos=torch.rand(6, 3, generator=g) * L,
+             cell=torch.eye(3) * L, pbc=torch.tensor([True, True, True]), charge=1, multiplicity=2),
+    ]
+    frames[2]["pos"] = torch.tensor([[0.5, 0.5, 0.5], [1.4, 0.6, 0.5], [0.2, 1.4, 0.6], [3.0, 3.0, 3.0],
+                                     [3.0, 4.0, 3.2], [5.6, 3.1, 3.0]])
+    for f in frames:
+        f["pos"] = f["pos"].double()
+        if f["cell"] is not None:
+            f["cell"] = f["cell"].double()
+    es, fs = train.predict_batch(model, frames, create_graph=False)
+    for f, e_b, f_b in zip(frames, es, fs):
+        e, fo = train.predict(model, f, create_graph=False)
+        assert abs(float(e) - float(e_b)) < 1e-10
+        assert torch.allclose(fo, f_b, atol=1e-10)
+    # the charge embedding is per frame: the charged frame differs from the same atoms as neutral
+    e_neutral, _ = train.predict(model, dict(frames[1], charge=0), create_graph=False)
+    assert abs(float(e_neutral) - float(es[1])) > 1e-6
+
+
+def test_fit_minutes_fixes_schedule(pipeline, tmp_path):
+    root, _ = pipeline
+    quiet = lambda *a: None  # noqa: E731
+    cfg = _cfg(root, tmp_path / "fit")
+    cfg["train"]["max_steps"] = 1000
+    res = train.train(cfg, steps=27, fit_minutes=0.02, log=quiet)     # 25 probe steps, then ~1.2 s of schedule
+    blob = torch.load(tmp_path / "fit" / "checkpoint.pt", weights_only=False)
+    fitted = blob["fitted"]
+    assert fitted is not None and fitted["max_steps"] >= 26 and fitted["s_per_step"] > 0
+    assert fitted["max_steps"] == max(26, int(1.2 / fitted["s_per_step"]))
+    assert res["step"] == min(27, fitted["max_steps"])

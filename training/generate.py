@@ -320,6 +320,10 @@ SCALES = {
     "full": Scale(stride=200, equil=4000, frames={"water_box": 160, "water_cluster": 35, "aa_solv": 190,
                                                   "aa_gas": 25, "peptide_solv": 150, "peptide_gas": 40,
                                                   "gas_small": 60}),
+    # one GPU machine call: ~12k frames, 2,140 with sulfur (labelled in minutes with training.teacher)
+    "medium": Scale(stride=100, equil=2000, frames={"water_box": 100, "water_cluster": 30, "aa_solv": 100,
+                                                    "aa_gas": 25, "peptide_solv": 100, "peptide_gas": 40,
+                                                    "gas_small": 60}),
 }
 PEPTIDES = ["GSCG", "MKDW", "YFNQ", "VILT", "PRHE"]
 SMALL_S = ["SH2", "CH3SH", "CH3SCH3", "CH3CH2SH", "C4H4S", "C2H6SO"]

@@ -139,6 +139,65 @@ def predict(model, f, create_graph: bool):
     return e, -g
 
 
+def predict_batch(model, fs: Sequence[Dict[str, Any]], create_graph: bool):
+    """Several frames in one model call: (E_model per frame [B] eV, list of forces [N_i, 3]).
+
+    Each frame's edges are found on its own (its own cell and pbc), then the frames become disjoint blocks of
+    one graph (node indices offset, no edge crosses frames), so one forward/backward serves the whole
+    optimiser step. This gives the same numbers as ``predict`` frame by frame (tests/test_training.py) and
+    avoids one launch-bound model call per small frame on the GPU. It mirrors ``E2FormerV2.node_features``
+    with a per-frame charge/multiplicity embedding."""
+    from openmm_e2former.model.e2former import Graph
+    import torch.nn.functional as F
+
+    pos_list = [f["pos"].detach().requires_grad_(True) for f in fs]
+    centers, neighbors, shifts, owner = [], [], [], []
+    off = 0
+    for b, (f, p) in enumerate(zip(fs, pos_list)):
+        with torch.no_grad():
+            g = model.build_graph(p.detach(), f["cell"], f["pbc"], check_overlap=False)
+        centers.append(g.center + off)
+        neighbors.append(g.neighbor + off)
+        shifts.append(g.shift)
+        owner.append(torch.full((p.shape[0],), b, dtype=torch.long, device=p.device))
+        off += p.shape[0]
+    pos = torch.cat(pos_list)
+    z = torch.cat([f["z"] for f in fs])
+    owner_t = torch.cat(owner)
+    G = Graph(torch.cat(centers), torch.cat(neighbors), torch.cat(shifts), pos, model.cutoff,
+              model.rbf_offsets.to(pos.dtype), model.rbf_coeff, model.envelope_kind)
+    dev = pos.device
+    q = torch.tensor([min(max(int(f["charge"]), -10), 10) + 10 for f in fs], device=dev)
+    m = torch.tensor([min(max(int(f["multiplicity"]), 0), 20) for f in fs], device=dev)
+    system = F.silu(model.system_mix(torch.cat([model.charge_embedding(q), model.multiplicity_embedding(m)], 1)))
+    x = model.edge_degree(z, G)
+    system_atom = system.to(x.dtype)[owner_t][:, None, :]
+    for block in model.blocks:
+        x = block(x, system_atom, z, G)
+    x = model.norm_final(x)
+    e_atom = model.heads.energy(x[:, 0], 0).reshape(-1)
+    energy = e_atom.new_zeros(len(fs)).index_add(0, owner_t, e_atom)
+    grads = torch.autograd.grad(energy.sum(), pos_list, create_graph=create_graph)
+    return energy, [-g for g in grads]
+
+
+def batches(frames: "Frames", idx: Sequence[int], budget: int) -> List[List[int]]:
+    """Consecutive groups of frame indices with at most ``budget`` atoms each (a bigger frame goes alone)."""
+    out: List[List[int]] = []
+    cur: List[int] = []
+    atoms = 0
+    for i in idx:
+        n = len(frames.shards[frames.index[i][0]]["Z"])
+        if cur and atoms + n > budget:
+            out.append(cur)
+            cur, atoms = [], 0
+        cur.append(i)
+        atoms += n
+    if cur:
+        out.append(cur)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- helpers
 class EMA:
     def __init__(self, model: torch.nn.Module, decay: float):
@@ -190,25 +249,26 @@ def build_model(mcfg: Dict[str, Any], refs: Dict[str, Any], seed: int):
 
 
 def evaluate(model, frames: Frames, idx: Sequence[int], max_frames: int, device, dtype,
-             table: np.ndarray) -> Dict[str, Any]:
-    """Energy-per-atom and force MAE per kind (and overall), meV/atom and meV/Å."""
+             table: np.ndarray, atoms_per_batch: int = 3000) -> Dict[str, Any]:
+    """Energy-per-atom and force MAE per kind (and overall), meV/atom and meV/Å (mean over frames)."""
     if not idx:
         return {}
     if len(idx) > max_frames:
         idx = [idx[int(j)] for j in np.linspace(0, len(idx) - 1, max_frames)]
     acc: Dict[str, List[float]] = {}
-    for i in idx:
-        f = frame_tensors(frames, i, device, dtype)
-        e, fp = predict(model, f, create_graph=False)
-        n = len(f["z"])
-        e_target = f["energy"] - float(table[f["z"].cpu().numpy()].sum())
-        de = abs(float(e.detach()) - e_target) / n * 1000.0
-        df = float((fp.detach() - f["forces"]).abs().mean()) * 1000.0
-        for key in (f["kind"], "all"):
-            a = acc.setdefault(key, [0.0, 0.0, 0])
-            a[0] += de
-            a[1] += df
-            a[2] += 1
+    for group in batches(frames, idx, atoms_per_batch):
+        fs = [frame_tensors(frames, i, device, dtype) for i in group]
+        es, fps = predict_batch(model, fs, create_graph=False)
+        for f, e, fp in zip(fs, es, fps):
+            n = len(f["z"])
+            e_target = f["energy"] - float(table[f["z"].cpu().numpy()].sum())
+            de = abs(float(e.detach()) - e_target) / n * 1000.0
+            df = float((fp.detach() - f["forces"]).abs().mean()) * 1000.0
+            for key in (f["kind"], "all"):
+                a = acc.setdefault(key, [0.0, 0.0, 0])
+                a[0] += de
+                a[1] += df
+                a[2] += 1
     return {k: {"energy_mae_meV_per_atom": v[0] / v[2], "force_mae_meV_per_A": v[1] / v[2], "frames": v[2]}
             for k, v in acc.items()}
 
@@ -242,7 +302,7 @@ def export(model, ema: EMA, path: Path, cfg: Dict[str, Any], frames: Frames, tra
 
 # ----------------------------------------------------------------------------------------------- main loop
 def train(cfg: Dict[str, Any], max_minutes: float = 9.0, steps: Optional[int] = None, fresh: bool = False,
-          export_now: bool = False, log=print) -> Dict[str, Any]:
+          export_now: bool = False, log=print, fit_minutes: Optional[float] = None) -> Dict[str, Any]:
     t_start = time.time()
     tcfg, dcfg = cfg["train"], cfg["data"]
     out = Path(cfg["out_dir"])
@@ -279,6 +339,9 @@ def train(cfg: Dict[str, Any], max_minutes: float = 9.0, steps: Optional[int] = 
         ema.shadow = {k: v.to(device) for k, v in blob["ema"].items()}
         step, epoch, cursor = blob["step"], blob["epoch"], blob["cursor"]
         history = blob.get("history", [])
+        fitted = blob.get("fitted")
+        if fitted:   # the schedule length chosen by --fit-minutes on the first call
+            tcfg["max_steps"], tcfg["warmup_steps"] = fitted["max_steps"], fitted["warmup_steps"]
         set_rng_state(blob["rng"])
         log(f"resumed from {ckpt_path} at step {step} (epoch {epoch}, cursor {cursor})")
     else:
@@ -291,10 +354,18 @@ def train(cfg: Dict[str, Any], max_minutes: float = 9.0, steps: Optional[int] = 
 
     perm = order(epoch)
 
+    fitted: Optional[Dict[str, int]] = None
+    if ckpt_path.exists() and not fresh:
+        fitted = blob.get("fitted")
+    probe = 25    # --fit-minutes: steps timed (after 5 warm-up steps) before the schedule length is fixed
+    if fit_minutes is not None and fitted is None and step == 0:
+        tcfg["max_steps"] = 10 ** 9   # provisional; lr stays in warm-up until the length is fixed
+
     def checkpoint() -> None:
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema.shadow,
                                     "step": step, "epoch": epoch, "cursor": cursor, "rng": rng_state(),
-                                    "model_config": cfg["model"], "config": cfg, "history": history})
+                                    "model_config": cfg["model"], "config": cfg, "history": history,
+                                    "fitted": fitted})
 
     deadline = t_start + 60.0 * max_minutes
     step_times: List[float] = []
@@ -328,19 +399,20 @@ def train(cfg: Dict[str, Any], max_minutes: float = 9.0, steps: Optional[int] = 
             cursor += 1
             if atoms >= budget:
                 break
-        for i in batch:
-            f = frame_tensors(frames, i, device, dtype)
-            n = len(f["z"])
-            e_target = f["energy"] - float(table[f["z"].cpu().numpy()].sum())
-            e, fp = predict(model, f, create_graph=True)
-            le = ((e - e_target) / n) ** 2
-            lf = ((fp - f["forces"]) ** 2).mean()
-            # frames weighted by atom count for forces, equally for energies (mean over the step)
-            loss = (w_e * le + w_f * lf * n * len(batch) / atoms) / len(batch)
-            loss.backward()
-            sum_le += float(le.detach())
-            sum_lf += float(lf.detach()) * n
-            n_frames += 1
+        fs = [frame_tensors(frames, i, device, dtype) for i in batch]
+        es, fps = predict_batch(model, fs, create_graph=True)
+        ns = torch.tensor([len(f["z"]) for f in fs], device=device, dtype=dtype)
+        e_target = torch.tensor([f["energy"] - float(table[f["z"].cpu().numpy()].sum()) for f in fs],
+                                device=device, dtype=torch.float64)
+        # energies per atom (residual in float64: totals are ~1e3 eV), mean over frames; forces: MSE over
+        # every component of the step (frames weighted by atom count)
+        le = (((es.double() - e_target) / ns.double()) ** 2).to(dtype)
+        sq_f = torch.stack([((fp - f["forces"]) ** 2).sum() for f, fp in zip(fs, fps)])
+        loss = w_e * le.mean() + w_f * sq_f.sum() / (3 * atoms)
+        loss.backward()
+        sum_le += float(le.detach().sum())
+        sum_lf += float(sq_f.detach().sum()) / 3
+        n_frames += len(fs)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["grad_clip"]))
         if not torch.isfinite(gnorm):
             raise FloatingPointError(f"non-finite gradient at step {step}")
@@ -348,6 +420,14 @@ def train(cfg: Dict[str, Any], max_minutes: float = 9.0, steps: Optional[int] = 
         ema.update(model, step)
         step += 1
         step_times.append(time.time() - t0)
+        if fit_minutes is not None and fitted is None and step == probe:
+            per_step = float(np.median(step_times[5:]))
+            n_total = max(probe + 1, int(60.0 * fit_minutes / per_step))
+            fitted = {"max_steps": n_total, "warmup_steps": min(int(tcfg["warmup_steps"]), max(1, n_total // 10)),
+                      "s_per_step": per_step}
+            tcfg["max_steps"], tcfg["warmup_steps"] = fitted["max_steps"], fitted["warmup_steps"]
+            end_step = n_total if steps is None else min(n_total, end_step)
+            log(json.dumps({"fitted_schedule": fitted}))
         if step % int(tcfg["log_every"]) == 0 or step == end_step:
             rec = {"step": step, "epoch": epoch, "lr": lr_at(step - 1, tcfg),
                    "rmse_e_meV_per_atom": 1000 * math.sqrt(sum_le / n_frames),
@@ -387,10 +467,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     ap.add_argument("--export", action="store_true", help="write model.pt from the EMA weights now")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--fit-minutes", type=float,
+                    help="fresh runs: time the first steps, then set train.max_steps so that the whole schedule "
+                         "takes about this many minutes (kept in the checkpoint for later calls)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.set)
-    res = train(cfg, args.max_minutes, args.steps, args.fresh, args.export)
+    res = train(cfg, args.max_minutes, args.steps, args.fresh, args.export, fit_minutes=args.fit_minutes)
     return 0 if res["step"] > 0 else 1
 
 
