@@ -6,6 +6,7 @@ For N = 1k / 10k / 100k particles this times MD steps of
 * ``empty``   : base + an empty ``openmm.PythonForce`` (returns 0 and a preallocated zero array),
 * ``naive``   : base + the usual openmm-ml pattern (``getPositions(asNumpy=True)`` -> ``torch.tensor`` on the
                 GPU -> autograd -> ``.cpu().numpy()``) around a trivial model,
+* ``ours_analytic``: as ``ours`` with analytic forces (F = -2 k r, no autograd): our data path alone,
 * ``ours``    : base + :func:`openmm_e2former.force.create_python_force` with the trivial
                 ``QuadraticTestModel`` (E = k sum r^2, autograd forces): exactly the buffers and copies of
                 the real force (pinned host buffers, one H2D + one D2H copy, one sync per step),
@@ -55,6 +56,7 @@ from openmm import unit  # noqa: E402
 
 from openmm_e2former.force import (  # noqa: E402
     QUADRATIC_TEST_MODEL,
+    QUADRATIC_TEST_MODEL_ANALYTIC,
     QuadraticTestModel,
     create_python_force,
 )
@@ -175,7 +177,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--variants", default="base,empty,naive,ours")
+    ap.add_argument("--variants", default="base,empty,naive,ours,ours_analytic")
     ap.add_argument("--model", default=None, help="real checkpoint to time through the same force (optional)")
     ap.add_argument("--model-sizes", default="1000,10000")
     ap.add_argument("--check-npz", default=None, help="fixture .npz to compare GPU force vs CPU predict (needs --model)")
@@ -224,6 +226,9 @@ def main(argv=None):
                 system.addForce(f)
             elif v == "ours":
                 system.addForce(create_python_force([6] * n, QUADRATIC_TEST_MODEL, periodic=True, device=args.device))
+            elif v == "ours_analytic":
+                system.addForce(create_python_force([6] * n, QUADRATIC_TEST_MODEL_ANALYTIC, periodic=True,
+                                                    device=args.device))
             elif v == "model":
                 # water-like composition is irrelevant for timing the data path; carbon everywhere
                 system.addForce(create_python_force([6] * n, args.model, periodic=True, device=args.device))
@@ -255,16 +260,17 @@ def main(argv=None):
              f"openmm {meta['openmm']}, torch {meta['torch']}, Python {meta['python']}; {meta['integrator']}; "
              f"base system: {meta['base_system']}; median of {args.repeats} blocks of {args.steps} steps.", "",
              "ms per step added to the base system:", "",
-             "| atoms | base ms/step | empty PythonForce | naive openmm-ml pattern | ours (trivial model) |"
-             + (" real model |" if args.model else ""),
-             "|---|---|---|---|---|" + ("---|" if args.model else "")]
+             "| atoms | base ms/step | empty PythonForce | naive openmm-ml pattern | ours (trivial model, autograd) "
+             "| ours (trivial model, analytic forces) |" + (" real model |" if args.model else ""),
+             "|---|---|---|---|---|---|" + ("---|" if args.model else "")]
 
     def fmt(x):
         return "n/a" if x is None else f"{x:.3f}"
 
     for r in results:
         lines.append(f"| {r['atoms']:,} | {fmt(r.get('base'))} | {fmt(r.get('empty_overhead'))} | "
-                     f"{fmt(r.get('naive_overhead'))} | {fmt(r.get('ours_overhead'))} |"
+                     f"{fmt(r.get('naive_overhead'))} | {fmt(r.get('ours_overhead'))} | "
+                     f"{fmt(r.get('ours_analytic_overhead'))} |"
                      + (f" {fmt(r.get('model_overhead'))} |" if args.model else ""))
     text = "\n".join(lines) + "\n"
     print(text)

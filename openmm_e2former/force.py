@@ -66,6 +66,9 @@ EV_PER_A_TO_KJ_PER_MOL_NM = EV_TO_KJ_PER_MOL * NM_TO_ANGSTROM
 #: Model "path" that selects the trivial test model (see QuadraticTestModel); used by the overhead
 #: benchmark and tests that exercise the OpenMM plumbing without the network.
 QUADRATIC_TEST_MODEL = "builtin:quadratic-test-model"
+#: the same E = k sum r^2 with analytic forces F = -2 k r (no autograd): the force's data path alone
+QUADRATIC_TEST_MODEL_ANALYTIC = "builtin:quadratic-test-model-analytic"
+_BUILTIN_MODELS = (QUADRATIC_TEST_MODEL, QUADRATIC_TEST_MODEL_ANALYTIC)
 
 _MODEL_CACHE: dict = {}
 _MODEL_CACHE_LOCK = threading.Lock()
@@ -119,8 +122,8 @@ def get_model(model_path: Optional[str], config: Any = None, device: Any = None,
     with _MODEL_CACHE_LOCK:
         model = _MODEL_CACHE.get(key)
         if model is None:
-            if model_path == QUADRATIC_TEST_MODEL:
-                model = QuadraticTestModel(device=dev, dtype=dtype)
+            if model_path in _BUILTIN_MODELS:
+                model = QuadraticTestModel(device=dev, dtype=dtype, autograd=model_path == QUADRATIC_TEST_MODEL)
             else:
                 if model_path is not None and not os.path.exists(model_path):
                     raise FileNotFoundError(f"E2Former-V2 model file not found: {model_path}")
@@ -148,12 +151,13 @@ class QuadraticTestModel:
     head_names = ["test"]
     default_head = "test"
 
-    def __init__(self, device="cpu", dtype=None, k: float = 1e-3):
+    def __init__(self, device="cpu", dtype=None, k: float = 1e-3, autograd: bool = True):
         import torch
 
         self.device = torch.device(device)
         self.dtype = dtype or torch.float32
         self.k = k
+        self.autograd = autograd
 
     def head_index(self, name):
         return 0
@@ -161,6 +165,8 @@ class QuadraticTestModel:
     def energy_and_forces(self, atomic_numbers, positions, cell, pbc, charge, multiplicity, head):
         import torch
 
+        if not self.autograd:
+            return self.k * (positions * positions).sum(), (-2.0 * self.k) * positions
         with torch.enable_grad():
             pos = positions.detach().requires_grad_(True)
             energy = self.k * (pos * pos).sum()
@@ -237,7 +243,7 @@ class E2FormerForceComputation:
     def __init__(self, atomic_numbers: Sequence[int], model_path: Optional[str] = None, config: Any = None,
                  charge: int = 0, multiplicity: int = 1, head: Optional[str] = None, periodic: bool = False,
                  device: Any = None, precision: Optional[str] = None):
-        if model_path is not None and model_path != QUADRATIC_TEST_MODEL:
+        if model_path is not None and model_path not in _BUILTIN_MODELS:
             model_path = os.path.abspath(os.fspath(model_path))
         if isinstance(config, os.PathLike) or (isinstance(config, str) and os.path.exists(config)):
             config = os.path.abspath(os.fspath(config))

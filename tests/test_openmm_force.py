@@ -32,14 +32,15 @@ def test_unit_constants():
     assert F.EV_PER_A_TO_KJ_PER_MOL_NM == pytest.approx(964.8533212331002, rel=1e-15)
 
 
-def test_trivial_model_data_path_units_subset_and_pbc():
+@pytest.mark.parametrize("builtin", ["QUADRATIC_TEST_MODEL", "QUADRATIC_TEST_MODEL_ANALYTIC"])
+def test_trivial_model_data_path_units_subset_and_pbc(builtin):
     n_all = 7
     particles = [1, 2, 4, 6]
     system = openmm.System()
     for _ in range(n_all):
         system.addParticle(1.0)
     system.setDefaultPeriodicBoxVectors(openmm.Vec3(3, 0, 0), openmm.Vec3(0.5, 3, 0), openmm.Vec3(0.2, 0.3, 3))
-    force = F.create_python_force([6] * len(particles), F.QUADRATIC_TEST_MODEL, particles=particles, periodic=True,
+    force = F.create_python_force([6] * len(particles), getattr(F, builtin), particles=particles, periodic=True,
                                   device="cpu", force_group=3)
     system.addForce(force)
     assert force.getForceGroup() == 3 and force.usesPeriodicBoundaryConditions()
