@@ -101,11 +101,25 @@ def step_time(m, z, pos, cell, pbc, repeats):
     return float(np.median(times)), peak / 2**30, float(e), f
 
 
-def speed(out: Path, rows, sizes, modes, budget_s):
+def v15_model():
+    """The V1.5 fixture checkpoint, or (when only its config.yaml was carried) the same architecture with
+    random weights: speed and memory do not depend on the weight values."""
     from openmm_e2former import load_model
+    from openmm_e2former.model import E2FormerV2, load_config
 
+    if (FIX / "v15" / "checkpoint.pt").exists():
+        return load_model(FIX / "v15" / "checkpoint.pt", device="cuda")
+    print("v15 checkpoint not carried: V1.5 config with random weights", flush=True)
+    torch.manual_seed(0)
+    m = E2FormerV2(load_config(FIX / "v15" / "config.yaml")).cuda().eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def speed(out: Path, rows, sizes, modes, budget_s):
     t_start = time.time()
-    m = load_model(FIX / "v15" / "checkpoint.pt", device="cuda")
+    m = v15_model()
     systems = [(f"fcc_carbon_{n}", n) for n in sizes] + [("water_box_pbc", -1)]
     done = {(r["system"], r["mode"]) for r in rows if r.get("part") == "speed"}
     ref_forces = {}
@@ -143,11 +157,32 @@ def speed(out: Path, rows, sizes, modes, budget_s):
             log(rows, out)
 
 
+def profile(out: Path, n: int = 10000, mode: str = "fp32"):
+    """CUDA time per kernel (torch.profiler) of one energy + forces step, FCC carbon, written to
+    ``profile_<n>_<mode>.txt``: where the step's time goes."""
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    m = v15_model()
+    torch.backends.cuda.matmul.allow_tf32 = mode in ("tf32", "bf16")
+    m.set_precision(mode)
+    z = torch.full((n,), 6, device="cuda")
+    pos = torch.as_tensor(fcc_carbon(n), dtype=torch.float32, device="cuda")
+    for _ in range(2):
+        m.energy_and_forces(z, pos, None, None)
+    torch.cuda.synchronize()
+    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        m.energy_and_forces(z, pos, None, None)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
+    (out.parent / f"profile_{n}_{mode}.txt").write_text(table)
+    print(table[:6000], flush=True)
+
+
 def diagnose(n: int = 1000):
     """Peak GPU memory after each stage of one energy + forces evaluation (FCC carbon)."""
     from openmm_e2former import load_model
 
-    m = load_model(FIX / "v15" / "checkpoint.pt", device="cuda")
+    m = v15_model()
     pos = torch.as_tensor(fcc_carbon(n), dtype=torch.float32, device="cuda").requires_grad_(True)
     z = torch.full((n,), 6, device="cuda")
     torch.cuda.synchronize()
@@ -180,6 +215,8 @@ def main():
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
     if "diagnose" in args.parts:
         diagnose()
+    if "profile" in args.parts:
+        profile(out, int(args.sizes.split(",")[0]))
     if "parity" in args.parts and not any(r.get("part") == "parity" for r in rows):
         parity(out, rows)
     if "speed" in args.parts:

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# One GPU machine, several chained device calls (each <= 10 min; the machine stays warm between calls that
+# follow each other at once). A background pipeline (setsid, survives the end of a call) builds the bundled
+# default model (issue #5) while the foreground of the first call runs the GPU benchmarks (issues #3, #4).
+#
+#   call 1:  bash benchmarks/gpu_chain.sh start 570      (carry .whl and .carry)
+#   call 2+: bash benchmarks/gpu_chain.sh poll 570       (same carry; returns early once everything is done)
+#
+# Pipeline (in /tmp/e2f, which lives as long as the machine):
+#   generate (OpenMM amber14, CPU platform, 14 workers)  ->  label (SO3LR, training.teacher on the GPU,
+#   4 workers)  ->  refs  ->  train (--fit-minutes)  ->  export  ->  student water MD (g(r), density)
+#   in parallel once the data exist: teacher (SO3LR) water NPT MD, 600 waters, for the teacher's own g(r)
+# Everything that should come back is packed into at most 8 files under $OUT by `collect`.
+set -u
+MODE=${1:-poll}
+LIMIT=${2:-570}
+T0=$(date +%s)
+W=/tmp/e2f
+mkdir -p "$W"
+SRC=$PWD
+
+setup() {
+    if [ ! -f "$W/.setup_done" ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .whl/*.whl || exit 1
+        cp -r .whl/pylib/* /tmp/site/
+        rm -rf "$W/repo" && mkdir -p "$W/repo" && cp -r "$SRC"/. "$W/repo/"   # a stable copy for the pipeline
+        mkdir -p "$W/pkg/openmm_e2former"
+        cp -r "$W/repo/openmm_e2former/"* "$W/pkg/openmm_e2former/"
+        ln -sfn "$W/repo/model" "$W/pkg/openmm_e2former/model"
+        ln -sfn "$W/repo/kernels" "$W/pkg/openmm_e2former/kernels"
+        touch "$W/.setup_done"
+    fi
+    export PYTHONPATH="$W/pkg:/tmp/site:$W/repo" PYTHONUNBUFFERED=1
+    export E2F_FIXTURES="$W/repo/.carry/shared/fixtures/official_parity"
+}
+
+stage() { echo "$(date +%H:%M:%S) [+$(( $(date +%s) - $(cat $W/.t_start) ))s] $*" >> "$W/progress.log"; }
+
+pipeline() {
+    cd "$W/repo"
+    date +%s > "$W/.t_start"
+    stage "generate: 14 CPU workers"
+    for i in $(seq 1 14); do
+        python3 -m training.generate --scale medium --out "$W/raw" --platform CPU --part "$i/14" \
+            > "$W/logs/gen_$i.log" 2>&1 &
+    done
+    wait
+    stage "generate done: $(ls $W/raw | wc -l) shards"
+    stage "label: 4 GPU workers"
+    for i in 0 1 2 3; do
+        python3 -m training.label --raw "$W/raw" --out "$W/labelled" --device cuda --part "$i/4" \
+            > "$W/logs/label_$i.log" 2>&1 &
+    done
+    # the teacher's own liquid water (runs beside labelling and training on the same GPU)
+    setsid python3 -m training.water_md run --potential teacher --waters 600 --temperature 298 --minutes 13 \
+        --out "$W/teacher_md" --platform CUDA --device cuda > "$W/logs/teacher_md.log" 2>&1 < /dev/null &
+    wait
+    stage "label done: $(ls $W/labelled/*.npz | wc -l) shards"
+    python3 -m training.refs --data "$W/labelled" --out "$W/refs.json" > "$W/logs/refs.log" 2>&1
+    stage "refs done"
+    python3 -m training.train --config training/configs/default.yaml \
+        --set out_dir="$W/run" "data.dirs=[$W/labelled]" data.refs="$W/refs.json" \
+        --fit-minutes "$(cat $W/fit_minutes 2>/dev/null || echo 10)" --max-minutes 13 > "$W/logs/train.log" 2>&1
+    stage "train finished: $(tail -1 $W/logs/train.log | cut -c1-300)"
+    if [ -f "$W/run/model.pt" ]; then
+        stage "student water MD"
+        python3 -m training.water_md run --potential student --model "$W/run/model.pt" --waters 600 \
+            --temperature 298 --minutes "$(cat $W/student_minutes 2>/dev/null || echo 4)" --out "$W/student_md" --platform CUDA --device cuda \
+            > "$W/logs/student_md.log" 2>&1
+        stage "student water MD done"
+    fi
+    touch "$W/pipeline.done"
+}
+
+collect() {
+    # <= 8 files back: results tarball (small), model, logs, and the two MD trajectories
+    mkdir -p "$W/collect"
+    for d in teacher_md student_md; do
+        if [ -d "$W/$d" ]; then
+            python3 -m training.water_md analyse "$W/$d" --exp "$W/repo/.carry/water_gOO_skinner2013.txt" \
+                > "$W/logs/${d}_analyse.log" 2>&1 || true
+        fi
+    done
+    (cd "$W" && tar czf "$OUT/results.tgz" progress.log logs refs.json run/train_log.jsonl \
+        teacher_md/*.json teacher_md/*.csv teacher_md/*.png student_md/*.json student_md/*.csv student_md/*.png \
+        run/model.pt run/checkpoint.pt bench 2>/dev/null)
+    for d in teacher_md student_md; do
+        if ls "$W/$d"/*.dcd > /dev/null 2>&1; then
+            (cd "$W" && tar czf "$OUT/${d}_traj.tgz" "$d"/*.dcd "$d"/*.pdb 2>/dev/null)
+        fi
+    done
+    ls -la "$OUT"
+}
+
+setup
+mkdir -p "$W/logs" "$W/bench"
+if [ "$MODE" = "start" ]; then
+    if [ ! -f "$W/.t_start" ]; then
+        setsid bash "$W/repo/benchmarks/gpu_chain.sh" pipeline > "$W/logs/pipeline.log" 2>&1 < /dev/null &
+        sleep 2
+    fi
+    # foreground: GPU benchmarks while the pipeline generates data on the CPU cores
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    cd /tmp
+    export E2FORMER_ATTENTION_BACKEND=${E2FORMER_ATTENTION_BACKEND:-auto}
+    timeout 280 python3 "$W/repo/benchmarks/gpu_end_to_end.py" --parts speed \
+        --sizes 10000,20000,50000,100000 --modes fp32,tf32 --out "$W/bench" --budget-s 250 2>&1 \
+        | tee "$W/bench/e2e.log"
+    timeout 90 python3 "$W/repo/benchmarks/gpu_end_to_end.py" --parts profile --sizes 10000 --out "$W/bench" \
+        > "$W/bench/profile.log" 2>&1
+    timeout 150 python3 "$W/repo/benchmarks/openmm_overhead.py" --sizes 1000,10000,100000 \
+        --json "$W/bench/openmm_overhead.json" --md "$W/bench/openmm_overhead.md" 2>&1 | tee "$W/bench/overhead.log"
+    cd "$SRC"
+elif [ "$MODE" = "pipeline" ]; then
+    pipeline
+    exit 0
+fi
+# wait for the pipeline (or this call's time) to end, then collect
+while [ $(( $(date +%s) - T0 )) -lt $(( LIMIT - 45 )) ] && [ ! -f "$W/pipeline.done" ]; do
+    sleep 15
+done
+cat "$W/progress.log" 2>/dev/null
+tail -3 "$W/logs/train.log" 2>/dev/null
+collect
