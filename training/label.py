@@ -16,7 +16,17 @@ Resumable: labelled shards are written next to each other in ``--out`` with a pe
 saved atomically every ``--save-every`` frames; a restarted run continues where it stopped.  ``--max-minutes``
 bounds the wall time of one call.  Throughput is appended to ``<out>/label_log.jsonl``.
 
+Engines for the SO3LR teacher (``--engine``): ``fast`` (default when so3krates-torch imports) is
+``training.teacher.SO3LRTeacher``, the same network fed the same inputs, with the neighbour graphs built by
+torch on ``--device`` instead of matscipy on the CPU (energies identical, forces within ~4e-6 eV/Å of the
+calculator in float32, see tests/test_teacher.py); ``ase`` is the shipped ``SO3LRCalculator``.  Both write
+the same teacher name, so a shard may be resumed with either.
+
+Several workers (e.g. 4 processes on one GPU) label disjoint shard subsets with ``--part i/n`` (shards are
+dealt out by size, largest first, so the parts take similar time); each shard is written by one worker only.
+
     python -m training.label --raw data/raw --out data/labelled [--device cuda] [--max-minutes 9]
+    for i in 0 1 2 3; do python -m training.label --device cuda --part $i/4 --max-minutes 9 & done; wait
 """
 from __future__ import annotations
 
@@ -73,6 +83,19 @@ class SO3LRTeacher:
         return float(calc.results["energy"]), np.asarray(calc.results["forces"], dtype=np.float32)
 
 
+def select_part(paths, part: Optional[str]):
+    """Shards of worker ``i`` of ``n`` (``part`` = "i/n"): sorted by atoms x frames (file size as a proxy),
+    dealt out round-robin, so every worker gets a similar share; disjoint and together complete."""
+    if not part:
+        return list(paths)
+    i, n = (int(x) for x in part.split("/"))
+    if not (0 <= i < n):
+        raise ValueError(f"--part {part}: need 0 <= i < n")
+    order = sorted(paths, key=lambda p: (-Path(p).stat().st_size, str(p)))
+    mine = set(order[i::n])
+    return [p for p in paths if p in mine]
+
+
 def label_shard(raw_path: Path, out_path: Path, teacher, teacher_name: str, save_every: int,
                 deadline: float) -> Dict[str, float]:
     raw = load_shard(raw_path)
@@ -124,6 +147,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--raw", nargs="+", default=["data/raw"], help="raw shard directories or files")
     ap.add_argument("--out", default="data/labelled")
     ap.add_argument("--teacher", choices=["so3lr", "mm-placeholder"], default="so3lr")
+    ap.add_argument("--engine", choices=["fast", "ase"], default=None,
+                    help="SO3LR evaluator: fast = training.teacher (graph on --device; default), ase = SO3LRCalculator")
+    ap.add_argument("--part", default=None, help="i/n: label only this worker's share of the shards")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--gas-lr-cutoff", type=float, default=100.0)
@@ -131,8 +157,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--max-minutes", type=float, default=1e9)
     args = ap.parse_args(argv)
     deadline = time.time() + 60.0 * args.max_minutes
+    engine = args.engine
     if args.teacher == "so3lr":
-        teacher = SO3LRTeacher(args.device, args.dtype, gas_lr_cutoff=args.gas_lr_cutoff)
+        if engine is None:
+            from .teacher import so3lr_available
+            engine = "fast" if so3lr_available() else "ase"
+        if engine == "fast":
+            from .teacher import SO3LRTeacher as FastSO3LRTeacher
+            teacher = FastSO3LRTeacher(args.device, args.dtype, gas_lr_cutoff=args.gas_lr_cutoff)
+        else:
+            teacher = SO3LRTeacher(args.device, args.dtype, gas_lr_cutoff=args.gas_lr_cutoff)
         name = teacher.name
     else:
         print("WARNING: placeholder teacher (classical amber14 labels) - for pipeline tests only", file=sys.stderr)
@@ -141,12 +175,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     left = 0
     with open(out / "label_log.jsonl", "a") as log:
-        for raw_path in list_shards(args.raw):
+        for raw_path in select_part(list_shards(args.raw), args.part):
             if time.time() > deadline:
                 left += 1
                 continue
             res = label_shard(raw_path, out / raw_path.name, teacher, name, args.save_every, deadline)
-            res.update(teacher=name, device=args.device, dtype=args.dtype, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            res.update(teacher=name, engine=engine, part=args.part, device=args.device, dtype=args.dtype, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
             if res["frames_done"]:
                 log.write(json.dumps(res) + "\n")
                 print(json.dumps(res), flush=True)
