@@ -1,8 +1,8 @@
 """Fused Triton kernels for the E2Former-V2 attention edge part, version 2 (register-blocked).
 
 Same operation, inputs, outputs and autograd semantics as ``attention_triton`` (v1); see
-``attention_reference`` for the maths.  Selected with ``fused_attention(..., backend="triton_v2")`` or
-``E2FORMER_ATTENTION_BACKEND=triton_v2``; v1 stays the default until v2 has been benchmarked on a GPU.
+``attention_reference`` for the maths.  The default on CUDA (``fused_attention`` backend "auto" or
+"triton_v2"); v1 stays selectable as "triton".
 
 Why v2
 ------
@@ -28,7 +28,8 @@ tile in registers:
   Then LayerNorm/SiLU backward with the pre-LN activations re-read from scratch, dx1 by a K-chunked dot
   through scratch, and the RBF part down to d(vec).
 
-``tl.dot`` uses ``input_precision="ieee"`` unless ``allow_tf32=True`` (edge-MLP forward dots only).
+``tl.dot`` uses ``input_precision="ieee"`` unless ``allow_tf32=True`` (edge-MLP forward dots only);
+``fused_attention`` always passes ieee for v2 (faster than TF32 for v2 on an H100, see ``kernels/__init__``).
 Gradients w.r.t. t, s, mu and the fc parameters, and double backward, use the PyTorch reference exactly as
 v1 does.
 """
@@ -502,7 +503,10 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
 
 def attention_triton_v2(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, *,
                         allow_tf32: bool = False, max_degree: int | None = None, return_stats: bool = False):
-    """Fused Triton attention edge part, v2 blocking; same signature / result as ``attention_triton``."""
+    """Fused Triton attention edge part, v2 blocking; same signature / result as ``attention_triton``.
+
+    ``allow_tf32`` is honoured here (for benchmarks); ``fused_attention`` always runs v2 with exact fp32
+    ("ieee") dots, which measured faster than TF32 for v2 on an H100 (see ``kernels/__init__.py``)."""
     U, M, S = FusedAttentionFunctionV2.apply(row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff,
                                              allow_tf32, max_degree, *FCParams(*fc_params))
     return (U, M, S) if return_stats else U

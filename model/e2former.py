@@ -434,7 +434,9 @@ class E2FormerV2(nn.Module):
 
     def set_attention_backend(self, backend: str = "auto", allow_tf32: bool = False) -> "E2FormerV2":
         """'auto': fused Triton kernel on CUDA (QK_alpha, relative EAAS, float32), PyTorch elsewhere;
-        'reference': always PyTorch; 'triton': require the kernel."""
+        'reference': always PyTorch; 'triton': require the kernel.  Which attention kernel runs is chosen
+        by ``kernels.fused_attention``: v2 by default, v1 with ``E2FORMER_ATTENTION_BACKEND=triton``
+        (``allow_tf32`` only affects v1 and the edge-degree kernel: v2 is fastest with exact fp32 dots)."""
         if backend not in ("auto", "reference", "triton"):
             raise ValueError(f"attention backend must be 'auto', 'reference' or 'triton', got {backend!r}")
         for b in self.blocks:

@@ -386,10 +386,81 @@ def test_triton_v2_interpreter_matches_reference():
     assert "WORST" in res.stdout
 
 
-def test_dispatch_v2_is_opt_in():
-    """auto never picks v2; an unknown backend name is rejected."""
+def _need_triton():
+    if not K.HAS_TRITON:
+        if os.environ.get("E2FORMER_REQUIRE_TRITON") == "1":
+            pytest.fail("triton is not installed but E2FORMER_REQUIRE_TRITON=1")
+        pytest.skip("triton not importable: Triton dispatch decisions not tested")
+
+
+def test_dispatch_auto_picks_v2_on_cuda(monkeypatch):
+    """auto: v2 where the Triton kernels can run (CUDA-ness mocked by _ok), v1 if v2 failed to import, the
+    reference elsewhere; E2FORMER_ATTENTION_BACKEND applies when no backend is passed; unknown names fail."""
+    _need_triton()
+    monkeypatch.delenv("E2FORMER_ATTENTION_BACKEND", raising=False)
     case = make_case(5, 3, **MICRO, seed=7)
     args = args_of(case)
-    assert K.select_backend(args[3], args[5], args[8], "auto") in ("triton", "reference")
+    sel = lambda backend=None, ok=True: K.select_backend(None, None, None, backend, _ok=ok)
+    assert sel() == sel("auto") == "triton_v2"
+    assert sel(ok=False) == "reference"
+    assert K.select_backend(args[3], args[5], args[8]) == "reference"            # CPU tensors
+    assert sel("triton") == "triton" and sel("triton_v2") == "triton_v2" and sel("reference") == "reference"
+    for name, want in (("triton", "triton"), ("TRITON_V2", "triton_v2"), ("reference", "reference"),
+                       ("auto", "triton_v2")):
+        monkeypatch.setenv("E2FORMER_ATTENTION_BACKEND", name)
+        assert sel() == want, name
+    monkeypatch.setenv("E2FORMER_ATTENTION_BACKEND", "triton")
+    assert sel("triton_v2") == "triton_v2"                                       # explicit beats env
+    with pytest.raises(RuntimeError, match="not on CUDA"):                       # forced, cannot run
+        sel(ok=False)
+    monkeypatch.delenv("E2FORMER_ATTENTION_BACKEND")
+    monkeypatch.setattr(K, "_attention_triton_v2", None)                         # v2 broken: v1
+    assert sel() == "triton"
+    with pytest.raises(RuntimeError, match="triton_v2"):
+        sel("triton_v2")
     with pytest.raises(ValueError):
-        K.select_backend(args[3], args[5], args[8], "triton_v3")
+        sel("triton_v3")
+
+
+def test_dispatch_v2_gets_ieee_dots(monkeypatch):
+    """fused_attention runs v2 with exact fp32 dots even when TF32 is allowed (v1 honours allow_tf32)."""
+    _need_triton()
+    calls = []
+
+    def fake(name):
+        def fn(*a, **kw):
+            calls.append((name, kw))
+            return name
+        return fn
+
+    import types
+    monkeypatch.setattr(K, "_attention_triton_v2", types.SimpleNamespace(attention_triton_v2=fake("v2")))
+    monkeypatch.setattr(K, "_attention_triton", types.SimpleNamespace(attention_triton=fake("v1")))
+    args = args_of(make_case(5, 3, **MICRO, seed=7))
+    for chosen in ("triton_v2", "triton"):
+        monkeypatch.setattr(K, "select_backend", lambda *a, _c=chosen, **kw: _c)
+        K.fused_attention(*args, allow_tf32=True, max_degree=3)
+    assert calls == [("v2", dict(allow_tf32=False, max_degree=3)), ("v1", dict(allow_tf32=True, max_degree=3))]
+
+
+def test_dispatch_edge_degree_follows_attention_backend(monkeypatch):
+    """The edge-degree embedding has one Triton kernel: it runs for auto on CUDA (now "triton_v2"), for an
+    explicit "triton" / "triton_v2" (argument or environment), and not for "reference"."""
+    _need_triton()
+    import types
+    monkeypatch.delenv("E2FORMER_ATTENTION_BACKEND", raising=False)
+    monkeypatch.delenv("E2FORMER_EDGE_DEGREE_BACKEND", raising=False)
+    monkeypatch.setattr(K, "_edge_degree_triton", types.SimpleNamespace(edge_degree_triton=lambda *a, **kw: "triton"))
+    monkeypatch.setattr(K, "edge_degree_reference", lambda *a, **kw: "reference")
+    params = [FCParams.random(6, 6, 16, 8) for _ in range(3)]              # hid 16, C 16: kernel-compatible
+    cuda_vec = types.SimpleNamespace(is_cuda=True)                          # only .is_cuda is looked at
+    run = lambda vec, **kw: K.fused_edge_degree(None, None, vec, None, None, params, None, 0.0, 4.5, **kw)
+    assert run(cuda_vec) == "triton"
+    assert run(types.SimpleNamespace(is_cuda=False)) == "reference"
+    assert run(cuda_vec, backend="reference") == "reference"
+    for name, want in (("triton", "triton"), ("triton_v2", "triton"), ("reference", "reference")):
+        monkeypatch.setenv("E2FORMER_ATTENTION_BACKEND", name)
+        assert run(cuda_vec) == want, name
+    monkeypatch.setenv("E2FORMER_EDGE_DEGREE_BACKEND", "reference")
+    monkeypatch.setenv("E2FORMER_ATTENTION_BACKEND", "triton")
+    assert run(cuda_vec) == "reference"
