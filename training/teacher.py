@@ -109,23 +109,24 @@ def build_graph(pos: torch.Tensor, cell: Optional[torch.Tensor], cutoff: float,
         i = torch.cat(ii)
         return i, torch.cat(jj), torch.zeros(i.shape[0], 3, dtype=torch.long, device=dev), torch.cat(dd)
 
-    c64 = cell.detach().to(device=dev, dtype=torch.float64).reshape(3, 3)
-    vol = float(torch.abs(torch.linalg.det(c64)))
+    # 3x3 algebra on the host (no cuSOLVER call / device sync per frame), then moved to the device
+    c_host = cell.detach().to(device="cpu", dtype=torch.float64).reshape(3, 3)
+    vol = float(torch.abs(torch.linalg.det(c_host)))
     if not (vol > 0.0) or not math.isfinite(vol):
         raise ValueError("build_graph: singular or non-finite cell")
-    inv = torch.linalg.inv(c64)
-    frac = p @ inv
     reach = []
     for k in range(3):
-        h = vol / float(torch.linalg.norm(torch.linalg.cross(c64[(k + 1) % 3], c64[(k + 2) % 3])))
+        h = vol / float(torch.linalg.norm(torch.linalg.cross(c_host[(k + 1) % 3], c_host[(k + 2) % 3])))
         reach.append(int(math.floor(float(cutoff) / h + 0.5 + 1e-9)))
+    c64 = c_host.to(dev)
+    inv = torch.linalg.inv(c_host).to(dev)
+    frac = p @ inv
     rng = [torch.arange(-r, r + 1, device=dev) for r in reach]
     imgs = torch.stack(torch.meshgrid(rng, indexing="ij"), dim=-1).reshape(-1, 3)  # [M, 3] int64
     m_img = imgs.shape[0]
     img_cart = imgs.to(torch.float64) @ c64                                         # [M, 3]
-    zero_img = (imgs == 0).all(dim=1)                                               # [M]
     tt = (img_cart * img_cart).sum(-1)                                             # [M]
-    zero_k = int(torch.nonzero(zero_img)[0, 0])
+    zero_k = m_img // 2                                   # the centre of the symmetric image grid is n = 0
     chunk = max(1, max_pairs_per_chunk // max(n * m_img, 1))
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
