@@ -186,7 +186,6 @@ class SO3LRTeacher:
                          "r_max": self.r_max, "r_max_lr": self.lr_cutoff, "gas_r_max_lr": self.gas_lr_cutoff,
                          "dispersion_energy_cutoff_lr_damping": float(dispersion_damping),
                          "energy": "float64 sum of per-atom energies" if energy_sum64 else "model total"}
-        self._eye = None
         self.last_n_edges = (0, 0)
 
     @staticmethod

@@ -442,6 +442,8 @@ def analyse(run_dir: str, exp: Optional[str] = None, discard_ps: Optional[float]
     t = np.array([float(r["time_ps"]) for r in rows])
     rho = np.array([float(r["density_g_cm3"]) for r in rows])
     epot = np.array([float(r["potential_kJ_mol"]) for r in rows])
+    wall = np.array([float(r["wall_s"]) for r in rows])
+    steps = np.array([int(r["step"]) for r in rows])
     temp = np.array([float(r["temperature_K"]) for r in rows])
     if len(t) == 0:
         raise RuntimeError(f"{d}: no frames in thermo.csv")
@@ -469,7 +471,10 @@ def analyse(run_dir: str, exp: Optional[str] = None, discard_ps: Optional[float]
     r = r_nm * 10.0
     res = {"run_dir": str(d), "frames_total": int(nf), "frames_used": int(len(keep)), "discard_ps": discard_ps,
            "simulated_ps": total_ps, "analysed_ps": float(t[keep[-1]] - t[keep[0]]) if len(keep) > 1 else 0.0,
-           "ns_per_day": summary.get("ns_per_day"), "steps_per_s": summary.get("steps_per_s"),
+           "run_status": summary.get("status"),
+           # from the CSV (also valid for a run that was killed or is still going)
+           "ns_per_day": float(t[-1] / 1000.0 / wall[-1] * 86400.0) if wall[-1] > 0 else None,
+           "steps_per_s": float(steps[-1] / wall[-1]) if wall[-1] > 0 else None,
            "potential": summary.get("potential"), "waters": summary.get("waters"),
            "temperature_K_target": summary.get("temperature_K"),
            "g_r_max_A": r_hi, "bin_A": bin_A, "warnings": warn}
