@@ -3,9 +3,9 @@
 Public API
 ----------
 ``fused_attention(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, *,
-                  backend=None, allow_tf32=False, max_degree=None)  ->  U [N, 3, 9, C]``
+                  backend=None, allow_tf32=False, max_degree=None, softmax="official")  ->  U [N, 3, 9, C]``
 
-One attention layer's edge part of E2Former-V2 (QK_alpha logits, envelope-weighted smooth softmax with
+One attention layer's edge part of E2Former-V2 (QK_alpha logits, envelope-weighted softmax with
 ``+1e-3`` in the denominator, first-order EAAS aggregation in relative-vector form)::
 
     d_e = |vec_e|, r_e = vec_e / d_e,  z_e = [phi(d_e); t[i]; s[src_e]],  [g_e; w_e] = fc(z_e)
@@ -32,6 +32,9 @@ Arguments:
     allow_tf32  use TF32 tensor cores inside the fused edge MLP of v1 (default: exact fp32 "ieee" dots).
               v2 always uses ieee dots: measured faster than its TF32 variant (see ``V2_IEEE_NOTE``).
     max_degree  upper bound of the in-degree (e.g. max_neighbors); saves one device->host sync.
+    softmax   "official" (the official model: +1e-3 added after the max shift, discontinuous when the
+              argmax edge changes) or "smooth" (+1e-3 added before any shift: alpha = w u exp(a) /
+              (sum u exp(a) + 1e-3)); see ``attention_reference``.  All backends implement both.
 
 ``fused_edge_degree(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutoff, scale=1/23.01, *,
                     backend=None, allow_tf32=False, max_degree=None)  ->  h [N, 9, C]``
@@ -52,7 +55,7 @@ from __future__ import annotations
 import os
 
 from .attention_reference import (FCParams, attention_reference, gaussian_rbf, polynomial_envelope,
-                                  rbf_gamma, edge_mlp, csr_targets)
+                                  rbf_gamma, edge_mlp, csr_targets, check_softmax, SOFTMAX_MODES)
 from .edge_degree_reference import edge_degree_reference, spherical_harmonics_l2, EDGE_DEGREE_SCALE
 
 _TRITON_ERR = None
@@ -73,7 +76,7 @@ if HAS_TRITON:
         _TRITON_ERR = exc
 
 __all__ = ["fused_attention", "attention_reference", "FCParams", "rbf_gamma", "gaussian_rbf",
-           "polynomial_envelope", "edge_mlp", "csr_targets", "HAS_TRITON", "select_backend",
+           "polynomial_envelope", "edge_mlp", "csr_targets", "HAS_TRITON", "select_backend", "SOFTMAX_MODES",
            "fused_edge_degree", "edge_degree_reference", "spherical_harmonics_l2", "EDGE_DEGREE_SCALE"]
 
 
@@ -114,16 +117,19 @@ def select_backend(q, v, fc_params, backend=None, *, _ok=None) -> str:
 
 
 def fused_attention(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, *,
-                    backend=None, allow_tf32=False, max_degree=None):
+                    backend=None, allow_tf32=False, max_degree=None, softmax="official"):
     """Attention edge part -> U [N, 3, 9, C]; see the module docstring."""
+    check_softmax(softmax)
     chosen = select_backend(q, v, fc_params, backend)
     if chosen == "triton_v2":   # allow_tf32 ignored on purpose: see V2_IEEE_NOTE
         return _attention_triton_v2.attention_triton_v2(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma,
-                                                        cutoff, allow_tf32=False, max_degree=max_degree)
+                                                        cutoff, allow_tf32=False, max_degree=max_degree,
+                                                        softmax=softmax)
     if chosen == "triton":
         return _attention_triton.attention_triton(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma,
-                                                  cutoff, allow_tf32=allow_tf32, max_degree=max_degree)
-    return attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff)
+                                                  cutoff, allow_tf32=allow_tf32, max_degree=max_degree,
+                                                  softmax=softmax)
+    return attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, softmax)
 
 
 def fused_edge_degree(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutoff,

@@ -80,7 +80,7 @@ def v1_runs(name):
     C, H, D, nb, HID, K = CONFIGS[name]
     bn = min(64, triton.next_power_of_2(nb))
     for nw in (8,) if name == "v15" else (4,):
-        consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_E=K, BLOCK_NB=bn, PREC="ieee")
+        consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_E=K, BLOCK_NB=bn, PREC="ieee", SMOOTH=False)
         yield f"v1 fwd {name} BLOCK_E={K} nw={nw}", v1._attn_fwd_kernel, consts, nw
         yield f"v1 bwd {name} BLOCK_E={K} nw={nw}", v1._attn_bwd_kernel, consts, nw
 
@@ -90,15 +90,16 @@ def v2_runs(name, variants):
     for bt, hb, kc, nw, prec in variants:
         hb, kc = min(hb, H), min(kc, HID)
         consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=bt, BLOCK_E=K, BLOCK_NB=min(kc, nb),
-                      HB=hb, KC=kc, PREC=prec)
+                      HB=hb, KC=kc, PREC=prec, SMOOTH=False)
         tag = f"{name} BLOCK_T={bt} BLOCK_E={K} HB={hb} KC={kc} nw={nw} {prec}"
         yield f"v2 fwd {tag}", v2._attn_fwd_kernel_v2, consts, nw
         yield f"v2 bwd {tag}", v2._attn_bwd_kernel_v2, consts, nw
 
 
 def gpu_main(sizes):
-    """On a CUDA machine: v2 vs float64 reference (rel. errors, gate 1e-5) at N = 2000 for v15 and appA,
-    then do_bench medians of v1 / v2 (fwd, fwd+bwd) and the launched kernels' regs / spills."""
+    """On a CUDA machine: v1 / v2 vs float64 reference (rel. errors, gate 1e-5) at N = 2000 for v15 and appA
+    (both softmax modes), then do_bench medians of v1 / v2 (fwd, fwd+bwd) and the launched kernels' regs /
+    spills (official softmax)."""
     import torch
     from triton.testing import do_bench
     if __package__ in (None, ""):
@@ -116,15 +117,16 @@ def gpu_main(sizes):
         for n in (2, 3, 4, 5):
             a32[n] = a32[n].clone().requires_grad_(True)
             a64[n] = a64[n].clone().requires_grad_(True)
-        Ur = attention_reference(*a64)
-        G = torch.randn(Ur.shape, device="cuda", dtype=torch.float64)
-        gr = torch.autograd.grad(Ur, [a64[n] for n in (2, 3, 4, 5)], G)
-        for impl, fn in (("v1", v1.attention_triton), ("v2", v2.attention_triton_v2)):
-            U = fn(*a32, max_degree=K)
-            gt = torch.autograd.grad(U, [a32[n] for n in (2, 3, 4, 5)], G.float())
-            errs = [rel(U, Ur)] + [rel(a, b) for a, b in zip(gt, gr)]
-            print(f"check {name} {impl} N=2000 rel U,dvec,dq,dk,dv: {['%.1e' % e for e in errs]} "
-                  f"{'PASS' if max(errs) <= 1e-5 and torch.isfinite(U).all() else 'FAIL'}", flush=True)
+        for softmax in ("official", "smooth"):
+            Ur = attention_reference(*a64, softmax=softmax)
+            G = torch.randn(Ur.shape, device="cuda", dtype=torch.float64)
+            gr = torch.autograd.grad(Ur, [a64[n] for n in (2, 3, 4, 5)], G)
+            for impl, fn in (("v1", v1.attention_triton), ("v2", v2.attention_triton_v2)):
+                U = fn(*a32, max_degree=K, softmax=softmax)
+                gt = torch.autograd.grad(U, [a32[n] for n in (2, 3, 4, 5)], G.float())
+                errs = [rel(U, Ur)] + [rel(a, b) for a, b in zip(gt, gr)]
+                print(f"check {name} {impl} {softmax} N=2000 rel U,dvec,dq,dk,dv: {['%.1e' % e for e in errs]} "
+                      f"{'PASS' if max(errs) <= 1e-5 and torch.isfinite(U).all() else 'FAIL'}", flush=True)
     for name, (K, cfg) in settings.items():
         for N in sizes:
             case = make_case(N, K, **cfg, device="cuda", seed=2, fixed_degree=True, special_rows=False)

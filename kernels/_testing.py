@@ -10,15 +10,20 @@ V15 = dict(C=256, H=128, D=8, nb=256, T=128, hid=128)
 
 
 def make_case(N, K, C, H, D, nb, T, hid, *, device="cpu", dtype=torch.float32, seed=0,
-              cutoff=4.5, fixed_degree=False, special_rows=True, index_dtype=torch.int64):
+              cutoff=4.5, fixed_degree=False, special_rows=True, index_dtype=torch.int64, extreme_rows=None):
     """Random CSR graph + inputs.  Degrees uniform in [0, K] (or exactly K with fixed_degree); with
     special_rows atom 0 has no edge, atom 1 one edge and atom 2 (if any) K edges.  Edge lengths are
-    uniform in [0.7, 1.05 R] so a few edges lie beyond the cutoff (envelope 0)."""
+    uniform in [0.7, 1.05 R] so a few edges lie beyond the cutoff (envelope 0).
+
+    ``extreme_rows=f`` (softmax edge cases; needs N >= 5): atom 3's queries are multiplied by f (logits of
+    tens, both signs) and atom 4 gets >= 2 edges, all at the cutoff (u from ~1e-11 down to exactly 0)."""
     gen = torch.Generator().manual_seed(seed)
     if fixed_degree:
         deg = torch.full((N,), K, dtype=torch.int64)
     else:
         deg = torch.randint(0, K + 1, (N,), generator=gen)
+    if extreme_rows is not None:
+        deg[3:5] = torch.clamp(deg[3:5], min=2)
     if special_rows:
         if N > 0:
             deg[0] = 0
@@ -33,6 +38,9 @@ def make_case(N, K, C, H, D, nb, T, hid, *, device="cpu", dtype=torch.float32, s
     dirs = torch.randn(E, 3, generator=gen, dtype=torch.float64)
     dirs = dirs / dirs.norm(dim=-1, keepdim=True)
     dist = 0.7 + (1.05 * cutoff - 0.7) * torch.rand(E, 1, generator=gen, dtype=torch.float64)
+    if extreme_rows is not None:
+        e0, e1 = int(row_ptr[4]), int(row_ptr[5])
+        dist[e0:e1, 0] = cutoff * (1.0 - 1e-4 * torch.arange(e1 - e0, dtype=torch.float64))
     vec = dirs * dist
 
     def rn(*shape, std=1.0):
@@ -44,6 +52,8 @@ def make_case(N, K, C, H, D, nb, T, hid, *, device="cpu", dtype=torch.float32, s
         fc_params=FCParams.random(nb, T, hid, H, dtype=torch.float64, generator=gen),
         mu=torch.linspace(0, cutoff, nb, dtype=torch.float64),
         gamma=rbf_gamma(cutoff, nb), cutoff=cutoff)
+    if extreme_rows is not None:
+        case["q"][3] *= float(extreme_rows)
     out = {}
     for key, val in case.items():
         if isinstance(val, torch.Tensor):

@@ -14,6 +14,20 @@ Notation (one attention layer, edges in CSR order by target atom ``i``):
     eps_eh = exp(a_eh - m_ih) u(d_e)
     alpha_eh = eps_eh w_eh / (sum_{e'->i} eps_e'h + 1e-3)
     U[i, x, m, c] = sum_{e->i} alpha_{e, c mod H} r_e[x] v[j, m, c]
+
+Softmax variants (``softmax=``):
+
+* ``"official"`` (above, the official model): the +1e-3 is added AFTER the max shift, so alpha depends on
+  which edge holds the maximum logit and jumps when that changes (e.g. an edge entering the cutoff sphere
+  with a large logit), although u(d) -> 0 at the cutoff.
+* ``"smooth"`` (for our own models): the +1e-3 is added BEFORE any shift,
+  ``alpha_eh = w_eh u(d_e) exp(a_eh) / (sum_{e'->i} u(d_e') exp(a_e'h) + 1e-3)``, a smooth function of
+  the logits.  Evaluated as ``eps_eh = exp(a_eh - c_ih) u(d_e)``,
+  ``alpha_eh = eps_eh w_eh / (sum eps + exp(ln(1e-3) - c_ih))`` with ``c_ih = max(m_ih, ln 1e-3)``: the
+  value does not depend on ``c`` (no gradient flows through it), ``exp(a - c) <= 1`` and
+  ``exp(ln(1e-3) - c) <= 1`` never overflow (for very negative logits the eps term dominates and alpha -> 0).
+  The denominator can only be exactly 0 when every term underflowed (all u = 0 and c > ~80 in float32):
+  then every eps is 0 too and it is replaced by 1, giving the limit alpha = 0 without 0/0.
 """
 from __future__ import annotations
 
@@ -24,6 +38,8 @@ import torch
 import torch.nn.functional as F
 
 SOFTMAX_EPS = 1e-3   # the "+1e-3" in the softmax denominator
+LOG_SOFTMAX_EPS = math.log(SOFTMAX_EPS)
+SOFTMAX_MODES = ("official", "smooth")
 LN_EPS = 1e-5        # LayerNorm epsilon inside the edge MLP
 
 
@@ -106,7 +122,33 @@ def csr_targets(row_ptr: torch.Tensor, num_edges: int) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(n, device=row_ptr.device), counts, output_size=num_edges)
 
 
-def attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff):
+def check_softmax(softmax: str) -> bool:
+    """Validate a softmax mode name; True for "smooth"."""
+    if softmax not in SOFTMAX_MODES:
+        raise ValueError(f"softmax must be one of {SOFTMAX_MODES}, got {softmax!r}")
+    return softmax == "smooth"
+
+
+def softmax_weights(a, u, w, tgt, N, softmax="official"):
+    """alpha [E, H] from logits a [E, H], envelope u [E], edge weights w [E, H] and the target of every
+    edge (see the module docstring for both modes).  Atoms without edges simply have no rows."""
+    smooth = check_softmax(softmax)
+    E, H = a.shape
+    m = torch.full((N, H), -torch.inf, dtype=a.dtype, device=a.device)
+    m = m.scatter_reduce(0, tgt[:, None].expand(E, H), a, reduce="amax", include_self=True)
+    if smooth:
+        c = m.detach().clamp_min(LOG_SOFTMAX_EPS)           # only a numerical shift: no gradient
+        eps = torch.exp(a - c[tgt]) * u[:, None]
+        denom = torch.zeros((N, H), dtype=a.dtype, device=a.device).index_add(0, tgt, eps) \
+            + torch.exp(LOG_SOFTMAX_EPS - c)
+        denom = torch.where(denom > 0, denom, torch.ones_like(denom))
+    else:
+        eps = torch.exp(a - m[tgt]) * u[:, None]
+        denom = torch.zeros((N, H), dtype=a.dtype, device=a.device).index_add(0, tgt, eps) + SOFTMAX_EPS
+    return eps * w / denom[tgt]
+
+
+def attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, softmax="official"):
     """Reference attention edge part.  Returns U [N, 3, 9, C] (dtype of v).
 
     Args:
@@ -118,6 +160,7 @@ def attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, 
         t, s:    [N, T] target / source embeddings.
         fc_params: FCParams (or a 10-tuple in the same order).
         mu:      [nb] RBF centres; gamma: float RBF exponent (negative); cutoff: float R.
+        softmax: "official" (default) or "smooth" (see the module docstring).
     """
     p = FCParams(*fc_params)
     N, H, D = q.shape
@@ -132,11 +175,7 @@ def attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, 
     g, w = out[:, :H], out[:, H:]
 
     a = g * (q[tgt] * k[src]).sum(-1) / math.sqrt(D)             # [E, H]
-    m = torch.full((N, H), -torch.inf, dtype=a.dtype, device=a.device)
-    m = m.scatter_reduce(0, tgt[:, None].expand(E, H), a, reduce="amax", include_self=True)
-    eps = torch.exp(a - m[tgt]) * polynomial_envelope(d, cutoff)[:, None]
-    denom = torch.zeros((N, H), dtype=a.dtype, device=a.device).index_add(0, tgt, eps) + SOFTMAX_EPS
-    alpha = eps * w / denom[tgt]                                  # [E, H]
+    alpha = softmax_weights(a, polynomial_envelope(d, cutoff), w, tgt, N, softmax)   # [E, H]
 
     head_of_channel = torch.arange(C, device=v.device) % H
     alpha_c = alpha[:, head_of_channel]                           # [E, C]
@@ -149,8 +188,8 @@ def attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, 
 
 
 #: positions of the differentiable inputs of the fused attention autograd Functions:
-#: (row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff, allow_tf32, max_degree, *fc)
-FUSED_N_FIXED = 13
+#: (row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff, allow_tf32, max_degree, softmax, *fc)
+FUSED_N_FIXED = 14
 
 
 def needs_reference_backward(needs_input_grad) -> bool:
@@ -160,7 +199,8 @@ def needs_reference_backward(needs_input_grad) -> bool:
     return bool(torch.is_grad_enabled() or nig[6] or nig[7] or nig[8] or any(nig[FUSED_N_FIXED:]))
 
 
-def reference_backward(needs_input_grad, dU, row_ptr, src, vec, q, k, v, t, s, mu, fc, gamma, cutoff):
+def reference_backward(needs_input_grad, dU, row_ptr, src, vec, q, k, v, t, s, mu, fc, gamma, cutoff,
+                       softmax="official"):
     """Gradients of the fused attention's inputs by autograd through :func:`attention_reference`
     (the training / double-backward path of the Triton Functions). Returns the full tuple of grads."""
     nig = needs_input_grad
@@ -178,7 +218,7 @@ def reference_backward(needs_input_grad, dU, row_ptr, src, vec, q, k, v, t, s, m
             inputs = {i_: x.detach().requires_grad_(bool(nig[i_])) for i_, x in inputs.items()}
         out = attention_reference(row_ptr, src, inputs[2], inputs[3], inputs[4], inputs[5], inputs[6], inputs[7],
                                   FCParams(*[inputs[FUSED_N_FIXED + n] for n in range(len(fc))]), inputs[8],
-                                  gamma, cutoff)
+                                  gamma, cutoff, softmax)
         res = torch.autograd.grad(out, [inputs[i_] for i_ in wanted], dU, create_graph=grad_mode,
                                   allow_unused=True)
     for idx, gr in zip(wanted, res):

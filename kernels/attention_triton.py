@@ -12,13 +12,16 @@ Design
   ``t[i]`` and ``s[j]`` parts of the first Linear are precomputed per NODE outside the kernel
   (``Pt = t W0_t^T + b0``, ``Ps = s W0_s^T``, both [N, hid]); LayerNorm / SiLU / the other two Linears are
   fused.  No E x hid, E x H or E x C tensor is ever written to HBM.
-* Forward writes ``U [N, 3, 9, C]`` plus the per-(node, head) statistics ``m`` (max logit) and
-  ``S`` (softmax denominator incl. the +1e-3), which are the only things saved for backward besides the
-  inputs.
+* Forward writes ``U [N, 3, 9, C]`` plus the per-(node, head) statistics ``m`` (the shift of the
+  exponentials: the max logit) and ``S`` (softmax denominator incl. the +1e-3 term), which are the only
+  things saved for backward besides the inputs.
+* ``SMOOTH`` (constexpr, ``softmax="smooth"``): the +1e-3 is added before the shift (see
+  ``attention_reference``); the shift is ``max(m, ln 1e-3)``, carries no gradient, and the backward has no
+  max term.
 * Backward (w.r.t. vec, q, k, v) recomputes every edge quantity (MLP forward, logits, alpha) in a second
-  kernel, then back-propagates through the aggregation, the smooth softmax (incl. the max: the gradient of
-  ``m`` goes to the first edge attaining the max), the q.k product and the edge MLP down to ``d``.
-  ``dq`` and ``dvec`` are owned by the target program and stored directly; ``dk`` and ``dv`` scatter to
+  kernel, then back-propagates through the aggregation, the softmax (official mode incl. the max: the
+  gradient of ``m`` goes to the first edge attaining the max), the q.k product and the edge MLP down to
+  ``d``.  ``dq`` and ``dvec`` are owned by the target program and stored directly; ``dk`` and ``dv`` scatter to
   source atoms with ``tl.atomic_add`` (fp32 atomics: summation order, hence the last bits, is
   nondeterministic).
 * Gradients w.r.t. t, s, mu and the fc parameters (training only), and double backward, use the
@@ -37,7 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_reference import FCParams, FUSED_N_FIXED, needs_reference_backward, reference_backward
+from .attention_reference import (FCParams, FUSED_N_FIXED, check_softmax, needs_reference_backward,
+                                  reference_backward)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -68,6 +72,29 @@ def _envelope(d, cutoff):
     du = -105.0 * x2 * x2 * omx * omx / cutoff
     inside = x < 1.0
     return tl.where(inside, u, 0.0), tl.where(inside, du, 0.0)
+
+
+@triton.jit
+def _softmax_shift(m, SMOOTH: tl.constexpr):
+    """Shift of the exponentials from the per-(target, head) max logit m (-inf for an atom without edges).
+    official: m (0 without edges); smooth: max(m, ln 1e-3), so exp(a - c) <= 1 and 1e-3 exp(-c) <= 1."""
+    if SMOOTH:
+        c = tl.maximum(m, -6.907755278982137)          # ln(1e-3)
+    else:
+        c = tl.where(m == float("-inf"), 0.0, m)
+    return c
+
+
+@triton.jit
+def _softmax_denom(ssum, c, SMOOTH: tl.constexpr):
+    """Denominator from ssum = sum_e exp(a_e - c) u_e: official ssum + 1e-3; smooth ssum + 1e-3 exp(-c),
+    replaced by 1 where it underflowed to 0 (then every exp(a - c) u is 0 as well: alpha = 0, no 0/0)."""
+    if SMOOTH:
+        den = ssum + tl.exp(-6.907755278982137 - c)
+        den = tl.where(den > 0.0, den, 1.0)
+    else:
+        den = ssum + 1e-3
+    return den
 
 
 @triton.jit
@@ -151,7 +178,7 @@ def _attn_fwd_kernel(row_ptr, src, vec, q, k, v, pt, ps, mu,
                      U, M_out, S_out,
                      gamma, cutoff, sm_scale, nb: tl.constexpr,
                      C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
-                     BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr, PREC: tl.constexpr):
+                     BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr):
     i = tl.program_id(0).to(tl.int64)
     offs_e, mask_e, j, rx, ry, rz, d = _load_edge_tile(row_ptr, src, vec, i, BLOCK_E)
     g, w, _y0, _n0, _r0, _y1, _n1, _r1 = _edge_mlp_fwd(
@@ -159,14 +186,13 @@ def _attn_fwd_kernel(row_ptr, src, vec, q, k, v, pt, ps, mu,
         H, HID, BLOCK_E, BLOCK_NB, PREC)
     qk = _qk_dot(q, k, i, j, mask_e, H, D, BLOCK_E)
 
-    # smooth envelope-weighted softmax over the tile
+    # envelope-weighted softmax over the tile
     a = tl.where(mask_e[:, None], g * qk * sm_scale, float("-inf"))
-    m = tl.max(a, 0)
-    m = tl.where(m == float("-inf"), 0.0, m)              # atom without edges
+    m = _softmax_shift(tl.max(a, 0), SMOOTH)
     u, _du = _envelope(d, cutoff)
     u = tl.where(mask_e, u, 0.0)
     eps = tl.exp(a - m[None, :]) * u[:, None]
-    S = tl.sum(eps, 0) + 1e-3
+    S = _softmax_denom(tl.sum(eps, 0), m, SMOOTH)
     alpha = eps * w / S[None, :]
 
     offs_h = tl.arange(0, H)
@@ -196,7 +222,7 @@ def _attn_bwd_kernel(row_ptr, src, vec, q, k, v, pt, ps, mu,
                      dvec, dq, dk, dv,
                      gamma, cutoff, sm_scale, nb: tl.constexpr,
                      C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
-                     BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr, PREC: tl.constexpr):
+                     BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr):
     i = tl.program_id(0).to(tl.int64)
     offs_e, mask_e, j, rx, ry, rz, d = _load_edge_tile(row_ptr, src, vec, i, BLOCK_E)
     g, w, y0, n0, rstd0, y1, n1, rstd1 = _edge_mlp_fwd(
@@ -209,11 +235,14 @@ def _attn_bwd_kernel(row_ptr, src, vec, q, k, v, pt, ps, mu,
     offs_l = tl.arange(0, BLOCK_E)
     a = tl.where(mask_e[:, None], g * qk * sm_scale, float("-inf"))
     m = tl.load(M_in + i * H + offs_h)
-    S = tl.load(S_in + i * H + offs_h)
     u, du_dd = _envelope(d, cutoff)
     u = tl.where(mask_e, u, 0.0)
     p = tl.exp(a - m[None, :])                            # 0 on padded rows
     eps = p * u[:, None]
+    if SMOOTH:   # denominator consistent with the recomputed eps (see attention_triton_v2)
+        S = _softmax_denom(tl.sum(eps, 0), m, SMOOTH)
+    else:
+        S = tl.load(S_in + i * H + offs_h)
     alpha = eps * w / S[None, :]
 
     # --- back through the aggregation ---------------------------------------------------------------
@@ -239,16 +268,17 @@ def _attn_bwd_kernel(row_ptr, src, vec, q, k, v, pt, ps, mu,
             tl.atomic_add(dv + j[:, None] * (9 * C) + mm * C + c0 + offs_h[None, :], alpha * rG,
                           mask=mask_e[:, None])
 
-    # --- back through the smooth softmax ------------------------------------------------------------
+    # --- back through the envelope-weighted softmax -------------------------------------------------
     delta = tl.sum(dalpha * alpha, 0)                                  # [H]
     dw = dalpha * eps / S[None, :]
     deps = (dalpha * w - delta[None, :]) / S[None, :]
     da = deps * eps
     du = tl.sum(deps * p, 1)                                           # [BLOCK_E]
-    dm = -tl.sum(da, 0)                                                # [H]
-    amax = tl.max(a, 0)
-    first = tl.min(tl.where((a == amax[None, :]) & mask_e[:, None], offs_l[:, None], BLOCK_E), 0)
-    da += tl.where(offs_l[:, None] == first[None, :], dm[None, :], 0.0)
+    if not SMOOTH:   # official: m = max a is part of the function (smooth: c is a constant shift)
+        dm = -tl.sum(da, 0)                                            # [H]
+        amax = tl.max(a, 0)
+        first = tl.min(tl.where((a == amax[None, :]) & mask_e[:, None], offs_l[:, None], BLOCK_E), 0)
+        da += tl.where(offs_l[:, None] == first[None, :], dm[None, :], 0.0)
     da = tl.where(mask_e[:, None], da, 0.0)
 
     # --- back through a = g * <q,k> * scale -----------------------------------------------------------
@@ -351,7 +381,8 @@ def _prep(t, s, mu, fc, nb):
 
 class FusedAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff, allow_tf32, max_degree, *fc):
+    def forward(ctx, row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff, allow_tf32, max_degree, softmax, *fc):
+        smooth = check_softmax(softmax)
         N, H, D = q.shape
         C = v.shape[-1]
         nb = mu.numel()
@@ -372,10 +403,11 @@ class FusedAttentionFunction(torch.autograd.Function):
             _LAST_COMPILED["fwd"] = _attn_fwd_kernel[(N,)](rp, srcc, vecc, qc, kc, vc, pt, ps, muc, *fwd_w, U, M, S,
                                    float(gamma), float(cutoff), 1.0 / math.sqrt(D), nb=nb,
                                    C=C, H=H, D=D, HID=hid, BLOCK_E=block_e, BLOCK_NB=block_nb, PREC=prec,
-                                   num_warps=nw)
+                                   SMOOTH=smooth, num_warps=nw)
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.gamma, ctx.cutoff, ctx.prec, ctx.block_e, ctx.block_nb, ctx.nw = \
             float(gamma), float(cutoff), prec, block_e, block_nb, nw
+        ctx.softmax = softmax
         ctx.mark_non_differentiable(M, S)
         return U, M, S
 
@@ -387,7 +419,8 @@ class FusedAttentionFunction(torch.autograd.Function):
         if dU is None:
             return tuple(grads)
         if needs_reference_backward(nig):  # training / double backward: autograd through the reference
-            return reference_backward(nig, dU, row_ptr, src, vec, q, k, v, t, s, mu, fc, ctx.gamma, ctx.cutoff)
+            return reference_backward(nig, dU, row_ptr, src, vec, q, k, v, t, s, mu, fc, ctx.gamma, ctx.cutoff,
+                                      ctx.softmax)
 
         N, H, D = q.shape
         C = v.shape[-1]
@@ -406,7 +439,7 @@ class FusedAttentionFunction(torch.autograd.Function):
                                    *fwd_w, *bwd_w, M, S, dUc, dvec, dq, dk, dv,
                                    ctx.gamma, ctx.cutoff, 1.0 / math.sqrt(D), nb=nb,
                                    C=C, H=H, D=D, HID=hid, BLOCK_E=ctx.block_e, BLOCK_NB=ctx.block_nb,
-                                   PREC=ctx.prec, num_warps=ctx.nw)
+                                   PREC=ctx.prec, SMOOTH=ctx.softmax == "smooth", num_warps=ctx.nw)
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):
             if nig[idx]:
                 grads[idx] = gr.to(x.dtype)
@@ -414,13 +447,15 @@ class FusedAttentionFunction(torch.autograd.Function):
 
 
 def attention_triton(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, *,
-                     allow_tf32: bool = False, max_degree: int | None = None, return_stats: bool = False):
+                     allow_tf32: bool = False, max_degree: int | None = None, return_stats: bool = False,
+                     softmax: str = "official"):
     """Fused Triton attention edge part; same signature / result as ``attention_reference``.
 
     ``max_degree``: an upper bound of the in-degree (e.g. max_neighbors); if None it is read from
     ``row_ptr`` (one device->host sync).  ``return_stats`` also returns the per-(node, head) max logit
-    ``m`` and denominator ``S`` ([N, H] each).
+    ``m`` (the shift) and denominator ``S`` ([N, H] each).  ``softmax``: "official" or "smooth" (see
+    ``attention_reference``).
     """
     U, M, S = FusedAttentionFunction.apply(row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff,
-                                           allow_tf32, max_degree, *FCParams(*fc_params))
+                                           allow_tf32, max_degree, softmax, *FCParams(*fc_params))
     return (U, M, S) if return_stats else U

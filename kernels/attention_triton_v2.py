@@ -2,7 +2,8 @@
 
 Same operation, inputs, outputs and autograd semantics as ``attention_triton`` (v1); see
 ``attention_reference`` for the maths.  The default on CUDA (``fused_attention`` backend "auto" or
-"triton_v2"); v1 stays selectable as "triton".
+"triton_v2"); v1 stays selectable as "triton".  Both softmax modes (official / smooth) via the constexpr
+``SMOOTH``.
 
 Why v2
 ------
@@ -42,8 +43,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_reference import FCParams, FUSED_N_FIXED, needs_reference_backward, reference_backward
-from .attention_triton import _envelope, _rbf_chunk, triton_supported, _prep  # noqa: F401  (shared helpers)
+from .attention_reference import (FCParams, FUSED_N_FIXED, check_softmax, needs_reference_backward,
+                                  reference_backward)
+from .attention_triton import (_envelope, _rbf_chunk, _softmax_denom, _softmax_shift,  # noqa: F401  (shared)
+                               triton_supported, _prep)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -214,7 +217,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         N, n_blocks, nprog, gamma, cutoff, sm_scale, nb: tl.constexpr,
                         C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
-                        HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr):
+                        HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr):
     R: tl.constexpr = BLOCK_T * BLOCK_E
     pid = tl.program_id(0)
     scr_x = scratch + pid.to(tl.int64) * (R * HID)
@@ -234,10 +237,9 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             offs_hb = hb0 + tl.arange(0, HB)
             g, w, qk, a = _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
                                              H, D, HID, R, HB, KC, PREC)
-            m = _seg_max(a, BLOCK_T, BLOCK_E, HB)                        # [BLOCK_T, HB]
-            m = tl.where(m == float("-inf"), 0.0, m)                    # atom without edges
+            m = _softmax_shift(_seg_max(a, BLOCK_T, BLOCK_E, HB), SMOOTH)     # [BLOCK_T, HB]
             eps = tl.exp(a - _seg_bcast(m, BLOCK_T, BLOCK_E, HB)) * u[:, None]
-            S = _seg_sum(eps, BLOCK_T, BLOCK_E, HB) + 1e-3
+            S = _softmax_denom(_seg_sum(eps, BLOCK_T, BLOCK_E, HB), m, SMOOTH)
             alpha = eps * w / _seg_bcast(S, BLOCK_T, BLOCK_E, HB)
             st = tgt_t[:, None] * H + offs_hb[None, :]
             tl.store(M_out + st, m, mask=tmask[:, None])
@@ -266,7 +268,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         N, n_blocks, nprog, gamma, cutoff, sm_scale, nb: tl.constexpr,
                         C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
-                        HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr):
+                        HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr):
     R: tl.constexpr = BLOCK_T * BLOCK_E
     pid = tl.program_id(0)
     scr_x = scratch + pid.to(tl.int64) * (3 * R * HID)
@@ -295,10 +297,18 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             g, w, qk, a = _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
                                              H, D, HID, R, HB, KC, PREC)
             st = tgt_t[:, None] * H + offs_hb[None, :]
-            m_r = _seg_bcast(tl.load(M_in + st, mask=tmask[:, None], other=0.0), BLOCK_T, BLOCK_E, HB)
-            S_r = _seg_bcast(tl.load(S_in + st, mask=tmask[:, None], other=1.0), BLOCK_T, BLOCK_E, HB)
+            m_t = tl.load(M_in + st, mask=tmask[:, None], other=0.0)
+            m_r = _seg_bcast(m_t, BLOCK_T, BLOCK_E, HB)
             p = tl.exp(a - m_r)                                            # 0 on padded rows
             eps = p * u[:, None]
+            if SMOOTH:
+                # denominator from the recomputed eps: the backward tiles round the logits differently from
+                # the forward's (~|a| 1e-7); with the forward's S that mismatch reached 1e-5 relative in
+                # d(vec) and dk at logits ~40 (the official mode's max term hides it: its da sums to 0)
+                S_r = _seg_bcast(_softmax_denom(_seg_sum(eps, BLOCK_T, BLOCK_E, HB), m_t, SMOOTH),
+                                 BLOCK_T, BLOCK_E, HB)
+            else:
+                S_r = _seg_bcast(tl.load(S_in + st, mask=tmask[:, None], other=1.0), BLOCK_T, BLOCK_E, HB)
             alpha = eps * w / S_r
             # --- aggregation backward ------------------------------------------------------------
             dalpha = tl.zeros([R, HB], dtype=tl.float32)
@@ -319,17 +329,18 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                     drz += tl.sum(aV * Gz, 1)
                     tl.atomic_add(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :], alpha * rG,
                                   mask=mask_e[:, None])
-            # --- smooth softmax backward (heads independent: local to the block) --------------------
+            # --- softmax backward (heads independent: local to the block) ---------------------------
             delta = _seg_sum(dalpha * alpha, BLOCK_T, BLOCK_E, HB)            # [BLOCK_T, HB]
             dw = dalpha * eps / S_r
             deps = (dalpha * w - _seg_bcast(delta, BLOCK_T, BLOCK_E, HB)) / S_r
             da = deps * eps
             du += tl.sum(deps * p, 1)
-            dm = -_seg_sum(da, BLOCK_T, BLOCK_E, HB)                          # [BLOCK_T, HB]
-            amax = _seg_bcast(_seg_max(a, BLOCK_T, BLOCK_E, HB), BLOCK_T, BLOCK_E, HB)
-            cand = tl.where((a == amax) & mask_e[:, None], e_loc[:, None], BLOCK_E)
-            first = _seg_bcast(_seg_min(cand, BLOCK_T, BLOCK_E, HB), BLOCK_T, BLOCK_E, HB)
-            da += tl.where(e_loc[:, None] == first, _seg_bcast(dm, BLOCK_T, BLOCK_E, HB), 0.0)
+            if not SMOOTH:   # official: m = max a is part of the function (smooth: a constant shift)
+                dm = -_seg_sum(da, BLOCK_T, BLOCK_E, HB)                      # [BLOCK_T, HB]
+                amax = _seg_bcast(_seg_max(a, BLOCK_T, BLOCK_E, HB), BLOCK_T, BLOCK_E, HB)
+                cand = tl.where((a == amax) & mask_e[:, None], e_loc[:, None], BLOCK_E)
+                first = _seg_bcast(_seg_min(cand, BLOCK_T, BLOCK_E, HB), BLOCK_T, BLOCK_E, HB)
+                da += tl.where(e_loc[:, None] == first, _seg_bcast(dm, BLOCK_T, BLOCK_E, HB), 0.0)
             da = tl.where(mask_e[:, None], da, 0.0)
             # --- a = g <q,k> scale --------------------------------------------------------------------
             dg = da * qk * sm_scale
@@ -430,7 +441,8 @@ def _grid(n_blocks: int, device, progs_per_sm: int) -> int:
 
 class FusedAttentionFunctionV2(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff, allow_tf32, max_degree, *fc):
+    def forward(ctx, row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff, allow_tf32, max_degree, softmax, *fc):
+        smooth = check_softmax(softmax)
         N, H, D = q.shape
         C = v.shape[-1]
         nb = mu.numel()
@@ -455,9 +467,9 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 rp, srcc, vecc, qc, kc_, vc, pt, ps, muc, *fwd_w, U, M, S, scratch,
                 N, n_blocks, nprog, float(gamma), float(cutoff), 1.0 / math.sqrt(D), nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=block_e, BLOCK_NB=cfg["BLOCK_NB"],
-                HB=cfg["HB"], KC=cfg["KC"], PREC=prec, num_warps=cfg["num_warps"])
+                HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, num_warps=cfg["num_warps"])
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
-        ctx.gamma, ctx.cutoff, ctx.prec, ctx.block_e = float(gamma), float(cutoff), prec, block_e
+        ctx.gamma, ctx.cutoff, ctx.prec, ctx.block_e, ctx.softmax = float(gamma), float(cutoff), prec, block_e, softmax
         ctx.mark_non_differentiable(M, S)
         return U, M, S
 
@@ -469,7 +481,8 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         if dU is None:
             return tuple(grads)
         if needs_reference_backward(nig):  # training / double backward: autograd through the reference
-            return reference_backward(nig, dU, row_ptr, src, vec, q, k, v, t, s, mu, fc, ctx.gamma, ctx.cutoff)
+            return reference_backward(nig, dU, row_ptr, src, vec, q, k, v, t, s, mu, fc, ctx.gamma, ctx.cutoff,
+                                      ctx.softmax)
 
         N, H, D = q.shape
         C = v.shape[-1]
@@ -494,7 +507,8 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 *fwd_w, *bwd_w, M, S, dUc, dvec, dq, dk, dv, scratch,
                 N, n_blocks, nprog, ctx.gamma, ctx.cutoff, 1.0 / math.sqrt(D), nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=ctx.block_e, BLOCK_NB=cfg["BLOCK_NB"],
-                HB=cfg["HB"], KC=cfg["KC"], PREC=ctx.prec, num_warps=cfg["num_warps"])
+                HB=cfg["HB"], KC=cfg["KC"], PREC=ctx.prec, SMOOTH=ctx.softmax == "smooth",
+                num_warps=cfg["num_warps"])
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):
             if nig[idx]:
                 grads[idx] = gr.to(x.dtype)
@@ -502,11 +516,12 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
 
 
 def attention_triton_v2(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, *,
-                        allow_tf32: bool = False, max_degree: int | None = None, return_stats: bool = False):
+                        allow_tf32: bool = False, max_degree: int | None = None, return_stats: bool = False,
+                        softmax: str = "official"):
     """Fused Triton attention edge part, v2 blocking; same signature / result as ``attention_triton``.
 
     ``allow_tf32`` is honoured here (for benchmarks); ``fused_attention`` always runs v2 with exact fp32
     ("ieee") dots, which measured faster than TF32 for v2 on an H100 (see ``kernels/__init__.py``)."""
     U, M, S = FusedAttentionFunctionV2.apply(row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff,
-                                             allow_tf32, max_degree, *FCParams(*fc_params))
+                                             allow_tf32, max_degree, softmax, *FCParams(*fc_params))
     return (U, M, S) if return_stats else U

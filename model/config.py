@@ -38,6 +38,11 @@ class E2FormerConfig:
     degree_num_elements: int = 300      # rows of the edge-degree element tables
     envelope: str = "polynomial5"       # official main branch; "smoothstep" = e2formerv2 branch
     min_dist: float = 1e-4
+    #: attention softmax: "official" (the official model, always used for official checkpoints) or "smooth"
+    #: (our own models).  official: alpha = w u exp(a - max a) / (sum u exp(a - max a) + 1e-3), which jumps
+    #: when another edge becomes the max logit (e.g. an edge entering the cutoff); smooth:
+    #: alpha = w u exp(a) / (sum u exp(a) + 1e-3), continuous (docs/model.md "Attention weights").
+    attention_softmax: str = "official"
 
     @property
     def hidden(self) -> int:
@@ -55,6 +60,8 @@ class E2FormerConfig:
             raise ConfigError(f"unsupported tp_type logit form {self.logit_form!r}")
         if self.envelope not in ("polynomial5", "smoothstep"):
             raise ConfigError(f"unknown envelope {self.envelope!r}")
+        if self.attention_softmax not in ("official", "smooth"):
+            raise ConfigError(f"attention_softmax must be 'official' or 'smooth', got {self.attention_softmax!r}")
         if not self.heads:
             raise ConfigError("dataset_name_list names no energy head")
         for k in ("num_layers", "num_heads", "head_dim", "num_basis", "max_neighbors"):

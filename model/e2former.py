@@ -192,12 +192,14 @@ class Attention(nn.Module):
 
     qkdot: Final[bool]
     use_so2: Final[bool]
+    smooth_softmax: Final[bool]
 
     def __init__(self, cfg: E2FormerConfig):
         super().__init__()
         C, H, nb, T = cfg.channels, cfg.num_heads, cfg.num_basis, cfg.atom_embed_size
         self.C, self.H, self.D, self.nb = C, H, cfg.head_dim, nb
         self.qkdot = cfg.logit_form == "QKdot_alpha"
+        self.smooth_softmax = cfg.attention_softmax == "smooth"
         self.source_embedding = nn.Embedding(cfg.num_elements, T)
         self.target_embedding = nn.Embedding(cfg.num_elements, T)
         self.edge_mlp = RadialMLP(nb + 2 * T, cfg.hidden, H if self.qkdot else 2 * H)
@@ -225,8 +227,8 @@ class Attention(nn.Module):
         node_s = self.source_embedding(z) @ W[:, nb + T:].t()
         return g.rbf() @ W[:, :nb].t() + b + node_t[g.center] + node_s[g.neighbor]
 
-    def attention_weights(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
-        """alpha [E, H]: envelope-weighted softmax with the official +1e-3, times the edge weight w."""
+    def attention_logits(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(logits a [E, H], post-softmax edge weights w [E, H]) of both logit forms."""
         H, N = self.H, x.shape[0]
         out = self.edge_mlp.tail(self._edge_first_layer(self.edge_mlp.lin0.weight, self.edge_mlp.lin0.bias, z, g))
         q = self.query(x).view(N, H, self.D)
@@ -248,10 +250,27 @@ class Attention(nn.Module):
         else:
             gate, w = out[:, :H], out[:, H:]
         # (under bf16 autocast the projections arrive in bf16: the softmax runs in the feature dtype)
-        logits = (gate * qk).to(x.dtype)
-        w = w.to(x.dtype)
+        return (gate * qk).to(x.dtype), w.to(x.dtype)
+
+    def attention_weights(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        """alpha [E, H]: envelope-weighted softmax with the +1e-3, times the edge weight w.
+
+        official: alpha = w u exp(a - m) / (sum u exp(a - m) + 1e-3), m = max a over the centre's edges (the
+        gradient flows through m); smooth (``attention_softmax="smooth"``): alpha = w u exp(a) /
+        (sum u exp(a) + 1e-3), evaluated with a gradient-free shift (docs/model.md "Attention weights")."""
+        H, N = self.H, x.shape[0]
+        logits, w = self.attention_logits(x, z, g)
         index = g.center[:, None].expand(-1, H)
         amax = logits.new_zeros(N, H).scatter_reduce(0, index, logits, "amax", include_self=False)
+        if self.smooth_softmax:
+            # shift c = max(m, ln 1e-3) for range only (the value does not depend on c: no gradient through
+            # it); exp(a - c) <= 1 and 1e-3 exp(-c) = exp(ln 1e-3 - c) <= 1 cannot overflow.  The denominator
+            # is 0 only if every term underflowed (all u = 0): then eps = 0 and alpha = 0 (no 0/0).
+            c = amax.detach().clamp_min(-6.907755278982137)  # ln(1e-3)
+            eps = torch.exp(logits - c[g.center]) * g.env[:, None]
+            denom = logits.new_zeros(N, H).index_add(0, g.center, eps) + torch.exp(-6.907755278982137 - c)
+            denom = torch.where(denom > 0, denom, torch.ones_like(denom))
+            return eps * w / denom[g.center]
         eps = torch.exp(logits - amax[g.center]) * g.env[:, None]
         denom = logits.new_zeros(N, H).index_add(0, g.center, eps) + 1e-3
         return eps * w / denom[g.center]
@@ -288,7 +307,8 @@ class Attention(nn.Module):
         k = self.key(x).view(N, H, self.D)
         U = fused_attention(g.row_ptr(), g.neighbor, g.vec, q, k, v, self.target_embedding(z),
                             self.source_embedding(z), _fc_params(self.edge_mlp), g.rbf_offsets, g.rbf_coeff, g.cutoff,
-                            allow_tf32=self.allow_tf32, max_degree=g.padded()[1])
+                            allow_tf32=self.allow_tf32, max_degree=g.padded()[1],
+                            softmax="smooth" if self.smooth_softmax else "official")
         return torch.einsum("krm,nkmc->nrc", self.cg.to(v.dtype), U)
 
     def _eaas_reference(self, x: torch.Tensor, v: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:

@@ -76,3 +76,28 @@ def test_load_on_float64_and_eaas_option():
     assert m.dtype == torch.float64 and m.eaas == "so2"
     with pytest.raises(ValueError, match="eaas"):
         m.set_eaas("bogus")
+
+
+def test_own_format_keeps_attention_softmax(tmp_path):
+    """attention_softmax round-trips through save_model / load_model; files written before the field existed
+    (no key in the stored config) load as "official"."""
+    import dataclasses
+    from openmm_e2former.model import E2FormerV2
+
+    m = model("tiny_qk")
+    smooth = E2FormerV2(dataclasses.replace(m.config, attention_softmax="smooth"))
+    smooth.load_state_dict(m.state_dict())
+    path = tmp_path / "smooth.pt"
+    save_model(smooth, path)
+    assert torch.load(path, weights_only=True)["config"]["attention_softmax"] == "smooth"
+    back = load_model(path)
+    assert back.config.attention_softmax == "smooth" and back.blocks[0].attn.smooth_softmax
+    z, pos = [8, 1, 1, 8], [[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0], [2.9, 0.3, 0.1]]
+    e_smooth = back.predict(z, pos)["energy_model"]
+    assert abs(e_smooth - m.predict(z, pos)["energy_model"]) > 1e-6       # really the other softmax
+    blob = torch.load(path, weights_only=True)
+    del blob["config"]["attention_softmax"]                              # an older file
+    torch.save(blob, tmp_path / "old.pt")
+    old = load_model(tmp_path / "old.pt")
+    assert old.config.attention_softmax == "official" and not old.blocks[0].attn.smooth_softmax
+    assert abs(old.predict(z, pos)["energy_model"] - m.predict(z, pos)["energy_model"]) < 1e-6

@@ -35,7 +35,7 @@ MICRO = dict(C=4, H=2, D=2, nb=6, T=3, hid=5)
 # ------------------------------------------------------------------------------------------------
 # an independent, deliberately naive implementation: python loops over atoms and edges, float64
 # ------------------------------------------------------------------------------------------------
-def _naive(row_ptr, src, vec, q, k, v, t, s, p, mu, gamma, cutoff):
+def _naive(row_ptr, src, vec, q, k, v, t, s, p, mu, gamma, cutoff, softmax="official"):
     N, H, D = q.shape
     C = v.shape[-1]
     U = torch.zeros(N, 3, 9, C, dtype=torch.float64)
@@ -70,8 +70,11 @@ def _naive(row_ptr, src, vec, q, k, v, t, s, p, mu, gamma, cutoff):
         for h_ in range(H):
             if not js:
                 continue
-            mx = max(lg[h_] for lg in logits)
-            eps = [math.exp(lg[h_] - mx) * en for lg, en in zip(logits, envs)]
+            if softmax == "smooth":   # the formula as written: no shift at all
+                eps = [math.exp(lg[h_]) * en for lg, en in zip(logits, envs)]
+            else:
+                mx = max(lg[h_] for lg in logits)
+                eps = [math.exp(lg[h_] - mx) * en for lg, en in zip(logits, envs)]
             den = sum(eps) + 1e-3
             for n, j in enumerate(js):
                 alpha = eps[n] * gates_w[n][h_] / den
@@ -91,6 +94,70 @@ def test_reference_matches_naive_loop():
     assert int(case["row_ptr"][2] - case["row_ptr"][1]) == 1
     assert U[1].abs().sum() > 0                       # single-edge atom
     assert torch.allclose(U, Un, rtol=1e-10, atol=1e-12), (U - Un).abs().max()
+
+
+def test_reference_smooth_softmax_matches_naive_formula():
+    """softmax="smooth": alpha = w u exp(a) / (sum u exp(a) + 1e-3), evaluated literally in float64."""
+    for seed in (3, 8):
+        case = make_case(8, 5, **MICRO, dtype=torch.float64, seed=seed, extreme_rows=40.0)
+        U = attention_reference(*args_of(case), softmax="smooth")
+        Un = _naive(*args_of(case), softmax="smooth")
+        assert torch.all(U[0] == 0)
+        assert torch.allclose(U, Un, rtol=1e-9, atol=1e-10), (U - Un).abs().max()   # (logits up to ~40)
+        Uo = attention_reference(*args_of(case))
+        assert (U - Uo).abs().max() > 1e-6          # the two modes are different functions
+    with pytest.raises(ValueError, match="softmax"):
+        attention_reference(*args_of(case), softmax="smoth")
+
+
+def test_smooth_softmax_extreme_logits_and_gradcheck():
+    """Core of the smooth mode: no overflow / 0/0 for very negative or very large logits (float32), matches
+    the float64 formula, and float64 gradcheck (the shift carries no gradient)."""
+    from importlib import import_module
+    softmax_weights = import_module(KPKG + ".attention_reference").softmax_weights
+    tgt = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, 3, 4])
+    a = torch.tensor([[-30.0], [-31.0], [-29.5],        # all very negative: eps term dominates, alpha ~ 1e-10
+                      [60.0], [58.0],                  # large, u ~ 0 / u = 0
+                      [120.0], [119.0],                # huge and u = 0: every term underflows in float32
+                      [1.5], [0.3],                    # ordinary
+                      [-2.0]], dtype=torch.float64)    # single edge
+    u = torch.tensor([0.9, 0.5, 0.2, 1e-12, 0.0, 0.0, 0.0, 0.7, 0.4, 0.8], dtype=torch.float64)
+    w = torch.linspace(-1.0, 1.5, 10, dtype=torch.float64)[:, None]
+    direct = []
+    for e in range(10):                                   # literal formula, exp(a) fits in float64
+        same = tgt == tgt[e]
+        direct.append(w[e, 0] * u[e] * torch.exp(a[e, 0]) / ((u[same] * torch.exp(a[same, 0])).sum() + 1e-3))
+    direct = torch.stack(direct)[:, None]
+    for dt, tol in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
+        a_, u_, w_ = (x.to(dt).clone().requires_grad_(True) for x in (a, u, w))
+        alpha = softmax_weights(a_, u_, w_, tgt, 6, "smooth")
+        assert torch.isfinite(alpha).all()
+        assert torch.allclose(alpha.double(), direct, rtol=tol, atol=tol * 1e-3), (alpha.double() - direct)
+        grads = torch.autograd.grad(alpha.square().sum() + alpha.sum(), (a_, u_, w_))
+        assert all(torch.isfinite(g_).all() for g_ in grads)
+    alpha = alpha.detach()                                 # (float32 here)
+    assert float(alpha[0]) < 1e-9 and abs(float(alpha[3]) - float(w[3])) < 1e-3
+    assert torch.all(alpha[5:7] == 0)
+    sel = torch.tensor([0, 1, 2, 7, 8, 9])                 # gradcheck away from u = 0 (kink of u itself)
+    leaves = [a[sel].clone().requires_grad_(True), u[sel].clone().requires_grad_(True),
+              w[sel].clone().requires_grad_(True)]
+    assert torch.autograd.gradcheck(lambda a_, u_, w_: softmax_weights(a_, u_, w_, tgt[sel], 6, "smooth"),
+                                    leaves, eps=1e-7, atol=1e-8, rtol=1e-6)
+
+
+def test_reference_smooth_gradcheck_float64():
+    case = make_case(5, 3, **MICRO, dtype=torch.float64, seed=5)
+    row_ptr, src, vec, q, k, v, t, s, p, mu, gamma, cutoff = args_of(case)
+    leaves = [x.clone().requires_grad_(True) for x in (vec, q, k, v, t, s, mu, *p)]
+
+    def f(vec, q, k, v, t, s, mu, *pp):
+        return attention_reference(row_ptr, src, vec, q, k, v, t, s, FCParams(*pp), mu, gamma, cutoff,
+                                   softmax="smooth")
+
+    assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+    # double backward (force-loss training) goes through this reference: second derivatives w.r.t. vec, q
+    g2 = lambda vec_, q_: f(vec_, q_, *leaves[2:])
+    assert torch.autograd.gradgradcheck(g2, leaves[:2], eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
 
 
 def test_reference_int32_rowptr_and_isolated_grads():
@@ -223,21 +290,23 @@ _INTERP_SCRIPT = textwrap.dedent(r"""
         return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
     worst = 0.0
-    for N, K, seed, idx in ((6, 5, 11, torch.int64), (5, 17, 12, torch.int32)):
-        case = make_case(N, K, **TINY, seed=seed, index_dtype=idx)
-        ref64 = make_case(N, K, **TINY, seed=seed, dtype=torch.float64, index_dtype=idx)
+    for N, K, seed, idx, softmax, ext in ((6, 5, 11, torch.int64, "official", None),
+                                          (5, 17, 12, torch.int32, "official", None),
+                                          (6, 5, 21, torch.int64, "smooth", 10.0)):
+        case = make_case(N, K, **TINY, seed=seed, index_dtype=idx, extreme_rows=ext)
+        ref64 = make_case(N, K, **TINY, seed=seed, dtype=torch.float64, index_dtype=idx, extreme_rows=ext)
         args = list(args_of(case)); a64 = list(args_of(ref64))
         for n in (2, 3, 4, 5):
             args[n] = args[n].clone().requires_grad_(True)
             a64[n] = a64[n].clone().requires_grad_(True)
-        U = fused_attention(*args, backend="triton")
-        Ur = attention_reference(*a64)
+        U = fused_attention(*args, backend="triton", softmax=softmax)
+        Ur = attention_reference(*a64, softmax=softmax)
         assert torch.isfinite(U).all() and torch.all(U[0] == 0)
         G = torch.randn(U.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         g_t = torch.autograd.grad(U, [args[n] for n in (2, 3, 4, 5)], G.float())
         g_r = torch.autograd.grad(Ur, [a64[n] for n in (2, 3, 4, 5)], G)
         errs = [rel(U.double(), Ur)] + [rel(a.double(), b) for a, b in zip(g_t, g_r)]
-        print("N", N, "K", K, "rel errors U,dvec,dq,dk,dv:", ["%.2e" % x for x in errs])
+        print(softmax, "N", N, "K", K, "rel errors U,dvec,dq,dk,dv:", ["%.2e" % x for x in errs])
         worst = max(worst, *errs)
 
     # training path: grads w.r.t. t, s and fc params go through the reference inside backward
@@ -312,12 +381,12 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
     def rel(a, b):
         return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
-    def check(N, K, seed, idx=torch.int64, env=None, via_env=False):
+    def check(N, K, seed, idx=torch.int64, env=None, via_env=False, softmax="official", extreme=None):
         old = {k_: os.environ.get(k_) for k_ in (env or {})}
         os.environ.update(env or {})
         try:
-            case = make_case(N, K, **TINY, seed=seed, index_dtype=idx)
-            c64 = make_case(N, K, **TINY, seed=seed, dtype=torch.float64, index_dtype=idx)
+            case = make_case(N, K, **TINY, seed=seed, index_dtype=idx, extreme_rows=extreme)
+            c64 = make_case(N, K, **TINY, seed=seed, dtype=torch.float64, index_dtype=idx, extreme_rows=extreme)
             args = list(args_of(case)); a64 = list(args_of(c64))
             for n in (2, 3, 4, 5):
                 args[n] = args[n].clone().requires_grad_(True)
@@ -325,11 +394,11 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
             if via_env:
                 os.environ["E2FORMER_ATTENTION_BACKEND"] = "triton_v2"
                 assert KM.select_backend(args[3], args[5], args[8]) == "triton_v2"
-                U = KM.fused_attention(*args)
+                U = KM.fused_attention(*args, softmax=softmax)
                 del os.environ["E2FORMER_ATTENTION_BACKEND"]
             else:
-                U = KM.fused_attention(*args, backend="triton_v2")
-            Ur = KM.attention_reference(*a64)
+                U = KM.fused_attention(*args, backend="triton_v2", softmax=softmax)
+            Ur = KM.attention_reference(*a64, softmax=softmax)
             assert torch.isfinite(U).all() and torch.all(U[0] == 0)          # atom 0: no edge
             assert U[1].abs().sum() > 0                                      # atom 1: one edge
             G = torch.randn(U.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -337,7 +406,8 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
             g_r = torch.autograd.grad(Ur, [a64[n] for n in (2, 3, 4, 5)], G)
             assert torch.all(g_t[1][0] == 0)                                 # dq of the isolated atom
             errs = [rel(U.double(), Ur)] + [rel(a.double(), b) for a, b in zip(g_t, g_r)]
-            print("v2 N", N, "K", K, env or "", "rel errors U,dvec,dq,dk,dv:", ["%.2e" % x for x in errs])
+            print("v2", softmax, "N", N, "K", K, env or "", "rel errors U,dvec,dq,dk,dv:",
+                  ["%.2e" % x for x in errs])
             return max(errs)
         finally:
             for k_, v_ in old.items():
@@ -366,6 +436,30 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
     g_r = torch.autograd.grad(KM.attention_reference(*args), [args[2], args[6], p.W0, p.W2], G)
     errs = [rel(a, b) for a, b in zip(g_t, g_r)]
     print("v2 training-path rel errors:", ["%.2e" % x for x in errs])
+    worst = max(worst, *errs)
+
+    # smooth softmax: extreme rows (atom 3 logits up to ~40, and with seed 21 one head whose logits are all
+    # below ln 1e-3, i.e. the clamped shift; atom 4 all edges at the cutoff), atoms with 0 / 1 edges,
+    # BLOCK_E 16 and 32 (partial last block); fused d/d(vec, q, k, v), then every input (t, s, mu and the fc
+    # parameters go through the reference backward, which must get the smooth mode as well)
+    worst = max(worst, check(6, 5, 21, softmax="smooth", extreme=10.0))
+    worst = max(worst, check(7, 17, 22, torch.int32, softmax="smooth", extreme=10.0))
+    case = make_case(6, 5, **TINY, seed=23, extreme_rows=10.0)
+    c64 = make_case(6, 5, **TINY, seed=23, dtype=torch.float64, extreme_rows=10.0)
+    outs = []
+    for c_, kw in ((case, dict(backend="triton_v2")), (c64, dict(backend="reference"))):
+        args = list(args_of(c_))
+        leaves = [args[n].clone().requires_grad_(True) for n in (2, 3, 4, 5, 6, 7, 9)]
+        p = KM.FCParams(*(x.clone().requires_grad_(True) for x in args[8]))
+        for n, x in zip((2, 3, 4, 5, 6, 7, 9), leaves):
+            args[n] = x
+        args[8] = p
+        U = KM.fused_attention(*args, softmax="smooth", **kw)
+        G = torch.randn(U.shape, generator=torch.Generator().manual_seed(24), dtype=torch.float64).to(U.dtype)
+        outs.append([U] + list(torch.autograd.grad(U, leaves + list(p), G)))
+    assert all(torch.isfinite(x).all() for x in outs[0])
+    errs = [rel(a.double(), b) for a, b in zip(*outs)]
+    print("v2 smooth all-input rel errors (U, vec, q, k, v, t, s, mu, fc...):", ["%.1e" % x for x in errs])
     worst = max(worst, *errs)
     print("WORST", worst)
     assert worst < 2e-5, worst
@@ -422,8 +516,9 @@ def test_dispatch_auto_picks_v2_on_cuda(monkeypatch):
         sel("triton_v3")
 
 
-def test_dispatch_v2_gets_ieee_dots(monkeypatch):
-    """fused_attention runs v2 with exact fp32 dots even when TF32 is allowed (v1 honours allow_tf32)."""
+def test_dispatch_v2_gets_ieee_dots_and_softmax_mode(monkeypatch):
+    """fused_attention runs v2 with exact fp32 dots even when TF32 is allowed (v1 honours allow_tf32), passes
+    the softmax mode to every backend, and rejects unknown modes."""
     _need_triton()
     calls = []
 
@@ -439,8 +534,14 @@ def test_dispatch_v2_gets_ieee_dots(monkeypatch):
     args = args_of(make_case(5, 3, **MICRO, seed=7))
     for chosen in ("triton_v2", "triton"):
         monkeypatch.setattr(K, "select_backend", lambda *a, _c=chosen, **kw: _c)
-        K.fused_attention(*args, allow_tf32=True, max_degree=3)
-    assert calls == [("v2", dict(allow_tf32=False, max_degree=3)), ("v1", dict(allow_tf32=True, max_degree=3))]
+        for softmax in ("official", "smooth"):
+            K.fused_attention(*args, allow_tf32=True, max_degree=3, softmax=softmax)
+    assert calls == [("v2", dict(allow_tf32=False, max_degree=3, softmax="official")),
+                     ("v2", dict(allow_tf32=False, max_degree=3, softmax="smooth")),
+                     ("v1", dict(allow_tf32=True, max_degree=3, softmax="official")),
+                     ("v1", dict(allow_tf32=True, max_degree=3, softmax="smooth"))]
+    with pytest.raises(ValueError, match="softmax"):
+        K.fused_attention(*args, softmax="soft")
 
 
 def test_dispatch_edge_degree_follows_attention_backend(monkeypatch):

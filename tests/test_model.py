@@ -251,3 +251,149 @@ def test_bf16_mode_is_close_to_fp32():
     assert abs(again["energy"] - ref["energy"]) < 1e-6
     with pytest.raises(ValueError):
         m.set_precision("fp8")
+
+
+# ------------------------------------------------------------------------------------------------
+# smooth attention softmax (config attention_softmax="smooth", for our own models)
+# ------------------------------------------------------------------------------------------------
+def _with_softmax(m, softmax, eaas="relative"):
+    """A copy of model ``m`` (same weights) whose config selects the given attention softmax."""
+    import dataclasses
+    from openmm_e2former.model import E2FormerV2
+
+    out = E2FormerV2(dataclasses.replace(m.config, attention_softmax=softmax)).to(m.dtype)
+    out.load_state_dict(m.state_dict())
+    return out.set_eaas(eaas).requires_grad_(False).eval()
+
+
+def test_attention_softmax_config():
+    from openmm_e2former.model import ConfigError, E2FormerConfig
+
+    assert E2FormerConfig().attention_softmax == "official"
+    for variant in ("tiny_qk", "tiny_qkdot", "tiny_direct"):       # official yaml: always official
+        assert model(variant).config.attention_softmax == "official"
+    assert E2FormerConfig.from_dict({"attention_softmax": "smooth"}).attention_softmax == "smooth"
+    with pytest.raises(ConfigError, match="attention_softmax"):
+        E2FormerConfig.from_dict({"attention_softmax": "soft"})
+
+
+@pytest.mark.parametrize("softmax", ["official", "smooth"])
+def test_attention_reference_path_matches_kernel_reference(softmax):
+    """The model's attention (attention_weights + relative EAAS) equals what the GPU path computes with
+    kernels.fused_attention (on the CPU: kernels.attention_reference, tested against the literal formula)."""
+    m = _with_softmax(model("tiny_qk", "relative", "float64"), softmax)
+    c = case("tiny_qk", "water30_triclinic_pbc")
+    z = torch.tensor(c["atomic_numbers"])
+    pos = torch.tensor(c["positions"], dtype=torch.float64)
+    g = m.build_graph(pos, torch.tensor(c["cell"], dtype=torch.float64), torch.tensor(c["pbc"]))
+    x = torch.randn(len(z), 9, m.config.channels, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    attn = m.blocks[1].attn
+    v = attn.value(x)
+    ref = attn._eaas_reference(x, v, z, g)
+    fused = attn._eaas_fused(x, v, z, g)
+    torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-12)
+    other = _with_softmax(m, "official" if softmax == "smooth" else "smooth").blocks[1].attn
+    assert (other._eaas_reference(x, v, z, g) - ref).abs().max() > 1e-6   # the modes really differ
+
+
+@pytest.mark.parametrize("variant,name", [("tiny_qk", "random20"), ("tiny_qkdot", "acetic_acid")])
+def test_smooth_softmax_both_eaas_routes_agree(variant, name):
+    """Both EAAS routes and both logit forms use the smooth softmax (float64: the routes agree as closely as
+    in official mode, ~1e-7 eV, the absolute-position rounding of the so2 route)."""
+    base = model(variant, "relative", "float64")
+    c = case(variant, name)
+    rel = predict_case(_with_softmax(base, "smooth", "relative"), c)
+    so2 = predict_case(_with_softmax(base, "smooth", "so2"), c)
+    off = predict_case(base, c)
+    assert abs(rel["energy"] - so2["energy"]) < 1e-6
+    np.testing.assert_allclose(rel["forces"], so2["forces"], atol=1e-6)
+    assert abs(rel["energy"] - off["energy"]) > 1e-4, abs(rel["energy"] - off["energy"])
+
+
+def test_smooth_softmax_is_continuous_when_the_argmax_edge_enters():
+    """An F atom crosses the O atom's cutoff sphere (|r| = R +- delta).  In layer 0 the entering edge has the
+    largest logit of O for two heads, so the official softmax (+1e-3 added after the max shift) jumps
+    by a finite amount however small delta is; the smooth one changes by O(delta)."""
+    from openmm_e2former.model.e2former import Attention
+
+    m_off = model("tiny_qk", "relative", "float64")
+    m_smooth = _with_softmax(m_off, "smooth")
+    R = m_off.cutoff
+    z = np.array([8, 1, 1, 6, 9])
+    base = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0], [0.3, -0.8, 0.5]])
+    at = lambda d: np.vstack([base, [-d, 0.0, 0.0]])
+
+    # the entering edge (F -> O) holds the max logit of O in layer 0 for at least one head
+    seen = []
+    orig = Attention.attention_logits
+
+    def spy(self, x, zz, g):
+        out = orig(self, x, zz, g)
+        seen.append((g.center, g.neighbor, out[0].detach()))
+        return out
+
+    Attention.attention_logits = spy
+    try:
+        m_off.predict(z, at(R - 1e-7), forces=False)
+    finally:
+        Attention.attention_logits = orig
+    center, neighbor, logits = seen[0]
+    mine = center == 0
+    assert sorted(neighbor[mine].tolist()) == [1, 2, 3, 4]
+    new = logits[mine & (neighbor == 4)][0]
+    old_max = logits[mine & (neighbor != 4)].max(0).values
+    assert int((new > old_max + 0.05).sum()) >= 2, (new, old_max)
+
+    def jump(m, delta):
+        e_in = m.predict(z, at(R - delta), forces=False)["energy_model"]
+        e_out = m.predict(z, at(R + delta), forces=False)["energy_model"]
+        return e_in - e_out
+
+    j_off = [jump(m_off, d) for d in (1e-5, 1e-7)]
+    j_smooth = [jump(m_smooth, d) for d in (1e-5, 1e-7)]
+    assert min(abs(j) for j in j_off) > 1e-2                 # official: a finite jump (~0.028 eV) ...
+    assert abs(j_off[0] - j_off[1]) < 0.01 * abs(j_off[1])   # ... that does not shrink with delta
+    assert abs(j_smooth[1]) < 1e-5                           # smooth: ~ 2 delta |dE/dx| (O(delta)) ...
+    assert 30 < abs(j_smooth[0] / j_smooth[1]) < 300         # ... shrinking with delta (here 100x)
+
+
+@pytest.mark.parametrize("name", ["random20", "benzene"])
+def test_smooth_softmax_forces_match_finite_differences(name):
+    """Smooth mode: autograd forces = central finite differences, also for benzene, whose symmetric edges
+    tie for the max logit (a kink of the official softmax; the smooth one does not use the max)."""
+    m = _with_softmax(model("tiny_qk", "relative", "float64"), "smooth")
+    c = case("tiny_qk", name)
+    z, pos = c["atomic_numbers"], c["positions"].copy()
+    f = m.predict(z, pos)["forces"]
+    h = 1e-5
+    rng = np.random.default_rng(1)
+    for a in rng.choice(len(z), size=3, replace=False):
+        for k in range(3):
+            p1, p2 = pos.copy(), pos.copy()
+            p1[a, k] += h
+            p2[a, k] -= h
+            e1 = m.predict(z, p1, forces=False)["energy_model"]
+            e2 = m.predict(z, p2, forces=False)["energy_model"]
+            assert abs(-(e1 - e2) / (2 * h) - f[a, k]) < 1e-6 * max(1.0, abs(f[a, k])), (a, k)
+
+
+def test_smooth_softmax_torchscript_and_training_double_backward():
+    """forward() still scripts in smooth mode, and a force loss can be differentiated w.r.t. the weights."""
+    m = _with_softmax(model("tiny_qk"), "smooth")
+    c = case("tiny_qk", "water7_cubic6_pbc")
+    z = torch.tensor(c["atomic_numbers"])
+    cell = torch.tensor(c["cell"], dtype=torch.float32)
+    pbc = torch.tensor(c["pbc"])
+    scripted = torch.jit.script(m)
+    energies = []
+    for fn in (m, scripted):
+        pos = torch.tensor(c["positions"], dtype=torch.float32, requires_grad=True)
+        energies.append(float(fn(z, pos, cell, pbc, 0, 1, 0).detach()))
+    assert abs(energies[0] - energies[1]) < 1e-6 * abs(energies[0])
+    m.requires_grad_(True).train()
+    pos = torch.tensor(c["positions"], dtype=torch.float32, requires_grad=True)
+    e, _ = m.energy_terms(z, pos, cell, pbc)
+    (f,) = torch.autograd.grad(e, pos, create_graph=True)
+    w = m.blocks[0].attn.edge_mlp.lin2.weight
+    (gw,) = torch.autograd.grad(f.square().sum(), w)
+    assert torch.isfinite(gw).all() and gw.abs().max() > 0
