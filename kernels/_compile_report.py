@@ -3,6 +3,7 @@ and shared memory (v1 vs v2).
 
     python -m kernels._compile_report [--quick]
     python -m kernels._compile_report --gpu [N ...]    (on a GPU machine: v1 vs v2 check + timing)
+    python -m kernels._compile_report --gpu --check-only   (the correctness check alone)
 
 Triton 3.6 compiles to PTX without a driver; the bundled ``ptxas -v`` then gives the register count and the
 local-memory (stack) size.  ``spills`` below is stack bytes / 4, which is what Triton reports as
@@ -148,7 +149,7 @@ def gpu_main(sizes):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if "--gpu" in argv:
-        sizes = [int(a) for a in argv if a.isdigit()] or [16384, 100000]
+        sizes = [] if "--check-only" in argv else ([int(a) for a in argv if a.isdigit()] or [16384, 100000])
         return gpu_main(sizes)
     quick = "--quick" in argv
     runs = []
