@@ -63,6 +63,24 @@ pipeline() {
     setsid python3 -m training.water_md run --potential teacher --waters $WATERS --temperature 298 \
         --minutes "${CHAIN_TEACHER_MINUTES:-13}" --out "$W/teacher_md" --platform $OMM --device $DEV > "$W/logs/teacher_md.log" 2>&1 < /dev/null &
     wait
+    stage "label (fast engine) done: $(ls $W/labelled/*.npz | wc -l) of $(ls $W/raw/*.npz | wc -l) shards"
+    # fallback: the shipped ASE calculator (neighbour graph on the CPU) for whatever is left; labelling resumes
+    python3 - "$W" <<'PY' > "$W/logs/label_check.log" 2>&1
+import sys, numpy as np, pathlib
+w = pathlib.Path(sys.argv[1]); left = 0
+for p in sorted((w / "raw").glob("*.npz")):
+    q = w / "labelled" / p.name
+    left += (not q.exists()) or (not np.load(q)["labelled"].all())
+print(left); sys.exit(1 if left else 0)
+PY
+    if [ $? -ne 0 ]; then
+        stage "unlabelled shards left ($(cat $W/logs/label_check.log)): ASE engine, 12 workers"
+        for i in $(seq 0 11); do
+            python3 -m training.label --raw "$W/raw" --out "$W/labelled" --device $DEV --engine ase --part "$i/12" \
+                > "$W/logs/label_ase_$i.log" 2>&1 &
+        done
+        wait
+    fi
     stage "label done: $(ls $W/labelled/*.npz | wc -l) shards"
     python3 -m training.refs --data "$W/labelled" --out "$W/refs.json" > "$W/logs/refs.log" 2>&1
     stage "refs done"
@@ -73,6 +91,10 @@ pipeline() {
     stage "train finished: $(tail -1 $W/logs/train.log | cut -c1-300)"
     if [ -f "$W/run/model.pt" ]; then
         stage "student water MD"
+        if grep -q FAIL "$W/bench/kernel_check.log" 2>/dev/null; then
+            export E2FORMER_ATTENTION_BACKEND=reference   # a kernel failed its GPU check: do not use it
+            stage "kernel check FAILED: student MD on the reference attention"
+        fi
         python3 -m training.water_md run --potential student --model "$W/run/model.pt" --waters $WATERS \
             --temperature 298 --minutes "$(cat $W/student_minutes 2>/dev/null || echo 4)" --out "$W/student_md" --platform $OMM --device $DEV \
             > "$W/logs/student_md.log" 2>&1
@@ -123,6 +145,9 @@ if [ "$MODE" = "start" ]; then
         > "$W/bench/profile.log" 2>&1
     touch "$W/bench.done"
     cd "$SRC"
+elif [ "$MODE" = "poll" ] && [ ! -f "$W/.t_start" ]; then
+    echo "fresh machine: the pipeline's state is gone (start again with 'start')"
+    exit 3
 elif [ "$MODE" = "pipeline" ]; then
     pipeline
     exit 0

@@ -245,7 +245,11 @@ def build_model(mcfg: Dict[str, Any], refs: Dict[str, Any], seed: int):
     from openmm_e2former.model import E2FormerConfig, E2FormerV2
     torch.manual_seed(seed)
     cfg = E2FormerConfig.from_dict(dict(mcfg))
-    return E2FormerV2(cfg, reference_energies={cfg.heads[0]: list(refs["table"])})
+    model = E2FormerV2(cfg, reference_energies={cfg.heads[0]: list(refs["table"])})
+    # training needs second derivatives (force loss): use the PyTorch reference path everywhere (the fused
+    # kernels are for inference; their double backward falls back to the reference anyway). The exported
+    # file stores no backend: a loaded model picks the fused kernels on CUDA again.
+    return model.set_attention_backend("reference")
 
 
 def evaluate(model, frames: Frames, idx: Sequence[int], max_frames: int, device, dtype,
