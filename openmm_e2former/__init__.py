@@ -65,7 +65,26 @@ def load_model(path: "os.PathLike | str | None" = None, config=None, device="cpu
             raise DefaultModelUnavailable(
                 "no bundled default E2Former-V2 model is installed with this version of openmm-e2former; "
                 "pass a checkpoint explicitly (load_model(path) / MLPotential('e2formerv2', modelPath=...))")
+        model = _load(path, config=config, device=device, dtype=_dtype(dtype), eaas=eaas, trainable=trainable)
+        _warn_if_preview(model)
+        return model
     return _load(path, config=config, device=device, dtype=_dtype(dtype), eaas=eaas, trainable=trainable)
+
+
+_PREVIEW_WARNED = False
+
+
+def _warn_if_preview(model) -> None:
+    """Say once per process that the bundled model is a preview (its metadata ``status``)."""
+    global _PREVIEW_WARNED
+    meta = getattr(model, "metadata", None) or {}
+    if meta.get("status") == "preview" and not _PREVIEW_WARNED:
+        import warnings
+
+        _PREVIEW_WARNED = True
+        warnings.warn("the bundled default E2Former-V2 model is a PREVIEW: " + str(meta.get("status_note", ""))
+                      + " For production use pass a validated checkpoint (modelPath=...).", UserWarning,
+                      stacklevel=3)
 
 
 def save_model(model, path, metadata=None) -> None:

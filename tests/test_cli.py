@@ -112,10 +112,9 @@ def test_cli_fix_solvate_ml_mm(ala2_pdb, tiny_qk_checkpoint, tmp_path, capsys):
     assert "periodic" in out and "non-periodic" not in out and "2 link-atom caps" in out
 
 
-def test_cli_without_model_uses_default_or_says_model(water_pdb_factory, tmp_path, capsys):
+def test_cli_without_model_uses_default(water_pdb_factory, tmp_path, capsys):
     pdb = water_pdb_factory(2)
     code = main([str(pdb), "--steps", "1", "--minimize-steps", "-1", "--no-progress", "--platform", "Reference",
                  "--device", "cpu", "--output", str(tmp_path / "d")])
     err = capsys.readouterr().err
-    if code != 0:  # no bundled default model yet
-        assert code == 2 and "--model" in err and "Traceback" not in err
+    assert code == 0, err    # the bundled default model

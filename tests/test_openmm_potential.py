@@ -400,16 +400,46 @@ def test_error_unknown_head_and_bad_path(tiny_qk_checkpoint, tmp_path):
         MLPotential("e2formerv2", modelPath=str(tmp_path / "missing.pt"))
 
 
-def test_default_model_or_clear_error(official_parity_dir):
+def test_default_model_without_model_path(official_parity_dir):
+    """MLPotential('e2formerv2') with no modelPath uses the bundled model: same energy and forces as
+    load_model() (no arguments), after unit conversion."""
+    from openmm_e2former import load_model
     case = load_case(official_parity_dir, "water3")
-    pot = MLPotential("e2formerv2")
-    try:
-        system = pot.createSystem(make_topology(case["z"]), device="cpu")
-    except RuntimeError as exc:
-        assert "modelPath" in str(exc)
-        return
-    e, _ = evaluate(system, case["pos"] * 0.1)
-    assert np.isfinite(e)
+    with pytest.warns(UserWarning, match="PREVIEW") if _default_is_preview() else _nullcontext():
+        system = MLPotential("e2formerv2").createSystem(make_topology(case["z"]), device="cpu")
+    e, f = evaluate(system, case["pos"] * 0.1)
+    ref = load_model().predict(case["z"], case["pos"])
+    assert e == pytest.approx(ref["energy"] * EV, abs=1e-3)
+    np.testing.assert_allclose(f, ref["forces"] * EV * 10.0, atol=1e-3)
+
+
+def _default_is_preview():
+    import openmm_e2former as pkg
+    from openmm_e2former.force import clear_model_cache
+    clear_model_cache()
+    pkg._PREVIEW_WARNED = False     # the warning is once per process: re-arm it for this test
+    import torch
+    meta = torch.load(pkg.default_model_path(), map_location="cpu", weights_only=False).get("metadata", {})
+    return meta.get("status") == "preview"
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_missing_default_model_says_model_path(official_parity_dir, monkeypatch, tmp_path):
+    import openmm_e2former as pkg
+    from openmm_e2former.force import clear_model_cache
+    clear_model_cache()
+    monkeypatch.setattr(pkg, "default_model_path", lambda: tmp_path / "absent.pt")
+    case = load_case(official_parity_dir, "water3")
+    with pytest.raises(RuntimeError, match="modelPath"):
+        MLPotential("e2formerv2").createSystem(make_topology(case["z"]), device="cpu")
+    clear_model_cache()
 
 
 def test_error_overlapping_atoms_at_runtime(official_parity_dir, tiny_qk_checkpoint):

@@ -112,12 +112,69 @@ def nve_drift(model_path: str, system: str, steps: int, dt_fs: float = 0.5, seed
             "wall_s": time.time() - t0, "etot": etot_a.tolist(), "t_ps": ts_a.tolist()}
 
 
+def stability(model_path: str, letters: str, steps: int, dt_fs: float = 0.5, temperature: float = 300.0,
+              solvate: bool = False, seed: int = 0) -> Dict[str, Any]:
+    """Langevin MD (real masses) of ACE-X-NME with the model; "stable" = finite energies and every covalent
+    bond of the classical topology within 0.7-1.4x its starting length at every check."""
+    import openmm
+    from openmm import unit
+    from openmm_e2former.force import create_python_force
+    from .generate import build_capped
+
+    b = build_capped(letters, None, solvate, seed)
+    bonds = []
+    for f in b.system.getForces():
+        if isinstance(f, openmm.HarmonicBondForce):
+            bonds += [f.getBondParameters(i)[:2] for i in range(f.getNumBonds())]
+    sysm = openmm.System()
+    for i in range(b.system.getNumParticles()):
+        sysm.addParticle(b.system.getParticleMass(i))
+    periodic = b.box is not None
+    if periodic:
+        sysm.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in b.box])
+    sysm.addForce(create_python_force(list(map(int, b.z)), model_path, periodic=periodic, device="cpu",
+                                      charge=int(b.charge)))
+    ctx0 = openmm.Context(b.system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("CPU"),
+                          {"Threads": "1"})
+    ctx0.setPositions(b.positions)
+    openmm.LocalEnergyMinimizer.minimize(ctx0, 10.0, 500)
+    pos0 = ctx0.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    integ = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, 1 / unit.picosecond, dt_fs * unit.femtosecond)
+    integ.setRandomNumberSeed(seed + 1)
+    ctx = openmm.Context(sysm, integ, openmm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
+    ctx.setPositions(pos0 / 10.0)
+    ctx.setVelocitiesToTemperature(temperature * unit.kelvin, seed + 1)
+    bi = np.array(bonds, dtype=int).reshape(-1, 2)
+    d0 = np.linalg.norm(pos0[bi[:, 0]] - pos0[bi[:, 1]], axis=1)
+    worst, t0, ok, reason = 1.0, time.time(), True, ""
+    chunk = max(1, steps // 50)
+    done = 0
+    try:
+        while done < steps:
+            integ.step(chunk)
+            done += chunk
+            st = ctx.getState(getPositions=True, getEnergy=True)
+            e = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+            p = st.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+            ratio = np.linalg.norm(p[bi[:, 0]] - p[bi[:, 1]], axis=1) / d0
+            worst = max(worst, float(ratio.max()), 1.0 / max(float(ratio.min()), 1e-9))
+            if not np.isfinite(e) or ratio.max() > 1.4 or ratio.min() < 0.7:
+                ok, reason = False, f"bond ratio {ratio.min():.2f}-{ratio.max():.2f}, E {e:.1f} at step {done}"
+                break
+    except Exception as exc:   # an overlap/NaN error from the force is an instability too
+        ok, reason = False, f"{type(exc).__name__}: {str(exc)[:120]} at step {done}"
+    return {"system": f"ACE-{letters}-NME" + (" (water)" if solvate else " (gas)"), "atoms": len(b.z),
+            "charge": int(b.charge), "steps": done, "ps": done * dt_fs / 1000.0, "stable": ok,
+            "worst_bond_ratio": worst, "reason": reason, "wall_s": time.time() - t0}
+
+
 def _fmt(x, f="{:.3f}"):
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f.format(x)
 
 
 def make_report(model_path: str, out: Path, teacher_md: Optional[str], student_md: Optional[str],
-                nve: Optional[List[Dict[str, Any]]], exp_path: Optional[str]) -> Dict[str, Any]:
+                nve: Optional[List[Dict[str, Any]]], exp_path: Optional[str],
+                stab: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -194,7 +251,7 @@ def make_report(model_path: str, out: Path, teacher_md: Optional[str], student_m
             "training": {k: v for k, v in (meta.get("training") or {}).items() if k != "config"},
             "validation": val, "water_teacher": clean(teacher), "water_student": clean(student),
             "nve": [{k: v for k, v in r.items() if k not in ("etot", "t_ps")} for r in (nve or [])],
-            "targets": TARGETS}
+            "stability": stab or [], "targets": TARGETS}
     (out / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str))
 
     # ---- markdown
@@ -285,6 +342,22 @@ def make_report(model_path: str, out: Path, teacher_md: Optional[str], student_m
     else:
         w("Not run.")
     w("")
+    w("## Stability of capped amino acids (Langevin 300 K, real masses, 0.5 fs, CPU)")
+    w("")
+    if stab:
+        n_ok = sum(r["stable"] for r in stab)
+        w(f"{n_ok} of {len(stab)} stable. Target: each of the 20 amino acids *solvated*, ≥ 50 ps; these runs are "
+          f"{', '.join(sorted({('%.2f ps' % r['ps']) for r in stab}))} in the gas phase (CPU only this session): "
+          "a smoke test, not the target.")
+        w("")
+        w("| system | atoms | charge | ps | stable | worst bond-length ratio | note |")
+        w("|---|---:|---:|---:|---|---:|---|")
+        for r in stab:
+            w(f"| {r['system']} | {r['atoms']} | {r['charge']:+d} | {r['ps']:.2f} | {'yes' if r['stable'] else 'NO'} | "
+              f"{r['worst_bond_ratio']:.2f} | {r['reason']} |")
+    else:
+        w("Not run.")
+    w("")
     (out / f"{stem}.md").write_text("\n".join(L) + "\n")
     return data
 
@@ -297,6 +370,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--nve", action="store_true", help="run the short NVE checks on the CPU")
     ap.add_argument("--nve-steps", type=int, default=2000)
     ap.add_argument("--exp", default=None, help="experimental g(r) file (default: found like training.water_md)")
+    ap.add_argument("--stability-steps", type=int, default=0,
+                    help="Langevin steps per gas-phase capped amino acid (0: skip; see --stability-json)")
+    ap.add_argument("--stability-json", default=None, help="reuse stability results written earlier")
+    ap.add_argument("--nve-json", default=None, help="reuse NVE results written earlier")
     ap.add_argument("--out", default="docs")
     args = ap.parse_args(argv)
     model = args.model
@@ -316,7 +393,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             r = nve_drift(model, s, n)
             print(json.dumps({k: v for k, v in r.items() if k not in ("etot", "t_ps")}), flush=True)
             nve.append(r)
-    make_report(model, Path(args.out), args.teacher_md, args.student_md, nve, exp)
+    stab = None
+    if args.stability_steps:
+        import torch
+        torch.set_num_threads(1)
+        from .generate import THREE
+        stab = []
+        for x in sorted(THREE):
+            r = stability(model, x, args.stability_steps)
+            print(json.dumps(r), flush=True)
+            stab.append(r)
+        (Path(args.out) / "default_model_stability.json").write_text(json.dumps(stab, indent=1))
+    elif args.stability_json:
+        stab = json.loads(Path(args.stability_json).read_text())
+    if args.nve_json and nve is None:
+        nve = json.loads(Path(args.nve_json).read_text())
+    if nve is not None:
+        (Path(args.out) / "default_model_nve.json").write_text(json.dumps(nve))
+    make_report(model, Path(args.out), args.teacher_md, args.student_md, nve, exp, stab)
     print(f"wrote {Path(args.out) / 'default_model.md'}")
     return 0
 
