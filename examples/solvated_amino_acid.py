@@ -1,12 +1,12 @@
 """A capped amino acid (ACE-X-NME) in a small water box, simulated with the E2Former-V2 potential.
 
-    python examples/solvated_amino_acid.py --model path/to/checkpoint.pt [--residue ALA] [--steps 200]
+    python examples/solvated_amino_acid.py [--model path/to/checkpoint.pt] [--residue ALA] [--steps 200]
 
 The dipeptide is built with PDBFixer from a short backbone sketch (missing side-chain atoms and
 hydrogens added at pH 7), solvated with Modeller (TIP3P-FB waters, ``--padding`` nm), and then either
 run fully with E2Former-V2 (default, ``--mode ml``) or as ML/MM (``--mode mlmm``: the dipeptide with
 E2Former-V2, the water with amber14/TIP3P-FB, mechanical embedding).  It minimises, runs Langevin MD and
-prints potential energies and ns/day.  ``--model`` may be omitted once the bundled default model exists.
+prints potential energies and ns/day.  Without ``--model`` the bundled default model is used.
 """
 from __future__ import annotations
 
