@@ -138,9 +138,36 @@ class E2FormerV2PotentialImpl(MLPotentialImpl):
             multiplicity=multiplicity, head=head, device=device, precision=precision, force_group=forceGroup)
         system.addForce(pforce)
 
+        # A pure-ML System from createSystem() has no bonded force, so OpenMM sees every atom as a molecule of
+        # its own: MonteCarloBarostat then scales atom positions instead of molecule centres (valid, but bonds
+        # are stretched at every volume move and most moves are rejected), and reporters wrap molecules apart
+        # at the box boundary. Zero-strength bonds from the topology restore the molecules; they add no energy.
+        if (periodic and atoms is None and system.getNumParticles() == len(all_atoms)
+                and not _has_bonded_terms(system)):
+            bonds = [(a.index, b.index) for a, b in topology.bonds()]
+            if bonds:
+                hb = openmm.HarmonicBondForce()
+                hb.setName("E2FormerV2MoleculeBonds")
+                hb.setForceGroup(forceGroup)
+                hb.setUsesPeriodicBoundaryConditions(True)
+                for i, j in bonds:
+                    hb.addBond(i, j, 0.1, 0.0)
+                system.addForce(hb)
+
+
+def _has_bonded_terms(system) -> bool:
+    for f in system.getForces():
+        n = getattr(f, "getNumBonds", None)
+        if callable(n) and n() > 0:
+            return True
+    return False
+
 
 def _supported_atomic_numbers(model, head):
     """Set of atomic numbers the model (and head) accepts, or None if the model does not say."""
+    trained = (getattr(model, "metadata", None) or {}).get("elements")
+    if trained:   # our own models record the elements of their training data
+        return set(int(z) for z in trained)
     fn = getattr(model, "supported_atomic_numbers", None)
     if callable(fn):
         try:

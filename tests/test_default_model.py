@@ -109,3 +109,51 @@ def test_energy_is_continuous_when_an_atom_crosses_the_cutoff():
     # a smooth curve sampled every 5 mÅ has second differences far below its first differences
     assert np.abs(steps).max() < 1e-3
     assert np.abs(np.diff(steps)).max() < 0.1 * np.abs(steps).max()
+
+
+def test_untrained_elements_are_rejected_by_name(model):
+    with pytest.raises(ValueError, match=r"F \(Z=9\).*trained on H \(Z=1\)"):
+        model.predict([9, 1], np.array([[0.0, 0.0, 0.0], [0.92, 0.0, 0.0]]))
+    openmm = pytest.importorskip("openmm")
+    from openmm import app
+    from openmmml import MLPotential
+    top = app.Topology()
+    res = top.addResidue("PH3", top.addChain())
+    top.addAtom("P", app.Element.getBySymbol("P"), res)
+    for k in range(3):
+        top.addAtom(f"H{k}", app.Element.getBySymbol("H"), res)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"element P \(Z=15\)"):
+            MLPotential("e2formerv2").createSystem(top, device="cpu")
+
+
+def test_pure_ml_periodic_system_keeps_molecules_whole(water_pdb_factory):
+    """createSystem adds zero-strength bonds from the topology, so the barostat and reporters see molecules
+    (not atoms); the energy is unchanged."""
+    openmm = pytest.importorskip("openmm")
+    from openmm import app, unit
+    from openmmml import MLPotential
+    pdb = app.PDBFile(str(water_pdb_factory(4, box_angstrom=(12.0, 12.0, 12.0))))
+    assert pdb.topology.getPeriodicBoxVectors() is not None and pdb.topology.getNumBonds() == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        system = MLPotential("e2formerv2").createSystem(pdb.topology, device="cpu")
+    bonds = [f for f in system.getForces() if isinstance(f, openmm.HarmonicBondForce)]
+    assert len(bonds) == 1 and bonds[0].getNumBonds() == 8
+    assert all(bonds[0].getBondParameters(i)[3].value_in_unit(unit.kilojoule_per_mole / unit.nanometer**2) == 0
+               for i in range(8))
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(pdb.positions)
+    assert sorted(len(m) for m in ctx.getMolecules()) == [3, 3, 3, 3]
+    e_all = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    e_bonds = ctx.getState(getEnergy=True, groups={bonds[0].getForceGroup()}).getPotentialEnergy()
+    ml = [f for f in system.getForces() if isinstance(f, openmm.PythonForce)][0]
+    assert ml.getForceGroup() == bonds[0].getForceGroup()
+    # the zero bonds contribute nothing: the total equals the model's energy
+    from openmm_e2former import load_model
+    ref = load_model().predict([a.element.atomic_number for a in pdb.topology.atoms()],
+                               pdb.getPositions(asNumpy=True).value_in_unit(unit.angstrom),
+                               cell=np.eye(3) * 12.0, pbc=[True] * 3)
+    assert e_all == pytest.approx(ref["energy"] * 96.48533212331002, abs=1e-3)
+    assert e_bonds.value_in_unit(unit.kilojoule_per_mole) == pytest.approx(e_all, abs=1e-6)
