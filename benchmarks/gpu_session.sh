@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One device call that runs the pending GPU measurements, most important first; each step writes into
 # $OUT and is cut by its own time limit so one slow step cannot starve the rest.
-# Carry the fixtures (.carry/shared/fixtures/official_parity, ~53 MB) and run from the repository root:
-#   run(command="bash benchmarks/gpu_session.sh", carry=[".carry"], timeout_s=590)
+# Carry the fixtures (.carry_full/shared/fixtures/official_parity, ~53 MB: cp -r ../shared/fixtures/official_parity
+# .carry_full/shared/fixtures/) and run from the repository root:
+#   run(command="bash benchmarks/gpu_session.sh", carry=[".carry_full"], timeout_s=590)
 set -u
 mkdir -p /tmp/pkg/openmm_e2former
 cp -r openmm_e2former/* /tmp/pkg/openmm_e2former/
 ln -sfn "$PWD/model" /tmp/pkg/openmm_e2former/model
 ln -sfn "$PWD/kernels" /tmp/pkg/openmm_e2former/kernels
-export PYTHONPATH=/tmp/pkg E2F_FIXTURES="$PWD/.carry/shared/fixtures/official_parity" PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/pkg E2F_FIXTURES="$PWD/.carry_full/shared/fixtures/official_parity" PYTHONUNBUFFERED=1
 REPO="$PWD"
 cd /tmp
 nvidia-smi --query-gpu=name,memory.total --format=csv
