@@ -43,8 +43,11 @@ Edge-degree embedding (initial node features): ``h[i,m,c] = scale sum_{e->i} Y_{
 RadialProfile_l([phi(d_e); T0[i]; S0[src_e]])[c]`` for l = 0, 1, 2 (``radial_params``: 3 FCParams whose
 W2 is [C, hid]; Y in e3nn "component" normalisation).  Same backend selection
 (``E2FORMER_EDGE_DEGREE_BACKEND`` or ``E2FORMER_ATTENTION_BACKEND`` = reference forces the reference);
-every Triton choice (auto on CUDA, "triton_v2", "triton") runs the one edge-degree Triton kernel.
-The Triton backend computes d/d(vec) in a fused kernel; other gradients use the reference.
+every Triton choice (auto on CUDA, "triton_v2", "triton") runs the v1 edge-degree Triton kernels, except
+that ``backend="triton_v2"`` passed to ``fused_edge_degree`` or ``E2FORMER_EDGE_DEGREE_BACKEND=triton_v2``
+(opt-in, not yet timed on a GPU) runs the v2 kernels of ``edge_degree_triton_v2`` (last Linear at node
+level, K-chunked dots); ``E2FORMER_ATTENTION_BACKEND`` never selects them.
+The Triton backends compute d/d(vec) in a fused kernel; other gradients use the reference.
 
 Gradients: all inputs are differentiable on both backends.  The Triton backend computes d/d(vec, q, k, v)
 in a fused recompute kernel (dk, dv by fp32 atomics); d/d(t, s, mu, fc params) and double backward go
@@ -69,11 +72,17 @@ except Exception as exc:  # ImportError, or triton present but broken
     HAS_TRITON = False
     _TRITON_ERR = exc
 _attention_triton_v2 = None
+_edge_degree_triton_v2 = None
+_ED_V2_ERR = None
 if HAS_TRITON:
     try:
         from . import attention_triton_v2 as _attention_triton_v2  # noqa: F401
     except Exception as exc:  # v2 failing to import must not disable v1 (auto then falls back to v1)
         _TRITON_ERR = exc
+    try:
+        from . import edge_degree_triton_v2 as _edge_degree_triton_v2  # noqa: F401
+    except Exception as exc:  # opt-in only: its failure must not disable anything else
+        _ED_V2_ERR = exc
 
 __all__ = ["fused_attention", "attention_reference", "FCParams", "rbf_gamma", "gaussian_rbf",
            "polynomial_envelope", "edge_mlp", "csr_targets", "HAS_TRITON", "select_backend", "SOFTMAX_MODES",
@@ -135,11 +144,18 @@ def fused_attention(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cuto
 def fused_edge_degree(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutoff,
                       scale=EDGE_DEGREE_SCALE, *, backend=None, allow_tf32=False, max_degree=None):
     """Edge-degree embedding -> h [N, 9, C]; see the module docstring."""
-    backend = backend or os.environ.get("E2FORMER_EDGE_DEGREE_BACKEND")
+    backend = (backend or os.environ.get("E2FORMER_EDGE_DEGREE_BACKEND") or "").lower() or None
     p0 = FCParams(*radial_params[0])
     hid, C = p0.W0.shape[0], p0.W2.shape[0]
     ok = (vec.is_cuda and hid >= 16 and (hid & (hid - 1)) == 0 and C >= 16 and (C & (C - 1)) == 0)
-    if select_backend(None, None, None, backend, _ok=ok) in ("triton", "triton_v2"):
+    chosen = select_backend(None, None, None, backend, _ok=ok)
+    if chosen == "triton_v2" and backend == "triton_v2":   # edge-degree-specific opt-in only
+        if _edge_degree_triton_v2 is None:
+            raise RuntimeError(f"edge-degree triton_v2 backend requested but it failed to import: {_ED_V2_ERR}")
+        return _edge_degree_triton_v2.edge_degree_triton_v2(row_ptr, src, vec, T0, S0, radial_params, mu, gamma,
+                                                            cutoff, scale, allow_tf32=allow_tf32,
+                                                            max_degree=max_degree)
+    if chosen in ("triton", "triton_v2"):
         return _edge_degree_triton.edge_degree_triton(row_ptr, src, vec, T0, S0, radial_params, mu, gamma,
                                                       cutoff, scale, allow_tf32=allow_tf32,
                                                       max_degree=max_degree)

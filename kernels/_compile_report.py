@@ -1,9 +1,10 @@
-"""Compile the fused attention kernels for sm_90 on a machine WITHOUT a GPU and report registers, spills
-and shared memory (v1 vs v2).
+"""Compile the fused attention and edge-degree kernels for sm_90 on a machine WITHOUT a GPU and report
+registers, spills and shared memory (v1 vs v2).
 
-    python -m kernels._compile_report [--quick]
+    python -m kernels._compile_report [--quick] [--edge]   (--edge: only the edge-degree kernels)
     python -m kernels._compile_report --gpu [N ...]    (on a GPU machine: v1 vs v2 check + timing)
     python -m kernels._compile_report --gpu --check-only   (the correctness check alone)
+    python -m kernels._compile_report --gpu --edge [N ...] (edge-degree v1 vs v2 only: check + timing)
 
 Triton 3.6 compiles to PTX without a driver; the bundled ``ptxas -v`` then gives the register count and the
 local-memory (stack) size.  ``spills`` below is stack bytes / 4, which is what Triton reports as
@@ -26,11 +27,13 @@ from triton.compiler import ASTSource
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from kernels import attention_triton as v1, attention_triton_v2 as v2
+    from kernels import edge_degree_triton as ed1, edge_degree_triton_v2 as ed2
 else:
     from . import attention_triton as v1, attention_triton_v2 as v2
+    from . import edge_degree_triton as ed1, edge_degree_triton_v2 as ed2
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-FLOAT_SCALARS = {"gamma", "cutoff", "sm_scale"}
+FLOAT_SCALARS = {"gamma", "cutoff", "sm_scale", "scale"}
 INT_SCALARS = {"N", "n_blocks", "nprog"}
 INT_PTRS = {"row_ptr", "src"}
 SMEM_PER_SM = 228 * 1024   # H100 / H200: 228 KB shared memory per SM (227 KB usable per block)
@@ -97,6 +100,81 @@ def v2_runs(name, variants):
         yield f"v2 bwd {tag}", v2._attn_bwd_kernel_v2, consts, nw
 
 
+def edge_runs(name, quick=False):
+    """Edge-degree kernels, v1 (launch defaults of edge_degree_triton) and v2 (launch_config defaults first,
+    then variants), at the CONFIGS shapes (C, nb, HID, K = BLOCK_E)."""
+    C, _H, _D, nb, HID, K = CONFIGS[name]
+    nw1 = 4 if K * HID <= 2048 else 8
+    c1 = dict(nb=nb, C=C, HID=HID, BLOCK_E=K, BLOCK_NB=min(64, triton.next_power_of_2(nb)), BLOCK_C=min(64, C),
+              PREC="ieee")
+    yield f"ed v1 fwd {name} BLOCK_E={K} BLOCK_C={c1['BLOCK_C']} nw={nw1}", ed1._edge_deg_fwd_kernel, c1, nw1
+    yield f"ed v1 bwd {name} BLOCK_E={K} BLOCK_C={c1['BLOCK_C']} nw={nw1}", ed1._edge_deg_bwd_kernel, c1, nw1
+    d = ed2.launch_config(HID, nb, K)
+    variants = [(d["KC"], d["BLOCK_NB"], d["num_warps"], d["G_FUSED"])]
+    if name == "v15" and not quick:
+        variants += [(16, 16, 4, False), (32, 32, 4, False), (16, 16, 8, False), (32, 32, 8, True),
+                     (16, 16, 4, True)]
+    for kc, bnb, nw, gf in variants:
+        kc, bnb = min(kc, HID), max(16, min(bnb, triton.next_power_of_2(nb)))
+        c2 = dict(nb=nb, HID=HID, BLOCK_E=K, BLOCK_NB=bnb, KC=kc, PREC="ieee")
+        tag = f"{name} BLOCK_E={K} KC={kc} BLOCK_NB={bnb} nw={nw}"
+        if not gf:
+            yield f"ed v2 fwd {tag}", ed2._edge_deg_fwd_kernel_v2, c2, nw
+        yield f"ed v2 bwd {tag} G_FUSED={int(gf)}", ed2._edge_deg_bwd_kernel_v2, dict(c2, G_FUSED=gf), nw
+
+
+def gpu_edge_main(sizes, device="cuda", check_n=2000):
+    """On a CUDA machine: edge-degree v1 / v2 vs the float64 reference (h and d/dvec, gate 1e-5) at N = 2000
+    (V1.5 shapes, K = 32, degrees 0..32 incl. atoms with 0 / 1 edges), then do_bench medians of v1 / v2
+    (fwd, fwd+bwd w.r.t. vec, fixed degree K) and the launched kernels' regs / spills."""
+    import torch
+    from triton.testing import do_bench
+    if __package__ in (None, ""):
+        from kernels._testing import make_case, V15
+        from kernels.attention_reference import FCParams, rbf_gamma
+        from kernels.edge_degree_reference import edge_degree_reference
+    else:
+        from ._testing import make_case, V15
+        from .attention_reference import FCParams, rbf_gamma
+        from .edge_degree_reference import edge_degree_reference
+    C, nb, hid, T, K = V15["C"], V15["nb"], V15["hid"], V15["T"], 32
+    rel = lambda a, b: ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+    impls = (("v1", ed1.edge_degree_triton), ("v2", ed2.edge_degree_triton_v2))
+
+    def inputs(N, seed, dtype, **kw):
+        case = make_case(N, K, **V15, device=device, seed=seed, dtype=dtype, **kw)
+        g = torch.Generator().manual_seed(seed + 100)
+        T0 = torch.randn(N, T, generator=g, dtype=torch.float64).to(device, dtype)
+        S0 = torch.randn(N, T, generator=g, dtype=torch.float64).to(device, dtype)
+        params = [FCParams(*(x.to(device, dtype) for x in FCParams.random(nb, T, hid, C, dtype=torch.float64,
+                                                                         generator=g))) for _ in range(3)]
+        return [case["row_ptr"], case["src"], case["vec"].clone().requires_grad_(True), T0, S0, params,
+                case["mu"], rbf_gamma(case["cutoff"], nb), case["cutoff"]]
+
+    a32, a64 = inputs(check_n, 1, torch.float32), inputs(check_n, 1, torch.float64)
+    hr = edge_degree_reference(*a64)
+    G = torch.randn(hr.shape, device=device, dtype=torch.float64)
+    gr, = torch.autograd.grad(hr, [a64[2]], G)
+    for impl, fn in impls:
+        h = fn(*a32, max_degree=K)
+        gk, = torch.autograd.grad(h, [a32[2]], G.float())
+        errs = [rel(h, hr), rel(gk, gr)]
+        print(f"check edge-degree {impl} N={check_n} rel h,dvec: {['%.1e' % e for e in errs]} "
+              f"{'PASS' if max(errs) <= 1e-5 and torch.isfinite(h).all() else 'FAIL'}", flush=True)
+    for N in sizes:
+        args = inputs(N, 2, torch.float32, fixed_degree=True, special_rows=False)
+        for impl, fn in impls:
+            f = lambda: fn(*args, max_degree=K)
+            h = f()
+            G = torch.randn_like(h)
+            fb = lambda: torch.autograd.grad(f(), [args[2]], G)
+            t_f, t_fb = do_bench(f), do_bench(fb)
+            print(f"bench edge-degree V1.5 K={K} N={N} {impl}: fwd {t_f:.3f} ms, fwd+bwd {t_fb:.3f} ms; "
+                  f"{v1.compile_info()}", flush=True)
+            v1._LAST_COMPILED.clear()
+            del h
+
+
 def gpu_main(sizes):
     """On a CUDA machine: v1 / v2 vs float64 reference (rel. errors, gate 1e-5) at N = 2000 for v15 and appA
     (both softmax modes), then do_bench medians of v1 / v2 (fwd, fwd+bwd) and the launched kernels' regs /
@@ -148,9 +226,12 @@ def gpu_main(sizes):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    edge_only = "--edge" in argv
     if "--gpu" in argv:
         sizes = [] if "--check-only" in argv else ([int(a) for a in argv if a.isdigit()] or [16384, 100000])
-        return gpu_main(sizes)
+        if not edge_only:
+            gpu_main(sizes)
+        return gpu_edge_main(sizes)
     quick = "--quick" in argv
     runs = []
     # (BLOCK_T, HB, KC, num_warps, precision); the first entry of each list is the default of
@@ -161,8 +242,11 @@ def main(argv=None):
         (2, 32, 32, 8, "tf32"), (1, 16, 16, 4, "tf32")]
     tiny_variants = [(2, 32, 32, 8, "ieee"), (1, 16, 16, 4, "ieee")]
     for name in ("tiny", "v15"):
-        runs += list(v1_runs(name))
-        runs += list(v2_runs(name, v15_variants if name == "v15" else tiny_variants))
+        if not edge_only:
+            runs += list(v1_runs(name))
+            runs += list(v2_runs(name, v15_variants if name == "v15" else tiny_variants))
+        if name == "v15" or not quick:
+            runs += list(edge_runs(name, quick))
     print(f"triton {triton.__version__}, target sm_90a (ptxas -v); spills = stack bytes / 4 (Triton n_spills)")
     print(f"{'kernel / config':<62} {'regs':>5} {'spills':>6} {'st B':>6} {'ld B':>6} {'shared':>7} {'CTA/SM':>6}")
     for label, fn, consts, nw in runs:

@@ -565,3 +565,128 @@ def test_dispatch_edge_degree_follows_attention_backend(monkeypatch):
     monkeypatch.setenv("E2FORMER_EDGE_DEGREE_BACKEND", "reference")
     monkeypatch.setenv("E2FORMER_ATTENTION_BACKEND", "triton")
     assert run(cuda_vec) == "reference"
+
+
+# ------------------------------------------------------------------------------------------------
+# Edge-degree v2 kernels (opt-in E2FORMER_EDGE_DEGREE_BACKEND=triton_v2) under the interpreter: forward and
+# gradients w.r.t. every differentiable input vs the float64 reference; atoms with 0 / 1 / K edges, partial
+# edge tile, partial last RBF chunk, persistent loop with a partial last round (2 programs, 9 atoms),
+# int32 row_ptr, non-default tiles, both d/dd variants (G_FUSED 0 / 1), and the env-var dispatch.
+# ------------------------------------------------------------------------------------------------
+_INTERP_ED_V2_SCRIPT = textwrap.dedent(r"""
+    import os, sys
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    import torch
+    from importlib import import_module
+    KM = import_module(sys.argv[1])
+    T_ = import_module(sys.argv[1] + "._testing")
+    ed2 = import_module(sys.argv[1] + ".edge_degree_triton_v2")
+    FCParams = KM.FCParams
+
+    def rel(a, b):
+        return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+    worst = 0.0
+    # N, K, seed, nb, hid, C, T, row_ptr dtype, env overrides
+    cases = ((7, 6, 31, 24, 32, 32, 16, torch.int64, {}),
+             (9, 17, 32, 40, 32, 16, 8, torch.int32,
+              {"E2F_ED_V2_PROGS_PER_SM": "1", "E2F_ED_V2_KC": "16", "E2F_ED_V2_BLOCK_NB": "16",
+               "E2F_ED_V2_G_FUSED": "1"}))
+    for N, K, seed, nb, hid, C, T, idx, env in cases:
+        os.environ.update(env)
+        case = T_.make_case(N, K, **T_.TINY, seed=seed, index_dtype=idx)
+        g = torch.Generator().manual_seed(seed)
+        vec = case["vec"].float()
+        T0, S0 = torch.randn(N, T, generator=g), torch.randn(N, T, generator=g)
+        params = [FCParams.random(nb, T, hid, C, generator=g) for _ in range(3)]
+        mu = torch.linspace(0, 4.5, nb)
+        gam = KM.rbf_gamma(4.5, nb)
+        rp, src = case["row_ptr"], case["src"]
+        deg = (rp[1:] - rp[:-1]).tolist()
+        assert deg[0] == 0 and deg[1] == 1 and deg[2] == K, deg
+        # float64 reference on the same (float32-representable) inputs
+        leaves64 = [vec.double(), T0.double(), S0.double(), mu.double()] + [x.double() for p in params for x in p]
+        leaves64 = [x.clone().requires_grad_(True) for x in leaves64]
+        p64 = [FCParams(*leaves64[4 + 10 * n: 14 + 10 * n]) for n in range(3)]
+        h64 = KM.edge_degree_reference(rp, src, leaves64[0], leaves64[1], leaves64[2], p64, leaves64[3], gam, 4.5)
+        G = torch.randn(h64.shape, generator=g, dtype=torch.float64)
+        gr = torch.autograd.grad(h64, leaves64, G)
+        # (a) inference / forces: only vec differentiable -> the fused v2 backward kernel
+        v32 = vec.clone().requires_grad_(True)
+        h = ed2.edge_degree_triton_v2(rp, src, v32, T0, S0, params, mu, gam, 4.5, max_degree=K)
+        assert torch.isfinite(h).all() and torch.all(h[0] == 0) and h[1].abs().sum() > 0
+        gk, = torch.autograd.grad(h, [v32], G.float())
+        errs = [rel(h, h64), rel(gk, gr[0])]
+        # (b) training path: every input differentiable (grads via the reference inside backward)
+        leaves = [x.clone().requires_grad_(True) for x in [vec, T0, S0, mu] + [x for p in params for x in p]]
+        pp = [FCParams(*leaves[4 + 10 * n: 14 + 10 * n]) for n in range(3)]
+        h2 = ed2.edge_degree_triton_v2(rp, src, leaves[0], leaves[1], leaves[2], pp, leaves[3], gam, 4.5)
+        gt = torch.autograd.grad(h2, leaves, G.float())
+        errs_all = [rel(a, b) for a, b in zip(gt, gr)]
+        print("N", N, "K", K, "rel errors h, dvec (kernel):", ["%.2e" % x for x in errs],
+              "max over all 34 input grads (training path): %.2e" % max(errs_all))
+        worst = max(worst, *errs, *errs_all)
+        for key in env:
+            del os.environ[key]
+    # env-var dispatch: E2FORMER_EDGE_DEGREE_BACKEND=triton_v2 runs the v2 kernels (CPU tensors allowed
+    # under the interpreter); E2FORMER_ATTENTION_BACKEND=triton_v2 alone keeps v1
+    calls = []
+    orig = ed2.edge_degree_triton_v2
+    ed2.edge_degree_triton_v2 = lambda *a, **kw: (calls.append(1), orig(*a, **kw))[1]
+    os.environ["E2FORMER_EDGE_DEGREE_BACKEND"] = "triton_v2"
+    h3 = KM.fused_edge_degree(rp, src, vec, T0, S0, params, mu, gam, 4.5)
+    assert calls == [1] and rel(h3, h64) < 1e-5
+    del os.environ["E2FORMER_EDGE_DEGREE_BACKEND"]
+    os.environ["E2FORMER_ATTENTION_BACKEND"] = "triton_v2"
+    h4 = KM.fused_edge_degree(rp, src, vec, T0, S0, params, mu, gam, 4.5)
+    assert calls == [1] and rel(h4, h64) < 2e-5
+    print("WORST", worst)
+    assert worst < 1e-5, worst
+""")
+
+
+def test_edge_degree_v2_interpreter_matches_reference():
+    if importlib.util.find_spec("triton") is None:
+        if os.environ.get("E2FORMER_REQUIRE_TRITON") == "1":
+            pytest.fail("triton is not installed but E2FORMER_REQUIRE_TRITON=1")
+        pytest.skip("triton not installed: edge-degree v2 interpreter test NOT run (pip install triton==3.6.0)")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    for key in ("E2FORMER_EDGE_DEGREE_BACKEND", "E2FORMER_ATTENTION_BACKEND"):
+        env.pop(key, None)
+    res = subprocess.run([sys.executable, "-c", _INTERP_ED_V2_SCRIPT, KPKG], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=str(REPO))
+    print(res.stdout)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "WORST" in res.stdout
+
+
+def test_dispatch_edge_degree_v2_is_opt_in(monkeypatch):
+    """The v2 edge-degree kernels run only for backend="triton_v2" given to fused_edge_degree or
+    E2FORMER_EDGE_DEGREE_BACKEND=triton_v2; auto on CUDA and E2FORMER_ATTENTION_BACKEND=triton_v2 keep v1;
+    a requested but unimportable v2 raises."""
+    _need_triton()
+    import types
+    monkeypatch.delenv("E2FORMER_ATTENTION_BACKEND", raising=False)
+    monkeypatch.delenv("E2FORMER_EDGE_DEGREE_BACKEND", raising=False)
+    monkeypatch.setattr(K, "_edge_degree_triton", types.SimpleNamespace(edge_degree_triton=lambda *a, **kw: "v1"))
+    monkeypatch.setattr(K, "_edge_degree_triton_v2",
+                        types.SimpleNamespace(edge_degree_triton_v2=lambda *a, **kw: "v2"))
+    monkeypatch.setattr(K, "edge_degree_reference", lambda *a, **kw: "reference")
+    params = [FCParams.random(6, 6, 16, 16) for _ in range(3)]
+    cuda_vec = types.SimpleNamespace(is_cuda=True)
+    run = lambda vec, **kw: K.fused_edge_degree(None, None, vec, None, None, params, None, 0.0, 4.5, **kw)
+    assert run(cuda_vec) == "v1"                                            # default unchanged
+    assert run(cuda_vec, backend="triton_v2") == "v2"
+    assert run(cuda_vec, backend="triton") == "v1"
+    monkeypatch.setenv("E2FORMER_ATTENTION_BACKEND", "triton_v2")
+    assert run(cuda_vec) == "v1"
+    for name, want in (("triton_v2", "v2"), ("TRITON_V2", "v2"), ("triton", "v1"), ("reference", "reference")):
+        monkeypatch.setenv("E2FORMER_EDGE_DEGREE_BACKEND", name)
+        assert run(cuda_vec) == want, name
+    monkeypatch.setenv("E2FORMER_EDGE_DEGREE_BACKEND", "triton_v2")
+    with pytest.raises(RuntimeError, match="not on CUDA"):
+        run(types.SimpleNamespace(is_cuda=False))
+    monkeypatch.setattr(K, "_edge_degree_triton_v2", None)
+    with pytest.raises(RuntimeError, match="triton_v2"):
+        run(cuda_vec)
