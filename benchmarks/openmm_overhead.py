@@ -168,6 +168,49 @@ def gpu_check(npz_path, model_path, platform_name, props, device):
     return out
 
 
+def breakdown(n, platform_name, props, device, repeats=200):
+    """Where our force's per-step time goes (no integrator): median microseconds of each piece of
+    ``E2FormerForceComputation._compute`` with the analytic trivial model, next to OpenMM building the State
+    that a PythonForce receives (part of the empty-PythonForce floor)."""
+    from openmm_e2former.force import E2FormerForceComputation, _state_class
+
+    system, pos = make_system(n)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform_name),
+                         props)
+    ctx.setPositions(pos)
+    comp = E2FormerForceComputation([6] * n, QUADRATIC_TEST_MODEL_ANALYTIC, periodic=True, device=device)
+    st = ctx.getState(getPositions=True)
+    comp(st)   # builds the runtime (pinned buffers, model)
+    rt = comp.runtime()
+    cuda = rt.cuda
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def med(fn):
+        ts = []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            ts.append((time.perf_counter() - t0) * 1e6)
+        return statistics.median(ts)
+
+    res = {"atoms": n,
+           "openmm_getState_positions_us": med(lambda: ctx.getState(getPositions=True)),
+           "positions_to_pinned_us": med(lambda: st._getVectorAsNumpy(_state_class().Positions, rt.h_pos_np)),
+           "box_vectors_us": med(lambda: st.getPeriodicBoxVectors(asNumpy=True)),
+           "h2d_us": med(lambda: rt.d_in.copy_(rt.h_in, non_blocking=True)),
+           "d2h_us": med(lambda: rt.h_out.copy_(rt.d_out, non_blocking=True)),
+           "model_us": med(lambda: rt.model.energy_and_forces(rt.z, rt.d_x[:n], rt.d_x[n:], rt.pbc, 0, 1, None)),
+           "whole_compute_us": med(lambda: comp(st))}
+    print("breakdown:", json.dumps(res), flush=True)
+    del ctx
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000,100000")
@@ -181,6 +224,7 @@ def main(argv=None):
     ap.add_argument("--model", default=None, help="real checkpoint to time through the same force (optional)")
     ap.add_argument("--model-sizes", default="1000,10000")
     ap.add_argument("--check-npz", default=None, help="fixture .npz to compare GPU force vs CPU predict (needs --model)")
+    ap.add_argument("--breakdown", action="store_true", help="also time the pieces of our force's step")
     ap.add_argument("--json", default=None)
     ap.add_argument("--md", default=None)
     args = ap.parse_args(argv)
@@ -209,6 +253,8 @@ def main(argv=None):
         except Exception as exc:
             print(f"GPU check FAILED: {type(exc).__name__}: {exc}", flush=True)
             meta["gpu_check"] = {"error": f"{type(exc).__name__}: {exc}"}
+    if args.breakdown:
+        meta["breakdown"] = [breakdown(n, args.platform, props, args.device) for n in sizes]
     results = []
     for n in sizes:
         system0, pos = make_system(n)
