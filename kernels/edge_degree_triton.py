@@ -190,6 +190,32 @@ def _prep(T0, S0, mu, params, nb):
     return pt, ps, mu.detach().to(f32).contiguous(), fwd_w, bwd_w
 
 
+_N_FIXED = 11   # EdgeDegreeFunction.forward's arguments before the flattened radial-MLP parameters
+
+
+def reference_fallback_backward(nig, dH, row_ptr, src, vec, T0, S0, mu, flat, params, gamma, cutoff, scale):
+    """Shared by the v1 and v2 edge-degree Functions: gradients other than d/d(vec), and double backward,
+    come from autograd through the PyTorch reference. Returns the gradient tuple, or None when only d/d(vec)
+    is wanted (the fused backward kernel's job)."""
+    if torch.is_grad_enabled() or nig[3] or nig[4] or nig[5] or any(nig[_N_FIXED:]):
+        grads = [None] * (_N_FIXED + len(flat))
+        inputs = {2: vec, 3: T0, 4: S0, 5: mu}
+        for n, x in enumerate(flat):
+            inputs[_N_FIXED + n] = x
+        wanted = [idx for idx in inputs if nig[idx]]
+        with torch.enable_grad():
+            out = edge_degree_reference(row_ptr, src, vec, T0, S0, [FCParams(*p) for p in params], mu,
+                                        gamma, cutoff, scale)
+            res = torch.autograd.grad(out, [inputs[k] for k in wanted], dH,
+                                      create_graph=torch.is_grad_enabled(), allow_unused=True)
+        for idx, gr in zip(wanted, res):
+            grads[idx] = gr if gr is not None else torch.zeros_like(inputs[idx])
+        return tuple(grads)
+    if not nig[2]:
+        return tuple([None] * (_N_FIXED + len(flat)))
+    return None
+
+
 class EdgeDegreeFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, row_ptr, src, vec, T0, S0, mu, gamma, cutoff, scale, allow_tf32, max_degree, *flat):
@@ -221,24 +247,12 @@ class EdgeDegreeFunction(torch.autograd.Function):
         row_ptr, src, vec, T0, S0, mu, *flat = ctx.saved_tensors
         gamma, cutoff, scale, block_e, block_nb, block_c, prec, nw = ctx.cfg
         nig = ctx.needs_input_grad
-        n_fixed = 11
-        grads = [None] * (n_fixed + len(flat))
         params = [flat[10 * n:10 * (n + 1)] for n in range(3)]
-        if torch.is_grad_enabled() or nig[3] or nig[4] or nig[5] or any(nig[n_fixed:]):
-            inputs = {2: vec, 3: T0, 4: S0, 5: mu}
-            for n, x in enumerate(flat):
-                inputs[n_fixed + n] = x
-            wanted = [idx for idx in inputs if nig[idx]]
-            with torch.enable_grad():
-                out = edge_degree_reference(row_ptr, src, vec, T0, S0, [FCParams(*p) for p in params], mu,
-                                            gamma, cutoff, scale)
-                res = torch.autograd.grad(out, [inputs[k] for k in wanted], dH,
-                                          create_graph=torch.is_grad_enabled(), allow_unused=True)
-            for idx, gr in zip(wanted, res):
-                grads[idx] = gr if gr is not None else torch.zeros_like(inputs[idx])
-            return tuple(grads)
-        if not nig[2]:
-            return tuple(grads)
+        grads = reference_fallback_backward(nig, dH, row_ptr, src, vec, T0, S0, mu, flat, params, gamma,
+                                            cutoff, scale)
+        if grads is not None:
+            return grads
+        grads = [None] * (_N_FIXED + len(flat))
         N = row_ptr.numel() - 1
         nb = mu.numel()
         hid = params[0][0].shape[0]

@@ -34,8 +34,8 @@ from .attention_reference import FCParams
 from .attention_triton import (_load_edge_tile, _envelope, _layer_norm_silu, _silu_layer_norm_bwd,
                                _block_e, _rbf_chunk, _LAST_COMPILED)
 from .attention_triton_v2 import _chunked_dot, _to_scratch, _grid
-from .edge_degree_reference import edge_degree_reference, EDGE_DEGREE_SCALE
-from .edge_degree_triton import _sph9
+from .edge_degree_reference import EDGE_DEGREE_SCALE
+from .edge_degree_triton import _sph9, _N_FIXED, reference_fallback_backward
 
 L_SLICES = ((0, 1), (1, 4), (4, 9))
 
@@ -290,24 +290,12 @@ class EdgeDegreeFunctionV2(torch.autograd.Function):
         row_ptr, src, vec, T0, S0, mu, *flat = ctx.saved_tensors
         gamma, cutoff, scale, block_e, prec = ctx.cfg
         nig = ctx.needs_input_grad
-        n_fixed = 11
-        grads = [None] * (n_fixed + len(flat))
         params = [flat[10 * n:10 * (n + 1)] for n in range(3)]
-        if torch.is_grad_enabled() or nig[3] or nig[4] or nig[5] or any(nig[n_fixed:]):
-            inputs = {2: vec, 3: T0, 4: S0, 5: mu}
-            for n, x in enumerate(flat):
-                inputs[n_fixed + n] = x
-            wanted = [idx for idx in inputs if nig[idx]]
-            with torch.enable_grad():
-                out = edge_degree_reference(row_ptr, src, vec, T0, S0, [FCParams(*p) for p in params], mu,
-                                            gamma, cutoff, scale)
-                res = torch.autograd.grad(out, [inputs[k] for k in wanted], dH,
-                                          create_graph=torch.is_grad_enabled(), allow_unused=True)
-            for idx, gr in zip(wanted, res):
-                grads[idx] = gr if gr is not None else torch.zeros_like(inputs[idx])
-            return tuple(grads)
-        if not nig[2]:
-            return tuple(grads)
+        grads = reference_fallback_backward(nig, dH, row_ptr, src, vec, T0, S0, mu, flat, params, gamma,
+                                            cutoff, scale)
+        if grads is not None:
+            return grads
+        grads = [None] * (_N_FIXED + len(flat))
         N = row_ptr.numel() - 1
         nb = mu.numel()
         hid = params[0][0].shape[0]

@@ -51,19 +51,13 @@ def md_analysis(run_dir: Optional[str]) -> Optional[Dict[str, Any]]:
     return res
 
 
-def nve_drift(model_path: str, system: str, steps: int, dt_fs: float = 0.5, seed: int = 0) -> Dict[str, Any]:
-    """NVE with the model through the package's PythonForce on the OpenMM CPU platform (real masses)."""
+def _model_system(b, model_path: str):
+    """(System with the model as its only force and the built system's masses and box, positions in nm
+    relaxed with the classical force field, as the training data were sampled)."""
     import openmm
     from openmm import unit
     from openmm_e2former.force import create_python_force
-    from .generate import build_capped, build_water_box
 
-    if system == "ala_dipeptide_gas":
-        b = build_capped("A", None, False, seed)
-    elif system == "water64":
-        b = build_water_box(64, 1.0, seed)
-    else:
-        raise ValueError(system)
     sysm = openmm.System()
     for i in range(b.system.getNumParticles()):
         sysm.addParticle(b.system.getParticleMass(i))
@@ -72,14 +66,29 @@ def nve_drift(model_path: str, system: str, steps: int, dt_fs: float = 0.5, seed
         sysm.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in b.box])
     sysm.addForce(create_python_force(list(map(int, b.z)), model_path, periodic=periodic, device="cpu",
                                       charge=int(b.charge)))
-    # start from a configuration relaxed with the classical force field (as the data were sampled)
-    integ0 = openmm.VerletIntegrator(0.0005)
-    ctx0 = openmm.Context(b.system, integ0, openmm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
+    ctx0 = openmm.Context(b.system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("CPU"),
+                          {"Threads": "1"})
     if periodic:
         ctx0.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in b.box])
     ctx0.setPositions(b.positions)
     openmm.LocalEnergyMinimizer.minimize(ctx0, 10.0, 500)
-    pos = ctx0.getState(getPositions=True).getPositions()
+    return sysm, ctx0.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+
+
+def nve_drift(model_path: str, system: str, steps: int, dt_fs: float = 0.5, seed: int = 0) -> Dict[str, Any]:
+    """NVE with the model through the package's PythonForce on the OpenMM CPU platform (real masses)."""
+    import openmm
+    from openmm import unit
+    from .generate import build_capped, build_water_box
+
+    if system == "ala_dipeptide_gas":
+        b = build_capped("A", None, False, seed)
+    elif system == "water64":
+        b = build_water_box(64, 1.0, seed)
+    else:
+        raise ValueError(system)
+    sysm, pos = _model_system(b, model_path)
+    periodic = b.box is not None
     # short Langevin thermalisation with the model, then NVE
     lang = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 5 / unit.picosecond, dt_fs * unit.femtosecond)
     ctx = openmm.Context(sysm, lang, openmm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
@@ -118,7 +127,6 @@ def stability(model_path: str, letters: str, steps: int, dt_fs: float = 0.5, tem
     bond of the classical topology within 0.7-1.4x its starting length at every check."""
     import openmm
     from openmm import unit
-    from openmm_e2former.force import create_python_force
     from .generate import build_capped
 
     b = build_capped(letters, None, solvate, seed)
@@ -126,19 +134,8 @@ def stability(model_path: str, letters: str, steps: int, dt_fs: float = 0.5, tem
     for f in b.system.getForces():
         if isinstance(f, openmm.HarmonicBondForce):
             bonds += [f.getBondParameters(i)[:2] for i in range(f.getNumBonds())]
-    sysm = openmm.System()
-    for i in range(b.system.getNumParticles()):
-        sysm.addParticle(b.system.getParticleMass(i))
-    periodic = b.box is not None
-    if periodic:
-        sysm.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in b.box])
-    sysm.addForce(create_python_force(list(map(int, b.z)), model_path, periodic=periodic, device="cpu",
-                                      charge=int(b.charge)))
-    ctx0 = openmm.Context(b.system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("CPU"),
-                          {"Threads": "1"})
-    ctx0.setPositions(b.positions)
-    openmm.LocalEnergyMinimizer.minimize(ctx0, 10.0, 500)
-    pos0 = ctx0.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    sysm, pos_nm = _model_system(b, model_path)
+    pos0 = pos_nm * 10.0
     integ = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, 1 / unit.picosecond, dt_fs * unit.femtosecond)
     integ.setRandomNumberSeed(seed + 1)
     ctx = openmm.Context(sysm, integ, openmm.Platform.getPlatformByName("CPU"), {"Threads": "1"})
