@@ -198,9 +198,9 @@ def test_teacher_python_force_units_and_pickle(fast):
 def test_ml_system_defines_molecules_for_barostat():
     import openmm
     from training.generate import build_water_box
-    from training.water_md import _topology_from_built, ml_system, repartition_masses
+    from training.water_md import ml_system, repartition_masses
     b = build_water_box(8, 1.0, 2)
-    top = _topology_from_built(8)
+    top = b.topology
     omass = repartition_masses(b.system, top, 4.0)
     assert sum(b.system.getParticleMass(i)._value for i in range(3)) == pytest.approx(18.01532, abs=1e-4)
     assert omass == pytest.approx(18.01532 - 8.0, abs=1e-4)

@@ -64,6 +64,7 @@ class Built:
     z: np.ndarray                  # [N]
     charge: int
     box: Optional[np.ndarray]      # [3, 3] nm or None (gas phase)
+    topology: object = None        # openmm.app.Topology (None for the generic gas-phase builder)
 
 
 def _forcefield():
@@ -88,7 +89,7 @@ def _amber_system(topology, positions_nm: np.ndarray, box_nm: Optional[np.ndarra
             q = sum(f.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge)
                     for i in range(f.getNumParticles()))
     z = np.array([a.element.atomic_number for a in topology.atoms()], dtype=np.int16)
-    return Built(system, np.asarray(positions_nm, dtype=np.float64), z, int(round(q)), box_nm)
+    return Built(system, np.asarray(positions_nm, dtype=np.float64), z, int(round(q)), box_nm, topology)
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:

@@ -227,7 +227,7 @@ def run(args) -> Dict:
 
     # 1. box ---------------------------------------------------------------------------------------
     built = build_water_box(args.waters, args.density, seed)
-    topology = _topology_from_built(args.waters)   # same atom order as build_water_box: O, H1, H2 per water
+    topology = built.topology
     box_nm = np.asarray(built.box, dtype=np.float64)
     z = np.asarray(built.z, dtype=np.int64)
     n_atoms = len(z)
@@ -366,21 +366,6 @@ def run(args) -> Dict:
     print(f"[water_md] stopped ({reason}): {steps} steps, {ps:.3f} ps, {frames} frames in {wall:.1f} s "
           f"({summary['ns_per_day'] or 0:.3f} ns/day)", flush=True)
     return summary
-
-
-def _topology_from_built(n_waters: int):
-    from openmm import app
-    top = app.Topology()
-    chain = top.addChain()
-    O, H = app.Element.getBySymbol("O"), app.Element.getBySymbol("H")
-    for _ in range(n_waters):
-        res = top.addResidue("HOH", chain)
-        o = top.addAtom("O", O, res)
-        h1 = top.addAtom("H1", H, res)
-        h2 = top.addAtom("H2", H, res)
-        top.addBond(o, h1)
-        top.addBond(o, h2)
-    return top
 
 
 def _write_json(path: Path, obj) -> None:
