@@ -258,3 +258,146 @@ def test_water_md_student_tiny(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["steps"] == 10 and s["frames"] == 5
     assert len((out / "thermo.csv").read_text().splitlines()) == 6
+
+
+# --------------------------------------------------------------------------------------------------------
+# Batched evaluation (several frames of one system in one model call) against one frame at a time.
+
+ACETATE = (np.array([6, 1, 1, 1, 6, 8, 8]),        # CH3-COO-, charge -1 (approximate geometry, Å)
+           np.array([[0.000, 0.000, 0.000], [-0.37, 1.03, 0.00], [-0.37, -0.51, 0.89], [-0.37, -0.51, -0.89],
+                     [1.52, 0.00, 0.00], [2.10, 1.10, 0.00], [2.10, -1.10, 0.00]]))
+
+
+@pytest.fixture(scope="module")
+def fast64(fast):
+    from training.teacher import SO3LRTeacher
+    return SO3LRTeacher("cpu", "float64")
+
+
+def _frames(pos, cell, n, seed):
+    """``n`` perturbed copies of ``pos`` (0.05 Å noise); periodic: cells scaled by 1, 1.01, 0.99, ... with the
+    positions scaled along, so every frame of the batch has its own cell."""
+    rng = np.random.default_rng(seed)
+    scale = [1.0, 1.01, 0.99, 1.02, 0.98][:n]
+    P = np.stack([pos * (s if cell is not None else 1.0) + rng.normal(0, 0.05, pos.shape) for s in scale])
+    C = None if cell is None else np.stack([cell * s for s in scale])
+    return P, C
+
+
+def _batch_systems():
+    from training.generate import build_water_box, build_water_cluster
+    cl = build_water_cluster(3, 1)
+    box = build_water_box(12, 1.0, 2)              # L = 7.1 Å < 2 x 12 Å: many images per pair
+    return [("3-water cluster", cl.z, cl.positions * 10, None, 0), ("acetate (-1)", *ACETATE, None, -1),
+            ("12-water box", box.z, box.positions * 10, box.box * 10, 0)]
+
+
+@needs_so3lr
+def test_batch_matches_one_frame_at_a_time(fast, fast64):
+    """3 frames in one call = 3 one-frame calls.  Measured (CPU, 1 thread): float64 identical; float32 energies
+    (float64 sum of per-atom energies) within 1.5e-5 eV, forces within 1.5e-5 eV/Å (different matmul blocking);
+    the float32 model total (energy_sum64=False) within 1 ulp of the total (4.9e-4 eV at -5900 eV)."""
+    from training.teacher import SO3LRTeacher
+    t32 = SO3LRTeacher("cpu", "float32", model=fast.model)      # energy_sum64=True, the labelling default
+    rows = []
+    for name, z, pos, cell, q in _batch_systems():
+        P, C = _frames(pos, cell, 3, 0)
+        for t, tol_e, tol_f in ((fast64, 1e-8, 1e-9), (t32, 1e-4, 5e-5), (fast, None, 5e-5)):
+            eb, fb = t.energy_forces_batch(z, P, C, q)
+            assert eb.shape == (3,) and eb.dtype == np.float64 and fb.shape == (3, len(z), 3)
+            for k in range(3):
+                e1, f1 = t.energy_forces(z, P[k], None if C is None else C[k], q)
+                de, df = abs(eb[k] - e1), float(np.abs(fb[k] - f1).max())
+                rows.append(f"{name} {t.settings['dtype']} {t.settings['energy']} frame {k}: dE {de:.1e} dF {df:.1e}")
+                assert de <= (tol_e if tol_e is not None else 2 * np.spacing(np.float32(abs(e1)))), rows[-1]
+                assert df <= tol_f, rows[-1]
+        # the frames really differ (a batch must not return one frame's result B times)
+        assert len(set(np.round(eb, 6))) == 3
+    print("\n".join(rows))
+
+
+@needs_so3lr
+def test_batch_per_frame_charge_and_inputs(fast64):
+    """total_charge is per graph (charge embedding and charge equilibration scatter over ``batch``): OH with
+    charges -1, 0, +1 in ONE call equals three calls; the batch dict is laid out as the PyG collate does."""
+    oh = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.97]])
+    eb, fb = fast64.energy_forces_batch([8, 1], [oh, oh, oh], None, [-1, 0, 1])
+    for k, q in enumerate((-1, 0, 1)):
+        e1, f1 = fast64.energy_forces([8, 1], oh, None, q)
+        assert abs(eb[k] - e1) <= 1e-8 and np.abs(fb[k] - f1).max() <= 1e-9
+    assert eb[0] < eb[1] < eb[2]
+    from training.generate import build_water_box
+    box = build_water_box(8, 1.0, 1)
+    P, C = _frames(box.positions * 10, box.box * 10, 2, 1)
+    d = fast64.batch_inputs(box.z, P, C, 0)
+    n = len(box.z)
+    assert d["cell"].shape == (6, 3) and torch.equal(d["cell"], torch.as_tensor(C).reshape(6, 3))
+    assert d["ptr"].tolist() == [0, n, 2 * n] and d["batch"].tolist() == [0] * n + [1] * n
+    assert d["head"].tolist() == [0, 0] and d["total_charge"].tolist() == [0.0, 0.0]
+    e = d["edge_index_lr"]
+    assert bool(((e[0] < n) == (e[1] < n)).all())                      # no edge joins two frames
+    one = [fast64.inputs(box.z, P[k], C[k], 0) for k in range(2)]
+    assert d["edge_index_lr"].shape[1] == sum(o["edge_index_lr"].shape[1] for o in one)
+    assert torch.equal(d["shifts_lr"], torch.cat([o["shifts_lr"] for o in one]))   # each frame's own cell
+    with pytest.raises(ValueError, match="all periodic or all gas phase"):
+        fast64.batch_inputs(box.z, P, [C[0], None], 0)
+
+
+def _write_raw(raw, name, z, P, C, q, kind):
+    from training.shards import save_shard
+    F = len(P)
+    save_shard(raw / f"{name}.npz", {
+        "Z": np.asarray(z, np.int16), "positions": np.asarray(P, np.float32),
+        "cell": np.zeros((F, 3, 3), np.float32) if C is None else np.asarray(C, np.float32),
+        "pbc": np.full(3, C is not None), "charge": q, "multiplicity": 1, "system": name, "kind": kind,
+        "temperature": 300.0, "source": "test"})
+
+
+@needs_so3lr
+def test_label_batch_frames_same_shards(tmp_path, monkeypatch, fast):
+    """label.py --batch-frames 3 writes the shards --batch-frames 1 writes (5 frames: calls of 3 + 2), resumes
+    a partly labelled shard in batches, caps the batch by --batch-atoms and saves every --save-every labels."""
+    from training import label
+    from training.shards import load_shard, save_shard
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, z, pos, cell, q in _batch_systems()[1:]:          # charged gas molecule + periodic box, 5 frames each
+        P, C = _frames(pos, cell, 5, 3)
+        _write_raw(raw, name.split()[0].replace("-", ""), z, P, C, q, "water_box" if cell is not None else "gas_small")
+    saves = []
+    monkeypatch.setattr(label, "save_shard", lambda p, d: (saves.append(Path(p).name), save_shard(p, d)))
+    for nb in (1, 3):
+        assert label.main(["--raw", str(raw), "--out", str(tmp_path / f"b{nb}"), "--engine", "fast",
+                           "--batch-frames", str(nb), "--save-every", "2"]) == 0
+    log = [json.loads(x) for x in (tmp_path / "b3" / "label_log.jsonl").read_text().splitlines()]
+    assert [(r["frames_done"], r["frames_per_call"], r["calls"]) for r in log] == [(5, 3, 2)] * 2
+    assert saves.count("acetate.npz") == 3 + 2          # b1: after 2, 4, then the last frame; b3: after 3, 5
+    names = sorted(p.name for p in raw.glob("*.npz"))
+    for name in names:
+        a, b = load_shard(tmp_path / "b1" / name), load_shard(tmp_path / "b3" / name)
+        assert a["labelled"].all() and b["labelled"].all() and set(a) == set(b)
+        for k in a:
+            if k not in ("energy", "forces"):
+                assert np.array_equal(a[k], b[k]), (name, k)
+        assert np.abs(a["energy"] - b["energy"]).max() <= 1e-4, name     # float32 model, float64 energy sums
+        assert np.abs(a["forces"] - b["forces"]).max() <= 5e-5, name
+        assert len(set(np.round(a["energy"], 5))) == 5
+    # resume: frames 0, 2, 4 of the box unlabelled -> labelled again in one call, same labels
+    p = tmp_path / "b3" / "12water.npz"
+    done = load_shard(p)
+    part = dict(done)
+    part["labelled"] = np.array([False, True, False, True, False])
+    part["energy"] = np.where(part["labelled"], part["energy"], 0.0)
+    part["forces"] = part["forces"] * part["labelled"][:, None, None]
+    save_shard(p, part)
+    from training.teacher import SO3LRTeacher
+    t = SO3LRTeacher("cpu", "float32", model=fast.model)        # label.py's fast teacher, without a reload
+    res = label.label_shard(raw / "12water.npz", p, t, t.name, 20, float("inf"), batch_frames=3, batch_atoms=12000)
+    assert (res["frames_done"], res["calls"]) == (3, 1)
+    again = load_shard(p)
+    assert again["labelled"].all()
+    assert np.abs(again["energy"] - done["energy"]).max() <= 1e-4
+    assert np.abs(again["forces"] - done["forces"]).max() <= 5e-5
+    # the atom budget: 36 atoms per frame, at most 80 atoms per call -> 2 frames per call
+    assert label.batch_size(t, 36, 8, 80) == 2 and label.batch_size(t, 36, 8, 10) == 1
+    assert label.batch_size(t, 36, 8, 12000) == 8 and label.batch_size(None, 36, 8, 12000) == 1

@@ -14,9 +14,10 @@ input                  how it is built here (matches ``AtomicData.from_config`` 
 ``edge_index/shifts``  the subset of the long-range edges with d <= r_max (4.5 Å)
 ``node_attrs``         one-hot over Z = 1..118 (z_table of the calculator)
 ``atomic_numbers``     Z
-``total_charge``       [1], total charge;  ``total_spin`` [1] = 0 (closed shell)
-``batch/ptr/head``     one graph: zeros, [0, N], [0]
-``cell``               [3, 3] (zeros for gas phase; only read for stress / PME, which SO3LR does not use)
+``total_charge``       [B], total charge per frame;  ``total_spin`` [B] = 0 (closed shell)
+``batch/ptr/head``     frame index per atom, [0, N, 2N, ..., BN], zeros [B]  (one frame: zeros, [0, N], [0])
+``cell``               [B*3, 3], the frames' [3, 3] cells stacked as the PyG collate does (zeros for gas
+                       phase; only read for stress / PME, which SO3LR does not use)
 =====================  ===================================================================================
 
 and sets, like the calculator does, ``model.r_max_lr`` (12 Å for periodic frames; ``gas_lr_cutoff``,
@@ -35,9 +36,22 @@ Distances are computed in float64 (positions arrive as float64), the model runs 
 
 Only fully periodic or fully non-periodic frames are supported (what the shards hold).
 
+Batches (``energy_forces_batch``, ``call_batch``): on an H100 one model call costs ~57 ms for 200-1500 atoms,
+nearly all kernel launches, so B frames of one system (same Z, charge and periodicity; each frame its own
+cell) are evaluated in ONE call as a disjoint union of graphs: each frame's graph is built with its own cell,
+its node indices are offset by b*N, and ``batch``/``ptr``/``total_charge`` carry the frame.  Every per-frame
+quantity in the model is per graph: the charge/spin embedding and the partial-charge equilibration scatter
+over ``batch`` with ``num_graphs`` = len(ptr) - 1, the dipole too, ZBL/electrostatics/dispersion are sums
+over edges (no edge joins two frames) with the single ``model.r_max_lr`` (one value per call, hence one
+periodicity per batch), the total energy is a scatter over ``batch`` and the forces the gradient of the sum
+of the per-frame energies.  So a batch gives each frame's one-frame result: bit for bit in float64 on the
+CPU, within float32 rounding in float32 (different matmul blocking).  ``inputs`` is the B = 1 case of
+``batch_inputs``.
+
     from training.teacher import SO3LRTeacher
     t = SO3LRTeacher("cuda")
     e_eV, f_eV_per_A = t.energy_forces(Z, positions_A, cell_A_or_None, charge)
+    e_B, f_BN3 = t.energy_forces_batch(Z, [pos_1, ..., pos_B], [cell_1, ..., cell_B] or None, charge)
 """
 from __future__ import annotations
 
@@ -201,65 +215,111 @@ class SO3LRTeacher:
             return torch.load(path, map_location=torch.device(device), weights_only=False)
 
     # ------------------------------------------------------------------------------------------------
-    def inputs(self, Z, positions, cell=None, charge: int = 0) -> dict:
-        """The batch dict the model's forward() reads (one graph), built on the device."""
+    @staticmethod
+    def _host_cell(cell) -> Optional[torch.Tensor]:
+        """[3, 3] float64 cell on the host (the 3x3 algebra of ``build_graph`` runs there; no device sync), or
+        None for a gas-phase frame (None or all zeros)."""
+        if cell is None:
+            return None
+        c = torch.as_tensor(cell).detach().to(device="cpu", dtype=torch.float64).reshape(3, 3)
+        return c if bool(torch.any(c != 0)) else None
+
+    def batch_inputs(self, Z, positions_list, cells=None, charge=0) -> dict:
+        """The batch dict the model's forward() reads for B frames of one system, as ONE disjoint graph.
+
+        ``Z`` [N] (shared by all frames); ``positions_list`` B arrays [N, 3] or one [B, N, 3] (Å); ``cells``
+        None (all gas phase) or B cells [3, 3] (or one [B, 3, 3]; None / all zeros = gas phase; all frames
+        must agree); ``charge`` one total charge for all frames or B of them.  Each frame's graph is built with
+        its own cell and its node indices are offset by ``b * N``; ``batch`` = frame index per atom, ``ptr`` =
+        [0, N, ..., B N], ``head``/``total_spin`` zeros [B], ``total_charge`` [B], ``cell`` [B*3, 3] (the PyG
+        collate of B [3, 3] cells).  B = 1 is exactly the single-frame dict of ``inputs``."""
         dev, dt = self.device, self.dtype
         z = torch.as_tensor(np.asarray(Z, dtype=np.int64) if not torch.is_tensor(Z) else Z,
                             device=dev).to(torch.long).reshape(-1)
-        pos64 = torch.as_tensor(positions, device=dev).to(torch.float64).reshape(-1, 3)
         n = z.shape[0]
-        if pos64.shape[0] != n:
-            raise ValueError(f"{n} atomic numbers but {pos64.shape[0]} positions")
-        if cell is not None:
-            cell64 = torch.as_tensor(cell, device=dev).to(torch.float64).reshape(3, 3)
-            if not bool(torch.any(cell64 != 0)):
-                cell64 = None
+        if n == 0 or int(z.min()) < 1 or int(z.max()) > _N_ELEMENTS:
+            raise ValueError("atomic numbers must be in 1..118 (and at least one atom)")
+        if (torch.is_tensor(positions_list) or isinstance(positions_list, np.ndarray)) and positions_list.ndim == 3:
+            pos64 = torch.as_tensor(positions_list, device=dev).to(torch.float64)   # [B, N, 3]: one transfer
         else:
-            cell64 = None
-        periodic = cell64 is not None
+            pos64 = [torch.as_tensor(p, device=dev).to(torch.float64).reshape(-1, 3) for p in positions_list]
+            if any(p.shape[0] != n for p in pos64):
+                raise ValueError(f"{n} atomic numbers but {[p.shape[0] for p in pos64]} positions")
+            pos64 = torch.stack(pos64) if pos64 else torch.zeros(0, n, 3, dtype=torch.float64, device=dev)
+        nb = pos64.shape[0]
+        if nb == 0 or tuple(pos64.shape[1:]) != (n, 3):
+            raise ValueError(f"{n} atomic numbers but positions of shape {tuple(pos64.shape)}")
+        cell_h = [None] * nb if cells is None else [self._host_cell(c) for c in cells]
+        if len(cell_h) != nb:
+            raise ValueError(f"{nb} frames but {len(cell_h)} cells")
+        periodic = cell_h[0] is not None
+        if any((c is not None) != periodic for c in cell_h):
+            raise ValueError("batch_inputs: the frames of a batch must be all periodic or all gas phase "
+                             "(model.r_max_lr is one value per call)")
+        charges = np.array(np.broadcast_to(np.asarray(charge, dtype=np.float64).reshape(-1), (nb,)))
+        cell = (torch.stack(cell_h) if periodic else torch.zeros(nb, 3, 3, dtype=torch.float64)).to(dev)
         r_lr = self.lr_cutoff if periodic else self.gas_lr_cutoff
-        if int(z.min()) < 1 or int(z.max()) > _N_ELEMENTS:
-            raise ValueError("atomic numbers must be in 1..118")
-        i, j, s, d2 = build_graph(pos64, cell64, r_lr)
-        if periodic:
-            shifts_lr64 = s.to(torch.float64) @ cell64
-        else:
-            shifts_lr64 = torch.zeros(i.shape[0], 3, dtype=torch.float64, device=dev)
-        sr = d2 <= self.r_max * self.r_max
-        edge_lr = torch.stack([i, j])
+        edge_lr, unit_lr, shifts_lr, sr = [], [], [], []
+        for b in range(nb):   # each frame's graph with its own cell, node indices offset by b * N
+            i, j, s, d2 = build_graph(pos64[b], cell_h[b], r_lr)
+            edge_lr.append(torch.stack([i, j]) + b * n)
+            unit_lr.append(s)
+            shifts_lr.append(s.to(torch.float64) @ cell[b])   # zeros (S = 0, cell 0) for gas phase
+            sr.append(d2 <= self.r_max * self.r_max)
+        edge_lr, s, shifts_lr64, sr = (torch.cat(edge_lr, 1), torch.cat(unit_lr), torch.cat(shifts_lr),
+                                       torch.cat(sr))
         node_attrs = torch.zeros(n, _N_ELEMENTS, dtype=dt, device=dev)
         node_attrs[torch.arange(n, device=dev), z - 1] = 1.0
         self.model.r_max_lr = r_lr
-        self.last_n_edges = (int(sr.sum()), int(i.shape[0]))
+        self.last_n_edges = (int(sr.sum()), int(edge_lr.shape[1]))
         return {
-            "positions": pos64.to(dt),
+            "positions": pos64.reshape(nb * n, 3).to(dt),
             "edge_index": edge_lr[:, sr],
             "shifts": shifts_lr64[sr].to(dt),
             "unit_shifts": s[sr].to(dt),
             "edge_index_lr": edge_lr,
             "shifts_lr": shifts_lr64.to(dt),
             "unit_shifts_lr": s.to(dt),
-            "cell": (cell64 if periodic else torch.zeros(3, 3, dtype=torch.float64, device=dev)).to(dt),
-            "node_attrs": node_attrs,
-            "atomic_numbers": z,
-            "batch": torch.zeros(n, dtype=torch.long, device=dev),
-            "ptr": torch.tensor([0, n], dtype=torch.long, device=dev),
-            "head": torch.zeros(1, dtype=torch.long, device=dev),
-            "total_charge": torch.tensor([float(charge)], dtype=dt, device=dev),
-            "total_spin": torch.zeros(1, dtype=dt, device=dev),
+            "cell": cell.reshape(nb * 3, 3).to(dt),
+            "node_attrs": node_attrs.repeat(nb, 1),
+            "atomic_numbers": z.repeat(nb),
+            "batch": torch.arange(nb, device=dev).repeat_interleave(n),
+            "ptr": torch.arange(nb + 1, device=dev) * n,
+            "head": torch.zeros(nb, dtype=torch.long, device=dev),
+            "total_charge": torch.as_tensor(charges, device=dev).to(dt),
+            "total_spin": torch.zeros(nb, dtype=dt, device=dev),
         }
+
+    def inputs(self, Z, positions, cell=None, charge: int = 0) -> dict:
+        """The batch dict the model's forward() reads (one graph), built on the device."""
+        return self.batch_inputs(Z, [positions], None if cell is None else [cell], charge)
+
+    def energy_forces_batch_tensors(self, Z, positions_list, cells=None, charge=0):
+        """(energies [B] eV, forces [B, N, 3] eV/Å) of B frames of one system in ONE model call, as detached
+        tensors on the device (arguments as ``batch_inputs``).  Energies are float64 per-frame sums of the
+        per-atom energies when ``energy_sum64``, else the model's per-graph totals."""
+        data = self.batch_inputs(Z, positions_list, cells, charge)
+        nb = int(data["ptr"].shape[0]) - 1
+        with _default_dtype(self.dtype), torch.enable_grad():
+            out = self.model(data, compute_stress=False)
+        if self.energy_sum64:
+            # frames are contiguous and of equal size N: the per-frame float64 sum over ``batch`` is a row sum
+            energy = out["node_energy"].detach().to(torch.float64).reshape(nb, -1).sum(1)
+        else:
+            energy = out["energy"].detach().reshape(nb)
+        return energy, out["forces"].detach().reshape(nb, -1, 3)
+
+    def energy_forces_batch(self, Z, positions_list, cells=None, charge=0) -> Tuple[np.ndarray, np.ndarray]:
+        """Energies (eV, float64 ndarray [B]) and forces (eV/Å, float32 ndarray [B, N, 3]) of B frames of one
+        system (same Z, charge and periodicity; each frame its own cell) from one model call."""
+        e, f = self.energy_forces_batch_tensors(Z, positions_list, cells, charge)
+        return e.to(torch.float64).cpu().numpy(), f.to(torch.float32).cpu().numpy()
 
     def energy_forces_tensors(self, Z, positions, cell=None, charge: int = 0):
         """(energy [] eV, forces [N, 3] eV/Å) as detached tensors on the device (energy float64 when
         ``energy_sum64``, else the model dtype; forces in the model dtype)."""
-        data = self.inputs(Z, positions, cell, charge)
-        with _default_dtype(self.dtype), torch.enable_grad():
-            out = self.model(data, compute_stress=False)
-        if self.energy_sum64:
-            energy = out["node_energy"].detach().to(torch.float64).sum()
-        else:
-            energy = out["energy"].detach().reshape(())
-        return energy, out["forces"].detach()
+        e, f = self.energy_forces_batch_tensors(Z, [positions], None if cell is None else [cell], charge)
+        return e[0], f[0]
 
     def energy_forces(self, Z, positions, cell=None, charge: int = 0) -> Tuple[float, np.ndarray]:
         """Energy (eV, float) and forces (eV/Å, float32 ndarray [N, 3]) of one frame.
@@ -268,11 +328,22 @@ class SO3LRTeacher:
         e, f = self.energy_forces_tensors(Z, positions, cell, charge)
         return float(e), f.to(torch.float32).cpu().numpy()
 
-    # label.py's teacher interface: teacher(z, pos, cell, pbc, charge, multiplicity)
-    def __call__(self, z, pos, cell, pbc, charge: int, multiplicity: int):
+    # label.py's teacher interface: teacher(z, pos, cell, pbc, charge, multiplicity), and the batched one
+    @staticmethod
+    def _periodic(pbc, multiplicity: int) -> bool:
         if multiplicity != 1:
             raise ValueError("only closed-shell (multiplicity 1) frames are labelled")
         pbc = np.asarray(pbc, dtype=bool).reshape(-1)
         if pbc.any() and not pbc.all():
             raise ValueError("fast SO3LR teacher: mixed periodicity is not supported (use --engine ase)")
-        return self.energy_forces(z, pos, cell if pbc.any() else None, int(charge))
+        return bool(pbc.any())
+
+    def __call__(self, z, pos, cell, pbc, charge: int, multiplicity: int):
+        periodic = self._periodic(pbc, multiplicity)
+        return self.energy_forces(z, pos, cell if periodic else None, int(charge))
+
+    def call_batch(self, z, positions, cells, pbc, charge: int, multiplicity: int) -> Tuple[np.ndarray, np.ndarray]:
+        """B frames of one shard (``positions`` [B, N, 3], ``cells`` [B, 3, 3]) in one model call:
+        (energies float64 [B], forces float32 [B, N, 3])."""
+        periodic = self._periodic(pbc, multiplicity)
+        return self.energy_forces_batch(z, positions, cells if periodic else None, int(charge))
