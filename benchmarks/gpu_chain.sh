@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # One GPU machine, several chained device calls (each <= 10 min; the machine stays warm between calls that
-# follow each other at once). A background pipeline (setsid, survives the end of a call) builds the bundled
-# default model (issue #5) while the foreground of the first call runs the GPU benchmarks (issues #3, #4).
+# follow each other at once). The first call runs two short GPU benchmarks (issues #3, #4) on the idle GPU,
+# then starts a background pipeline (setsid, survives the end of a call) that builds the bundled default
+# model (issue #5); later calls wait for it and bring the results back.
 #
 #   call 1:  bash benchmarks/gpu_chain.sh start 585      (carry .whl and .carry; timeout_s 600)
 #   call 2+: bash benchmarks/gpu_chain.sh poll 570       (same carry; returns early once everything is done)
 #
 # Pipeline (in /tmp/e2f, which lives as long as the machine):
-#   generate (OpenMM amber14, CPU platform, 14 workers)  ->  label (SO3LR, training.teacher on the GPU,
-#   4 workers)  ->  refs  ->  train (--fit-minutes)  ->  export  ->  student water MD (g(r), density)
-#   in parallel once the data exist: teacher (SO3LR) water NPT MD, 600 waters, for the teacher's own g(r)
+#   generate (OpenMM amber14: solvated systems on the GPU, gas phase on the CPU cores)  ->  label (SO3LR,
+#   training.teacher on the GPU, 4 workers, batches of frames)  ->  refs  ->  train round 0 (--fit-minutes)
+#   ->  active learning (student MD, worst frames vs the teacher relabelled)  ->  train round 1 (fine-tune)
+#   ->  student water NPT MD (600 waters) beside the 20 solvated amino-acid stability runs
+# (the teacher's own water MD was run in session 2: benchmarks/results/default_model/teacher_water/)
 # Everything that should come back is packed into at most 8 files under $OUT by `collect`.
 set -u
 MODE=${1:-poll}
@@ -47,9 +50,9 @@ pipeline() {
     # the repository's openmm_e2former/ has no model/ or kernels/ inside (they are mapped in $W/pkg)
     cd "$W"
     date +%s > "$W/.t_start"
-    if [ -n "${CHAIN_GEN_GPU:-}" ]; then
+    if [ -z "${CHAIN_GEN_CPU_ONLY:-}" ]; then
         # session 2 measured 13 min for 'medium' on 12 CPU workers, dominated by the solvated systems:
-        # run those on the GPU (4 workers) and the small gas-phase ones on the CPU (costs GPU-timing purity)
+        # run those on the GPU (4 workers) and the small gas-phase ones on the CPU
         stage "generate: solvated on $OMM (4 workers), gas phase on CPU ($NGEN workers)"
         for i in 1 2 3 4; do
             python3 -m training.generate --scale $SCALE --out "$W/raw" --platform $OMM --part "$i/4" \
@@ -68,19 +71,12 @@ pipeline() {
     fi
     wait
     stage "generate done: $(ls $W/raw | wc -l) shards"
-    # keep the GPU to the foreground benchmarks of the first call (clean timings), at most 9.5 min from the start
-    while [ ! -f "$W/bench.done" ] && [ $(( $(date +%s) - $(cat $W/.t_start) )) -lt 570 ]; do sleep 5; done
-    stage "label: 4 GPU workers"
+    stage "label: 4 GPU workers, batches of up to 8 frames / ${CHAIN_BATCH_ATOMS:-6000} atoms"
     for i in 0 1 2 3; do
         python3 -m training.label --raw "$W/raw" --out "$W/labelled" --device $DEV --part "$i/4" \
-            > "$W/logs/label_$i.log" 2>&1 &
+            --batch-frames 8 --batch-atoms "${CHAIN_BATCH_ATOMS:-6000}" > "$W/logs/label_$i.log" 2>&1 &
     done
-    # the teacher's own liquid water (runs beside labelling and training on the same GPU)
-    setsid python3 -m training.water_md run --potential teacher --waters $WATERS --temperature 298 \
-        --minutes "${CHAIN_TEACHER_MINUTES:-13}" --out "$W/teacher_md" --platform $OMM --device $DEV > "$W/logs/teacher_md.log" 2>&1 < /dev/null &
     wait
-    stage "label (fast engine) done: $(ls $W/labelled/*.npz | wc -l) of $(ls $W/raw/*.npz | wc -l) shards"
-    # fallback: the shipped ASE calculator (neighbour graph on the CPU) for whatever is left; labelling resumes
     python3 - "$W" <<'PY' > "$W/logs/label_check.log" 2>&1
 import sys, numpy as np, pathlib
 w = pathlib.Path(sys.argv[1]); left = 0
@@ -90,31 +86,58 @@ for p in sorted((w / "raw").glob("*.npz")):
 print(left); sys.exit(1 if left else 0)
 PY
     if [ $? -ne 0 ]; then
-        stage "unlabelled shards left ($(cat $W/logs/label_check.log)): ASE engine, 12 workers"
-        for i in $(seq 0 11); do
-            python3 -m training.label --raw "$W/raw" --out "$W/labelled" --device $DEV --engine ase --part "$i/12" \
-                > "$W/logs/label_ase_$i.log" 2>&1 &
+        stage "unlabelled shards left ($(cat $W/logs/label_check.log)): one frame per call, 4 workers"
+        for i in 0 1 2 3; do
+            python3 -m training.label --raw "$W/raw" --out "$W/labelled" --device $DEV --part "$i/4" \
+                --batch-frames 1 > "$W/logs/label_single_$i.log" 2>&1 &
         done
         wait
     fi
     stage "label done: $(ls $W/labelled/*.npz | wc -l) shards"
     python3 -m training.refs --data "$W/labelled" --out "$W/refs.json" > "$W/logs/refs.log" 2>&1
     stage "refs done"
-    python3 -m training.train --config "$W/repo/training/configs/default.yaml" \
-        --set out_dir="$W/run" "data.dirs=[$W/labelled]" data.refs="$W/refs.json" data.max_val_frames=1500 \
-        train.val_every=2000 \
-        ${CHAIN_TRAIN_SET:-} --fit-minutes "$(cat $W/fit_minutes 2>/dev/null || echo 9)" --max-minutes 12 > "$W/logs/train.log" 2>&1
-    stage "train finished: $(tail -1 $W/logs/train.log | cut -c1-300)"
+    CFG="$W/repo/training/configs/default.yaml"
+    COMMON="data.refs=$W/refs.json data.max_val_frames=1500 data.atoms_per_step=${CHAIN_ATOMS_PER_STEP:-3000}"
+    # round 0: the student on the classical-MD frames
+    python3 -m training.train --config "$CFG" --set out_dir="$W/run1" "data.dirs=[$W/labelled]" $COMMON \
+        train.val_every=100000 ${CHAIN_TRAIN_SET:-} --fit-minutes "$(cat $W/fit_minutes 2>/dev/null || echo 8)" \
+        --max-minutes 14 > "$W/logs/train1.log" 2>&1
+    stage "train round 0 finished: $(tail -1 $W/logs/train1.log | cut -c1-400)"
+    if [ -f "$W/run1/model.pt" ]; then
+        # active learning: student MD from training-split structures, frames ranked by the force error against
+        # the teacher, the worst relabelled and added (al1_*.npz) to the labelled set
+        stage "active learning round 1: 8 workers"
+        for i in 0 1 2 3 4 5 6 7; do
+            python3 -m training.active --model-a "$W/run1/model.pt" --data "$W/labelled" --out "$W/labelled" \
+                --round 1 --steps "${CHAIN_AL_STEPS:-1000}" --stride 25 --per-system 8 --device $DEV \
+                --systems aa_ pep_ gas_ water_cluster water_box_64 --train-only 0.1 0 --part "$i/8" \
+                > "$W/logs/active_$i.log" 2>&1 &
+        done
+        wait
+        cat "$W/labelled/active_log.jsonl" > "$W/active_log.jsonl" 2>/dev/null
+        stage "active learning done: $(ls $W/labelled/al1_*.npz 2>/dev/null | wc -l) new shards"
+        # round 1: fine-tune from round 0's EMA weights on the enlarged set
+        python3 -m training.train --config "$CFG" --set out_dir="$W/run" "data.dirs=[$W/labelled]" $COMMON \
+            train.init_from="$W/run1/checkpoint.pt" train.lr=6.0e-4 train.warmup_steps=30 train.val_every=100000 \
+            ${CHAIN_TRAIN_SET:-} --fit-minutes "$(cat $W/fit2_minutes 2>/dev/null || echo 4)" --max-minutes 8 \
+            > "$W/logs/train2.log" 2>&1
+        stage "train round 1 finished: $(tail -1 $W/logs/train2.log | cut -c1-400)"
+        [ -f "$W/run/model.pt" ] || cp "$W/run1/model.pt" "$W/run/model.pt"
+    fi
     if [ -f "$W/run/model.pt" ]; then
-        stage "student water MD"
-        if grep -q FAIL "$W/bench/kernel_check.log" 2>/dev/null; then
-            export E2FORMER_ATTENTION_BACKEND=reference   # a kernel failed its GPU check: do not use it
-            stage "kernel check FAILED: student MD on the reference attention"
-        fi
-        python3 -m training.water_md run --potential student --model "$W/run/model.pt" --waters $WATERS \
-            --temperature 298 --minutes "$(cat $W/student_minutes 2>/dev/null || echo 4)" --out "$W/student_md" --platform $OMM --device $DEV \
-            > "$W/logs/student_md.log" 2>&1
-        stage "student water MD done"
+        cp "$W/run/model.pt" "$W/model_final.pt"
+        stage "validation MD: student water (600) + 20 solvated amino acids (4 workers)"
+        setsid python3 -m training.water_md run --potential student --model "$W/model_final.pt" --waters $WATERS \
+            --temperature 298 --minutes "$(cat $W/student_minutes 2>/dev/null || echo 9)" --out "$W/student_md" \
+            --platform $OMM --device $DEV --frame-fs 200 > "$W/logs/student_md.log" 2>&1 < /dev/null &
+        for i in 0 1 2 3; do
+            setsid python3 -m training.stability --model "$W/model_final.pt" --out "$W/stability_$i.jsonl" \
+                --ps 50 --minutes "$(cat $W/stab_minutes 2>/dev/null || echo 1.6)" --device $DEV --platform $OMM \
+                --letters "${CHAIN_STAB_LETTERS:-ACDEFGHIKLMNPQRSTVWY}" --box-nm "${CHAIN_STAB_BOX:-2.0}" \
+                --part "$i/4" > "$W/logs/stability_$i.log" 2>&1 < /dev/null &
+        done
+        wait
+        stage "validation MD done"
     fi
     touch "$W/pipeline.done"
 }
@@ -128,9 +151,11 @@ collect() {
                 > "$W/logs/${d}_analyse.log" 2>&1 || true
         fi
     done
-    (cd "$W" && tar czf "$OUT/results.tgz" progress.log logs refs.json run/train_log.jsonl \
+    cat "$W"/stability_*.jsonl > "$W/stability.jsonl" 2>/dev/null
+    (cd "$W" && tar czf "$OUT/results.tgz" progress.log logs refs.json run/train_log.jsonl run1/train_log.jsonl \
+        run1/model.pt model_final.pt active_log.jsonl stability.jsonl labelled/label_log.jsonl \
         teacher_md/*.json teacher_md/*.csv teacher_md/*.png student_md/*.json student_md/*.csv student_md/*.png \
-        run/model.pt run/checkpoint.pt bench 2>/dev/null)
+        bench 2>/dev/null)
     for d in teacher_md student_md; do
         if ls "$W/$d"/*.dcd > /dev/null 2>&1; then
             (cd "$W" && tar czf "$OUT/${d}_traj.tgz" "$d"/*.dcd "$d"/*.pdb 2>/dev/null)
@@ -142,29 +167,31 @@ collect() {
 setup
 mkdir -p "$W/logs" "$W/bench"
 if [ "$MODE" = "start" ]; then
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    if [ ! -f "$W/bench.done" ] && [ -z "${CHAIN_NO_BENCH:-}" ]; then
+        # short GPU benchmarks first, on an idle GPU (clean timings), then the pipeline
+        export E2FORMER_ATTENTION_BACKEND=${E2FORMER_ATTENTION_BACKEND:-auto}
+        (cd "$W/repo" && timeout 110 python3 -m kernels._compile_report --gpu --edge 10000 16384 100000 2>&1 \
+            | tee "$W/bench/edge_degree_v2.log")
+        (cd /tmp && timeout 75 python3 "$W/repo/benchmarks/openmm_overhead.py" --sizes 100000 --breakdown \
+            --variants empty,ours,ours_analytic --repeats 3 --steps 100 \
+            --json "$W/bench/openmm_overhead_breakdown.json" --md "$W/bench/openmm_overhead_breakdown.md" 2>&1 \
+            | tee "$W/bench/overhead_breakdown.log")
+        touch "$W/bench.done"
+    fi
     if [ ! -f "$W/.t_start" ]; then
         setsid bash "$W/repo/benchmarks/gpu_chain.sh" pipeline > "$W/logs/pipeline.log" 2>&1 < /dev/null &
         sleep 2
     fi
-    # foreground: GPU benchmarks while the pipeline generates data on the CPU cores
-    nvidia-smi --query-gpu=name,memory.total --format=csv
-    cd /tmp
-    export E2FORMER_ATTENTION_BACKEND=${E2FORMER_ATTENTION_BACKEND:-auto}
-    timeout 140 python3 "$W/repo/benchmarks/openmm_overhead.py" --sizes 1000,10000,100000 \
-        --json "$W/bench/openmm_overhead.json" --md "$W/bench/openmm_overhead.md" 2>&1 | tee "$W/bench/overhead.log"
-    # v1/v2 kernels vs the float64 reference on the GPU, both softmax modes (smooth: the default model's)
-    (cd "$W/repo" && timeout 100 python3 -m kernels._compile_report --gpu --check-only 2>&1 | tee "$W/bench/kernel_check.log")
-    timeout 230 python3 "$W/repo/benchmarks/gpu_end_to_end.py" --parts speed \
-        --sizes 10000,20000,50000,100000 --modes fp32,tf32 --out "$W/bench" --budget-s 200 2>&1 \
-        | tee "$W/bench/e2e.log"
-    timeout 70 python3 "$W/repo/benchmarks/gpu_end_to_end.py" --parts profile --sizes 10000 --out "$W/bench" \
-        > "$W/bench/profile.log" 2>&1
-    touch "$W/bench.done"
-    cd "$SRC"
 elif [ "$MODE" = "poll" ] && [ ! -f "$W/.t_start" ]; then
     echo "fresh machine: the pipeline's state is gone (start again with 'start')"
     exit 3
-elif [ "$MODE" = "pipeline" ]; then
+elif [ "$MODE" = "poll" ]; then
+    # fixes made between calls reach the stages not yet started (each stage is a new python process);
+    # the running pipeline script itself is never touched (bash reads it as it goes)
+    cp "$SRC"/training/*.py "$W/repo/training/"
+fi
+if [ "$MODE" = "pipeline" ]; then
     pipeline
     exit 0
 fi
@@ -173,5 +200,5 @@ while [ $(( $(date +%s) - T0 )) -lt $(( LIMIT - 45 )) ] && [ ! -f "$W/pipeline.d
     sleep 15
 done
 cat "$W/progress.log" 2>/dev/null
-tail -3 "$W/logs/train.log" 2>/dev/null
+tail -2 "$W/logs/train1.log" "$W/logs/train2.log" 2>/dev/null; tail -2 "$W"/logs/stability_*.log 2>/dev/null
 collect

@@ -38,7 +38,7 @@ KB_EV = 8.617333262e-5
 
 def _forces(model, z, pos, cell, pbc, charge):
     _, _, f = model.energy_and_forces(z, pos, cell, pbc, charge, 1, forces=True, validate=False)
-    return f.to(torch.float64)
+    return f.to(device="cpu", dtype=torch.float64)   # the integrator state lives on the host (small systems)
 
 
 def student_md(model, z, pos0, cell, pbc, charge, temperature: float, steps: int, stride: int, dt: float = 0.5,
@@ -89,12 +89,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--teacher", choices=["so3lr", "mm-placeholder"], default="so3lr")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--part", default=None, help="i/n (0-based): this worker's share of the chosen shards")
+    ap.add_argument("--train-only", nargs=2, metavar=("VAL_FRACTION", "SPLIT_SEED"), default=None,
+                    help="skip the systems that training.train holds out for validation with these settings "
+                         "(keeps the validation set free of active-learning frames)")
     args = ap.parse_args(argv)
     from openmm_e2former.model import load_model
     model_a = load_model(args.model_a, device=args.device, dtype=torch.float32)
     model_b = load_model(args.model_b, device=args.device, dtype=torch.float32) if args.model_b else None
     if args.teacher == "so3lr":
-        teacher = SO3LRTeacher(args.device)
+        from .teacher import so3lr_available
+        if so3lr_available():   # the fast evaluator (graph built by torch on the device); same labels
+            from .teacher import SO3LRTeacher as FastSO3LRTeacher
+            teacher = FastSO3LRTeacher(args.device)
+        else:
+            teacher = SO3LRTeacher(args.device)
         tname = teacher.name
     else:
         teacher, tname = None, PLACEHOLDER_TEACHER
@@ -109,6 +118,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if k not in best or len(d["Z"]) < len(best[k][1]["Z"]):
                 best[k] = (p, d)
         chosen = list(best.values())
+    if args.train_only:
+        from .train import Frames
+        fr = Frames(args.data)
+        _, val = fr.split(float(args.train_only[0]), int(args.train_only[1]))
+        held_out = {fr.shards[fr.index[i][0]]["system"] for i in val}
+        chosen = [(p, d) for p, d in chosen if str(scalar(d["system"])) not in held_out]
+    if args.part:
+        i_part, n_part = (int(x) for x in args.part.split("/"))
+        chosen = chosen[i_part::n_part]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = []

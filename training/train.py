@@ -328,6 +328,15 @@ def train(cfg: Dict[str, Any], max_minutes: float = 9.0, steps: Optional[int] = 
 
     seed = int(tcfg["seed"])
     model = build_model(cfg["model"], refs, seed).to(device)
+    init_from = tcfg.get("init_from")
+    if init_from and not ((out / CKPT_NAME).exists() and not fresh):
+        # fine-tuning (e.g. after an active-learning round): start from the EMA weights of an earlier run's
+        # checkpoint; fresh optimiser, schedule and EMA. The architecture must be the same.
+        src = torch.load(init_from, map_location=device, weights_only=False)
+        if src.get("model_config") != cfg["model"]:
+            raise ValueError(f"train.init_from={init_from}: its model config differs from this run's")
+        model.load_state_dict(src["ema"])
+        log(f"initialised from the EMA weights of {init_from} (step {src.get('step')})")
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     ema = EMA(model, float(tcfg["ema_decay"]))
