@@ -75,16 +75,17 @@ _PREVIEW_WARNED = False
 
 
 def _warn_if_preview(model) -> None:
-    """Say once per process that the bundled model is a preview (its metadata ``status``)."""
+    """Say once per process what the bundled model is validated for, when its metadata ``status`` is
+    "preview" or "beta" (a released model has status "stable" and stays silent)."""
     global _PREVIEW_WARNED
     meta = getattr(model, "metadata", None) or {}
-    if meta.get("status") == "preview" and not _PREVIEW_WARNED:
+    status = meta.get("status")
+    if status in ("preview", "beta") and not _PREVIEW_WARNED:
         import warnings
 
         _PREVIEW_WARNED = True
-        warnings.warn("the bundled default E2Former-V2 model is a PREVIEW: " + str(meta.get("status_note", ""))
-                      + " For production use pass a validated checkpoint (modelPath=...).", UserWarning,
-                      stacklevel=3)
+        warnings.warn(f"the bundled default E2Former-V2 model {meta.get('version', '')} is a {status.upper()}: "
+                      + str(meta.get("status_note", "")), UserWarning, stacklevel=3)
 
 
 def save_model(model, path, metadata=None) -> None:

@@ -54,12 +54,16 @@ def test_metadata_documents_teacher_data_elements_and_errors(model):
     assert cfg.max_neighbors >= 128 and cfg.cutoff == 5.0        # the cap never binds in liquids
 
 
-def test_preview_status_is_announced_once():
+def test_status_is_announced_once_unless_stable():
     meta = torch.load(default_model_path(), map_location="cpu", weights_only=False)["metadata"]
-    if meta.get("status") != "preview":
-        pytest.skip("the bundled model is not a preview")    # pragma: no cover - a later, validated model
+    assert meta.get("status") in ("preview", "beta", "stable") and meta.get("version")
     pkg._PREVIEW_WARNED = False
-    with pytest.warns(UserWarning, match="PREVIEW"):
+    if meta["status"] == "stable":
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            load_model()
+        return
+    with pytest.warns(UserWarning, match=meta["status"].upper()):
         load_model()
     with warnings.catch_warnings():
         warnings.simplefilter("error")

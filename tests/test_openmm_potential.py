@@ -405,7 +405,8 @@ def test_default_model_without_model_path(official_parity_dir):
     load_model() (no arguments), after unit conversion."""
     from openmm_e2former import load_model
     case = load_case(official_parity_dir, "water3")
-    with pytest.warns(UserWarning, match="PREVIEW") if _default_is_preview() else _nullcontext():
+    status = _default_status()
+    with pytest.warns(UserWarning, match=status.upper()) if status in ("preview", "beta") else _nullcontext():
         system = MLPotential("e2formerv2").createSystem(make_topology(case["z"]), device="cpu")
     e, f = evaluate(system, case["pos"] * 0.1)
     ref = load_model().predict(case["z"], case["pos"])
@@ -413,14 +414,14 @@ def test_default_model_without_model_path(official_parity_dir):
     np.testing.assert_allclose(f, ref["forces"] * EV * 10.0, atol=1e-3)
 
 
-def _default_is_preview():
+def _default_status():
     import openmm_e2former as pkg
     from openmm_e2former.force import clear_model_cache
     clear_model_cache()
     pkg._PREVIEW_WARNED = False     # the warning is once per process: re-arm it for this test
     import torch
     meta = torch.load(pkg.default_model_path(), map_location="cpu", weights_only=False).get("metadata", {})
-    return meta.get("status") == "preview"
+    return str(meta.get("status"))
 
 
 class _nullcontext:
