@@ -510,12 +510,18 @@ class E2FormerV2(nn.Module):
         return Graph(center, neighbor, shift.to(positions.dtype), positions, self.cutoff,
                      self.rbf_offsets.to(positions.dtype), self.rbf_coeff, self.envelope_kind)
 
+    def system_embedding(self, charge: torch.Tensor, multiplicity: torch.Tensor) -> torch.Tensor:
+        """[B, C] embedding of B systems' total charges and spin multiplicities (integer tensors [B]); values
+        outside the official tables' range (charge -10..10, multiplicity 0..20) are clamped to it."""
+        q = charge.to(torch.long).clamp(-10, 10) + 10
+        s = multiplicity.to(torch.long).clamp(0, 20)
+        return F.silu(self.system_mix(torch.cat([self.charge_embedding(q), self.multiplicity_embedding(s)], dim=1)))
+
     def node_features(self, z: torch.Tensor, g: Graph, charge: int, multiplicity: int) -> torch.Tensor:
         """Final normalised node features [N, 9, C]."""
         dev = z.device
-        q = torch.tensor([min(max(int(charge), -10), 10) + 10], device=dev)
-        s = torch.tensor([min(max(int(multiplicity), 0), 20)], device=dev)
-        system = F.silu(self.system_mix(torch.cat([self.charge_embedding(q), self.multiplicity_embedding(s)], dim=1)))
+        system = self.system_embedding(torch.tensor([int(charge)], device=dev),
+                                       torch.tensor([int(multiplicity)], device=dev))
         x = self.edge_degree(z, g)
         system = system.to(x.dtype)
         if not torch.jit.is_scripting():

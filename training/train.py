@@ -145,10 +145,10 @@ def predict_batch(model, fs: Sequence[Dict[str, Any]], create_graph: bool):
     Each frame's edges are found on its own (its own cell and pbc), then the frames become disjoint blocks of
     one graph (node indices offset, no edge crosses frames), so one forward/backward serves the whole
     optimiser step. This gives the same numbers as ``predict`` frame by frame (tests/test_training.py) and
-    avoids one launch-bound model call per small frame on the GPU. It mirrors ``E2FormerV2.node_features``
-    with a per-frame charge/multiplicity embedding."""
+    avoids one launch-bound model call per small frame on the GPU. It is ``E2FormerV2.node_features`` with the
+    system embedding (``E2FormerV2.system_embedding``) taken per frame and spread over that frame's atoms, and
+    without activation checkpointing (the force loss needs the double backward)."""
     from openmm_e2former.model.e2former import Graph
-    import torch.nn.functional as F
 
     pos_list = [f["pos"].detach().requires_grad_(True) for f in fs]
     centers, neighbors, shifts, owner = [], [], [], []
@@ -167,9 +167,8 @@ def predict_batch(model, fs: Sequence[Dict[str, Any]], create_graph: bool):
     G = Graph(torch.cat(centers), torch.cat(neighbors), torch.cat(shifts), pos, model.cutoff,
               model.rbf_offsets.to(pos.dtype), model.rbf_coeff, model.envelope_kind)
     dev = pos.device
-    q = torch.tensor([min(max(int(f["charge"]), -10), 10) + 10 for f in fs], device=dev)
-    m = torch.tensor([min(max(int(f["multiplicity"]), 0), 20) for f in fs], device=dev)
-    system = F.silu(model.system_mix(torch.cat([model.charge_embedding(q), model.multiplicity_embedding(m)], 1)))
+    system = model.system_embedding(torch.tensor([int(f["charge"]) for f in fs], device=dev),
+                                    torch.tensor([int(f["multiplicity"]) for f in fs], device=dev))
     x = model.edge_degree(z, G)
     system_atom = system.to(x.dtype)[owner_t][:, None, :]
     for block in model.blocks:
