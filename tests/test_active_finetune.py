@@ -1,5 +1,7 @@
 """Fine-tuning from a checkpoint (``train.init_from``), the active-learning selection options (``--train-only``,
-``--part``), ``active._forces`` / ``student_md`` on the host in float64, and the stability helpers
+``--part``, ``--batch-systems``, seeds per shard name), ``active._forces`` / ``student_md`` on the host in float64,
+``student_md_batched`` (== ``student_md`` system by system, blow-ups stop one system), the end-to-end round with
+a batched teacher stub, and the stability helpers
 (``repartition_hydrogens``, ``summary``).  CPU, tiny synthetic shards (placeholder-teacher labels from a
 harmonic O-H model), a 1-layer 16-channel model; a few seconds in all.
 """
@@ -154,11 +156,11 @@ def _active_systems(monkeypatch, model: Path, lab: Path, out: Path, *extra: str)
     """Run active.main with MD replaced by 'no frames'; return the systems of the logged round, in order."""
     calls = []
 
-    def no_md(model_, z, pos0, *a, **k):
-        calls.append(len(z))
-        return np.zeros((0, len(z), 3)), False
+    def no_md(model_, systems, *a, **k):     # student_md_batched: one (frames, stopped_early) per system
+        calls.extend(len(s["z"]) for s in systems)
+        return [(np.zeros((0, len(s["z"]), 3)), False) for s in systems]
 
-    monkeypatch.setattr(active, "student_md", no_md)
+    monkeypatch.setattr(active, "student_md_batched", no_md)
     assert active.main(["--model-a", str(model), "--data", str(lab), "--out", str(out),
                         "--teacher", "mm-placeholder", "--steps", "2", "--stride", "1", *extra]) == 0
     rec = json.loads((out / "active_log.jsonl").read_text().splitlines()[-1])
@@ -202,7 +204,8 @@ def test_active_part_without_train_only(data, run_a, monkeypatch, tmp_path):
 
 
 def test_placeholder_teacher_cannot_label_new_frames(data, run_a, monkeypatch, tmp_path):
-    monkeypatch.setattr(active, "student_md", lambda m, z, pos0, *a, **k: (pos0.numpy()[None].copy(), False))
+    monkeypatch.setattr(active, "student_md_batched",
+                        lambda m, systems, *a, **k: [(s["pos0"].numpy()[None].copy(), False) for s in systems])
     with pytest.raises(RuntimeError, match="placeholder teacher"):
         active.main(["--model-a", str(run_a / "model.pt"), "--data", str(data / "lab"), "--out", str(tmp_path),
                      "--teacher", "mm-placeholder", "--systems", "wc_1"])
@@ -221,6 +224,246 @@ def test_forces_and_student_md_on_host_float64(run_a):
     assert np.isfinite(frames).all() and not np.allclose(frames[0], WATER)
     again, _ = active.student_md(model, z, pos, None, None, 0, 300.0, steps=4, stride=2, fmax=1e6, seed=1)
     assert np.array_equal(frames, again)                  # seeded
+
+
+# ----------------------------------------------------------------------------------------------- batched MD
+def _tiny_systems():
+    """A periodic 2-water box (7 Å), a 3-water gas cluster and one gas water; float64 host tensors."""
+    rng = np.random.default_rng(5)
+    box = np.concatenate([WATER + np.array([1.0, 1.0, 1.0]), WATER + np.array([4.0, 3.5, 3.0])])
+    cluster = _water_frames(3, 1, rng)[0]
+    z2, z3 = torch.tensor([8, 1, 1] * 2), torch.tensor([8, 1, 1] * 3)
+    return [dict(z=z2, pos0=torch.as_tensor(box, dtype=torch.float64), cell=torch.eye(3, dtype=torch.float64) * 7.0,
+                 pbc=torch.ones(3, dtype=torch.bool), charge=0),
+            dict(z=z3, pos0=torch.as_tensor(cluster, dtype=torch.float64), cell=None, pbc=None, charge=0),
+            dict(z=torch.tensor([8, 1, 1]), pos0=torch.as_tensor(WATER + 0.1, dtype=torch.float64), cell=None,
+                 pbc=None, charge=-1)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(run_a):
+    from openmm_e2former.model import load_model
+    return load_model(run_a / "model.pt", dtype=torch.float32)
+
+
+def test_forces_batch_equals_forces(tiny_model):
+    systems = _tiny_systems()
+    xs = [s["pos0"] for s in systems]
+    batched = active._forces_batch(tiny_model, systems, xs)
+    for s, x, fb in zip(systems, xs, batched):
+        f = active._forces(tiny_model, s["z"], x, s["cell"], s["pbc"], s["charge"])
+        assert fb.dtype == torch.float64 and fb.device.type == "cpu" and fb.shape == f.shape
+        assert float(f.abs().max()) > 1e-3                                      # not trivially zero
+        assert torch.allclose(fb, f, rtol=1e-5, atol=1e-6 * float(f.abs().max()))
+
+
+def test_student_md_batched_equals_sequential(tiny_model):
+    systems = _tiny_systems()
+    temps, seeds = [300.0, 500.0, 200.0], [11, 12, 13]
+    batched = active.student_md_batched(tiny_model, systems, temps, steps=5, stride=1, fmax=1e6, seeds=seeds)
+    assert len(batched) == 3
+    for s, T, seed, (frames, stopped) in zip(systems, temps, seeds, batched):
+        ref, ref_stopped = active.student_md(tiny_model, s["z"], s["pos0"], s["cell"], s["pbc"], s["charge"], T,
+                                             steps=5, stride=1, fmax=1e6, seed=seed)
+        assert not stopped and not ref_stopped
+        assert frames.dtype == np.float64 and frames.shape == ref.shape == (5, len(s["z"]), 3)
+        assert np.abs(frames - ref).max() < 1e-6                     # same trajectory (float32 force rounding)
+        assert np.abs(frames[-1] - s["pos0"].numpy()).max() > 1e-4   # and it moved
+    # stride, one temperature / seed for all, and a system alone in a batch is student_md itself
+    again = active.student_md_batched(tiny_model, systems[1:2], 300.0, steps=4, stride=2, fmax=1e6, seeds=7)
+    s = systems[1]
+    ref, _ = active.student_md(tiny_model, s["z"], s["pos0"], s["cell"], s["pbc"], 0, 300.0, steps=4, stride=2,
+                               fmax=1e6, seed=7)
+    assert again[0][0].shape == (2, 9, 3) and np.abs(again[0][0] - ref).max() < 1e-6
+    assert systems[1]["pos0"].equal(torch.as_tensor(_tiny_systems()[1]["pos0"]))   # inputs untouched
+
+
+def test_student_md_batched_overlap_stops_one_system(tiny_model):
+    systems = _tiny_systems()[1:]
+    bad = systems[0]["pos0"].clone()
+    bad[4] = bad[3] + torch.tensor([0.3, 0.0, 0.0], dtype=torch.float64)   # two atoms 0.3 Å apart (gas phase)
+    systems[0] = dict(systems[0], pos0=bad)
+    res = active.student_md_batched(tiny_model, systems, 300.0, steps=3, stride=1, fmax=1e6, seeds=[1, 2])
+    (f0, stop0), (f1, stop1) = res
+    assert stop0 and f0.shape == (0, 9, 3)                      # stopped at the first step, no frames
+    assert not stop1 and f1.shape == (3, 3, 3)
+    ref, ref_stop = active.student_md(tiny_model, systems[0]["z"], bad, None, None, 0, 300.0, steps=3, stride=1,
+                                      fmax=1e6, seed=1)
+    assert ref_stop and len(ref) == 0                           # the same criterion as student_md
+    ref1, _ = active.student_md(tiny_model, systems[1]["z"], systems[1]["pos0"], None, None, -1, 300.0, steps=3,
+                                stride=1, fmax=1e6, seed=2)
+    assert np.abs(f1 - ref1).max() < 1e-6
+
+
+def test_student_md_batched_blow_up_keeps_frames_others_continue(tiny_model, monkeypatch):
+    systems = _tiny_systems()[:2]
+    systems[0] = dict(systems[0], explode=True)
+    real = active._forces_batch
+    sizes = []
+
+    def forces(model, syss, xs):          # NaN forces for the marked system from the 3rd MD step on
+        sizes.append(len(syss))
+        out = real(model, syss, xs)
+        if len(sizes) > 3:
+            out = [f * float("nan") if s.get("explode") else f for s, f in zip(syss, out)]
+        return out
+
+    monkeypatch.setattr(active, "_forces_batch", forces)
+    (f0, stop0), (f1, stop1) = active.student_md_batched(tiny_model, systems, 300.0, steps=6, stride=1, fmax=1e6,
+                                                         seeds=[3, 4])
+    assert stop0 and f0.shape == (2, 6, 3) and np.isfinite(f0).all()   # frames of steps 1, 2 kept
+    assert not stop1 and f1.shape == (6, 9, 3)
+    assert sizes == [2, 2, 2, 2, 1, 1, 1]      # one call per step over the systems still running
+    monkeypatch.setattr(active, "_forces_batch", real)
+    ref1, _ = active.student_md(tiny_model, systems[1]["z"], systems[1]["pos0"], None, None, 0, 300.0, steps=6,
+                                stride=1, fmax=1e6, seed=4)
+    assert np.abs(f1 - ref1).max() < 1e-6
+    ref0, _ = active.student_md(tiny_model, systems[0]["z"], systems[0]["pos0"], systems[0]["cell"],
+                                systems[0]["pbc"], 0, 300.0, steps=2, stride=1, fmax=1e6, seed=3)
+    assert np.abs(f0 - ref0).max() < 1e-6
+
+
+# ----------------------------------------------------------------------------------------------- active.main
+def _active_records(monkeypatch, model: Path, lab: Path, out: Path, *extra: str):
+    """active.main with MD replaced by 'no frames'; (logged records, systems per MD batch, seeds passed)."""
+    batches, seeds = [], []
+
+    def no_md(model_, systems, temps, steps, stride, **k):
+        batches.append(len(systems))
+        seeds.extend(k["seeds"])
+        return [(np.zeros((0, len(s["z"]), 3)), False) for s in systems]
+
+    monkeypatch.setattr(active, "student_md_batched", no_md)
+    assert active.main(["--model-a", str(model), "--data", str(lab), "--out", str(out),
+                        "--teacher", "mm-placeholder", "--steps", "2", "--stride", "1", *extra]) == 0
+    rec = json.loads((out / "active_log.jsonl").read_text().splitlines()[-1])
+    assert rec["complete"] and [s["seed"] for s in rec["systems"]] == seeds
+    return rec["systems"], batches, seeds
+
+
+def test_active_train_only_before_smallest_per_kind(data, run_a, monkeypatch, tmp_path):
+    lab = data / "lab"
+    size = {s: nw for s, _, nw in SYSTEMS}
+    kind = {s: k for s, k, _ in SYSTEMS}
+    everything = [s["system"] for s in _active_records(monkeypatch, run_a / "model.pt", lab, tmp_path / "e",
+                                                       "--systems", "_")[0]]
+    fr = train.Frames([lab])
+    found = 0
+    for seed in range(40):            # splits that hold out the smallest system of a kind (wc_1 or gas_a)
+        _, va = fr.split(0.3, seed)
+        held_out = {fr.shards[fr.index[i][0]]["system"] for i in va}
+        if not held_out & {"wc_1", "gas_a"}:
+            continue
+        expect = {}
+        for s in everything:          # smallest training system per kind, first of equal size
+            if s not in held_out and (kind[s] not in expect or size[s] < size[expect[kind[s]]]):
+                expect[kind[s]] = s
+        recs, _, _ = _active_records(monkeypatch, run_a / "model.pt", lab, tmp_path / f"t{seed}",
+                                     "--train-only", "0.3", str(seed))
+        got = [r["system"] for r in recs]
+        assert sorted(got) == sorted(expect.values()) and len(got) == 2   # every kind kept
+        assert not set(got) & held_out
+        found += 1
+        if found == 2:
+            break
+    assert found == 2
+
+
+def test_active_seeds_independent_of_part_and_batches(data, run_a, monkeypatch, tmp_path):
+    lab = data / "lab"
+    m = run_a / "model.pt"
+    whole, batches, _ = _active_records(monkeypatch, m, lab, tmp_path / "w", "--systems", "_", "--seed", "5",
+                                        "--batch-systems", "3")
+    assert batches == [3, 3, 2]
+    seed_of = {r["system"]: r["seed"] for r in whole}
+    assert len(set(seed_of.values())) == len(SYSTEMS)
+    for s in seed_of:                 # hash of the shard file name and --seed
+        assert seed_of[s] == active.system_seed(f"{s}_T300.npz", 5)
+    for i in range(3):
+        recs, _, _ = _active_records(monkeypatch, m, lab, tmp_path / f"p{i}", "--systems", "_", "--seed", "5",
+                                     "--part", f"{i}/3", "--batch-systems", "1")
+        assert recs and all(r["seed"] == seed_of[r["system"]] for r in recs)
+    other, batches, _ = _active_records(monkeypatch, m, lab, tmp_path / "o", "--systems", "_", "--seed", "6")
+    assert batches == [8]                                        # --batch-systems 16 (default): one batch
+    assert all(r["seed"] != seed_of[r["system"]] for r in other)
+    assert active.system_seed("x.npz", 0) == active.system_seed("x.npz", 0) != active.system_seed("y.npz", 0)
+
+
+class _StubTeacher:
+    """The harmonic O-H labels of the synthetic shards, with the fast teacher's ``call_batch``."""
+    name = "stub-teacher"
+
+    def __init__(self, device="cpu"):
+        self.calls = []
+        _StubTeacher.last = self
+
+    def __call__(self, z, pos, cell, pbc, charge, multiplicity):
+        self.calls.append(1)
+        e, f = _harmonic_labels(np.asarray(pos)[None], len(z) // 3)
+        return float(e[0]), f[0]
+
+    def call_batch(self, z, positions, cells, pbc, charge, multiplicity):
+        assert positions.shape[1:] == (len(z), 3) and cells.shape == (len(positions), 3, 3)
+        self.calls.append(len(positions))
+        return _harmonic_labels(np.asarray(positions), len(z) // 3)
+
+
+def test_active_round_end_to_end_batched(data, run_a, monkeypatch, tmp_path, capsys):
+    from training import teacher as teacher_mod
+    from training.shards import load_shard
+    monkeypatch.setattr(teacher_mod, "so3lr_available", lambda: True)
+    monkeypatch.setattr(teacher_mod, "SO3LRTeacher", _StubTeacher)
+    lab = data / "lab"
+    out = tmp_path / "al"
+    assert active.main(["--model-a", str(run_a / "model.pt"), "--data", str(lab), "--out", str(out),
+                        "--systems", "wc_1", "gas_b", "--steps", "4", "--stride", "1", "--per-system", "2",
+                        "--fmax", "1e6", "--teacher-batch-frames", "3", "--seed", "2"]) == 0
+    assert _StubTeacher.last.calls == [3, 1, 3, 1]      # all 4 candidates of each system scored, 3 per call
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    rec = json.loads((out / "active_log.jsonl").read_text().splitlines()[-1])
+    assert rec["complete"] and rec["systems"] == printed and [r["system"] for r in printed] == ["gas_b", "wc_1"]
+    from openmm_e2former.model import load_model
+    model = load_model(run_a / "model.pt", dtype=torch.float32)
+    for r in printed:
+        assert r["md_frames"] == 4 and r["picked"] == 2 and r["md_batch"] == 2 and not r["blew_up"]
+        d0 = load_shard(lab / f"{r['system']}_T300.npz")
+        ref, _ = active.student_md(model, torch.as_tensor(d0["Z"].astype(np.int64)),
+                                   torch.as_tensor(d0["positions"][0], dtype=torch.float64), None, None, 0, 300.0,
+                                   steps=4, stride=1, fmax=1e6, seed=active.system_seed(f"{r['system']}_T300.npz", 2))
+        sh = load_shard(out / r["shard"])
+        assert str(sh["teacher"]) == "stub-teacher" and sh["positions"].shape == (2, len(d0["Z"]), 3)
+        # the picked frames are frames of the system's own student_md trajectory, labelled by the teacher
+        picked = [int(np.argmin(np.abs(ref - x[None]).reshape(4, -1).max(1))) for x in sh["positions"]]
+        assert picked == sorted(set(picked))
+        assert np.abs(sh["positions"] - ref[picked]).max() < 1e-5
+        e, f = _harmonic_labels(ref[picked], len(d0["Z"]) // 3)
+        assert np.allclose(sh["energy"], e, atol=1e-6) and np.allclose(sh["forces"], f, atol=1e-4)
+
+
+@pytest.mark.parametrize("how", ["KeyboardInterrupt", "SIGTERM"])
+def test_active_log_written_when_interrupted(data, run_a, monkeypatch, tmp_path, how):
+    import os
+    import signal
+    calls = []
+
+    def md(model_, systems, *a, **k):
+        calls.append(len(systems))
+        if len(calls) == 2:       # the second batch of 3 systems is interrupted
+            if how == "SIGTERM":
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
+        return [(np.zeros((0, len(s["z"]), 3)), False) for s in systems]
+
+    monkeypatch.setattr(active, "student_md_batched", md)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt if how == "KeyboardInterrupt" else active._Stop):
+        active.main(["--model-a", str(run_a / "model.pt"), "--data", str(data / "lab"), "--out", str(tmp_path),
+                     "--teacher", "mm-placeholder", "--systems", "_", "--batch-systems", "3"])
+    assert signal.getsignal(signal.SIGTERM) == before          # handler restored
+    rec = json.loads((tmp_path / "active_log.jsonl").read_text().splitlines()[-1])
+    assert not rec["complete"] and rec["error"].startswith("KeyboardInterrupt" if how == "KeyboardInterrupt"
+                                                           else "_Stop")
+    assert len(rec["systems"]) == 3                            # the first batch's systems
 
 
 # ----------------------------------------------------------------------------------------------- stability.py
