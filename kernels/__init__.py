@@ -41,12 +41,15 @@ Arguments:
 
 Edge-degree embedding (initial node features): ``h[i,m,c] = scale sum_{e->i} Y_{l(m)}(r_e)[m] u(d_e)
 RadialProfile_l([phi(d_e); T0[i]; S0[src_e]])[c]`` for l = 0, 1, 2 (``radial_params``: 3 FCParams whose
-W2 is [C, hid]; Y in e3nn "component" normalisation).  Same backend selection
-(``E2FORMER_EDGE_DEGREE_BACKEND`` or ``E2FORMER_ATTENTION_BACKEND`` = reference forces the reference);
-every Triton choice (auto on CUDA, "triton_v2", "triton") runs the v1 edge-degree Triton kernels, except
-that ``backend="triton_v2"`` passed to ``fused_edge_degree`` or ``E2FORMER_EDGE_DEGREE_BACKEND=triton_v2``
-(opt-in, not yet timed on a GPU) runs the v2 kernels of ``edge_degree_triton_v2`` (last Linear at node
-level, K-chunked dots); ``E2FORMER_ATTENTION_BACKEND`` never selects them.
+W2 is [C, hid]; Y in e3nn "component" normalisation).  Backend: ``backend`` if given, else
+``E2FORMER_EDGE_DEGREE_BACKEND``, else ``E2FORMER_ATTENTION_BACKEND``, else "auto" (see
+``select_edge_degree_backend``).  auto: the v2 edge-degree Triton kernels of ``edge_degree_triton_v2`` (last
+Linear at node level, K-chunked dots) when ``vec`` is on CUDA, triton imports and hid, C are powers of two
+>= 16 (v1 if v2 failed to import), else the PyTorch reference.  v2 is the default since its first H200 run
+(``benchmarks/results/edge_degree_v2_h200.md``): same error vs float64 as v1, fwd+bwd 2-4x faster (100k atoms,
+V1.5, K = 32: 214 ms vs 826 ms).  "triton" runs the v1 kernels of ``edge_degree_triton``, "triton_v2" the v2
+kernels, "reference" the reference; so ``E2FORMER_ATTENTION_BACKEND=triton`` (when the edge-degree variable
+is unset) also selects v1 here.  An explicit Triton choice raises if it cannot run.
 The Triton backends compute d/d(vec) in a fused kernel; other gradients use the reference.
 
 Gradients: all inputs are differentiable on both backends.  The Triton backend computes d/d(vec, q, k, v)
@@ -81,12 +84,13 @@ if HAS_TRITON:
         _TRITON_ERR = exc
     try:
         from . import edge_degree_triton_v2 as _edge_degree_triton_v2  # noqa: F401
-    except Exception as exc:  # opt-in only: its failure must not disable anything else
+    except Exception as exc:  # must not disable anything else (edge-degree auto then falls back to v1)
         _ED_V2_ERR = exc
 
 __all__ = ["fused_attention", "attention_reference", "FCParams", "rbf_gamma", "gaussian_rbf",
            "polynomial_envelope", "edge_mlp", "csr_targets", "HAS_TRITON", "select_backend", "SOFTMAX_MODES",
-           "fused_edge_degree", "edge_degree_reference", "spherical_harmonics_l2", "EDGE_DEGREE_SCALE"]
+           "fused_edge_degree", "select_edge_degree_backend", "edge_degree_reference", "spherical_harmonics_l2",
+           "EDGE_DEGREE_SCALE"]
 
 
 #: Why v2 is the CUDA default and runs with exact fp32 ("ieee") dots even in TF32 mode.  H100, do_bench
@@ -104,7 +108,7 @@ V2_IEEE_NOTE = "v2 runs with exact fp32 dots: faster than v2 TF32 and than v1 in
 def select_backend(q, v, fc_params, backend=None, *, _ok=None) -> str:
     """Return "triton_v2", "triton" or "reference" for these inputs (see ``fused_attention``).
 
-    ``_ok`` (bool) replaces the "CUDA tensors and supported shapes" test (edge-degree dispatch, tests)."""
+    ``_ok`` (bool) replaces the "CUDA tensors and supported shapes" test (tests without CUDA)."""
     backend = backend or os.environ.get("E2FORMER_ATTENTION_BACKEND", "auto").lower()
     if backend == "reference":
         return "reference"
@@ -141,21 +145,45 @@ def fused_attention(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cuto
     return attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, softmax)
 
 
+def select_edge_degree_backend(vec, radial_params, backend=None, *, _ok=None) -> str:
+    """Return "triton_v2", "triton" or "reference" for ``fused_edge_degree`` (see the module docstring).
+
+    ``backend`` None: ``E2FORMER_EDGE_DEGREE_BACKEND``, else ``E2FORMER_ATTENTION_BACKEND``, else "auto".
+    ``_ok`` (bool) replaces the "vec on CUDA and hid, C powers of two >= 16" test (tests without CUDA)."""
+    backend = (backend or os.environ.get("E2FORMER_EDGE_DEGREE_BACKEND")
+               or os.environ.get("E2FORMER_ATTENTION_BACKEND") or "auto").lower()
+    if backend == "reference":
+        return "reference"
+    if _ok is None:
+        p0 = FCParams(*radial_params[0])
+        hid, C = p0.W0.shape[0], p0.W2.shape[0]
+        _ok = vec.is_cuda and hid >= 16 and (hid & (hid - 1)) == 0 and C >= 16 and (C & (C - 1)) == 0
+    ok = HAS_TRITON and bool(_ok)
+    if backend in ("triton", "triton_v2"):
+        if not HAS_TRITON:
+            raise RuntimeError(f"edge-degree {backend} backend requested but triton is unavailable: {_TRITON_ERR}")
+        if backend == "triton_v2" and _edge_degree_triton_v2 is None:
+            raise RuntimeError(f"edge-degree triton_v2 backend requested but it failed to import: {_ED_V2_ERR}")
+        if not (ok or os.environ.get("TRITON_INTERPRET") == "1"):
+            raise RuntimeError(f"edge-degree {backend} backend requested but inputs are not on CUDA or shapes "
+                               "unsupported")
+        return backend
+    if backend != "auto":
+        raise ValueError(f"unknown edge-degree backend {backend!r}")
+    if not ok:
+        return "reference"
+    return "triton_v2" if _edge_degree_triton_v2 is not None else "triton"
+
+
 def fused_edge_degree(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutoff,
                       scale=EDGE_DEGREE_SCALE, *, backend=None, allow_tf32=False, max_degree=None):
     """Edge-degree embedding -> h [N, 9, C]; see the module docstring."""
-    backend = (backend or os.environ.get("E2FORMER_EDGE_DEGREE_BACKEND") or "").lower() or None
-    p0 = FCParams(*radial_params[0])
-    hid, C = p0.W0.shape[0], p0.W2.shape[0]
-    ok = (vec.is_cuda and hid >= 16 and (hid & (hid - 1)) == 0 and C >= 16 and (C & (C - 1)) == 0)
-    chosen = select_backend(None, None, None, backend, _ok=ok)
-    if chosen == "triton_v2" and backend == "triton_v2":   # edge-degree-specific opt-in only
-        if _edge_degree_triton_v2 is None:
-            raise RuntimeError(f"edge-degree triton_v2 backend requested but it failed to import: {_ED_V2_ERR}")
+    chosen = select_edge_degree_backend(vec, radial_params, backend)
+    if chosen == "triton_v2":
         return _edge_degree_triton_v2.edge_degree_triton_v2(row_ptr, src, vec, T0, S0, radial_params, mu, gamma,
                                                             cutoff, scale, allow_tf32=allow_tf32,
                                                             max_degree=max_degree)
-    if chosen in ("triton", "triton_v2"):
+    if chosen == "triton":
         return _edge_degree_triton.edge_degree_triton(row_ptr, src, vec, T0, S0, radial_params, mu, gamma,
                                                       cutoff, scale, allow_tf32=allow_tf32,
                                                       max_degree=max_degree)

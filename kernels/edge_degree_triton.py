@@ -1,4 +1,7 @@
-"""Fused Triton kernel for the E2Former-V2 edge-degree embedding (see ``edge_degree_reference``).
+"""Fused Triton kernel for the E2Former-V2 edge-degree embedding (see ``edge_degree_reference``), v1.
+
+Not the CUDA default any more (that is v2, ``edge_degree_triton_v2``); selected by ``backend="triton"`` or
+``E2FORMER_EDGE_DEGREE_BACKEND=triton``, and by "auto" only if the v2 module failed to import.
 
 One program per target atom, all its edges in one register tile.  For each degree l the RadialProfile MLP
 runs on chip (first Linear: RBF part as a chunked ``tl.dot``, the T0[i] / S0[j] parts precomputed per node,

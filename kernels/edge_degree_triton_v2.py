@@ -1,4 +1,5 @@
-"""Edge-degree embedding, v2 Triton kernels (opt-in: ``E2FORMER_EDGE_DEGREE_BACKEND=triton_v2``).
+"""Edge-degree embedding, v2 Triton kernels: the default of ``fused_edge_degree`` on CUDA ("auto") since
+their first H200 run (benchmarks/results/edge_degree_v2_h200.md), also ``E2FORMER_EDGE_DEGREE_BACKEND=triton_v2``.
 
 Same result as ``edge_degree_triton`` (v1), restructured along the lines of ``attention_triton_v2``
 (see benchmarks/results/attention_notes.md, "Edge-degree kernel"):

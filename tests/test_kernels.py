@@ -324,7 +324,7 @@ _INTERP_SCRIPT = textwrap.dedent(r"""
     errs = [rel(a, b) for a, b in zip(g_t, g_r)]
     print("training-path rel errors:", ["%.2e" % x for x in errs])
     worst = max(worst, *errs)
-    # edge-degree embedding kernel: forward and d/dvec
+    # edge-degree embedding, v1 kernels (backend="triton"; auto on CUDA now runs v2): forward and d/dvec
     ed_tri = import_module(sys.argv[1] + ".edge_degree_triton")
     N, nb, hid, C = 7, 32, 32, 32
     case = make_case(N, 6, **TINY, seed=15)
@@ -334,7 +334,11 @@ _INTERP_SCRIPT = textwrap.dedent(r"""
     mu = torch.linspace(0, 4.5, nb)
     gam = KM.rbf_gamma(4.5, nb)
     vec = case["vec"].clone().requires_grad_(True)
+    v1_calls = []
+    v1_orig = ed_tri.edge_degree_triton
+    ed_tri.edge_degree_triton = lambda *a, **kw: (v1_calls.append(1), v1_orig(*a, **kw))[1]
     h = KM.fused_edge_degree(case["row_ptr"], case["src"], vec, T0, S0, params, mu, gam, 4.5, backend="triton")
+    assert v1_calls == [1], "backend='triton' must run the v1 edge-degree kernels"
     vec64 = case["vec"].double().requires_grad_(True)
     p64 = [FCParams(*(x.double() for x in p)) for p in params]
     h64 = KM.edge_degree_reference(case["row_ptr"], case["src"], vec64, T0.double(), S0.double(), p64,
@@ -544,31 +548,114 @@ def test_dispatch_v2_gets_ieee_dots_and_softmax_mode(monkeypatch):
         K.fused_attention(*args, softmax="soft")
 
 
-def test_dispatch_edge_degree_follows_attention_backend(monkeypatch):
-    """The edge-degree embedding has one Triton kernel: it runs for auto on CUDA (now "triton_v2"), for an
-    explicit "triton" / "triton_v2" (argument or environment), and not for "reference"."""
+def test_dispatch_edge_degree_auto_picks_v2_on_cuda(monkeypatch):
+    """select_edge_degree_backend: auto -> "triton_v2" where the kernels can run (CUDA-ness mocked by _ok), v1
+    ("triton") if the v2 module failed to import, the reference elsewhere; explicit names win over
+    E2FORMER_EDGE_DEGREE_BACKEND, which wins over E2FORMER_ATTENTION_BACKEND; unknown names fail."""
+    _need_triton()
+    monkeypatch.delenv("E2FORMER_ATTENTION_BACKEND", raising=False)
+    monkeypatch.delenv("E2FORMER_EDGE_DEGREE_BACKEND", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    sel = lambda backend=None, ok=True: K.select_edge_degree_backend(None, None, backend, _ok=ok)
+    assert sel() == sel("auto") == sel("AUTO") == "triton_v2"                  # v2 is the CUDA default
+    assert sel(ok=False) == "reference"
+    assert sel("triton") == "triton" and sel("triton_v2") == "triton_v2" and sel("reference") == "reference"
+    assert sel("reference", ok=False) == "reference"
+    for name, want in (("triton", "triton"), ("TRITON_V2", "triton_v2"), ("reference", "reference"),
+                       ("auto", "triton_v2")):
+        monkeypatch.setenv("E2FORMER_ATTENTION_BACKEND", name)
+        assert sel() == want, name
+        for ed_name, ed_want in (("triton", "triton"), ("triton_v2", "triton_v2"), ("reference", "reference"),
+                                 ("auto", "triton_v2")):
+            monkeypatch.setenv("E2FORMER_EDGE_DEGREE_BACKEND", ed_name)              # edge-degree env wins
+            assert sel() == ed_want, (name, ed_name)
+            assert sel("triton") == "triton" and sel("reference") == "reference"   # explicit beats env
+        monkeypatch.delenv("E2FORMER_EDGE_DEGREE_BACKEND")
+    monkeypatch.delenv("E2FORMER_ATTENTION_BACKEND")
+    for name in ("triton", "triton_v2"):                                       # forced, cannot run
+        with pytest.raises(RuntimeError, match="not on CUDA"):
+            sel(name, ok=False)
+    with pytest.raises(ValueError):
+        sel("triton_v3")
+    # real shape test (no _ok): CPU tensors -> reference; kernel-compatible shapes on "CUDA" -> v2; hid or C
+    # not a power of two >= 16 -> reference
+    import types
+    cuda_vec = types.SimpleNamespace(is_cuda=True)                            # only .is_cuda is looked at
+    ok_params = [FCParams.random(6, 6, 16, 8) for _ in range(3)]              # hid 16, C 16
+    assert K.select_edge_degree_backend(cuda_vec, ok_params) == "triton_v2"
+    assert K.select_edge_degree_backend(types.SimpleNamespace(is_cuda=False), ok_params) == "reference"
+    assert K.select_edge_degree_backend(cuda_vec, [FCParams.random(6, 6, 16, 4) for _ in range(3)]) == "reference"
+    assert K.select_edge_degree_backend(cuda_vec, [FCParams.random(6, 6, 24, 8) for _ in range(3)]) == "reference"
+    # the attention v2 module failing does not change the edge-degree choice (and vice versa)
+    attention_v2 = K._attention_triton_v2
+    monkeypatch.setattr(K, "_attention_triton_v2", None)
+    assert sel() == "triton_v2" and K.select_backend(None, None, None, _ok=True) == "triton"
+    monkeypatch.setattr(K, "_attention_triton_v2", attention_v2)
+    # edge-degree v2 module failed to import: auto falls back to v1, an explicit triton_v2 raises
+    monkeypatch.setattr(K, "_edge_degree_triton_v2", None)
+    assert sel() == "triton" and sel("triton") == "triton"
+    with pytest.raises(RuntimeError, match="triton_v2"):
+        sel("triton_v2")
+    assert K.select_backend(None, None, None, _ok=True) == "triton_v2"
+
+
+def test_dispatch_edge_degree_runs_chosen_kernels(monkeypatch):
+    """fused_edge_degree calls the chosen implementation: v2 for auto on CUDA, v1 for backend="triton" or
+    E2FORMER_EDGE_DEGREE_BACKEND=triton, v2 for "triton_v2", the reference for "reference" / CPU tensors;
+    allow_tf32 and max_degree reach both kernels; a requested but unimportable v2 raises."""
     _need_triton()
     import types
     monkeypatch.delenv("E2FORMER_ATTENTION_BACKEND", raising=False)
     monkeypatch.delenv("E2FORMER_EDGE_DEGREE_BACKEND", raising=False)
-    monkeypatch.setattr(K, "_edge_degree_triton", types.SimpleNamespace(edge_degree_triton=lambda *a, **kw: "triton"))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    kws = []
+
+    def fake(name):
+        def fn(*a, **kw):
+            kws.append((name, kw))
+            return name
+        return fn
+
+    monkeypatch.setattr(K, "_edge_degree_triton", types.SimpleNamespace(edge_degree_triton=fake("v1")))
+    monkeypatch.setattr(K, "_edge_degree_triton_v2", types.SimpleNamespace(edge_degree_triton_v2=fake("v2")))
     monkeypatch.setattr(K, "edge_degree_reference", lambda *a, **kw: "reference")
-    params = [FCParams.random(6, 6, 16, 8) for _ in range(3)]              # hid 16, C 16: kernel-compatible
-    cuda_vec = types.SimpleNamespace(is_cuda=True)                          # only .is_cuda is looked at
+    params = [FCParams.random(6, 6, 16, 16) for _ in range(3)]              # hid 16, C 32: kernel-compatible
+    cuda_vec = types.SimpleNamespace(is_cuda=True)
     run = lambda vec, **kw: K.fused_edge_degree(None, None, vec, None, None, params, None, 0.0, 4.5, **kw)
-    assert run(cuda_vec) == "triton"
+    assert run(cuda_vec) == "v2"                                            # the default on CUDA
+    assert run(cuda_vec, backend="auto") == "v2"
     assert run(types.SimpleNamespace(is_cuda=False)) == "reference"
     assert run(cuda_vec, backend="reference") == "reference"
-    for name, want in (("triton", "triton"), ("triton_v2", "triton"), ("reference", "reference")):
+    assert run(cuda_vec, backend="triton") == "v1"                          # v1 stays reachable
+    assert run(cuda_vec, backend="triton_v2") == "v2"
+    kws.clear()
+    run(cuda_vec, allow_tf32=True, max_degree=7)
+    run(cuda_vec, backend="triton", allow_tf32=True, max_degree=7)
+    assert kws == [("v2", dict(allow_tf32=True, max_degree=7)), ("v1", dict(allow_tf32=True, max_degree=7))]
+    for name, want in (("triton_v2", "v2"), ("TRITON_V2", "v2"), ("triton", "v1"), ("reference", "reference"),
+                       ("auto", "v2")):
+        monkeypatch.setenv("E2FORMER_EDGE_DEGREE_BACKEND", name)
+        assert run(cuda_vec) == want, name
+    monkeypatch.delenv("E2FORMER_EDGE_DEGREE_BACKEND")
+    for name, want in (("triton_v2", "v2"), ("triton", "v1"), ("reference", "reference")):
         monkeypatch.setenv("E2FORMER_ATTENTION_BACKEND", name)
         assert run(cuda_vec) == want, name
-    monkeypatch.setenv("E2FORMER_EDGE_DEGREE_BACKEND", "reference")
+    monkeypatch.setenv("E2FORMER_EDGE_DEGREE_BACKEND", "reference")          # edge-degree variable wins
     monkeypatch.setenv("E2FORMER_ATTENTION_BACKEND", "triton")
     assert run(cuda_vec) == "reference"
+    monkeypatch.setenv("E2FORMER_EDGE_DEGREE_BACKEND", "triton_v2")
+    with pytest.raises(RuntimeError, match="not on CUDA"):
+        run(types.SimpleNamespace(is_cuda=False))
+    monkeypatch.setattr(K, "_edge_degree_triton_v2", None)
+    with pytest.raises(RuntimeError, match="triton_v2"):
+        run(cuda_vec)
+    monkeypatch.delenv("E2FORMER_EDGE_DEGREE_BACKEND")
+    monkeypatch.delenv("E2FORMER_ATTENTION_BACKEND")
+    assert run(cuda_vec) == "v1"                                            # v2 unimportable: auto -> v1
 
 
 # ------------------------------------------------------------------------------------------------
-# Edge-degree v2 kernels (opt-in E2FORMER_EDGE_DEGREE_BACKEND=triton_v2) under the interpreter: forward and
+# Edge-degree v2 kernels (the CUDA default; E2FORMER_EDGE_DEGREE_BACKEND=triton_v2) under the interpreter: forward and
 # gradients w.r.t. every differentiable input vs the float64 reference; atoms with 0 / 1 / K edges, partial
 # edge tile, partial last RBF chunk, persistent loop with a partial last round (2 programs, 9 atoms),
 # int32 row_ptr, non-default tiles, both d/dd variants (G_FUSED 0 / 1), and the env-var dispatch.
@@ -628,18 +715,25 @@ _INTERP_ED_V2_SCRIPT = textwrap.dedent(r"""
         worst = max(worst, *errs, *errs_all)
         for key in env:
             del os.environ[key]
-    # env-var dispatch: E2FORMER_EDGE_DEGREE_BACKEND=triton_v2 runs the v2 kernels (CPU tensors allowed
-    # under the interpreter); E2FORMER_ATTENTION_BACKEND=triton_v2 alone keeps v1
+    # env-var dispatch on real kernels (CPU tensors allowed under the interpreter):
+    # E2FORMER_EDGE_DEGREE_BACKEND=triton_v2 -> v2; E2FORMER_ATTENTION_BACKEND=triton_v2 (edge-degree variable
+    # unset) -> v2; E2FORMER_EDGE_DEGREE_BACKEND=triton -> v1, also when the attention variable says triton_v2
+    ed1 = import_module(sys.argv[1] + ".edge_degree_triton")
     calls = []
-    orig = ed2.edge_degree_triton_v2
-    ed2.edge_degree_triton_v2 = lambda *a, **kw: (calls.append(1), orig(*a, **kw))[1]
+    orig2, orig1 = ed2.edge_degree_triton_v2, ed1.edge_degree_triton
+    ed2.edge_degree_triton_v2 = lambda *a, **kw: (calls.append("v2"), orig2(*a, **kw))[1]
+    ed1.edge_degree_triton = lambda *a, **kw: (calls.append("v1"), orig1(*a, **kw))[1]
     os.environ["E2FORMER_EDGE_DEGREE_BACKEND"] = "triton_v2"
     h3 = KM.fused_edge_degree(rp, src, vec, T0, S0, params, mu, gam, 4.5)
-    assert calls == [1] and rel(h3, h64) < 1e-5
+    assert calls == ["v2"] and rel(h3, h64) < 1e-5
     del os.environ["E2FORMER_EDGE_DEGREE_BACKEND"]
     os.environ["E2FORMER_ATTENTION_BACKEND"] = "triton_v2"
     h4 = KM.fused_edge_degree(rp, src, vec, T0, S0, params, mu, gam, 4.5)
-    assert calls == [1] and rel(h4, h64) < 2e-5
+    assert calls == ["v2", "v2"] and rel(h4, h64) < 1e-5
+    os.environ["E2FORMER_EDGE_DEGREE_BACKEND"] = "triton"
+    h5 = KM.fused_edge_degree(rp, src, vec, T0, S0, params, mu, gam, 4.5)
+    assert calls == ["v2", "v2", "v1"] and rel(h5, h64) < 2e-5
+    del os.environ["E2FORMER_EDGE_DEGREE_BACKEND"], os.environ["E2FORMER_ATTENTION_BACKEND"]
     print("WORST", worst)
     assert worst < 1e-5, worst
 """)
@@ -659,34 +753,3 @@ def test_edge_degree_v2_interpreter_matches_reference():
     print(res.stdout)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "WORST" in res.stdout
-
-
-def test_dispatch_edge_degree_v2_is_opt_in(monkeypatch):
-    """The v2 edge-degree kernels run only for backend="triton_v2" given to fused_edge_degree or
-    E2FORMER_EDGE_DEGREE_BACKEND=triton_v2; auto on CUDA and E2FORMER_ATTENTION_BACKEND=triton_v2 keep v1;
-    a requested but unimportable v2 raises."""
-    _need_triton()
-    import types
-    monkeypatch.delenv("E2FORMER_ATTENTION_BACKEND", raising=False)
-    monkeypatch.delenv("E2FORMER_EDGE_DEGREE_BACKEND", raising=False)
-    monkeypatch.setattr(K, "_edge_degree_triton", types.SimpleNamespace(edge_degree_triton=lambda *a, **kw: "v1"))
-    monkeypatch.setattr(K, "_edge_degree_triton_v2",
-                        types.SimpleNamespace(edge_degree_triton_v2=lambda *a, **kw: "v2"))
-    monkeypatch.setattr(K, "edge_degree_reference", lambda *a, **kw: "reference")
-    params = [FCParams.random(6, 6, 16, 16) for _ in range(3)]
-    cuda_vec = types.SimpleNamespace(is_cuda=True)
-    run = lambda vec, **kw: K.fused_edge_degree(None, None, vec, None, None, params, None, 0.0, 4.5, **kw)
-    assert run(cuda_vec) == "v1"                                            # default unchanged
-    assert run(cuda_vec, backend="triton_v2") == "v2"
-    assert run(cuda_vec, backend="triton") == "v1"
-    monkeypatch.setenv("E2FORMER_ATTENTION_BACKEND", "triton_v2")
-    assert run(cuda_vec) == "v1"
-    for name, want in (("triton_v2", "v2"), ("TRITON_V2", "v2"), ("triton", "v1"), ("reference", "reference")):
-        monkeypatch.setenv("E2FORMER_EDGE_DEGREE_BACKEND", name)
-        assert run(cuda_vec) == want, name
-    monkeypatch.setenv("E2FORMER_EDGE_DEGREE_BACKEND", "triton_v2")
-    with pytest.raises(RuntimeError, match="not on CUDA"):
-        run(types.SimpleNamespace(is_cuda=False))
-    monkeypatch.setattr(K, "_edge_degree_triton_v2", None)
-    with pytest.raises(RuntimeError, match="triton_v2"):
-        run(cuda_vec)
