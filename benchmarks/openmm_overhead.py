@@ -16,6 +16,12 @@ and reports the time added per step relative to ``base``.  Every variant runs in
 median of ``--repeats`` timed blocks of ``--steps`` steps (after warm-up) is used.
 
 Usage: python benchmarks/openmm_overhead.py --json out.json --md out.md [--sizes 1000,10000,100000]
+       python benchmarks/openmm_overhead.py --from-json out.json --md out.md   (markdown of an existing JSON;
+       needs neither openmm nor a GPU)
+
+The markdown has columns only for the variants that ran: ms per step of each, the time added to ``base`` (if
+it ran) and the time added over ``empty`` (if it ran: what the force's own work costs above OpenMM's
+PythonForce floor), and, with ``--breakdown``, a table of the pieces of our force's step.
 """
 from __future__ import annotations
 
@@ -50,16 +56,20 @@ except ImportError:
 
     sys.meta_path.insert(0, _SubpackageFinder)
 
-import torch  # noqa: E402  (import torch before openmm: harmless and matches openmm-torch's rule)
-import openmm  # noqa: E402
-from openmm import unit  # noqa: E402
+_IMPORT_ERR = None
+try:  # not needed for --from-json (rewriting the markdown of an existing JSON)
+    import torch  # noqa: E402  (import torch before openmm: harmless and matches openmm-torch's rule)
+    import openmm  # noqa: E402
+    from openmm import unit  # noqa: E402
 
-from openmm_e2former.force import (  # noqa: E402
-    QUADRATIC_TEST_MODEL,
-    QUADRATIC_TEST_MODEL_ANALYTIC,
-    QuadraticTestModel,
-    create_python_force,
-)
+    from openmm_e2former.force import (  # noqa: E402
+        QUADRATIC_TEST_MODEL,
+        QUADRATIC_TEST_MODEL_ANALYTIC,
+        QuadraticTestModel,
+        create_python_force,
+    )
+except ImportError as _exc:
+    _IMPORT_ERR = _exc
 
 
 class EmptyCompute:
@@ -227,7 +237,15 @@ def main(argv=None):
     ap.add_argument("--breakdown", action="store_true", help="also time the pieces of our force's step")
     ap.add_argument("--json", default=None)
     ap.add_argument("--md", default=None)
+    ap.add_argument("--from-json", default=None, metavar="JSON",
+                    help="only write the markdown (--md, and stdout) of an existing result JSON; runs nothing")
     args = ap.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as fh:
+            write_markdown(json.load(fh), args.md)
+        return
+    if _IMPORT_ERR is not None:
+        raise SystemExit(f"timing needs torch, openmm and openmm_e2former: {_IMPORT_ERR}")
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
     variants = [v for v in args.variants.split(",") if v]
@@ -302,27 +320,113 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)
-    lines = [f"# OpenMM PythonForce overhead ({meta['gpu']}, {args.platform} platform, {args.precision} precision)", "",
-             f"openmm {meta['openmm']}, torch {meta['torch']}, Python {meta['python']}; {meta['integrator']}; "
-             f"base system: {meta['base_system']}; median of {args.repeats} blocks of {args.steps} steps.", "",
-             "ms per step added to the base system:", "",
-             "| atoms | base ms/step | empty PythonForce | naive openmm-ml pattern | ours (trivial model, autograd) "
-             "| ours (trivial model, analytic forces) |" + (" real model |" if args.model else ""),
-             "|---|---|---|---|---|---|" + ("---|" if args.model else "")]
+    write_markdown(out, args.md)
 
-    def fmt(x):
-        return "n/a" if x is None else f"{x:.3f}"
 
+VARIANT_LABELS = {
+    "base": "base system",
+    "empty": "empty PythonForce",
+    "naive": "naive openmm-ml pattern",
+    "ours": "ours (trivial model, autograd)",
+    "ours_analytic": "ours (trivial model, analytic forces)",
+    "model": "real model",
+}
+BREAKDOWN_LABELS = {
+    "openmm_getState_positions_us": "OpenMM `Context.getState(getPositions=True)` (a State like the one a "
+                                    "PythonForce receives; OpenMM's side, not in our callable)",
+    "positions_to_pinned_us": "positions from the State into the pinned host buffer",
+    "box_vectors_us": "box vectors from the State",
+    "h2d_us": "H2D copy (pinned host -> GPU)",
+    "d2h_us": "D2H copy (GPU -> pinned host)",
+    "model_us": "model energy + forces (trivial model, analytic forces)",
+    "whole_compute_us": "**whole callable** (one force evaluation of `E2FormerForceComputation`)",
+}
+_CALLABLE_PIECES = ("positions_to_pinned_us", "box_vectors_us", "h2d_us", "d2h_us", "model_us")
+
+
+def _variants_in(results):
+    """Variant names present in the result rows, known ones in their usual order, then any others."""
+    names = []
     for r in results:
-        lines.append(f"| {r['atoms']:,} | {fmt(r.get('base'))} | {fmt(r.get('empty_overhead'))} | "
-                     f"{fmt(r.get('naive_overhead'))} | {fmt(r.get('ours_overhead'))} | "
-                     f"{fmt(r.get('ours_analytic_overhead'))} |"
-                     + (f" {fmt(r.get('model_overhead'))} |" if args.model else ""))
-    text = "\n".join(lines) + "\n"
+        for k in r:
+            if k != "atoms" and not k.endswith(("_all", "_overhead")) and k not in names:
+                names.append(k)
+    return [v for v in VARIANT_LABELS if v in names] + [v for v in names if v not in VARIANT_LABELS]
+
+
+def markdown(out) -> str:
+    """Markdown of a result dict ({"meta": ..., "results": [...]}) as written by ``main``: only the variants
+    that ran get columns; "failed" marks a variant that raised, "-" one not run at that size."""
+    meta, results = out.get("meta", {}), out.get("results", [])
+    variants = _variants_in(results)
+    gpu = meta.get("gpu") or meta.get("device") or "unknown GPU"
+    blocks = (f"median of {meta['repeats']} blocks of {meta['steps']} steps" if "repeats" in meta and "steps" in meta
+              else "median of the timed blocks")
+    versions = ", ".join(f"{k} {meta[k]}" for k in ("openmm", "torch") if k in meta)
+    if "python" in meta:
+        versions += f", Python {meta['python']}"
+    lines = [f"# OpenMM PythonForce overhead ({gpu}, {meta.get('platform', '?')} platform, "
+             f"{meta.get('precision', '?')} precision)", "",
+             "; ".join(x for x in (versions, meta.get("integrator"),
+                                   f"base system: {meta['base_system']}" if "base_system" in meta else None, blocks)
+                       if x) + ".", "",
+             "Variants run: " + ", ".join(f"`{v}`" for v in variants) + "." if variants else "No variants ran."]
+
+    def fmt(r, v, minus=None):
+        if v not in r:
+            return "-"
+        if r[v] is None:
+            return "failed"
+        if minus is None:
+            return f"{r[v]:.3f}"
+        if r.get(minus) is None:
+            return "-"
+        return f"{r[v] - r[minus]:+.3f}"
+
+    def table(title, cols, minus=None):
+        lines.extend(["", title, "",
+                      "| atoms | " + " | ".join(VARIANT_LABELS.get(v, v) for v in cols) + " |",
+                      "|---|" + "---|" * len(cols)])
+        for r in results:
+            lines.append(f"| {r['atoms']:,} | " + " | ".join(fmt(r, v, minus) for v in cols) + " |")
+
+    if variants:
+        table("ms per step (whole MD step, base system included):", variants)
+    if "base" in variants and len(variants) > 1:
+        table("ms per step added to the base system:", [v for v in variants if v != "base"], "base")
+    rest = [v for v in variants if v not in ("base", "empty")]
+    if "empty" in variants and rest:
+        table("ms per step added over the empty PythonForce (the force's own work above OpenMM's PythonForce "
+              "floor):", rest, "empty")
+    if "base" not in variants and variants:
+        lines.extend(["", "(`base` was not run, so the cost of the base system's own MD step is not subtracted.)"])
+
+    bd = [b for b in meta.get("breakdown") or [] if b]
+    if bd:
+        keys = [k for k in BREAKDOWN_LABELS if any(k in b for b in bd)]
+        keys += [k for b in bd for k in b if k != "atoms" and k not in keys]
+        lines.extend(["", "Breakdown of one force evaluation (no integrator; median microseconds, each piece timed "
+                      "on its own between device syncs):", "",
+                      "| piece | " + " | ".join(f"{b.get('atoms', 0):,} atoms" for b in bd) + " |",
+                      "|---|" + "---|" * len(bd)])
+        for k in keys:
+            lines.append(f"| {BREAKDOWN_LABELS.get(k, k)} | "
+                         + " | ".join("-" if b.get(k) is None else f"{b[k]:.0f}" for b in bd) + " |")
+        if all(b.get(k) is not None for b in bd for k in _CALLABLE_PIECES + ("whole_compute_us",)):
+            lines.append("| rest of the callable (whole minus the pieces timed above: output scaling, stream "
+                         "sync, Python) | "
+                         + " | ".join(f"{b['whole_compute_us'] - sum(b[k] for k in _CALLABLE_PIECES):.0f}"
+                                      for b in bd) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(out, md_path=None) -> str:
+    text = markdown(out)
     print(text)
-    if args.md:
-        with open(args.md, "w") as fh:
+    if md_path:
+        with open(md_path, "w") as fh:
             fh.write(text)
+    return text
 
 
 if __name__ == "__main__":
