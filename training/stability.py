@@ -20,19 +20,46 @@ under 10 minutes can continue a long campaign; ``--part i/n`` splits the 20 syst
     python -m training.stability --model runs/default/model.pt --out stab.jsonl --ps 50 --device cuda \\
         --platform CUDA --part 0/4
     python -m training.stability --summary stab.jsonl
+
+``--engine batched`` (``run_batched``): the systems of a part run TOGETHER in one process, with ONE model call
+per MD step over the disjoint union of their graphs (``training.train.predict_batch``) instead of one OpenMM
+context per system (the small model per system is launch-bound on a GPU).  Each system is built and relaxed
+classically as above (OpenMM, ``--platform``, CPU by default), then all are integrated by a Langevin BAOAB
+integrator (the scheme and units of ``training.active.student_md``: Å, fs, amu, eV) whose state (float64)
+lives on the model's device; every system has its own random generator, so its trajectory does not depend on
+the batch it runs in.  There is no ML energy minimisation before MD (``run_one`` does 100 iterations with the
+model), so the reference bond lengths are those of the classical minimum.  The checks are those of
+``run_one`` (every ``--check-fs``; non-finite energies/forces are caught at every step); a failing system
+stops and its record is written at once while the others continue.  ``--minutes`` is the wall-time limit of
+the WHOLE batch (building included); when it is reached (or on SIGTERM / Ctrl-C) every unfinished system gets
+a record with the ps reached so far.
+
+    python -m training.stability --engine batched --model runs/default/model.pt --out stab.jsonl --ps 50 \\
+        --device cuda --minutes 9 --part 0/2
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+EV_PER_AMU_A_TO_A_PER_FS2 = 0.0096485332   # (eV/Å)/amu in Å/fs^2 (as training.active)
+KB_EV = 8.617333262e-5
+BOND_RANGE = (0.7, 1.4)
+MAX_TEMP_FACTOR = 2.0
+_now = time.time   # the clock of the batched engine (tests replace it)
 
 
 def repartition_hydrogens(system, topology, hmass: float) -> int:
@@ -129,6 +156,363 @@ def run_one(model: str, letter: str, ps: float, minutes: float, device: str, pla
             "wall_s": time.time() - t_start, "device": device}
 
 
+# ----------------------------------------------------------------------------------------------- batched engine
+def _min_image(d: np.ndarray, cell: Optional[np.ndarray]) -> np.ndarray:
+    """Minimum-image vectors ``d`` [..., 3] (Å) in the periodic ``cell`` (rows = box vectors; None: as is)."""
+    if cell is None:
+        return d
+    frac = d @ np.linalg.inv(cell)
+    return (frac - np.round(frac)) @ cell
+
+
+def _bond_lengths(x: np.ndarray, bonds: np.ndarray, cell: Optional[np.ndarray]) -> np.ndarray:
+    return np.linalg.norm(_min_image(x[bonds[:, 1]] - x[bonds[:, 0]], cell), axis=1)
+
+
+def _frames(model, systems: Sequence[dict], idx: Sequence[int], x, sizes: Sequence[int]) -> List[dict]:
+    """predict_batch frames (as ``training.active._forces_batch``) of systems ``idx`` at flat positions ``x``."""
+    dev, dt = model.device, model.dtype
+    pos = x.to(dt).split(list(sizes))
+    out = []
+    for i, p in zip(idx, pos):
+        s = systems[i]
+        dv = s.get("_dev")
+        if dv is None or dv[0] != (dev, dt):      # z / cell / pbc on the device, once per system
+            cell = s.get("cell")
+            dv = s["_dev"] = ((dev, dt), torch.as_tensor(s["z"]).to(dev, torch.long),
+                              None if cell is None else torch.as_tensor(np.asarray(cell)).to(dev, dt),
+                              None if cell is None else torch.ones(3, dtype=torch.bool, device=dev))
+        out.append(dict(z=dv[1], pos=p, cell=dv[2], pbc=dv[3], charge=int(s.get("charge", 0)),
+                        multiplicity=int(s.get("multiplicity", 1))))
+    return out
+
+
+def _model_forces(model, systems: Sequence[dict], idx: Sequence[int], x, sizes: Sequence[int]):
+    """(energies [B] float64, forces [sum N, 3] float64) of systems ``idx`` at flat positions ``x``, on the
+    model's device, in ONE model call (``predict_batch``; a model it does not mirror, e.g. direct forces or
+    bf16, is called system by system)."""
+    fs = _frames(model, systems, idx, x, sizes)
+    if getattr(model, "direct_forces", False) or getattr(model, "bf16", False):
+        es, ff = [], []
+        for f in fs:
+            e, _, g = model.energy_and_forces(f["z"], f["pos"], f["cell"], f["pbc"], f["charge"],
+                                              f["multiplicity"], forces=True, validate=False)
+            es.append(e.detach().reshape(1))
+            ff.append(g.detach())
+        return torch.cat(es).to(torch.float64), torch.cat(ff).to(torch.float64)
+    from .train import predict_batch
+    with torch.enable_grad():
+        e, forces = predict_batch(model, fs, create_graph=False)
+    return e.detach().to(torch.float64), torch.cat([g.detach() for g in forces]).to(torch.float64)
+
+
+def _forces_guarded(model, systems, idx, x, sizes):
+    """``_model_forces`` of the batch; if the batch call raises, each system alone: (e, f, {i: error}) with
+    zero forces / NaN energy for the systems that raised (they are stopped by the caller)."""
+    try:
+        e, f = _model_forces(model, systems, idx, x, sizes)
+        return e, f, {}
+    except Exception as exc:   # noqa: BLE001 - find the culprit(s), the others continue
+        if len(idx) == 1:
+            return (torch.full((1,), float("nan"), dtype=torch.float64, device=x.device), torch.zeros_like(x),
+                    {idx[0]: f"{type(exc).__name__}: {str(exc)[:160]}"})
+    es, fs, errors = [], [], {}
+    for i, xi, n in zip(idx, x.split(list(sizes)), sizes):
+        try:
+            e, f = _model_forces(model, systems, [i], xi, [n])
+        except Exception as exc:   # noqa: BLE001
+            errors[i] = f"{type(exc).__name__}: {str(exc)[:160]}"
+            e, f = torch.full((1,), float("nan"), dtype=torch.float64, device=x.device), torch.zeros_like(xi)
+        es.append(e)
+        fs.append(f)
+    return torch.cat(es), torch.cat(fs), errors
+
+
+class _Interrupted(Exception):
+    """SIGTERM during ``run_batched``."""
+
+
+def integrate_batched(model, systems: Sequence[dict], steps: int, timestep_fs: float = 1.5,
+                      temperature: float = 300.0, friction_per_fs: float = 0.001, check_every: int = 100,
+                      deadline: Optional[float] = None, seeds=0, on_done=None) -> List[Dict]:
+    """Langevin BAOAB MD of many systems with ONE model call per step over all still-running systems.
+
+    ``systems``: dicts with ``z`` (ints [N]), ``pos0`` (Å [N, 3]), ``masses`` (amu [N]), ``cell`` (Å [3, 3],
+    periodic in all directions; None: gas phase), ``charge``, optionally ``multiplicity`` (1), ``bonds`` (int
+    [B, 2], the covalent bonds to check) and ``bond_ref`` (Å [B]: their reference lengths; default: the lengths
+    at ``pos0``).  The state (x, v, f; float64) lives on the model's device as flat tensors over the running
+    systems; each system has its own ``torch.Generator(seed)`` (``seeds``: one for all or one per system) and
+    is updated in ``training.active.student_md``'s order, so its trajectory is the one it gets alone (to the
+    float rounding of the forces).  Friction ``friction_per_fs`` (1/fs).
+
+    Checks, as ``run_one``: at every step finite energy and forces; every ``check_every`` steps (and at the
+    last step / the wall-time stop) the kinetic temperature (dof 3N - 3) below 2x ``temperature`` and every bond
+    within 0.7-1.4x its reference length (minimum-image vectors).  A failing system stops, the others continue.
+    Stops at ``steps`` or when ``_now()`` passes ``deadline`` (then the current state is checked once more).
+
+    Returns one dict per system (``steps`` verified, ``ps``, ``stable``, ``completed``, ``reason``,
+    ``worst_bond_ratio``, ``max_temperature_K``, ``end``: completed / failed / time / interrupted, ``wall_md_s``,
+    and the state when it finished: ``positions`` Å, ``velocities`` Å/fs, float64 numpy); ``on_done(i, res)``
+    is called as soon as system i is finished.  On an exception (Ctrl-C, SIGTERM) every running system is
+    finished as ``interrupted`` (with the steps of its last passed check) before it propagates."""
+    ns = len(systems)
+    seeds_ = [int(s) for s in (seeds if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * ns)]
+    if len(seeds_) != ns:
+        raise ValueError(f"{ns} systems but {len(seeds_)} seeds")
+    dev = model.device
+    f64 = torch.float64
+    dt = float(timestep_fs)
+    c1 = math.exp(-float(friction_per_fs) * dt)
+    c2 = math.sqrt(1.0 - c1 * c1)
+    kT = KB_EV * temperature
+    t_md = _now()
+    st = []
+    for s, seed in zip(systems, seeds_):
+        z = np.asarray(s["z"], dtype=np.int64)
+        x0 = np.asarray(s["pos0"], dtype=np.float64).reshape(len(z), 3)
+        m = np.asarray(s["masses"], dtype=np.float64).reshape(len(z))
+        if (m <= 0).any():
+            raise ValueError("every atom needs a positive mass")
+        cell = None if s.get("cell") is None else np.asarray(s["cell"], dtype=np.float64).reshape(3, 3)
+        bonds = np.asarray(s.get("bonds", np.zeros((0, 2))), dtype=np.int64).reshape(-1, 2)
+        ref = s.get("bond_ref")
+        ref = _bond_lengths(x0, bonds, cell) if ref is None else np.asarray(ref, dtype=np.float64).reshape(-1)
+        g = torch.Generator(device=dev).manual_seed(seed)
+        mt = torch.tensor(m, dtype=f64, device=dev)[:, None]
+        sigma = torch.sqrt(kT / mt * EV_PER_AMU_A_TO_A_PER_FS2)
+        v = torch.randn((len(z), 3), generator=g, dtype=f64, device=dev) * sigma
+        st.append(dict(n=len(z), m=m, mt=mt, sigma=sigma, g=g, cell=cell, bonds=bonds, ref=ref, v=v,
+                       x=torch.tensor(x0, dtype=f64, device=dev), f=torch.zeros((len(z), 3), dtype=f64, device=dev),
+                       steps=0, worst=1.0, tmax=0.0, dof=max(3 * len(z) - 3, 1)))
+    results: List[Optional[Dict]] = [None] * ns
+
+    def current(i: int, key: str) -> np.ndarray:
+        if i in run and key in flat:
+            off = sum(st[j]["n"] for j in run[:run.index(i)])
+            return flat[key][off:off + st[i]["n"]].cpu().numpy().copy()
+        return st[i][key].cpu().numpy().copy()
+
+    def finish(i: int, end: str, reason: str = "", step: Optional[int] = None) -> None:
+        a = st[i]
+        if step is not None:
+            a["steps"] = step
+        results[i] = dict(steps=a["steps"], ps=a["steps"] * dt / 1000.0, stable=end != "failed",
+                          completed=end == "completed", reason=reason, worst_bond_ratio=a["worst"],
+                          max_temperature_K=a["tmax"], end=end, wall_md_s=_now() - t_md,
+                          positions=current(i, "x"), velocities=current(i, "v"))
+        if on_done is not None:
+            on_done(i, results[i])
+
+    run = list(range(ns))
+    flat: Dict[str, torch.Tensor] = {}
+
+    def pack() -> None:   # flat tensors of the running systems (after a system stopped)
+        for k in ("x", "v", "f"):
+            flat[k] = torch.cat([st[i][k] for i in run]) if run else torch.zeros((0, 3), dtype=f64, device=dev)
+        flat["mt"] = torch.cat([st[i]["mt"] for i in run]) if run else torch.ones((0, 1), dtype=f64, device=dev)
+        flat["sigma"] = torch.cat([st[i]["sigma"] for i in run]) if run else flat["mt"]
+        flat["owner"] = torch.cat([torch.full((st[i]["n"],), k, dtype=torch.long, device=dev)
+                                   for k, i in enumerate(run)]) if run else torch.zeros(0, dtype=torch.long)
+
+    def unpack() -> None:
+        for k in ("x", "v", "f"):
+            for i, t in zip(run, flat[k].split([st[i]["n"] for i in run])):
+                st[i][k] = t
+
+    def evaluate(step: int) -> List[int]:
+        """forces at flat x; finite checks; returns the systems that failed (already finished)."""
+        sizes = [st[i]["n"] for i in run]
+        e, f, errors = _forces_guarded(model, systems, run, flat["x"], sizes)
+        flat["f"] = f
+        bad_atoms = (~torch.isfinite(f).all(dim=1)).to(f64)
+        nonfinite = torch.zeros(len(run), dtype=f64, device=dev).index_add_(0, flat["owner"], bad_atoms)
+        host = torch.cat([e.reshape(-1), nonfinite]).cpu().numpy()
+        failed = []
+        for k, i in enumerate(run):
+            ek, nk = host[k], host[len(run) + k]
+            st[i]["e"] = float(ek)
+            if i in errors or not np.isfinite(ek) or nk > 0:
+                what = errors.get(i) or f"non-finite {'energy' if not np.isfinite(ek) else 'forces'}"
+                finish(i, "failed", f"at {step * dt / 1000:.4f} ps: {what}", step)
+                failed.append(i)
+        return failed
+
+    def check(step: int) -> List[int]:
+        """temperature and bonds of every running system at ``step``; returns the systems that failed."""
+        x = flat["x"].cpu().numpy()
+        v = flat["v"].cpu().numpy()
+        failed, off = [], 0
+        for i in run:
+            a = st[i]
+            n = a["n"]
+            xi, vi = x[off:off + n], v[off:off + n]
+            off += n
+            ke = 0.5 * float((a["m"][:, None] * vi * vi).sum()) / EV_PER_AMU_A_TO_A_PER_FS2
+            temp = 2.0 * ke / (a["dof"] * KB_EV)
+            a["tmax"] = max(a["tmax"], temp)
+            ok_t = np.isfinite(temp) and temp < MAX_TEMP_FACTOR * temperature
+            msg = f"T {temp:.0f} K, E {a.get('e', float('nan')):.3f} eV"
+            ok_b = True
+            if len(a["bonds"]):
+                ratio = _bond_lengths(xi, a["bonds"], a["cell"]) / a["ref"]
+                fin = np.isfinite(ratio).all()
+                if fin:
+                    a["worst"] = max(a["worst"], float(ratio.max()), 1.0 / max(float(ratio.min()), 1e-9))
+                ok_b = fin and ratio.max() <= BOND_RANGE[1] and ratio.min() >= BOND_RANGE[0]
+                dev_r = np.where(np.isfinite(ratio), np.maximum(ratio, 1.0 / np.maximum(ratio, 1e-9)), np.inf)
+                k = int(np.argmax(dev_r))
+                msg = f"bond {a['bonds'][k, 0]}-{a['bonds'][k, 1]} ratio {ratio[k]:.2f}, " + msg
+            if ok_t and ok_b:
+                a["steps"] = step
+            else:
+                what = " and ".join(([] if ok_b else ["bond out of 0.7-1.4x"]) +
+                                    ([] if ok_t else ["temperature over 2x target"]))
+                finish(i, "failed", f"at {step * dt / 1000:.4f} ps: {what}: {msg}", step)
+                failed.append(i)
+        return failed
+
+    def drop(failed: Sequence[int]) -> None:
+        nonlocal run
+        if failed:
+            unpack()
+            run = [i for i in run if i not in set(failed)]
+            pack()
+
+    step = 0
+    try:
+        pack()
+        if deadline is not None and _now() >= deadline:
+            for i in list(run):
+                finish(i, "time", "wall-time limit before MD")
+            run = []
+        if run:
+            drop(evaluate(0))
+        half = 0.5 * dt * EV_PER_AMU_A_TO_A_PER_FS2
+        while run and step < steps:
+            if deadline is not None and _now() >= deadline:
+                drop(check(step) if step > 0 else [])
+                for i in list(run):
+                    finish(i, "time", f"wall-time limit at {step * dt / 1000:.4f} ps", step)
+                run = []
+                break
+            step += 1
+            x, v, mt = flat["x"], flat["v"], flat["mt"]
+            v += half * flat["f"] / mt
+            x += 0.5 * dt * v
+            noise = torch.cat([torch.randn((st[i]["n"], 3), generator=st[i]["g"], dtype=f64, device=dev)
+                               for i in run])
+            v.mul_(c1).add_(c2 * flat["sigma"] * noise)
+            x += 0.5 * dt * v
+            failed = evaluate(step)
+            flat["v"] += half * flat["f"] / mt
+            drop(failed)
+            if run and (step % check_every == 0 or step == steps):
+                drop(check(step))
+        for i in list(run):   # reached ``steps`` (also steps == 0)
+            finish(i, "completed", "", step)
+        run = []
+    except BaseException as exc:
+        for i in list(run):
+            if results[i] is None:
+                a = st[i]
+                finish(i, "interrupted", f"{type(exc).__name__} at {step * dt / 1000:.4f} ps "
+                                         f"(last check passed at {a['steps'] * dt / 1000:.4f} ps)")
+        raise
+    return [r for r in results]   # type: ignore[return-value]
+
+
+def _letter_seed(letter: str, seed: int) -> int:
+    """Velocity/noise seed of a system: a stable hash of the letter and ``seed`` (independent of the batch)."""
+    h = hashlib.sha256(f"stability:{int(seed)}:{letter}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def build_system(letter: str, seed: int = 0, box_nm: float = 2.0, hmass: float = 4.0,
+                 platform: Optional[str] = "CPU") -> Dict:
+    """ACE-X-NME in water as ``run_one`` builds it (``build_capped``, classical LocalEnergyMinimizer), for
+    ``integrate_batched``: z, pos0 (Å), masses (amu, after ``repartition_hydrogens``; ``hmass`` 0: real
+    masses), cell (Å), charge, bonds (those of the HarmonicBondForce: solute and water O-H),
+    hydrogens_repartitioned."""
+    import openmm
+    from openmm import unit
+    from .generate import build_capped
+    from .water_md import _platform
+
+    b = build_capped(letter, None, True, seed, box_nm)
+    bonds = []
+    for f in b.system.getForces():
+        if isinstance(f, openmm.HarmonicBondForce):
+            bonds += [f.getBondParameters(i)[:2] for i in range(f.getNumBonds())]
+    plat, props = _platform(platform, max(1, min(8, os.cpu_count() or 1)))
+    b.system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in b.box])
+    ctx0 = openmm.Context(b.system, openmm.VerletIntegrator(0.0005), plat, props)
+    ctx0.setPositions(b.positions)
+    openmm.LocalEnergyMinimizer.minimize(ctx0, 10.0, 1000)
+    pos0 = ctx0.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    del ctx0
+    n_h = repartition_hydrogens(b.system, b.topology, hmass) if hmass > 0 else 0
+    masses = np.array([b.system.getParticleMass(i).value_in_unit(unit.amu)
+                       for i in range(b.system.getNumParticles())])
+    return dict(name=f"ACE-{letter}-NME (water)", letter=letter, z=np.asarray(b.z, dtype=np.int64),
+                pos0=np.asarray(pos0, dtype=np.float64), masses=masses, cell=np.asarray(b.box) * 10.0,
+                charge=int(b.charge), multiplicity=1, bonds=np.array(bonds, dtype=np.int64).reshape(-1, 2),
+                hydrogens_repartitioned=n_h)
+
+
+def run_batched(model_path: Optional[str], letters: Sequence[str], ps: float, minutes: float, device: str,
+                timestep_fs: float = 1.5, hmass: float = 4.0, temperature: float = 300.0, check_fs: float = 150.0,
+                seed: int = 0, box_nm: float = 2.0, friction_per_ps: float = 1.0, out: Optional[str] = None,
+                platform: Optional[str] = "CPU", echo: bool = False, model=None) -> List[Dict]:
+    """All ``letters`` in ONE batch (``build_system`` each, then ``integrate_batched``); ``minutes``: wall-time
+    limit of the whole call, building included.  Returns run_one's records plus ``engine`` and
+    ``batch_systems``; each is appended to ``out`` (and printed with ``echo``) as soon as its system is
+    finished, so a killed run keeps the finished systems.  ``model``: an already loaded model (tests)."""
+    t_start = _now()
+    deadline = t_start + 60.0 * minutes
+    if model is None:
+        import openmm_e2former
+        model = openmm_e2former.load_model(model_path, device=device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    letters = list(letters)
+    systems = [build_system(x, seed, box_nm, hmass, platform) for x in letters]
+    steps_total = int(round(ps * 1000.0 / timestep_fs))
+    check_every = max(1, int(round(check_fs / timestep_fs)))
+    records: List[Optional[Dict]] = [None] * len(systems)
+
+    def on_done(i: int, r: Dict) -> None:
+        s = systems[i]
+        wall_md = max(r["wall_md_s"], 1e-9)
+        rec = {"system": s["name"], "letter": s["letter"], "atoms": int(len(s["z"])), "charge": s["charge"],
+               "ps": r["ps"], "target_ps": ps, "stable": r["stable"],
+               "completed": r["stable"] and r["steps"] >= steps_total,
+               "worst_bond_ratio": r["worst_bond_ratio"], "max_temperature_K": r["max_temperature_K"],
+               "reason": r["reason"], "timestep_fs": timestep_fs, "hmass_amu": hmass,
+               "hydrogens_repartitioned": s["hydrogens_repartitioned"], "temperature_K": temperature,
+               "ns_per_day": r["ps"] * 1e-3 / wall_md * 86400.0, "wall_s": _now() - t_start, "device": device,
+               "engine": "batched", "batch_systems": len(systems)}
+        records[i] = rec
+        if out:
+            with open(out, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+        if echo:
+            print(json.dumps(rec), flush=True)
+
+    def on_term(signum, frame):
+        raise _Interrupted(f"signal {signum}")
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, on_term) if main_thread else None
+    try:
+        integrate_batched(model, systems, steps_total, timestep_fs, temperature, friction_per_ps / 1000.0,
+                          check_every, deadline, [_letter_seed(x, seed) for x in letters], on_done)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+    return [r for r in records]   # type: ignore[return-value]
+
+
 def summary(path: str) -> Dict:
     """Latest record per amino acid from a results file."""
     recs: Dict[str, Dict] = {}
@@ -149,7 +533,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--letters", default=AMINO_ACIDS)
     ap.add_argument("--part", default=None, help="i/n (0-based): every n-th amino acid starting at the i-th")
     ap.add_argument("--ps", type=float, default=50.0)
-    ap.add_argument("--minutes", type=float, default=8.0, help="wall-time limit per system")
+    ap.add_argument("--engine", choices=("openmm", "batched"), default="openmm",
+                    help="openmm: one OpenMM context per system, one after another (run_one); batched: all "
+                         "systems of the part together, one model call per step (run_batched)")
+    ap.add_argument("--minutes", type=float, default=8.0,
+                    help="wall-time limit per system (openmm) / of the whole batch, building included (batched)")
     ap.add_argument("--total-minutes", type=float, default=1e9, help="start no new system after this")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--platform", default=None)
@@ -157,6 +545,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--hmass", type=float, default=4.0)
     ap.add_argument("--temperature", type=float, default=300.0)
     ap.add_argument("--box-nm", type=float, default=2.0)
+    ap.add_argument("--check-fs", type=float, default=150.0)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--summary", help="print the summary of a results file and exit")
     args = ap.parse_args(argv)
     if args.summary:
@@ -176,6 +566,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     seen = set()
     if out.exists():
         seen = {json.loads(l)["letter"] for l in out.read_text().splitlines() if l.strip()}
+    if args.engine == "batched":
+        todo = [x for x in letters if x not in seen]
+        if todo:
+            run_batched(model, todo, args.ps, args.minutes, args.device, args.timestep_fs, args.hmass,
+                        args.temperature, args.check_fs, args.seed, args.box_nm, out=str(out),
+                        platform=args.platform or "CPU", echo=True)
+        return 0
     t0 = time.time()
     for x in letters:
         if x in seen:
@@ -183,7 +580,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if time.time() - t0 > 60.0 * args.total_minutes:
             break
         rec = run_one(model, x, args.ps, args.minutes, args.device, args.platform, args.timestep_fs, args.hmass,
-                      args.temperature, box_nm=args.box_nm)
+                      args.temperature, args.check_fs, args.seed, args.box_nm)
         with open(out, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
         print(json.dumps(rec), flush=True)

@@ -1,0 +1,273 @@
+"""The batched stability engine (``training.stability --engine batched``): ``integrate_batched`` on tiny periodic
+water boxes (batched == each system alone, a failing system stops while the other continues, the wall-time
+limit, an interrupt), ``build_system`` masses (``hmass`` 0 keeps the real ones), ``run_batched`` records on a
+real solvated ACE-G-NME (2 MD steps) and the CLI (``--engine batched``, ``--part``, resume).  CPU, the bundled
+default model, one torch thread; well under a minute.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("openmm")
+
+if importlib.util.find_spec("training") is None:   # repository root not on sys.path (plain `pytest`)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training import stability  # noqa: E402
+
+# the keys of run_one's records
+RUN_ONE_KEYS = {"system", "letter", "atoms", "charge", "ps", "target_ps", "stable", "completed", "worst_bond_ratio",
+                "max_temperature_K", "reason", "timestep_fs", "hmass_amu", "hydrogens_repartitioned",
+                "temperature_K", "ns_per_day", "wall_s", "device"}
+WATER = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266, 0.0]])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)        # several threads on a busy CPU are ~40x slower for these tiny graphs
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    import warnings
+    import openmm_e2former
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")         # the bundled model's BETA notice
+            m = openmm_e2former.load_model(None, device="cpu")
+    except openmm_e2former.DefaultModelUnavailable:
+        pytest.skip("no bundled default model")
+    return m.eval()
+
+
+def _waters(shift: float = 0.0, **extra) -> dict:
+    """3 waters in a periodic 7.5 Å box (one wrapped across the boundary), masses with 4 amu hydrogens."""
+    pos = np.concatenate([WATER + np.array(p) for p in ([1.0, 1.0, 1.0], [4.0, 3.5, 3.0], [7.2, 5.0, 5.0])])
+    return dict(dict(z=[8, 1, 1] * 3, pos0=pos + shift, masses=[8.0, 4.0, 4.0] * 3, cell=np.eye(3) * 7.5, charge=0,
+                     bonds=[[0, 1], [0, 2], [3, 4], [3, 5], [6, 7], [6, 8]]), **extra)
+
+
+def _count_calls(monkeypatch):
+    real = stability._model_forces
+    calls = []
+
+    def counted(model, systems, idx, x, sizes):
+        calls.append(list(idx))
+        return real(model, systems, idx, x, sizes)
+
+    monkeypatch.setattr(stability, "_model_forces", counted)
+    return calls
+
+
+def test_min_image_bond_lengths():
+    cell = np.eye(3) * 7.5
+    x = np.array([[7.3, 0.0, 0.0], [0.2, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0 + 7.5 + 0.9]])
+    d = stability._bond_lengths(x, np.array([[0, 1], [2, 3]]), cell)
+    assert np.allclose(d, [0.4, 0.9])
+    assert np.allclose(stability._bond_lengths(x, np.array([[0, 1]]), None), [7.1])   # gas phase: as is
+
+
+def test_batched_equals_alone(model, monkeypatch):
+    systems = [_waters(0.0), _waters(0.3, charge=0)]
+    calls = _count_calls(monkeypatch)
+    both = stability.integrate_batched(model, systems, 5, check_every=2, seeds=[11, 12])
+    assert calls == [[0, 1]] * 6                     # one model call per step (and the initial one) for both
+    for k, s in enumerate(systems):
+        alone = stability.integrate_batched(model, [s], 5, check_every=2, seeds=[11 + k])[0]
+        b = both[k]
+        assert b["completed"] and b["stable"] and b["end"] == "completed" and b["steps"] == 5
+        assert b["ps"] == pytest.approx(5 * 1.5e-3)
+        assert np.abs(b["positions"] - alone["positions"]).max() < 1e-6      # float32 force rounding only
+        assert np.abs(b["velocities"] - alone["velocities"]).max() < 1e-7
+        assert np.abs(b["positions"] - s["pos0"]).max() > 1e-3               # it moved
+        assert b["worst_bond_ratio"] == pytest.approx(alone["worst_bond_ratio"], rel=1e-6)
+        assert 0 < b["max_temperature_K"] < 600.0
+    # the seed decides the trajectory, not the position in the batch
+    swapped = stability.integrate_batched(model, systems[::-1], 5, check_every=2, seeds=[12, 11])
+    assert np.abs(swapped[1]["positions"] - both[0]["positions"]).max() < 1e-6
+
+
+def test_failing_system_stops_other_continues(model, monkeypatch):
+    s0 = _waters(0.0)
+    s0["bond_ref"] = 0.5 * stability._bond_lengths(np.asarray(s0["pos0"]), np.asarray(s0["bonds"]), s0["cell"])
+    systems = [s0, _waters(0.3)]
+    calls = _count_calls(monkeypatch)
+    done = []
+    res = stability.integrate_batched(model, systems, 6, check_every=2, seeds=[1, 2],
+                                      on_done=lambda i, r: done.append((i, r["end"])))
+    assert done == [(0, "failed"), (1, "completed")]        # the failed one was reported at once
+    assert not res[0]["stable"] and not res[0]["completed"] and res[0]["steps"] == 2
+    assert "at 0.0030 ps" in res[0]["reason"] and "bond" in res[0]["reason"] and "ratio" in res[0]["reason"]
+    assert res[0]["worst_bond_ratio"] > 1.4
+    assert res[1]["stable"] and res[1]["completed"] and res[1]["steps"] == 6
+    assert calls == [[0, 1]] * 3 + [[1]] * 4                 # the failed system leaves the batch
+    alone = stability.integrate_batched(model, systems[1:], 6, check_every=2, seeds=[2])[0]
+    assert np.abs(res[1]["positions"] - alone["positions"]).max() < 1e-6
+
+
+def test_model_error_stops_one_system(model, monkeypatch):
+    systems = [_waters(0.0, explode=True), _waters(0.3)]
+    real = stability._model_forces
+    calls = []
+
+    def forces(model_, syss, idx, x, sizes):       # the marked system raises from the 3rd call on
+        calls.append(list(idx))
+        if len(calls) >= 3 and any(syss[i].get("explode") for i in idx):
+            raise RuntimeError("boom")
+        return real(model_, syss, idx, x, sizes)
+
+    monkeypatch.setattr(stability, "_model_forces", forces)
+    res = stability.integrate_batched(model, systems, 4, check_every=1, seeds=[1, 2])
+    assert not res[0]["stable"] and res[0]["steps"] == 2 and "RuntimeError: boom" in res[0]["reason"]
+    assert res[1]["completed"] and res[1]["steps"] == 4
+    # batch raises -> each alone -> system 0 out
+    assert calls == [[0, 1], [0, 1], [0, 1], [0], [1], [1], [1]]
+
+    def nan_forces(model_, syss, idx, x, sizes):
+        e, f = real(model_, syss, idx, x, sizes)
+        return e, f * float("nan")
+
+    monkeypatch.setattr(stability, "_model_forces", nan_forces)
+    res = stability.integrate_batched(model, systems[1:], 4, check_every=2, seeds=[2])
+    assert not res[0]["stable"] and res[0]["steps"] == 0 and "non-finite forces" in res[0]["reason"]
+
+
+def test_hot_system_fails_temperature(model):
+    hot = stability.integrate_batched(model, [_waters()], 2, temperature=1.0, check_every=1, seeds=[3])
+    # the relaxation energy of the start alone heats 9 atoms far above 2 K
+    assert not hot[0]["stable"] and "temperature over 2x target" in hot[0]["reason"]
+    assert hot[0]["max_temperature_K"] > 2.0
+
+
+def test_wall_time_limit(model, monkeypatch, tmp_path):
+    clock = iter(range(10 ** 6))
+    monkeypatch.setattr(stability, "_now", lambda: float(next(clock)))
+    res = stability.integrate_batched(model, [_waters(), _waters(0.3)], 100, check_every=50, seeds=[1, 2],
+                                      deadline=6.0)
+    for r in res:
+        assert r["end"] == "time" and r["stable"] and not r["completed"]
+        assert 0 < r["steps"] < 100 and "wall-time limit" in r["reason"]
+    assert res[0]["steps"] == res[1]["steps"]
+
+    # run_batched: records of all systems with the ps reached, written to out
+    monkeypatch.setattr(stability, "build_system", lambda x, *a, **k: _waters(
+        0.1 * "GA".index(x), name=f"ACE-{x}-NME (water)", letter=x, hydrogens_repartitioned=6))
+    out = tmp_path / "stab.jsonl"
+    recs = stability.run_batched(None, ["G", "A"], 1.5, 0.1, "cpu", check_fs=3.0, out=str(out), model=model)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["letter"] for r in lines) == ["A", "G"] and len(recs) == 2
+    for r in recs:
+        assert set(r) == RUN_ONE_KEYS | {"engine", "batch_systems"} and r["engine"] == "batched"
+        assert r["stable"] and not r["completed"] and 0 < r["ps"] < 1.5 and r["target_ps"] == 1.5
+        assert r["batch_systems"] == 2 and "wall-time limit" in r["reason"]
+
+
+def test_interrupt_writes_records(model, monkeypatch, tmp_path):
+    monkeypatch.setattr(stability, "build_system", lambda x, *a, **k: _waters(
+        0.1 * "GA".index(x), name=f"ACE-{x}-NME (water)", letter=x, hydrogens_repartitioned=6))
+    real = stability._model_forces
+    calls = []
+
+    def forces(*a):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(stability, "_model_forces", forces)
+    out = tmp_path / "stab.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        stability.run_batched(None, ["G", "A"], 1.5, 5.0, "cpu", check_fs=3.0, out=str(out), model=model)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["letter"] for r in lines] == ["G", "A"]
+    for r in lines:   # steps 1, 2 done and checked (check every 2 steps), the interrupt in step 3
+        assert r["stable"] and not r["completed"] and r["ps"] == pytest.approx(0.003)
+        assert r["reason"].startswith("KeyboardInterrupt")
+
+
+@pytest.mark.parametrize("hmass", [0.0, 4.0])
+def test_build_system_masses(hmass, monkeypatch):
+    pytest.importorskip("pdbfixer")
+    from openmm import unit
+    from training import generate
+    built = []
+    real_build = generate.build_capped
+
+    def build(*a, **k):    # the masses of the classical system as built (the solvent count varies per call)
+        b = real_build(*a, **k)
+        built.append((b, np.array([b.system.getParticleMass(i).value_in_unit(unit.amu)
+                                   for i in range(b.system.getNumParticles())])))
+        return b
+
+    monkeypatch.setattr(generate, "build_capped", build)
+    s = stability.build_system("G", 0, 1.0, hmass)
+    (b, real), = built
+    z = np.asarray(s["z"])
+    assert len(s["masses"]) == len(z) == len(real) and s["pos0"].shape == (len(z), 3)
+    if hmass == 0:
+        assert np.array_equal(s["masses"], real) and s["hydrogens_repartitioned"] == 0
+    else:
+        assert np.allclose(s["masses"][z == 1], 4.0) and s["hydrogens_repartitioned"] == int((z == 1).sum())
+        assert abs(s["masses"].sum() - real.sum()) < 1e-6
+    n_water = sum(1 for r in b.topology.residues() if r.name == "HOH")
+    assert len(s["bonds"]) >= 2 * n_water                  # every water O-H and the solute bonds
+    d = stability._bond_lengths(s["pos0"], s["bonds"], s["cell"])
+    assert 0.9 < d.min() and d.max() < 1.7                 # covalent, minimum image across the box
+    assert np.allclose(s["cell"], np.asarray(b.box) * 10.0)
+
+
+def test_run_batched_capped_gly(model, tmp_path):
+    """The real thing, tiny: ACE-G-NME in the smallest box build_capped makes (~400 atoms), 2 steps."""
+    pytest.importorskip("pdbfixer")
+    out = tmp_path / "stab.jsonl"
+    recs = stability.run_batched(None, ["G"], 0.003, 5.0, "cpu", timestep_fs=1.5, hmass=0.0, check_fs=1.5,
+                                 box_nm=1.0, out=str(out))
+    assert len(recs) == 1
+    r = recs[0]
+    assert set(r) == RUN_ONE_KEYS | {"engine", "batch_systems"}
+    assert r["engine"] == "batched" and r["batch_systems"] == 1 and r["letter"] == "G"
+    assert r["stable"] and r["completed"] and r["ps"] == pytest.approx(0.003) and r["target_ps"] == 0.003
+    assert r["hmass_amu"] == 0.0 and r["hydrogens_repartitioned"] == 0 and r["atoms"] > 300
+    assert r["worst_bond_ratio"] < 1.4 and 0 < r["max_temperature_K"] < 600 and r["ns_per_day"] > 0
+    assert [json.loads(x) for x in out.read_text().splitlines()] == [r]
+
+
+def test_cli_batched_part_and_resume(model, monkeypatch, tmp_path, capsys):
+    seen = []
+
+    def fake(model_path, letters, ps, minutes, device, *a, out=None, **k):
+        seen.append(list(letters))
+        with open(out, "a") as fh:
+            for x in letters:
+                fh.write(json.dumps({"letter": x, "ps": ps, "stable": True, "completed": True}) + "\n")
+        return []
+
+    monkeypatch.setattr(stability, "run_batched", fake)
+    out = tmp_path / "stab.jsonl"
+    assert stability.main(["--engine", "batched", "--out", str(out), "--letters", "GAS", "--part", "0/2"]) == 0
+    assert seen == [["G", "S"]]                              # the whole part in one batch
+    assert stability.main(["--engine", "batched", "--out", str(out), "--letters", "GASW"]) == 0
+    assert seen[-1] == ["A", "W"]                            # letters already in --out are skipped
+    assert stability.main(["--engine", "batched", "--out", str(out), "--letters", "GA"]) == 0
+    assert len(seen) == 2                                    # nothing left: no batch
+    # the real run_batched through the CLI (tiny systems instead of amino acids)
+    monkeypatch.undo()
+    monkeypatch.setattr(stability, "build_system", lambda x, *a, **k: _waters(
+        0.1 * "GA".index(x), name=f"ACE-{x}-NME (water)", letter=x, hydrogens_repartitioned=6))
+    out2 = tmp_path / "cli.jsonl"
+    assert stability.main(["--engine", "batched", "--out", str(out2), "--letters", "GA", "--ps", "0.003",
+                           "--check-fs", "1.5"]) == 0
+    lines = [json.loads(x) for x in out2.read_text().splitlines()]
+    assert [r["letter"] for r in lines] == ["G", "A"] and all(r["completed"] for r in lines)
+    printed = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert printed == lines
