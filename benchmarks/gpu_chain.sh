@@ -6,6 +6,7 @@
 #
 #   call 1:  bash benchmarks/gpu_chain.sh start 585      (carry .whl and .carry; timeout_s 600)
 #   call 2+: bash benchmarks/gpu_chain.sh poll 570       (same carry; returns early once everything is done)
+#   validation of a finished model instead of training: `validate-start 585`, then `poll 570`
 #
 # Pipeline (in /tmp/e2f, which lives as long as the machine):
 #   generate (OpenMM amber14: solvated systems on the GPU, gas phase on the CPU cores)  ->  label (SO3LR,
@@ -142,6 +143,29 @@ PY
     touch "$W/pipeline.done"
 }
 
+validate() {
+    # long validation MD of a finished model (the bundled one unless $W/model_final.pt exists), each run with the
+    # GPU to itself: student water NPT (600 waters, up to 100 ps), then the 20 solvated capped amino acids in ONE
+    # batched integrator (training.stability --engine batched), then NVE (gas-phase dipeptide and water64)
+    cd "$W"
+    date +%s > "$W/.t_start"
+    M="$W/model_final.pt"
+    [ -f "$M" ] || M="$W/pkg/openmm_e2former/data/e2formerv2_default.pt"
+    stage "validate $M: student water MD alone, <= ${VAL_WATER_MIN:-12} min"
+    python3 -m training.water_md run --potential student --model "$M" --waters $WATERS --temperature 298 --ps 100 \
+        --minutes "${VAL_WATER_MIN:-12}" --out "$W/student_md" --platform $OMM --device $DEV --frame-fs 200 \
+        --no-analyse > "$W/logs/student_md.log" 2>&1
+    stage "student water MD: $(grep -o '"simulated_ps": [0-9.]*' $W/student_md/summary.json)"
+    stage "validate: 20 solvated amino acids in one batch, <= ${VAL_STAB_MIN:-10} min"
+    python3 -m training.stability --engine batched --model "$M" --out "$W/stability_batched.jsonl" --ps 50 \
+        --minutes "${VAL_STAB_MIN:-10}" --device $DEV --platform $OMM > "$W/logs/stability.log" 2>&1
+    stage "stability done"
+    python3 -m training.report --model "$M" --nve --nve-steps 4000 --nve-water-steps "${VAL_NVE_WATER_STEPS:-20000}" \
+        --device $DEV --platform $OMM --out "$W/report" > "$W/logs/nve.log" 2>&1
+    stage "NVE done"
+    touch "$W/pipeline.done"
+}
+
 collect() {
     # <= 8 files back: results tarball (small), model, logs, and the two MD trajectories
     mkdir -p "$W/collect"
@@ -155,7 +179,7 @@ collect() {
     (cd "$W" && tar czf "$OUT/results.tgz" progress.log logs refs.json run/train_log.jsonl run1/train_log.jsonl \
         run1/model.pt model_final.pt active_log.jsonl stability.jsonl labelled/label_log.jsonl \
         teacher_md/*.json teacher_md/*.csv teacher_md/*.png student_md/*.json student_md/*.csv student_md/*.png \
-        bench 2>/dev/null)
+        report/default_model_nve.json bench 2>/dev/null)
     for d in teacher_md student_md; do
         if ls "$W/$d"/*.dcd > /dev/null 2>&1; then
             (cd "$W" && tar czf "$OUT/${d}_traj.tgz" "$d"/*.dcd "$d"/*.pdb 2>/dev/null)
@@ -166,7 +190,13 @@ collect() {
 
 setup
 mkdir -p "$W/logs" "$W/bench"
-if [ "$MODE" = "start" ]; then
+if [ "$MODE" = "validate-start" ]; then
+    mkdir -p "$W/report"
+    if [ ! -f "$W/.t_start" ]; then
+        setsid bash "$W/repo/benchmarks/gpu_chain.sh" validate > "$W/logs/pipeline.log" 2>&1 < /dev/null &
+        sleep 2
+    fi
+elif [ "$MODE" = "start" ]; then
     nvidia-smi --query-gpu=name,memory.total --format=csv
     if [ ! -f "$W/bench.done" ] && [ -z "${CHAIN_NO_BENCH:-}" ]; then
         # short GPU benchmarks first, on an idle GPU (clean timings), then the pipeline
@@ -193,6 +223,10 @@ elif [ "$MODE" = "poll" ]; then
 fi
 if [ "$MODE" = "pipeline" ]; then
     pipeline
+    exit 0
+fi
+if [ "$MODE" = "validate" ]; then
+    validate
     exit 0
 fi
 # wait for the pipeline (or this call's time) to end, then collect
