@@ -336,7 +336,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _score_and_write(args, job, frames, blew_up, model_a, model_b, teacher, tname, out) -> dict:
     """Score one system's MD frames (model B, or the teacher), relabel the picked ones, write the shard."""
     t0 = time.time()
-    p, d, k0, sysd, T = job["p"], job["d"], job["k0"], job["sys"], job["T"]
+    d, k0, sysd, T = job["d"], job["k0"], job["sys"], job["T"]
     z, charge = sysd["z"], sysd["charge"]
     if not len(frames):
         return {"system": str(scalar(d["system"])), "atoms": int(len(z)), "frames": 0, "blew_up": blew_up,
@@ -380,7 +380,6 @@ def _score_and_write(args, job, frames, blew_up, model_a, model_b, teacher, tnam
 def _teacher(teacher, d, z, x, k0, path):
     if teacher is None:
         raise RuntimeError("the placeholder teacher cannot label new (student-MD) frames; use --teacher so3lr")
-    periodic = bool(d["pbc"].any())
     return teacher(z.numpy(), x, d["cell"][k0].astype(np.float64), d["pbc"].astype(bool),
                    int(scalar(d["charge"])), int(scalar(d["multiplicity"])))
 

@@ -81,30 +81,42 @@ def repartition_hydrogens(system, topology, hmass: float) -> int:
     return n
 
 
+def _relaxed_solvated(letter: str, seed: int, box_nm: float, platform: Optional[str], threads: int):
+    """ACE-X-NME in water (``build_capped``) relaxed with the classical force field (LocalEnergyMinimizer), as
+    the training data were sampled: (Built, bond index pairs [B, 2] of its HarmonicBondForce (solute and water
+    O-H), relaxed positions [N, 3] in Å)."""
+    import openmm
+    from openmm import unit
+    from .generate import build_capped
+    from .water_md import _platform
+
+    b = build_capped(letter, None, True, seed, box_nm)
+    bonds = []
+    for f in b.system.getForces():
+        if isinstance(f, openmm.HarmonicBondForce):
+            bonds += [f.getBondParameters(i)[:2] for i in range(f.getNumBonds())]
+    plat, props = _platform(platform, threads)
+    b.system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in b.box])
+    ctx0 = openmm.Context(b.system, openmm.VerletIntegrator(0.0005), plat, props)
+    ctx0.setPositions(b.positions)
+    openmm.LocalEnergyMinimizer.minimize(ctx0, 10.0, 1000)
+    pos0 = ctx0.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    del ctx0
+    return b, np.array(bonds, dtype=np.int64).reshape(-1, 2), np.asarray(pos0, dtype=np.float64)
+
+
 def run_one(model: str, letter: str, ps: float, minutes: float, device: str, platform: Optional[str],
             timestep_fs: float = 1.5, hmass: float = 4.0, temperature: float = 300.0, check_fs: float = 150.0,
             seed: int = 0, box_nm: float = 2.0) -> Dict:
     import openmm
     from openmm import unit
     from openmm_e2former.force import create_python_force
-    from .generate import build_capped
     from .water_md import _platform, ml_system
 
     t_start = time.time()
-    b = build_capped(letter, None, True, seed, box_nm)
-    bonds = []
-    for f in b.system.getForces():
-        if isinstance(f, openmm.HarmonicBondForce):
-            bonds += [f.getBondParameters(i)[:2] for i in range(f.getNumBonds())]
-    bi = np.array(bonds, dtype=int).reshape(-1, 2)
+    b, bi, pos0_A = _relaxed_solvated(letter, seed, box_nm, platform, 1)
+    pos0 = pos0_A / 10.0
     plat, props = _platform(platform, 1)
-    # classical relaxation (as the training data were sampled)
-    b.system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in b.box])
-    ctx0 = openmm.Context(b.system, openmm.VerletIntegrator(0.0005), plat, props)
-    ctx0.setPositions(b.positions)
-    openmm.LocalEnergyMinimizer.minimize(ctx0, 10.0, 1000)
-    pos0 = ctx0.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-    del ctx0
     force = create_python_force(list(map(int, b.z)), model, periodic=True, device=device, charge=int(b.charge))
     sysm = ml_system(b.system, b.topology, force, b.box)
     n_h = repartition_hydrogens(sysm, b.topology, hmass) if hmass > 0 else 0
@@ -433,29 +445,15 @@ def build_system(letter: str, seed: int = 0, box_nm: float = 2.0, hmass: float =
     ``integrate_batched``: z, pos0 (Å), masses (amu, after ``repartition_hydrogens``; ``hmass`` 0: real
     masses), cell (Å), charge, bonds (those of the HarmonicBondForce: solute and water O-H),
     hydrogens_repartitioned."""
-    import openmm
     from openmm import unit
-    from .generate import build_capped
-    from .water_md import _platform
 
-    b = build_capped(letter, None, True, seed, box_nm)
-    bonds = []
-    for f in b.system.getForces():
-        if isinstance(f, openmm.HarmonicBondForce):
-            bonds += [f.getBondParameters(i)[:2] for i in range(f.getNumBonds())]
-    plat, props = _platform(platform, max(1, min(8, os.cpu_count() or 1)))
-    b.system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in b.box])
-    ctx0 = openmm.Context(b.system, openmm.VerletIntegrator(0.0005), plat, props)
-    ctx0.setPositions(b.positions)
-    openmm.LocalEnergyMinimizer.minimize(ctx0, 10.0, 1000)
-    pos0 = ctx0.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
-    del ctx0
+    b, bonds, pos0 = _relaxed_solvated(letter, seed, box_nm, platform, max(1, min(8, os.cpu_count() or 1)))
     n_h = repartition_hydrogens(b.system, b.topology, hmass) if hmass > 0 else 0
     masses = np.array([b.system.getParticleMass(i).value_in_unit(unit.amu)
                        for i in range(b.system.getNumParticles())])
     return dict(name=f"ACE-{letter}-NME (water)", letter=letter, z=np.asarray(b.z, dtype=np.int64),
                 pos0=np.asarray(pos0, dtype=np.float64), masses=masses, cell=np.asarray(b.box) * 10.0,
-                charge=int(b.charge), multiplicity=1, bonds=np.array(bonds, dtype=np.int64).reshape(-1, 2),
+                charge=int(b.charge), multiplicity=1, bonds=bonds,
                 hydrogens_repartitioned=n_h)
 
 
