@@ -276,19 +276,33 @@ class Attention(nn.Module):
         return eps * w / denom[g.center]
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        return self.node_part(self.edge_part(x, z, g), x.dtype)
+
+    def edge_part(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        """The part that couples atoms: U [N, 3, 9, C] of the relative EAAS (``U_i[k, m, c] = sum_e alpha[e, h(c)]
+        r_hat_e[k] v_j[m, c]``; fused kernel or PyTorch), or, on the ``so2`` route, T [N, 20, C] directly."""
         v = self.value(x)
         fused = False
         if not torch.jit.is_scripting():
             fused = self.use_fused(x)
         if fused:
-            T = self._eaas_fused(x, v, z, g)
-        else:
-            T = self._eaas_reference(x, v, z, g)
+            return self._fused_U(x, v, z, g)
+        alpha = self.attention_weights(x, z, g)
+        v = v.to(x.dtype)
+        if self.use_so2:
+            return self._eaas_so2(v, alpha.repeat(1, self.C // self.H), g)  # channel c uses head c mod H
+        return self._relative_U(v, alpha, g)
+
+    def node_part(self, U: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Everything after :meth:`edge_part`, atom by atom (no coupling between atoms): CG contraction
+        T = sum_k CG_k U[k] (skipped on the ``so2`` route, whose edge part returns T), path mixing, path
+        norm, output linear.  ``dtype``: the attention input's dtype (CG and path norm are cast to it)."""
+        T = U if self.use_so2 else torch.einsum("krm,nkmc->nrc", self.cg.to(dtype), U)
         # mix the paths of each output degree (input channel index = path * C + c)
         y0 = self.tp_mix[0](T[:, 0:1])
         y1 = self.tp_mix[1](torch.cat([T[:, 1:4], T[:, 4:7], T[:, 7:10]], dim=2))
         y2 = self.tp_mix[2](torch.cat([T[:, 10:15], T[:, 15:20]], dim=2))
-        y = torch.cat([y0, y1, y2], dim=1) * self.path_norm.to(x.dtype)[None, :, None]
+        y = torch.cat([y0, y1, y2], dim=1) * self.path_norm.to(dtype)[None, :, None]
         return self.out(y)
 
     @torch.jit.unused
@@ -299,17 +313,36 @@ class Attention(nn.Module):
         return _fused_kernels_usable(x, self.backend)
 
     @torch.jit.unused
-    def _eaas_fused(self, x: torch.Tensor, v: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+    def qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-atom inputs of the fused kernel: queries, keys [N, H, D] and values [N, 9, C]."""
+        N, H = x.shape[0], self.H
+        return self.query(x).view(N, H, self.D), self.key(x).view(N, H, self.D), self.value(x)
+
+    @torch.jit.unused
+    def fused_U_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
+                     row_ptr: torch.Tensor, src: torch.Tensor, vec: torch.Tensor, g: Graph) -> torch.Tensor:
+        """U of the target atoms of ``row_ptr`` (a CSR pointer into ``src`` / ``vec``) with the fused kernel:
+        ``q``, ``t`` of those targets, ``k``, ``v``, ``s`` of all atoms.  With the whole graph this is the
+        whole U; with a slice of targets (``row_ptr`` rebased to 0, their edges' ``src`` / ``vec``) it is
+        those rows of U (the softmax runs over each target's own edges)."""
         from ..kernels import fused_attention
 
+        return fused_attention(row_ptr, src, vec, q, k, v, t, s, _fc_params(self.edge_mlp), g.rbf_offsets,
+                               g.rbf_coeff, g.cutoff, allow_tf32=self.allow_tf32, max_degree=g.padded()[1],
+                               softmax="smooth" if self.smooth_softmax else "official")
+
+    @torch.jit.unused
+    def _fused_U(self, x: torch.Tensor, v: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         N, H = x.shape[0], self.H
         q = self.query(x).view(N, H, self.D)
         k = self.key(x).view(N, H, self.D)
-        U = fused_attention(g.row_ptr(), g.neighbor, g.vec, q, k, v, self.target_embedding(z),
-                            self.source_embedding(z), _fc_params(self.edge_mlp), g.rbf_offsets, g.rbf_coeff, g.cutoff,
-                            allow_tf32=self.allow_tf32, max_degree=g.padded()[1],
-                            softmax="smooth" if self.smooth_softmax else "official")
-        return torch.einsum("krm,nkmc->nrc", self.cg.to(v.dtype), U)
+        return self.fused_U_rows(q, k, v, self.target_embedding(z), self.source_embedding(z), g.row_ptr(),
+                                 g.neighbor, g.vec, g)
+
+    @torch.jit.unused
+    def _eaas_fused(self, x: torch.Tensor, v: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        """T [N, 20, C] by the fused kernel (tests compare it with :meth:`_eaas_reference`)."""
+        return torch.einsum("krm,nkmc->nrc", self.cg.to(v.dtype), self._fused_U(x, v, z, g))
 
     def _eaas_reference(self, x: torch.Tensor, v: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         alpha = self.attention_weights(x, z, g)
@@ -319,7 +352,11 @@ class Attention(nn.Module):
         return self._eaas_relative(v, alpha, g)
 
     def _eaas_relative(self, v: torch.Tensor, alpha: torch.Tensor, g: Graph) -> torch.Tensor:
-        """T_i = sum_k CG_k U_i[k] with U_i[k, m, c] = sum_e alpha[e, h(c)] r_hat_e[k] v_j[m, c].
+        """T_i = sum_k CG_k U_i[k] (U: :meth:`_relative_U`)."""
+        return torch.einsum("krm,nkmc->nrc", self.cg.to(v.dtype), self._relative_U(v, alpha, g))
+
+    def _relative_U(self, v: torch.Tensor, alpha: torch.Tensor, g: Graph) -> torch.Tensor:
+        """U_i[k, m, c] = sum_e alpha[e, h(c)] r_hat_e[k] v_j[m, c]  ->  [N, 3, 9, C].
 
         U is computed head by head as small matrix products over each target's edge slots
         ([3, K] weights x [K, 9*C/H] neighbour features), so no edge x 20 x C tensor is built."""
@@ -335,8 +372,7 @@ class Attention(nn.Module):
         idx = torch.zeros(N, K, dtype=torch.long, device=v.device).index_put_([g.center, slot], g.neighbor)
         Vg = vh[idx].transpose(1, 2)  # [N, H, K, G*9]
         U = torch.matmul(W, Vg)  # [N, H, 3, G*9]
-        U = U.view(N, H, 3, G, 9).permute(0, 2, 4, 3, 1).reshape(N, 3, 9, C)
-        return torch.einsum("krm,nkmc->nrc", self.cg.to(v.dtype), U)
+        return U.view(N, H, 3, G, 9).permute(0, 2, 4, 3, 1).reshape(N, 3, 9, C)
 
     def _eaas_so2(self, v: torch.Tensor, alpha_c: torch.Tensor, g: Graph) -> torch.Tensor:
         """Official route with absolute positions (spec §2.5.6)."""
@@ -361,10 +397,36 @@ class Block(nn.Module):
         self.ffn = GatedFFN(cfg.channels)
 
     def forward(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        return self.node_part(x, self.edge_part(x, system, z, g))
+
+    def attn_input(self, x: torch.Tensor, system: torch.Tensor) -> torch.Tensor:
+        """Pre-norm, system embedding added to the l=0 row (per atom)."""
         h = self.norm_attn(x)
-        h = torch.cat([h[:, 0:1] + system, h[:, 1:]], dim=1)
-        x = x + self.attn(h, z, g)
+        return torch.cat([h[:, 0:1] + system, h[:, 1:]], dim=1)
+
+    def edge_part(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        """The only part of a block that couples atoms: U (or T on the so2 route), see Attention.edge_part."""
+        return self.attn.edge_part(self.attn_input(x, system), z, g)
+
+    def node_part(self, x: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        """The rest of the block given its input ``x`` and the attention's U, atom by atom (any subset of
+        atoms gives those atoms' rows): attention output, residual, FFN, residual."""
+        x = x + self.attn.node_part(U, x.dtype)
         return x + self.ffn(self.norm_ffn(x))
+
+    @torch.jit.unused
+    def qkv_rows(self, x: torch.Tensor, system: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per atom: (q, k, v) of the fused kernel for the atoms of ``x``."""
+        return self.attn.qkv(self.attn_input(x, system))
+
+    @torch.jit.unused
+    def fused_rows(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
+                   s: torch.Tensor, row_ptr: torch.Tensor, src: torch.Tensor, vec: torch.Tensor,
+                   g: Graph) -> torch.Tensor:
+        """Block output of a slice of target atoms (``x``, ``q``, ``z`` of the slice; ``k``, ``v``, ``s`` of
+        all atoms; ``row_ptr`` / ``src`` / ``vec``: the slice's edges, ``row_ptr`` rebased to 0)."""
+        U = self.attn.fused_U_rows(q, k, v, self.attn.target_embedding(z), s, row_ptr, src, vec, g)
+        return self.node_part(x, U)
 
 
 class Heads(nn.Module):
@@ -431,11 +493,34 @@ class E2FormerV2(nn.Module):
                 table[h, :n] = torch.tensor(ref[:n], dtype=torch.float64)
                 self.reference_length[h] = n
         self.reference_energy = table
-        #: activation checkpointing of the transformer blocks: True / False / "auto" (once the node
-        #: features exceed ``checkpoint_min_elements`` floats: ~900 atoms at C = 256 on the CPU, ~29k on
-        #: the GPU), which keeps a force evaluation to about one block's activations
+        #: activation checkpointing of the transformer blocks (Python side only; TorchScript runs plain blocks):
+        #:
+        #: * ``False``: none;
+        #: * ``True`` or ``"block"``: each whole block is one checkpoint: only the block inputs (9C floats per atom
+        #:   and block) are kept, and the backward pass recomputes one block at a time with all its activations
+        #:   (the peak: ~240 KB per atom at the V1.5 size, C = 256, measured on an H200 at 100k atoms);
+        #: * ``"fine"``: the same outer checkpoint per block, and inside it nested checkpoints over slices of
+        #:   ``checkpoint_chunk_atoms`` atoms, so that the backward pass never holds a whole block's per-atom
+        #:   activations.  With the fused attention kernel (CUDA): per slice q, k, v (pre-norm, system
+        #:   embedding, projections), then per slice of target atoms the kernel's U rows (the kernel runs on the
+        #:   slice's CSR rows with the keys / values of all atoms) and the per-atom rest of the block (CG
+        #:   contraction, path mixing, output linear, residual, FFN, residual); whole-system tensors of the
+        #:   block's backward are then q, k, v (~17C floats per atom at V1.5) and their gradients.  On the
+        #:   PyTorch attention routes (CPU, so2, QKdot): one checkpoint computes the whole U (or T) and the
+        #:   per-atom rest runs in slices.  The block's forward runs once more than with ``"block"`` (the outer
+        #:   recomputation, then the slices' own), i.e. more time for less memory;
+        #: * ``"auto"`` (default): none below ``checkpoint_min_elements`` node-feature floats (N x 9 x C;
+        #:   ~29k atoms at C = 256 on the GPU, 1/32 of that on the CPU), ``"block"`` above; on the GPU
+        #:   ``"fine"`` from ``checkpoint_fine_min_elements`` (~116k atoms at C = 256) on.  (Never ``"fine"`` on
+        #:   the CPU by itself: there the attention runs in PyTorch and its U is not split, so the gain is
+        #:   small for the extra forward pass.)
+        #:
+        #: All modes compute the same function (``"block"`` bit for bit; ``"fine"`` up to the rounding of
+        #: matrix products over different row counts).
         self.checkpoint_blocks = "auto"
         self.checkpoint_min_elements = 1 << 26
+        self.checkpoint_fine_min_elements = 1 << 28
+        self.checkpoint_chunk_atoms = 65536
         #: bf16 autocast of the node-level matrix products (see set_precision)
         self.bf16 = False
         self.eval()
@@ -532,31 +617,86 @@ class E2FormerV2(nn.Module):
         return self.norm_final(x)
 
     @torch.jit.unused
-    def _use_checkpointing(self, x: torch.Tensor) -> bool:
+    def _checkpoint_mode(self, x: torch.Tensor) -> str:
+        """'none', 'block' or 'fine' for node features ``x`` (see ``checkpoint_blocks``)."""
         ckpt = self.checkpoint_blocks
-        if ckpt == "auto":
-            ckpt = x.numel() >= (self.checkpoint_min_elements if x.is_cuda else self.checkpoint_min_elements >> 5)
-        return bool(ckpt) and torch.is_grad_enabled()
+        if not torch.is_grad_enabled():
+            return "none"
+        if isinstance(ckpt, str):
+            if ckpt == "auto":
+                if x.is_cuda and x.numel() >= self.checkpoint_fine_min_elements:
+                    return "fine"
+                ok = x.numel() >= (self.checkpoint_min_elements if x.is_cuda else self.checkpoint_min_elements >> 5)
+                return "block" if ok else "none"
+            if ckpt in ("block", "fine"):
+                return ckpt
+            raise ValueError(f"checkpoint_blocks must be True, False, 'auto', 'block' or 'fine', got {ckpt!r}")
+        return "block" if ckpt else "none"
+
+    @torch.jit.unused
+    def _use_checkpointing(self, x: torch.Tensor) -> bool:
+        return self._checkpoint_mode(x) != "none"
 
     @torch.jit.unused
     def _blocks_python(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
-        """Blocks with the Python-only options: activation checkpointing (only block inputs are kept for
-        the backward pass) and/or bf16 autocast of the node-level matrix products (the residual stream,
-        norms, edge kernels and sums stay float32)."""
-        ckpt = self._use_checkpointing(x)
-        if ckpt:
+        """Blocks with the Python-only options: activation checkpointing (see ``checkpoint_blocks``) and/or
+        bf16 autocast of the node-level matrix products (the residual stream, norms, edge kernels and sums stay
+        float32)."""
+        mode = self._checkpoint_mode(x)
+        slices: Optional[Tuple[List[int], torch.Tensor, List[int]]] = None
+        if mode != "none":
             # build the graph's lazy caches first, so that the recomputation sees the same operations
             g.padded()
             if not all(b.attn.use_fused(x) for b in self.blocks):
                 g.rbf()
+        if mode == "fine":
+            N = x.shape[0]
+            step = max(1, int(self.checkpoint_chunk_atoms))
+            starts = list(range(0, N, step)) + [N]
+            row_ptr = g.row_ptr()
+            # edge range of every atom slice (one device -> host copy per evaluation)
+            edge_bounds = [int(e) for e in row_ptr[starts].tolist()] if N > 0 else [0]
+            slices = (starts, row_ptr, edge_bounds)
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             for block in self.blocks:
-                if ckpt:
+                if slices is not None and x.shape[0] > 0:
+                    x = torch.utils.checkpoint.checkpoint(self._block_fine, block, x, system, z, g, slices,
+                                                          use_reentrant=False, preserve_rng_state=False)
+                elif mode != "none":
                     x = torch.utils.checkpoint.checkpoint(block, x, system, z, g, use_reentrant=False)
                 else:
                     x = block(x, system, z, g)
                 x = x.float() if self.bf16 else x
         return x
+
+    @torch.jit.unused
+    def _block_fine(self, block: Block, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph,
+                    slices: Tuple[List[int], torch.Tensor, List[int]]) -> torch.Tensor:
+        """One block as nested checkpoints over atom slices (``checkpoint_blocks="fine"``; runs inside the
+        block's own checkpoint, so that between blocks only the block input is kept)."""
+        from functools import partial
+
+        ckpt = partial(torch.utils.checkpoint.checkpoint, use_reentrant=False, preserve_rng_state=False)
+        starts, row_ptr, edge_bounds = slices
+        sizes = [b - a for a, b in zip(starts[:-1], starts[1:])]
+        xs = x.split(sizes)   # split / cat (not slicing): one gradient buffer per tensor, not one per slice
+        zs = z.split(sizes)
+        if block.attn.use_fused(x):
+            qkv = [ckpt(block.qkv_rows, xc, system) for xc in xs]
+            k = torch.cat([c[1] for c in qkv]) if len(qkv) > 1 else qkv[0][1]
+            v = torch.cat([c[2] for c in qkv]) if len(qkv) > 1 else qkv[0][2]
+            s = block.attn.source_embedding(z)
+            e_sizes = [b - a for a, b in zip(edge_bounds[:-1], edge_bounds[1:])]
+            srcs = g.neighbor.split(e_sizes)
+            vecs = g.vec.split(e_sizes)
+            outs = []
+            for i, xc in enumerate(xs):
+                rp = row_ptr[starts[i]:starts[i + 1] + 1] - edge_bounds[i]
+                outs.append(ckpt(block.fused_rows, xc, qkv[i][0], k, v, zs[i], s, rp, srcs[i], vecs[i], g))
+        else:
+            U = ckpt(block.edge_part, x, system, z, g)
+            outs = [ckpt(block.node_part, xc, Uc) for xc, Uc in zip(xs, U.split(sizes))]
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     def energy_terms(self, z: torch.Tensor, positions: torch.Tensor, cell: Optional[torch.Tensor] = None,
                      pbc: Optional[torch.Tensor] = None, charge: int = 0, multiplicity: int = 1,
