@@ -117,11 +117,13 @@ def v15_model():
     return m
 
 
-def speed(out: Path, rows, sizes, modes, budget_s):
+def speed(out: Path, rows, sizes, modes, budget_s, checkpoint="auto", water=True):
     t_start = time.time()
     m = v15_model()
-    systems = [(f"fcc_carbon_{n}", n) for n in sizes] + [("water_box_pbc", -1)]
-    done = {(r["system"], r["mode"]) for r in rows if r.get("part") == "speed"}
+    m.checkpoint_blocks = {"none": False}.get(checkpoint, checkpoint)
+    systems = [(f"fcc_carbon_{n}", n) for n in sizes] + ([("water_box_pbc", -1)] if water else [])
+    done = {(r["system"], r["mode"]) for r in rows
+            if r.get("part") == "speed" and r.get("checkpoint", "auto") == checkpoint}
     ref_forces = {}
     for name, n in systems:
         if n == -1:
@@ -143,13 +145,15 @@ def speed(out: Path, rows, sizes, modes, budget_s):
                 reps = 5 if len(z) <= 20_000 else 2
                 t, peak, e, f = step_time(m, z, pos, cell, pbc, reps)
                 row = {"part": "speed", "system": name, "n_atoms": int(len(z)), "mode": mode,
-                       "step_s": t, "steps_per_s": 1.0 / t, "peak_mem_GiB": peak, "energy_eV": e}
+                       "checkpoint": checkpoint, "step_s": t, "steps_per_s": 1.0 / t, "peak_mem_GiB": peak,
+                       "energy_eV": e}
                 if mode == "fp32":
                     ref_forces[name] = f
                 elif name in ref_forces:
                     row["max_force_diff_vs_fp32_eV_A"] = float((f - ref_forces[name]).abs().max())
             except torch.cuda.OutOfMemoryError as exc:
-                row = {"part": "speed", "system": name, "n_atoms": int(len(z)), "mode": mode, "error": "OOM",
+                row = {"part": "speed", "system": name, "n_atoms": int(len(z)), "mode": mode,
+                       "checkpoint": checkpoint, "error": "OOM",
                        "detail": str(exc)[:200]}
             torch.cuda.empty_cache()
             rows.append(row)
@@ -209,7 +213,10 @@ def main():
     ap.add_argument("--sizes", default="1000,10000,20000,50000,100000")
     ap.add_argument("--modes", default="fp32,tf32,bf16")
     ap.add_argument("--budget-s", type=float, default=420)
+    ap.add_argument("--checkpoint", default="auto", help="model.checkpoint_blocks: auto, block, fine, none")
+    ap.add_argument("--no-water", action="store_true", help="FCC carbon only (skip the ~100k periodic water box)")
     args = ap.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     out = Path(args.out) / "gpu_end_to_end.json"
     rows = json.loads(out.read_text()) if out.exists() else []
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
@@ -220,7 +227,8 @@ def main():
     if "parity" in args.parts and not any(r.get("part") == "parity" for r in rows):
         parity(out, rows)
     if "speed" in args.parts:
-        speed(out, rows, [int(s) for s in args.sizes.split(",")], args.modes.split(","), args.budget_s)
+        speed(out, rows, [int(s) for s in args.sizes.split(",")], args.modes.split(","), args.budget_s,
+              args.checkpoint, not args.no_water)
 
 
 if __name__ == "__main__":
