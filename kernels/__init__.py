@@ -116,17 +116,28 @@ def select_backend(q, v, fc_params, backend=None, *, _ok=None) -> str:
         ok = HAS_TRITON and _ok
     else:
         ok = HAS_TRITON and v.is_cuda and q.is_cuda and _attention_triton.triton_supported(q, v, fc_params)
+    return _resolve_backend(backend, ok, "", _attention_triton_v2 is not None,
+                            f"triton_v2 backend requested but triton is unavailable: {_TRITON_ERR}")
+
+
+def _resolve_backend(backend: str, ok: bool, label: str, v2_loaded: bool, v2_missing: str) -> str:
+    """The choice shared by both kernels once ``ok`` (Triton usable for these inputs) is known: an explicit
+    Triton name must be runnable (or run under the interpreter), "auto" takes v2, else v1, where ``ok``, and
+    the reference elsewhere.  ``label`` prefixes the messages; ``v2_missing``: the error when v2 is asked for
+    but its module did not import."""
     if backend in ("triton", "triton_v2"):
-        if not HAS_TRITON or (backend == "triton_v2" and _attention_triton_v2 is None):
-            raise RuntimeError(f"{backend} backend requested but triton is unavailable: {_TRITON_ERR}")
+        if not HAS_TRITON:
+            raise RuntimeError(f"{label}{backend} backend requested but triton is unavailable: {_TRITON_ERR}")
+        if backend == "triton_v2" and not v2_loaded:
+            raise RuntimeError(v2_missing)
         if not (ok or os.environ.get("TRITON_INTERPRET") == "1"):
-            raise RuntimeError(f"{backend} backend requested but inputs are not on CUDA or shapes unsupported")
+            raise RuntimeError(f"{label}{backend} backend requested but inputs are not on CUDA or shapes unsupported")
         return backend
     if backend != "auto":
-        raise ValueError(f"unknown backend {backend!r}")
+        raise ValueError(f"unknown {label}backend {backend!r}")
     if not ok:
         return "reference"
-    return "triton_v2" if _attention_triton_v2 is not None else "triton"
+    return "triton_v2" if v2_loaded else "triton"
 
 
 def fused_attention(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, *,
@@ -158,21 +169,8 @@ def select_edge_degree_backend(vec, radial_params, backend=None, *, _ok=None) ->
         p0 = FCParams(*radial_params[0])
         hid, C = p0.W0.shape[0], p0.W2.shape[0]
         _ok = vec.is_cuda and hid >= 16 and (hid & (hid - 1)) == 0 and C >= 16 and (C & (C - 1)) == 0
-    ok = HAS_TRITON and bool(_ok)
-    if backend in ("triton", "triton_v2"):
-        if not HAS_TRITON:
-            raise RuntimeError(f"edge-degree {backend} backend requested but triton is unavailable: {_TRITON_ERR}")
-        if backend == "triton_v2" and _edge_degree_triton_v2 is None:
-            raise RuntimeError(f"edge-degree triton_v2 backend requested but it failed to import: {_ED_V2_ERR}")
-        if not (ok or os.environ.get("TRITON_INTERPRET") == "1"):
-            raise RuntimeError(f"edge-degree {backend} backend requested but inputs are not on CUDA or shapes "
-                               "unsupported")
-        return backend
-    if backend != "auto":
-        raise ValueError(f"unknown edge-degree backend {backend!r}")
-    if not ok:
-        return "reference"
-    return "triton_v2" if _edge_degree_triton_v2 is not None else "triton"
+    return _resolve_backend(backend, HAS_TRITON and bool(_ok), "edge-degree ", _edge_degree_triton_v2 is not None,
+                            f"edge-degree triton_v2 backend requested but it failed to import: {_ED_V2_ERR}")
 
 
 def fused_edge_degree(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutoff,
