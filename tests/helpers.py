@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +55,25 @@ def water_box(n_side: int = 2, spacing: float = 3.1, seed: int = 0):
                 pos.append(geom @ random_rotation(int(rng.integers(1 << 30))).T + c)
                 z += [8, 1, 1]
     return np.array(z), np.concatenate(pos), np.eye(3) * n_side * spacing
+
+
+def run_under_triton_interpreter(script: str, args, what: str, drop_env=()) -> str:
+    """Run ``script`` (python -c) with ``TRITON_INTERPRET=1`` and the repository first on PYTHONPATH, without
+    the environment variables in ``drop_env``; it must exit 0 and print "WORST". Without triton the calling
+    test is skipped with a visible reason, or fails under ``E2FORMER_REQUIRE_TRITON=1`` (CI)."""
+    import pytest
+
+    if importlib.util.find_spec("triton") is None:
+        if os.environ.get("E2FORMER_REQUIRE_TRITON") == "1":
+            pytest.fail("triton is not installed but E2FORMER_REQUIRE_TRITON=1")
+        pytest.skip(f"triton not installed: {what} NOT run (pip install triton==3.6.0)")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    for key in drop_env:
+        env.pop(key, None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=str(REPO))
+    print(res.stdout)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "WORST" in res.stdout
+    return res.stdout

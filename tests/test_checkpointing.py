@@ -8,10 +8,6 @@ a block runs in slices of ``checkpoint_chunk_atoms`` atoms.  Small random-weight
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import water_box
+from helpers import run_under_triton_interpreter, water_box
 
 from openmm_e2former.model import E2FormerConfig, E2FormerV2
 from openmm_e2former.model import e2former as E2
@@ -295,7 +291,7 @@ _INTERP_SCRIPT = textwrap.dedent(r"""
     assert os.environ.get("TRITON_INTERPRET") == "1"
     import torch
     sys.path.insert(0, sys.argv[1])
-    from helpers import water_box
+    from helpers import run_under_triton_interpreter, water_box
     from openmm_e2former.model import E2FormerConfig, E2FormerV2
     from openmm_e2former.model import e2former as E2
     import openmm_e2former.kernels as K
@@ -352,16 +348,5 @@ _INTERP_SCRIPT = textwrap.dedent(r"""
 
 
 def test_fine_mode_with_triton_kernels_under_interpreter():
-    if importlib.util.find_spec("triton") is None:
-        if os.environ.get("E2FORMER_REQUIRE_TRITON") == "1":
-            pytest.fail("triton is not installed but E2FORMER_REQUIRE_TRITON=1")
-        pytest.skip("triton not installed: fine checkpointing with the Triton kernels NOT tested "
-                    "(pip install triton==3.6.0)")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env.pop("E2FORMER_ATTENTION_BACKEND", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-c", _INTERP_SCRIPT, str(REPO / "tests")], env=env,
-                         capture_output=True, text=True, timeout=300, cwd=str(REPO))
-    print(res.stdout)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "WORST" in res.stdout
+    run_under_triton_interpreter(_INTERP_SCRIPT, [REPO / "tests"], "fine checkpointing with the Triton kernels",
+                                 drop_env=("E2FORMER_ATTENTION_BACKEND",))

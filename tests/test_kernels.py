@@ -6,10 +6,8 @@ in which case a missing triton is a failure.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -26,6 +24,8 @@ except ImportError:  # plain checkout: kernels/ importable from the repository r
     import kernels as K
     KPKG = "kernels"
 from importlib import import_module
+
+from helpers import run_under_triton_interpreter
 
 FCParams, attention_reference, fused_attention = K.FCParams, K.attention_reference, K.fused_attention
 make_case, args_of = import_module(KPKG + "._testing").make_case, import_module(KPKG + "._testing").args_of
@@ -355,17 +355,7 @@ _INTERP_SCRIPT = textwrap.dedent(r"""
 
 
 def test_triton_interpreter_matches_reference():
-    if importlib.util.find_spec("triton") is None:
-        if os.environ.get("E2FORMER_REQUIRE_TRITON") == "1":
-            pytest.fail("triton is not installed but E2FORMER_REQUIRE_TRITON=1")
-        pytest.skip("triton not installed: Triton interpreter test NOT run (pip install triton==3.6.0)")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-c", _INTERP_SCRIPT, KPKG], env=env, capture_output=True, text=True,
-                         timeout=300, cwd=str(REPO))
-    print(res.stdout)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "WORST" in res.stdout
+    run_under_triton_interpreter(_INTERP_SCRIPT, [KPKG], "Triton interpreter test")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -471,17 +461,7 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
 
 
 def test_triton_v2_interpreter_matches_reference():
-    if importlib.util.find_spec("triton") is None:
-        if os.environ.get("E2FORMER_REQUIRE_TRITON") == "1":
-            pytest.fail("triton is not installed but E2FORMER_REQUIRE_TRITON=1")
-        pytest.skip("triton not installed: Triton v2 interpreter test NOT run (pip install triton==3.6.0)")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-c", _INTERP_V2_SCRIPT, KPKG], env=env, capture_output=True,
-                         text=True, timeout=300, cwd=str(REPO))
-    print(res.stdout)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "WORST" in res.stdout
+    run_under_triton_interpreter(_INTERP_V2_SCRIPT, [KPKG], "Triton v2 interpreter test")
 
 
 def _need_triton():
@@ -740,16 +720,5 @@ _INTERP_ED_V2_SCRIPT = textwrap.dedent(r"""
 
 
 def test_edge_degree_v2_interpreter_matches_reference():
-    if importlib.util.find_spec("triton") is None:
-        if os.environ.get("E2FORMER_REQUIRE_TRITON") == "1":
-            pytest.fail("triton is not installed but E2FORMER_REQUIRE_TRITON=1")
-        pytest.skip("triton not installed: edge-degree v2 interpreter test NOT run (pip install triton==3.6.0)")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    for key in ("E2FORMER_EDGE_DEGREE_BACKEND", "E2FORMER_ATTENTION_BACKEND"):
-        env.pop(key, None)
-    res = subprocess.run([sys.executable, "-c", _INTERP_ED_V2_SCRIPT, KPKG], env=env, capture_output=True,
-                         text=True, timeout=300, cwd=str(REPO))
-    print(res.stdout)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "WORST" in res.stdout
+    run_under_triton_interpreter(_INTERP_ED_V2_SCRIPT, [KPKG], "edge-degree v2 interpreter test",
+                                 drop_env=("E2FORMER_EDGE_DEGREE_BACKEND", "E2FORMER_ATTENTION_BACKEND"))
