@@ -91,33 +91,14 @@ def system_seed(name: str, seed: int) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def _batchable(model) -> bool:
-    """``predict_batch`` mirrors the plain float path of the model (energy gradient, no bf16 autocast)."""
-    return not getattr(model, "direct_forces", False) and not getattr(model, "bf16", False)
-
-
 def _forces_batch(model, systems: Sequence[dict], xs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
     """Forces (float64, host) of several systems at positions ``xs`` (float64 host [N_i, 3]) in ONE model call
-    over the disjoint union of their graphs; each system's forces equal ``_forces`` of it alone (up to the
-    float rounding of the bigger matrix products)."""
-    if not _batchable(model):
-        return [_forces(model, s["z"], x, s["cell"], s["pbc"], s["charge"]) for s, x in zip(systems, xs)]
-    from .train import predict_batch
-    dev, dt = model.device, model.dtype
+    over the disjoint union of their graphs (``train.batch_energy_forces``); each system's forces equal
+    ``_forces`` of it alone (up to the float rounding of the bigger matrix products)."""
+    from .train import batch_energy_forces
+    _, forces = batch_energy_forces(model, systems, xs)
     sizes = [int(x.shape[0]) for x in xs]
-    pos = torch.cat(list(xs)).to(device=dev, dtype=dt).split(sizes)      # one host->device copy
-    fs = []
-    for s, p in zip(systems, pos):
-        dv = s.get("_dev")
-        if dv is None or dv[0] != (dev, dt):   # z / cell / pbc on the device, once per system
-            dv = s["_dev"] = ((dev, dt), s["z"].to(dev, torch.long),
-                              None if s["cell"] is None else s["cell"].to(dev, dt),
-                              None if s["pbc"] is None else s["pbc"].to(dev, torch.bool))
-        fs.append(dict(z=dv[1], pos=p, cell=dv[2], pbc=dv[3], charge=int(s["charge"]),
-                       multiplicity=int(s.get("multiplicity", 1))))
-    with torch.enable_grad():
-        _, forces = predict_batch(model, fs, create_graph=False)
-    return list(torch.cat([f.detach() for f in forces]).to(device="cpu", dtype=torch.float64).split(sizes))
+    return list(torch.cat(forces).to(device="cpu", dtype=torch.float64).split(sizes))   # one device->host copy
 
 
 def _blew_up(f: torch.Tensor, x: torch.Tensor, periodic: bool, fmax: float) -> bool:

@@ -181,41 +181,12 @@ def _bond_lengths(x: np.ndarray, bonds: np.ndarray, cell: Optional[np.ndarray]) 
     return np.linalg.norm(_min_image(x[bonds[:, 1]] - x[bonds[:, 0]], cell), axis=1)
 
 
-def _frames(model, systems: Sequence[dict], idx: Sequence[int], x, sizes: Sequence[int]) -> List[dict]:
-    """predict_batch frames (as ``training.active._forces_batch``) of systems ``idx`` at flat positions ``x``."""
-    dev, dt = model.device, model.dtype
-    pos = x.to(dt).split(list(sizes))
-    out = []
-    for i, p in zip(idx, pos):
-        s = systems[i]
-        dv = s.get("_dev")
-        if dv is None or dv[0] != (dev, dt):      # z / cell / pbc on the device, once per system
-            cell = s.get("cell")
-            dv = s["_dev"] = ((dev, dt), torch.as_tensor(s["z"]).to(dev, torch.long),
-                              None if cell is None else torch.as_tensor(np.asarray(cell)).to(dev, dt),
-                              None if cell is None else torch.ones(3, dtype=torch.bool, device=dev))
-        out.append(dict(z=dv[1], pos=p, cell=dv[2], pbc=dv[3], charge=int(s.get("charge", 0)),
-                        multiplicity=int(s.get("multiplicity", 1))))
-    return out
-
-
 def _model_forces(model, systems: Sequence[dict], idx: Sequence[int], x, sizes: Sequence[int]):
     """(energies [B] float64, forces [sum N, 3] float64) of systems ``idx`` at flat positions ``x``, on the
-    model's device, in ONE model call (``predict_batch``; a model it does not mirror, e.g. direct forces or
-    bf16, is called system by system)."""
-    fs = _frames(model, systems, idx, x, sizes)
-    if getattr(model, "direct_forces", False) or getattr(model, "bf16", False):
-        es, ff = [], []
-        for f in fs:
-            e, _, g = model.energy_and_forces(f["z"], f["pos"], f["cell"], f["pbc"], f["charge"],
-                                              f["multiplicity"], forces=True, validate=False)
-            es.append(e.detach().reshape(1))
-            ff.append(g.detach())
-        return torch.cat(es).to(torch.float64), torch.cat(ff).to(torch.float64)
-    from .train import predict_batch
-    with torch.enable_grad():
-        e, forces = predict_batch(model, fs, create_graph=False)
-    return e.detach().to(torch.float64), torch.cat([g.detach() for g in forces]).to(torch.float64)
+    model's device, in ONE model call (``train.batch_energy_forces``)."""
+    from .train import batch_energy_forces
+    e, forces = batch_energy_forces(model, [systems[i] for i in idx], x.split(list(sizes)))
+    return e, torch.cat(forces)
 
 
 def _forces_guarded(model, systems, idx, x, sizes):

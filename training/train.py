@@ -180,6 +180,40 @@ def predict_batch(model, fs: Sequence[Dict[str, Any]], create_graph: bool):
     return energy, [-g for g in grads]
 
 
+def batch_energy_forces(model, systems: Sequence[Dict[str, Any]], positions: Sequence[torch.Tensor]):
+    """(E_model [B] eV float64, forces [N_i, 3] eV/Å float64 per system, on the model's device) of several
+    systems in ONE model call (``predict_batch`` over the disjoint union of their graphs, no weight gradients);
+    a model that ``predict_batch`` does not mirror (direct forces, bf16 autocast) is called system by system.
+    Used by the batched MD of ``training.active`` and ``training.stability``.
+
+    ``systems``: dicts with ``z`` and optional ``cell`` (Å; None = gas phase), ``pbc`` (default all True when
+    there is a cell), ``charge`` (0), ``multiplicity`` (1); their device copies are cached in the dict under
+    ``_dev``.  ``positions``: one [N_i, 3] tensor (Å) per system, on any device."""
+    dev, dt = model.device, model.dtype
+    sizes = [int(p.shape[0]) for p in positions]
+    pos = torch.cat([torch.as_tensor(p) for p in positions]).to(device=dev, dtype=dt).split(sizes)  # one copy
+    fs = []
+    for s, p in zip(systems, pos):
+        dv = s.get("_dev")
+        if dv is None or dv[0] != (dev, dt):   # z / cell / pbc on the device, once per system
+            cell, pbc = s.get("cell"), s.get("pbc")
+            if cell is not None and pbc is None:
+                pbc = torch.ones(3, dtype=torch.bool)
+            dv = s["_dev"] = ((dev, dt), torch.as_tensor(s["z"]).to(dev, torch.long),
+                              None if cell is None else torch.as_tensor(cell).to(dev, dt),
+                              None if cell is None else torch.as_tensor(pbc).to(dev, torch.bool))
+        fs.append(dict(z=dv[1], pos=p, cell=dv[2], pbc=dv[3], charge=int(s.get("charge", 0)),
+                       multiplicity=int(s.get("multiplicity", 1))))
+    if getattr(model, "direct_forces", False) or getattr(model, "bf16", False):
+        out = [model.energy_and_forces(f["z"], f["pos"], f["cell"], f["pbc"], f["charge"], f["multiplicity"],
+                                       forces=True, validate=False)[1:] for f in fs]
+        energies, forces = torch.stack([e.reshape(()) for e, _ in out]), [g for _, g in out]
+    else:
+        with torch.enable_grad():
+            energies, forces = predict_batch(model, fs, create_graph=False)
+    return energies.detach().to(torch.float64), [g.detach().to(torch.float64) for g in forces]
+
+
 def batches(frames: "Frames", idx: Sequence[int], budget: int) -> List[List[int]]:
     """Consecutive groups of frame indices with at most ``budget`` atoms each (a bigger frame goes alone)."""
     out: List[List[int]] = []
