@@ -7,6 +7,11 @@
 #   call 1:  bash benchmarks/gpu_chain.sh start 585      (carry .whl and .carry; timeout_s 600)
 #   call 2+: bash benchmarks/gpu_chain.sh poll 570       (same carry; returns early once everything is done)
 #   validation of a finished model instead of training: `validate-start 585`, then `poll 570`
+#   two GPUs (kind nvidia-h200-x2): `x2-start 585` (carry .whl, .carry), then `poll 570` with carry .carry_full
+#   (the full parity fixtures, too big to travel with the wheels), then `poll 570` until done:
+#     GPU 0: student water NPT MD alone (<= X2_WATER_MIN, 100 ps), then NVE on the GPU (dipeptide, water64)
+#     GPU 1: the 20 solvated amino acids batched (<= X2_STAB_MIN, 50 ps), then benchmarks/gpu_session.sh
+#            (end-to-end speed, fine checkpointing, 1M atoms, profile; official parity last)
 #
 # Pipeline (in /tmp/e2f, which lives as long as the machine):
 #   generate (OpenMM amber14: solvated systems on the GPU, gas phase on the CPU cores)  ->  label (SO3LR,
@@ -166,6 +171,37 @@ validate() {
     touch "$W/pipeline.done"
 }
 
+x2_gpu0() {
+    cd "$W"
+    export CUDA_VISIBLE_DEVICES=0
+    M="$W/pkg/openmm_e2former/data/e2formerv2_default.pt"
+    stage "gpu0: student water MD alone, <= ${X2_WATER_MIN:-15} min, 100 ps"
+    python3 -m training.water_md run --potential student --model "$M" --waters $WATERS --temperature 298 --ps 100 \
+        --minutes "${X2_WATER_MIN:-15}" --out "$W/student_md" --platform $OMM --device $DEV --frame-fs 200 \
+        --no-analyse > "$W/logs/student_md.log" 2>&1
+    stage "gpu0: student water MD: $(grep -o '"simulated_ps": [0-9.]*' $W/student_md/summary.json)"
+    timeout "${X2_NVE_S:-420}" python3 -m training.report --model "$M" --nve --nve-steps 4000 \
+        --nve-water-steps "${X2_NVE_WATER_STEPS:-20000}" --device $DEV --platform $OMM --out "$W/report" \
+        > "$W/logs/nve.log" 2>&1
+    stage "gpu0: NVE done (rc $?)"
+    touch "$W/gpu0.done"
+}
+
+x2_gpu1() {
+    cd "$W"
+    export CUDA_VISIBLE_DEVICES=1
+    M="$W/pkg/openmm_e2former/data/e2formerv2_default.pt"
+    stage "gpu1: 20 solvated amino acids in one batch, <= ${X2_STAB_MIN:-10} min, 50 ps"
+    python3 -m training.stability --engine batched --model "$M" --out "$W/stability_batched.jsonl" --ps 50 \
+        --minutes "${X2_STAB_MIN:-10}" --device $DEV --platform $OMM > "$W/logs/stability.log" 2>&1
+    stage "gpu1: stability done (rc $?)"
+    (cd "$W/repo" && GS_OUT="$W/gs" GS_PKG=1 GS_PARITY_LAST=1 GS_PARITY_WAIT=600 \
+        E2F_FIXTURES="$W/fixtures/official_parity" PYTHONPATH="$W/pkg:/tmp/site" bash benchmarks/gpu_session.sh) \
+        > "$W/logs/gpu_session.log" 2>&1
+    stage "gpu1: gpu_session done"
+    touch "$W/gpu1.done"
+}
+
 collect() {
     # <= 8 files back: results tarball (small), model, logs, and the two MD trajectories
     mkdir -p "$W/collect"
@@ -179,7 +215,7 @@ collect() {
     (cd "$W" && tar czf "$OUT/results.tgz" progress.log logs refs.json run/train_log.jsonl run1/train_log.jsonl \
         run1/model.pt model_final.pt active_log.jsonl stability.jsonl labelled/label_log.jsonl \
         teacher_md/*.json teacher_md/*.csv teacher_md/*.png student_md/*.json student_md/*.csv student_md/*.png \
-        report/default_model_nve.json bench 2>/dev/null)
+        report/default_model_nve.json bench stability_batched.jsonl gs 2>/dev/null)
     for d in teacher_md student_md; do
         if ls "$W/$d"/*.dcd > /dev/null 2>&1; then
             (cd "$W" && tar czf "$OUT/${d}_traj.tgz" "$d"/*.dcd "$d"/*.pdb 2>/dev/null)
@@ -190,7 +226,25 @@ collect() {
 
 setup
 mkdir -p "$W/logs" "$W/bench"
-if [ "$MODE" = "validate-start" ]; then
+if [ -d "$SRC/.carry_full/shared/fixtures/official_parity" ] && [ ! -f "$W/fixtures/official_parity/.complete" ]; then
+    # the full parity fixtures arrive with a later call: copy, then flag them complete (gpu_session waits)
+    rm -rf "$W/fixtures.tmp" && mkdir -p "$W/fixtures.tmp"
+    cp -r "$SRC/.carry_full/shared/fixtures/official_parity" "$W/fixtures.tmp/" && touch "$W/fixtures.tmp/official_parity/.complete"
+    rm -rf "$W/fixtures" && mv "$W/fixtures.tmp" "$W/fixtures"
+fi
+if [ "$MODE" = "x2-start" ]; then
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    python3 -c 'import torch; print("cuda devices", torch.cuda.device_count())'
+    if [ ! -d "$W/fixtures" ]; then
+        mkdir -p "$W/fixtures" && cp -r "$SRC/.carry/shared/fixtures/official_parity" "$W/fixtures/"
+    fi
+    if [ ! -f "$W/.t_start" ]; then
+        date +%s > "$W/.t_start"
+        setsid bash "$W/repo/benchmarks/gpu_chain.sh" x2-gpu0 > "$W/logs/gpu0.log" 2>&1 < /dev/null &
+        setsid bash "$W/repo/benchmarks/gpu_chain.sh" x2-gpu1 > "$W/logs/gpu1.log" 2>&1 < /dev/null &
+        sleep 2
+    fi
+elif [ "$MODE" = "validate-start" ]; then
     mkdir -p "$W/report"
     if [ ! -f "$W/.t_start" ]; then
         setsid bash "$W/repo/benchmarks/gpu_chain.sh" validate > "$W/logs/pipeline.log" 2>&1 < /dev/null &
@@ -229,9 +283,13 @@ if [ "$MODE" = "validate" ]; then
     validate
     exit 0
 fi
+if [ "$MODE" = "x2-gpu0" ]; then x2_gpu0; exit 0; fi
+if [ "$MODE" = "x2-gpu1" ]; then x2_gpu1; exit 0; fi
+if [ -f "$W/gpu0.done" ] && [ -f "$W/gpu1.done" ]; then touch "$W/pipeline.done"; fi
 # wait for the pipeline (or this call's time) to end, then collect
 while [ $(( $(date +%s) - T0 )) -lt $(( LIMIT - 45 )) ] && [ ! -f "$W/pipeline.done" ]; do
     sleep 15
+    if [ -f "$W/gpu0.done" ] && [ -f "$W/gpu1.done" ]; then touch "$W/pipeline.done"; fi
 done
 cat "$W/progress.log" 2>/dev/null
 tail -2 "$W/logs/train1.log" "$W/logs/train2.log" 2>/dev/null; tail -2 "$W"/logs/stability_*.log 2>/dev/null

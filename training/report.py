@@ -423,6 +423,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if exp is None:
         from .water_md import _default_exp
         exp = _default_exp()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     nve = None
     if args.nve:
         import torch
@@ -433,6 +434,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             r = nve_drift(model, s, n, device=args.device, platform=args.platform)
             print(json.dumps({k: v for k, v in r.items() if k not in ("etot", "t_ps")}), flush=True)
             nve.append(r)
+            # written after each system, so a run cut short by a time limit keeps what finished
+            (Path(args.out) / "default_model_nve.json").write_text(json.dumps(nve))
     stab = None
     if args.stability_steps:
         import torch
