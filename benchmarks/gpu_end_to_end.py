@@ -206,6 +206,37 @@ def diagnose(n: int = 1000):
     print(f"diag backward peak {gib():.2f} GiB", flush=True)
 
 
+def render_md(rows, title: str) -> str:
+    """Markdown tables of a results JSON (parity per variant, then speed per system/mode/checkpoint)."""
+    lines = [f"# {title}", ""]
+    par = [r for r in rows if r.get("part") == "parity"]
+    if par:
+        lines += ["## Whole model on the GPU vs the official outputs", "",
+                  "| variant | cases | pass | max dE_model (eV) | max dF (eV/Å) | fused attention |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for v in dict.fromkeys(r["variant"] for r in par):
+            rs = [r for r in par if r["variant"] == v]
+            lines.append(f"| {v} | {len(rs)} | {sum(r['pass'] for r in rs)} | {max(r['dE_eV'] for r in rs):.1e} | "
+                         f"{max(r['dF_eV_A'] for r in rs):.1e} | {'yes' if all(r['fused'] for r in rs) else 'no (PyTorch)'} |")
+        lines += ["", "Tolerances (fixture README): |dE| <= max(1e-4, 1e-6|E|) eV, max |dF| <= 1e-3 eV/Å.", ""]
+    sp = [r for r in rows if r.get("part") == "speed"]
+    if sp:
+        lines += ["## Energy + conservative forces, V1.5-size model (random weights)", "",
+                  "| system | atoms | mode | checkpointing | ms/step | steps/s | peak GiB | max abs(F - F_fp32) eV/Å |",
+                  "|---|---:|---|---|---:|---:|---:|---:|"]
+        for r in sp:
+            if "error" in r:
+                lines.append(f"| {r['system']} | {r['n_atoms']:,} | {r['mode']} | {r.get('checkpoint', 'auto')} | "
+                             f"{r['error']} | | | |")
+                continue
+            d = r.get("max_force_diff_vs_fp32_eV_A")
+            lines.append(f"| {r['system']} | {r['n_atoms']:,} | {r['mode']} | {r.get('checkpoint', 'auto')} | "
+                         f"{1e3 * r['step_s']:.1f} | {r['steps_per_s']:.3f} | {r['peak_mem_GiB']:.1f} | "
+                         f"{'' if d is None else f'{d:.4f}'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -215,7 +246,21 @@ def main():
     ap.add_argument("--budget-s", type=float, default=420)
     ap.add_argument("--checkpoint", default="auto", help="model.checkpoint_blocks: auto, block, fine, none")
     ap.add_argument("--no-water", action="store_true", help="FCC carbon only (skip the ~100k periodic water box)")
+    ap.add_argument("--from-json", default=None,
+                    help="comma-separated results JSONs: merge them, render --md (and --merged JSON) and exit")
+    ap.add_argument("--md", default=None)
+    ap.add_argument("--merged", default=None)
+    ap.add_argument("--title", default="GPU end-to-end: parity and speed")
     args = ap.parse_args()
+    if args.from_json:
+        rows = [r for f in args.from_json.split(",") for r in json.loads(Path(f).read_text())]
+        if args.merged:
+            Path(args.merged).write_text(json.dumps(rows, indent=1))
+        text = render_md(rows, args.title)
+        if args.md:
+            Path(args.md).write_text(text)
+        print(text)
+        return
     Path(args.out).mkdir(parents=True, exist_ok=True)
     out = Path(args.out) / "gpu_end_to_end.json"
     rows = json.loads(out.read_text()) if out.exists() else []
