@@ -61,6 +61,29 @@ def _fc_params(mlp: RadialMLP):
                     mlp.lin1.bias, mlp.norm1.weight, mlp.norm1.bias, mlp.lin2.weight, mlp.lin2.bias)
 
 
+def pad_edges(center: torch.Tensor, neighbor: torch.Tensor, shift: torch.Tensor, num_atoms: int, capacity: int,
+              cutoff: float, out: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The E edges of ``E2FormerV2.neighbor_edges`` followed by ``capacity - E`` padding edges from the ghost
+    node (index ``num_atoms``) to itself with shift (2 cutoff, 0, 0), for ``E2FormerV2.padded_energy_terms``.
+    ``out``: three buffers ([capacity], [capacity], [capacity, 3]) to fill in place (static CUDA-graph inputs);
+    new tensors otherwise."""
+    E = center.numel()
+    if E > capacity:
+        raise ValueError(f"{E} edges do not fit an edge capacity of {capacity}")
+    if out is None:
+        out = (center.new_empty(capacity), neighbor.new_empty(capacity), shift.new_empty(capacity, 3))
+    c, nb, sh = out
+    c[:E].copy_(center)
+    c[E:].fill_(num_atoms)
+    nb[:E].copy_(neighbor)
+    nb[E:].fill_(num_atoms)
+    sh[:E].copy_(shift)
+    sh[E:].zero_()
+    sh[E:, 0].fill_(2.0 * cutoff)
+    return out
+
+
 class Graph:
     """Edges of one structure (target ``center`` <- source ``neighbor``), with geometry."""
 
@@ -81,6 +104,14 @@ class Graph:
         self.num_nodes = positions.shape[0]
         self.positions = positions
         self._padded = torch.jit.annotate(Optional[Tuple[torch.Tensor, int]], None)
+        self._row_ptr = torch.jit.annotate(Optional[torch.Tensor], None)
+
+    def set_layout(self, row_ptr: torch.Tensor, slot: torch.Tensor, max_degree: int):
+        """Give the CSR pointer and the [N, K] slot layout (K = ``max_degree``, a static bound) instead of
+        deriving them from the edges: the padded path's graphs (``E2FormerV2.padded_energy_terms``), whose
+        layout must not cost a device -> host sync."""
+        self._row_ptr = row_ptr
+        self._padded = (slot, max_degree)
 
     def rbf(self) -> torch.Tensor:
         """[E, num_basis] Gaussian basis (built on first use: the fused GPU path never needs it)."""
@@ -92,6 +123,9 @@ class Graph:
 
     def row_ptr(self) -> torch.Tensor:
         """CSR pointer of the (centre-sorted) edges, [N+1]."""
+        cached = self._row_ptr
+        if cached is not None:
+            return cached
         counts = torch.bincount(self.center, minlength=self.num_nodes)
         return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
 
@@ -145,8 +179,9 @@ class EdgeDegreeEmbedding(nn.Module):
     def _messages_checkpointed(self, node_t: List[torch.Tensor], node_s: List[torch.Tensor], center: torch.Tensor,
                                neighbor: torch.Tensor, dist: torch.Tensor, unit: torch.Tensor, env: torch.Tensor,
                                offsets: torch.Tensor) -> torch.Tensor:
+        # (no random operations: preserve_rng_state=False also keeps the CUDA RNG out of a CUDA-graph capture)
         return torch.utils.checkpoint.checkpoint(self._messages, node_t, node_s, center, neighbor, dist, unit, env,
-                                                 offsets, use_reentrant=False)
+                                                 offsets, use_reentrant=False, preserve_rng_state=False)
 
     @torch.jit.unused
     def use_fused(self, x: torch.Tensor) -> bool:
@@ -571,9 +606,17 @@ class E2FormerV2(nn.Module):
     # ------------------------------------------------------------------ core
     def build_graph(self, positions: torch.Tensor, cell: Optional[torch.Tensor], pbc: Optional[torch.Tensor],
                     check_overlap: bool = True) -> Graph:
-        """Official neighbour semantics: the ``max_neighbors`` nearest atoms/images with
-        ``min_dist <= d <= cutoff``. The list is built once with ``min_dist = 0`` so that
-        overlapping atoms (which the official model silently ignores) can be reported."""
+        """The graph of :meth:`neighbor_edges` with its geometry."""
+        center, neighbor, shift = self.neighbor_edges(positions, cell, pbc, check_overlap)
+        return Graph(center, neighbor, shift, positions, self.cutoff, self.rbf_offsets.to(positions.dtype),
+                     self.rbf_coeff, self.envelope_kind)
+
+    def neighbor_edges(self, positions: torch.Tensor, cell: Optional[torch.Tensor], pbc: Optional[torch.Tensor],
+                       check_overlap: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(center, neighbor, shift) with the official neighbour semantics: the ``max_neighbors`` nearest
+        atoms/images with ``min_dist <= d <= cutoff``, sorted by centre, then distance; shift in the positions'
+        dtype, no gradient. The list is built once with ``min_dist = 0`` so that overlapping atoms (which the
+        official model silently ignores) can be reported."""
         K = self.max_neighbors
         with torch.no_grad():
             pos = positions.detach()
@@ -592,8 +635,7 @@ class E2FormerV2(nn.Module):
             rank = torch.arange(center.numel(), device=center.device) - torch.searchsorted(center, center)
             keep = rank < K
             center, neighbor, shift = center[keep], neighbor[keep], shift[keep]
-        return Graph(center, neighbor, shift.to(positions.dtype), positions, self.cutoff,
-                     self.rbf_offsets.to(positions.dtype), self.rbf_coeff, self.envelope_kind)
+        return center, neighbor, shift.to(positions.dtype)
 
     def system_embedding(self, charge: torch.Tensor, multiplicity: torch.Tensor) -> torch.Tensor:
         """[B, C] embedding of B systems' total charges and spin multiplicities (integer tensors [B]); values
@@ -607,11 +649,17 @@ class E2FormerV2(nn.Module):
         dev = z.device
         system = self.system_embedding(torch.tensor([int(charge)], device=dev),
                                        torch.tensor([int(multiplicity)], device=dev))
+        return self.node_features_system(z, g, system)
+
+    def node_features_system(self, z: torch.Tensor, g: Graph, system: torch.Tensor,
+                             checkpoint: bool = True) -> torch.Tensor:
+        """:meth:`node_features` given the [1, C] system embedding; ``checkpoint=False``: never activation
+        checkpointing (the padded / CUDA-graph path)."""
         x = self.edge_degree(z, g)
         system = system.to(x.dtype)
         if not torch.jit.is_scripting():
-            if self.bf16 or self._use_checkpointing(x):
-                return self.norm_final(self._blocks_python(x, system, z, g))
+            if self.bf16 or (checkpoint and self._use_checkpointing(x)):
+                return self.norm_final(self._blocks_python(x, system, z, g, checkpoint))
         for block in self.blocks:
             x = block(x, system, z, g)
         return self.norm_final(x)
@@ -638,11 +686,12 @@ class E2FormerV2(nn.Module):
         return self._checkpoint_mode(x) != "none"
 
     @torch.jit.unused
-    def _blocks_python(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
-        """Blocks with the Python-only options: activation checkpointing (see ``checkpoint_blocks``) and/or
-        bf16 autocast of the node-level matrix products (the residual stream, norms, edge kernels and sums stay
-        float32)."""
-        mode = self._checkpoint_mode(x)
+    def _blocks_python(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph,
+                       checkpoint: bool = True) -> torch.Tensor:
+        """Blocks with the Python-only options: activation checkpointing (see ``checkpoint_blocks``; off with
+        ``checkpoint=False``) and/or bf16 autocast of the node-level matrix products (the residual stream, norms,
+        edge kernels and sums stay float32)."""
+        mode = self._checkpoint_mode(x) if checkpoint else "none"
         slices: Optional[Tuple[List[int], torch.Tensor, List[int]]] = None
         if mode != "none":
             # build the graph's lazy caches first, so that the recomputation sees the same operations
@@ -704,6 +753,47 @@ class E2FormerV2(nn.Module):
         """(E_model [eV], direct forces [N,3] eV/Å or None)."""
         g = self.build_graph(positions, cell, pbc, check_overlap)
         x = self.node_features(z, g, charge, multiplicity)
+        energy = self.heads.energy(x[:, 0], head).sum()
+        direct: Optional[torch.Tensor] = None
+        force = self.heads.force
+        if force is not None:
+            direct = torch.einsum("nkc,c->nk", x[:, 1:4], force[head])
+        return energy, direct
+
+    @torch.jit.unused
+    def padded_energy_terms(self, z: torch.Tensor, positions: torch.Tensor, center: torch.Tensor,
+                            neighbor: torch.Tensor, shift: torch.Tensor, system: torch.Tensor, head: int,
+                            max_degree: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """:meth:`energy_terms` with static shapes and no device -> host sync (the CUDA-graph path,
+        ``openmm_e2former.graphed``): every shape follows from N and the edge capacity E_cap.
+
+        z [N+1]: the atomic numbers and one ghost node (index N, any valid element index); positions [N, 3];
+        center / neighbor / shift [E_cap]: :meth:`neighbor_edges` padded by :func:`pad_edges`; system [1, C]:
+        :meth:`system_embedding`; max_degree: a bound of the real atoms' in-degree (sizes the kernels' edge tiles
+        and the dense slot layout instead of the largest in-degree read back from the device).
+
+        Why the padding does not change the result: the padding edges run ghost -> ghost with length
+        2 cutoff, so their envelope is exactly 0 (``x < 1`` test) and every message they carry is exactly 0
+        (edge degree: u Y MLP; attention: alpha = exp(a - c) u w / S, with exp(a - c) <= 1); the ghost is a
+        component of its own (no edge joins it to a real atom), so no real atom's features depend on it, and
+        the energy sums the real atoms only.  The real edges keep their order (sorted by centre, the ghost
+        last), so every per-atom sum runs over the same terms; only matrix products over N + 1 instead of N
+        rows may round differently.  The ghost's CSR row can hold more than ``max_degree`` edges: the fused
+        kernels then read only its first edge tile, and the dense layout puts its extra edges in its last
+        slot; neither reaches a real atom.  Not for the ``so2`` EAAS route (it groups edges by periodic image
+        with ``torch.unique``)."""
+        if self.eaas == "so2":
+            raise ValueError("the padded path needs eaas='relative' (the so2 route groups edges by image with "
+                             "torch.unique, a data-dependent shape)")
+        n = positions.shape[0]
+        dev = center.device
+        pos = torch.cat([positions, positions.new_zeros(1, 3)])
+        g = Graph(center, neighbor, shift, pos, self.cutoff, self.rbf_offsets.to(positions.dtype), self.rbf_coeff,
+                  self.envelope_kind)
+        row_ptr = torch.searchsorted(center, torch.arange(n + 2, device=dev))
+        slot = torch.arange(center.numel(), device=dev) - row_ptr[center]
+        g.set_layout(row_ptr, slot.clamp_max(max(max_degree, 1) - 1), max(max_degree, 1))
+        x = self.node_features_system(z, g, system, checkpoint=False)[:n]
         energy = self.heads.energy(x[:, 0], head).sum()
         direct: Optional[torch.Tensor] = None
         force = self.heads.force

@@ -35,6 +35,11 @@ buffer each way:
 4. forces (scaled to kJ/mol/nm, float64) and energy are packed into one device buffer and copied
    back with one device->host copy into a pinned buffer; one stream synchronisation;
 5. the callable returns a float and a NumPy view of the pinned buffer (OpenMM copies it at once).
+
+With ``cuda_graphs=True`` (or ``E2FORMER_CUDA_GRAPHS=1`` when the argument is None; off by default until
+verified on a GPU) step 3 runs, after the first (validated, eager) evaluation, through
+:class:`openmm_e2former.graphed.GraphedEnergyForces`: the network's forward and backward replayed from a CUDA
+graph over fixed-capacity edge buffers (on the CPU the same padded path runs eagerly).
 """
 from __future__ import annotations
 
@@ -218,6 +223,19 @@ class _Runtime:
             self.validate_kw = False
         self.validated = False
         self.lock = threading.Lock()
+        # the padded / CUDA-graph path (built after the first, validated, evaluation); not for the test models
+        from .graphed import cuda_graphs_requested
+
+        self.use_graphed = cuda_graphs_requested(comp.cuda_graphs) and hasattr(self.model, "padded_energy_terms")
+        self.graphed = None
+
+    def graphed_call(self, comp: "E2FormerForceComputation", pos, cell):
+        if self.graphed is None:
+            from .graphed import GraphedEnergyForces
+
+            self.graphed = GraphedEnergyForces(self.model, comp.atomic_numbers, comp.periodic, comp.charge,
+                                               comp.multiplicity, self.head)
+        return self.graphed(pos, cell)
 
 
 _STATE_CLASS = None
@@ -238,11 +256,11 @@ class E2FormerForceComputation:
     Small to pickle (see the module docstring); the model is loaded on the first call."""
 
     _PICKLED = ("model_path", "config", "atomic_numbers", "charge", "multiplicity", "head", "periodic",
-                "device", "precision")
+                "device", "precision", "cuda_graphs")
 
     def __init__(self, atomic_numbers: Sequence[int], model_path: Optional[str] = None, config: Any = None,
                  charge: int = 0, multiplicity: int = 1, head: Optional[str] = None, periodic: bool = False,
-                 device: Any = None, precision: Optional[str] = None):
+                 device: Any = None, precision: Optional[str] = None, cuda_graphs: Optional[bool] = None):
         if model_path is not None and model_path not in _BUILTIN_MODELS:
             model_path = os.path.abspath(os.fspath(model_path))
         if isinstance(config, os.PathLike) or (isinstance(config, str) and os.path.exists(config)):
@@ -256,6 +274,8 @@ class E2FormerForceComputation:
         self.periodic = bool(periodic)
         self.device = None if device is None else str(device)
         self.precision = precision
+        #: the padded / CUDA-graph path: True / False, or None = the E2FORMER_CUDA_GRAPHS environment variable
+        self.cuda_graphs = None if cuda_graphs is None else bool(cuda_graphs)
         self._rt: Optional[_Runtime] = None
 
     # -- pickling: the definition only, never the model or buffers --------------------------------
@@ -302,14 +322,18 @@ class E2FormerForceComputation:
         x = torch.mul(rt.d_in, NM_TO_ANGSTROM, out=rt.d_x)
         pos = x[:n]
         cell = x[n:] if self.periodic else None
-        kwargs = {}
-        if rt.validate_kw:
-            # full input validation (elements, NaN, overlaps: an extra neighbour search and several host
-            # syncs) on the first evaluation only; later steps check the energy for finiteness and
-            # re-run with validation to report what went wrong.
-            kwargs["validate"] = not rt.validated
-        out = rt.model.energy_and_forces(rt.z, pos, cell, rt.pbc, self.charge, self.multiplicity, rt.head, **kwargs)
-        energy, forces = out[0], out[-1]
+        if rt.use_graphed and rt.validated:
+            energy, forces = rt.graphed_call(self, pos, cell)
+        else:
+            kwargs = {}
+            if rt.validate_kw:
+                # full input validation (elements, NaN, overlaps: an extra neighbour search and several host
+                # syncs) on the first evaluation only; later steps check the energy for finiteness and
+                # re-run with validation to report what went wrong.
+                kwargs["validate"] = not rt.validated
+            out = rt.model.energy_and_forces(rt.z, pos, cell, rt.pbc, self.charge, self.multiplicity, rt.head,
+                                             **kwargs)
+            energy, forces = out[0], out[-1]
         with torch.no_grad():
             # one fused kernel each: scale + cast to float64 into the packed output buffer
             torch.mul(forces.detach().reshape(-1), EV_PER_A_TO_KJ_PER_MOL_NM, out=rt.d_out[: 3 * n])
@@ -332,18 +356,19 @@ class E2FormerForceComputation:
 def create_python_force(atomic_numbers: Sequence[int], model_path: Optional[str] = None, config: Any = None,
                         particles: Optional[Sequence[int]] = None, periodic: bool = False, charge: int = 0,
                         multiplicity: int = 1, head: Optional[str] = None, device: Any = None,
-                        precision: Optional[str] = None, force_group: int = 0, name: str = "E2FormerV2"):
+                        precision: Optional[str] = None, force_group: int = 0, name: str = "E2FormerV2",
+                        cuda_graphs: Optional[bool] = None):
     """Build the ``openmm.PythonForce`` (not added to any System).
 
     ``atomic_numbers[i]`` belongs to particle ``particles[i]`` (all particles of the System when
-    ``particles`` is None)."""
+    ``particles`` is None).  ``cuda_graphs``: the padded / CUDA-graph path (None: ``E2FORMER_CUDA_GRAPHS``)."""
     import openmm
 
     if particles is not None and len(particles) != len(atomic_numbers):
         raise ValueError(f"{len(particles)} particles but {len(atomic_numbers)} atomic numbers")
     comp = E2FormerForceComputation(atomic_numbers, model_path=model_path, config=config, charge=charge,
                                     multiplicity=multiplicity, head=head, periodic=periodic, device=device,
-                                    precision=precision)
+                                    precision=precision, cuda_graphs=cuda_graphs)
     pickle.dumps(comp)  # PythonForce swallows pickling errors (then deepcopy/XML fail later): fail here
     force = openmm.PythonForce(comp)
     force.setUsesPeriodicBoundaryConditions(bool(periodic))
