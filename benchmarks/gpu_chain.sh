@@ -9,7 +9,8 @@
 #   validation of a finished model instead of training: `validate-start 585`, then `poll 570`
 #   two GPUs (kind nvidia-h200-x2): `x2-start 585` (carry .whl, .carry), then `poll 570` with carry .carry_full
 #   (the full parity fixtures, too big to travel with the wheels), then `poll 570` until done:
-#     GPU 0: student water NPT MD alone (<= X2_WATER_MIN, 100 ps), then NVE on the GPU (dipeptide, water64)
+#     GPU 0: student water NPT MD alone (<= X2_WATER_MIN, 100 ps), then NVE on the GPU (dipeptide, water64);
+#            X2_GRAPHS=1 first runs benchmarks/gpu_graphed_check.py and, if it passes, sets E2FORMER_CUDA_GRAPHS=1
 #     GPU 1: the 20 solvated amino acids batched (<= X2_STAB_MIN, 50 ps), then benchmarks/gpu_session.sh
 #            (end-to-end speed, fine checkpointing, 1M atoms, profile; official parity last)
 #
@@ -175,6 +176,21 @@ x2_gpu0() {
     cd "$W"
     export CUDA_VISIBLE_DEVICES=0
     M="$W/pkg/openmm_e2former/data/e2formerv2_default.pt"
+    if [ -n "${X2_GRAPHS:-}" ]; then
+        # CUDA-graph replay of the force call (opt-in, first GPU run): check it, and use it for the water MD only
+        # if every float32 system was captured and matches the eager forces
+        stage "gpu0: CUDA-graph check"
+        (cd "$W/repo" && timeout 300 python3 benchmarks/gpu_graphed_check.py --out "$W/graphed" --openmm-steps 200) \
+            > "$W/logs/graphed_check.log" 2>&1
+        if python3 - "$W/graphed/gpu_graphed_check.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["systems"]
+ok = [s for s in r if s.get("dtype") == "float32"]
+sys.exit(0 if ok and all(s.get("graph_captured") and s.get("worst_dF_rel", 1) < 1e-4 for s in ok) else 1)
+PY
+        then export E2FORMER_CUDA_GRAPHS=1; stage "gpu0: CUDA graphs ON for the water MD"
+        else stage "gpu0: CUDA-graph check failed: eager force for the water MD"; fi
+    fi
     stage "gpu0: student water MD alone, <= ${X2_WATER_MIN:-15} min, 100 ps"
     python3 -m training.water_md run --potential student --model "$M" --waters $WATERS --temperature 298 --ps 100 \
         --minutes "${X2_WATER_MIN:-15}" --out "$W/student_md" --platform $OMM --device $DEV --frame-fs 200 \
@@ -215,7 +231,7 @@ collect() {
     (cd "$W" && tar czf "$OUT/results.tgz" progress.log logs refs.json run/train_log.jsonl run1/train_log.jsonl \
         run1/model.pt model_final.pt active_log.jsonl stability.jsonl labelled/label_log.jsonl \
         teacher_md/*.json teacher_md/*.csv teacher_md/*.png student_md/*.json student_md/*.csv student_md/*.png \
-        report/default_model_nve.json bench stability_batched.jsonl gs 2>/dev/null)
+        report/default_model_nve.json bench stability_batched.jsonl gs graphed 2>/dev/null)
     for d in teacher_md student_md; do
         if ls "$W/$d"/*.dcd > /dev/null 2>&1; then
             (cd "$W" && tar czf "$OUT/${d}_traj.tgz" "$d"/*.dcd "$d"/*.pdb 2>/dev/null)
