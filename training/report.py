@@ -178,7 +178,8 @@ def _fmt(x, f="{:.3f}"):
 def make_report(model_path: str, out: Path, teacher_md: Optional[str], student_md: Optional[str],
                 nve: Optional[List[Dict[str, Any]]], exp_path: Optional[str],
                 stab: Optional[List[Dict[str, Any]]] = None,
-                solvated: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+                solvated: Optional[List[Dict[str, Any]]] = None,
+                pressure: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -255,7 +256,8 @@ def make_report(model_path: str, out: Path, teacher_md: Optional[str], student_m
             "training": {k: v for k, v in (meta.get("training") or {}).items() if k != "config"},
             "validation": val, "water_teacher": clean(teacher), "water_student": clean(student),
             "nve": [{k: v for k, v in r.items() if k not in ("etot", "t_ps")} for r in (nve or [])],
-            "stability": stab or [], "stability_solvated": solvated or [], "targets": TARGETS}
+            "stability": stab or [], "stability_solvated": solvated or [], "pressure": pressure,
+            "targets": TARGETS}
     (out / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str))
 
     # ---- markdown
@@ -335,6 +337,26 @@ def make_report(model_path: str, out: Path, teacher_md: Optional[str], student_m
           "dynamics (diffusion) do, and are not reported from these runs.")
     else:
         w("Not run.")
+    if pressure:
+        fr = pressure["frames"]
+        w("")
+        w("### Pressure of teacher and student on the student's water frames (`python -m training.pressure`)")
+        w("")
+        w(f"Molecular-scaling central difference (delta {pressure['delta']}), {pressure['molecules']} waters, "
+          f"P = P_conf + N kT/V at {pressure['temperature_K']:.0f} K; SO3LR with r_max_lr "
+          f"{pressure.get('teacher_lr_cutoff_A', 12.0):.0f} Å.")
+        w("")
+        w("| t (ps) | density (g/cm³) | P student (bar) | P teacher (bar) | teacher − student (bar) |")
+        w("|---:|---:|---:|---:|---:|")
+        for r in fr:
+            w(f"| {r['time_ps']:.1f} | {r['density_g_cm3']:.3f} | {r['P_student_bar']:.0f} | {r['P_teacher_bar']:.0f} "
+              f"| {r['dP_teacher_minus_student_bar']:.0f} |")
+        dp = np.array([r["dP_teacher_minus_student_bar"] for r in fr])
+        w("")
+        w(f"Mean teacher − student: {dp.mean():.0f} ± {dp.std() / max(np.sqrt(len(dp)), 1):.0f} bar. A negative "
+          "value means the teacher would compress the student's boxes: the student misses cohesive pressure from "
+          "beyond its cutoff (it cancels in the mean force on an atom, which is all a forces-only fit sees, but not "
+          "in the pressure), so its NPT density comes out too low.")
     w("")
     w("## Energy conservation (NVE, real masses, 0.5 fs)")
     w("")
@@ -413,6 +435,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--nve-json", default=None, help="reuse NVE results written earlier")
     ap.add_argument("--solvated-stability", default=None,
                     help="results file of training.stability (JSON lines) for the solvated amino acids")
+    ap.add_argument("--pressure-json", default=None, help="training.pressure output to include")
     ap.add_argument("--out", default="docs")
     args = ap.parse_args(argv)
     model = args.model
@@ -457,7 +480,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.solvated_stability:
         from .stability import summary
         solvated = summary(args.solvated_stability)["systems"]
-    make_report(model, Path(args.out), args.teacher_md, args.student_md, nve, exp, stab, solvated)
+    pressure = json.loads(Path(args.pressure_json).read_text()) if args.pressure_json else None
+    make_report(model, Path(args.out), args.teacher_md, args.student_md, nve, exp, stab, solvated, pressure)
     print(f"wrote {Path(args.out) / 'default_model.md'}")
     return 0
 
