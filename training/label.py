@@ -32,6 +32,16 @@ cost to amortise and large batches are slower (memory-bound): use ``--batch-fram
 and the placeholder label one frame at a time.  ``--save-every`` is checked after every call, so saves fall
 on batch boundaries.
 
+Stress (``--stress``, on by default; ``--no-stress`` to skip): the teacher's configurational stress of every
+periodic frame, stress = (1/V) dE/d(strain) in eV/Å^3 (ASE sign convention: P_conf = -trace/3 = -dE/dV), is
+stored as ``stress`` [F, 3, 3] float64, NaN for gas-phase frames.  With the fast engine it comes from the
+same model call (SO3LR's ``compute_stress``: one 3x3 strain gradient per frame next to the force gradient),
+so it costs next to nothing, which is why it is on by default; the ASE engine builds its periodic calculator
+with ``compute_stress=True``.  It is the label that carries the cohesion from beyond the student's cutoff
+(``training/pressure.py``).  Shards labelled earlier without it stay loadable (no stress labels); labelling
+them again with ``--stress`` evaluates their periodic frames once more to add it.  The placeholder teacher
+has no stress.
+
 Several workers (e.g. 4 processes on one GPU) label disjoint shard subsets with ``--part i/n`` (shards are
 dealt out by size, largest first, so the parts take similar time); each shard is written by one worker only.
 
@@ -56,10 +66,11 @@ PLACEHOLDER_TEACHER = "PLACEHOLDER:openmm-amber14"
 
 
 class SO3LRTeacher:
-    """Energy (eV) and forces (eV/Å) of one frame from SO3LR."""
+    """Energy (eV) and forces (eV/Å) of one frame from SO3LR; with ``stress=True`` the periodic calculator also
+    computes the stress (eV/Å^3, (1/V) dE/d(strain), returned as a [3, 3] array)."""
 
     def __init__(self, device: str = "cpu", dtype: str = "float32", lr_cutoff: float = 12.0,
-                 gas_lr_cutoff: float = 100.0):
+                 gas_lr_cutoff: float = 100.0, stress: bool = False):
         try:
             from so3krates_torch.calculator.so3 import SO3LRCalculator
         except ImportError as exc:   # pragma: no cover - depends on the environment
@@ -69,28 +80,37 @@ class SO3LRTeacher:
                 "pip install --no-deps so3krates-torch==0.2.1") from exc
         import torch
         prev = torch.get_default_dtype()
-        self.periodic = SO3LRCalculator(r_max_lr=lr_cutoff, default_dtype=dtype, device=device)
+        self.periodic = SO3LRCalculator(r_max_lr=lr_cutoff, default_dtype=dtype, device=device,
+                                        compute_stress=bool(stress))
         self.gas = SO3LRCalculator(r_max_lr=gas_lr_cutoff, default_dtype=dtype, device=device)
         torch.set_default_dtype(prev)   # the calculator changes the global default dtype
         self.name = SO3LR_TEACHER
         self.settings = {"device": device, "dtype": dtype, "r_max_lr": lr_cutoff, "gas_r_max_lr": gas_lr_cutoff}
 
-    def __call__(self, z, pos, cell, pbc, charge: int, multiplicity: int):
+    def __call__(self, z, pos, cell, pbc, charge: int, multiplicity: int, stress: bool = False):
         import torch
         from ase import Atoms
+        from ase.stress import voigt_6_to_full_3x3_stress
         if multiplicity != 1:
             raise ValueError("only closed-shell (multiplicity 1) frames are labelled")
         periodic = bool(np.any(pbc))
         atoms = Atoms(numbers=z, positions=pos, cell=cell if periodic else None, pbc=pbc if periodic else False)
         atoms.info["charge"] = int(charge)
         calc = self.periodic if periodic else self.gas
+        if stress and periodic and not calc.compute_stress:
+            raise ValueError("this ASE teacher was built without stress=True")
         calc.reset()
         prev = torch.get_default_dtype()
         try:
             calc.calculate(atoms, ["energy", "forces"])
         finally:
             torch.set_default_dtype(prev)
-        return float(calc.results["energy"]), np.asarray(calc.results["forces"], dtype=np.float32)
+        e, f = float(calc.results["energy"]), np.asarray(calc.results["forces"], dtype=np.float32)
+        if not stress:
+            return e, f
+        sigma = (voigt_6_to_full_3x3_stress(np.asarray(calc.results["stress"], dtype=np.float64)) if periodic
+                 else np.full((3, 3), np.nan))
+        return e, f, sigma
 
 
 def select_part(paths, part: Optional[str]):
@@ -115,7 +135,15 @@ def batch_size(teacher, n_atoms: int, batch_frames: int, batch_atoms: int) -> in
 
 
 def label_shard(raw_path: Path, out_path: Path, teacher, teacher_name: str, save_every: int,
-                deadline: float, batch_frames: int = 1, batch_atoms: int = 12000) -> Dict[str, float]:
+                deadline: float, batch_frames: int = 1, batch_atoms: int = 12000,
+                stress: bool = False) -> Dict[str, float]:
+    """Label the frames of one raw shard not yet labelled in ``out_path`` (resumable).
+
+    ``stress``: also store the teacher's stress [F, 3, 3] (float64 eV/Å^3, NaN = no label, always NaN for
+    gas-phase shards).  A periodic frame whose stress is missing (a shard labelled before, without stress) is
+    then not done: it is evaluated again (energy and forces are rewritten with the same teacher's values).
+    The placeholder teacher (``teacher`` None) has no stress.  Without ``stress`` an existing ``stress`` array
+    is kept and frames labelled now get NaN."""
     raw = load_shard(raw_path)
     F = raw["positions"].shape[0]
     if out_path.exists():
@@ -130,32 +158,48 @@ def label_shard(raw_path: Path, out_path: Path, teacher, teacher_name: str, save
         lab.pop("mm_forces", None)
         lab.update(energy=np.zeros(F, np.float64), forces=np.zeros_like(raw["positions"], dtype=np.float32),
                    labelled=np.zeros(F, bool), teacher=teacher_name)
-    todo = np.flatnonzero(~lab["labelled"])
-    done, calls, t0, since_save = 0, 0, time.time(), 0
     z = raw["Z"].astype(np.int64)
     pbc = raw["pbc"].astype(bool)
+    periodic = bool(pbc.all())     # stress labels for fully periodic frames only (a volume is defined)
+    stress = bool(stress) and teacher is not None
+    if stress and "stress" not in lab:
+        lab["stress"] = np.full((F, 3, 3), np.nan)
+    todo_mask = ~lab["labelled"]
+    if stress and periodic:
+        todo_mask |= np.isnan(lab["stress"]).any(axis=(1, 2))
+    todo = np.flatnonzero(todo_mask)
+    done, calls, t0, since_save = 0, 0, time.time(), 0
     charge, mult = int(scalar(raw["charge"])), int(scalar(raw["multiplicity"]))
     nb = batch_size(teacher, len(z), batch_frames, batch_atoms)
+    kw = {"stress": True} if stress else {}
     for start in range(0, len(todo), nb):
         if time.time() > deadline:
             break
         ks = todo[start:start + nb]
+        ss = None
         if teacher is None:   # placeholder: classical labels from the raw shard
             if "mm_energy" not in raw:
                 raise RuntimeError(f"{raw_path}: no mm_energy (generate with --store-mm) for the placeholder teacher")
             es, fs = raw["mm_energy"][ks].astype(np.float64), raw["mm_forces"][ks]
         elif len(ks) > 1:     # several frames, one model call
-            es, fs = teacher.call_batch(z, raw["positions"][ks].astype(np.float64), raw["cell"][ks].astype(np.float64),
-                                        pbc, charge, mult)
+            out = teacher.call_batch(z, raw["positions"][ks].astype(np.float64), raw["cell"][ks].astype(np.float64),
+                                     pbc, charge, mult, **kw)
+            es, fs = out[0], out[1]
+            ss = out[2] if stress and periodic else None
         else:
-            e, f = teacher(z, raw["positions"][ks[0]].astype(np.float64), raw["cell"][ks[0]].astype(np.float64), pbc,
-                           charge, mult)
-            es, fs = np.array([e], np.float64), np.asarray(f)[None]
+            out = teacher(z, raw["positions"][ks[0]].astype(np.float64), raw["cell"][ks[0]].astype(np.float64), pbc,
+                          charge, mult, **kw)
+            es, fs = np.array([out[0]], np.float64), np.asarray(out[1])[None]
+            ss = np.asarray(out[2], np.float64)[None] if stress and periodic else None
         calls += 1
         for k, e, f in zip(ks, es, fs):
             if not (np.isfinite(e) and np.all(np.isfinite(f))):
                 raise RuntimeError(f"{raw_path} frame {k}: non-finite teacher label")
+        if ss is not None and not np.all(np.isfinite(ss)):
+            raise RuntimeError(f"{raw_path} frames {list(ks)}: non-finite teacher stress")
         lab["energy"][ks], lab["forces"][ks], lab["labelled"][ks] = es, fs, True
+        if "stress" in lab:
+            lab["stress"][ks] = ss if ss is not None else np.nan
         done += len(ks)
         since_save += len(ks)
         if since_save >= save_every:
@@ -164,8 +208,11 @@ def label_shard(raw_path: Path, out_path: Path, teacher, teacher_name: str, save
     if since_save or not out_path.exists():
         save_shard(out_path, lab)
     dt = time.time() - t0
+    left = ~lab["labelled"]
+    if stress and periodic:
+        left |= np.isnan(lab["stress"]).any(axis=(1, 2))
     return {"shard": raw_path.name, "atoms": int(len(z)), "frames_done": done,
-            "frames_left": int((~lab["labelled"]).sum()), "frames_per_call": int(nb), "calls": calls,
+            "frames_left": int(left.sum()), "frames_per_call": int(nb), "calls": calls,
             "seconds": round(dt, 3), "s_per_frame": round(dt / done, 4) if done else None}
 
 
@@ -186,6 +233,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="fast engine: frames of a shard per model call (one disjoint graph); 1 = one at a time")
     ap.add_argument("--batch-atoms", type=int, default=12000,
                     help="fast engine: at most this many atoms per model call (big frames go in smaller batches)")
+    ap.add_argument("--stress", action=argparse.BooleanOptionalAction, default=True,
+                    help="also store the teacher's stress of periodic frames (shard key 'stress', eV/Å^3, NaN for gas "
+                         "phase); periodic frames of existing shards without it are evaluated again (default: on)")
     ap.add_argument("--max-minutes", type=float, default=1e9)
     args = ap.parse_args(argv)
     deadline = time.time() + 60.0 * args.max_minutes
@@ -198,7 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .teacher import SO3LRTeacher as FastSO3LRTeacher
             teacher = FastSO3LRTeacher(args.device, args.dtype, gas_lr_cutoff=args.gas_lr_cutoff)
         else:
-            teacher = SO3LRTeacher(args.device, args.dtype, gas_lr_cutoff=args.gas_lr_cutoff)
+            teacher = SO3LRTeacher(args.device, args.dtype, gas_lr_cutoff=args.gas_lr_cutoff, stress=args.stress)
         name = teacher.name
     else:
         print("WARNING: placeholder teacher (classical amber14 labels) - for pipeline tests only", file=sys.stderr)
@@ -212,8 +262,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 left += 1
                 continue
             res = label_shard(raw_path, out / raw_path.name, teacher, name, args.save_every, deadline,
-                              args.batch_frames, args.batch_atoms)
+                              args.batch_frames, args.batch_atoms, stress=args.stress)
             res.update(teacher=name, engine=engine, part=args.part, device=args.device, dtype=args.dtype,
+                       stress=bool(args.stress and teacher is not None),
                        batch_frames=args.batch_frames, batch_atoms=args.batch_atoms,
                        time=time.strftime("%Y-%m-%dT%H:%M:%S"))
             if res["frames_done"]:

@@ -19,6 +19,10 @@ One shard = one trajectory of one system (fixed composition), so per-atom arrays
     forces       [F, N, 3]  float32 eV/Å
     labelled     [F]        bool    (resumable labelling)
     teacher      []         str
+  optional (``label --stress``, the default for new labels):
+    stress       [F, 3, 3]  float64 eV/Å^3, teacher stress (1/V) dE/d(strain) (P_conf = -trace/3); NaN = no
+                            label (gas-phase frames, frames labelled without stress).  A shard without it
+                            simply has no stress labels.
 """
 from __future__ import annotations
 

@@ -52,6 +52,13 @@ CPU, within float32 rounding in float32 (different matmul blocking).  ``inputs``
     t = SO3LRTeacher("cuda")
     e_eV, f_eV_per_A = t.energy_forces(Z, positions_A, cell_A_or_None, charge)
     e_B, f_BN3 = t.energy_forces_batch(Z, [pos_1, ..., pos_B], [cell_1, ..., cell_B] or None, charge)
+    e_B, f_BN3, s_B33 = t.energy_forces_batch(..., stress=True)   # + stress (1/V) dE/d(strain), eV/Å^3
+
+Stress (``stress=True``): the model's own ``compute_stress`` path in the same call (a per-frame symmetric
+strain applied to positions and cell, shifts rebuilt from the unit shifts and the strained cell, gradient of
+the energy).  Sign: stress = (1/V) dE/deps (ASE / so3krates convention), so P_conf = -trace(stress)/3 =
+-dE/dV; configurational only (no kinetic term).  Checked against finite differences of the energy under
+small strains (triclinic cell, float64) and batched == one frame in tests/test_stress.py.
 """
 from __future__ import annotations
 
@@ -294,39 +301,58 @@ class SO3LRTeacher:
         """The batch dict the model's forward() reads (one graph), built on the device."""
         return self.batch_inputs(Z, [positions], None if cell is None else [cell], charge)
 
-    def energy_forces_batch_tensors(self, Z, positions_list, cells=None, charge=0):
+    def energy_forces_batch_tensors(self, Z, positions_list, cells=None, charge=0, stress: bool = False):
         """(energies [B] eV, forces [B, N, 3] eV/Å) of B frames of one system in ONE model call, as detached
         tensors on the device (arguments as ``batch_inputs``).  Energies are float64 per-frame sums of the
-        per-atom energies when ``energy_sum64``, else the model's per-graph totals."""
+        per-atom energies when ``energy_sum64``, else the model's per-graph totals.
+
+        ``stress=True`` adds a third tensor, the configurational stress [B, 3, 3] (eV/Å^3, model dtype) from the
+        same call: SO3LR's own strain derivative (``compute_stress``: a symmetric strain eps applied to the
+        positions and the cell, the edge shifts recomputed from the strained cell), stress = (1/V) dE/deps, the
+        ASE sign convention; the configurational pressure is -trace/3 = -dE/dV.  No kinetic part.  NaN for a
+        gas-phase batch.  Energies and forces are those of ``stress=False`` (the strain is zero)."""
         data = self.batch_inputs(Z, positions_list, cells, charge)
         nb = int(data["ptr"].shape[0]) - 1
+        periodic = bool(stress) and cells is not None and any(self._host_cell(c) is not None for c in cells)
         with _default_dtype(self.dtype), torch.enable_grad():
-            out = self.model(data, compute_stress=False)
+            out = self.model(data, compute_stress=periodic)
         if self.energy_sum64:
             # frames are contiguous and of equal size N: the per-frame float64 sum over ``batch`` is a row sum
             energy = out["node_energy"].detach().to(torch.float64).reshape(nb, -1).sum(1)
         else:
             energy = out["energy"].detach().reshape(nb)
-        return energy, out["forces"].detach().reshape(nb, -1, 3)
+        forces = out["forces"].detach().reshape(nb, -1, 3)
+        if not stress:
+            return energy, forces
+        if periodic:
+            sigma = out["stress"].detach().reshape(nb, 3, 3)
+        else:
+            sigma = torch.full((nb, 3, 3), float("nan"), dtype=forces.dtype, device=forces.device)
+        return energy, forces, sigma
 
-    def energy_forces_batch(self, Z, positions_list, cells=None, charge=0) -> Tuple[np.ndarray, np.ndarray]:
+    def energy_forces_batch(self, Z, positions_list, cells=None, charge=0, stress: bool = False):
         """Energies (eV, float64 ndarray [B]) and forces (eV/Å, float32 ndarray [B, N, 3]) of B frames of one
-        system (same Z, charge and periodicity; each frame its own cell) from one model call."""
-        e, f = self.energy_forces_batch_tensors(Z, positions_list, cells, charge)
-        return e.to(torch.float64).cpu().numpy(), f.to(torch.float32).cpu().numpy()
+        system (same Z, charge and periodicity; each frame its own cell) from one model call; ``stress=True``
+        adds the stress (eV/Å^3, float64 ndarray [B, 3, 3], NaN for gas phase; see
+        ``energy_forces_batch_tensors``)."""
+        out = self.energy_forces_batch_tensors(Z, positions_list, cells, charge, stress)
+        e, f = out[0].to(torch.float64).cpu().numpy(), out[1].to(torch.float32).cpu().numpy()
+        return (e, f, out[2].to(torch.float64).cpu().numpy()) if stress else (e, f)
 
-    def energy_forces_tensors(self, Z, positions, cell=None, charge: int = 0):
-        """(energy [] eV, forces [N, 3] eV/Å) as detached tensors on the device (energy float64 when
-        ``energy_sum64``, else the model dtype; forces in the model dtype)."""
-        e, f = self.energy_forces_batch_tensors(Z, [positions], None if cell is None else [cell], charge)
-        return e[0], f[0]
+    def energy_forces_tensors(self, Z, positions, cell=None, charge: int = 0, stress: bool = False):
+        """(energy [] eV, forces [N, 3] eV/Å[, stress [3, 3] eV/Å^3]) as detached tensors on the device (energy
+        float64 when ``energy_sum64``, else the model dtype; forces and stress in the model dtype)."""
+        out = self.energy_forces_batch_tensors(Z, [positions], None if cell is None else [cell], charge, stress)
+        return tuple(t[0] for t in out)
 
-    def energy_forces(self, Z, positions, cell=None, charge: int = 0) -> Tuple[float, np.ndarray]:
-        """Energy (eV, float) and forces (eV/Å, float32 ndarray [N, 3]) of one frame.
+    def energy_forces(self, Z, positions, cell=None, charge: int = 0, stress: bool = False):
+        """Energy (eV, float) and forces (eV/Å, float32 ndarray [N, 3]) of one frame; ``stress=True`` adds the
+        stress (eV/Å^3, float64 ndarray [3, 3], NaN for gas phase).
 
         ``positions`` and ``cell`` in Å (ndarray or tensor); ``cell`` None or all zeros = gas phase."""
-        e, f = self.energy_forces_tensors(Z, positions, cell, charge)
-        return float(e), f.to(torch.float32).cpu().numpy()
+        out = self.energy_forces_tensors(Z, positions, cell, charge, stress)
+        e, f = float(out[0]), out[1].to(torch.float32).cpu().numpy()
+        return (e, f, out[2].to(torch.float64).cpu().numpy()) if stress else (e, f)
 
     # label.py's teacher interface: teacher(z, pos, cell, pbc, charge, multiplicity), and the batched one
     @staticmethod
@@ -338,12 +364,13 @@ class SO3LRTeacher:
             raise ValueError("fast SO3LR teacher: mixed periodicity is not supported (use --engine ase)")
         return bool(pbc.any())
 
-    def __call__(self, z, pos, cell, pbc, charge: int, multiplicity: int):
+    def __call__(self, z, pos, cell, pbc, charge: int, multiplicity: int, stress: bool = False):
         periodic = self._periodic(pbc, multiplicity)
-        return self.energy_forces(z, pos, cell if periodic else None, int(charge))
+        return self.energy_forces(z, pos, cell if periodic else None, int(charge), stress)
 
-    def call_batch(self, z, positions, cells, pbc, charge: int, multiplicity: int) -> Tuple[np.ndarray, np.ndarray]:
+    def call_batch(self, z, positions, cells, pbc, charge: int, multiplicity: int, stress: bool = False):
         """B frames of one shard (``positions`` [B, N, 3], ``cells`` [B, 3, 3]) in one model call:
-        (energies float64 [B], forces float32 [B, N, 3])."""
+        (energies float64 [B], forces float32 [B, N, 3]), and with ``stress`` the stress float64 [B, 3, 3]
+        (eV/Å^3, NaN for gas phase)."""
         periodic = self._periodic(pbc, multiplicity)
-        return self.energy_forces_batch(z, positions, cells if periodic else None, int(charge))
+        return self.energy_forces_batch(z, positions, cells if periodic else None, int(charge), stress)
