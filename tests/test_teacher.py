@@ -167,6 +167,9 @@ def test_label_engines_and_parts(tmp_path):
         assert a["labelled"].all() and f["labelled"].all()
         assert np.abs(a["forces"] - f["forces"]).max() < 1e-4
         assert np.abs(a["energy"] - f["energy"]).max() < 2e-3
+        # stress (label.py --stress, the default): SO3LRCalculator(compute_stress=True) == the fast engine
+        assert np.isnan(a["stress"]).all() == np.isnan(f["stress"]).all() == (name == "oh.npz")
+        assert np.nanmax(np.abs(a["stress"] - f["stress"]), initial=0.0) < 2e-6
 
 
 @needs_so3lr
@@ -377,10 +380,13 @@ def test_label_batch_frames_same_shards(tmp_path, monkeypatch, fast):
         a, b = load_shard(tmp_path / "b1" / name), load_shard(tmp_path / "b3" / name)
         assert a["labelled"].all() and b["labelled"].all() and set(a) == set(b)
         for k in a:
-            if k not in ("energy", "forces"):
+            if k not in ("energy", "forces", "stress"):
                 assert np.array_equal(a[k], b[k]), (name, k)
         assert np.abs(a["energy"] - b["energy"]).max() <= 1e-4, name     # float32 model, float64 energy sums
         assert np.abs(a["forces"] - b["forces"]).max() <= 5e-5, name
+        assert np.array_equal(np.isnan(a["stress"]), np.isnan(b["stress"])), name   # label.py --stress (default)
+        assert np.isnan(a["stress"]).all() == (name == "acetate.npz"), name
+        assert np.nanmax(np.abs(a["stress"] - b["stress"]), initial=0.0) <= 2e-6, name
         assert len(set(np.round(a["energy"], 5))) == 5
     # resume: frames 0, 2, 4 of the box unlabelled -> labelled again in one call, same labels
     p = tmp_path / "b3" / "12water.npz"

@@ -1,8 +1,11 @@
 """Train the default E2Former-V2 student on teacher-labelled shards.
 
 * config file (``training/configs/default.yaml``), ``--set a.b=value`` overrides;
-* loss = ``energy_weight * MSE(E/N) + force_weight * MSE(F)`` with E = teacher energy minus the per-element
-  reference energies (``training/refs.py``); forces by autograd with ``create_graph=True``;
+* loss = ``energy_weight * MSE(E/N) + force_weight * MSE(F) [+ stress_weight * MSE(stress)]`` with E = teacher
+  energy minus the per-element reference energies (``training/refs.py``); forces by autograd with
+  ``create_graph=True``; the stress term (``train.stress_weight``, 0 = off, the code default) compares the
+  student's strain derivative (1/V) dE/d(strain) (``predict_batch(..., stress=True)``) with the teacher's
+  ``stress`` labels (eV/Å^3, ``label --stress``) over the periodic frames that have them;
 * AdamW, linear warm-up + cosine decay, gradient clipping, EMA of the weights (validation and export use it);
 * validation split by SYSTEM (``system`` label of the shards), per kind, deterministic;
 * resumable: ``<out_dir>/checkpoint.pt`` holds model, optimiser, EMA, step, data-order position and all RNG
@@ -35,6 +38,7 @@ from .refs import load_refs
 from .shards import list_shards, load_shard, scalar
 
 CKPT_NAME = "checkpoint.pt"
+EV_PER_A3_TO_KBAR = 1602.176634      # 1 eV/Å^3 = 160.2 GPa = 1602 kbar
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -48,7 +52,8 @@ def load_config(path: os.PathLike, overrides: Sequence[str] = ()) -> Dict[str, A
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = _number(yaml.safe_load(value))
-    for key in ("lr", "lr_min", "weight_decay", "grad_clip", "energy_weight", "force_weight", "ema_decay"):
+    for key in ("lr", "lr_min", "weight_decay", "grad_clip", "energy_weight", "force_weight", "stress_weight",
+                "ema_decay"):
         if key in cfg.get("train", {}):
             cfg["train"][key] = float(cfg["train"][key])   # YAML 1.1 reads "3e-3" (no dot) as a string
     return cfg
@@ -82,7 +87,10 @@ class Frames:
             s = {"path": str(p), "system": str(scalar(d["system"])), "kind": str(scalar(d["kind"])),
                  "Z": d["Z"].astype(np.int64), "pbc": d["pbc"].astype(bool), "charge": int(scalar(d["charge"])),
                  "multiplicity": int(scalar(d["multiplicity"])), "positions": d["positions"][frames],
-                 "cell": d["cell"][frames], "energy": d["energy"][frames], "forces": d["forces"][frames]}
+                 "cell": d["cell"][frames], "energy": d["energy"][frames], "forces": d["forces"][frames],
+                 # teacher stress (eV/Å^3), NaN = no label (gas phase, or a shard labelled without --stress)
+                 "stress": (d["stress"][frames].astype(np.float64) if "stress" in d
+                            else np.full((len(frames), 3, 3), np.nan))}
             self.shards.append(s)
             self.index += [(len(self.shards) - 1, k) for k in range(len(frames))]
         if not self.shards:
@@ -120,6 +128,7 @@ def frame_tensors(frames: Frames, i: int, device, dtype):
     si, k = frames.index[i]
     s = frames.shards[si]
     periodic = bool(s["pbc"].any())
+    has_stress = bool(s["pbc"].all()) and bool(np.isfinite(s["stress"][k]).all())
     return dict(
         z=torch.as_tensor(s["Z"], device=device),
         pos=torch.as_tensor(s["positions"][k], device=device, dtype=dtype),
@@ -127,6 +136,7 @@ def frame_tensors(frames: Frames, i: int, device, dtype):
         pbc=torch.as_tensor(s["pbc"], device=device) if periodic else None,
         charge=s["charge"], multiplicity=s["multiplicity"],
         energy=float(s["energy"][k]), forces=torch.as_tensor(s["forces"][k], device=device, dtype=dtype),
+        stress=torch.as_tensor(s["stress"][k], device=device, dtype=dtype) if has_stress else None,
         kind=s["kind"], system=s["system"])
 
 
@@ -139,7 +149,7 @@ def predict(model, f, create_graph: bool):
     return e, -g
 
 
-def predict_batch(model, fs: Sequence[Dict[str, Any]], create_graph: bool):
+def predict_batch(model, fs: Sequence[Dict[str, Any]], create_graph: bool, stress: bool = False):
     """Several frames in one model call: (E_model per frame [B] eV, list of forces [N_i, 3]).
 
     Each frame's edges are found on its own (its own cell and pbc), then the frames become disjoint blocks of
@@ -147,21 +157,40 @@ def predict_batch(model, fs: Sequence[Dict[str, Any]], create_graph: bool):
     optimiser step. This gives the same numbers as ``predict`` frame by frame (tests/test_training.py) and
     avoids one launch-bound model call per small frame on the GPU. It is ``E2FormerV2.node_features`` with the
     system embedding (``E2FormerV2.system_embedding``) taken per frame and spread over that frame's atoms, and
-    without activation checkpointing (the force loss needs the double backward)."""
+    without activation checkpointing (the force loss needs the double backward).
+
+    ``stress=True`` adds a third output, the stress [B, 3, 3] (eV/Å^3; NaN rows for frames that are not fully
+    periodic) by the strain derivative, the convention of the teacher's labels: a per-frame symmetric strain
+    e_b = (eps_b + eps_b^T) / 2 with eps_b = 0 (requires grad) maps every position r -> r (I + e_b) and every
+    periodic image shift t -> t (I + e_b) (``Graph`` shifts are the Cartesian vectors n @ cell, so this is the
+    shift of the strained cell cell (I + e_b)); stress_b = (1/V_b) dE_b/deps_b, so the configurational
+    pressure is -trace/3 = -dE/dV.  Kept in the autograd graph with ``create_graph``.  At zero strain the
+    positions and shifts are unchanged bit for bit, so energies and forces equal those of ``stress=False``."""
     from openmm_e2former.model.e2former import Graph
 
     pos_list = [f["pos"].detach().requires_grad_(True) for f in fs]
-    centers, neighbors, shifts, owner = [], [], [], []
+    strained = [bool(stress) and f["cell"] is not None and f["pbc"] is not None
+                and bool(torch.as_tensor(f["pbc"]).all()) for f in fs]
+    eps = sym = None
+    if any(strained):
+        eps = torch.zeros(len(fs), 3, 3, dtype=pos_list[0].dtype, device=pos_list[0].device, requires_grad=True)
+        sym = 0.5 * (eps + eps.transpose(1, 2))
+    pos_in, centers, neighbors, shifts, owner = [], [], [], [], []
     off = 0
     for b, (f, p) in enumerate(zip(fs, pos_list)):
         with torch.no_grad():
             g = model.build_graph(p.detach(), f["cell"], f["pbc"], check_overlap=False)
+        sh = g.shift
+        if strained[b]:
+            p = p + p @ sym[b]
+            sh = sh + sh @ sym[b]
+        pos_in.append(p)
         centers.append(g.center + off)
         neighbors.append(g.neighbor + off)
-        shifts.append(g.shift)
+        shifts.append(sh)
         owner.append(torch.full((p.shape[0],), b, dtype=torch.long, device=p.device))
         off += p.shape[0]
-    pos = torch.cat(pos_list)
+    pos = torch.cat(pos_in)
     z = torch.cat([f["z"] for f in fs])
     owner_t = torch.cat(owner)
     G = Graph(torch.cat(centers), torch.cat(neighbors), torch.cat(shifts), pos, model.cutoff,
@@ -176,8 +205,21 @@ def predict_batch(model, fs: Sequence[Dict[str, Any]], create_graph: bool):
     x = model.norm_final(x)
     e_atom = model.heads.energy(x[:, 0], 0).reshape(-1)
     energy = e_atom.new_zeros(len(fs)).index_add(0, owner_t, e_atom)
-    grads = torch.autograd.grad(energy.sum(), pos_list, create_graph=create_graph)
-    return energy, [-g for g in grads]
+    if eps is None:
+        grads = torch.autograd.grad(energy.sum(), pos_list, create_graph=create_graph)
+    else:
+        grads = torch.autograd.grad(energy.sum(), pos_list + [eps], create_graph=create_graph, allow_unused=True)
+        grads = [torch.zeros_like(t) if gr is None else gr for t, gr in zip(pos_list + [eps], grads)]
+    forces = [-gr for gr in grads[:len(fs)]]
+    if not stress:
+        return energy, forces
+    nan = torch.full((len(fs), 3, 3), float("nan"), dtype=pos.dtype, device=dev)
+    if eps is None:
+        return energy, forces, nan
+    vol = torch.stack([torch.linalg.det(f["cell"].to(pos.dtype)).abs() if s else pos.new_ones(())
+                       for f, s in zip(fs, strained)])
+    mask = torch.tensor(strained, device=dev)[:, None, None]
+    return energy, forces, torch.where(mask, grads[-1] / vol[:, None, None], nan)
 
 
 def batch_energy_forces(model, systems: Sequence[Dict[str, Any]], positions: Sequence[torch.Tensor]):
@@ -287,7 +329,9 @@ def build_model(mcfg: Dict[str, Any], refs: Dict[str, Any], seed: int):
 
 def evaluate(model, frames: Frames, idx: Sequence[int], max_frames: int, device, dtype,
              table: np.ndarray, atoms_per_batch: int = 3000) -> Dict[str, Any]:
-    """Energy-per-atom and force MAE per kind (and overall), meV/atom and meV/Å (mean over frames)."""
+    """Energy-per-atom and force MAE per kind (and overall), meV/atom and meV/Å (mean over frames); where
+    frames have stress labels also the stress-component MAE (meV/Å^3 and kbar), the pressure MAE and the mean
+    pressure error student - teacher (kbar, P_conf = -trace/3; the bias that sets the NPT density)."""
     if not idx:
         return {}
     if len(idx) > max_frames:
@@ -295,19 +339,36 @@ def evaluate(model, frames: Frames, idx: Sequence[int], max_frames: int, device,
     acc: Dict[str, List[float]] = {}
     for group in batches(frames, idx, atoms_per_batch):
         fs = [frame_tensors(frames, i, device, dtype) for i in group]
-        es, fps = predict_batch(model, fs, create_graph=False)
-        for f, e, fp in zip(fs, es, fps):
+        with_s = any(f["stress"] is not None for f in fs)
+        out = predict_batch(model, fs, create_graph=False, stress=with_s)
+        es, fps = out[0], out[1]
+        for b, (f, e, fp) in enumerate(zip(fs, es, fps)):
             n = len(f["z"])
             e_target = f["energy"] - float(table[f["z"].cpu().numpy()].sum())
             de = abs(float(e.detach()) - e_target) / n * 1000.0
             df = float((fp.detach() - f["forces"]).abs().mean()) * 1000.0
+            ds = dp = None
+            if f["stress"] is not None:
+                d = out[2][b].detach().double() - f["stress"].double()
+                ds, dp = float(d.abs().mean()), -float(torch.diagonal(d).sum()) / 3.0
             for key in (f["kind"], "all"):
-                a = acc.setdefault(key, [0.0, 0.0, 0])
+                a = acc.setdefault(key, [0.0, 0.0, 0, 0.0, 0.0, 0.0, 0])
                 a[0] += de
                 a[1] += df
                 a[2] += 1
-    return {k: {"energy_mae_meV_per_atom": v[0] / v[2], "force_mae_meV_per_A": v[1] / v[2], "frames": v[2]}
-            for k, v in acc.items()}
+                if ds is not None:
+                    a[3] += ds
+                    a[4] += abs(dp)
+                    a[5] += dp
+                    a[6] += 1
+    res: Dict[str, Any] = {}
+    for k, v in acc.items():
+        res[k] = {"energy_mae_meV_per_atom": v[0] / v[2], "force_mae_meV_per_A": v[1] / v[2], "frames": v[2]}
+        if v[6]:
+            kbar = EV_PER_A3_TO_KBAR / v[6]
+            res[k].update(stress_mae_meV_per_A3=1000.0 * v[3] / v[6], stress_mae_kbar=v[3] * kbar,
+                          pressure_mae_kbar=v[4] * kbar, pressure_bias_kbar=v[5] * kbar, stress_frames=v[6])
+    return res
 
 
 def save_checkpoint(path: Path, blob: Dict[str, Any]) -> None:
@@ -330,7 +391,8 @@ def export(model, ema: EMA, path: Path, cfg: Dict[str, Any], frames: Frames, tra
             "reference_energies": {"source": "least squares on the labelled set",
                                    "teacher": refs.get("teacher")},
             "training": {"step": step, "config": cfg, "ema_decay": ema.decay},
-            "validation": metrics, "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"},
+            "validation": metrics, "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom",
+                                             "stress": "eV/Angstrom^3, (1/V) dE/d(strain)"},
             "limits": "short-range only (cutoff %.1f A); no long-range electrostatics beyond the cutoff"
                       % float(cfg["model"]["cutoff"])}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -418,6 +480,7 @@ def train(cfg: Dict[str, Any], max_minutes: float = 9.0, steps: Optional[int] = 
     end_step = int(tcfg["max_steps"]) if steps is None else min(int(tcfg["max_steps"]), step + int(steps))
     budget = int(dcfg["atoms_per_step"])
     w_e, w_f = float(tcfg["energy_weight"]), float(tcfg["force_weight"])
+    w_s = float(tcfg.get("stress_weight", 0.0))
     last_metrics: Dict[str, Any] = history[-1]["val"] if history and "val" in history[-1] else {}
     stopped_by_time = False
     while step < end_step:
@@ -430,7 +493,7 @@ def train(cfg: Dict[str, Any], max_minutes: float = 9.0, steps: Optional[int] = 
         for gparam in opt.param_groups:
             gparam["lr"] = lr_at(step, tcfg)
         opt.zero_grad(set_to_none=True)
-        atoms, n_frames, sum_le, sum_lf = 0, 0, 0.0, 0.0
+        atoms, n_frames, sum_le, sum_lf, sum_ds, n_s = 0, 0, 0.0, 0.0, 0.0, 0
         batch = []
         while True:
             if cursor >= len(perm):
@@ -446,7 +509,9 @@ def train(cfg: Dict[str, Any], max_minutes: float = 9.0, steps: Optional[int] = 
             if atoms >= budget:
                 break
         fs = [frame_tensors(frames, i, device, dtype) for i in batch]
-        es, fps = predict_batch(model, fs, create_graph=True)
+        with_s = w_s > 0 and any(f["stress"] is not None for f in fs)
+        pred = predict_batch(model, fs, create_graph=True, stress=with_s)
+        es, fps = pred[0], pred[1]
         ns = torch.tensor([len(f["z"]) for f in fs], device=device, dtype=dtype)
         e_target = torch.tensor([f["energy"] - float(table[f["z"].cpu().numpy()].sum()) for f in fs],
                                 device=device, dtype=torch.float64)
@@ -455,6 +520,12 @@ def train(cfg: Dict[str, Any], max_minutes: float = 9.0, steps: Optional[int] = 
         le = (((es.double() - e_target) / ns.double()) ** 2).to(dtype)
         sq_f = torch.stack([((fp - f["forces"]) ** 2).sum() for f, fp in zip(fs, fps)])
         loss = w_e * le.mean() + w_f * sq_f.sum() / (3 * atoms)
+        if with_s:   # stress: MSE over the 9 components (eV/Å^3)^2, mean over the frames with a stress label
+            sel = [b for b, f in enumerate(fs) if f["stress"] is not None]
+            ds = pred[2][sel] - torch.stack([fs[b]["stress"] for b in sel])
+            loss = loss + w_s * (ds ** 2).mean()
+            sum_ds += float(ds.detach().abs().mean(dim=(1, 2)).sum())
+            n_s += len(sel)
         loss.backward()
         sum_le += float(le.detach().sum())
         sum_lf += float(sq_f.detach().sum()) / 3
@@ -479,6 +550,9 @@ def train(cfg: Dict[str, Any], max_minutes: float = 9.0, steps: Optional[int] = 
                    "rmse_e_meV_per_atom": 1000 * math.sqrt(sum_le / n_frames),
                    "rmse_f_meV_per_A": 1000 * math.sqrt(sum_lf / atoms), "frames": n_frames, "atoms": atoms,
                    "s_per_step": float(np.mean(step_times[-int(tcfg['log_every']):]))}
+            if n_s:
+                rec.update(mae_s_meV_per_A3=1000.0 * sum_ds / n_s, mae_s_kbar=EV_PER_A3_TO_KBAR * sum_ds / n_s,
+                           stress_frames=n_s)
             history.append(rec)
             log(json.dumps(rec))
         if step % int(tcfg["val_every"]) == 0 and val_idx:
