@@ -296,3 +296,33 @@ def test_stress_loss_trains(data, runs_w0):
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_active_learning_labels_carry_stress():
+    """Active-learning relabelling (training.active._teacher_frames) keeps the teacher's stress when the teacher
+    takes a ``stress`` argument (batched and one-frame calls), and gives NaN (no label) when it does not."""
+    from training import active
+
+    z = torch.tensor([8, 1, 1])
+    d = {"cell": np.eye(3)[None] * 10.0, "pbc": np.array([True] * 3), "charge": 0, "multiplicity": 1}
+    frames = np.random.default_rng(0).normal(size=(3, 3, 3))
+    s0 = np.arange(9.0).reshape(3, 3)
+
+    class WithStress:
+        def __call__(self, z, pos, cell, pbc, charge, multiplicity, stress=False):
+            return (1.0, np.zeros((3, 3)), s0) if stress else (1.0, np.zeros((3, 3)))
+
+        def call_batch(self, z, positions, cells, pbc, charge, multiplicity, stress=False):
+            b = len(positions)
+            out = (np.ones(b), np.zeros((b, 3, 3)))
+            return out + (np.repeat(s0[None], b, 0),) if stress else out
+
+    class WithoutStress:
+        def __call__(self, z, pos, cell, pbc, charge, multiplicity):
+            return 1.0, np.zeros((3, 3))
+
+    for batch in (1, 8):
+        labels = active._teacher_frames(WithStress(), d, z, frames, 0, batch, 10_000)
+        assert len(labels) == 3 and all(np.array_equal(s, s0) for _, _, s in labels)
+    labels = active._teacher_frames(WithoutStress(), d, z, frames, 0, 1, 10_000)
+    assert all(np.isnan(s).all() for _, _, s in labels)

@@ -178,8 +178,9 @@ def _model_forces_frames(model, sysd: dict, frames: np.ndarray, max_atoms: int =
 
 
 def _teacher_frames(teacher, d, z, frames: np.ndarray, k0: int, batch_frames: int, batch_atoms: int):
-    """Teacher (energy, forces) of the frames of one system: ``call_batch`` several at a time when the teacher
-    has it (the fast SO3LR evaluator), else one call per frame."""
+    """Teacher (energy, forces, stress) of the frames of one system: ``call_batch`` several at a time when the
+    teacher has it (the fast SO3LR evaluator), else one call per frame.  stress: [3, 3] eV/Å^3 for periodic
+    frames (the ``label --stress`` convention), NaN for gas phase."""
     if teacher is None:
         return [_teacher(teacher, d, z, x, k0, None) for x in frames]   # raises
     nb = batch_size(teacher, len(z), batch_frames, batch_atoms)
@@ -188,9 +189,10 @@ def _teacher_frames(teacher, d, z, frames: np.ndarray, k0: int, batch_frames: in
         xs = np.asarray(frames[s:s + nb], dtype=np.float64)
         if len(xs) > 1:
             cells = np.repeat(d["cell"][k0][None].astype(np.float64), len(xs), axis=0)
-            es, fs = teacher.call_batch(z.numpy(), xs, cells, d["pbc"].astype(bool), int(scalar(d["charge"])),
-                                        int(scalar(d["multiplicity"])))
-            out += [(float(e), np.asarray(f)) for e, f in zip(es, fs)]
+            res = teacher.call_batch(z.numpy(), xs, cells, d["pbc"].astype(bool), int(scalar(d["charge"])),
+                                     int(scalar(d["multiplicity"])), **_stress_kw(teacher.call_batch))
+            ss = res[2] if len(res) > 2 else np.full((len(xs), 3, 3), np.nan)
+            out += [(float(e), np.asarray(f), np.asarray(st, dtype=np.float64)) for e, f, st in zip(res[0], res[1], ss)]
         else:
             out += [_teacher(teacher, d, z, x, k0, None) for x in xs]
     return out
@@ -240,7 +242,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .teacher import SO3LRTeacher as FastSO3LRTeacher
             teacher = FastSO3LRTeacher(args.device)
         else:
-            teacher = SO3LRTeacher(args.device)
+            teacher = SO3LRTeacher(args.device, stress=True)
         tname = teacher.name
     else:
         teacher, tname = None, PLACEHOLDER_TEACHER
@@ -341,8 +343,9 @@ def _score_and_write(args, job, frames, blew_up, model_a, model_b, teacher, tnam
         teacher_cache.update(zip(missing, _teacher_frames(teacher, d, z, frames[missing], k0,
                                                           args.teacher_batch_frames, args.teacher_batch_atoms)))
     energy, forces = np.zeros(n), np.zeros((n, len(z), 3), np.float32)
+    stress = np.full((n, 3, 3), np.nan)
     for r, i in enumerate(order):
-        energy[r], forces[r] = teacher_cache[i]
+        energy[r], forces[r], stress[r] = teacher_cache[i]
     err = [float(np.abs(f_a[i] - forces[r]).mean()) * 1000 for r, i in enumerate(order)]
     name = f"al{args.round}_{scalar(d['system'])}_T{int(T)}.npz"
     cells = np.repeat(d["cell"][k0][None], n, axis=0)
@@ -350,7 +353,7 @@ def _score_and_write(args, job, frames, blew_up, model_a, model_b, teacher, tnam
                                 system=str(scalar(d["system"])), kind=str(scalar(d["kind"])), temperature=T,
                                 source=f"student-md:{Path(args.model_a).name}:round{args.round}",
                                 positions=frames[order].astype(np.float32), cell=cells, energy=energy,
-                                forces=forces, labelled=np.ones(n, bool), teacher=tname))
+                                forces=forces, stress=stress, labelled=np.ones(n, bool), teacher=tname))
     return {"system": str(scalar(d["system"])), "atoms": int(len(z)), "md_frames": int(len(frames)),
             "blew_up": blew_up, "seed": job["seed"], "picked": n, "score_max_eV_per_A": float(score.max()),
             "score_median_eV_per_A": float(np.median(score)),
@@ -361,8 +364,20 @@ def _score_and_write(args, job, frames, blew_up, model_a, model_b, teacher, tnam
 def _teacher(teacher, d, z, x, k0, path):
     if teacher is None:
         raise RuntimeError("the placeholder teacher cannot label new (student-MD) frames; use --teacher so3lr")
-    return teacher(z.numpy(), x, d["cell"][k0].astype(np.float64), d["pbc"].astype(bool),
-                   int(scalar(d["charge"])), int(scalar(d["multiplicity"])))
+    res = teacher(z.numpy(), x, d["cell"][k0].astype(np.float64), d["pbc"].astype(bool),
+                  int(scalar(d["charge"])), int(scalar(d["multiplicity"])), **_stress_kw(teacher))
+    st = res[2] if len(res) > 2 else np.full((3, 3), np.nan)
+    return res[0], res[1], np.asarray(st, dtype=np.float64)
+
+
+def _stress_kw(fn) -> dict:
+    """``{"stress": True}`` when the teacher call takes a ``stress`` argument (the SO3LR teachers), else {} (a
+    teacher without stress: the frames get NaN stress, i.e. no stress label)."""
+    import inspect
+    try:
+        return {"stress": True} if "stress" in inspect.signature(fn).parameters else {}
+    except (TypeError, ValueError):   # pragma: no cover
+        return {}
 
 
 if __name__ == "__main__":
