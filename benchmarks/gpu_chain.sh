@@ -13,6 +13,12 @@
 #            X2_GRAPHS=1 first runs benchmarks/gpu_graphed_check.py and, if it passes, sets E2FORMER_CUDA_GRAPHS=1
 #     GPU 1: the 20 solvated amino acids batched (<= X2_STAB_MIN, 50 ps), then benchmarks/gpu_session.sh
 #            (end-to-end speed, fine checkpointing, 1M atoms, profile; official parity last)
+#   `x2-stress-start 585` (carry .whl, .carry), then `poll 570` twice: a stress-trained successor of the bundled
+#   model in one lease (docs/training.md, "Stress labels"):
+#     GPU 0: generate + label (with stress) + refs, fine-tune the bundled weights with the stress loss
+#            (X2_FIT_MIN), then the 20 solvated amino acids with the new model (X2_STAB_MIN)
+#     GPU 1: CUDA-graph check, then (once the model is ready) its 600-water NPT (X2_WATER_MIN; graphed if OK)
+#   The new model comes back in results.tgz (run/model.pt); analyse the water here, then decide whether to ship.
 #
 # Pipeline (in /tmp/e2f, which lives as long as the machine):
 #   generate (OpenMM amber14: solvated systems on the GPU, gas phase on the CPU cores)  ->  label (SO3LR,
@@ -52,11 +58,8 @@ setup() {
 
 stage() { echo "$(date +%H:%M:%S) [+$(( $(date +%s) - $(cat $W/.t_start) ))s] $*" >> "$W/progress.log"; }
 
-pipeline() {
-    # run from $W, not from the repository: `python -m` puts the working directory first on sys.path, and
-    # the repository's openmm_e2former/ has no model/ or kernels/ inside (they are mapped in $W/pkg)
-    cd "$W"
-    date +%s > "$W/.t_start"
+gen_and_label() {
+    # classical frames -> SO3LR labels (energies, forces and, by default, stress) -> reference energies
     if [ -z "${CHAIN_GEN_CPU_ONLY:-}" ]; then
         # session 2 measured 13 min for 'medium' on 12 CPU workers, dominated by the solvated systems:
         # run those on the GPU (4 workers) and the small gas-phase ones on the CPU
@@ -103,6 +106,14 @@ PY
     stage "label done: $(ls $W/labelled/*.npz | wc -l) shards"
     python3 -m training.refs --data "$W/labelled" --out "$W/refs.json" > "$W/logs/refs.log" 2>&1
     stage "refs done"
+}
+
+pipeline() {
+    # run from $W, not from the repository: `python -m` puts the working directory first on sys.path, and
+    # the repository's openmm_e2former/ has no model/ or kernels/ inside (they are mapped in $W/pkg)
+    cd "$W"
+    date +%s > "$W/.t_start"
+    gen_and_label
     CFG="$W/repo/training/configs/default.yaml"
     COMMON="data.refs=$W/refs.json data.max_val_frames=1500 data.atoms_per_step=${CHAIN_ATOMS_PER_STEP:-3000}"
     # round 0: the student on the classical-MD frames
@@ -182,12 +193,7 @@ x2_gpu0() {
         stage "gpu0: CUDA-graph check"
         (cd "$W/repo" && timeout 300 python3 benchmarks/gpu_graphed_check.py --out "$W/graphed" --openmm-steps 200) \
             > "$W/logs/graphed_check.log" 2>&1
-        if python3 - "$W/graphed/gpu_graphed_check.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["systems"]
-ok = [s for s in r if s.get("dtype") == "float32"]
-sys.exit(0 if ok and all(s.get("graph_captured") and s.get("worst_dF_rel", 1) < 1e-4 for s in ok) else 1)
-PY
+        if graphs_ok
         then export E2FORMER_CUDA_GRAPHS=1; stage "gpu0: CUDA graphs ON for the water MD"
         else stage "gpu0: CUDA-graph check failed: eager force for the water MD"; fi
     fi
@@ -218,6 +224,63 @@ x2_gpu1() {
     touch "$W/gpu1.done"
 }
 
+x2_stress_gpu0() {
+    # the stress fine-tune of the bundled weights (no round 0, no active learning: it fits one lease with the
+    # validation), then the 20 solvated amino acids with the new model
+    cd "$W"
+    export CUDA_VISIBLE_DEVICES=0
+    gen_and_label
+    python3 - "$W/init_ckpt.pt" <<'PY'
+import sys, torch, yaml
+from openmm_e2former import default_model_path
+cfg = yaml.safe_load(open("repo/training/configs/default.yaml"))
+d = torch.load(default_model_path(), weights_only=False)
+torch.save({"model_config": cfg["model"], "ema": d["state_dict"], "step": 617}, sys.argv[1])
+PY
+    python3 -m training.train --config "$W/repo/training/configs/default.yaml" --set out_dir="$W/run" \
+        "data.dirs=[$W/labelled]" data.refs="$W/repo/benchmarks/results/default_model/session3/refs.json" \
+        data.max_val_frames=1500 data.atoms_per_step=3000 \
+        train.init_from="$W/init_ckpt.pt" train.lr=6.0e-4 train.warmup_steps=30 train.val_every=100000 \
+        ${CHAIN_TRAIN_SET:-} --fit-minutes "${X2_FIT_MIN:-5}" --max-minutes 9 > "$W/logs/train_stress.log" 2>&1
+    stage "gpu0: stress fine-tune finished: $(tail -1 $W/logs/train_stress.log | cut -c1-600)"
+    if [ -f "$W/run/model.pt" ]; then
+        cp "$W/run/model.pt" "$W/model_final.pt" && touch "$W/model_ready"
+        stage "gpu0: 20 solvated amino acids with the new model, <= ${X2_STAB_MIN:-10} min"
+        python3 -m training.stability --engine batched --model "$W/model_final.pt" --out "$W/stability_batched.jsonl" \
+            --ps 50 --minutes "${X2_STAB_MIN:-10}" --device $DEV --platform $OMM > "$W/logs/stability.log" 2>&1
+    fi
+    stage "gpu0: done"
+    touch "$W/gpu0.done"
+}
+
+x2_stress_gpu1() {
+    # CUDA-graph check while GPU 0 trains, then the new model's water NPT (graphed if the check passed)
+    cd "$W"
+    export CUDA_VISIBLE_DEVICES=1
+    stage "gpu1: CUDA-graph check"
+    (cd "$W/repo" && timeout 300 python3 benchmarks/gpu_graphed_check.py --out "$W/graphed" --openmm-steps 200) \
+        > "$W/logs/graphed_check.log" 2>&1
+    graphs_ok && export E2FORMER_CUDA_GRAPHS=1 && stage "gpu1: CUDA graphs ON"
+    for _ in $(seq 1 $(( ${X2_WAIT_MIN:-20} * 4 ))); do [ -f "$W/model_ready" ] && break; sleep 15; done
+    if [ -f "$W/model_ready" ]; then
+        stage "gpu1: new model's water NPT, <= ${X2_WATER_MIN:-12} min"
+        python3 -m training.water_md run --potential student --model "$W/model_final.pt" --waters $WATERS \
+            --temperature 298 --ps 100 --minutes "${X2_WATER_MIN:-12}" --out "$W/student_md" --platform $OMM \
+            --device $DEV --frame-fs 200 --no-analyse > "$W/logs/student_md.log" 2>&1
+        stage "gpu1: water MD: $(grep -o '"simulated_ps": [0-9.]*' $W/student_md/summary.json)"
+    fi
+    touch "$W/gpu1.done"
+}
+
+graphs_ok() {
+    python3 - "$W/graphed/gpu_graphed_check.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["systems"]
+ok = [s for s in r if s.get("dtype") == "float32"]
+sys.exit(0 if ok and all(s.get("graph_captured") and s.get("worst_dF_rel", 1) < 1e-4 for s in ok) else 1)
+PY
+}
+
 collect() {
     # <= 8 files back: results tarball (small), model, logs, and the two MD trajectories
     mkdir -p "$W/collect"
@@ -231,7 +294,8 @@ collect() {
     (cd "$W" && tar czf "$OUT/results.tgz" progress.log logs refs.json run/train_log.jsonl run1/train_log.jsonl \
         run1/model.pt model_final.pt active_log.jsonl stability.jsonl labelled/label_log.jsonl \
         teacher_md/*.json teacher_md/*.csv teacher_md/*.png student_md/*.json student_md/*.csv student_md/*.png \
-        report/default_model_nve.json bench stability_batched.jsonl gs graphed 2>/dev/null)
+        report/default_model_nve.json bench stability_batched.jsonl gs graphed run/model.pt logs/train_stress.log \
+        2>/dev/null)
     for d in teacher_md student_md; do
         if ls "$W/$d"/*.dcd > /dev/null 2>&1; then
             (cd "$W" && tar czf "$OUT/${d}_traj.tgz" "$d"/*.dcd "$d"/*.pdb 2>/dev/null)
@@ -248,7 +312,15 @@ if [ -d "$SRC/.carry_full/shared/fixtures/official_parity" ] && [ ! -f "$W/fixtu
     cp -r "$SRC/.carry_full/shared/fixtures/official_parity" "$W/fixtures.tmp/" && touch "$W/fixtures.tmp/official_parity/.complete"
     rm -rf "$W/fixtures" && mv "$W/fixtures.tmp" "$W/fixtures"
 fi
-if [ "$MODE" = "x2-start" ]; then
+if [ "$MODE" = "x2-stress-start" ]; then
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    if [ ! -f "$W/.t_start" ]; then
+        date +%s > "$W/.t_start"
+        setsid bash "$W/repo/benchmarks/gpu_chain.sh" x2-stress-gpu0 > "$W/logs/gpu0.log" 2>&1 < /dev/null &
+        setsid bash "$W/repo/benchmarks/gpu_chain.sh" x2-stress-gpu1 > "$W/logs/gpu1.log" 2>&1 < /dev/null &
+        sleep 2
+    fi
+elif [ "$MODE" = "x2-start" ]; then
     nvidia-smi --query-gpu=name,memory.total --format=csv
     python3 -c 'import torch; print("cuda devices", torch.cuda.device_count())'
     if [ ! -d "$W/fixtures" ]; then
@@ -300,6 +372,8 @@ if [ "$MODE" = "validate" ]; then
     exit 0
 fi
 if [ "$MODE" = "x2-gpu0" ]; then x2_gpu0; exit 0; fi
+if [ "$MODE" = "x2-stress-gpu0" ]; then x2_stress_gpu0; exit 0; fi
+if [ "$MODE" = "x2-stress-gpu1" ]; then x2_stress_gpu1; exit 0; fi
 if [ "$MODE" = "x2-gpu1" ]; then x2_gpu1; exit 0; fi
 if [ -f "$W/gpu0.done" ] && [ -f "$W/gpu1.done" ]; then touch "$W/pipeline.done"; fi
 # wait for the pipeline (or this call's time) to end, then collect
