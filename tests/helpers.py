@@ -77,3 +77,28 @@ def run_under_triton_interpreter(script: str, args, what: str, drop_env=()) -> s
     assert res.returncode == 0, res.stdout + res.stderr
     assert "WORST" in res.stdout
     return res.stdout
+
+
+def write_raw_shard(raw: Path, name: str, z, P, C, q: int, kind: str) -> None:
+    """An unlabelled shard ``raw/name.npz`` (as training.generate writes) of frames P [F, N, 3] Å with cells C
+    [F, 3, 3] (None: gas phase), total charge q and system kind."""
+    from training.shards import save_shard
+    F = len(P)
+    save_shard(raw / f"{name}.npz", {
+        "Z": np.asarray(z, np.int16), "positions": np.asarray(P, np.float32),
+        "cell": np.zeros((F, 3, 3), np.float32) if C is None else np.asarray(C, np.float32),
+        "pbc": np.full(3, C is not None), "charge": q, "multiplicity": 1, "system": name, "kind": kind,
+        "temperature": 300.0, "source": "test"})
+
+
+def tiny_train_config(root: Path, out: Path, lab: str = "lab", atoms_per_step: int = 12, max_neighbors: int = 32,
+                      *extra: str):
+    """training/configs/default.yaml with a tiny model and a 3-step CPU schedule on ``root/lab`` (refs
+    ``root/refs.json``); ``extra``: more ``key=value`` overrides."""
+    from training import train
+    return train.load_config(Path(train.__file__).parent / "configs" / "default.yaml", [
+        f"out_dir={out}", f"data.dirs=[{root / lab}]", f"data.refs={root / 'refs.json'}",
+        f"data.atoms_per_step={atoms_per_step}", "train.log_every=1", "train.val_every=1000",
+        "train.ckpt_every=1000", "train.max_steps=3", "train.warmup_steps=1", "train.device=cpu",
+        "model.channels=16", "model.num_layers=1", "model.num_heads=4", "model.head_dim=4",
+        "model.num_basis=8", f"model.max_neighbors={max_neighbors}", "model.atom_embed_size=8", *extra])

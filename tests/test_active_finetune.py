@@ -26,6 +26,7 @@ if importlib.util.find_spec("training") is None:   # repository root not on sys.
 from training import active, refs, stability, train  # noqa: E402
 from training.label import PLACEHOLDER_TEACHER  # noqa: E402
 from training.shards import save_shard  # noqa: E402
+from helpers import tiny_train_config  # noqa: E402
 
 QUIET = lambda *a: None  # noqa: E731
 # (system, kind, waters): two kinds with several systems each, so the validation split holds some out per kind
@@ -83,12 +84,7 @@ def data(tmp_path_factory):
 
 
 def _cfg(root: Path, out: Path, *extra: str):
-    return train.load_config(Path(train.__file__).parent / "configs" / "default.yaml", [
-        f"out_dir={out}", f"data.dirs=[{root / 'lab'}]", f"data.refs={root / 'refs.json'}",
-        "data.atoms_per_step=12", "train.log_every=1", "train.val_every=1000", "train.ckpt_every=1000",
-        "train.max_steps=3", "train.warmup_steps=1", "train.device=cpu",
-        "model.channels=16", "model.num_layers=1", "model.num_heads=4", "model.head_dim=4",
-        "model.num_basis=8", "model.max_neighbors=32", "model.atom_embed_size=8", *extra])
+    return tiny_train_config(root, out, "lab", 12, 32, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ if importlib.util.find_spec("training") is None:   # repository root not on sys.
 from training import refs, train  # noqa: E402
 from training.label import PLACEHOLDER_TEACHER  # noqa: E402
 from training.shards import load_shard, save_shard  # noqa: E402
+from helpers import tiny_train_config, write_raw_shard  # noqa: E402
 
 HAVE_SO3LR = importlib.util.find_spec("so3krates_torch") is not None
 needs_so3lr = pytest.mark.skipif(not HAVE_SO3LR, reason="so3krates_torch not importable")
@@ -152,15 +153,6 @@ def test_teacher_stress_batched_and_finite_differences(teacher64):
     assert np.abs(s32 - sb).max() < 2e-5        # float32 vs float64 (stresses here ~1e-2 eV/Å^3)
 
 
-def _write_raw(raw: Path, name: str, z, P, C, q: int, kind: str):
-    F = len(P)
-    save_shard(raw / f"{name}.npz", {
-        "Z": np.asarray(z, np.int16), "positions": np.asarray(P, np.float32),
-        "cell": np.zeros((F, 3, 3), np.float32) if C is None else np.asarray(C, np.float32),
-        "pbc": np.full(3, C is not None), "charge": q, "multiplicity": 1, "system": name, "kind": kind,
-        "temperature": 300.0, "source": "test"})
-
-
 @needs_so3lr
 def test_label_stress_batched_resume_and_old_shards(tmp_path, teacher64):
     """label.py stores ``stress`` [F, 3, 3] float64 (NaN for gas phase); --batch-frames 3 == 1 (float64);
@@ -170,9 +162,9 @@ def test_label_stress_batched_resume_and_old_shards(tmp_path, teacher64):
     z, pos, cell = _box(3, True)
     rng = np.random.default_rng(1)
     raw = tmp_path / "raw"
-    _write_raw(raw, "box", z, np.stack([pos + rng.normal(0, 0.03, pos.shape) for _ in range(4)]),
+    write_raw_shard(raw, "box", z, np.stack([pos + rng.normal(0, 0.03, pos.shape) for _ in range(4)]),
                np.stack([cell] * 4), 0, "water_box")
-    _write_raw(raw, "oh", [8, 1], np.array([[[0, 0, 0], [0, 0, 0.97]]] * 2), None, -1, "gas_small")
+    write_raw_shard(raw, "oh", [8, 1], np.array([[[0, 0, 0], [0, 0, 0.97]]] * 2), None, -1, "gas_small")
     common = ["--raw", str(raw), "--engine", "fast", "--dtype", "float64"]
     for nb in (1, 3):
         assert label.main([*common, "--out", str(tmp_path / f"b{nb}"), "--batch-frames", str(nb)]) == 0
@@ -237,12 +229,7 @@ def data(tmp_path_factory):
 
 
 def _cfg(root: Path, out: Path, lab: str, *extra: str):
-    return train.load_config(Path(train.__file__).parent / "configs" / "default.yaml", [
-        f"out_dir={out}", f"data.dirs=[{root / lab}]", f"data.refs={root / 'refs.json'}",
-        "data.atoms_per_step=40", "train.log_every=1", "train.val_every=1000", "train.ckpt_every=1000",
-        "train.max_steps=3", "train.warmup_steps=1", "train.device=cpu",
-        "model.channels=16", "model.num_layers=1", "model.num_heads=4", "model.head_dim=4",
-        "model.num_basis=8", "model.max_neighbors=64", "model.atom_embed_size=8", *extra])
+    return tiny_train_config(root, out, lab, 40, 64, *extra)
 
 
 @pytest.fixture(scope="module")

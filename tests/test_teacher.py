@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_raw_shard
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -346,16 +347,6 @@ def test_batch_per_frame_charge_and_inputs(fast64):
         fast64.batch_inputs(box.z, P, [C[0], None], 0)
 
 
-def _write_raw(raw, name, z, P, C, q, kind):
-    from training.shards import save_shard
-    F = len(P)
-    save_shard(raw / f"{name}.npz", {
-        "Z": np.asarray(z, np.int16), "positions": np.asarray(P, np.float32),
-        "cell": np.zeros((F, 3, 3), np.float32) if C is None else np.asarray(C, np.float32),
-        "pbc": np.full(3, C is not None), "charge": q, "multiplicity": 1, "system": name, "kind": kind,
-        "temperature": 300.0, "source": "test"})
-
-
 @needs_so3lr
 def test_label_batch_frames_same_shards(tmp_path, monkeypatch, fast):
     """label.py --batch-frames 3 writes the shards --batch-frames 1 writes (5 frames: calls of 3 + 2), resumes
@@ -366,7 +357,7 @@ def test_label_batch_frames_same_shards(tmp_path, monkeypatch, fast):
     raw.mkdir()
     for name, z, pos, cell, q in _batch_systems()[1:]:          # charged gas molecule + periodic box, 5 frames each
         P, C = _frames(pos, cell, 5, 3)
-        _write_raw(raw, name.split()[0].replace("-", ""), z, P, C, q, "water_box" if cell is not None else "gas_small")
+        write_raw_shard(raw, name.split()[0].replace("-", ""), z, P, C, q, "water_box" if cell is not None else "gas_small")
     saves = []
     monkeypatch.setattr(label, "save_shard", lambda p, d: (saves.append(Path(p).name), save_shard(p, d)))
     for nb in (1, 3):
