@@ -27,6 +27,19 @@
 #   ->  student water NPT MD (600 waters) beside the 20 solvated amino-acid stability runs
 # (the teacher's own water MD was run in session 2: benchmarks/results/default_model/teacher_water/)
 # Everything that should come back is packed into at most 8 files under $OUT by `collect`.
+#
+# The git-ignored folders the calls carry (build them here once; add /.whl/ /.carry/ /.carry_full/ to
+# .git/info/exclude):
+#   .whl   cp312 wheels the GPU image lacks, plus two pure-Python packages copied from this machine:
+#          pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#            --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
+#            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl openmm==8.6.1 \
+#            openmm-cuda-13==8.6.1 ase==3.29.0 matscipy==1.3.1 so3krates-torch==0.2.1 torch-ema prettytable
+#          mkdir -p .whl/pylib && cp -r $(python -c 'import openmmml, pdbfixer, os; \
+#            print(os.path.dirname(openmmml.__file__), os.path.dirname(pdbfixer.__file__))') .whl/pylib/
+#   .carry .carry/shared/fixtures/official_parity/{tiny_qk,manifest.json,reference_energies.json,README.md,
+#          v15/config.yaml} (copies from ../shared/fixtures) and .carry/water_gOO_skinner2013.txt (../shared/data)
+#   .carry_full  the whole ../shared/fixtures/official_parity under .carry_full/shared/fixtures/ (~53 MB)
 set -u
 MODE=${1:-poll}
 LIMIT=${2:-570}
