@@ -18,6 +18,7 @@ Writes DIR/gpu_graphed_check.json after every system.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -29,7 +30,10 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if importlib.util.find_spec("training") is None:
+    # appended, not prepended: the repository's openmm_e2former/ has no model/ or kernels/ inside (the install,
+    # or the GPU chain's package mapping, provides them), so it must not shadow the importable package
+    sys.path.append(str(REPO))
 
 
 def systems(waters: int, seed: int):

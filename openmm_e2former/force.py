@@ -36,10 +36,11 @@ buffer each way:
    back with one device->host copy into a pinned buffer; one stream synchronisation;
 5. the callable returns a float and a NumPy view of the pinned buffer (OpenMM copies it at once).
 
-With ``cuda_graphs=True`` (or ``E2FORMER_CUDA_GRAPHS=1`` when the argument is None; off by default until
-verified on a GPU) step 3 runs, after the first (validated, eager) evaluation, through
+With ``cuda_graphs=True`` (or, when the argument is None, ``E2FORMER_CUDA_GRAPHS=1`` on a CUDA device; off by
+default until verified on a GPU) step 3 runs, after the first (validated, eager) evaluation, through
 :class:`openmm_e2former.graphed.GraphedEnergyForces`: the network's forward and backward replayed from a CUDA
-graph over fixed-capacity edge buffers (on the CPU the same padded path runs eagerly).
+graph over fixed-capacity edge buffers (``cuda_graphs=True`` on the CPU runs the same padded path eagerly, for
+tests: it is slower than the ordinary path there).
 """
 from __future__ import annotations
 
@@ -226,7 +227,10 @@ class _Runtime:
         # the padded / CUDA-graph path (built after the first, validated, evaluation); not for the test models
         from .graphed import cuda_graphs_requested
 
-        self.use_graphed = cuda_graphs_requested(comp.cuda_graphs) and hasattr(self.model, "padded_energy_terms")
+        # the environment variable applies on CUDA only (on the CPU there is no graph, and the padded path is
+        # slower than the eager one); the explicit argument forces the padded path on any device (tests)
+        wanted = comp.cuda_graphs if comp.cuda_graphs is not None else (cuda_graphs_requested() and self.cuda)
+        self.use_graphed = bool(wanted) and hasattr(self.model, "padded_energy_terms")
         self.graphed = None
 
     def graphed_call(self, comp: "E2FormerForceComputation", pos, cell):
@@ -361,7 +365,8 @@ def create_python_force(atomic_numbers: Sequence[int], model_path: Optional[str]
     """Build the ``openmm.PythonForce`` (not added to any System).
 
     ``atomic_numbers[i]`` belongs to particle ``particles[i]`` (all particles of the System when
-    ``particles`` is None).  ``cuda_graphs``: the padded / CUDA-graph path (None: ``E2FORMER_CUDA_GRAPHS``)."""
+    ``particles`` is None).  ``cuda_graphs``: the padded / CUDA-graph path (None: ``E2FORMER_CUDA_GRAPHS=1`` turns
+    it on for a CUDA device; True forces it on any device, without a graph on the CPU)."""
     import openmm
 
     if particles is not None and len(particles) != len(atomic_numbers):
