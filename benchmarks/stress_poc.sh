@@ -38,16 +38,19 @@ cfg = yaml.safe_load(open("training/configs/default.yaml"))
 d = torch.load(default_model_path(), weights_only=False)
 torch.save({"model_config": cfg["model"], "ema": d["state_dict"], "step": 617}, sys.argv[1])
 PY
-COMMON="data.dirs=[$W/labelled] data.refs=$R train.init_from=$W/init_ckpt.pt train.device=cpu data.max_val_frames=400"
-# 4. baseline validation (lr 0, one step) and the fine-tune (200 steps of ~1000 atoms, stress_weight 3e4)
-python -m training.train --set out_dir="$W/base" $COMMON train.lr=0.0 train.lr_min=0.0 train.max_steps=1 \
-    train.warmup_steps=1 train.val_every=1 train.log_every=1 --threads 2
-python -m training.train --set out_dir="$W/ft" $COMMON train.lr=3.0e-4 train.lr_min=3.0e-5 train.max_steps=200 \
-    train.warmup_steps=10 train.val_every=50 train.log_every=10 train.ema_decay=0.99 data.atoms_per_step=1000 \
-    --threads 2 --max-minutes 40
+# 4. baseline validation (lr 0, one step) and the fine-tune (STEPS steps of ~1000 atoms, stress_weight 3e4), then
 # 5. teacher - student pressure on the student's NPT frames, before (committed) and after
-python -m training.pressure benchmarks/results/default_model/student_water --frames 12 --model "$W/ft/model.pt" \
-    --out "$W/pressure_ft.json"
+fit_and_compare() {   # LABELLED OUT STEPS VAL_EVERY LOG_EVERY MAX_VAL_FRAMES
+    local D="data.dirs=[$1] data.refs=$R train.init_from=$W/init_ckpt.pt train.device=cpu data.max_val_frames=$6"
+    python -m training.train --set out_dir="$2/base" $D train.lr=0.0 train.lr_min=0.0 train.max_steps=1 \
+        train.warmup_steps=1 train.val_every=1 train.log_every=1 --threads 2
+    python -m training.train --set out_dir="$2/ft" $D train.lr=3.0e-4 train.lr_min=3.0e-5 train.max_steps="$3" \
+        train.warmup_steps=10 train.val_every="$4" train.log_every="$5" train.ema_decay=0.99 \
+        data.atoms_per_step=1000 --threads 2 --max-minutes 40
+    python -m training.pressure benchmarks/results/default_model/student_water --frames 12 --model "$2/ft/model.pt" \
+        --out "$2/pressure_ft.json"
+}
+fit_and_compare "$W/labelled" "$W" 200 50 10 400
 # 6. (POC_BROAD=1) the same with every kind of data: + water clusters, gas-phase and solvated amino acids,
 #    peptides and small molecules (3 frames per run, ~10 min more), 300 steps; per-kind errors before/after
 if [ -n "${POC_BROAD:-}" ]; then
@@ -56,12 +59,5 @@ if [ -n "${POC_BROAD:-}" ]; then
     python -m training.generate --scale medium --kinds water_cluster aa_solv aa_gas peptide_solv peptide_gas \
         gas_small --frames 3 --out "$W/broad/raw"
     python -m training.label --raw "$W/broad/raw" --out "$W/broad/labelled" --device cpu --batch-frames 1 --stress
-    B="data.dirs=[$W/broad/labelled] data.refs=$R train.init_from=$W/init_ckpt.pt train.device=cpu data.max_val_frames=600"
-    python -m training.train --set out_dir="$W/broad/base" $B train.lr=0.0 train.lr_min=0.0 train.max_steps=1 \
-        train.warmup_steps=1 train.val_every=1 train.log_every=1 --threads 2
-    python -m training.train --set out_dir="$W/broad/ft" $B train.lr=3.0e-4 train.lr_min=3.0e-5 train.max_steps=300 \
-        train.warmup_steps=10 train.val_every=100 train.log_every=20 train.ema_decay=0.99 data.atoms_per_step=1000 \
-        --threads 2 --max-minutes 30
-    python -m training.pressure benchmarks/results/default_model/student_water --frames 12 \
-        --model "$W/broad/ft/model.pt" --out "$W/broad/pressure_ft.json"
+    fit_and_compare "$W/broad/labelled" "$W/broad" 300 100 20 600
 fi

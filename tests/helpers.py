@@ -102,3 +102,17 @@ def tiny_train_config(root: Path, out: Path, lab: str = "lab", atoms_per_step: i
         "train.ckpt_every=1000", "train.max_steps=3", "train.warmup_steps=1", "train.device=cpu",
         "model.channels=16", "model.num_layers=1", "model.num_heads=4", "model.head_dim=4",
         "model.num_basis=8", f"model.max_neighbors={max_neighbors}", "model.atom_embed_size=8", *extra])
+
+
+#: first lines of a model-level script for ``run_under_triton_interpreter`` (argv[1]: this folder, for helpers):
+#: checks that the interpreter is on and that the package's Triton kernels imported
+TRITON_MODEL_SCRIPT_HEAD = """import os, sys
+assert os.environ.get("TRITON_INTERPRET") == "1"
+import torch
+sys.path.insert(0, sys.argv[1])
+from helpers import water_box
+from openmm_e2former.model import E2FormerConfig, E2FormerV2
+from openmm_e2former.model import e2former as E2
+import openmm_e2former.kernels as K
+assert K.HAS_TRITON, "triton imported but the kernels did not"
+"""

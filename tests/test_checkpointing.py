@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import run_under_triton_interpreter, water_box
+from helpers import TRITON_MODEL_SCRIPT_HEAD, run_under_triton_interpreter, water_box
 
 from openmm_e2former.model import E2FormerConfig, E2FormerV2
 from openmm_e2former.model import e2former as E2
@@ -286,16 +286,7 @@ def test_energy_and_forces_api_fine_mode():
 # the fine mode with the fused Triton kernels (v2 and v1) under the interpreter; a subprocess, since
 # TRITON_INTERPRET must be set before triton is imported
 # ------------------------------------------------------------------------------------------------
-_INTERP_SCRIPT = textwrap.dedent(r"""
-    import os, sys
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    import torch
-    sys.path.insert(0, sys.argv[1])
-    from helpers import run_under_triton_interpreter, water_box
-    from openmm_e2former.model import E2FormerConfig, E2FormerV2
-    from openmm_e2former.model import e2former as E2
-    import openmm_e2former.kernels as K
-    assert K.HAS_TRITON, "triton imported but the kernels did not"
+_INTERP_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
 
     torch.manual_seed(0)
     # the smallest shapes the kernels take: H, hid powers of two >= 16 (TINY in kernels/_testing.py); one

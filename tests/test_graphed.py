@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from conftest import ALA2_PDB
-from helpers import model as fixture_model, run_under_triton_interpreter, water_box
+from helpers import TRITON_MODEL_SCRIPT_HEAD, model as fixture_model, run_under_triton_interpreter, water_box
 
 from openmm_e2former import load_model
 from openmm_e2former.graphed import ENV_VAR, GraphedEnergyForces, cuda_graphs_requested
@@ -190,16 +190,7 @@ def test_openmm_force_opt_in_gives_the_same_forces(monkeypatch):
 # the padded path with the fused Triton kernels (v2 attention and edge degree) under the interpreter; a
 # subprocess, since TRITON_INTERPRET must be set before triton is imported
 # ------------------------------------------------------------------------------------------------
-_INTERP_SCRIPT = textwrap.dedent(r"""
-    import os, sys
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    import torch
-    sys.path.insert(0, sys.argv[1])
-    from helpers import water_box
-    from openmm_e2former.model import E2FormerConfig, E2FormerV2
-    from openmm_e2former.model import e2former as E2
-    import openmm_e2former.kernels as K
-    assert K.HAS_TRITON, "triton imported but the kernels did not"
+_INTERP_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
 
     torch.manual_seed(0)
     # the smallest shapes the kernels take (H, hid, C powers of two >= 16); smooth softmax, as the default model
