@@ -164,10 +164,13 @@ def label_shard(raw_path: Path, out_path: Path, teacher, teacher_name: str, save
     stress = bool(stress) and teacher is not None
     if stress and "stress" not in lab:
         lab["stress"] = np.full((F, 3, 3), np.nan)
-    todo_mask = ~lab["labelled"]
-    if stress and periodic:
-        todo_mask |= np.isnan(lab["stress"]).any(axis=(1, 2))
-    todo = np.flatnonzero(todo_mask)
+    def left_mask():   # frames still to label (a periodic frame without its stress counts when stress is on)
+        m = ~lab["labelled"]
+        if stress and periodic:
+            m |= np.isnan(lab["stress"]).any(axis=(1, 2))
+        return m
+
+    todo = np.flatnonzero(left_mask())
     done, calls, t0, since_save = 0, 0, time.time(), 0
     charge, mult = int(scalar(raw["charge"])), int(scalar(raw["multiplicity"]))
     nb = batch_size(teacher, len(z), batch_frames, batch_atoms)
@@ -208,11 +211,8 @@ def label_shard(raw_path: Path, out_path: Path, teacher, teacher_name: str, save
     if since_save or not out_path.exists():
         save_shard(out_path, lab)
     dt = time.time() - t0
-    left = ~lab["labelled"]
-    if stress and periodic:
-        left |= np.isnan(lab["stress"]).any(axis=(1, 2))
     return {"shard": raw_path.name, "atoms": int(len(z)), "frames_done": done,
-            "frames_left": int(left.sum()), "frames_per_call": int(nb), "calls": calls,
+            "frames_left": int(left_mask().sum()), "frames_per_call": int(nb), "calls": calls,
             "seconds": round(dt, 3), "s_per_frame": round(dt / done, 4) if done else None}
 
 

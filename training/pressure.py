@@ -33,8 +33,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-EV_PER_A3_TO_BAR = 1.602176634e6
-KB_EV = 8.617333262e-5          # eV/K
+from .active import KB_EV                       # eV/K
+from .train import EV_PER_A3_TO_KBAR
+from .water_md import density_g_cm3
+
+EV_PER_A3_TO_BAR = 1000.0 * EV_PER_A3_TO_KBAR
 
 
 def molecular_scale(pos: np.ndarray, cell: np.ndarray, molecules: Sequence[np.ndarray], masses: np.ndarray,
@@ -97,7 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pos = traj.xyz[k].astype(np.float64) * 10.0
         cell = traj.unitcell_vectors[k].astype(np.float64) * 10.0
         vol = float(abs(np.linalg.det(cell)))
-        rho = float(masses.sum() * 1.66053906660 / vol)          # g/cm^3 (amu/Å^3 * 1.6605)
+        rho = density_g_cm3(float(masses.sum()), vol / 1000.0)    # Å^3 -> nm^3
         pp, cp = molecular_scale(pos, cell, molecules, masses, 1.0 + args.delta)
         pm, cm = molecular_scale(pos, cell, molecules, masses, 1.0 - args.delta)
         dv = 2.0 * args.delta * vol

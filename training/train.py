@@ -336,7 +336,7 @@ def evaluate(model, frames: Frames, idx: Sequence[int], max_frames: int, device,
         return {}
     if len(idx) > max_frames:
         idx = [idx[int(j)] for j in np.linspace(0, len(idx) - 1, max_frames)]
-    acc: Dict[str, List[float]] = {}
+    acc: Dict[str, Dict[str, float]] = {}
     for group in batches(frames, idx, atoms_per_batch):
         fs = [frame_tensors(frames, i, device, dtype) for i in group]
         with_s = any(f["stress"] is not None for f in fs)
@@ -352,22 +352,24 @@ def evaluate(model, frames: Frames, idx: Sequence[int], max_frames: int, device,
                 d = out[2][b].detach().double() - f["stress"].double()
                 ds, dp = float(d.abs().mean()), -float(torch.diagonal(d).sum()) / 3.0
             for key in (f["kind"], "all"):
-                a = acc.setdefault(key, [0.0, 0.0, 0, 0.0, 0.0, 0.0, 0])
-                a[0] += de
-                a[1] += df
-                a[2] += 1
+                a = acc.setdefault(key, dict(de=0.0, df=0.0, n=0, ds=0.0, adp=0.0, dp=0.0, ns=0))
+                a["de"] += de
+                a["df"] += df
+                a["n"] += 1
                 if ds is not None:
-                    a[3] += ds
-                    a[4] += abs(dp)
-                    a[5] += dp
-                    a[6] += 1
+                    a["ds"] += ds
+                    a["adp"] += abs(dp)
+                    a["dp"] += dp
+                    a["ns"] += 1
     res: Dict[str, Any] = {}
-    for k, v in acc.items():
-        res[k] = {"energy_mae_meV_per_atom": v[0] / v[2], "force_mae_meV_per_A": v[1] / v[2], "frames": v[2]}
-        if v[6]:
-            kbar = EV_PER_A3_TO_KBAR / v[6]
-            res[k].update(stress_mae_meV_per_A3=1000.0 * v[3] / v[6], stress_mae_kbar=v[3] * kbar,
-                          pressure_mae_kbar=v[4] * kbar, pressure_bias_kbar=v[5] * kbar, stress_frames=v[6])
+    for k, a in acc.items():
+        res[k] = {"energy_mae_meV_per_atom": a["de"] / a["n"], "force_mae_meV_per_A": a["df"] / a["n"],
+                  "frames": a["n"]}
+        if a["ns"]:
+            kbar = EV_PER_A3_TO_KBAR / a["ns"]
+            res[k].update(stress_mae_meV_per_A3=1000.0 * a["ds"] / a["ns"], stress_mae_kbar=a["ds"] * kbar,
+                          pressure_mae_kbar=a["adp"] * kbar, pressure_bias_kbar=a["dp"] * kbar,
+                          stress_frames=a["ns"])
     return res
 
 
