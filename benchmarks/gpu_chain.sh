@@ -173,6 +173,17 @@ pipeline() {
     touch "$W/pipeline.done"
 }
 
+water_long() {   # MODEL MINUTES: 600-water NPT of a model alone on its GPU, <= 100 ps (analysed here later)
+    python3 -m training.water_md run --potential student --model "$1" --waters $WATERS --temperature 298 --ps 100 \
+        --minutes "$2" --out "$W/student_md" --platform $OMM --device $DEV --frame-fs 200 \
+        --no-analyse > "$W/logs/student_md.log" 2>&1
+}
+
+stability_batched() {   # MODEL MINUTES: the 20 solvated capped amino acids in one batched integrator, <= 50 ps
+    python3 -m training.stability --engine batched --model "$1" --out "$W/stability_batched.jsonl" --ps 50 \
+        --minutes "$2" --device $DEV --platform $OMM > "$W/logs/stability.log" 2>&1
+}
+
 validate() {
     # long validation MD of a finished model (the bundled one unless $W/model_final.pt exists), each run with the
     # GPU to itself: student water NPT (600 waters, up to 100 ps), then the 20 solvated capped amino acids in ONE
@@ -182,13 +193,10 @@ validate() {
     M="$W/model_final.pt"
     [ -f "$M" ] || M="$W/pkg/openmm_e2former/data/e2formerv2_default.pt"
     stage "validate $M: student water MD alone, <= ${VAL_WATER_MIN:-12} min"
-    python3 -m training.water_md run --potential student --model "$M" --waters $WATERS --temperature 298 --ps 100 \
-        --minutes "${VAL_WATER_MIN:-12}" --out "$W/student_md" --platform $OMM --device $DEV --frame-fs 200 \
-        --no-analyse > "$W/logs/student_md.log" 2>&1
+    water_long "$M" "${VAL_WATER_MIN:-12}"
     stage "student water MD: $(grep -o '"simulated_ps": [0-9.]*' $W/student_md/summary.json)"
     stage "validate: 20 solvated amino acids in one batch, <= ${VAL_STAB_MIN:-10} min"
-    python3 -m training.stability --engine batched --model "$M" --out "$W/stability_batched.jsonl" --ps 50 \
-        --minutes "${VAL_STAB_MIN:-10}" --device $DEV --platform $OMM > "$W/logs/stability.log" 2>&1
+    stability_batched "$M" "${VAL_STAB_MIN:-10}"
     stage "stability done"
     python3 -m training.report --model "$M" --nve --nve-steps 4000 --nve-water-steps "${VAL_NVE_WATER_STEPS:-20000}" \
         --device $DEV --platform $OMM --out "$W/report" > "$W/logs/nve.log" 2>&1
@@ -211,9 +219,7 @@ x2_gpu0() {
         else stage "gpu0: CUDA-graph check failed: eager force for the water MD"; fi
     fi
     stage "gpu0: student water MD alone, <= ${X2_WATER_MIN:-15} min, 100 ps"
-    python3 -m training.water_md run --potential student --model "$M" --waters $WATERS --temperature 298 --ps 100 \
-        --minutes "${X2_WATER_MIN:-15}" --out "$W/student_md" --platform $OMM --device $DEV --frame-fs 200 \
-        --no-analyse > "$W/logs/student_md.log" 2>&1
+    water_long "$M" "${X2_WATER_MIN:-15}"
     stage "gpu0: student water MD: $(grep -o '"simulated_ps": [0-9.]*' $W/student_md/summary.json)"
     timeout "${X2_NVE_S:-420}" python3 -m training.report --model "$M" --nve --nve-steps 4000 \
         --nve-water-steps "${X2_NVE_WATER_STEPS:-20000}" --device $DEV --platform $OMM --out "$W/report" \
@@ -227,8 +233,7 @@ x2_gpu1() {
     export CUDA_VISIBLE_DEVICES=1
     M="$W/pkg/openmm_e2former/data/e2formerv2_default.pt"
     stage "gpu1: 20 solvated amino acids in one batch, <= ${X2_STAB_MIN:-10} min, 50 ps"
-    python3 -m training.stability --engine batched --model "$M" --out "$W/stability_batched.jsonl" --ps 50 \
-        --minutes "${X2_STAB_MIN:-10}" --device $DEV --platform $OMM > "$W/logs/stability.log" 2>&1
+    stability_batched "$M" "${X2_STAB_MIN:-10}"
     stage "gpu1: stability done (rc $?)"
     (cd "$W/repo" && GS_OUT="$W/gs" GS_PKG=1 GS_PARITY_LAST=1 GS_PARITY_WAIT=600 \
         E2F_FIXTURES="$W/fixtures/official_parity" PYTHONPATH="$W/pkg:/tmp/site" bash benchmarks/gpu_session.sh) \
@@ -259,8 +264,7 @@ PY
     if [ -f "$W/run/model.pt" ]; then
         cp "$W/run/model.pt" "$W/model_final.pt" && touch "$W/model_ready"
         stage "gpu0: 20 solvated amino acids with the new model, <= ${X2_STAB_MIN:-10} min"
-        python3 -m training.stability --engine batched --model "$W/model_final.pt" --out "$W/stability_batched.jsonl" \
-            --ps 50 --minutes "${X2_STAB_MIN:-10}" --device $DEV --platform $OMM > "$W/logs/stability.log" 2>&1
+        stability_batched "$W/model_final.pt" "${X2_STAB_MIN:-10}"
     fi
     stage "gpu0: done"
     touch "$W/gpu0.done"
@@ -277,9 +281,7 @@ x2_stress_gpu1() {
     for _ in $(seq 1 $(( ${X2_WAIT_MIN:-20} * 4 ))); do [ -f "$W/model_ready" ] && break; sleep 15; done
     if [ -f "$W/model_ready" ]; then
         stage "gpu1: new model's water NPT, <= ${X2_WATER_MIN:-12} min"
-        python3 -m training.water_md run --potential student --model "$W/model_final.pt" --waters $WATERS \
-            --temperature 298 --ps 100 --minutes "${X2_WATER_MIN:-12}" --out "$W/student_md" --platform $OMM \
-            --device $DEV --frame-fs 200 --no-analyse > "$W/logs/student_md.log" 2>&1
+        water_long "$W/model_final.pt" "${X2_WATER_MIN:-12}"
         stage "gpu1: water MD: $(grep -o '"simulated_ps": [0-9.]*' $W/student_md/summary.json)"
     fi
     touch "$W/gpu1.done"
