@@ -54,9 +54,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .active import EV_PER_AMU_A_TO_A_PER_FS2, KB_EV   # (eV/Å)/amu in Å/fs^2; eV/K
+
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
-EV_PER_AMU_A_TO_A_PER_FS2 = 0.0096485332   # (eV/Å)/amu in Å/fs^2 (as training.active)
-KB_EV = 8.617333262e-5
 BOND_RANGE = (0.7, 1.4)
 MAX_TEMP_FACTOR = 2.0
 _now = time.time   # the clock of the batched engine (tests replace it)
