@@ -263,25 +263,69 @@ PY
     stage "gpu0: stress fine-tune finished: $(tail -1 $W/logs/train_stress.log | cut -c1-600)"
     if [ -f "$W/run/model.pt" ]; then
         cp "$W/run/model.pt" "$W/model_final.pt" && touch "$W/model_ready"
-        stage "gpu0: 20 solvated amino acids with the new model, <= ${X2_STAB_MIN:-10} min"
-        stability_batched "$W/model_final.pt" "${X2_STAB_MIN:-10}"
+        left=$(( (${X2_DEADLINE_MIN:-26} * 60 - ($(date +%s) - $(cat $W/.t_start))) / 60 ))
+        smin=$(( left < ${X2_STAB_MIN:-10} ? left : ${X2_STAB_MIN:-10} ))
+        stage "gpu0: 20 solvated amino acids with the new model, <= $smin min"
+        [ "$smin" -ge 1 ] && stability_batched "$W/model_final.pt" "$smin"
+        # NVE with the new model in what is left (dipeptide, then water64; each result written when done)
+        left=$(( ${X2_DEADLINE_MIN:-26} * 60 - ($(date +%s) - $(cat $W/.t_start)) - 20 ))
+        if [ "$left" -ge 120 ]; then
+            stage "gpu0: NVE with the new model, <= $left s"
+            graphs_ok && export E2FORMER_CUDA_GRAPHS=1
+            timeout "$left" python3 -m training.report --model "$W/model_final.pt" --nve --nve-steps 4000 \
+                --nve-water-steps "${X2_NVE_WATER_STEPS:-4000}" --device $DEV --platform $OMM --out "$W/report" \
+                > "$W/logs/nve.log" 2>&1
+            stage "gpu0: NVE done (rc $?)"
+        fi
     fi
     stage "gpu0: done"
     touch "$W/gpu0.done"
 }
 
 x2_stress_gpu1() {
-    # CUDA-graph check while GPU 0 trains, then the new model's water NPT (graphed if the check passed)
+    # CUDA-graph check while GPU 0 trains (the attention v2 tile sweep compiles and checks beside it on the
+    # CPU cores), then the sweep's timings and a 10k end-to-end step with its best tiles (#4), then (once the
+    # model is ready) the new model's water NPT (graphed if the check passed)
     cd "$W"
     export CUDA_VISIBLE_DEVICES=1
-    stage "gpu1: CUDA-graph check"
+    stage "gpu1: CUDA-graph check + attention v2 tile sweep (compile, 3 workers)"
+    for i in 1 2 3; do
+        (cd "$W/repo" && timeout 420 python3 benchmarks/tune_attention_v2.py compile --part "$i/3" --out "$W/tune") \
+            > "$W/logs/tune_compile_$i.log" 2>&1 &
+    done
     (cd "$W/repo" && timeout 300 python3 benchmarks/gpu_graphed_check.py --out "$W/graphed" --openmm-steps 200) \
         > "$W/logs/graphed_check.log" 2>&1
+    wait
+    graphs_ok && stage "gpu1: CUDA graphs OK"
+    if [ ! -f "$W/model_ready" ]; then
+        stage "gpu1: attention v2 tile timings (N = 10k, 100k)"
+        (cd "$W/repo" && timeout 150 python3 benchmarks/tune_attention_v2.py time --out "$W/tune" --n 10000) \
+            > "$W/logs/tune_time.log" 2>&1
+        if [ ! -f "$W/model_ready" ]; then
+            mkdir -p "$W/tune/n100k" && cp "$W/tune/check.jsonl" "$W/tune/n100k/" 2>/dev/null
+            (cd "$W/repo" && timeout 120 python3 benchmarks/tune_attention_v2.py time --out "$W/tune/n100k" \
+                --n 100000) > "$W/logs/tune_time_100k.log" 2>&1
+        fi
+        # the fastest checked forward and backward tiles -> E2F_V2_* for one end-to-end 10k step vs the defaults
+        (cd "$W/repo" && python3 benchmarks/tune_attention_v2.py best --out "$W/tune") > "$W/tune/best.env" 2>> "$W/logs/tune_time.log"
+        stage "gpu1: best tiles: $(tr '\n' ' ' < $W/tune/best.env)"
+        for variant in default tuned; do
+            [ -f "$W/model_ready" ] && break
+            (cd "$W/repo" && [ "$variant" = tuned ] && set -a && . "$W/tune/best.env"; set +a; \
+                timeout 150 python3 benchmarks/gpu_end_to_end.py --out "$W/tune/e2e_$variant" --parts speed \
+                --sizes 10000 --modes fp32 --no-water --budget-s 100) > "$W/logs/tune_e2e_$variant.log" 2>&1
+        done
+        stage "gpu1: sweep done"
+    fi
+    unset E2FORMER_CUDA_GRAPHS
     graphs_ok && export E2FORMER_CUDA_GRAPHS=1 && stage "gpu1: CUDA graphs ON"
     for _ in $(seq 1 $(( ${X2_WAIT_MIN:-20} * 4 ))); do [ -f "$W/model_ready" ] && break; sleep 15; done
     if [ -f "$W/model_ready" ]; then
-        stage "gpu1: new model's water NPT, <= ${X2_WATER_MIN:-12} min"
-        water_long "$W/model_final.pt" "${X2_WATER_MIN:-12}"
+        # never past the lease: at most X2_DEADLINE_MIN minutes after the start, whatever X2_WATER_MIN says
+        left=$(( (${X2_DEADLINE_MIN:-26} * 60 - ($(date +%s) - $(cat $W/.t_start))) / 60 ))
+        wmin=$(( left < ${X2_WATER_MIN:-12} ? left : ${X2_WATER_MIN:-12} ))
+        stage "gpu1: new model's water NPT, <= $wmin min"
+        [ "$wmin" -ge 2 ] && water_long "$W/model_final.pt" "$wmin"
         stage "gpu1: water MD: $(grep -o '"simulated_ps": [0-9.]*' $W/student_md/summary.json)"
     fi
     touch "$W/gpu1.done"
@@ -309,7 +353,7 @@ collect() {
     (cd "$W" && tar czf "$OUT/results.tgz" progress.log logs refs.json run/train_log.jsonl run1/train_log.jsonl \
         run1/model.pt model_final.pt active_log.jsonl stability.jsonl labelled/label_log.jsonl \
         teacher_md/*.json teacher_md/*.csv teacher_md/*.png student_md/*.json student_md/*.csv student_md/*.png \
-        report/default_model_nve.json bench stability_batched.jsonl gs graphed run/model.pt logs/train_stress.log \
+        report/default_model_nve.json bench stability_batched.jsonl gs graphed tune run/model.pt logs/train_stress.log \
         2>/dev/null)
     for d in teacher_md student_md; do
         if ls "$W/$d"/*.dcd > /dev/null 2>&1; then

@@ -415,7 +415,7 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
 
     Defaults chosen from sm_90 compile reports (benchmarks/results/attention_v2_compile_report.txt; zero
     spills at the V1.5 size), not yet from GPU timings.  Overridable for tuning with E2F_V2_{FWD,BWD}_
-    {BLOCK_T, HB, KC, NUM_WARPS} and E2F_V2_PROGS_PER_SM.
+    {BLOCK_T, HB, KC, NUM_WARPS, PROGS_PER_SM} (E2F_V2_PROGS_PER_SM sets both kinds' programs per SM).
     """
     K = kind.upper()
     if kind == "fwd":
@@ -426,7 +426,7 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
     kc = min(hid, _env_int(f"E2F_V2_{K}_KC", d_kc))
     cfg = dict(BLOCK_T=_env_int(f"E2F_V2_{K}_BLOCK_T", d_bt), HB=hb, KC=kc,
                BLOCK_NB=min(kc, triton.next_power_of_2(nb)), num_warps=_env_int(f"E2F_V2_{K}_NUM_WARPS", d_nw),
-               progs_per_sm=_env_int("E2F_V2_PROGS_PER_SM", 8))
+               progs_per_sm=_env_int(f"E2F_V2_{K}_PROGS_PER_SM", _env_int("E2F_V2_PROGS_PER_SM", 8)))
     assert H % hb == 0 and hid % kc == 0, cfg
     return cfg
 
