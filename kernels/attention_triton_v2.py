@@ -413,15 +413,18 @@ def _env_int(name, default):
 def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") -> dict:
     """Tile parameters of the forward ("fwd") or backward ("bwd") kernel.
 
-    Defaults chosen from sm_90 compile reports (benchmarks/results/attention_v2_compile_report.txt; zero
-    spills at the V1.5 size), not yet from GPU timings.  Overridable for tuning with E2F_V2_{FWD,BWD}_
+    For H >= 64 the defaults are the fastest exact tiles of an H200 sweep at the V1.5 size (K = 32, H = 128;
+    ``benchmarks/tune_attention_v2.py``, results in ``benchmarks/results/attention_v2_tune_h200.md``): forward
+    1.31x, forward + backward 1.10x over the earlier defaults at 10k atoms.  Smaller models keep those earlier
+    defaults, chosen from sm_90 compile reports (zero spills; ``attention_v2_compile_report.txt``), untimed.  Overridable for tuning with E2F_V2_{FWD,BWD}_
     {BLOCK_T, HB, KC, NUM_WARPS, PROGS_PER_SM} (E2F_V2_PROGS_PER_SM sets both kinds' programs per SM).
     """
     K = kind.upper()
-    if kind == "fwd":
-        d_bt, d_hb, d_kc, d_nw = max(1, 64 // block_e), 32, 32, 8     # ~64 rows per program
-    else:
-        d_bt, d_hb, d_kc, d_nw = max(1, 32 // block_e), 16, 16, 4     # ~32 rows per program
+    tuned = H >= 64     # the GPU sweep (benchmarks/results/attention_v2_tune_h200.md) ran at the V1.5 size, H = 128
+    if kind == "fwd":   # ~64 rows per program
+        d_bt, d_hb, d_kc, d_nw = (max(1, 64 // block_e), 32, 16, 4) if tuned else (max(1, 64 // block_e), 32, 32, 8)
+    else:               # ~32 rows per program
+        d_bt, d_hb, d_kc, d_nw = (max(1, 32 // block_e), 32, 32, 4) if tuned else (max(1, 32 // block_e), 16, 16, 4)
     hb = min(H, _env_int(f"E2F_V2_{K}_HB", d_hb))
     kc = min(hid, _env_int(f"E2F_V2_{K}_KC", d_kc))
     cfg = dict(BLOCK_T=_env_int(f"E2F_V2_{K}_BLOCK_T", d_bt), HB=hb, KC=kc,
