@@ -36,8 +36,9 @@ buffer each way:
    back with one device->host copy into a pinned buffer; one stream synchronisation;
 5. the callable returns a float and a NumPy view of the pinned buffer (OpenMM copies it at once).
 
-With ``cuda_graphs=True`` (or, when the argument is None, ``E2FORMER_CUDA_GRAPHS=1`` on a CUDA device; off by
-default until verified on a GPU) step 3 runs, after the first (validated, eager) evaluation, through
+On a CUDA device, for float32 systems of at most ``graphed.AUTO_MAX_ATOMS`` (5,000) ML atoms, or with ``cuda_graphs=True``
+(``E2FORMER_CUDA_GRAPHS=1`` / ``0`` forces it on / off on CUDA when the argument is None), step 3 runs, after the
+first (validated, eager) evaluation, through
 :class:`openmm_e2former.graphed.GraphedEnergyForces`: the network's forward and backward replayed from a CUDA
 graph over fixed-capacity edge buffers (``cuda_graphs=True`` on the CPU runs the same padded path eagerly, for
 tests: it is slower than the ordinary path there).
@@ -225,12 +226,15 @@ class _Runtime:
         self.validated = False
         self.lock = threading.Lock()
         # the padded / CUDA-graph path (built after the first, validated, evaluation); not for the test models
-        from .graphed import cuda_graphs_requested
+        from .graphed import use_cuda_graphs
 
-        # the environment variable applies on CUDA only (on the CPU there is no graph, and the padded path is
-        # slower than the eager one); the explicit argument forces the padded path on any device (tests)
-        wanted = comp.cuda_graphs if comp.cuda_graphs is not None else (cuda_graphs_requested() and self.cuda)
-        self.use_graphed = bool(wanted) and hasattr(self.model, "padded_energy_terms")
+        # on CUDA: small systems by default, or as E2FORMER_CUDA_GRAPHS says; never on the CPU by default; the
+        # explicit argument forces the choice on any device (tests)
+        wanted = use_cuda_graphs(comp.cuda_graphs, self.cuda, self.n, self.dtype == torch.float32)
+        # the padded path needs the relative EAAS route: a model switched to "so2" keeps the eager path unless
+        # the padded one was asked for explicitly (which then names the problem)
+        self.use_graphed = wanted and hasattr(self.model, "padded_energy_terms") and (
+            comp.cuda_graphs is not None or getattr(self.model, "eaas", "relative") != "so2")
         self.graphed = None
 
     def graphed_call(self, comp: "E2FormerForceComputation", pos, cell):
@@ -365,8 +369,9 @@ def create_python_force(atomic_numbers: Sequence[int], model_path: Optional[str]
     """Build the ``openmm.PythonForce`` (not added to any System).
 
     ``atomic_numbers[i]`` belongs to particle ``particles[i]`` (all particles of the System when
-    ``particles`` is None).  ``cuda_graphs``: the padded / CUDA-graph path (None: ``E2FORMER_CUDA_GRAPHS=1`` turns
-    it on for a CUDA device; True forces it on any device, without a graph on the CPU)."""
+    ``particles`` is None).  ``cuda_graphs``: the padded / CUDA-graph path (None: on a CUDA device for float32
+    models of at most ``graphed.AUTO_MAX_ATOMS`` ML atoms, or as ``E2FORMER_CUDA_GRAPHS`` says; True forces it on any device, without
+    a graph on the CPU; False turns it off)."""
     import openmm
 
     if particles is not None and len(particles) != len(atomic_numbers):

@@ -1,4 +1,4 @@
-"""CUDA-graph replay of the model's energy and forces (opt-in: ``E2FORMER_CUDA_GRAPHS=1``).
+"""CUDA-graph replay of the model's energy and forces (on by default for small CUDA systems; ``E2FORMER_CUDA_GRAPHS``).
 
 For small MD systems one force call is bound by the CPU: ~1,200 kernel launches and several host syncs for
 ~9 ms of GPU work (600 waters on an H200).  :class:`GraphedEnergyForces` captures the network's forward and
@@ -25,17 +25,45 @@ import torch
 
 from .model.e2former import pad_edges
 
-__all__ = ["ENV_VAR", "GraphedEnergyForces", "cuda_graphs_requested"]
+__all__ = ["AUTO_MAX_ATOMS", "ENV_VAR", "GraphedEnergyForces", "cuda_graphs_requested", "use_cuda_graphs"]
 
-#: environment variable that opts the OpenMM force into this path (when its ``cuda_graphs`` argument is None)
+#: environment variable that overrides the default choice of the OpenMM force (when its ``cuda_graphs``
+#: argument is None): 1 / true / yes / on forces the path on CUDA at any size, 0 / false / no / off turns it off
 ENV_VAR = "E2FORMER_CUDA_GRAPHS"
 
+#: on CUDA the path is on by default for float32 models up to this many ML atoms.  Measured on an H200
+#: (benchmarks/results/graphed_check_h200.md), float32 force call 39.9 -> 23.3 ms at 1,800 atoms (600 waters) and
+#: 32.5 -> 13.2 ms at 718 atoms: small systems are bound by kernel launches, which the graph replays at once.  The
+#: padded layout does about twice the GPU work of the eager one, so above a few thousand atoms, where the GPU
+#: work dominates, the eager path should be the faster one (a modelled crossover near 8,000 atoms, not
+#: measured).  float64 (the PyTorch route, no fused kernels) is 3-4x slower padded: never on by default.
+AUTO_MAX_ATOMS = 5000
 
-def cuda_graphs_requested(flag: Optional[bool] = None) -> bool:
-    """``flag`` if given, else whether ``E2FORMER_CUDA_GRAPHS`` is set to 1 / true / yes / on."""
+
+def cuda_graphs_requested(flag: Optional[bool] = None) -> Optional[bool]:
+    """``flag`` if given, else ``E2FORMER_CUDA_GRAPHS`` read as True (1 / true / yes / on), False (0 / false /
+    no / off, or any other set value) or None (unset or empty: the caller's default applies)."""
     if flag is not None:
         return bool(flag)
-    return os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+    val = os.environ.get(ENV_VAR, "").strip().lower()
+    if not val:
+        return None
+    return val in ("1", "true", "yes", "on")
+
+
+def use_cuda_graphs(flag: Optional[bool], on_cuda: bool, n_atoms: int, float32: bool = True) -> bool:
+    """Whether the OpenMM force takes the padded / CUDA-graph path.
+
+    An explicit ``flag`` wins on any device (``True`` on the CPU runs the padded path eagerly, for tests).
+    Otherwise the environment variable decides on CUDA, and without it the path is on for float32 CUDA systems
+    of at most :data:`AUTO_MAX_ATOMS` atoms.  Never on the CPU by default (no graphs there; the padded path is
+    slower than the eager one), nor for float64 models by default (slower padded, see above)."""
+    if flag is not None:
+        return bool(flag)
+    if not on_cuda:
+        return False
+    env = cuda_graphs_requested()
+    return env if env is not None else (float32 and n_atoms <= AUTO_MAX_ATOMS)
 
 
 class GraphedEnergyForces:

@@ -25,7 +25,8 @@ from conftest import ALA2_PDB
 from helpers import TRITON_MODEL_SCRIPT_HEAD, model as fixture_model, run_under_triton_interpreter, water_box
 
 from openmm_e2former import load_model
-from openmm_e2former.graphed import ENV_VAR, GraphedEnergyForces, cuda_graphs_requested
+from openmm_e2former.graphed import (AUTO_MAX_ATOMS, ENV_VAR, GraphedEnergyForces, cuda_graphs_requested,
+                                     use_cuda_graphs)
 from openmm_e2former.model.e2former import pad_edges
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,11 +134,25 @@ def test_so2_route_is_refused():
 
 def test_opt_in_flag(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
-    assert not cuda_graphs_requested()
-    for value, want in (("1", True), ("true", True), ("0", False), ("", False)):
+    assert cuda_graphs_requested() is None
+    for value, want in (("1", True), ("true", True), ("on", True), ("0", False), ("off", False), ("", None)):
         monkeypatch.setenv(ENV_VAR, value)
         assert cuda_graphs_requested() is want
     assert cuda_graphs_requested(False) is False and cuda_graphs_requested(True) is True
+
+
+def test_default_choice_of_the_graphed_path(monkeypatch):
+    """On by default for small CUDA systems only; the variable overrides on CUDA; the argument everywhere."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert use_cuda_graphs(None, True, 1800) and use_cuda_graphs(None, True, AUTO_MAX_ATOMS)
+    assert not use_cuda_graphs(None, True, AUTO_MAX_ATOMS + 1)
+    assert not use_cuda_graphs(None, False, 100)                      # never on the CPU by default
+    assert not use_cuda_graphs(None, True, 100, float32=False)        # nor for float64 (slower padded)
+    monkeypatch.setenv(ENV_VAR, "0")
+    assert not use_cuda_graphs(None, True, 100)
+    monkeypatch.setenv(ENV_VAR, "1")
+    assert use_cuda_graphs(None, True, 10 * AUTO_MAX_ATOMS) and not use_cuda_graphs(None, False, 100)
+    assert use_cuda_graphs(True, False, 100) and not use_cuda_graphs(False, True, 100)
 
 
 @pytest.mark.usefixtures("one_torch_thread")
