@@ -53,8 +53,8 @@ def _column(data: Dict[str, np.ndarray], prefix: str) -> Optional[np.ndarray]:
 
 
 def plot_energy_trace(csv_path: str, png_path: str) -> str:
-    """Potential, kinetic and total energy (kJ/mol, relative to the first report) and temperature (K)
-    against time (ps)."""
+    """Potential, kinetic and total energy (kJ/mol, relative to the first report), temperature (K) and, when the
+    log has it (NPT), density (g/cm³) against time (ps)."""
     data = read_state_csv(csv_path)
     t = _column(data, "Time")
     if t is None:
@@ -62,7 +62,13 @@ def plot_energy_trace(csv_path: str, png_path: str) -> str:
     if t is None or len(t) == 0:
         raise ValueError(f"{csv_path}: no time or step column / no rows")
     plt = _matplotlib()
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    dens = _column(data, "Density")                   # NPT runs (e2former-md --pressure)
+    if dens is not None and len(dens):
+        fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
+        ax3.plot(t, dens, color="tab:blue")
+        ax3.set_ylabel("density (g/cm³)")
+    else:
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     # ML energies carry large per-element reference energies: show changes from the first report
     for name, style in (("Potential Energy", "-"), ("Kinetic Energy", "--"), ("Total Energy", "-")):
         y = _column(data, name)
@@ -75,7 +81,8 @@ def plot_energy_trace(csv_path: str, png_path: str) -> str:
     if temp is not None:
         ax2.plot(t, temp, color="tab:red")
     ax2.set_ylabel("temperature (K)")
-    ax2.set_xlabel("time (ps)" if _column(data, "Time") is not None else "step")
+    (ax3 if dens is not None and len(dens) else ax2).set_xlabel(
+        "time (ps)" if _column(data, "Time") is not None else "step")
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     plt.close(fig)

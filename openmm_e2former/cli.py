@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--friction", type=float, default=1.0, help="Langevin friction (1/ps)")
     g.add_argument("--timestep", type=float, default=0.5, help="fs")
     g.add_argument("--steps", type=int, default=1000, help="MD steps")
+    g.add_argument("--pressure", type=float, default=None,
+                   help="bar: constant pressure (NPT, Monte Carlo barostat; periodic systems only). Default: NVT")
+    g.add_argument("--barostat-interval", type=int, default=25, help="steps between barostat moves (with --pressure)")
     g.add_argument("--minimize-steps", type=int, default=200,
                    help="max. L-BFGS iterations of the energy minimisation (0: until converged, -1: skip)")
     g.add_argument("--report-interval", type=int, default=100, help="steps between reports / DCD frames")
@@ -263,6 +266,17 @@ def build_simulation(args, topology, positions):
             topology, positions = info["topology"], new_positions * unit.nanometer
         mode = (f"ML/MM ({len(ml_atoms)} ML atoms, mechanical embedding, amber14"
                 + (f", {n_caps} link-atom caps)" if n_caps else ")"))
+    if args.pressure is not None:
+        if not periodic:
+            raise CLIError("--pressure needs a periodic system (a PDB with a CRYST1 box, or --solvate)")
+        if args.pressure <= 0 or args.barostat_interval <= 0:
+            raise CLIError("--pressure and --barostat-interval must be > 0")
+        barostat = openmm.MonteCarloBarostat(args.pressure * unit.bar, args.temperature * unit.kelvin,
+                                             args.barostat_interval)
+        if args.seed is not None:
+            barostat.setRandomNumberSeed(args.seed)
+        system.addForce(barostat)
+        mode += f", NPT {args.pressure:g} bar"
     integrator = openmm.LangevinMiddleIntegrator(args.temperature * unit.kelvin, args.friction / unit.picosecond,
                                                  args.timestep * unit.femtosecond)
     if args.seed is not None:
@@ -283,6 +297,7 @@ def build_simulation(args, topology, positions):
 
 
 def run(args) -> dict:
+    import numpy as np
     import openmm
     from openmm import app, unit
 
@@ -338,7 +353,8 @@ def run(args) -> dict:
     log_path, dcd_path = prefix + ".csv", prefix + ".dcd"
     sim.reporters.append(app.StateDataReporter(log_path, args.report_interval, step=True, time=True,
                                                potentialEnergy=True, kineticEnergy=True, totalEnergy=True,
-                                               temperature=True, speed=True))
+                                               temperature=True, speed=True,
+                                               volume=args.pressure is not None, density=args.pressure is not None))
     sim.reporters.append(app.DCDReporter(dcd_path, args.report_interval))
 
     bar = None
@@ -369,6 +385,13 @@ def run(args) -> dict:
         - (3 if any(isinstance(f, openmm.CMMotionRemover) for f in sim.system.getForces()) else 0)
     kb = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
     summary["final_temperature"] = 2 * summary["final_kinetic_energy"] / (max(dof, 1) * kb)
+    if args.pressure is not None:
+        a, b, c = st.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+        volume = float(abs(np.dot(a, np.cross(b, c))))                                         # nm^3
+        mass = sum(sim.system.getParticleMass(i).value_in_unit(unit.dalton)
+                   for i in range(sim.system.getNumParticles()))
+        summary["final_volume_nm3"] = volume
+        summary["final_density_g_cm3"] = mass / 6.02214076e23 / (volume * 1e-21)
     summary["steps"] = args.steps
     summary["md_seconds"] = wall
     ns = args.steps * args.timestep * 1e-6
@@ -387,6 +410,9 @@ def run(args) -> dict:
     print(f"  final potential energy     {summary['final_potential_energy']:.3f} kJ/mol")
     print(f"  final kinetic energy       {summary['final_kinetic_energy']:.3f} kJ/mol "
           f"(T = {summary['final_temperature']:.1f} K)")
+    if "final_density_g_cm3" in summary:
+        print(f"  final box volume           {summary['final_volume_nm3']:.3f} nm^3 "
+              f"(density {summary['final_density_g_cm3']:.4f} g/cm^3)")
     print(f"  MD: {args.steps} steps x {args.timestep} fs in {wall:.2f} s = {summary['ns_per_day']:.3f} ns/day")
     print(f"  outputs: {', '.join(summary['outputs'])}")
     return summary

@@ -118,3 +118,23 @@ def test_cli_without_model_uses_default(water_pdb_factory, tmp_path, capsys):
                  "--device", "cpu", "--output", str(tmp_path / "d")])
     err = capsys.readouterr().err
     assert code == 0, err    # the bundled default model
+
+
+def test_cli_npt_reports_density(water_pdb_factory, tiny_qk_checkpoint, tmp_path, capsys):
+    """--pressure adds a Monte Carlo barostat: the box moves, density is logged, plotted and summarised."""
+    pdb = water_pdb_factory(8, box_angstrom=(12.0, 12.0, 12.0))
+    args = _common(tmp_path, tiny_qk_checkpoint, steps=8)
+    assert main([str(pdb), "--pressure", "1.0", "--barostat-interval", "1"] + args) == 0
+    out = capsys.readouterr().out
+    assert "NPT 1 bar" in out and "density" in out
+    rows = (tmp_path / "out" / "run.csv").read_text().splitlines()
+    assert "Density" in rows[0] and "Box Volume" in rows[0]
+    vols = {r.split(",")[rows[0].split(",").index('"Box Volume (nm^3)"')] for r in rows[1:]}
+    assert len(vols) > 1                              # the barostat changed the volume
+    assert (tmp_path / "out" / "run_energy.png").stat().st_size > 0
+
+
+def test_cli_npt_needs_a_box(water_pdb_factory, tiny_qk_checkpoint, tmp_path, capsys):
+    pdb = water_pdb_factory(2)                        # no CRYST1: not periodic
+    assert main([str(pdb), "--pressure", "1.0"] + _common(tmp_path, tiny_qk_checkpoint)) != 0
+    assert "--pressure needs a periodic system" in capsys.readouterr().err
