@@ -271,3 +271,33 @@ def test_cli_batched_part_and_resume(model, monkeypatch, tmp_path, capsys):
     assert [r["letter"] for r in lines] == ["G", "A"] and all(r["completed"] for r in lines)
     printed = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert printed == lines
+
+
+def test_run_one_resumes_from_saved_state(tmp_path, monkeypatch):
+    """openmm engine with --state-dir: a run cut by the wall-time limit saves its state, the next call continues
+    it (no second ML minimisation) to the target and then removes the state; main() reruns resumable records."""
+    import openmm
+
+    minimised = []
+    real_min = openmm.LocalEnergyMinimizer.minimize
+    monkeypatch.setattr(openmm.LocalEnergyMinimizer, "minimize",
+                        staticmethod(lambda ctx, tol, it: minimised.append(it) or real_min(ctx, tol, it)))
+    sd = tmp_path / "state"
+    kw = dict(device="cpu", platform="CPU", check_fs=3.0, state_dir=str(sd), box_nm=1.0)
+    r1 = stability.run_one(None, "G", ps=0.006, minutes=1e-9, **kw)          # stops before the first step
+    assert RUN_ONE_KEYS <= set(r1) and r1["resumable"] and r1["stable"] and not r1["completed"]
+    assert r1["ps"] == 0.0 and r1["segments"] == 1 and (sd / "ACE-G.xml").exists()
+    assert (sd / "ACE-G.system.xml").exists()                               # the System (solvation varies)
+    n_min = len(minimised)                                                  # classical relax + ML minimisation
+    r2 = stability.run_one(None, "G", ps=0.006, minutes=5, **kw)
+    assert len(minimised) == n_min                                          # no rebuild, no minimisation
+    assert r2["atoms"] == r1["atoms"] and r2["charge"] == r1["charge"]
+    assert r2["completed"] and not r2["resumable"] and r2["segments"] == 2 and r2["ps"] == pytest.approx(0.006)
+    assert not any(sd.iterdir())                                            # state removed when completed
+    # main(): a resumable latest record is continued, a final one is skipped
+    out = tmp_path / "stab.jsonl"
+    out.write_text(json.dumps(dict(r1, letter="G")) + "\n" + json.dumps(dict(r2, letter="A")) + "\n")
+    calls = []
+    monkeypatch.setattr(stability, "run_one", lambda *a, **k: calls.append(a[1]) or dict(r2, letter=a[1]))
+    assert stability.main(["--out", str(out), "--letters", "AG", "--state-dir", str(sd)]) == 0
+    assert calls == ["G"]

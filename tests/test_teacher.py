@@ -262,6 +262,23 @@ def test_water_md_student_tiny(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["steps"] == 10 and s["frames"] == 5
     assert len((out / "thermo.csv").read_text().splitlines()) == 6
+    # --resume continues from the saved state: --ps counts the whole run, trajectory and log are appended
+    assert (out / "state.xml").exists()
+    assert water_md.main(["--potential", "student", "--model", str(ckpt), "--waters", "32", "--minutes", "2",
+                          "--ps", "0.027", "--out", str(out), "--platform", "CPU", "--device", "cpu",
+                          "--frame-fs", "3", "--torch-threads", "1", "--no-analyse", "--resume"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == 18 and s["frames"] == 9 and s["segments"] == 2 and s["simulated_ps"] == pytest.approx(0.027)
+    rows = (out / "thermo.csv").read_text().splitlines()
+    assert len(rows) == 10 and [int(r.split(",")[0]) for r in rows[1:]] == list(range(2, 20, 2))
+    import mdtraj
+    traj = mdtraj.load(str(out / "traj.dcd"), top=str(out / "top.pdb"))
+    assert traj.n_frames == 9
+    # a different run in the same directory is refused
+    with pytest.raises(SystemExit, match="different run"):
+        water_md.main(["--potential", "student", "--model", str(ckpt), "--waters", "32", "--minutes", "2",
+                       "--out", str(out), "--platform", "CPU", "--device", "cpu", "--timestep-fs", "1.0",
+                       "--torch-threads", "1", "--no-analyse", "--resume"])
 
 
 # --------------------------------------------------------------------------------------------------------

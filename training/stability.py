@@ -107,35 +107,67 @@ def _relaxed_solvated(letter: str, seed: int, box_nm: float, platform: Optional[
 
 def run_one(model: str, letter: str, ps: float, minutes: float, device: str, platform: Optional[str],
             timestep_fs: float = 1.5, hmass: float = 4.0, temperature: float = 300.0, check_fs: float = 150.0,
-            seed: int = 0, box_nm: float = 2.0) -> Dict:
+            seed: int = 0, box_nm: float = 2.0, state_dir: Optional[str] = None) -> Dict:
+    """One solvated capped amino acid (see the module docstring); the record of ``main``.
+
+    ``state_dir``: resumable runs.  A run stopped by ``minutes`` (stable, not yet at ``ps``) saves its OpenMM
+    state and its progress (steps, worst bond ratio, highest temperature, reference bond lengths) there as
+    ``ACE-<letter>.xml`` / ``.json``, and its record says ``"resumable": true``; the next call with the same
+    ``state_dir`` continues from it (new Langevin noise seed per segment) instead of starting again.  A
+    completed or failed run removes its state files."""
     import openmm
     from openmm import unit
     from openmm_e2former.force import create_python_force
     from .water_md import _platform, ml_system
 
     t_start = time.time()
-    b, bi, pos0_A = _relaxed_solvated(letter, seed, box_nm, platform, 1)
-    pos0 = pos0_A / 10.0
+    xml_path = json_path = sys_path = prog = None
+    if state_dir:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        xml_path, json_path, sys_path = (Path(state_dir) / f"ACE-{letter}{ext}"
+                                         for ext in (".xml", ".json", ".system.xml"))
+        if xml_path.exists() and json_path.exists() and sys_path.exists():
+            prog = json.loads(json_path.read_text())
+            if prog.get("timestep_fs") != timestep_fs or prog.get("hmass_amu") != hmass:
+                raise ValueError(f"{json_path}: saved with timestep {prog.get('timestep_fs')} fs / hmass "
+                                 f"{prog.get('hmass_amu')}, asked {timestep_fs} / {hmass}")
     plat, props = _platform(platform, 1)
-    force = create_python_force(list(map(int, b.z)), model, periodic=True, device=device, charge=int(b.charge))
-    sysm = ml_system(b.system, b.topology, force, b.box)
-    n_h = repartition_hydrogens(sysm, b.topology, hmass) if hmass > 0 else 0
+    if prog is None:
+        b, bi, pos0_A = _relaxed_solvated(letter, seed, box_nm, platform, 1)
+        pos0 = pos0_A / 10.0
+        force = create_python_force(list(map(int, b.z)), model, periodic=True, device=device, charge=int(b.charge))
+        sysm = ml_system(b.system, b.topology, force, b.box)
+        n_h = repartition_hydrogens(sysm, b.topology, hmass) if hmass > 0 else 0
+        charge, box = int(b.charge), b.box
+    else:
+        # the saved System itself (re-solvating is not reproducible atom for atom), no classical relaxation
+        sysm = openmm.XmlSerializer.deserialize(sys_path.read_text())
+        bi = np.asarray(prog["bonds"], dtype=np.int64).reshape(-1, 2)
+        n_h, charge = int(prog["hydrogens_repartitioned"]), int(prog["charge"])
     integ = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, 1 / unit.picosecond,
                                             timestep_fs * unit.femtosecond)
-    integ.setRandomNumberSeed(seed + 11)
+    segment = 0 if prog is None else int(prog["segments"])
+    integ.setRandomNumberSeed(seed + 11 + 7919 * segment)
     ctx = openmm.Context(sysm, integ, plat, props)
-    ctx.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in b.box])
-    ctx.setPositions(pos0)
-    openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 100)
-    ctx.setVelocitiesToTemperature(temperature * unit.kelvin, seed + 12)
-    p0 = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
-    d0 = np.linalg.norm(p0[bi[:, 0]] - p0[bi[:, 1]], axis=1)
+    if prog is None:
+        ctx.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
+        ctx.setPositions(pos0)
+        openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 100)
+        ctx.setVelocitiesToTemperature(temperature * unit.kelvin, seed + 12)
+        p0 = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+        d0 = np.linalg.norm(p0[bi[:, 0]] - p0[bi[:, 1]], axis=1)
+        done, worst, t_max, wall_before = 0, 1.0, 0.0, 0.0
+    else:
+        ctx.setState(openmm.XmlSerializer.deserialize(xml_path.read_text()))
+        d0 = np.asarray(prog["bond_ref_A"], dtype=np.float64)
+        done, worst, t_max, wall_before = (int(prog["steps"]), float(prog["worst_bond_ratio"]),
+                                           float(prog["max_temperature_K"]), float(prog["md_wall_s"]))
     n_atoms = sysm.getNumParticles()
     dof = 3 * n_atoms - 3
     chunk = max(1, int(round(check_fs / timestep_fs)))
     steps_total = int(round(ps * 1000.0 / timestep_fs))
     deadline = time.time() + 60.0 * minutes
-    done, ok, reason, worst, t_max = 0, True, "", 1.0, 0.0
+    ok, reason = True, ""
     t_md = time.time()
     try:
         while done < steps_total and time.time() < deadline:
@@ -158,14 +190,35 @@ def run_one(model: str, letter: str, ps: float, minutes: float, device: str, pla
                 break
     except Exception as exc:   # an overlap / NaN error raised by the force is an instability too
         ok, reason = False, f"{type(exc).__name__}: {str(exc)[:160]} at {done * timestep_fs / 1000:.2f} ps"
-    wall_md = time.time() - t_md
+    wall_md = time.time() - t_md + wall_before
     sim_ps = done * timestep_fs / 1000.0
-    return {"system": f"ACE-{letter}-NME (water)", "letter": letter, "atoms": n_atoms, "charge": int(b.charge),
-            "ps": sim_ps, "target_ps": ps, "stable": ok, "completed": ok and done >= steps_total,
-            "worst_bond_ratio": worst, "max_temperature_K": t_max, "reason": reason,
-            "timestep_fs": timestep_fs, "hmass_amu": hmass, "hydrogens_repartitioned": n_h,
-            "temperature_K": temperature, "ns_per_day": sim_ps * 1e-3 / max(wall_md, 1e-9) * 86400.0,
-            "wall_s": time.time() - t_start, "device": device}
+    completed = ok and done >= steps_total
+    resumable = bool(state_dir) and ok and not completed
+    if resumable:
+        if prog is None:
+            sys_path.write_text(openmm.XmlSerializer.serialize(sysm))
+        tmp = xml_path.with_suffix(".xml.tmp")
+        tmp.write_text(openmm.XmlSerializer.serialize(ctx.getState(getPositions=True, getVelocities=True)))
+        os.replace(tmp, xml_path)
+        json_path.write_text(json.dumps(dict(steps=done, worst_bond_ratio=worst, max_temperature_K=t_max,
+                                             md_wall_s=wall_md, segments=segment + 1, timestep_fs=timestep_fs,
+                                             hmass_amu=hmass, bond_ref_A=d0.tolist(), bonds=bi.tolist(),
+                                             hydrogens_repartitioned=n_h, charge=charge)))
+    elif state_dir:
+        for f in (xml_path, json_path, sys_path):
+            if f.exists():
+                f.unlink()
+    if resumable and not reason:
+        reason = f"wall-time limit at {sim_ps:.4f} ps (state saved: resumable)"
+    rec = {"system": f"ACE-{letter}-NME (water)", "letter": letter, "atoms": n_atoms, "charge": charge,
+           "ps": sim_ps, "target_ps": ps, "stable": ok, "completed": completed,
+           "worst_bond_ratio": worst, "max_temperature_K": t_max, "reason": reason,
+           "timestep_fs": timestep_fs, "hmass_amu": hmass, "hydrogens_repartitioned": n_h,
+           "temperature_K": temperature, "ns_per_day": sim_ps * 1e-3 / max(wall_md, 1e-9) * 86400.0,
+           "wall_s": time.time() - t_start, "device": device}
+    if state_dir:
+        rec.update(resumable=resumable, segments=segment + 1)
+    return rec
 
 
 # ----------------------------------------------------------------------------------------------- batched engine
@@ -517,6 +570,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--check-fs", type=float, default=150.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--summary", help="print the summary of a results file and exit")
+    ap.add_argument("--state-dir", default=None,
+                    help="openmm engine: save the state of runs stopped by --minutes there and continue them on "
+                         "the next call (their records say resumable); a campaign over several calls")
     args = ap.parse_args(argv)
     if args.summary:
         print(json.dumps(summary(args.summary), indent=1))
@@ -533,8 +589,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         letters = letters[i::n]
     out = Path(args.out)
     seen = set()
-    if out.exists():
-        seen = {json.loads(l)["letter"] for l in out.read_text().splitlines() if l.strip()}
+    if out.exists():   # systems with a final record (a resumable one is continued)
+        latest = {}
+        for line in out.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                latest[r["letter"]] = r
+        seen = {x for x, r in latest.items() if not r.get("resumable")}
     if args.engine == "batched":
         todo = [x for x in letters if x not in seen]
         if todo:
@@ -549,7 +610,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if time.time() - t0 > 60.0 * args.total_minutes:
             break
         rec = run_one(model, x, args.ps, args.minutes, args.device, args.platform, args.timestep_fs, args.hmass,
-                      args.temperature, args.check_fs, args.seed, args.box_nm)
+                      args.temperature, args.check_fs, args.seed, args.box_nm, args.state_dir)
         with open(out, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
         print(json.dumps(rec), flush=True)

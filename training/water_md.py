@@ -209,6 +209,28 @@ def density_g_cm3(total_mass_amu: float, volume_nm3: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- run
+def _classical_prep(built, box_nm, T, dt_fs, seed, plat, props, equil_ps):
+    """Minimised and classically equilibrated (NVT) positions and velocities of the water box."""
+    import openmm
+    from openmm import unit
+
+    integ = openmm.LangevinMiddleIntegrator(T, 1.0 / unit.picosecond, min(dt_fs, 1.0) * unit.femtosecond)
+    integ.setRandomNumberSeed(seed % (2**31 - 1))
+    built.system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box_nm])
+    ctx = openmm.Context(built.system, integ, plat, props)
+    ctx.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box_nm])
+    ctx.setPositions(built.positions)
+    openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 2000)
+    ctx.setVelocitiesToTemperature(T, seed % (2**31 - 1))
+    n_eq = int(round(equil_ps * 1000.0 / min(dt_fs, 1.0)))
+    t0 = time.time()
+    integ.step(n_eq)
+    st = ctx.getState(getPositions=True, getVelocities=True)
+    print(f"[water_md] classical: minimised + {n_eq} NVT steps ({equil_ps} ps) in {time.time() - t0:.1f} s",
+          flush=True)
+    return st.getPositions(asNumpy=True), st.getVelocities(asNumpy=True)
+
+
 def run(args) -> Dict:
     import openmm
     import torch
@@ -237,23 +259,22 @@ def run(args) -> Dict:
     print(f"[water_md] {args.waters} waters ({n_atoms} atoms), L = {box_nm[0, 0] * 10:.2f} Å, "
           f"platform {plat.getName()}, potential {args.potential}, device {args.device}", flush=True)
 
+    # resuming (--resume): the saved NPT state of an earlier call replaces the classical preparation
+    prev = None
+    if getattr(args, "resume", False) and (out / "state.xml").exists() and (out / "summary.json").exists():
+        prev = json.loads((out / "summary.json").read_text())
+        if prev.get("potential") != args.potential or prev.get("waters") != args.waters \
+                or prev.get("timestep_fs") != dt_fs or prev.get("frame_every_fs") != max(1, int(round(args.frame_fs / dt_fs))) * dt_fs:
+            raise SystemExit(f"--resume: {out} holds a different run (potential, waters, timestep or frame "
+                             "interval differ); use another --out")
+        seed = prev["seed"]
+
     # 2. classical minimisation + NVT ----------------------------------------------------------------
-    integ = openmm.LangevinMiddleIntegrator(T, 1.0 / unit.picosecond, min(dt_fs, 1.0) * unit.femtosecond)
-    integ.setRandomNumberSeed(seed % (2**31 - 1))
-    built.system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box_nm])
-    ctx = openmm.Context(built.system, integ, plat, props)
-    ctx.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box_nm])
-    ctx.setPositions(built.positions)
-    openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 2000)
-    ctx.setVelocitiesToTemperature(T, seed % (2**31 - 1))
-    n_eq = int(round(args.equil_ps * 1000.0 / min(dt_fs, 1.0)))
-    t0 = time.time()
-    integ.step(n_eq)
-    st = ctx.getState(getPositions=True, getVelocities=True)
-    pos0, vel0 = st.getPositions(asNumpy=True), st.getVelocities(asNumpy=True)
-    print(f"[water_md] classical: minimised + {n_eq} NVT steps ({args.equil_ps} ps) in {time.time() - t0:.1f} s",
-          flush=True)
-    del ctx, integ
+    if prev is not None:
+        pos0 = vel0 = None
+        print(f"[water_md] resuming from {out / 'state.xml'} at {prev.get('simulated_ps', 0.0):.3f} ps", flush=True)
+    else:
+        pos0, vel0 = _classical_prep(built, box_nm, T, dt_fs, seed, plat, props, args.equil_ps)
 
     # 3. ML system --------------------------------------------------------------------------------------
     if args.potential == "teacher":
@@ -271,21 +292,26 @@ def run(args) -> Dict:
         pot_desc = {"potential": "student", "model": os.path.abspath(args.model), "dtype": args.dtype}
     system = ml_system(built.system, topology, force, box_nm)
     baro = openmm.MonteCarloBarostat(args.pressure * unit.bar, T, args.barostat_every)
-    baro.setRandomNumberSeed((seed + 1) % (2**31 - 1))
+    segment = 0 if prev is None else int(prev.get("segments", 1))     # a new noise stream per call
+    baro.setRandomNumberSeed((seed + 1 + 7919 * segment) % (2**31 - 1))
     system.addForce(baro)
     integ = openmm.LangevinMiddleIntegrator(T, args.friction / unit.picosecond, dt_fs * unit.femtosecond)
-    integ.setRandomNumberSeed((seed + 2) % (2**31 - 1))
+    integ.setRandomNumberSeed((seed + 2 + 7919 * segment) % (2**31 - 1))
     ctx = openmm.Context(system, integ, plat, props)
-    ctx.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box_nm])
-    ctx.setPositions(pos0)
-    ctx.setVelocities(vel0)
+    if prev is None:
+        ctx.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box_nm])
+        ctx.setPositions(pos0)
+        ctx.setVelocities(vel0)
+    else:
+        ctx.setState(openmm.XmlSerializer.deserialize((out / "state.xml").read_text()))
     n_dof = 3 * n_atoms - 3
 
     stride = max(1, int(round(args.frame_fs / dt_fs)))
     max_steps = int(round(args.ps * 1000.0 / dt_fs)) if args.ps else None
-    with open(out / "top.pdb", "w") as fh:
-        topology.setPeriodicBoxVectors([openmm.Vec3(*row) for row in box_nm] * unit.nanometer)
-        app.PDBFile.writeFile(topology, pos0, fh)
+    if prev is None:
+        with open(out / "top.pdb", "w") as fh:
+            topology.setPeriodicBoxVectors([openmm.Vec3(*row) for row in box_nm] * unit.nanometer)
+            app.PDBFile.writeFile(topology, pos0, fh)
     summary = {
         "status": "running", "waters": args.waters, "atoms": n_atoms, "temperature_K": args.temperature,
         "pressure_bar": args.pressure, "timestep_fs": dt_fs, "friction_per_ps": args.friction,
@@ -299,25 +325,36 @@ def run(args) -> Dict:
         "platform": plat.getName(), "device": args.device, "seed": seed, **pot_desc,
         "minutes_limit": args.minutes, "ps_limit": args.ps,
     }
+    if prev is not None:            # the first call's description stays; the counters continue
+        summary = dict(prev, status="running", minutes_limit=args.minutes, ps_limit=args.ps, **pot_desc)
     _write_json(out / "summary.json", summary)
 
     # 4. NPT production ---------------------------------------------------------------------------------
-    dcd_fh = open(out / "traj.dcd", "wb")
-    dcd = app.DCDFile(dcd_fh, topology, dt_fs * unit.femtosecond, 0, stride)
-    csv_fh = open(out / "thermo.csv", "w", newline="")
-    wr = csv.writer(csv_fh)
-    wr.writerow(["step", "time_ps", "potential_kJ_mol", "temperature_K", "volume_nm3", "density_g_cm3",
-                 "wall_s"])
+    steps0 = 0 if prev is None else int(prev["steps"])
+    frames0 = 0 if prev is None else int(prev["frames"])
+    wall0 = 0.0 if prev is None else float(prev.get("md_wall_s", 0.0))
+    if prev is None:
+        dcd_fh = open(out / "traj.dcd", "wb")
+        dcd = app.DCDFile(dcd_fh, topology, dt_fs * unit.femtosecond, 0, stride)
+        csv_fh = open(out / "thermo.csv", "w", newline="")
+        wr = csv.writer(csv_fh)
+        wr.writerow(["step", "time_ps", "potential_kJ_mol", "temperature_K", "volume_nm3", "density_g_cm3",
+                     "wall_s"])
+    else:
+        dcd_fh = open(out / "traj.dcd", "r+b")
+        dcd = app.DCDFile(dcd_fh, topology, dt_fs * unit.femtosecond, 0, stride, append=True)
+        csv_fh = open(out / "thermo.csv", "a", newline="")
+        wr = csv.writer(csv_fh)
     csv_fh.flush()
-    steps, frames, last_print = 0, 0, 0.0
-    t_md = time.time()
+    steps, frames, last_print = steps0, frames0, 0.0
+    t_md = time.time() - wall0
     reason = "minutes"
     first_step_s = None
     while True:
         if time.time() >= deadline:
             reason = "minutes"
             break
-        if max_steps is not None and steps >= max_steps:
+        if max_steps is not None and steps >= max_steps:   # --ps counts the whole run, all calls together
             reason = "ps"
             break
         n = stride if max_steps is None else min(stride, max_steps - steps)
@@ -349,6 +386,11 @@ def run(args) -> Dict:
             print(f"[water_md] {ps:8.3f} ps  step {steps:7d}  Epot {epot:14.2f} kJ/mol  T {temp:6.1f} K  "
                   f"rho {rho:.4f} g/cm3  {steps / max(now - t_md, 1e-9):6.2f} steps/s  {nsd:.3f} ns/day", flush=True)
             last_print = now
+    if reason != "non-finite energy":   # the state to continue from (--resume)
+        tmp = out / "state.xml.tmp"
+        tmp.write_text(openmm.XmlSerializer.serialize(ctx.getState(getPositions=True, getVelocities=True,
+                                                                   enforcePeriodicBox=True)))
+        os.replace(tmp, out / "state.xml")
     wall = time.time() - t_md
     dcd_fh.close()
     csv_fh.close()
@@ -357,7 +399,7 @@ def run(args) -> Dict:
                    md_wall_s=round(wall, 2), total_wall_s=round(time.time() - t_start, 2),
                    steps_per_s=steps / wall if wall > 0 else None,
                    ns_per_day=ps / 1000.0 / wall * 86400.0 if wall > 0 else None,
-                   first_chunk_s=first_step_s)
+                   first_chunk_s=first_step_s, segments=segment + 1)
     if comp is not None and comp.calls:
         summary["teacher_calls"] = comp.calls
         summary["teacher_cache_hits"] = comp.cache_hits
@@ -547,6 +589,9 @@ def _run_parser():
     ap.add_argument("--exp", default=None, help="experimental g_OO file (default: shared/data/...)")
     ap.add_argument("--discard-ps", type=float, default=None)
     ap.add_argument("--no-analyse", action="store_true")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run in --out from its saved state (state.xml), appending to traj.dcd and "
+                         "thermo.csv; --ps counts the whole run. Without a saved state: a fresh run")
     return ap
 
 
