@@ -353,10 +353,12 @@ def make_report(model_path: str, out: Path, teacher_md: Optional[str], student_m
               f"| {r['dP_teacher_minus_student_bar']:.0f} |")
         dp = np.array([r["dP_teacher_minus_student_bar"] for r in fr])
         w("")
-        w(f"Mean teacher − student: {dp.mean():.0f} ± {dp.std() / max(np.sqrt(len(dp)), 1):.0f} bar. A negative "
-          "value means the teacher would compress the student's boxes: the student misses cohesive pressure from "
-          "beyond its cutoff (it cancels in the mean force on an atom, which is all a forces-only fit sees, but not "
-          "in the pressure), so its NPT density comes out too low.")
+        w(f"Mean teacher − student: {dp.mean():.0f} ± {dp.std() / max(np.sqrt(len(dp)), 1):.0f} bar "
+          "(standard error over frames). On the same configurations a negative value means the teacher would "
+          "compress the student's boxes (the student misses cohesive pressure, as a forces-only fit with a 5 Å "
+          "cutoff does: that cohesion cancels in the mean force on an atom but not in the pressure), a positive "
+          "one that it would expand them. The frames are the student's ensemble, not the teacher's, so this "
+          "measures the pressure error of the student, not the teacher's equilibrium density.")
     w("")
     w("## Energy conservation (NVE, real masses, 0.5 fs)")
     w("")
