@@ -19,6 +19,12 @@
 #            (X2_FIT_MIN), then the 20 solvated amino acids with the new model (X2_STAB_MIN)
 #     GPU 1: CUDA-graph check, then (once the model is ready) its 600-water NPT (X2_WATER_MIN; graphed if OK)
 #   The new model comes back in results.tgz (run/model.pt); analyse the water here, then decide whether to ship.
+#   `x2-long-start 585` (carry .whl, .carry and, after the first lease, .carry_long), then `poll` until done: the
+#   long validation campaign of the bundled model, resumable over leases (X2_DEADLINE_MIN minutes each):
+#     GPU 0: 600-water NPT towards 100 ps (water_md --resume); GPU 1: the 20 solvated amino acids towards 50 ps
+#     (stability --state-dir, LONG_PROCS processes). Everything comes back in long_state.tgz; unpack it into
+#     .carry_long (rm -rf .carry_long && mkdir .carry_long && tar xzf long_state.tgz -C .carry_long) for the next
+#     lease, and analyse it here (water_md analyse .carry_long/water; stability --summary .carry_long/stability.jsonl).
 #
 # Pipeline (in /tmp/e2f, which lives as long as the machine):
 #   generate (OpenMM amber14: solvated systems on the GPU, gas phase on the CPU cores)  ->  label (SO3LR,
@@ -331,6 +337,41 @@ x2_stress_gpu1() {
     touch "$W/gpu1.done"
 }
 
+x2_long() {
+    # one GPU of the long-validation campaign (#5), resumable across leases and sessions: the state arrives in
+    # .carry_long (from the previous call's long_state.tgz) and leaves in long_state.tgz
+    #   gpu 0: the bundled model's 600-water NPT towards 100 ps (training.water_md --resume; CUDA graph)
+    #   gpu 1: the 20 solvated capped amino acids towards 50 ps each, LONG_PROCS processes of the openmm engine
+    #          (one OpenMM context per system, CUDA graph) with --state-dir, letters split over the processes
+    cd "$W"
+    export CUDA_VISIBLE_DEVICES=$1
+    M="$W/pkg/openmm_e2former/data/e2formerv2_default.pt"
+    left=$(( (${X2_DEADLINE_MIN:-26} * 60 - ($(date +%s) - $(cat $W/.t_start))) / 60 ))
+    if [ "$1" = 0 ]; then
+        stage "gpu0: water NPT (resume), <= $left min, to 100 ps"
+        python3 -m training.water_md run --potential student --model "$M" --waters $WATERS --temperature 298 \
+            --ps "${LONG_WATER_PS:-100}" --minutes "$left" --out "$W/long/water" --platform $OMM --device $DEV \
+            --frame-fs 200 --omm-threads 2 \
+            --no-analyse --resume > "$W/logs/long_water.log" 2>&1
+        stage "gpu0: water: $(grep -o '"simulated_ps": [0-9.]*' $W/long/water/summary.json)"
+    else
+        n=${LONG_PROCS:-10}
+        letters=${LONG_LETTERS:-ACDEFGHIKLMNPQRSTVWY}
+        per=$(( (left - 2) * n / ${#letters} ))    # minutes per system: each process runs its systems in turn
+        [ "$per" -lt 1 ] && per=1
+        stage "gpu1: 20 solvated amino acids, $n processes, <= $per min per system, to 50 ps (resume)"
+        for i in $(seq 0 $(( n - 1 ))); do
+            python3 -m training.stability --model "$M" --out "$W/long/stability.jsonl" --state-dir "$W/long/stab" \
+                --ps "${LONG_STAB_PS:-50}" --minutes "$per" --device $DEV --platform $OMM --part "$i/$n" \
+                --letters "$letters" --box-nm "${LONG_BOX_NM:-2.0}" \
+                > "$W/logs/long_stab_$i.log" 2>&1 &
+        done
+        wait
+        stage "gpu1: amino acids: $(python3 -m training.stability --summary $W/long/stability.jsonl | tr -d '\n' | grep -o '"stable": [0-9]*, "completed": [0-9]*, "min_ps": [0-9.]*')"
+    fi
+    touch "$W/gpu$1.done"
+}
+
 graphs_ok() {
     python3 - "$W/graphed/gpu_graphed_check.json" <<'PY'
 import json, sys
@@ -355,6 +396,8 @@ collect() {
         teacher_md/*.json teacher_md/*.csv teacher_md/*.png student_md/*.json student_md/*.csv student_md/*.png \
         report/default_model_nve.json bench stability_batched.jsonl gs graphed tune run/model.pt logs/train_stress.log \
         2>/dev/null)
+    # the long campaign's whole state (the next call carries it back in as .carry_long)
+    [ -d "$W/long" ] && (cd "$W/long" && tar czf "$OUT/long_state.tgz" .)
     for d in teacher_md student_md; do
         if ls "$W/$d"/*.dcd > /dev/null 2>&1; then
             (cd "$W" && tar czf "$OUT/${d}_traj.tgz" "$d"/*.dcd "$d"/*.pdb 2>/dev/null)
@@ -371,7 +414,17 @@ if [ -d "$SRC/.carry_full/shared/fixtures/official_parity" ] && [ ! -f "$W/fixtu
     cp -r "$SRC/.carry_full/shared/fixtures/official_parity" "$W/fixtures.tmp/" && touch "$W/fixtures.tmp/official_parity/.complete"
     rm -rf "$W/fixtures" && mv "$W/fixtures.tmp" "$W/fixtures"
 fi
-if [ "$MODE" = "x2-stress-start" ]; then
+if [ "$MODE" = "x2-long-start" ]; then
+    nvidia-smi --query-gpu=name,memory.total --format=csv
+    if [ ! -f "$W/.t_start" ]; then
+        mkdir -p "$W/long"
+        [ -d "$SRC/.carry_long" ] && cp -r "$SRC/.carry_long/." "$W/long/"
+        date +%s > "$W/.t_start"
+        setsid bash "$W/repo/benchmarks/gpu_chain.sh" x2-long-gpu0 > "$W/logs/gpu0.log" 2>&1 < /dev/null &
+        setsid bash "$W/repo/benchmarks/gpu_chain.sh" x2-long-gpu1 > "$W/logs/gpu1.log" 2>&1 < /dev/null &
+        sleep 2
+    fi
+elif [ "$MODE" = "x2-stress-start" ]; then
     nvidia-smi --query-gpu=name,memory.total --format=csv
     if [ ! -f "$W/.t_start" ]; then
         date +%s > "$W/.t_start"
@@ -432,6 +485,8 @@ if [ "$MODE" = "validate" ]; then
 fi
 if [ "$MODE" = "x2-gpu0" ]; then x2_gpu0; exit 0; fi
 if [ "$MODE" = "x2-stress-gpu0" ]; then x2_stress_gpu0; exit 0; fi
+if [ "$MODE" = "x2-long-gpu0" ]; then x2_long 0; exit 0; fi
+if [ "$MODE" = "x2-long-gpu1" ]; then x2_long 1; exit 0; fi
 if [ "$MODE" = "x2-stress-gpu1" ]; then x2_stress_gpu1; exit 0; fi
 if [ "$MODE" = "x2-gpu1" ]; then x2_gpu1; exit 0; fi
 if [ -f "$W/gpu0.done" ] && [ -f "$W/gpu1.done" ]; then touch "$W/pipeline.done"; fi
