@@ -1,9 +1,11 @@
 """Tile-parameter sweep of the fused attention v2 kernels (issue #4) on a GPU.
 
-The v2 defaults in ``kernels.attention_triton_v2.launch_config`` were picked from sm_90 compile reports
-(zero spills), never from GPU timings.  This script times the alternatives at the V1.5 size (K = 32, H = 128,
+The v2 defaults in ``kernels.attention_triton_v2.launch_config`` were first picked from sm_90 compile reports
+(zero spills), not from GPU timings.  This script times the alternatives at the V1.5 size (K = 32, H = 128,
 C = 256, hid = 128) and checks each one against the float64 reference first, so a faster tiling is only
-adopted if it is also exact.
+adopted if it is also exact.  Its first run (H200, 2026-11-29, ``benchmarks/results/attention_v2_tune_h200.md``)
+set the current defaults for H >= 64; ``CONFIGS`` still starts with the earlier defaults, the baseline of the
+"vs old default" column.
 
     # phase 1 (compile + check; may run in several processes at once, they share the Triton disk cache):
     python benchmarks/tune_attention_v2.py compile --part 1/4 --out DIR
@@ -34,7 +36,8 @@ if str(ROOT) not in sys.path:
 
 KEYS = ("BLOCK_T", "HB", "KC", "NUM_WARPS")   # + PROGS_PER_SM
 
-# (kind, BLOCK_T, HB, KC, NUM_WARPS, PROGS_PER_SM); the first of each kind is the current default
+# (kind, BLOCK_T, HB, KC, NUM_WARPS, PROGS_PER_SM[, backward variant]); the first of each kind is the default
+# before the first sweep
 CONFIGS = [
     ("bwd", 1, 16, 16, 4, 8),
     ("bwd", 1, 32, 16, 4, 8),
@@ -48,6 +51,11 @@ CONFIGS = [
     ("bwd", 1, 64, 16, 8, 8),
     ("bwd", 2, 32, 16, 8, 8),
     ("bwd", 1, 32, 32, 4, 8),
+    ("bwd", 1, 32, 32, 4, 8, "acc"),        # backward variants (DR_ACC / DU_BCAST), added after the first sweep
+    ("bwd", 1, 32, 32, 4, 8, "bcast"),
+    ("bwd", 1, 32, 32, 4, 8, "acc+bcast"),
+    ("bwd", 1, 16, 16, 4, 8, "acc"),
+    ("bwd", 1, 16, 32, 4, 8, "acc+bcast"),
     ("fwd", 2, 32, 32, 8, 8),
     ("fwd", 1, 32, 32, 8, 8),
     ("fwd", 2, 64, 32, 8, 8),
@@ -59,14 +67,19 @@ CONFIGS = [
 
 
 def label(cfg) -> str:
-    kind, bt, hb, kc, nw, pps = cfg
-    return f"{kind} BT{bt} HB{hb} KC{kc} W{nw} P{pps}"
+    kind, bt, hb, kc, nw, pps = cfg[:6]
+    variant = cfg[6] if len(cfg) > 6 else ""
+    return f"{kind} BT{bt} HB{hb} KC{kc} W{nw} P{pps}" + (f" {variant}" if variant else "")
 
 
 def env_of(cfg) -> dict:
-    kind, bt, hb, kc, nw, pps = cfg
+    kind, bt, hb, kc, nw, pps = cfg[:6]
+    variant = cfg[6] if len(cfg) > 6 else ""
     K = kind.upper()
-    return {f"E2F_V2_{K}_{key}": str(val) for key, val in zip(KEYS + ("PROGS_PER_SM",), (bt, hb, kc, nw, pps))}
+    env = {f"E2F_V2_{K}_{key}": str(val) for key, val in zip(KEYS + ("PROGS_PER_SM",), (bt, hb, kc, nw, pps))}
+    env.update({"E2F_V2_BWD_DR_ACC": "1"} if "acc" in variant else {})
+    env.update({"E2F_V2_BWD_DU_BCAST": "1"} if "bcast" in variant else {})
+    return env
 
 
 def set_env(cfg):
@@ -113,7 +126,7 @@ def phase_compile(args, out):
         set_env(cfg)
         t0 = time.time()
         row = dict(config=label(cfg), kind=cfg[0], BLOCK_T=cfg[1], HB=cfg[2], KC=cfg[3], NUM_WARPS=cfg[4],
-                   PROGS_PER_SM=cfg[5])
+                   PROGS_PER_SM=cfg[5], variant=cfg[6] if len(cfg) > 6 else "")
         try:
             got = grads(v2.attention_triton_v2, a32, G)
             errs = [rel(x, y) for x, y in zip(got, ref)]
@@ -192,8 +205,10 @@ def phase_report(args, out):
         if not ks:
             continue
         base = ks[0]["ms"] if ks[0]["config"] == label(next(c for c in CONFIGS if c[0] == kind)) else None
-        lines += [f"## {kind} ({'forward alone' if kind == 'fwd' else 'forward + backward, default forward tiles'})",
-                  "", "| config | ms | vs default | max rel err | regs | spills |", "|---|---:|---:|---:|---:|---:|"]
+        what = "forward alone" if kind == "fwd" else "forward + backward, the forward at its default tiles"
+        lines += [f"## {kind} ({what})",
+                  "", "| config | ms | vs old default | max rel err | regs | spills |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for r in sorted(ks, key=lambda r: r["ms"]):
             ci = r.get("compile_info", {}).get(kind, {})
             ci = ci if isinstance(ci, dict) else {}          # interpreter: no compiled kernel

@@ -97,7 +97,11 @@ def v2_runs(name, variants):
                       HB=hb, KC=kc, PREC=prec, SMOOTH=False)
         tag = f"{name} BLOCK_T={bt} BLOCK_E={K} HB={hb} KC={kc} nw={nw} {prec}"
         yield f"v2 fwd {tag}", v2._attn_fwd_kernel_v2, consts, nw
-        yield f"v2 bwd {tag}", v2._attn_bwd_kernel_v2, consts, nw
+        yield f"v2 bwd {tag}", v2._attn_bwd_kernel_v2, dict(consts, DR_ACC=False, DU_BCAST=False), nw
+        if name == "v15" and (bt, hb, kc, nw, prec) == variants[0]:      # the backward variants, once
+            for acc, bc in ((True, False), (False, True), (True, True)):
+                yield (f"v2 bwd {tag} DR_ACC={int(acc)} DU_BCAST={int(bc)}", v2._attn_bwd_kernel_v2,
+                       dict(consts, DR_ACC=acc, DU_BCAST=bc), nw)
 
 
 def edge_runs(name, quick=False):

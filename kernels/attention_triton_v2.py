@@ -268,7 +268,12 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         N, n_blocks, nprog, gamma, cutoff, sm_scale, nb: tl.constexpr,
                         C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
-                        HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr):
+                        HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
+                        DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr):
+    # variants (same result; speed untested on a GPU, off by default, swept by benchmarks/tune_attention_v2.py):
+    #   DR_ACC   d/dr accumulated as [rows, HB] tiles, reduced over heads once per target block instead of three
+    #            cross-lane sums per (m, replica, head block)
+    #   DU_BCAST dU read once per target ([BLOCK_T, HB]) and broadcast to its edge rows, instead of per row
     R: tl.constexpr = BLOCK_T * BLOCK_E
     pid = tl.program_id(0)
     scr_x = scratch + pid.to(tl.int64) * (3 * R * HID)
@@ -292,6 +297,9 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         drx = tl.zeros([R], dtype=tl.float32)
         dry = tl.zeros([R], dtype=tl.float32)
         drz = tl.zeros([R], dtype=tl.float32)
+        drx_t = tl.zeros([R, HB], dtype=tl.float32)   # DR_ACC (unused otherwise)
+        dry_t = tl.zeros([R, HB], dtype=tl.float32)
+        drz_t = tl.zeros([R, HB], dtype=tl.float32)
         for hb0 in range(0, H, HB):
             offs_hb = hb0 + tl.arange(0, HB)
             g, w, qk, a = _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
@@ -317,16 +325,27 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                     c0 = rr * H + hb0
                     V = tl.load(v + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
                                 mask=mask_e[:, None], other=0.0)
-                    gb = dU + tgt[:, None] * (27 * C) + mm * C + c0 + tl.arange(0, HB)[None, :]
-                    Gx = tl.load(gb)
-                    Gy = tl.load(gb + 9 * C)
-                    Gz = tl.load(gb + 18 * C)
+                    if DU_BCAST:
+                        gt = dU + tgt_t[:, None] * (27 * C) + mm * C + c0 + tl.arange(0, HB)[None, :]
+                        Gx = _seg_bcast(tl.load(gt, mask=tmask[:, None], other=0.0), BLOCK_T, BLOCK_E, HB)
+                        Gy = _seg_bcast(tl.load(gt + 9 * C, mask=tmask[:, None], other=0.0), BLOCK_T, BLOCK_E, HB)
+                        Gz = _seg_bcast(tl.load(gt + 18 * C, mask=tmask[:, None], other=0.0), BLOCK_T, BLOCK_E, HB)
+                    else:
+                        gb = dU + tgt[:, None] * (27 * C) + mm * C + c0 + tl.arange(0, HB)[None, :]
+                        Gx = tl.load(gb)
+                        Gy = tl.load(gb + 9 * C)
+                        Gz = tl.load(gb + 18 * C)
                     rG = rx[:, None] * Gx + ry[:, None] * Gy + rz[:, None] * Gz
                     dalpha += rG * V
                     aV = alpha * V
-                    drx += tl.sum(aV * Gx, 1)
-                    dry += tl.sum(aV * Gy, 1)
-                    drz += tl.sum(aV * Gz, 1)
+                    if DR_ACC:
+                        drx_t += aV * Gx
+                        dry_t += aV * Gy
+                        drz_t += aV * Gz
+                    else:
+                        drx += tl.sum(aV * Gx, 1)
+                        dry += tl.sum(aV * Gy, 1)
+                        drz += tl.sum(aV * Gz, 1)
                     tl.atomic_add(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :], alpha * rG,
                                   mask=mask_e[:, None])
             # --- softmax backward (heads independent: local to the block) ---------------------------
@@ -374,6 +393,10 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                                 R, HID, BLOCK_NB, KC, "ieee", nb)
             dd_e += tl.sum(dphi * phi * (2.0 * gamma) * diff, 1)
         # --- vec = d r -> dvec = dd r + (dr - (dr.r) r) / d -----------------------------------------------
+        if DR_ACC:
+            drx = tl.sum(drx_t, 1)
+            dry = tl.sum(dry_t, 1)
+            drz = tl.sum(drz_t, 1)
         rdot = drx * rx + dry * ry + drz * rz
         tl.store(dvec + offs_e * 3 + 0, dd_e * rx + (drx - rdot * rx) / d, mask=mask_e)
         tl.store(dvec + offs_e * 3 + 1, dd_e * ry + (dry - rdot * ry) / d, mask=mask_e)
@@ -416,8 +439,9 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
     For H >= 64 the defaults are the fastest exact tiles of an H200 sweep at the V1.5 size (K = 32, H = 128;
     ``benchmarks/tune_attention_v2.py``, results in ``benchmarks/results/attention_v2_tune_h200.md``): forward
     1.31x, forward + backward 1.10x over the earlier defaults at 10k atoms.  Smaller models keep those earlier
-    defaults, chosen from sm_90 compile reports (zero spills; ``attention_v2_compile_report.txt``), untimed.  Overridable for tuning with E2F_V2_{FWD,BWD}_
-    {BLOCK_T, HB, KC, NUM_WARPS, PROGS_PER_SM} (E2F_V2_PROGS_PER_SM sets both kinds' programs per SM).
+    defaults, chosen from sm_90 compile reports (zero spills; ``attention_v2_compile_report.txt``), untimed.
+    Overridable with E2F_V2_{FWD,BWD}_{BLOCK_T, HB, KC, NUM_WARPS, PROGS_PER_SM} (E2F_V2_PROGS_PER_SM sets both
+    kinds' programs per SM).
     """
     K = kind.upper()
     tuned = H >= 64     # the GPU sweep (benchmarks/results/attention_v2_tune_h200.md) ran at the V1.5 size, H = 128
@@ -430,6 +454,8 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
     cfg = dict(BLOCK_T=_env_int(f"E2F_V2_{K}_BLOCK_T", d_bt), HB=hb, KC=kc,
                BLOCK_NB=min(kc, triton.next_power_of_2(nb)), num_warps=_env_int(f"E2F_V2_{K}_NUM_WARPS", d_nw),
                progs_per_sm=_env_int(f"E2F_V2_{K}_PROGS_PER_SM", _env_int("E2F_V2_PROGS_PER_SM", 8)))
+    if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2), off until timed on a GPU
+        cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
     assert H % hb == 0 and hid % kc == 0, cfg
     return cfg
 
@@ -511,7 +537,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 N, n_blocks, nprog, ctx.gamma, ctx.cutoff, 1.0 / math.sqrt(D), nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=ctx.block_e, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=ctx.prec, SMOOTH=ctx.softmax == "smooth",
-                num_warps=cfg["num_warps"])
+                DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], num_warps=cfg["num_warps"])
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):
             if nig[idx]:
                 grads[idx] = gr.to(x.dtype)

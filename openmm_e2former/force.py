@@ -36,9 +36,9 @@ buffer each way:
    back with one device->host copy into a pinned buffer; one stream synchronisation;
 5. the callable returns a float and a NumPy view of the pinned buffer (OpenMM copies it at once).
 
-On a CUDA device, for float32 systems of at most ``graphed.AUTO_MAX_ATOMS`` (5,000) ML atoms, or with ``cuda_graphs=True``
-(``E2FORMER_CUDA_GRAPHS=1`` / ``0`` forces it on / off on CUDA when the argument is None), step 3 runs, after the
-first (validated, eager) evaluation, through
+On a CUDA device, for float32 systems of at most ``graphed.AUTO_MAX_ATOMS`` (5,000) ML atoms, or with
+``cuda_graphs=True`` (``E2FORMER_CUDA_GRAPHS=1`` / ``0`` forces it on / off on CUDA when the argument is None),
+step 3 runs, after the first (validated, eager) evaluation, through
 :class:`openmm_e2former.graphed.GraphedEnergyForces`: the network's forward and backward replayed from a CUDA
 graph over fixed-capacity edge buffers (``cuda_graphs=True`` on the CPU runs the same padded path eagerly, for
 tests: it is slower than the ordinary path there).
@@ -370,8 +370,8 @@ def create_python_force(atomic_numbers: Sequence[int], model_path: Optional[str]
 
     ``atomic_numbers[i]`` belongs to particle ``particles[i]`` (all particles of the System when
     ``particles`` is None).  ``cuda_graphs``: the padded / CUDA-graph path (None: on a CUDA device for float32
-    models of at most ``graphed.AUTO_MAX_ATOMS`` ML atoms, or as ``E2FORMER_CUDA_GRAPHS`` says; True forces it on any device, without
-    a graph on the CPU; False turns it off)."""
+    models of at most ``graphed.AUTO_MAX_ATOMS`` ML atoms, or as ``E2FORMER_CUDA_GRAPHS`` says; True forces it
+    on any device, without a graph on the CPU; False turns it off)."""
     import openmm
 
     if particles is not None and len(particles) != len(atomic_numbers):

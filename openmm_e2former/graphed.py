@@ -1,4 +1,4 @@
-"""CUDA-graph replay of the model's energy and forces (on by default for small CUDA systems; ``E2FORMER_CUDA_GRAPHS``).
+"""CUDA-graph replay of the model's energy and forces (on by default for small float32 CUDA systems).
 
 For small MD systems one force call is bound by the CPU: ~1,200 kernel launches and several host syncs for
 ~9 ms of GPU work (600 waters on an H200).  :class:`GraphedEnergyForces` captures the network's forward and
@@ -32,7 +32,7 @@ __all__ = ["AUTO_MAX_ATOMS", "ENV_VAR", "GraphedEnergyForces", "cuda_graphs_requ
 ENV_VAR = "E2FORMER_CUDA_GRAPHS"
 
 #: on CUDA the path is on by default for float32 models up to this many ML atoms.  Measured on an H200
-#: (benchmarks/results/graphed_check_h200.md), float32 force call 39.9 -> 23.3 ms at 1,800 atoms (600 waters) and
+#: (benchmarks/results/graphed_check_h200.md), float32 force call 39.9 -> 23.3 ms at 1,800 atoms (600 waters),
 #: 32.5 -> 13.2 ms at 718 atoms: small systems are bound by kernel launches, which the graph replays at once.  The
 #: padded layout does about twice the GPU work of the eager one, so above a few thousand atoms, where the GPU
 #: work dominates, the eager path should be the faster one (a modelled crossover near 8,000 atoms, not

@@ -417,6 +417,12 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
     worst = max(worst, check(7, 9, 14, env={"E2F_V2_FWD_BLOCK_T": "4", "E2F_V2_FWD_HB": "8",
                                             "E2F_V2_BWD_BLOCK_T": "2", "E2F_V2_BWD_KC": "32",
                                             "E2F_V2_PROGS_PER_SM": "1"}))
+    # the backward variants (d/dr tiles reduced once; dU read per target and broadcast), with 2 targets per
+    # program so the broadcast covers a partial last block, and in the smooth mode
+    worst = max(worst, check(7, 9, 17, env={"E2F_V2_BWD_BLOCK_T": "2", "E2F_V2_BWD_DR_ACC": "1",
+                                            "E2F_V2_BWD_DU_BCAST": "1"}))
+    worst = max(worst, check(6, 5, 18, env={"E2F_V2_BWD_DR_ACC": "1"}, softmax="smooth", extreme=10.0))
+    worst = max(worst, check(6, 17, 19, env={"E2F_V2_BWD_DU_BCAST": "1"}))
     # training path: grads w.r.t. t and fc params through the reference inside backward (as v1)
     case = make_case(4, 3, **TINY, seed=15)
     args = list(args_of(case))

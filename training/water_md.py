@@ -263,8 +263,9 @@ def run(args) -> Dict:
     prev = None
     if getattr(args, "resume", False) and (out / "state.xml").exists() and (out / "summary.json").exists():
         prev = json.loads((out / "summary.json").read_text())
-        if prev.get("potential") != args.potential or prev.get("waters") != args.waters \
-                or prev.get("timestep_fs") != dt_fs or prev.get("frame_every_fs") != max(1, int(round(args.frame_fs / dt_fs))) * dt_fs:
+        frame_fs = max(1, int(round(args.frame_fs / dt_fs))) * dt_fs
+        if (prev.get("potential"), prev.get("waters"), prev.get("timestep_fs"), prev.get("frame_every_fs")) \
+                != (args.potential, args.waters, dt_fs, frame_fs):
             raise SystemExit(f"--resume: {out} holds a different run (potential, waters, timestep or frame "
                              "interval differ); use another --out")
         seed = prev["seed"]
