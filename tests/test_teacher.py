@@ -274,6 +274,7 @@ def test_water_md_student_tiny(tmp_path):
     import mdtraj
     traj = mdtraj.load(str(out / "traj.dcd"), top=str(out / "top.pdb"))
     assert traj.n_frames == 9
+    assert len(s["model_sha256"]) == 16
     # a different run in the same directory is refused
     with pytest.raises(SystemExit, match="different run"):
         water_md.main(["--potential", "student", "--model", str(ckpt), "--waters", "32", "--minutes", "2",

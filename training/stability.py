@@ -105,6 +105,14 @@ def _relaxed_solvated(letter: str, seed: int, box_nm: float, platform: Optional[
     return b, np.array(bonds, dtype=np.int64).reshape(-1, 2), np.asarray(pos0, dtype=np.float64)
 
 
+def _model_hash(model: Optional[str]) -> str:
+    """First 16 hex digits of the sha256 of the model file (None: the bundled one)."""
+    if model is None:
+        from openmm_e2former import default_model_path
+        model = str(default_model_path())
+    return hashlib.sha256(Path(model).read_bytes()).hexdigest()[:16]
+
+
 def run_one(model: str, letter: str, ps: float, minutes: float, device: str, platform: Optional[str],
             timestep_fs: float = 1.5, hmass: float = 4.0, temperature: float = 300.0, check_fs: float = 150.0,
             seed: int = 0, box_nm: float = 2.0, state_dir: Optional[str] = None) -> Dict:
@@ -128,9 +136,11 @@ def run_one(model: str, letter: str, ps: float, minutes: float, device: str, pla
                                          for ext in (".xml", ".json", ".system.xml"))
         if xml_path.exists() and json_path.exists() and sys_path.exists():
             prog = json.loads(json_path.read_text())
-            if prog.get("timestep_fs") != timestep_fs or prog.get("hmass_amu") != hmass:
-                raise ValueError(f"{json_path}: saved with timestep {prog.get('timestep_fs')} fs / hmass "
-                                 f"{prog.get('hmass_amu')}, asked {timestep_fs} / {hmass}")
+            if (prog.get("timestep_fs"), prog.get("hmass_amu"), prog.get("model_sha256")) != \
+                    (timestep_fs, hmass, _model_hash(model)):
+                raise ValueError(f"{json_path}: saved with timestep {prog.get('timestep_fs')} fs, hmass "
+                                 f"{prog.get('hmass_amu')}, model {prog.get('model_sha256')}; asked {timestep_fs}, "
+                                 f"{hmass}, {_model_hash(model)}")
     plat, props = _platform(platform, 1)
     if prog is None:
         b, bi, pos0_A = _relaxed_solvated(letter, seed, box_nm, platform, 1)
@@ -203,7 +213,8 @@ def run_one(model: str, letter: str, ps: float, minutes: float, device: str, pla
         json_path.write_text(json.dumps(dict(steps=done, worst_bond_ratio=worst, max_temperature_K=t_max,
                                              md_wall_s=wall_md, segments=segment + 1, timestep_fs=timestep_fs,
                                              hmass_amu=hmass, bond_ref_A=d0.tolist(), bonds=bi.tolist(),
-                                             hydrogens_repartitioned=n_h, charge=charge)))
+                                             hydrogens_repartitioned=n_h, charge=charge,
+                                             model_sha256=_model_hash(model))))
     elif state_dir:
         for f in (xml_path, json_path, sys_path):
             if f.exists():

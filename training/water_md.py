@@ -290,7 +290,12 @@ def run(args) -> Dict:
                                     device=args.device,
                                     precision=None if args.dtype == "float32" else "double")
         comp = None
-        pot_desc = {"potential": "student", "model": os.path.abspath(args.model), "dtype": args.dtype}
+        import hashlib
+        pot_desc = {"potential": "student", "model": os.path.abspath(args.model), "dtype": args.dtype,
+                    "model_sha256": hashlib.sha256(Path(args.model).read_bytes()).hexdigest()[:16]}
+        if prev is not None and prev.get("model_sha256") not in (None, pot_desc["model_sha256"]):
+            raise SystemExit(f"--resume: {out} was run with another model file (sha256 {prev['model_sha256']}); "
+                             "use another --out")
     system = ml_system(built.system, topology, force, box_nm)
     baro = openmm.MonteCarloBarostat(args.pressure * unit.bar, T, args.barostat_every)
     segment = 0 if prev is None else int(prev.get("segments", 1))     # a new noise stream per call
