@@ -334,9 +334,10 @@ class Attention(nn.Module):
         norm, output linear.  ``dtype``: the attention input's dtype (CG and path norm are cast to it)."""
         T = U if self.use_so2 else torch.einsum("krm,nkmc->nrc", self.cg.to(dtype), U)
         # mix the paths of each output degree (input channel index = path * C + c)
-        y0 = self.tp_mix[0](T[:, 0:1])
-        y1 = self.tp_mix[1](torch.cat([T[:, 1:4], T[:, 4:7], T[:, 7:10]], dim=2))
-        y2 = self.tp_mix[2](torch.cat([T[:, 10:15], T[:, 15:20]], dim=2))
+        Ts = torch.split(T, [1, 3, 3, 3, 5, 5], dim=1)   # split, not slices: one cat in the backward
+        y0 = self.tp_mix[0](Ts[0])
+        y1 = self.tp_mix[1](torch.cat([Ts[1], Ts[2], Ts[3]], dim=2))
+        y2 = self.tp_mix[2](torch.cat([Ts[4], Ts[5]], dim=2))
         y = torch.cat([y0, y1, y2], dim=1) * self.path_norm.to(dtype)[None, :, None]
         return self.out(y)
 
@@ -436,8 +437,8 @@ class Block(nn.Module):
 
     def attn_input(self, x: torch.Tensor, system: torch.Tensor) -> torch.Tensor:
         """Pre-norm, system embedding added to the l=0 row (per atom)."""
-        h = self.norm_attn(x)
-        return torch.cat([h[:, 0:1] + system, h[:, 1:]], dim=1)
+        hs = torch.split(self.norm_attn(x), [1, 8], dim=1)
+        return torch.cat([hs[0] + system, hs[1]], dim=1)
 
     def edge_part(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         """The only part of a block that couples atoms: U (or T on the so2 route), see Attention.edge_part."""

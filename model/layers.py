@@ -20,10 +20,13 @@ class SO3Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         N, C = x.shape[0], x.shape[2]
-        y0 = F.linear(x[:, 0], self.weight[0], self.bias)[:, None]
+        # degree rows by split, not slicing: the backward is one cat instead of a zero-filled full-size
+        # gradient per slice plus their sums (the same values; on a GPU those fills and adds cost ~10 % of a step)
+        xs = torch.split(x, [1, 3, 5], dim=1)
+        y0 = F.linear(xs[0].reshape(N, C), self.weight[0], self.bias)[:, None]
         # per-degree rows as 2-D matrices: a plain GEMM (a strided 3-D matmul falls back to a slow batched one)
-        y1 = F.linear(x[:, 1:4].reshape(N * 3, C), self.weight[1]).view(N, 3, -1)
-        y2 = F.linear(x[:, 4:9].reshape(N * 5, C), self.weight[2]).view(N, 5, -1)
+        y1 = F.linear(xs[1].reshape(N * 3, C), self.weight[1]).view(N, 3, -1)
+        y2 = F.linear(xs[2].reshape(N * 5, C), self.weight[2]).view(N, 5, -1)
         return torch.cat([y0, y1, y2], dim=1)
 
 
@@ -50,12 +53,13 @@ class SO3ToScalar(nn.Module):
         w1 = torch.cat([self.weight[1], self.weight2[1]], dim=0)
         w2 = torch.cat([self.weight[2], self.weight2[2]], dim=0)
         h = self.weight.shape[1]
-        a0 = F.linear(x[:, 0], w0)
-        a1 = F.linear(x[:, 1:4].reshape(N * 3, C), w1).view(N, 3, 2 * h)
-        a2 = F.linear(x[:, 4:9].reshape(N * 5, C), w2).view(N, 5, 2 * h)
-        s0 = (a0[:, :h] + self.bias) * a0[:, h:]
-        s1 = (a1[:, :, :h] * a1[:, :, h:]).sum(dim=1)
-        s2 = (a2[:, :, :h] * a2[:, :, h:]).sum(dim=1)
+        xs = torch.split(x, [1, 3, 5], dim=1)          # (see SO3Linear: split, not slices)
+        a0 = torch.split(F.linear(xs[0].reshape(N, C), w0), [h, h], dim=1)
+        a1 = torch.split(F.linear(xs[1].reshape(N * 3, C), w1).view(N, 3, 2 * h), [h, h], dim=2)
+        a2 = torch.split(F.linear(xs[2].reshape(N * 5, C), w2).view(N, 5, 2 * h), [h, h], dim=2)
+        s0 = (a0[0] + self.bias) * a0[1]
+        s1 = (a1[0] * a1[1]).sum(dim=1)
+        s2 = (a2[0] * a2[1]).sum(dim=1)
         out = self.lin1(torch.cat([s0, s1, s2], dim=1))
         return self.lin2(F.silu(self.norm(out)))
 
@@ -98,12 +102,12 @@ class EquivariantRMSNorm(nn.Module):
         self.register_buffer("row_degree", torch.tensor([0, 1, 1, 1, 2, 2, 2, 2, 2]), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x0 = x[:, 0:1] - x[:, 0:1].mean(dim=2, keepdim=True)
-        x = torch.cat([x0, x[:, 1:]], dim=1)
+        xs = torch.split(x, [1, 8], dim=1)             # (see SO3Linear: split, not slices)
+        x = torch.cat([xs[0] - xs[0].mean(dim=2, keepdim=True), xs[1]], dim=1)
         nu = (x.pow(2).mean(dim=2) * self.row_weight.to(x.dtype)).sum(dim=1)
         scale = torch.rsqrt(nu + self.eps)
-        y = x * scale[:, None, None] * self.weight[self.row_degree]
-        return torch.cat([y[:, 0:1] + self.bias, y[:, 1:]], dim=1)
+        ys = torch.split(x * scale[:, None, None] * self.weight[self.row_degree], [1, 8], dim=1)
+        return torch.cat([ys[0] + self.bias, ys[1]], dim=1)
 
 
 class GatedFFN(nn.Module):
@@ -120,11 +124,11 @@ class GatedFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         C = self.channels
-        z = self.lin1(x)
-        g = self.gate(z[:, 0])
-        y0 = self.c_silu * F.silu(g[:, :C])
-        y1 = self.c_sigmoid * torch.sigmoid(g[:, C:2 * C])[:, None] * z[:, 1:4]
-        y2 = self.c_sigmoid * torch.sigmoid(g[:, 2 * C:])[:, None] * z[:, 4:9]
+        zs = torch.split(self.lin1(x), [1, 3, 5], dim=1)   # (see SO3Linear: split, not slices)
+        gs = torch.split(self.gate(zs[0].reshape(x.shape[0], C)), [C, C, C], dim=1)
+        y0 = self.c_silu * F.silu(gs[0])
+        y1 = self.c_sigmoid * torch.sigmoid(gs[1])[:, None] * zs[1]
+        y2 = self.c_sigmoid * torch.sigmoid(gs[2])[:, None] * zs[2]
         return self.lin2(torch.cat([y0[:, None], y1, y2], dim=1))
 
 
