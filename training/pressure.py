@@ -1,7 +1,7 @@
 """Configurational pressure of the SO3LR teacher and an E2Former student on the same water frames.
 
-Why: the student's NPT water (600 molecules, 298 K) drifts to ~0.89 g/cm^3 while the teacher's settles at
-~1.045 g/cm^3.  A model that only sees 5 Å (the student) and is fitted to forces cannot learn the isotropic
+Why: the forces-only student 0.2-beta's NPT water (600 molecules, 298 K) drifted to ~0.89 g/cm^3 while the
+teacher's settles at ~1.045 g/cm^3 (0.3-beta, fitted to the teacher's stress as well, holds 1.016).  A model that only sees 5 Å (the student) and is fitted to forces cannot learn the isotropic
 part of the interactions beyond its cutoff: in a homogeneous liquid the mean force from distant molecules on
 one atom is ~0, but their contribution to the pressure (the volume derivative of the energy) is not.  This
 script measures that missing pressure directly, frame by frame.
