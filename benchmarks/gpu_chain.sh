@@ -348,6 +348,14 @@ x2_long() {
     M="$W/pkg/openmm_e2former/data/e2formerv2_default.pt"
     left=$(( (${X2_DEADLINE_MIN:-26} * 60 - ($(date +%s) - $(cat $W/.t_start))) / 60 ))
     if [ "$1" = 0 ]; then
+        if [ "${X2_PROFILE:-1}" = 1 ] && [ ! -d "$W/profile" ]; then
+            # where a small-system force call goes now (eager profile + the CUDA-graph call's eager part / replay)
+            mkdir -p "$W/profile"
+            (cd "$W/repo" && timeout 150 python3 benchmarks/md_step_profile.py \
+                benchmarks/results/default_model/student_water_v03/top.pdb "$W/profile") > "$W/logs/profile.log" 2>&1
+            stage "gpu0: force-call profile done (rc $?)"
+            left=$(( (${X2_DEADLINE_MIN:-26} * 60 - ($(date +%s) - $(cat $W/.t_start))) / 60 ))
+        fi
         stage "gpu0: water NPT (resume), <= $left min, to 100 ps"
         python3 -m training.water_md run --potential student --model "$M" --waters $WATERS --temperature 298 \
             --ps "${LONG_WATER_PS:-100}" --minutes "$left" --out "$W/long/water" --platform $OMM --device $DEV \
@@ -394,7 +402,7 @@ collect() {
     (cd "$W" && tar czf "$OUT/results.tgz" progress.log logs refs.json run/train_log.jsonl run1/train_log.jsonl \
         run1/model.pt model_final.pt active_log.jsonl stability.jsonl labelled/label_log.jsonl \
         teacher_md/*.json teacher_md/*.csv teacher_md/*.png student_md/*.json student_md/*.csv student_md/*.png \
-        report/default_model_nve.json bench stability_batched.jsonl gs graphed tune run/model.pt logs/train_stress.log \
+        report/default_model_nve.json bench stability_batched.jsonl gs graphed tune profile run/model.pt logs/train_stress.log \
         2>/dev/null)
     # the long campaign's whole state (the next call carries it back in as .carry_long)
     [ -d "$W/long" ] && (cd "$W/long" && tar czf "$OUT/long_state.tgz" .)

@@ -37,7 +37,45 @@ def main():
     t2 = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
     open(os.path.join(out, "md_step_profile.txt"), "w").write(t + "\n\n" + t2)
     print(t2[:6000])
+    res["graphed"] = graphed_breakdown(m, z, pos, cell)
+    print("graphed", res["graphed"], flush=True)
     json.dump(res, open(os.path.join(out, "md_step_profile.json"), "w"))
+
+
+def graphed_breakdown(m, z, pos, cell, repeats: int = 20) -> dict:
+    """The CUDA-graph path (on by default for small float32 CUDA systems): ms per call of the whole
+    ``GraphedEnergyForces`` call, of its eager part (neighbour list + in-degree read-back + edge padding) and of
+    the graph replay alone, each CUDA-synchronised (medians).  On a non-CUDA model the padded path runs without
+    a graph (smoke test)."""
+    from openmm_e2former.graphed import GraphedEnergyForces
+    from openmm_e2former.model.e2former import pad_edges
+    cuda = pos.is_cuda
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    gr = GraphedEnergyForces(m, z.tolist(), periodic=True, capture=cuda)
+    for _ in range(3):
+        gr(pos, cell)
+    sync()
+
+    def med(fn):
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            ts.append(time.perf_counter() - t0)
+        return 1e3 * float(np.median(ts))
+
+    def eager_part():
+        center, neighbor, shift = m.neighbor_edges(pos, cell, gr.pbc, check_overlap=False)
+        E = center.numel()
+        int((torch.arange(E, device=center.device) - torch.searchsorted(center, center)).max())
+        pad_edges(center, neighbor, shift, gr.n, gr.edge_capacity, m.cutoff, out=gr._edges)
+
+    out = {"call_ms": med(lambda: gr(pos, cell)), "eager_part_ms": med(eager_part),
+           "captures": gr.captures, "edge_capacity": gr.edge_capacity, "degree_bound": gr.degree_bound}
+    if gr._graph is not None:
+        out["replay_ms"] = med(gr._graph.replay)
+    return out
 
 
 if __name__ == "__main__":
