@@ -128,6 +128,22 @@ def test_capped_peptide_builder():
     assert d.min() > 1.1   # no clashes in the sketch
 
 
+def test_build_capped_is_reproducible():
+    """The same seed gives the same solvated system atom for atom (PDBFixer and Modeller.addHydrogens draw
+    random numbers: seeded), and the caller's ``random`` state is left as it was."""
+    import random
+    pytest.importorskip("pdbfixer")
+    random.seed(5)
+    expect = random.random()
+    random.seed(5)
+    a = generate.build_capped("W", None, True, 5, 1.0)
+    b = generate.build_capped("W", None, True, 5, 1.0)
+    assert random.random() == expect
+    assert a.system.getNumParticles() == b.system.getNumParticles()
+    np.testing.assert_array_equal(np.asarray(a.positions), np.asarray(b.positions))
+    assert generate.build_capped("W", None, True, 6, 1.0).system.getNumParticles() > 0
+
+
 def test_predict_batch_equals_frame_by_frame():
     """One graph of several frames (gas-phase, charged, periodic) gives each frame's own energy and forces."""
     from openmm_e2former.model import E2FormerConfig, E2FormerV2

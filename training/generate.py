@@ -215,17 +215,33 @@ def capped_peptide_pdb(residues: Sequence[str], phi: float = -75.0, psi: float =
 
 
 def build_capped(letters: str, variant: Optional[str], solvate: bool, seed: int, box_nm: float = 2.0) -> Built:
-    """ACE-<letters>-NME; ``variant`` (e.g. 'HIP', 'CYM') applies to every residue of that type."""
-    from openmm import app, unit
-    from pdbfixer import PDBFixer
+    """ACE-<letters>-NME; ``variant`` (e.g. 'HIP', 'CYM') applies to every residue of that type.  The same
+    arguments give the same atoms and positions (seeded PDBFixer and Modeller)."""
+    import random
     residues = [THREE[x] for x in letters]
     rng = np.random.default_rng(seed)
     phi, psi = [(-75.0, 145.0), (-63.0, -42.0), (-120.0, 130.0)][int(rng.integers(3))]
+    # Modeller.addHydrogens (and the ion placement of addSolvent) draw from Python's global ``random``: seed it
+    # for this build and give the caller's state back afterwards
+    saved = random.getstate()
+    random.seed(int(seed))
+    try:
+        return _build_capped_seeded(residues, variant, solvate, seed, box_nm, phi, psi)
+    finally:
+        random.setstate(saved)
+
+
+def _build_capped_seeded(residues, variant, solvate, seed, box_nm, phi, psi) -> Built:
+    from openmm import app, unit
+    from pdbfixer import PDBFixer
     fixer = PDBFixer(pdbfile=io.StringIO(capped_peptide_pdb(residues, phi, psi)))
     fixer.findMissingResidues()
     fixer.missingResidues = {}
     fixer.findMissingAtoms()
-    fixer.addMissingAtoms()
+    # seeded: PDBFixer places the missing side-chain atoms with a randomised minimisation, and a different
+    # solute shape removes a different set of waters in addSolvent (the same seed once gave 403, once 400
+    # atoms); OpenMM reads seed 0 as "pick one", hence the + 1
+    fixer.addMissingAtoms(seed=int(seed) % (2**31 - 2) + 1)
     modeller = app.Modeller(fixer.topology, fixer.positions)
     ff = _forcefield()
     variants = None
