@@ -150,7 +150,7 @@ def run_one(model: str, letter: str, ps: float, minutes: float, device: str, pla
         n_h = repartition_hydrogens(sysm, b.topology, hmass) if hmass > 0 else 0
         charge, box = int(b.charge), b.box
     else:
-        # the saved System itself (re-solvating is not reproducible atom for atom), no classical relaxation
+        # the saved System itself: no rebuild or classical relaxation, and immune to later changes of the builder
         sysm = openmm.XmlSerializer.deserialize(sys_path.read_text())
         bi = np.asarray(prog["bonds"], dtype=np.int64).reshape(-1, 2)
         n_h, charge = int(prog["hydrogens_repartitioned"]), int(prog["charge"])
