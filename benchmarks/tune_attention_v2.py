@@ -144,9 +144,16 @@ def phase_compile(args, out):
         print(json.dumps(row), flush=True)
 
 
+def _wall_ms(fn, warmup=0, rep=0):
+    """CPU rehearsal stand-in for triton's do_bench: wall clock of one call (ms)."""
+    t0 = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - t0)
+
+
 def phase_time(args, out):
     import torch
-    from triton.testing import do_bench
+    from triton.testing import do_bench as gpu_bench
     from kernels import attention_triton_v2 as v2
     checked = {}
     if (out / "check.jsonl").exists():
@@ -158,11 +165,7 @@ def phase_time(args, out):
     G = torch.randn((args.n, 3, 9, SETTING["size"]["C"]), device=dev)
     meta = dict(device=torch.cuda.get_device_name() if dev == "cuda" else "cpu (Triton interpreter)",
                 torch=torch.__version__, N=args.n, K=SETTING["K"], setting=SETTING["name"], fixed_degree=True)
-    if dev != "cuda":                                        # rehearsal: wall clock of one call
-        def do_bench(fn, warmup=0, rep=0):
-            t0 = time.perf_counter()
-            fn()
-            return 1e3 * (time.perf_counter() - t0)
+    do_bench = gpu_bench if dev == "cuda" else _wall_ms
     with open(out / "time.jsonl", "a") as f:
         f.write(json.dumps(dict(meta=meta)) + "\n")
     for cfg in CONFIGS:
