@@ -77,6 +77,10 @@ setup() {
 
 stage() { echo "$(date +%H:%M:%S) [+$(( $(date +%s) - $(cat $W/.t_start) ))s] $*" >> "$W/progress.log"; }
 
+seconds_left() {   # seconds until X2_DEADLINE_MIN minutes after the start (the x2 modes never run past the lease)
+    echo $(( ${X2_DEADLINE_MIN:-26} * 60 - ($(date +%s) - $(cat $W/.t_start)) ))
+}
+
 gen_and_label() {
     # classical frames -> SO3LR labels (energies, forces and, by default, stress) -> reference energies
     if [ -z "${CHAIN_GEN_CPU_ONLY:-}" ]; then
@@ -269,12 +273,12 @@ PY
     stage "gpu0: stress fine-tune finished: $(tail -1 $W/logs/train_stress.log | cut -c1-600)"
     if [ -f "$W/run/model.pt" ]; then
         cp "$W/run/model.pt" "$W/model_final.pt" && touch "$W/model_ready"
-        left=$(( (${X2_DEADLINE_MIN:-26} * 60 - ($(date +%s) - $(cat $W/.t_start))) / 60 ))
+        left=$(( $(seconds_left) / 60 ))
         smin=$(( left < ${X2_STAB_MIN:-10} ? left : ${X2_STAB_MIN:-10} ))
         stage "gpu0: 20 solvated amino acids with the new model, <= $smin min"
         [ "$smin" -ge 1 ] && stability_batched "$W/model_final.pt" "$smin"
         # NVE with the new model in what is left (dipeptide, then water64; each result written when done)
-        left=$(( ${X2_DEADLINE_MIN:-26} * 60 - ($(date +%s) - $(cat $W/.t_start)) - 20 ))
+        left=$(( $(seconds_left) - 20 ))
         if [ "$left" -ge 120 ]; then
             stage "gpu0: NVE with the new model, <= $left s"
             graphs_ok && export E2FORMER_CUDA_GRAPHS=1
@@ -328,7 +332,7 @@ x2_stress_gpu1() {
     for _ in $(seq 1 $(( ${X2_WAIT_MIN:-20} * 4 ))); do [ -f "$W/model_ready" ] && break; sleep 15; done
     if [ -f "$W/model_ready" ]; then
         # never past the lease: at most X2_DEADLINE_MIN minutes after the start, whatever X2_WATER_MIN says
-        left=$(( (${X2_DEADLINE_MIN:-26} * 60 - ($(date +%s) - $(cat $W/.t_start))) / 60 ))
+        left=$(( $(seconds_left) / 60 ))
         wmin=$(( left < ${X2_WATER_MIN:-12} ? left : ${X2_WATER_MIN:-12} ))
         stage "gpu1: new model's water NPT, <= $wmin min"
         [ "$wmin" -ge 2 ] && water_long "$W/model_final.pt" "$wmin"
@@ -346,7 +350,7 @@ x2_long() {
     cd "$W"
     export CUDA_VISIBLE_DEVICES=$1
     M="$W/pkg/openmm_e2former/data/e2formerv2_default.pt"
-    left=$(( (${X2_DEADLINE_MIN:-26} * 60 - ($(date +%s) - $(cat $W/.t_start))) / 60 ))
+    left=$(( $(seconds_left) / 60 ))
     if [ "$1" = 0 ]; then
         if [ "${X2_PROFILE:-1}" = 1 ] && [ ! -d "$W/profile" ]; then
             # where a small-system force call goes now (eager profile + the CUDA-graph call's eager part / replay)
@@ -354,7 +358,7 @@ x2_long() {
             (cd "$W/repo" && timeout 150 python3 benchmarks/md_step_profile.py \
                 benchmarks/results/default_model/student_water_v03/top.pdb "$W/profile") > "$W/logs/profile.log" 2>&1
             stage "gpu0: force-call profile done (rc $?)"
-            left=$(( (${X2_DEADLINE_MIN:-26} * 60 - ($(date +%s) - $(cat $W/.t_start))) / 60 ))
+            left=$(( $(seconds_left) / 60 ))
         fi
         stage "gpu0: water NPT (resume), <= $left min, to 100 ps"
         python3 -m training.water_md run --potential student --model "$M" --waters $WATERS --temperature 298 \
@@ -422,36 +426,32 @@ if [ -d "$SRC/.carry_full/shared/fixtures/official_parity" ] && [ ! -f "$W/fixtu
     cp -r "$SRC/.carry_full/shared/fixtures/official_parity" "$W/fixtures.tmp/" && touch "$W/fixtures.tmp/official_parity/.complete"
     rm -rf "$W/fixtures" && mv "$W/fixtures.tmp" "$W/fixtures"
 fi
+launch_pair() {   # PREFIX: start PREFIX-gpu0 and PREFIX-gpu1 in the background (once per machine)
+    if [ ! -f "$W/.t_start" ]; then
+        date +%s > "$W/.t_start"
+        setsid bash "$W/repo/benchmarks/gpu_chain.sh" "$1-gpu0" > "$W/logs/gpu0.log" 2>&1 < /dev/null &
+        setsid bash "$W/repo/benchmarks/gpu_chain.sh" "$1-gpu1" > "$W/logs/gpu1.log" 2>&1 < /dev/null &
+        sleep 2
+    fi
+}
+
 if [ "$MODE" = "x2-long-start" ]; then
     nvidia-smi --query-gpu=name,memory.total --format=csv
     if [ ! -f "$W/.t_start" ]; then
         mkdir -p "$W/long"
         [ -d "$SRC/.carry_long" ] && cp -r "$SRC/.carry_long/." "$W/long/"
-        date +%s > "$W/.t_start"
-        setsid bash "$W/repo/benchmarks/gpu_chain.sh" x2-long-gpu0 > "$W/logs/gpu0.log" 2>&1 < /dev/null &
-        setsid bash "$W/repo/benchmarks/gpu_chain.sh" x2-long-gpu1 > "$W/logs/gpu1.log" 2>&1 < /dev/null &
-        sleep 2
     fi
+    launch_pair x2-long
 elif [ "$MODE" = "x2-stress-start" ]; then
     nvidia-smi --query-gpu=name,memory.total --format=csv
-    if [ ! -f "$W/.t_start" ]; then
-        date +%s > "$W/.t_start"
-        setsid bash "$W/repo/benchmarks/gpu_chain.sh" x2-stress-gpu0 > "$W/logs/gpu0.log" 2>&1 < /dev/null &
-        setsid bash "$W/repo/benchmarks/gpu_chain.sh" x2-stress-gpu1 > "$W/logs/gpu1.log" 2>&1 < /dev/null &
-        sleep 2
-    fi
+    launch_pair x2-stress
 elif [ "$MODE" = "x2-start" ]; then
     nvidia-smi --query-gpu=name,memory.total --format=csv
     python3 -c 'import torch; print("cuda devices", torch.cuda.device_count())'
     if [ ! -d "$W/fixtures" ]; then
         mkdir -p "$W/fixtures" && cp -r "$SRC/.carry/shared/fixtures/official_parity" "$W/fixtures/"
     fi
-    if [ ! -f "$W/.t_start" ]; then
-        date +%s > "$W/.t_start"
-        setsid bash "$W/repo/benchmarks/gpu_chain.sh" x2-gpu0 > "$W/logs/gpu0.log" 2>&1 < /dev/null &
-        setsid bash "$W/repo/benchmarks/gpu_chain.sh" x2-gpu1 > "$W/logs/gpu1.log" 2>&1 < /dev/null &
-        sleep 2
-    fi
+    launch_pair x2
 elif [ "$MODE" = "validate-start" ]; then
     mkdir -p "$W/report"
     if [ ! -f "$W/.t_start" ]; then
