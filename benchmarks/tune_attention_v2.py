@@ -144,6 +144,12 @@ def phase_compile(args, out):
         print(json.dumps(row), flush=True)
 
 
+def read_checks(out) -> dict:
+    """The float64-check records of ``out/check.jsonl`` by config label (empty if there are none)."""
+    path = out / "check.jsonl"
+    return {r["config"]: r for r in map(json.loads, open(path))} if path.exists() else {}
+
+
 def _wall_ms(fn, warmup=0, rep=0):
     """CPU rehearsal stand-in for triton's do_bench: wall clock of one call (ms)."""
     t0 = time.perf_counter()
@@ -155,11 +161,7 @@ def phase_time(args, out):
     import torch
     from triton.testing import do_bench as gpu_bench
     from kernels import attention_triton_v2 as v2
-    checked = {}
-    if (out / "check.jsonl").exists():
-        for line in open(out / "check.jsonl"):
-            r = json.loads(line)
-            checked[r["config"]] = r
+    checked = read_checks(out)
     dev = SETTING["device"]
     a = case_args(args.n, 2, torch.float32, True)
     G = torch.randn((args.n, 3, 9, SETTING["size"]["C"]), device=dev)
@@ -187,11 +189,7 @@ def phase_time(args, out):
 
 
 def phase_report(args, out):
-    checks = {}
-    if (out / "check.jsonl").exists():
-        for line in open(out / "check.jsonl"):
-            r = json.loads(line)
-            checks[r["config"]] = r
+    checks = read_checks(out)
     rows, meta = [], {}
     for line in open(out / "time.jsonl"):
         r = json.loads(line)
