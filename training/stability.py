@@ -106,11 +106,12 @@ def _relaxed_solvated(letter: str, seed: int, box_nm: float, platform: Optional[
 
 
 def _model_hash(model: Optional[str]) -> str:
-    """First 16 hex digits of the sha256 of the model file (None: the bundled one)."""
+    """``water_md.model_sha256`` of the model file (None: the bundled one)."""
+    from .water_md import model_sha256
     if model is None:
         from openmm_e2former import default_model_path
         model = str(default_model_path())
-    return hashlib.sha256(Path(model).read_bytes()).hexdigest()[:16]
+    return model_sha256(model)
 
 
 def run_one(model: str, letter: str, ps: float, minutes: float, device: str, platform: Optional[str],

@@ -209,6 +209,12 @@ def density_g_cm3(total_mass_amu: float, volume_nm3: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- run
+def model_sha256(path) -> str:
+    """First 16 hex digits of the sha256 of a model file: what resumed runs check they continue with."""
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def _classical_prep(built, box_nm, T, dt_fs, seed, plat, props, equil_ps):
     """Minimised and classically equilibrated (NVT) positions and velocities of the water box."""
     import openmm
@@ -259,13 +265,13 @@ def run(args) -> Dict:
     print(f"[water_md] {args.waters} waters ({n_atoms} atoms), L = {box_nm[0, 0] * 10:.2f} Å, "
           f"platform {plat.getName()}, potential {args.potential}, device {args.device}", flush=True)
 
+    stride = max(1, int(round(args.frame_fs / dt_fs)))       # MD steps per frame
     # resuming (--resume): the saved NPT state of an earlier call replaces the classical preparation
     prev = None
     if getattr(args, "resume", False) and (out / "state.xml").exists() and (out / "summary.json").exists():
         prev = json.loads((out / "summary.json").read_text())
-        frame_fs = max(1, int(round(args.frame_fs / dt_fs))) * dt_fs
         if (prev.get("potential"), prev.get("waters"), prev.get("timestep_fs"), prev.get("frame_every_fs")) \
-                != (args.potential, args.waters, dt_fs, frame_fs):
+                != (args.potential, args.waters, dt_fs, stride * dt_fs):
             raise SystemExit(f"--resume: {out} holds a different run (potential, waters, timestep or frame "
                              "interval differ); use another --out")
         seed = prev["seed"]
@@ -290,9 +296,8 @@ def run(args) -> Dict:
                                     device=args.device,
                                     precision=None if args.dtype == "float32" else "double")
         comp = None
-        import hashlib
         pot_desc = {"potential": "student", "model": os.path.abspath(args.model), "dtype": args.dtype,
-                    "model_sha256": hashlib.sha256(Path(args.model).read_bytes()).hexdigest()[:16]}
+                    "model_sha256": model_sha256(args.model)}
         if prev is not None and prev.get("model_sha256") not in (None, pot_desc["model_sha256"]):
             raise SystemExit(f"--resume: {out} was run with another model file (sha256 {prev['model_sha256']}); "
                              "use another --out")
@@ -312,7 +317,6 @@ def run(args) -> Dict:
         ctx.setState(openmm.XmlSerializer.deserialize((out / "state.xml").read_text()))
     n_dof = 3 * n_atoms - 3
 
-    stride = max(1, int(round(args.frame_fs / dt_fs)))
     max_steps = int(round(args.ps * 1000.0 / dt_fs)) if args.ps else None
     if prev is None:
         with open(out / "top.pdb", "w") as fh:
