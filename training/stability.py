@@ -120,28 +120,29 @@ def run_one(model: str, letter: str, ps: float, minutes: float, device: str, pla
     """One solvated capped amino acid (see the module docstring); the record of ``main``.
 
     ``state_dir``: resumable runs.  A run stopped by ``minutes`` (stable, not yet at ``ps``) saves its OpenMM
-    state and its progress (steps, worst bond ratio, highest temperature, reference bond lengths) there as
-    ``ACE-<letter>.xml`` / ``.json``, and its record says ``"resumable": true``; the next call with the same
-    ``state_dir`` continues from it (new Langevin noise seed per segment) instead of starting again.  A
-    completed or failed run removes its state files."""
+    System, state and progress (steps, worst bond ratio, highest temperature, reference bond lengths, model
+    hash) there as ``ACE-<letter>.system.xml`` / ``.xml`` / ``.json``, and its record says
+    ``"resumable": true``; the next call with the same ``state_dir`` continues from it (new Langevin noise seed
+    per segment) instead of starting again.  A completed or failed run removes its state files."""
     import openmm
     from openmm import unit
     from openmm_e2former.force import create_python_force
     from .water_md import _platform, ml_system
 
     t_start = time.time()
-    xml_path = json_path = sys_path = prog = None
+    xml_path = json_path = sys_path = prog = mhash = None
     if state_dir:
+        mhash = _model_hash(model)
         Path(state_dir).mkdir(parents=True, exist_ok=True)
         xml_path, json_path, sys_path = (Path(state_dir) / f"ACE-{letter}{ext}"
                                          for ext in (".xml", ".json", ".system.xml"))
         if xml_path.exists() and json_path.exists() and sys_path.exists():
             prog = json.loads(json_path.read_text())
             if (prog.get("timestep_fs"), prog.get("hmass_amu"), prog.get("model_sha256")) != \
-                    (timestep_fs, hmass, _model_hash(model)):
+                    (timestep_fs, hmass, mhash):
                 raise ValueError(f"{json_path}: saved with timestep {prog.get('timestep_fs')} fs, hmass "
                                  f"{prog.get('hmass_amu')}, model {prog.get('model_sha256')}; asked {timestep_fs}, "
-                                 f"{hmass}, {_model_hash(model)}")
+                                 f"{hmass}, {mhash}")
     plat, props = _platform(platform, 1)
     if prog is None:
         b, bi, pos0_A = _relaxed_solvated(letter, seed, box_nm, platform, 1)
@@ -215,7 +216,7 @@ def run_one(model: str, letter: str, ps: float, minutes: float, device: str, pla
                                              md_wall_s=wall_md, segments=segment + 1, timestep_fs=timestep_fs,
                                              hmass_amu=hmass, bond_ref_A=d0.tolist(), bonds=bi.tolist(),
                                              hydrogens_repartitioned=n_h, charge=charge,
-                                             model_sha256=_model_hash(model))))
+                                             model_sha256=mhash)))
     elif state_dir:
         for f in (xml_path, json_path, sys_path):
             if f.exists():
