@@ -5,6 +5,7 @@ registers, spills and shared memory (v1 vs v2).
     python -m kernels._compile_report --gpu [N ...]    (on a GPU machine: v1 vs v2 check + timing)
     python -m kernels._compile_report --gpu --check-only   (the correctness check alone)
     python -m kernels._compile_report --gpu --edge [N ...] (edge-degree v1 vs v2 only: check + timing)
+    python -m kernels._compile_report --bwd-variants      (the attention backward variants DR_ACC / DU_BCAST)
 
 Triton 3.6 compiles to PTX without a driver; the bundled ``ptxas -v`` then gives the register count and the
 local-memory (stack) size.  ``spills`` below is stack bytes / 4, which is what Triton reports as
@@ -98,10 +99,6 @@ def v2_runs(name, variants):
         tag = f"{name} BLOCK_T={bt} BLOCK_E={K} HB={hb} KC={kc} nw={nw} {prec}"
         yield f"v2 fwd {tag}", v2._attn_fwd_kernel_v2, consts, nw
         yield f"v2 bwd {tag}", v2._attn_bwd_kernel_v2, dict(consts, DR_ACC=False, DU_BCAST=False), nw
-        if name == "v15" and (bt, hb, kc, nw, prec) == variants[0]:      # the backward variants, once
-            for acc, bc in ((True, False), (False, True), (True, True)):
-                yield (f"v2 bwd {tag} DR_ACC={int(acc)} DU_BCAST={int(bc)}", v2._attn_bwd_kernel_v2,
-                       dict(consts, DR_ACC=acc, DU_BCAST=bc), nw)
 
 
 def edge_runs(name, quick=False):
@@ -228,8 +225,25 @@ def gpu_main(sizes):
                     del U
 
 
+def bwd_variants_main():
+    """Registers / spills of the v2 attention backward variants (DR_ACC, DU_BCAST) at V1.5, K = 32, for the
+    current default backward tiles (BT1 HB32 KC32, 4 warps) and the spill-free HB16 KC16 ones."""
+    C, H, D, nb, HID, K = CONFIGS["v15"]
+    print(f"# sm_90a (ptxas -v, no GPU), v2 attention backward variants, V1.5 (K = 32), triton {triton.__version__}")
+    print("# spills = stack bytes / 4 (Triton n_spills)")
+    for bt, hb, kc, nw in ((1, 32, 32, 4), (1, 16, 16, 4)):
+        for acc, bc in ((False, False), (True, False), (False, True), (True, True)):
+            consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=bt, BLOCK_E=K, BLOCK_NB=min(kc, nb), HB=hb,
+                          KC=kc, PREC="ieee", SMOOTH=False, DR_ACC=acc, DU_BCAST=bc)
+            r = compile_kernel(v2._attn_bwd_kernel_v2, consts, nw)
+            print(f"bwd BT{bt} HB{hb} KC{kc} W{nw} DR_ACC={int(acc)} DU_BCAST={int(bc)}: regs {r['regs']} "
+                  f"spills {r['spills']} shared {r['shared']} CTA/SM {r['blocks_per_sm']}", flush=True)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if "--bwd-variants" in argv:
+        return bwd_variants_main()
     edge_only = "--edge" in argv
     if "--gpu" in argv:
         sizes = [] if "--check-only" in argv else ([int(a) for a in argv if a.isdigit()] or [16384, 100000])
