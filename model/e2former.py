@@ -764,7 +764,8 @@ class E2FormerV2(nn.Module):
     @torch.jit.unused
     def padded_energy_terms(self, z: torch.Tensor, positions: torch.Tensor, center: torch.Tensor,
                             neighbor: torch.Tensor, shift: torch.Tensor, system: torch.Tensor, head: int,
-                            max_degree: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                            max_degree: int, owner: Optional[torch.Tensor] = None,
+                            num_systems: int = 1) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """:meth:`energy_terms` with static shapes and no device -> host sync (the CUDA-graph path,
         ``openmm_e2former.graphed``): every shape follows from N and the edge capacity E_cap.
 
@@ -782,7 +783,11 @@ class E2FormerV2(nn.Module):
         rows may round differently.  The ghost's CSR row can hold more than ``max_degree`` edges: the fused
         kernels then read only its first edge tile, and the dense layout puts its extra edges in its last
         slot; neither reaches a real atom.  Not for the ``so2`` EAAS route (it groups edges by periodic image
-        with ``torch.unique``)."""
+        with ``torch.unique``).
+
+        Several systems at once (disjoint blocks of one graph, as ``training.train.predict_batch``): ``owner``
+        [N] int64 gives each real atom's system (0 .. ``num_systems`` - 1) and ``system`` is then the per-node
+        embedding [N+1, 1, C] (the ghost's row: any); the energy returned is per system, [num_systems]."""
         if self.eaas == "so2":
             raise ValueError("the padded path needs eaas='relative' (the so2 route groups edges by image with "
                              "torch.unique, a data-dependent shape)")
@@ -795,7 +800,11 @@ class E2FormerV2(nn.Module):
         slot = torch.arange(center.numel(), device=dev) - row_ptr[center]
         g.set_layout(row_ptr, slot.clamp_max(max(max_degree, 1) - 1), max(max_degree, 1))
         x = self.node_features_system(z, g, system, checkpoint=False)[:n]
-        energy = self.heads.energy(x[:, 0], head).sum()
+        if owner is None:
+            energy = self.heads.energy(x[:, 0], head).sum()
+        else:
+            e_atom = self.heads.energy(x[:, 0], head).reshape(-1)
+            energy = e_atom.new_zeros(num_systems).index_add(0, owner, e_atom)
         direct: Optional[torch.Tensor] = None
         force = self.heads.force
         if force is not None:

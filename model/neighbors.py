@@ -53,7 +53,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ["neighbor_list"]
+__all__ = ["dense_neighbor_edges", "neighbor_list"]
 
 # Defaults (TorchScript cannot read module globals, so they are passed as arguments):
 # centres x ghosts at or below which all ghosts are candidates (no cell list) ...
@@ -314,3 +314,68 @@ def neighbor_list(
     ``shift`` carries gradients to ``cell`` if the cell requires grad.
     """
     return _neighbor_list_impl(positions, cell, pbc, cutoff, max_neighbors, min_dist, 0, 100000, 4194304)
+
+
+def dense_neighbor_edges(positions: torch.Tensor, slots: torch.Tensor, box: torch.Tensor, periodic: torch.Tensor,
+                         cutoff: float, min_dist: float, k: int, capacity: int, ghost: int,
+                         out: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+    """The edges of :func:`neighbor_list` (same semantics as ``E2FormerV2.neighbor_edges``: the ``k`` nearest
+    atoms with ``min_dist <= d <= cutoff``, the atom itself excluded, sorted by centre then distance) of B small
+    systems at once, with static shapes and no device -> host sync, so that it can be captured in a CUDA graph
+    (``openmm_e2former.graphed``).  Brute force over all pairs of each system: O(sum n_b^2) memory, for
+    systems of up to a few thousand atoms.
+
+    Every system is either non-periodic or periodic in an orthorhombic box whose edges are all longer than
+    2 ``cutoff`` (the caller checks), so that an atom has at most one image within the cutoff of another: the
+    minimum image, ``shift = round((p_i - p_j) / L) * L``.
+
+    positions [M, 3]: the atoms of all systems, system after system; slots [B, n] int64: slot (b, i) holds
+    the global index of atom i of system b (``off_b + i``), or M where system b has fewer than n atoms; box
+    [B, 3]: the box edge lengths (ignored where ``periodic`` [B] bool is False); ``k``: the degree bound
+    (a centre with more edges keeps its ``k`` nearest); ``ghost``: the node index of padding edges.
+
+    Writes into ``out = (center [capacity + 1], neighbor [capacity + 1], shift [capacity + 1, 3], stats [2])``:
+    the edges in their first E slots, padding edges (``ghost -> ghost``, shift (2 cutoff, 0, 0), see
+    ``pad_edges`` in ``model.e2former``) after them, the last slot a scratch slot; ``stats`` = (E, the largest
+    number of edges of a centre before the cut to ``k``).  E > capacity means the edges did not fit (those
+    past the capacity were dropped): the caller must grow the buffers and call again; so must it when the
+    largest count exceeds ``k`` while ``k`` is below the model's cap."""
+    center_out, neighbor_out, shift_out, stats_out = out
+    M = positions.shape[0]
+    B, n = slots.shape
+    f64 = torch.float64
+    with torch.no_grad():
+        p = torch.cat([positions.detach().to(f64), positions.new_zeros(1, 3, dtype=f64)])[slots]    # [B, n, 3]
+        valid = slots < M
+        L = box.to(f64)
+        d2 = torch.zeros(B, n, n, dtype=f64, device=positions.device)
+        images = []
+        for a in range(3):
+            da = p[:, :, None, a] - p[:, None, :, a]                                 # [B, n, n] (centre - nbr)
+            la = L[:, a, None, None]
+            img = torch.where(periodic[:, None, None], torch.round(da / la), torch.zeros_like(da))
+            da = da - img * la
+            d2 = d2 + da * da
+            images.append(img.to(torch.float32))                                    # small integers: exact
+        ok = (d2 <= cutoff * cutoff) & (d2 >= min_dist * min_dist) & valid[:, :, None] & valid[:, None, :]
+        ok = ok & ~torch.eye(n, dtype=torch.bool, device=positions.device)
+        kk = max(1, min(int(k), n))
+        key = torch.where(ok, d2, torch.full_like(d2, math.inf))
+        vals, idx = torch.topk(key, kk, dim=2, largest=False, sorted=True)          # [B, n, kk], by distance
+        sel = torch.isfinite(vals)
+        count = sel.sum(2).reshape(-1)                                              # edges per centre
+        start = torch.cumsum(count, 0) - count                                      # centres in global order
+        where = start.reshape(B, n, 1) + torch.arange(kk, device=positions.device)
+        where = torch.where(sel, where, torch.full_like(where, capacity)).clamp_max(capacity).reshape(-1)
+        center = slots[:, :, None].expand(B, n, kk).reshape(-1)
+        neighbor = torch.gather(slots[:, None, :].expand(B, n, n), 2, idx).reshape(-1)
+        shift = torch.stack([torch.gather(images[a], 2, idx).to(f64) * L[:, a, None, None] for a in range(3)],
+                            dim=-1).reshape(-1, 3)
+        center_out.fill_(ghost)
+        neighbor_out.fill_(ghost)
+        shift_out.zero_()
+        shift_out[:, 0] = 2.0 * cutoff
+        center_out.scatter_(0, where, center)
+        neighbor_out.scatter_(0, where, neighbor)
+        shift_out.scatter_(0, where[:, None].expand(-1, 3), shift.to(shift_out.dtype))
+        stats_out.copy_(torch.stack([count.sum(), ok.sum(2).max()]))

@@ -237,13 +237,13 @@ class _Runtime:
             comp.cuda_graphs is not None or getattr(self.model, "eaas", "relative") != "so2")
         self.graphed = None
 
-    def graphed_call(self, comp: "E2FormerForceComputation", pos, cell):
+    def graphed_call(self, comp: "E2FormerForceComputation", pos, cell, cell_host=None):
         if self.graphed is None:
             from .graphed import GraphedEnergyForces
 
             self.graphed = GraphedEnergyForces(self.model, comp.atomic_numbers, comp.periodic, comp.charge,
                                                comp.multiplicity, self.head)
-        return self.graphed(pos, cell)
+        return self.graphed(pos, cell, cell_host)
 
 
 _STATE_CLASS = None
@@ -331,7 +331,9 @@ class E2FormerForceComputation:
         pos = x[:n]
         cell = x[n:] if self.periodic else None
         if rt.use_graphed and rt.validated:
-            energy, forces = rt.graphed_call(self, pos, cell)
+            # the box as the host already has it (Å), for the choice of the in-graph neighbour list
+            cell_host = rt.h_in_np[n:] * NM_TO_ANGSTROM if self.periodic else None
+            energy, forces = rt.graphed_call(self, pos, cell, cell_host)
         else:
             kwargs = {}
             if rt.validate_kw:

@@ -4,10 +4,19 @@ For small MD systems one force call is bound by the CPU: ~1,200 kernel launches 
 ~9 ms of GPU work (600 waters on an H200).  :class:`GraphedEnergyForces` captures the network's forward and
 its ``torch.autograd.grad`` backward once in a ``torch.cuda.CUDAGraph`` and replays it every step:
 
-1. eagerly (it may sync): the neighbour list (``E2FormerV2.neighbor_edges``), then the edges are copied into
-   fixed-capacity buffers with ``pad_edges`` (padding: ghost -> ghost edges of length 2 cutoff, exactly
-   neutral, see ``E2FormerV2.padded_energy_terms``) and the positions into a static buffer;
+1. the neighbour list, into fixed-capacity edge buffers (padding: ghost -> ghost edges of length 2 cutoff,
+   exactly neutral, see ``E2FormerV2.padded_energy_terms``).  For gas-phase systems and orthorhombic boxes
+   with every edge longer than 2 cutoffs (every MD water box or solvated solute we run) it is part of the
+   graph: ``model.neighbors.dense_neighbor_edges``, all pairs with static shapes, the same edges as
+   ``E2FormerV2.neighbor_edges``; one device -> host read after the replay checks that they fitted (if not,
+   the buffers grow and the step is recomputed).  Otherwise (triclinic or small boxes, systems of more
+   than ``DENSE_MAX_PAIRS`` atom pairs) it runs eagerly before the replay (``neighbor_edges`` + ``pad_edges``,
+   with host syncs): session 6 measured that eager part at 8.6 of the 24.4 ms of a 1,800-atom call on an H200;
 2. replay of the captured ``padded_energy_terms`` + backward (static shapes, no host sync).
+
+:class:`BatchedGraphedEnergyForces` does the same for several independent systems in one graph (disjoint
+blocks, per-system charge, cell and energy): many small MD systems on one GPU without one CUDA context each
+(``training.stability``'s batched engine).
 
 The edge capacity is ``headroom`` x the edge count rounded up (and the degree bound of the kernels' edge tiles
 the next power of two of the largest in-degree, at most ``max_neighbors``); when a step needs more, the
@@ -23,9 +32,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from .model.e2former import pad_edges
+import numpy as np
 
-__all__ = ["AUTO_MAX_ATOMS", "ENV_VAR", "GraphedEnergyForces", "cuda_graphs_requested", "use_cuda_graphs"]
+from .model.e2former import pad_edges
+from .model.neighbors import dense_neighbor_edges
+
+__all__ = ["AUTO_MAX_ATOMS", "BatchedGraphedEnergyForces", "DENSE_MAX_PAIRS", "ENV_VAR", "GraphedEnergyForces",
+           "cuda_graphs_requested", "dense_box", "use_cuda_graphs"]
 
 #: environment variable that overrides the default choice of the OpenMM force (when its ``cuda_graphs``
 #: argument is None): 1 / true / yes / on forces the path on CUDA at any size, 0 / false / no / off turns it off
@@ -66,28 +79,64 @@ def use_cuda_graphs(flag: Optional[bool], on_cuda: bool, n_atoms: int, float32: 
     return env if env is not None else (float32 and n_atoms <= AUTO_MAX_ATOMS)
 
 
-class GraphedEnergyForces:
-    """``(positions [N, 3] Å, cell [3, 3] Å or None) -> (energy eV float64 incl. reference energies, forces
-    [N, 3] eV/Å)`` of one fixed system (atomic numbers, charge, multiplicity, head, periodicity), through the
-    padded static-shape path; captured in a CUDA graph on CUDA unless ``capture=False``.
+#: the in-graph (all pairs) neighbour list is used while sum over systems of n_b^2 stays at or below this
+#: (5,000 atoms: ~0.7 GB of float64 / float32 pair temporaries, well under 1 ms on an H100-class GPU)
+DENSE_MAX_PAIRS = 25_000_000
 
-    ``captures`` counts the graph captures (1 + the capacity increases); ``capture_error`` holds the exception
-    if a capture failed (the padded path then runs eagerly, with a warning)."""
 
-    def __init__(self, model, atomic_numbers: Sequence[int], periodic: bool = False, charge: int = 0,
-                 multiplicity: int = 1, head: Optional[str] = None, capture: Optional[bool] = None,
-                 headroom: float = 1.2, warmup: int = 3):
+def dense_box(cell, periodic: bool, cutoff: float) -> Optional[np.ndarray]:
+    """The [3] box edge lengths (Å) for the in-graph neighbour list, ``ones(3)`` for a non-periodic system, or
+    None when the cell does not allow it (not orthorhombic, or an edge not longer than 2 ``cutoff``: an atom
+    could then see two images of another within the cutoff)."""
+    if not periodic:
+        return np.ones(3)
+    c = np.asarray(cell.detach().cpu() if isinstance(cell, torch.Tensor) else cell, dtype=np.float64).reshape(3, 3)
+    diag = np.diag(c).copy()
+    if not np.isfinite(c).all() or np.abs(c - np.diag(diag)).max() > 1e-9 * max(1.0, np.abs(diag).max()):
+        return None
+    if diag.min() <= 2.0 * cutoff * (1.0 + 1e-6):
+        return None
+    return diag
+
+
+class _PaddedGraph:
+    """Shared machinery of the two public classes: B fixed systems (concatenated atoms, one ghost node after
+    them), static buffers, the neighbour list (in the graph or eager), capture and replay."""
+
+    def __init__(self, model, atomic_numbers: Sequence[Sequence[int]], periodic: Sequence[bool],
+                 charges: Sequence[int], multiplicities: Sequence[int], head: Optional[str], capture: Optional[bool],
+                 headroom: float, warmup: int, neighbors: str):
+        if neighbors not in ("auto", "device", "host"):
+            raise ValueError(f"neighbors must be 'auto', 'device' or 'host', got {neighbors!r}")
         dev = model.device
         self.model = model
-        z = torch.as_tensor(atomic_numbers).to(dev, torch.long)
-        self.n = z.numel()
+        zs = [torch.as_tensor(z).reshape(-1).to(dev, torch.long) for z in atomic_numbers]
+        self.sizes = [int(z.numel()) for z in zs]
+        self.B = len(zs)
+        self.n = sum(self.sizes)
+        z = torch.cat(zs) if zs else torch.zeros(0, dtype=torch.long, device=dev)
         self.z = torch.cat([z, z.new_zeros(1)])          # ghost node N: any valid element index
-        self.pbc = torch.tensor([True, True, True], device=dev) if periodic else None
+        self.periodic = [bool(p) for p in periodic]
         self.head = model.head_index(head)
-        self.reference = model.reference(z, self.head)   # float64, constant
+        self.reference = torch.stack([model.reference(zb, self.head) for zb in zs])   # float64 [B], constant
         with torch.no_grad():
-            self.system = model.system_embedding(torch.tensor([int(charge)], device=dev),
-                                                 torch.tensor([int(multiplicity)], device=dev))
+            system = model.system_embedding(torch.tensor([int(q) for q in charges], device=dev),
+                                            torch.tensor([int(s) for s in multiplicities], device=dev))
+        if self.B == 1:
+            self.owner, self.system = None, system          # [1, C], broadcast over the nodes
+        else:
+            self.owner = torch.repeat_interleave(torch.arange(self.B, device=dev),
+                                                 torch.tensor(self.sizes, device=dev))
+            self.system = torch.cat([system[self.owner], system[:1]])[:, None, :]   # per node [N + 1, 1, C]
+        nmax = max(self.sizes) if self.sizes else 1
+        off = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        slots = np.full((self.B, nmax), self.n, dtype=np.int64)
+        for b, (o, nb) in enumerate(zip(off, self.sizes)):
+            slots[b, :nb] = o + np.arange(nb)
+        self.slots = torch.from_numpy(slots).to(dev)
+        self.periodic_t = torch.tensor(self.periodic, device=dev)
+        self.dense_ok = neighbors != "host" and self.B * nmax * nmax <= DENSE_MAX_PAIRS
+        self.neighbors = neighbors
         self.capture = dev.type == "cuda" if capture is None else bool(capture)
         self.headroom = float(headroom)
         self.warmup = int(warmup)
@@ -95,72 +144,181 @@ class GraphedEnergyForces:
         self.degree_bound = 0
         self.captures = 0
         self.capture_error: Optional[BaseException] = None
+        self.mode: Optional[str] = None                    # "device" / "host": where the last call's edges came from
         self._graph = None
+        self._graph_mode: Optional[str] = None
         self._pos = torch.zeros(self.n, 3, dtype=model.dtype, device=dev)
+        self._box = torch.ones(self.B, 3, dtype=model.dtype, device=dev)
+        self._stats = torch.zeros(2, dtype=torch.long, device=dev)
         self._edges = None
         self._energy = self._forces = None
 
-    def __call__(self, positions: torch.Tensor, cell: Optional[torch.Tensor] = None):
+    # ------------------------------------------------------------------------------------------------
+    def _boxes(self, cells, cells_host) -> Optional[np.ndarray]:
+        """[B, 3] box lengths for the in-graph neighbour list, or None (eager neighbour list)."""
+        if not self.dense_ok:
+            return None
+        src = cells_host if cells_host is not None else cells
+        if isinstance(src, torch.Tensor):
+            src = src.detach().cpu().numpy()              # one read for all systems
+        out = []
+        for b in range(self.B):
+            c = None
+            if self.periodic[b]:
+                if src is None:
+                    raise ValueError("a periodic system needs its cell")
+                c = src if np.ndim(src) == 2 else src[b]
+            box = dense_box(c, self.periodic[b], self.model.cutoff)
+            if box is None:
+                return None
+            out.append(box)
+        return np.stack(out)
+
+    def _evaluate(self, positions: torch.Tensor, cells, cells_host=None) -> None:
         m = self.model
         pos = positions.to(m.device, m.dtype)
-        if cell is not None:
-            cell = cell.to(m.device, m.dtype)
-        center, neighbor, shift = m.neighbor_edges(pos, cell, self.pbc, check_overlap=False)
-        E = center.numel()
-        # largest in-degree (edges are sorted by centre; the one device -> host sync added to the neighbour list's)
-        degree = int((torch.arange(E, device=center.device) - torch.searchsorted(center, center)).max()) + 1 \
-            if E > 0 else 1
-        grown = E > self.edge_capacity or degree > self.degree_bound
-        if grown:
-            self._grow(E, degree)
-        pad_edges(center, neighbor, shift, self.n, self.edge_capacity, m.cutoff, out=self._edges)
+        boxes = self._boxes(cells, cells_host)
+        if boxes is None and (self.neighbors == "device" or self.B > 1):
+            raise ValueError("the in-graph neighbour list needs gas-phase systems or orthorhombic boxes with "
+                             f"every edge longer than 2 x the cutoff ({2 * m.cutoff} Å), and at most "
+                             f"{DENSE_MAX_PAIRS} atom pairs")
+        mode = "device" if boxes is not None else "host"
+        self.mode = mode
         self._pos.copy_(pos)
-        if self.capture and (grown or self._graph is None):
-            self._capture()
-        if self._graph is not None:
+        if mode == "host":
+            cell = cells if cells is None else cells.to(m.device, m.dtype)
+            pbc = torch.tensor([True, True, True], device=m.device) if self.periodic[0] else None
+            center, neighbor, shift = m.neighbor_edges(pos, cell, pbc, check_overlap=False)
+            E = center.numel()
+            # largest in-degree (edges are sorted by centre; the one device -> host sync added to the list's)
+            degree = int((torch.arange(E, device=center.device) - torch.searchsorted(center, center)).max()) + 1 \
+                if E > 0 else 1
+            grown = self._edges is None or E > self.edge_capacity or degree > self.degree_bound
+            if grown:
+                self._grow(E, degree)
+            pad_edges(center, neighbor, shift, self.n, self.edge_capacity, m.cutoff,
+                      out=tuple(t[:self.edge_capacity] for t in self._edges[:3]))
+            self._execute(mode, grown)
+            return
+        self._box.copy_(torch.as_tensor(boxes, dtype=m.dtype))
+        if self._edges is None:
+            # first call: size the buffers from a dry run of the neighbour list (every edge to the scratch slot)
+            self._grow(0, 1)
+            self._neighbors_device(m.max_neighbors)
+            E, degree = self._stats.tolist()
+            self._grow(E, degree)
+        for _ in range(3):
+            self._execute(mode, False)
+            E, degree = self._stats.tolist()               # the one device -> host read of the call
+            if E <= self.edge_capacity and (degree <= self.degree_bound or self.degree_bound >= m.max_neighbors):
+                return
+            self._grow(E, degree)                          # did not fit: larger buffers, new graph, same step
+        raise RuntimeError(f"the edge buffers keep overflowing ({E} edges, degree {degree})")  # pragma: no cover
+
+    def _execute(self, mode: str, grown: bool) -> None:
+        if self.capture and (grown or self._graph is None or self._graph_mode != mode):
+            self._capture(mode)
+        if self._graph is not None and self._graph_mode == mode:
             self._graph.replay()
         else:
-            self._run()
-        return self._energy.clone(), self._forces.clone()
+            self._run(mode)
 
-    # ------------------------------------------------------------------------------------------------
     def _grow(self, edges: int, degree: int) -> None:
         m = self.model
         self._graph = None                                 # frees the old graph's memory pool
         self.edge_capacity = max(self.edge_capacity, 256 * math.ceil(max(1.0, edges * self.headroom) / 256))
         self.degree_bound = max(self.degree_bound, min(m.max_neighbors, 1 << max(0, degree - 1).bit_length()))
         cap, dev = self.edge_capacity, m.device
-        self._edges = (torch.empty(cap, dtype=torch.long, device=dev), torch.empty(cap, dtype=torch.long, device=dev),
-                       torch.empty(cap, 3, dtype=m.dtype, device=dev))
+        # one scratch slot after the capacity (where the in-graph list drops what it does not keep)
+        self._edges = (torch.empty(cap + 1, dtype=torch.long, device=dev),
+                       torch.empty(cap + 1, dtype=torch.long, device=dev),
+                       torch.empty(cap + 1, 3, dtype=m.dtype, device=dev))
 
-    def _run(self) -> None:
-        """The padded energy and forces from the static buffers into ``_energy`` / ``_forces`` (what the graph
-        captures)."""
+    def _neighbors_device(self, k: Optional[int] = None) -> None:
         m = self.model
+        dense_neighbor_edges(self._pos, self.slots, self._box, self.periodic_t, m.cutoff, m.min_dist,
+                             self.degree_bound if k is None else k, self.edge_capacity, self.n,
+                             (*self._edges, self._stats))
+
+    def _run(self, mode: str) -> None:
+        """Energies and forces from the static buffers into ``_energy`` / ``_forces`` (what the graph captures);
+        ``mode`` "device": the neighbour list first."""
+        m = self.model
+        if mode == "device":
+            self._neighbors_device()
+        cap = self.edge_capacity
+        edges = tuple(t[:cap] for t in self._edges)
         autograd = not m.direct_forces
         pos = self._pos.detach().requires_grad_(autograd)
         with torch.enable_grad() if autograd else torch.no_grad():
-            e, direct = m.padded_energy_terms(self.z, pos, *self._edges, self.system, self.head, self.degree_bound)
-            f = -torch.autograd.grad(e, pos)[0] if autograd else direct
-        self._energy = e.detach().to(torch.float64) + self.reference
+            e, direct = m.padded_energy_terms(self.z, pos, *edges, self.system, self.head, self.degree_bound,
+                                              owner=self.owner, num_systems=self.B)
+            f = -torch.autograd.grad(e.sum(), pos)[0] if autograd else direct
+        self._energy = e.detach().to(torch.float64).reshape(-1) + self.reference
         self._forces = f.detach()
 
-    def _capture(self) -> None:
+    def _capture(self, mode: str) -> None:
         """Warm up on a side stream (lazy initialisation, Triton compilation), then capture ``_run``."""
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(self.warmup):
-                    self._run()
+                    self._run(mode)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self._run()
+                self._run(mode)
         except Exception as exc:  # a capture failure must not end the simulation: run eagerly instead
             self.capture, self.capture_error, self._graph = False, exc, None
             warnings.warn(f"CUDA-graph capture of the E2Former-V2 force failed ({exc!r}); running the padded "
-                          "path without a graph", RuntimeWarning, stacklevel=3)
+                          "path without a graph", RuntimeWarning, stacklevel=4)
             return
-        self._graph = graph
+        self._graph, self._graph_mode = graph, mode
         self.captures += 1
+
+
+class GraphedEnergyForces(_PaddedGraph):
+    """``(positions [N, 3] Å, cell [3, 3] Å or None) -> (energy eV float64 incl. reference energies, forces
+    [N, 3] eV/Å)`` of one fixed system (atomic numbers, charge, multiplicity, head, periodicity), through the
+    padded static-shape path; captured in a CUDA graph on CUDA unless ``capture=False``.
+
+    ``neighbors``: "auto" (the in-graph neighbour list where the cell allows it, see the module docstring),
+    "host" (always the eager one) or "device" (in-graph or an error).  ``mode`` says which the last call used.
+    ``captures`` counts the graph captures (1 + the capacity increases and neighbour-list switches);
+    ``capture_error`` holds the exception if a capture failed (the padded path then runs eagerly, with a
+    warning)."""
+
+    def __init__(self, model, atomic_numbers: Sequence[int], periodic: bool = False, charge: int = 0,
+                 multiplicity: int = 1, head: Optional[str] = None, capture: Optional[bool] = None,
+                 headroom: float = 1.2, warmup: int = 3, neighbors: str = "auto"):
+        super().__init__(model, [atomic_numbers], [periodic], [charge], [multiplicity], head, capture, headroom,
+                         warmup, neighbors)
+
+    def __call__(self, positions: torch.Tensor, cell: Optional[torch.Tensor] = None, cell_host=None):
+        """``cell_host``: the same cell as a host array, if the caller has one (saves a device -> host read
+        for the neighbour-list choice)."""
+        self._evaluate(positions, cell, cell_host)
+        return self._energy[0].clone(), self._forces.clone()
+
+
+class BatchedGraphedEnergyForces(_PaddedGraph):
+    """Several fixed systems in ONE padded model call (and one CUDA graph): ``(positions [sum N_b, 3] Å,
+    system after system; cells [B, 3, 3] Å, None for an all gas-phase batch) -> (energies [B] eV float64
+    incl. reference energies, forces [sum N_b, 3] eV/Å)``.  Every system must allow the in-graph neighbour
+    list (gas phase, or an orthorhombic box with edges longer than 2 cutoffs).  The systems are disjoint
+    blocks of one graph, each with its own charge / multiplicity embedding, so each gets the energy and forces
+    it gets alone (to float rounding)."""
+
+    def __init__(self, model, atomic_numbers: Sequence[Sequence[int]], periodic: Sequence[bool],
+                 charges: Optional[Sequence[int]] = None, multiplicities: Optional[Sequence[int]] = None,
+                 head: Optional[str] = None, capture: Optional[bool] = None, headroom: float = 1.1,
+                 warmup: int = 3):
+        B = len(atomic_numbers)
+        super().__init__(model, atomic_numbers, periodic, charges if charges is not None else [0] * B,
+                         multiplicities if multiplicities is not None else [1] * B, head, capture, headroom,
+                         warmup, "device")
+
+    def __call__(self, positions: torch.Tensor, cells=None):
+        self._evaluate(positions, cells)
+        return self._energy.clone(), self._forces.clone()

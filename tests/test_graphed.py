@@ -262,3 +262,122 @@ _INTERP_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
 def test_padded_path_with_triton_kernels_under_interpreter():
     run_under_triton_interpreter(_INTERP_SCRIPT, [REPO / "tests"], "the padded path with the Triton kernels",
                                  drop_env=("E2FORMER_ATTENTION_BACKEND", "E2FORMER_EDGE_DEGREE_BACKEND"))
+
+
+# ------------------------------------------------------------------------------------------------
+# the in-graph neighbour list (model.neighbors.dense_neighbor_edges) and the batched class
+# ------------------------------------------------------------------------------------------------
+def _dense(pos, cells, periodic, sizes, cutoff, k, capacity, min_dist=1e-4):
+    from openmm_e2former.model.neighbors import dense_neighbor_edges
+    M, B = pos.shape[0], len(sizes)
+    slots = torch.full((B, max(sizes)), M, dtype=torch.long)
+    off = 0
+    for b, n in enumerate(sizes):
+        slots[b, :n] = off + torch.arange(n)
+        off += n
+    box = torch.stack([torch.diagonal(c) if p else torch.ones(3, dtype=pos.dtype) for c, p in zip(cells, periodic)])
+    out = (torch.empty(capacity + 1, dtype=torch.long), torch.empty(capacity + 1, dtype=torch.long),
+           torch.empty(capacity + 1, 3, dtype=pos.dtype), torch.zeros(2, dtype=torch.long))
+    dense_neighbor_edges(pos, slots, box, torch.tensor(periodic), cutoff, min_dist, k, capacity, M, out)
+    return out
+
+
+def _edge_sets(center, neighbor, shift):
+    return sorted(zip(center.tolist(), neighbor.tolist(), [tuple(round(v, 9) for v in r) for r in shift.tolist()]))
+
+
+def test_dense_neighbor_list_equals_the_cell_list():
+    """Same edges (centre, neighbour, image shift), sorted by centre, as neighbor_list for two periodic boxes
+    (unwrapped positions) and a gas-phase molecule in one call; the nearest-k cut; overflow reporting."""
+    from openmm_e2former.model.neighbors import neighbor_list
+
+    rng = np.random.default_rng(3)
+    parts = []
+    for nw, seed in ((4, 1), (5, 2)):
+        z, pos, cell = water_box(nw, 3.1, seed=seed)
+        pos = pos + rng.normal(scale=0.1, size=pos.shape) + rng.integers(-2, 3, size=(len(z), 1)) * np.diag(cell)
+        parts.append((torch.tensor(pos), torch.tensor(cell), True))
+    parts.append((torch.tensor(_ala2()[1]), torch.zeros(3, 3, dtype=torch.float64), False))
+    sizes = [p[0].shape[0] for p in parts]
+    pos = torch.cat([p[0] for p in parts])
+    offs = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    for k in (128, 12):
+        want = []
+        for (p, c, per), o in zip(parts, offs):
+            ce, nb, sh = neighbor_list(p, c if per else None, PBC if per else None, 5.0, k + 1, 0.0)
+            keep = (ce != nb) | (sh != 0).any(dim=1)
+            ce, nb, sh = ce[keep], nb[keep], sh[keep]
+            rank = torch.arange(ce.numel()) - torch.searchsorted(ce, ce)
+            keep = rank < k
+            want.append((ce[keep] + int(o), nb[keep] + int(o), sh[keep]))
+        ce, nb, sh = (torch.cat([w[i] for w in want]) for i in range(3))
+        E = ce.numel()
+        c_out, n_out, s_out, stats = _dense(pos, [p[1] for p in parts], [p[2] for p in parts], sizes, 5.0, k, E + 7)
+        assert stats[0] == E
+        assert torch.equal(c_out[:E], ce)                                   # sorted by centre, same counts
+        assert _edge_sets(c_out[:E], n_out[:E], s_out[:E]) == _edge_sets(ce, nb, sh)
+        # distances ascending within every centre's row (nearest first, as the cell list)
+        d = (pos[c_out[:E]] - pos[n_out[:E]] - s_out[:E]).norm(dim=1)
+        same = c_out[1:E] == c_out[:E - 1]
+        assert bool((d[1:][same] >= d[:-1][same] - 1e-12).all())
+        # the padding after them: ghost -> ghost at 2 cutoff
+        assert bool((c_out[E:-1] == pos.shape[0]).all()) and bool((s_out[E:-1, 0] == 10.0).all())
+    assert int(stats[1]) > 12                                              # the largest count before the cut
+    # too small a capacity: reported (E > capacity), nothing written past it
+    c_out, _, _, stats = _dense(pos, [p[1] for p in parts], [p[2] for p in parts], sizes, 5.0, 128, 100)
+    assert int(stats[0]) > 100 and c_out.numel() == 101
+
+
+def test_graphed_in_graph_neighbour_list_modes_and_growth(default64):
+    m = default64
+    z, pos, cell = _tensors(*water_box(4, 3.1, seed=6))                  # 64 waters, 12.4 Å box
+    G = GraphedEnergyForces(m, z, periodic=True)
+    got = []
+    for scale in (1.1, 1.0):                                            # denser second step: the buffers grow
+        p, c = pos * scale, cell * scale
+        total, _, f = m.energy_and_forces(z, p, c, PBC, validate=False)
+        _assert_close(G(p, c), (total, f), 1e-10)
+        got.append((G.mode, G.edge_capacity, int(G._stats[0])))
+    (mode0, cap0, e0), (mode1, cap1, e1) = got
+    assert mode0 == mode1 == "device" and e1 > cap0 and cap1 >= e1 > e0, got
+    # a triclinic cell: the eager neighbour list (auto), or an error naming the problem (device)
+    tri = cell + torch.tensor([[0.0, 0.0, 0.0], [1.5, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    total, _, f = m.energy_and_forces(z, pos, tri, PBC, validate=False)
+    _assert_close(G(pos, tri), (total, f), 1e-10)
+    assert G.mode == "host"
+    _assert_close(G(pos, cell), m.energy_and_forces(z, pos, cell, PBC)[::2], 1e-10)
+    assert G.mode == "device"
+    with pytest.raises(ValueError, match="orthorhombic"):
+        GraphedEnergyForces(m, z, periodic=True, neighbors="device")(pos, tri)
+    # a box edge not longer than 2 cutoffs: eager
+    small = _tensors(*water_box(3, 3.1, seed=6))                         # 9.3 Å < 10 Å
+    G3 = GraphedEnergyForces(m, small[0], periodic=True)
+    _assert_close(G3(small[1], small[2]), m.energy_and_forces(small[0], small[1], small[2], PBC)[::2], 1e-10)
+    assert G3.mode == "host"
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 2e-5)])
+def test_batched_graphed_equals_each_system_alone(dtype, rtol):
+    """Three periodic boxes of different sizes and total charges 0, +1, -1 and a gas-phase molecule in one
+    padded call: each system's energy and forces as it gets them alone."""
+    from openmm_e2former.graphed import BatchedGraphedEnergyForces
+
+    m = _default_model(dtype)
+    dt = torch.float64 if dtype == "float64" else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    systems = []
+    for (nw, seed), q in zip(((4, 1), (4, 2), (5, 3)), (0, 1, -1)):
+        z, pos, cell = _tensors(*water_box(nw, 3.1, seed=seed), dtype=dt)
+        systems.append((z, pos + 0.05 * torch.randn(pos.shape, generator=gen, dtype=dt), cell, True, q))
+    z, pos, _ = _tensors(*_ala2(), dtype=dt)
+    systems.append((z, pos, None, False, 0))
+    G = BatchedGraphedEnergyForces(m, [s[0] for s in systems], [s[3] for s in systems], [s[4] for s in systems])
+    cells = torch.stack([s[2] if s[3] else torch.zeros(3, 3, dtype=dt) for s in systems])
+    e, f = G(torch.cat([s[1] for s in systems]), cells)
+    assert e.shape == (4,) and e.dtype == torch.float64 and G.mode == "device"
+    for k, (s, fk) in enumerate(zip(systems, f.split([len(s[0]) for s in systems]))):
+        total, _, fr = m.energy_and_forces(s[0], s[1], s[2], PBC if s[3] else None, charge=s[4])
+        _assert_close((e[k], fk), (total, fr), rtol)
+    # the charge matters (so the per-system embedding is really per system)
+    G0 = BatchedGraphedEnergyForces(m, [s[0] for s in systems], [s[3] for s in systems])
+    assert abs(float(G0(torch.cat([s[1] for s in systems]), cells)[0][1] - e[1])) > 1e-4
