@@ -301,3 +301,67 @@ def test_run_one_resumes_from_saved_state(tmp_path, monkeypatch):
     monkeypatch.setattr(stability, "run_one", lambda *a, **k: calls.append(a[1]) or dict(r2, letter=a[1]))
     assert stability.main(["--out", str(out), "--letters", "AG", "--state-dir", str(sd)]) == 0
     assert calls == ["G"]
+
+
+def _box64(seed: float, **extra) -> dict:
+    """64 waters in a 12.4 Å box (edges longer than 2 cutoffs, as the graphed engine needs)."""
+    from helpers import water_box
+    z, pos, cell = water_box(4, 3.1, seed=int(seed))
+    bonds = [[o, o + k] for o in range(0, len(z), 3) for k in (1, 2)]
+    masses = [16.0 if x == 8 else 4.0 for x in z]
+    return dict(dict(z=list(z), pos0=pos, masses=masses, cell=cell, charge=0, bonds=bonds), **extra)
+
+
+def test_graphed_engine_equals_plain_and_per_system_targets(model, monkeypatch):
+    """graphed=True (BatchedGraphedEnergyForces, the neighbour list inside) gives the trajectories of the plain
+    batched engine; per-system step targets finish each system at its own; small boxes are refused by name."""
+    systems = [_box64(1), _box64(2, charge=1)]
+    plain = stability.integrate_batched(model, systems, [3, 5], check_every=2, seeds=[5, 6])
+    calls = _count_calls(monkeypatch)
+    built = []
+    from openmm_e2former import graphed as G
+    real = G.BatchedGraphedEnergyForces.__init__
+    monkeypatch.setattr(G.BatchedGraphedEnergyForces, "__init__",
+                        lambda self, m, zs, *a, **k: built.append(len(zs)) or real(self, m, zs, *a, **k))
+    fast = stability.integrate_batched(model, systems, [3, 5], check_every=2, seeds=[5, 6], graphed=True)
+    assert calls == []                                   # no eager model call
+    assert built == [2, 1]                               # rebuilt once system 0 finished at its 3 steps
+    for p, f, n in zip(plain, fast, (3, 5)):
+        assert f["completed"] and f["steps"] == n and p["steps"] == n
+        assert np.abs(f["positions"] - p["positions"]).max() < 1e-6        # float32 force rounding only
+        assert np.abs(f["velocities"] - p["velocities"]).max() < 1e-7
+    with pytest.raises(ValueError, match="2 x the cutoff"):
+        stability.integrate_batched(model, [_waters()], 2, graphed=True)   # 7.5 Å box
+
+
+def test_batched_engine_resumes_openmm_state_and_back(tmp_path, model):
+    """--state-dir is shared by the engines: the batched engine continues a run saved by run_one (same atoms,
+    masses, bonds; counters carried on), saves its own state in run_one's format, and run_one finishes it."""
+    pytest.importorskip("pdbfixer")
+    sd = tmp_path / "state"
+    kw = dict(timestep_fs=1.5, hmass=4.0, check_fs=3.0, box_nm=1.0)
+    r1 = stability.run_one(None, "G", ps=0.009, minutes=1e-9, device="cpu", platform="CPU", state_dir=str(sd), **kw)
+    assert r1["resumable"] and r1["ps"] == 0.0
+    saved = stability._load_saved(str(sd), "G", 1.5, 4.0, stability._model_hash(None))
+    assert len(saved["z"]) == r1["atoms"] and saved["charge"] == 0 and saved["vel0"].shape == (r1["atoms"], 3)
+    assert (saved["masses"] == 4.0).sum() == saved["hydrogens_repartitioned"] > 0    # the repartitioned masses
+    # the batched engine: 2 steps (3 fs) of the 9 fs, then its wall-time limit
+    ticks = iter(range(10 ** 6))
+    import training.stability as S
+    real_now = S._now
+    S._now = lambda: real_now() + (0.0 if next(ticks) < 8 else 1e9)          # the deadline hits after a few calls
+    try:
+        out = tmp_path / "stab.jsonl"
+        recs = stability.run_batched(None, ["G"], 0.009, 5.0, "cpu", out=str(out), model=model, state_dir=str(sd),
+                                     **kw)
+    finally:
+        S._now = real_now
+    r2 = recs[0]
+    assert r2["stable"] and r2["resumable"] and not r2["completed"] and r2["segments"] == 2, r2
+    assert 0 < r2["ps"] < 0.009 and "resumable" in r2["reason"]
+    prog = json.loads((sd / "ACE-G.json").read_text())
+    assert prog["steps"] == round(r2["ps"] / 1.5e-3) and prog["segments"] == 2
+    # run_one takes it from there to the end and removes the state
+    r3 = stability.run_one(None, "G", ps=0.009, minutes=5, device="cpu", platform="CPU", state_dir=str(sd), **kw)
+    assert r3["completed"] and r3["segments"] == 3 and not any(sd.iterdir())
+    assert 0.009 - 1e-12 <= r3["ps"] < 0.009 + 0.003                         # run_one steps in 3 fs check chunks

@@ -281,9 +281,9 @@ class _Interrupted(Exception):
     """SIGTERM during ``run_batched``."""
 
 
-def integrate_batched(model, systems: Sequence[dict], steps: int, timestep_fs: float = 1.5,
+def integrate_batched(model, systems: Sequence[dict], steps, timestep_fs: float = 1.5,
                       temperature: float = 300.0, friction_per_fs: float = 0.001, check_every: int = 100,
-                      deadline: Optional[float] = None, seeds=0, on_done=None) -> List[Dict]:
+                      deadline: Optional[float] = None, seeds=0, on_done=None, graphed: bool = False) -> List[Dict]:
     """Langevin BAOAB MD of many systems with ONE model call per step over all still-running systems.
 
     ``systems``: dicts with ``z`` (ints [N]), ``pos0`` (Å [N, 3]), ``masses`` (amu [N]), ``cell`` (Å [3, 3],
@@ -299,6 +299,16 @@ def integrate_batched(model, systems: Sequence[dict], steps: int, timestep_fs: f
     within 0.7-1.4x its reference length (minimum-image vectors).  A failing system stops, the others continue.
     Stops at ``steps`` or when ``_now()`` passes ``deadline`` (then the current state is checked once more).
 
+    ``steps``: one number for all systems or one per system (a system that reaches its own is checked and
+    finished as completed while the others go on).  A system dict may hold ``vel0`` (Å/fs [N, 3]): the
+    starting velocities (a resumed run) instead of a Maxwell-Boltzmann draw.
+
+    ``graphed``: the forces from ``openmm_e2former.graphed.BatchedGraphedEnergyForces`` (one padded call with
+    the neighbour list inside, a CUDA graph on CUDA; rebuilt when the set of running systems changes) instead
+    of ``train.batch_energy_forces`` (one neighbour search and host syncs per system and step).  Needs gas-phase
+    systems or orthorhombic boxes with edges longer than 2 cutoffs.  If a graphed call raises, the step is
+    recomputed system by system to find the culprit, as without it.
+
     Returns one dict per system (``steps`` verified, ``ps``, ``stable``, ``completed``, ``reason``,
     ``worst_bond_ratio``, ``max_temperature_K``, ``end``: completed / failed / time / interrupted, ``wall_md_s``,
     and the state when it finished: ``positions`` Å, ``velocities`` Å/fs, float64 numpy); ``on_done(i, res)``
@@ -308,6 +318,9 @@ def integrate_batched(model, systems: Sequence[dict], steps: int, timestep_fs: f
     seeds_ = [int(s) for s in (seeds if isinstance(seeds, (list, tuple, np.ndarray)) else [seeds] * ns)]
     if len(seeds_) != ns:
         raise ValueError(f"{ns} systems but {len(seeds_)} seeds")
+    targets = [int(t) for t in (steps if isinstance(steps, (list, tuple, np.ndarray)) else [steps] * ns)]
+    if len(targets) != ns:
+        raise ValueError(f"{ns} systems but {len(targets)} step targets")
     dev = model.device
     f64 = torch.float64
     dt = float(timestep_fs)
@@ -330,6 +343,8 @@ def integrate_batched(model, systems: Sequence[dict], steps: int, timestep_fs: f
         mt = torch.tensor(m, dtype=f64, device=dev)[:, None]
         sigma = torch.sqrt(kT / mt * EV_PER_AMU_A_TO_A_PER_FS2)
         v = torch.randn((len(z), 3), generator=g, dtype=f64, device=dev) * sigma
+        if s.get("vel0") is not None:
+            v = torch.tensor(np.asarray(s["vel0"], dtype=np.float64).reshape(len(z), 3), dtype=f64, device=dev)
         st.append(dict(n=len(z), m=m, mt=mt, sigma=sigma, g=g, cell=cell, bonds=bonds, ref=ref, v=v,
                        x=torch.tensor(x0, dtype=f64, device=dev), f=torch.zeros((len(z), 3), dtype=f64, device=dev),
                        steps=0, worst=1.0, tmax=0.0, dof=max(3 * len(z) - 3, 1)))
@@ -368,10 +383,37 @@ def integrate_batched(model, systems: Sequence[dict], steps: int, timestep_fs: f
             for i, t in zip(run, flat[k].split([st[i]["n"] for i in run])):
                 st[i][k] = t
 
+    engine: Dict[str, object] = {}
+    if graphed:
+        from openmm_e2former.graphed import dense_box
+        for k, a in enumerate(st):
+            if dense_box(a["cell"], a["cell"] is not None, model.cutoff) is None:
+                raise ValueError(f"system {k}: graphed=True needs gas-phase systems or orthorhombic boxes with "
+                                 f"every edge longer than 2 x the cutoff ({2 * model.cutoff} Å)")
+
+    def forces(sizes: List[int]):
+        if graphed:
+            key = tuple(run)
+            if engine.get("key") != key:       # (re)built for the running systems
+                from openmm_e2former.graphed import BatchedGraphedEnergyForces
+                engine["G"] = BatchedGraphedEnergyForces(
+                    model, [systems[i]["z"] for i in run], [st[i]["cell"] is not None for i in run],
+                    [int(systems[i].get("charge", 0)) for i in run],
+                    [int(systems[i].get("multiplicity", 1)) for i in run])
+                engine["cells"] = np.stack([st[i]["cell"] if st[i]["cell"] is not None else np.zeros((3, 3))
+                                            for i in run])
+                engine["key"] = key
+            try:
+                e, f = engine["G"](flat["x"].to(model.dtype), engine["cells"])
+                return e, f.to(f64), {}
+            except Exception:   # noqa: BLE001 - recompute eagerly, system by system, to name the culprit
+                pass
+        return _forces_guarded(model, systems, run, flat["x"], sizes)
+
     def evaluate(step: int) -> List[int]:
         """forces at flat x; finite checks; returns the systems that failed (already finished)."""
         sizes = [st[i]["n"] for i in run]
-        e, f, errors = _forces_guarded(model, systems, run, flat["x"], sizes)
+        e, f, errors = forces(sizes)
         flat["f"] = f
         bad_atoms = (~torch.isfinite(f).all(dim=1)).to(f64)
         nonfinite = torch.zeros(len(run), dtype=f64, device=dev).index_add_(0, flat["owner"], bad_atoms)
@@ -437,7 +479,7 @@ def integrate_batched(model, systems: Sequence[dict], steps: int, timestep_fs: f
         if run:
             drop(evaluate(0))
         half = 0.5 * dt * EV_PER_AMU_A_TO_A_PER_FS2
-        while run and step < steps:
+        while run and step < max(targets[i] for i in run):
             if deadline is not None and _now() >= deadline:
                 drop(check(step) if step > 0 else [])
                 for i in list(run):
@@ -455,8 +497,13 @@ def integrate_batched(model, systems: Sequence[dict], steps: int, timestep_fs: f
             failed = evaluate(step)
             flat["v"] += half * flat["f"] / mt
             drop(failed)
-            if run and (step % check_every == 0 or step == steps):
+            reached = [i for i in run if targets[i] <= step]
+            if run and (step % check_every == 0 or reached):
                 drop(check(step))
+                reached = [i for i in run if targets[i] <= step]
+                for i in reached:
+                    finish(i, "completed", "", step)
+                drop(reached)
         for i in list(run):   # reached ``steps`` (also steps == 0)
             finish(i, "completed", "", step)
         run = []
@@ -477,7 +524,7 @@ def _letter_seed(letter: str, seed: int) -> int:
 
 
 def build_system(letter: str, seed: int = 0, box_nm: float = 2.0, hmass: float = 4.0,
-                 platform: Optional[str] = "CPU") -> Dict:
+                 platform: Optional[str] = "CPU", keep_builder: bool = False) -> Dict:
     """ACE-X-NME in water as ``run_one`` builds it (``build_capped``, classical LocalEnergyMinimizer), for
     ``integrate_batched``: z, pos0 (Å), masses (amu, after ``repartition_hydrogens``; ``hmass`` 0: real
     masses), cell (Å), charge, bonds (those of the HarmonicBondForce: solute and water O-H),
@@ -491,17 +538,102 @@ def build_system(letter: str, seed: int = 0, box_nm: float = 2.0, hmass: float =
     return dict(name=f"ACE-{letter}-NME (water)", letter=letter, z=np.asarray(b.z, dtype=np.int64),
                 pos0=np.asarray(pos0, dtype=np.float64), masses=masses, cell=np.asarray(b.box) * 10.0,
                 charge=int(b.charge), multiplicity=1, bonds=bonds,
-                hydrogens_repartitioned=n_h)
+                hydrogens_repartitioned=n_h, **({"_builder": b} if keep_builder else {}))
+
+
+def _load_saved(state_dir: str, letter: str, timestep_fs: float, hmass: float, mhash: str) -> Optional[Dict]:
+    """A system saved in ``state_dir`` by either engine (``run_one``'s files) as a ``build_system`` dict plus
+    ``vel0`` (Å/fs), ``prog`` (the progress record) and ``system_xml``; None if there is none.  The atomic
+    numbers and charge come from the saved System's E2Former force."""
+    import pickle
+    import re
+
+    import openmm
+    from openmm import unit
+
+    base = Path(state_dir) / f"ACE-{letter}"
+    paths = [Path(f"{base}{ext}") for ext in (".xml", ".json", ".system.xml")]
+    if not all(p.exists() for p in paths):
+        return None
+    prog = json.loads(paths[1].read_text())
+    if (prog.get("timestep_fs"), prog.get("hmass_amu"), prog.get("model_sha256")) != (timestep_fs, hmass, mhash):
+        raise ValueError(f"{paths[1]}: saved with timestep {prog.get('timestep_fs')} fs, hmass "
+                         f"{prog.get('hmass_amu')}, model {prog.get('model_sha256')}; asked {timestep_fs}, {hmass}, "
+                         f"{mhash}")
+    sys_xml = paths[2].read_text()
+    hit = re.search(r'<Force[^>]*function="([0-9a-f]+)"[^>]*type="PythonForce"', sys_xml)
+    if hit is None:
+        raise ValueError(f"{paths[2]}: no E2Former PythonForce in the saved System")
+    comp = pickle.loads(bytes.fromhex(hit.group(1)))
+    masses = np.array([float(x) for x in re.findall(r'<Particle mass="([^"]+)"', sys_xml)])
+    state = openmm.XmlSerializer.deserialize(paths[0].read_text())
+    pos = state.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    vel = state.getVelocities(asNumpy=True).value_in_unit(unit.angstrom / unit.femtosecond)
+    cell = np.asarray(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom))
+    z = np.asarray(comp.atomic_numbers, dtype=np.int64)
+    if not (len(z) == len(masses) == len(pos)):
+        raise ValueError(f"{base}: {len(z)} atomic numbers, {len(masses)} masses, {len(pos)} positions")
+    return dict(name=f"ACE-{letter}-NME (water)", letter=letter, z=z, pos0=np.asarray(pos, dtype=np.float64),
+                vel0=np.asarray(vel, dtype=np.float64), masses=masses, cell=cell, charge=int(comp.charge),
+                multiplicity=int(comp.multiplicity), bonds=np.asarray(prog["bonds"], dtype=np.int64).reshape(-1, 2),
+                bond_ref=np.asarray(prog["bond_ref_A"], dtype=np.float64),
+                hydrogens_repartitioned=int(prog["hydrogens_repartitioned"]), prog=prog, system_xml=sys_xml)
+
+
+def _save_state(state_dir: str, s: Dict, pos_A: np.ndarray, vel_A_fs: np.ndarray, prog: Dict,
+                model_path: Optional[str], device: str) -> None:
+    """``s``'s state in ``run_one``'s format: the System (the saved one, or for a new system the ML System
+    ``run_one`` would build), an OpenMM State XML with positions, velocities and box, the progress record."""
+    import openmm
+    from openmm import unit
+
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    base = Path(state_dir) / f"ACE-{s['letter']}"
+    sys_path = Path(f"{base}.system.xml")
+    if s.get("system_xml") is None:
+        from openmm_e2former.force import create_python_force
+        from .water_md import ml_system
+
+        b = s["_builder"]
+        force = create_python_force(list(map(int, s["z"])), model_path, periodic=True, device=device,
+                                    charge=int(s["charge"]))
+        sysm = ml_system(b.system, b.topology, force, b.box)     # masses of b.system: already repartitioned
+        s["system_xml"] = openmm.XmlSerializer.serialize(sysm)
+    if not sys_path.exists() or sys_path.read_text() != s["system_xml"]:
+        sys_path.write_text(s["system_xml"])
+    bare = openmm.System()                      # only to turn numbers into an OpenMM State
+    for m in s["masses"]:
+        bare.addParticle(float(m))
+    box = [openmm.Vec3(*row) for row in np.asarray(s["cell"]) / 10.0]
+    bare.setDefaultPeriodicBoxVectors(*box)
+    ctx = openmm.Context(bare, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPeriodicBoxVectors(*box)
+    ctx.setPositions(np.asarray(pos_A) * 0.1 * unit.nanometer)
+    ctx.setVelocities(np.asarray(vel_A_fs) * 100.0 * unit.nanometer / unit.picosecond)
+    xml = openmm.XmlSerializer.serialize(ctx.getState(getPositions=True, getVelocities=True))
+    tmp = Path(f"{base}.xml.tmp")
+    tmp.write_text(xml)
+    os.replace(tmp, f"{base}.xml")
+    Path(f"{base}.json").write_text(json.dumps(prog))
 
 
 def run_batched(model_path: Optional[str], letters: Sequence[str], ps: float, minutes: float, device: str,
                 timestep_fs: float = 1.5, hmass: float = 4.0, temperature: float = 300.0, check_fs: float = 150.0,
                 seed: int = 0, box_nm: float = 2.0, friction_per_ps: float = 1.0, out: Optional[str] = None,
-                platform: Optional[str] = "CPU", echo: bool = False, model=None) -> List[Dict]:
+                platform: Optional[str] = "CPU", echo: bool = False, model=None, state_dir: Optional[str] = None,
+                graphed: bool = False) -> List[Dict]:
     """All ``letters`` in ONE batch (``build_system`` each, then ``integrate_batched``); ``minutes``: wall-time
     limit of the whole call, building included.  Returns run_one's records plus ``engine`` and
     ``batch_systems``; each is appended to ``out`` (and printed with ``echo``) as soon as its system is
-    finished, so a killed run keeps the finished systems.  ``model``: an already loaded model (tests)."""
+    finished, so a killed run keeps the finished systems.  ``model``: an already loaded model (tests).
+
+    ``state_dir``: resumable runs in ``run_one``'s format (``ACE-<letter>.system.xml`` / ``.xml`` / ``.json``),
+    so either engine continues what the other saved: a system with saved files starts from them (positions,
+    velocities, box, the masses of the saved System, its bonds, reference lengths and counters; a new noise
+    seed per segment) and its record counts the steps of every segment; a system stopped by the wall-time
+    limit saves its state there, a completed or failed one removes it.  (OpenMM's LangevinMiddle velocities
+    are half a step off BAOAB's: a change of integrator between segments, harmless for a stability test.)
+    ``graphed``: ``integrate_batched(graphed=True)``."""
     t_start = _now()
     deadline = t_start + 60.0 * minutes
     if model is None:
@@ -511,22 +643,61 @@ def run_batched(model_path: Optional[str], letters: Sequence[str], ps: float, mi
     for p in model.parameters():
         p.requires_grad_(False)
     letters = list(letters)
-    systems = [build_system(x, seed, box_nm, hmass, platform) for x in letters]
+    mhash = _model_hash(model_path) if state_dir else None
+    systems = []
+    for x in letters:
+        saved = _load_saved(state_dir, x, timestep_fs, hmass, mhash) if state_dir else None
+        if saved is None:
+            saved = build_system(x, seed, box_nm, hmass, platform, keep_builder=bool(state_dir))
+            saved["prog"] = None
+            if saved.get("bond_ref") is None:
+                saved["bond_ref"] = _bond_lengths(
+                    np.asarray(saved["pos0"], dtype=np.float64).reshape(-1, 3),
+                    np.asarray(saved.get("bonds", np.zeros((0, 2))), dtype=np.int64).reshape(-1, 2),
+                    None if saved.get("cell") is None else np.asarray(saved["cell"], dtype=np.float64))
+        systems.append(saved)
     steps_total = int(round(ps * 1000.0 / timestep_fs))
+    done0 = [int(s["prog"]["steps"]) if s["prog"] else 0 for s in systems]
     check_every = max(1, int(round(check_fs / timestep_fs)))
     records: List[Optional[Dict]] = [None] * len(systems)
 
     def on_done(i: int, r: Dict) -> None:
         s = systems[i]
-        wall_md = max(r["wall_md_s"], 1e-9)
+        prog = s["prog"] or {}
+        steps_abs = done0[i] + int(r["steps"])
+        sim_ps = steps_abs * timestep_fs / 1000.0
+        wall_md = max(r["wall_md_s"] + float(prog.get("md_wall_s", 0.0)), 1e-9)
+        worst = max(r["worst_bond_ratio"], float(prog.get("worst_bond_ratio", 1.0)))
+        t_max = max(r["max_temperature_K"], float(prog.get("max_temperature_K", 0.0)))
+        completed = r["stable"] and steps_abs >= steps_total
+        reason = r["reason"]
+        if reason and done0[i]:
+            reason = reason.replace(f"at {r['ps']:.4f} ps", f"at {sim_ps:.4f} ps")   # absolute times
         rec = {"system": s["name"], "letter": s["letter"], "atoms": int(len(s["z"])), "charge": s["charge"],
-               "ps": r["ps"], "target_ps": ps, "stable": r["stable"],
-               "completed": r["stable"] and r["steps"] >= steps_total,
-               "worst_bond_ratio": r["worst_bond_ratio"], "max_temperature_K": r["max_temperature_K"],
-               "reason": r["reason"], "timestep_fs": timestep_fs, "hmass_amu": hmass,
+               "ps": sim_ps, "target_ps": ps, "stable": r["stable"], "completed": completed,
+               "worst_bond_ratio": worst, "max_temperature_K": t_max,
+               "reason": reason, "timestep_fs": timestep_fs, "hmass_amu": hmass,
                "hydrogens_repartitioned": s["hydrogens_repartitioned"], "temperature_K": temperature,
-               "ns_per_day": r["ps"] * 1e-3 / wall_md * 86400.0, "wall_s": _now() - t_start, "device": device,
-               "engine": "batched", "batch_systems": len(systems)}
+               "ns_per_day": sim_ps * 1e-3 / wall_md * 86400.0, "wall_s": _now() - t_start, "device": device,
+               "engine": "batched-graphed" if graphed else "batched", "batch_systems": len(systems)}
+        if state_dir:
+            segments = int(prog.get("segments", 0)) + 1
+            resumable = r["stable"] and not completed
+            if resumable:
+                _save_state(state_dir, s, r["positions"], r["velocities"], dict(
+                    steps=steps_abs, worst_bond_ratio=worst, max_temperature_K=t_max, md_wall_s=wall_md,
+                    segments=segments, timestep_fs=timestep_fs, hmass_amu=hmass,
+                    bond_ref_A=np.asarray(s["bond_ref"]).tolist(), bonds=np.asarray(s["bonds"]).tolist(),
+                    hydrogens_repartitioned=int(s["hydrogens_repartitioned"]), charge=int(s["charge"]),
+                    model_sha256=mhash), model_path, device)
+                if r["end"] == "time":
+                    rec["reason"] = f"wall-time limit at {sim_ps:.4f} ps (state saved: resumable)"
+            else:
+                for ext in (".xml", ".json", ".system.xml"):
+                    f = Path(state_dir) / f"ACE-{s['letter']}{ext}"
+                    if f.exists():
+                        f.unlink()
+            rec.update(resumable=resumable, segments=segments)
         records[i] = rec
         if out:
             with open(out, "a") as fh:
@@ -540,8 +711,10 @@ def run_batched(model_path: Optional[str], letters: Sequence[str], ps: float, mi
     main_thread = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGTERM, on_term) if main_thread else None
     try:
-        integrate_batched(model, systems, steps_total, timestep_fs, temperature, friction_per_ps / 1000.0,
-                          check_every, deadline, [_letter_seed(x, seed) for x in letters], on_done)
+        seeds = [_letter_seed(x, seed + 7919 * (int(s["prog"]["segments"]) if s["prog"] else 0))
+                 for x, s in zip(letters, systems)]
+        integrate_batched(model, systems, [steps_total - d for d in done0], timestep_fs, temperature,
+                          friction_per_ps / 1000.0, check_every, deadline, seeds, on_done, graphed=graphed)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
@@ -584,8 +757,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--summary", help="print the summary of a results file and exit")
     ap.add_argument("--state-dir", default=None,
-                    help="openmm engine: save the state of runs stopped by --minutes there and continue them on "
-                         "the next call (their records say resumable); a campaign over several calls")
+                    help="save the state of runs stopped by --minutes there and continue them on the next call "
+                         "(their records say resumable); a campaign over several calls; both engines read and "
+                         "write the same files")
+    ap.add_argument("--graphed", action="store_true",
+                    help="batched engine: forces from one CUDA-graphed padded call with the neighbour list "
+                         "inside (openmm_e2former.graphed.BatchedGraphedEnergyForces)")
     args = ap.parse_args(argv)
     if args.summary:
         print(json.dumps(summary(args.summary), indent=1))
@@ -614,7 +791,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if todo:
             run_batched(model, todo, args.ps, args.minutes, args.device, args.timestep_fs, args.hmass,
                         args.temperature, args.check_fs, args.seed, args.box_nm, out=str(out),
-                        platform=args.platform or "CPU", echo=True)
+                        platform=args.platform or "CPU", echo=True, state_dir=args.state_dir, graphed=args.graphed)
         return 0
     t0 = time.time()
     for x in letters:
