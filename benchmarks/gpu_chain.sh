@@ -22,7 +22,9 @@
 #   `x2-long-start 585` (carry .whl, .carry and, after the first lease, .carry_long), then `poll` until done: the
 #   long validation campaign of the bundled model, resumable over leases (X2_DEADLINE_MIN minutes each):
 #     GPU 0: 600-water NPT towards 100 ps (water_md --resume); GPU 1: the 20 solvated amino acids towards 50 ps
-#     (stability --state-dir, LONG_PROCS processes). Everything comes back in long_state.tgz; unpack it into
+#     (stability --state-dir, LONG_PROCS processes; LONG_ENGINE=batched instead: half of them in ONE batched +
+#     graphed process per GPU, GPU 0 after the water; lease 1 showed 20 OpenMM contexts time-slicing one GPU
+#     at 10 ns/day in all). Everything comes back in long_state.tgz; unpack it into
 #     .carry_long (rm -rf .carry_long && mkdir .carry_long && tar xzf long_state.tgz -C .carry_long) for the next
 #     lease, and analyse it here (water_md analyse .carry_long/water; stability --summary .carry_long/stability.jsonl).
 #
@@ -366,6 +368,25 @@ x2_long() {
             --frame-fs 200 --omm-threads 2 \
             --no-analyse --resume > "$W/logs/long_water.log" 2>&1
         stage "gpu0: water: $(grep -o '"simulated_ps": [0-9.]*' $W/long/water/summary.json)"
+        left=$(( $(seconds_left) / 60 - 1 ))
+        if [ "${LONG_ENGINE:-openmm}" = batched ] && [ "$left" -ge 2 ]; then
+            stage "gpu0: amino acids part 0/2, batched + graphed, <= $left min, to 50 ps (resume)"
+            python3 -m training.stability --engine batched --graphed --model "$M" --out "$W/long/stability.jsonl" \
+                --state-dir "$W/long/stab" --ps "${LONG_STAB_PS:-50}" --minutes "$left" --device $DEV \
+                --platform $OMM --part 0/2 --letters "${LONG_LETTERS:-ACDEFGHIKLMNPQRSTVWY}" \
+                --box-nm "${LONG_BOX_NM:-2.0}" > "$W/logs/long_stab_b0.log" 2>&1
+            stage "gpu0: amino acids part 0/2 done (rc $?)"
+        fi
+    elif [ "${LONG_ENGINE:-openmm}" = batched ]; then
+        # the other half of the amino acids in ONE process: one graphed padded call per step for all of them
+        left=$(( $(seconds_left) / 60 - 1 ))
+        stage "gpu1: amino acids part 1/2, batched + graphed, <= $left min, to 50 ps (resume)"
+        python3 -m training.stability --engine batched --graphed --model "$M" --out "$W/long/stability.jsonl" \
+            --state-dir "$W/long/stab" --ps "${LONG_STAB_PS:-50}" --minutes "$left" --device $DEV \
+            --platform $OMM --part 1/2 --letters "${LONG_LETTERS:-ACDEFGHIKLMNPQRSTVWY}" \
+            --box-nm "${LONG_BOX_NM:-2.0}" > "$W/logs/long_stab_b1.log" 2>&1
+        stage "gpu1: amino acids part 1/2 done (rc $?)"
+        stage "gpu1: amino acids: $(python3 -m training.stability --summary $W/long/stability.jsonl | tr -d '\n' | grep -o '"stable": [0-9]*, "completed": [0-9]*, "min_ps": [0-9.]*')"
     else
         n=${LONG_PROCS:-10}
         letters=${LONG_LETTERS:-ACDEFGHIKLMNPQRSTVWY}

@@ -39,22 +39,38 @@ def main():
     print(t2[:6000])
     res["graphed"] = graphed_breakdown(m, z, pos, cell)
     print("graphed", res["graphed"], flush=True)
+    # the padded path's GPU work kernel by kernel (run eagerly, no graph): what a replay spends its time on
+    from openmm_e2former.graphed import GraphedEnergyForces
+    gr = GraphedEnergyForces(m, z.tolist(), periodic=True, capture=False)
+    for _ in range(3):
+        gr(pos, cell)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            gr(pos, cell)
+        torch.cuda.synchronize()
+    t3 = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof2:
+        for _ in range(3):
+            m.energy_and_forces(z, pos, cell, pbc, validate=False)
+        torch.cuda.synchronize()
+    t4 = prof2.key_averages().table(sort_by="self_cuda_time_total", row_limit=40)
+    open(os.path.join(out, "md_step_profile_padded_cuda.txt"), "w").write(
+        "## padded path (eager, no graph), 3 calls, by self CUDA time\n" + t3 +
+        "\n\n## eager path, 3 calls, by self CUDA time\n" + t4)
+    print(t3[:4000], flush=True)
     json.dump(res, open(os.path.join(out, "md_step_profile.json"), "w"))
 
 
 def graphed_breakdown(m, z, pos, cell, repeats: int = 20) -> dict:
-    """The CUDA-graph path (on by default for small float32 CUDA systems): ms per call of the whole
-    ``GraphedEnergyForces`` call, of its eager part (neighbour list + in-degree read-back + edge padding) and of
-    the graph replay alone, each CUDA-synchronised (medians).  On a non-CUDA model the padded path runs without
-    a graph (smoke test)."""
+    """The CUDA-graph path (on by default for small float32 CUDA systems), once per neighbour-list placement:
+    "device" (the list inside the graph, the default for orthorhombic boxes > 2 cutoffs since session 6) and
+    "host" (the eager list + edge padding before the replay, the only path before).  ms per whole
+    ``GraphedEnergyForces`` call and per graph replay alone, CUDA-synchronised medians.  On a non-CUDA model the
+    padded path runs without a graph (smoke test)."""
     from openmm_e2former.graphed import GraphedEnergyForces
-    from openmm_e2former.model.e2former import pad_edges
     cuda = pos.is_cuda
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    gr = GraphedEnergyForces(m, z.tolist(), periodic=True, capture=cuda)
-    for _ in range(3):
-        gr(pos, cell)
-    sync()
 
     def med(fn):
         ts = []
@@ -65,16 +81,17 @@ def graphed_breakdown(m, z, pos, cell, repeats: int = 20) -> dict:
             ts.append(time.perf_counter() - t0)
         return 1e3 * float(np.median(ts))
 
-    def eager_part():
-        center, neighbor, shift = m.neighbor_edges(pos, cell, gr.pbc, check_overlap=False)
-        E = center.numel()
-        int((torch.arange(E, device=center.device) - torch.searchsorted(center, center)).max())
-        pad_edges(center, neighbor, shift, gr.n, gr.edge_capacity, m.cutoff, out=gr._edges)
-
-    out = {"call_ms": med(lambda: gr(pos, cell)), "eager_part_ms": med(eager_part),
-           "captures": gr.captures, "edge_capacity": gr.edge_capacity, "degree_bound": gr.degree_bound}
-    if gr._graph is not None:
-        out["replay_ms"] = med(gr._graph.replay)
+    out = {}
+    for where in ("device", "host"):
+        gr = GraphedEnergyForces(m, z.tolist(), periodic=True, capture=cuda, neighbors=where)
+        for _ in range(3):
+            gr(pos, cell)
+        sync()
+        rec = {"call_ms": med(lambda: gr(pos, cell)), "mode": gr.mode, "captures": gr.captures,
+               "edge_capacity": gr.edge_capacity, "degree_bound": gr.degree_bound}
+        if gr._graph is not None:
+            rec["replay_ms"] = med(gr._graph.replay)
+        out[where] = rec
     return out
 
 
