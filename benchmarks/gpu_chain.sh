@@ -370,18 +370,31 @@ x2_long() {
         stage "gpu0: water: $(grep -o '"simulated_ps": [0-9.]*' $W/long/water/summary.json)"
         left=$(( $(seconds_left) / 60 - 1 ))
         if [ "${LONG_ENGINE:-openmm}" = batched ] && [ "$left" -ge 2 ]; then
-            stage "gpu0: amino acids part 0/2, batched + graphed, <= $left min, to 50 ps (resume)"
-            python3 -m training.stability --engine batched --graphed --model "$M" --out "$W/long/stability.jsonl" \
+            # the graph check on GPU 1 decides (it finishes long before the water does)
+            for _ in $(seq 60); do [ -f "$W/long_stab_graphed_flag" ] && break; sleep 5; done
+            G=--graphed
+            grep -q "graphed:--graphed" "$W/long_stab_graphed_flag" 2>/dev/null || G=
+            left=$(( $(seconds_left) / 60 - 1 ))
+            stage "gpu0: amino acids part 0/2, batched ${G}, <= $left min, to 50 ps (resume)"
+            python3 -m training.stability --engine batched $G --model "$M" --out "$W/long/stability.jsonl" \
                 --state-dir "$W/long/stab" --ps "${LONG_STAB_PS:-50}" --minutes "$left" --device $DEV \
                 --platform $OMM --part 0/2 --letters "${LONG_LETTERS:-ACDEFGHIKLMNPQRSTVWY}" \
                 --box-nm "${LONG_BOX_NM:-2.0}" > "$W/logs/long_stab_b0.log" 2>&1
             stage "gpu0: amino acids part 0/2 done (rc $?)"
         fi
     elif [ "${LONG_ENGINE:-openmm}" = batched ]; then
-        # the other half of the amino acids in ONE process: one graphed padded call per step for all of them
+        # first the CUDA-graph check (graphed vs eager on this GPU, now with the neighbour list inside the
+        # graph; and its speed), then the other half of the amino acids in ONE process: one graphed padded call
+        # per step for all of them, or the plain batched engine if the check failed
+        (cd "$W/repo" && timeout 240 python3 benchmarks/gpu_graphed_check.py --out "$W/graphed" --repeats 20 \
+            --dtypes float32 --openmm-steps 200) > "$W/logs/graphed_check.log" 2>&1
+        G=--graphed
+        graphs_ok || G=
+        echo "graphed:${G:-no}" > "$W/long_stab_graphed_flag"
+        stage "gpu1: CUDA-graph check: ${G:-FAILED, the plain batched engine}"
         left=$(( $(seconds_left) / 60 - 1 ))
-        stage "gpu1: amino acids part 1/2, batched + graphed, <= $left min, to 50 ps (resume)"
-        python3 -m training.stability --engine batched --graphed --model "$M" --out "$W/long/stability.jsonl" \
+        stage "gpu1: amino acids part 1/2, batched ${G}, <= $left min, to 50 ps (resume)"
+        python3 -m training.stability --engine batched $G --model "$M" --out "$W/long/stability.jsonl" \
             --state-dir "$W/long/stab" --ps "${LONG_STAB_PS:-50}" --minutes "$left" --device $DEV \
             --platform $OMM --part 1/2 --letters "${LONG_LETTERS:-ACDEFGHIKLMNPQRSTVWY}" \
             --box-nm "${LONG_BOX_NM:-2.0}" > "$W/logs/long_stab_b1.log" 2>&1

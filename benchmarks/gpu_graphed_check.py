@@ -85,7 +85,8 @@ def check_system(name, z, pos, box, charge, dtype, dev, repeats):
         df = float((f1 - f0).abs().max())
         rows.append({"step": k, "energy_eager_eV": float(e0), "dE_eV": abs(float(e1) - float(e0)), "dF_max_eV_A": df,
                      "dF_rel": df / float(f0.abs().max()), "edges": int(m.neighbor_edges(p, c, pbc)[0].numel()),
-                     "edge_capacity": G.edge_capacity, "degree_bound": G.degree_bound, "captures": G.captures})
+                     "edge_capacity": G.edge_capacity, "degree_bound": G.degree_bound, "captures": G.captures,
+                     "neighbor_list": G.mode})
         results.append((float(e0), f0.double().cpu(), float(e1), f1.double().cpu()))
     p, c = steps[0]
     out = {"system": name, "atoms": len(z), "dtype": str(dtype).replace("torch.", ""), "steps": rows,
@@ -98,6 +99,12 @@ def check_system(name, z, pos, box, charge, dtype, dev, repeats):
         out["peak_GiB_graphed"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
     out["ms_eager"] = median_ms(lambda: eager(p, c), dev, repeats)
     out["speedup"] = out["ms_eager"] / out["ms_graphed"]
+    out["neighbor_list"] = G.mode        # "device": inside the graph (session 6); "host": eager, before the replay
+    # the same graphed call with the neighbour list forced out of the graph (the path before session 6)
+    H = GraphedEnergyForces(m, z, periodic=True, charge=charge, neighbors="host")
+    e2, f2 = H(p, c)
+    out["host_list_dF_rel_vs_device_list"] = float((f2 - G(p, c)[1]).abs().max() / f2.abs().max())
+    out["ms_graphed_host_list"] = median_ms(lambda: H(p, c), dev, repeats)
     return out, results
 
 
