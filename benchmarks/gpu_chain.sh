@@ -362,6 +362,14 @@ x2_long() {
             stage "gpu0: force-call profile done (rc $?)"
             left=$(( $(seconds_left) / 60 ))
         fi
+        if [ "${LONG_ENGINE:-openmm}" = batched ]; then
+            # the water's force uses the in-graph neighbour list (new in session 6) only once GPU 1's CUDA-graph
+            # check has passed with it; otherwise the eager list, the path validated in sessions 5-6
+            for _ in $(seq 60); do [ -f "$W/long_stab_graphed_flag" ] && break; sleep 5; done
+            grep -q "graphed:--graphed" "$W/long_stab_graphed_flag" 2>/dev/null || export E2FORMER_GRAPH_NEIGHBORS=host
+            stage "gpu0: graph check flag: $(cat $W/long_stab_graphed_flag 2>/dev/null || echo none), neighbour list: ${E2FORMER_GRAPH_NEIGHBORS:-auto}"
+            left=$(( $(seconds_left) / 60 ))
+        fi
         stage "gpu0: water NPT (resume), <= $left min, to 100 ps"
         python3 -m training.water_md run --potential student --model "$M" --waters $WATERS --temperature 298 \
             --ps "${LONG_WATER_PS:-100}" --minutes "$left" --out "$W/long/water" --platform $OMM --device $DEV \
@@ -370,8 +378,6 @@ x2_long() {
         stage "gpu0: water: $(grep -o '"simulated_ps": [0-9.]*' $W/long/water/summary.json)"
         left=$(( $(seconds_left) / 60 - 1 ))
         if [ "${LONG_ENGINE:-openmm}" = batched ] && [ "$left" -ge 2 ]; then
-            # the graph check on GPU 1 decides (it finishes long before the water does)
-            for _ in $(seq 60); do [ -f "$W/long_stab_graphed_flag" ] && break; sleep 5; done
             G=--graphed
             grep -q "graphed:--graphed" "$W/long_stab_graphed_flag" 2>/dev/null || G=
             left=$(( $(seconds_left) / 60 - 1 ))
@@ -414,6 +420,25 @@ x2_long() {
         done
         wait
         stage "gpu1: amino acids: $(python3 -m training.stability --summary $W/long/stability.jsonl | tr -d '\n' | grep -o '"stable": [0-9]*, "completed": [0-9]*, "min_ps": [0-9.]*')"
+    fi
+    if [ "${LONG_ENGINE:-openmm}" = batched ] && [ "$(seconds_left)" -ge 240 ]; then
+        # the campaign finished early: #4 timings in the time left (GPU 0: the opt-in attention backward
+        # variants end to end at 10k atoms against the default; GPU 1: the end-to-end table again)
+        mkdir -p "$W/tune"
+        if [ "$1" = 0 ]; then
+            for v in base E2F_V2_BWD_DR_ACC E2F_V2_BWD_DU_BCAST; do
+                [ "$(seconds_left)" -ge 150 ] || break
+                (cd "$W/repo" && env ${v/base/E2F_NONE}=1 timeout 130 python3 benchmarks/gpu_end_to_end.py \
+                    --parts speed --sizes 10000 --modes fp32 --no-water --out "$W/tune/e2e_$v") \
+                    > "$W/logs/e2e_$v.log" 2>&1
+                stage "gpu0: e2e 10k fp32 with $v (rc $?)"
+            done
+        else
+            (cd "$W/repo" && timeout $(( $(seconds_left) - 30 )) python3 benchmarks/gpu_end_to_end.py --parts speed \
+                --sizes 1000,10000,20000,100000 --modes fp32,tf32 --no-water --out "$W/tune/e2e_table") \
+                > "$W/logs/e2e_table.log" 2>&1
+            stage "gpu1: e2e table (rc $?)"
+        fi
     fi
     touch "$W/gpu$1.done"
 }

@@ -38,6 +38,7 @@ from .model.e2former import pad_edges
 from .model.neighbors import dense_neighbor_edges
 
 __all__ = ["AUTO_MAX_ATOMS", "BatchedGraphedEnergyForces", "DENSE_MAX_PAIRS", "ENV_VAR", "GraphedEnergyForces",
+           "NEIGHBORS_ENV_VAR",
            "cuda_graphs_requested", "dense_box", "use_cuda_graphs"]
 
 #: environment variable that overrides the default choice of the OpenMM force (when its ``cuda_graphs``
@@ -79,6 +80,10 @@ def use_cuda_graphs(flag: Optional[bool], on_cuda: bool, n_atoms: int, float32: 
     return env if env is not None else (float32 and n_atoms <= AUTO_MAX_ATOMS)
 
 
+#: environment variable with the default neighbour-list placement of the graphed path: auto (unset), host or
+#: device (see ``GraphedEnergyForces``)
+NEIGHBORS_ENV_VAR = "E2FORMER_GRAPH_NEIGHBORS"
+
 #: the in-graph (all pairs) neighbour list is used while sum over systems of n_b^2 stays at or below this
 #: (5,000 atoms: ~0.7 GB of float64 / float32 pair temporaries, well under 1 ms on an H100-class GPU)
 DENSE_MAX_PAIRS = 25_000_000
@@ -106,6 +111,8 @@ class _PaddedGraph:
     def __init__(self, model, atomic_numbers: Sequence[Sequence[int]], periodic: Sequence[bool],
                  charges: Sequence[int], multiplicities: Sequence[int], head: Optional[str], capture: Optional[bool],
                  headroom: float, warmup: int, neighbors: str):
+        if neighbors is None:
+            neighbors = os.environ.get(NEIGHBORS_ENV_VAR, "").strip().lower() or "auto"
         if neighbors not in ("auto", "device", "host"):
             raise ValueError(f"neighbors must be 'auto', 'device' or 'host', got {neighbors!r}")
         dev = model.device
@@ -284,14 +291,15 @@ class GraphedEnergyForces(_PaddedGraph):
     padded static-shape path; captured in a CUDA graph on CUDA unless ``capture=False``.
 
     ``neighbors``: "auto" (the in-graph neighbour list where the cell allows it, see the module docstring),
-    "host" (always the eager one) or "device" (in-graph or an error).  ``mode`` says which the last call used.
+    "host" (always the eager one) or "device" (in-graph or an error); None: ``E2FORMER_GRAPH_NEIGHBORS`` if
+    set, else "auto".  ``mode`` says which the last call used.
     ``captures`` counts the graph captures (1 + the capacity increases and neighbour-list switches);
     ``capture_error`` holds the exception if a capture failed (the padded path then runs eagerly, with a
     warning)."""
 
     def __init__(self, model, atomic_numbers: Sequence[int], periodic: bool = False, charge: int = 0,
                  multiplicity: int = 1, head: Optional[str] = None, capture: Optional[bool] = None,
-                 headroom: float = 1.2, warmup: int = 3, neighbors: str = "auto"):
+                 headroom: float = 1.2, warmup: int = 3, neighbors: Optional[str] = None):
         super().__init__(model, [atomic_numbers], [periodic], [charge], [multiplicity], head, capture, headroom,
                          warmup, neighbors)
 

@@ -381,3 +381,19 @@ def test_batched_graphed_equals_each_system_alone(dtype, rtol):
     # the charge matters (so the per-system embedding is really per system)
     G0 = BatchedGraphedEnergyForces(m, [s[0] for s in systems], [s[3] for s in systems])
     assert abs(float(G0(torch.cat([s[1] for s in systems]), cells)[0][1] - e[1])) > 1e-4
+
+
+def test_neighbour_list_placement_from_the_environment(default64, monkeypatch):
+    from openmm_e2former.graphed import NEIGHBORS_ENV_VAR
+    z, pos, cell = _tensors(*water_box(4, 3.1, seed=6))
+    monkeypatch.setenv(NEIGHBORS_ENV_VAR, "host")
+    G = GraphedEnergyForces(default64, z, periodic=True)
+    G(pos, cell)
+    assert G.neighbors == "host" and G.mode == "host"
+    monkeypatch.setenv(NEIGHBORS_ENV_VAR, "sideways")
+    with pytest.raises(ValueError, match="neighbors"):
+        GraphedEnergyForces(default64, z, periodic=True)
+    monkeypatch.delenv(NEIGHBORS_ENV_VAR)
+    G = GraphedEnergyForces(default64, z, periodic=True)
+    G(pos, cell)
+    assert G.mode == "device"
