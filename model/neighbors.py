@@ -334,10 +334,11 @@ def dense_neighbor_edges(positions: torch.Tensor, slots: torch.Tensor, box: torc
     [B, 3]: the box edge lengths (ignored where ``periodic`` [B] bool is False); ``k``: the degree bound
     (a centre with more edges keeps its ``k`` nearest); ``ghost``: the node index of padding edges.
 
-    Writes into ``out = (center [capacity + 1], neighbor [capacity + 1], shift [capacity + 1, 3], stats [2])``:
+    Writes into ``out = (center [capacity + 1], neighbor [capacity + 1], shift [capacity + 1, 3], stats [3])``:
     the edges in their first E slots, padding edges (``ghost -> ghost``, shift (2 cutoff, 0, 0), see
     ``pad_edges`` in ``model.e2former``) after them, the last slot a scratch slot; ``stats`` = (E, the largest
-    number of edges of a centre before the cut to ``k``).  E > capacity means the edges did not fit (those
+    number of edges of a centre before the cut to ``k``, the number of atoms with a non-finite position: such an
+    atom gets no edges here, so the caller must not trust the result).  E > capacity means the edges did not fit (those
     past the capacity were dropped): the caller must grow the buffers and call again; so must it when the
     largest count exceeds ``k`` while ``k`` is below the model's cap."""
     center_out, neighbor_out, shift_out, stats_out = out
@@ -378,4 +379,5 @@ def dense_neighbor_edges(positions: torch.Tensor, slots: torch.Tensor, box: torc
         center_out.scatter_(0, where, center)
         neighbor_out.scatter_(0, where, neighbor)
         shift_out.scatter_(0, where[:, None].expand(-1, 3), shift.to(shift_out.dtype))
-        stats_out.copy_(torch.stack([count.sum(), ok.sum(2).max()]))
+        bad = (~torch.isfinite(positions.detach())).any(dim=1).sum()
+        stats_out.copy_(torch.stack([count.sum(), ok.sum(2).max(), bad]))

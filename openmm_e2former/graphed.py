@@ -156,7 +156,7 @@ class _PaddedGraph:
         self._graph_mode: Optional[str] = None
         self._pos = torch.zeros(self.n, 3, dtype=model.dtype, device=dev)
         self._box = torch.ones(self.B, 3, dtype=model.dtype, device=dev)
-        self._stats = torch.zeros(2, dtype=torch.long, device=dev)
+        self._stats = torch.zeros(3, dtype=torch.long, device=dev)
         self._edges = None
         self._energy = self._forces = None
 
@@ -212,11 +212,16 @@ class _PaddedGraph:
             # first call: size the buffers from a dry run of the neighbour list (every edge to the scratch slot)
             self._grow(0, 1)
             self._neighbors_device(m.max_neighbors)
-            E, degree = self._stats.tolist()
+            E, degree, _ = self._stats.tolist()
             self._grow(E, degree)
         for _ in range(3):
             self._execute(mode, False)
-            E, degree = self._stats.tolist()               # the one device -> host read of the call
+            E, degree, bad = self._stats.tolist()          # the one device -> host read of the call
+            if bad:
+                # NaN / inf positions: those atoms got no edges, so the numbers mean nothing; a NaN energy makes
+                # every caller stop (the OpenMM force then re-runs the validated path, which names the atoms)
+                self._energy = torch.full_like(self._energy, float("nan"))
+                return
             if E <= self.edge_capacity and (degree <= self.degree_bound or self.degree_bound >= m.max_neighbors):
                 return
             self._grow(E, degree)                          # did not fit: larger buffers, new graph, same step

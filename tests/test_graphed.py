@@ -277,7 +277,7 @@ def _dense(pos, cells, periodic, sizes, cutoff, k, capacity, min_dist=1e-4):
         off += n
     box = torch.stack([torch.diagonal(c) if p else torch.ones(3, dtype=pos.dtype) for c, p in zip(cells, periodic)])
     out = (torch.empty(capacity + 1, dtype=torch.long), torch.empty(capacity + 1, dtype=torch.long),
-           torch.empty(capacity + 1, 3, dtype=pos.dtype), torch.zeros(2, dtype=torch.long))
+           torch.empty(capacity + 1, 3, dtype=pos.dtype), torch.zeros(3, dtype=torch.long))
     dense_neighbor_edges(pos, slots, box, torch.tensor(periodic), cutoff, min_dist, k, capacity, M, out)
     return out
 
@@ -397,3 +397,43 @@ def test_neighbour_list_placement_from_the_environment(default64, monkeypatch):
     G = GraphedEnergyForces(default64, z, periodic=True)
     G(pos, cell)
     assert G.mode == "device"
+
+
+def test_non_finite_positions_give_a_nan_energy(default64):
+    """The in-graph list gives an atom with a NaN position no edges; the result must not look valid."""
+    from openmm_e2former.graphed import BatchedGraphedEnergyForces
+    z, pos, cell = _tensors(*water_box(4, 3.1, seed=6))
+    G = GraphedEnergyForces(default64, z, periodic=True)
+    assert np.isfinite(float(G(pos, cell)[0]))
+    bad = pos.clone()
+    bad[5, 1] = float("nan")
+    assert G.mode == "device" and np.isnan(float(G(bad, cell)[0]))
+    assert np.isfinite(float(G(pos, cell)[0]))                       # and it recovers
+    B = BatchedGraphedEnergyForces(default64, [z, z], [True, True])
+    e, _ = B(torch.cat([pos, bad]), torch.stack([cell, cell]))
+    assert torch.isnan(e).all()
+
+
+def test_openmm_force_graphed_names_nan_positions():
+    """Through the OpenMM force (graphed path, CPU): NaN coordinates after the first step end in the validated
+    path's error naming them, not in a finite energy."""
+    openmm = pytest.importorskip("openmm")
+    from openmm_e2former import force as F
+
+    z, pos, cell = water_box(4, 3.1, seed=5)                             # 64 waters: the in-graph list
+    system = openmm.System()
+    for _ in z:
+        system.addParticle(1.0)
+    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in cell / 10])
+    system.addForce(F.create_python_force(z.tolist(), periodic=True, device="cpu", precision="double",
+                                          cuda_graphs=True))
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(pos / 10)
+    ctx.getState(getEnergy=True)                                        # validated, eager
+    ctx.setPositions(pos / 10 * 1.001)
+    ctx.getState(getEnergy=True)                                        # graphed path
+    p = pos / 10
+    p[7, 2] = np.nan
+    ctx.setPositions(p)
+    with pytest.raises(Exception, match=r"positions contain NaN or infinite values \(atoms \[7\]\)"):
+        ctx.getState(getEnergy=True)
