@@ -446,9 +446,15 @@ x2_long() {
 graphs_ok() {
     python3 - "$W/graphed/gpu_graphed_check.json" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1]))["systems"]
-ok = [s for s in r if s.get("dtype") == "float32"]
-sys.exit(0 if ok and all(s.get("graph_captured") and s.get("worst_dF_rel", 1) < 1e-4 for s in ok) else 1)
+rep = json.load(open(sys.argv[1]))
+ok = [s for s in rep["systems"] if s.get("dtype") == "float32"]
+good = bool(ok) and all(s.get("graph_captured") and s.get("worst_dF_rel", 1) < 1e-4 for s in ok)
+if "batched" in rep or any("neighbor_list" in s for s in ok):
+    # since session 6: the in-graph neighbour list must be the one checked, and the batched class too
+    b = rep.get("batched", {})
+    good = good and all(s.get("neighbor_list") == "device" for s in ok) and bool(b.get("graph_captured")) \
+        and b.get("worst_dF_rel", 1) < 1e-4 and b.get("neighbor_list") == "device"
+sys.exit(0 if good else 1)
 PY
 }
 

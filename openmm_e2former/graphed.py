@@ -84,8 +84,9 @@ def use_cuda_graphs(flag: Optional[bool], on_cuda: bool, n_atoms: int, float32: 
 #: device (see ``GraphedEnergyForces``)
 NEIGHBORS_ENV_VAR = "E2FORMER_GRAPH_NEIGHBORS"
 
-#: the in-graph (all pairs) neighbour list is used while sum over systems of n_b^2 stays at or below this
-#: (5,000 atoms: ~0.7 GB of float64 / float32 pair temporaries, well under 1 ms on an H100-class GPU)
+#: the in-graph (all pairs) neighbour list is used while B x n_max^2 (systems x the largest system's atom count
+#: squared: every system is padded to n_max) stays at or below this (one system of 5,000 atoms: ~0.7 GB of
+#: float64 / float32 pair temporaries)
 DENSE_MAX_PAIRS = 25_000_000
 
 
@@ -216,12 +217,7 @@ class _PaddedGraph:
             self._grow(E, degree)
         for _ in range(3):
             self._execute(mode, False)
-            E, degree, bad = self._stats.tolist()          # the one device -> host read of the call
-            if bad:
-                # NaN / inf positions: those atoms got no edges, so the numbers mean nothing; a NaN energy makes
-                # every caller stop (the OpenMM force then re-runs the validated path, which names the atoms)
-                self._energy = torch.full_like(self._energy, float("nan"))
-                return
+            E, degree, _ = self._stats.tolist()            # the one device -> host read of the call
             if E <= self.edge_capacity and (degree <= self.degree_bound or self.degree_bound >= m.max_neighbors):
                 return
             self._grow(E, degree)                          # did not fit: larger buffers, new graph, same step
@@ -266,7 +262,14 @@ class _PaddedGraph:
             e, direct = m.padded_energy_terms(self.z, pos, *edges, self.system, self.head, self.degree_bound,
                                               owner=self.owner, num_systems=self.B)
             f = -torch.autograd.grad(e.sum(), pos)[0] if autograd else direct
-        self._energy = e.detach().to(torch.float64).reshape(-1) + self.reference
+        energy = e.detach().to(torch.float64).reshape(-1) + self.reference
+        # a system with a NaN / inf position gets a NaN energy (part of the graph, so per system and without a
+        # host sync): the in-graph neighbour list gives such atoms no edges, so its numbers would look valid; the
+        # other systems of a batch are unaffected (no edge joins systems).  The OpenMM force then re-runs its
+        # validated path, which names the atoms.
+        bad = (~torch.isfinite(self._pos)).any(dim=1).to(torch.float64)
+        bad = bad.sum().reshape(1) if self.owner is None else bad.new_zeros(self.B).index_add(0, self.owner, bad)
+        self._energy = torch.where(bad > 0, torch.full_like(energy, float("nan")), energy)
         self._forces = f.detach()
 
     def _capture(self, mode: str) -> None:
@@ -331,6 +334,10 @@ class BatchedGraphedEnergyForces(_PaddedGraph):
         super().__init__(model, atomic_numbers, periodic, charges if charges is not None else [0] * B,
                          multiplicities if multiplicities is not None else [1] * B, head, capture, headroom,
                          warmup, "device")
+        if not self.dense_ok:
+            raise ValueError(f"{B} systems of up to {max(self.sizes)} atoms: B x n_max^2 = "
+                             f"{B * max(self.sizes) ** 2} atom pairs exceeds DENSE_MAX_PAIRS = {DENSE_MAX_PAIRS} "
+                             "(the in-graph neighbour list); use fewer or smaller systems per batch")
 
     def __call__(self, positions: torch.Tensor, cells=None):
         self._evaluate(positions, cells)

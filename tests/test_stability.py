@@ -365,3 +365,63 @@ def test_batched_engine_resumes_openmm_state_and_back(tmp_path, model):
     r3 = stability.run_one(None, "G", ps=0.009, minutes=5, device="cpu", platform="CPU", state_dir=str(sd), **kw)
     assert r3["completed"] and r3["segments"] == 3 and not any(sd.iterdir())
     assert 0.009 - 1e-12 <= r3["ps"] < 0.009 + 0.003                         # run_one steps in 3 fs check chunks
+
+
+def _gas_pair(**extra) -> dict:
+    """Two waters 3 Å apart, gas phase (the graphed engine's in-graph neighbour list takes any gas system)."""
+    pos = np.concatenate([WATER, WATER + [3.0, 0.0, 0.0]])
+    return dict(dict(z=[8, 1, 1] * 2, pos0=pos, masses=[16.0, 4.0, 4.0] * 2, cell=None, charge=0,
+                     bonds=[[0, 1], [0, 2], [3, 4], [3, 5]], vel0=np.zeros((6, 3))), **extra)
+
+
+def test_graphed_engine_failures_stay_per_system(model, monkeypatch):
+    """A system whose positions turn non-finite fails alone (the others of the graphed batch go on); a graphed
+    call that raises runs that step eagerly with a warning and is counted; too many atom pairs are refused."""
+    fly = np.zeros((6, 3))
+    fly[0, 0] = 1e39                                       # finite in float64, inf in float32 after one step
+    res = stability.integrate_batched(model, [_gas_pair(), _gas_pair(vel0=fly)], 4, check_every=2, seeds=[1, 2],
+                                      graphed=True)
+    assert res[0]["completed"] and res[0]["graphed_eager_steps"] == 0
+    assert res[1]["end"] == "failed" and "non-finite" in res[1]["reason"]
+    from openmm_e2former import graphed as G
+    real = G.BatchedGraphedEnergyForces.__call__
+    n = {"k": 0}
+
+    def flaky(self, *a):
+        n["k"] += 1
+        if n["k"] == 2:
+            raise RuntimeError("boom")
+        return real(self, *a)
+
+    monkeypatch.setattr(G.BatchedGraphedEnergyForces, "__call__", flaky)
+    with pytest.warns(RuntimeWarning, match="boom"):
+        res = stability.integrate_batched(model, [_gas_pair()], 3, check_every=2, seeds=[1], graphed=True)
+    assert res[0]["completed"] and res[0]["graphed_eager_steps"] == 1
+    monkeypatch.setattr(G, "DENSE_MAX_PAIRS", 50)
+    with pytest.raises(ValueError, match="DENSE_MAX_PAIRS"):
+        stability.integrate_batched(model, [_gas_pair()] * 2, 3, graphed=True)
+
+
+def test_interrupted_state_step_matches_the_state(model, monkeypatch):
+    """An interrupt between steps hands back the state of the last finished step and says which (state_step);
+    the verified steps (last passed check) may be fewer."""
+    real = stability._now
+    n = {"k": 0}
+
+    def now():
+        n["k"] += 1
+        if n["k"] == 8:
+            raise KeyboardInterrupt
+        return real()
+
+    got = []
+    monkeypatch.setattr(stability, "_now", now)
+    with pytest.raises(KeyboardInterrupt):
+        stability.integrate_batched(model, [_gas_pair()], 100, check_every=4, seeds=[1], deadline=real() + 1e6,
+                                    on_done=lambda i, r: got.append(r))
+    monkeypatch.setattr(stability, "_now", real)
+    r = got[0]
+    assert r["end"] == "interrupted" and r["steps"] <= r["state_step"] and r["state_step"] > 0
+    ref = stability.integrate_batched(model, [_gas_pair()], r["state_step"], check_every=4, seeds=[1])[0]
+    assert np.abs(r["positions"] - ref["positions"]).max() < 1e-12
+    assert np.abs(r["velocities"] - ref["velocities"]).max() < 1e-12

@@ -48,6 +48,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -363,20 +364,29 @@ def integrate_batched(model, systems: Sequence[dict], steps, timestep_fs: float 
         results[i] = dict(steps=a["steps"], ps=a["steps"] * dt / 1000.0, stable=end != "failed",
                           completed=end == "completed", reason=reason, worst_bond_ratio=a["worst"],
                           max_temperature_K=a["tmax"], end=end, wall_md_s=_now() - t_md,
-                          positions=current(i, "x"), velocities=current(i, "v"))
+                          positions=current(i, "x"), velocities=current(i, "v"),
+                          # the step the positions / velocities belong to (None: caught inside a step, the state
+                          # is half-updated and must not be saved)
+                          state_step=None if in_step[0] else step_now[0],
+                          graphed_eager_steps=int(engine.get("eager_steps", 0)))
         if on_done is not None:
             on_done(i, results[i])
 
     run = list(range(ns))
     flat: Dict[str, torch.Tensor] = {}
+    in_step, step_now = [False], [0]          # for finish(): is a step half done, which step the state is at
+
+    def packed(idx: List[int]) -> Dict[str, torch.Tensor]:   # flat tensors of the systems idx
+        out = {k: torch.cat([st[i][k] for i in idx]) if idx else torch.zeros((0, 3), dtype=f64, device=dev)
+               for k in ("x", "v", "f")}
+        out["mt"] = torch.cat([st[i]["mt"] for i in idx]) if idx else torch.ones((0, 1), dtype=f64, device=dev)
+        out["sigma"] = torch.cat([st[i]["sigma"] for i in idx]) if idx else out["mt"]
+        out["owner"] = torch.cat([torch.full((st[i]["n"],), k, dtype=torch.long, device=dev)
+                                  for k, i in enumerate(idx)]) if idx else torch.zeros(0, dtype=torch.long)
+        return out
 
     def pack() -> None:   # flat tensors of the running systems (after a system stopped)
-        for k in ("x", "v", "f"):
-            flat[k] = torch.cat([st[i][k] for i in run]) if run else torch.zeros((0, 3), dtype=f64, device=dev)
-        flat["mt"] = torch.cat([st[i]["mt"] for i in run]) if run else torch.ones((0, 1), dtype=f64, device=dev)
-        flat["sigma"] = torch.cat([st[i]["sigma"] for i in run]) if run else flat["mt"]
-        flat["owner"] = torch.cat([torch.full((st[i]["n"],), k, dtype=torch.long, device=dev)
-                                   for k, i in enumerate(run)]) if run else torch.zeros(0, dtype=torch.long)
+        flat.update(packed(run))
 
     def unpack() -> None:
         for k in ("x", "v", "f"):
@@ -385,11 +395,15 @@ def integrate_batched(model, systems: Sequence[dict], steps, timestep_fs: float 
 
     engine: Dict[str, object] = {}
     if graphed:
-        from openmm_e2former.graphed import dense_box
+        from openmm_e2former.graphed import DENSE_MAX_PAIRS, dense_box
         for k, a in enumerate(st):
             if dense_box(a["cell"], a["cell"] is not None, model.cutoff) is None:
                 raise ValueError(f"system {k}: graphed=True needs gas-phase systems or orthorhombic boxes with "
                                  f"every edge longer than 2 x the cutoff ({2 * model.cutoff} Å)")
+        pairs = ns * max((a["n"] for a in st), default=0) ** 2
+        if pairs > DENSE_MAX_PAIRS:
+            raise ValueError(f"graphed=True: {ns} systems padded to {max(a['n'] for a in st)} atoms are {pairs} atom "
+                             f"pairs, over DENSE_MAX_PAIRS = {DENSE_MAX_PAIRS}; run fewer systems per batch (--part)")
 
     def forces(sizes: List[int]):
         if graphed:
@@ -403,11 +417,18 @@ def integrate_batched(model, systems: Sequence[dict], steps, timestep_fs: float 
                 engine["cells"] = np.stack([st[i]["cell"] if st[i]["cell"] is not None else np.zeros((3, 3))
                                             for i in run])
                 engine["key"] = key
-            try:
-                e, f = engine["G"](flat["x"].to(model.dtype), engine["cells"])
-                return e, f.to(f64), {}
-            except Exception:   # noqa: BLE001 - recompute eagerly, system by system, to name the culprit
-                pass
+                engine["failures"] = 0
+            if engine.get("failures", 0) < 3:
+                try:
+                    e, f = engine["G"](flat["x"].to(model.dtype), engine["cells"])
+                    engine["failures"] = 0
+                    return e, f.to(f64), {}
+                except Exception as exc:   # noqa: BLE001 - this step eagerly, system by system (names a culprit)
+                    engine["failures"] = engine.get("failures", 0) + 1
+                    warnings.warn(f"graphed batched forces failed ({type(exc).__name__}: {str(exc)[:200]}); this "
+                                  "step runs eagerly" + ("; three in a row: eager from now on"
+                                                         if engine["failures"] >= 3 else ""), RuntimeWarning)
+            engine["eager_steps"] = engine.get("eager_steps", 0) + 1
         return _forces_guarded(model, systems, run, flat["x"], sizes)
 
     def evaluate(step: int) -> List[int]:
@@ -466,8 +487,10 @@ def integrate_batched(model, systems: Sequence[dict], steps, timestep_fs: float 
         nonlocal run
         if failed:
             unpack()
-            run = [i for i in run if i not in set(failed)]
-            pack()
+            keep = [i for i in run if i not in set(failed)]
+            new = packed(keep)            # built first: an interrupt never sees run and flat disagree for long
+            run = keep
+            flat.update(new)
 
     step = 0
     try:
@@ -487,6 +510,7 @@ def integrate_batched(model, systems: Sequence[dict], steps, timestep_fs: float 
                 run = []
                 break
             step += 1
+            in_step[0] = True
             x, v, mt = flat["x"], flat["v"], flat["mt"]
             v += half * flat["f"] / mt
             x += 0.5 * dt * v
@@ -496,6 +520,7 @@ def integrate_batched(model, systems: Sequence[dict], steps, timestep_fs: float 
             x += 0.5 * dt * v
             failed = evaluate(step)
             flat["v"] += half * flat["f"] / mt
+            in_step[0], step_now[0] = False, step
             drop(failed)
             reached = [i for i in run if targets[i] <= step]
             if run and (step % check_every == 0 or reached):
@@ -683,9 +708,18 @@ def run_batched(model_path: Optional[str], letters: Sequence[str], ps: float, mi
         if state_dir:
             segments = int(prog.get("segments", 0)) + 1
             resumable = r["stable"] and not completed
-            if resumable:
+            files = [Path(state_dir) / f"ACE-{s['letter']}{ext}" for ext in (".xml", ".json", ".system.xml")]
+            if resumable and r.get("state_step") is None:
+                # interrupted inside a step: the state is half-updated; the previous segment's files (if any)
+                # stay, and the next call continues from them
+                resumable = all(f.exists() for f in files)
+                segments -= 1
+            elif resumable:
+                # the step count of the saved state (>= the last passed check: the steps after it passed the
+                # per-step finite checks; the next segment's checks continue from there)
                 _save_state(state_dir, s, r["positions"], r["velocities"], dict(
-                    steps=steps_abs, worst_bond_ratio=worst, max_temperature_K=t_max, md_wall_s=wall_md,
+                    steps=done0[i] + int(r["state_step"]), worst_bond_ratio=worst, max_temperature_K=t_max,
+                    md_wall_s=wall_md,
                     segments=segments, timestep_fs=timestep_fs, hmass_amu=hmass,
                     bond_ref_A=np.asarray(s["bond_ref"]).tolist(), bonds=np.asarray(s["bonds"]).tolist(),
                     hydrogens_repartitioned=int(s["hydrogens_repartitioned"]), charge=int(s["charge"]),
@@ -693,11 +727,12 @@ def run_batched(model_path: Optional[str], letters: Sequence[str], ps: float, mi
                 if r["end"] == "time":
                     rec["reason"] = f"wall-time limit at {sim_ps:.4f} ps (state saved: resumable)"
             else:
-                for ext in (".xml", ".json", ".system.xml"):
-                    f = Path(state_dir) / f"ACE-{s['letter']}{ext}"
+                for f in files:
                     if f.exists():
                         f.unlink()
             rec.update(resumable=resumable, segments=segments)
+        if graphed:
+            rec["graphed_eager_steps"] = r.get("graphed_eager_steps", 0)
         records[i] = rec
         if out:
             with open(out, "a") as fh:
@@ -764,6 +799,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="batched engine: forces from one CUDA-graphed padded call with the neighbour list "
                          "inside (openmm_e2former.graphed.BatchedGraphedEnergyForces)")
     args = ap.parse_args(argv)
+    if args.graphed and args.engine != "batched":
+        ap.error("--graphed needs --engine batched (the openmm engine's force picks the graphed path itself)")
     if args.summary:
         print(json.dumps(summary(args.summary), indent=1))
         return 0
