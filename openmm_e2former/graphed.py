@@ -220,6 +220,11 @@ class _PaddedGraph:
             E, degree, _ = self._stats.tolist()            # the one device -> host read of the call
             if E <= self.edge_capacity and (degree <= self.degree_bound or self.degree_bound >= m.max_neighbors):
                 return
+            if degree > self.degree_bound and self.degree_bound < m.max_neighbors:
+                # the edge count above was cut at the old bound: count again, eagerly, at the model's cap
+                self._grow(0, degree)
+                self._neighbors_device(m.max_neighbors)
+                E, degree, _ = self._stats.tolist()
             self._grow(E, degree)                          # did not fit: larger buffers, new graph, same step
         raise RuntimeError(f"the edge buffers keep overflowing ({E} edges, degree {degree})")  # pragma: no cover
 
