@@ -435,7 +435,8 @@ x2_long() {
             done
         else
             (cd "$W/repo" && timeout $(( $(seconds_left) - 30 )) python3 benchmarks/gpu_end_to_end.py --parts speed \
-                --sizes 1000,10000,20000,100000 --modes fp32,tf32 --no-water --out "$W/tune/e2e_table") \
+                --sizes 1000,10000,20000,100000 --modes fp32,graphed_fp32,tf32,graphed_tf32 --no-water \
+                --out "$W/tune/e2e_table") \
                 > "$W/logs/e2e_table.log" 2>&1
             stage "gpu1: e2e table (rc $?)"
         fi

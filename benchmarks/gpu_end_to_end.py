@@ -101,6 +101,31 @@ def step_time(m, z, pos, cell, pbc, repeats):
     return float(np.median(times)), peak / 2**30, float(e), f
 
 
+def step_time_graphed(m, z, pos, cell, repeats):
+    """``step_time`` through ``openmm_e2former.graphed.GraphedEnergyForces`` (the CUDA-graph path the OpenMM force
+    takes by default for float32 systems of up to 5,000 atoms; the neighbour list inside the graph where it can):
+    what an MD user of our plugin gets per force call, against the official code's eager step."""
+    from openmm_e2former.graphed import GraphedEnergyForces
+
+    pt = torch.as_tensor(pos, dtype=torch.float32, device="cuda")
+    ct = None if cell is None else torch.as_tensor(cell, dtype=torch.float32, device="cuda")
+    ch = None if cell is None else np.asarray(cell, dtype=np.float64)
+    G = GraphedEnergyForces(m, [int(x) for x in z], periodic=cell is not None)
+    G(pt, ct, ch)                                   # capture (warm-up inside)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        e, f = G(pt, ct, ch)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() - base
+    return float(np.median(times)), peak / 2**30, float(e), f, {"neighbor_list": G.mode, "captures": G.captures,
+                                                                "graph_captured": G._graph is not None}
+
+
 def v15_model():
     """The V1.5 fixture checkpoint, or (when only its config.yaml was carried) the same architecture with
     random weights: speed and memory do not depend on the weight values."""
@@ -115,6 +140,10 @@ def v15_model():
     for p in m.parameters():
         p.requires_grad_(False)
     return m
+
+
+#: modes "graphed_fp32" / "graphed_tf32" (the CUDA-graph path) run up to this many atoms
+GRAPHED_MAX_ATOMS = 20_000
 
 
 def speed(out: Path, rows, sizes, modes, budget_s, checkpoint="auto", water=True):
@@ -138,15 +167,23 @@ def speed(out: Path, rows, sizes, modes, budget_s, checkpoint="auto", water=True
             if time.time() - t_start > budget_s:
                 print("time budget reached; rerun to resume", flush=True)
                 return
-            torch.backends.cuda.matmul.allow_tf32 = mode in ("tf32", "bf16")
-            torch.backends.cudnn.allow_tf32 = mode in ("tf32", "bf16")
-            m.set_precision(mode)
+            graphed = mode.startswith("graphed_")
+            prec = mode[len("graphed_"):] if graphed else mode
+            if graphed and len(z) > GRAPHED_MAX_ATOMS:
+                continue                     # the padded path has no activation checkpointing: small systems only
+            torch.backends.cuda.matmul.allow_tf32 = prec in ("tf32", "bf16")
+            torch.backends.cudnn.allow_tf32 = prec in ("tf32", "bf16")
+            m.set_precision(prec)
             try:
                 reps = 5 if len(z) <= 20_000 else 2
-                t, peak, e, f = step_time(m, z, pos, cell, pbc, reps)
+                extra = {}
+                if graphed:
+                    t, peak, e, f, extra = step_time_graphed(m, z, pos, cell, max(reps, 20))
+                else:
+                    t, peak, e, f = step_time(m, z, pos, cell, pbc, reps)
                 row = {"part": "speed", "system": name, "n_atoms": int(len(z)), "mode": mode,
-                       "checkpoint": checkpoint, "step_s": t, "steps_per_s": 1.0 / t, "peak_mem_GiB": peak,
-                       "energy_eV": e}
+                       "checkpoint": checkpoint, "step_s": t, "steps_per_s": 1.0 / t,
+                       "peak_mem_GiB": peak, "energy_eV": e, **extra}
                 if mode == "fp32":
                     ref_forces[name] = f
                 elif name in ref_forces:
