@@ -454,3 +454,46 @@ def test_openmm_force_graphed_names_nan_positions():
     ctx.setPositions(p)
     with pytest.raises(Exception, match=r"positions contain NaN or infinite values \(atoms \[7\]\)"):
         ctx.getState(getEnergy=True)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_openmm_trajectory_graphed_equals_eager(monkeypatch):
+    """10 velocity-Verlet steps of 64 waters through OpenMM (Reference platform, float64 model): the padded path
+    with the in-graph neighbour list follows the eager trajectory to float64 rounding."""
+    openmm = pytest.importorskip("openmm")
+    from openmm import unit
+
+    from openmm_e2former import force as F
+
+    z, pos, cell = water_box(4, 3.1, seed=8)
+
+    def run(cuda_graphs):
+        system = openmm.System()
+        for x in z:
+            system.addParticle(16.0 if x == 8 else 1.008)
+        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in cell / 10])
+        system.addForce(F.create_python_force(z.tolist(), periodic=True, device="cpu", precision="double",
+                                              cuda_graphs=cuda_graphs))
+        ctx = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
+        ctx.setPositions(pos / 10)
+        ctx.setVelocitiesToTemperature(300 * unit.kelvin, 7)
+        ctx.getIntegrator().step(10)
+        st = ctx.getState(getPositions=True, getEnergy=True)
+        return (st.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
+                st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+
+    calls = []
+    original = GraphedEnergyForces.__call__
+
+    def spy(self, *a):
+        out = original(self, *a)
+        calls.append(self.mode)
+        return out
+
+    monkeypatch.setattr(GraphedEnergyForces, "__call__", spy)
+    p1, e1 = run(True)
+    monkeypatch.undo()
+    p0, e0 = run(False)
+    assert len(calls) >= 10 and set(calls) == {"device"}          # every step after the first: padded, in-graph list
+    assert np.abs(p1 - p0).max() < 1e-9 and abs(e1 - e0) < 1e-6 * max(1.0, abs(e0))
+    assert np.abs(p1 - pos / 10).max() > 1e-5                    # it moved
