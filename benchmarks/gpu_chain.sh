@@ -343,6 +343,17 @@ x2_stress_gpu1() {
     touch "$W/gpu1.done"
 }
 
+stab_half() {   # HALF (0/1) FLAG (--graphed or empty): that half of the amino acids, one batched process,
+    # resuming from and saving to the campaign's state dir, until the lease's deadline
+    local left=$(( $(seconds_left) / 60 - 1 ))
+    stage "gpu$1: amino acids part $1/2, batched $2, <= $left min, to 50 ps (resume)"
+    python3 -m training.stability --engine batched $2 --model "$M" --out "$W/long/stability.jsonl" \
+        --state-dir "$W/long/stab" --ps "${LONG_STAB_PS:-50}" --minutes "$left" --device $DEV \
+        --platform $OMM --part "$1/2" --letters "${LONG_LETTERS:-ACDEFGHIKLMNPQRSTVWY}" \
+        --box-nm "${LONG_BOX_NM:-2.0}" > "$W/logs/long_stab_b$1.log" 2>&1
+    stage "gpu$1: amino acids part $1/2 done (rc $?)"
+}
+
 x2_long() {
     # one GPU of the long-validation campaign (#5), resumable across leases and sessions: the state arrives in
     # .carry_long (from the previous call's long_state.tgz) and leaves in long_state.tgz
@@ -380,13 +391,7 @@ x2_long() {
         if [ "${LONG_ENGINE:-openmm}" = batched ] && [ "$left" -ge 2 ]; then
             G=--graphed
             grep -q "graphed:--graphed" "$W/long_stab_graphed_flag" 2>/dev/null || G=
-            left=$(( $(seconds_left) / 60 - 1 ))
-            stage "gpu0: amino acids part 0/2, batched ${G}, <= $left min, to 50 ps (resume)"
-            python3 -m training.stability --engine batched $G --model "$M" --out "$W/long/stability.jsonl" \
-                --state-dir "$W/long/stab" --ps "${LONG_STAB_PS:-50}" --minutes "$left" --device $DEV \
-                --platform $OMM --part 0/2 --letters "${LONG_LETTERS:-ACDEFGHIKLMNPQRSTVWY}" \
-                --box-nm "${LONG_BOX_NM:-2.0}" > "$W/logs/long_stab_b0.log" 2>&1
-            stage "gpu0: amino acids part 0/2 done (rc $?)"
+            stab_half 0 "$G"
         fi
     elif [ "${LONG_ENGINE:-openmm}" = batched ]; then
         # first the CUDA-graph check (graphed vs eager on this GPU, now with the neighbour list inside the
@@ -398,13 +403,7 @@ x2_long() {
         graphs_ok || G=
         echo "graphed:${G:-no}" > "$W/long_stab_graphed_flag"
         stage "gpu1: CUDA-graph check: ${G:-FAILED, the plain batched engine}"
-        left=$(( $(seconds_left) / 60 - 1 ))
-        stage "gpu1: amino acids part 1/2, batched ${G}, <= $left min, to 50 ps (resume)"
-        python3 -m training.stability --engine batched $G --model "$M" --out "$W/long/stability.jsonl" \
-            --state-dir "$W/long/stab" --ps "${LONG_STAB_PS:-50}" --minutes "$left" --device $DEV \
-            --platform $OMM --part 1/2 --letters "${LONG_LETTERS:-ACDEFGHIKLMNPQRSTVWY}" \
-            --box-nm "${LONG_BOX_NM:-2.0}" > "$W/logs/long_stab_b1.log" 2>&1
-        stage "gpu1: amino acids part 1/2 done (rc $?)"
+        stab_half 1 "$G"
         stage "gpu1: amino acids: $(python3 -m training.stability --summary $W/long/stability.jsonl | tr -d '\n' | grep -o '"stable": [0-9]*, "completed": [0-9]*, "min_ps": [0-9.]*')"
     else
         n=${LONG_PROCS:-10}

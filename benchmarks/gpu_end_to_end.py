@@ -82,23 +82,30 @@ def parity(out: Path, rows):
         log(rows, out)
 
 
-def step_time(m, z, pos, cell, pbc, repeats):
-    zt = torch.as_tensor(z, device="cuda")
-    pt = torch.as_tensor(pos, dtype=torch.float32, device="cuda")
-    ct = None if cell is None else torch.as_tensor(cell, dtype=torch.float32, device="cuda")
-    pb = None if pbc is None else torch.as_tensor(pbc, device="cuda")
-    m.energy_and_forces(zt, pt, ct, pb)  # warm-up / compile
+def _timed(call, repeats):
+    """One warm-up ``call()`` (compilation / graph capture), then ``repeats`` synchronised calls: (median s,
+    peak GiB above the memory held before the timed calls, the last call's result)."""
+    call()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        e, _, f = m.energy_and_forces(zt, pt, ct, pb)
+        out = call()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() - base
-    return float(np.median(times)), peak / 2**30, float(e), f
+    return float(np.median(times)), peak / 2**30, out
+
+
+def step_time(m, z, pos, cell, pbc, repeats):
+    zt = torch.as_tensor(z, device="cuda")
+    pt = torch.as_tensor(pos, dtype=torch.float32, device="cuda")
+    ct = None if cell is None else torch.as_tensor(cell, dtype=torch.float32, device="cuda")
+    pb = None if pbc is None else torch.as_tensor(pbc, device="cuda")
+    t, peak, (e, _, f) = _timed(lambda: m.energy_and_forces(zt, pt, ct, pb), repeats)
+    return t, peak, float(e), f
 
 
 def step_time_graphed(m, z, pos, cell, repeats):
@@ -111,18 +118,8 @@ def step_time_graphed(m, z, pos, cell, repeats):
     ct = None if cell is None else torch.as_tensor(cell, dtype=torch.float32, device="cuda")
     ch = None if cell is None else np.asarray(cell, dtype=np.float64)
     G = GraphedEnergyForces(m, [int(x) for x in z], periodic=cell is not None)
-    G(pt, ct, ch)                                   # capture (warm-up inside)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        e, f = G(pt, ct, ch)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() - base
-    return float(np.median(times)), peak / 2**30, float(e), f, {"neighbor_list": G.mode, "captures": G.captures,
+    t, peak, (e, f) = _timed(lambda: G(pt, ct, ch), repeats)     # the warm-up call captures the graph
+    return t, peak, float(e), f, {"neighbor_list": G.mode, "captures": G.captures,
                                                                 "graph_captured": G._graph is not None}
 
 

@@ -142,6 +142,8 @@ class _PaddedGraph:
             slots[b, :nb] = o + np.arange(nb)
         self.slots = torch.from_numpy(slots).to(dev)
         self.periodic_t = torch.tensor(self.periodic, device=dev)
+        # the eager neighbour list's pbc (single periodic system), built once rather than on every call
+        self._pbc = torch.tensor([True, True, True], device=dev) if self.B == 1 and self.periodic[0] else None
         self.dense_ok = neighbors != "host" and self.B * nmax * nmax <= DENSE_MAX_PAIRS
         self.neighbors = neighbors
         self.capture = dev.type == "cuda" if capture is None else bool(capture)
@@ -194,8 +196,7 @@ class _PaddedGraph:
         self._pos.copy_(pos)
         if mode == "host":
             cell = cells if cells is None else cells.to(m.device, m.dtype)
-            pbc = torch.tensor([True, True, True], device=m.device) if self.periodic[0] else None
-            center, neighbor, shift = m.neighbor_edges(pos, cell, pbc, check_overlap=False)
+            center, neighbor, shift = m.neighbor_edges(pos, cell, self._pbc, check_overlap=False)
             E = center.numel()
             # largest in-degree (edges are sorted by centre; the one device -> host sync added to the list's)
             degree = int((torch.arange(E, device=center.device) - torch.searchsorted(center, center)).max()) + 1 \
