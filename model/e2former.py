@@ -92,7 +92,11 @@ class Graph:
         self.center = center
         self.neighbor = neighbor
         self.shift = shift
-        vec = positions[center] - positions[neighbor] - shift
+        # index_select, not positions[idx]: the backward of advanced indexing on CUDA is a sort-based
+        # index_put that walks each run of repeated indices serially, and the padded (CUDA-graph) layout sends
+        # every padding edge to the one ghost node -- ~10^4 repeats, 3.3 ms per gather at 1,800 atoms on an
+        # H200 (benchmarks/results/md_step_profile_padded_*).  index_select's backward is index_add.
+        vec = positions.index_select(0, center) - positions.index_select(0, neighbor) - shift
         self.vec = vec
         self.dist = torch.linalg.vector_norm(vec, dim=1)
         self.unit = vec / self.dist.clamp_min(1e-6)[:, None]
