@@ -1,5 +1,6 @@
 """training.ship: a new training round becomes the bundled default with the earlier history kept."""
 import copy
+import hashlib
 
 import pytest
 import torch
@@ -49,3 +50,27 @@ def test_ship_refuses_a_different_model(tmp_path):
     new, _ = _run_export(tmp_path, config=cfg)
     with pytest.raises(ValueError, match="config"):
         ship(new, default_model_path(), tmp_path / "x.pt", "v", "r", 1.0, "d", "s", "l")
+
+
+def test_update_note_keeps_the_weights(tmp_path):
+    from training.ship import main
+
+    out = tmp_path / "default.pt"
+    src = torch.load(default_model_path(), map_location="cpu", weights_only=False)
+    assert main(["--update-note", "--status-note", "validated over 100 ps", "--out", str(out)]) == 0
+    new = torch.load(out, map_location="cpu", weights_only=False)
+    assert new["metadata"]["status_note"] == "validated over 100 ps"
+    assert new["metadata"]["version"] == src["metadata"]["version"]
+    assert new["metadata"]["limits"] == src["metadata"]["limits"]
+    h = hashlib.sha256(default_model_path().read_bytes()).hexdigest()[:16]
+    assert h in new["metadata"]["weights_validated_as"]
+    assert new["config"] == src["config"] and new["reference_energies"] == src["reference_energies"]
+    for k, v in src["state_dict"].items():
+        assert torch.equal(new["state_dict"][k], v), k
+    # a second update keeps the first hash and adds the intermediate file's
+    out2 = tmp_path / "default2.pt"
+    assert main(["--update-note", "--status-note", "again", "--previous", str(out), "--out", str(out2)]) == 0
+    hashes = torch.load(out2, map_location="cpu", weights_only=False)["metadata"]["weights_validated_as"]
+    assert hashes[0] == h and len(hashes) == 2
+    with pytest.raises(SystemExit):                      # a new round still needs its arguments
+        main(["--status-note", "x", "--out", str(tmp_path / "y.pt")])

@@ -11,6 +11,14 @@ and the status / limits texts that ``openmm_e2former.load_model`` shows when the
 The weights, config and reference energies come from the new file unchanged; the config and reference
 energies must equal the previous file's (a different architecture or reference set is a new model, not a new
 round), otherwise it stops with an error.
+
+After a validation campaign, only the texts change (same weights):
+
+    python -m training.ship --update-note --status-note "..." [--limits "..."] [--out FILE]
+
+rewrites the bundled file with the new texts, checks that the weights, config and reference energies are
+byte-for-byte the same tensors, and records the previous file's hash as ``metadata['weights_validated_as']`` (runs
+record ``water_md.model_sha256`` of the file they used, so the validation runs stay traceable to these weights).
 """
 from __future__ import annotations
 
@@ -55,19 +63,57 @@ def ship(new_path: Path, previous_path: Path, out_path: Path, version: str, roun
     return meta
 
 
+def update_note(path: Path, out_path: Path, status_note: str, limits: Optional[str] = None) -> dict:
+    """Replace the status (and optionally limits) text of a model file; the weights stay as they are."""
+    import hashlib
+
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    file_hash = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    meta = copy.deepcopy(blob["metadata"])
+    hashes = list(meta.get("weights_validated_as", []))
+    if file_hash not in hashes:
+        hashes.append(file_hash)
+    meta.update(status_note=status_note, weights_validated_as=hashes)
+    if limits is not None:
+        meta["limits"] = limits
+    new = dict(blob, metadata=meta)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(new, out_path)
+    check = torch.load(out_path, map_location="cpu", weights_only=False)
+    for key in ("format", "format_version", "config", "reference_energies"):
+        if check.get(key) != blob.get(key):
+            raise RuntimeError(f"{out_path}: {key!r} changed while updating the note")
+    a, b = blob["state_dict"], check["state_dict"]
+    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
+        raise RuntimeError(f"{out_path}: the weights changed while updating the note")
+    return meta
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", type=Path, help="the exported model.pt of the new training run")
+    ap.add_argument("model", type=Path, nargs="?", help="the exported model.pt of the new training run")
+    ap.add_argument("--update-note", action="store_true",
+                    help="only replace --status-note (and --limits) of --previous, writing --out; same weights")
     here = Path(__file__).resolve().parents[1] / "openmm_e2former" / "data" / "e2formerv2_default.pt"
     ap.add_argument("--previous", type=Path, default=here)
     ap.add_argument("--out", type=Path, default=here)
-    ap.add_argument("--version", required=True)
-    ap.add_argument("--round-note", required=True)
-    ap.add_argument("--minutes", type=float, required=True, help="training wall time of the new round")
-    ap.add_argument("--data-note", required=True, help="where the training frames came from (no local paths)")
+    ap.add_argument("--version")
+    ap.add_argument("--round-note")
+    ap.add_argument("--minutes", type=float, help="training wall time of the new round")
+    ap.add_argument("--data-note", help="where the training frames came from (no local paths)")
     ap.add_argument("--status-note", required=True)
-    ap.add_argument("--limits", required=True)
+    ap.add_argument("--limits")
     a = ap.parse_args(argv)
+    if a.update_note:
+        meta = update_note(a.previous, a.out, a.status_note, a.limits)
+        print(f"wrote {a.out}: version {meta['version']}, new status note; weights unchanged "
+              f"(validated as {', '.join(meta['weights_validated_as'])})")
+        return 0
+    missing = [n for n in ("model", "version", "round_note", "minutes", "data_note", "limits")
+               if getattr(a, n) is None]
+    if missing:
+        ap.error("a new round needs " + ", ".join("--" + n.replace("_", "-") if n != "model" else "MODEL"
+                                                 for n in missing))
     meta = ship(a.model, a.previous, a.out, a.version, a.round_note, a.minutes, a.data_note, a.status_note,
                 a.limits)
     print(f"wrote {a.out}: version {meta['version']}, {len(meta['training']['rounds'])} rounds, "

@@ -178,7 +178,7 @@ def run_one(model: str, letter: str, ps: float, minutes: float, device: str, pla
     n_atoms = sysm.getNumParticles()
     dof = 3 * n_atoms - 3
     chunk = max(1, int(round(check_fs / timestep_fs)))
-    steps_total = int(round(ps * 1000.0 / timestep_fs))
+    steps_total = int(math.ceil(ps * 1000.0 / timestep_fs - 1e-9))   # at least ps (50 ps / 1.5 fs: 33,334 steps)
     deadline = time.time() + 60.0 * minutes
     ok, reason = True, ""
     t_md = time.time()
@@ -681,7 +681,7 @@ def run_batched(model_path: Optional[str], letters: Sequence[str], ps: float, mi
                     np.asarray(saved.get("bonds", np.zeros((0, 2))), dtype=np.int64).reshape(-1, 2),
                     None if saved.get("cell") is None else np.asarray(saved["cell"], dtype=np.float64))
         systems.append(saved)
-    steps_total = int(round(ps * 1000.0 / timestep_fs))
+    steps_total = int(math.ceil(ps * 1000.0 / timestep_fs - 1e-9))   # at least ps (50 ps / 1.5 fs: 33,334 steps)
     done0 = [int(s["prog"]["steps"]) if s["prog"] else 0 for s in systems]
     check_every = max(1, int(round(check_fs / timestep_fs)))
     records: List[Optional[Dict]] = [None] * len(systems)

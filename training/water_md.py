@@ -487,7 +487,9 @@ def analyse(run_dir: str, exp: Optional[str] = None, discard_ps: Optional[float]
     total_ps = float(t[-1])
     if discard_ps is None:
         discard_ps = min(2.0, 0.25 * total_ps)   # default: 2 ps, or a quarter of a short run
-    traj = md.load_dcd(str(d / "traj.dcd"), top=str(d / "top.pdb"))
+    # The run writes traj.dcd; a committed copy may be the same frames as a (smaller) XTC.
+    traj_file = d / "traj.dcd" if (d / "traj.dcd").exists() else d / "traj.xtc"
+    traj = md.load(str(traj_file), top=str(d / "top.pdb"))
     nf = min(traj.n_frames, len(t))
     traj = traj[:nf]
     keep = np.flatnonzero(t[:nf] > discard_ps)
