@@ -3,7 +3,12 @@
 # openmm_e2former namespace as setup.py does, and run one benchmark command with its output under $OUT.
 #   run(command="bash benchmarks/gpu_quick.sh graphed", carry=[".whl"], timeout_s=...)
 #   graphed:  benchmarks/gpu_graphed_check.py (float32 + float64, 200 OpenMM steps) and the padded-path profile
-#   e2e1k:    gpu_end_to_end at 1,000 atoms, modes fp32 and graphed_fp32
+#   e2e1k:    gpu_end_to_end at 1,000 and 10,000 atoms, modes fp32 and graphed_fp32
+#   md100k:   MD through OpenMM with the BUNDLED model on liquid water replicated from the last frame of the
+#             100 ps campaign run: 2x2x2 (14,400 atoms) and 4x4x4 (115,200 atoms), fp32, 0.5 fs (~2.5 min)
+#   variants: the opt-in attention-backward variants (DR_ACC, DU_BCAST) end to end at 10k fp32 vs the default
+#   nve10:    NVE of the 64-water box for 10 ps (20,000 steps of 0.5 fs) and the gas-phase dipeptide for 2 ps,
+#             with the bundled model (training.report --nve; ~4 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
@@ -19,6 +24,20 @@ for what in "$@"; do
                  --dtypes float32,float64 --openmm-steps 200 2>&1 | tail -n 12 ;;
     e2e1k) timeout 150 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e" --parts speed --sizes 1000,10000 \
                  --modes fp32,graphed_fp32 --no-water --budget-s 120 2>&1 | tail -n 6 ;;
+    md100k)
+      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
+      for r in 2,2,2 4,4,4; do
+        timeout 200 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 10 \
+            --out "$OUT/md_bundled.json" 2>&1 | tail -n 2
+      done ;;
+    variants)
+      for v in base E2F_V2_BWD_DR_ACC E2F_V2_BWD_DU_BCAST; do
+        env ${v/base/E2F_NONE}=1 timeout 130 python3 benchmarks/gpu_end_to_end.py --parts speed --sizes 10000 \
+            --modes fp32 --no-water --budget-s 100 --out "$OUT/variants/$v" 2>&1 | tail -n 1
+      done ;;
+    nve10)
+      timeout 420 python3 -m training.report --nve --nve-steps 4000 --nve-water-steps 20000 --device cuda \
+          --platform CUDA --out "$OUT/nve" 2>&1 | tail -n 4 ;;
     *) echo "unknown: $what"; exit 2 ;;
   esac
 done

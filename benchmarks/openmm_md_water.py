@@ -5,6 +5,11 @@ Topology, and simulated with ``MLPotential('e2formerv2', modelPath=...).createSy
 CUDA platform (LangevinMiddleIntegrator, 0.5 fs). The model runs on the GPU inside the PythonForce.
 
     python benchmarks/openmm_md_water.py --model CKPT [--tf32] [--steps 3] --out results.json
+
+``--model bundled`` runs the bundled default model instead.  ``--from-pdb PDB --reps 4,4,4`` replicates a
+periodic water PDB (e.g. the last frame of the long-campaign 600-water run, liquid at 298 K under the bundled
+model: 4 x 4 x 4 copies = 115,200 atoms) instead of the fixture box; ``--xtc`` takes its last frame from a
+trajectory.
 """
 from __future__ import annotations
 
@@ -17,13 +22,33 @@ from pathlib import Path
 import numpy as np
 
 
-def water_topology(reps=(5, 5, 6)):
+def _pdb_box(pdb: str, xtc: str | None = None):
+    """(atomic numbers, positions Å, cell Å) of a periodic water PDB, optionally the last frame of ``xtc``."""
+    import openmm.app as app
+
+    f = app.PDBFile(pdb)
+    z = np.array([a.element.atomic_number for a in f.topology.atoms()])
+    cell = np.array([[v.x, v.y, v.z] for v in f.topology.getPeriodicBoxVectors()]) * 10.0
+    pos = np.array([[p.x, p.y, p.z] for p in f.positions]) * 10.0
+    if xtc:
+        import mdtraj as md
+
+        t = md.load(xtc, top=pdb)[-1]
+        pos, cell = t.xyz[0].astype(np.float64) * 10.0, t.unitcell_vectors[0].astype(np.float64) * 10.0
+    return z, pos, cell
+
+
+def water_topology(reps=(5, 5, 6), pdb: str | None = None, xtc: str | None = None):
     import openmm.app as app
     import openmm.unit as u
 
-    fix = Path(os.environ.get("E2F_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/official_parity"))
-    box = np.load(fix / "v15" / "water216_pbc.npz")
-    z0, p0, cell0 = box["atomic_numbers"], box["positions"], box["cell"]
+    if pdb:
+        z0, p0, cell0 = _pdb_box(pdb, xtc)
+    else:
+        fix = Path(os.environ.get("E2F_FIXTURES",
+                                  Path(__file__).resolve().parents[2] / "shared/fixtures/official_parity"))
+        box = np.load(fix / "v15" / "water216_pbc.npz")
+        z0, p0, cell0 = box["atomic_numbers"], box["positions"], box["cell"]
     shifts = np.stack(np.meshgrid(*[np.arange(n) for n in reps], indexing="ij"), -1).reshape(-1, 3)
     pos = np.concatenate([p0 + s @ cell0 for s in shifts])
     z = np.tile(z0, len(shifts))
@@ -43,7 +68,13 @@ def water_topology(reps=(5, 5, 6)):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", help="checkpoint (default: a randomly initialised V1.5-size model, see --config)")
+    ap.add_argument("--model", help="checkpoint, or 'bundled' for the bundled default model (default: a randomly "
+                                    "initialised V1.5-size model, see --config)")
+    ap.add_argument("--from-pdb", default=None, help="periodic water PDB to replicate instead of the fixture box")
+    ap.add_argument("--xtc", default=None, help="take the positions and box from this trajectory's last frame")
+    ap.add_argument("--reps", default="5,5,6", help="copies along a, b, c")
+    ap.add_argument("--timestep-fs", type=float, default=0.5)
+    ap.add_argument("--platform", default="CUDA")
     ap.add_argument("--config", help="official yaml for the random model (default: the v15 fixture config)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--tf32", action="store_true")
@@ -65,11 +96,16 @@ def main():
     if args.tf32:  # TF32 matmuls, and TF32 dots in the fused kernels of the lazily loaded model
         torch.backends.cuda.matmul.allow_tf32 = True
         os.environ["E2FORMER_ALLOW_TF32"] = "1"
-    top, pos_nm = water_topology()
+    if args.model == "bundled":
+        from openmm_e2former import default_model_path
+
+        args.model = str(default_model_path())
+    reps = tuple(int(x) for x in args.reps.split(","))
+    top, pos_nm = water_topology(reps, args.from_pdb, args.xtc)
     t0 = time.time()
     system = MLPotential("e2formerv2", modelPath=args.model).createSystem(top)
-    integ = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1.0 / u.picosecond, 0.5 * u.femtosecond)
-    ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName("CUDA"))
+    integ = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1.0 / u.picosecond, args.timestep_fs * u.femtosecond)
+    ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName(args.platform))
     ctx.setPositions(pos_nm)
     setup = time.time() - t0
     integ.step(1)  # warm-up (model load, kernel compilation)
@@ -78,10 +114,11 @@ def main():
     integ.step(args.steps)
     e = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
     dt = (time.time() - t1) / args.steps
-    row = {"n_atoms": top.getNumAtoms(), "model": os.path.basename(os.path.dirname(args.model)),
-           "tf32": args.tf32, "timestep_fs": 0.5, "ms_per_step": dt * 1e3,
-           "ns_per_day": 0.5e-6 * 86400 / dt, "potential_kJ_mol": e, "finite": bool(np.isfinite(e)),
-           "setup_s": setup, "device": torch.cuda.get_device_name()}
+    row = {"n_atoms": top.getNumAtoms(), "model": args.model, "tf32": args.tf32, "reps": list(reps),
+           "source": args.xtc or args.from_pdb or "fixture water216_pbc", "timestep_fs": args.timestep_fs,
+           "steps": args.steps, "ms_per_step": dt * 1e3, "ns_per_day": args.timestep_fs * 1e-6 * 86400 / dt, "potential_kJ_mol": e, "finite": bool(np.isfinite(e)),
+           "setup_s": setup,
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
     print(json.dumps(row), flush=True)
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.exists() else []
