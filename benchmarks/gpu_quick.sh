@@ -7,6 +7,7 @@
 #   md100k:   MD through OpenMM with the BUNDLED model on liquid water replicated from the last frame of the
 #             100 ps campaign run: 2x2x2 (14,400 atoms) and 4x4x4 (115,200 atoms), fp32, 0.5 fs (~2.5 min)
 #   variants: the opt-in attention-backward variants (DR_ACC, DU_BCAST) end to end at 10k fp32 vs the default
+#   profile10k: torch.profiler of one V1.5-size energy + forces step at 10k atoms (fp32), per kernel
 #   nve10:    NVE of the 64-water box for 10 ps (20,000 steps of 0.5 fs) and the gas-phase dipeptide for 2 ps,
 #             with the bundled model (training.report --nve; ~4 min)
 set -u
@@ -35,6 +36,10 @@ for what in "$@"; do
         env ${v/base/E2F_NONE}=1 timeout 130 python3 benchmarks/gpu_end_to_end.py --parts speed --sizes 10000 \
             --modes fp32 --no-water --budget-s 100 --out "$OUT/variants/$v" 2>&1 | tail -n 1
       done ;;
+    profile10k)
+      mkdir -p "$OUT/profile"
+      timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 --out "$OUT/profile" \
+          2>&1 | tail -n 3 ;;
     nve10)
       timeout 420 python3 -m training.report --nve --nve-steps 4000 --nve-water-steps 20000 --device cuda \
           --platform CUDA --out "$OUT/nve" 2>&1 | tail -n 4 ;;
