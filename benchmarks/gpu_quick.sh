@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One short device call (single GPU): install the carried wheels, map model/ and kernels/ into the
 # openmm_e2former namespace as setup.py does, and run one benchmark command with its output under $OUT.
-#   run(command="bash benchmarks/gpu_quick.sh graphed", carry=[".whl"], timeout_s=...)
+#   run(command="bash benchmarks/gpu_quick.sh graphed", carry=[".whl", ".carry"], timeout_s=...)
 #   graphed:  benchmarks/gpu_graphed_check.py (float32 + float64, 200 OpenMM steps)
 #   e2e1k:    gpu_end_to_end at 1,000 and 10,000 atoms, modes fp32 and graphed_fp32
 #   md100k:   MD through OpenMM with the BUNDLED model on liquid water replicated from the last frame of the
