@@ -8,6 +8,8 @@
 #             100 ps campaign run: 2x2x2 (14,400 atoms) and 4x4x4 (115,200 atoms), fp32, 0.5 fs (~2.5 min)
 #   variants: the opt-in attention-backward variants (DR_ACC, DU_BCAST) end to end at 10k fp32 vs the default
 #   profile10k: torch.profiler of one V1.5-size energy + forces step at 10k atoms (fp32), per kernel
+#   buckets:  the degree-bucketed kernel launches (E2F_V2_BUCKETS=1, opt-in) against the default: the graph
+#             check (600 waters, solvated dipeptide, float32) and the bundled model at 14,400 / 115,200 atoms
 #   nve10:    NVE of the 64-water box for 10 ps (20,000 steps of 0.5 fs) and the gas-phase dipeptide for 2 ps,
 #             with the bundled model (training.report --nve; ~4 min)
 set -u
@@ -40,6 +42,16 @@ for what in "$@"; do
       mkdir -p "$OUT/profile"
       timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 --out "$OUT/profile" \
           2>&1 | tail -n 3 ;;
+    buckets)
+      for b in 0 1; do
+        E2F_V2_BUCKETS=$b timeout 200 python3 benchmarks/gpu_graphed_check.py --out "$OUT/graphed_buckets$b" \
+            --repeats 20 --dtypes float32 --openmm-steps 200 2>&1 | grep -E "ms_graphed|openmm_steps" | cut -c1-300
+        for r in 2,2,2 4,4,4; do
+          E2F_V2_BUCKETS=$b timeout 200 python3 benchmarks/openmm_md_water.py --model bundled --reps $r --steps 10 \
+              --from-pdb benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb \
+              --out "$OUT/md_bundled_buckets$b.json" 2>&1 | tail -n 1
+        done
+      done ;;
     nve10)
       timeout 420 python3 -m training.report --nve --nve-steps 4000 --nve-water-steps 20000 --device cuda \
           --platform CUDA --out "$OUT/nve" 2>&1 | tail -n 4 ;;

@@ -53,32 +53,54 @@ from .attention_triton import (_envelope, _rbf_chunk, _softmax_denom, _softmax_s
 # device helpers
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
-def _rows(row_ptr, src, vec, i0, N, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+def _rows(row_ptr, src, vec, i0, N, perm, t_start, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+          PERM: tl.constexpr):
+    """The block's edge rows.  Targets: i0 .. i0 + BLOCK_T - 1 (< N), or with PERM the entries
+    t_start + i0 + t of ``perm`` for i0 + t < N (N is then the bucket's target count; degree buckets)."""
     R: tl.constexpr = BLOCK_T * BLOCK_E
     offs_r = tl.arange(0, R)
+    offs_t = tl.arange(0, BLOCK_T)
     e_loc = offs_r % BLOCK_E
     t_loc = offs_r // BLOCK_E
-    tgt = i0 + t_loc
-    tgt = tl.where(tgt < N, tgt, 0)
     # per-target CSR bounds by scalar loads (a vector gather of row_ptr here made the 3.6 compiler fail in
     # TritonGPURemoveLayoutConversions: "mask type matches ptr type")
     start = tl.zeros([R], dtype=tl.int64)
     end = tl.zeros([R], dtype=tl.int64)
+    tgt = tl.zeros([R], dtype=tl.int64)
+    tgt_t = tl.zeros([BLOCK_T], dtype=tl.int64)
     for tt in tl.static_range(BLOCK_T):
         ok = i0 + tt < N
-        it = tl.where(ok, i0 + tt, 0)
+        if PERM:
+            it = tl.load(perm + tl.where(ok, t_start + i0 + tt, 0)).to(tl.int64)
+            it = tl.where(ok, it, 0)
+        else:
+            it = tl.where(ok, i0 + tt, 0)
         s_t = tl.load(row_ptr + it).to(tl.int64)
         e_t = tl.where(ok, tl.load(row_ptr + it + 1).to(tl.int64), s_t)
         start = tl.where(t_loc == tt, s_t, start)
         end = tl.where(t_loc == tt, e_t, end)
+        tgt = tl.where(t_loc == tt, it, tgt)
+        tgt_t = tl.where(offs_t == tt, it, tgt_t)
+    tmask = i0 + offs_t < N
     offs_e = start + e_loc
-    mask_e = offs_e < end           # end = start = 0 for targets past N
+    mask_e = offs_e < end           # end = start for targets past N
     j = tl.load(src + offs_e, mask=mask_e, other=0).to(tl.int64)
     vx = tl.load(vec + offs_e * 3 + 0, mask=mask_e, other=1.0)   # padded rows: unit vector, d = 1
     vy = tl.load(vec + offs_e * 3 + 1, mask=mask_e, other=0.0)
     vz = tl.load(vec + offs_e * 3 + 2, mask=mask_e, other=0.0)
     d = tl.sqrt(vx * vx + vy * vy + vz * vz)
-    return offs_r, e_loc, tgt, offs_e, mask_e, j, vx / d, vy / d, vz / d, d
+    return offs_r, e_loc, tgt, offs_e, mask_e, j, vx / d, vy / d, vz / d, d, tgt_t, tmask
+
+
+@triton.jit
+def _bucket(N, n_blocks, seg, BLOCK_T: tl.constexpr, PERM: tl.constexpr):
+    """(first entry of perm, number of targets, number of target blocks) of this launch."""
+    if PERM:
+        t_start = tl.load(seg).to(tl.int64)
+        count = tl.load(seg + 1).to(tl.int64)
+        return t_start, count, (count + BLOCK_T - 1) // BLOCK_T
+    else:
+        return N * 0, N, n_blocks
 
 
 @triton.jit
@@ -213,26 +235,26 @@ def _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
 @triton.jit
 def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2,
-                        U, M_out, S_out, scratch,
+                        U, M_out, S_out, scratch, perm, seg,
                         N, n_blocks, nprog, gamma, cutoff, sm_scale, nb: tl.constexpr,
                         C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
-                        HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr):
+                        HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
+                        PERM: tl.constexpr):
     R: tl.constexpr = BLOCK_T * BLOCK_E
     pid = tl.program_id(0)
     scr_x = scratch + pid.to(tl.int64) * (R * HID)
-    offs_t = tl.arange(0, BLOCK_T)
+    t_start, n_t, n_blk = _bucket(N, n_blocks, seg, BLOCK_T, PERM)
     blk = pid
-    while blk < n_blocks:            # persistent loop over target blocks (a while loop: the interpreter
+    while blk < n_blk:               # persistent loop over target blocks (a while loop: the interpreter
         i0 = blk.to(tl.int64) * BLOCK_T   # cannot iterate range() over runtime scalars)
         blk += nprog
-        offs_r, e_loc, tgt, offs_e, mask_e, j, rx, ry, rz, d = _rows(row_ptr, src, vec, i0, N, BLOCK_T, BLOCK_E)
+        offs_r, e_loc, tgt, offs_e, mask_e, j, rx, ry, rz, d, tgt_t, tmask = _rows(
+            row_ptr, src, vec, i0, n_t, perm, t_start, BLOCK_T, BLOCK_E, PERM)
         _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_x, scr_x,
                    gamma, nb, HID, R, BLOCK_NB, KC, PREC, False)
         u, _du = _envelope(d, cutoff)
         u = tl.where(mask_e, u, 0.0)
-        tgt_t = i0 + offs_t
-        tmask = tgt_t < N
         for hb0 in range(0, H, HB):
             offs_hb = hb0 + tl.arange(0, HB)
             g, w, qk, a = _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
@@ -264,12 +286,12 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
 def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2, W0a, W1, W2,
                         M_in, S_in, dU,
-                        dvec, dq, dk, dv, scratch,
+                        dvec, dq, dk, dv, scratch, perm, seg,
                         N, n_blocks, nprog, gamma, cutoff, sm_scale, nb: tl.constexpr,
                         C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
-                        DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr):
+                        DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr, PERM: tl.constexpr):
     # variants (same result; speed untested on a GPU, off by default, swept by benchmarks/tune_attention_v2.py):
     #   DR_ACC   d/dr accumulated as [rows, HB] tiles, reduced over heads once per target block instead of three
     #            cross-lane sums per (m, replica, head block)
@@ -279,19 +301,18 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
     scr_x = scratch + pid.to(tl.int64) * (3 * R * HID)
     scr_h0 = scr_x + R * HID
     scr_h1 = scr_h0 + R * HID
-    offs_t = tl.arange(0, BLOCK_T)
     offs_f = tl.arange(0, HID)
+    t_start, n_t, n_blk = _bucket(N, n_blocks, seg, BLOCK_T, PERM)
     blk = pid
-    while blk < n_blocks:            # persistent loop over target blocks (a while loop: the interpreter
+    while blk < n_blk:               # persistent loop over target blocks (a while loop: the interpreter
         i0 = blk.to(tl.int64) * BLOCK_T   # cannot iterate range() over runtime scalars)
         blk += nprog
-        offs_r, e_loc, tgt, offs_e, mask_e, j, rx, ry, rz, d = _rows(row_ptr, src, vec, i0, N, BLOCK_T, BLOCK_E)
+        offs_r, e_loc, tgt, offs_e, mask_e, j, rx, ry, rz, d, tgt_t, tmask = _rows(
+            row_ptr, src, vec, i0, n_t, perm, t_start, BLOCK_T, BLOCK_E, PERM)
         _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_h0, scr_h1,
                    gamma, nb, HID, R, BLOCK_NB, KC, PREC, True)
         u, du_dd = _envelope(d, cutoff)
         u = tl.where(mask_e, u, 0.0)
-        tgt_t = i0 + offs_t
-        tmask = tgt_t < N
         dx2 = tl.zeros([R, HID], dtype=tl.float32)
         du = tl.zeros([R], dtype=tl.float32)
         drx = tl.zeros([R], dtype=tl.float32)
@@ -428,6 +449,43 @@ def _block_e(row_ptr: torch.Tensor, max_degree: int | None) -> int:
     return max(16, triton.next_power_of_2(max(int(max_degree), 1)))
 
 
+def degree_buckets(row_ptr: torch.Tensor, block_e: int):
+    """Targets split by in-degree for two launches: those with at most ``block_e // 2`` edges (tiles of half
+    the width) first, then the rest (full tiles), each in the original order.  Returns (perm [N] int64,
+    seg [2, 2] int64 = (first entry of perm, count) per launch, the small tile width), all on the device and
+    without a device -> host sync (the partition is a cumulative sum and a scatter), so it can be captured in a
+    CUDA graph.  Why: the tile width is next_pow2(max in-degree), and in liquid water at 5 A (mean 52, max ~67
+    neighbours) that is 128 slots for ~52 real edges; 99.6 % of the atoms fit 64."""
+    n = row_ptr.numel() - 1
+    dev = row_ptr.device
+    deg = (row_ptr[1:] - row_ptr[:-1]).to(torch.int64)
+    small_e = block_e // 2
+    small = deg <= small_e
+    cs = torch.cumsum(small.to(torch.int64), 0)
+    n_small = cs[-1:] if n > 0 else torch.zeros(1, dtype=torch.int64, device=dev)
+    idx = torch.arange(n, device=dev, dtype=torch.int64)
+    pos = torch.where(small, cs - 1, n_small + (idx + 1 - cs) - 1)
+    perm = torch.empty(n, dtype=torch.int64, device=dev).scatter_(0, pos, idx)
+    zero = torch.zeros(1, dtype=torch.int64, device=dev)
+    seg = torch.stack([torch.cat([zero, n_small]), torch.cat([n_small, n - n_small])])
+    return perm, seg, small_e
+
+
+def use_buckets(block_e: int) -> bool:
+    """Degree-bucketed launches (``degree_buckets``): opt-in with E2F_V2_BUCKETS=1 until timed on a GPU;
+    only for tiles of 32 edges or more (the half tile must stay >= 16)."""
+    return bool(_env_int("E2F_V2_BUCKETS", 0)) and block_e >= 32
+
+
+def _launches(rp: torch.Tensor, block_e: int):
+    """[(BLOCK_E, perm, seg row, PERM)] of one forward or backward: one launch over all targets in order, or
+    (with buckets) one per degree bucket."""
+    if not use_buckets(block_e):
+        return [(block_e, rp, rp, False)]
+    perm, seg, small_e = degree_buckets(rp, block_e)
+    return [(small_e, perm, seg[0], True), (block_e, perm, seg[1], True)]
+
+
 def _env_int(name, default):
     val = os.environ.get(name)
     return int(val) if val else default
@@ -482,22 +540,24 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         srcc = src.contiguous()
         vecc, qc, kc_, vc = (x.detach().to(f32).contiguous() for x in (vec, q, k, v))
         block_e = _block_e(rp, max_degree)
-        cfg = launch_config(H, hid, nb, block_e, "fwd")
         prec = "tf32" if allow_tf32 else "ieee"
         U = torch.empty((N, 3, 9, C), device=v.device, dtype=f32)
         M = torch.empty((N, H), device=v.device, dtype=f32)
         S = torch.empty((N, H), device=v.device, dtype=f32)
-        if N > 0:
-            n_blocks = triton.cdiv(N, cfg["BLOCK_T"])
+        launches = _launches(rp, block_e) if N > 0 else []
+        for be, perm, seg, use_perm in launches:
+            cfg = launch_config(H, hid, nb, be, "fwd")
+            n_blocks = triton.cdiv(N, cfg["BLOCK_T"])     # with buckets: a bound (the kernel reads the count)
             nprog = _grid(n_blocks, v.device, cfg["progs_per_sm"])
-            R = cfg["BLOCK_T"] * block_e
+            R = cfg["BLOCK_T"] * be
             scratch = torch.empty(nprog * R * hid, device=v.device, dtype=f32)
-            _LAST_COMPILED["fwd"] = _attn_fwd_kernel_v2[(nprog,)](
-                rp, srcc, vecc, qc, kc_, vc, pt, ps, muc, *fwd_w, U, M, S, scratch,
+            _LAST_COMPILED["fwd" if be == block_e else "fwd_small"] = _attn_fwd_kernel_v2[(nprog,)](
+                rp, srcc, vecc, qc, kc_, vc, pt, ps, muc, *fwd_w, U, M, S, scratch, perm, seg,
                 N, n_blocks, nprog, float(gamma), float(cutoff), 1.0 / math.sqrt(D), nb=nb,
-                C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=block_e, BLOCK_NB=cfg["BLOCK_NB"],
-                HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, num_warps=cfg["num_warps"])
+                C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
+                HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, num_warps=cfg["num_warps"])
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
+        ctx.launches = launches
         ctx.gamma, ctx.cutoff, ctx.prec, ctx.block_e, ctx.softmax = float(gamma), float(cutoff), prec, block_e, softmax
         ctx.mark_non_differentiable(M, S)
         return U, M, S
@@ -518,7 +578,6 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         nb = mu.numel()
         hid = fc[0].shape[0]
         f32 = torch.float32
-        cfg = launch_config(H, hid, nb, ctx.block_e, "bwd")
         pt, ps, muc, fwd_w, bwd_w = _prep(t, s, mu, fc, nb)
         vecc, qc, kc_, vc = (x.detach().to(f32).contiguous() for x in (vec, q, k, v))
         dUc = dU.to(f32).contiguous()
@@ -526,18 +585,20 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         dq = torch.empty_like(qc)
         dk = torch.zeros_like(kc_)
         dv = torch.zeros_like(vc)
-        if N > 0:
-            n_blocks = triton.cdiv(N, cfg["BLOCK_T"])
+        rp = row_ptr.contiguous()
+        for be, perm, seg, use_perm in ctx.launches:
+            cfg = launch_config(H, hid, nb, be, "bwd")
+            n_blocks = triton.cdiv(N, cfg["BLOCK_T"])     # with buckets: a bound (the kernel reads the count)
             nprog = _grid(n_blocks, v.device, cfg["progs_per_sm"])
-            R = cfg["BLOCK_T"] * ctx.block_e
+            R = cfg["BLOCK_T"] * be
             scratch = torch.empty(nprog * 3 * R * hid, device=v.device, dtype=f32)
-            _LAST_COMPILED["bwd"] = _attn_bwd_kernel_v2[(nprog,)](
-                row_ptr.contiguous(), src.contiguous(), vecc, qc, kc_, vc, pt, ps, muc,
-                *fwd_w, *bwd_w, M, S, dUc, dvec, dq, dk, dv, scratch,
+            _LAST_COMPILED["bwd" if be == ctx.block_e else "bwd_small"] = _attn_bwd_kernel_v2[(nprog,)](
+                rp, src.contiguous(), vecc, qc, kc_, vc, pt, ps, muc,
+                *fwd_w, *bwd_w, M, S, dUc, dvec, dq, dk, dv, scratch, perm, seg,
                 N, n_blocks, nprog, ctx.gamma, ctx.cutoff, 1.0 / math.sqrt(D), nb=nb,
-                C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=ctx.block_e, BLOCK_NB=cfg["BLOCK_NB"],
+                C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=ctx.prec, SMOOTH=ctx.softmax == "smooth",
-                DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], num_warps=cfg["num_warps"])
+                DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, num_warps=cfg["num_warps"])
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):
             if nig[idx]:
                 grads[idx] = gr.to(x.dtype)

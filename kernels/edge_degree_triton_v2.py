@@ -34,7 +34,7 @@ import triton.language as tl
 from .attention_reference import FCParams
 from .attention_triton import (_load_edge_tile, _envelope, _layer_norm_silu, _silu_layer_norm_bwd,
                                _block_e, _rbf_chunk, _LAST_COMPILED)
-from .attention_triton_v2 import _chunked_dot, _to_scratch, _grid
+from .attention_triton_v2 import _chunked_dot, _to_scratch, _grid, _launches
 from .edge_degree_reference import EDGE_DEGREE_SCALE
 from .edge_degree_triton import _sph9, _N_FIXED, reference_fallback_backward
 
@@ -71,16 +71,35 @@ def _ed_mlp_v2(l: tl.constexpr, d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W
 
 
 @triton.jit
+def _bucket1(N, seg, PERM: tl.constexpr):
+    """(first entry of perm, number of targets) of this launch (degree buckets, see
+    ``attention_triton_v2.degree_buckets``), or (0, N) over all targets in order."""
+    if PERM:
+        return tl.load(seg).to(tl.int64), tl.load(seg + 1).to(tl.int64)
+    else:
+        return N * 0, N
+
+
+@triton.jit
+def _target1(it, perm, t_start, PERM: tl.constexpr):
+    if PERM:
+        return tl.load(perm + t_start + it).to(tl.int64)
+    else:
+        return it.to(tl.int64)
+
+
+@triton.jit
 def _edge_deg_fwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b,
-                            P, A, scratch, N, nprog, gamma, cutoff, scale,
+                            P, A, scratch, perm, seg, N, nprog, gamma, cutoff, scale,
                             nb: tl.constexpr, HID: tl.constexpr, BLOCK_E: tl.constexpr,
-                            BLOCK_NB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr):
+                            BLOCK_NB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, PERM: tl.constexpr):
     pid = tl.program_id(0)
     scr = scratch + pid.to(tl.int64) * (BLOCK_E * HID)
     offs_f = tl.arange(0, HID)
+    t_start, count = _bucket1(N, seg, PERM)
     it = pid
-    while it < N:                    # persistent loop over target atoms
-        i = it.to(tl.int64)
+    while it < count:                # persistent loop over target atoms (with PERM: this degree bucket's)
+        i = _target1(it, perm, t_start, PERM)
         it += nprog
         offs_e, mask_e, j, rx, ry, rz, d = _load_edge_tile(row_ptr, src, vec, i, BLOCK_E)
         u, _du = _envelope(d, cutoff)
@@ -125,16 +144,17 @@ def _edge_deg_fwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T
 
 @triton.jit
 def _edge_deg_bwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W1,
-                            V, B, dvec, scratch, N, nprog, gamma, cutoff, scale,
+                            V, B, dvec, scratch, perm, seg, N, nprog, gamma, cutoff, scale,
                             nb: tl.constexpr, HID: tl.constexpr, BLOCK_E: tl.constexpr,
                             BLOCK_NB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr,
-                            G_FUSED: tl.constexpr):
+                            G_FUSED: tl.constexpr, PERM: tl.constexpr):
     pid = tl.program_id(0)
     scr = scratch + pid.to(tl.int64) * (BLOCK_E * HID)
     offs_f = tl.arange(0, HID)
+    t_start, count = _bucket1(N, seg, PERM)
     it = pid
-    while it < N:
-        i = it.to(tl.int64)
+    while it < count:
+        i = _target1(it, perm, t_start, PERM)
         it += nprog
         offs_e, mask_e, j, rx, ry, rz, d = _load_edge_tile(row_ptr, src, vec, i, BLOCK_E)
         u, du_dd = _envelope(d, cutoff)
@@ -266,24 +286,30 @@ class EdgeDegreeFunctionV2(torch.autograd.Function):
         pt, ps, muc, mlp_w, p32 = _prep_v2(T0, S0, mu, params, nb)
         vecc = vec.detach().to(torch.float32).contiguous()
         block_e = _block_e(row_ptr, max_degree)
-        cfg = launch_config(hid, nb, block_e)
         prec = "tf32" if allow_tf32 else "ieee"
         H = torch.empty((N, 9, C), device=vec.device, dtype=torch.float32)
+        launches = []
         if N > 0:
             P = torch.empty((N, 9, hid), device=vec.device, dtype=torch.float32)
             A = torch.empty((N, 9), device=vec.device, dtype=torch.float32)
-            nprog = _grid(N, vec.device, cfg["progs_per_sm"])
-            scratch = torch.empty(nprog * block_e * hid, device=vec.device, dtype=torch.float32)
-            _LAST_COMPILED["edge_deg_fwd_v2"] = _edge_deg_fwd_kernel_v2[(nprog,)](
-                row_ptr.contiguous(), src.contiguous(), vecc, pt, ps, muc, *mlp_w, P, A, scratch, N, nprog,
-                float(gamma), float(cutoff), float(scale),
-                nb=nb, HID=hid, BLOCK_E=block_e, BLOCK_NB=cfg["BLOCK_NB"], KC=cfg["KC"], PREC=prec,
-                num_warps=cfg["num_warps"])
+            rp = row_ptr.contiguous()
+            launches = _launches(rp, block_e)
+            for be, perm, seg, use_perm in launches:
+                cfg = launch_config(hid, nb, be)
+                nprog = _grid(N, vec.device, cfg["progs_per_sm"])
+                scratch = torch.empty(nprog * be * hid, device=vec.device, dtype=torch.float32)
+                _LAST_COMPILED["edge_deg_fwd_v2" + ("" if be == block_e else "_small")] = \
+                    _edge_deg_fwd_kernel_v2[(nprog,)](
+                        rp, src.contiguous(), vecc, pt, ps, muc, *mlp_w, P, A, scratch, perm, seg, N, nprog,
+                        float(gamma), float(cutoff), float(scale),
+                        nb=nb, HID=hid, BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"], KC=cfg["KC"], PREC=prec,
+                        PERM=use_perm, num_warps=cfg["num_warps"])
             for l, (lo, hi) in enumerate(L_SLICES):   # last Linear, node level: h = P W2^T + A b2
                 torch.matmul(P[:, lo:hi], p32[l].W2.t(), out=H[:, lo:hi])
                 H[:, lo:hi] += A[:, lo:hi, None] * p32[l].b2
         ctx.save_for_backward(row_ptr, src, vec, T0, S0, mu, *flat)
         ctx.cfg = (float(gamma), float(cutoff), float(scale), block_e, prec)
+        ctx.launches = launches
         return H
 
     @staticmethod
@@ -304,7 +330,6 @@ class EdgeDegreeFunctionV2(torch.autograd.Function):
         vecc = vec.detach().to(torch.float32).contiguous()
         dvec = torch.zeros_like(vecc)
         if N > 0:
-            cfg = launch_config(hid, nb, block_e)
             dH32 = dH.to(torch.float32)
             V = torch.empty((N, 9, hid), device=vec.device, dtype=torch.float32)
             Bv = torch.empty((N, 9), device=vec.device, dtype=torch.float32)
@@ -312,13 +337,17 @@ class EdgeDegreeFunctionV2(torch.autograd.Function):
                 torch.matmul(dH32[:, lo:hi], p32[l].W2, out=V[:, lo:hi])
                 torch.matmul(dH32[:, lo:hi], p32[l].b2, out=Bv[:, lo:hi])
             W1 = torch.stack([p.W1 for p in p32]).contiguous()
-            nprog = _grid(N, vec.device, cfg["progs_per_sm"])
-            scratch = torch.empty(nprog * block_e * hid, device=vec.device, dtype=torch.float32)
-            _LAST_COMPILED["edge_deg_bwd_v2"] = _edge_deg_bwd_kernel_v2[(nprog,)](
-                row_ptr.contiguous(), src.contiguous(), vecc, pt, ps, muc, *mlp_w, W1, V, Bv, dvec, scratch,
-                N, nprog, gamma, cutoff, scale,
-                nb=nb, HID=hid, BLOCK_E=block_e, BLOCK_NB=cfg["BLOCK_NB"], KC=cfg["KC"], PREC=prec,
-                G_FUSED=cfg["G_FUSED"], num_warps=cfg["num_warps"])
+            rp = row_ptr.contiguous()
+            for be, perm, seg, use_perm in ctx.launches:
+                cfg = launch_config(hid, nb, be)
+                nprog = _grid(N, vec.device, cfg["progs_per_sm"])
+                scratch = torch.empty(nprog * be * hid, device=vec.device, dtype=torch.float32)
+                _LAST_COMPILED["edge_deg_bwd_v2" + ("" if be == block_e else "_small")] = \
+                    _edge_deg_bwd_kernel_v2[(nprog,)](
+                        rp, src.contiguous(), vecc, pt, ps, muc, *mlp_w, W1, V, Bv, dvec, scratch, perm, seg,
+                        N, nprog, gamma, cutoff, scale,
+                        nb=nb, HID=hid, BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"], KC=cfg["KC"], PREC=prec,
+                        G_FUSED=cfg["G_FUSED"], PERM=use_perm, num_warps=cfg["num_warps"])
         grads[2] = dvec.to(vec.dtype)
         return tuple(grads)
 

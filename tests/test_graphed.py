@@ -255,6 +255,17 @@ _INTERP_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
             rel(f1, ref_f)]
     print("padded vs unpadded kernels (E, F), padded kernels vs PyTorch (E, F):", ["%.1e" % x for x in errs])
     assert max(errs[:2]) < 1e-6 and max(errs[2:]) < 1e-5, errs
+    # degree buckets (E2F_V2_BUCKETS=1) on the padded layout: bound 20 -> tiles of 32, the real atoms (<= 10
+    # edges) in the 16-slot bucket, the ghost (E padding edges) alone in the 32-slot one
+    os.environ["E2F_V2_BUCKETS"] = "1"
+    eb1, fb1 = padded(2 * E, 20)
+    del os.environ["E2F_V2_BUCKETS"]
+    from importlib import import_module
+    V2 = import_module("openmm_e2former.kernels.attention_triton_v2")
+    assert {"fwd_small", "bwd_small"} <= set(V2._LAST_COMPILED), V2._LAST_COMPILED.keys()
+    eb_errs = [abs(float(eb1 - e0)) / abs(float(e0)), rel(fb1, f0)]
+    print("padded + degree buckets vs unpadded kernels (E, F):", ["%.1e" % x for x in eb_errs])
+    assert max(eb_errs) < 1e-6, eb_errs
     # the batched class (in-graph neighbour list, per-node system embedding, per-system energies) through the
     # kernels: two gas-phase copies with total charges 0 and +1, each against the kernels' unpadded result alone
     from openmm_e2former.graphed import BatchedGraphedEnergyForces

@@ -423,6 +423,15 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
                                             "E2F_V2_BWD_DU_BCAST": "1"}))
     worst = max(worst, check(6, 5, 18, env={"E2F_V2_BWD_DR_ACC": "1"}, softmax="smooth", extreme=10.0))
     worst = max(worst, check(6, 17, 19, env={"E2F_V2_BWD_DU_BCAST": "1"}))
+    # degree buckets (E2F_V2_BUCKETS): targets with <= BLOCK_E / 2 edges in half-width tiles, the rest in full
+    # tiles, two launches over a device-side permutation; degrees uniform in [0, K] fill both buckets, and the
+    # half tile of 16 slots gets 4 targets per forward program (a partial last block of permuted targets)
+    worst = max(worst, check(9, 17, 31, env={"E2F_V2_BUCKETS": "1"}))
+    worst = max(worst, check(7, 40, 32, torch.int32, env={"E2F_V2_BUCKETS": "1", "E2F_V2_BWD_BLOCK_T": "2",
+                                                          "E2F_V2_BWD_DU_BCAST": "1"}))
+    worst = max(worst, check(8, 20, 33, env={"E2F_V2_BUCKETS": "1"}, softmax="smooth", extreme=10.0))
+    V2 = import_module(sys.argv[1] + ".attention_triton_v2")
+    assert {"fwd_small", "bwd_small"} <= set(V2._LAST_COMPILED), V2._LAST_COMPILED.keys()   # both launches ran
     # training path: grads w.r.t. t and fc params through the reference inside backward (as v1)
     case = make_case(4, 3, **TINY, seed=15)
     args = list(args_of(case))
@@ -468,6 +477,33 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
 
 def test_triton_v2_interpreter_matches_reference():
     run_under_triton_interpreter(_INTERP_V2_SCRIPT, [KPKG], "Triton v2 interpreter test")
+
+
+def test_degree_buckets_partition():
+    """kernels.attention_triton_v2.degree_buckets: a permutation, small-degree targets first, each bucket in
+    the original order, counts on the device (no host sync), empty buckets allowed."""
+    _need_triton()
+    from importlib import import_module
+
+    V2 = import_module(KPKG + ".attention_triton_v2")
+    deg = torch.tensor([0, 40, 3, 64, 32, 33, 1, 70, 16])
+    rp = torch.zeros(len(deg) + 1, dtype=torch.int32)
+    rp[1:] = torch.cumsum(deg, 0)
+    perm, seg, small_e = V2.degree_buckets(rp, 128)
+    assert small_e == 64
+    assert perm.tolist() == [0, 1, 2, 3, 4, 5, 6, 8, 7]
+    assert seg.tolist() == [[0, 8], [8, 1]]
+    perm, seg, small_e = V2.degree_buckets(rp, 64)
+    assert small_e == 32
+    assert perm.tolist() == [0, 2, 4, 6, 8, 1, 3, 5, 7] and seg.tolist() == [[0, 5], [5, 4]]
+    assert sorted(perm.tolist()) == list(range(len(deg)))
+    perm, seg, _ = V2.degree_buckets(rp, 16)
+    assert seg.tolist() == [[0, 3], [3, 6]] and perm.tolist() == [0, 2, 6, 1, 3, 4, 5, 7, 8]
+    rp2 = torch.tensor([0, 20, 50])                    # nothing fits 16: the small bucket is empty
+    perm, seg, _ = V2.degree_buckets(rp2, 32)
+    assert seg.tolist() == [[0, 0], [0, 2]] and perm.tolist() == [0, 1]
+    perm, seg, _ = V2.degree_buckets(torch.zeros(1, dtype=torch.int64), 64)   # no targets
+    assert perm.numel() == 0 and seg.tolist() == [[0, 0], [0, 0]]
 
 
 def _need_triton():
@@ -664,7 +700,9 @@ _INTERP_ED_V2_SCRIPT = textwrap.dedent(r"""
     cases = ((7, 6, 31, 24, 32, 32, 16, torch.int64, {}),
              (9, 17, 32, 40, 32, 16, 8, torch.int32,
               {"E2F_ED_V2_PROGS_PER_SM": "1", "E2F_ED_V2_KC": "16", "E2F_ED_V2_BLOCK_NB": "16",
-               "E2F_ED_V2_G_FUSED": "1"}))
+               "E2F_ED_V2_G_FUSED": "1"}),
+             # degree buckets: degrees in [0, 20] (tile 32) split into <= 16 (tile 16) and the rest
+             (9, 20, 33, 24, 32, 32, 16, torch.int64, {"E2F_V2_BUCKETS": "1", "E2F_ED_V2_PROGS_PER_SM": "1"}))
     for N, K, seed, nb, hid, C, T, idx, env in cases:
         os.environ.update(env)
         case = T_.make_case(N, K, **T_.TINY, seed=seed, index_dtype=idx)
@@ -699,6 +737,9 @@ _INTERP_ED_V2_SCRIPT = textwrap.dedent(r"""
         print("N", N, "K", K, "rel errors h, dvec (kernel):", ["%.2e" % x for x in errs],
               "max over all 34 input grads (training path): %.2e" % max(errs_all))
         worst = max(worst, *errs, *errs_all)
+        if env.get("E2F_V2_BUCKETS"):   # both bucket launches ran, forward and backward
+            assert {"edge_deg_fwd_v2_small", "edge_deg_bwd_v2_small"} <= set(ed2._LAST_COMPILED)
+            assert any(d <= 16 for d in deg) and any(d > 16 for d in deg), deg
         for key in env:
             del os.environ[key]
     # env-var dispatch on real kernels (CPU tensors allowed under the interpreter):
