@@ -138,3 +138,35 @@ def test_cli_npt_needs_a_box(water_pdb_factory, tiny_qk_checkpoint, tmp_path, ca
     pdb = water_pdb_factory(2)                        # no CRYST1: not periodic
     assert main([str(pdb), "--pressure", "1.0"] + _common(tmp_path, tiny_qk_checkpoint)) != 0
     assert "--pressure needs a periodic system" in capsys.readouterr().err
+
+
+def test_cli_hydrogen_mass_repartitioning(water_pdb_factory, tiny_qk_checkpoint, tmp_path, capsys):
+    """--hydrogen-mass: H -> 4 amu taken from the bonded O; each water keeps its mass; the summary says so."""
+    import argparse
+
+    from openmm import unit
+
+    from openmm_e2former import cli
+
+    pdb = water_pdb_factory(3)
+    args = cli.build_parser().parse_args([str(pdb), "--hydrogen-mass", "4", "--timestep", "1.5"]
+                                         + _common(tmp_path, tiny_qk_checkpoint))
+    assert isinstance(args, argparse.Namespace) and args.hydrogen_mass == 4.0
+    topology, positions = cli.load_structure(str(pdb))
+    sim, mode, _, top = cli.build_simulation(args, topology, positions)
+    assert "H mass 4 amu (6 H)" in mode
+    masses = [sim.system.getParticleMass(i).value_in_unit(unit.amu) for i in range(sim.system.getNumParticles())]
+    for atom in top.atoms():
+        if atom.element.symbol == "H":
+            assert masses[atom.index] == pytest.approx(4.0)
+    assert sum(masses) == pytest.approx(3 * (15.99943 + 2 * 1.007947), rel=1e-6)
+    for res in top.residues():
+        assert sum(masses[a.index] for a in res.atoms()) == pytest.approx(15.99943 + 2 * 1.007947, rel=1e-6)
+    assert main([str(pdb), "--hydrogen-mass", "4", "--timestep", "1.5"] + _common(tmp_path, tiny_qk_checkpoint)) == 0
+    assert "H mass 4 amu (6 H)" in capsys.readouterr().out
+    # too heavy: the oxygen would keep less than 1 amu -> a clear error, exit code 2
+    err = _err([str(pdb), "--hydrogen-mass", "9"] + _common(tmp_path, tiny_qk_checkpoint), capsys)
+    assert "--hydrogen-mass" in err and "too light" in err
+    # a long step without repartitioning gets a note
+    assert main([str(pdb), "--timestep", "1.5"] + _common(tmp_path, tiny_qk_checkpoint, steps=2)) == 0
+    assert "--hydrogen-mass 4 --timestep 1.5" in capsys.readouterr().err

@@ -65,21 +65,10 @@ _now = time.time   # the clock of the batched engine (tests replace it)
 
 def repartition_hydrogens(system, topology, hmass: float) -> int:
     """Set every hydrogen bonded to a heavy atom to ``hmass`` amu, taking the difference from that atom.
-    Returns the number of hydrogens changed.  Total mass of every molecule is unchanged."""
-    from openmm import unit
-    n = 0
-    for a, b in topology.bonds():
-        for h, x in ((a, b), (b, a)):
-            if h.element is not None and h.element.symbol == "H" and x.element is not None and x.element.symbol != "H":
-                mh = system.getParticleMass(h.index).value_in_unit(unit.amu)
-                mx = system.getParticleMass(x.index).value_in_unit(unit.amu)
-                d = hmass - mh
-                if mx - d <= 1.0:
-                    raise ValueError(f"hydrogen mass {hmass} leaves atom {x.index} ({x.element.symbol}) too light")
-                system.setParticleMass(h.index, hmass * unit.amu)
-                system.setParticleMass(x.index, (mx - d) * unit.amu)
-                n += 1
-    return n
+    Returns the number of hydrogens changed.  Total mass of every molecule is unchanged.  (The same function
+    as ``e2former-md --hydrogen-mass``.)"""
+    from openmm_e2former.cli import repartition_hydrogen_mass
+    return repartition_hydrogen_mass(system, topology, hmass)
 
 
 def _relaxed_solvated(letter: str, seed: int, box_nm: float, platform: Optional[str], threads: int):
