@@ -5,7 +5,8 @@
 #   graphed:  benchmarks/gpu_graphed_check.py (float32 + float64, 200 OpenMM steps)
 #   e2e1k:    gpu_end_to_end at 1,000 and 10,000 atoms, modes fp32 and graphed_fp32
 #   md100k:   MD through OpenMM with the BUNDLED model on liquid water replicated from the last frame of the
-#             100 ps campaign run: 2x2x2 (14,400 atoms) and 4x4x4 (115,200 atoms), fp32, 0.5 fs (~2.5 min)
+#             100 ps campaign run: 2x2x2 (14,400 atoms) and 4x4x4 (115,200 atoms), fp32, 0.5 fs, then 14,400
+#             atoms again with the CUDA graph forced on (E2FORMER_CUDA_GRAPHS=1) (~3 min)
 #   variants: the opt-in attention-backward variants (DR_ACC, DU_BCAST) end to end at 10k fp32 vs the default
 #   profile10k: torch.profiler of one V1.5-size energy + forces step at 10k atoms (fp32), per kernel
 #   buckets:  the degree-bucketed kernel launches (E2F_V2_BUCKETS=1, opt-in) against the default: the graph
@@ -32,7 +33,10 @@ for what in "$@"; do
       for r in 2,2,2 4,4,4; do
         timeout 200 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 10 \
             --out "$OUT/md_bundled.json" 2>&1 | tail -n 2
-      done ;;
+      done
+      # the CUDA-graph path forced on above its 5,000-atom default (the threshold predates the index_select fix)
+      E2FORMER_CUDA_GRAPHS=1 timeout 150 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P \
+          --reps 2,2,2 --steps 20 --out "$OUT/md_bundled_graphed.json" 2>&1 | tail -n 1 ;;
     variants)
       for v in base E2F_V2_BWD_DR_ACC E2F_V2_BWD_DU_BCAST; do
         env ${v/base/E2F_NONE}=1 timeout 130 python3 benchmarks/gpu_end_to_end.py --parts speed --sizes 10000 \
