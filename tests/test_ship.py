@@ -63,7 +63,8 @@ def test_update_note_keeps_the_weights(tmp_path):
     assert new["metadata"]["version"] == src["metadata"]["version"]
     assert new["metadata"]["limits"] == src["metadata"]["limits"]
     h = hashlib.sha256(default_model_path().read_bytes()).hexdigest()[:16]
-    assert h in new["metadata"]["weights_validated_as"]
+    before = list(src["metadata"].get("weights_validated_as", []))
+    assert new["metadata"]["weights_validated_as"] == before + [h]     # earlier hashes kept, this file's added
     assert new["config"] == src["config"] and new["reference_energies"] == src["reference_energies"]
     for k, v in src["state_dict"].items():
         assert torch.equal(new["state_dict"][k], v), k
@@ -71,6 +72,7 @@ def test_update_note_keeps_the_weights(tmp_path):
     out2 = tmp_path / "default2.pt"
     assert main(["--update-note", "--status-note", "again", "--previous", str(out), "--out", str(out2)]) == 0
     hashes = torch.load(out2, map_location="cpu", weights_only=False)["metadata"]["weights_validated_as"]
-    assert hashes[0] == h and len(hashes) == 2
+    h2 = hashlib.sha256(out.read_bytes()).hexdigest()[:16]
+    assert hashes == before + [h, h2]
     with pytest.raises(SystemExit):                      # a new round still needs its arguments
         main(["--status-note", "x", "--out", str(tmp_path / "y.pt")])
