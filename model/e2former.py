@@ -172,7 +172,8 @@ class EdgeDegreeEmbedding(nn.Module):
         sh = spherical_harmonics(unit)  # [E, 9]
         out = []
         for l, mlp in enumerate(self.radial):
-            h0 = rbf @ mlp.lin0.weight[:, :nb].t() + mlp.lin0.bias + node_t[l][center] + node_s[l][neighbor]
+            h0 = (rbf @ mlp.lin0.weight[:, :nb].t() + mlp.lin0.bias + node_t[l].index_select(0, center)
+                  + node_s[l].index_select(0, neighbor))
             a = mlp.tail(h0) * env[:, None]  # [E, C]
             lo = 0 if l == 0 else (1 if l == 1 else 4)
             hi = 1 if l == 0 else (4 if l == 1 else 9)
@@ -264,7 +265,7 @@ class Attention(nn.Module):
         T = self.target_embedding.weight.shape[1]
         node_t = self.target_embedding(z) @ W[:, nb:nb + T].t()
         node_s = self.source_embedding(z) @ W[:, nb + T:].t()
-        return g.rbf() @ W[:, :nb].t() + b + node_t[g.center] + node_s[g.neighbor]
+        return g.rbf() @ W[:, :nb].t() + b + node_t.index_select(0, g.center) + node_s.index_select(0, g.neighbor)
 
     def attention_logits(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> Tuple[torch.Tensor, torch.Tensor]:
         """(logits a [E, H], post-softmax edge weights w [E, H]) of both logit forms."""
@@ -272,12 +273,12 @@ class Attention(nn.Module):
         out = self.edge_mlp.tail(self._edge_first_layer(self.edge_mlp.lin0.weight, self.edge_mlp.lin0.bias, z, g))
         q = self.query(x).view(N, H, self.D)
         k = self.key(x).view(N, H, self.D)
-        qk = (q[g.center] * k[g.neighbor]).sum(dim=2) / math.sqrt(self.D)
+        qk = (q.index_select(0, g.center) * k.index_select(0, g.neighbor)).sum(dim=2) / math.sqrt(self.D)
         if self.qkdot:
             w = out
             d = self.dot_linear(x)  # [N, 9, nb]
             sh = spherical_harmonics(g.unit) / 3.5449077018110318  # sqrt(4 pi): e3nn "integral" norm
-            di = d[g.center]
+            di = d.index_select(0, g.center)
             proj = torch.cat([
                 sh[:, 0:1] * di[:, 0],
                 (sh[:, 1:4, None] * di[:, 1:4]).sum(dim=1),
@@ -306,13 +307,13 @@ class Attention(nn.Module):
             # it); exp(a - c) <= 1 and 1e-3 exp(-c) = exp(ln 1e-3 - c) <= 1 cannot overflow.  The denominator
             # is 0 only if every term underflowed (all u = 0): then eps = 0 and alpha = 0 (no 0/0).
             c = amax.detach().clamp_min(-6.907755278982137)  # ln(1e-3)
-            eps = torch.exp(logits - c[g.center]) * g.env[:, None]
+            eps = torch.exp(logits - c.index_select(0, g.center)) * g.env[:, None]
             denom = logits.new_zeros(N, H).index_add(0, g.center, eps) + torch.exp(-6.907755278982137 - c)
             denom = torch.where(denom > 0, denom, torch.ones_like(denom))
-            return eps * w / denom[g.center]
-        eps = torch.exp(logits - amax[g.center]) * g.env[:, None]
+            return eps * w / denom.index_select(0, g.center)
+        eps = torch.exp(logits - amax.index_select(0, g.center)) * g.env[:, None]
         denom = logits.new_zeros(N, H).index_add(0, g.center, eps) + 1e-3
-        return eps * w / denom[g.center]
+        return eps * w / denom.index_select(0, g.center)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         return self.node_part(self.edge_part(x, z, g), x.dtype)
@@ -410,7 +411,10 @@ class Attention(nn.Module):
         # neighbour features per head: vh[n, h, g*9 + m] = v[n, m, g*H + h]
         vh = v.view(N, 9, G, H).permute(0, 3, 2, 1).reshape(N, H, G * 9)
         idx = torch.zeros(N, K, dtype=torch.long, device=v.device).index_put_([g.center, slot], g.neighbor)
-        Vg = vh[idx].transpose(1, 2)  # [N, H, K, G*9]
+        # gathered straight into the [N, H, K, G*9] layout of the product (rows n*H + h of vh), so the matmul
+        # needs no transposed copy; index_select, whose backward is an index_add (not a sort-based index_put)
+        hidx = (idx[:, None, :] * H + torch.arange(H, device=v.device)[None, :, None]).reshape(-1)
+        Vg = vh.reshape(N * H, G * 9).index_select(0, hidx).view(N, H, K, G * 9)
         U = torch.matmul(W, Vg)  # [N, H, 3, G*9]
         return U.view(N, H, 3, G, 9).permute(0, 2, 4, 3, 1).reshape(N, 3, 9, C)
 
