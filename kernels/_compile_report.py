@@ -36,7 +36,7 @@ else:
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 FLOAT_SCALARS = {"gamma", "cutoff", "sm_scale", "scale"}
 INT_SCALARS = {"N", "n_blocks", "nprog"}
-INT_PTRS = {"row_ptr", "src"}
+INT_PTRS = {"row_ptr", "src", "perm", "seg"}
 SMEM_PER_SM = 228 * 1024   # H100 / H200: 228 KB shared memory per SM (227 KB usable per block)
 
 
@@ -95,7 +95,7 @@ def v2_runs(name, variants):
     for bt, hb, kc, nw, prec in variants:
         hb, kc = min(hb, H), min(kc, HID)
         consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=bt, BLOCK_E=K, BLOCK_NB=min(kc, nb),
-                      HB=hb, KC=kc, PREC=prec, SMOOTH=False)
+                      HB=hb, KC=kc, PREC=prec, SMOOTH=False, PERM=False)
         tag = f"{name} BLOCK_T={bt} BLOCK_E={K} HB={hb} KC={kc} nw={nw} {prec}"
         yield f"v2 fwd {tag}", v2._attn_fwd_kernel_v2, consts, nw
         yield f"v2 bwd {tag}", v2._attn_bwd_kernel_v2, dict(consts, DR_ACC=False, DU_BCAST=False), nw
@@ -117,7 +117,7 @@ def edge_runs(name, quick=False):
                      (16, 16, 4, True)]
     for kc, bnb, nw, gf in variants:
         kc, bnb = min(kc, HID), max(16, min(bnb, triton.next_power_of_2(nb)))
-        c2 = dict(nb=nb, HID=HID, BLOCK_E=K, BLOCK_NB=bnb, KC=kc, PREC="ieee")
+        c2 = dict(nb=nb, HID=HID, BLOCK_E=K, BLOCK_NB=bnb, KC=kc, PREC="ieee", PERM=False)
         tag = f"{name} BLOCK_E={K} KC={kc} BLOCK_NB={bnb} nw={nw}"
         if not gf:
             yield f"ed v2 fwd {tag}", ed2._edge_deg_fwd_kernel_v2, c2, nw
@@ -234,7 +234,7 @@ def bwd_variants_main():
     for bt, hb, kc, nw in ((1, 32, 32, 4), (1, 16, 16, 4)):
         for acc, bc in ((False, False), (True, False), (False, True), (True, True)):
             consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=bt, BLOCK_E=K, BLOCK_NB=min(kc, nb), HB=hb,
-                          KC=kc, PREC="ieee", SMOOTH=False, DR_ACC=acc, DU_BCAST=bc)
+                          KC=kc, PREC="ieee", SMOOTH=False, DR_ACC=acc, DU_BCAST=bc, PERM=False)
             r = compile_kernel(v2._attn_bwd_kernel_v2, consts, nw)
             print(f"bwd BT{bt} HB{hb} KC{kc} W{nw} DR_ACC={int(acc)} DU_BCAST={int(bc)}: regs {r['regs']} "
                   f"spills {r['spills']} shared {r['shared']} CTA/SM {r['blocks_per_sm']}", flush=True)
