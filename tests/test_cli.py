@@ -170,3 +170,28 @@ def test_cli_hydrogen_mass_repartitioning(water_pdb_factory, tiny_qk_checkpoint,
     # a long step without repartitioning gets a note
     assert main([str(pdb), "--timestep", "1.5"] + _common(tmp_path, tiny_qk_checkpoint, steps=2)) == 0
     assert "--hydrogen-mass 4 --timestep 1.5" in capsys.readouterr().err
+
+
+def test_cli_hydrogen_mass_ml_mm_with_link_atoms(ala2_pdb, tiny_qk_checkpoint, tmp_path, capsys):
+    """--hydrogen-mass on an ML/MM dipeptide whose ML region cuts covalent bonds (link-atom caps are virtual
+    sites of mass 0 and must stay massless)."""
+    from openmm import unit
+
+    from openmm_e2former import cli
+
+    args = cli.build_parser().parse_args([str(ala2_pdb), "--fix", "--ml-residues", "ALA", "--hydrogen-mass", "3"]
+                                         + _common(tmp_path, tiny_qk_checkpoint, steps=2))
+    topology, positions = cli.fix_structure(str(ala2_pdb), 7.0)
+    plain = cli.build_parser().parse_args([str(ala2_pdb), "--fix", "--ml-residues", "ALA"]
+                                          + _common(tmp_path, tiny_qk_checkpoint, steps=2))
+    sim0, _, _, _ = cli.build_simulation(plain, topology, positions)
+    sim, mode, _, top = cli.build_simulation(args, topology, positions)
+    m0 = [sim0.system.getParticleMass(i).value_in_unit(unit.amu) for i in range(sim0.system.getNumParticles())]
+    m = [sim.system.getParticleMass(i).value_in_unit(unit.amu) for i in range(sim.system.getNumParticles())]
+    assert "H mass 3 amu" in mode and sum(m) == pytest.approx(sum(m0), rel=1e-9)
+    vsites = [i for i in range(sim.system.getNumParticles()) if sim.system.isVirtualSite(i)]
+    assert vsites and "link-atom caps" in mode          # the ML region cuts bonds: caps exist
+    assert all(m[i] == 0.0 for i in vsites)
+    hs = [a.index for a in top.atoms() if a.element is not None and a.element.symbol == "H"
+          and not sim.system.isVirtualSite(a.index)]
+    assert hs and all(m[i] == pytest.approx(3.0) for i in hs)
