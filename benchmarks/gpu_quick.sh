@@ -9,7 +9,8 @@
 #             atoms again with the CUDA graph forced on (E2FORMER_CUDA_GRAPHS=1) (~3 min)
 #   variants: the opt-in attention-backward variants (DR_ACC, DU_BCAST) end to end at 10k fp32 vs the default
 #   profile10k: torch.profiler of one V1.5-size energy + forces step at 10k atoms (fp32), per kernel
-#   buckets:  the degree-bucketed kernel launches (E2F_V2_BUCKETS=1, opt-in) against the default: the graph
+#   buckets:  the degree-bucketed kernel launches (E2F_V2_BUCKETS=1, opt-in): correctness vs float64
+#             (tests/gpu/check_buckets.py), then speed against the default: the graph
 #             check (600 waters, solvated dipeptide, float32) and the bundled model at 14,400 / 115,200 atoms
 #   nve10:    NVE of the 64-water box for 10 ps (20,000 steps of 0.5 fs) and the gas-phase dipeptide for 2 ps,
 #             with the bundled model (training.report --nve; ~4 min)
@@ -47,6 +48,7 @@ for what in "$@"; do
       timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 --out "$OUT/profile" \
           2>&1 | tail -n 3 ;;
     buckets)
+      timeout 150 python3 tests/gpu/check_buckets.py "$OUT/buckets_gpu_check.json" 2>&1 | tail -n 5
       for b in 0 1; do
         E2F_V2_BUCKETS=$b timeout 200 python3 benchmarks/gpu_graphed_check.py --out "$OUT/graphed_buckets$b" \
             --repeats 20 --dtypes float32 --openmm-steps 200 2>&1 | grep -E "ms_graphed|openmm_steps" | cut -c1-300
