@@ -5,13 +5,13 @@
 #   graphed:  benchmarks/gpu_graphed_check.py (float32 + float64, 200 OpenMM steps)
 #   e2e1k:    gpu_end_to_end at 1,000 and 10,000 atoms, modes fp32 and graphed_fp32
 #   md100k:   MD through OpenMM with the BUNDLED model on liquid water replicated from the last frame of the
-#             100 ps campaign run: 2x2x2 (14,400 atoms) and 4x4x4 (115,200 atoms), fp32, 0.5 fs, then 14,400
-#             atoms again with the CUDA graph forced on (E2FORMER_CUDA_GRAPHS=1) (~3 min)
+#             100 ps campaign run: 2x2x2 (14,400 atoms) and 4x4x4 (115,200 atoms), fp32, 0.5 fs, each with the
+#             degree buckets off and on, then 14,400 atoms with the CUDA graph forced on (~6 min)
 #   variants: the opt-in attention-backward variants (DR_ACC, DU_BCAST) end to end at 10k fp32 vs the default
 #   profile10k: torch.profiler of one V1.5-size energy + forces step at 10k atoms (fp32), per kernel
 #   buckets:  the degree-bucketed kernel launches (E2F_V2_BUCKETS=1, opt-in): correctness vs float64
-#             (tests/gpu/check_buckets.py), then speed against the default: the graph
-#             check (600 waters, solvated dipeptide, float32) and the bundled model at 14,400 / 115,200 atoms
+#             (tests/gpu/check_buckets.py), then the graph check (600 waters, solvated dipeptide, float32) with
+#             the buckets off and on (~5 min; md100k has the large systems)
 #   nve10:    NVE of the 64-water box for 10 ps (20,000 steps of 0.5 fs) and the gas-phase dipeptide for 2 ps,
 #             with the bundled model (training.report --nve; ~4 min)
 set -u
@@ -32,11 +32,13 @@ for what in "$@"; do
     md100k)
       P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
       for r in 2,2,2 4,4,4; do
-        timeout 200 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 10 \
-            --out "$OUT/md_bundled.json" 2>&1 | tail -n 2
+        for b in 0 1; do
+          E2F_V2_BUCKETS=$b timeout 150 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P \
+              --reps $r --steps 10 --out "$OUT/md_bundled_buckets$b.json" 2>&1 | tail -n 1
+        done
       done
       # the CUDA-graph path forced on above its 5,000-atom default (the threshold predates the index_select fix)
-      E2FORMER_CUDA_GRAPHS=1 timeout 150 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P \
+      E2FORMER_CUDA_GRAPHS=1 timeout 120 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P \
           --reps 2,2,2 --steps 20 --out "$OUT/md_bundled_graphed.json" 2>&1 | tail -n 1 ;;
     variants)
       for v in base E2F_V2_BWD_DR_ACC E2F_V2_BWD_DU_BCAST; do
@@ -50,13 +52,8 @@ for what in "$@"; do
     buckets)
       timeout 150 python3 tests/gpu/check_buckets.py "$OUT/buckets_gpu_check.json" 2>&1 | tail -n 5
       for b in 0 1; do
-        E2F_V2_BUCKETS=$b timeout 200 python3 benchmarks/gpu_graphed_check.py --out "$OUT/graphed_buckets$b" \
+        E2F_V2_BUCKETS=$b timeout 180 python3 benchmarks/gpu_graphed_check.py --out "$OUT/graphed_buckets$b" \
             --repeats 20 --dtypes float32 --openmm-steps 200 2>&1 | grep -E "ms_graphed|openmm_steps" | cut -c1-300
-        for r in 2,2,2 4,4,4; do
-          E2F_V2_BUCKETS=$b timeout 200 python3 benchmarks/openmm_md_water.py --model bundled --reps $r --steps 10 \
-              --from-pdb benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb \
-              --out "$OUT/md_bundled_buckets$b.json" 2>&1 | tail -n 1
-        done
       done ;;
     nve10)
       timeout 420 python3 -m training.report --nve --nve-steps 4000 --nve-water-steps 20000 --device cuda \
