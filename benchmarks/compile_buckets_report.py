@@ -4,16 +4,34 @@ launch_config defaults, then V1.5 shapes.  Output: benchmarks/results/kernels_bu
 
     python benchmarks/compile_buckets_report.py
 """
-import warnings; warnings.simplefilter("ignore")
+import warnings
+
+from openmm_e2former import load_model
 from openmm_e2former.kernels import _compile_report as CR
 from openmm_e2former.kernels import attention_triton_v2 as v2, edge_degree_triton_v2 as ed2
-from openmm_e2former import load_model
-m = load_model()
+
+warnings.simplefilter("ignore")
+m = load_model()                                   # the bundled model's shapes
+C, H, D, nb = m.config.channels, m.config.num_heads, m.config.head_dim, m.config.num_basis
+hid = m.blocks[0].attn.edge_mlp.lin0.weight.shape[0]
+print("C", C, "H", H, "D", D, "nb", nb, "hid", hid)
+
+# the in-degree distribution the buckets are for: the last frame of the 100 ps campaign water run
+import sys
+from pathlib import Path
+
 import torch
-sd = m.state_dict()
-hid = [v.shape for k, v in sd.items() if "edge_mlp" in k and k.endswith("lin0.weight")][0][0]
-C, H, D, nb = 64, 16, 4, 64
-print("hid", hid)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from openmm_md_water import _pdb_box  # noqa: E402
+
+z, pos, cell = _pdb_box(str(Path(__file__).resolve().parent
+                            / "results/default_model/long_campaign/water_100ps/last_frame.pdb"))
+center = m.neighbor_edges(torch.tensor(pos, dtype=torch.float32), torch.tensor(cell, dtype=torch.float32),
+                          torch.tensor([True, True, True]))[0]
+deg = torch.bincount(center, minlength=len(z))
+print(f"water 600: in-degree mean {deg.float().mean():.1f}, max {int(deg.max())}, "
+      f"fraction <= 64: {float((deg <= 64).float().mean()):.4f}", flush=True)
 for perm in (False, True):
     for be in (128, 64):
         f = v2.launch_config(H, hid, nb, be, "fwd"); b = v2.launch_config(H, hid, nb, be, "bwd")

@@ -15,21 +15,12 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from openmm_md_water import _pdb_box   # (benchmarks/ is on sys.path when this script runs)
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME = REPO / "benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb"
-
-
-def water_frame():
-    import openmm.app as app
-
-    f = app.PDBFile(str(FRAME))
-    pos = np.array([[p.x, p.y, p.z] for p in f.positions]) * 10.0
-    cell = np.array([[v.x, v.y, v.z] for v in f.topology.getPeriodicBoxVectors()]) * 10.0
-    z = np.array([a.element.atomic_number for a in f.topology.atoms()])
-    return z, pos, cell
 
 
 def main():
@@ -43,7 +34,7 @@ def main():
 
     label = args.label or subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
                                          capture_output=True, text=True).stdout.strip()
-    z, pos, cell = water_frame()
+    z, pos, cell = _pdb_box(str(FRAME))
     m = load_model()
     zt = torch.as_tensor(z)
     pt = torch.as_tensor(pos, dtype=torch.float32)

@@ -34,7 +34,7 @@ import triton.language as tl
 from .attention_reference import FCParams
 from .attention_triton import (_load_edge_tile, _envelope, _layer_norm_silu, _silu_layer_norm_bwd,
                                _block_e, _rbf_chunk, _LAST_COMPILED)
-from .attention_triton_v2 import _chunked_dot, _to_scratch, _grid, _launches
+from .attention_triton_v2 import _bucket, _chunked_dot, _to_scratch, _grid, _launches
 from .edge_degree_reference import EDGE_DEGREE_SCALE
 from .edge_degree_triton import _sph9, _N_FIXED, reference_fallback_backward
 
@@ -71,16 +71,6 @@ def _ed_mlp_v2(l: tl.constexpr, d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W
 
 
 @triton.jit
-def _bucket1(N, seg, PERM: tl.constexpr):
-    """(first entry of perm, number of targets) of this launch (degree buckets, see
-    ``attention_triton_v2.degree_buckets``), or (0, N) over all targets in order."""
-    if PERM:
-        return tl.load(seg).to(tl.int64), tl.load(seg + 1).to(tl.int64)
-    else:
-        return N * 0, N
-
-
-@triton.jit
 def _target1(it, perm, t_start, PERM: tl.constexpr):
     if PERM:
         return tl.load(perm + t_start + it).to(tl.int64)
@@ -96,7 +86,7 @@ def _edge_deg_fwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T
     pid = tl.program_id(0)
     scr = scratch + pid.to(tl.int64) * (BLOCK_E * HID)
     offs_f = tl.arange(0, HID)
-    t_start, count = _bucket1(N, seg, PERM)
+    t_start, count, _n = _bucket(N, N, seg, 1, PERM)   # one target per iteration: blocks = targets
     it = pid
     while it < count:                # persistent loop over target atoms (with PERM: this degree bucket's)
         i = _target1(it, perm, t_start, PERM)
@@ -151,7 +141,7 @@ def _edge_deg_bwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T
     pid = tl.program_id(0)
     scr = scratch + pid.to(tl.int64) * (BLOCK_E * HID)
     offs_f = tl.arange(0, HID)
-    t_start, count = _bucket1(N, seg, PERM)
+    t_start, count, _n = _bucket(N, N, seg, 1, PERM)   # one target per iteration: blocks = targets
     it = pid
     while it < count:
         i = _target1(it, perm, t_start, PERM)
