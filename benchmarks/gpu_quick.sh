@@ -12,14 +12,23 @@
 #   buckets:  the degree-bucketed kernel launches (E2F_V2_BUCKETS=1, opt-in): correctness vs float64
 #             (tests/gpu/check_buckets.py), then the graph check (600 waters, solvated dipeptide, float32) with
 #             the buckets off and on (~5 min; md100k has the large systems)
+#   prof115k: torch.profiler of one force call of the bundled model on 115,200 atoms of water, buckets off / on
+#   stages:   benchmarks/attention_stages.py (fused attention by stage; streamed vs tiled forward aggregation)
+#             at the bundled and V1.5 sizes, the 115k bundled profile with the streamed forward, 14k MD graphed
+#   defaults: the current defaults end to end: graph check (600 waters, dipeptide), the bundled model's MD at
+#             14k / 115k atoms, its 115k profile, V1.5 end to end at 1k / 10k / 20k (fp32, graphed fp32)
 #   nve10:    NVE of the 64-water box for 10 ps (20,000 steps of 0.5 fs) and the gas-phase dipeptide for 2 ps,
 #             with the bundled model (training.report --nve; ~4 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
 cp -r .whl/pylib/* /tmp/site/
 mkdir -p /tmp/pkg/openmm_e2former && cp -r openmm_e2former/* /tmp/pkg/openmm_e2former/
 ln -sfn "$PWD/model" /tmp/pkg/openmm_e2former/model; ln -sfn "$PWD/kernels" /tmp/pkg/openmm_e2former/kernels
+# register the openmm-ml entry point as pip would (MLPotential('e2formerv2') looks it up by name)
+D=/tmp/pkg/openmm_e2former-0.1.0.dist-info; mkdir -p $D
+printf 'Metadata-Version: 2.1\nName: openmm-e2former\nVersion: 0.1.0\n' > $D/METADATA
+printf '[openmmml.potentials]\ne2formerv2 = openmm_e2former.potential:E2FormerV2PotentialImplFactory\n' > $D/entry_points.txt
 export PYTHONPATH="/tmp/pkg:/tmp/site:$PWD" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 export E2F_FIXTURES="$PWD/.carry/shared/fixtures/official_parity"
 nvidia-smi --query-gpu=name --format=csv,noheader
@@ -55,6 +64,29 @@ for what in "$@"; do
         E2F_V2_BUCKETS=$b timeout 180 python3 benchmarks/gpu_graphed_check.py --out "$OUT/graphed_buckets$b" \
             --repeats 20 --dtypes float32 --openmm-steps 200 2>&1 | grep -E "ms_graphed|openmm_steps" | cut -c1-300
       done ;;
+    prof115k)
+      for b in 0 1; do
+        E2F_V2_BUCKETS=$b timeout 200 python3 benchmarks/profile_bundled_water.py --reps 4,4,4 \
+            --out "$OUT/prof_buckets$b" 2>&1 | head -n 30
+      done ;;
+    stages)
+      timeout 330 python3 benchmarks/attention_stages.py --out "$OUT/stages" \
+          --sizes bundled:115200:64,v15:10000:32 2>&1 | grep '^{' | cut -c1-220
+      export E2F_V2_BUCKETS=1 E2F_V2_FWD_AGG=stream E2F_V2_BWD_AGG=stream
+      timeout 100 python3 benchmarks/profile_bundled_water.py --reps 4,4,4 --out "$OUT/prof_stream" 2>&1 | grep '^{'
+      timeout 100 python3 benchmarks/gpu_end_to_end.py --parts speed --sizes 10000 --modes fp32 --no-water \
+          --budget-s 80 --out "$OUT/e2e_stream" 2>&1 | grep '^{' | tail -n 1 ;;
+    defaults)
+      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
+      timeout 110 python3 benchmarks/gpu_graphed_check.py --out "$OUT/graphed" --repeats 20 --dtypes float32 \
+          --openmm-steps 200 2>&1 | grep -E "ms_graphed|openmm_steps" | cut -c1-300
+      for r in 2,2,2 4,4,4; do
+        timeout 90 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 10 \
+            --out "$OUT/md_bundled.json" 2>&1 | tail -n 1
+      done
+      timeout 60 python3 benchmarks/profile_bundled_water.py --reps 4,4,4 --out "$OUT/prof" 2>&1 | grep '^{'
+      timeout 160 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e" --parts speed --sizes 1000,10000,20000 \
+          --modes fp32,graphed_fp32 --no-water --budget-s 140 2>&1 | grep '^{' | cut -c1-200 ;;
     nve10)
       timeout 420 python3 -m training.report --nve --nve-steps 4000 --nve-water-steps 20000 --device cuda \
           --platform CUDA --out "$OUT/nve" 2>&1 | tail -n 4 ;;

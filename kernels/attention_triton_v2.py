@@ -229,6 +229,62 @@ def _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
     return g, w, qk, a
 
 
+@triton.jit
+def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
+                      C: tl.constexpr, H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                      PERM: tl.constexpr):
+    """U[i] = sum over the in-edges e of i of alpha[e, c mod H] r_e (x) v[j_e, :, c], one edge at a time, for
+    the block's targets; alpha [rows, H] is read from the program's scratch (row = t * BLOCK_E + edge slot).
+    The [9, C] value rows are held as [8, C] + [C] accumulators (9 is not a power of two), per direction."""
+    offs_c = tl.arange(0, C)
+    offs_m8 = tl.arange(0, 8)
+    a_col = offs_c % H
+    for tt in tl.static_range(BLOCK_T):
+        ok = i0 + tt < n_t
+        if PERM:
+            it = tl.load(perm + tl.where(ok, t_start + i0 + tt, 0)).to(tl.int64)
+        else:
+            it = tl.where(ok, i0 + tt, 0).to(tl.int64)
+        e0 = tl.load(row_ptr + it).to(tl.int64)
+        e1 = tl.where(ok, tl.load(row_ptr + it + 1).to(tl.int64), e0)
+        ax8 = tl.zeros([8, C], dtype=tl.float32)
+        ay8 = tl.zeros([8, C], dtype=tl.float32)
+        az8 = tl.zeros([8, C], dtype=tl.float32)
+        ax1 = tl.zeros([C], dtype=tl.float32)
+        ay1 = tl.zeros([C], dtype=tl.float32)
+        az1 = tl.zeros([C], dtype=tl.float32)
+        e = e0
+        while e < e1:
+            row = tt * BLOCK_E + (e - e0)
+            jj = tl.load(src + e).to(tl.int64)
+            vx = tl.load(vec + e * 3 + 0)
+            vy = tl.load(vec + e * 3 + 1)
+            vz = tl.load(vec + e * 3 + 2)
+            dist = tl.sqrt(vx * vx + vy * vy + vz * vz)
+            rx = vx / dist
+            ry = vy / dist
+            rz = vz / dist
+            a_c = tl.load(scr_a + row * H + a_col)                                  # [C]
+            vb = v + jj * (9 * C)
+            aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :])
+            aV1 = a_c * tl.load(vb + 8 * C + offs_c)
+            ax8 += aV8 * rx
+            ay8 += aV8 * ry
+            az8 += aV8 * rz
+            ax1 += aV1 * rx
+            ay1 += aV1 * ry
+            az1 += aV1 * rz
+            e += 1
+        ub = U + it * (27 * C)
+        o8 = offs_m8[:, None] * C + offs_c[None, :]
+        tl.store(ub + o8, ax8, mask=ok)
+        tl.store(ub + 9 * C + o8, ay8, mask=ok)
+        tl.store(ub + 18 * C + o8, az8, mask=ok)
+        tl.store(ub + 8 * C + offs_c, ax1, mask=ok)
+        tl.store(ub + 17 * C + offs_c, ay1, mask=ok)
+        tl.store(ub + 26 * C + offs_c, az1, mask=ok)
+
+
 # ----------------------------------------------------------------------------------------------------
 # forward kernel
 # ----------------------------------------------------------------------------------------------------
@@ -240,10 +296,15 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
-                        PERM: tl.constexpr):
+                        PERM: tl.constexpr, AGG: tl.constexpr = 0):
+    # AGG: how U = sum_e alpha r (x) V is formed.  0 ("tile"): per head block, one [rows, HB] product and three
+    # segment sums over the edge axis per (m, replica); 1 ("stream"): alpha [rows, H] is staged in scratch and
+    # each target's edges are streamed one by one into [9, C] register accumulators (no cross-lane sums; the
+    # on-the-fly form of the paper); 2 ("none"): U is not written (stage timing only, never a default)
     R: tl.constexpr = BLOCK_T * BLOCK_E
     pid = tl.program_id(0)
-    scr_x = scratch + pid.to(tl.int64) * (R * HID)
+    scr_x = scratch + pid.to(tl.int64) * (R * HID + R * H)
+    scr_a = scr_x + R * HID
     t_start, n_t, n_blk = _bucket(N, n_blocks, seg, BLOCK_T, PERM)
     blk = pid
     while blk < n_blk:               # persistent loop over target blocks (a while loop: the interpreter
@@ -266,17 +327,113 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             st = tgt_t[:, None] * H + offs_hb[None, :]
             tl.store(M_out + st, m, mask=tmask[:, None])
             tl.store(S_out + st, S, mask=tmask[:, None])
-            # U[i, x, mm, c] = sum_e alpha[e, c mod H] r[e, x] v[j, mm, c], c = h + rr * H
-            for mm in range(9):
-                for rr in tl.static_range(C // H):
-                    c0 = rr * H + hb0
-                    V = tl.load(v + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
-                                mask=mask_e[:, None], other=0.0)
-                    aV = alpha * V
-                    base = U + tgt_t[:, None] * (27 * C) + mm * C + c0 + tl.arange(0, HB)[None, :]
-                    tl.store(base, _seg_sum(aV * rx[:, None], BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
-                    tl.store(base + 9 * C, _seg_sum(aV * ry[:, None], BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
-                    tl.store(base + 18 * C, _seg_sum(aV * rz[:, None], BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
+            if AGG == 0:
+                # U[i, x, mm, c] = sum_e alpha[e, c mod H] r[e, x] v[j, mm, c], c = h + rr * H
+                for mm in range(9):
+                    for rr in tl.static_range(C // H):
+                        c0 = rr * H + hb0
+                        V = tl.load(v + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
+                                    mask=mask_e[:, None], other=0.0)
+                        aV = alpha * V
+                        base = U + tgt_t[:, None] * (27 * C) + mm * C + c0 + tl.arange(0, HB)[None, :]
+                        tl.store(base, _seg_sum(aV * rx[:, None], BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
+                        tl.store(base + 9 * C, _seg_sum(aV * ry[:, None], BLOCK_T, BLOCK_E, HB),
+                                 mask=tmask[:, None])
+                        tl.store(base + 18 * C, _seg_sum(aV * rz[:, None], BLOCK_T, BLOCK_E, HB),
+                                 mask=tmask[:, None])
+            elif AGG == 1:
+                if hb0 == 0:
+                    tl.debug_barrier()      # the previous block's stream loop has read scr_a
+                tl.store(scr_a + offs_r[:, None] * H + offs_hb[None, :], alpha)
+        if AGG == 1:
+            tl.debug_barrier()              # alpha of every head visible to the whole CTA
+            _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
+                              C, H, BLOCK_T, BLOCK_E, PERM)
+
+
+@triton.jit
+def _bwd_alpha(scr_x, W2T, b2, q, k, M_in, S_in, tgt, j, mask_e, u, tgt_t, tmask, hb0, sm_scale,
+               H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+               HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr):
+    """Backward recompute of one head block: g, w, <q,k>, logits a, p = exp(a - m), eps = p u, the
+    denominator S (per row) and alpha = eps w / S."""
+    R: tl.constexpr = BLOCK_T * BLOCK_E
+    offs_hb = hb0 + tl.arange(0, HB)
+    g, w, qk, a = _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
+                                     H, D, HID, R, HB, KC, PREC)
+    st = tgt_t[:, None] * H + offs_hb[None, :]
+    m_t = tl.load(M_in + st, mask=tmask[:, None], other=0.0)
+    m_r = _seg_bcast(m_t, BLOCK_T, BLOCK_E, HB)
+    p = tl.exp(a - m_r)                                            # 0 on padded rows
+    eps = p * u[:, None]
+    if SMOOTH:
+        # denominator from the recomputed eps: the backward tiles round the logits differently from
+        # the forward's (~|a| 1e-7); with the forward's S that mismatch reached 1e-5 relative in
+        # d(vec) and dk at logits ~40 (the official mode's max term hides it: its da sums to 0)
+        S_r = _seg_bcast(_softmax_denom(_seg_sum(eps, BLOCK_T, BLOCK_E, HB), m_t, SMOOTH),
+                         BLOCK_T, BLOCK_E, HB)
+    else:
+        S_r = _seg_bcast(tl.load(S_in + st, mask=tmask[:, None], other=1.0), BLOCK_T, BLOCK_E, HB)
+    alpha = eps * w / S_r
+    return g, w, qk, a, p, eps, S_r, alpha
+
+
+@triton.jit
+def _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
+                          C: tl.constexpr, H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                          PERM: tl.constexpr):
+    """Backward of ``_stream_aggregate``, one edge at a time with the target's dU held in registers:
+    with W_x[c] = sum_m V[j, m, c] dU[i, x, m, c] (x = 0..2),
+      dalpha[e, h] = sum_{c = h mod H} sum_x r_x W_x[c]          -> scratch scr_da [rows, H]
+      dr[e, x]     = sum_c alpha[e, c mod H] W_x[c]              -> scratch scr_dr [rows, 4]
+      dv[j, m, c] += alpha[e, c mod H] sum_x r_x dU[i, x, m, c]  (atomics over contiguous 9 C floats)"""
+    offs_c = tl.arange(0, C)
+    offs_m8 = tl.arange(0, 8)
+    offs_h = tl.arange(0, H)
+    a_col = offs_c % H
+    o8 = offs_m8[:, None] * C + offs_c[None, :]
+    for tt in tl.static_range(BLOCK_T):
+        ok = i0 + tt < n_t
+        if PERM:
+            it = tl.load(perm + tl.where(ok, t_start + i0 + tt, 0)).to(tl.int64)
+        else:
+            it = tl.where(ok, i0 + tt, 0).to(tl.int64)
+        e0 = tl.load(row_ptr + it).to(tl.int64)
+        e1 = tl.where(ok, tl.load(row_ptr + it + 1).to(tl.int64), e0)
+        gb = dU + it * (27 * C)
+        gx8 = tl.load(gb + o8)
+        gy8 = tl.load(gb + 9 * C + o8)
+        gz8 = tl.load(gb + 18 * C + o8)
+        gx1 = tl.load(gb + 8 * C + offs_c)
+        gy1 = tl.load(gb + 17 * C + offs_c)
+        gz1 = tl.load(gb + 26 * C + offs_c)
+        e = e0
+        while e < e1:
+            row = tt * BLOCK_E + (e - e0)
+            jj = tl.load(src + e).to(tl.int64)
+            vx = tl.load(vec + e * 3 + 0)
+            vy = tl.load(vec + e * 3 + 1)
+            vz = tl.load(vec + e * 3 + 2)
+            dist = tl.sqrt(vx * vx + vy * vy + vz * vz)
+            rx = vx / dist
+            ry = vy / dist
+            rz = vz / dist
+            a_c = tl.load(scr_a + row * H + a_col)                                  # [C]
+            vb = v + jj * (9 * C)
+            V8 = tl.load(vb + o8)
+            V1 = tl.load(vb + 8 * C + offs_c)
+            wx = tl.sum(V8 * gx8, 0) + V1 * gx1                                     # [C]
+            wy = tl.sum(V8 * gy8, 0) + V1 * gy1
+            wz = tl.sum(V8 * gz8, 0) + V1 * gz1
+            da_c = rx * wx + ry * wy + rz * wz
+            tl.store(scr_da + row * H + offs_h, tl.sum(tl.reshape(da_c, [C // H, H]), 0))
+            tl.store(scr_dr + row * 4 + 0, tl.sum(a_c * wx, 0))
+            tl.store(scr_dr + row * 4 + 1, tl.sum(a_c * wy, 0))
+            tl.store(scr_dr + row * 4 + 2, tl.sum(a_c * wz, 0))
+            dvb = dv + jj * (9 * C)
+            tl.atomic_add(dvb + o8, a_c[None, :] * (rx * gx8 + ry * gy8 + rz * gz8))
+            tl.atomic_add(dvb + 8 * C + offs_c, a_c * (rx * gx1 + ry * gy1 + rz * gz1))
+            e += 1
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -291,16 +448,23 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
-                        DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr, PERM: tl.constexpr):
+                        DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr, PERM: tl.constexpr,
+                        AGG: tl.constexpr = 0):
     # variants (same result; speed untested on a GPU, off by default, swept by benchmarks/tune_attention_v2.py):
     #   DR_ACC   d/dr accumulated as [rows, HB] tiles, reduced over heads once per target block instead of three
     #            cross-lane sums per (m, replica, head block)
     #   DU_BCAST dU read once per target ([BLOCK_T, HB]) and broadcast to its edge rows, instead of per row
+    #   AGG      0: aggregation backward per head block as below; 1: streamed (``_stream_aggregate_bwd``: alpha
+    #            of all heads to scratch first, then dalpha, dr and dv edge by edge); 2: skipped (stage timing
+    #            only, wrong gradients)
     R: tl.constexpr = BLOCK_T * BLOCK_E
     pid = tl.program_id(0)
-    scr_x = scratch + pid.to(tl.int64) * (3 * R * HID)
+    scr_x = scratch + pid.to(tl.int64) * (3 * R * HID + 2 * R * H + 4 * R)
     scr_h0 = scr_x + R * HID
     scr_h1 = scr_h0 + R * HID
+    scr_a = scr_h1 + R * HID        # AGG 1: alpha [R, H], dalpha [R, H], dr [R, 4]
+    scr_da = scr_a + R * H
+    scr_dr = scr_da + R * H
     offs_f = tl.arange(0, HID)
     t_start, n_t, n_blk = _bucket(N, n_blocks, seg, BLOCK_T, PERM)
     blk = pid
@@ -321,54 +485,58 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         drx_t = tl.zeros([R, HB], dtype=tl.float32)   # DR_ACC (unused otherwise)
         dry_t = tl.zeros([R, HB], dtype=tl.float32)
         drz_t = tl.zeros([R, HB], dtype=tl.float32)
+        if AGG == 1:    # alpha of every head to scratch, then the streamed aggregation backward
+            for hb0 in range(0, H, HB):
+                offs_hb = hb0 + tl.arange(0, HB)
+                _g, _w, _qk, _a, _p, _eps, _S, alpha = _bwd_alpha(
+                    scr_x, W2T, b2, q, k, M_in, S_in, tgt, j, mask_e, u, tgt_t, tmask, hb0, sm_scale,
+                    H, D, HID, BLOCK_T, BLOCK_E, HB, KC, PREC, SMOOTH)
+                tl.store(scr_a + offs_r[:, None] * H + offs_hb[None, :], alpha)
+            tl.debug_barrier()
+            _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
+                                  C, H, BLOCK_T, BLOCK_E, PERM)
+            tl.debug_barrier()
+            drx = tl.load(scr_dr + offs_r * 4 + 0, mask=mask_e, other=0.0)
+            dry = tl.load(scr_dr + offs_r * 4 + 1, mask=mask_e, other=0.0)
+            drz = tl.load(scr_dr + offs_r * 4 + 2, mask=mask_e, other=0.0)
         for hb0 in range(0, H, HB):
             offs_hb = hb0 + tl.arange(0, HB)
-            g, w, qk, a = _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
-                                             H, D, HID, R, HB, KC, PREC)
-            st = tgt_t[:, None] * H + offs_hb[None, :]
-            m_t = tl.load(M_in + st, mask=tmask[:, None], other=0.0)
-            m_r = _seg_bcast(m_t, BLOCK_T, BLOCK_E, HB)
-            p = tl.exp(a - m_r)                                            # 0 on padded rows
-            eps = p * u[:, None]
-            if SMOOTH:
-                # denominator from the recomputed eps: the backward tiles round the logits differently from
-                # the forward's (~|a| 1e-7); with the forward's S that mismatch reached 1e-5 relative in
-                # d(vec) and dk at logits ~40 (the official mode's max term hides it: its da sums to 0)
-                S_r = _seg_bcast(_softmax_denom(_seg_sum(eps, BLOCK_T, BLOCK_E, HB), m_t, SMOOTH),
-                                 BLOCK_T, BLOCK_E, HB)
-            else:
-                S_r = _seg_bcast(tl.load(S_in + st, mask=tmask[:, None], other=1.0), BLOCK_T, BLOCK_E, HB)
-            alpha = eps * w / S_r
+            g, w, qk, a, p, eps, S_r, alpha = _bwd_alpha(
+                scr_x, W2T, b2, q, k, M_in, S_in, tgt, j, mask_e, u, tgt_t, tmask, hb0, sm_scale,
+                H, D, HID, BLOCK_T, BLOCK_E, HB, KC, PREC, SMOOTH)
             # --- aggregation backward ------------------------------------------------------------
             dalpha = tl.zeros([R, HB], dtype=tl.float32)
-            for mm in range(9):
-                for rr in range(C // H):
-                    c0 = rr * H + hb0
-                    V = tl.load(v + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
-                                mask=mask_e[:, None], other=0.0)
-                    if DU_BCAST:
-                        gt = dU + tgt_t[:, None] * (27 * C) + mm * C + c0 + tl.arange(0, HB)[None, :]
-                        Gx = _seg_bcast(tl.load(gt, mask=tmask[:, None], other=0.0), BLOCK_T, BLOCK_E, HB)
-                        Gy = _seg_bcast(tl.load(gt + 9 * C, mask=tmask[:, None], other=0.0), BLOCK_T, BLOCK_E, HB)
-                        Gz = _seg_bcast(tl.load(gt + 18 * C, mask=tmask[:, None], other=0.0), BLOCK_T, BLOCK_E, HB)
-                    else:
-                        gb = dU + tgt[:, None] * (27 * C) + mm * C + c0 + tl.arange(0, HB)[None, :]
-                        Gx = tl.load(gb)
-                        Gy = tl.load(gb + 9 * C)
-                        Gz = tl.load(gb + 18 * C)
-                    rG = rx[:, None] * Gx + ry[:, None] * Gy + rz[:, None] * Gz
-                    dalpha += rG * V
-                    aV = alpha * V
-                    if DR_ACC:
-                        drx_t += aV * Gx
-                        dry_t += aV * Gy
-                        drz_t += aV * Gz
-                    else:
-                        drx += tl.sum(aV * Gx, 1)
-                        dry += tl.sum(aV * Gy, 1)
-                        drz += tl.sum(aV * Gz, 1)
-                    tl.atomic_add(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :], alpha * rG,
-                                  mask=mask_e[:, None])
+            if AGG == 1:
+                dalpha = tl.load(scr_da + offs_r[:, None] * H + offs_hb[None, :], mask=mask_e[:, None], other=0.0)
+            if AGG == 0:
+                for mm in range(9):
+                    for rr in range(C // H):
+                        c0 = rr * H + hb0
+                        V = tl.load(v + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
+                                    mask=mask_e[:, None], other=0.0)
+                        if DU_BCAST:
+                            gt = dU + tgt_t[:, None] * (27 * C) + mm * C + c0 + tl.arange(0, HB)[None, :]
+                            Gx = _seg_bcast(tl.load(gt, mask=tmask[:, None], other=0.0), BLOCK_T, BLOCK_E, HB)
+                            Gy = _seg_bcast(tl.load(gt + 9 * C, mask=tmask[:, None], other=0.0), BLOCK_T, BLOCK_E, HB)
+                            Gz = _seg_bcast(tl.load(gt + 18 * C, mask=tmask[:, None], other=0.0), BLOCK_T, BLOCK_E, HB)
+                        else:
+                            gb = dU + tgt[:, None] * (27 * C) + mm * C + c0 + tl.arange(0, HB)[None, :]
+                            Gx = tl.load(gb)
+                            Gy = tl.load(gb + 9 * C)
+                            Gz = tl.load(gb + 18 * C)
+                        rG = rx[:, None] * Gx + ry[:, None] * Gy + rz[:, None] * Gz
+                        dalpha += rG * V
+                        aV = alpha * V
+                        if DR_ACC:
+                            drx_t += aV * Gx
+                            dry_t += aV * Gy
+                            drz_t += aV * Gz
+                        else:
+                            drx += tl.sum(aV * Gx, 1)
+                            dry += tl.sum(aV * Gy, 1)
+                            drz += tl.sum(aV * Gz, 1)
+                        tl.atomic_add(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :], alpha * rG,
+                                      mask=mask_e[:, None])
             # --- softmax backward (heads independent: local to the block) ---------------------------
             delta = _seg_sum(dalpha * alpha, BLOCK_T, BLOCK_E, HB)            # [BLOCK_T, HB]
             dw = dalpha * eps / S_r
@@ -414,7 +582,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                                 R, HID, BLOCK_NB, KC, "ieee", nb)
             dd_e += tl.sum(dphi * phi * (2.0 * gamma) * diff, 1)
         # --- vec = d r -> dvec = dd r + (dr - (dr.r) r) / d -----------------------------------------------
-        if DR_ACC:
+        if DR_ACC and AGG == 0:
             drx = tl.sum(drx_t, 1)
             dry = tl.sum(dry_t, 1)
             drz = tl.sum(drz_t, 1)
@@ -472,9 +640,11 @@ def degree_buckets(row_ptr: torch.Tensor, block_e: int):
 
 
 def use_buckets(block_e: int) -> bool:
-    """Degree-bucketed launches (``degree_buckets``): opt-in with E2F_V2_BUCKETS=1 until timed on a GPU;
-    only for tiles of 32 edges or more (the half tile must stay >= 16)."""
-    return bool(_env_int("E2F_V2_BUCKETS", 0)) and block_e >= 32
+    """Degree-bucketed launches (``degree_buckets``), on by default since their H200 timings (session 8): the
+    bundled model's 600-water force call 9.1 -> 7.8 ms (CUDA graph), 115,200 waters' atoms 467 -> 327 ms
+    (``benchmarks/results/buckets_graphed_check_{off,on}_h200.json``, ``profile_bundled_water_115200_*``).
+    ``E2F_V2_BUCKETS=0`` turns them off.  Only for tiles of 32 edges or more (the half tile stays >= 16)."""
+    return bool(_env_int("E2F_V2_BUCKETS", 1)) and block_e >= 32
 
 
 def _launches(rp: torch.Tensor, block_e: int):
@@ -489,6 +659,15 @@ def _launches(rp: torch.Tensor, block_e: int):
 def _env_int(name, default):
     val = os.environ.get(name)
     return int(val) if val else default
+
+
+# How the aggregation U = sum_e alpha r (x) V (and its backward) is formed: E2F_V2_FWD_AGG / E2F_V2_BWD_AGG =
+# "tile" | "stream" | "none" ("none" leaves it out: stage timing only, wrong results).  Defaults from H200
+# timings (benchmarks/attention_stages.py -> benchmarks/results/attention_stages_h200.md): the streamed forward is
+# 2.5x faster at the bundled model's sizes (115,200 atoms, 64 edges: 54.6 -> 21.7 ms) and 1.6x at V1.5's (10k
+# atoms: 6.7 -> 4.3 ms); the streamed backward is slower (its per-edge cross-lane sums), so it stays opt-in.
+_AGG_MODES = {"tile": 0, "stream": 1, "none": 2}
+_AGG_DEFAULT = {"fwd": "stream", "bwd": "tile"}
 
 
 def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") -> dict:
@@ -512,6 +691,7 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
     cfg = dict(BLOCK_T=_env_int(f"E2F_V2_{K}_BLOCK_T", d_bt), HB=hb, KC=kc,
                BLOCK_NB=min(kc, triton.next_power_of_2(nb)), num_warps=_env_int(f"E2F_V2_{K}_NUM_WARPS", d_nw),
                progs_per_sm=_env_int(f"E2F_V2_{K}_PROGS_PER_SM", _env_int("E2F_V2_PROGS_PER_SM", 8)))
+    cfg["AGG"] = _AGG_MODES[os.environ.get(f"E2F_V2_{K}_AGG") or _AGG_DEFAULT[kind]]
     if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2), off until timed on a GPU
         cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
     assert H % hb == 0 and hid % kc == 0, cfg
@@ -550,12 +730,13 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
             n_blocks = triton.cdiv(N, cfg["BLOCK_T"])     # with buckets: a bound (the kernel reads the count)
             nprog = _grid(n_blocks, v.device, cfg["progs_per_sm"])
             R = cfg["BLOCK_T"] * be
-            scratch = torch.empty(nprog * R * hid, device=v.device, dtype=f32)
+            scratch = torch.empty(nprog * R * (hid + H), device=v.device, dtype=f32)
             _LAST_COMPILED["fwd" if be == block_e else "fwd_small"] = _attn_fwd_kernel_v2[(nprog,)](
                 rp, srcc, vecc, qc, kc_, vc, pt, ps, muc, *fwd_w, U, M, S, scratch, perm, seg,
                 N, n_blocks, nprog, float(gamma), float(cutoff), 1.0 / math.sqrt(D), nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
-                HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, num_warps=cfg["num_warps"])
+                HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
+                num_warps=cfg["num_warps"])
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.launches = launches
         ctx.gamma, ctx.cutoff, ctx.prec, ctx.block_e, ctx.softmax = float(gamma), float(cutoff), prec, block_e, softmax
@@ -591,14 +772,15 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
             n_blocks = triton.cdiv(N, cfg["BLOCK_T"])     # with buckets: a bound (the kernel reads the count)
             nprog = _grid(n_blocks, v.device, cfg["progs_per_sm"])
             R = cfg["BLOCK_T"] * be
-            scratch = torch.empty(nprog * 3 * R * hid, device=v.device, dtype=f32)
+            scratch = torch.empty(nprog * R * (3 * hid + 2 * H + 4), device=v.device, dtype=f32)
             _LAST_COMPILED["bwd" if be == ctx.block_e else "bwd_small"] = _attn_bwd_kernel_v2[(nprog,)](
                 rp, src.contiguous(), vecc, qc, kc_, vc, pt, ps, muc,
                 *fwd_w, *bwd_w, M, S, dUc, dvec, dq, dk, dv, scratch, perm, seg,
                 N, n_blocks, nprog, ctx.gamma, ctx.cutoff, 1.0 / math.sqrt(D), nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=ctx.prec, SMOOTH=ctx.softmax == "smooth",
-                DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, num_warps=cfg["num_warps"])
+                DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, AGG=cfg["AGG"],
+                num_warps=cfg["num_warps"])
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):
             if nig[idx]:
                 grads[idx] = gr.to(x.dtype)

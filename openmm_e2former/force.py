@@ -36,7 +36,7 @@ buffer each way:
    back with one device->host copy into a pinned buffer; one stream synchronisation;
 5. the callable returns a float and a NumPy view of the pinned buffer (OpenMM copies it at once).
 
-On a CUDA device, for float32 systems of at most ``graphed.AUTO_MAX_ATOMS`` (5,000) ML atoms, or with
+On a CUDA device, for float32 systems of at most ``graphed.AUTO_MAX_ATOMS`` (15,000) ML atoms, or with
 ``cuda_graphs=True`` (``E2FORMER_CUDA_GRAPHS=1`` / ``0`` forces it on / off on CUDA when the argument is None),
 step 3 runs, after the first (validated, eager) evaluation, through
 :class:`openmm_e2former.graphed.GraphedEnergyForces`: the network's forward and backward replayed from a CUDA

@@ -44,13 +44,15 @@ __all__ = ["AUTO_MAX_ATOMS", "BatchedGraphedEnergyForces", "DENSE_MAX_PAIRS", "E
 #: argument is None): 1 / true / yes / on forces the path on CUDA at any size, 0 / false / no / off turns it off
 ENV_VAR = "E2FORMER_CUDA_GRAPHS"
 
-#: on CUDA the path is on by default for float32 models up to this many ML atoms.  Measured on an H200
-#: (benchmarks/results/graphed_check_h200.md), float32 force call 39.9 -> 23.3 ms at 1,800 atoms (600 waters),
-#: 32.5 -> 13.2 ms at 718 atoms: small systems are bound by kernel launches, which the graph replays at once.  The
-#: padded layout does about twice the GPU work of the eager one, so above a few thousand atoms, where the GPU
-#: work dominates, the eager path should be the faster one (a modelled crossover near 8,000 atoms, not
-#: measured).  float64 (the PyTorch route, no fused kernels) is 3-4x slower padded: never on by default.
-AUTO_MAX_ATOMS = 5000
+#: on CUDA the path is on by default for float32 models up to this many ML atoms.  Small systems are bound by
+#: kernel launches, which the graph replays at once (H200, benchmarks/results/graphed_check_h200.md: 39.9 ->
+#: 23.3 ms at 1,800 atoms).  Since the index_select fix (session 7) and the degree buckets (session 8) the padded
+#: layout costs little extra GPU work, and the graph also wins at 14,400 atoms of water with the bundled model:
+#: 51.97 ms per OpenMM MD step against 63.69 eager (benchmarks/results/openmm_md_bundled_water_*_h200.json).
+#: Larger systems keep the eager path: above ~15k atoms the graph's gain was not measured, and its memory pool
+#: (the padded edge buffers) grows with them.  float64 (the PyTorch route, no fused kernels) is 3-4x slower
+#: padded: never on by default.
+AUTO_MAX_ATOMS = 15000
 
 
 def cuda_graphs_requested(flag: Optional[bool] = None) -> Optional[bool]:

@@ -432,6 +432,24 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
     worst = max(worst, check(8, 20, 33, env={"E2F_V2_BUCKETS": "1"}, softmax="smooth", extreme=10.0))
     V2 = import_module(sys.argv[1] + ".attention_triton_v2")
     assert {"fwd_small", "bwd_small"} <= set(V2._LAST_COMPILED), V2._LAST_COMPILED.keys()   # both launches ran
+    # the single launch (buckets off) and the tiled forward aggregation, no longer the defaults
+    worst = max(worst, check(7, 17, 34, env={"E2F_V2_BUCKETS": "0", "E2F_V2_FWD_AGG": "tile"}))
+    worst = max(worst, check(6, 5, 35, env={"E2F_V2_FWD_AGG": "tile"}, softmax="smooth", extreme=10.0))
+    # streamed forward aggregation (the default; set explicitly here): alpha staged in scratch, edges streamed
+    # one by one into [9, C] accumulators; several targets per program (partial last block), buckets, int32
+    worst = max(worst, check(6, 5, 41, env={"E2F_V2_FWD_AGG": "stream"}))
+    worst = max(worst, check(7, 9, 42, torch.int32, env={"E2F_V2_FWD_AGG": "stream", "E2F_V2_FWD_BLOCK_T": "2",
+                                                          "E2F_V2_PROGS_PER_SM": "1"}))
+    worst = max(worst, check(9, 17, 43, env={"E2F_V2_FWD_AGG": "stream", "E2F_V2_BUCKETS": "1"}))
+    worst = max(worst, check(6, 5, 44, env={"E2F_V2_FWD_AGG": "stream"}, softmax="smooth", extreme=10.0))
+    # streamed aggregation backward (E2F_V2_BWD_AGG=stream): dalpha / dr through scratch, dv by row atomics
+    worst = max(worst, check(6, 5, 45, env={"E2F_V2_BWD_AGG": "stream"}))
+    worst = max(worst, check(7, 9, 46, torch.int32, env={"E2F_V2_FWD_AGG": "stream", "E2F_V2_BWD_AGG": "stream",
+                                                         "E2F_V2_BWD_BLOCK_T": "2", "E2F_V2_BWD_HB": "8",
+                                                         "E2F_V2_PROGS_PER_SM": "1"}))
+    worst = max(worst, check(9, 17, 47, env={"E2F_V2_BWD_AGG": "stream", "E2F_V2_BUCKETS": "1"}))
+    worst = max(worst, check(6, 5, 48, env={"E2F_V2_BWD_AGG": "stream", "E2F_V2_BWD_DR_ACC": "1"},
+                             softmax="smooth", extreme=10.0))
     # training path: grads w.r.t. t and fc params through the reference inside backward (as v1)
     case = make_case(4, 3, **TINY, seed=15)
     args = list(args_of(case))

@@ -1,0 +1,158 @@
+"""Where the time of the fused attention v2 kernels goes, by stage, and the streamed aggregation
+(``E2F_V2_{FWD,BWD}_AGG=stream``) against the tiled one (issue #4).
+
+Per setting (the bundled model's sizes and V1.5's) and atom count: do_bench of the forward and of
+forward + backward, with the aggregation as tiles, streamed, and left out ("none": times the edge MLP,
+logits and softmax alone; its outputs are wrong and are not checked).
+Every variant that is timed also runs once at N = 2000 against the float64 reference (gate 1e-5).
+Sources are local (j within +-300 of the target, like a spatially ordered box) unless --random-src.
+
+    python benchmarks/attention_stages.py --out DIR [--sizes bundled:115200:64,v15:10000:32]
+    python benchmarks/attention_stages.py --report JSONL > table.md    (markdown table of a run)
+One JSON line per measurement in DIR/attention_stages.jsonl, written as it is measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BUNDLED = dict(C=64, H=16, D=4, nb=64, T=32, hid=32)   # the bundled default model's attention sizes
+
+FS, BS = {"E2F_V2_FWD_AGG": "stream"}, {"E2F_V2_BWD_AGG": "stream"}
+VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed part)
+    ("tile", {}, "fwd"),
+    ("stream", FS, "fwd"),
+    ("none", {"E2F_V2_FWD_AGG": "none"}, "fwd"),
+    ("tile/tile", {}, "fwd+bwd"),
+    ("stream/tile", FS, "fwd+bwd"),
+    ("stream/stream", {**FS, **BS}, "fwd+bwd"),
+    ("stream/stream bwd 8 warps", {**FS, **BS, "E2F_V2_BWD_NUM_WARPS": "8"}, "fwd+bwd"),
+    ("none/none", {"E2F_V2_FWD_AGG": "none", "E2F_V2_BWD_AGG": "none"}, "fwd+bwd"),
+]
+
+
+def set_env(env):
+    for key in [k for k in os.environ if k.startswith("E2F_V2_") and k != "E2F_V2_BUCKETS"]:
+        del os.environ[key]
+    os.environ.update(env)
+
+
+def local_sources(case, window, seed):
+    import torch
+    rp = case["row_ptr"].cpu().long()
+    N = rp.numel() - 1
+    tgt = torch.repeat_interleave(torch.arange(N), rp[1:] - rp[:-1])
+    g = torch.Generator().manual_seed(seed)
+    off = torch.randint(-window, window + 1, (tgt.numel(),), generator=g)
+    case["src"] = ((tgt + off) % max(N, 1)).to(case["src"].device)
+    return case
+
+
+def report(path) -> str:
+    rows = [json.loads(line) for line in open(path)]
+    lines = ["| setting | atoms | edges per atom | part | aggregation (fwd / bwd) | ms | max rel. err vs float64 |",
+             "|---|---:|---:|---|---|---:|---:|"]
+    for r in rows:
+        err = r.get("max_rel_err")
+        ms = r.get("ms")
+        lines.append(f"| {r['setting']} | {r['N']:,} | {r['K']} | {r['part']} | {r['variant']} | "
+                     f"{'%.2f' % ms if ms is not None else r.get('error', '-')} | "
+                     f"{'%.1e' % err if err is not None else 'not checked'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--report", default=None, help="print the markdown table of this JSONL file and exit")
+    ap.add_argument("--out")
+    ap.add_argument("--sizes", default="bundled:115200:64,bundled:14400:64,v15:10000:32")
+    ap.add_argument("--random-src", action="store_true")
+    ap.add_argument("--n-check", type=int, default=2000)
+    ap.add_argument("--device", default="cuda", help="cpu: a rehearsal under TRITON_INTERPRET=1 (tiny sizes)")
+    args = ap.parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return
+    if not args.out:
+        ap.error("--out is required")
+    import torch
+    from triton.testing import do_bench
+    from kernels import attention_triton_v2 as v2
+    from kernels._testing import V15, args_of, make_case
+    from kernels.attention_reference import attention_reference
+
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "attention_stages.jsonl"
+    dev = args.device
+    if dev != "cuda":   # rehearsal: one wall-clock call instead of do_bench
+        def do_bench(fn, warmup=0, rep=0):
+            t0 = time.perf_counter()
+            fn()
+            return 1e3 * (time.perf_counter() - t0)
+    rel = lambda x, y: ((x.double() - y).norm() / y.norm().clamp_min(1e-30)).item()
+
+    def leaf_args(case):
+        a = list(args_of(case))
+        for n in (2, 3, 4, 5):
+            a[n] = a[n].clone().requires_grad_(True)
+        return a
+
+    def run(a, G, part, K):
+        U = v2.attention_triton_v2(*a, max_degree=K)
+        if part == "fwd":
+            return [U]
+        return [U] + list(torch.autograd.grad(U, [a[n] for n in (2, 3, 4, 5)], G))
+
+    for spec in args.sizes.split(","):
+        name, N, K = spec.split(":")
+        N, K = int(N), int(K)
+        size = BUNDLED if name == "bundled" else V15
+        # float64 check case (random degrees 0..K, special rows) and the timing case (every atom K edges)
+        c64 = make_case(args.n_check, K, **size, device=dev, dtype=torch.float64, seed=1)
+        c32 = make_case(args.n_check, K, **size, device=dev, seed=1)
+        a64, a32 = leaf_args(c64), leaf_args(c32)
+        Gc = torch.randn((args.n_check, 3, 9, size["C"]), dtype=torch.float64, device=dev)
+        U64 = attention_reference(*a64)
+        ref = [U64] + list(torch.autograd.grad(U64, [a64[n] for n in (2, 3, 4, 5)], Gc))
+        big = make_case(N, K, **size, device=dev, seed=2, fixed_degree=True)
+        if not args.random_src:
+            big = local_sources(big, 300, 3)
+        ab = leaf_args(big)
+        Gb = torch.randn((N, 3, 9, size["C"]), device=dev)
+        for label, env, part in VARIANTS:
+            set_env(env)
+            row = dict(setting=name, N=N, K=K, variant=label, part=part, env=env,
+                       src="random" if args.random_src else "local+-300")
+            try:
+                if "none" not in label:
+                    got = run(a32, Gc.float(), part, K)
+                    errs = [rel(x, y) for x, y in zip(got, ref)]
+                    row.update(rel_err=errs, max_rel_err=max(errs), passed=max(errs) <= 1e-5)
+                run(ab, Gb, part, K)
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+                row["ms"] = do_bench(lambda: run(ab, Gb, part, K), warmup=25, rep=200)
+                row["compile_info"] = v2.compile_info()
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+            with open(log, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps({k: row.get(k) for k in ("setting", "N", "variant", "part", "ms", "max_rel_err",
+                                                       "error")}), flush=True)
+        set_env({})
+        del big, ab, Gb
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
