@@ -26,16 +26,21 @@ if str(ROOT) not in sys.path:
 
 BUNDLED = dict(C=64, H=16, D=4, nb=64, T=32, hid=32)   # the bundled default model's attention sizes
 
-FS, BS = {"E2F_V2_FWD_AGG": "stream"}, {"E2F_V2_BWD_AGG": "stream"}
-VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed part)
-    ("tile", {}, "fwd"),
-    ("stream", FS, "fwd"),
-    ("none", {"E2F_V2_FWD_AGG": "none"}, "fwd"),
-    ("tile/tile", {}, "fwd+bwd"),
-    ("stream/tile", FS, "fwd+bwd"),
-    ("stream/stream", {**FS, **BS}, "fwd+bwd"),
-    ("stream/stream bwd 8 warps", {**FS, **BS, "E2F_V2_BWD_NUM_WARPS": "8"}, "fwd+bwd"),
-    ("none/none", {"E2F_V2_FWD_AGG": "none", "E2F_V2_BWD_AGG": "none"}, "fwd+bwd"),
+def _agg(fwd, bwd=None):
+    env = {"E2F_V2_FWD_AGG": fwd}
+    return env if bwd is None else dict(env, E2F_V2_BWD_AGG=bwd)
+
+
+VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed part); every mode set explicitly
+    ("tile", _agg("tile"), "fwd"),
+    ("stream", _agg("stream"), "fwd"),
+    ("stream, 4 warps", dict(_agg("stream"), E2F_V2_FWD_NUM_WARPS="4"), "fwd"),
+    ("none", _agg("none"), "fwd"),
+    ("tile/tile", _agg("tile", "tile"), "fwd+bwd"),
+    ("stream/tile", _agg("stream", "tile"), "fwd+bwd"),
+    ("stream/split", _agg("stream", "split"), "fwd+bwd"),
+    ("stream/stream", _agg("stream", "stream"), "fwd+bwd"),
+    ("none/none", _agg("none", "none"), "fwd+bwd"),
 ]
 
 

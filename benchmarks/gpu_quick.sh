@@ -13,8 +13,8 @@
 #             (tests/gpu/check_buckets.py), then the graph check (600 waters, solvated dipeptide, float32) with
 #             the buckets off and on (~5 min; md100k has the large systems)
 #   prof115k: torch.profiler of one force call of the bundled model on 115,200 atoms of water, buckets off / on
-#   stages:   benchmarks/attention_stages.py (fused attention by stage; streamed vs tiled forward aggregation)
-#             at the bundled and V1.5 sizes, the 115k bundled profile with the streamed forward, 14k MD graphed
+#   stages:   benchmarks/attention_stages.py (fused attention by stage: tiled / streamed / split aggregation) at
+#             the bundled and V1.5 sizes, then the 115k bundled profile and V1.5 at 10k with the split backward
 #   defaults: the current defaults end to end: graph check (600 waters, dipeptide), the bundled model's MD at
 #             14k / 115k atoms, its 115k profile, V1.5 end to end at 1k / 10k / 20k (fp32, graphed fp32)
 #   nve10:    NVE of the 64-water box for 10 ps (20,000 steps of 0.5 fs) and the gas-phase dipeptide for 2 ps,
@@ -72,10 +72,12 @@ for what in "$@"; do
     stages)
       timeout 330 python3 benchmarks/attention_stages.py --out "$OUT/stages" \
           --sizes bundled:115200:64,v15:10000:32 2>&1 | grep '^{' | cut -c1-220
-      export E2F_V2_BUCKETS=1 E2F_V2_FWD_AGG=stream E2F_V2_BWD_AGG=stream
-      timeout 100 python3 benchmarks/profile_bundled_water.py --reps 4,4,4 --out "$OUT/prof_stream" 2>&1 | grep '^{'
-      timeout 100 python3 benchmarks/gpu_end_to_end.py --parts speed --sizes 10000 --modes fp32 --no-water \
-          --budget-s 80 --out "$OUT/e2e_stream" 2>&1 | grep '^{' | tail -n 1 ;;
+      # the bundled model's 115k force call with the defaults, then with the split backward
+      timeout 80 python3 benchmarks/profile_bundled_water.py --reps 4,4,4 --out "$OUT/prof" 2>&1 | grep '^{'
+      E2F_V2_BWD_AGG=split timeout 80 python3 benchmarks/profile_bundled_water.py --reps 4,4,4 \
+          --out "$OUT/prof_split" 2>&1 | grep '^{'
+      E2F_V2_BWD_AGG=split timeout 100 python3 benchmarks/gpu_end_to_end.py --parts speed --sizes 10000 \
+          --modes fp32 --no-water --budget-s 80 --out "$OUT/e2e_split" 2>&1 | grep '^{' | tail -n 1 ;;
     defaults)
       P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
       timeout 110 python3 benchmarks/gpu_graphed_check.py --out "$OUT/graphed" --repeats 20 --dtypes float32 \

@@ -6,6 +6,7 @@ registers, spills and shared memory (v1 vs v2).
     python -m kernels._compile_report --gpu --check-only   (the correctness check alone)
     python -m kernels._compile_report --gpu --edge [N ...] (edge-degree v1 vs v2 only: check + timing)
     python -m kernels._compile_report --bwd-variants      (the attention backward variants DR_ACC / DU_BCAST)
+    python -m kernels._compile_report --agg-modes         (the aggregation modes tile / stream / split)
 
 Triton 3.6 compiles to PTX without a driver; the bundled ``ptxas -v`` then gives the register count and the
 local-memory (stack) size.  ``spills`` below is stack bytes / 4, which is what Triton reports as
@@ -240,10 +241,40 @@ def bwd_variants_main():
                   f"spills {r['spills']} shared {r['shared']} CTA/SM {r['blocks_per_sm']}", flush=True)
 
 
+def agg_modes_main():
+    """Registers / spills of the v2 attention kernels per aggregation mode (E2F_V2_{FWD,BWD}_AGG: 0 tile,
+    1 stream, 3 split) at the bundled model's sizes (K = 64, the water tile) and V1.5's (K = 32), with the
+    launch_config default tiles of each; the forward also with 4 warps."""
+    from .attention_triton_v2 import launch_config
+    sizes = {"bundled": (64, 16, 4, 64, 32, 64), "v15": CONFIGS["v15"]}
+    print(f"# sm_90a (ptxas -v, no GPU), v2 attention per aggregation mode, triton {triton.__version__}")
+    print("# spills = stack bytes / 4 (Triton n_spills); PERM (degree buckets) on, as launched by default")
+    print("| sizes | kernel | AGG | tiles | regs | spills | shared B | CTA/SM |")
+    print("|---|---|---|---|---:|---:|---:|---:|")
+    names = {0: "tile", 1: "stream", 3: "split"}
+    for name, (C, H, D, nb, HID, K) in sizes.items():
+        for kind, fn, modes in (("fwd", v2._attn_fwd_kernel_v2, (0, 1)),
+                                ("bwd", v2._attn_bwd_kernel_v2, (0, 1, 3))):
+            cfg = launch_config(H, HID, nb, K, kind)
+            warps = (cfg["num_warps"], 4) if kind == "fwd" and cfg["num_warps"] != 4 else (cfg["num_warps"],)
+            for agg in modes:
+                for nw in warps:
+                    consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=K,
+                                  BLOCK_NB=cfg["BLOCK_NB"], HB=cfg["HB"], KC=cfg["KC"], PREC="ieee", SMOOTH=False,
+                                  PERM=True, AGG=agg)
+                    if kind == "bwd":
+                        consts.update(DR_ACC=False, DU_BCAST=False)
+                    r = compile_kernel(fn, consts, nw)
+                    print(f"| {name} | {kind} | {names[agg]} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} "
+                          f"W{nw} | {r['regs']} | {r['spills']} | {r['shared']} | {r['blocks_per_sm']} |", flush=True)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if "--bwd-variants" in argv:
         return bwd_variants_main()
+    if "--agg-modes" in argv:
+        return agg_modes_main()
     edge_only = "--edge" in argv
     if "--gpu" in argv:
         sizes = [] if "--check-only" in argv else ([int(a) for a in argv if a.isdigit()] or [16384, 100000])

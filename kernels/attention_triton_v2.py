@@ -230,6 +230,42 @@ def _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
 
 
 @triton.jit
+def _stream_target(row_ptr, perm, i0, tt, n_t, t_start, BLOCK_E: tl.constexpr, PERM: tl.constexpr):
+    """(valid, target, first edge, end edge) of target tt of the block, for the streamed loops.  Only the first
+    BLOCK_E edges, as in the tiled path (the padded layout's ghost row is longer: a first version streamed it
+    whole, serially in one program and past its scratch)."""
+    ok = i0 + tt < n_t
+    if PERM:
+        it = tl.load(perm + tl.where(ok, t_start + i0 + tt, 0)).to(tl.int64)
+    else:
+        it = tl.where(ok, i0 + tt, 0).to(tl.int64)
+    e0 = tl.load(row_ptr + it).to(tl.int64)
+    e1 = tl.minimum(tl.where(ok, tl.load(row_ptr + it + 1).to(tl.int64), e0), e0 + BLOCK_E)
+    return ok, it, e0, e1
+
+
+@triton.jit
+def _stream_edge(src, vec, e):
+    """Source atom and unit vector of edge e (the same arithmetic as ``_rows``)."""
+    jj = tl.load(src + e).to(tl.int64)
+    vx = tl.load(vec + e * 3 + 0)
+    vy = tl.load(vec + e * 3 + 1)
+    vz = tl.load(vec + e * 3 + 2)
+    dist = tl.sqrt(vx * vx + vy * vy + vz * vz)
+    return jj, vx / dist, vy / dist, vz / dist
+
+
+@triton.jit
+def _load_u_rows(X, it, C: tl.constexpr):
+    """Row ``it`` of a [N, 3, 9, C] tensor as [8, C] + [C] parts per direction x (9 is not a power of two)."""
+    offs_c = tl.arange(0, C)
+    o8 = tl.arange(0, 8)[:, None] * C + offs_c[None, :]
+    b = X + it * (27 * C)
+    return (tl.load(b + o8), tl.load(b + 9 * C + o8), tl.load(b + 18 * C + o8),
+            tl.load(b + 8 * C + offs_c), tl.load(b + 17 * C + offs_c), tl.load(b + 26 * C + offs_c))
+
+
+@triton.jit
 def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
                       C: tl.constexpr, H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
                       PERM: tl.constexpr):
@@ -240,13 +276,7 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
     offs_m8 = tl.arange(0, 8)
     a_col = offs_c % H
     for tt in tl.static_range(BLOCK_T):
-        ok = i0 + tt < n_t
-        if PERM:
-            it = tl.load(perm + tl.where(ok, t_start + i0 + tt, 0)).to(tl.int64)
-        else:
-            it = tl.where(ok, i0 + tt, 0).to(tl.int64)
-        e0 = tl.load(row_ptr + it).to(tl.int64)
-        e1 = tl.where(ok, tl.load(row_ptr + it + 1).to(tl.int64), e0)
+        ok, it, e0, e1 = _stream_target(row_ptr, perm, i0, tt, n_t, t_start, BLOCK_E, PERM)
         ax8 = tl.zeros([8, C], dtype=tl.float32)
         ay8 = tl.zeros([8, C], dtype=tl.float32)
         az8 = tl.zeros([8, C], dtype=tl.float32)
@@ -256,14 +286,7 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
         e = e0
         while e < e1:
             row = tt * BLOCK_E + (e - e0)
-            jj = tl.load(src + e).to(tl.int64)
-            vx = tl.load(vec + e * 3 + 0)
-            vy = tl.load(vec + e * 3 + 1)
-            vz = tl.load(vec + e * 3 + 2)
-            dist = tl.sqrt(vx * vx + vy * vy + vz * vz)
-            rx = vx / dist
-            ry = vy / dist
-            rz = vz / dist
+            jj, rx, ry, rz = _stream_edge(src, vec, e)
             a_c = tl.load(scr_a + row * H + a_col)                                  # [C]
             vb = v + jj * (9 * C)
             aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :])
@@ -381,55 +404,39 @@ def _bwd_alpha(scr_x, W2T, b2, q, k, M_in, S_in, tgt, j, mask_e, u, tgt_t, tmask
 @triton.jit
 def _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
                           C: tl.constexpr, H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                          PERM: tl.constexpr):
+                          PERM: tl.constexpr, DV_ONLY: tl.constexpr):
     """Backward of ``_stream_aggregate``, one edge at a time with the target's dU held in registers:
     with W_x[c] = sum_m V[j, m, c] dU[i, x, m, c] (x = 0..2),
       dalpha[e, h] = sum_{c = h mod H} sum_x r_x W_x[c]          -> scratch scr_da [rows, H]
       dr[e, x]     = sum_c alpha[e, c mod H] W_x[c]              -> scratch scr_dr [rows, 4]
-      dv[j, m, c] += alpha[e, c mod H] sum_x r_x dU[i, x, m, c]  (atomics over contiguous 9 C floats)"""
+      dv[j, m, c] += alpha[e, c mod H] sum_x r_x dU[i, x, m, c]  (atomics over contiguous 9 C floats)
+    DV_ONLY (the split backward, dalpha and d/dr in tiles): dv alone, with no cross-lane reduction and no
+    read of v."""
     offs_c = tl.arange(0, C)
     offs_m8 = tl.arange(0, 8)
     offs_h = tl.arange(0, H)
     a_col = offs_c % H
     o8 = offs_m8[:, None] * C + offs_c[None, :]
     for tt in tl.static_range(BLOCK_T):
-        ok = i0 + tt < n_t
-        if PERM:
-            it = tl.load(perm + tl.where(ok, t_start + i0 + tt, 0)).to(tl.int64)
-        else:
-            it = tl.where(ok, i0 + tt, 0).to(tl.int64)
-        e0 = tl.load(row_ptr + it).to(tl.int64)
-        e1 = tl.where(ok, tl.load(row_ptr + it + 1).to(tl.int64), e0)
-        gb = dU + it * (27 * C)
-        gx8 = tl.load(gb + o8)
-        gy8 = tl.load(gb + 9 * C + o8)
-        gz8 = tl.load(gb + 18 * C + o8)
-        gx1 = tl.load(gb + 8 * C + offs_c)
-        gy1 = tl.load(gb + 17 * C + offs_c)
-        gz1 = tl.load(gb + 26 * C + offs_c)
+        ok, it, e0, e1 = _stream_target(row_ptr, perm, i0, tt, n_t, t_start, BLOCK_E, PERM)
+        gx8, gy8, gz8, gx1, gy1, gz1 = _load_u_rows(dU, it, C)
         e = e0
         while e < e1:
             row = tt * BLOCK_E + (e - e0)
-            jj = tl.load(src + e).to(tl.int64)
-            vx = tl.load(vec + e * 3 + 0)
-            vy = tl.load(vec + e * 3 + 1)
-            vz = tl.load(vec + e * 3 + 2)
-            dist = tl.sqrt(vx * vx + vy * vy + vz * vz)
-            rx = vx / dist
-            ry = vy / dist
-            rz = vz / dist
+            jj, rx, ry, rz = _stream_edge(src, vec, e)
             a_c = tl.load(scr_a + row * H + a_col)                                  # [C]
-            vb = v + jj * (9 * C)
-            V8 = tl.load(vb + o8)
-            V1 = tl.load(vb + 8 * C + offs_c)
-            wx = tl.sum(V8 * gx8, 0) + V1 * gx1                                     # [C]
-            wy = tl.sum(V8 * gy8, 0) + V1 * gy1
-            wz = tl.sum(V8 * gz8, 0) + V1 * gz1
-            da_c = rx * wx + ry * wy + rz * wz
-            tl.store(scr_da + row * H + offs_h, tl.sum(tl.reshape(da_c, [C // H, H]), 0))
-            tl.store(scr_dr + row * 4 + 0, tl.sum(a_c * wx, 0))
-            tl.store(scr_dr + row * 4 + 1, tl.sum(a_c * wy, 0))
-            tl.store(scr_dr + row * 4 + 2, tl.sum(a_c * wz, 0))
+            if not DV_ONLY:
+                vb = v + jj * (9 * C)
+                V8 = tl.load(vb + o8)
+                V1 = tl.load(vb + 8 * C + offs_c)
+                wx = tl.sum(V8 * gx8, 0) + V1 * gx1                                 # [C]
+                wy = tl.sum(V8 * gy8, 0) + V1 * gy1
+                wz = tl.sum(V8 * gz8, 0) + V1 * gz1
+                da_c = rx * wx + ry * wy + rz * wz
+                tl.store(scr_da + row * H + offs_h, tl.sum(tl.reshape(da_c, [C // H, H]), 0))
+                tl.store(scr_dr + row * 4 + 0, tl.sum(a_c * wx, 0))
+                tl.store(scr_dr + row * 4 + 1, tl.sum(a_c * wy, 0))
+                tl.store(scr_dr + row * 4 + 2, tl.sum(a_c * wz, 0))
             dvb = dv + jj * (9 * C)
             tl.atomic_add(dvb + o8, a_c[None, :] * (rx * gx8 + ry * gy8 + rz * gz8))
             tl.atomic_add(dvb + 8 * C + offs_c, a_c * (rx * gx1 + ry * gy1 + rz * gz1))
@@ -456,7 +463,8 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
     #   DU_BCAST dU read once per target ([BLOCK_T, HB]) and broadcast to its edge rows, instead of per row
     #   AGG      0: aggregation backward per head block as below; 1: streamed (``_stream_aggregate_bwd``: alpha
     #            of all heads to scratch first, then dalpha, dr and dv edge by edge); 2: skipped (stage timing
-    #            only, wrong gradients)
+    #            only, wrong gradients); 3 ("split"): dalpha and d/dr in tiles as in 0, dv by ``_stream_aggregate_bwd`` with DV_ONLY
+    #            (edge by edge, no reduction, contiguous atomics) instead of [rows, HB] atomics
     R: tl.constexpr = BLOCK_T * BLOCK_E
     pid = tl.program_id(0)
     scr_x = scratch + pid.to(tl.int64) * (3 * R * HID + 2 * R * H + 4 * R)
@@ -494,7 +502,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                 tl.store(scr_a + offs_r[:, None] * H + offs_hb[None, :], alpha)
             tl.debug_barrier()
             _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
-                                  C, H, BLOCK_T, BLOCK_E, PERM)
+                                  C, H, BLOCK_T, BLOCK_E, PERM, False)
             tl.debug_barrier()
             drx = tl.load(scr_dr + offs_r * 4 + 0, mask=mask_e, other=0.0)
             dry = tl.load(scr_dr + offs_r * 4 + 1, mask=mask_e, other=0.0)
@@ -508,7 +516,11 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             dalpha = tl.zeros([R, HB], dtype=tl.float32)
             if AGG == 1:
                 dalpha = tl.load(scr_da + offs_r[:, None] * H + offs_hb[None, :], mask=mask_e[:, None], other=0.0)
-            if AGG == 0:
+            if AGG == 3:
+                if hb0 == 0:
+                    tl.debug_barrier()      # the previous block's dv pass has read scr_a
+                tl.store(scr_a + offs_r[:, None] * H + offs_hb[None, :], alpha)
+            if AGG == 0 or AGG == 3:
                 for mm in range(9):
                     for rr in range(C // H):
                         c0 = rr * H + hb0
@@ -535,8 +547,9 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                             drx += tl.sum(aV * Gx, 1)
                             dry += tl.sum(aV * Gy, 1)
                             drz += tl.sum(aV * Gz, 1)
-                        tl.atomic_add(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :], alpha * rG,
-                                      mask=mask_e[:, None])
+                        if AGG == 0:
+                            tl.atomic_add(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
+                                          alpha * rG, mask=mask_e[:, None])
             # --- softmax backward (heads independent: local to the block) ---------------------------
             delta = _seg_sum(dalpha * alpha, BLOCK_T, BLOCK_E, HB)            # [BLOCK_T, HB]
             dw = dalpha * eps / S_r
@@ -565,6 +578,10 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             w2w = tl.load(W2 + (H + offs_hb)[:, None] * HID + offs_f[None, :])
             dx2 = tl.dot(dg, w2g, dx2, input_precision="ieee")
             dx2 = tl.dot(dw, w2w, dx2, input_precision="ieee")
+        if AGG == 3:                # dv edge by edge (alpha of every head block is in scratch)
+            tl.debug_barrier()
+            _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
+                                  C, H, BLOCK_T, BLOCK_E, PERM, True)
         # --- LN1/SiLU backward, W1 (K-chunked through scratch), LN0/SiLU backward ----------------------
         h1 = tl.load(scr_h1 + offs_r[:, None] * HID + offs_f[None, :])
         dh1 = _silu_ln_bwd(dx2, h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID)
@@ -582,7 +599,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                                 R, HID, BLOCK_NB, KC, "ieee", nb)
             dd_e += tl.sum(dphi * phi * (2.0 * gamma) * diff, 1)
         # --- vec = d r -> dvec = dd r + (dr - (dr.r) r) / d -----------------------------------------------
-        if DR_ACC and AGG == 0:
+        if DR_ACC and AGG != 1:
             drx = tl.sum(drx_t, 1)
             dry = tl.sum(dry_t, 1)
             drz = tl.sum(drz_t, 1)
@@ -666,7 +683,7 @@ def _env_int(name, default):
 # timings (benchmarks/attention_stages.py -> benchmarks/results/attention_stages_h200.md): the streamed forward is
 # 2.5x faster at the bundled model's sizes (115,200 atoms, 64 edges: 54.6 -> 21.7 ms) and 1.6x at V1.5's (10k
 # atoms: 6.7 -> 4.3 ms); the streamed backward is slower (its per-edge cross-lane sums), so it stays opt-in.
-_AGG_MODES = {"tile": 0, "stream": 1, "none": 2}
+_AGG_MODES = {"tile": 0, "stream": 1, "none": 2, "split": 3}   # split: backward only (see _attn_bwd_kernel_v2)
 _AGG_DEFAULT = {"fwd": "stream", "bwd": "tile"}
 
 
@@ -691,7 +708,11 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
     cfg = dict(BLOCK_T=_env_int(f"E2F_V2_{K}_BLOCK_T", d_bt), HB=hb, KC=kc,
                BLOCK_NB=min(kc, triton.next_power_of_2(nb)), num_warps=_env_int(f"E2F_V2_{K}_NUM_WARPS", d_nw),
                progs_per_sm=_env_int(f"E2F_V2_{K}_PROGS_PER_SM", _env_int("E2F_V2_PROGS_PER_SM", 8)))
-    cfg["AGG"] = _AGG_MODES[os.environ.get(f"E2F_V2_{K}_AGG") or _AGG_DEFAULT[kind]]
+    agg = os.environ.get(f"E2F_V2_{K}_AGG") or _AGG_DEFAULT[kind]
+    if agg not in _AGG_MODES or (kind == "fwd" and agg == "split"):
+        raise ValueError(f"E2F_V2_{K}_AGG={agg!r}: expected one of "
+                         f"{sorted(m for m in _AGG_MODES if kind != 'fwd' or m != 'split')}")
+    cfg["AGG"] = _AGG_MODES[agg]
     if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2), off until timed on a GPU
         cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
     assert H % hb == 0 and hid % kc == 0, cfg

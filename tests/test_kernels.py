@@ -442,6 +442,42 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
                                                           "E2F_V2_PROGS_PER_SM": "1"}))
     worst = max(worst, check(9, 17, 43, env={"E2F_V2_FWD_AGG": "stream", "E2F_V2_BUCKETS": "1"}))
     worst = max(worst, check(6, 5, 44, env={"E2F_V2_FWD_AGG": "stream"}, softmax="smooth", extreme=10.0))
+    # a row longer than the edge tile (the padded layout's ghost: max_degree bounds the real atoms only): every
+    # aggregation mode reads just the row's first BLOCK_E edges.  The streamed loops once ran over the whole
+    # row, past the program's scratch (found on an H200: the ghost's ~10^4 padding edges in one program).
+    case = make_case(6, 9, **TINY, seed=49)
+    rp = case["row_ptr"].clone()
+    extra = 40                                        # row 5 gets 40 more edges than the bound of 9 (tile 16)
+    E0 = int(rp[-1])
+    rp[-1] += extra
+    case["row_ptr"] = rp
+    gen = torch.Generator().manual_seed(50)
+    case["src"] = torch.cat([case["src"], torch.randint(0, 6, (extra,), generator=gen)])
+    case["vec"] = torch.cat([case["vec"], torch.randn(extra, 3, generator=gen)])
+    long_row = {}
+    for mode, bwd_mode in (("tile", "tile"), ("stream", "stream"), ("split", "split")):
+        os.environ["E2F_V2_FWD_AGG"] = "tile" if mode == "split" else mode
+        os.environ["E2F_V2_BWD_AGG"] = bwd_mode
+        a = list(args_of(case))
+        for n in (2, 3, 4, 5):
+            a[n] = a[n].clone().requires_grad_(True)
+        U = KM.fused_attention(*a, backend="triton_v2", max_degree=9)
+        G = torch.randn(U.shape, generator=torch.Generator().manual_seed(51))
+        long_row[mode] = [U] + list(torch.autograd.grad(U, [a[n] for n in (2, 3, 4, 5)], G))
+    del os.environ["E2F_V2_FWD_AGG"], os.environ["E2F_V2_BWD_AGG"]
+    n5 = int(rp[5]) + 16                              # edges of row 5 past its first tile: no gradient
+    for mode in ("tile", "stream", "split"):
+        assert torch.all(long_row[mode][1][n5:] == 0), mode
+    for mode in ("stream", "split"):
+        errs = [rel(x.double(), y.double()) for x, y in zip(long_row[mode], long_row["tile"])]
+        print("row longer than the tile,", mode, "vs tile (U, dvec, dq, dk, dv):", ["%.1e" % x for x in errs])
+        worst = max(worst, *errs)
+    # split backward (E2F_V2_BWD_AGG=split): dalpha, d/dr tiled, dv streamed; buckets, 2 targets per program, DR_ACC
+    worst = max(worst, check(6, 5, 52, env={"E2F_V2_BWD_AGG": "split"}))
+    worst = max(worst, check(7, 9, 53, torch.int32, env={"E2F_V2_BWD_AGG": "split", "E2F_V2_BWD_BLOCK_T": "2",
+                                                         "E2F_V2_BWD_DR_ACC": "1", "E2F_V2_PROGS_PER_SM": "1"}))
+    worst = max(worst, check(9, 17, 54, env={"E2F_V2_BWD_AGG": "split", "E2F_V2_BUCKETS": "1"},
+                             softmax="smooth", extreme=10.0))
     # streamed aggregation backward (E2F_V2_BWD_AGG=stream): dalpha / dr through scratch, dv by row atomics
     worst = max(worst, check(6, 5, 45, env={"E2F_V2_BWD_AGG": "stream"}))
     worst = max(worst, check(7, 9, 46, torch.int32, env={"E2F_V2_FWD_AGG": "stream", "E2F_V2_BWD_AGG": "stream",
@@ -522,6 +558,30 @@ def test_degree_buckets_partition():
     assert seg.tolist() == [[0, 0], [0, 2]] and perm.tolist() == [0, 1]
     perm, seg, _ = V2.degree_buckets(torch.zeros(1, dtype=torch.int64), 64)   # no targets
     assert perm.numel() == 0 and seg.tolist() == [[0, 0], [0, 0]]
+
+
+def test_v2_launch_defaults(monkeypatch):
+    """The v2 defaults chosen from the H200 timings (benchmarks/results/session8_speed_h200.md): degree buckets on
+    for tiles of >= 32 slots, streamed forward aggregation, tiled backward; each can be switched by its variable."""
+    _need_triton()
+    V2 = import_module(KPKG + ".attention_triton_v2")
+    for key in [k for k in os.environ if k.startswith("E2F_V2_")]:
+        monkeypatch.delenv(key)
+    assert V2.use_buckets(64) and V2.use_buckets(32) and not V2.use_buckets(16)
+    assert V2.launch_config(16, 32, 64, 64, "fwd")["AGG"] == V2._AGG_MODES["stream"]
+    assert V2.launch_config(16, 32, 64, 64, "bwd")["AGG"] == V2._AGG_MODES["tile"]
+    monkeypatch.setenv("E2F_V2_BUCKETS", "0")
+    monkeypatch.setenv("E2F_V2_FWD_AGG", "tile")
+    monkeypatch.setenv("E2F_V2_BWD_AGG", "stream")
+    assert not V2.use_buckets(64)
+    assert V2.launch_config(16, 32, 64, 64, "fwd")["AGG"] == V2._AGG_MODES["tile"]
+    assert V2.launch_config(16, 32, 64, 64, "bwd")["AGG"] == V2._AGG_MODES["stream"]
+    monkeypatch.setenv("E2F_V2_FWD_AGG", "fastest")
+    with pytest.raises(ValueError, match="E2F_V2_FWD_AGG='fastest'"):
+        V2.launch_config(16, 32, 64, 64, "fwd")
+    monkeypatch.setenv("E2F_V2_FWD_AGG", "split")            # the split form exists for the backward only
+    with pytest.raises(ValueError, match="E2F_V2_FWD_AGG='split'"):
+        V2.launch_config(16, 32, 64, 64, "fwd")
 
 
 def _need_triton():
