@@ -40,6 +40,8 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
     ("stream/tile", _agg("stream", "tile"), "fwd+bwd"),
     ("stream/split", _agg("stream", "split"), "fwd+bwd"),
     ("stream/stream", _agg("stream", "stream"), "fwd+bwd"),
+    ("stream/tile, tf32x3 dots", dict(_agg("stream", "tile"), E2F_V2_DOT_PREC="tf32x3"), "fwd+bwd"),
+    ("stream/tile, tf32 dots", dict(_agg("stream", "tile"), E2F_V2_DOT_PREC="tf32"), "fwd+bwd"),
     ("none/none", _agg("none", "none"), "fwd+bwd"),
 ]
 

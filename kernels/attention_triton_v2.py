@@ -456,7 +456,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr, PERM: tl.constexpr,
-                        AGG: tl.constexpr = 0):
+                        AGG: tl.constexpr = 0, BPREC: tl.constexpr = "ieee"):
     # variants (same result; speed untested on a GPU, off by default, swept by benchmarks/tune_attention_v2.py):
     #   DR_ACC   d/dr accumulated as [rows, HB] tiles, reduced over heads once per target block instead of three
     #            cross-lane sums per (m, replica, head block)
@@ -576,8 +576,8 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             # --- last Linear: dx2 += dg W2[g rows of block] + dw W2[w rows of block] --------------------
             w2g = tl.load(W2 + offs_hb[:, None] * HID + offs_f[None, :])            # [HB, HID]
             w2w = tl.load(W2 + (H + offs_hb)[:, None] * HID + offs_f[None, :])
-            dx2 = tl.dot(dg, w2g, dx2, input_precision="ieee")
-            dx2 = tl.dot(dw, w2w, dx2, input_precision="ieee")
+            dx2 = tl.dot(dg, w2g, dx2, input_precision=BPREC)
+            dx2 = tl.dot(dw, w2w, dx2, input_precision=BPREC)
         if AGG == 3:                # dv edge by edge (alpha of every head block is in scratch)
             tl.debug_barrier()
             _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
@@ -586,7 +586,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         h1 = tl.load(scr_h1 + offs_r[:, None] * HID + offs_f[None, :])
         dh1 = _silu_ln_bwd(dx2, h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID)
         _to_scratch(scr_x, dh1, R, HID)
-        dx1 = _chunked_dot(scr_x, W1, HID, 0, tl.zeros([R, HID], dtype=tl.float32), R, HID, HID, KC, "ieee")
+        dx1 = _chunked_dot(scr_x, W1, HID, 0, tl.zeros([R, HID], dtype=tl.float32), R, HID, HID, KC, BPREC)
         h0 = tl.load(scr_h0 + offs_r[:, None] * HID + offs_f[None, :])
         dh0 = _silu_ln_bwd(dx1, h0, tl.load(ln0w + offs_f), tl.load(ln0b + offs_f), HID)
         dd_e = du * du_dd
@@ -596,7 +596,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         for k0 in range(0, nb, BLOCK_NB):
             offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
             dphi = _chunked_dot(scr_x, W0a, nb, k0, tl.zeros([R, BLOCK_NB], dtype=tl.float32),
-                                R, HID, BLOCK_NB, KC, "ieee", nb)
+                                R, HID, BLOCK_NB, KC, BPREC, nb)
             dd_e += tl.sum(dphi * phi * (2.0 * gamma) * diff, 1)
         # --- vec = d r -> dvec = dd r + (dr - (dr.r) r) / d -----------------------------------------------
         if DR_ACC and AGG != 1:
@@ -719,6 +719,20 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
     return cfg
 
 
+_DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+def dot_precision():
+    """``E2F_V2_DOT_PREC`` (opt-in, untimed): the input precision of every edge-MLP dot, forward and backward.
+    "tf32x3" splits each fp32 operand into two TF32 parts and runs three tensor-core products (about fp32
+    accuracy); "tf32" one (about 1e-3 relative); "ieee" exact fp32 FMAs.  Unset: the forward follows
+    ``allow_tf32`` and the backward stays "ieee"."""
+    val = os.environ.get("E2F_V2_DOT_PREC")
+    if val and val not in _DOT_PRECISIONS:
+        raise ValueError(f"E2F_V2_DOT_PREC={val!r}: expected one of {_DOT_PRECISIONS}")
+    return val or None
+
+
 def _grid(n_blocks: int, device, progs_per_sm: int) -> int:
     if device.type == "cuda":
         n_sm = torch.cuda.get_device_properties(device).multi_processor_count
@@ -741,7 +755,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         srcc = src.contiguous()
         vecc, qc, kc_, vc = (x.detach().to(f32).contiguous() for x in (vec, q, k, v))
         block_e = _block_e(rp, max_degree)
-        prec = "tf32" if allow_tf32 else "ieee"
+        prec = dot_precision() or ("tf32" if allow_tf32 else "ieee")
         U = torch.empty((N, 3, 9, C), device=v.device, dtype=f32)
         M = torch.empty((N, H), device=v.device, dtype=f32)
         S = torch.empty((N, H), device=v.device, dtype=f32)
@@ -799,7 +813,8 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 *fwd_w, *bwd_w, M, S, dUc, dvec, dq, dk, dv, scratch, perm, seg,
                 N, n_blocks, nprog, ctx.gamma, ctx.cutoff, 1.0 / math.sqrt(D), nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
-                HB=cfg["HB"], KC=cfg["KC"], PREC=ctx.prec, SMOOTH=ctx.softmax == "smooth",
+                HB=cfg["HB"], KC=cfg["KC"], PREC=ctx.prec, BPREC=dot_precision() or "ieee",
+                SMOOTH=ctx.softmax == "smooth",
                 DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, AGG=cfg["AGG"],
                 num_warps=cfg["num_warps"])
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):

@@ -472,6 +472,9 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
         errs = [rel(x.double(), y.double()) for x, y in zip(long_row[mode], long_row["tile"])]
         print("row longer than the tile,", mode, "vs tile (U, dvec, dq, dk, dv):", ["%.1e" % x for x in errs])
         worst = max(worst, *errs)
+    # E2F_V2_DOT_PREC (every edge-MLP dot's input precision; the interpreter computes in fp32 whatever it is
+    # told, so this checks the plumbing to both kernels; GPU accuracy: benchmarks/attention_stages.py)
+    worst = max(worst, check(6, 5, 55, env={"E2F_V2_DOT_PREC": "tf32x3"}))
     # split backward (E2F_V2_BWD_AGG=split): dalpha, d/dr tiled, dv streamed; buckets, 2 targets per program, DR_ACC
     worst = max(worst, check(6, 5, 52, env={"E2F_V2_BWD_AGG": "split"}))
     worst = max(worst, check(7, 9, 53, torch.int32, env={"E2F_V2_BWD_AGG": "split", "E2F_V2_BWD_BLOCK_T": "2",
@@ -579,6 +582,13 @@ def test_v2_launch_defaults(monkeypatch):
     monkeypatch.setenv("E2F_V2_FWD_AGG", "fastest")
     with pytest.raises(ValueError, match="E2F_V2_FWD_AGG='fastest'"):
         V2.launch_config(16, 32, 64, 64, "fwd")
+    monkeypatch.setenv("E2F_V2_DOT_PREC", "bf16")
+    with pytest.raises(ValueError, match="E2F_V2_DOT_PREC='bf16'"):
+        V2.dot_precision()
+    monkeypatch.setenv("E2F_V2_DOT_PREC", "tf32x3")
+    assert V2.dot_precision() == "tf32x3"
+    monkeypatch.delenv("E2F_V2_DOT_PREC")
+    assert V2.dot_precision() is None
     monkeypatch.setenv("E2F_V2_FWD_AGG", "split")            # the split form exists for the backward only
     with pytest.raises(ValueError, match="E2F_V2_FWD_AGG='split'"):
         V2.launch_config(16, 32, 64, 64, "fwd")
