@@ -20,17 +20,22 @@ tile in registers:
   in registers is only [KC, HID] or [KC, HB].  Only one [rows, HID] accumulator is live.
 * Heads: a loop over head blocks of ``HB`` heads.  Per block: g, w (the block's columns of the last
   Linear), <q, k>, logits, exact per-target softmax (all heads are independent, so nothing is carried
-  between blocks), then the aggregation of the block's channels c = h + r * H (r < C / H), one value row m
-  at a time, stored straight into U (each program owns its targets' rows: no atomics in the forward).
+  between blocks).  The aggregation U = sum_e alpha r (x) V (each program owns its targets' rows: no atomics
+  in the forward) is, by default, streamed: alpha of every head goes to scratch and each target's edges are
+  walked one at a time into [9, C] register accumulators (``_stream_aggregate``; E2F_V2_FWD_AGG=stream).  The
+  tiled form (E2F_V2_FWD_AGG=tile) aggregates the block's channels c = h + r * H (r < C / H) one value row m
+  at a time with segment sums over the edge axis; it was 2.5x slower at the bundled model's sizes (H200).
 * The grid is persistent (``min(#target blocks, #SM * PROGRAMS_PER_SM)`` programs looping over target
   blocks), which bounds the scratch to #programs x rows x HID floats (x3 in the backward).
-* Backward: same blocking.  Per head block: aggregation backward (dv by fp32 atomics), softmax backward,
+* Backward: same blocking.  Per head block: aggregation backward (dv by fp32 atomics; E2F_V2_BWD_AGG=tile, the
+  default, or split / stream: see ``_attn_bwd_kernel_v2``), softmax backward,
   dq (stored), dk (atomics), and dx2 += dg @ W2g[hb] + dw @ W2w[hb] accumulated in one [rows, HID] tile.
   Then LayerNorm/SiLU backward with the pre-LN activations re-read from scratch, dx1 by a K-chunked dot
   through scratch, and the RBF part down to d(vec).
 
 ``tl.dot`` uses ``input_precision="ieee"`` unless ``allow_tf32=True`` (edge-MLP forward dots only);
 ``fused_attention`` always passes ieee for v2 (faster than TF32 for v2 on an H100, see ``kernels/__init__``).
+``E2F_V2_DOT_PREC`` (opt-in, untimed) sets every edge-MLP dot, forward and backward (``dot_precision``).
 Gradients w.r.t. t, s, mu and the fc parameters, and double backward, use the PyTorch reference exactly as
 v1 does.
 """
