@@ -9,9 +9,9 @@
 #             degree buckets off and on, then 14,400 atoms with the CUDA graph forced on (~6 min)
 #   variants: the opt-in attention-backward variants (DR_ACC, DU_BCAST) end to end at 10k fp32 vs the default
 #   profile10k: torch.profiler of one V1.5-size energy + forces step at 10k atoms (fp32), per kernel
-#   buckets:  the degree-bucketed kernel launches (E2F_V2_BUCKETS=1, opt-in): correctness vs float64
+#   buckets:  the degree-bucketed kernel launches (E2F_V2_BUCKETS, on by default): correctness vs float64
 #             (tests/gpu/check_buckets.py), then the graph check (600 waters, solvated dipeptide, float32) with
-#             the buckets off and on (~5 min; md100k has the large systems)
+#             the buckets off and on (~7 min; md100k has the large systems)
 #   prof115k: torch.profiler of one force call of the bundled model on 115,200 atoms of water, buckets off / on
 #   stages:   benchmarks/attention_stages.py (fused attention by stage: tiled / streamed / split aggregation) at
 #             the bundled and V1.5 sizes, then the 115k bundled profile and V1.5 at 10k with the split backward
@@ -59,7 +59,7 @@ for what in "$@"; do
       timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 --out "$OUT/profile" \
           2>&1 | tail -n 3 ;;
     buckets)
-      timeout 150 python3 tests/gpu/check_buckets.py "$OUT/buckets_gpu_check.json" 2>&1 | tail -n 5
+      timeout 270 python3 tests/gpu/check_buckets.py "$OUT/buckets_gpu_check.json" 2>&1 | tail -n 5
       for b in 0 1; do
         E2F_V2_BUCKETS=$b timeout 180 python3 benchmarks/gpu_graphed_check.py --out "$OUT/graphed_buckets$b" \
             --repeats 20 --dtypes float32 --openmm-steps 200 2>&1 | grep -E "ms_graphed|openmm_steps" | cut -c1-300

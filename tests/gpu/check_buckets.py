@@ -128,8 +128,10 @@ def main(argv):
         print(json.dumps({k: (["%.1e" % x for x in v] if isinstance(v, list) else v) for k, v in r.items()}),
               flush=True)
         rows.append(r)
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)      # what finished survives a time limit
+        Path(out_path).write_text(json.dumps(dict(rows=rows, complete=False), indent=1))
     res = dict(device=torch.cuda.get_device_name() if DEV == "cuda" else "cpu-interpreter", tol=TOL, rows=rows,
-               all_pass=all(r["pass"] for r in rows))
+               all_pass=all(r["pass"] for r in rows), complete=True)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text(json.dumps(res, indent=1))
     print("ALL PASS" if res["all_pass"] else "SOME FAILED", flush=True)
