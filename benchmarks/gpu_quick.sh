@@ -17,6 +17,8 @@
 #             the bundled and V1.5 sizes, then the 115k bundled profile and V1.5 at 10k with the split backward
 #   defaults: the current defaults end to end: graph check (600 waters, dipeptide), the bundled model's MD at
 #             14k / 115k atoms, its 115k profile, V1.5 end to end at 1k / 10k / 20k (fp32, graphed fp32)
+#   tune_bundled: tile sweep of the v2 attention at the bundled model's sizes (K = 64, 115,200 atoms), each
+#             config checked against float64 first (benchmarks/tune_attention_v2.py --bundled; ~7 min)
 #   nve10:    NVE of the 64-water box for 10 ps (20,000 steps of 0.5 fs) and the gas-phase dipeptide for 2 ps,
 #             with the bundled model (training.report --nve; ~4 min)
 set -u
@@ -89,6 +91,15 @@ for what in "$@"; do
       timeout 60 python3 benchmarks/profile_bundled_water.py --reps 4,4,4 --out "$OUT/prof" 2>&1 | grep '^{'
       timeout 160 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e" --parts speed --sizes 1000,10000,20000 \
           --modes fp32,graphed_fp32 --no-water --budget-s 140 2>&1 | grep '^{' | cut -c1-200 ;;
+    tune_bundled)
+      for part in 1/2 2/2; do
+        timeout 300 python3 benchmarks/tune_attention_v2.py compile --bundled --part $part --n 115200 \
+            --out "$OUT/tune_bundled" > "$OUT/tune_bundled_compile_${part/\//of}.log" 2>&1 &
+      done
+      wait
+      timeout 200 python3 benchmarks/tune_attention_v2.py time --bundled --n 115200 --out "$OUT/tune_bundled" \
+          2>&1 | grep '^{' | cut -c1-160
+      python3 benchmarks/tune_attention_v2.py report --bundled --out "$OUT/tune_bundled" | tail -n 20 ;;
     nve10)
       timeout 420 python3 -m training.report --nve --nve-steps 4000 --nve-water-steps 20000 --device cuda \
           --platform CUDA --out "$OUT/nve" 2>&1 | tail -n 4 ;;

@@ -15,6 +15,7 @@ set the current defaults for H >= 64; ``CONFIGS`` still starts with the earlier 
     python benchmarks/tune_attention_v2.py best --out DIR > best.env
     # summary (here, after the results came back):
     python benchmarks/tune_attention_v2.py report --out DIR
+    # the bundled model's sizes (H = 16, K = 64) and its own config list: add --bundled to every phase
 
 Each config is one line of ``DIR/check.jsonl`` / ``DIR/time.jsonl`` written as soon as it is measured, so a
 run cut short by its time limit keeps what it finished.  Configs are listed most promising first.
@@ -63,6 +64,24 @@ CONFIGS = [
     ("fwd", 2, 32, 16, 4, 8),
     ("fwd", 2, 32, 32, 8, 16),
     ("fwd", 1, 16, 16, 4, 8),
+]
+
+
+# the bundled default model (H = 16, hid = 32; water: 64-slot tiles with the degree buckets): H caps HB at 16.
+# The first of each kind is the current default (launch_config for H < 64); the forward is the streamed one.
+CONFIGS_BUNDLED = [
+    ("bwd", 1, 16, 16, 4, 8),
+    ("bwd", 1, 16, 32, 4, 8),
+    ("bwd", 1, 16, 16, 8, 8),
+    ("bwd", 1, 16, 16, 2, 8),
+    ("bwd", 1, 16, 16, 4, 16),
+    ("bwd", 1, 16, 16, 4, 8, "acc"),
+    ("fwd", 1, 16, 32, 8, 8),
+    ("fwd", 1, 16, 32, 4, 8),
+    ("fwd", 1, 16, 16, 4, 8),
+    ("fwd", 1, 16, 32, 4, 16),
+    ("fwd", 1, 16, 32, 2, 16),
+    ("fwd", 2, 16, 32, 4, 8),
 ]
 
 
@@ -246,9 +265,18 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=10000, help="atoms for the timing (and its compile warm-up)")
     p.add_argument("--n-check", type=int, default=2000)
     p.add_argument("--tiny", action="store_true", help="CPU rehearsal under TRITON_INTERPRET=1: tiny sizes")
+    p.add_argument("--bundled", action="store_true",
+                   help="the bundled model's sizes (C 64, H 16, hid 32) at K = 64 (water) and its own config list")
     args = p.parse_args(argv)
     from kernels._testing import TINY, V15
-    SETTING.update(name="tiny", size=TINY, K=8, device="cpu") if args.tiny else \
+    if args.bundled:
+        CONFIGS[:] = CONFIGS_BUNDLED
+        size = dict(C=64, H=16, D=4, nb=64, T=32, hid=32)
+        SETTING.update(name="bundled", size=size, K=64 if not args.tiny else 16,
+                       device="cpu" if args.tiny else "cuda")
+    elif args.tiny:
+        SETTING.update(name="tiny", size=TINY, K=8, device="cpu")
+    else:
         SETTING.update(name="V1.5", size=V15, K=32, device="cuda")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
