@@ -37,10 +37,12 @@ for perm in (False, True):
         f = v2.launch_config(H, hid, nb, be, "fwd"); b = v2.launch_config(H, hid, nb, be, "bwd")
         consts = dict(nb=nb, C=C, H=H, D=D, HID=hid, BLOCK_T=f["BLOCK_T"], BLOCK_E=be, BLOCK_NB=f["BLOCK_NB"],
                       HB=f["HB"], KC=f["KC"], PREC="ieee", SMOOTH=True, PERM=perm)
-        r = CR.compile_kernel(v2._attn_fwd_kernel_v2, consts, f["num_warps"])
+        r = CR.compile_kernel(v2._attn_fwd_kernel_v2, dict(consts, SCR_STRIDE=CR._v2_stride("fwd", 0, consts)),
+                              f["num_warps"])
         print("fwd PERM", perm, "BLOCK_E", be, {k: r[k] for k in ("regs", "spills", "shared", "blocks_per_sm")}, flush=True)
         consts = dict(consts, BLOCK_T=b["BLOCK_T"], HB=b["HB"], KC=b["KC"], BLOCK_NB=b["BLOCK_NB"], DR_ACC=False, DU_BCAST=False)
-        r = CR.compile_kernel(v2._attn_bwd_kernel_v2, consts, b["num_warps"])
+        r = CR.compile_kernel(v2._attn_bwd_kernel_v2, dict(consts, SCR_STRIDE=CR._v2_stride("bwd", 0, consts)),
+                              b["num_warps"])
         print("bwd PERM", perm, "BLOCK_E", be, {k: r[k] for k in ("regs", "spills", "shared", "blocks_per_sm")}, flush=True)
         e = ed2.launch_config(hid, nb, be)
         c2 = dict(nb=nb, HID=hid, BLOCK_E=be, BLOCK_NB=e["BLOCK_NB"], KC=e["KC"], PREC="ieee", PERM=perm)
@@ -54,10 +56,10 @@ for perm in (False, True):
     for be, bt_f, bt_b in ((32, 2, 1), (16, 4, 2)):
         consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=bt_f, BLOCK_E=be, BLOCK_NB=16, HB=32, KC=16,
                       PREC="ieee", SMOOTH=True, PERM=perm)
-        r = CR.compile_kernel(v2._attn_fwd_kernel_v2, consts, 4)
+        r = CR.compile_kernel(v2._attn_fwd_kernel_v2, dict(consts, SCR_STRIDE=CR._v2_stride("fwd", 0, consts)), 4)
         print("v15 fwd PERM", perm, "BLOCK_E", be, {k: r[k] for k in ("regs", "spills", "shared")}, flush=True)
         consts = dict(consts, BLOCK_T=bt_b, KC=32, BLOCK_NB=32, DR_ACC=False, DU_BCAST=False)
-        r = CR.compile_kernel(v2._attn_bwd_kernel_v2, consts, 4)
+        r = CR.compile_kernel(v2._attn_bwd_kernel_v2, dict(consts, SCR_STRIDE=CR._v2_stride("bwd", 0, consts)), 4)
         print("v15 bwd PERM", perm, "BLOCK_E", be, {k: r[k] for k in ("regs", "spills", "shared")}, flush=True)
     c2 = dict(nb=nb, HID=HID, BLOCK_E=32, BLOCK_NB=32, KC=32, PREC="ieee", PERM=perm)
     r = CR.compile_kernel(ed2._edge_deg_fwd_kernel_v2, c2, 8)

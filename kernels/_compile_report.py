@@ -42,6 +42,8 @@ SMEM_PER_SM = 228 * 1024   # H100 / H200: 228 KB shared memory per SM (227 KB us
 
 
 def compile_kernel(fn, consts: dict, num_warps: int) -> dict:
+    # constexpr parameters the caller leaves out take their defaults, as at a launch
+    consts = dict({p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **consts)
     sig = {}
     for n in fn.arg_names:
         if n in consts:
@@ -98,8 +100,14 @@ def v2_runs(name, variants):
         consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=bt, BLOCK_E=K, BLOCK_NB=min(kc, nb),
                       HB=hb, KC=kc, PREC=prec, SMOOTH=False, PERM=False)
         tag = f"{name} BLOCK_T={bt} BLOCK_E={K} HB={hb} KC={kc} nw={nw} {prec}"
-        yield f"v2 fwd {tag}", v2._attn_fwd_kernel_v2, consts, nw
-        yield f"v2 bwd {tag}", v2._attn_bwd_kernel_v2, dict(consts, DR_ACC=False, DU_BCAST=False), nw
+        yield f"v2 fwd {tag}", v2._attn_fwd_kernel_v2, dict(consts, SCR_STRIDE=_v2_stride("fwd", 0, consts)), nw
+        yield f"v2 bwd {tag}", v2._attn_bwd_kernel_v2, dict(consts, DR_ACC=False, DU_BCAST=False,
+                                                            SCR_STRIDE=_v2_stride("bwd", 0, consts)), nw
+
+
+def _v2_stride(kind, agg, consts):
+    """The scratch stride the host would pass (``attention_triton_v2._scratch_floats``)."""
+    return v2._scratch_floats(kind, agg, consts["BLOCK_T"] * consts["BLOCK_E"], consts["HID"], consts["H"])
 
 
 def edge_runs(name, quick=False):
@@ -236,6 +244,7 @@ def bwd_variants_main():
         for acc, bc in ((False, False), (True, False), (False, True), (True, True)):
             consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=bt, BLOCK_E=K, BLOCK_NB=min(kc, nb), HB=hb,
                           KC=kc, PREC="ieee", SMOOTH=False, DR_ACC=acc, DU_BCAST=bc, PERM=False)
+            consts["SCR_STRIDE"] = _v2_stride("bwd", 0, consts)
             r = compile_kernel(v2._attn_bwd_kernel_v2, consts, nw)
             print(f"bwd BT{bt} HB{hb} KC{kc} W{nw} DR_ACC={int(acc)} DU_BCAST={int(bc)}: regs {r['regs']} "
                   f"spills {r['spills']} shared {r['shared']} CTA/SM {r['blocks_per_sm']}", flush=True)
@@ -264,6 +273,7 @@ def agg_modes_main():
                                   PERM=True, AGG=agg)
                     if kind == "bwd":
                         consts.update(DR_ACC=False, DU_BCAST=False)
+                    consts["SCR_STRIDE"] = _v2_stride(kind, agg, consts)
                     r = compile_kernel(fn, consts, nw)
                     print(f"| {name} | {kind} | {names[agg]} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} "
                           f"W{nw} | {r['regs']} | {r['spills']} | {r['shared']} | {r['blocks_per_sm']} |", flush=True)

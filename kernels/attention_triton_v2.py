@@ -324,14 +324,14 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
-                        PERM: tl.constexpr, AGG: tl.constexpr = 0):
+                        PERM: tl.constexpr, SCR_STRIDE: tl.constexpr, AGG: tl.constexpr = 0):
     # AGG: how U = sum_e alpha r (x) V is formed.  0 ("tile"): per head block, one [rows, HB] product and three
     # segment sums over the edge axis per (m, replica); 1 ("stream"): alpha [rows, H] is staged in scratch and
     # each target's edges are streamed one by one into [9, C] register accumulators (no cross-lane sums; the
     # on-the-fly form of the paper); 2 ("none"): U is not written (stage timing only, never a default)
     R: tl.constexpr = BLOCK_T * BLOCK_E
     pid = tl.program_id(0)
-    scr_x = scratch + pid.to(tl.int64) * (R * HID + R * H)
+    scr_x = scratch + pid.to(tl.int64) * SCR_STRIDE        # [R, HID] (+ alpha [R, H] with AGG 1)
     scr_a = scr_x + R * HID
     t_start, n_t, n_blk = _bucket(N, n_blocks, seg, BLOCK_T, PERM)
     blk = pid
@@ -460,7 +460,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
-                        DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr, PERM: tl.constexpr,
+                        DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr, PERM: tl.constexpr, SCR_STRIDE: tl.constexpr,
                         AGG: tl.constexpr = 0, BPREC: tl.constexpr = "ieee"):
     # variants (same result; speed untested on a GPU, off by default, swept by benchmarks/tune_attention_v2.py):
     #   DR_ACC   d/dr accumulated as [rows, HB] tiles, reduced over heads once per target block instead of three
@@ -468,14 +468,15 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
     #   DU_BCAST dU read once per target ([BLOCK_T, HB]) and broadcast to its edge rows, instead of per row
     #   AGG      0: aggregation backward per head block as below; 1: streamed (``_stream_aggregate_bwd``: alpha
     #            of all heads to scratch first, then dalpha, dr and dv edge by edge); 2: skipped (stage timing
-    #            only, wrong gradients); 3 ("split"): dalpha and d/dr in tiles as in 0, dv by ``_stream_aggregate_bwd`` with DV_ONLY
-    #            (edge by edge, no reduction, contiguous atomics) instead of [rows, HB] atomics
+    #            only, wrong gradients); 3 ("split"): dalpha and d/dr in tiles as in 0, dv by
+    #            ``_stream_aggregate_bwd`` with DV_ONLY (edge by edge, no reduction, contiguous atomics) instead
+    #            of [rows, HB] atomics
     R: tl.constexpr = BLOCK_T * BLOCK_E
     pid = tl.program_id(0)
-    scr_x = scratch + pid.to(tl.int64) * (3 * R * HID + 2 * R * H + 4 * R)
+    scr_x = scratch + pid.to(tl.int64) * SCR_STRIDE        # see _scratch_floats
     scr_h0 = scr_x + R * HID
     scr_h1 = scr_h0 + R * HID
-    scr_a = scr_h1 + R * HID        # AGG 1: alpha [R, H], dalpha [R, H], dr [R, 4]
+    scr_a = scr_h1 + R * HID        # AGG 1 / 3: alpha [R, H]; AGG 1 also dalpha [R, H], dr [R, 4]
     scr_da = scr_a + R * H
     scr_dr = scr_da + R * H
     offs_f = tl.arange(0, HID)
@@ -685,11 +686,22 @@ def _env_int(name, default):
 
 # How the aggregation U = sum_e alpha r (x) V (and its backward) is formed: E2F_V2_FWD_AGG / E2F_V2_BWD_AGG =
 # "tile" | "stream" | "none" ("none" leaves it out: stage timing only, wrong results).  Defaults from H200
-# timings (benchmarks/attention_stages.py -> benchmarks/results/attention_stages_h200.md): the streamed forward is
+# timings (benchmarks/attention_stages.py -> benchmarks/results/session8_speed_h200.md): the streamed forward is
 # 2.5x faster at the bundled model's sizes (115,200 atoms, 64 edges: 54.6 -> 21.7 ms) and 1.6x at V1.5's (10k
 # atoms: 6.7 -> 4.3 ms); the streamed backward is slower (its per-edge cross-lane sums), so it stays opt-in.
 _AGG_MODES = {"tile": 0, "stream": 1, "none": 2, "split": 3}   # split: backward only (see _attn_bwd_kernel_v2)
 _AGG_DEFAULT = {"fwd": "stream", "bwd": "tile"}
+
+
+def _scratch_floats(kind: str, agg: int, R: int, hid: int, H: int) -> int:
+    """Floats of one program's scratch slot: the edge-MLP activations ([R, hid] forward, x / h0 / h1 backward)
+    and, only where the aggregation mode uses them, alpha [R, H] (stream, split) and dalpha [R, H] + dr [R, 4]
+    (streamed backward).  Allocated by the host and passed to the kernel as its SCR_STRIDE (a constexpr: it
+    depends only on constexprs, so it adds no specialisation)."""
+    if kind == "fwd":
+        return R * hid + (R * H if agg == _AGG_MODES["stream"] else 0)
+    extra = {_AGG_MODES["stream"]: 2 * R * H + 4 * R, _AGG_MODES["split"]: R * H}.get(agg, 0)
+    return 3 * R * hid + extra
 
 
 def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") -> dict:
@@ -770,13 +782,14 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
             n_blocks = triton.cdiv(N, cfg["BLOCK_T"])     # with buckets: a bound (the kernel reads the count)
             nprog = _grid(n_blocks, v.device, cfg["progs_per_sm"])
             R = cfg["BLOCK_T"] * be
-            scratch = torch.empty(nprog * R * (hid + H), device=v.device, dtype=f32)
+            stride = _scratch_floats("fwd", cfg["AGG"], R, hid, H)
+            scratch = torch.empty(nprog * stride, device=v.device, dtype=f32)
             _LAST_COMPILED["fwd" if be == block_e else "fwd_small"] = _attn_fwd_kernel_v2[(nprog,)](
                 rp, srcc, vecc, qc, kc_, vc, pt, ps, muc, *fwd_w, U, M, S, scratch, perm, seg,
                 N, n_blocks, nprog, float(gamma), float(cutoff), 1.0 / math.sqrt(D), nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
-                num_warps=cfg["num_warps"])
+                SCR_STRIDE=stride, num_warps=cfg["num_warps"])
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.launches = launches
         ctx.gamma, ctx.cutoff, ctx.prec, ctx.block_e, ctx.softmax = float(gamma), float(cutoff), prec, block_e, softmax
@@ -812,7 +825,8 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
             n_blocks = triton.cdiv(N, cfg["BLOCK_T"])     # with buckets: a bound (the kernel reads the count)
             nprog = _grid(n_blocks, v.device, cfg["progs_per_sm"])
             R = cfg["BLOCK_T"] * be
-            scratch = torch.empty(nprog * R * (3 * hid + 2 * H + 4), device=v.device, dtype=f32)
+            stride = _scratch_floats("bwd", cfg["AGG"], R, hid, H)
+            scratch = torch.empty(nprog * stride, device=v.device, dtype=f32)
             _LAST_COMPILED["bwd" if be == ctx.block_e else "bwd_small"] = _attn_bwd_kernel_v2[(nprog,)](
                 rp, src.contiguous(), vecc, qc, kc_, vc, pt, ps, muc,
                 *fwd_w, *bwd_w, M, S, dUc, dvec, dq, dk, dv, scratch, perm, seg,
@@ -821,7 +835,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 HB=cfg["HB"], KC=cfg["KC"], PREC=ctx.prec, BPREC=dot_precision() or "ieee",
                 SMOOTH=ctx.softmax == "smooth",
                 DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, AGG=cfg["AGG"],
-                num_warps=cfg["num_warps"])
+                SCR_STRIDE=stride, num_warps=cfg["num_warps"])
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):
             if nig[idx]:
                 grads[idx] = gr.to(x.dtype)
