@@ -35,6 +35,7 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
     ("tile", _agg("tile"), "fwd"),
     ("stream", _agg("stream"), "fwd"),
     ("stream, 4 warps", dict(_agg("stream"), E2F_V2_FWD_NUM_WARPS="4"), "fwd"),
+    ("stream, tf32x3 dots", dict(_agg("stream"), E2F_V2_DOT_PREC="tf32x3"), "fwd"),
     ("none", _agg("none"), "fwd"),
     ("tile/tile", _agg("tile", "tile"), "fwd+bwd"),
     ("stream/tile", _agg("stream", "tile"), "fwd+bwd"),
@@ -43,6 +44,8 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
     ("stream/tile, tf32x3 dots", dict(_agg("stream", "tile"), E2F_V2_DOT_PREC="tf32x3"), "fwd+bwd"),
     ("stream/tile, tf32 dots", dict(_agg("stream", "tile"), E2F_V2_DOT_PREC="tf32"), "fwd+bwd"),
     ("none/none", _agg("none", "none"), "fwd+bwd"),
+    ("stream, every RBF centre", dict(_agg("stream"), E2F_V2_RBF_WIN="0"), "fwd"),
+    ("stream/tile, every RBF centre", dict(_agg("stream", "tile"), E2F_V2_RBF_WIN="0"), "fwd+bwd"),
 ]
 
 
@@ -82,6 +85,8 @@ def main(argv=None):
     ap.add_argument("--out")
     ap.add_argument("--sizes", default="bundled:115200:64,bundled:14400:64,v15:10000:32")
     ap.add_argument("--random-src", action="store_true")
+    ap.add_argument("--variants", default=None,
+                    help="';'-separated labels of VARIANTS to run (default: all), e.g. 'stream/tile;stream/split'")
     ap.add_argument("--n-check", type=int, default=2000)
     ap.add_argument("--device", default="cuda", help="cpu: a rehearsal under TRITON_INTERPRET=1 (tiny sizes)")
     args = ap.parse_args(argv)
@@ -119,6 +124,13 @@ def main(argv=None):
             return [U]
         return [U] + list(torch.autograd.grad(U, [a[n] for n in (2, 3, 4, 5)], G))
 
+    variants = VARIANTS
+    if args.variants:
+        want = args.variants.split(";")
+        unknown = [w for w in want if w not in {v[0] for v in VARIANTS}]
+        if unknown:
+            ap.error(f"unknown variants {unknown}; known: {[v[0] for v in VARIANTS]}")
+        variants = [v for v in VARIANTS if v[0] in want]
     for spec in args.sizes.split(","):
         name, N, K = spec.split(":")
         N, K = int(N), int(K)
@@ -135,7 +147,7 @@ def main(argv=None):
             big = local_sources(big, 300, 3)
         ab = leaf_args(big)
         Gb = torch.randn((N, 3, 9, size["C"]), device=dev)
-        for label, env, part in VARIANTS:
+        for label, env, part in variants:
             set_env(env)
             row = dict(setting=name, N=N, K=K, variant=label, part=part, env=env,
                        src="random" if args.random_src else "local+-300")

@@ -1,14 +1,21 @@
 """Benchmark: fused Triton attention edge part vs the naive PyTorch reference (gather / softmax / scatter).
 
-Usage: python benchmarks/bench_attention.py [out_prefix] [--quick]
-writes <out_prefix>.json and <out_prefix>.md (default benchmarks/results/attention_h100).
+Usage: python benchmarks/bench_attention.py [out_prefix] [--quick] [--impls fused,reference,...] [--settings appA,v15]
+                                           [--ns 128,512,...]
+writes <out_prefix>.json and <out_prefix>.md (default benchmarks/results/attention_<gpu>).
 
 Settings (fp32 throughout, every atom has exactly K incoming edges, random sources):
   appA : the paper's App. A setting K = 64, H = 16; with the V1.5 sizes C = 256, D = 8, nb = 256, T = 128,
          hid = 128 (App. A does not fix C / D; we pick the V1.5 ones)
   v15  : the V1.5 model setting K = 32, H = 128, D = 8, C = 256, nb = 256, T = 128, hid = 128
 Modes: "fwd" (U only) and "fwd+bwd" (U and dU/d(vec, q, k, v) for a random upstream gradient).
-Implementations: fused (exact fp32 dots), fused_tf32 (TF32 dots in the edge MLP), reference (PyTorch).
+Implementations (--impls, default fused,reference):
+  fused        ``kernels.fused_attention`` as the model calls it: the default backend (v2 since session 3), its
+               default tiles, aggregation modes and degree buckets, exact fp32 ("ieee") dots
+  fused_tf32x3 the same with E2F_V2_DOT_PREC=tf32x3 (three TF32 tensor-core products per fp32 dot)
+  fused_v1     the v1 kernels (``attention_triton``), exact fp32: what sessions 1-2 measured as "fused"
+  fused_v1_tf32 the v1 kernels with TF32 dots in the edge MLP (session 2's "fused_tf32")
+  reference    the PyTorch reference (gather / softmax / scatter, E x H and E x C tensors in memory)
 Timing: triton.testing.do_bench, median.  Peak memory: max_memory_allocated above the inputs.
 FLOPs / bytes are the algorithmic counts of the fused kernels (see flops_bytes); the same counts are used
 for the reference, so its "TFLOPS" is useful work per second, not what it executes.
@@ -55,12 +62,20 @@ def flops_bytes(N, K_, C, H, D, nb, T, hid, mode):
     return f_fwd + f_bwd, b_fwd + b_bwd
 
 
+IMPLS = ("fused", "fused_tf32x3", "fused_v1", "fused_v1_tf32", "reference")
+IMPL_ENV = {"fused_tf32x3": {"E2F_V2_DOT_PREC": "tf32x3"}}
+
+
 def make_fn(impl, args, mode, K_):
     if impl == "reference":
         call = lambda: K.attention_reference(*args)
-    else:
-        tf32 = impl == "fused_tf32"
+    elif impl.startswith("fused_v1"):
+        tf32 = impl == "fused_v1_tf32"
         call = lambda: AT.attention_triton(*args, allow_tf32=tf32, max_degree=K_)
+    elif impl in ("fused", "fused_tf32x3"):
+        call = lambda: K.fused_attention(*args, max_degree=K_)
+    else:
+        raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")
     if mode == "fwd":
         def fn():
             with torch.no_grad():
@@ -87,6 +102,9 @@ def bench_one(setting, N, impl, mode, case):
             args[n] = args[n].detach().requires_grad_(True)
     fn = make_fn(impl, args, mode, K_)
     row = dict(setting=setting, N=N, K=K_, impl=impl, mode=mode, **cfg)
+    env = IMPL_ENV.get(impl, {})
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -105,23 +123,47 @@ def bench_one(setting, N, impl, mode, case):
         row.update(ms=None, error=repr(exc)[:300])
         if "CUDA error" in repr(exc) or "AcceleratorError" in repr(exc):
             row["fatal"] = True
+    finally:
+        for k_, v_ in saved.items():
+            if v_ is None:
+                os.environ.pop(k_, None)
+            else:
+                os.environ[k_] = v_
     del fn, args
     torch.cuda.empty_cache()
     return row
 
 
+def _opt(argv, name, default):
+    if name in argv:
+        i = argv.index(name)
+        val = argv[i + 1]
+        del argv[i:i + 2]
+        return val
+    return default
+
+
 def main(argv):
+    argv = list(argv)
+    impls = _opt(argv, "--impls", "fused,reference").split(",")
+    settings = _opt(argv, "--settings", ",".join(SETTINGS)).split(",")
+    ns_opt = _opt(argv, "--ns", None)
+    for i in impls:
+        if i not in IMPLS:
+            raise SystemExit(f"unknown impl {i!r}; expected one of {IMPLS}")
     quick = "--quick" in argv
     paths = [a for a in argv if not a.startswith("--")]
     gpu = "h200" if "H200" in torch.cuda.get_device_name() else "h100"
     prefix = paths[0] if paths else str(REPO / f"benchmarks/results/attention_{gpu}")
     Ns = (128, 2048, 32768) if quick else (128, 512, 2048, 8192, 32768, 100000)
+    if ns_opt:
+        Ns = tuple(int(n) for n in ns_opt.split(","))
     budget_s = float(os.environ.get("BENCH_BUDGET_S", "1e9"))
     t_start = time.time()
     rows = []
     ref_oom = {}
     dead = False
-    for setting in SETTINGS:
+    for setting in settings:
         for N in Ns:
             if dead or time.time() - t_start > budget_s:
                 print(f"time budget exhausted: skipping {setting} N={N}", flush=True)
@@ -129,7 +171,7 @@ def main(argv):
             case = make_case(N, SETTINGS[setting]["K"], **SETTINGS[setting]["cfg"], device="cuda", seed=N,
                              fixed_degree=True, special_rows=False)
             for mode in ("fwd", "fwd+bwd"):
-                for impl in ("fused", "reference", "fused_tf32"):
+                for impl in impls:
                     if impl == "reference" and ref_oom.get((setting, mode)):
                         rows.append(dict(setting=setting, N=N, impl=impl, mode=mode, ms=None, oom=True,
                                          skipped="smaller N already OOM"))
@@ -148,21 +190,37 @@ def main(argv):
                              f"peak {r['peak_mem_MB']:8.1f} MB" if ms else f"{'OOM' if r.get('oom') else r.get('error')}"),
                           flush=True)
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               settings={k: dict(K=v["K"], **v["cfg"]) for k, v in SETTINGS.items()}, rows=rows)
+               impls=impls, settings={k: dict(K=v["K"], **v["cfg"]) for k, v in SETTINGS.items()}, rows=rows)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     Path(prefix + ".json").write_text(json.dumps(res, indent=1))
     Path(prefix + ".md").write_text(to_markdown(res))
     print(to_markdown(res))
 
 
+#: peak HBM bandwidth (GB/s) and fp32 FMA (non-tensor) TFLOP/s from the vendors' data sheets
+PEAKS = {"H100": (3350.0, 67.0), "H200": (4800.0, 67.0)}
+
+
+def peaks(device_name):
+    for key, val in PEAKS.items():
+        if key in device_name:
+            return key, val
+    return None, (None, None)
+
+
 def to_markdown(res):
+    impls = res.get("impls", ["fused", "fused_tf32", "reference"])
+    gpu, (bw, fl) = peaks(res["device"])
     lines = [f"# Attention edge part: fused Triton vs PyTorch reference ({res['device']})", "",
              f"torch {res['torch']}, triton {res['triton']}, fp32 inputs, median of do_bench. "
-             "appA: K=64, H=16, C=256, D=8, nb=256, hid=128; v15: K=32, H=128, C=256, D=8, nb=256, hid=128. "
-             "fused = exact fp32 dots, fused_tf32 = TF32 dots in the edge MLP. fwd+bwd = U and d/d(vec,q,k,v). "
-             "TFLOPS / GB/s use the fused kernels' algorithmic counts for every implementation.", "",
-             "| setting | mode | N | fused ms | fused_tf32 ms | reference ms | speed-up (fused vs ref) | fused TFLOPS | fused GB/s | fused peak MB | ref peak MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "appA: K=64, H=16, C=256, D=8, nb=256, hid=128; v15: K=32, H=128, C=256, D=8, nb=256, hid=128; "
+             "every atom has K edges from random sources. fwd+bwd = U and d/d(vec,q,k,v). "
+             "TFLOPS / GB/s use the fused kernels' algorithmic counts (bytes: every per-edge gather counted) for "
+             "every implementation, so the reference's figures are useful work per second"
+             + (f"; % of the {gpu} roofline: {bw:.0f} GB/s HBM, {fl:.0f} TFLOP/s fp32 (data sheet)." if gpu else "."),
+             "", "| setting | mode | N | " + " | ".join(f"{i} ms" for i in impls)
+             + " | speed-up (fused vs reference) | fused TFLOPS | fused GB/s | % of HBM roofline | fused peak MB | reference peak MB |",
+             "|---|---|---:|" + "---:|" * (len(impls) + 6)]
     by = {}
     for r in res["rows"]:
         by[(r["setting"], r["mode"], r["N"], r["impl"])] = r
@@ -176,10 +234,13 @@ def to_markdown(res):
     keys = sorted({(r["setting"], r["mode"], r["N"]) for r in res["rows"]},
                   key=lambda x: (x[0], x[1], x[2]))
     for st, mo, n in keys:
-        f, t, rf = (by.get((st, mo, n, i)) for i in ("fused", "fused_tf32", "reference"))
+        f, rf = by.get((st, mo, n, "fused")), by.get((st, mo, n, "reference"))
         sp = (f"{rf['ms'] / f['ms']:.1f}x" if f and rf and f.get("ms") and rf.get("ms") else "–")
-        lines.append(f"| {st} | {mo} | {n} | {ms(f)} | {ms(t)} | {ms(rf)} | {sp} | "
-                     + (f"{f['TFLOPS']:.2f} | {f['GBps']:.0f} | {f['peak_mem_MB']:.0f}" if f and f.get("ms") else "– | – | –")
+        ok = f and f.get("ms")
+        lines.append(f"| {st} | {mo} | {n} | " + " | ".join(ms(by.get((st, mo, n, i))) for i in impls) + f" | {sp} | "
+                     + (f"{f['TFLOPS']:.2f} | {f['GBps']:.0f} | "
+                        + (f"{100 * f['GBps'] / bw:.0f} %" if bw else "–") + f" | {f['peak_mem_MB']:.0f}"
+                        if ok else "– | – | – | –")
                      + " | " + (f"{rf['peak_mem_MB']:.0f}" if rf and rf.get("ms") else ms(rf)) + " |")
     return "\n".join(lines) + "\n"
 

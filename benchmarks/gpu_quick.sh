@@ -21,6 +21,12 @@
 #             config checked against float64 first (benchmarks/tune_attention_v2.py --bundled; ~7 min)
 #   nve10:    NVE of the 64-water box for 10 ps (20,000 steps of 0.5 fs) and the gas-phase dipeptide for 2 ps,
 #             with the bundled model (training.report --nve; ~4 min)
+#   attn4a:   benchmarks/bench_attention.py (issue #4 item 4a): the default fused kernels vs the PyTorch reference,
+#             App. A and V1.5 settings, N = 128 ... 100,000 (~5 min)
+#   stages9:  attention_stages.py, the new variants only (split backward, tf32x3 / tf32 dots) beside the
+#             default stream/tile, at V1.5 (10k) and bundled (115k) sizes (~5 min)
+#   win9:     the RBF window (E2F_V2_RBF_WIN) on / off: attention stages, V1.5 end to end at 10k / 20k, and
+#             the App. A / V1.5 attention benchmark at 32k / 100k atoms (~8 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
@@ -101,8 +107,28 @@ for what in "$@"; do
           2>&1 | grep '^{' | cut -c1-160
       python3 benchmarks/tune_attention_v2.py report --bundled --out "$OUT/tune_bundled" | tail -n 20 ;;
     nve10)
+      # python -m puts the working tree first on sys.path, whose openmm_e2former has no model/ or kernels/
+      # (setup.py maps them in): link them in this copy of the tree, as the installed package has them
+      ln -sfn ../model openmm_e2former/model; ln -sfn ../kernels openmm_e2former/kernels
       timeout 420 python3 -m training.report --nve --nve-steps 4000 --nve-water-steps 20000 --device cuda \
           --platform CUDA --out "$OUT/nve" 2>&1 | tail -n 4 ;;
+    attn4a)
+      BENCH_BUDGET_S=230 timeout 330 python3 benchmarks/bench_attention.py "$OUT/attention_v2" \
+          --impls fused,reference 2>&1 | grep -vE '^\|' | tail -n 40 ;;
+    stages9)
+      timeout 400 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
+          --variants "stream;stream, tf32x3 dots;stream/tile;stream/split;stream/tile, tf32x3 dots;stream/tile, tf32 dots" \
+          2>&1 | grep '^{' | cut -c1-220 ;;
+    win9)
+      timeout 240 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
+          --variants "stream;stream, every RBF centre;stream/tile;stream/tile, every RBF centre" \
+          2>&1 | grep '^{' | cut -c1-220
+      for w in auto 0; do
+        E2F_V2_RBF_WIN=$w timeout 100 python3 benchmarks/gpu_end_to_end.py --parts speed --sizes 10000,20000 \
+            --modes fp32 --no-water --budget-s 80 --out "$OUT/e2e_win_$w" 2>&1 | grep '^{' | cut -c1-200
+      done
+      BENCH_BUDGET_S=100 timeout 150 python3 benchmarks/bench_attention.py "$OUT/attention_win" \
+          --impls fused --ns 32768,100000 2>&1 | grep -E '^(appA|v15)' ;;
     *) echo "unknown: $what"; exit 2 ;;
   esac
 done

@@ -14,7 +14,8 @@ tile in registers:
 
 * Rows: ``BLOCK_T`` targets x ``BLOCK_E`` edge slots per program (row r = t * BLOCK_E + e).  Per-target
   reductions (softmax max / sum, aggregation) are segment reductions over a [BLOCK_T, BLOCK_E, HB] view.
-* Edge MLP: layer 1 is chunked over the RBF axis (as v1).  The activations x1 (and x2) [rows, HID] are
+* Edge MLP: layer 1 is chunked over the RBF axis (as v1), or, where the centres are at least 4x the window
+  (V1.5: 256), summed over each edge's 32 nearest centres only (``rbf_window``; the rest are below e^-30).  The activations x1 (and x2) [rows, HID] are
   staged in a small per-program global scratch slot (L1/L2 resident, written and read by the same CTA, with
   barriers); layer 2 and 3 are K-chunked dots ``sum_k x[:, k:k+KC] @ W[k:k+KC, :]`` so the weight operand
   in registers is only [KC, HID] or [KC, HB].  Only one [rows, HID] accumulator is live.
@@ -151,16 +152,35 @@ def _silu_ln_bwd(dx, h, lnw, lnb, HID: tl.constexpr):
 
 
 @triton.jit
-def _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, nb: tl.constexpr, HID: tl.constexpr,
-            R: tl.constexpr, BLOCK_NB: tl.constexpr, PREC: tl.constexpr):
-    """pre-LN h0 = W0 [phi(d); t; s] + b0  ->  [R, HID]"""
+def _rbf_window_start(d, cutoff, nb: tl.constexpr, WIN: tl.constexpr):
+    """First centre of each row's RBF window (``rbf_window``): WIN centres around the nearest one, mu_k = k R /
+    (nb - 1), clamped to [0, nb - WIN] (d beyond the cutoff, or a padded row, only clamps)."""
+    x = tl.minimum(tl.maximum(d * ((nb - 1) / cutoff) + 0.5, 0.0), nb * 1.0)
+    kc = x.to(tl.int32)
+    return tl.minimum(tl.maximum(kc - (WIN // 2 - 1), 0), nb - WIN)
+
+
+@triton.jit
+def _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, cutoff, nb: tl.constexpr, HID: tl.constexpr,
+            R: tl.constexpr, BLOCK_NB: tl.constexpr, PREC: tl.constexpr, WIN: tl.constexpr = 0):
+    """pre-LN h0 = W0 [phi(d); t; s] + b0  ->  [R, HID].  WIN = 0: every centre, as chunked dots over the RBF
+    axis; WIN > 0: only the WIN centres nearest to each row's d (``rbf_window``: the others are below
+    exp(-30) of the largest basis value), as WIN rank-1 updates with the row's gathered weight row."""
     offs_f = tl.arange(0, HID)
-    h0 = tl.load(pt + tgt[:, None] * HID + offs_f[None, :])
-    h0 += tl.load(ps + j[:, None] * HID + offs_f[None, :], mask=mask_e[:, None], other=0.0)
-    for k0 in range(0, nb, BLOCK_NB):
-        offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
-        w0t = tl.load(W0aT + offs_k[:, None] * HID + offs_f[None, :], mask=mk[:, None], other=0.0)
-        h0 = tl.dot(phi, w0t, h0, input_precision=PREC)
+    h0 = tl.load(pt + tgt[:, None] * HID + offs_f[None, :]).to(tl.float32)    # (bf16 under autocast)
+    h0 += tl.load(ps + j[:, None] * HID + offs_f[None, :], mask=mask_e[:, None], other=0.0).to(tl.float32)
+    if WIN > 0:
+        k0 = _rbf_window_start(d, cutoff, nb, WIN)
+        for w in range(WIN):
+            kk = k0 + w
+            diff = d - tl.load(mu + kk)
+            phi = tl.exp(gamma * diff * diff)
+            h0 += phi[:, None] * tl.load(W0aT + kk[:, None] * HID + offs_f[None, :])
+    else:
+        for k0 in range(0, nb, BLOCK_NB):
+            offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
+            w0t = tl.load(W0aT + offs_k[:, None] * HID + offs_f[None, :], mask=mk[:, None], other=0.0)
+            h0 = tl.dot(phi, w0t, h0, input_precision=PREC)
     return h0
 
 
@@ -194,12 +214,12 @@ def _to_scratch(scr, x, R: tl.constexpr, HID: tl.constexpr):
 
 @triton.jit
 def _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_h0, scr_h1,
-               gamma, nb: tl.constexpr, HID: tl.constexpr, R: tl.constexpr, BLOCK_NB: tl.constexpr,
-               KC: tl.constexpr, PREC: tl.constexpr, SAVE_PRE: tl.constexpr):
+               gamma, cutoff, nb: tl.constexpr, HID: tl.constexpr, R: tl.constexpr, BLOCK_NB: tl.constexpr,
+               KC: tl.constexpr, PREC: tl.constexpr, SAVE_PRE: tl.constexpr, WIN: tl.constexpr):
     """Edge MLP up to x2 = silu(LN(W1 x1 + b1)); x2 is left in scr_x.  With SAVE_PRE the pre-LN h0 / h1
     are also written to scr_h0 / scr_h1 (backward)."""
     offs_f = tl.arange(0, HID)
-    h0 = _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, nb, HID, R, BLOCK_NB, PREC)
+    h0 = _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, cutoff, nb, HID, R, BLOCK_NB, PREC, WIN)
     if SAVE_PRE:
         _to_scratch(scr_h0, h0, R, HID)
     y0, _r0 = _ln_stats(h0, HID)
@@ -324,7 +344,9 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
-                        PERM: tl.constexpr, SCR_STRIDE: tl.constexpr, AGG: tl.constexpr = 0):
+                        PERM: tl.constexpr, SCR_STRIDE: tl.constexpr, AGG: tl.constexpr = 0,
+                        RBF_WIN: tl.constexpr = 0):
+    # RBF_WIN: 0 = every RBF centre in the first Linear, > 0 = the RBF_WIN nearest ones (``rbf_window``)
     # AGG: how U = sum_e alpha r (x) V is formed.  0 ("tile"): per head block, one [rows, HB] product and three
     # segment sums over the edge axis per (m, replica); 1 ("stream"): alpha [rows, H] is staged in scratch and
     # each target's edges are streamed one by one into [9, C] register accumulators (no cross-lane sums; the
@@ -341,7 +363,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         offs_r, e_loc, tgt, offs_e, mask_e, j, rx, ry, rz, d, tgt_t, tmask = _rows(
             row_ptr, src, vec, i0, n_t, perm, t_start, BLOCK_T, BLOCK_E, PERM)
         _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_x, scr_x,
-                   gamma, nb, HID, R, BLOCK_NB, KC, PREC, False)
+                   gamma, cutoff, nb, HID, R, BLOCK_NB, KC, PREC, False, RBF_WIN)
         u, _du = _envelope(d, cutoff)
         u = tl.where(mask_e, u, 0.0)
         for hb0 in range(0, H, HB):
@@ -461,7 +483,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr, PERM: tl.constexpr, SCR_STRIDE: tl.constexpr,
-                        AGG: tl.constexpr = 0, BPREC: tl.constexpr = "ieee"):
+                        AGG: tl.constexpr = 0, BPREC: tl.constexpr = "ieee", RBF_WIN: tl.constexpr = 0):
     # variants (same result; speed untested on a GPU, off by default, swept by benchmarks/tune_attention_v2.py):
     #   DR_ACC   d/dr accumulated as [rows, HB] tiles, reduced over heads once per target block instead of three
     #            cross-lane sums per (m, replica, head block)
@@ -488,7 +510,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         offs_r, e_loc, tgt, offs_e, mask_e, j, rx, ry, rz, d, tgt_t, tmask = _rows(
             row_ptr, src, vec, i0, n_t, perm, t_start, BLOCK_T, BLOCK_E, PERM)
         _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_h0, scr_h1,
-                   gamma, nb, HID, R, BLOCK_NB, KC, PREC, True)
+                   gamma, cutoff, nb, HID, R, BLOCK_NB, KC, PREC, True, RBF_WIN)
         u, du_dd = _envelope(d, cutoff)
         u = tl.where(mask_e, u, 0.0)
         dx2 = tl.zeros([R, HID], dtype=tl.float32)
@@ -596,14 +618,24 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         h0 = tl.load(scr_h0 + offs_r[:, None] * HID + offs_f[None, :])
         dh0 = _silu_ln_bwd(dx1, h0, tl.load(ln0w + offs_f), tl.load(ln0b + offs_f), HID)
         dd_e = du * du_dd
-        # dphi = dh0 W0a[:, chunk]: K = HID is chunked through scratch (a K = HID FMA dot keeps whole
-        # K-strips of both operands in registers)
-        _to_scratch(scr_x, dh0, R, HID)
-        for k0 in range(0, nb, BLOCK_NB):
-            offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
-            dphi = _chunked_dot(scr_x, W0a, nb, k0, tl.zeros([R, BLOCK_NB], dtype=tl.float32),
-                                R, HID, BLOCK_NB, KC, BPREC, nb)
-            dd_e += tl.sum(dphi * phi * (2.0 * gamma) * diff, 1)
+        if RBF_WIN > 0:
+            # d/dd through the RBF window only: dphi_k = dh0 . W0a[:, k] for the row's RBF_WIN centres
+            k0w = _rbf_window_start(d, cutoff, nb, RBF_WIN)
+            for w in range(RBF_WIN):
+                kk = k0w + w
+                diff = d - tl.load(mu + kk)
+                phi = tl.exp(gamma * diff * diff)
+                dphi = tl.sum(dh0 * tl.load(W0aT + kk[:, None] * HID + offs_f[None, :]), 1)
+                dd_e += dphi * phi * (2.0 * gamma) * diff
+        else:
+            # dphi = dh0 W0a[:, chunk]: K = HID is chunked through scratch (a K = HID FMA dot keeps whole
+            # K-strips of both operands in registers)
+            _to_scratch(scr_x, dh0, R, HID)
+            for k0 in range(0, nb, BLOCK_NB):
+                offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
+                dphi = _chunked_dot(scr_x, W0a, nb, k0, tl.zeros([R, BLOCK_NB], dtype=tl.float32),
+                                    R, HID, BLOCK_NB, KC, BPREC, nb)
+                dd_e += tl.sum(dphi * phi * (2.0 * gamma) * diff, 1)
         # --- vec = d r -> dvec = dd r + (dr - (dr.r) r) / d -----------------------------------------------
         if DR_ACC and AGG != 1:
             drx = tl.sum(drx_t, 1)
@@ -750,6 +782,48 @@ def dot_precision():
     return val or None
 
 
+#: log of the smallest RBF basis value kept by the window: centres left out have phi_k = exp(gamma (d - mu_k)^2)
+#: < exp(-30) = 9.4e-14 (relative to the largest basis value, 1), six orders of magnitude below fp32's resolution.
+_RBF_TAIL = 30.0
+_MU_UNIFORM: dict = {}
+
+
+def rbf_window(mu: torch.Tensor, gamma: float, cutoff: float) -> int:
+    """Width of the RBF window of the first edge-MLP Linear (0: every centre).
+
+    phi_k(d) = exp(gamma (d - mu_k)^2) with the official centres mu_k = k R / (nb - 1) and gamma = -1 / (8 Delta^2)
+    is below exp(-30) more than 15.5 spacings from d, so W0a phi(d) only needs the centres around d: 32 of the
+    V1.5 model's 256 (8x fewer multiply-adds in the first Linear and in d/dd).  The terms left out are < 1e-13
+    relative: the result is the fp32 result of the full sum up to summation order.  The width follows gamma:
+    |gamma| Delta^2 (W/2 - 1/2)^2 >= 30.  Used only where it leaves out at least 3/4 of the centres (H200,
+    ``benchmarks/results/session9_h200.md``: V1.5 attention forward 4.63 -> 4.09 ms and forward + backward
+    29.0 -> 27.7 ms at 10k atoms, end to end 4.71 -> 4.96 steps/s; the bundled model's 32 of 64 made its
+    backward 3 % slower, so it keeps every centre), only when mu is that uniform grid
+    (checked once per mu tensor; not while a CUDA graph is being captured, where the check's device -> host copy
+    is not allowed: that capture runs with every centre).  ``E2F_V2_RBF_WIN=0`` turns it off.  Shared by the
+    attention and edge-degree v2 kernels."""
+    if os.environ.get("E2F_V2_RBF_WIN", "auto") == "0":
+        return 0
+    nb = mu.numel()
+    if nb < 2 or not gamma < 0 or not cutoff > 0:
+        return 0
+    delta = cutoff / (nb - 1)
+    win = 2 * math.ceil(0.5 + math.sqrt(_RBF_TAIL / (-gamma * delta * delta)))
+    if 4 * win > nb:    # a window of half the centres (the bundled model: 32 of 64) timed slower in the backward
+        return 0
+    key = (mu.device, mu.data_ptr(), mu._version, nb, float(cutoff))
+    ok = _MU_UNIFORM.get(key)
+    if ok is None:
+        if mu.is_cuda and torch.cuda.is_current_stream_capturing():
+            return 0
+        grid = torch.linspace(0.0, float(cutoff), nb, dtype=torch.float64)
+        ok = bool((mu.detach().to("cpu", torch.float64) - grid).abs().max() <= 1e-5 * cutoff)
+        if len(_MU_UNIFORM) > 64:
+            _MU_UNIFORM.clear()
+        _MU_UNIFORM[key] = ok
+    return win if ok else 0
+
+
 def _grid(n_blocks: int, device, progs_per_sm: int) -> int:
     if device.type == "cuda":
         n_sm = torch.cuda.get_device_properties(device).multi_processor_count
@@ -773,6 +847,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         vecc, qc, kc_, vc = (x.detach().to(f32).contiguous() for x in (vec, q, k, v))
         block_e = _block_e(rp, max_degree)
         prec = dot_precision() or ("tf32" if allow_tf32 else "ieee")
+        win = rbf_window(mu, float(gamma), float(cutoff))
         U = torch.empty((N, 3, 9, C), device=v.device, dtype=f32)
         M = torch.empty((N, H), device=v.device, dtype=f32)
         S = torch.empty((N, H), device=v.device, dtype=f32)
@@ -789,9 +864,10 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 N, n_blocks, nprog, float(gamma), float(cutoff), 1.0 / math.sqrt(D), nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
-                SCR_STRIDE=stride, num_warps=cfg["num_warps"])
+                SCR_STRIDE=stride, RBF_WIN=win, num_warps=cfg["num_warps"])
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.launches = launches
+        ctx.rbf_win = win
         ctx.gamma, ctx.cutoff, ctx.prec, ctx.block_e, ctx.softmax = float(gamma), float(cutoff), prec, block_e, softmax
         ctx.mark_non_differentiable(M, S)
         return U, M, S
@@ -835,7 +911,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 HB=cfg["HB"], KC=cfg["KC"], PREC=ctx.prec, BPREC=dot_precision() or "ieee",
                 SMOOTH=ctx.softmax == "smooth",
                 DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, AGG=cfg["AGG"],
-                SCR_STRIDE=stride, num_warps=cfg["num_warps"])
+                SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, num_warps=cfg["num_warps"])
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):
             if nig[idx]:
                 grads[idx] = gr.to(x.dtype)

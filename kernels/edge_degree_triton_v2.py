@@ -34,7 +34,7 @@ import triton.language as tl
 from .attention_reference import FCParams
 from .attention_triton import (_load_edge_tile, _envelope, _layer_norm_silu, _silu_layer_norm_bwd,
                                _block_e, _rbf_chunk, _LAST_COMPILED)
-from .attention_triton_v2 import _bucket, _chunked_dot, _to_scratch, _grid, _launches
+from .attention_triton_v2 import _bucket, _chunked_dot, _to_scratch, _grid, _launches, _rbf_window_start, rbf_window
 from .edge_degree_reference import EDGE_DEGREE_SCALE
 from .edge_degree_triton import _sph9, _N_FIXED, reference_fallback_backward
 
@@ -44,19 +44,31 @@ L_SLICES = ((0, 1), (1, 4), (4, 9))
 @triton.jit
 def _ed_mlp_v2(l: tl.constexpr, d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr,
                gamma, N, nb: tl.constexpr, HID: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
-               KC: tl.constexpr, PREC: tl.constexpr, WANT_G: tl.constexpr):
+               KC: tl.constexpr, PREC: tl.constexpr, WANT_G: tl.constexpr, cutoff, WIN: tl.constexpr):
     """RadialProfile_l up to x2 (before the last Linear) for one edge tile; with WANT_G (G_FUSED variant) also
-    G = d(phi W0a^T)/dd [BLOCK_E, HID].  Returns x2, y0, rstd0, y1, rstd1, G (pre-affine LN outputs y)."""
+    G = d(phi W0a^T)/dd [BLOCK_E, HID].  Returns x2, y0, rstd0, y1, rstd1, G (pre-affine LN outputs y).
+    WIN > 0: the first Linear over the WIN RBF centres nearest to each edge's d only (``rbf_window``)."""
     offs_f = tl.arange(0, HID)
     h0 = tl.zeros([BLOCK_E, HID], dtype=tl.float32)
     g0 = tl.zeros([BLOCK_E, HID], dtype=tl.float32)
-    for k0 in range(0, nb, BLOCK_NB):
-        offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
-        w0t = tl.load(W0aT + l * (nb * HID) + offs_k[:, None] * HID + offs_f[None, :], mask=mk[:, None],
-                      other=0.0)
-        h0 = tl.dot(phi, w0t, h0, input_precision=PREC)
-        if WANT_G:
-            g0 = tl.dot(phi * diff * (2.0 * gamma), w0t, g0, input_precision="ieee")
+    if WIN > 0:
+        kw = _rbf_window_start(d, cutoff, nb, WIN)
+        for w in range(WIN):
+            kk = kw + w
+            diff = d - tl.load(mu + kk)
+            phi = tl.exp(gamma * diff * diff)
+            w0r = tl.load(W0aT + l * (nb * HID) + kk[:, None] * HID + offs_f[None, :])
+            h0 += phi[:, None] * w0r
+            if WANT_G:
+                g0 += (phi * diff * (2.0 * gamma))[:, None] * w0r
+    else:
+        for k0 in range(0, nb, BLOCK_NB):
+            offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
+            w0t = tl.load(W0aT + l * (nb * HID) + offs_k[:, None] * HID + offs_f[None, :], mask=mk[:, None],
+                          other=0.0)
+            h0 = tl.dot(phi, w0t, h0, input_precision=PREC)
+            if WANT_G:
+                g0 = tl.dot(phi * diff * (2.0 * gamma), w0t, g0, input_precision="ieee")
     h0 += tl.load(pt + (l * N + i) * HID + offs_f)[None, :]
     h0 += tl.load(ps + (l * N + j[:, None]) * HID + offs_f[None, :], mask=mask_e[:, None], other=0.0)
     x1, y0, _n0, rstd0 = _layer_norm_silu(h0, tl.load(ln0w + l * HID + offs_f), tl.load(ln0b + l * HID + offs_f),
@@ -82,7 +94,8 @@ def _target1(it, perm, t_start, PERM: tl.constexpr):
 def _edge_deg_fwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b,
                             P, A, scratch, perm, seg, N, nprog, gamma, cutoff, scale,
                             nb: tl.constexpr, HID: tl.constexpr, BLOCK_E: tl.constexpr,
-                            BLOCK_NB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, PERM: tl.constexpr):
+                            BLOCK_NB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, PERM: tl.constexpr,
+                            RBF_WIN: tl.constexpr = 0):
     pid = tl.program_id(0)
     scr = scratch + pid.to(tl.int64) * (BLOCK_E * HID)
     offs_f = tl.arange(0, HID)
@@ -100,7 +113,7 @@ def _edge_deg_fwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T
         for l in tl.static_range(3):
             x2, _y0, _r0, _y1, _r1, _g = _ed_mlp_v2(l, d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1,
                                                     ln1w, ln1b, scr, gamma, N, nb, HID, BLOCK_E, BLOCK_NB, KC,
-                                                    PREC, False)
+                                                    PREC, False, cutoff, RBF_WIN)
             if l == 0:
                 tl.store(pb, tl.sum(x2 * su[:, None], 0))
                 tl.store(ab, tl.sum(su, 0))
@@ -137,7 +150,7 @@ def _edge_deg_bwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T
                             V, B, dvec, scratch, perm, seg, N, nprog, gamma, cutoff, scale,
                             nb: tl.constexpr, HID: tl.constexpr, BLOCK_E: tl.constexpr,
                             BLOCK_NB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr,
-                            G_FUSED: tl.constexpr, PERM: tl.constexpr):
+                            G_FUSED: tl.constexpr, PERM: tl.constexpr, RBF_WIN: tl.constexpr = 0):
     pid = tl.program_id(0)
     scr = scratch + pid.to(tl.int64) * (BLOCK_E * HID)
     offs_f = tl.arange(0, HID)
@@ -166,7 +179,7 @@ def _edge_deg_bwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T
         for l in tl.static_range(3):
             x2, y0, rstd0, y1, rstd1, g0 = _ed_mlp_v2(l, d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1,
                                                       ln1w, ln1b, scr, gamma, N, nb, HID, BLOCK_E, BLOCK_NB,
-                                                      KC, PREC, G_FUSED)
+                                                      KC, PREC, G_FUSED, cutoff, RBF_WIN)
             if l == 0:
                 v0 = tl.load(vb)
                 gu += tl.sum(x2 * v0[None, :], 1) + tl.load(bb)
@@ -215,6 +228,14 @@ def _edge_deg_bwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T
             dh0 = _silu_layer_norm_bwd(dx1, y0, n0, rstd0, lnw0, HID)
             if G_FUSED:      # G accumulated next to h0 (one W0a pass, but G live through the W1 stage)
                 dd_e += tl.sum(dh0 * g0, 1)
+            elif RBF_WIN > 0:   # the same over the edge's RBF window only
+                kw = _rbf_window_start(d, cutoff, nb, RBF_WIN)
+                for w in range(RBF_WIN):
+                    kk = kw + w
+                    diff = d - tl.load(mu + kk)
+                    phi = tl.exp(gamma * diff * diff)
+                    w0r = tl.load(W0aT + l * (nb * HID) + kk[:, None] * HID + offs_f[None, :])
+                    dd_e += phi * diff * (2.0 * gamma) * tl.sum(dh0 * w0r, 1)
             else:            # dd = sum_k sum_f dh0 * (phi'_k W0a^T_k): linear in G, so chunk by chunk
                 for k0 in range(0, nb, BLOCK_NB):
                     offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
@@ -277,6 +298,7 @@ class EdgeDegreeFunctionV2(torch.autograd.Function):
         vecc = vec.detach().to(torch.float32).contiguous()
         block_e = _block_e(row_ptr, max_degree)
         prec = "tf32" if allow_tf32 else "ieee"
+        win = rbf_window(mu, float(gamma), float(cutoff))
         H = torch.empty((N, 9, C), device=vec.device, dtype=torch.float32)
         launches = []
         if N > 0:
@@ -293,13 +315,14 @@ class EdgeDegreeFunctionV2(torch.autograd.Function):
                         rp, src.contiguous(), vecc, pt, ps, muc, *mlp_w, P, A, scratch, perm, seg, N, nprog,
                         float(gamma), float(cutoff), float(scale),
                         nb=nb, HID=hid, BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"], KC=cfg["KC"], PREC=prec,
-                        PERM=use_perm, num_warps=cfg["num_warps"])
+                        PERM=use_perm, RBF_WIN=win, num_warps=cfg["num_warps"])
             for l, (lo, hi) in enumerate(L_SLICES):   # last Linear, node level: h = P W2^T + A b2
                 torch.matmul(P[:, lo:hi], p32[l].W2.t(), out=H[:, lo:hi])
                 H[:, lo:hi] += A[:, lo:hi, None] * p32[l].b2
         ctx.save_for_backward(row_ptr, src, vec, T0, S0, mu, *flat)
         ctx.cfg = (float(gamma), float(cutoff), float(scale), block_e, prec)
         ctx.launches = launches
+        ctx.rbf_win = win
         return H
 
     @staticmethod
@@ -337,7 +360,7 @@ class EdgeDegreeFunctionV2(torch.autograd.Function):
                         rp, src.contiguous(), vecc, pt, ps, muc, *mlp_w, W1, V, Bv, dvec, scratch, perm, seg,
                         N, nprog, gamma, cutoff, scale,
                         nb=nb, HID=hid, BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"], KC=cfg["KC"], PREC=prec,
-                        G_FUSED=cfg["G_FUSED"], PERM=use_perm, num_warps=cfg["num_warps"])
+                        G_FUSED=cfg["G_FUSED"], PERM=use_perm, RBF_WIN=ctx.rbf_win, num_warps=cfg["num_warps"])
         grads[2] = dvec.to(vec.dtype)
         return tuple(grads)
 

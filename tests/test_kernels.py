@@ -857,3 +857,121 @@ _INTERP_ED_V2_SCRIPT = textwrap.dedent(r"""
 def test_edge_degree_v2_interpreter_matches_reference():
     run_under_triton_interpreter(_INTERP_ED_V2_SCRIPT, [KPKG], "edge-degree v2 interpreter test",
                                  drop_env=("E2FORMER_EDGE_DEGREE_BACKEND", "E2FORMER_ATTENTION_BACKEND"))
+
+
+_INTERP_RBF_WIN_SCRIPT = textwrap.dedent(r"""
+    import os, sys
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    import torch
+    from importlib import import_module
+    KM = import_module(sys.argv[1])
+    T_ = import_module(sys.argv[1] + "._testing")
+    V2 = import_module(sys.argv[1] + ".attention_triton_v2")
+    ED2 = import_module(sys.argv[1] + ".edge_degree_triton_v2")
+    size = dict(C=32, H=8, D=4, nb=128, T=16, hid=16)      # nb 128: a window of 32 centres (a quarter)
+
+    def rel(a, b):
+        return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+    def short_edges(case, n):
+        # the first n edges at 0.05 .. 0.5 A: their windows clamp at centre 0 (make_case draws d >= 0.7 A, and
+        # up to 1.05 R, where the window clamps at the last centre)
+        v = case["vec"].clone()
+        d = torch.linspace(0.05, 0.5, n, dtype=v.dtype)
+        v[:n] = v[:n] / v[:n].norm(dim=1, keepdim=True) * d[:, None]
+        case["vec"] = v
+        return case
+
+    worst = 0.0
+    for seed, env in ((61, {}), (62, {"E2F_V2_BUCKETS": "0", "E2F_V2_FWD_AGG": "tile"}),
+                      (63, {"E2F_V2_FWD_BLOCK_T": "2", "E2F_V2_BWD_BLOCK_T": "2", "E2F_V2_BUCKETS": "1"})):
+        os.environ.update(env, E2F_V2_RBF_WIN="auto")
+        c32 = short_edges(T_.make_case(9, 20, **size, seed=seed), 6)
+        c64 = short_edges(T_.make_case(9, 20, **size, seed=seed, dtype=torch.float64), 6)
+        assert V2.rbf_window(c32["mu"], c32["gamma"], c32["cutoff"]) == 32
+        a64 = list(T_.args_of(c64))
+        for n in (2, 3, 4, 5):
+            a64[n] = a64[n].clone().requires_grad_(True)
+        U64 = KM.attention_reference(*a64)
+        G = torch.randn(U64.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        ref = [U64] + list(torch.autograd.grad(U64, [a64[n] for n in (2, 3, 4, 5)], G))
+        got = {}
+        for win in ("auto", "0"):
+            os.environ["E2F_V2_RBF_WIN"] = win
+            a = list(T_.args_of(c32))
+            for n in (2, 3, 4, 5):
+                a[n] = a[n].clone().requires_grad_(True)
+            U = KM.fused_attention(*a, backend="triton_v2", max_degree=20)
+            got[win] = [U] + list(torch.autograd.grad(U, [a[n] for n in (2, 3, 4, 5)], G.float()))
+            errs = [rel(x, y) for x, y in zip(got[win], ref)]
+            print("attention RBF_WIN", win, env, ["%.1e" % e for e in errs])
+            worst = max(worst, max(errs))
+        # window on vs every centre: the same function up to fp32 rounding
+        worst = max(worst, max(rel(x, y.double()) for x, y in zip(got["auto"], got["0"])))
+        for key in env:
+            del os.environ[key]
+    # the edge-degree kernels (both d/dd forms: G accumulated beside h0, or recomputed chunk by chunk)
+    c32 = short_edges(T_.make_case(9, 20, **size, seed=64), 6)
+    c64 = short_edges(T_.make_case(9, 20, **size, seed=64, dtype=torch.float64), 6)
+    gen = torch.Generator().manual_seed(65)
+    params = [KM.FCParams.random(128, 16, 16, 8, dtype=torch.float64, generator=gen) for _ in range(3)]
+    T0 = torch.randn(9, 16, generator=gen, dtype=torch.float64)
+    S0 = torch.randn(9, 16, generator=gen, dtype=torch.float64)
+
+    def ed(fn, case, dt, **kw):
+        v = case["vec"].to(dt).clone().requires_grad_(True)
+        h = fn(case["row_ptr"], case["src"], v, T0.to(dt), S0.to(dt), [KM.FCParams(*(x.to(dt) for x in p)) for p in params],
+               case["mu"].to(dt), case["gamma"], case["cutoff"], **kw)
+        Gh = torch.randn(h.shape, generator=torch.Generator().manual_seed(66), dtype=torch.float64).to(dt)
+        return [h, torch.autograd.grad(h, v, Gh)[0]]
+    ref = ed(KM.edge_degree_reference, c64, torch.float64)
+    for win in ("auto", "0"):
+        for gf in ("0", "1"):
+            os.environ["E2F_V2_RBF_WIN"] = win
+            os.environ["E2F_ED_V2_G_FUSED"] = gf
+            got = ed(ED2.edge_degree_triton_v2, c32, torch.float32, max_degree=20)
+            errs = [rel(x, y) for x, y in zip(got, ref)]
+            print("edge degree RBF_WIN", win, "G_FUSED", gf, ["%.1e" % e for e in errs])
+            worst = max(worst, max(errs))
+    print("WORST", worst)
+    assert worst < 1e-5, worst
+""")
+
+
+def test_rbf_window_interpreter_matches_reference():
+    """The RBF window of the first edge-MLP Linear (``attention_triton_v2.rbf_window``: 32 of 128 centres here):
+    attention v2 forward / backward (streamed and tiled aggregation, buckets, 2 targets per program) and the
+    edge-degree v2 kernels against the float64 reference, with edges whose windows clamp at either end of the
+    centre grid, and window on against window off."""
+    run_under_triton_interpreter(_INTERP_RBF_WIN_SCRIPT, [KPKG], "RBF window interpreter test",
+                                 drop_env=("E2FORMER_EDGE_DEGREE_BACKEND", "E2FORMER_ATTENTION_BACKEND",
+                                           "E2F_V2_RBF_WIN", "E2F_ED_V2_G_FUSED"))
+
+
+def test_rbf_window_width(monkeypatch):
+    """Window widths: 32 of the V1.5 model's 256 centres (the official gamma = -1/(8 Delta^2)); none where it would
+    keep more than a quarter of the centres (the bundled model's 64), for a grid that is not linspace(0, R, nb), or
+    with E2F_V2_RBF_WIN=0; wider for a narrower gamma.  Every centre left out is below exp(-30) for every d."""
+    _need_triton()
+    V2 = import_module(KPKG + ".attention_triton_v2")
+    from openmm_e2former.kernels import rbf_gamma
+    monkeypatch.delenv("E2F_V2_RBF_WIN", raising=False)
+    R = 5.0
+    mu = torch.linspace(0, R, 256)
+    assert V2.rbf_window(mu, rbf_gamma(R, 256), R) == 32
+    assert V2.rbf_window(torch.linspace(0, R, 64), rbf_gamma(R, 64), R) == 0
+    assert V2.rbf_window(mu, rbf_gamma(R, 256) / 4, R) == 64           # wider Gaussians: a wider window
+    assert V2.rbf_window(mu, rbf_gamma(R, 256) / 16, R) == 0           # 128 of 256: not worth it
+    assert V2.rbf_window(mu * 0.9, rbf_gamma(R, 256), R) == 0           # not the uniform grid the kernel assumes
+    assert V2.rbf_window(mu.clone(), 0.5, R) == 0                         # not a decaying Gaussian
+    monkeypatch.setenv("E2F_V2_RBF_WIN", "0")
+    assert V2.rbf_window(mu.clone(), rbf_gamma(R, 256), R) == 0
+    # the host mirror of _rbf_window_start: for d across [0, 1.2 R], every centre outside the window has phi < e^-30
+    gamma, nb, W = rbf_gamma(R, 256), 256, 32
+    d = torch.linspace(0, 1.2 * R, 20001, dtype=torch.float64)
+    kc = torch.clamp(d * ((nb - 1) / R) + 0.5, 0, nb).to(torch.int64)
+    k0 = torch.clamp(kc - (W // 2 - 1), 0, nb - W)
+    k = torch.arange(nb)
+    outside = (k[None, :] < k0[:, None]) | (k[None, :] >= k0[:, None] + W)
+    phi = torch.exp(gamma * (d[:, None] - mu.double()[None, :]) ** 2)
+    assert phi[outside].max() < math.exp(-30)
