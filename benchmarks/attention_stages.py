@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 BUNDLED = dict(C=64, H=16, D=4, nb=64, T=32, hid=32)   # the bundled default model's attention sizes
+APPA = dict(C=256, H=16, D=8, nb=256, T=128, hid=128)  # the paper's App. A setting (H 16) with the V1.5 sizes
 
 def _agg(fwd, bwd=None):
     env = {"E2F_V2_FWD_AGG": fwd}
@@ -45,6 +46,11 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
     ("stream/tile, tf32 dots", dict(_agg("stream", "tile"), E2F_V2_DOT_PREC="tf32"), "fwd+bwd"),
     ("none/none", _agg("none", "none"), "fwd+bwd"),
     ("stream, every RBF centre", dict(_agg("stream"), E2F_V2_RBF_WIN="0"), "fwd"),
+    ("stream, 2 edges per step", dict(_agg("stream"), E2F_V2_FWD_STREAM_G="2"), "fwd"),
+    ("stream, 4 edges per step", dict(_agg("stream"), E2F_V2_FWD_STREAM_G="4"), "fwd"),
+    ("stream, 8 edges per step", dict(_agg("stream"), E2F_V2_FWD_STREAM_G="8"), "fwd"),
+    ("stream/tile, DR_ACC", dict(_agg("stream", "tile"), E2F_V2_BWD_DR_ACC="1"), "fwd+bwd"),
+    ("stream/tile, DU_BCAST", dict(_agg("stream", "tile"), E2F_V2_BWD_DU_BCAST="1"), "fwd+bwd"),
     ("stream/tile, every RBF centre", dict(_agg("stream", "tile"), E2F_V2_RBF_WIN="0"), "fwd+bwd"),
 ]
 
@@ -134,7 +140,7 @@ def main(argv=None):
     for spec in args.sizes.split(","):
         name, N, K = spec.split(":")
         N, K = int(N), int(K)
-        size = BUNDLED if name == "bundled" else V15
+        size = {"bundled": BUNDLED, "appA": APPA}.get(name, V15)
         # float64 check case (random degrees 0..K, special rows) and the timing case (every atom K edges)
         c64 = make_case(args.n_check, K, **size, device=dev, dtype=torch.float64, seed=1)
         c32 = make_case(args.n_check, K, **size, device=dev, seed=1)

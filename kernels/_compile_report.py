@@ -7,6 +7,7 @@ registers, spills and shared memory (v1 vs v2).
     python -m kernels._compile_report --gpu --edge [N ...] (edge-degree v1 vs v2 only: check + timing)
     python -m kernels._compile_report --bwd-variants      (the attention backward variants DR_ACC / DU_BCAST)
     python -m kernels._compile_report --agg-modes         (the aggregation modes tile / stream / split)
+    python -m kernels._compile_report --stream-groups     (the streamed forward's edges per step, SG)
 
 Triton 3.6 compiles to PTX without a driver; the bundled ``ptxas -v`` then gives the register count and the
 local-memory (stack) size.  ``spills`` below is stack bytes / 4, which is what Triton reports as
@@ -279,8 +280,30 @@ def agg_modes_main():
                           f"W{nw} | {r['regs']} | {r['spills']} | {r['shared']} | {r['blocks_per_sm']} |", flush=True)
 
 
+def stream_groups_main():
+    """Registers / spills of the streamed forward (AGG 1) per group size SG (E2F_V2_FWD_STREAM_G: edges per step
+    of ``_stream_aggregate``) at the bundled, V1.5 and App. A sizes, default tiles, the RBF window as launched."""
+    from .attention_triton_v2 import launch_config
+    sizes = {"bundled": (64, 16, 4, 64, 32, 64), "v15": CONFIGS["v15"], "appA": (256, 16, 8, 256, 128, 64)}
+    print(f"# sm_90a (ptxas -v, no GPU), v2 attention forward, streamed aggregation per SG, triton {triton.__version__}")
+    print("| sizes | SG | tiles | RBF_WIN | regs | spills | shared B | CTA/SM |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for name, (C, H, D, nb, HID, K) in sizes.items():
+        cfg = launch_config(H, HID, nb, K, "fwd")
+        win = 32 if nb >= 128 else 0
+        for sg in (1, 2, 4, 8):
+            consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=K, BLOCK_NB=cfg["BLOCK_NB"],
+                          HB=cfg["HB"], KC=cfg["KC"], PREC="ieee", SMOOTH=False, PERM=True, AGG=1, RBF_WIN=win, SG=sg)
+            consts["SCR_STRIDE"] = _v2_stride("fwd", 1, consts)
+            r = compile_kernel(v2._attn_fwd_kernel_v2, consts, cfg["num_warps"])
+            print(f"| {name} | {sg} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | {win} | "
+                  f"{r['regs']} | {r['spills']} | {r['shared']} | {r['blocks_per_sm']} |", flush=True)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if "--stream-groups" in argv:
+        return stream_groups_main()
     if "--bwd-variants" in argv:
         return bwd_variants_main()
     if "--agg-modes" in argv:

@@ -293,10 +293,13 @@ def _load_u_rows(X, it, C: tl.constexpr):
 @triton.jit
 def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
                       C: tl.constexpr, H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                      PERM: tl.constexpr):
+                      PERM: tl.constexpr, SG: tl.constexpr = 1):
     """U[i] = sum over the in-edges e of i of alpha[e, c mod H] r_e (x) v[j_e, :, c], one edge at a time, for
     the block's targets; alpha [rows, H] is read from the program's scratch (row = t * BLOCK_E + edge slot).
-    The [9, C] value rows are held as [8, C] + [C] accumulators (9 is not a power of two), per direction."""
+    The [9, C] value rows are held as [8, C] + [C] accumulators (9 is not a power of two), per direction.
+    SG > 1 (``E2F_V2_FWD_STREAM_G``): SG edges per step, their value rows gathered as one [SG, 8, C] load and
+    summed over the group axis (in-thread in the default layouts), so SG independent gathers are in flight
+    instead of one; one edge per step leaves each step waiting on the latency of its source-dependent gather."""
     offs_c = tl.arange(0, C)
     offs_m8 = tl.arange(0, 8)
     a_col = offs_c % H
@@ -309,20 +312,49 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
         ay1 = tl.zeros([C], dtype=tl.float32)
         az1 = tl.zeros([C], dtype=tl.float32)
         e = e0
-        while e < e1:
-            row = tt * BLOCK_E + (e - e0)
-            jj, rx, ry, rz = _stream_edge(src, vec, e)
-            a_c = tl.load(scr_a + row * H + a_col)                                  # [C]
-            vb = v + jj * (9 * C)
-            aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :])
-            aV1 = a_c * tl.load(vb + 8 * C + offs_c)
-            ax8 += aV8 * rx
-            ay8 += aV8 * ry
-            az8 += aV8 * rz
-            ax1 += aV1 * rx
-            ay1 += aV1 * ry
-            az1 += aV1 * rz
-            e += 1
+        if SG == 1:
+            while e < e1:
+                row = tt * BLOCK_E + (e - e0)
+                jj, rx, ry, rz = _stream_edge(src, vec, e)
+                a_c = tl.load(scr_a + row * H + a_col)                                  # [C]
+                vb = v + jj * (9 * C)
+                aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :])
+                aV1 = a_c * tl.load(vb + 8 * C + offs_c)
+                ax8 += aV8 * rx
+                ay8 += aV8 * ry
+                az8 += aV8 * rz
+                ax1 += aV1 * rx
+                ay1 += aV1 * ry
+                az1 += aV1 * rz
+                e += 1
+        else:
+            offs_g = tl.arange(0, SG)
+            while e < e1:
+                eg = e + offs_g
+                mg = eg < e1
+                jg = tl.load(src + eg, mask=mg, other=0).to(tl.int64)
+                vx = tl.load(vec + eg * 3 + 0, mask=mg, other=1.0)        # past the row: unit vector, alpha 0
+                vy = tl.load(vec + eg * 3 + 1, mask=mg, other=0.0)
+                vz = tl.load(vec + eg * 3 + 2, mask=mg, other=0.0)
+                dist = tl.sqrt(vx * vx + vy * vy + vz * vz)
+                rx = vx / dist
+                ry = vy / dist
+                rz = vz / dist
+                rows = tt * BLOCK_E + (eg - e0)
+                a_c = tl.load(scr_a + rows[:, None] * H + a_col[None, :], mask=mg[:, None], other=0.0)  # [SG, C]
+                vb = v + jg * (9 * C)
+                V8 = tl.load(vb[:, None, None] + (offs_m8[:, None] * C + offs_c[None, :])[None, :, :],
+                             mask=mg[:, None, None], other=0.0)                                  # [SG, 8, C]
+                V1 = tl.load(vb[:, None] + 8 * C + offs_c[None, :], mask=mg[:, None], other=0.0)  # [SG, C]
+                aV8 = a_c[:, None, :] * V8
+                aV1 = a_c * V1
+                ax8 += tl.sum(aV8 * rx[:, None, None], 0)
+                ay8 += tl.sum(aV8 * ry[:, None, None], 0)
+                az8 += tl.sum(aV8 * rz[:, None, None], 0)
+                ax1 += tl.sum(aV1 * rx[:, None], 0)
+                ay1 += tl.sum(aV1 * ry[:, None], 0)
+                az1 += tl.sum(aV1 * rz[:, None], 0)
+                e += SG
         ub = U + it * (27 * C)
         o8 = offs_m8[:, None] * C + offs_c[None, :]
         tl.store(ub + o8, ax8, mask=ok)
@@ -345,7 +377,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         PERM: tl.constexpr, SCR_STRIDE: tl.constexpr, AGG: tl.constexpr = 0,
-                        RBF_WIN: tl.constexpr = 0):
+                        RBF_WIN: tl.constexpr = 0, SG: tl.constexpr = 1):
     # RBF_WIN: 0 = every RBF centre in the first Linear, > 0 = the RBF_WIN nearest ones (``rbf_window``)
     # AGG: how U = sum_e alpha r (x) V is formed.  0 ("tile"): per head block, one [rows, HB] product and three
     # segment sums over the edge axis per (m, replica); 1 ("stream"): alpha [rows, H] is staged in scratch and
@@ -398,7 +430,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         if AGG == 1:
             tl.debug_barrier()              # alpha of every head visible to the whole CTA
             _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
-                              C, H, BLOCK_T, BLOCK_E, PERM)
+                              C, H, BLOCK_T, BLOCK_E, PERM, SG)
 
 
 @triton.jit
@@ -762,6 +794,10 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
         raise ValueError(f"E2F_V2_{K}_AGG={agg!r}: expected one of "
                          f"{sorted(m for m in _AGG_MODES if kind != 'fwd' or m != 'split')}")
     cfg["AGG"] = _AGG_MODES[agg]
+    if kind == "fwd":   # edges per step of the streamed aggregation (``_stream_aggregate``; untimed, opt-in)
+        cfg["SG"] = _env_int("E2F_V2_FWD_STREAM_G", 1)
+        if cfg["SG"] < 1 or cfg["SG"] & (cfg["SG"] - 1):
+            raise ValueError(f"E2F_V2_FWD_STREAM_G={cfg['SG']}: expected a power of two >= 1")
     if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2), off until timed on a GPU
         cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
     assert H % hb == 0 and hid % kc == 0, cfg
@@ -864,7 +900,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 N, n_blocks, nprog, float(gamma), float(cutoff), 1.0 / math.sqrt(D), nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
-                SCR_STRIDE=stride, RBF_WIN=win, num_warps=cfg["num_warps"])
+                SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], num_warps=cfg["num_warps"])
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.launches = launches
         ctx.rbf_win = win

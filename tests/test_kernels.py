@@ -442,6 +442,14 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
                                                           "E2F_V2_PROGS_PER_SM": "1"}))
     worst = max(worst, check(9, 17, 43, env={"E2F_V2_FWD_AGG": "stream", "E2F_V2_BUCKETS": "1"}))
     worst = max(worst, check(6, 5, 44, env={"E2F_V2_FWD_AGG": "stream"}, softmax="smooth", extreme=10.0))
+    # SG edges per streamed step (E2F_V2_FWD_STREAM_G): rows whose degree is not a multiple of SG (masked group
+    # tails), several targets per program, buckets, a group wider than some rows
+    worst = max(worst, check(7, 17, 45, env={"E2F_V2_FWD_AGG": "stream", "E2F_V2_FWD_STREAM_G": "4",
+                                             "E2F_V2_FWD_BLOCK_T": "2"}))
+    worst = max(worst, check(9, 17, 46, torch.int32, env={"E2F_V2_FWD_AGG": "stream", "E2F_V2_FWD_STREAM_G": "8",
+                                                          "E2F_V2_BUCKETS": "1"}))
+    worst = max(worst, check(6, 5, 47, env={"E2F_V2_FWD_AGG": "stream", "E2F_V2_FWD_STREAM_G": "2"},
+                             softmax="smooth", extreme=10.0))
     # a row longer than the edge tile (the padded layout's ghost: max_degree bounds the real atoms only): every
     # aggregation mode reads just the row's first BLOCK_E edges.  The streamed loops once ran over the whole
     # row, past the program's scratch (found on an H200: the ghost's ~10^4 padding edges in one program).
@@ -455,8 +463,9 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
     case["src"] = torch.cat([case["src"], torch.randint(0, 6, (extra,), generator=gen)])
     case["vec"] = torch.cat([case["vec"], torch.randn(extra, 3, generator=gen)])
     long_row = {}
-    for mode, bwd_mode in (("tile", "tile"), ("stream", "stream"), ("split", "split")):
-        os.environ["E2F_V2_FWD_AGG"] = "tile" if mode == "split" else mode
+    for mode, bwd_mode in (("tile", "tile"), ("stream", "stream"), ("split", "split"), ("stream4", "tile")):
+        os.environ["E2F_V2_FWD_AGG"] = {"split": "tile", "stream4": "stream"}.get(mode, mode)
+        os.environ["E2F_V2_FWD_STREAM_G"] = "4" if mode == "stream4" else "1"
         os.environ["E2F_V2_BWD_AGG"] = bwd_mode
         a = list(args_of(case))
         for n in (2, 3, 4, 5):
@@ -464,11 +473,11 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
         U = KM.fused_attention(*a, backend="triton_v2", max_degree=9)
         G = torch.randn(U.shape, generator=torch.Generator().manual_seed(51))
         long_row[mode] = [U] + list(torch.autograd.grad(U, [a[n] for n in (2, 3, 4, 5)], G))
-    del os.environ["E2F_V2_FWD_AGG"], os.environ["E2F_V2_BWD_AGG"]
+    del os.environ["E2F_V2_FWD_AGG"], os.environ["E2F_V2_BWD_AGG"], os.environ["E2F_V2_FWD_STREAM_G"]
     n5 = int(rp[5]) + 16                              # edges of row 5 past its first tile: no gradient
-    for mode in ("tile", "stream", "split"):
+    for mode in ("tile", "stream", "split", "stream4"):
         assert torch.all(long_row[mode][1][n5:] == 0), mode
-    for mode in ("stream", "split"):
+    for mode in ("stream", "split", "stream4"):
         errs = [rel(x.double(), y.double()) for x, y in zip(long_row[mode], long_row["tile"])]
         print("row longer than the tile,", mode, "vs tile (U, dvec, dq, dk, dv):", ["%.1e" % x for x in errs])
         worst = max(worst, *errs)
@@ -589,6 +598,14 @@ def test_v2_launch_defaults(monkeypatch):
     assert V2.dot_precision() == "tf32x3"
     monkeypatch.delenv("E2F_V2_DOT_PREC")
     assert V2.dot_precision() is None
+    monkeypatch.delenv("E2F_V2_FWD_AGG")
+    assert V2.launch_config(16, 32, 64, 64, "fwd")["SG"] == 1   # one edge per streamed step unless asked
+    monkeypatch.setenv("E2F_V2_FWD_STREAM_G", "3")
+    with pytest.raises(ValueError, match="E2F_V2_FWD_STREAM_G=3"):
+        V2.launch_config(16, 32, 64, 64, "fwd")
+    monkeypatch.setenv("E2F_V2_FWD_STREAM_G", "4")
+    assert V2.launch_config(16, 32, 64, 64, "fwd")["SG"] == 4
+    monkeypatch.delenv("E2F_V2_FWD_STREAM_G")
     monkeypatch.setenv("E2F_V2_FWD_AGG", "split")            # the split form exists for the backward only
     with pytest.raises(ValueError, match="E2F_V2_FWD_AGG='split'"):
         V2.launch_config(16, 32, 64, 64, "fwd")
