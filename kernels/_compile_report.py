@@ -298,6 +298,22 @@ def stream_groups_main():
             r = compile_kernel(v2._attn_fwd_kernel_v2, consts, cfg["num_warps"])
             print(f"| {name} | {sg} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | {win} | "
                   f"{r['regs']} | {r['spills']} | {r['shared']} | {r['blocks_per_sm']} |", flush=True)
+    print("\n# the streamed (AGG 1) and split (AGG 3) backward per SG (E2F_V2_BWD_STREAM_G)")
+    print("| sizes | AGG | SG | tiles | regs | spills | shared B | CTA/SM |")
+    print("|---|---|---:|---|---:|---:|---:|---:|")
+    for name, (C, H, D, nb, HID, K) in sizes.items():
+        cfg = launch_config(H, HID, nb, K, "bwd")
+        win = 32 if nb >= 128 else 0
+        for agg in (1, 3):
+            for sg in (1, 2, 4):
+                consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=K,
+                              BLOCK_NB=cfg["BLOCK_NB"], HB=cfg["HB"], KC=cfg["KC"], PREC="ieee", SMOOTH=False,
+                              PERM=True, AGG=agg, RBF_WIN=win, SG=sg, DR_ACC=False, DU_BCAST=False)
+                consts["SCR_STRIDE"] = _v2_stride("bwd", agg, consts)
+                r = compile_kernel(v2._attn_bwd_kernel_v2, consts, cfg["num_warps"])
+                print(f"| {name} | {'stream' if agg == 1 else 'split'} | {sg} | BT{cfg['BLOCK_T']} HB{cfg['HB']} "
+                      f"KC{cfg['KC']} W{cfg['num_warps']} | {r['regs']} | {r['spills']} | {r['shared']} | "
+                      f"{r['blocks_per_sm']} |", flush=True)
 
 
 def main(argv=None):

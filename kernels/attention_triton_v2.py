@@ -463,8 +463,9 @@ def _bwd_alpha(scr_x, W2T, b2, q, k, M_in, S_in, tgt, j, mask_e, u, tgt_t, tmask
 @triton.jit
 def _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
                           C: tl.constexpr, H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                          PERM: tl.constexpr, DV_ONLY: tl.constexpr):
-    """Backward of ``_stream_aggregate``, one edge at a time with the target's dU held in registers:
+                          PERM: tl.constexpr, DV_ONLY: tl.constexpr, SG: tl.constexpr = 1):
+    """Backward of ``_stream_aggregate``, one edge at a time (SG > 1, ``E2F_V2_BWD_STREAM_G``: SG edges per step,
+    so each cross-lane reduction and its barrier serves SG edges) with the target's dU held in registers:
     with W_x[c] = sum_m V[j, m, c] dU[i, x, m, c] (x = 0..2),
       dalpha[e, h] = sum_{c = h mod H} sum_x r_x W_x[c]          -> scratch scr_da [rows, H]
       dr[e, x]     = sum_c alpha[e, c mod H] W_x[c]              -> scratch scr_dr [rows, 4]
@@ -480,7 +481,42 @@ def _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, p
         ok, it, e0, e1 = _stream_target(row_ptr, perm, i0, tt, n_t, t_start, BLOCK_E, PERM)
         gx8, gy8, gz8, gx1, gy1, gz1 = _load_u_rows(dU, it, C)
         e = e0
-        while e < e1:
+        if SG > 1:
+            offs_g = tl.arange(0, SG)
+            o8g = o8[None, :, :]
+            while e < e1:
+                eg = e + offs_g
+                mg = eg < e1
+                jg = tl.load(src + eg, mask=mg, other=0).to(tl.int64)
+                vx = tl.load(vec + eg * 3 + 0, mask=mg, other=1.0)        # past the row: unit vector, alpha 0
+                vy = tl.load(vec + eg * 3 + 1, mask=mg, other=0.0)
+                vz = tl.load(vec + eg * 3 + 2, mask=mg, other=0.0)
+                dist = tl.sqrt(vx * vx + vy * vy + vz * vz)
+                rx = (vx / dist)[:, None]
+                ry = (vy / dist)[:, None]
+                rz = (vz / dist)[:, None]
+                rows = tt * BLOCK_E + (eg - e0)
+                a_c = tl.load(scr_a + rows[:, None] * H + a_col[None, :], mask=mg[:, None], other=0.0)  # [SG, C]
+                if not DV_ONLY:
+                    vb = v + jg * (9 * C)
+                    V8 = tl.load(vb[:, None, None] + o8g, mask=mg[:, None, None], other=0.0)     # [SG, 8, C]
+                    V1 = tl.load(vb[:, None] + 8 * C + offs_c[None, :], mask=mg[:, None], other=0.0)
+                    wx = tl.sum(V8 * gx8[None, :, :], 1) + V1 * gx1[None, :]                 # [SG, C]
+                    wy = tl.sum(V8 * gy8[None, :, :], 1) + V1 * gy1[None, :]
+                    wz = tl.sum(V8 * gz8[None, :, :], 1) + V1 * gz1[None, :]
+                    da_c = rx * wx + ry * wy + rz * wz
+                    tl.store(scr_da + rows[:, None] * H + offs_h[None, :],
+                             tl.sum(tl.reshape(da_c, [SG, C // H, H]), 1), mask=mg[:, None])
+                    tl.store(scr_dr + rows * 4 + 0, tl.sum(a_c * wx, 1), mask=mg)
+                    tl.store(scr_dr + rows * 4 + 1, tl.sum(a_c * wy, 1), mask=mg)
+                    tl.store(scr_dr + rows * 4 + 2, tl.sum(a_c * wz, 1), mask=mg)
+                dvb = dv + jg * (9 * C)
+                g8 = rx[:, :, None] * gx8[None, :, :] + ry[:, :, None] * gy8[None, :, :] + rz[:, :, None] * gz8[None, :, :]
+                tl.atomic_add(dvb[:, None, None] + o8g, a_c[:, None, :] * g8, mask=mg[:, None, None])
+                tl.atomic_add(dvb[:, None] + 8 * C + offs_c[None, :],
+                              a_c * (rx * gx1[None, :] + ry * gy1[None, :] + rz * gz1[None, :]), mask=mg[:, None])
+                e += SG
+        while e < e1:            # SG == 1 (with SG > 1 the loop above has consumed the row)
             row = tt * BLOCK_E + (e - e0)
             jj, rx, ry, rz = _stream_edge(src, vec, e)
             a_c = tl.load(scr_a + row * H + a_col)                                  # [C]
@@ -515,7 +551,8 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr, PERM: tl.constexpr, SCR_STRIDE: tl.constexpr,
-                        AGG: tl.constexpr = 0, BPREC: tl.constexpr = "ieee", RBF_WIN: tl.constexpr = 0):
+                        AGG: tl.constexpr = 0, BPREC: tl.constexpr = "ieee", RBF_WIN: tl.constexpr = 0,
+                        SG: tl.constexpr = 1):
     # variants (same result; speed untested on a GPU, off by default, swept by benchmarks/tune_attention_v2.py):
     #   DR_ACC   d/dr accumulated as [rows, HB] tiles, reduced over heads once per target block instead of three
     #            cross-lane sums per (m, replica, head block)
@@ -562,7 +599,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                 tl.store(scr_a + offs_r[:, None] * H + offs_hb[None, :], alpha)
             tl.debug_barrier()
             _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
-                                  C, H, BLOCK_T, BLOCK_E, PERM, False)
+                                  C, H, BLOCK_T, BLOCK_E, PERM, False, SG)
             tl.debug_barrier()
             drx = tl.load(scr_dr + offs_r * 4 + 0, mask=mask_e, other=0.0)
             dry = tl.load(scr_dr + offs_r * 4 + 1, mask=mask_e, other=0.0)
@@ -641,7 +678,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         if AGG == 3:                # dv edge by edge (alpha of every head block is in scratch)
             tl.debug_barrier()
             _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
-                                  C, H, BLOCK_T, BLOCK_E, PERM, True)
+                                  C, H, BLOCK_T, BLOCK_E, PERM, True, SG)
         # --- LN1/SiLU backward, W1 (K-chunked through scratch), LN0/SiLU backward ----------------------
         h1 = tl.load(scr_h1 + offs_r[:, None] * HID + offs_f[None, :])
         dh1 = _silu_ln_bwd(dx2, h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID)
@@ -794,10 +831,11 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
         raise ValueError(f"E2F_V2_{K}_AGG={agg!r}: expected one of "
                          f"{sorted(m for m in _AGG_MODES if kind != 'fwd' or m != 'split')}")
     cfg["AGG"] = _AGG_MODES[agg]
-    if kind == "fwd":   # edges per step of the streamed aggregation (``_stream_aggregate``; untimed, opt-in)
-        cfg["SG"] = _env_int("E2F_V2_FWD_STREAM_G", 1)
-        if cfg["SG"] < 1 or cfg["SG"] & (cfg["SG"] - 1):
-            raise ValueError(f"E2F_V2_FWD_STREAM_G={cfg['SG']}: expected a power of two >= 1")
+    # edges per step of the streamed aggregation and its backward (``_stream_aggregate``, ``_stream_aggregate_bwd``:
+    # E2F_V2_{FWD,BWD}_STREAM_G; untimed, opt-in)
+    cfg["SG"] = _env_int(f"E2F_V2_{K}_STREAM_G", 1)
+    if cfg["SG"] < 1 or cfg["SG"] & (cfg["SG"] - 1):
+        raise ValueError(f"E2F_V2_{K}_STREAM_G={cfg['SG']}: expected a power of two >= 1")
     if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2), off until timed on a GPU
         cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
     assert H % hb == 0 and hid % kc == 0, cfg
@@ -947,7 +985,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 HB=cfg["HB"], KC=cfg["KC"], PREC=ctx.prec, BPREC=dot_precision() or "ieee",
                 SMOOTH=ctx.softmax == "smooth",
                 DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, AGG=cfg["AGG"],
-                SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, num_warps=cfg["num_warps"])
+                SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, SG=cfg["SG"], num_warps=cfg["num_warps"])
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):
             if nig[idx]:
                 grads[idx] = gr.to(x.dtype)

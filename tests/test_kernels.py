@@ -450,6 +450,10 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
                                                           "E2F_V2_BUCKETS": "1"}))
     worst = max(worst, check(6, 5, 47, env={"E2F_V2_FWD_AGG": "stream", "E2F_V2_FWD_STREAM_G": "2"},
                              softmax="smooth", extreme=10.0))
+    # the streamed and split backward with SG edges per step (E2F_V2_BWD_STREAM_G)
+    worst = max(worst, check(7, 17, 48, env={"E2F_V2_BWD_AGG": "stream", "E2F_V2_BWD_STREAM_G": "4",
+                                             "E2F_V2_BWD_BLOCK_T": "2", "E2F_V2_BUCKETS": "1"}))
+    worst = max(worst, check(7, 9, 58, torch.int32, env={"E2F_V2_BWD_AGG": "split", "E2F_V2_BWD_STREAM_G": "2"}))
     # a row longer than the edge tile (the padded layout's ghost: max_degree bounds the real atoms only): every
     # aggregation mode reads just the row's first BLOCK_E edges.  The streamed loops once ran over the whole
     # row, past the program's scratch (found on an H200: the ghost's ~10^4 padding edges in one program).
