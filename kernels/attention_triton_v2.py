@@ -161,6 +161,14 @@ def _rbf_window_start(d, cutoff, nb: tl.constexpr, WIN: tl.constexpr):
 
 
 @triton.jit
+def _rbf_window_term(d, mu, kw, w, gamma):
+    """Centre kw + w of each row's RBF window: (its index, d - mu_k, phi_k(d))."""
+    kk = kw + w
+    diff = d - tl.load(mu + kk)
+    return kk, diff, tl.exp(gamma * diff * diff)
+
+
+@triton.jit
 def _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, cutoff, nb: tl.constexpr, HID: tl.constexpr,
             R: tl.constexpr, BLOCK_NB: tl.constexpr, PREC: tl.constexpr, WIN: tl.constexpr = 0):
     """pre-LN h0 = W0 [phi(d); t; s] + b0  ->  [R, HID].  WIN = 0: every centre, as chunked dots over the RBF
@@ -172,9 +180,7 @@ def _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, cutoff, nb: tl.constexpr
     if WIN > 0:
         k0 = _rbf_window_start(d, cutoff, nb, WIN)
         for w in range(WIN):
-            kk = k0 + w
-            diff = d - tl.load(mu + kk)
-            phi = tl.exp(gamma * diff * diff)
+            kk, _diff, phi = _rbf_window_term(d, mu, k0, w, gamma)
             h0 += phi[:, None] * tl.load(W0aT + kk[:, None] * HID + offs_f[None, :])
     else:
         for k0 in range(0, nb, BLOCK_NB):
@@ -281,6 +287,18 @@ def _stream_edge(src, vec, e):
 
 
 @triton.jit
+def _stream_edges(src, vec, eg, mg):
+    """Source atoms and unit vectors of the edges eg (mask mg; masked slots: source 0, unit vector x) -- the
+    grouped form of ``_stream_edge``."""
+    jg = tl.load(src + eg, mask=mg, other=0).to(tl.int64)
+    vx = tl.load(vec + eg * 3 + 0, mask=mg, other=1.0)
+    vy = tl.load(vec + eg * 3 + 1, mask=mg, other=0.0)
+    vz = tl.load(vec + eg * 3 + 2, mask=mg, other=0.0)
+    dist = tl.sqrt(vx * vx + vy * vy + vz * vz)
+    return jg, vx / dist, vy / dist, vz / dist
+
+
+@triton.jit
 def _load_u_rows(X, it, C: tl.constexpr):
     """Row ``it`` of a [N, 3, 9, C] tensor as [8, C] + [C] parts per direction x (9 is not a power of two)."""
     offs_c = tl.arange(0, C)
@@ -331,15 +349,8 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
             offs_g = tl.arange(0, SG)
             while e < e1:
                 eg = e + offs_g
-                mg = eg < e1
-                jg = tl.load(src + eg, mask=mg, other=0).to(tl.int64)
-                vx = tl.load(vec + eg * 3 + 0, mask=mg, other=1.0)        # past the row: unit vector, alpha 0
-                vy = tl.load(vec + eg * 3 + 1, mask=mg, other=0.0)
-                vz = tl.load(vec + eg * 3 + 2, mask=mg, other=0.0)
-                dist = tl.sqrt(vx * vx + vy * vy + vz * vz)
-                rx = vx / dist
-                ry = vy / dist
-                rz = vz / dist
+                mg = eg < e1                      # past the row: alpha 0 (masked load below)
+                jg, rx, ry, rz = _stream_edges(src, vec, eg, mg)
                 rows = tt * BLOCK_E + (eg - e0)
                 a_c = tl.load(scr_a + rows[:, None] * H + a_col[None, :], mask=mg[:, None], other=0.0)  # [SG, C]
                 vb = v + jg * (9 * C)
@@ -486,15 +497,11 @@ def _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, p
             o8g = o8[None, :, :]
             while e < e1:
                 eg = e + offs_g
-                mg = eg < e1
-                jg = tl.load(src + eg, mask=mg, other=0).to(tl.int64)
-                vx = tl.load(vec + eg * 3 + 0, mask=mg, other=1.0)        # past the row: unit vector, alpha 0
-                vy = tl.load(vec + eg * 3 + 1, mask=mg, other=0.0)
-                vz = tl.load(vec + eg * 3 + 2, mask=mg, other=0.0)
-                dist = tl.sqrt(vx * vx + vy * vy + vz * vz)
-                rx = (vx / dist)[:, None]
-                ry = (vy / dist)[:, None]
-                rz = (vz / dist)[:, None]
+                mg = eg < e1                      # past the row: alpha 0 (masked load below)
+                jg, rx, ry, rz = _stream_edges(src, vec, eg, mg)
+                rx = rx[:, None]
+                ry = ry[:, None]
+                rz = rz[:, None]
                 rows = tt * BLOCK_E + (eg - e0)
                 a_c = tl.load(scr_a + rows[:, None] * H + a_col[None, :], mask=mg[:, None], other=0.0)  # [SG, C]
                 if not DV_ONLY:
@@ -691,9 +698,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             # d/dd through the RBF window only: dphi_k = dh0 . W0a[:, k] for the row's RBF_WIN centres
             k0w = _rbf_window_start(d, cutoff, nb, RBF_WIN)
             for w in range(RBF_WIN):
-                kk = k0w + w
-                diff = d - tl.load(mu + kk)
-                phi = tl.exp(gamma * diff * diff)
+                kk, diff, phi = _rbf_window_term(d, mu, k0w, w, gamma)
                 dphi = tl.sum(dh0 * tl.load(W0aT + kk[:, None] * HID + offs_f[None, :]), 1)
                 dd_e += dphi * phi * (2.0 * gamma) * diff
         else:

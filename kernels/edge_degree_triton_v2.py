@@ -34,7 +34,8 @@ import triton.language as tl
 from .attention_reference import FCParams
 from .attention_triton import (_load_edge_tile, _envelope, _layer_norm_silu, _silu_layer_norm_bwd,
                                _block_e, _rbf_chunk, _LAST_COMPILED)
-from .attention_triton_v2 import _bucket, _chunked_dot, _to_scratch, _grid, _launches, _rbf_window_start, rbf_window
+from .attention_triton_v2 import (_bucket, _chunked_dot, _to_scratch, _grid, _launches, _rbf_window_start,
+                                  _rbf_window_term, rbf_window)
 from .edge_degree_reference import EDGE_DEGREE_SCALE
 from .edge_degree_triton import _sph9, _N_FIXED, reference_fallback_backward
 
@@ -54,9 +55,7 @@ def _ed_mlp_v2(l: tl.constexpr, d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W
     if WIN > 0:
         kw = _rbf_window_start(d, cutoff, nb, WIN)
         for w in range(WIN):
-            kk = kw + w
-            diff = d - tl.load(mu + kk)
-            phi = tl.exp(gamma * diff * diff)
+            kk, diff, phi = _rbf_window_term(d, mu, kw, w, gamma)
             w0r = tl.load(W0aT + l * (nb * HID) + kk[:, None] * HID + offs_f[None, :])
             h0 += phi[:, None] * w0r
             if WANT_G:
@@ -231,9 +230,7 @@ def _edge_deg_bwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T
             elif RBF_WIN > 0:   # the same over the edge's RBF window only
                 kw = _rbf_window_start(d, cutoff, nb, RBF_WIN)
                 for w in range(RBF_WIN):
-                    kk = kw + w
-                    diff = d - tl.load(mu + kk)
-                    phi = tl.exp(gamma * diff * diff)
+                    kk, diff, phi = _rbf_window_term(d, mu, kw, w, gamma)
                     w0r = tl.load(W0aT + l * (nb * HID) + kk[:, None] * HID + offs_f[None, :])
                     dd_e += phi * diff * (2.0 * gamma) * tl.sum(dh0 * w0r, 1)
             else:            # dd = sum_k sum_f dh0 * (phi'_k W0a^T_k): linear in G, so chunk by chunk
