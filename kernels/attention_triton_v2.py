@@ -890,7 +890,11 @@ def rbf_window(mu: torch.Tensor, gamma: float, cutoff: float) -> int:
     win = 2 * math.ceil(0.5 + math.sqrt(_RBF_TAIL / (-gamma * delta * delta)))
     if 4 * win > nb:    # a window of half the centres (the bundled model: 32 of 64) timed slower in the backward
         return 0
-    key = (mu.device, mu.data_ptr(), mu._version, nb, float(cutoff))
+    try:
+        version = mu._version
+    except RuntimeError:        # an inference tensor (created under torch.inference_mode) has no version counter
+        version = -1
+    key = (mu.device, mu.data_ptr(), version, nb, float(cutoff))
     ok = _MU_UNIFORM.get(key)
     if ok is None:
         if mu.is_cuda and torch.cuda.is_current_stream_capturing():

@@ -985,6 +985,8 @@ def test_rbf_window_width(monkeypatch):
     assert V2.rbf_window(mu, rbf_gamma(R, 256) / 16, R) == 0           # 128 of 256: not worth it
     assert V2.rbf_window(mu * 0.9, rbf_gamma(R, 256), R) == 0           # not the uniform grid the kernel assumes
     assert V2.rbf_window(mu.clone(), 0.5, R) == 0                         # not a decaying Gaussian
+    with torch.inference_mode():                                         # no version counter: still works
+        assert V2.rbf_window(torch.linspace(0, R, 256), rbf_gamma(R, 256), R) == 32
     monkeypatch.setenv("E2F_V2_RBF_WIN", "0")
     assert V2.rbf_window(mu.clone(), rbf_gamma(R, 256), R) == 0
     # the host mirror of _rbf_window_start: for d across [0, 1.2 R], every centre outside the window has phi < e^-30
