@@ -309,7 +309,7 @@ def main():
     if "parity" in args.parts and not any(r.get("part") == "parity" for r in rows):
         parity(out, rows)
     if "speed" in args.parts:
-        speed(out, rows, [int(s) for s in args.sizes.split(",")], args.modes.split(","), args.budget_s,
+        speed(out, rows, [int(s) for s in args.sizes.split(",") if s], args.modes.split(","), args.budget_s,
               args.checkpoint, not args.no_water)
 
 

@@ -31,6 +31,7 @@
 #             edges per step, streamed / split backward with 4, 4-warp forward, DR_ACC / DU_BCAST) and the stage
 #             split; a: V1.5 10k + bundled
 #             115k, b: App. A 100k (~8 min each)
+#   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
@@ -141,6 +142,10 @@ for what in "$@"; do
       timeout 560 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes $S \
           --variants "stream;stream, 4 warps;stream, 2 edges per step;stream, 4 edges per step;stream, 8 edges per step;none;stream/tile;stream/tile, DR_ACC;stream/tile, DU_BCAST;stream/stream;stream/stream, 4 edges per step;stream/split, 4 edges per step;none/none" \
           2>&1 | grep '^{' | cut -c1-220 ;;
+    water100k)
+      # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16
+      timeout 560 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water" --parts speed --sizes "" \
+          --modes fp32,tf32,bf16 --budget-s 500 2>&1 | grep '^{' | cut -c1-260 ;;
     *) echo "unknown: $what"; exit 2 ;;
   esac
 done
