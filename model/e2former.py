@@ -555,15 +555,21 @@ class E2FormerV2(nn.Module):
         #:   recomputation, then the slices' own), i.e. more time for less memory;
         #: * ``"auto"`` (default): none below ``checkpoint_min_elements`` node-feature floats (N x 9 x C;
         #:   ~29k atoms at C = 256 on the GPU, 1/32 of that on the CPU), ``"block"`` above; on the GPU
-        #:   ``"fine"`` from ``checkpoint_fine_min_elements`` (~116k atoms at C = 256) on.  (Never ``"fine"`` on
-        #:   the CPU by itself: there the attention runs in PyTorch and its U is not split, so the gain is
-        #:   small for the extra forward pass.)
+        #:   ``"fine"`` from ``checkpoint_fine_min_elements`` (~116k atoms at C = 256) on, and below that
+        #:   wherever ``"block"`` would not fit: its peak, ``checkpoint_block_bytes_per_element`` per node-feature
+        #:   float, above 90 % of the memory the device has left (free plus the allocator's cached blocks).  So a
+        #:   100k-atom V1.5 system (~27 GB with "block", ~15 GB with "fine") runs on a 24 GB card, and stays on
+        #:   the faster "block" where it fits.  (Never ``"fine"`` on the CPU by itself: there the attention
+        #:   runs in PyTorch and its U is not split, so the gain is small for the extra forward pass.)
         #:
         #: All modes compute the same function (``"block"`` bit for bit; ``"fine"`` up to the rounding of
         #: matrix products over different row counts).
         self.checkpoint_blocks = "auto"
         self.checkpoint_min_elements = 1 << 26
         self.checkpoint_fine_min_elements = 1 << 28
+        #: allocator peak of a "block" energy + forces step per node-feature float: 25.08 GiB at 100k atoms of the
+        #: V1.5 size (C = 256) on an H200 (benchmarks/results/gpu_end_to_end_s9_h200.json) = 117 bytes
+        self.checkpoint_block_bytes_per_element = 117.0
         self.checkpoint_chunk_atoms = 65536
         #: bf16 autocast of the node-level matrix products (see set_precision)
         self.bf16 = False
@@ -684,11 +690,31 @@ class E2FormerV2(nn.Module):
                 if x.is_cuda and x.numel() >= self.checkpoint_fine_min_elements:
                     return "fine"
                 ok = x.numel() >= (self.checkpoint_min_elements if x.is_cuda else self.checkpoint_min_elements >> 5)
+                if ok and x.is_cuda and not self._block_fits(x):
+                    return "fine"
                 return "block" if ok else "none"
             if ckpt in ("block", "fine"):
                 return ckpt
             raise ValueError(f"checkpoint_blocks must be True, False, 'auto', 'block' or 'fine', got {ckpt!r}")
         return "block" if ckpt else "none"
+
+    @torch.jit.unused
+    def _block_fits(self, x) -> bool:
+        """Whether a "block" step's estimated peak (``checkpoint_block_bytes_per_element`` per node-feature
+        float) fits in 90 % of what x's device has left; True when that cannot be asked."""
+        avail = self._cuda_available_bytes(x)
+        return avail is None or self.checkpoint_block_bytes_per_element * x.numel() <= 0.9 * avail
+
+    @staticmethod
+    def _cuda_available_bytes(x):
+        """Free device memory plus the caching allocator's reserved-but-unused bytes on x's device (None if the
+        query fails)."""
+        try:
+            dev = x.device
+            free, _total = torch.cuda.mem_get_info(dev)
+            return free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        except Exception:
+            return None
 
     @torch.jit.unused
     def _use_checkpointing(self, x: torch.Tensor) -> bool:

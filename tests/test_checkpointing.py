@@ -160,8 +160,34 @@ class _FakeFeatures:
         return self.n
 
 
-def test_auto_mode_thresholds():
+def test_auto_mode_picks_fine_where_block_would_not_fit(monkeypatch):
+    """On the GPU, "auto" takes "fine" below its size threshold wherever the estimated "block" peak
+    (checkpoint_block_bytes_per_element per node-feature float) exceeds 90 % of the device memory left, and
+    "block" where it fits or the query fails; the CPU never asks."""
     m = _model()
+    m.checkpoint_min_elements = 1000
+    m.checkpoint_fine_min_elements = 10 ** 9
+    m.checkpoint_block_bytes_per_element = 100.0
+    m.checkpoint_blocks = "auto"
+    avail = {"bytes": 1_000_000}
+    real_query = type(m)._cuda_available_bytes
+    monkeypatch.setattr(type(m), "_cuda_available_bytes", staticmethod(lambda x: avail["bytes"]))
+    assert m._checkpoint_mode(_FakeFeatures(9000, True)) == "block"      # 0.9 MB <= 0.9 MB
+    assert m._checkpoint_mode(_FakeFeatures(9001, True)) == "fine"
+    assert m._checkpoint_mode(_FakeFeatures(999, True)) == "none"        # below the threshold: no question
+    assert m._checkpoint_mode(_FakeFeatures(10 ** 6, False)) == "block"  # CPU
+    avail["bytes"] = None                                                  # query failed: as before
+    assert m._checkpoint_mode(_FakeFeatures(10 ** 6, True)) == "block"
+    m.checkpoint_blocks = "block"                                          # an explicit mode is obeyed
+    avail["bytes"] = 1
+    assert m._checkpoint_mode(_FakeFeatures(10 ** 6, True)) == "block"
+    # without CUDA the real query returns None instead of raising
+    assert real_query(_FakeFeatures(1, True)) is None
+
+
+def test_auto_mode_thresholds(monkeypatch):
+    m = _model()
+    monkeypatch.setattr(type(m), "_cuda_available_bytes", staticmethod(lambda x: None))
     m.checkpoint_min_elements = 1000 * 32
     m.checkpoint_fine_min_elements = 5000 * 32
     m.checkpoint_blocks = "auto"
