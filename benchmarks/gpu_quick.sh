@@ -28,7 +28,7 @@
 #   win9:     the RBF window (E2F_V2_RBF_WIN) on / off: attention stages, V1.5 end to end at 10k / 20k, and
 #             the App. A / V1.5 attention benchmark at 32k / 100k atoms (~8 min)
 #   next10a / next10b: the variants written in session 9 without GPU time (streamed forward with 2 / 4 / 8
-#             edges per step, streamed / split backward with 4, 4-warp forward, DR_ACC / DU_BCAST) and the stage
+#             edges per step, streamed / split backward with 4, 4-warp forward, register caps, DR_ACC / DU_BCAST) and the stage
 #             split; a: V1.5 10k + bundled
 #             115k, b: App. A 100k (~8 min each)
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
@@ -140,7 +140,7 @@ for what in "$@"; do
       # App. A C/H 16; V1.5's 2 showed no effect), and the stage split at App. A sizes
       S=v15:10000:32,bundled:115200:64; [ "$what" = next10b ] && S=appA:100000:64
       timeout 560 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes $S \
-          --variants "stream;stream, 4 warps;stream, 2 edges per step;stream, 4 edges per step;stream, 8 edges per step;none;stream/tile;stream/tile, DR_ACC;stream/tile, DU_BCAST;stream/stream;stream/stream, 4 edges per step;stream/split, 4 edges per step;none/none" \
+          --variants "stream;stream, 4 warps;stream, 128 registers;stream/tile, 128 registers;stream/tile, bwd 168 registers;stream, 2 edges per step;stream, 4 edges per step;stream, 8 edges per step;none;stream/tile;stream/tile, DR_ACC;stream/tile, DU_BCAST;stream/stream;stream/stream, 4 edges per step;stream/split, 4 edges per step;none/none" \
           2>&1 | grep '^{' | cut -c1-220 ;;
     water100k)
       # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16

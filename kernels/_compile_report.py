@@ -8,6 +8,7 @@ registers, spills and shared memory (v1 vs v2).
     python -m kernels._compile_report --bwd-variants      (the attention backward variants DR_ACC / DU_BCAST)
     python -m kernels._compile_report --agg-modes         (the aggregation modes tile / stream / split)
     python -m kernels._compile_report --stream-groups     (the streamed forward's edges per step, SG)
+    python -m kernels._compile_report --maxnreg           (the default launches under a register cap)
 
 Triton 3.6 compiles to PTX without a driver; the bundled ``ptxas -v`` then gives the register count and the
 local-memory (stack) size.  ``spills`` below is stack bytes / 4, which is what Triton reports as
@@ -42,7 +43,7 @@ INT_PTRS = {"row_ptr", "src", "perm", "seg"}
 SMEM_PER_SM = 228 * 1024   # H100 / H200: 228 KB shared memory per SM (227 KB usable per block)
 
 
-def compile_kernel(fn, consts: dict, num_warps: int) -> dict:
+def compile_kernel(fn, consts: dict, num_warps: int, maxnreg: int | None = None) -> dict:
     # constexpr parameters the caller leaves out take their defaults, as at a launch
     consts = dict({p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **consts)
     sig = {}
@@ -60,7 +61,8 @@ def compile_kernel(fn, consts: dict, num_warps: int) -> dict:
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, ty in sig.items() if ty.startswith("*")}
     t0 = time.time()
     ck = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                        target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
+                        target=GPUTarget("cuda", 90, 32),
+                        options=dict(num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {})))
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(ck.asm["ptx"])
     try:
@@ -316,8 +318,35 @@ def stream_groups_main():
                       f"{r['blocks_per_sm']} |", flush=True)
 
 
+def maxnreg_main():
+    """Registers / spills / CTAs per SM of the default v2 attention launches under a register cap (maxnreg:
+    E2F_V2_{FWD,BWD}_MAXNREG) at the bundled, V1.5 and App. A sizes."""
+    from .attention_triton_v2 import launch_config
+    sizes = {"bundled": (64, 16, 4, 64, 32, 64), "v15": CONFIGS["v15"], "appA": (256, 16, 8, 256, 128, 64)}
+    print(f"# sm_90a (ptxas -v, no GPU), v2 attention default launches under a register cap, triton {triton.__version__}")
+    print("| sizes | kernel | tiles | maxnreg | regs | spills | shared B | CTA/SM | warps/SM |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, (C, H, D, nb, HID, K) in sizes.items():
+        win = 32 if nb >= 128 else 0
+        for kind, fn in (("fwd", v2._attn_fwd_kernel_v2), ("bwd", v2._attn_bwd_kernel_v2)):
+            cfg = launch_config(H, HID, nb, K, kind)
+            consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=K, BLOCK_NB=cfg["BLOCK_NB"],
+                          HB=cfg["HB"], KC=cfg["KC"], PREC="ieee", SMOOTH=False, PERM=True, AGG=cfg["AGG"],
+                          RBF_WIN=win)
+            if kind == "bwd":
+                consts.update(DR_ACC=False, DU_BCAST=False)
+            consts["SCR_STRIDE"] = _v2_stride(kind, cfg["AGG"], consts)
+            for cap in (None, 168, 128, 96):
+                r = compile_kernel(fn, consts, cfg["num_warps"], cap)
+                print(f"| {name} | {kind} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | "
+                      f"{cap or '-'} | {r['regs']} | {r['spills']} | {r['shared']} | {r['blocks_per_sm']} | "
+                      f"{r['blocks_per_sm'] * cfg['num_warps']} |", flush=True)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if "--maxnreg" in argv:
+        return maxnreg_main()
     if "--stream-groups" in argv:
         return stream_groups_main()
     if "--bwd-variants" in argv:

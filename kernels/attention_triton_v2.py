@@ -836,6 +836,10 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
         raise ValueError(f"E2F_V2_{K}_AGG={agg!r}: expected one of "
                          f"{sorted(m for m in _AGG_MODES if kind != 'fwd' or m != 'split')}")
     cfg["AGG"] = _AGG_MODES[agg]
+    # a register cap per thread (E2F_V2_{FWD,BWD}_MAXNREG; untimed, opt-in): every default tile compiles to 155-255
+    # registers, i.e. one or two CTAs (8 warps) per SM, so these kernels wait on memory latency with little to
+    # hide it; a cap trades spills (to L1) for resident warps (128 with 4 warps: 4 CTAs, 16 warps per SM)
+    cfg["maxnreg"] = _env_int(f"E2F_V2_{K}_MAXNREG", 0) or None
     # edges per step of the streamed aggregation and its backward (``_stream_aggregate``, ``_stream_aggregate_bwd``:
     # E2F_V2_{FWD,BWD}_STREAM_G; untimed, opt-in)
     cfg["SG"] = _env_int(f"E2F_V2_{K}_STREAM_G", 1)
@@ -845,6 +849,11 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
         cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
     assert H % hb == 0 and hid % kc == 0, cfg
     return cfg
+
+
+def _maxnreg(cfg: dict) -> dict:
+    """The launch option of a register cap, only where one is set (the interpreter takes no such option)."""
+    return {"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") and os.environ.get("TRITON_INTERPRET") != "1" else {}
 
 
 _DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
@@ -947,7 +956,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 N, n_blocks, nprog, float(gamma), float(cutoff), 1.0 / math.sqrt(D), nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
-                SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], num_warps=cfg["num_warps"])
+                SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], num_warps=cfg["num_warps"], **_maxnreg(cfg))
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.launches = launches
         ctx.rbf_win = win
@@ -994,7 +1003,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 HB=cfg["HB"], KC=cfg["KC"], PREC=ctx.prec, BPREC=dot_precision() or "ieee",
                 SMOOTH=ctx.softmax == "smooth",
                 DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, AGG=cfg["AGG"],
-                SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, SG=cfg["SG"], num_warps=cfg["num_warps"])
+                SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, SG=cfg["SG"], num_warps=cfg["num_warps"], **_maxnreg(cfg))
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):
             if nig[idx]:
                 grads[idx] = gr.to(x.dtype)

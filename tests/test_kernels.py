@@ -610,6 +610,15 @@ def test_v2_launch_defaults(monkeypatch):
     monkeypatch.setenv("E2F_V2_FWD_STREAM_G", "4")
     assert V2.launch_config(16, 32, 64, 64, "fwd")["SG"] == 4
     monkeypatch.delenv("E2F_V2_FWD_STREAM_G")
+    assert V2.launch_config(16, 32, 64, 64, "bwd")["maxnreg"] is None     # no register cap unless asked
+    monkeypatch.setenv("E2F_V2_BWD_MAXNREG", "128")
+    cfg = V2.launch_config(16, 32, 64, 64, "bwd")
+    assert cfg["maxnreg"] == 128 and V2.launch_config(16, 32, 64, 64, "fwd")["maxnreg"] is None
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert V2._maxnreg(cfg) == {"maxnreg": 128}
+    monkeypatch.setenv("TRITON_INTERPRET", "1")                            # the interpreter takes no such option
+    assert V2._maxnreg(cfg) == {}
+    monkeypatch.delenv("E2F_V2_BWD_MAXNREG")
     monkeypatch.setenv("E2F_V2_FWD_AGG", "split")            # the split form exists for the backward only
     with pytest.raises(ValueError, match="E2F_V2_FWD_AGG='split'"):
         V2.launch_config(16, 32, 64, 64, "fwd")
