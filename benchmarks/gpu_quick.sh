@@ -27,10 +27,10 @@
 #             default stream/tile, at V1.5 (10k) and bundled (115k) sizes (~5 min)
 #   win9:     the RBF window (E2F_V2_RBF_WIN) on / off: attention stages, V1.5 end to end at 10k / 20k, and
 #             the App. A / V1.5 attention benchmark at 32k / 100k atoms (~8 min)
-#   next10a / next10b: the variants written in session 9 without GPU time (streamed forward with 2 / 4 / 8
-#             edges per step, streamed / split backward with 4, 4-warp forward, register caps, DR_ACC / DU_BCAST) and the stage
-#             split; a: V1.5 10k + bundled
-#             115k, b: App. A 100k (~8 min each)
+#   next10v15 / next10bundled / next10appA: the variants written in session 9 without GPU time (streamed forward
+#             with 2 / 4 / 8 edges per step, streamed / split backward with 4, 4-warp forward, register caps,
+#             DR_ACC / DU_BCAST) and the stage split, at V1.5 10k / bundled 115k / App. A 100k (~7-9 min each;
+#             the JSONL is written as it goes, so a timeout keeps what was measured)
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -134,11 +134,11 @@ for what in "$@"; do
       done
       BENCH_BUDGET_S=100 timeout 150 python3 benchmarks/bench_attention.py "$OUT/attention_win" \
           --impls fused --ns 32768,100000 2>&1 | grep -E '^(appA|v15)' ;;
-    next10a|next10b)
+    next10v15|next10bundled|next10appA)
       # session 9's untimed variants: the streamed forward with SG edges per step (E2F_V2_FWD_STREAM_G), the
       # forward on 4 warps, the backward's DR_ACC / DU_BCAST at sizes with many channels per head (bundled C/H 4,
       # App. A C/H 16; V1.5's 2 showed no effect), and the stage split at App. A sizes
-      S=v15:10000:32,bundled:115200:64; [ "$what" = next10b ] && S=appA:100000:64
+      case "$what" in next10v15) S=v15:10000:32 ;; next10bundled) S=bundled:115200:64 ;; *) S=appA:100000:64 ;; esac
       timeout 560 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes $S \
           --variants "stream;stream, 4 warps;stream, 128 registers;stream/tile, 128 registers;stream/tile, bwd 168 registers;stream, 2 edges per step;stream, 4 edges per step;stream, 8 edges per step;none;stream/tile;stream/tile, DR_ACC;stream/tile, DU_BCAST;stream/stream;stream/stream, 4 edges per step;stream/split, 4 edges per step;none/none" \
           2>&1 | grep '^{' | cut -c1-220 ;;
