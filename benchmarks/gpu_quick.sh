@@ -29,8 +29,9 @@
 #             the App. A / V1.5 attention benchmark at 32k / 100k atoms (~8 min)
 #   next10v15 / next10bundled / next10appA: the variants written in session 9 without GPU time (streamed forward
 #             with 2 / 4 / 8 edges per step, streamed / split backward with 4, 4-warp forward, register caps,
-#             DR_ACC / DU_BCAST) and the stage split, at V1.5 10k / bundled 115k / App. A 100k (~7-9 min each;
-#             the JSONL is written as it goes, so a timeout keeps what was measured)
+#             DR_ACC), each beside its default, at V1.5 10k / bundled 115k / App. A 100k (~4-5 min each; the JSONL
+#             is written as it goes, so a timeout keeps what was measured).  V10="label;label;..." replaces the list
+#             (e.g. the 2 / 8 edges per step, "stream, 4 warps", DU_BCAST, and "none" / "none/none" for the stage split)
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -140,7 +141,7 @@ for what in "$@"; do
       # App. A C/H 16; V1.5's 2 showed no effect), and the stage split at App. A sizes
       case "$what" in next10v15) S=v15:10000:32 ;; next10bundled) S=bundled:115200:64 ;; *) S=appA:100000:64 ;; esac
       timeout 560 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes $S \
-          --variants "stream;stream, 4 warps;stream, 128 registers;stream/tile, 128 registers;stream/tile, bwd 168 registers;stream, 2 edges per step;stream, 4 edges per step;stream, 8 edges per step;none;stream/tile;stream/tile, DR_ACC;stream/tile, DU_BCAST;stream/stream;stream/stream, 4 edges per step;stream/split, 4 edges per step;none/none" \
+          --variants "${V10:-stream;stream, 128 registers;stream, 4 edges per step;stream/tile;stream/tile, 128 registers;stream/tile, bwd 168 registers;stream/stream, 4 edges per step;stream/split, 4 edges per step;stream/tile, DR_ACC}" \
           2>&1 | grep '^{' | cut -c1-220 ;;
     water100k)
       # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16
