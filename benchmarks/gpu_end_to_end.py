@@ -61,24 +61,19 @@ def log(rows, path):
 
 
 def parity(out: Path, rows):
+    import importlib.util
     from openmm_e2former import load_model
 
+    spec = importlib.util.spec_from_file_location("check_parity", REPO / "tests" / "gpu" / "check_parity.py")
+    check_parity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_parity)
     for variant in ("tiny_qk", "tiny_qkdot", "tiny_direct", "v15"):
         m = load_model(FIX / variant / "checkpoint.pt", device="cuda")
-        worst_e = worst_f = 0.0
-        n = 0
-        for f in sorted((FIX / variant).glob("*.npz")):
-            d = np.load(f)
-            cell = d["cell"] if d["pbc"].any() else None
-            r = m.predict(d["atomic_numbers"], d["positions"], cell, d["pbc"], int(d["charge"]),
-                          int(d["multiplicity"]), head=str(d["head"]))
-            de = abs(r["energy_model"] - float(d["energy_model"]))
-            df = float(np.abs(r["forces"] - d["forces"]).max())
-            ok = de <= max(1e-4, 1e-6 * abs(float(d["energy_model"]))) and df <= 1e-3
-            worst_e, worst_f, n = max(worst_e, de), max(worst_f, df), n + 1
-            rows.append({"part": "parity", "variant": variant, "case": f.stem, "dE_eV": de, "dF_eV_A": df,
-                         "pass": bool(ok), "fused": bool(m.blocks[0].attn.use_fused(torch.zeros(1, device="cuda")))})
-            print(f"parity {variant:12s} {f.stem:32s} dE {de:.2e} dF {df:.2e} {'OK' if ok else 'FAIL'}", flush=True)
+        fused = bool(m.blocks[0].attn.use_fused(torch.zeros(1, device="cuda")))
+        for case, de, df, ok in check_parity.compare_cases(m, FIX / variant):
+            rows.append({"part": "parity", "variant": variant, "case": case, "dE_eV": de, "dF_eV_A": df,
+                         "pass": bool(ok), "fused": fused})
+            print(f"parity {variant:12s} {case:32s} dE {de:.2e} dF {df:.2e} {'OK' if ok else 'FAIL'}", flush=True)
         log(rows, out)
 
 

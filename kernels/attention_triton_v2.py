@@ -90,12 +90,19 @@ def _rows(row_ptr, src, vec, i0, N, perm, t_start, BLOCK_T: tl.constexpr, BLOCK_
     tmask = i0 + offs_t < N
     offs_e = start + e_loc
     mask_e = offs_e < end           # end = start for targets past N
-    j = tl.load(src + offs_e, mask=mask_e, other=0).to(tl.int64)
-    vx = tl.load(vec + offs_e * 3 + 0, mask=mask_e, other=1.0)   # padded rows: unit vector, d = 1
-    vy = tl.load(vec + offs_e * 3 + 1, mask=mask_e, other=0.0)
-    vz = tl.load(vec + offs_e * 3 + 2, mask=mask_e, other=0.0)
+    j, rx, ry, rz, d = _load_edges(src, vec, offs_e, mask_e)
+    return offs_r, e_loc, tgt, offs_e, mask_e, j, rx, ry, rz, d, tgt_t, tmask
+
+
+@triton.jit
+def _load_edges(src, vec, e, mask):
+    """Source atoms, unit vectors and lengths of the edges e (masked slots: source 0, unit vector x, d = 1)."""
+    j = tl.load(src + e, mask=mask, other=0).to(tl.int64)
+    vx = tl.load(vec + e * 3 + 0, mask=mask, other=1.0)
+    vy = tl.load(vec + e * 3 + 1, mask=mask, other=0.0)
+    vz = tl.load(vec + e * 3 + 2, mask=mask, other=0.0)
     d = tl.sqrt(vx * vx + vy * vy + vz * vz)
-    return offs_r, e_loc, tgt, offs_e, mask_e, j, vx / d, vy / d, vz / d, d, tgt_t, tmask
+    return j, vx / d, vy / d, vz / d, d
 
 
 @triton.jit
@@ -166,6 +173,18 @@ def _rbf_window_term(d, mu, kw, w, gamma):
     kk = kw + w
     diff = d - tl.load(mu + kk)
     return kk, diff, tl.exp(gamma * diff * diff)
+
+
+@triton.jit
+def _rbf_window_dd(d, dh0, mu, W0aT, gamma, cutoff, nb: tl.constexpr, HID: tl.constexpr, WIN: tl.constexpr):
+    """d/dd of dh0 . (W0a phi(d)) [R] over each row's RBF window: sum_k (dh0 . W0a[:, k]) dphi_k/dd."""
+    offs_f = tl.arange(0, HID)
+    kw = _rbf_window_start(d, cutoff, nb, WIN)
+    dd = tl.zeros_like(d)
+    for w in range(WIN):
+        kk, diff, phi = _rbf_window_term(d, mu, kw, w, gamma)
+        dd += tl.sum(dh0 * tl.load(W0aT + kk[:, None] * HID + offs_f[None, :]), 1) * phi * (2.0 * gamma) * diff
+    return dd
 
 
 @triton.jit
@@ -287,18 +306,6 @@ def _stream_edge(src, vec, e):
 
 
 @triton.jit
-def _stream_edges(src, vec, eg, mg):
-    """Source atoms and unit vectors of the edges eg (mask mg; masked slots: source 0, unit vector x) -- the
-    grouped form of ``_stream_edge``."""
-    jg = tl.load(src + eg, mask=mg, other=0).to(tl.int64)
-    vx = tl.load(vec + eg * 3 + 0, mask=mg, other=1.0)
-    vy = tl.load(vec + eg * 3 + 1, mask=mg, other=0.0)
-    vz = tl.load(vec + eg * 3 + 2, mask=mg, other=0.0)
-    dist = tl.sqrt(vx * vx + vy * vy + vz * vz)
-    return jg, vx / dist, vy / dist, vz / dist
-
-
-@triton.jit
 def _load_u_rows(X, it, C: tl.constexpr):
     """Row ``it`` of a [N, 3, 9, C] tensor as [8, C] + [C] parts per direction x (9 is not a power of two)."""
     offs_c = tl.arange(0, C)
@@ -350,7 +357,7 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
             while e < e1:
                 eg = e + offs_g
                 mg = eg < e1                      # past the row: alpha 0 (masked load below)
-                jg, rx, ry, rz = _stream_edges(src, vec, eg, mg)
+                jg, rx, ry, rz, _d = _load_edges(src, vec, eg, mg)
                 rows = tt * BLOCK_E + (eg - e0)
                 a_c = tl.load(scr_a + rows[:, None] * H + a_col[None, :], mask=mg[:, None], other=0.0)  # [SG, C]
                 vb = v + jg * (9 * C)
@@ -498,7 +505,7 @@ def _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, p
             while e < e1:
                 eg = e + offs_g
                 mg = eg < e1                      # past the row: alpha 0 (masked load below)
-                jg, rx, ry, rz = _stream_edges(src, vec, eg, mg)
+                jg, rx, ry, rz, _d = _load_edges(src, vec, eg, mg)
                 rx = rx[:, None]
                 ry = ry[:, None]
                 rz = rz[:, None]
@@ -523,26 +530,27 @@ def _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, p
                 tl.atomic_add(dvb[:, None] + 8 * C + offs_c[None, :],
                               a_c * (rx * gx1[None, :] + ry * gy1[None, :] + rz * gz1[None, :]), mask=mg[:, None])
                 e += SG
-        while e < e1:            # SG == 1 (with SG > 1 the loop above has consumed the row)
-            row = tt * BLOCK_E + (e - e0)
-            jj, rx, ry, rz = _stream_edge(src, vec, e)
-            a_c = tl.load(scr_a + row * H + a_col)                                  # [C]
-            if not DV_ONLY:
-                vb = v + jj * (9 * C)
-                V8 = tl.load(vb + o8)
-                V1 = tl.load(vb + 8 * C + offs_c)
-                wx = tl.sum(V8 * gx8, 0) + V1 * gx1                                 # [C]
-                wy = tl.sum(V8 * gy8, 0) + V1 * gy1
-                wz = tl.sum(V8 * gz8, 0) + V1 * gz1
-                da_c = rx * wx + ry * wy + rz * wz
-                tl.store(scr_da + row * H + offs_h, tl.sum(tl.reshape(da_c, [C // H, H]), 0))
-                tl.store(scr_dr + row * 4 + 0, tl.sum(a_c * wx, 0))
-                tl.store(scr_dr + row * 4 + 1, tl.sum(a_c * wy, 0))
-                tl.store(scr_dr + row * 4 + 2, tl.sum(a_c * wz, 0))
-            dvb = dv + jj * (9 * C)
-            tl.atomic_add(dvb + o8, a_c[None, :] * (rx * gx8 + ry * gy8 + rz * gz8))
-            tl.atomic_add(dvb + 8 * C + offs_c, a_c * (rx * gx1 + ry * gy1 + rz * gz1))
-            e += 1
+        else:
+            while e < e1:
+                row = tt * BLOCK_E + (e - e0)
+                jj, rx, ry, rz = _stream_edge(src, vec, e)
+                a_c = tl.load(scr_a + row * H + a_col)                                  # [C]
+                if not DV_ONLY:
+                    vb = v + jj * (9 * C)
+                    V8 = tl.load(vb + o8)
+                    V1 = tl.load(vb + 8 * C + offs_c)
+                    wx = tl.sum(V8 * gx8, 0) + V1 * gx1                                 # [C]
+                    wy = tl.sum(V8 * gy8, 0) + V1 * gy1
+                    wz = tl.sum(V8 * gz8, 0) + V1 * gz1
+                    da_c = rx * wx + ry * wy + rz * wz
+                    tl.store(scr_da + row * H + offs_h, tl.sum(tl.reshape(da_c, [C // H, H]), 0))
+                    tl.store(scr_dr + row * 4 + 0, tl.sum(a_c * wx, 0))
+                    tl.store(scr_dr + row * 4 + 1, tl.sum(a_c * wy, 0))
+                    tl.store(scr_dr + row * 4 + 2, tl.sum(a_c * wz, 0))
+                dvb = dv + jj * (9 * C)
+                tl.atomic_add(dvb + o8, a_c[None, :] * (rx * gx8 + ry * gy8 + rz * gz8))
+                tl.atomic_add(dvb + 8 * C + offs_c, a_c * (rx * gx1 + ry * gy1 + rz * gz1))
+                e += 1
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -694,13 +702,8 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         h0 = tl.load(scr_h0 + offs_r[:, None] * HID + offs_f[None, :])
         dh0 = _silu_ln_bwd(dx1, h0, tl.load(ln0w + offs_f), tl.load(ln0b + offs_f), HID)
         dd_e = du * du_dd
-        if RBF_WIN > 0:
-            # d/dd through the RBF window only: dphi_k = dh0 . W0a[:, k] for the row's RBF_WIN centres
-            k0w = _rbf_window_start(d, cutoff, nb, RBF_WIN)
-            for w in range(RBF_WIN):
-                kk, diff, phi = _rbf_window_term(d, mu, k0w, w, gamma)
-                dphi = tl.sum(dh0 * tl.load(W0aT + kk[:, None] * HID + offs_f[None, :]), 1)
-                dd_e += dphi * phi * (2.0 * gamma) * diff
+        if RBF_WIN > 0:     # d/dd through the RBF window only
+            dd_e += _rbf_window_dd(d, dh0, mu, W0aT, gamma, cutoff, nb, HID, RBF_WIN)
         else:
             # dphi = dh0 W0a[:, chunk]: K = HID is chunked through scratch (a K = HID FMA dot keeps whole
             # K-strips of both operands in registers)

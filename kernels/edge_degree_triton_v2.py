@@ -34,8 +34,8 @@ import triton.language as tl
 from .attention_reference import FCParams
 from .attention_triton import (_load_edge_tile, _envelope, _layer_norm_silu, _silu_layer_norm_bwd,
                                _block_e, _rbf_chunk, _LAST_COMPILED)
-from .attention_triton_v2 import (_bucket, _chunked_dot, _to_scratch, _grid, _launches, _rbf_window_start,
-                                  _rbf_window_term, rbf_window)
+from .attention_triton_v2 import (_bucket, _chunked_dot, _to_scratch, _grid, _launches, _rbf_window_dd,
+                                  _rbf_window_start, _rbf_window_term, rbf_window)
 from .edge_degree_reference import EDGE_DEGREE_SCALE
 from .edge_degree_triton import _sph9, _N_FIXED, reference_fallback_backward
 
@@ -228,11 +228,7 @@ def _edge_deg_bwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T
             if G_FUSED:      # G accumulated next to h0 (one W0a pass, but G live through the W1 stage)
                 dd_e += tl.sum(dh0 * g0, 1)
             elif RBF_WIN > 0:   # the same over the edge's RBF window only
-                kw = _rbf_window_start(d, cutoff, nb, RBF_WIN)
-                for w in range(RBF_WIN):
-                    kk, diff, phi = _rbf_window_term(d, mu, kw, w, gamma)
-                    w0r = tl.load(W0aT + l * (nb * HID) + kk[:, None] * HID + offs_f[None, :])
-                    dd_e += phi * diff * (2.0 * gamma) * tl.sum(dh0 * w0r, 1)
+                dd_e += _rbf_window_dd(d, dh0, mu, W0aT + l * (nb * HID), gamma, cutoff, nb, HID, RBF_WIN)
             else:            # dd = sum_k sum_f dh0 * (phi'_k W0a^T_k): linear in G, so chunk by chunk
                 for k0 in range(0, nb, BLOCK_NB):
                     offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)

@@ -20,6 +20,21 @@ import numpy as np
 import torch
 
 
+def compare_cases(model, variant_dir):
+    """[(case name, |dE| eV, max |dF| eV/A, within the gate)] of every ``*.npz`` case in variant_dir, predicted by
+    ``model`` (also used by ``benchmarks/gpu_end_to_end.py --parts parity``)."""
+    out = []
+    for f in sorted(pathlib.Path(variant_dir).glob("*.npz")):
+        d = np.load(f)
+        cell = d["cell"] if d["pbc"].any() else None
+        r = model.predict(d["atomic_numbers"], d["positions"], cell, d["pbc"], int(d["charge"]),
+                          int(d["multiplicity"]), head=str(d["head"]))
+        de = abs(r["energy_model"] - float(d["energy_model"]))
+        df = float(np.abs(r["forces"] - d["forces"]).max())
+        out.append((f.stem, de, df, de <= max(1e-4, 1e-6 * abs(float(d["energy_model"]))) and df <= 1e-3))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("fixtures")
@@ -40,16 +55,9 @@ def main(argv=None):
             continue
         m = load_model(ckpt, device=args.device)
         win = V2.rbf_window(m.rbf_offsets, float(m.rbf_coeff), float(m.cutoff))
-        for f in sorted((root / variant).glob("*.npz")):
-            d = np.load(f)
-            cell = d["cell"] if d["pbc"].any() else None
-            r = m.predict(d["atomic_numbers"], d["positions"], cell, d["pbc"], int(d["charge"]),
-                          int(d["multiplicity"]), head=str(d["head"]))
-            de = abs(r["energy_model"] - float(d["energy_model"]))
-            df = float(np.abs(r["forces"] - d["forces"]).max())
-            ok = de <= max(1e-4, 1e-6 * abs(float(d["energy_model"]))) and df <= 1e-3
-            rows.append(dict(variant=variant, case=f.stem, dE_eV=de, dF_eV_A=df, passed=bool(ok), rbf_window=win))
-            print(f"{variant:12s} {f.stem:32s} dE {de:.2e} dF {df:.2e} {'OK' if ok else 'FAIL'} window {win}",
+        for case, de, df, ok in compare_cases(m, root / variant):
+            rows.append(dict(variant=variant, case=case, dE_eV=de, dF_eV_A=df, passed=bool(ok), rbf_window=win))
+            print(f"{variant:12s} {case:32s} dE {de:.2e} dF {df:.2e} {'OK' if ok else 'FAIL'} window {win}",
                   flush=True)
     dev = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     res = dict(device=dev, torch=torch.__version__, rows=rows, skipped=skipped,
