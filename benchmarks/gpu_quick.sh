@@ -136,9 +136,8 @@ for what in "$@"; do
       BENCH_BUDGET_S=100 timeout 150 python3 benchmarks/bench_attention.py "$OUT/attention_win" \
           --impls fused --ns 32768,100000 2>&1 | grep -E '^(appA|v15)' ;;
     next10v15|next10bundled|next10appA)
-      # session 9's untimed variants: the streamed forward with SG edges per step (E2F_V2_FWD_STREAM_G), the
-      # forward on 4 warps, the backward's DR_ACC / DU_BCAST at sizes with many channels per head (bundled C/H 4,
-      # App. A C/H 16; V1.5's 2 showed no effect), and the stage split at App. A sizes
+      # session 9's untimed variants beside their defaults: SG edges per streamed step, register caps, and DR_ACC
+      # at sizes with many channels per head (bundled C/H 4, App. A C/H 16; V1.5's 2 showed no effect)
       case "$what" in next10v15) S=v15:10000:32 ;; next10bundled) S=bundled:115200:64 ;; *) S=appA:100000:64 ;; esac
       timeout 560 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes $S \
           --variants "${V10:-stream;stream, 128 registers;stream, 4 edges per step;stream/tile;stream/tile, 128 registers;stream/tile, bwd 168 registers;stream/stream, 4 edges per step;stream/split, 4 edges per step;stream/tile, DR_ACC}" \
