@@ -19,6 +19,7 @@
 #             14k / 115k atoms, its 115k profile, V1.5 end to end at 1k / 10k / 20k (fp32, graphed fp32)
 #   tune_bundled: tile sweep of the v2 attention at the bundled model's sizes (K = 64, 115,200 atoms), each
 #             config checked against float64 first (benchmarks/tune_attention_v2.py --bundled; ~7 min)
+#   tune15:   the V1.5 tile sweep (tune_attention_v2.py, K = 32, H = 128, 10k atoms) under the register cap (~7 min)
 #   nve10:    NVE of the 64-water box for 10 ps (20,000 steps of 0.5 fs) and the gas-phase dipeptide for 2 ps,
 #             with the bundled model (training.report --nve; ~4 min)
 #   attn4a:   benchmarks/bench_attention.py (issue #4 item 4a): the default fused kernels vs the PyTorch reference,
@@ -32,6 +33,9 @@
 #             DR_ACC), each beside its default, at V1.5 10k / bundled 115k / App. A 100k (~4-5 min each; the JSONL
 #             is written as it goes, so a timeout keeps what was measured).  V10="label;label;..." replaces the list
 #             (e.g. the 2 / 8 edges per step, "stream, 4 warps", DU_BCAST, and "none" / "none/none" for the stage split)
+#   bundled10: the defaults mode without its V1.5 part: graph check (float32 + float64), bundled MD 14k / 115k, profile
+#   regs10:   register caps at V1.5 10k and bundled 115k sizes, then V1.5 end to end at 10k with the edge-degree
+#             kernels capped too (~6 min)
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -103,6 +107,15 @@ for what in "$@"; do
       timeout 60 python3 benchmarks/profile_bundled_water.py --reps 4,4,4 --out "$OUT/prof" 2>&1 | grep '^{'
       timeout 160 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e" --parts speed --sizes 1000,10000,20000 \
           --modes fp32,graphed_fp32 --no-water --budget-s 140 2>&1 | grep '^{' | cut -c1-200 ;;
+    bundled10)   # defaults without its V1.5 part (gpu_v15.sh e2e has that): graph check, bundled MD 14k / 115k, profile
+      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
+      timeout 110 python3 benchmarks/gpu_graphed_check.py --out "$OUT/graphed" --repeats 20 --dtypes float32,float64 \
+          --openmm-steps 200 2>&1 | grep -E "ms_graphed|openmm_steps|max_" | cut -c1-300
+      for r in 2,2,2 4,4,4; do
+        timeout 90 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 10 \
+            --out "$OUT/md_bundled.json" 2>&1 | tail -n 1
+      done
+      timeout 60 python3 benchmarks/profile_bundled_water.py --reps 4,4,4 --out "$OUT/prof" 2>&1 | grep '^{' ;;
     tune_bundled)
       for part in 1/2 2/2; do
         timeout 300 python3 benchmarks/tune_attention_v2.py compile --bundled --part $part --n 115200 \
@@ -112,6 +125,14 @@ for what in "$@"; do
       timeout 200 python3 benchmarks/tune_attention_v2.py time --bundled --n 115200 --out "$OUT/tune_bundled" \
           2>&1 | grep '^{' | cut -c1-160
       python3 benchmarks/tune_attention_v2.py report --bundled --out "$OUT/tune_bundled" | tail -n 20 ;;
+    tune15)   # session 10: the V1.5 tile sweep again, now under the default register cap (128)
+      for part in 1/4 2/4 3/4 4/4; do
+        timeout 200 python3 benchmarks/tune_attention_v2.py compile --part $part --n 10000 \
+            --out "$OUT/tune15" > "$OUT/tune15_compile_${part/\//of}.log" 2>&1 &
+      done
+      wait
+      timeout 230 python3 benchmarks/tune_attention_v2.py time --n 10000 --out "$OUT/tune15" 2>&1 | grep '^{' | cut -c1-160
+      python3 benchmarks/tune_attention_v2.py report --out "$OUT/tune15" | tail -n 40 ;;
     nve10)
       # python -m puts the working tree first on sys.path, whose openmm_e2former has no model/ or kernels/
       # (setup.py maps them in): link them in this copy of the tree, as the installed package has them
@@ -142,6 +163,16 @@ for what in "$@"; do
       timeout 560 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes $S \
           --variants "${V10:-stream;stream, 128 registers;stream, 4 edges per step;stream/tile;stream/tile, 128 registers;stream/tile, bwd 168 registers;stream/stream, 4 edges per step;stream/split, 4 edges per step;stream/tile, DR_ACC}" \
           2>&1 | grep '^{' | cut -c1-220 ;;
+    regs10)
+      # session 10: register caps (every default launch sat at 8 warps per SM) at V1.5 10k and bundled 115k, then V1.5
+      # end to end at 10k with the attention caps and with the edge-degree kernels capped too (E2F_ED_V2_MAXNREG)
+      timeout 330 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
+          --variants "${V10:-stream, 96 registers;stream, 4 warps, 128 registers;stream/tile, 96 registers;stream/tile, fwd 128, bwd 96 registers;stream/tile, fwd 128, bwd 80 registers;stream/split, 128 registers;stream/tile, 128 registers, 16 programs per SM}" \
+          2>&1 | grep '^{' | cut -c1-220
+      for ed in 0 128 96; do
+        E2F_V2_FWD_MAXNREG=128 E2F_V2_BWD_MAXNREG=128 E2F_ED_V2_MAXNREG=$ed timeout 70 python3 benchmarks/gpu_end_to_end.py \
+            --parts speed --sizes 10000 --modes fp32 --no-water --budget-s 50 --out "$OUT/e2e_regs_ed$ed" 2>&1 | grep '^{' | cut -c1-200
+      done ;;
     water100k)
       # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16
       timeout 560 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water" --parts speed --sizes "" \

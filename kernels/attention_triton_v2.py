@@ -839,10 +839,12 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
         raise ValueError(f"E2F_V2_{K}_AGG={agg!r}: expected one of "
                          f"{sorted(m for m in _AGG_MODES if kind != 'fwd' or m != 'split')}")
     cfg["AGG"] = _AGG_MODES[agg]
-    # a register cap per thread (E2F_V2_{FWD,BWD}_MAXNREG; untimed, opt-in): every default tile compiles to 155-255
-    # registers, i.e. one or two CTAs (8 warps) per SM, so these kernels wait on memory latency with little to
-    # hide it; a cap trades spills (to L1) for resident warps (128 with 4 warps: 4 CTAs, 16 warps per SM)
-    cfg["maxnreg"] = _env_int(f"E2F_V2_{K}_MAXNREG", 0) or None
+    # a register cap per thread, 128 by default (E2F_V2_{FWD,BWD}_MAXNREG; 0 = none): uncapped, every tile compiles
+    # to 155-255 registers, i.e. one or two CTAs (8 warps) per SM, so these kernels waited on memory latency with
+    # little to hide it; the cap trades spills (to L1) for resident warps (16 per SM).  H200, session 10
+    # (benchmarks/results/attention_stages_s10_h200.jsonl): forward + backward 27.7 -> 22.5 ms (V1.5, 10k atoms),
+    # 82.5 -> 56.6 ms (bundled, 115k); 96 / 80 registers and 168 for the backward alone were slower
+    cfg["maxnreg"] = _env_int(f"E2F_V2_{K}_MAXNREG", 128) or None
     # edges per step of the streamed aggregation and its backward (``_stream_aggregate``, ``_stream_aggregate_bwd``:
     # E2F_V2_{FWD,BWD}_STREAM_G; untimed, opt-in)
     cfg["SG"] = _env_int(f"E2F_V2_{K}_STREAM_G", 1)

@@ -257,14 +257,20 @@ def _env_int(name: str, default: int) -> int:
 
 def launch_config(hid: int, nb: int, block_e: int) -> dict:
     """Tiles of the v2 kernels (fwd and bwd share them); defaults from sm_90 compile reports, not yet from
-    GPU timings.  Overridable with E2F_ED_V2_{KC, BLOCK_NB, NUM_WARPS, PROGS_PER_SM, G_FUSED}."""
+    GPU timings.  Overridable with E2F_ED_V2_{KC, BLOCK_NB, NUM_WARPS, PROGS_PER_SM, G_FUSED, MAXNREG}."""
     kc = min(hid, _env_int("E2F_ED_V2_KC", 32))
     bnb = _env_int("E2F_ED_V2_BLOCK_NB", max(16, min(kc, triton.next_power_of_2(nb))))
     nw = _env_int("E2F_ED_V2_NUM_WARPS", 4 if block_e * hid <= 2048 else 8)
     cfg = dict(KC=kc, BLOCK_NB=bnb, num_warps=nw, progs_per_sm=_env_int("E2F_ED_V2_PROGS_PER_SM", 8),
-               G_FUSED=bool(_env_int("E2F_ED_V2_G_FUSED", 0)))
+               G_FUSED=bool(_env_int("E2F_ED_V2_G_FUSED", 0)),
+               maxnreg=_env_int("E2F_ED_V2_MAXNREG", 0) or None)   # register cap per thread (opt-in, untimed)
     assert hid % kc == 0 and kc >= 16 and bnb >= 16, cfg
     return cfg
+
+
+def _maxnreg(cfg: dict) -> dict:
+    """The launch option of a register cap, only where one is set (the interpreter takes no such option)."""
+    return {"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") and os.environ.get("TRITON_INTERPRET") != "1" else {}
 
 
 def _prep_v2(T0, S0, mu, params, nb):
@@ -308,7 +314,7 @@ class EdgeDegreeFunctionV2(torch.autograd.Function):
                         rp, src.contiguous(), vecc, pt, ps, muc, *mlp_w, P, A, scratch, perm, seg, N, nprog,
                         float(gamma), float(cutoff), float(scale),
                         nb=nb, HID=hid, BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"], KC=cfg["KC"], PREC=prec,
-                        PERM=use_perm, RBF_WIN=win, num_warps=cfg["num_warps"])
+                        PERM=use_perm, RBF_WIN=win, num_warps=cfg["num_warps"], **_maxnreg(cfg))
             for l, (lo, hi) in enumerate(L_SLICES):   # last Linear, node level: h = P W2^T + A b2
                 torch.matmul(P[:, lo:hi], p32[l].W2.t(), out=H[:, lo:hi])
                 H[:, lo:hi] += A[:, lo:hi, None] * p32[l].b2
@@ -353,7 +359,8 @@ class EdgeDegreeFunctionV2(torch.autograd.Function):
                         rp, src.contiguous(), vecc, pt, ps, muc, *mlp_w, W1, V, Bv, dvec, scratch, perm, seg,
                         N, nprog, gamma, cutoff, scale,
                         nb=nb, HID=hid, BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"], KC=cfg["KC"], PREC=prec,
-                        G_FUSED=cfg["G_FUSED"], PERM=use_perm, RBF_WIN=ctx.rbf_win, num_warps=cfg["num_warps"])
+                        G_FUSED=cfg["G_FUSED"], PERM=use_perm, RBF_WIN=ctx.rbf_win, num_warps=cfg["num_warps"],
+                        **_maxnreg(cfg))
         grads[2] = dvec.to(vec.dtype)
         return tuple(grads)
 

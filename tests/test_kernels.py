@@ -610,12 +610,16 @@ def test_v2_launch_defaults(monkeypatch):
     monkeypatch.setenv("E2F_V2_FWD_STREAM_G", "4")
     assert V2.launch_config(16, 32, 64, 64, "fwd")["SG"] == 4
     monkeypatch.delenv("E2F_V2_FWD_STREAM_G")
-    assert V2.launch_config(16, 32, 64, 64, "bwd")["maxnreg"] is None     # no register cap unless asked
-    monkeypatch.setenv("E2F_V2_BWD_MAXNREG", "128")
+    assert V2.launch_config(16, 32, 64, 64, "bwd")["maxnreg"] == 128      # the default register cap (H200-timed)
+    assert V2.launch_config(128, 128, 256, 32, "fwd")["maxnreg"] == 128
+    monkeypatch.setenv("E2F_V2_FWD_MAXNREG", "0")                          # 0 lifts the cap
+    assert V2.launch_config(16, 32, 64, 64, "fwd")["maxnreg"] is None
+    monkeypatch.setenv("E2F_V2_BWD_MAXNREG", "168")
     cfg = V2.launch_config(16, 32, 64, 64, "bwd")
-    assert cfg["maxnreg"] == 128 and V2.launch_config(16, 32, 64, 64, "fwd")["maxnreg"] is None
+    assert cfg["maxnreg"] == 168 and V2.launch_config(16, 32, 64, 64, "fwd")["maxnreg"] is None
+    monkeypatch.delenv("E2F_V2_FWD_MAXNREG")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert V2._maxnreg(cfg) == {"maxnreg": 128}
+    assert V2._maxnreg(cfg) == {"maxnreg": 168}
     monkeypatch.setenv("TRITON_INTERPRET", "1")                            # the interpreter takes no such option
     assert V2._maxnreg(cfg) == {}
     monkeypatch.delenv("E2F_V2_BWD_MAXNREG")
