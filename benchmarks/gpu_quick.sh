@@ -36,6 +36,8 @@
 #   bundled10: the defaults mode without its V1.5 part: graph check (float32 + float64), bundled MD 14k / 115k, profile
 #   regs10:   register caps at V1.5 10k and bundled 115k sizes, then V1.5 end to end at 10k with the edge-degree
 #             kernels capped too (~6 min)
+#   glue10:   V1.5 end to end at 10k / 20k (fp32, TF32, graphed fp32), the 10k and bundled 115k profiles and the
+#             graph check (float32), after the node-level changes of session 10 (~3 min)
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -173,6 +175,14 @@ for what in "$@"; do
         E2F_V2_FWD_MAXNREG=128 E2F_V2_BWD_MAXNREG=128 E2F_ED_V2_MAXNREG=$ed timeout 70 python3 benchmarks/gpu_end_to_end.py \
             --parts speed --sizes 10000 --modes fp32 --no-water --budget-s 50 --out "$OUT/e2e_regs_ed$ed" 2>&1 | grep '^{' | cut -c1-200
       done ;;
+    glue10)   # session 10: the node-level changes (degree parts, folded output weights) end to end
+      timeout 150 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e" --parts speed --sizes 10000,20000 \
+          --modes fp32,tf32,graphed_fp32 --no-water --budget-s 130 2>&1 | grep '^{' | cut -c1-200
+      mkdir -p "$OUT/profile"
+      timeout 80 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 --out "$OUT/profile" 2>&1 | tail -n 1
+      timeout 60 python3 benchmarks/profile_bundled_water.py --reps 4,4,4 --out "$OUT/prof" 2>&1 | grep '^{'
+      timeout 80 python3 benchmarks/gpu_graphed_check.py --out "$OUT/graphed" --repeats 20 --dtypes float32 \
+          --openmm-steps 200 2>&1 | grep -E "ms_graphed|openmm_steps" | cut -c1-300 ;;
     water100k)
       # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16
       timeout 560 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water" --parts speed --sizes "" \

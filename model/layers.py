@@ -1,6 +1,7 @@
 """Building blocks of E2Former-V2 (spec §2.2). Features are [N, 9, C] (rows: l=0 | l=1 x3 | l=2 x5)."""
 
 import math
+from typing import List
 
 import torch
 from torch import nn
@@ -19,15 +20,19 @@ class SO3Linear(nn.Module):
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        N, C = x.shape[0], x.shape[2]
         # degree rows by split, not slicing: the backward is one cat instead of a zero-filled full-size
         # gradient per slice plus their sums (the same values; on a GPU those fills and adds cost ~10 % of a step)
-        xs = torch.split(x, [1, 3, 5], dim=1)
+        return torch.cat(self.parts(torch.split(x, [1, 3, 5], dim=1)), dim=1)
+
+    def parts(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The map on degree parts ([N, 1, C], [N, 3, C], [N, 5, C]) -> the output's degree parts, so that callers
+        holding parts need no cat before and no split after (each is a full pass over [N, 9, C], both ways)."""
+        N, C = xs[0].shape[0], xs[0].shape[2]
         y0 = F.linear(xs[0].reshape(N, C), self.weight[0], self.bias)[:, None]
         # per-degree rows as 2-D matrices: a plain GEMM (a strided 3-D matmul falls back to a slow batched one)
         y1 = F.linear(xs[1].reshape(N * 3, C), self.weight[1]).view(N, 3, -1)
         y2 = F.linear(xs[2].reshape(N * 5, C), self.weight[2]).view(N, 5, -1)
-        return torch.cat([y0, y1, y2], dim=1)
+        return [y0, y1, y2]
 
 
 class SO3ToScalar(nn.Module):
@@ -98,16 +103,20 @@ class EquivariantRMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(3, channels))
         self.bias = nn.Parameter(torch.zeros(channels))
-        self.register_buffer("row_weight", torch.tensor([1 / 3] + [1 / 9] * 3 + [1 / 15] * 5), persistent=False)
-        self.register_buffer("row_degree", torch.tensor([0, 1, 1, 1, 2, 2, 2, 2, 2]), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xs = torch.split(x, [1, 8], dim=1)             # (see SO3Linear: split, not slices)
-        x = torch.cat([xs[0] - xs[0].mean(dim=2, keepdim=True), xs[1]], dim=1)
-        nu = (x.pow(2).mean(dim=2) * self.row_weight.to(x.dtype)).sum(dim=1)
-        scale = torch.rsqrt(nu + self.eps)
-        ys = torch.split(x * scale[:, None, None] * self.weight[self.row_degree], [1, 8], dim=1)
-        return torch.cat([ys[0] + self.bias, ys[1]], dim=1)
+        return torch.cat(self.parts(x), dim=1)
+
+    def parts(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The normalised features as degree parts ([N, 1, C], [N, 3, C], [N, 5, C]; see SO3Linear.parts)."""
+        xs = torch.split(x, [1, 3, 5], dim=1)          # (see SO3Linear: split, not slices)
+        x0 = xs[0] - xs[0].mean(dim=2, keepdim=True)
+        # sum over rows of mean_c(x^2) * row weight: 1/3 for l = 0, 1/9 per l = 1 row, 1/15 per l = 2 row
+        nu = (x0.pow(2).mean(dim=2).sum(dim=1) * (1.0 / 3) + xs[1].pow(2).mean(dim=2).sum(dim=1) * (1.0 / 9)
+              + xs[2].pow(2).mean(dim=2).sum(dim=1) * (1.0 / 15))
+        scale = torch.rsqrt(nu + self.eps)[:, None, None]
+        return [x0 * scale * self.weight[0] + self.bias, xs[1] * scale * self.weight[1],
+                xs[2] * scale * self.weight[2]]
 
 
 class GatedFFN(nn.Module):
@@ -123,13 +132,17 @@ class GatedFFN(nn.Module):
         self.c_sigmoid = C_SIGMOID
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.parts(torch.split(x, [1, 3, 5], dim=1))
+
+    def parts(self, xs: List[torch.Tensor]) -> torch.Tensor:
+        """The FFN of degree parts (see SO3Linear.parts) -> [N, 9, C]: one cat, at the end."""
         C = self.channels
-        zs = torch.split(self.lin1(x), [1, 3, 5], dim=1)   # (see SO3Linear: split, not slices)
-        gs = torch.split(self.gate(zs[0].reshape(x.shape[0], C)), [C, C, C], dim=1)
+        zs = self.lin1.parts(xs)
+        gs = torch.split(self.gate(zs[0].reshape(zs[0].shape[0], C)), [C, C, C], dim=1)
         y0 = self.c_silu * F.silu(gs[0])
         y1 = self.c_sigmoid * torch.sigmoid(gs[1])[:, None] * zs[1]
         y2 = self.c_sigmoid * torch.sigmoid(gs[2])[:, None] * zs[2]
-        return self.lin2(torch.cat([y0[:, None], y1, y2], dim=1))
+        return torch.cat(self.lin2.parts([y0[:, None], y1, y2]), dim=1)
 
 
 def envelope(x: torch.Tensor, kind: str) -> torch.Tensor:

@@ -397,3 +397,59 @@ def test_smooth_softmax_torchscript_and_training_double_backward():
     w = m.blocks[0].attn.edge_mlp.lin2.weight
     (gw,) = torch.autograd.grad(f.square().sum(), w)
     assert torch.isfinite(gw).all() and gw.abs().max() > 0
+
+
+
+def test_node_level_degree_parts_match_the_plain_formulas():
+    """The node-level layers work on degree parts and fold the attention's path mix, path norm and output linear
+    into one weight per degree (session 10: fewer [N, 9, C] passes).  Each must equal the spec's formula written
+    out directly (float64, random features, random biases where they start at zero)."""
+    import copy
+
+    import torch.nn.functional as F
+    from openmm_e2former.model.layers import EquivariantRMSNorm, GatedFFN, SO3Linear
+    from openmm_e2former.model.so3 import PATH_NORM
+
+    torch.manual_seed(3)
+    N, C = 7, 16
+    x = torch.randn(N, 9, C, dtype=torch.float64)
+    deg = [0, 1, 1, 1, 2, 2, 2, 2, 2]
+    close = lambda a, b: torch.allclose(a, b, rtol=1e-11, atol=1e-11)
+
+    norm = EquivariantRMSNorm(C).double()
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    xc = torch.cat([x[:, :1] - x[:, :1].mean(dim=2, keepdim=True), x[:, 1:]], dim=1)
+    row_w = torch.tensor([1 / 3] + [1 / 9] * 3 + [1 / 15] * 5, dtype=torch.float64)
+    nu = (xc.pow(2).mean(dim=2) * row_w).sum(dim=1)
+    ref = xc * torch.rsqrt(nu + norm.eps)[:, None, None] * norm.weight[deg]
+    ref[:, 0] += norm.bias
+    assert close(norm(x), ref) and close(torch.cat(norm.parts(x), dim=1), ref)
+
+    lin = SO3Linear(C, C).double()
+    with torch.no_grad():
+        lin.bias.normal_()
+    ref = torch.stack([x[:, r] @ lin.weight[deg[r]].T for r in range(9)], dim=1)
+    ref[:, 0] += lin.bias
+    assert close(lin(x), ref) and close(torch.cat(lin.parts(list(x.split([1, 3, 5], dim=1))), dim=1), ref)
+
+    ffn = GatedFFN(C).double()
+    z = ffn.lin1(x)
+    g = ffn.gate(z[:, 0])
+    y = torch.cat([ffn.c_silu * F.silu(g[:, None, :C]),
+                   ffn.c_sigmoid * torch.sigmoid(g[:, None, C:2 * C]) * z[:, 1:4],
+                   ffn.c_sigmoid * torch.sigmoid(g[:, None, 2 * C:]) * z[:, 4:]], dim=1)
+    assert close(ffn(x), ffn.lin2(y)) and close(ffn.parts(list(x.split([1, 3, 5], dim=1))), ffn.lin2(y))
+
+    attn = copy.deepcopy(model("tiny_qk", dtype="float64").blocks[0].attn)
+    with torch.no_grad():
+        attn.out.bias.normal_()
+    U = torch.randn(N, 3, 9, attn.C, dtype=torch.float64)
+    T = torch.einsum("krm,nkmc->nrc", attn.cg.double(), U)
+    y0 = T[:, :1] @ attn.tp_mix[0].weight.T
+    y1 = torch.cat([T[:, 1:4], T[:, 4:7], T[:, 7:10]], dim=2) @ attn.tp_mix[1].weight.T
+    y2 = torch.cat([T[:, 10:15], T[:, 15:20]], dim=2) @ attn.tp_mix[2].weight.T
+    yy = torch.cat([y0, y1, y2], dim=1) * torch.tensor(PATH_NORM, dtype=torch.float64)[None, :, None]
+    got, want = attn.node_part(U, torch.float64), attn.out(yy)
+    assert (got - want).abs().max() <= 1e-12 * want.abs().max(), (got - want).abs().max()
