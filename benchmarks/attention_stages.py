@@ -65,6 +65,8 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
                                                     E2F_V2_BWD_MAXNREG="80"), "fwd+bwd"),
     ("stream/split, 128 registers", dict(_agg("stream", "split"), E2F_V2_FWD_MAXNREG="128",
                                          E2F_V2_BWD_MAXNREG="128"), "fwd+bwd"),
+    ("stream/tile, DX2_SCR", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1"), "fwd+bwd"),
+    ("stream/split, DX2_SCR", dict(_agg("stream", "split"), E2F_V2_BWD_DX2_SCR="1"), "fwd+bwd"),
     ("stream/tile, 128 registers, 16 programs per SM", dict(_agg("stream", "tile"), E2F_V2_FWD_MAXNREG="128",
                                                             E2F_V2_BWD_MAXNREG="128", E2F_V2_PROGS_PER_SM="16"), "fwd+bwd"),
     ("stream/tile, DR_ACC", dict(_agg("stream", "tile"), E2F_V2_BWD_DR_ACC="1"), "fwd+bwd"),

@@ -38,6 +38,8 @@
 #             kernels capped too (~6 min)
 #   glue10:   V1.5 end to end at 10k / 20k (fp32, TF32, graphed fp32), the 10k and bundled 115k profiles and the
 #             graph check (float32), after the node-level changes of session 10 (~3 min)
+#   next11:   the DX2_SCR backward (E2F_V2_BWD_DX2_SCR, untimed) beside the default at V1.5 10k / bundled 115k,
+#             then V1.5 end to end at 10k / 20k with it (~5 min)
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -183,6 +185,11 @@ for what in "$@"; do
       timeout 60 python3 benchmarks/profile_bundled_water.py --reps 4,4,4 --out "$OUT/prof" 2>&1 | grep '^{'
       timeout 80 python3 benchmarks/gpu_graphed_check.py --out "$OUT/graphed" --repeats 20 --dtypes float32 \
           --openmm-steps 200 2>&1 | grep -E "ms_graphed|openmm_steps" | cut -c1-300 ;;
+    next11)   # written in session 10 after its GPU time was spent: the DX2_SCR backward beside the default
+      timeout 300 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
+          --variants "stream/tile;stream/tile, DX2_SCR;stream/split, DX2_SCR" 2>&1 | grep '^{' | cut -c1-220
+      E2F_V2_BWD_DX2_SCR=1 timeout 100 python3 benchmarks/gpu_end_to_end.py --parts speed --sizes 10000,20000 \
+          --modes fp32 --no-water --budget-s 80 --out "$OUT/e2e_dx2" 2>&1 | grep '^{' | cut -c1-200 ;;
     water100k)
       # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16
       timeout 560 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water" --parts speed --sizes "" \

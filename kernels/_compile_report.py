@@ -343,8 +343,35 @@ def maxnreg_main():
                       f"{r['blocks_per_sm'] * cfg['num_warps']} |", flush=True)
 
 
+def dx2_scr_main():
+    """The default backward launches with and without E2F_V2_BWD_DX2_SCR (dg / dw through scratch, dx2 as one
+    K = 2H dot after the head loop) under the default register cap (128) and uncapped."""
+    from .attention_triton_v2 import launch_config
+    sizes = {"bundled": (64, 16, 4, 64, 32, 64), "v15": CONFIGS["v15"], "appA": (256, 16, 8, 256, 128, 64)}
+    print(f"# sm_90a (ptxas -v, no GPU), v2 attention backward, DX2_SCR off / on, triton {triton.__version__}")
+    print("| sizes | tiles | maxnreg | DX2_SCR | regs | spills | shared B | CTA/SM | warps/SM |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
+    for name, (C, H, D, nb, HID, K) in sizes.items():
+        win = 32 if nb >= 128 else 0
+        cfg = launch_config(H, HID, nb, K, "bwd")
+        consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=K, BLOCK_NB=cfg["BLOCK_NB"],
+                      HB=cfg["HB"], KC=cfg["KC"], PREC="ieee", SMOOTH=False, PERM=True, AGG=cfg["AGG"],
+                      RBF_WIN=win, DR_ACC=False, DU_BCAST=False)
+        R = cfg["BLOCK_T"] * K
+        for cap in (cfg["maxnreg"], None):
+            for on in (False, True):
+                c = dict(consts, DX2_SCR=on,
+                         SCR_STRIDE=v2._scratch_floats("bwd", cfg["AGG"], R, HID, H, on))
+                r = compile_kernel(v2._attn_bwd_kernel_v2, c, cfg["num_warps"], cap)
+                print(f"| {name} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | "
+                      f"{cap or '-'} | {'on' if on else 'off'} | {r['regs']} | {r['spills']} | {r['shared']} | "
+                      f"{r['blocks_per_sm']} | {r['blocks_per_sm'] * cfg['num_warps']} |", flush=True)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if "--dx2-scr" in argv:
+        return dx2_scr_main()
     if "--maxnreg" in argv:
         return maxnreg_main()
     if "--stream-groups" in argv:

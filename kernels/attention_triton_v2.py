@@ -567,7 +567,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr, PERM: tl.constexpr, SCR_STRIDE: tl.constexpr,
                         AGG: tl.constexpr = 0, BPREC: tl.constexpr = "ieee", RBF_WIN: tl.constexpr = 0,
-                        SG: tl.constexpr = 1):
+                        SG: tl.constexpr = 1, DX2_SCR: tl.constexpr = False):
     # variants (same result; speed untested on a GPU, off by default, swept by benchmarks/tune_attention_v2.py):
     #   DR_ACC   d/dr accumulated as [rows, HB] tiles, reduced over heads once per target block instead of three
     #            cross-lane sums per (m, replica, head block)
@@ -577,6 +577,9 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
     #            only, wrong gradients); 3 ("split"): dalpha and d/dr in tiles as in 0, dv by
     #            ``_stream_aggregate_bwd`` with DV_ONLY (edge by edge, no reduction, contiguous atomics) instead
     #            of [rows, HB] atomics
+    #   DX2_SCR  dg / dw of each head block go to scratch ([R, 2H], the last 2 R H floats of the slot) and
+    #            dx2 = [dg | dw] W2 is one K = 2H chunked dot after the head loop, so the [R, HID] dx2
+    #            accumulator is not live through the loop (under the 128-register cap the loop spills)
     R: tl.constexpr = BLOCK_T * BLOCK_E
     pid = tl.program_id(0)
     scr_x = scratch + pid.to(tl.int64) * SCR_STRIDE        # see _scratch_floats
@@ -585,6 +588,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
     scr_a = scr_h1 + R * HID        # AGG 1 / 3: alpha [R, H]; AGG 1 also dalpha [R, H], dr [R, 4]
     scr_da = scr_a + R * H
     scr_dr = scr_da + R * H
+    scr_gw = scr_x + (SCR_STRIDE - 2 * R * H)   # DX2_SCR: [R, 2H] (dg | dw), at the end of the slot
     offs_f = tl.arange(0, HID)
     t_start, n_t, n_blk = _bucket(N, n_blocks, seg, BLOCK_T, PERM)
     blk = pid
@@ -686,10 +690,17 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                 tl.atomic_add(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd,
                               mask=mask_e[:, None])
             # --- last Linear: dx2 += dg W2[g rows of block] + dw W2[w rows of block] --------------------
-            w2g = tl.load(W2 + offs_hb[:, None] * HID + offs_f[None, :])            # [HB, HID]
-            w2w = tl.load(W2 + (H + offs_hb)[:, None] * HID + offs_f[None, :])
-            dx2 = tl.dot(dg, w2g, dx2, input_precision=BPREC)
-            dx2 = tl.dot(dw, w2w, dx2, input_precision=BPREC)
+            if DX2_SCR:     # (the slot's earlier readers passed the barriers of _mlp_to_x2 since)
+                tl.store(scr_gw + offs_r[:, None] * (2 * H) + offs_hb[None, :], dg)
+                tl.store(scr_gw + offs_r[:, None] * (2 * H) + H + offs_hb[None, :], dw)
+            else:
+                w2g = tl.load(W2 + offs_hb[:, None] * HID + offs_f[None, :])            # [HB, HID]
+                w2w = tl.load(W2 + (H + offs_hb)[:, None] * HID + offs_f[None, :])
+                dx2 = tl.dot(dg, w2g, dx2, input_precision=BPREC)
+                dx2 = tl.dot(dw, w2w, dx2, input_precision=BPREC)
+        if DX2_SCR:
+            tl.debug_barrier()      # every head block's dg / dw visible to the whole CTA
+            dx2 = _chunked_dot(scr_gw, W2, HID, 0, tl.zeros([R, HID], dtype=tl.float32), R, 2 * H, HID, KC, BPREC)
         if AGG == 3:                # dv edge by edge (alpha of every head block is in scratch)
             tl.debug_barrier()
             _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
@@ -802,7 +813,7 @@ _AGG_MODES = {"tile": 0, "stream": 1, "none": 2, "split": 3}   # split: backward
 _AGG_DEFAULT = {"fwd": "stream", "bwd": "tile"}
 
 
-def _scratch_floats(kind: str, agg: int, R: int, hid: int, H: int) -> int:
+def _scratch_floats(kind: str, agg: int, R: int, hid: int, H: int, dx2_scr: bool = False) -> int:
     """Floats of one program's scratch slot: the edge-MLP activations ([R, hid] forward, x / h0 / h1 backward)
     and, only where the aggregation mode uses them, alpha [R, H] (stream, split) and dalpha [R, H] + dr [R, 4]
     (streamed backward).  Allocated by the host and passed to the kernel as its SCR_STRIDE (a constexpr: it
@@ -810,7 +821,7 @@ def _scratch_floats(kind: str, agg: int, R: int, hid: int, H: int) -> int:
     if kind == "fwd":
         return R * hid + (R * H if agg == _AGG_MODES["stream"] else 0)
     extra = {_AGG_MODES["stream"]: 2 * R * H + 4 * R, _AGG_MODES["split"]: R * H}.get(agg, 0)
-    return 3 * R * hid + extra
+    return 3 * R * hid + extra + (2 * R * H if dx2_scr else 0)    # DX2_SCR: [R, 2H] at the end of the slot
 
 
 def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") -> dict:
@@ -851,7 +862,10 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
     if cfg["SG"] < 1 or cfg["SG"] & (cfg["SG"] - 1):
         raise ValueError(f"E2F_V2_{K}_STREAM_G={cfg['SG']}: expected a power of two >= 1")
     if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2), off until timed on a GPU
-        cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
+        cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)),
+                   DX2_SCR=bool(_env_int("E2F_V2_BWD_DX2_SCR", 0)))
+        if cfg["DX2_SCR"] and (2 * H) % kc:
+            raise ValueError(f"E2F_V2_BWD_DX2_SCR needs 2 H ({2 * H}) to be a multiple of the K chunk ({kc})")
     assert H % hb == 0 and hid % kc == 0, cfg
     return cfg
 
@@ -998,7 +1012,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
             n_blocks = triton.cdiv(N, cfg["BLOCK_T"])     # with buckets: a bound (the kernel reads the count)
             nprog = _grid(n_blocks, v.device, cfg["progs_per_sm"])
             R = cfg["BLOCK_T"] * be
-            stride = _scratch_floats("bwd", cfg["AGG"], R, hid, H)
+            stride = _scratch_floats("bwd", cfg["AGG"], R, hid, H, cfg["DX2_SCR"])
             scratch = torch.empty(nprog * stride, device=v.device, dtype=f32)
             _LAST_COMPILED["bwd" if be == ctx.block_e else "bwd_small"] = _attn_bwd_kernel_v2[(nprog,)](
                 rp, src.contiguous(), vecc, qc, kc_, vc, pt, ps, muc,
@@ -1008,7 +1022,8 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 HB=cfg["HB"], KC=cfg["KC"], PREC=ctx.prec, BPREC=dot_precision() or "ieee",
                 SMOOTH=ctx.softmax == "smooth",
                 DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, AGG=cfg["AGG"],
-                SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, SG=cfg["SG"], num_warps=cfg["num_warps"], **_maxnreg(cfg))
+                SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, SG=cfg["SG"], DX2_SCR=cfg["DX2_SCR"],
+                num_warps=cfg["num_warps"], **_maxnreg(cfg))
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):
             if nig[idx]:
                 grads[idx] = gr.to(x.dtype)

@@ -494,6 +494,13 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
                                                          "E2F_V2_BWD_DR_ACC": "1", "E2F_V2_PROGS_PER_SM": "1"}))
     worst = max(worst, check(9, 17, 54, env={"E2F_V2_BWD_AGG": "split", "E2F_V2_BUCKETS": "1"},
                              softmax="smooth", extreme=10.0))
+    # dg / dw of each head block through scratch, dx2 as one K = 2H dot after the head loop (E2F_V2_BWD_DX2_SCR):
+    # tiled, split and streamed backward, several targets and head blocks per program, buckets, smooth mode
+    worst = max(worst, check(7, 9, 56, env={"E2F_V2_BWD_DX2_SCR": "1", "E2F_V2_BWD_BLOCK_T": "2",
+                                            "E2F_V2_BWD_HB": "8", "E2F_V2_PROGS_PER_SM": "1"}))
+    worst = max(worst, check(9, 17, 57, env={"E2F_V2_BWD_DX2_SCR": "1", "E2F_V2_BWD_AGG": "split",
+                                             "E2F_V2_BUCKETS": "1"}, softmax="smooth", extreme=10.0))
+    worst = max(worst, check(6, 5, 59, torch.int32, env={"E2F_V2_BWD_DX2_SCR": "1", "E2F_V2_BWD_AGG": "stream"}))
     # streamed aggregation backward (E2F_V2_BWD_AGG=stream): dalpha / dr through scratch, dv by row atomics
     worst = max(worst, check(6, 5, 45, env={"E2F_V2_BWD_AGG": "stream"}))
     worst = max(worst, check(7, 9, 46, torch.int32, env={"E2F_V2_FWD_AGG": "stream", "E2F_V2_BWD_AGG": "stream",
@@ -623,6 +630,15 @@ def test_v2_launch_defaults(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")                            # the interpreter takes no such option
     assert V2._maxnreg(cfg) == {}
     monkeypatch.delenv("E2F_V2_BWD_MAXNREG")
+    assert V2.launch_config(16, 32, 64, 64, "bwd")["DX2_SCR"] is False     # opt-in until timed on a GPU
+    monkeypatch.setenv("E2F_V2_BWD_DX2_SCR", "1")
+    cfg = V2.launch_config(16, 32, 64, 64, "bwd")
+    assert cfg["DX2_SCR"] is True
+    assert V2._scratch_floats("bwd", cfg["AGG"], 64, 32, 16, True) == V2._scratch_floats("bwd", cfg["AGG"], 64, 32, 16) \
+        + 2 * 64 * 16                                                      # [R, 2H] at the end of the slot
+    with pytest.raises(ValueError, match="DX2_SCR"):                       # 2H = 8 is not a multiple of KC 16
+        V2.launch_config(4, 32, 64, 64, "bwd")
+    monkeypatch.delenv("E2F_V2_BWD_DX2_SCR")
     monkeypatch.setenv("E2F_V2_FWD_AGG", "split")            # the split form exists for the backward only
     with pytest.raises(ValueError, match="E2F_V2_FWD_AGG='split'"):
         V2.launch_config(16, 32, 64, 64, "fwd")
