@@ -142,6 +142,8 @@ def speed(out: Path, rows, sizes, modes, budget_s, checkpoint="auto", water=True
     t_start = time.time()
     m = v15_model()
     m.checkpoint_blocks = {"none": False}.get(checkpoint, checkpoint)
+    recompute_qk = os.environ.get("E2F_RECOMPUTE_QK") == "1"     # model.set_recompute_qk (session 10, opt-in)
+    m.set_recompute_qk(recompute_qk)
     systems = [(f"fcc_carbon_{n}", n) for n in sizes] + ([("water_box_pbc", -1)] if water else [])
     done = {(r["system"], r["mode"]) for r in rows
             if r.get("part") == "speed" and r.get("checkpoint", "auto") == checkpoint}
@@ -176,6 +178,8 @@ def speed(out: Path, rows, sizes, modes, budget_s, checkpoint="auto", water=True
                 row = {"part": "speed", "system": name, "n_atoms": int(len(z)), "mode": mode,
                        "checkpoint": checkpoint, "step_s": t, "steps_per_s": 1.0 / t,
                        "peak_mem_GiB": peak, "energy_eV": e, **extra}
+                if recompute_qk:
+                    row["recompute_qk"] = True
                 if mode == "fp32":
                     ref_forces[name] = f
                 elif name in ref_forces:

@@ -40,6 +40,8 @@
 #             graph check (float32), after the node-level changes of session 10 (~3 min)
 #   next11:   the DX2_SCR backward (E2F_V2_BWD_DX2_SCR, untimed) beside the default at V1.5 10k / bundled 115k,
 #             then V1.5 end to end at 10k / 20k with it (~5 min)
+#   qk100k:   model.set_recompute_qk (query / key projections recomputed in the backward; opt-in, untimed) on /
+#             off, V1.5 FCC carbon 10k / 100k fp32: steps/s and peak memory (~5 min)
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -190,6 +192,11 @@ for what in "$@"; do
           --variants "stream/tile;stream/tile, DX2_SCR;stream/split, DX2_SCR" 2>&1 | grep '^{' | cut -c1-220
       E2F_V2_BWD_DX2_SCR=1 timeout 100 python3 benchmarks/gpu_end_to_end.py --parts speed --sizes 10000,20000 \
           --modes fp32 --no-water --budget-s 80 --out "$OUT/e2e_dx2" 2>&1 | grep '^{' | cut -c1-200 ;;
+    qk100k)   # session 10, untimed: set_recompute_qk (E2F_RECOMPUTE_QK=1) vs not, V1.5 at 10k and 100k, fp32
+      for q in 0 1; do
+        E2F_RECOMPUTE_QK=$q timeout 200 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_qk$q" --parts speed \
+            --sizes 10000,100000 --modes fp32 --no-water --budget-s 180 2>&1 | grep '^{' | cut -c1-200
+      done ;;
     water100k)
       # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16
       timeout 560 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water" --parts speed --sizes "" \

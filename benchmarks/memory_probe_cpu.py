@@ -11,7 +11,8 @@ peak after the first 5 % of events minus the parameters.  The slope between two 
 (args: checkpoint mode, water-box side (375 / 2187 atoms for 5 / 9), checkpoint_chunk_atoms).  Session 3
 (``results/memory_probe_cpu.txt``): block 165 -> 568 MiB, fine 124 -> 326 MiB from 375 to 2187 atoms, i.e.
 ~228 vs ~114 KiB per atom (the H200 measured ~240 KB/atom for block at 100k).  A proxy, not a GPU measurement.
-Timeline files go to $MEMPROBE_DIR (default /tmp/memprobe).  Takes minutes and ~15 GB of RAM at 2187 atoms."""
+MEMPROBE_RECOMPUTE_QK=1 turns on ``set_recompute_qk`` (session 10,
+``results/memory_probe_cpu_recompute_qk.txt``).  Timeline files go to $MEMPROBE_DIR (default /tmp/memprobe).  Takes minutes and ~15 GB of RAM at 2187 atoms."""
 import os, resource, sys, time, torch
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -77,6 +78,8 @@ m.edge_degree.forward = _ed_nograd
 if mode == "noblocks": m.blocks = torch.nn.ModuleList([]); m.checkpoint_blocks = False
 m.checkpoint_blocks = {"none": False, "nograd": False, "noblocks": False}.get(mode, mode)
 m.checkpoint_chunk_atoms = chunk
+if os.environ.get("MEMPROBE_RECOMPUTE_QK") == "1":   # session 10: query / key projections recomputed in backward
+    m.set_recompute_qk(True)
 z, pos, cell = water_box(n_side, 3.1, seed=0)
 z, pos, cell = torch.tensor(z), torch.tensor(pos, dtype=torch.float32), torch.tensor(cell, dtype=torch.float32)
 pbc = torch.tensor([True] * 3)

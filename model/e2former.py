@@ -509,7 +509,7 @@ class E2FormerV2(nn.Module):
     ``forward`` (and everything it calls) compiles with ``torch.jit.script`` (used for openmm-torch);
     the user API (``predict``, ``energy_and_forces``) and the GPU kernels are Python-side only."""
 
-    __jit_unused_properties__ = ["eaas", "device", "dtype"]
+    __jit_unused_properties__ = ["eaas", "device", "dtype", "recompute_qk"]
 
     def __init__(self, cfg: E2FormerConfig, reference_energies: Optional[Dict[str, List[float]]] = None):
         super().__init__()
@@ -584,6 +584,21 @@ class E2FormerV2(nn.Module):
         #: bf16 autocast of the node-level matrix products (see set_precision)
         self.bf16 = False
         self.eval()
+
+    @property
+    def recompute_qk(self) -> bool:
+        """Whether the query / key projections are recomputed in the backward pass (``set_recompute_qk``)."""
+        return bool(self.blocks[0].attn.query.recompute) if len(self.blocks) else False
+
+    def set_recompute_qk(self, on: bool = True) -> "E2FormerV2":
+        """Recompute the per-degree query / key projections of every block in the backward pass instead of
+        keeping them (opt-in, Python side only).  They are the largest activations of a block: 2 x 9 x qk_width
+        floats per atom for the pair (~74 KB at the V1.5 size, about a third of a "block"-checkpointed step's peak
+        per atom), for one more projection GEMM per block in the backward.  Same function, bit for bit."""
+        for b in self.blocks:
+            b.attn.query.recompute = bool(on)
+            b.attn.key.recompute = bool(on)
+        return self
 
     # ------------------------------------------------------------------ configuration
     @property

@@ -50,8 +50,26 @@ class SO3ToScalar(nn.Module):
         self.lin1 = nn.Linear(3 * hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
         self.lin2 = nn.Linear(hidden, out_features)
+        #: recompute the per-degree projections in the backward pass instead of keeping them (Python side only;
+        #: see E2FormerV2.set_recompute_qk): they are the largest activations of a block (2 x 9 x 2h floats
+        #: per atom for a query / key pair, ~74 KB at the V1.5 size), for one more projection GEMM per backward
+        self.recompute = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recompute and not torch.jit.is_scripting() and torch.is_grad_enabled():
+            s = self._scalars_recomputed(x)
+        else:
+            s = self.scalars(x)
+        return self.lin2(F.silu(self.norm(self.lin1(s))))
+
+    @torch.jit.unused
+    def _scalars_recomputed(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.utils.checkpoint as ckpt
+
+        return ckpt.checkpoint(self.scalars, x, use_reentrant=False, preserve_rng_state=False)
+
+    def scalars(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-degree invariants [N, 3 h] (l = 0 product with bias, l = 1, 2 inner products over m)."""
         N, C = x.shape[0], x.shape[2]
         # both per-degree linears in one GEMM per degree
         w0 = torch.cat([self.weight[0], self.weight2[0]], dim=0)
@@ -65,8 +83,7 @@ class SO3ToScalar(nn.Module):
         s0 = (a0[0] + self.bias) * a0[1]
         s1 = (a1[0] * a1[1]).sum(dim=1)
         s2 = (a2[0] * a2[1]).sum(dim=1)
-        out = self.lin1(torch.cat([s0, s1, s2], dim=1))
-        return self.lin2(F.silu(self.norm(out)))
+        return torch.cat([s0, s1, s2], dim=1)
 
 
 class RadialMLP(nn.Module):

@@ -367,3 +367,25 @@ _INTERP_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
 def test_fine_mode_with_triton_kernels_under_interpreter():
     run_under_triton_interpreter(_INTERP_SCRIPT, [REPO / "tests"], "fine checkpointing with the Triton kernels",
                                  drop_env=("E2FORMER_ATTENTION_BACKEND",))
+
+
+@pytest.mark.parametrize("mode", [False, "block", "fine"])
+def test_recompute_qk_matches_plain(mode, monkeypatch):
+    """``set_recompute_qk`` (session 10): the query / key projections recomputed in the backward give the same
+    energy, forces and parameter gradients (double backward of a force loss included), alone and inside the
+    block checkpoints, on the fused-kernel API route; TorchScript ignores it."""
+    _fused_api_on_cpu(monkeypatch)
+    m = _model()
+    sysm = _system()
+    ref = _evaluate(_set_mode(m, mode), sysm)
+    assert not m.recompute_qk
+    m.set_recompute_qk(True)
+    assert m.recompute_qk and all(b.attn.key.recompute for b in m.blocks)
+    _assert_same(ref, _evaluate(_set_mode(m, mode), sysm), 1e-12)
+    if mode is False:
+        s = torch.jit.script(m)
+        z, pos, cell, pbc = sysm
+        e_eager = float(m(z, pos, cell, pbc))
+        assert abs(float(s(z, pos, cell, pbc)) - e_eager) <= 1e-10 * abs(e_eager)
+    m.set_recompute_qk(False)
+    assert not m.recompute_qk
