@@ -132,8 +132,10 @@ class EquivariantRMSNorm(nn.Module):
         nu = (x0.pow(2).mean(dim=2).sum(dim=1) * (1.0 / 3) + xs[1].pow(2).mean(dim=2).sum(dim=1) * (1.0 / 9)
               + xs[2].pow(2).mean(dim=2).sum(dim=1) * (1.0 / 15))
         scale = torch.rsqrt(nu + self.eps)[:, None, None]
-        return [x0 * scale * self.weight[0] + self.bias, xs[1] * scale * self.weight[1],
-                xs[2] * scale * self.weight[2]]
+        # (scale * weight) first: [N, 1, C], so each part takes one full-size multiply (and its backward keeps
+        # no full-size x * scale)
+        return [x0 * (scale * self.weight[0]) + self.bias, xs[1] * (scale * self.weight[1]),
+                xs[2] * (scale * self.weight[2])]
 
 
 class GatedFFN(nn.Module):
