@@ -269,8 +269,11 @@ def launch_config(hid: int, nb: int, block_e: int) -> dict:
 
 
 def _maxnreg(cfg: dict) -> dict:
-    """The launch option of a register cap, only where one is set (the interpreter takes no such option)."""
-    return {"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") and os.environ.get("TRITON_INTERPRET") != "1" else {}
+    """The launch option of a register cap, only where one is set, on NVIDIA GPUs (the interpreter takes no such
+    option; Triton's AMD backend has no maxnreg)."""
+    if not cfg.get("maxnreg") or os.environ.get("TRITON_INTERPRET") == "1" or torch.version.hip:
+        return {}
+    return {"maxnreg": cfg["maxnreg"]}
 
 
 def _prep_v2(T0, S0, mu, params, nb):

@@ -627,6 +627,9 @@ def test_v2_launch_defaults(monkeypatch):
     monkeypatch.delenv("E2F_V2_FWD_MAXNREG")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert V2._maxnreg(cfg) == {"maxnreg": 168}
+    monkeypatch.setattr(V2.torch.version, "hip", "6.0")                   # nor Triton's AMD backend
+    assert V2._maxnreg(cfg) == {}
+    monkeypatch.setattr(V2.torch.version, "hip", None)
     monkeypatch.setenv("TRITON_INTERPRET", "1")                            # the interpreter takes no such option
     assert V2._maxnreg(cfg) == {}
     monkeypatch.delenv("E2F_V2_BWD_MAXNREG")
