@@ -204,7 +204,13 @@ for what in "$@"; do
       timeout 150 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_rest" --parts speed --sizes 1000,10000,100000 \
           --modes fp32,bf16,graphed_tf32 --budget-s 130 --no-water 2>&1 | grep '^{' | cut -c1-200
       timeout 100 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water" --parts speed --sizes "" \
-          --modes fp32,bf16 --budget-s 80 2>&1 | grep '^{' | cut -c1-200 ;;
+          --modes fp32,bf16 --budget-s 80 2>&1 | grep '^{' | cut -c1-200
+      # createSystem(precision='tf32' / 'bf16') with the bundled model through OpenMM (CUDA graph path), 600 waters
+      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
+      for mp in single tf32 bf16; do
+        timeout 60 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps 1,1,1 --steps 200 \
+            --ml-precision $mp --out "$OUT/md_precision.json" 2>&1 | tail -n 1 | cut -c1-300
+      done ;;
     water100k)
       # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16
       timeout 560 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water" --parts speed --sizes "" \

@@ -4,7 +4,7 @@ The 648-atom water box of the parity fixtures is replicated 5x5x6 (97,200 atoms)
 Topology, and simulated with ``MLPotential('e2formerv2', modelPath=...).createSystem(topology)`` on the
 CUDA platform (LangevinMiddleIntegrator, 0.5 fs). The model runs on the GPU inside the PythonForce.
 
-    python benchmarks/openmm_md_water.py --model CKPT [--tf32] [--steps 3] --out results.json
+    python benchmarks/openmm_md_water.py --model CKPT [--tf32] [--ml-precision tf32|bf16] [--steps 3] --out results.json
 
 ``--model bundled`` runs the bundled default model instead.  ``--from-pdb PDB --reps 4,4,4`` replicates a
 periodic water PDB (e.g. the last frame of the long-campaign 600-water run, liquid at 298 K under the bundled
@@ -78,6 +78,8 @@ def main():
     ap.add_argument("--config", help="official yaml for the random model (default: the v15 fixture config)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--tf32", action="store_true")
+    ap.add_argument("--ml-precision", default=None, choices=["single", "tf32", "bf16"],
+                    help="createSystem(precision=...): the plugin's own float32 modes (session 10)")
     ap.add_argument("--out", default="openmm_md_water.json")
     args = ap.parse_args()
     import torch
@@ -103,7 +105,7 @@ def main():
     reps = tuple(int(x) for x in args.reps.split(","))
     top, pos_nm = water_topology(reps, args.from_pdb, args.xtc)
     t0 = time.time()
-    system = MLPotential("e2formerv2", modelPath=args.model).createSystem(top)
+    system = MLPotential("e2formerv2", modelPath=args.model).createSystem(top, precision=args.ml_precision)
     integ = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1.0 / u.picosecond, args.timestep_fs * u.femtosecond)
     ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName(args.platform))
     ctx.setPositions(pos_nm)
@@ -114,7 +116,8 @@ def main():
     integ.step(args.steps)
     e = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
     dt = (time.time() - t1) / args.steps
-    row = {"n_atoms": top.getNumAtoms(), "model": args.model, "tf32": args.tf32, "reps": list(reps),
+    row = {"n_atoms": top.getNumAtoms(), "model": args.model, "tf32": args.tf32, "ml_precision": args.ml_precision,
+           "reps": list(reps),
            "source": args.xtc or args.from_pdb or "fixture water216_pbc", "timestep_fs": args.timestep_fs,
            "steps": args.steps, "ms_per_step": dt * 1e3, "ns_per_day": args.timestep_fs * 1e-6 * 86400 / dt, "potential_kJ_mol": e, "finite": bool(np.isfinite(e)),
            "setup_s": setup,

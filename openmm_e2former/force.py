@@ -100,15 +100,28 @@ def resolve_device(device: Any = None) -> str:
     return str(dev)
 
 
+#: ``precision`` values: openmm-ml's None / 'single' / 'double', and two faster float32 modes of this plugin
+PRECISIONS = (None, "single", "double", "tf32", "bf16")
+
+
 def resolve_dtype(precision: Optional[str] = None):
-    """openmm-ml's ``precision`` argument: None / 'single' -> float32, 'double' -> float64."""
+    """openmm-ml's ``precision`` argument: None / 'single' -> float32, 'double' -> float64; and this plugin's
+    'tf32' / 'bf16': a float32 model whose matrix products use TF32 tensor cores ('tf32'), plus bf16 autocast of
+    the node-level products ('bf16'); see ``E2FormerV2.set_precision``."""
     import torch
 
-    if precision is None or precision == "single":
+    if precision is None or precision in ("single", "tf32", "bf16"):
         return torch.float32
     if precision == "double":
         return torch.float64
-    raise ValueError(f"precision must be None, 'single' or 'double', not {precision!r}")
+    raise ValueError(f"precision must be None, 'single', 'double', 'tf32' or 'bf16', not {precision!r}")
+
+
+def resolve_mode(precision: Optional[str] = None) -> str:
+    """The model's ``set_precision`` mode for an openmm-ml ``precision``: 'tf32' / 'bf16' as given, else 'fp32'
+    (float32 or float64 with exact products)."""
+    resolve_dtype(precision)            # validates
+    return precision if precision in ("tf32", "bf16") else "fp32"
 
 
 def _config_key(config: Any):
@@ -125,7 +138,8 @@ def get_model(model_path: Optional[str], config: Any = None, device: Any = None,
     """Load (once per process) and return the model for (path, config, device, precision)."""
     dev = resolve_device(device)
     dtype = resolve_dtype(precision)
-    key = (model_path, _config_key(config), dev, str(dtype))
+    mode = resolve_mode(precision)
+    key = (model_path, _config_key(config), dev, str(dtype), mode)    # set_precision changes the model: one each
     with _MODEL_CACHE_LOCK:
         model = _MODEL_CACHE.get(key)
         if model is None:
@@ -140,6 +154,8 @@ def get_model(model_path: Optional[str], config: Any = None, device: Any = None,
                     from openmm_e2former.model.checkpoint import load_model
 
                 model = load_model(path=model_path, config=config, device=dev, dtype=dtype)
+                if mode != "fp32":
+                    model.set_precision(mode)
             _MODEL_CACHE[key] = model
     return model
 
@@ -193,6 +209,9 @@ class _Runtime:
         self.model = get_model(comp.model_path, comp.config, comp.device, comp.precision)
         self.dev = torch.device(resolve_device(comp.device))
         self.dtype = resolve_dtype(comp.precision)
+        #: TF32 for the matrix products outside the fused kernels ('tf32', 'bf16'): torch's global switch, set for
+        #: the duration of each of our evaluations and restored after it (a CUDA graph keeps what it captured)
+        self.tf32 = resolve_mode(comp.precision) != "fp32"
         n = len(comp.atomic_numbers)
         self.n = n
         self.cuda = self.dev.type == "cuda"
@@ -309,7 +328,16 @@ class E2FormerForceComputation:
     def __call__(self, state):
         rt = self._rt if self._rt is not None else self.runtime()
         with rt.lock:
-            return self._compute(rt, state)
+            if not rt.tf32:
+                return self._compute(rt, state)
+            import torch
+
+            before = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                return self._compute(rt, state)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = before
 
     def _compute(self, rt: _Runtime, state):
         import torch

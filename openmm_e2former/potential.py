@@ -17,7 +17,9 @@ Usage::
 (default head of the potential; ``createSystem(head=...)`` overrides it).
 
 ``createSystem`` / ``createMixedSystem`` arguments that reach :meth:`E2FormerV2PotentialImpl.addForces`:
-``precision`` (None/'single' -> float32, 'double' -> float64), ``device`` (str or torch.device; default
+``precision`` (None/'single' -> float32, 'double' -> float64; this plugin also takes 'tf32': a float32 model
+whose matrix products use TF32 tensor cores on the GPU, and 'bf16': TF32 plus bf16 autocast of the node-level
+products, both faster and less exact, see ``E2FormerV2.set_precision``), ``device`` (str or torch.device; default
 CUDA if torch sees a GPU), ``charge`` (total charge of the ML region, default 0), ``multiplicity``
 (2S+1, default 1), ``head`` (model head, e.g. 'omol25' or 'svp'), ``periodic`` (None = automatic:
 periodic when the topology has box vectors or the System uses PBC; True = require a box; False = treat

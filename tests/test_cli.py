@@ -195,3 +195,17 @@ def test_cli_hydrogen_mass_ml_mm_with_link_atoms(ala2_pdb, tiny_qk_checkpoint, t
     hs = [a.index for a in top.atoms() if a.element is not None and a.element.symbol == "H"
           and not sim.system.isVirtualSite(a.index)]
     assert hs and all(m[i] == pytest.approx(3.0) for i in hs)
+
+
+def test_cli_matmul_precision(water_pdb_factory, tiny_qk_checkpoint, tmp_path, capsys):
+    """--matmul tf32 / bf16 reach the force as precision='tf32' / 'bf16' (float32 model); with --precision double
+    it is a clear error."""
+    from openmm_e2former import force as F
+
+    pdb = water_pdb_factory(2)
+    assert main([str(pdb), "--ml", "all", "--matmul", "bf16"] + _common(tmp_path, tiny_qk_checkpoint, steps=2)) == 0
+    assert "final potential energy" in capsys.readouterr().out
+    assert any(k[0] == str(tiny_qk_checkpoint.resolve()) and k[-1] == "bf16" for k in F._MODEL_CACHE)
+    err = _err([str(pdb), "--ml", "all", "--matmul", "tf32", "--precision", "double"]
+               + _common(tmp_path, tiny_qk_checkpoint), capsys)
+    assert "--matmul tf32 needs a float32 model" in err

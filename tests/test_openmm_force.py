@@ -80,7 +80,7 @@ def test_copies_share_one_cached_model(tiny_qk_checkpoint):
     e = [_context(s, pos).getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
          for s in (system, s1, s2)]
     assert e[0] == pytest.approx(e[1], abs=1e-4) and e[0] == pytest.approx(e[2], abs=1e-4)
-    key = (os.path.abspath(tiny_qk_checkpoint), None, "cpu", "torch.float32")
+    key = (os.path.abspath(tiny_qk_checkpoint), None, "cpu", "torch.float32", "fp32")
     assert key in F._MODEL_CACHE
     assert sum(1 for k in F._MODEL_CACHE if k[0] == key[0] and k[2:] == key[2:]) == 1
 
@@ -103,3 +103,43 @@ def test_bad_precision_and_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             F.resolve_device("cuda")
+
+
+def test_tf32_and_bf16_precisions(tiny_qk_checkpoint, monkeypatch):
+    """precision='tf32' / 'bf16' (this plugin's faster float32 modes): a cached model of their own with
+    ``set_precision`` applied, torch's global TF32 switch on during our evaluations only, energies as float32
+    ('tf32' changes nothing on the CPU; 'bf16' autocasts the node-level products there too)."""
+    import torch
+
+    path = str(tiny_qk_checkpoint)
+    pos = np.array([[0, 0, 0], [0.0957, 0, 0], [-0.024, 0.0927, 0]])
+    seen = []
+    energies = {}
+    for prec in (None, "tf32", "bf16"):
+        m = F.get_model(path, None, "cpu", prec)
+        if prec == "tf32":
+            orig = m.energy_and_forces
+
+            def spy(*a, _orig=orig, **kw):
+                seen.append(torch.backends.cuda.matmul.allow_tf32)
+                return _orig(*a, **kw)
+
+            monkeypatch.setattr(m, "energy_and_forces", spy)
+        system = openmm.System()
+        for _ in range(3):
+            system.addParticle(1.0)
+        system.addForce(F.create_python_force([8, 1, 1], path, device="cpu", precision=prec))
+        energies[prec] = _context(system, pos).getState(getEnergy=True).getPotentialEnergy().value_in_unit(
+            unit.kilojoule_per_mole)
+    m32, mtf, mbf = (F.get_model(path, None, "cpu", p) for p in (None, "tf32", "bf16"))
+    assert len({id(m32), id(mtf), id(mbf)}) == 3                   # set_precision changes a model: one each
+    assert not m32.blocks[0].attn.allow_tf32 and not m32.bf16
+    assert mtf.blocks[0].attn.allow_tf32 and not mtf.bf16 and mbf.bf16
+    assert all(p.dtype == torch.float32 for m in (mtf, mbf) for p in m.parameters())
+    assert seen and all(seen)                                      # on while our force evaluated ...
+    assert torch.backends.cuda.matmul.allow_tf32 is False          # ... and restored after
+    assert energies["tf32"] == pytest.approx(energies[None], rel=1e-7, abs=1e-6)
+    assert energies["bf16"] != energies[None]
+    assert abs(energies["bf16"] - energies[None]) < 10.0            # kJ/mol, of -2.0e5 (reference energies in)
+    with pytest.raises(ValueError, match="'tf32' or 'bf16'"):
+        F.resolve_dtype("fp16")
