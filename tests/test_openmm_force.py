@@ -143,3 +143,26 @@ def test_tf32_and_bf16_precisions(tiny_qk_checkpoint, monkeypatch):
     assert abs(energies["bf16"] - energies[None]) < 10.0            # kJ/mol, of -2.0e5 (reference energies in)
     with pytest.raises(ValueError, match="'tf32' or 'bf16'"):
         F.resolve_dtype("fp16")
+
+
+def test_bf16_padded_path_matches_eager_bf16(tiny_qk_checkpoint):
+    """precision='bf16' through the padded / CUDA-graph code path (forced on the CPU, no graph capture) gives the
+    eager bf16 result: the bf16 autocast reaches the padded path too."""
+    pos = np.array([[0, 0, 0], [0.0957, 0, 0], [-0.024, 0.0927, 0]])
+    pos = np.concatenate([pos + [0.3 * i, 0.31 * (i % 2), 0] for i in range(4)])
+    out = {}
+    for graphed in (False, True):
+        comp = F.E2FormerForceComputation([8, 1, 1] * 4, str(tiny_qk_checkpoint), device="cpu", precision="bf16",
+                                          cuda_graphs=graphed)
+        system = openmm.System()
+        for _ in range(12):
+            system.addParticle(1.0)
+        system.addForce(openmm.PythonForce(comp))
+        ctx = _context(system, pos)
+        for _ in range(2):           # the first evaluation is eager (validation), the padded path starts after it
+            st = ctx.getState(getEnergy=True, getForces=True)
+        assert comp._rt.use_graphed == graphed and (comp._rt.graphed is not None) == graphed
+        out[graphed] = (st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
+                        st.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+    assert out[True][0] == pytest.approx(out[False][0], abs=1e-3)
+    np.testing.assert_allclose(out[True][1], out[False][1], atol=1e-2)
