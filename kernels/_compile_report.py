@@ -110,7 +110,26 @@ def v2_runs(name, variants):
 
 def _v2_stride(kind, agg, consts):
     """The scratch stride the host would pass (``attention_triton_v2._scratch_floats``)."""
-    return v2._scratch_floats(kind, agg, consts["BLOCK_T"] * consts["BLOCK_E"], consts["HID"], consts["H"])
+    return v2._scratch_floats(kind, agg, consts["BLOCK_T"] * consts["BLOCK_E"], consts["HID"], consts["H"],
+                              bool(consts.get("DX2_SCR")))
+
+
+#: the bundled model's, V1.5's and the App. A setting's attention sizes: (C, H, D, nb, HID, K)
+SIZES3 = {"bundled": (64, 16, 4, 64, 32, 64), "v15": CONFIGS["v15"], "appA": (256, 16, 8, 256, 128, 64)}
+
+
+def _launch_consts(kind, cfg, sizes, agg, win, **extra):
+    """The constexprs of a default v2 launch (``launch_config`` tiles ``cfg``, exact dots, official softmax,
+    degree buckets on) for ``sizes`` = (C, H, D, nb, HID, K), with aggregation mode ``agg``, RBF window ``win`` and
+    ``extra`` constexprs, and the scratch stride the host would pass."""
+    C, H, D, nb, HID, K = sizes
+    consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=K, BLOCK_NB=cfg["BLOCK_NB"],
+                  HB=cfg["HB"], KC=cfg["KC"], PREC="ieee", SMOOTH=False, PERM=True, AGG=agg, RBF_WIN=win, **extra)
+    if kind == "bwd":
+        consts.setdefault("DR_ACC", False)
+        consts.setdefault("DU_BCAST", False)
+    consts["SCR_STRIDE"] = _v2_stride(kind, agg, consts)
+    return consts
 
 
 def edge_runs(name, quick=False):
@@ -271,13 +290,7 @@ def agg_modes_main():
             warps = (cfg["num_warps"], 4) if kind == "fwd" and cfg["num_warps"] != 4 else (cfg["num_warps"],)
             for agg in modes:
                 for nw in warps:
-                    consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=K,
-                                  BLOCK_NB=cfg["BLOCK_NB"], HB=cfg["HB"], KC=cfg["KC"], PREC="ieee", SMOOTH=False,
-                                  PERM=True, AGG=agg)
-                    if kind == "bwd":
-                        consts.update(DR_ACC=False, DU_BCAST=False)
-                    consts["SCR_STRIDE"] = _v2_stride(kind, agg, consts)
-                    r = compile_kernel(fn, consts, nw)
+                    r = compile_kernel(fn, _launch_consts(kind, cfg, (C, H, D, nb, HID, K), agg, 0), nw)
                     print(f"| {name} | {kind} | {names[agg]} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} "
                           f"W{nw} | {r['regs']} | {r['spills']} | {r['shared']} | {r['blocks_per_sm']} |", flush=True)
 
@@ -286,7 +299,7 @@ def stream_groups_main():
     """Registers / spills of the streamed forward (AGG 1) per group size SG (E2F_V2_FWD_STREAM_G: edges per step
     of ``_stream_aggregate``) at the bundled, V1.5 and App. A sizes, default tiles, the RBF window as launched."""
     from .attention_triton_v2 import launch_config
-    sizes = {"bundled": (64, 16, 4, 64, 32, 64), "v15": CONFIGS["v15"], "appA": (256, 16, 8, 256, 128, 64)}
+    sizes = SIZES3
     print(f"# sm_90a (ptxas -v, no GPU), v2 attention forward, streamed aggregation per SG, triton {triton.__version__}")
     print("| sizes | SG | tiles | RBF_WIN | regs | spills | shared B | CTA/SM |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
@@ -294,9 +307,7 @@ def stream_groups_main():
         cfg = launch_config(H, HID, nb, K, "fwd")
         win = 32 if nb >= 128 else 0
         for sg in (1, 2, 4, 8):
-            consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=K, BLOCK_NB=cfg["BLOCK_NB"],
-                          HB=cfg["HB"], KC=cfg["KC"], PREC="ieee", SMOOTH=False, PERM=True, AGG=1, RBF_WIN=win, SG=sg)
-            consts["SCR_STRIDE"] = _v2_stride("fwd", 1, consts)
+            consts = _launch_consts("fwd", cfg, (C, H, D, nb, HID, K), 1, win, SG=sg)
             r = compile_kernel(v2._attn_fwd_kernel_v2, consts, cfg["num_warps"])
             print(f"| {name} | {sg} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | {win} | "
                   f"{r['regs']} | {r['spills']} | {r['shared']} | {r['blocks_per_sm']} |", flush=True)
@@ -308,10 +319,7 @@ def stream_groups_main():
         win = 32 if nb >= 128 else 0
         for agg in (1, 3):
             for sg in (1, 2, 4):
-                consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=K,
-                              BLOCK_NB=cfg["BLOCK_NB"], HB=cfg["HB"], KC=cfg["KC"], PREC="ieee", SMOOTH=False,
-                              PERM=True, AGG=agg, RBF_WIN=win, SG=sg, DR_ACC=False, DU_BCAST=False)
-                consts["SCR_STRIDE"] = _v2_stride("bwd", agg, consts)
+                consts = _launch_consts("bwd", cfg, (C, H, D, nb, HID, K), agg, win, SG=sg)
                 r = compile_kernel(v2._attn_bwd_kernel_v2, consts, cfg["num_warps"])
                 print(f"| {name} | {'stream' if agg == 1 else 'split'} | {sg} | BT{cfg['BLOCK_T']} HB{cfg['HB']} "
                       f"KC{cfg['KC']} W{cfg['num_warps']} | {r['regs']} | {r['spills']} | {r['shared']} | "
@@ -322,20 +330,15 @@ def maxnreg_main():
     """Registers / spills / CTAs per SM of the default v2 attention launches under a register cap (maxnreg:
     E2F_V2_{FWD,BWD}_MAXNREG) at the bundled, V1.5 and App. A sizes."""
     from .attention_triton_v2 import launch_config
-    sizes = {"bundled": (64, 16, 4, 64, 32, 64), "v15": CONFIGS["v15"], "appA": (256, 16, 8, 256, 128, 64)}
     print(f"# sm_90a (ptxas -v, no GPU), v2 attention default launches under a register cap, triton {triton.__version__}")
     print("| sizes | kernel | tiles | maxnreg | regs | spills | shared B | CTA/SM | warps/SM |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-    for name, (C, H, D, nb, HID, K) in sizes.items():
+    for name, sizes in SIZES3.items():
+        C, H, D, nb, HID, K = sizes
         win = 32 if nb >= 128 else 0
         for kind, fn in (("fwd", v2._attn_fwd_kernel_v2), ("bwd", v2._attn_bwd_kernel_v2)):
             cfg = launch_config(H, HID, nb, K, kind)
-            consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=K, BLOCK_NB=cfg["BLOCK_NB"],
-                          HB=cfg["HB"], KC=cfg["KC"], PREC="ieee", SMOOTH=False, PERM=True, AGG=cfg["AGG"],
-                          RBF_WIN=win)
-            if kind == "bwd":
-                consts.update(DR_ACC=False, DU_BCAST=False)
-            consts["SCR_STRIDE"] = _v2_stride(kind, cfg["AGG"], consts)
+            consts = _launch_consts(kind, cfg, sizes, cfg["AGG"], win)
             for cap in (None, 168, 128, 96):
                 r = compile_kernel(fn, consts, cfg["num_warps"], cap)
                 print(f"| {name} | {kind} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | "
@@ -347,21 +350,15 @@ def dx2_scr_main():
     """The default backward launches with and without E2F_V2_BWD_DX2_SCR (dg / dw through scratch, dx2 as one
     K = 2H dot after the head loop) under the default register cap (128) and uncapped."""
     from .attention_triton_v2 import launch_config
-    sizes = {"bundled": (64, 16, 4, 64, 32, 64), "v15": CONFIGS["v15"], "appA": (256, 16, 8, 256, 128, 64)}
     print(f"# sm_90a (ptxas -v, no GPU), v2 attention backward, DX2_SCR off / on, triton {triton.__version__}")
     print("| sizes | tiles | maxnreg | DX2_SCR | regs | spills | shared B | CTA/SM | warps/SM |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|")
-    for name, (C, H, D, nb, HID, K) in sizes.items():
-        win = 32 if nb >= 128 else 0
+    for name, sizes in SIZES3.items():
+        C, H, D, nb, HID, K = sizes
         cfg = launch_config(H, HID, nb, K, "bwd")
-        consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=K, BLOCK_NB=cfg["BLOCK_NB"],
-                      HB=cfg["HB"], KC=cfg["KC"], PREC="ieee", SMOOTH=False, PERM=True, AGG=cfg["AGG"],
-                      RBF_WIN=win, DR_ACC=False, DU_BCAST=False)
-        R = cfg["BLOCK_T"] * K
         for cap in (cfg["maxnreg"], None):
             for on in (False, True):
-                c = dict(consts, DX2_SCR=on,
-                         SCR_STRIDE=v2._scratch_floats("bwd", cfg["AGG"], R, HID, H, on))
+                c = _launch_consts("bwd", cfg, sizes, cfg["AGG"], 32 if nb >= 128 else 0, DX2_SCR=on)
                 r = compile_kernel(v2._attn_bwd_kernel_v2, c, cfg["num_warps"], cap)
                 print(f"| {name} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | "
                       f"{cap or '-'} | {'on' if on else 'off'} | {r['regs']} | {r['spills']} | {r['shared']} | "

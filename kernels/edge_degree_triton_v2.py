@@ -34,7 +34,7 @@ import triton.language as tl
 from .attention_reference import FCParams
 from .attention_triton import (_load_edge_tile, _envelope, _layer_norm_silu, _silu_layer_norm_bwd,
                                _block_e, _rbf_chunk, _LAST_COMPILED)
-from .attention_triton_v2 import (_bucket, _chunked_dot, _to_scratch, _grid, _launches, _rbf_window_dd,
+from .attention_triton_v2 import (_bucket, _chunked_dot, _to_scratch, _grid, _launches, _maxnreg, _rbf_window_dd,
                                   _rbf_window_start, _rbf_window_term, rbf_window)
 from .edge_degree_reference import EDGE_DEGREE_SCALE
 from .edge_degree_triton import _sph9, _N_FIXED, reference_fallback_backward
@@ -263,17 +263,9 @@ def launch_config(hid: int, nb: int, block_e: int) -> dict:
     nw = _env_int("E2F_ED_V2_NUM_WARPS", 4 if block_e * hid <= 2048 else 8)
     cfg = dict(KC=kc, BLOCK_NB=bnb, num_warps=nw, progs_per_sm=_env_int("E2F_ED_V2_PROGS_PER_SM", 8),
                G_FUSED=bool(_env_int("E2F_ED_V2_G_FUSED", 0)),
-               maxnreg=_env_int("E2F_ED_V2_MAXNREG", 0) or None)   # register cap per thread (opt-in, untimed)
+               maxnreg=_env_int("E2F_ED_V2_MAXNREG", 0) or None)   # register cap (opt-in: no effect, session 10)
     assert hid % kc == 0 and kc >= 16 and bnb >= 16, cfg
     return cfg
-
-
-def _maxnreg(cfg: dict) -> dict:
-    """The launch option of a register cap, only where one is set, on NVIDIA GPUs (the interpreter takes no such
-    option; Triton's AMD backend has no maxnreg)."""
-    if not cfg.get("maxnreg") or os.environ.get("TRITON_INTERPRET") == "1" or torch.version.hip:
-        return {}
-    return {"maxnreg": cfg["maxnreg"]}
 
 
 def _prep_v2(T0, S0, mu, params, nb):
