@@ -29,7 +29,9 @@ APPA = dict(C=256, H=16, D=8, nb=256, T=128, hid=128)  # the paper's App. A sett
 
 def _agg(fwd, bwd=None):
     env = {"E2F_V2_FWD_AGG": fwd}
-    return env if bwd is None else dict(env, E2F_V2_BWD_AGG=bwd)
+    # DX2_SCR off unless a variant says so: the labels keep the meaning they had before it became the default
+    # (session 11), so "stream/tile" here is the earlier backward and "stream/tile, DX2_SCR" the current default
+    return env if bwd is None else dict(env, E2F_V2_BWD_AGG=bwd, E2F_V2_BWD_DX2_SCR="0")
 
 
 VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed part); every mode set explicitly
@@ -69,6 +71,9 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
     ("stream/split, DX2_SCR", dict(_agg("stream", "split"), E2F_V2_BWD_DX2_SCR="1"), "fwd+bwd"),
     ("stream/tile, 128 registers, 16 programs per SM", dict(_agg("stream", "tile"), E2F_V2_FWD_MAXNREG="128",
                                                             E2F_V2_BWD_MAXNREG="128", E2F_V2_PROGS_PER_SM="16"), "fwd+bwd"),
+    ("stream, tf32 dots", dict(_agg("stream"), E2F_V2_DOT_PREC="tf32"), "fwd"),
+    ("stream/tile, DX2_SCR, tf32 dots", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1", E2F_V2_DOT_PREC="tf32"),
+     "fwd+bwd"),
     ("stream/tile, DR_ACC", dict(_agg("stream", "tile"), E2F_V2_BWD_DR_ACC="1"), "fwd+bwd"),
     ("stream/tile, DU_BCAST", dict(_agg("stream", "tile"), E2F_V2_BWD_DU_BCAST="1"), "fwd+bwd"),
     ("stream/tile, every RBF centre", dict(_agg("stream", "tile"), E2F_V2_RBF_WIN="0"), "fwd+bwd"),

@@ -44,6 +44,7 @@
 #             off, V1.5 FCC carbon 10k / 100k fp32: steps/s and peak memory (~5 min)
 #   s11:      s11a (next11 + qk100k) then s11b (the V1.5 cells not re-measured after session 10's node-level change, the
 #             water box, precision tf32 / bf16 through OpenMM); ~6-9 min, or s11a and s11b as two calls
+#   s11c:     in-kernel TF32 dots under the cap (stage + TF32 end to end at 10k / 20k), OpenMM MD at 115k (~6 min)
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -215,6 +216,17 @@ for what in "$@"; do
         timeout 60 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps 1,1,1 --steps 200 \
             --ml-precision $mp --out "$OUT/md_precision.json" 2>&1 | tail -n 1 | cut -c1-300
       done ;;
+    s11c)     # session 11: in-kernel TF32 dots under the register cap (slower than exact fp32 before the cap, session
+              # 9), as a stage and end to end in TF32 mode; then item 4d, OpenMM MD of the bundled model, 115,200 atoms
+      timeout 200 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
+          --variants "stream;stream, tf32 dots;stream/tile, DX2_SCR;stream/tile, DX2_SCR, tf32 dots" 2>&1 | grep '^{' | cut -c1-220
+      for d in ieee tf32; do
+        env $([ $d = tf32 ] && echo E2F_V2_DOT_PREC=tf32) timeout 100 python3 benchmarks/gpu_end_to_end.py --parts speed \
+            --sizes 10000,20000 --modes tf32 --no-water --budget-s 80 --out "$OUT/e2e_dot_$d" 2>&1 | grep '^{' | cut -c1-200
+      done
+      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
+      timeout 150 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps 4,4,4 --steps 20 \
+          --out "$OUT/md_bundled_115k.json" 2>&1 | tail -n 1 | cut -c1-300 ;;
     water100k)
       # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16
       timeout 560 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water" --parts speed --sizes "" \

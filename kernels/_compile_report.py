@@ -128,6 +128,7 @@ def _launch_consts(kind, cfg, sizes, agg, win, **extra):
     if kind == "bwd":
         consts.setdefault("DR_ACC", False)
         consts.setdefault("DU_BCAST", False)
+        consts.setdefault("DX2_SCR", bool(cfg.get("DX2_SCR", False)))     # the default since session 11
     consts["SCR_STRIDE"] = _v2_stride(kind, agg, consts)
     return consts
 

@@ -861,11 +861,17 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
     cfg["SG"] = _env_int(f"E2F_V2_{K}_STREAM_G", 1)
     if cfg["SG"] < 1 or cfg["SG"] & (cfg["SG"] - 1):
         raise ValueError(f"E2F_V2_{K}_STREAM_G={cfg['SG']}: expected a power of two >= 1")
-    if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2), off until timed on a GPU
-        cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)),
-                   DX2_SCR=bool(_env_int("E2F_V2_BWD_DX2_SCR", 0)))
-        if cfg["DX2_SCR"] and (2 * H) % kc:
+    if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2); DR_ACC / DU_BCAST timed without effect, opt-in
+        cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
+        # DX2_SCR (dg / dw through scratch, dx2 as one K = 2H dot after the head loop) is on by default wherever
+        # 2 H is a multiple of the K chunk: H200, session 11 (benchmarks/results/attention_stages_s11_h200.jsonl),
+        # forward + backward 22.2 -> 20.7 ms at V1.5 10k atoms, 56.1 -> 55.7 ms bundled 115k; E2F_V2_BWD_DX2_SCR=0
+        # turns it off, =1 insists (an error where the chunk does not divide 2 H)
+        fits = (2 * H) % kc == 0
+        asked = _env_int("E2F_V2_BWD_DX2_SCR", -1)
+        if asked == 1 and not fits:
             raise ValueError(f"E2F_V2_BWD_DX2_SCR needs 2 H ({2 * H}) to be a multiple of the K chunk ({kc})")
+        cfg["DX2_SCR"] = fits if asked < 0 else bool(asked)
     assert H % hb == 0 and hid % kc == 0, cfg
     return cfg
 

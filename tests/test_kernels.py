@@ -501,6 +501,10 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
     worst = max(worst, check(9, 17, 57, env={"E2F_V2_BWD_DX2_SCR": "1", "E2F_V2_BWD_AGG": "split",
                                              "E2F_V2_BUCKETS": "1"}, softmax="smooth", extreme=10.0))
     worst = max(worst, check(6, 5, 59, torch.int32, env={"E2F_V2_BWD_DX2_SCR": "1", "E2F_V2_BWD_AGG": "stream"}))
+    # ... and the head-loop form it replaced as the default (E2F_V2_BWD_DX2_SCR=0), tiled and split
+    worst = max(worst, check(7, 9, 60, env={"E2F_V2_BWD_DX2_SCR": "0", "E2F_V2_BWD_BLOCK_T": "2",
+                                            "E2F_V2_BWD_HB": "8", "E2F_V2_PROGS_PER_SM": "1"}))
+    worst = max(worst, check(6, 5, 61, env={"E2F_V2_BWD_DX2_SCR": "0", "E2F_V2_BWD_AGG": "split"}))
     # streamed aggregation backward (E2F_V2_BWD_AGG=stream): dalpha / dr through scratch, dv by row atomics
     worst = max(worst, check(6, 5, 45, env={"E2F_V2_BWD_AGG": "stream"}))
     worst = max(worst, check(7, 9, 46, torch.int32, env={"E2F_V2_FWD_AGG": "stream", "E2F_V2_BWD_AGG": "stream",
@@ -633,7 +637,11 @@ def test_v2_launch_defaults(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")                            # the interpreter takes no such option
     assert V2._maxnreg(cfg) == {}
     monkeypatch.delenv("E2F_V2_BWD_MAXNREG")
-    assert V2.launch_config(16, 32, 64, 64, "bwd")["DX2_SCR"] is False     # opt-in until timed on a GPU
+    # on by default wherever 2H is a multiple of the K chunk (H200, session 11: faster at V1.5 and bundled sizes)
+    assert V2.launch_config(16, 32, 64, 64, "bwd")["DX2_SCR"] is True
+    assert V2.launch_config(4, 32, 64, 64, "bwd")["DX2_SCR"] is False      # 2H = 8, KC 16: off, not an error
+    monkeypatch.setenv("E2F_V2_BWD_DX2_SCR", "0")
+    assert V2.launch_config(16, 32, 64, 64, "bwd")["DX2_SCR"] is False
     monkeypatch.setenv("E2F_V2_BWD_DX2_SCR", "1")
     cfg = V2.launch_config(16, 32, 64, 64, "bwd")
     assert cfg["DX2_SCR"] is True
