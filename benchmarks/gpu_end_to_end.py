@@ -144,6 +144,18 @@ def speed(out: Path, rows, sizes, modes, budget_s, checkpoint="auto", water=True
     m.checkpoint_blocks = {"none": False}.get(checkpoint, checkpoint)
     recompute_qk = os.environ.get("E2F_RECOMPUTE_QK") == "1"     # model.set_recompute_qk (session 10, opt-in)
     m.set_recompute_qk(recompute_qk)
+    # E2F_COMPILE=1: model.set_compile (session 11, experimental): torch.compile of the blocks' node-level parts
+    compiled = os.environ.get("E2F_COMPILE") == "1"
+    if compiled:
+        m.set_compile(True)
+    # E2F_EMULATE_FREE_GIB=F: a smaller card, emulated by a ballast allocation that leaves F GiB of device memory
+    # free after the model (what "auto" checkpointing sees and chooses from; the ballast is not in the peak)
+    emulate = os.environ.get("E2F_EMULATE_FREE_GIB")
+    ballast = None
+    if emulate:
+        torch.cuda.empty_cache()
+        free, _total = torch.cuda.mem_get_info()
+        ballast = torch.empty(max(0, free - int(float(emulate) * 2**30)), dtype=torch.uint8, device="cuda")
     systems = [(f"fcc_carbon_{n}", n) for n in sizes] + ([("water_box_pbc", -1)] if water else [])
     done = {(r["system"], r["mode"]) for r in rows
             if r.get("part") == "speed" and r.get("checkpoint", "auto") == checkpoint}
@@ -180,6 +192,12 @@ def speed(out: Path, rows, sizes, modes, budget_s, checkpoint="auto", water=True
                        "peak_mem_GiB": peak, "energy_eV": e, **extra}
                 if recompute_qk:
                     row["recompute_qk"] = True
+                if not graphed:
+                    row["checkpoint_chosen"] = getattr(m, "last_checkpoint_mode", None)
+                if compiled and not graphed:
+                    row["compiled_node_parts"] = True
+                if ballast is not None:
+                    row["emulated_free_GiB"] = float(emulate)
                 if mode == "fp32":
                     ref_forces[name] = f
                 elif name in ref_forces:

@@ -45,6 +45,8 @@
 #   s11:      s11a (next11 + qk100k) then s11b (the V1.5 cells not re-measured after session 10's node-level change, the
 #             water box, precision tf32 / bf16 through OpenMM); ~6-9 min, or s11a and s11b as two calls
 #   s11c:     in-kernel TF32 dots under the cap (stage + TF32 end to end at 10k / 20k), OpenMM MD at 115k (~6 min)
+#   auto11:   "auto" checkpointing at 100k atoms on emulated 22 / 17 GiB cards (~3 min)
+#   compile11: model.set_compile (experimental) at 10k / 20k beside a plain baseline (~4-5 min)
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -227,6 +229,18 @@ for what in "$@"; do
       P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
       timeout 150 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps 4,4,4 --steps 20 \
           --out "$OUT/md_bundled_115k.json" 2>&1 | tail -n 1 | cut -c1-300 ;;
+    auto11)   # session 11: "auto" checkpointing on emulated smaller cards (a ballast leaves F GiB free), V1.5 at
+              # 100k atoms, fp32: ~22 GiB free should take "block+qk", ~17 "fine"
+      for F in 22 17; do
+        E2F_EMULATE_FREE_GIB=$F timeout 140 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_free$F" --parts speed \
+            --sizes 100000 --modes fp32 --no-water --budget-s 120 2>&1 | grep '^{' | cut -c1-300
+      done ;;
+    compile11)  # session 11, experimental: model.set_compile (torch.compile of the blocks' node-level parts) at 10k /
+                # 20k, fp32 and TF32, beside a plain fp32 baseline in the same call
+      timeout 45 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_plain" --parts speed --sizes 10000 --modes fp32 \
+          --no-water --budget-s 30 2>&1 | grep '^{' | cut -c1-200
+      E2F_COMPILE=1 timeout ${COMPILE_TIMEOUT:-230} python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_compiled" \
+          --parts speed --sizes 10000,20000 --modes fp32,tf32 --no-water --budget-s 200 2>&1 | grep -E '^\{|Error' | cut -c1-200 ;;
     water100k)
       # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16
       timeout 560 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water" --parts speed --sizes "" \

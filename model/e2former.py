@@ -21,6 +21,7 @@ EAAS, two exactly equivalent evaluations (``eaas=``):
   ``T_i = TP(sum v, p_i) - sum TP(v_j, p_j)`` (spec §2.5 step 6).
 """
 
+import functools
 import math
 from typing import Dict, Final, List, Optional, Tuple
 
@@ -567,22 +568,33 @@ class E2FormerV2(nn.Module):
         #:   ~29k atoms at C = 256 on the GPU, 1/32 of that on the CPU), ``"block"`` above; on the GPU
         #:   ``"fine"`` from ``checkpoint_fine_min_elements`` (~116k atoms at C = 256) on, and below that
         #:   wherever ``"block"`` would not fit: its peak, ``checkpoint_block_bytes_per_element`` per node-feature
-        #:   float, above 90 % of the memory the device has left (free plus the allocator's cached blocks).  So a
-        #:   100k-atom V1.5 system (~27 GB with "block", ~15 GB with "fine") runs on a 24 GB card, and stays on
-        #:   the faster "block" where it fits.  (Never ``"fine"`` on the CPU by itself: there the attention
-        #:   runs in PyTorch and its U is not split, so the gain is small for the extra forward pass.)
+        #:   float, above 90 % of the memory the device has left (free plus the allocator's cached blocks).  In
+        #:   between comes ``"block+qk"``: "block" with the query / key projections recomputed in the backward
+        #:   (as ``set_recompute_qk``, for this evaluation only), where its peak
+        #:   (``checkpoint_block_qk_bytes_per_element``) fits and plain "block" does not.  A 100k-atom V1.5
+        #:   system on an H200 (session 11): "block" 22.8 GiB at 0.529 steps/s, "block+qk" 16.4 GiB at 0.505,
+        #:   "fine" ~14 GiB at ~15 % below "block" (session 4), so the slowest mode runs only where the others
+        #:   would not fit.  (Never ``"fine"`` on the CPU by itself: there the attention runs in PyTorch and its
+        #:   U is not split, so the gain is small for the extra forward pass.)
         #:
         #: All modes compute the same function (``"block"`` bit for bit; ``"fine"`` up to the rounding of
         #: matrix products over different row counts).
         self.checkpoint_blocks = "auto"
         self.checkpoint_min_elements = 1 << 26
         self.checkpoint_fine_min_elements = 1 << 28
-        #: allocator peak of a "block" energy + forces step per node-feature float: 25.08 GiB at 100k atoms of the
-        #: V1.5 size (C = 256) on an H200 (benchmarks/results/gpu_end_to_end_s9_h200.json) = 117 bytes
-        self.checkpoint_block_bytes_per_element = 117.0
+        #: allocator peak of a "block" energy + forces step per node-feature float: 22.80 GiB at 100k atoms of the
+        #: V1.5 size (C = 256, N x 9 x C = 230.4M floats) on an H200 (benchmarks/results/gpu_end_to_end_s11_h200.json;
+        #: 25.08 GiB before session 10's node-level change) = 106.2 bytes, and 16.40 GiB = 76.4 bytes with the
+        #: query / key projections recomputed (same file, "qk1_recompute")
+        self.checkpoint_block_bytes_per_element = 107.0
+        self.checkpoint_block_qk_bytes_per_element = 77.0
         self.checkpoint_chunk_atoms = 65536
+        #: the mode the last evaluation used ("none", "block", "block+qk" or "fine"; Python side only)
+        self.last_checkpoint_mode = "none"
         #: bf16 autocast of the node-level matrix products (see set_precision)
         self.bf16 = False
+        #: torch.compile of the blocks' node-level parts (see set_compile; experimental, opt-in)
+        self.compile_node_parts = False
         self.eval()
 
     @property
@@ -635,6 +647,39 @@ class E2FormerV2(nn.Module):
         self.set_attention_backend(backend, allow_tf32=mode != "fp32")
         self.bf16 = mode == "bf16"
         return self
+
+    @torch.jit.unused
+    def set_compile(self, on: bool = True, **options) -> "E2FormerV2":
+        """Experimental, opt-in (session 11): ``torch.compile`` the node-level parts of every block on the
+        fused-kernel route, so that Inductor fuses their elementwise passes (norms, gates, residuals, casts):
+        q / k / v (pre-norm, system embedding, projections) and everything after the attention kernel (CG
+        contraction, output GEMMs, residual, norm, FFN, residual). The attention kernels are unchanged.
+
+        Applies to eager evaluations with "none", "block" or "block+qk" checkpointing; the padded / CUDA-graph
+        path and "fine" checkpointing keep the plain modules. One backward pass only: energies and forces,
+        not training on forces (double backward). ``options`` go to ``torch.compile`` (default
+        ``dynamic=True``: one compilation serves every system size). The compiled functions live on the
+        blocks; ``set_compile(False)`` drops them (needed before pickling the model)."""
+        options.setdefault("dynamic", True)
+        for b in self.blocks:
+            if on:
+                b.__dict__["_compiled_parts"] = (torch.compile(b.qkv_rows, **options),
+                                                 torch.compile(b.node_part, **options))
+            else:
+                b.__dict__.pop("_compiled_parts", None)
+        self.compile_node_parts = bool(on)
+        return self
+
+    @torch.jit.unused
+    def _compiled_block(self, block: "Block", x: torch.Tensor, system: torch.Tensor, z: torch.Tensor,
+                        g: Graph) -> torch.Tensor:
+        """``block(x, system, z, g)`` on the fused-kernel route with its compiled node-level parts (set_compile):
+        the same operations in the same order as Block.forward -> Attention.edge_part -> _fused_U."""
+        qkv_rows, node_part = block.__dict__["_compiled_parts"]
+        q, k, v = qkv_rows(x, system)
+        a = block.attn
+        U = a.fused_U_rows(q, k, v, a.target_embedding(z), a.source_embedding(z), g.row_ptr(), g.neighbor, g.vec, g)
+        return node_part(x, U)
 
     def head_index(self, head: Optional[str]) -> int:
         if head is None:
@@ -698,8 +743,10 @@ class E2FormerV2(nn.Module):
         x = self.edge_degree(z, g)
         system = system.to(x.dtype)
         if not torch.jit.is_scripting():
-            if self.bf16 or (checkpoint and self._use_checkpointing(x)):
+            if self.bf16 or (checkpoint and (self.compile_node_parts or self._use_checkpointing(x))):
                 return self.norm_final(self._blocks_python(x, system, z, g, checkpoint))
+            self._set_auto_recompute_qk(False)
+            self.last_checkpoint_mode = "none"
         for block in self.blocks:
             x = block(x, system, z, g)
         return self.norm_final(x)
@@ -715,20 +762,19 @@ class E2FormerV2(nn.Module):
                 if x.is_cuda and x.numel() >= self.checkpoint_fine_min_elements:
                     return "fine"
                 ok = x.numel() >= (self.checkpoint_min_elements if x.is_cuda else self.checkpoint_min_elements >> 5)
-                if ok and x.is_cuda and not self._block_fits(x):
-                    return "fine"
+                if ok and x.is_cuda:
+                    avail = self._cuda_available_bytes(x)
+                    if avail is not None and self.checkpoint_block_bytes_per_element * x.numel() > 0.9 * avail:
+                        # q / k recomputed: a no-op where the user already asked for it, so straight to "fine"
+                        if (not self.recompute_qk and
+                                self.checkpoint_block_qk_bytes_per_element * x.numel() <= 0.9 * avail):
+                            return "block+qk"
+                        return "fine"
                 return "block" if ok else "none"
             if ckpt in ("block", "fine"):
                 return ckpt
             raise ValueError(f"checkpoint_blocks must be True, False, 'auto', 'block' or 'fine', got {ckpt!r}")
         return "block" if ckpt else "none"
-
-    @torch.jit.unused
-    def _block_fits(self, x) -> bool:
-        """Whether a "block" step's estimated peak (``checkpoint_block_bytes_per_element`` per node-feature
-        float) fits in 90 % of what x's device has left; True when that cannot be asked."""
-        avail = self._cuda_available_bytes(x)
-        return avail is None or self.checkpoint_block_bytes_per_element * x.numel() <= 0.9 * avail
 
     @staticmethod
     def _cuda_available_bytes(x):
@@ -742,6 +788,15 @@ class E2FormerV2(nn.Module):
             return None
 
     @torch.jit.unused
+    def _set_auto_recompute_qk(self, on: bool) -> None:
+        """The automatic counterpart of ``set_recompute_qk`` ("block+qk"). It stays as set until the next
+        evaluation decides again: the backward pass recomputes each checkpointed block's forward, which must take
+        the same path as the forward did."""
+        for b in self.blocks:
+            b.attn.query.auto_recompute = bool(on)
+            b.attn.key.auto_recompute = bool(on)
+
+    @torch.jit.unused
     def _use_checkpointing(self, x: torch.Tensor) -> bool:
         return self._checkpoint_mode(x) != "none"
 
@@ -752,6 +807,8 @@ class E2FormerV2(nn.Module):
         ``checkpoint=False``) and/or bf16 autocast of the node-level matrix products (the residual stream, norms,
         edge kernels and sums stay float32)."""
         mode = self._checkpoint_mode(x) if checkpoint else "none"
+        self._set_auto_recompute_qk(mode == "block+qk")
+        self.last_checkpoint_mode = mode
         slices: Optional[Tuple[List[int], torch.Tensor, List[int]]] = None
         if mode != "none":
             # build the graph's lazy caches first, so that the recomputation sees the same operations
@@ -766,15 +823,19 @@ class E2FormerV2(nn.Module):
             # edge range of every atom slice (one device -> host copy per evaluation)
             edge_bounds = [int(e) for e in row_ptr[starts].tolist()] if N > 0 else [0]
             slices = (starts, row_ptr, edge_bounds)
+        compiled = checkpoint and self.compile_node_parts and slices is None
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             for block in self.blocks:
+                run = block
+                if compiled and "_compiled_parts" in block.__dict__ and block.attn.use_fused(x):
+                    run = functools.partial(self._compiled_block, block)
                 if slices is not None and x.shape[0] > 0:
                     x = torch.utils.checkpoint.checkpoint(self._block_fine, block, x, system, z, g, slices,
                                                           use_reentrant=False, preserve_rng_state=False)
                 elif mode != "none":
-                    x = torch.utils.checkpoint.checkpoint(block, x, system, z, g, use_reentrant=False)
+                    x = torch.utils.checkpoint.checkpoint(run, x, system, z, g, use_reentrant=False)
                 else:
-                    x = block(x, system, z, g)
+                    x = run(x, system, z, g)
                 x = x.float() if self.bf16 else x
         return x
 

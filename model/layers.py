@@ -54,9 +54,13 @@ class SO3ToScalar(nn.Module):
         #: see E2FormerV2.set_recompute_qk): they are the largest activations of a block (2 x 9 x 2h floats
         #: per atom for a query / key pair, ~74 KB at the V1.5 size), for one more projection GEMM per backward
         self.recompute = False
+        #: the same, switched per evaluation by the model's automatic checkpointing (``checkpoint_blocks="auto"``
+        #: where a "block" step would not fit and one with these projections recomputed does); kept apart from
+        #: ``recompute`` so that the automatic choice never undoes the user's
+        self.auto_recompute = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.recompute and not torch.jit.is_scripting() and torch.is_grad_enabled():
+        if (self.recompute or self.auto_recompute) and not torch.jit.is_scripting() and torch.is_grad_enabled():
             s = self._scalars_recomputed(x)
         else:
             s = self.scalars(x)

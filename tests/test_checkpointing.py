@@ -172,8 +172,15 @@ def test_auto_mode_picks_fine_where_block_would_not_fit(monkeypatch):
     avail = {"bytes": 1_000_000}
     real_query = type(m)._cuda_available_bytes
     monkeypatch.setattr(type(m), "_cuda_available_bytes", staticmethod(lambda x: avail["bytes"]))
+    m.checkpoint_block_qk_bytes_per_element = 70.0
     assert m._checkpoint_mode(_FakeFeatures(9000, True)) == "block"      # 0.9 MB <= 0.9 MB
+    # "block" does not fit, "block" with q / k recomputed does (session 11), up to 0.9 MB / 70 B = 12857 floats
+    assert m._checkpoint_mode(_FakeFeatures(9001, True)) == "block+qk"
+    assert m._checkpoint_mode(_FakeFeatures(12857, True)) == "block+qk"
+    assert m._checkpoint_mode(_FakeFeatures(12858, True)) == "fine"
+    m.set_recompute_qk(True)             # the user recomputes q / k anyway: "block" did not fit, so "fine"
     assert m._checkpoint_mode(_FakeFeatures(9001, True)) == "fine"
+    m.set_recompute_qk(False)
     assert m._checkpoint_mode(_FakeFeatures(999, True)) == "none"        # below the threshold: no question
     assert m._checkpoint_mode(_FakeFeatures(10 ** 6, False)) == "block"  # CPU
     avail["bytes"] = None                                                  # query failed: as before
@@ -183,6 +190,38 @@ def test_auto_mode_picks_fine_where_block_would_not_fit(monkeypatch):
     assert m._checkpoint_mode(_FakeFeatures(10 ** 6, True)) == "block"
     # without CUDA the real query returns None instead of raising
     assert real_query(_FakeFeatures(1, True)) is None
+
+
+def test_auto_block_qk_mode_matches_block_and_switches_back(monkeypatch):
+    """"block+qk" (chosen by "auto" on the GPU where "block" would not fit and it does) is "block" with the
+    query / key projections recomputed for that evaluation: the same energy, forces and parameter gradients
+    (double backward included); the next evaluation that takes another mode switches the recomputation off
+    again, and the user's own set_recompute_qk is left alone."""
+    _fused_api_on_cpu(monkeypatch)
+    m = _model()
+    sysm = _system()
+    ref = _evaluate(_set_mode(m, "block"), sysm)
+    assert m.last_checkpoint_mode == "block"
+    calls = {"n": 0}
+    real = E2.SO3ToScalar._scalars_recomputed
+
+    def counting(self, x):
+        calls["n"] += 1
+        return real(self, x)
+
+    monkeypatch.setattr(E2.SO3ToScalar, "_scalars_recomputed", counting)
+    m.checkpoint_blocks = "auto"
+    monkeypatch.setattr(type(m), "_checkpoint_mode", lambda self, x: "block+qk")
+    out = _evaluate(m, sysm)
+    assert m.last_checkpoint_mode == "block+qk"
+    assert calls["n"] > 0 and all(b.attn.query.auto_recompute and b.attn.key.auto_recompute for b in m.blocks)
+    assert not m.recompute_qk                              # the user's setting is untouched
+    _assert_same(ref, out, 1e-12)
+    monkeypatch.setattr(type(m), "_checkpoint_mode", lambda self, x: "none")
+    calls["n"] = 0
+    _assert_same(ref, _evaluate(m, sysm), 1e-12)
+    assert m.last_checkpoint_mode == "none" and calls["n"] == 0
+    assert not any(b.attn.query.auto_recompute or b.attn.key.auto_recompute for b in m.blocks)
 
 
 def test_auto_mode_thresholds(monkeypatch):
@@ -389,3 +428,36 @@ def test_recompute_qk_matches_plain(mode, monkeypatch):
         assert abs(float(s(z, pos, cell, pbc)) - e_eager) <= 1e-10 * abs(e_eager)
     m.set_recompute_qk(False)
     assert not m.recompute_qk
+
+
+@pytest.mark.parametrize("mode", [False, "block"])
+def test_set_compile_matches_plain(mode, monkeypatch):
+    """``set_compile`` (session 11, experimental): the blocks' node-level parts through ``torch.compile`` (here the
+    aot_eager backend: Dynamo and AOTAutograd as on the GPU, no code generation, so the CPU test stays fast) give
+    the energy and forces of the plain modules, without and inside the block checkpoints; the model still
+    scripts with the compiled parts on, and set_compile(False) drops them."""
+    _fused_api_on_cpu(monkeypatch)
+    m = _model()
+    sysm = _system()
+    ref = _evaluate(_set_mode(m, mode), sysm, params=False)
+    calls = {"n": 0}
+    real = E2.E2FormerV2._compiled_block
+
+    def counting(self, *a):
+        calls["n"] += 1
+        return real(self, *a)
+
+    monkeypatch.setattr(E2.E2FormerV2, "_compiled_block", counting)
+    m.set_compile(True, backend="aot_eager")
+    assert m.compile_node_parts and all("_compiled_parts" in b.__dict__ for b in m.blocks)
+    out = _evaluate(m, sysm, params=False)
+    assert calls["n"] >= len(m.blocks)
+    assert m.last_checkpoint_mode == ("block" if mode else "none")
+    _assert_same(ref, out, 1e-12)
+    z, pos, cell, pbc = sysm
+    assert abs(float(torch.jit.script(m)(z, pos, cell, pbc)) - float(ref[0])) <= 1e-10 * abs(float(ref[0]))
+    m.set_compile(False)
+    assert not m.compile_node_parts and not any("_compiled_parts" in b.__dict__ for b in m.blocks)
+    calls["n"] = 0
+    _assert_same(ref, _evaluate(m, sysm, params=False), 1e-12)
+    assert calls["n"] == 0
