@@ -430,7 +430,7 @@ def test_recompute_qk_matches_plain(mode, monkeypatch):
     assert not m.recompute_qk
 
 
-@pytest.mark.parametrize("mode", [False, "block"])
+@pytest.mark.parametrize("mode", [False, "block", "block+qk"])
 def test_set_compile_matches_plain(mode, monkeypatch):
     """``set_compile`` (session 11, experimental): the blocks' node-level parts through ``torch.compile`` (here the
     aot_eager backend: Dynamo and AOTAutograd as on the GPU, no code generation, so the CPU test stays fast) give
@@ -439,7 +439,10 @@ def test_set_compile_matches_plain(mode, monkeypatch):
     _fused_api_on_cpu(monkeypatch)
     m = _model()
     sysm = _system()
-    ref = _evaluate(_set_mode(m, mode), sysm, params=False)
+    ref = _evaluate(_set_mode(m, "block" if mode == "block+qk" else mode), sysm, params=False)
+    if mode == "block+qk":       # what "auto" takes on a GPU where plain "block" would not fit
+        m.checkpoint_blocks = "auto"
+        monkeypatch.setattr(type(m), "_checkpoint_mode", lambda self, x: "block+qk")
     calls = {"n": 0}
     real = E2.E2FormerV2._compiled_block
 
@@ -452,7 +455,7 @@ def test_set_compile_matches_plain(mode, monkeypatch):
     assert m.compile_node_parts and all("_compiled_parts" in b.__dict__ for b in m.blocks)
     out = _evaluate(m, sysm, params=False)
     assert calls["n"] >= len(m.blocks)
-    assert m.last_checkpoint_mode == ("block" if mode else "none")
+    assert m.last_checkpoint_mode == (mode or "none")
     _assert_same(ref, out, 1e-12)
     z, pos, cell, pbc = sysm
     assert abs(float(torch.jit.script(m)(z, pos, cell, pbc)) - float(ref[0])) <= 1e-10 * abs(float(ref[0]))

@@ -205,7 +205,11 @@ def test_cli_matmul_precision(water_pdb_factory, tiny_qk_checkpoint, tmp_path, c
     pdb = water_pdb_factory(2)
     assert main([str(pdb), "--ml", "all", "--matmul", "bf16"] + _common(tmp_path, tiny_qk_checkpoint, steps=2)) == 0
     assert "final potential energy" in capsys.readouterr().out
-    assert any(k[0] == str(tiny_qk_checkpoint.resolve()) and k[-1] == "bf16" for k in F._MODEL_CACHE)
+    assert any(k[0] == str(tiny_qk_checkpoint.resolve()) and k[4] == "bf16" for k in F._MODEL_CACHE)
+    # --compile (experimental) reaches the force as createSystem(compile=True): a model of its own, set_compile on
+    assert main([str(pdb), "--ml", "all", "--compile"] + _common(tmp_path, tiny_qk_checkpoint, steps=2)) == 0
+    compiled = [m for k, m in F._MODEL_CACHE.items() if k[0] == str(tiny_qk_checkpoint.resolve()) and k[5]]
+    assert compiled and all(m.compile_node_parts for m in compiled)
     err = _err([str(pdb), "--ml", "all", "--matmul", "tf32", "--precision", "double"]
                + _common(tmp_path, tiny_qk_checkpoint), capsys)
     assert "--matmul tf32 needs a float32 model" in err

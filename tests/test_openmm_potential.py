@@ -150,6 +150,43 @@ def test_head_and_precision(official_parity_dir, tiny_qk_checkpoint):
     assert e64 == pytest.approx(e_omol, abs=0.5)  # float32 vs float64 network
 
 
+def test_compile_option(official_parity_dir, tiny_qk_checkpoint, monkeypatch):
+    """createSystem(compile=True) (experimental, E2FormerV2.set_compile): the force gets a model of its own with the
+    blocks' node-level parts compiled, and the energy and forces of the plain model. Here the fused-kernel route
+    is taken on the CPU (its PyTorch reference) and torch.compile uses the aot_eager backend, so that the compiled
+    parts do run and the test stays fast; a compile that is not a bool is a clear error."""
+    import torch
+    from openmm_e2former import force as F
+    from openmm_e2former.model import e2former as E2
+
+    monkeypatch.setattr(E2.Attention, "use_fused", lambda self, x: not (self.qkdot or self.use_so2))
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **dict(kw, backend="aot_eager")))
+    calls = {"n": 0}
+    real_block = E2.E2FormerV2._compiled_block
+
+    def counting(self, *a):
+        calls["n"] += 1
+        return real_block(self, *a)
+
+    monkeypatch.setattr(E2.E2FormerV2, "_compiled_block", counting)
+    F.clear_model_cache()
+    try:
+        case = load_case(official_parity_dir, "ethanol")
+        pot = MLPotential("e2formerv2", modelPath=str(tiny_qk_checkpoint))
+        top = make_topology(case["z"])
+        e0, f0 = evaluate(pot.createSystem(top, device="cpu"), case["pos"] * 0.1)
+        assert calls["n"] == 0
+        e1, f1 = evaluate(pot.createSystem(top, device="cpu", compile=True), case["pos"] * 0.1)
+        assert calls["n"] > 0
+        assert e1 == pytest.approx(e0, rel=1e-6)
+        assert np.abs(np.asarray(f1) - np.asarray(f0)).max() <= 1e-5 * np.abs(np.asarray(f0)).max()
+        with pytest.raises(TypeError, match="compile must be True or False"):
+            pot.createSystem(top, device="cpu", compile="yes")
+    finally:
+        F.clear_model_cache()     # the compiled model holds the aot_eager functions of this test
+
+
 def test_charge_and_multiplicity_change_energy(official_parity_dir, tiny_qk_checkpoint):
     case = load_case(official_parity_dir, "ethanol")
     pot = MLPotential("e2formerv2", modelPath=str(tiny_qk_checkpoint))
