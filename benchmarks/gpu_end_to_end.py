@@ -77,11 +77,18 @@ def parity(out: Path, rows):
         log(rows, out)
 
 
+#: seconds of the last warm-up call of _timed (kernel compilation, torch.compile, graph capture)
+LAST_WARMUP_S = float("nan")
+
+
 def _timed(call, repeats):
     """One warm-up ``call()`` (compilation / graph capture), then ``repeats`` synchronised calls: (median s,
     peak GiB above the memory held before the timed calls, the last call's result)."""
+    global LAST_WARMUP_S
+    t0 = time.perf_counter()
     call()
     torch.cuda.synchronize()
+    LAST_WARMUP_S = time.perf_counter() - t0
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     times = []
@@ -189,7 +196,7 @@ def speed(out: Path, rows, sizes, modes, budget_s, checkpoint="auto", water=True
                     t, peak, e, f = step_time(m, z, pos, cell, pbc, reps)
                 row = {"part": "speed", "system": name, "n_atoms": int(len(z)), "mode": mode,
                        "checkpoint": checkpoint, "step_s": t, "steps_per_s": 1.0 / t,
-                       "peak_mem_GiB": peak, "energy_eV": e, **extra}
+                       "peak_mem_GiB": peak, "energy_eV": e, "warmup_call_s": LAST_WARMUP_S, **extra}
                 if recompute_qk:
                     row["recompute_qk"] = True
                 if not graphed:

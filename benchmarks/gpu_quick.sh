@@ -47,6 +47,7 @@
 #   s11c:     in-kernel TF32 dots under the cap (stage + TF32 end to end at 10k / 20k), OpenMM MD at 115k (~6 min)
 #   auto11:   "auto" checkpointing at 100k atoms on emulated 22 / 17 GiB cards (~3 min)
 #   compile11: model.set_compile (experimental) at 10k / 20k beside a plain baseline (~4-5 min)
+#   s12:      set_compile at 10k / 100k (fp32, bf16; first-call cost) and through OpenMM at 115k, beside plain runs
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -241,6 +242,17 @@ for what in "$@"; do
           --no-water --budget-s 30 2>&1 | grep '^{' | cut -c1-200
       E2F_COMPILE=1 timeout ${COMPILE_TIMEOUT:-230} python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_compiled" \
           --parts speed --sizes 10000,20000 --modes fp32,tf32 --no-water --budget-s 200 2>&1 | grep -E '^\{|Error' | cut -c1-200 ;;
+    s12)      # next session: set_compile's first-call cost and what it gives beyond 20k and through OpenMM (eager path,
+              # 115k atoms), beside plain runs in the same call (~6-8 min)
+      E2F_COMPILE=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_compiled" --parts speed \
+          --sizes 10000,100000 --modes fp32,bf16 --no-water --budget-s 180 2>&1 | grep -E '^\{|Error' | cut -c1-260
+      timeout 120 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_plain" --parts speed \
+          --sizes 10000,100000 --modes fp32,bf16 --no-water --budget-s 100 2>&1 | grep '^{' | cut -c1-260
+      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
+      for c in "" --compile; do
+        timeout 150 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps 4,4,4 --steps 20 $c \
+            --out "$OUT/md_bundled_115k.json" 2>&1 | tail -n 1 | cut -c1-300
+      done ;;
     water100k)
       # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16
       timeout 560 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water" --parts speed --sizes "" \

@@ -80,6 +80,8 @@ def main():
     ap.add_argument("--tf32", action="store_true")
     ap.add_argument("--ml-precision", default=None, choices=["single", "tf32", "bf16"],
                     help="createSystem(precision=...): the plugin's own float32 modes (session 10)")
+    ap.add_argument("--compile", action="store_true",
+                    help="createSystem(compile=True): the experimental torch.compile of the node-level parts (session 11)")
     ap.add_argument("--out", default="openmm_md_water.json")
     args = ap.parse_args()
     import torch
@@ -105,14 +107,17 @@ def main():
     reps = tuple(int(x) for x in args.reps.split(","))
     top, pos_nm = water_topology(reps, args.from_pdb, args.xtc)
     t0 = time.time()
-    system = MLPotential("e2formerv2", modelPath=args.model).createSystem(top, precision=args.ml_precision)
+    extra = {"compile": True} if args.compile else {}
+    system = MLPotential("e2formerv2", modelPath=args.model).createSystem(top, precision=args.ml_precision, **extra)
     integ = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1.0 / u.picosecond, args.timestep_fs * u.femtosecond)
     ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName(args.platform))
     ctx.setPositions(pos_nm)
     setup = time.time() - t0
+    t_warm = time.time()
     integ.step(1)  # warm-up (model load, kernel compilation)
     ctx.getState(getEnergy=True)
     t1 = time.time()
+    warmup = t1 - t_warm
     integ.step(args.steps)
     e = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
     dt = (time.time() - t1) / args.steps
@@ -120,7 +125,7 @@ def main():
            "reps": list(reps),
            "source": args.xtc or args.from_pdb or "fixture water216_pbc", "timestep_fs": args.timestep_fs,
            "steps": args.steps, "ms_per_step": dt * 1e3, "ns_per_day": args.timestep_fs * 1e-6 * 86400 / dt, "potential_kJ_mol": e, "finite": bool(np.isfinite(e)),
-           "setup_s": setup,
+           "setup_s": setup, "warmup_step_s": warmup, "compile": bool(args.compile),
            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
     print(json.dumps(row), flush=True)
     out = Path(args.out)
