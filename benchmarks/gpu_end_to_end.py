@@ -151,10 +151,12 @@ def speed(out: Path, rows, sizes, modes, budget_s, checkpoint="auto", water=True
     m.checkpoint_blocks = {"none": False}.get(checkpoint, checkpoint)
     recompute_qk = os.environ.get("E2F_RECOMPUTE_QK") == "1"     # model.set_recompute_qk (session 10, opt-in)
     m.set_recompute_qk(recompute_qk)
-    # E2F_COMPILE=1: model.set_compile (session 11, experimental): torch.compile of the blocks' node-level parts
-    compiled = os.environ.get("E2F_COMPILE") == "1"
+    # E2F_COMPILE=1: model.set_compile (session 11, experimental): torch.compile of the blocks' node-level parts;
+    # E2F_COMPILE=graphs: the padded / CUDA-graph path ("graphed_*" modes) uses them as well (in_graphs=True)
+    compile_env = os.environ.get("E2F_COMPILE", "")
+    compiled = compile_env in ("1", "graphs")
     if compiled:
-        m.set_compile(True)
+        m.set_compile(True, in_graphs=compile_env == "graphs")
     # E2F_EMULATE_FREE_GIB=F: a smaller card, emulated by a ballast allocation that leaves F GiB of device memory
     # free after the model (what "auto" checkpointing sees and chooses from; the ballast is not in the peak)
     emulate = os.environ.get("E2F_EMULATE_FREE_GIB")
@@ -201,7 +203,7 @@ def speed(out: Path, rows, sizes, modes, budget_s, checkpoint="auto", water=True
                     row["recompute_qk"] = True
                 if not graphed:
                     row["checkpoint_chosen"] = getattr(m, "last_checkpoint_mode", None)
-                if compiled and not graphed:
+                if compiled and (m.compile_in_graphs or not graphed):
                     row["compiled_node_parts"] = True
                 if ballast is not None:
                     row["emulated_free_GiB"] = float(emulate)

@@ -47,7 +47,8 @@
 #   s11c:     in-kernel TF32 dots under the cap (stage + TF32 end to end at 10k / 20k), OpenMM MD at 115k (~6 min)
 #   auto11:   "auto" checkpointing at 100k atoms on emulated 22 / 17 GiB cards (~3 min)
 #   compile11: model.set_compile (experimental) at 10k / 20k beside a plain baseline (~4-5 min)
-#   s12:      set_compile at 10k / 100k (fp32, bf16; first-call cost) and through OpenMM at 115k, beside plain runs
+#   s12a/b/c: set_compile at 10k / 100k (fp32, bf16; first-call cost) / inside the CUDA graph (1k, 10k) / through
+#             OpenMM at 115k, each beside plain runs (three calls, ~5 min each)
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -242,12 +243,19 @@ for what in "$@"; do
           --no-water --budget-s 30 2>&1 | grep '^{' | cut -c1-200
       E2F_COMPILE=1 timeout ${COMPILE_TIMEOUT:-230} python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_compiled" \
           --parts speed --sizes 10000,20000 --modes fp32,tf32 --no-water --budget-s 200 2>&1 | grep -E '^\{|Error' | cut -c1-200 ;;
-    s12)      # next session: set_compile's first-call cost and what it gives beyond 20k and through OpenMM (eager path,
-              # 115k atoms), beside plain runs in the same call (~6-8 min)
+    s12)      # next session, three calls of <= 10 min each: s12a, s12b, s12c (or "s12a s12b" in one if the first is short)
+      echo "run s12a, s12b and s12c as separate calls"; exit 2 ;;
+    s12a)     # set_compile's first-call cost and what it gives at 100k / with bf16, beside plain runs (~5 min)
       E2F_COMPILE=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_compiled" --parts speed \
           --sizes 10000,100000 --modes fp32,bf16 --no-water --budget-s 180 2>&1 | grep -E '^\{|Error' | cut -c1-260
       timeout 120 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_plain" --parts speed \
-          --sizes 10000,100000 --modes fp32,bf16 --no-water --budget-s 100 2>&1 | grep '^{' | cut -c1-260
+          --sizes 10000,100000 --modes fp32,bf16 --no-water --budget-s 100 2>&1 | grep '^{' | cut -c1-260 ;;
+    s12b)     # the compiled parts inside the CUDA graph (set_compile(in_graphs=True)) beside the plain graphed path
+      for c in graphs 0; do
+        E2F_COMPILE=$c timeout 150 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed_compile_$c" --parts speed \
+            --sizes 1000,10000 --modes graphed_fp32,graphed_tf32 --no-water --budget-s 130 2>&1 | grep -E '^\{|Error' | cut -c1-260
+      done ;;
+    s12c)     # createSystem(compile=True) through OpenMM, bundled model, 115,200 atoms (eager path), beside plain
       P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
       for c in "" --compile; do
         timeout 150 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps 4,4,4 --steps 20 $c \

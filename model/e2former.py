@@ -593,8 +593,10 @@ class E2FormerV2(nn.Module):
         self.last_checkpoint_mode = "none"
         #: bf16 autocast of the node-level matrix products (see set_precision)
         self.bf16 = False
-        #: torch.compile of the blocks' node-level parts (see set_compile; experimental, opt-in)
+        #: torch.compile of the blocks' node-level parts (see set_compile; experimental, opt-in), and whether the
+        #: padded / CUDA-graph path uses them too
         self.compile_node_parts = False
+        self.compile_in_graphs = False
         self.eval()
 
     @property
@@ -649,14 +651,16 @@ class E2FormerV2(nn.Module):
         return self
 
     @torch.jit.unused
-    def set_compile(self, on: bool = True, **options) -> "E2FormerV2":
+    def set_compile(self, on: bool = True, in_graphs: bool = False, **options) -> "E2FormerV2":
         """Experimental, opt-in (session 11): ``torch.compile`` the node-level parts of every block on the
         fused-kernel route, so that Inductor fuses their elementwise passes (norms, gates, residuals, casts):
         q / k / v (pre-norm, system embedding, projections) and everything after the attention kernel (CG
         contraction, output GEMMs, residual, norm, FFN, residual). The attention kernels are unchanged.
 
-        Applies to eager evaluations with "none", "block" or "block+qk" checkpointing; the padded / CUDA-graph
-        path and "fine" checkpointing keep the plain modules. One backward pass only: energies and forces,
+        Applies to eager evaluations with "none", "block" or "block+qk" checkpointing; "fine" checkpointing
+        keeps the plain modules, and so does the padded / CUDA-graph path unless ``in_graphs`` (untimed on a GPU
+        so far: the graph captures the compiled kernels, compiled in the graph's warm-up call). One backward
+        pass only: energies and forces,
         not training on forces (double backward). ``options`` go to ``torch.compile`` (default
         ``dynamic=True``: one compilation serves every system size). The compiled functions live on the
         blocks; ``set_compile(False)`` drops them (needed before pickling the model)."""
@@ -668,6 +672,7 @@ class E2FormerV2(nn.Module):
             else:
                 b.__dict__.pop("_compiled_parts", None)
         self.compile_node_parts = bool(on)
+        self.compile_in_graphs = bool(on and in_graphs)
         return self
 
     @torch.jit.unused
@@ -743,7 +748,8 @@ class E2FormerV2(nn.Module):
         x = self.edge_degree(z, g)
         system = system.to(x.dtype)
         if not torch.jit.is_scripting():
-            if self.bf16 or (checkpoint and (self.compile_node_parts or self._use_checkpointing(x))):
+            use_compiled = self.compile_node_parts and (checkpoint or self.compile_in_graphs)
+            if self.bf16 or use_compiled or (checkpoint and self._use_checkpointing(x)):
                 return self.norm_final(self._blocks_python(x, system, z, g, checkpoint))
             self._set_auto_recompute_qk(False)
             self.last_checkpoint_mode = "none"
@@ -823,7 +829,7 @@ class E2FormerV2(nn.Module):
             # edge range of every atom slice (one device -> host copy per evaluation)
             edge_bounds = [int(e) for e in row_ptr[starts].tolist()] if N > 0 else [0]
             slices = (starts, row_ptr, edge_bounds)
-        compiled = checkpoint and self.compile_node_parts and slices is None
+        compiled = self.compile_node_parts and (checkpoint or self.compile_in_graphs) and slices is None
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             for block in self.blocks:
                 run = block

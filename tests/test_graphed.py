@@ -508,3 +508,33 @@ def test_openmm_trajectory_graphed_equals_eager(monkeypatch):
     assert len(calls) >= 10 and set(calls) == {"device"}          # every step after the first: padded, in-graph list
     assert np.abs(p1 - p0).max() < 1e-9 and abs(e1 - e0) < 1e-6 * max(1.0, abs(e0))
     assert np.abs(p1 - pos / 10).max() > 1e-5                    # it moved
+
+
+@pytest.mark.parametrize("in_graphs", [False, True])
+def test_padded_path_with_compiled_node_parts(monkeypatch, in_graphs):
+    """set_compile(in_graphs=True) (session 11, experimental): the padded / CUDA-graph path runs the blocks'
+    compiled node-level parts too (here on the CPU: the fused-kernel route's PyTorch reference, torch.compile's
+    aot_eager backend) and gives the plain padded result; without in_graphs it keeps the plain modules."""
+    from openmm_e2former.model import e2former as E2
+
+    monkeypatch.setattr(E2.Attention, "use_fused", lambda self, x: not (self.qkdot or self.use_so2))
+    calls = {"n": 0}
+    real = E2.E2FormerV2._compiled_block
+
+    def counting(self, *a):
+        calls["n"] += 1
+        return real(self, *a)
+
+    monkeypatch.setattr(E2.E2FormerV2, "_compiled_block", counting)
+    m = _default_model("float64")
+    z, pos, cell = _tensors(*water_box(2, 3.1, seed=0))
+    c = m.neighbor_edges(pos, cell, PBC)[0]
+    E, degree = c.numel(), int(torch.bincount(c).max())
+    ref = _padded(m, z, pos, cell, PBC, E + 3, degree)
+    m.set_compile(True, in_graphs=in_graphs, backend="aot_eager")
+    assert m.compile_in_graphs is in_graphs
+    out = _padded(m, z, pos, cell, PBC, E + 3, degree)
+    assert calls["n"] == (len(m.blocks) if in_graphs else 0)
+    _assert_close(out, ref, 1e-12)
+    m.set_compile(False)
+    assert not m.compile_node_parts and not m.compile_in_graphs
