@@ -252,6 +252,38 @@ def repartition_hydrogen_mass(system, topology, hmass: float) -> int:
     return n
 
 
+def _minimize(sim, max_iterations: int, progress: bool = True) -> None:
+    """``sim.minimizeEnergy`` with a progress bar (L-BFGS iterations and the current energy, on stderr) where
+    OpenMM has minimisation reporters (8.1+) and tqdm is installed; a ML minimisation of a solvated system can
+    take minutes on the CPU.  ``max_iterations`` 0: until converged (the bar then has no total)."""
+    import openmm
+
+    bar = reporter = None
+    if progress and hasattr(openmm, "MinimizationReporter"):
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover
+            tqdm = None
+        if tqdm is not None:
+            bar = tqdm(total=max_iterations or None, unit="it", desc="minimise", file=sys.stderr, dynamic_ncols=True)
+
+            class _BarReporter(openmm.MinimizationReporter):
+                def report(self, iteration, x, grad, args):
+                    bar.update(1)
+                    bar.set_postfix_str(f"E {args['system energy']:.1f} kJ/mol", refresh=False)
+                    return False        # never stop the minimiser
+
+            reporter = _BarReporter()
+    try:
+        if reporter is not None:
+            sim.minimizeEnergy(maxIterations=max_iterations, reporter=reporter)
+        else:
+            sim.minimizeEnergy(maxIterations=max_iterations)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def build_simulation(args, topology, positions):
     import openmm
     from openmm import app, unit
@@ -393,7 +425,7 @@ def run(args) -> dict:
     summary["initial_energy"] = epot()
     if args.minimize_steps >= 0:
         t0 = time.perf_counter()
-        sim.minimizeEnergy(maxIterations=args.minimize_steps)
+        _minimize(sim, args.minimize_steps, progress=not args.no_progress)
         summary["minimized_energy"] = epot()
         summary["minimize_seconds"] = time.perf_counter() - t0
     with open(prefix + "_minimized.pdb", "w") as fh:

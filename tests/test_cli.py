@@ -213,3 +213,14 @@ def test_cli_matmul_precision(water_pdb_factory, tiny_qk_checkpoint, tmp_path, c
     err = _err([str(pdb), "--ml", "all", "--matmul", "tf32", "--precision", "double"]
                + _common(tmp_path, tiny_qk_checkpoint), capsys)
     assert "--matmul tf32 needs a float32 model" in err
+
+
+def test_cli_minimisation_progress_bar(water_pdb_factory, tiny_qk_checkpoint, tmp_path, capsys):
+    """Without --no-progress the energy minimisation shows a progress bar on stderr (L-BFGS iterations and the
+    current energy; OpenMM 8.1+ minimisation reporters), as the MD does; the result is the same minimisation."""
+    pdb = water_pdb_factory(2)
+    args = [a for a in _common(tmp_path, tiny_qk_checkpoint, steps=2) if a != "--no-progress"]
+    assert main([str(pdb), "--ml", "all"] + args) == 0
+    captured = capsys.readouterr()
+    assert "minimised potential energy" in captured.out
+    assert "minimise" in captured.err and "kJ/mol" in captured.err and "MD" in captured.err
