@@ -206,6 +206,9 @@ class EdgeDegreeEmbedding(nn.Module):
         if not torch.jit.is_scripting():
             if self.use_fused(g.dist):
                 return self._fused(z, g)
+        if not torch.jit.is_scripting():
+            if "_radial_table" in self.__dict__:
+                return self._forward_table(z, g)
         nb = self.num_basis
         t = self.target_embedding(z)
         s = self.source_embedding(z)
@@ -226,6 +229,48 @@ class EdgeDegreeEmbedding(nn.Module):
                                      g.env[e0:e1], g.rbf_offsets)
             h = h.index_add(0, center, msg)
         return h * self.inv_avg_degree
+
+
+    @torch.jit.unused
+    def radial_fn(self, offsets: torch.Tensor, d: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
+        """The three radial MLPs as one function of (d, Z_i, Z_j) -> [n, 3 C] (l = 0 | 1 | 2), before the envelope."""
+        nb = self.num_basis
+        rbf = gaussian_rbf(d, offsets, self.rbf_coeff)
+        t, s = self.target_embedding(zi), self.source_embedding(zj)
+        return torch.cat([mlp.tail(rbf @ mlp.lin0.weight[:, :nb].t() + mlp.lin0.bias
+                                   + t @ mlp.lin0.weight[:, nb:2 * nb].t() + s @ mlp.lin0.weight[:, 2 * nb:].t())
+                          for mlp in self.radial], dim=1)
+
+    @torch.jit.unused
+    def _forward_table(self, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        """``forward`` with the radial MLPs read from their table (``E2FormerV2.set_radial_tables``)."""
+        C, E, N = self.channels, g.center.numel(), g.num_nodes
+        h = g.dist.new_zeros(N, 9, C)
+        step = self.chunk_edges
+        for e0 in range(0, max(E, 1), step):
+            e1 = min(E, e0 + step)
+            center, neighbor = g.center[e0:e1], g.neighbor[e0:e1]
+            a = _table_lookup(self.__dict__["_radial_table"], self.radial[0].lin0.weight, z, g, e0, e1)
+            a = a * g.env[e0:e1, None]
+            sh = spherical_harmonics(g.unit[e0:e1])
+            msg = torch.cat([sh[:, 0:1, None] * a[:, None, :C], sh[:, 1:4, None] * a[:, None, C:2 * C],
+                             sh[:, 4:9, None] * a[:, None, 2 * C:]], dim=1)
+            h = h.index_add(0, center, msg)
+        return h * self.inv_avg_degree
+
+
+@torch.jit.unused
+def _table_lookup(table, weight: torch.Tensor, z: torch.Tensor, g: Graph, e0: int = 0,
+                  e1: Optional[int] = None) -> torch.Tensor:
+    """A radial table (``model/radial_table.py``) read for the edges [e0, e1) of ``g``; refuses to run where the
+    tabulated MLP's weights require grad with grad enabled (training: the table is frozen and would give them no
+    gradient)."""
+    if weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("radial tables are for inference with frozen weights, but the edge MLP's weights require "
+                           "grad: call set_radial_tables(False) before training (or model.requires_grad_(False))")
+    table.ensure(z)
+    e1 = g.center.numel() if e1 is None else e1
+    return table(g.dist[e0:e1], z.index_select(0, g.center[e0:e1]), z.index_select(0, g.neighbor[e0:e1]))
 
 
 class Attention(nn.Module):
@@ -270,10 +315,28 @@ class Attention(nn.Module):
         node_s = self.source_embedding(z) @ W[:, nb + T:].t()
         return g.rbf() @ W[:, :nb].t() + b + node_t.index_select(0, g.center) + node_s.index_select(0, g.neighbor)
 
+    def _edge_mlp_out(self, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        """The edge MLP on every edge [E, F] (F = 2H: gate | w; H with QKdot), or its radial table
+        (``E2FormerV2.set_radial_tables``)."""
+        if not torch.jit.is_scripting():
+            if "_radial_table" in self.__dict__:
+                return _table_lookup(self.__dict__["_radial_table"], self.edge_mlp.lin0.weight, z, g)
+        return self.edge_mlp.tail(self._edge_first_layer(self.edge_mlp.lin0.weight, self.edge_mlp.lin0.bias, z, g))
+
+    @torch.jit.unused
+    def radial_fn(self, offsets: torch.Tensor, coeff: float, d: torch.Tensor, zi: torch.Tensor,
+                  zj: torch.Tensor) -> torch.Tensor:
+        """The edge MLP as a function of (d, Z_i, Z_j) alone (what ``_edge_mlp_out`` computes per edge)."""
+        W, nb = self.edge_mlp.lin0.weight, self.nb
+        T = self.target_embedding.weight.shape[1]
+        h0 = (gaussian_rbf(d, offsets, coeff) @ W[:, :nb].t() + self.edge_mlp.lin0.bias
+              + self.target_embedding(zi) @ W[:, nb:nb + T].t() + self.source_embedding(zj) @ W[:, nb + T:].t())
+        return self.edge_mlp.tail(h0)
+
     def attention_logits(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> Tuple[torch.Tensor, torch.Tensor]:
         """(logits a [E, H], post-softmax edge weights w [E, H]) of both logit forms."""
         H, N = self.H, x.shape[0]
-        out = self.edge_mlp.tail(self._edge_first_layer(self.edge_mlp.lin0.weight, self.edge_mlp.lin0.bias, z, g))
+        out = self._edge_mlp_out(z, g)
         q = self.query(x).view(N, H, self.D)
         k = self.key(x).view(N, H, self.D)
         qk = (q.index_select(0, g.center) * k.index_select(0, g.neighbor)).sum(dim=2) / math.sqrt(self.D)
@@ -510,7 +573,7 @@ class E2FormerV2(nn.Module):
     ``forward`` (and everything it calls) compiles with ``torch.jit.script`` (used for openmm-torch);
     the user API (``predict``, ``energy_and_forces``) and the GPU kernels are Python-side only."""
 
-    __jit_unused_properties__ = ["eaas", "device", "dtype", "recompute_qk"]
+    __jit_unused_properties__ = ["eaas", "device", "dtype", "recompute_qk", "radial_tables"]
 
     def __init__(self, cfg: E2FormerConfig, reference_energies: Optional[Dict[str, List[float]]] = None):
         super().__init__()
@@ -649,6 +712,45 @@ class E2FormerV2(nn.Module):
         self.set_attention_backend(backend, allow_tf32=mode != "fp32")
         self.bf16 = mode == "bf16"
         return self
+
+    @torch.jit.unused
+    def set_radial_tables(self, on: bool = True, intervals: int = 2048) -> "E2FormerV2":
+        """Experimental, opt-in (session 11): read the edge MLPs (the attention's of every block and the three
+        radial MLPs of the edge-degree embedding) from cubic Hermite tables in d per pair of elements
+        (``model/radial_table.py``) on the PyTorch routes (the CPU; the fused GPU kernels keep their MLPs).
+        Each MLP sees an edge only through (d, Z_i, Z_j), so a table is the same function up to the interpolation
+        error, ~1e-9-1e-8 of max |f| at 2048 intervals (below float32 rounding).  Inference only: the weights
+        must be frozen (parameters that require grad are refused); tables grow when new elements appear."""
+        from .radial_table import RadialTable
+
+        mods = [b.attn for b in self.blocks] + [self.edge_degree]
+        if not on:
+            for mod in mods:
+                mod.__dict__.pop("_radial_table", None)
+            return self
+        if any(p.requires_grad for mod in mods for p in mod.parameters()):
+            raise ValueError("set_radial_tables is for inference with frozen weights, but some parameters require "
+                             "grad: call model.requires_grad_(False) first")
+        dtype = self.rbf_offsets.dtype
+        offsets = self.rbf_offsets.double()          # the model's own offsets (float32 values are exact in float64)
+        coeff = self.rbf_coeff
+
+        def attn_fn(mod, d, zi, zj):
+            return mod.radial_fn(offsets.to(d.device), coeff, d, zi, zj)
+
+        def degree_fn(mod, d, zi, zj):
+            return mod.radial_fn(offsets.to(d.device), d, zi, zj)
+
+        for b in self.blocks:
+            b.attn.__dict__["_radial_table"] = RadialTable(b.attn, attn_fn, self.cutoff, intervals, dtype)
+        self.edge_degree.__dict__["_radial_table"] = RadialTable(self.edge_degree, degree_fn, self.cutoff, intervals,
+                                                                 dtype)
+        return self
+
+    @property
+    def radial_tables(self) -> bool:
+        """Whether the edge MLPs are read from tables (``set_radial_tables``)."""
+        return "_radial_table" in self.edge_degree.__dict__
 
     @torch.jit.unused
     def set_compile(self, on: bool = True, in_graphs: bool = False, **options) -> "E2FormerV2":

@@ -1,0 +1,113 @@
+"""Radial tables of the edge MLPs (``E2FormerV2.set_radial_tables``, ``model/radial_table.py``; experimental,
+inference only): each edge MLP sees an edge only through (d, Z_i, Z_j), so a cubic Hermite table per pair of
+elements reproduces it up to an interpolation error far below float32 rounding."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from helpers import case as load_case, model as fixture_model, water_box
+
+from openmm_e2former.model.radial_table import RadialTable
+
+
+def _frozen(variant="tiny_qk", dtype="float64"):
+    m = fixture_model(variant, dtype=dtype)
+    m.requires_grad_(False)
+    return m
+
+
+def _ethanol(dtype=torch.float64):
+    c = load_case("tiny_qk", "ethanol")
+    return torch.tensor(c["atomic_numbers"]), torch.tensor(c["positions"], dtype=dtype)
+
+
+def test_table_matches_the_mlp_and_its_slope():
+    """Per edge: the table against the attention's edge MLP (values and d-derivatives, float64) on random
+    distances for every pair of ethanol's elements, including both ends of the grid."""
+    m = _frozen()
+    a = m.blocks[0].attn
+    offsets = m.rbf_offsets
+
+    def fn(mod, d, zi, zj):
+        return mod.radial_fn(offsets, m.rbf_coeff, d, zi, zj)
+
+    tab = RadialTable(a, fn, m.cutoff, 2048, torch.float64)
+    z, _ = _ethanol()
+    tab.ensure(z)
+    assert tab.elements == [1, 6, 8] and tab.builds == 1
+    gen = torch.Generator().manual_seed(0)
+    n = 3000
+    d = torch.cat([torch.rand(n - 2, generator=gen, dtype=torch.float64) * m.cutoff,
+                   torch.tensor([0.0, m.cutoff], dtype=torch.float64)]).requires_grad_(True)
+    zi = torch.tensor([1, 6, 8])[torch.randint(0, 3, (n,), generator=gen)]
+    zj = torch.tensor([1, 6, 8])[torch.randint(0, 3, (n,), generator=gen)]
+    got = tab(d, zi, zj)
+    want = fn(a, d, zi, zj)
+    assert float((got - want).abs().max().detach()) <= 1e-7 * float(want.abs().max().detach())
+    G = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+    (dg,) = torch.autograd.grad((got * G).sum(), d)
+    (dw,) = torch.autograd.grad((want * G).sum(), d)
+    assert float((dg - dw).abs().max()) <= 1e-5 * float(dw.abs().max())
+    tab.ensure(z)                    # nothing new: no rebuild
+    assert tab.builds == 1
+
+
+@pytest.mark.parametrize("variant", ["tiny_qk", "tiny_qkdot", "tiny_direct"])
+def test_model_with_tables_matches_exact(variant):
+    """Energy and forces with every edge MLP read from tables (the attention's of each block and the
+    edge-degree embedding's) against the exact model, float64 and float32; the scripted model keeps the exact
+    MLPs; switching the tables off restores the exact function."""
+    m = _frozen(variant)
+    z, pos = _ethanol()
+    e0, _, f0 = m.energy_and_forces(z, pos)
+    m.set_radial_tables(True)
+    assert m.radial_tables
+    e1, _, f1 = m.energy_and_forces(z, pos)
+    assert abs(float(e1 - e0)) <= 1e-9 * abs(float(e0))
+    assert float((f1 - f0).abs().max()) <= 1e-6 * float(f0.abs().max())
+    assert m.edge_degree.__dict__["_radial_table"].builds == 1
+    assert all(b.attn.__dict__["_radial_table"].builds == 1 for b in m.blocks)
+    s = torch.jit.script(m)
+    assert float(s(z, pos, None, None)) == pytest.approx(float(m.forward(z, pos, None, None)), rel=1e-9)
+    m.set_radial_tables(False)
+    assert not m.radial_tables
+    e2, _, f2 = m.energy_and_forces(z, pos)
+    assert float(e2) == float(e0) and torch.equal(f2, f0)
+    # float32: the tables are built in float64 and stored as per-interval cubic coefficients, so they add no
+    # error beyond float32 rounding (within 3x the exact float32 model's own distance to float64)
+    m32 = _frozen(variant, "float32")
+    z32, pos32 = z, pos.float()
+    _, _, g0 = m32.energy_and_forces(z32, pos32)
+    m32.set_radial_tables(True)
+    _, _, g1 = m32.energy_and_forces(z32, pos32)
+    scale = float(f0.abs().max())
+    noise = float((g0.double() - f0).abs().max()) / scale
+    assert float((g1.double() - f0).abs().max()) / scale <= max(3 * noise, 1e-6)
+
+
+def test_tables_grow_with_new_elements_and_refuse_training():
+    m = _frozen()
+    m.set_radial_tables(True)
+    z, pos, cell = (torch.tensor(x) for x in water_box(2, 3.1, seed=0))
+    m.energy_and_forces(z, pos, cell, torch.tensor([True] * 3))
+    tab = m.edge_degree.__dict__["_radial_table"]
+    assert tab.elements == [1, 8] and tab.builds == 1
+    ze, pe = _ethanol()
+    e_tab, _, f_tab = m.energy_and_forces(ze, pe)           # carbon is new: one rebuild over H, C, O
+    assert tab.elements == [1, 6, 8] and tab.builds == 2
+    m.set_radial_tables(False)
+    e_ex, _, f_ex = m.energy_and_forces(ze, pe)
+    assert float((f_tab - f_ex).abs().max()) <= 1e-6 * float(f_ex.abs().max())
+    # training: parameters that require grad are refused, at build and at use
+    m2 = copy.deepcopy(m)
+    m2.set_radial_tables(False)
+    m2.requires_grad_(True)
+    with pytest.raises(ValueError, match="frozen weights"):
+        m2.set_radial_tables(True)
+    m.set_radial_tables(True)
+    m.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="inference with frozen weights"):
+        m.energy_and_forces(ze, pe)
