@@ -157,6 +157,12 @@ def speed(out: Path, rows, sizes, modes, budget_s, checkpoint="auto", water=True
     compiled = compile_env in ("1", "graphs")
     if compiled:
         m.set_compile(True, in_graphs=compile_env == "graphs")
+    # E2F_RADIAL_TABLES=1: model.set_radial_tables (session 11, experimental): the attention's edge MLP read from
+    # per-element-pair tables inside the fused kernels; each row also records the force difference to the MLP
+    tables = os.environ.get("E2F_RADIAL_TABLES") == "1"
+    if tables:
+        m.requires_grad_(False)
+        m.set_radial_tables(True)
     # E2F_EMULATE_FREE_GIB=F: a smaller card, emulated by a ballast allocation that leaves F GiB of device memory
     # free after the model (what "auto" checkpointing sees and chooses from; the ballast is not in the peak)
     emulate = os.environ.get("E2F_EMULATE_FREE_GIB")
@@ -207,6 +213,13 @@ def speed(out: Path, rows, sizes, modes, budget_s, checkpoint="auto", water=True
                     row["compiled_node_parts"] = True
                 if ballast is not None:
                     row["emulated_free_GiB"] = float(emulate)
+                if tables and not graphed:
+                    m.set_radial_tables(False)
+                    _t, _p, _e, f_mlp = step_time(m, z, pos, cell, pbc, 1)
+                    m.set_radial_tables(True)
+                    row["radial_tables"] = True
+                    row["max_force_diff_vs_mlp_eV_A"] = float((f - f_mlp).abs().max())
+                    row["max_force_eV_A"] = float(f_mlp.abs().max())
                 if mode == "fp32":
                     ref_forces[name] = f
                 elif name in ref_forces:

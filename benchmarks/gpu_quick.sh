@@ -49,6 +49,7 @@
 #   compile11: model.set_compile (experimental) at 10k / 20k beside a plain baseline (~4-5 min)
 #   s12a/b/c: set_compile at 10k / 100k (fp32, bf16; first-call cost) / inside the CUDA graph (1k, 10k) / through
 #             OpenMM at 115k, each beside plain runs (three calls, ~5 min each)
+#   table12:  the radial-table attention kernels: GPU check vs float64, V1.5 end to end with tables (~6 min)
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -261,6 +262,13 @@ for what in "$@"; do
         timeout 150 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps 4,4,4 --steps 20 $c \
             --out "$OUT/md_bundled_115k.json" 2>&1 | tail -n 1 | cut -c1-300
       done ;;
+    table12)  # the radial-table attention kernels (TABLE, written in session 11, CPU-checked only): GPU check against
+              # float64, then V1.5 end to end with tables beside a plain run in the same call (~6 min)
+      timeout 150 python3 tests/gpu/check_table.py "$OUT/table_gpu_check.json" 2>&1 | tail -n 8
+      timeout 60 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_plain" --parts speed --sizes 10000 \
+          --modes fp32 --no-water --budget-s 40 2>&1 | grep '^{' | cut -c1-200
+      E2F_RADIAL_TABLES=1 timeout 300 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_tables" --parts speed \
+          --sizes 10000,20000,100000 --modes fp32,tf32 --no-water --budget-s 270 2>&1 | grep -E '^\{|Error' | cut -c1-300 ;;
     water100k)
       # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16
       timeout 560 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water" --parts speed --sizes "" \

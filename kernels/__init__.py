@@ -141,14 +141,18 @@ def _resolve_backend(backend: str, ok: bool, label: str, v2_loaded: bool, v2_mis
 
 
 def fused_attention(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, *,
-                    backend=None, allow_tf32=False, max_degree=None, softmax="official"):
-    """Attention edge part -> U [N, 3, 9, C]; see the module docstring."""
+                    backend=None, allow_tf32=False, max_degree=None, softmax="official", table=None):
+    """Attention edge part -> U [N, 3, 9, C]; see the module docstring.  ``table``: a radial table of the edge
+    MLP (``attention_reference.table_lookup``; experimental, inference only), read instead of the MLP by the
+    reference and the v2 kernels (v1 has no table path: it falls back to the reference)."""
     check_softmax(softmax)
     chosen = select_backend(q, v, fc_params, backend)
     if chosen == "triton_v2":   # allow_tf32 ignored on purpose: see V2_IEEE_NOTE
         return _attention_triton_v2.attention_triton_v2(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma,
                                                         cutoff, allow_tf32=False, max_degree=max_degree,
-                                                        softmax=softmax)
+                                                        softmax=softmax, table=table)
+    if table is not None:
+        return attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, softmax, table)
     if chosen == "triton":
         return _attention_triton.attention_triton(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma,
                                                   cutoff, allow_tf32=allow_tf32, max_degree=max_degree,

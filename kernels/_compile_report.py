@@ -37,8 +37,8 @@ else:
     from . import edge_degree_triton as ed1, edge_degree_triton_v2 as ed2
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-FLOAT_SCALARS = {"gamma", "cutoff", "sm_scale", "scale"}
-INT_SCALARS = {"N", "n_blocks", "nprog"}
+FLOAT_SCALARS = {"gamma", "cutoff", "sm_scale", "scale", "th"}
+INT_SCALARS = {"N", "n_blocks", "nprog", "tP", "tM"}
 INT_PTRS = {"row_ptr", "src", "perm", "seg"}
 SMEM_PER_SM = 228 * 1024   # H100 / H200: 228 KB shared memory per SM (227 KB usable per block)
 
@@ -56,6 +56,8 @@ def compile_kernel(fn, consts: dict, num_warps: int, maxnreg: int | None = None)
             sig[n] = "i32"
         elif n in INT_PTRS:
             sig[n] = "*i64"
+        elif n in ("tslot_t", "tslot_s"):
+            sig[n] = "*i32"
         else:
             sig[n] = "*fp32"
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, ty in sig.items() if ty.startswith("*")}
@@ -366,10 +368,33 @@ def dx2_scr_main():
                       f"{r['blocks_per_sm']} | {r['blocks_per_sm'] * cfg['num_warps']} |", flush=True)
 
 
+def table_main():
+    """The default v2 attention launches with the edge MLP read from a radial table (TABLE, session 11) beside
+    the MLP, under the default register cap: what the table takes out of the kernels' live state."""
+    from .attention_triton_v2 import launch_config
+    print(f"# sm_90a (ptxas -v, no GPU), v2 attention, edge MLP vs radial table (TABLE), triton {triton.__version__}")
+    print("| sizes | kernel | tiles | maxnreg | TABLE | regs | spills | shared B | CTA/SM | warps/SM |")
+    print("|---|---|---|---:|---|---:|---:|---:|---:|---:|")
+    for name, sizes in SIZES3.items():
+        C, H, D, nb, HID, K = sizes
+        win = 32 if nb >= 128 else 0
+        for kind, fn in (("fwd", v2._attn_fwd_kernel_v2), ("bwd", v2._attn_bwd_kernel_v2)):
+            cfg = launch_config(H, HID, nb, K, kind)
+            for on in (False, True):
+                extra = dict(TABLE=on, **({"DX2_SCR": cfg["DX2_SCR"] and not on} if kind == "bwd" else {}))
+                c = _launch_consts(kind, cfg, sizes, cfg["AGG"], win, **extra)
+                r = compile_kernel(fn, c, cfg["num_warps"], cfg["maxnreg"])
+                print(f"| {name} | {kind} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | "
+                      f"{cfg['maxnreg'] or '-'} | {'on' if on else 'off'} | {r['regs']} | {r['spills']} | "
+                      f"{r['shared']} | {r['blocks_per_sm']} | {r['blocks_per_sm'] * cfg['num_warps']} |", flush=True)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if "--dx2-scr" in argv:
         return dx2_scr_main()
+    if "--table" in argv:
+        return table_main()
     if "--maxnreg" in argv:
         return maxnreg_main()
     if "--stream-groups" in argv:

@@ -148,7 +148,23 @@ def softmax_weights(a, u, w, tgt, N, softmax="official"):
     return eps * w / denom[tgt]
 
 
-def attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, softmax="official"):
+def table_lookup(table, tgt, src, d):
+    """The edge MLP [E, F] read from a radial table (``E2FormerV2.set_radial_tables``): ``table`` = (coef
+    [P * P * M, 4, F] per-interval cubic coefficients, slot_t / slot_s (each target / source atom's element index
+    among the P tabulated ones: the same per-atom array, or the target rows of a slice of atoms and all sources),
+    P, M, h); edge e (target tgt, source src, length d) reads row (slot_t[tgt] P + slot_s[src]) M + k,
+    k = floor(d / h) clamped to [0, M - 1], at t = (d - k h) / h: c0 + t (c1 + t (c2 + t c3)).  Differentiable
+    in d only (a table is frozen)."""
+    coef, slot_t, slot_s, P, M, h = table
+    k = torch.clamp(torch.floor(d.detach() / h), 0, M - 1)
+    tt = ((d - k * h) / h)[:, None]
+    row = (slot_t.long()[tgt] * P + slot_s.long()[src]) * M + k.long()
+    c = coef.index_select(0, row).to(d.dtype)
+    return c[:, 0] + tt * (c[:, 1] + tt * (c[:, 2] + tt * c[:, 3]))
+
+
+def attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, softmax="official",
+                        table=None):
     """Reference attention edge part.  Returns U [N, 3, 9, C] (dtype of v).
 
     Args:
@@ -161,6 +177,7 @@ def attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, 
         fc_params: FCParams (or a 10-tuple in the same order).
         mu:      [nb] RBF centres; gamma: float RBF exponent (negative); cutoff: float R.
         softmax: "official" (default) or "smooth" (see the module docstring).
+        table:   None, or a radial table of the edge MLP (see :func:`table_lookup`), read instead of the MLP.
     """
     p = FCParams(*fc_params)
     N, H, D = q.shape
@@ -170,8 +187,11 @@ def attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, 
 
     d = torch.linalg.vector_norm(vec, dim=-1)                    # [E]
     rhat = vec / d[:, None]                                       # [E, 3]
-    z = torch.cat([gaussian_rbf(d, mu, gamma), t[tgt], s[src]], dim=-1)
-    out = edge_mlp(z, p)                                          # [E, 2H]
+    if table is not None:
+        out = table_lookup(table, tgt, src, d)                    # [E, 2H]
+    else:
+        z = torch.cat([gaussian_rbf(d, mu, gamma), t[tgt], s[src]], dim=-1)
+        out = edge_mlp(z, p)                                      # [E, 2H]
     g, w = out[:, :H], out[:, H:]
 
     a = g * (q[tgt] * k[src]).sum(-1) / math.sqrt(D)             # [E, H]

@@ -43,6 +43,7 @@ v1 does.
 from __future__ import annotations
 
 import math
+import threading
 import os
 
 import torch
@@ -280,6 +281,46 @@ def _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
 
 
 @triton.jit
+def _table_pos(d, tgt, j, mask_e, tslot_t, tslot_s, tP, tM, th):
+    """Radial table (TABLE): each edge's row (slot_tgt P + slot_src) M + k and local coordinate t in [0, 1],
+    k = floor(d / h) clamped to [0, M - 1] (see ``attention_reference.table_lookup``)."""
+    kf = tl.minimum(tl.maximum(tl.floor(d / th), 0.0), (tM - 1).to(tl.float32))
+    t = (d - kf * th) / th
+    si = tl.load(tslot_t + tgt).to(tl.int64)
+    sj = tl.load(tslot_s + j, mask=mask_e, other=0).to(tl.int64)
+    return t, (si * tP + sj) * tM + kf.to(tl.int64)
+
+
+@triton.jit
+def _table_cols(tcoef, trow, t, mask_e, col0, H: tl.constexpr, HB: tl.constexpr):
+    """Columns col0 .. col0 + HB of the tabulated edge MLP at t, and their d-slopes times h."""
+    base = tcoef + trow[:, None] * (8 * H) + col0 + tl.arange(0, HB)[None, :]
+    m2 = mask_e[:, None]
+    c0 = tl.load(base, mask=m2, other=0.0)
+    c1 = tl.load(base + 2 * H, mask=m2, other=0.0)
+    c2 = tl.load(base + 4 * H, mask=m2, other=0.0)
+    c3 = tl.load(base + 6 * H, mask=m2, other=0.0)
+    tt = t[:, None]
+    return c0 + tt * (c1 + tt * (c2 + tt * c3)), c1 + tt * (2.0 * c2 + 3.0 * tt * c3)
+
+
+@triton.jit
+def _table_logits(tcoef, trow, t, q, k, tgt, j, mask_e, hb0, sm_scale,
+                  H: tl.constexpr, D: tl.constexpr, R: tl.constexpr, HB: tl.constexpr):
+    """``_head_block_logits`` with g, w read from the radial table instead of the edge MLP."""
+    offs_hb = hb0 + tl.arange(0, HB)
+    g, _gs = _table_cols(tcoef, trow, t, mask_e, hb0, H, HB)
+    w, _ws = _table_cols(tcoef, trow, t, mask_e, H + hb0, H, HB)
+    qk = tl.zeros([R, HB], dtype=tl.float32)
+    for dd in tl.static_range(D):
+        qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd)
+        kd = tl.load(k + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, mask=mask_e[:, None], other=0.0)
+        qk += qd * kd
+    a = tl.where(mask_e[:, None], g * qk * sm_scale, float("-inf"))
+    return g, w, qk, a
+
+
+@triton.jit
 def _stream_target(row_ptr, perm, i0, tt, n_t, t_start, BLOCK_E: tl.constexpr, PERM: tl.constexpr):
     """(valid, target, first edge, end edge) of target tt of the block, for the streamed loops.  Only the first
     BLOCK_E edges, as in the tiled path (the padded layout's ghost row is longer: a first version streamed it
@@ -390,12 +431,17 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
 def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2,
                         U, M_out, S_out, scratch, perm, seg,
-                        N, n_blocks, nprog, gamma, cutoff, sm_scale, nb: tl.constexpr,
+                        N, n_blocks, nprog, gamma, cutoff, sm_scale, tcoef, tslot_t, tslot_s, tP, tM, th,
+                        nb: tl.constexpr,
                         C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         PERM: tl.constexpr, SCR_STRIDE: tl.constexpr, AGG: tl.constexpr = 0,
-                        RBF_WIN: tl.constexpr = 0, SG: tl.constexpr = 1):
+                        RBF_WIN: tl.constexpr = 0, SG: tl.constexpr = 1, TABLE: tl.constexpr = False):
+    # TABLE: g, w read from a radial table of the edge MLP (tcoef [rows, 4, 2H] per-interval cubic coefficients,
+    # tslot_t / tslot_s: element slot per target / source atom, tP elements, tM intervals of th; see
+    # attention_reference.table_lookup)
+    # instead of the MLP (experimental, inference)
     # RBF_WIN: 0 = every RBF centre in the first Linear, > 0 = the RBF_WIN nearest ones (``rbf_window``)
     # AGG: how U = sum_e alpha r (x) V is formed.  0 ("tile"): per head block, one [rows, HB] product and three
     # segment sums over the edge axis per (m, replica); 1 ("stream"): alpha [rows, H] is staged in scratch and
@@ -412,14 +458,20 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         blk += nprog
         offs_r, e_loc, tgt, offs_e, mask_e, j, rx, ry, rz, d, tgt_t, tmask = _rows(
             row_ptr, src, vec, i0, n_t, perm, t_start, BLOCK_T, BLOCK_E, PERM)
-        _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_x, scr_x,
-                   gamma, cutoff, nb, HID, R, BLOCK_NB, KC, PREC, False, RBF_WIN)
+        if TABLE:
+            t_loc, trow = _table_pos(d, tgt, j, mask_e, tslot_t, tslot_s, tP, tM, th)
+        else:
+            _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_x, scr_x,
+                       gamma, cutoff, nb, HID, R, BLOCK_NB, KC, PREC, False, RBF_WIN)
         u, _du = _envelope(d, cutoff)
         u = tl.where(mask_e, u, 0.0)
         for hb0 in range(0, H, HB):
             offs_hb = hb0 + tl.arange(0, HB)
-            g, w, qk, a = _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
-                                             H, D, HID, R, HB, KC, PREC)
+            if TABLE:
+                g, w, qk, a = _table_logits(tcoef, trow, t_loc, q, k, tgt, j, mask_e, hb0, sm_scale, H, D, R, HB)
+            else:
+                g, w, qk, a = _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
+                                                 H, D, HID, R, HB, KC, PREC)
             m = _softmax_shift(_seg_max(a, BLOCK_T, BLOCK_E, HB), SMOOTH)     # [BLOCK_T, HB]
             eps = tl.exp(a - _seg_bcast(m, BLOCK_T, BLOCK_E, HB)) * u[:, None]
             S = _softmax_denom(_seg_sum(eps, BLOCK_T, BLOCK_E, HB), m, SMOOTH)
@@ -453,14 +505,19 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
 
 @triton.jit
 def _bwd_alpha(scr_x, W2T, b2, q, k, M_in, S_in, tgt, j, mask_e, u, tgt_t, tmask, hb0, sm_scale,
+               tcoef, trow, t_loc,
                H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-               HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr):
+               HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
+               TABLE: tl.constexpr = False):
     """Backward recompute of one head block: g, w, <q,k>, logits a, p = exp(a - m), eps = p u, the
     denominator S (per row) and alpha = eps w / S."""
     R: tl.constexpr = BLOCK_T * BLOCK_E
     offs_hb = hb0 + tl.arange(0, HB)
-    g, w, qk, a = _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
-                                     H, D, HID, R, HB, KC, PREC)
+    if TABLE:
+        g, w, qk, a = _table_logits(tcoef, trow, t_loc, q, k, tgt, j, mask_e, hb0, sm_scale, H, D, R, HB)
+    else:
+        g, w, qk, a = _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
+                                         H, D, HID, R, HB, KC, PREC)
     st = tgt_t[:, None] * H + offs_hb[None, :]
     m_t = tl.load(M_in + st, mask=tmask[:, None], other=0.0)
     m_r = _seg_bcast(m_t, BLOCK_T, BLOCK_E, HB)
@@ -561,13 +618,16 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2, W0a, W1, W2,
                         M_in, S_in, dU,
                         dvec, dq, dk, dv, scratch, perm, seg,
-                        N, n_blocks, nprog, gamma, cutoff, sm_scale, nb: tl.constexpr,
+                        N, n_blocks, nprog, gamma, cutoff, sm_scale, tcoef, tslot_t, tslot_s, tP, tM, th,
+                        nb: tl.constexpr,
                         C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr, PERM: tl.constexpr, SCR_STRIDE: tl.constexpr,
                         AGG: tl.constexpr = 0, BPREC: tl.constexpr = "ieee", RBF_WIN: tl.constexpr = 0,
-                        SG: tl.constexpr = 1, DX2_SCR: tl.constexpr = False):
+                        SG: tl.constexpr = 1, DX2_SCR: tl.constexpr = False, TABLE: tl.constexpr = False):
+    # TABLE: g, w from the radial table (see _attn_fwd_kernel_v2); the MLP backward is then d(g, w)/dd, the
+    # table's slopes, accumulated per head block (no MLP recompute, no dx2)
     # variants (same result; speed untested on a GPU, off by default, swept by benchmarks/tune_attention_v2.py):
     #   DR_ACC   d/dr accumulated as [rows, HB] tiles, reduced over heads once per target block instead of three
     #            cross-lane sums per (m, replica, head block)
@@ -597,8 +657,14 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         blk += nprog
         offs_r, e_loc, tgt, offs_e, mask_e, j, rx, ry, rz, d, tgt_t, tmask = _rows(
             row_ptr, src, vec, i0, n_t, perm, t_start, BLOCK_T, BLOCK_E, PERM)
-        _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_h0, scr_h1,
-                   gamma, cutoff, nb, HID, R, BLOCK_NB, KC, PREC, True, RBF_WIN)
+        if TABLE:
+            t_loc, trow = _table_pos(d, tgt, j, mask_e, tslot_t, tslot_s, tP, tM, th)
+        else:
+            t_loc = d
+            trow = tgt
+            _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_h0, scr_h1,
+                       gamma, cutoff, nb, HID, R, BLOCK_NB, KC, PREC, True, RBF_WIN)
+        dd_tab = tl.zeros([R], dtype=tl.float32)
         u, du_dd = _envelope(d, cutoff)
         u = tl.where(mask_e, u, 0.0)
         dx2 = tl.zeros([R, HID], dtype=tl.float32)
@@ -614,7 +680,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                 offs_hb = hb0 + tl.arange(0, HB)
                 _g, _w, _qk, _a, _p, _eps, _S, alpha = _bwd_alpha(
                     scr_x, W2T, b2, q, k, M_in, S_in, tgt, j, mask_e, u, tgt_t, tmask, hb0, sm_scale,
-                    H, D, HID, BLOCK_T, BLOCK_E, HB, KC, PREC, SMOOTH)
+                    tcoef, trow, t_loc, H, D, HID, BLOCK_T, BLOCK_E, HB, KC, PREC, SMOOTH, TABLE)
                 tl.store(scr_a + offs_r[:, None] * H + offs_hb[None, :], alpha)
             tl.debug_barrier()
             _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
@@ -627,7 +693,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             offs_hb = hb0 + tl.arange(0, HB)
             g, w, qk, a, p, eps, S_r, alpha = _bwd_alpha(
                 scr_x, W2T, b2, q, k, M_in, S_in, tgt, j, mask_e, u, tgt_t, tmask, hb0, sm_scale,
-                H, D, HID, BLOCK_T, BLOCK_E, HB, KC, PREC, SMOOTH)
+                tcoef, trow, t_loc, H, D, HID, BLOCK_T, BLOCK_E, HB, KC, PREC, SMOOTH, TABLE)
             # --- aggregation backward ------------------------------------------------------------
             dalpha = tl.zeros([R, HB], dtype=tl.float32)
             if AGG == 1:
@@ -690,7 +756,11 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                 tl.atomic_add(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd,
                               mask=mask_e[:, None])
             # --- last Linear: dx2 += dg W2[g rows of block] + dw W2[w rows of block] --------------------
-            if DX2_SCR:     # (the slot's earlier readers passed the barriers of _mlp_to_x2 since)
+            if TABLE:       # (g, w) = table(d): d/dd through the table's slopes (h times d/dd in _table_cols)
+                _g2, gs = _table_cols(tcoef, trow, t_loc, mask_e, hb0, H, HB)
+                _w2, ws = _table_cols(tcoef, trow, t_loc, mask_e, H + hb0, H, HB)
+                dd_tab += tl.sum(dg * gs + dw * ws, 1) / th
+            elif DX2_SCR:   # (the slot's earlier readers passed the barriers of _mlp_to_x2 since)
                 tl.store(scr_gw + offs_r[:, None] * (2 * H) + offs_hb[None, :], dg)
                 tl.store(scr_gw + offs_r[:, None] * (2 * H) + H + offs_hb[None, :], dw)
             else:
@@ -698,7 +768,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                 w2w = tl.load(W2 + (H + offs_hb)[:, None] * HID + offs_f[None, :])
                 dx2 = tl.dot(dg, w2g, dx2, input_precision=BPREC)
                 dx2 = tl.dot(dw, w2w, dx2, input_precision=BPREC)
-        if DX2_SCR:
+        if DX2_SCR and not TABLE:
             tl.debug_barrier()      # every head block's dg / dw visible to the whole CTA
             dx2 = _chunked_dot(scr_gw, W2, HID, 0, tl.zeros([R, HID], dtype=tl.float32), R, 2 * H, HID, KC, BPREC)
         if AGG == 3:                # dv edge by edge (alpha of every head block is in scratch)
@@ -706,24 +776,27 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
                                   C, H, BLOCK_T, BLOCK_E, PERM, True, SG)
         # --- LN1/SiLU backward, W1 (K-chunked through scratch), LN0/SiLU backward ----------------------
-        h1 = tl.load(scr_h1 + offs_r[:, None] * HID + offs_f[None, :])
-        dh1 = _silu_ln_bwd(dx2, h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID)
-        _to_scratch(scr_x, dh1, R, HID)
-        dx1 = _chunked_dot(scr_x, W1, HID, 0, tl.zeros([R, HID], dtype=tl.float32), R, HID, HID, KC, BPREC)
-        h0 = tl.load(scr_h0 + offs_r[:, None] * HID + offs_f[None, :])
-        dh0 = _silu_ln_bwd(dx1, h0, tl.load(ln0w + offs_f), tl.load(ln0b + offs_f), HID)
         dd_e = du * du_dd
-        if RBF_WIN > 0:     # d/dd through the RBF window only
-            dd_e += _rbf_window_dd(d, dh0, mu, W0aT, gamma, cutoff, nb, HID, RBF_WIN)
+        if TABLE:
+            dd_e += dd_tab
         else:
-            # dphi = dh0 W0a[:, chunk]: K = HID is chunked through scratch (a K = HID FMA dot keeps whole
-            # K-strips of both operands in registers)
-            _to_scratch(scr_x, dh0, R, HID)
-            for k0 in range(0, nb, BLOCK_NB):
-                offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
-                dphi = _chunked_dot(scr_x, W0a, nb, k0, tl.zeros([R, BLOCK_NB], dtype=tl.float32),
-                                    R, HID, BLOCK_NB, KC, BPREC, nb)
-                dd_e += tl.sum(dphi * phi * (2.0 * gamma) * diff, 1)
+            h1 = tl.load(scr_h1 + offs_r[:, None] * HID + offs_f[None, :])
+            dh1 = _silu_ln_bwd(dx2, h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID)
+            _to_scratch(scr_x, dh1, R, HID)
+            dx1 = _chunked_dot(scr_x, W1, HID, 0, tl.zeros([R, HID], dtype=tl.float32), R, HID, HID, KC, BPREC)
+            h0 = tl.load(scr_h0 + offs_r[:, None] * HID + offs_f[None, :])
+            dh0 = _silu_ln_bwd(dx1, h0, tl.load(ln0w + offs_f), tl.load(ln0b + offs_f), HID)
+            if RBF_WIN > 0:     # d/dd through the RBF window only
+                dd_e += _rbf_window_dd(d, dh0, mu, W0aT, gamma, cutoff, nb, HID, RBF_WIN)
+            else:
+                # dphi = dh0 W0a[:, chunk]: K = HID is chunked through scratch (a K = HID FMA dot keeps whole
+                # K-strips of both operands in registers)
+                _to_scratch(scr_x, dh0, R, HID)
+                for k0 in range(0, nb, BLOCK_NB):
+                    offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
+                    dphi = _chunked_dot(scr_x, W0a, nb, k0, tl.zeros([R, BLOCK_NB], dtype=tl.float32),
+                                        R, HID, BLOCK_NB, KC, BPREC, nb)
+                    dd_e += tl.sum(dphi * phi * (2.0 * gamma) * diff, 1)
         # --- vec = d r -> dvec = dd r + (dr - (dr.r) r) / d -----------------------------------------------
         if DR_ACC and AGG != 1:
             drx = tl.sum(drx_t, 1)
@@ -952,9 +1025,28 @@ def _grid(n_blocks: int, device, progs_per_sm: int) -> int:
     return max(1, min(n_blocks, n_sm * progs_per_sm))
 
 
+#: the radial table of the call in progress (attention_triton_v2's ``table``): handed to the autograd Function
+#: beside its arguments, whose positions (FUSED_N_FIXED, the reference backward's) stay those of every backend
+_TABLE_ARG = threading.local()
+
+
+def _table_launch_args(table, device):
+    """(tcoef, tslot_t, tslot_s, tP, tM, th, TABLE) for a launch; dummies where there is no table."""
+    if table is None:
+        dummy = torch.zeros(1, device=device, dtype=torch.float32)
+        islot = torch.zeros(1, device=device, dtype=torch.int32)
+        return dummy, islot, islot, 1, 1, 1.0, False
+    coef, slot_t, slot_s, P, M, h = table
+    i32 = lambda x: x.to(device=device, dtype=torch.int32).contiguous()
+    return (coef.detach().to(device=device, dtype=torch.float32).contiguous(), i32(slot_t), i32(slot_s),
+            int(P), int(M), float(h), True)
+
+
 class FusedAttentionFunctionV2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff, allow_tf32, max_degree, softmax, *fc):
+        table = getattr(_TABLE_ARG, "value", None)
+        tab_args = _table_launch_args(table, v.device)
         smooth = check_softmax(softmax)
         N, H, D = q.shape
         C = v.shape[-1]
@@ -981,11 +1073,13 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
             scratch = torch.empty(nprog * stride, device=v.device, dtype=f32)
             _LAST_COMPILED["fwd" if be == block_e else "fwd_small"] = _attn_fwd_kernel_v2[(nprog,)](
                 rp, srcc, vecc, qc, kc_, vc, pt, ps, muc, *fwd_w, U, M, S, scratch, perm, seg,
-                N, n_blocks, nprog, float(gamma), float(cutoff), 1.0 / math.sqrt(D), nb=nb,
+                N, n_blocks, nprog, float(gamma), float(cutoff), 1.0 / math.sqrt(D), *tab_args[:6], nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
-                SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], num_warps=cfg["num_warps"], **_maxnreg(cfg))
+                SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], TABLE=tab_args[6], num_warps=cfg["num_warps"],
+                **_maxnreg(cfg))
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
+        ctx.table = table
         ctx.launches = launches
         ctx.rbf_win = win
         ctx.gamma, ctx.cutoff, ctx.prec, ctx.block_e, ctx.softmax = float(gamma), float(cutoff), prec, block_e, softmax
@@ -1000,8 +1094,12 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         if dU is None:
             return tuple(grads)
         if needs_reference_backward(nig):  # training / double backward: autograd through the reference
+            if ctx.table is not None:
+                raise RuntimeError("a radial table of the edge MLP is for inference (energies and forces): no "
+                                   "double backward or MLP-parameter gradients through it")
             return reference_backward(nig, dU, row_ptr, src, vec, q, k, v, t, s, mu, fc, ctx.gamma, ctx.cutoff,
                                       ctx.softmax)
+        tab_args = _table_launch_args(ctx.table, v.device)
 
         N, H, D = q.shape
         C = v.shape[-1]
@@ -1026,13 +1124,13 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
             _LAST_COMPILED["bwd" if be == ctx.block_e else "bwd_small"] = _attn_bwd_kernel_v2[(nprog,)](
                 rp, src.contiguous(), vecc, qc, kc_, vc, pt, ps, muc,
                 *fwd_w, *bwd_w, M, S, dUc, dvec, dq, dk, dv, scratch, perm, seg,
-                N, n_blocks, nprog, ctx.gamma, ctx.cutoff, 1.0 / math.sqrt(D), nb=nb,
+                N, n_blocks, nprog, ctx.gamma, ctx.cutoff, 1.0 / math.sqrt(D), *tab_args[:6], nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=ctx.prec, BPREC=dot_precision() or "ieee",
                 SMOOTH=ctx.softmax == "smooth",
                 DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, AGG=cfg["AGG"],
-                SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, SG=cfg["SG"], DX2_SCR=cfg["DX2_SCR"],
-                num_warps=cfg["num_warps"], **_maxnreg(cfg))
+                SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, SG=cfg["SG"], DX2_SCR=cfg["DX2_SCR"] and not tab_args[6],
+                TABLE=tab_args[6], num_warps=cfg["num_warps"], **_maxnreg(cfg))
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):
             if nig[idx]:
                 grads[idx] = gr.to(x.dtype)
@@ -1041,11 +1139,15 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
 
 def attention_triton_v2(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, *,
                         allow_tf32: bool = False, max_degree: int | None = None, return_stats: bool = False,
-                        softmax: str = "official"):
+                        softmax: str = "official", table=None):
     """Fused Triton attention edge part, v2 blocking; same signature / result as ``attention_triton``.
 
     ``allow_tf32`` is honoured here (for benchmarks); ``fused_attention`` always runs v2 with exact fp32
     ("ieee") dots, which measured faster than TF32 for v2 on an H100 (see ``kernels/__init__.py``)."""
-    U, M, S = FusedAttentionFunctionV2.apply(row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff,
-                                             allow_tf32, max_degree, softmax, *FCParams(*fc_params))
+    _TABLE_ARG.value = table        # ``table``: see attention_reference.table_lookup (experimental, inference)
+    try:
+        U, M, S = FusedAttentionFunctionV2.apply(row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff,
+                                                 allow_tf32, max_degree, softmax, *FCParams(*fc_params))
+    finally:
+        _TABLE_ARG.value = None
     return (U, M, S) if return_stats else U

@@ -434,8 +434,23 @@ class Attention(nn.Module):
         return self.query(x).view(N, H, self.D), self.key(x).view(N, H, self.D), self.value(x)
 
     @torch.jit.unused
+    def _kernel_table(self, z_t: torch.Tensor, z_s: torch.Tensor):
+        """The radial table (``E2FormerV2.set_radial_tables``) as the fused kernels take it, for targets ``z_t``
+        and sources ``z_s`` (see ``kernels.attention_reference.table_lookup``); None without one."""
+        tab = self.__dict__.get("_radial_table")
+        if tab is None:
+            return None
+        if self.edge_mlp.lin0.weight.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("radial tables are for inference with frozen weights, but the edge MLP's weights "
+                               "require grad: call set_radial_tables(False) before training")
+        tab.ensure(z_s)
+        return (tab.coef, tab.slot.index_select(0, z_t), tab.slot.index_select(0, z_s), len(tab.elements),
+                tab.intervals, tab.h)
+
+    @torch.jit.unused
     def fused_U_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
-                     row_ptr: torch.Tensor, src: torch.Tensor, vec: torch.Tensor, g: Graph) -> torch.Tensor:
+                     row_ptr: torch.Tensor, src: torch.Tensor, vec: torch.Tensor, g: Graph,
+                     table=None) -> torch.Tensor:
         """U of the target atoms of ``row_ptr`` (a CSR pointer into ``src`` / ``vec``) with the fused kernel:
         ``q``, ``t`` of those targets, ``k``, ``v``, ``s`` of all atoms.  With the whole graph this is the
         whole U; with a slice of targets (``row_ptr`` rebased to 0, their edges' ``src`` / ``vec``) it is
@@ -444,7 +459,7 @@ class Attention(nn.Module):
 
         return fused_attention(row_ptr, src, vec, q, k, v, t, s, _fc_params(self.edge_mlp), g.rbf_offsets,
                                g.rbf_coeff, g.cutoff, allow_tf32=self.allow_tf32, max_degree=g.padded()[1],
-                               softmax="smooth" if self.smooth_softmax else "official")
+                               softmax="smooth" if self.smooth_softmax else "official", table=table)
 
     @torch.jit.unused
     def _fused_U(self, x: torch.Tensor, v: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
@@ -452,7 +467,7 @@ class Attention(nn.Module):
         q = self.query(x).view(N, H, self.D)
         k = self.key(x).view(N, H, self.D)
         return self.fused_U_rows(q, k, v, self.target_embedding(z), self.source_embedding(z), g.row_ptr(),
-                                 g.neighbor, g.vec, g)
+                                 g.neighbor, g.vec, g, self._kernel_table(z, z))
 
     @torch.jit.unused
     def _eaas_fused(self, x: torch.Tensor, v: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
@@ -540,10 +555,11 @@ class Block(nn.Module):
     @torch.jit.unused
     def fused_rows(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
                    s: torch.Tensor, row_ptr: torch.Tensor, src: torch.Tensor, vec: torch.Tensor,
-                   g: Graph) -> torch.Tensor:
-        """Block output of a slice of target atoms (``x``, ``q``, ``z`` of the slice; ``k``, ``v``, ``s`` of
-        all atoms; ``row_ptr`` / ``src`` / ``vec``: the slice's edges, ``row_ptr`` rebased to 0)."""
-        U = self.attn.fused_U_rows(q, k, v, self.attn.target_embedding(z), s, row_ptr, src, vec, g)
+                   g: Graph, z_all: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Block output of a slice of target atoms (``x``, ``q``, ``z`` of the slice; ``k``, ``v``, ``s``,
+        ``z_all`` of all atoms; ``row_ptr`` / ``src`` / ``vec``: the slice's edges, ``row_ptr`` rebased to 0)."""
+        table = None if z_all is None else self.attn._kernel_table(z, z_all)
+        U = self.attn.fused_U_rows(q, k, v, self.attn.target_embedding(z), s, row_ptr, src, vec, g, table)
         return self.node_part(x, U)
 
 
@@ -717,7 +733,8 @@ class E2FormerV2(nn.Module):
     def set_radial_tables(self, on: bool = True, intervals: int = 2048) -> "E2FormerV2":
         """Experimental, opt-in (session 11): read the edge MLPs (the attention's of every block and the three
         radial MLPs of the edge-degree embedding) from cubic Hermite tables in d per pair of elements
-        (``model/radial_table.py``) on the PyTorch routes (the CPU; the fused GPU kernels keep their MLPs).
+        (``model/radial_table.py``), on the PyTorch routes and in the fused v2 attention kernels (TABLE: no edge
+        MLP forward or backward in them; the fused edge-degree kernels keep their MLPs).
         Each MLP sees an edge only through (d, Z_i, Z_j), so a table is the same function up to the interpolation
         error, ~1e-9-1e-8 of max |f| at 2048 intervals (below float32 rounding).  Inference only: the weights
         must be frozen (parameters that require grad are refused); tables grow when new elements appear."""
@@ -785,7 +802,8 @@ class E2FormerV2(nn.Module):
         qkv_rows, node_part = block.__dict__["_compiled_parts"]
         q, k, v = qkv_rows(x, system)
         a = block.attn
-        U = a.fused_U_rows(q, k, v, a.target_embedding(z), a.source_embedding(z), g.row_ptr(), g.neighbor, g.vec, g)
+        U = a.fused_U_rows(q, k, v, a.target_embedding(z), a.source_embedding(z), g.row_ptr(), g.neighbor, g.vec, g,
+                           a._kernel_table(z, z))
         return node_part(x, U)
 
     def head_index(self, head: Optional[str]) -> int:
@@ -970,7 +988,7 @@ class E2FormerV2(nn.Module):
             outs = []
             for i, xc in enumerate(xs):
                 rp = row_ptr[starts[i]:starts[i + 1] + 1] - edge_bounds[i]
-                outs.append(ckpt(block.fused_rows, xc, qkv[i][0], k, v, zs[i], s, rp, srcs[i], vecs[i], g))
+                outs.append(ckpt(block.fused_rows, xc, qkv[i][0], k, v, zs[i], s, rp, srcs[i], vecs[i], g, z))
         else:
             U = ckpt(block.edge_part, x, system, z, g)
             outs = [ckpt(block.node_part, xc, Uc) for xc, Uc in zip(xs, U.split(sizes))]

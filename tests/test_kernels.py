@@ -711,8 +711,8 @@ def test_dispatch_v2_gets_ieee_dots_and_softmax_mode(monkeypatch):
         monkeypatch.setattr(K, "select_backend", lambda *a, _c=chosen, **kw: _c)
         for softmax in ("official", "smooth"):
             K.fused_attention(*args, allow_tf32=True, max_degree=3, softmax=softmax)
-    assert calls == [("v2", dict(allow_tf32=False, max_degree=3, softmax="official")),
-                     ("v2", dict(allow_tf32=False, max_degree=3, softmax="smooth")),
+    assert calls == [("v2", dict(allow_tf32=False, max_degree=3, softmax="official", table=None)),
+                     ("v2", dict(allow_tf32=False, max_degree=3, softmax="smooth", table=None)),
                      ("v1", dict(allow_tf32=True, max_degree=3, softmax="official")),
                      ("v1", dict(allow_tf32=True, max_degree=3, softmax="smooth"))]
     with pytest.raises(ValueError, match="softmax"):

@@ -4,13 +4,18 @@ elements reproduces it up to an interpolation error far below float32 rounding."
 from __future__ import annotations
 
 import copy
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import case as load_case, model as fixture_model, water_box
+from helpers import (TRITON_MODEL_SCRIPT_HEAD, case as load_case, model as fixture_model,
+                     run_under_triton_interpreter, water_box)
 
 from openmm_e2former.model.radial_table import RadialTable
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _frozen(variant="tiny_qk", dtype="float64"):
@@ -111,3 +116,69 @@ def test_tables_grow_with_new_elements_and_refuse_training():
     m.requires_grad_(True)
     with pytest.raises(RuntimeError, match="inference with frozen weights"):
         m.energy_and_forces(ze, pe)
+
+
+_INTERP_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
+
+    torch.manual_seed(0)
+    m = E2FormerV2(E2FormerConfig(channels=32, num_layers=1, num_heads=16, head_dim=4, num_basis=64,
+                                  atom_embed_size=16, max_neighbors=10))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    m.requires_grad_(False)
+    z, pos, cell = water_box(2, 3.1, seed=3)           # 24 atoms, periodic
+    z, pos, cell = torch.tensor(z)[:21], torch.tensor(pos, dtype=torch.float32)[:21], torch.tensor(cell,
+                                                                                               dtype=torch.float32)
+    pbc = torch.tensor([True, True, True])
+    seen = []
+    orig = K.fused_attention
+    def spy(*a, **kw):
+        seen.append(kw.get("table") is not None)
+        return orig(*a, **kw)
+    K.fused_attention = spy
+
+    def run(mode, fused):
+        E2.Attention.use_fused = (lambda self, x: True) if fused else (lambda self, x: False)
+        m.checkpoint_blocks = mode
+        m.checkpoint_chunk_atoms = 8                     # "fine": slices of 8, 8, 5 target atoms
+        e, em, f = m.energy_and_forces(z, pos, cell, pbc)
+        return em, f
+
+    def rel(a, b):
+        return float((a - b).abs().max() / b.abs().max())
+
+    exact_e, exact_f = run(False, False)               # the MLP, PyTorch
+    m.set_radial_tables(True)
+    ref_e, ref_f = run(False, False)                   # the table, PyTorch
+    os.environ["E2FORMER_ATTENTION_BACKEND"] = "triton_v2"
+    worst = 0.0
+    for mode in (False, "fine"):
+        seen.clear()
+        e1, f1 = run(mode, True)                       # the table inside the v2 kernels
+        assert seen and all(seen), seen
+        errs = [rel(e1, ref_e), rel(f1, ref_f)]
+        print("table kernels,", mode or "whole graph", "vs table reference (E, F):", ["%.1e" % x for x in errs])
+        worst = max(worst, *errs)
+    print("table vs MLP (PyTorch): E %.1e F %.1e" % (rel(ref_e, exact_e), rel(ref_f, exact_f)))
+    assert rel(ref_f, exact_f) < 1e-4
+    print("WORST", worst)
+    assert worst < 2e-5, worst
+""")
+
+
+def test_table_in_the_fused_kernels_under_interpreter():
+    """The v2 attention kernels with the edge MLP read from the radial table (TABLE: no MLP forward or
+    backward in the kernels), on the whole graph and per slice of targets ("fine"), against the PyTorch route
+    with the same table; the table against the MLP."""
+    run_under_triton_interpreter(_INTERP_SCRIPT, [REPO / "tests"], "the radial table in the fused kernels",
+                                 drop_env=("E2FORMER_ATTENTION_BACKEND",))
+
+
+def test_table_kernels_every_aggregation_mode_under_interpreter(tmp_path):
+    """tests/gpu/check_table.py (the GPU check of the TABLE kernels) under the interpreter at small sizes: U and
+    the gradients to vec, q, k, v of the default, split and streamed launches against the float64 reference."""
+    script = (f"import sys; sys.argv = ['check_table', {str(tmp_path / 'out.json')!r}, '--device', 'cpu']; "
+              f"exec(open({str(REPO / 'tests' / 'gpu' / 'check_table.py')!r}).read())")
+    out = run_under_triton_interpreter(script, [], "the TABLE kernels' check", drop_env=("E2FORMER_ATTENTION_BACKEND",))
+    assert "PASS" in out

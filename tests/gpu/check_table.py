@@ -1,0 +1,85 @@
+"""GPU check of the radial-table path of the v2 attention kernels (TABLE, session 11): U and the gradients to
+vec, q, k, v against the float64 PyTorch reference reading the same table, on fresh random inputs and tables,
+at the tiny, V1.5 and App. A sizes, with the default launches and the other aggregation modes; fp32 relative
+error <= 1e-5 (issue #4 item 3).
+
+    python tests/gpu/check_table.py OUT.json [--device cuda]   (TRITON_INTERPRET=1 and --device cpu: the
+    interpreter, small sizes only)
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+from openmm_e2former import kernels as KM
+from openmm_e2former.kernels import _testing as T_
+from openmm_e2former.kernels.attention_reference import attention_reference
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def check(N, K, sizes, seed, device, env=None, P=3, M=2048):
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        case = T_.make_case(N, K, **sizes, seed=seed, device=device)
+        c64 = T_.make_case(N, K, **sizes, seed=seed, dtype=torch.float64, device=device)
+        H = sizes["H"]
+        gen = torch.Generator().manual_seed(seed + 1000)
+        h = 4.5 / M
+        # random pieces shaped like a smooth radial function's: c1 = h f', c2 ~ h^2 f'', c3 ~ h^3 f''', with
+        # slopes of a few per Angstrom (unphysically steep random pieces would only measure how the float32
+        # rounding of d, ~1e-7, is amplified by the slope)
+        scale = torch.tensor([1.0, 5 * h, (5 * h) ** 2, (5 * h) ** 3], dtype=torch.float64)[None, :, None]
+        coef = (torch.randn(P * P * M, 4, 2 * H, generator=gen, dtype=torch.float64) * scale).to(device)
+        slot = torch.randint(0, P, (N,), generator=gen).to(device)
+        a = list(T_.args_of(case))
+        a64 = list(T_.args_of(c64))
+        for n in (2, 3, 4, 5):
+            a[n] = a[n].clone().requires_grad_(True)
+            a64[n] = a64[n].clone().requires_grad_(True)
+        U = KM.fused_attention(*a, backend="triton_v2", table=(coef.float(), slot, slot, P, M, h))
+        Ur = attention_reference(*a64, table=(coef, slot, slot, P, M, h))
+        G = torch.randn(U.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
+        gt = torch.autograd.grad(U, [a[n] for n in (2, 3, 4, 5)], G.float())
+        gr = torch.autograd.grad(Ur, [a64[n] for n in (2, 3, 4, 5)], G)
+        return [rel(U.double(), Ur)] + [rel(x.double(), y) for x, y in zip(gt, gr)]
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def main(argv):
+    out = argv[0] if argv else "table_gpu_check.json"
+    device = argv[argv.index("--device") + 1] if "--device" in argv else "cuda"
+    big = device != "cpu"
+    runs = [("tiny", T_.TINY, 2000 if big else 9, 32 if big else 9, {}),
+            ("tiny, split bwd", T_.TINY, 2000 if big else 9, 32 if big else 9, {"E2F_V2_BWD_AGG": "split"}),
+            ("tiny, tiled fwd, streamed bwd", T_.TINY, 2000 if big else 9, 17,
+             {"E2F_V2_FWD_AGG": "tile", "E2F_V2_BWD_AGG": "stream"})]
+    if big:
+        runs += [("v15", T_.V15, 2000, 32, {}), ("v15", T_.V15, 20000, 32, {}),
+                 ("appA", dict(C=256, H=16, D=8, nb=256, T=128, hid=128), 2000, 64, {})]
+    rows, worst = [], 0.0
+    for i, (name, sizes, N, K, env) in enumerate(runs):
+        errs = check(N, K, sizes, 10 + i, device, env)
+        rows.append({"case": name, "N": N, "K": K, "env": env, "rel_err_U_dvec_dq_dk_dv": errs})
+        print(f"{name:32s} N {N:6d} K {K:3d} " + " ".join("%.1e" % e for e in errs), flush=True)
+        worst = max(worst, *errs)
+    ok = worst <= 1e-5
+    json.dump({"device": torch.cuda.get_device_name() if big else "cpu (interpreter)", "rows": rows,
+               "worst": worst, "pass": ok}, open(out, "w"), indent=1)
+    print("WORST", worst, "PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
