@@ -152,10 +152,11 @@ def table_lookup(table, tgt, src, d):
     """The edge MLP [E, F] read from a radial table (``E2FormerV2.set_radial_tables``): ``table`` = (coef
     [P * P * M, 4, F] per-interval cubic coefficients, slot_t / slot_s (each target / source atom's element index
     among the P tabulated ones: the same per-atom array, or the target rows of a slice of atoms and all sources),
-    P, M, h); edge e (target tgt, source src, length d) reads row (slot_t[tgt] P + slot_s[src]) M + k,
-    k = floor(d / h) clamped to [0, M - 1], at t = (d - k h) / h: c0 + t (c1 + t (c2 + t c3)).  Differentiable
-    in d only (a table is frozen)."""
+    P, M, h); edge e (target tgt, source src, length d; d clamped to [0, M h]) reads row
+    (slot_t[tgt] P + slot_s[src]) M + k, k = floor(d / h) clamped to [0, M - 1], at t = (d - k h) / h:
+    c0 + t (c1 + t (c2 + t c3)).  Differentiable in d only (a table is frozen)."""
     coef, slot_t, slot_s, P, M, h = table
+    d = torch.clamp(d, 0.0, M * h)       # beyond the grid (padding, past the cutoff: enveloped to 0): its end
     k = torch.clamp(torch.floor(d.detach() / h), 0, M - 1)
     tt = ((d - k * h) / h)[:, None]
     row = (slot_t.long()[tgt] * P + slot_s.long()[src]) * M + k.long()

@@ -284,11 +284,13 @@ def _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
 def _table_pos(d, tgt, j, mask_e, tslot_t, tslot_s, tP, tM, th):
     """Radial table (TABLE): each edge's row (slot_tgt P + slot_src) M + k and local coordinate t in [0, 1],
     k = floor(d / h) clamped to [0, M - 1] (see ``attention_reference.table_lookup``)."""
-    kf = tl.minimum(tl.maximum(tl.floor(d / th), 0.0), (tM - 1).to(tl.float32))
-    t = (d - kf * th) / th
+    dmax = tM.to(tl.float32) * th
+    dc = tl.minimum(d, dmax)      # beyond the grid (padding, past the cutoff): its end, with zero slope
+    kf = tl.minimum(tl.maximum(tl.floor(dc / th), 0.0), (tM - 1).to(tl.float32))
+    t = (dc - kf * th) / th
     si = tl.load(tslot_t + tgt).to(tl.int64)
     sj = tl.load(tslot_s + j, mask=mask_e, other=0).to(tl.int64)
-    return t, (si * tP + sj) * tM + kf.to(tl.int64)
+    return t, (si * tP + sj) * tM + kf.to(tl.int64), tl.where(d < dmax, 1.0, 0.0)
 
 
 @triton.jit
@@ -459,7 +461,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         offs_r, e_loc, tgt, offs_e, mask_e, j, rx, ry, rz, d, tgt_t, tmask = _rows(
             row_ptr, src, vec, i0, n_t, perm, t_start, BLOCK_T, BLOCK_E, PERM)
         if TABLE:
-            t_loc, trow = _table_pos(d, tgt, j, mask_e, tslot_t, tslot_s, tP, tM, th)
+            t_loc, trow, _live = _table_pos(d, tgt, j, mask_e, tslot_t, tslot_s, tP, tM, th)
         else:
             _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_x, scr_x,
                        gamma, cutoff, nb, HID, R, BLOCK_NB, KC, PREC, False, RBF_WIN)
@@ -658,10 +660,11 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         offs_r, e_loc, tgt, offs_e, mask_e, j, rx, ry, rz, d, tgt_t, tmask = _rows(
             row_ptr, src, vec, i0, n_t, perm, t_start, BLOCK_T, BLOCK_E, PERM)
         if TABLE:
-            t_loc, trow = _table_pos(d, tgt, j, mask_e, tslot_t, tslot_s, tP, tM, th)
+            t_loc, trow, t_live = _table_pos(d, tgt, j, mask_e, tslot_t, tslot_s, tP, tM, th)
         else:
             t_loc = d
             trow = tgt
+            t_live = d
             _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_h0, scr_h1,
                        gamma, cutoff, nb, HID, R, BLOCK_NB, KC, PREC, True, RBF_WIN)
         dd_tab = tl.zeros([R], dtype=tl.float32)
@@ -759,7 +762,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             if TABLE:       # (g, w) = table(d): d/dd through the table's slopes (h times d/dd in _table_cols)
                 _g2, gs = _table_cols(tcoef, trow, t_loc, mask_e, hb0, H, HB)
                 _w2, ws = _table_cols(tcoef, trow, t_loc, mask_e, H + hb0, H, HB)
-                dd_tab += tl.sum(dg * gs + dw * ws, 1) / th
+                dd_tab += tl.sum(dg * gs + dw * ws, 1) * (t_live / th)
             elif DX2_SCR:   # (the slot's earlier readers passed the barriers of _mlp_to_x2 since)
                 tl.store(scr_gw + offs_r[:, None] * (2 * H) + offs_hb[None, :], dg)
                 tl.store(scr_gw + offs_r[:, None] * (2 * H) + H + offs_hb[None, :], dw)

@@ -52,7 +52,13 @@ class RadialTable:
 
     def ensure(self, z: torch.Tensor) -> None:
         """Make sure every element of ``z`` is in the table (one host sync for the unique elements; a rebuild
-        over the union when some are new)."""
+        over the union when some are new).  While a CUDA graph is being captured no sync is allowed: the table
+        must then already hold the elements (the graphed path's warm-up call builds it), and is used as it is."""
+        if z.is_cuda and torch.cuda.is_current_stream_capturing():
+            if not self.elements:
+                raise RuntimeError("a radial table is first used inside a CUDA-graph capture: evaluate the model "
+                                   "once outside the capture (the warm-up call) so that the table is built")
+            return
         new = sorted(set(int(e) for e in torch.unique(z).tolist()) - set(self.elements))
         if new:
             self._build(sorted(self.elements + new), z.device)
@@ -89,6 +95,8 @@ class RadialTable:
     def __call__(self, d: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
         """f(d) for each edge [E, F], differentiable in ``d`` (not in the MLP weights)."""
         P, M, h = len(self.elements), self.intervals, self.h
+        # d beyond the grid (padding edges, edges past the cutoff: the envelope zeroes them) reads its end
+        d = torch.clamp(d, 0.0, self.cutoff)
         k = torch.clamp(torch.floor(d.detach() / h), 0, M - 1)
         t = ((d - k * h) / h)[:, None]       # d - k h first: t keeps its relative precision in float32
         row = (self.slot.index_select(0, zi) * P + self.slot.index_select(0, zj)) * M + k.long()

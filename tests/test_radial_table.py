@@ -182,3 +182,31 @@ def test_table_kernels_every_aggregation_mode_under_interpreter(tmp_path):
               f"exec(open({str(REPO / 'tests' / 'gpu' / 'check_table.py')!r}).read())")
     out = run_under_triton_interpreter(script, [], "the TABLE kernels' check", drop_env=("E2FORMER_ATTENTION_BACKEND",))
     assert "PASS" in out
+
+
+def test_tables_on_the_padded_path_and_inside_a_capture(monkeypatch):
+    """The padded / CUDA-graph path (its ghost atom, element 0, and padding edges of length 2 cutoff beyond the
+    grid, which read the grid's end and are enveloped to zero) with tables gives the eager result with tables;
+    inside a CUDA-graph capture a table is used as built (no host sync), and one never built is a clear error."""
+    from openmm_e2former.graphed import GraphedEnergyForces
+
+    m = _frozen(dtype="float64")
+    z, pos, cell = (torch.tensor(x) for x in water_box(2, 3.1, seed=1))
+    pbc = torch.tensor([True] * 3)
+    m.set_radial_tables(True)
+    e0, _, f0 = m.energy_and_forces(z, pos, cell, pbc)
+    G = GraphedEnergyForces(m, z.tolist(), periodic=True)
+    e1, f1 = G(pos, cell, cell.numpy())
+    assert abs(float(e1) - float(e0)) <= 1e-9 * abs(float(e0))
+    assert float((f1 - f0).abs().max()) <= 1e-9 * float(f0.abs().max())
+    tab = m.blocks[0].attn.__dict__["_radial_table"]
+    assert 0 in tab.elements and torch.isfinite(f1).all()           # the ghost's element
+    fresh = RadialTable(m.blocks[0].attn, lambda mod, d, a, b: mod.radial_fn(m.rbf_offsets, m.rbf_coeff, d, a, b),
+                        m.cutoff)
+    zc = type("CudaLike", (), {"is_cuda": True})()
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with pytest.raises(RuntimeError, match="inside a CUDA-graph capture"):
+        fresh.ensure(zc)
+    builds = tab.builds
+    tab.ensure(zc)                      # built: used as it is, no unique() / host sync
+    assert tab.builds == builds
