@@ -50,6 +50,7 @@
 #   s12a/b/c: set_compile at 10k / 100k (fp32, bf16; first-call cost) / inside the CUDA graph (1k, 10k) / through
 #             OpenMM at 115k, each beside plain runs (three calls, ~5 min each)
 #   table12:  the radial-table attention kernels: GPU check vs float64, V1.5 end to end with tables (~6 min)
+#   table12md: createSystem(radial_tables=True) through OpenMM, 600 waters and 115k atoms, beside plain (~4 min)
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -269,6 +270,14 @@ for what in "$@"; do
           --modes fp32 --no-water --budget-s 40 2>&1 | grep '^{' | cut -c1-200
       E2F_RADIAL_TABLES=1 timeout 300 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_tables" --parts speed \
           --sizes 10000,20000,100000 --modes fp32,tf32 --no-water --budget-s 270 2>&1 | grep -E '^\{|Error' | cut -c1-300 ;;
+    table12md)  # createSystem(radial_tables=True) through OpenMM: 600 waters (CUDA graph) and 115,200 atoms (eager)
+      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
+      for r in 1,1,1 4,4,4; do
+        for c in "" --radial-tables; do
+          timeout 120 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 $c \
+              --out "$OUT/md_tables.json" 2>&1 | tail -n 1 | cut -c1-300
+        done
+      done ;;
     water100k)
       # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16
       timeout 560 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water" --parts speed --sizes "" \

@@ -135,16 +135,17 @@ def _config_key(config: Any):
 
 
 def get_model(model_path: Optional[str], config: Any = None, device: Any = None, precision: Optional[str] = None,
-              compile_model: bool = False):
-    """Load (once per process) and return the model for (path, config, device, precision, compile_model).
-    ``compile_model``: ``E2FormerV2.set_compile`` (experimental: torch.compile of the blocks' node-level parts, used
-    by the eager path, i.e. above the CUDA-graph size)."""
+              compile_model: bool = False, radial_tables: bool = False):
+    """Load (once per process) and return the model for (path, config, device, precision, compile_model,
+    radial_tables).  ``compile_model``: ``E2FormerV2.set_compile`` (experimental: torch.compile of the blocks'
+    node-level parts, used by the eager path, i.e. above the CUDA-graph size); ``radial_tables``:
+    ``E2FormerV2.set_radial_tables`` (experimental: the edge MLPs read from per-element-pair tables)."""
     dev = resolve_device(device)
     dtype = resolve_dtype(precision)
     mode = resolve_mode(precision)
-    compile_model = bool(compile_model)
-    # set_precision and set_compile change the model: one each
-    key = (model_path, _config_key(config), dev, str(dtype), mode, compile_model)
+    compile_model, radial_tables = bool(compile_model), bool(radial_tables)
+    # set_precision, set_compile and set_radial_tables change the model: one each
+    key = (model_path, _config_key(config), dev, str(dtype), mode, compile_model, radial_tables)
     with _MODEL_CACHE_LOCK:
         model = _MODEL_CACHE.get(key)
         if model is None:
@@ -163,6 +164,8 @@ def get_model(model_path: Optional[str], config: Any = None, device: Any = None,
                     model.set_precision(mode)
                 if compile_model:
                     model.set_compile(True)
+                if radial_tables:
+                    model.set_radial_tables(True)
             _MODEL_CACHE[key] = model
     return model
 
@@ -214,7 +217,7 @@ class _Runtime:
         import torch
 
         self.model = get_model(comp.model_path, comp.config, comp.device, comp.precision,
-                               compile_model=bool(comp.compile_model))
+                               compile_model=bool(comp.compile_model), radial_tables=bool(comp.radial_tables))
         self.dev = torch.device(resolve_device(comp.device))
         self.dtype = resolve_dtype(comp.precision)
         #: TF32 for the matrix products outside the fused kernels ('tf32', 'bf16'): torch's global switch, set for
@@ -291,12 +294,12 @@ class E2FormerForceComputation:
     Small to pickle (see the module docstring); the model is loaded on the first call."""
 
     _PICKLED = ("model_path", "config", "atomic_numbers", "charge", "multiplicity", "head", "periodic",
-                "device", "precision", "cuda_graphs", "compile_model")
+                "device", "precision", "cuda_graphs", "compile_model", "radial_tables")
 
     def __init__(self, atomic_numbers: Sequence[int], model_path: Optional[str] = None, config: Any = None,
                  charge: int = 0, multiplicity: int = 1, head: Optional[str] = None, periodic: bool = False,
                  device: Any = None, precision: Optional[str] = None, cuda_graphs: Optional[bool] = None,
-                 compile_model: bool = False):
+                 compile_model: bool = False, radial_tables: bool = False):
         if model_path is not None and model_path not in _BUILTIN_MODELS:
             model_path = os.path.abspath(os.fspath(model_path))
         if isinstance(config, os.PathLike) or (isinstance(config, str) and os.path.exists(config)):
@@ -314,6 +317,8 @@ class E2FormerForceComputation:
         self.cuda_graphs = None if cuda_graphs is None else bool(cuda_graphs)
         #: E2FormerV2.set_compile (experimental; the eager path only)
         self.compile_model = bool(compile_model)
+        #: E2FormerV2.set_radial_tables (experimental)
+        self.radial_tables = bool(radial_tables)
         self._rt: Optional[_Runtime] = None
 
     # -- pickling: the definition only, never the model or buffers --------------------------------
@@ -406,7 +411,8 @@ def create_python_force(atomic_numbers: Sequence[int], model_path: Optional[str]
                         particles: Optional[Sequence[int]] = None, periodic: bool = False, charge: int = 0,
                         multiplicity: int = 1, head: Optional[str] = None, device: Any = None,
                         precision: Optional[str] = None, force_group: int = 0, name: str = "E2FormerV2",
-                        cuda_graphs: Optional[bool] = None, compile_model: bool = False):
+                        cuda_graphs: Optional[bool] = None, compile_model: bool = False,
+                        radial_tables: bool = False):
     """Build the ``openmm.PythonForce`` (not added to any System).
 
     ``atomic_numbers[i]`` belongs to particle ``particles[i]`` (all particles of the System when
@@ -419,7 +425,8 @@ def create_python_force(atomic_numbers: Sequence[int], model_path: Optional[str]
         raise ValueError(f"{len(particles)} particles but {len(atomic_numbers)} atomic numbers")
     comp = E2FormerForceComputation(atomic_numbers, model_path=model_path, config=config, charge=charge,
                                     multiplicity=multiplicity, head=head, periodic=periodic, device=device,
-                                    precision=precision, cuda_graphs=cuda_graphs, compile_model=compile_model)
+                                    precision=precision, cuda_graphs=cuda_graphs, compile_model=compile_model,
+                                    radial_tables=radial_tables)
     pickle.dumps(comp)  # PythonForce swallows pickling errors (then deepcopy/XML fail later): fail here
     force = openmm.PythonForce(comp)
     force.setUsesPeriodicBoundaryConditions(bool(periodic))

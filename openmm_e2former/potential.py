@@ -25,7 +25,9 @@ CUDA if torch sees a GPU), ``charge`` (total charge of the ML region, default 0)
 periodic when the topology has box vectors or the System uses PBC; True = require a box; False = treat
 the ML region as non-periodic), ``compile`` (experimental, default False: ``torch.compile`` of the model's
 node-level parts, see ``E2FormerV2.set_compile``; +10 % on an H200 at 10k-20k atoms, used above the CUDA-graph
-size, and the first evaluation compiles for tens of seconds).  Any other keyword (embedding options such as ``mlLongRange`` or
+size, and the first evaluation compiles for tens of seconds), ``radial_tables`` (experimental, default False: the
+edge MLPs read from per-element-pair cubic tables, see ``E2FormerV2.set_radial_tables``; below float32 rounding,
+no edge MLP in the fused attention kernels).  Any other keyword (embedding options such as ``mlLongRange`` or
 ``linkAtomDistances``) is ignored, as openmm-ml expects.
 
 E2Former-V2 is a 4.5 Å cutoff model: :meth:`getMLLongRange` returns False, so mechanical embedding of a
@@ -70,13 +72,14 @@ class E2FormerV2PotentialImpl(MLPotentialImpl):
         return False
 
     # ------------------------------------------------------------------------------------------------
-    def _loadModel(self, device, precision, compile_model=False):
+    def _loadModel(self, device, precision, compile_model=False, radial_tables=False):
         """Load (cached per process) the model now, so bad paths / heads / elements fail while the
         System is being built rather than in the first force evaluation."""
         from . import force as _force
 
         try:
-            return _force.get_model(self.modelPath, self.config, device, precision, compile_model=compile_model)
+            return _force.get_model(self.modelPath, self.config, device, precision, compile_model=compile_model,
+                                    radial_tables=radial_tables)
         except Exception as exc:
             if self.modelPath is None and type(exc).__name__ == "DefaultModelUnavailable":
                 raise RuntimeError(
@@ -88,11 +91,13 @@ class E2FormerV2PotentialImpl(MLPotentialImpl):
     def addForces(self, topology: openmm.app.Topology, system: openmm.System, atoms: Optional[Iterable[int]],
                   forceGroup: int, precision: Optional[str] = None, device: Any = None, charge: int = 0,
                   multiplicity: int = 1, head: Optional[str] = None, periodic: Optional[bool] = None,
-                  compile: bool = False, **ignored) -> None:
+                  compile: bool = False, radial_tables: bool = False, **ignored) -> None:
         from . import force as _force
 
         if not isinstance(compile, bool):
             raise TypeError(f"compile must be True or False, not {compile!r}")
+        if not isinstance(radial_tables, bool):
+            raise TypeError(f"radial_tables must be True or False, not {radial_tables!r}")
 
         all_atoms = list(topology.atoms())
         indices = list(range(len(all_atoms))) if atoms is None else [int(i) for i in atoms]
@@ -119,7 +124,7 @@ class E2FormerV2PotentialImpl(MLPotentialImpl):
 
         # Elements ------------------------------------------------------------------------------------
         head = head if head is not None else self.head
-        model = self._loadModel(device, precision, compile)
+        model = self._loadModel(device, precision, compile, radial_tables)
         if head is not None and head not in list(model.head_names):
             raise ValueError(f"unknown head {head!r}: the model has heads {list(model.head_names)}")
         supported = _supported_atomic_numbers(model, head)
@@ -143,7 +148,7 @@ class E2FormerV2PotentialImpl(MLPotentialImpl):
             numbers, model_path=self.modelPath, config=self.config,
             particles=None if atoms is None else indices, periodic=periodic, charge=charge,
             multiplicity=multiplicity, head=head, device=device, precision=precision, force_group=forceGroup,
-            compile_model=compile)
+            compile_model=compile, radial_tables=radial_tables)
         system.addForce(pforce)
 
         # A pure-ML System from createSystem() has no bonded force, so OpenMM sees every atom as a molecule of

@@ -210,6 +210,10 @@ def test_cli_matmul_precision(water_pdb_factory, tiny_qk_checkpoint, tmp_path, c
     assert main([str(pdb), "--ml", "all", "--compile"] + _common(tmp_path, tiny_qk_checkpoint, steps=2)) == 0
     compiled = [m for k, m in F._MODEL_CACHE.items() if k[0] == str(tiny_qk_checkpoint.resolve()) and k[5]]
     assert compiled and all(m.compile_node_parts for m in compiled)
+    # --radial-tables (experimental) likewise: createSystem(radial_tables=True)
+    assert main([str(pdb), "--ml", "all", "--radial-tables"] + _common(tmp_path, tiny_qk_checkpoint, steps=2)) == 0
+    tabled = [m for k, m in F._MODEL_CACHE.items() if k[0] == str(tiny_qk_checkpoint.resolve()) and k[6]]
+    assert tabled and all(m.radial_tables for m in tabled)
     err = _err([str(pdb), "--ml", "all", "--matmul", "tf32", "--precision", "double"]
                + _common(tmp_path, tiny_qk_checkpoint), capsys)
     assert "--matmul tf32 needs a float32 model" in err

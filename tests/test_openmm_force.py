@@ -80,7 +80,7 @@ def test_copies_share_one_cached_model(tiny_qk_checkpoint):
     e = [_context(s, pos).getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
          for s in (system, s1, s2)]
     assert e[0] == pytest.approx(e[1], abs=1e-4) and e[0] == pytest.approx(e[2], abs=1e-4)
-    key = (os.path.abspath(tiny_qk_checkpoint), None, "cpu", "torch.float32", "fp32", False)
+    key = (os.path.abspath(tiny_qk_checkpoint), None, "cpu", "torch.float32", "fp32", False, False)
     assert key in F._MODEL_CACHE
     assert sum(1 for k in F._MODEL_CACHE if k[0] == key[0] and k[2:] == key[2:]) == 1
 

@@ -187,6 +187,25 @@ def test_compile_option(official_parity_dir, tiny_qk_checkpoint, monkeypatch):
         F.clear_model_cache()     # the compiled model holds the aot_eager functions of this test
 
 
+def test_radial_tables_option(official_parity_dir, tiny_qk_checkpoint):
+    """createSystem(radial_tables=True) (experimental, E2FormerV2.set_radial_tables): the force gets a model of its
+    own reading its edge MLPs from tables, and the energy and forces of the plain model to float32 rounding; a
+    radial_tables that is not a bool is a clear error."""
+    from openmm_e2former import force as F
+
+    case = load_case(official_parity_dir, "ethanol")
+    pot = MLPotential("e2formerv2", modelPath=str(tiny_qk_checkpoint))
+    top = make_topology(case["z"])
+    e0, f0 = evaluate(pot.createSystem(top, device="cpu"), case["pos"] * 0.1)
+    e1, f1 = evaluate(pot.createSystem(top, device="cpu", radial_tables=True), case["pos"] * 0.1)
+    tabled = [m for k, m in F._MODEL_CACHE.items() if k[6]]
+    assert tabled and all(m.radial_tables for m in tabled)
+    assert e1 == pytest.approx(e0, rel=1e-6)
+    assert np.abs(np.asarray(f1) - np.asarray(f0)).max() <= 1e-4 * np.abs(np.asarray(f0)).max()
+    with pytest.raises(TypeError, match="radial_tables must be True or False"):
+        pot.createSystem(top, device="cpu", radial_tables=1)
+
+
 def test_charge_and_multiplicity_change_energy(official_parity_dir, tiny_qk_checkpoint):
     case = load_case(official_parity_dir, "ethanol")
     pot = MLPotential("e2formerv2", modelPath=str(tiny_qk_checkpoint))
