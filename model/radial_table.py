@@ -17,6 +17,7 @@ building one refuses parameters that require grad), and a table only knows the e
 grows, rebuilding itself, when new ones appear)."""
 from __future__ import annotations
 
+import weakref
 from typing import Callable, List
 
 import torch
@@ -49,6 +50,7 @@ class RadialTable:
         self.slot = torch.zeros(0, dtype=torch.long)      # element -> index among self.elements (-1: absent)
         self.coef = torch.zeros(0)                        # [P * P * M, 4, F]
         self.builds = 0
+        self._last_z = None
 
     def ensure(self, z: torch.Tensor) -> None:
         """Make sure every element of ``z`` is in the table (one host sync for the unique elements; a rebuild
@@ -59,9 +61,17 @@ class RadialTable:
                 raise RuntimeError("a radial table is first used inside a CUDA-graph capture: evaluate the model "
                                    "once outside the capture (the warm-up call) so that the table is built")
             return
+        try:        # the same tensor object, unmodified, as last time (an MD run's fixed atoms): no sync
+            version = z._version
+        except RuntimeError:    # an inference tensor has no version counter
+            version = None
+        last = self._last_z
+        if version is not None and last is not None and last[0]() is z and last[1] == version:
+            return
         new = sorted(set(int(e) for e in torch.unique(z).tolist()) - set(self.elements))
         if new:
             self._build(sorted(self.elements + new), z.device)
+        self._last_z = None if version is None else (weakref.ref(z), version)
 
     @torch.no_grad()
     def _build(self, elements: List[int], device: torch.device) -> None:

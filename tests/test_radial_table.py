@@ -210,3 +210,32 @@ def test_tables_on_the_padded_path_and_inside_a_capture(monkeypatch):
     builds = tab.builds
     tab.ensure(zc)                      # built: used as it is, no unique() / host sync
     assert tab.builds == builds
+
+
+def test_ensure_skips_the_same_tensor_only():
+    """ensure() asks for the unique elements (a host sync) once per z tensor object and version: the same z
+    again is free, a changed or different z is looked at again."""
+    m = _frozen()
+    a = m.blocks[0].attn
+    tab = RadialTable(a, lambda mod, d, zi, zj: mod.radial_fn(m.rbf_offsets, m.rbf_coeff, d, zi, zj), m.cutoff, 16,
+                      torch.float64)
+    calls = {"n": 0}
+    real = torch.unique
+
+    def counting(*args, **kw):
+        calls["n"] += 1
+        return real(*args, **kw)
+
+    z = torch.tensor([1, 8, 1])
+    try:
+        torch.unique = counting
+        tab.ensure(z)
+        tab.ensure(z)
+        assert calls["n"] == 1 and tab.elements == [1, 8]
+        z[0] = 6                                    # modified in place: looked at again, carbon added
+        tab.ensure(z)
+        assert calls["n"] == 2 and tab.elements == [1, 6, 8]
+        tab.ensure(torch.tensor([1, 8, 1]))         # another tensor: looked at again
+        assert calls["n"] == 3 and tab.builds == 2
+    finally:
+        torch.unique = real
