@@ -74,6 +74,14 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
     ("stream, tf32 dots", dict(_agg("stream"), E2F_V2_DOT_PREC="tf32"), "fwd"),
     ("stream/tile, DX2_SCR, tf32 dots", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1", E2F_V2_DOT_PREC="tf32"),
      "fwd+bwd"),
+    # the radial-table path (TABLE, session 11): g, w read from a per-element-pair cubic table, no edge MLP
+    ("stream, table", dict(_agg("stream"), TABLE="1"), "fwd"),
+    ("stream/tile, table", dict(_agg("stream", "tile"), TABLE="1"), "fwd+bwd"),
+    ("stream/split, table", dict(_agg("stream", "split"), TABLE="1"), "fwd+bwd"),
+    ("stream/tile, table, 96 registers", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_FWD_MAXNREG="96",
+                                              E2F_V2_BWD_MAXNREG="96"), "fwd+bwd"),
+    ("stream/tile, table, uncapped", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_FWD_MAXNREG="0",
+                                          E2F_V2_BWD_MAXNREG="0"), "fwd+bwd"),
     ("stream/tile, DR_ACC", dict(_agg("stream", "tile"), E2F_V2_BWD_DR_ACC="1"), "fwd+bwd"),
     ("stream/tile, DU_BCAST", dict(_agg("stream", "tile"), E2F_V2_BWD_DU_BCAST="1"), "fwd+bwd"),
     ("stream/tile, every RBF centre", dict(_agg("stream", "tile"), E2F_V2_RBF_WIN="0"), "fwd+bwd"),
@@ -149,8 +157,17 @@ def main(argv=None):
             a[n] = a[n].clone().requires_grad_(True)
         return a
 
-    def run(a, G, part, K):
-        U = v2.attention_triton_v2(*a, max_degree=K)
+    def random_table(n_atoms, H, P=3, M=2048, seed=5):
+        """A random table shaped like a smooth radial function's (as tests/gpu/check_table.py), P elements."""
+        g = torch.Generator().manual_seed(seed)
+        h = 4.5 / M
+        sc = torch.tensor([1.0, 5 * h, (5 * h) ** 2, (5 * h) ** 3], dtype=torch.float64)[None, :, None]
+        coef = (torch.randn(P * P * M, 4, 2 * H, generator=g, dtype=torch.float64) * sc).to(dev)
+        slot = torch.randint(0, P, (n_atoms,), generator=g).to(dev)
+        return coef, slot, slot, P, M, h
+
+    def run(a, G, part, K, table=None):
+        U = v2.attention_triton_v2(*a, max_degree=K, table=table)
         if part == "fwd":
             return [U]
         return [U] + list(torch.autograd.grad(U, [a[n] for n in (2, 3, 4, 5)], G))
@@ -178,19 +195,26 @@ def main(argv=None):
             big = local_sources(big, 300, 3)
         ab = leaf_args(big)
         Gb = torch.randn((N, 3, 9, size["C"]), device=dev)
+        tab_c = random_table(args.n_check, size["H"])
+        tab_b = random_table(N, size["H"])
+        tab_c32, tab_b32 = (tab_c[0].float(),) + tab_c[1:], (tab_b[0].float(),) + tab_b[1:]
+        U64t = attention_reference(*a64, table=tab_c)
+        ref_t = [U64t] + list(torch.autograd.grad(U64t, [a64[n] for n in (2, 3, 4, 5)], Gc))
         for label, env, part in variants:
-            set_env(env)
+            use_table = env.get("TABLE") == "1"
+            set_env({k: v for k, v in env.items() if k != "TABLE"})
             row = dict(setting=name, N=N, K=K, variant=label, part=part, env=env,
                        src="random" if args.random_src else "local+-300")
             try:
                 if "none" not in label:
-                    got = run(a32, Gc.float(), part, K)
-                    errs = [rel(x, y) for x, y in zip(got, ref)]
+                    got = run(a32, Gc.float(), part, K, tab_c32 if use_table else None)
+                    errs = [rel(x, y) for x, y in zip(got, ref_t if use_table else ref)]
                     row.update(rel_err=errs, max_rel_err=max(errs), passed=max(errs) <= 1e-5)
-                run(ab, Gb, part, K)
+                tb = tab_b32 if use_table else None
+                run(ab, Gb, part, K, tb)
                 if dev == "cuda":
                     torch.cuda.synchronize()
-                row["ms"] = do_bench(lambda: run(ab, Gb, part, K), warmup=25, rep=200)
+                row["ms"] = do_bench(lambda: run(ab, Gb, part, K, tb), warmup=25, rep=200)
                 row["compile_info"] = v2.compile_info()
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
