@@ -178,13 +178,17 @@ def select_edge_degree_backend(vec, radial_params, backend=None, *, _ok=None) ->
 
 
 def fused_edge_degree(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutoff,
-                      scale=EDGE_DEGREE_SCALE, *, backend=None, allow_tf32=False, max_degree=None):
-    """Edge-degree embedding -> h [N, 9, C]; see the module docstring."""
+                      scale=EDGE_DEGREE_SCALE, *, backend=None, allow_tf32=False, max_degree=None, table=None):
+    """Edge-degree embedding -> h [N, 9, C]; see the module docstring.  ``table``: a radial table of the three
+    MLPs' last hidden layers (``edge_degree_reference``; experimental, inference), read by the reference and the
+    v2 kernels (v1 has no table path: it falls back to the reference)."""
     chosen = select_edge_degree_backend(vec, radial_params, backend)
     if chosen == "triton_v2":
         return _edge_degree_triton_v2.edge_degree_triton_v2(row_ptr, src, vec, T0, S0, radial_params, mu, gamma,
                                                             cutoff, scale, allow_tf32=allow_tf32,
-                                                            max_degree=max_degree)
+                                                            max_degree=max_degree, table=table)
+    if table is not None:
+        return edge_degree_reference(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutoff, scale, table)
     if chosen == "triton":
         return _edge_degree_triton.edge_degree_triton(row_ptr, src, vec, T0, S0, radial_params, mu, gamma,
                                                       cutoff, scale, allow_tf32=allow_tf32,

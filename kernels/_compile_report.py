@@ -56,7 +56,7 @@ def compile_kernel(fn, consts: dict, num_warps: int, maxnreg: int | None = None)
             sig[n] = "i32"
         elif n in INT_PTRS:
             sig[n] = "*i64"
-        elif n in ("tslot_t", "tslot_s"):
+        elif n in ("tslot", "tslot_t", "tslot_s"):
             sig[n] = "*i32"
         else:
             sig[n] = "*fp32"
@@ -387,6 +387,21 @@ def table_main():
                 print(f"| {name} | {kind} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | "
                       f"{cfg['maxnreg'] or '-'} | {'on' if on else 'off'} | {r['regs']} | {r['spills']} | "
                       f"{r['shared']} | {r['blocks_per_sm']} | {r['blocks_per_sm'] * cfg['num_warps']} |", flush=True)
+    # the edge-degree v2 kernels (launch_config defaults, RBF window as launched at nb >= 128)
+    for name, sizes in SIZES3.items():
+        C, H, D, nb, HID, K = sizes
+        cfg = ed2.launch_config(HID, nb, K)
+        bnb = max(16, min(cfg["BLOCK_NB"], triton.next_power_of_2(nb)))
+        for kind, fn in (("ed fwd", ed2._edge_deg_fwd_kernel_v2), ("ed bwd", ed2._edge_deg_bwd_kernel_v2)):
+            for on in (False, True):
+                c = dict(nb=nb, HID=HID, BLOCK_E=K, BLOCK_NB=bnb, KC=cfg["KC"], PREC="ieee", PERM=True,
+                         RBF_WIN=32 if nb >= 128 else 0, TABLE=on)
+                if kind == "ed bwd":
+                    c["G_FUSED"] = cfg["G_FUSED"]
+                r = compile_kernel(fn, c, cfg["num_warps"], cfg["maxnreg"])
+                print(f"| {name} | {kind} | KC{cfg['KC']} W{cfg['num_warps']} | {cfg['maxnreg'] or '-'} | "
+                      f"{'on' if on else 'off'} | {r['regs']} | {r['spills']} | {r['shared']} | "
+                      f"{r['blocks_per_sm']} | {r['blocks_per_sm'] * cfg['num_warps']} |", flush=True)
 
 
 def main(argv=None):

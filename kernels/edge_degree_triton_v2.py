@@ -26,6 +26,7 @@ Gradients w.r.t. T0, S0, mu, the MLP parameters and double backward use the refe
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 import triton
@@ -82,6 +83,27 @@ def _ed_mlp_v2(l: tl.constexpr, d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W
 
 
 @triton.jit
+def _ed_table(l: tl.constexpr, d, i, j, mask_e, tcoef, tslot, tP, tM, th, HID: tl.constexpr):
+    """TABLE: x2 of RadialProfile_l (its last hidden layer, columns l HID .. (l + 1) HID of a [rows, 4, 3 HID]
+    radial table, see ``attention_reference.table_lookup``) and its d-slope (zero beyond the grid)."""
+    dmax = tM.to(tl.float32) * th
+    dc = tl.minimum(d, dmax)
+    kf = tl.minimum(tl.maximum(tl.floor(dc / th), 0.0), (tM - 1).to(tl.float32))
+    t = ((dc - kf * th) / th)[:, None]
+    si = tl.load(tslot + i).to(tl.int64)
+    sj = tl.load(tslot + j, mask=mask_e, other=0).to(tl.int64)
+    row = (si * tP + sj) * tM + kf.to(tl.int64)
+    base = tcoef + row[:, None] * (12 * HID) + l * HID + tl.arange(0, HID)[None, :]
+    m2 = mask_e[:, None]
+    c0 = tl.load(base, mask=m2, other=0.0)
+    c1 = tl.load(base + 3 * HID, mask=m2, other=0.0)
+    c2 = tl.load(base + 6 * HID, mask=m2, other=0.0)
+    c3 = tl.load(base + 9 * HID, mask=m2, other=0.0)
+    slope = (c1 + t * (2.0 * c2 + 3.0 * t * c3)) * (tl.where(d < dmax, 1.0, 0.0) / th)[:, None]
+    return c0 + t * (c1 + t * (c2 + t * c3)), slope
+
+
+@triton.jit
 def _target1(it, perm, t_start, PERM: tl.constexpr):
     if PERM:
         return tl.load(perm + t_start + it).to(tl.int64)
@@ -91,10 +113,11 @@ def _target1(it, perm, t_start, PERM: tl.constexpr):
 
 @triton.jit
 def _edge_deg_fwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b,
-                            P, A, scratch, perm, seg, N, nprog, gamma, cutoff, scale,
+                            P, A, scratch, perm, seg, N, nprog, gamma, cutoff, scale, tcoef, tslot, tP, tM, th,
                             nb: tl.constexpr, HID: tl.constexpr, BLOCK_E: tl.constexpr,
                             BLOCK_NB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, PERM: tl.constexpr,
-                            RBF_WIN: tl.constexpr = 0):
+                            RBF_WIN: tl.constexpr = 0, TABLE: tl.constexpr = False):
+    # TABLE: x2 of each RadialProfile read from a radial table (``_ed_table``) instead of the MLP
     pid = tl.program_id(0)
     scr = scratch + pid.to(tl.int64) * (BLOCK_E * HID)
     offs_f = tl.arange(0, HID)
@@ -110,9 +133,12 @@ def _edge_deg_fwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T
         pb = P + i * (9 * HID) + offs_f
         ab = A + i * 9
         for l in tl.static_range(3):
-            x2, _y0, _r0, _y1, _r1, _g = _ed_mlp_v2(l, d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1,
-                                                    ln1w, ln1b, scr, gamma, N, nb, HID, BLOCK_E, BLOCK_NB, KC,
-                                                    PREC, False, cutoff, RBF_WIN)
+            if TABLE:
+                x2, _xs = _ed_table(l, d, i, j, mask_e, tcoef, tslot, tP, tM, th, HID)
+            else:
+                x2, _y0, _r0, _y1, _r1, _g = _ed_mlp_v2(l, d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T,
+                                                        b1, ln1w, ln1b, scr, gamma, N, nb, HID, BLOCK_E, BLOCK_NB,
+                                                        KC, PREC, False, cutoff, RBF_WIN)
             if l == 0:
                 tl.store(pb, tl.sum(x2 * su[:, None], 0))
                 tl.store(ab, tl.sum(su, 0))
@@ -146,10 +172,12 @@ def _edge_deg_fwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T
 
 @triton.jit
 def _edge_deg_bwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W1,
-                            V, B, dvec, scratch, perm, seg, N, nprog, gamma, cutoff, scale,
-                            nb: tl.constexpr, HID: tl.constexpr, BLOCK_E: tl.constexpr,
+                            V, B, dvec, scratch, perm, seg, N, nprog, gamma, cutoff, scale, tcoef, tslot, tP, tM,
+                            th, nb: tl.constexpr, HID: tl.constexpr, BLOCK_E: tl.constexpr,
                             BLOCK_NB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr,
-                            G_FUSED: tl.constexpr, PERM: tl.constexpr, RBF_WIN: tl.constexpr = 0):
+                            G_FUSED: tl.constexpr, PERM: tl.constexpr, RBF_WIN: tl.constexpr = 0,
+                            TABLE: tl.constexpr = False):
+    # TABLE: x2 and its d-slope from the radial table: dd = sum_f dx2 x2'(d), no MLP backward
     pid = tl.program_id(0)
     scr = scratch + pid.to(tl.int64) * (BLOCK_E * HID)
     offs_f = tl.arange(0, HID)
@@ -176,9 +204,12 @@ def _edge_deg_bwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T
         dY7 = zero
         dY8 = zero
         for l in tl.static_range(3):
-            x2, y0, rstd0, y1, rstd1, g0 = _ed_mlp_v2(l, d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1,
-                                                      ln1w, ln1b, scr, gamma, N, nb, HID, BLOCK_E, BLOCK_NB,
-                                                      KC, PREC, G_FUSED, cutoff, RBF_WIN)
+            if TABLE:
+                x2, xs = _ed_table(l, d, i, j, mask_e, tcoef, tslot, tP, tM, th, HID)
+            else:
+                x2, y0, rstd0, y1, rstd1, g0 = _ed_mlp_v2(l, d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T,
+                                                          b1, ln1w, ln1b, scr, gamma, N, nb, HID, BLOCK_E,
+                                                          BLOCK_NB, KC, PREC, G_FUSED, cutoff, RBF_WIN)
             if l == 0:
                 v0 = tl.load(vb)
                 gu += tl.sum(x2 * v0[None, :], 1) + tl.load(bb)
@@ -216,26 +247,29 @@ def _edge_deg_bwd_kernel_v2(row_ptr, src, vec, pt, ps, mu, W0aT, ln0w, ln0b, W1T
                 dx2 = su[:, None] * (Y4[:, None] * v4[None, :] + Y5[:, None] * v5[None, :]
                                      + Y6[:, None] * v6[None, :] + Y7[:, None] * v7[None, :]
                                      + Y8[:, None] * v8[None, :])
-            lnw1 = tl.load(ln1w + l * HID + offs_f)
-            n1 = y1 * lnw1[None, :] + tl.load(ln1b + l * HID + offs_f)[None, :]
-            dh1 = _silu_layer_norm_bwd(dx2, y1, n1, rstd1, lnw1, HID)
-            _to_scratch(scr, dh1, BLOCK_E, HID)
-            dx1 = _chunked_dot(scr, W1 + l * (HID * HID), HID, 0, tl.zeros([BLOCK_E, HID], dtype=tl.float32),
-                               BLOCK_E, HID, HID, KC, "ieee")
-            lnw0 = tl.load(ln0w + l * HID + offs_f)
-            n0 = y0 * lnw0[None, :] + tl.load(ln0b + l * HID + offs_f)[None, :]
-            dh0 = _silu_layer_norm_bwd(dx1, y0, n0, rstd0, lnw0, HID)
-            if G_FUSED:      # G accumulated next to h0 (one W0a pass, but G live through the W1 stage)
-                dd_e += tl.sum(dh0 * g0, 1)
-            elif RBF_WIN > 0:   # the same over the edge's RBF window only
-                dd_e += _rbf_window_dd(d, dh0, mu, W0aT + l * (nb * HID), gamma, cutoff, nb, HID, RBF_WIN)
-            else:            # dd = sum_k sum_f dh0 * (phi'_k W0a^T_k): linear in G, so chunk by chunk
-                for k0 in range(0, nb, BLOCK_NB):
-                    offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
-                    w0t = tl.load(W0aT + l * (nb * HID) + offs_k[:, None] * HID + offs_f[None, :],
-                                  mask=mk[:, None], other=0.0)
-                    gk = tl.dot(phi * diff * (2.0 * gamma), w0t, input_precision="ieee")
-                    dd_e += tl.sum(dh0 * gk, 1)
+            if TABLE:
+                dd_e += tl.sum(dx2 * xs, 1)
+            else:
+                lnw1 = tl.load(ln1w + l * HID + offs_f)
+                n1 = y1 * lnw1[None, :] + tl.load(ln1b + l * HID + offs_f)[None, :]
+                dh1 = _silu_layer_norm_bwd(dx2, y1, n1, rstd1, lnw1, HID)
+                _to_scratch(scr, dh1, BLOCK_E, HID)
+                dx1 = _chunked_dot(scr, W1 + l * (HID * HID), HID, 0, tl.zeros([BLOCK_E, HID], dtype=tl.float32),
+                                   BLOCK_E, HID, HID, KC, "ieee")
+                lnw0 = tl.load(ln0w + l * HID + offs_f)
+                n0 = y0 * lnw0[None, :] + tl.load(ln0b + l * HID + offs_f)[None, :]
+                dh0 = _silu_layer_norm_bwd(dx1, y0, n0, rstd0, lnw0, HID)
+                if G_FUSED:      # G accumulated next to h0 (one W0a pass, but G live through the W1 stage)
+                    dd_e += tl.sum(dh0 * g0, 1)
+                elif RBF_WIN > 0:   # the same over the edge's RBF window only
+                    dd_e += _rbf_window_dd(d, dh0, mu, W0aT + l * (nb * HID), gamma, cutoff, nb, HID, RBF_WIN)
+                else:            # dd = sum_k sum_f dh0 * (phi'_k W0a^T_k): linear in G, so chunk by chunk
+                    for k0 in range(0, nb, BLOCK_NB):
+                        offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
+                        w0t = tl.load(W0aT + l * (nb * HID) + offs_k[:, None] * HID + offs_f[None, :],
+                                      mask=mk[:, None], other=0.0)
+                        gk = tl.dot(phi * diff * (2.0 * gamma), w0t, input_precision="ieee")
+                        dd_e += tl.sum(dh0 * gk, 1)
 
         dd_e += scale * gu * du_dd
         s3: tl.constexpr = 1.7320508075688772
@@ -280,9 +314,27 @@ def _prep_v2(T0, S0, mu, params, nb):
     return pt, ps, mu.detach().to(f32).contiguous(), mlp_w, ps_
 
 
+#: the radial table of the call in progress (edge_degree_triton_v2's ``table``), handed to the autograd Function
+#: beside its arguments (as attention_triton_v2._TABLE_ARG)
+_TABLE_ARG = threading.local()
+
+
+def _table_launch_args(table, device):
+    """(tcoef, tslot, tP, tM, th, TABLE) for a launch; dummies where there is no table.  The edge-degree table
+    has one slot array (targets and sources are the same atoms)."""
+    if table is None:
+        return (torch.zeros(1, device=device, dtype=torch.float32), torch.zeros(1, device=device, dtype=torch.int32),
+                1, 1, 1.0, False)
+    coef, slot_t, _slot_s, P, M, h = table
+    return (coef.detach().to(device=device, dtype=torch.float32).contiguous(),
+            slot_t.to(device=device, dtype=torch.int32).contiguous(), int(P), int(M), float(h), True)
+
+
 class EdgeDegreeFunctionV2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, row_ptr, src, vec, T0, S0, mu, gamma, cutoff, scale, allow_tf32, max_degree, *flat):
+        table = getattr(_TABLE_ARG, "value", None)
+        tab_args = _table_launch_args(table, vec.device)
         params = [flat[10 * n:10 * (n + 1)] for n in range(3)]
         N = row_ptr.numel() - 1
         nb = mu.numel()
@@ -307,13 +359,15 @@ class EdgeDegreeFunctionV2(torch.autograd.Function):
                 _LAST_COMPILED["edge_deg_fwd_v2" + ("" if be == block_e else "_small")] = \
                     _edge_deg_fwd_kernel_v2[(nprog,)](
                         rp, src.contiguous(), vecc, pt, ps, muc, *mlp_w, P, A, scratch, perm, seg, N, nprog,
-                        float(gamma), float(cutoff), float(scale),
+                        float(gamma), float(cutoff), float(scale), *tab_args[:5],
                         nb=nb, HID=hid, BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"], KC=cfg["KC"], PREC=prec,
-                        PERM=use_perm, RBF_WIN=win, num_warps=cfg["num_warps"], **_maxnreg(cfg))
+                        PERM=use_perm, RBF_WIN=win, TABLE=tab_args[5], num_warps=cfg["num_warps"],
+                        **_maxnreg(cfg))
             for l, (lo, hi) in enumerate(L_SLICES):   # last Linear, node level: h = P W2^T + A b2
                 torch.matmul(P[:, lo:hi], p32[l].W2.t(), out=H[:, lo:hi])
                 H[:, lo:hi] += A[:, lo:hi, None] * p32[l].b2
         ctx.save_for_backward(row_ptr, src, vec, T0, S0, mu, *flat)
+        ctx.table = table
         ctx.cfg = (float(gamma), float(cutoff), float(scale), block_e, prec)
         ctx.launches = launches
         ctx.rbf_win = win
@@ -325,10 +379,14 @@ class EdgeDegreeFunctionV2(torch.autograd.Function):
         gamma, cutoff, scale, block_e, prec = ctx.cfg
         nig = ctx.needs_input_grad
         params = [flat[10 * n:10 * (n + 1)] for n in range(3)]
+        if ctx.table is not None and (torch.is_grad_enabled() or any(nig[3:6]) or any(nig[_N_FIXED:])):
+            raise RuntimeError("a radial table of the edge-degree MLPs is for inference (energies and forces): no "
+                               "double backward or parameter gradients through it")
         grads = reference_fallback_backward(nig, dH, row_ptr, src, vec, T0, S0, mu, flat, params, gamma,
                                             cutoff, scale)
         if grads is not None:
             return grads
+        tab_args = _table_launch_args(ctx.table, vec.device)
         grads = [None] * (_N_FIXED + len(flat))
         N = row_ptr.numel() - 1
         nb = mu.numel()
@@ -352,18 +410,22 @@ class EdgeDegreeFunctionV2(torch.autograd.Function):
                 _LAST_COMPILED["edge_deg_bwd_v2" + ("" if be == block_e else "_small")] = \
                     _edge_deg_bwd_kernel_v2[(nprog,)](
                         rp, src.contiguous(), vecc, pt, ps, muc, *mlp_w, W1, V, Bv, dvec, scratch, perm, seg,
-                        N, nprog, gamma, cutoff, scale,
+                        N, nprog, gamma, cutoff, scale, *tab_args[:5],
                         nb=nb, HID=hid, BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"], KC=cfg["KC"], PREC=prec,
-                        G_FUSED=cfg["G_FUSED"], PERM=use_perm, RBF_WIN=ctx.rbf_win, num_warps=cfg["num_warps"],
-                        **_maxnreg(cfg))
+                        G_FUSED=cfg["G_FUSED"], PERM=use_perm, RBF_WIN=ctx.rbf_win, TABLE=tab_args[5],
+                        num_warps=cfg["num_warps"], **_maxnreg(cfg))
         grads[2] = dvec.to(vec.dtype)
         return tuple(grads)
 
 
 def edge_degree_triton_v2(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutoff,
                           scale: float = EDGE_DEGREE_SCALE, *, allow_tf32: bool = False,
-                          max_degree: int | None = None):
+                          max_degree: int | None = None, table=None):
     """Fused edge-degree embedding (v2 kernels) -> [N, 9, C]; same arguments as ``edge_degree_reference``."""
     flat = [x for p in radial_params for x in FCParams(*p)]
-    return EdgeDegreeFunctionV2.apply(row_ptr, src, vec, T0, S0, mu, gamma, cutoff, scale, allow_tf32,
-                                      max_degree, *flat)
+    _TABLE_ARG.value = table
+    try:
+        return EdgeDegreeFunctionV2.apply(row_ptr, src, vec, T0, S0, mu, gamma, cutoff, scale, allow_tf32,
+                                          max_degree, *flat)
+    finally:
+        _TABLE_ARG.value = None

@@ -198,9 +198,10 @@ class EdgeDegreeEmbedding(nn.Module):
         from ..kernels import fused_edge_degree
 
         params = [_fc_params(m) for m in self.radial]
+        table = self._kernel_table(z) if "_radial_table" in self.__dict__ else None
         return fused_edge_degree(g.row_ptr(), g.neighbor, g.vec, self.target_embedding(z), self.source_embedding(z),
                                  params, g.rbf_offsets, g.rbf_coeff, g.cutoff, self.inv_avg_degree,
-                                 max_degree=g.padded()[1])
+                                 max_degree=g.padded()[1], table=table)
 
     def forward(self, z: torch.Tensor, g: Graph) -> torch.Tensor:
         if not torch.jit.is_scripting():
@@ -233,13 +234,26 @@ class EdgeDegreeEmbedding(nn.Module):
 
     @torch.jit.unused
     def radial_fn(self, offsets: torch.Tensor, d: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
-        """The three radial MLPs as one function of (d, Z_i, Z_j) -> [n, 3 C] (l = 0 | 1 | 2), before the envelope."""
+        """The three radial MLPs up to their last hidden layer, as one function of (d, Z_i, Z_j) -> [n, 3 hid]
+        (l = 0 | 1 | 2): what the radial table holds (the last linear, a per-edge GEMM the fused kernels move
+        to the node level, is applied after the table)."""
         nb = self.num_basis
         rbf = gaussian_rbf(d, offsets, self.rbf_coeff)
         t, s = self.target_embedding(zi), self.source_embedding(zj)
-        return torch.cat([mlp.tail(rbf @ mlp.lin0.weight[:, :nb].t() + mlp.lin0.bias
-                                   + t @ mlp.lin0.weight[:, nb:2 * nb].t() + s @ mlp.lin0.weight[:, 2 * nb:].t())
+        return torch.cat([mlp.hidden(rbf @ mlp.lin0.weight[:, :nb].t() + mlp.lin0.bias
+                                     + t @ mlp.lin0.weight[:, nb:2 * nb].t() + s @ mlp.lin0.weight[:, 2 * nb:].t())
                           for mlp in self.radial], dim=1)
+
+    @torch.jit.unused
+    def _kernel_table(self, z: torch.Tensor):
+        """The radial table as the fused kernels take it (``kernels.attention_reference.table_lookup``)."""
+        tab = self.__dict__["_radial_table"]
+        if self.radial[0].lin0.weight.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("radial tables are for inference with frozen weights, but the edge-degree MLPs' "
+                               "weights require grad: call set_radial_tables(False) before training")
+        tab.ensure(z)
+        slot = tab.slot.index_select(0, z)
+        return tab.coef, slot, slot, len(tab.elements), tab.intervals, tab.h
 
     @torch.jit.unused
     def _forward_table(self, z: torch.Tensor, g: Graph) -> torch.Tensor:
@@ -250,11 +264,13 @@ class EdgeDegreeEmbedding(nn.Module):
         for e0 in range(0, max(E, 1), step):
             e1 = min(E, e0 + step)
             center, neighbor = g.center[e0:e1], g.neighbor[e0:e1]
-            a = _table_lookup(self.__dict__["_radial_table"], self.radial[0].lin0.weight, z, g, e0, e1)
-            a = a * g.env[e0:e1, None]
+            x2 = _table_lookup(self.__dict__["_radial_table"], self.radial[0].lin0.weight, z, g, e0, e1)
+            hid = x2.shape[1] // 3
+            env = g.env[e0:e1, None]
+            a = [mlp.lin2(x2[:, l * hid:(l + 1) * hid]) * env for l, mlp in enumerate(self.radial)]
             sh = spherical_harmonics(g.unit[e0:e1])
-            msg = torch.cat([sh[:, 0:1, None] * a[:, None, :C], sh[:, 1:4, None] * a[:, None, C:2 * C],
-                             sh[:, 4:9, None] * a[:, None, 2 * C:]], dim=1)
+            msg = torch.cat([sh[:, 0:1, None] * a[0][:, None, :], sh[:, 1:4, None] * a[1][:, None, :],
+                             sh[:, 4:9, None] * a[2][:, None, :]], dim=1)
             h = h.index_add(0, center, msg)
         return h * self.inv_avg_degree
 
@@ -733,8 +749,9 @@ class E2FormerV2(nn.Module):
     def set_radial_tables(self, on: bool = True, intervals: int = 2048) -> "E2FormerV2":
         """Experimental, opt-in (session 11): read the edge MLPs (the attention's of every block and the three
         radial MLPs of the edge-degree embedding) from cubic Hermite tables in d per pair of elements
-        (``model/radial_table.py``), on the PyTorch routes and in the fused v2 attention kernels (TABLE: no edge
-        MLP forward or backward in them; the fused edge-degree kernels keep their MLPs).
+        (``model/radial_table.py``), on the PyTorch routes and in the fused v2 kernels (TABLE: no edge MLP forward
+        or backward in them; the edge-degree table holds the MLPs' last hidden layers, before the last linear,
+        which the kernels apply at the node level).
         Each MLP sees an edge only through (d, Z_i, Z_j), so a table is the same function up to the interpolation
         error, ~1e-9-1e-8 of max |f| at 2048 intervals (below float32 rounding).  Inference only: the weights
         must be frozen (parameters that require grad are refused); tables grow when new elements appear."""

@@ -107,9 +107,12 @@ class RadialMLP(nn.Module):
 
     def tail(self, h0: torch.Tensor) -> torch.Tensor:
         """Everything after the first linear (input: first linear's output, bias included)."""
+        return self.lin2(self.hidden(h0))
+
+    def hidden(self, h0: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer (before the last linear) from the first linear's output."""
         h = F.silu(self.norm0(h0))
-        h = F.silu(self.norm1(self.lin1(h)))
-        return self.lin2(h)
+        return F.silu(self.norm1(self.lin1(h)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tail(self.lin0(x))

@@ -1,5 +1,6 @@
-"""GPU check of the radial-table path of the v2 attention kernels (TABLE, session 11): U and the gradients to
-vec, q, k, v against the float64 PyTorch reference reading the same table, on fresh random inputs and tables,
+"""GPU check of the radial-table path of the v2 attention and edge-degree kernels (TABLE, session 11): U and the
+gradients to vec, q, k, v (attention), h and d/dvec (edge degree) against the float64 PyTorch reference reading
+the same table, on fresh random inputs and tables,
 at the tiny, V1.5 and App. A sizes, with the default launches and the other aggregation modes; fp32 relative
 error <= 1e-5 (issue #4 item 3).
 
@@ -57,6 +58,45 @@ def check(N, K, sizes, seed, device, env=None, P=3, M=2048):
                 os.environ[k] = v
 
 
+def check_edge_degree(N, K, seed, device, nb=64, hid=32, C=32, T=16, env=None, P=3, M=2048):
+    """The edge-degree v2 kernels with a table of the three MLPs' last hidden layers ([rows, 4, 3 hid]): h and
+    d/dvec against the float64 reference with the same table."""
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        from openmm_e2former.kernels import edge_degree_triton_v2 as ed2
+        from openmm_e2former.kernels.edge_degree_reference import edge_degree_reference
+
+        case = T_.make_case(N, K, **T_.TINY, seed=seed, device=device)
+        g = torch.Generator().manual_seed(seed)
+        T0, S0 = torch.randn(N, T, generator=g).to(device), torch.randn(N, T, generator=g).to(device)
+        params = [tuple(x.to(device) for x in KM.FCParams.random(nb, T, hid, C, generator=g)) for _ in range(3)]
+        mu = torch.linspace(0, 4.5, nb, device=device)
+        gam = KM.rbf_gamma(4.5, nb)
+        h_ = 4.5 / M
+        scale = torch.tensor([1.0, 5 * h_, (5 * h_) ** 2, (5 * h_) ** 3], dtype=torch.float64)[None, :, None]
+        coef = (torch.randn(P * P * M, 4, 3 * hid, generator=g, dtype=torch.float64) * scale).to(device)
+        slot = torch.randint(0, P, (N,), generator=g).to(device)
+        rp, src = case["row_ptr"], case["src"]
+        v32 = case["vec"].float().clone().requires_grad_(True)
+        v64 = case["vec"].double().clone().requires_grad_(True)
+        h = ed2.edge_degree_triton_v2(rp, src, v32, T0, S0, params, mu, gam, 4.5, max_degree=K,
+                                      table=(coef.float(), slot, slot, P, M, h_))
+        p64 = [KM.FCParams(*(x.double() for x in p)) for p in params]
+        h64 = edge_degree_reference(rp, src, v64, T0.double(), S0.double(), p64, mu.double(), gam, 4.5,
+                                    table=(coef, slot, slot, P, M, h_))
+        G = torch.randn(h64.shape, generator=g, dtype=torch.float64).to(device)
+        (gk,) = torch.autograd.grad(h, [v32], G.float())
+        (gr,) = torch.autograd.grad(h64, [v64], G)
+        return [rel(h.double(), h64), rel(gk.double(), gr)]
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def main(argv):
     out = argv[0] if argv else "table_gpu_check.json"
     device = argv[argv.index("--device") + 1] if "--device" in argv else "cuda"
@@ -72,6 +112,17 @@ def main(argv):
     for i, (name, sizes, N, K, env) in enumerate(runs):
         errs = check(N, K, sizes, 10 + i, device, env)
         rows.append({"case": name, "N": N, "K": K, "env": env, "rel_err_U_dvec_dq_dk_dv": errs})
+        print(f"{name:32s} N {N:6d} K {K:3d} " + " ".join("%.1e" % e for e in errs), flush=True)
+        worst = max(worst, *errs)
+    ed_runs = [("edge degree", 2000 if big else 9, 32 if big else 9, {}),
+               ("edge degree, buckets", 2000 if big else 9, 20, {"E2F_V2_BUCKETS": "1"})]
+    if big:
+        ed_runs += [("edge degree, V1.5 size", 20000, 32, dict(nb=256, hid=128, C=256, T=128))]
+    for i, (name, N, K, kw) in enumerate(ed_runs):
+        env = {k: v for k, v in kw.items() if k.startswith("E2F")}
+        sizes = {k: v for k, v in kw.items() if not k.startswith("E2F")}
+        errs = check_edge_degree(N, K, 50 + i, device, env=env, **sizes)
+        rows.append({"case": name, "N": N, "K": K, "env": env, "rel_err_h_dvec": errs})
         print(f"{name:32s} N {N:6d} K {K:3d} " + " ".join("%.1e" % e for e in errs), flush=True)
         worst = max(worst, *errs)
     ok = worst <= 1e-5
