@@ -802,7 +802,7 @@ def test_dispatch_edge_degree_runs_chosen_kernels(monkeypatch):
     kws.clear()
     run(cuda_vec, allow_tf32=True, max_degree=7)
     run(cuda_vec, backend="triton", allow_tf32=True, max_degree=7)
-    assert kws == [("v2", dict(allow_tf32=True, max_degree=7)), ("v1", dict(allow_tf32=True, max_degree=7))]
+    assert kws == [("v2", dict(allow_tf32=True, max_degree=7, table=None)), ("v1", dict(allow_tf32=True, max_degree=7))]
     for name, want in (("triton_v2", "v2"), ("TRITON_V2", "v2"), ("triton", "v1"), ("reference", "reference"),
                        ("auto", "v2")):
         monkeypatch.setenv("E2FORMER_EDGE_DEGREE_BACKEND", name)
