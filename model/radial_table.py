@@ -46,8 +46,8 @@ class RadialTable:
         self.fn = fn
         self.cutoff = float(cutoff)
         # the step is a power of two (at most cutoff / intervals), so that k h and d - k h are exact in float32 and
-        # t = (d - k h) / h carries only d's own rounding (a step like 4.5 / 2048 added the rounding of k h, 5e-7
-        # absolute, which cost ~1e-5 in float32 forces); the grid then covers [0, M h], M h >= cutoff
+        # t = (d - k h) / h carries only d's own rounding (with a step like 4.5 / 2048, k h is rounded, ~5e-7 Å);
+        # the grid then covers [0, M h], M h >= cutoff
         self.h = 2.0 ** math.floor(math.log2(self.cutoff / int(intervals)))
         self.intervals = int(math.ceil(self.cutoff / self.h - 1e-9))
         self.dtype = dtype
