@@ -271,13 +271,20 @@ def _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
     w = _chunked_dot(scr_x, W2T, 2 * H, H + hb0,
                      tl.zeros([R, HB], dtype=tl.float32) + tl.load(b2 + H + offs_hb)[None, :],
                      R, HID, HB, KC, PREC)
+    qk, a = _qk_logits(g, q, k, tgt, j, mask_e, offs_hb, sm_scale, H, D, R, HB)
+    return g, w, qk, a
+
+
+@triton.jit
+def _qk_logits(g, q, k, tgt, j, mask_e, offs_hb, sm_scale, H: tl.constexpr, D: tl.constexpr, R: tl.constexpr,
+               HB: tl.constexpr):
+    """<q_i, k_j> of the head block offs_hb and the logits a = g <q,k> scale (-inf on padded rows)."""
     qk = tl.zeros([R, HB], dtype=tl.float32)
     for dd in tl.static_range(D):
         qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd)
         kd = tl.load(k + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, mask=mask_e[:, None], other=0.0)
         qk += qd * kd
-    a = tl.where(mask_e[:, None], g * qk * sm_scale, float("-inf"))
-    return g, w, qk, a
+    return qk, tl.where(mask_e[:, None], g * qk * sm_scale, float("-inf"))
 
 
 @triton.jit
@@ -294,14 +301,15 @@ def _table_pos(d, tgt, j, mask_e, tslot_t, tslot_s, tP, tM, th):
 
 
 @triton.jit
-def _table_cols(tcoef, trow, t, mask_e, col0, H: tl.constexpr, HB: tl.constexpr):
-    """Columns col0 .. col0 + HB of the tabulated edge MLP at t, and their d-slopes times h."""
-    base = tcoef + trow[:, None] * (8 * H) + col0 + tl.arange(0, HB)[None, :]
+def _table_cols(tcoef, trow, t, mask_e, col0, F: tl.constexpr, NC: tl.constexpr):
+    """Columns col0 .. col0 + NC of a radial table with F columns ([rows, 4, F]) at t, and their d-slopes times h
+    (shared with the edge-degree kernels)."""
+    base = tcoef + trow[:, None] * (4 * F) + col0 + tl.arange(0, NC)[None, :]
     m2 = mask_e[:, None]
     c0 = tl.load(base, mask=m2, other=0.0)
-    c1 = tl.load(base + 2 * H, mask=m2, other=0.0)
-    c2 = tl.load(base + 4 * H, mask=m2, other=0.0)
-    c3 = tl.load(base + 6 * H, mask=m2, other=0.0)
+    c1 = tl.load(base + F, mask=m2, other=0.0)
+    c2 = tl.load(base + 2 * F, mask=m2, other=0.0)
+    c3 = tl.load(base + 3 * F, mask=m2, other=0.0)
     tt = t[:, None]
     return c0 + tt * (c1 + tt * (c2 + tt * c3)), c1 + tt * (2.0 * c2 + 3.0 * tt * c3)
 
@@ -310,15 +318,9 @@ def _table_cols(tcoef, trow, t, mask_e, col0, H: tl.constexpr, HB: tl.constexpr)
 def _table_logits(tcoef, trow, t, q, k, tgt, j, mask_e, hb0, sm_scale,
                   H: tl.constexpr, D: tl.constexpr, R: tl.constexpr, HB: tl.constexpr):
     """``_head_block_logits`` with g, w read from the radial table instead of the edge MLP."""
-    offs_hb = hb0 + tl.arange(0, HB)
-    g, _gs = _table_cols(tcoef, trow, t, mask_e, hb0, H, HB)
-    w, _ws = _table_cols(tcoef, trow, t, mask_e, H + hb0, H, HB)
-    qk = tl.zeros([R, HB], dtype=tl.float32)
-    for dd in tl.static_range(D):
-        qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd)
-        kd = tl.load(k + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, mask=mask_e[:, None], other=0.0)
-        qk += qd * kd
-    a = tl.where(mask_e[:, None], g * qk * sm_scale, float("-inf"))
+    g, _gs = _table_cols(tcoef, trow, t, mask_e, hb0, 2 * H, HB)
+    w, _ws = _table_cols(tcoef, trow, t, mask_e, H + hb0, 2 * H, HB)
+    qk, a = _qk_logits(g, q, k, tgt, j, mask_e, hb0 + tl.arange(0, HB), sm_scale, H, D, R, HB)
     return g, w, qk, a
 
 
@@ -760,8 +762,8 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                               mask=mask_e[:, None])
             # --- last Linear: dx2 += dg W2[g rows of block] + dw W2[w rows of block] --------------------
             if TABLE:       # (g, w) = table(d): d/dd through the table's slopes (h times d/dd in _table_cols)
-                _g2, gs = _table_cols(tcoef, trow, t_loc, mask_e, hb0, H, HB)
-                _w2, ws = _table_cols(tcoef, trow, t_loc, mask_e, H + hb0, H, HB)
+                _g2, gs = _table_cols(tcoef, trow, t_loc, mask_e, hb0, 2 * H, HB)
+                _w2, ws = _table_cols(tcoef, trow, t_loc, mask_e, H + hb0, 2 * H, HB)
                 dd_tab += tl.sum(dg * gs + dw * ws, 1) * (t_live / th)
             elif DX2_SCR:   # (the slot's earlier readers passed the barriers of _mlp_to_x2 since)
                 tl.store(scr_gw + offs_r[:, None] * (2 * H) + offs_hb[None, :], dg)

@@ -36,7 +36,7 @@ from .attention_reference import FCParams
 from .attention_triton import (_load_edge_tile, _envelope, _layer_norm_silu, _silu_layer_norm_bwd,
                                _block_e, _rbf_chunk, _LAST_COMPILED)
 from .attention_triton_v2 import (_bucket, _chunked_dot, _to_scratch, _grid, _launches, _maxnreg, _rbf_window_dd,
-                                  _rbf_window_start, _rbf_window_term, rbf_window)
+                                  _rbf_window_start, _rbf_window_term, _table_cols, _table_pos, rbf_window)
 from .edge_degree_reference import EDGE_DEGREE_SCALE
 from .edge_degree_triton import _sph9, _N_FIXED, reference_fallback_backward
 
@@ -85,22 +85,11 @@ def _ed_mlp_v2(l: tl.constexpr, d, i, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W
 @triton.jit
 def _ed_table(l: tl.constexpr, d, i, j, mask_e, tcoef, tslot, tP, tM, th, HID: tl.constexpr):
     """TABLE: x2 of RadialProfile_l (its last hidden layer, columns l HID .. (l + 1) HID of a [rows, 4, 3 HID]
-    radial table, see ``attention_reference.table_lookup``) and its d-slope (zero beyond the grid)."""
-    dmax = tM.to(tl.float32) * th
-    dc = tl.minimum(d, dmax)
-    kf = tl.minimum(tl.maximum(tl.floor(dc / th), 0.0), (tM - 1).to(tl.float32))
-    t = ((dc - kf * th) / th)[:, None]
-    si = tl.load(tslot + i).to(tl.int64)
-    sj = tl.load(tslot + j, mask=mask_e, other=0).to(tl.int64)
-    row = (si * tP + sj) * tM + kf.to(tl.int64)
-    base = tcoef + row[:, None] * (12 * HID) + l * HID + tl.arange(0, HID)[None, :]
-    m2 = mask_e[:, None]
-    c0 = tl.load(base, mask=m2, other=0.0)
-    c1 = tl.load(base + 3 * HID, mask=m2, other=0.0)
-    c2 = tl.load(base + 6 * HID, mask=m2, other=0.0)
-    c3 = tl.load(base + 9 * HID, mask=m2, other=0.0)
-    slope = (c1 + t * (2.0 * c2 + 3.0 * t * c3)) * (tl.where(d < dmax, 1.0, 0.0) / th)[:, None]
-    return c0 + t * (c1 + t * (c2 + t * c3)), slope
+    radial table, see ``attention_reference.table_lookup``) and its d-slope (zero beyond the grid); the attention
+    kernels' table helpers, with the target's slot array for the sources too."""
+    t, row, live = _table_pos(d, i, j, mask_e, tslot, tslot, tP, tM, th)
+    x2, slope_h = _table_cols(tcoef, row, t, mask_e, l * HID, 3 * HID, HID)
+    return x2, slope_h * (live / th)[:, None]
 
 
 @triton.jit
