@@ -761,7 +761,10 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                 tl.atomic_add(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd,
                               mask=mask_e[:, None])
             # --- last Linear: dx2 += dg W2[g rows of block] + dw W2[w rows of block] --------------------
-            if TABLE:       # (g, w) = table(d): d/dd through the table's slopes (h times d/dd in _table_cols)
+            if TABLE:       # (g, w) = table(d): d/dd through the table's slopes (h times d/dd in _table_cols).
+                # The coefficients are read again here on purpose: returning the slopes from _bwd_alpha keeps two
+                # more [rows, HB] tiles live through the aggregation backward, and ptxas then spills 218 values
+                # instead of 116 at the V1.5 size (484 -> 104 instead of 30 at App. A) under the 128 cap
                 _g2, gs = _table_cols(tcoef, trow, t_loc, mask_e, hb0, 2 * H, HB)
                 _w2, ws = _table_cols(tcoef, trow, t_loc, mask_e, H + hb0, 2 * H, HB)
                 dd_tab += tl.sum(dg * gs + dw * ws, 1) * (t_live / th)
