@@ -198,7 +198,8 @@ class EdgeDegreeEmbedding(nn.Module):
         from ..kernels import fused_edge_degree
 
         params = [_fc_params(m) for m in self.radial]
-        table = self._kernel_table(z) if "_radial_table" in self.__dict__ else None
+        tab = self.__dict__.get("_radial_table")
+        table = None if tab is None else tab.kernel_args(z, z)
         return fused_edge_degree(g.row_ptr(), g.neighbor, g.vec, self.target_embedding(z), self.source_embedding(z),
                                  params, g.rbf_offsets, g.rbf_coeff, g.cutoff, self.inv_avg_degree,
                                  max_degree=g.padded()[1], table=table)
@@ -245,17 +246,6 @@ class EdgeDegreeEmbedding(nn.Module):
                           for mlp in self.radial], dim=1)
 
     @torch.jit.unused
-    def _kernel_table(self, z: torch.Tensor):
-        """The radial table as the fused kernels take it (``kernels.attention_reference.table_lookup``)."""
-        tab = self.__dict__["_radial_table"]
-        if self.radial[0].lin0.weight.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("radial tables are for inference with frozen weights, but the edge-degree MLPs' "
-                               "weights require grad: call set_radial_tables(False) before training")
-        tab.ensure(z)
-        slot = tab.slot.index_select(0, z)
-        return tab.coef, slot, slot, len(tab.elements), tab.intervals, tab.h
-
-    @torch.jit.unused
     def _forward_table(self, z: torch.Tensor, g: Graph) -> torch.Tensor:
         """``forward`` with the radial MLPs read from their table (``E2FormerV2.set_radial_tables``)."""
         C, E, N = self.channels, g.center.numel(), g.num_nodes
@@ -264,7 +254,7 @@ class EdgeDegreeEmbedding(nn.Module):
         for e0 in range(0, max(E, 1), step):
             e1 = min(E, e0 + step)
             center, neighbor = g.center[e0:e1], g.neighbor[e0:e1]
-            x2 = _table_lookup(self.__dict__["_radial_table"], self.radial[0].lin0.weight, z, g, e0, e1)
+            x2 = _table_lookup(self.__dict__["_radial_table"], z, g, e0, e1)
             hid = x2.shape[1] // 3
             env = g.env[e0:e1, None]
             a = [mlp.lin2(x2[:, l * hid:(l + 1) * hid]) * env for l, mlp in enumerate(self.radial)]
@@ -276,15 +266,10 @@ class EdgeDegreeEmbedding(nn.Module):
 
 
 @torch.jit.unused
-def _table_lookup(table, weight: torch.Tensor, z: torch.Tensor, g: Graph, e0: int = 0,
-                  e1: Optional[int] = None) -> torch.Tensor:
-    """A radial table (``model/radial_table.py``) read for the edges [e0, e1) of ``g``; refuses to run where the
-    tabulated MLP's weights require grad with grad enabled (training: the table is frozen and would give them no
-    gradient)."""
-    if weight.requires_grad and torch.is_grad_enabled():
-        raise RuntimeError("radial tables are for inference with frozen weights, but the edge MLP's weights require "
-                           "grad: call set_radial_tables(False) before training (or model.requires_grad_(False))")
-    table.ensure(z)
+def _table_lookup(table, z: torch.Tensor, g: Graph, e0: int = 0, e1: Optional[int] = None) -> torch.Tensor:
+    """A radial table (``model/radial_table.py``) read for the edges [e0, e1) of ``g`` (refused while training:
+    ``RadialTable.ready``)."""
+    table.ready(z)
     e1 = g.center.numel() if e1 is None else e1
     return table(g.dist[e0:e1], z.index_select(0, g.center[e0:e1]), z.index_select(0, g.neighbor[e0:e1]))
 
@@ -336,7 +321,7 @@ class Attention(nn.Module):
         (``E2FormerV2.set_radial_tables``)."""
         if not torch.jit.is_scripting():
             if "_radial_table" in self.__dict__:
-                return _table_lookup(self.__dict__["_radial_table"], self.edge_mlp.lin0.weight, z, g)
+                return _table_lookup(self.__dict__["_radial_table"], z, g)
         return self.edge_mlp.tail(self._edge_first_layer(self.edge_mlp.lin0.weight, self.edge_mlp.lin0.bias, z, g))
 
     @torch.jit.unused
@@ -454,14 +439,7 @@ class Attention(nn.Module):
         """The radial table (``E2FormerV2.set_radial_tables``) as the fused kernels take it, for targets ``z_t``
         and sources ``z_s`` (see ``kernels.attention_reference.table_lookup``); None without one."""
         tab = self.__dict__.get("_radial_table")
-        if tab is None:
-            return None
-        if self.edge_mlp.lin0.weight.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("radial tables are for inference with frozen weights, but the edge MLP's weights "
-                               "require grad: call set_radial_tables(False) before training")
-        tab.ensure(z_s)
-        return (tab.coef, tab.slot.index_select(0, z_t), tab.slot.index_select(0, z_s), len(tab.elements),
-                tab.intervals, tab.h)
+        return None if tab is None else tab.kernel_args(z_t, z_s)
 
     @torch.jit.unused
     def fused_U_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
@@ -776,9 +754,11 @@ class E2FormerV2(nn.Module):
             return mod.radial_fn(offsets.to(d.device), d, zi, zj)
 
         for b in self.blocks:
-            b.attn.__dict__["_radial_table"] = RadialTable(b.attn, attn_fn, self.cutoff, intervals, dtype)
-        self.edge_degree.__dict__["_radial_table"] = RadialTable(self.edge_degree, degree_fn, self.cutoff, intervals,
-                                                                 dtype)
+            b.attn.__dict__["_radial_table"] = RadialTable(b.attn, attn_fn, self.cutoff, intervals, dtype,
+                                                           frozen=b.attn.edge_mlp.lin0.weight)
+        ed = self.edge_degree
+        ed.__dict__["_radial_table"] = RadialTable(ed, degree_fn, self.cutoff, intervals, dtype,
+                                                   frozen=ed.radial[0].lin0.weight)
         return self
 
     @property

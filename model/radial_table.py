@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 
@@ -39,11 +39,15 @@ class RadialTable:
 
     def __init__(self, module: torch.nn.Module,
                  fn: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-                 cutoff: float, intervals: int = 2048, dtype: torch.dtype = torch.float32):
+                 cutoff: float, intervals: int = 2048, dtype: torch.dtype = torch.float32,
+                 frozen: Optional[torch.Tensor] = None):
         if intervals < 2:
             raise ValueError(f"a radial table needs at least 2 intervals, got {intervals}")
         self.module = module
         self.fn = fn
+        #: a weight of the tabulated MLP: while it requires grad (with grad enabled) the table refuses to be read,
+        #: since it would give the weights no gradient (training)
+        self.frozen = frozen
         self.cutoff = float(cutoff)
         # the step is a power of two (at most cutoff / intervals), so that k h and d - k h are exact in float32 and
         # t = (d - k h) / h carries only d's own rounding (with a step like 4.5 / 2048, k h is rounded, ~5e-7 Å);
@@ -56,6 +60,21 @@ class RadialTable:
         self.coef = torch.zeros(0)                        # [P * P * M, 4, F]
         self.builds = 0
         self._last_z = None
+
+    def ready(self, z: torch.Tensor) -> None:
+        """Refuse training (see ``frozen``), then ``ensure(z)``: what every reader calls first."""
+        if self.frozen is not None and self.frozen.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("radial tables are for inference with frozen weights, but the tabulated MLP's "
+                               "weights require grad: call set_radial_tables(False) before training (or "
+                               "model.requires_grad_(False))")
+        self.ensure(z)
+
+    def kernel_args(self, z_t: torch.Tensor, z_s: torch.Tensor):
+        """The table as the fused kernels take it (``kernels.attention_reference.table_lookup``), for target
+        atoms ``z_t`` and source atoms ``z_s`` (``ready`` first)."""
+        self.ready(z_s)
+        return (self.coef, self.slot.index_select(0, z_t), self.slot.index_select(0, z_s), len(self.elements),
+                self.intervals, self.h)
 
     def ensure(self, z: torch.Tensor) -> None:
         """Make sure every element of ``z`` is in the table (one host sync for the unique elements; a rebuild
