@@ -137,7 +137,7 @@ def main(argv=None):
     import torch
     from triton.testing import do_bench
     from kernels import attention_triton_v2 as v2
-    from kernels._testing import V15, args_of, make_case
+    from kernels._testing import V15, args_of, make_case, random_table
     from kernels.attention_reference import attention_reference
 
     out = pathlib.Path(args.out)
@@ -156,15 +156,6 @@ def main(argv=None):
         for n in (2, 3, 4, 5):
             a[n] = a[n].clone().requires_grad_(True)
         return a
-
-    def random_table(n_atoms, H, P=3, M=2048, seed=5):
-        """A random table shaped like a smooth radial function's (as tests/gpu/check_table.py), P elements."""
-        g = torch.Generator().manual_seed(seed)
-        h = 4.5 / M
-        sc = torch.tensor([1.0, 5 * h, (5 * h) ** 2, (5 * h) ** 3], dtype=torch.float64)[None, :, None]
-        coef = (torch.randn(P * P * M, 4, 2 * H, generator=g, dtype=torch.float64) * sc).to(dev)
-        slot = torch.randint(0, P, (n_atoms,), generator=g).to(dev)
-        return coef, slot, slot, P, M, h
 
     def run(a, G, part, K, table=None):
         U = v2.attention_triton_v2(*a, max_degree=K, table=table)
@@ -195,8 +186,8 @@ def main(argv=None):
             big = local_sources(big, 300, 3)
         ab = leaf_args(big)
         Gb = torch.randn((N, 3, 9, size["C"]), device=dev)
-        tab_c = random_table(args.n_check, size["H"])
-        tab_b = random_table(N, size["H"])
+        tab_c = random_table(2 * size["H"], args.n_check, torch.Generator().manual_seed(5), device=dev)
+        tab_b = random_table(2 * size["H"], N, torch.Generator().manual_seed(5), device=dev)
         tab_c32, tab_b32 = (tab_c[0].float(),) + tab_c[1:], (tab_b[0].float(),) + tab_b[1:]
         U64t = attention_reference(*a64, table=tab_c)
         ref_t = [U64t] + list(torch.autograd.grad(U64t, [a64[n] for n in (2, 3, 4, 5)], Gc))

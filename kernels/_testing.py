@@ -1,6 +1,9 @@
 """Random problem instances for tests and benchmarks of the attention kernels (no triton import)."""
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 
 from .attention_reference import FCParams, rbf_gamma
@@ -71,3 +74,32 @@ ARG_ORDER = ("row_ptr", "src", "vec", "q", "k", "v", "t", "s", "fc_params", "mu"
 
 def args_of(case):
     return tuple(case[n] for n in ARG_ORDER)
+
+
+@contextlib.contextmanager
+def env_vars(env):
+    """Set the environment variables of ``env`` (launch switches such as E2F_V2_BWD_AGG) for the block, then put
+    back what was there (unset stays unset)."""
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def random_table(F, n_atoms, generator, *, P=3, M=2048, cutoff=4.5, device="cpu"):
+    """A random float64 radial table with F columns for ``n_atoms`` atoms of P elements: (coef [P P M, 4, F],
+    slot, slot, P, M, h), as ``attention_reference.table_lookup`` reads it (draws coef, then the slots, from
+    ``generator``).  Its pieces are shaped like a smooth radial function's: c1 = h f', c2 ~ h^2 f'', c3 ~ h^3 f''',
+    with slopes of a few per Angstrom (unphysically steep random pieces would only measure how the float32
+    rounding of d, ~1e-7, is amplified by the slope)."""
+    h = cutoff / M
+    scale = torch.tensor([1.0, 5 * h, (5 * h) ** 2, (5 * h) ** 3], dtype=torch.float64)[None, :, None]
+    coef = (torch.randn(P * P * M, 4, F, generator=generator, dtype=torch.float64) * scale).to(device)
+    slot = torch.randint(0, P, (n_atoms,), generator=generator).to(device)
+    return coef, slot, slot, P, M, h

@@ -106,11 +106,44 @@ def tiny_train_config(root: Path, out: Path, lab: str = "lab", atoms_per_step: i
 
 #: first lines of a model-level script for ``run_under_triton_interpreter`` (argv[1]: this folder, for helpers):
 #: checks that the interpreter is on and that the package's Triton kernels imported
+def count_calls(monkeypatch, owner, name: str) -> dict:
+    """Wrap ``owner.name`` (a function or method) so that its calls are counted in the returned dict's "n"
+    (``monkeypatch`` puts it back after the test); the wrapped function still runs."""
+    real = getattr(owner, name)
+    calls = {"n": 0}
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls
+
+
+def tiny_kernel_model(**cfg):
+    """For the Triton-interpreter model scripts: the smallest model the kernels take (H, hid, C powers of two
+    >= 16; one block; ``cfg`` overrides), seeded, weights perturbed and frozen, and 21 atoms of a periodic water
+    box in float32.  Returns (model, z, pos, cell, pbc)."""
+    import torch
+    from openmm_e2former.model import E2FormerConfig, E2FormerV2
+
+    torch.manual_seed(0)
+    m = E2FormerV2(E2FormerConfig(**dict(dict(channels=32, num_layers=1, num_heads=16, head_dim=4, num_basis=64,
+                                              atom_embed_size=16, max_neighbors=10), **cfg)))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    m.requires_grad_(False)
+    z, pos, cell = water_box(2, 3.1, seed=3)           # 24 atoms, periodic
+    z, pos = torch.tensor(z)[:21], torch.tensor(pos, dtype=torch.float32)[:21]
+    return m, z, pos, torch.tensor(cell, dtype=torch.float32), torch.tensor([True, True, True])
+
+
 TRITON_MODEL_SCRIPT_HEAD = """import os, sys
 assert os.environ.get("TRITON_INTERPRET") == "1"
 import torch
 sys.path.insert(0, sys.argv[1])
-from helpers import water_box
+from helpers import tiny_kernel_model, water_box
 from openmm_e2former.model import E2FormerConfig, E2FormerV2
 from openmm_e2former.model import e2former as E2
 import openmm_e2former.kernels as K

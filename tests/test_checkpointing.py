@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TRITON_MODEL_SCRIPT_HEAD, run_under_triton_interpreter, water_box
+from helpers import TRITON_MODEL_SCRIPT_HEAD, count_calls, run_under_triton_interpreter, water_box
 
 from openmm_e2former.model import E2FormerConfig, E2FormerV2
 from openmm_e2former.model import e2former as E2
@@ -202,14 +202,7 @@ def test_auto_block_qk_mode_matches_block_and_switches_back(monkeypatch):
     sysm = _system()
     ref = _evaluate(_set_mode(m, "block"), sysm)
     assert m.last_checkpoint_mode == "block"
-    calls = {"n": 0}
-    real = E2.SO3ToScalar._scalars_recomputed
-
-    def counting(self, x):
-        calls["n"] += 1
-        return real(self, x)
-
-    monkeypatch.setattr(E2.SO3ToScalar, "_scalars_recomputed", counting)
+    calls = count_calls(monkeypatch, E2.SO3ToScalar, "_scalars_recomputed")
     m.checkpoint_blocks = "auto"
     monkeypatch.setattr(type(m), "_checkpoint_mode", lambda self, x: "block+qk")
     out = _evaluate(m, sysm)
@@ -353,19 +346,9 @@ def test_energy_and_forces_api_fine_mode():
 # ------------------------------------------------------------------------------------------------
 _INTERP_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
 
-    torch.manual_seed(0)
-    # the smallest shapes the kernels take: H, hid powers of two >= 16 (TINY in kernels/_testing.py); one
-    # block (the CPU tests cover several blocks through the same code path with the kernels' reference)
-    m = E2FormerV2(E2FormerConfig(channels=32, num_layers=1, num_heads=16, head_dim=4, num_basis=64,
-                                  atom_embed_size=16, max_neighbors=10))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    m.requires_grad_(False)
-    z, pos, cell = water_box(2, 3.1, seed=3)           # 24 atoms, periodic
-    z, pos, cell = torch.tensor(z)[:21], torch.tensor(pos, dtype=torch.float32)[:21], torch.tensor(cell,
-                                                                                               dtype=torch.float32)
-    pbc = torch.tensor([True, True, True])
+    # the smallest shapes the kernels take, one block (the CPU tests cover several blocks through the same code
+    # path with the kernels' reference)
+    m, z, pos, cell, pbc = tiny_kernel_model()
     calls = []
     orig = K.fused_attention
     def spy(*a, **kw):
@@ -443,14 +426,7 @@ def test_set_compile_matches_plain(mode, monkeypatch):
     if mode == "block+qk":       # what "auto" takes on a GPU where plain "block" would not fit
         m.checkpoint_blocks = "auto"
         monkeypatch.setattr(type(m), "_checkpoint_mode", lambda self, x: "block+qk")
-    calls = {"n": 0}
-    real = E2.E2FormerV2._compiled_block
-
-    def counting(self, *a):
-        calls["n"] += 1
-        return real(self, *a)
-
-    monkeypatch.setattr(E2.E2FormerV2, "_compiled_block", counting)
+    calls = count_calls(monkeypatch, E2.E2FormerV2, "_compiled_block")
     m.set_compile(True, backend="aot_eager")
     assert m.compile_node_parts and all("_compiled_parts" in b.__dict__ for b in m.blocks)
     out = _evaluate(m, sysm, params=False)

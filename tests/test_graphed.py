@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from conftest import ALA2_PDB
-from helpers import TRITON_MODEL_SCRIPT_HEAD, model as fixture_model, run_under_triton_interpreter, water_box
+from helpers import (TRITON_MODEL_SCRIPT_HEAD, count_calls, model as fixture_model, run_under_triton_interpreter,
+                     water_box)
 
 from openmm_e2former import load_model
 from openmm_e2former.graphed import (AUTO_MAX_ATOMS, ENV_VAR, GraphedEnergyForces, cuda_graphs_requested,
@@ -207,18 +208,8 @@ def test_openmm_force_opt_in_gives_the_same_forces(monkeypatch):
 # ------------------------------------------------------------------------------------------------
 _INTERP_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
 
-    torch.manual_seed(0)
-    # the smallest shapes the kernels take (H, hid, C powers of two >= 16); smooth softmax, as the default model
-    m = E2FormerV2(E2FormerConfig(channels=32, num_layers=1, num_heads=16, head_dim=4, num_basis=64,
-                                  atom_embed_size=16, max_neighbors=10, attention_softmax="smooth"))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    m.requires_grad_(False)
-    z, pos, cell = water_box(2, 3.1, seed=3)
-    z, pos = torch.tensor(z)[:21], torch.tensor(pos, dtype=torch.float32)[:21]
-    cell = torch.tensor(cell, dtype=torch.float32)
-    pbc = torch.tensor([True, True, True])
+    # the smallest shapes the kernels take; smooth softmax, as the default model
+    m, z, pos, cell, pbc = tiny_kernel_model(attention_softmax="smooth")
     calls = []
     for name in ("fused_attention", "fused_edge_degree"):
         def spy(*a, _orig=getattr(K, name), _name=name, **kw):
@@ -518,14 +509,7 @@ def test_padded_path_with_compiled_node_parts(monkeypatch, in_graphs):
     from openmm_e2former.model import e2former as E2
 
     monkeypatch.setattr(E2.Attention, "use_fused", lambda self, x: not (self.qkdot or self.use_so2))
-    calls = {"n": 0}
-    real = E2.E2FormerV2._compiled_block
-
-    def counting(self, *a):
-        calls["n"] += 1
-        return real(self, *a)
-
-    monkeypatch.setattr(E2.E2FormerV2, "_compiled_block", counting)
+    calls = count_calls(monkeypatch, E2.E2FormerV2, "_compiled_block")
     m = _default_model("float64")
     z, pos, cell = _tensors(*water_box(2, 3.1, seed=0))
     c = m.neighbor_edges(pos, cell, PBC)[0]

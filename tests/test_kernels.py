@@ -376,9 +376,7 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
         return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
     def check(N, K, seed, idx=torch.int64, env=None, via_env=False, softmax="official", extreme=None):
-        old = {k_: os.environ.get(k_) for k_ in (env or {})}
-        os.environ.update(env or {})
-        try:
+        with T_.env_vars(env):
             case = make_case(N, K, **TINY, seed=seed, index_dtype=idx, extreme_rows=extreme)
             c64 = make_case(N, K, **TINY, seed=seed, dtype=torch.float64, index_dtype=idx, extreme_rows=extreme)
             args = list(args_of(case)); a64 = list(args_of(c64))
@@ -403,12 +401,6 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
             print("v2", softmax, "N", N, "K", K, env or "", "rel errors U,dvec,dq,dk,dv:",
                   ["%.2e" % x for x in errs])
             return max(errs)
-        finally:
-            for k_, v_ in old.items():
-                if v_ is None:
-                    os.environ.pop(k_, None)
-                else:
-                    os.environ[k_] = v_
 
     worst = 0.0
     worst = max(worst, check(6, 5, 11))                                  # BLOCK_E 16: 4 targets / program

@@ -15,6 +15,7 @@ from openmm import app, unit  # noqa: E402
 from openmmml import MLPotential  # noqa: E402
 
 from openmm_e2former.force import EV_TO_KJ_PER_MOL, get_model  # noqa: E402
+from helpers import count_calls  # noqa: E402
 
 KJ = unit.kilojoule_per_mole
 EV = EV_TO_KJ_PER_MOL
@@ -162,14 +163,7 @@ def test_compile_option(official_parity_dir, tiny_qk_checkpoint, monkeypatch):
     monkeypatch.setattr(E2.Attention, "use_fused", lambda self, x: not (self.qkdot or self.use_so2))
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **dict(kw, backend="aot_eager")))
-    calls = {"n": 0}
-    real_block = E2.E2FormerV2._compiled_block
-
-    def counting(self, *a):
-        calls["n"] += 1
-        return real_block(self, *a)
-
-    monkeypatch.setattr(E2.E2FormerV2, "_compiled_block", counting)
+    calls = count_calls(monkeypatch, E2.E2FormerV2, "_compiled_block")
     F.clear_model_cache()
     try:
         case = load_case(official_parity_dir, "ethanol")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import (TRITON_MODEL_SCRIPT_HEAD, case as load_case, model as fixture_model,
+from helpers import (TRITON_MODEL_SCRIPT_HEAD, case as load_case, count_calls, model as fixture_model,
                      run_under_triton_interpreter, water_box)
 
 from openmm_e2former.model.radial_table import RadialTable
@@ -147,17 +147,7 @@ def test_tables_grow_with_new_elements_and_refuse_training():
 
 _INTERP_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
 
-    torch.manual_seed(0)
-    m = E2FormerV2(E2FormerConfig(channels=32, num_layers=1, num_heads=16, head_dim=4, num_basis=64,
-                                  atom_embed_size=16, max_neighbors=10))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    m.requires_grad_(False)
-    z, pos, cell = water_box(2, 3.1, seed=3)           # 24 atoms, periodic
-    z, pos, cell = torch.tensor(z)[:21], torch.tensor(pos, dtype=torch.float32)[:21], torch.tensor(cell,
-                                                                                               dtype=torch.float32)
-    pbc = torch.tensor([True, True, True])
+    m, z, pos, cell, pbc = tiny_kernel_model()
     seen = []
     orig = K.fused_attention
     def spy(*a, **kw):
@@ -247,30 +237,20 @@ def test_tables_on_the_padded_path_and_inside_a_capture(monkeypatch):
     assert tab.builds == builds
 
 
-def test_ensure_skips_the_same_tensor_only():
+def test_ensure_skips_the_same_tensor_only(monkeypatch):
     """ensure() asks for the unique elements (a host sync) once per z tensor object and version: the same z
     again is free, a changed or different z is looked at again."""
     m = _frozen()
     a = m.blocks[0].attn
     tab = RadialTable(a, lambda mod, d, zi, zj: mod.radial_fn(m.rbf_offsets, m.rbf_coeff, d, zi, zj), m.cutoff, 16,
                       torch.float64)
-    calls = {"n": 0}
-    real = torch.unique
-
-    def counting(*args, **kw):
-        calls["n"] += 1
-        return real(*args, **kw)
-
+    calls = count_calls(monkeypatch, torch, "unique")
     z = torch.tensor([1, 8, 1])
-    try:
-        torch.unique = counting
-        tab.ensure(z)
-        tab.ensure(z)
-        assert calls["n"] == 1 and tab.elements == [1, 8]
-        z[0] = 6                                    # modified in place: looked at again, carbon added
-        tab.ensure(z)
-        assert calls["n"] == 2 and tab.elements == [1, 6, 8]
-        tab.ensure(torch.tensor([1, 8, 1]))         # another tensor: looked at again
-        assert calls["n"] == 3 and tab.builds == 2
-    finally:
-        torch.unique = real
+    tab.ensure(z)
+    tab.ensure(z)
+    assert calls["n"] == 1 and tab.elements == [1, 8]
+    z[0] = 6                                    # modified in place: looked at again, carbon added
+    tab.ensure(z)
+    assert calls["n"] == 2 and tab.elements == [1, 6, 8]
+    tab.ensure(torch.tensor([1, 8, 1]))         # another tensor: looked at again
+    assert calls["n"] == 3 and tab.builds == 2

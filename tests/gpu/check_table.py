@@ -10,7 +10,6 @@ error <= 1e-5 (issue #4 item 3).
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import torch
@@ -24,77 +23,49 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def check(N, K, sizes, seed, device, env=None, P=3, M=2048):
-    old = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
-    try:
+def check(N, K, sizes, seed, device, env=None):
+    with T_.env_vars(env):
         case = T_.make_case(N, K, **sizes, seed=seed, device=device)
         c64 = T_.make_case(N, K, **sizes, seed=seed, dtype=torch.float64, device=device)
-        H = sizes["H"]
-        gen = torch.Generator().manual_seed(seed + 1000)
-        h = 4.5 / M
-        # random pieces shaped like a smooth radial function's: c1 = h f', c2 ~ h^2 f'', c3 ~ h^3 f''', with
-        # slopes of a few per Angstrom (unphysically steep random pieces would only measure how the float32
-        # rounding of d, ~1e-7, is amplified by the slope)
-        scale = torch.tensor([1.0, 5 * h, (5 * h) ** 2, (5 * h) ** 3], dtype=torch.float64)[None, :, None]
-        coef = (torch.randn(P * P * M, 4, 2 * H, generator=gen, dtype=torch.float64) * scale).to(device)
-        slot = torch.randint(0, P, (N,), generator=gen).to(device)
+        tab = T_.random_table(2 * sizes["H"], N, torch.Generator().manual_seed(seed + 1000), device=device)
         a = list(T_.args_of(case))
         a64 = list(T_.args_of(c64))
         for n in (2, 3, 4, 5):
             a[n] = a[n].clone().requires_grad_(True)
             a64[n] = a64[n].clone().requires_grad_(True)
-        U = KM.fused_attention(*a, backend="triton_v2", table=(coef.float(), slot, slot, P, M, h))
-        Ur = attention_reference(*a64, table=(coef, slot, slot, P, M, h))
+        U = KM.fused_attention(*a, backend="triton_v2", table=(tab[0].float(),) + tab[1:])
+        Ur = attention_reference(*a64, table=tab)
         G = torch.randn(U.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
         gt = torch.autograd.grad(U, [a[n] for n in (2, 3, 4, 5)], G.float())
         gr = torch.autograd.grad(Ur, [a64[n] for n in (2, 3, 4, 5)], G)
         return [rel(U.double(), Ur)] + [rel(x.double(), y) for x, y in zip(gt, gr)]
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
-def check_edge_degree(N, K, seed, device, nb=64, hid=32, C=32, T=16, env=None, P=3, M=2048):
+def check_edge_degree(N, K, seed, device, nb=64, hid=32, C=32, T=16, env=None):
     """The edge-degree v2 kernels with a table of the three MLPs' last hidden layers ([rows, 4, 3 hid]): h and
     d/dvec against the float64 reference with the same table."""
-    old = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
-    try:
-        from openmm_e2former.kernels import edge_degree_triton_v2 as ed2
-        from openmm_e2former.kernels.edge_degree_reference import edge_degree_reference
+    from openmm_e2former.kernels import edge_degree_triton_v2 as ed2
+    from openmm_e2former.kernels.edge_degree_reference import edge_degree_reference
 
+    with T_.env_vars(env):
         case = T_.make_case(N, K, **T_.TINY, seed=seed, device=device)
         g = torch.Generator().manual_seed(seed)
         T0, S0 = torch.randn(N, T, generator=g).to(device), torch.randn(N, T, generator=g).to(device)
         params = [tuple(x.to(device) for x in KM.FCParams.random(nb, T, hid, C, generator=g)) for _ in range(3)]
         mu = torch.linspace(0, 4.5, nb, device=device)
         gam = KM.rbf_gamma(4.5, nb)
-        h_ = 4.5 / M
-        scale = torch.tensor([1.0, 5 * h_, (5 * h_) ** 2, (5 * h_) ** 3], dtype=torch.float64)[None, :, None]
-        coef = (torch.randn(P * P * M, 4, 3 * hid, generator=g, dtype=torch.float64) * scale).to(device)
-        slot = torch.randint(0, P, (N,), generator=g).to(device)
+        tab = T_.random_table(3 * hid, N, g, device=device)
         rp, src = case["row_ptr"], case["src"]
         v32 = case["vec"].float().clone().requires_grad_(True)
         v64 = case["vec"].double().clone().requires_grad_(True)
         h = ed2.edge_degree_triton_v2(rp, src, v32, T0, S0, params, mu, gam, 4.5, max_degree=K,
-                                      table=(coef.float(), slot, slot, P, M, h_))
+                                      table=(tab[0].float(),) + tab[1:])
         p64 = [KM.FCParams(*(x.double() for x in p)) for p in params]
-        h64 = edge_degree_reference(rp, src, v64, T0.double(), S0.double(), p64, mu.double(), gam, 4.5,
-                                    table=(coef, slot, slot, P, M, h_))
+        h64 = edge_degree_reference(rp, src, v64, T0.double(), S0.double(), p64, mu.double(), gam, 4.5, table=tab)
         G = torch.randn(h64.shape, generator=g, dtype=torch.float64).to(device)
         (gk,) = torch.autograd.grad(h, [v32], G.float())
         (gr,) = torch.autograd.grad(h64, [v64], G)
         return [rel(h.double(), h64), rel(gk.double(), gr)]
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def main(argv):
