@@ -135,6 +135,14 @@ def _launch_consts(kind, cfg, sizes, agg, win, **extra):
     return consts
 
 
+def _cells(r: dict, num_warps: int | None = None) -> str:
+    """The common tail of a report row: regs | spills | shared B | CTA/SM (| warps/SM with ``num_warps``) |."""
+    cells = [r["regs"], r["spills"], r["shared"], r["blocks_per_sm"]]
+    if num_warps is not None:
+        cells.append(r["blocks_per_sm"] * num_warps)
+    return " | ".join(str(c) for c in cells) + " |"
+
+
 def edge_runs(name, quick=False):
     """Edge-degree kernels, v1 (launch defaults of edge_degree_triton) and v2 (launch_config defaults first,
     then variants), at the CONFIGS shapes (C, nb, HID, K = BLOCK_E)."""
@@ -295,7 +303,7 @@ def agg_modes_main():
                 for nw in warps:
                     r = compile_kernel(fn, _launch_consts(kind, cfg, (C, H, D, nb, HID, K), agg, 0), nw)
                     print(f"| {name} | {kind} | {names[agg]} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} "
-                          f"W{nw} | {r['regs']} | {r['spills']} | {r['shared']} | {r['blocks_per_sm']} |", flush=True)
+                          f"W{nw} | {_cells(r)}", flush=True)
 
 
 def stream_groups_main():
@@ -313,7 +321,7 @@ def stream_groups_main():
             consts = _launch_consts("fwd", cfg, (C, H, D, nb, HID, K), 1, win, SG=sg)
             r = compile_kernel(v2._attn_fwd_kernel_v2, consts, cfg["num_warps"])
             print(f"| {name} | {sg} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | {win} | "
-                  f"{r['regs']} | {r['spills']} | {r['shared']} | {r['blocks_per_sm']} |", flush=True)
+                  f"{_cells(r)}", flush=True)
     print("\n# the streamed (AGG 1) and split (AGG 3) backward per SG (E2F_V2_BWD_STREAM_G)")
     print("| sizes | AGG | SG | tiles | regs | spills | shared B | CTA/SM |")
     print("|---|---|---:|---|---:|---:|---:|---:|")
@@ -325,8 +333,7 @@ def stream_groups_main():
                 consts = _launch_consts("bwd", cfg, (C, H, D, nb, HID, K), agg, win, SG=sg)
                 r = compile_kernel(v2._attn_bwd_kernel_v2, consts, cfg["num_warps"])
                 print(f"| {name} | {'stream' if agg == 1 else 'split'} | {sg} | BT{cfg['BLOCK_T']} HB{cfg['HB']} "
-                      f"KC{cfg['KC']} W{cfg['num_warps']} | {r['regs']} | {r['spills']} | {r['shared']} | "
-                      f"{r['blocks_per_sm']} |", flush=True)
+                      f"KC{cfg['KC']} W{cfg['num_warps']} | {_cells(r)}", flush=True)
 
 
 def maxnreg_main():
@@ -345,8 +352,7 @@ def maxnreg_main():
             for cap in (None, 168, 128, 96):
                 r = compile_kernel(fn, consts, cfg["num_warps"], cap)
                 print(f"| {name} | {kind} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | "
-                      f"{cap or '-'} | {r['regs']} | {r['spills']} | {r['shared']} | {r['blocks_per_sm']} | "
-                      f"{r['blocks_per_sm'] * cfg['num_warps']} |", flush=True)
+                      f"{cap or '-'} | {_cells(r, cfg['num_warps'])}", flush=True)
 
 
 def dx2_scr_main():
@@ -364,15 +370,15 @@ def dx2_scr_main():
                 c = _launch_consts("bwd", cfg, sizes, cfg["AGG"], 32 if nb >= 128 else 0, DX2_SCR=on)
                 r = compile_kernel(v2._attn_bwd_kernel_v2, c, cfg["num_warps"], cap)
                 print(f"| {name} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | "
-                      f"{cap or '-'} | {'on' if on else 'off'} | {r['regs']} | {r['spills']} | {r['shared']} | "
-                      f"{r['blocks_per_sm']} | {r['blocks_per_sm'] * cfg['num_warps']} |", flush=True)
+                      f"{cap or '-'} | {'on' if on else 'off'} | {_cells(r, cfg['num_warps'])}", flush=True)
 
 
 def table_main():
     """The default v2 attention launches with the edge MLP read from a radial table (TABLE, session 11) beside
     the MLP, under the default register cap: what the table takes out of the kernels' live state."""
     from .attention_triton_v2 import launch_config
-    print(f"# sm_90a (ptxas -v, no GPU), v2 attention, edge MLP vs radial table (TABLE), triton {triton.__version__}")
+    print(f"# sm_90a (ptxas -v, no GPU), v2 attention and edge-degree kernels, edge MLP vs radial table (TABLE), "
+          f"triton {triton.__version__}")
     print("| sizes | kernel | tiles | maxnreg | TABLE | regs | spills | shared B | CTA/SM | warps/SM |")
     print("|---|---|---|---:|---|---:|---:|---:|---:|---:|")
     for name, sizes in SIZES3.items():
@@ -385,8 +391,7 @@ def table_main():
                 c = _launch_consts(kind, cfg, sizes, cfg["AGG"], win, **extra)
                 r = compile_kernel(fn, c, cfg["num_warps"], cfg["maxnreg"])
                 print(f"| {name} | {kind} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | "
-                      f"{cfg['maxnreg'] or '-'} | {'on' if on else 'off'} | {r['regs']} | {r['spills']} | "
-                      f"{r['shared']} | {r['blocks_per_sm']} | {r['blocks_per_sm'] * cfg['num_warps']} |", flush=True)
+                      f"{cfg['maxnreg'] or '-'} | {'on' if on else 'off'} | {_cells(r, cfg['num_warps'])}", flush=True)
     # the edge-degree v2 kernels (launch_config defaults, RBF window as launched at nb >= 128)
     for name, sizes in SIZES3.items():
         C, H, D, nb, HID, K = sizes
@@ -400,8 +405,7 @@ def table_main():
                     c["G_FUSED"] = cfg["G_FUSED"]
                 r = compile_kernel(fn, c, cfg["num_warps"], cfg["maxnreg"])
                 print(f"| {name} | {kind} | KC{cfg['KC']} W{cfg['num_warps']} | {cfg['maxnreg'] or '-'} | "
-                      f"{'on' if on else 'off'} | {r['regs']} | {r['spills']} | {r['shared']} | "
-                      f"{r['blocks_per_sm']} | {r['blocks_per_sm'] * cfg['num_warps']} |", flush=True)
+                      f"{'on' if on else 'off'} | {_cells(r, cfg['num_warps'])}", flush=True)
 
 
 def main(argv=None):
