@@ -865,11 +865,13 @@ class E2FormerV2(nn.Module):
         x = self.edge_degree(z, g)
         system = system.to(x.dtype)
         if not torch.jit.is_scripting():
+            # the checkpoint mode is decided once per evaluation (on the GPU it asks for the free memory)
+            mode = self._checkpoint_mode(x) if checkpoint else "none"
+            self._set_auto_recompute_qk(mode == "block+qk")
+            self.last_checkpoint_mode = mode
             use_compiled = self.compile_node_parts and (checkpoint or self.compile_in_graphs)
-            if self.bf16 or use_compiled or (checkpoint and self._use_checkpointing(x)):
-                return self.norm_final(self._blocks_python(x, system, z, g, checkpoint))
-            self._set_auto_recompute_qk(False)
-            self.last_checkpoint_mode = "none"
+            if self.bf16 or use_compiled or mode != "none":
+                return self.norm_final(self._blocks_python(x, system, z, g, checkpoint, mode))
         for block in self.blocks:
             x = block(x, system, z, g)
         return self.norm_final(x)
@@ -925,13 +927,11 @@ class E2FormerV2(nn.Module):
 
     @torch.jit.unused
     def _blocks_python(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph,
-                       checkpoint: bool = True) -> torch.Tensor:
-        """Blocks with the Python-only options: activation checkpointing (see ``checkpoint_blocks``; off with
-        ``checkpoint=False``) and/or bf16 autocast of the node-level matrix products (the residual stream, norms,
+                       checkpoint: bool, mode: str) -> torch.Tensor:
+        """Blocks with the Python-only options: activation checkpointing ``mode`` (see ``checkpoint_blocks``,
+        decided by ``node_features_system``; ``checkpoint=False``: the padded path), compiled node-level parts
+        (``set_compile``) and/or bf16 autocast of the node-level matrix products (the residual stream, norms,
         edge kernels and sums stay float32)."""
-        mode = self._checkpoint_mode(x) if checkpoint else "none"
-        self._set_auto_recompute_qk(mode == "block+qk")
-        self.last_checkpoint_mode = mode
         slices: Optional[Tuple[List[int], torch.Tensor, List[int]]] = None
         if mode != "none":
             # build the graph's lazy caches first, so that the recomputation sees the same operations
