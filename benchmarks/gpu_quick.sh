@@ -50,6 +50,7 @@
 #   s12a/b/c: set_compile at 10k / 100k (fp32, bf16; first-call cost) / inside the CUDA graph (1k, 10k) / through
 #             OpenMM at 115k, each beside plain runs (three calls, ~5 min each)
 #   table12:  the radial-table attention kernels: GPU check vs float64, V1.5 end to end with tables (~6 min)
+#   tablecheck: tests/gpu/check_table.py alone
 #   table12s: the TABLE kernels as stages beside the MLP defaults, register caps (~5 min)
 #   table12md: createSystem(radial_tables=True) through OpenMM, 600 waters and 115k atoms, beside plain (~4 min)
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
@@ -271,9 +272,11 @@ for what in "$@"; do
           --modes fp32 --no-water --budget-s 40 2>&1 | grep '^{' | cut -c1-200
       E2F_RADIAL_TABLES=1 timeout 300 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_tables" --parts speed \
           --sizes 10000,20000,100000 --modes fp32,tf32 --no-water --budget-s 270 2>&1 | grep -E '^\{|Error' | cut -c1-300 ;;
+    tablecheck) # tests/gpu/check_table.py alone (session 12: rerun after its random tables were made continuous)
+      timeout 200 python3 tests/gpu/check_table.py "$OUT/table_gpu_check.json" 2>&1 | tail -n 12 ;;
     table12s)   # the TABLE kernels as stages (random smooth tables, checked against float64 first) beside the MLP
                 # defaults, with register caps, at V1.5 10k and bundled 115k (~5 min)
-      timeout 560 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
+      timeout ${STAGES_TIMEOUT:-560} python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
           --variants "stream;stream, table;stream/tile, DX2_SCR;stream/tile, table;stream/split, table;stream/tile, table, 96 registers;stream/tile, table, uncapped" \
           2>&1 | grep '^{' | cut -c1-220 ;;
     table12md)  # createSystem(radial_tables=True) through OpenMM: 600 waters (CUDA graph) and 115,200 atoms (eager)

@@ -4,6 +4,9 @@
 # nothing beyond the device's torch + triton (no OpenMM).
 #   run(command="bash benchmarks/gpu_v15.sh parity e2e", carry=[".carry15"])
 #   parity: tests/gpu/check_parity.py, every fixture variant (tiny_* and v15) on the GPU vs the official outputs
+#   parity_tables: the same with model.set_radial_tables(True) (frozen weights, edge MLPs read from tables)
+#   tables12: radial tables end to end with bf16 (10k / 100k) and with set_compile (10k / 20k, fp32 / TF32)
+#   graphed12: the CUDA-graph path (1k / 10k, fp32 / TF32) with radial tables, without and with set_compile(in_graphs)
 #   e2e:    the V1.5 end-to-end table of item 4c: FCC carbon 1k / 10k / 20k / 100k, fp32 / TF32 / bf16 / graphed
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -15,6 +18,19 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 for what in "$@"; do
   case "$what" in
     parity) timeout 200 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu.json" 2>&1 | tail -n 8 ;;
+    parity_tables) timeout 200 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu_tables.json" \
+             --radial-tables 2>&1 | tail -n 8 ;;
+    tables12) # session 12: radial tables with bf16 (10k / 100k), and with set_compile (fp32 / TF32, 10k / 20k)
+      E2F_RADIAL_TABLES=1 timeout 150 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_tables_bf16" --parts speed \
+          --sizes 10000,100000 --modes bf16 --no-water --budget-s 130 2>&1 | grep -E '^\{|Error' | cut -c1-300
+      E2F_RADIAL_TABLES=1 E2F_COMPILE=1 timeout ${COMPILE_TIMEOUT:-230} python3 benchmarks/gpu_end_to_end.py \
+          --out "$OUT/e2e_tables_compiled" --parts speed --sizes 10000,20000 --modes fp32,tf32 --no-water \
+          --budget-s 200 2>&1 | grep -E '^\{|Error' | cut -c1-300 ;;
+    graphed12) # session 12: the CUDA-graph path with radial tables, plain and with set_compile(in_graphs=True)
+      for c in 0 graphs; do
+        E2F_RADIAL_TABLES=1 E2F_COMPILE=$c timeout 200 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed_tables_compile_$c" \
+            --parts speed --sizes 1000,10000 --modes graphed_fp32,graphed_tf32 --no-water --budget-s 180 2>&1 | grep -E '^\{|Error' | cut -c1-300
+      done ;;
     e2e) timeout ${E2E_TIMEOUT:-330} python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e" --parts speed \
              --sizes 1000,10000,20000,100000 --modes fp32,tf32,bf16,graphed_fp32,graphed_tf32 --no-water \
              --budget-s ${E2E_BUDGET:-300} 2>&1 | grep '^{' | cut -c1-230 ;;

@@ -92,14 +92,26 @@ def env_vars(env):
                 os.environ[k] = v
 
 
-def random_table(F, n_atoms, generator, *, P=3, M=2048, cutoff=4.5, device="cpu"):
+def random_table(F, n_atoms, generator, *, P=3, step_log2=-9, cutoff=4.5, n_waves=3, device="cpu"):
     """A random float64 radial table with F columns for ``n_atoms`` atoms of P elements: (coef [P P M, 4, F],
-    slot, slot, P, M, h), as ``attention_reference.table_lookup`` reads it (draws coef, then the slots, from
-    ``generator``).  Its pieces are shaped like a smooth radial function's: c1 = h f', c2 ~ h^2 f'', c3 ~ h^3 f''',
-    with slopes of a few per Angstrom (unphysically steep random pieces would only measure how the float32
-    rounding of d, ~1e-7, is amplified by the slope)."""
-    h = cutoff / M
-    scale = torch.tensor([1.0, 5 * h, (5 * h) ** 2, (5 * h) ** 3], dtype=torch.float64)[None, :, None]
-    coef = (torch.randn(P * P * M, 4, F, generator=generator, dtype=torch.float64) * scale).to(device)
+    slot, slot, P, M, h), as ``attention_reference.table_lookup`` reads it (draws the functions, then the slots,
+    from ``generator``).  Built as the model's tables are: step h = 2^step_log2 (exact in float32),
+    M = ceil(cutoff / h) intervals, each piece the cubic Hermite interpolant of a smooth function (a sum of
+    ``n_waves`` random sines, wavenumbers 0.5-5 per Angstrom) from its values and slopes at the interval's
+    ends.  The table is therefore continuous with a continuous slope, like a real one: an edge whose float32
+    length rounds across an interval boundary reads (almost) the same value on either side.  A table with
+    independent random pieces jumps at every boundary, so such an edge would differ by O(1) between float32
+    and float64 however exact the kernel is."""
+    h = 2.0 ** step_log2
+    M = int(-(-cutoff // h))
+    a = torch.randn(n_waves, P * P, 1, F, generator=generator, dtype=torch.float64) / n_waves ** 0.5
+    w = 0.5 + 4.5 * torch.rand(n_waves, P * P, 1, F, generator=generator, dtype=torch.float64)
+    ph = 2 * torch.pi * torch.rand(n_waves, P * P, 1, F, generator=generator, dtype=torch.float64)
+    x = (torch.arange(M + 1, dtype=torch.float64) * h)[None, None, :, None]
+    f = (a * torch.sin(w * x + ph)).sum(0)                        # [P P, M + 1, F] node values
+    g = h * (a * w * torch.cos(w * x + ph)).sum(0)                # h f' at the nodes
+    f0, f1, g0, g1 = f[:, :-1], f[:, 1:], g[:, :-1], g[:, 1:]
+    coef = torch.stack([f0, g0, 3 * (f1 - f0) - 2 * g0 - g1, 2 * (f0 - f1) + g0 + g1], dim=2)  # [P P, M, 4, F]
+    coef = coef.reshape(P * P * M, 4, F).to(device)
     slot = torch.randint(0, P, (n_atoms,), generator=generator).to(device)
     return coef, slot, slot, P, M, h

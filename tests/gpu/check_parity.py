@@ -41,6 +41,8 @@ def main(argv=None):
     ap.add_argument("out")
     ap.add_argument("--variants", default="tiny_qk,tiny_qkdot,tiny_direct,v15")
     ap.add_argument("--device", default="cuda", help="cpu: a rehearsal on the reference path")
+    ap.add_argument("--radial-tables", action="store_true",
+                    help="frozen weights with model.set_radial_tables(True) (the edge MLPs read from tables)")
     args = ap.parse_args(argv)
     from openmm_e2former import load_model
     from openmm_e2former.kernels import attention_triton_v2 as V2
@@ -54,13 +56,16 @@ def main(argv=None):
             print(f"{variant}: no checkpoint at {ckpt}, skipped", flush=True)
             continue
         m = load_model(ckpt, device=args.device)
+        if args.radial_tables:
+            m.requires_grad_(False)
+            m.set_radial_tables(True)
         win = V2.rbf_window(m.rbf_offsets, float(m.rbf_coeff), float(m.cutoff))
         for case, de, df, ok in compare_cases(m, root / variant):
             rows.append(dict(variant=variant, case=case, dE_eV=de, dF_eV_A=df, passed=bool(ok), rbf_window=win))
             print(f"{variant:12s} {case:32s} dE {de:.2e} dF {df:.2e} {'OK' if ok else 'FAIL'} window {win}",
                   flush=True)
     dev = torch.cuda.get_device_name() if args.device == "cuda" else args.device
-    res = dict(device=dev, torch=torch.__version__, rows=rows, skipped=skipped,
+    res = dict(device=dev, torch=torch.__version__, radial_tables=args.radial_tables, rows=rows, skipped=skipped,
                passed=sum(r["passed"] for r in rows), cases=len(rows),
                max_dF_eV_A=max((r["dF_eV_A"] for r in rows), default=None))
     pathlib.Path(args.out).write_text(json.dumps(res, indent=1))
