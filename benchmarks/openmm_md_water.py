@@ -82,8 +82,9 @@ def main():
                     help="createSystem(precision=...): the plugin's own float32 modes (session 10)")
     ap.add_argument("--compile", action="store_true",
                     help="createSystem(compile=True): the experimental torch.compile of the node-level parts (session 11)")
-    ap.add_argument("--radial-tables", action="store_true",
-                    help="createSystem(radial_tables=True): the experimental radial tables of the edge MLPs (session 11)")
+    ap.add_argument("--radial-tables", action=argparse.BooleanOptionalAction, default=None,
+                    help="createSystem(radial_tables=True / False): the radial tables of the edge MLPs; default: the "
+                         "potential's automatic choice (on for float32 on CUDA since session 12)")
     ap.add_argument("--out", default="openmm_md_water.json")
     args = ap.parse_args()
     import torch
@@ -102,6 +103,8 @@ def main():
     if args.tf32:  # TF32 matmuls, and TF32 dots in the fused kernels of the lazily loaded model
         torch.backends.cuda.matmul.allow_tf32 = True
         os.environ["E2FORMER_ALLOW_TF32"] = "1"
+    from openmm_e2former import force as _force
+
     if args.model == "bundled":
         from openmm_e2former import default_model_path
 
@@ -110,8 +113,8 @@ def main():
     top, pos_nm = water_topology(reps, args.from_pdb, args.xtc)
     t0 = time.time()
     extra = {"compile": True} if args.compile else {}
-    if args.radial_tables:
-        extra["radial_tables"] = True
+    if args.radial_tables is not None:
+        extra["radial_tables"] = args.radial_tables
     system = MLPotential("e2formerv2", modelPath=args.model).createSystem(top, precision=args.ml_precision, **extra)
     integ = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1.0 / u.picosecond, args.timestep_fs * u.femtosecond)
     ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName(args.platform))
@@ -130,7 +133,12 @@ def main():
            "source": args.xtc or args.from_pdb or "fixture water216_pbc", "timestep_fs": args.timestep_fs,
            "steps": args.steps, "ms_per_step": dt * 1e3, "ns_per_day": args.timestep_fs * 1e-6 * 86400 / dt, "potential_kJ_mol": e, "finite": bool(np.isfinite(e)),
            "setup_s": setup, "warmup_step_s": warmup, "compile": bool(args.compile),
-           "radial_tables": bool(args.radial_tables),
+           "radial_tables": args.radial_tables,      # None: the automatic default
+           # what the force's model actually uses (the automatic default resolved for this device and precision)
+           "radial_tables_used": bool(getattr(_force.get_model(args.model, None, None, args.ml_precision,
+                                                               compile_model=bool(args.compile),
+                                                               radial_tables=args.radial_tables),
+                                              "radial_tables", False)),
            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
     print(json.dumps(row), flush=True)
     out = Path(args.out)

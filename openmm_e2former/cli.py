@@ -73,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true",
                    help="experimental: torch.compile the model's node-level parts (eager path, above the CUDA-graph "
                         "size; +10 %% at 10k-20k atoms on an H200; the first step compiles for tens of seconds)")
-    g.add_argument("--radial-tables", action="store_true",
-                   help="experimental: read the edge MLPs from per-element-pair cubic tables (error below float32 "
-                        "rounding; no edge MLP in the fused GPU attention kernels)")
+    g.add_argument("--radial-tables", action=argparse.BooleanOptionalAction, default=None,
+                   help="read the edge MLPs from per-element-pair cubic tables (error below float32 rounding; no "
+                        "edge MLP in the fused GPU attention kernels). Default: on for float32 on a GPU, off for "
+                        "double precision and on the CPU")
     g.add_argument("--temperature", type=float, default=300.0, help="K")
     g.add_argument("--friction", type=float, default=1.0, help="Langevin friction (1/ps)")
     g.add_argument("--timestep", type=float, default=0.5, help="fs")
@@ -301,8 +302,8 @@ def build_simulation(args, topology, positions):
         ml_kwargs["head"] = args.head
     if args.compile:
         ml_kwargs["compile"] = True
-    if args.radial_tables:
-        ml_kwargs["radial_tables"] = True
+    if args.radial_tables is not None:
+        ml_kwargs["radial_tables"] = args.radial_tables
     if args.device is not None:
         ml_kwargs["device"] = args.device
     potential_kwargs = {}

@@ -124,6 +124,19 @@ def resolve_mode(precision: Optional[str] = None) -> str:
     return precision if precision in ("tf32", "bf16") else "fp32"
 
 
+def resolve_radial_tables(radial_tables: Optional[bool], device: str, dtype) -> bool:
+    """``radial_tables`` of ``createSystem`` / the force: True / False as given; None (the default) = on for a
+    float32 model on a CUDA device, off otherwise (float64 keeps the exact edge MLPs; the CPU keeps the
+    reference path).  The tables (``E2FormerV2.set_radial_tables``) replace each edge MLP by per-element-pair
+    cubic pieces whose error (~1e-8 relative) is below float32 rounding; on an H200 they pass the 70 GPU parity
+    cases and make an OpenMM step of 115,200 atoms 25 % faster (``benchmarks/results/session12_h200.md``)."""
+    import torch
+
+    if radial_tables is not None:
+        return bool(radial_tables)
+    return torch.device(device).type == "cuda" and dtype == torch.float32
+
+
 def _config_key(config: Any):
     if config is None or isinstance(config, str):
         return config
@@ -135,15 +148,17 @@ def _config_key(config: Any):
 
 
 def get_model(model_path: Optional[str], config: Any = None, device: Any = None, precision: Optional[str] = None,
-              compile_model: bool = False, radial_tables: bool = False):
+              compile_model: bool = False, radial_tables: Optional[bool] = None):
     """Load (once per process) and return the model for (path, config, device, precision, compile_model,
     radial_tables).  ``compile_model``: ``E2FormerV2.set_compile`` (experimental: torch.compile of the blocks'
     node-level parts, used by the eager path, i.e. above the CUDA-graph size); ``radial_tables``:
-    ``E2FormerV2.set_radial_tables`` (experimental: the edge MLPs read from per-element-pair tables)."""
+    ``E2FormerV2.set_radial_tables`` (the edge MLPs read from per-element-pair tables; None: on for float32 on
+    CUDA, see :func:`resolve_radial_tables`)."""
     dev = resolve_device(device)
     dtype = resolve_dtype(precision)
     mode = resolve_mode(precision)
-    compile_model, radial_tables = bool(compile_model), bool(radial_tables)
+    compile_model = bool(compile_model)
+    radial_tables = resolve_radial_tables(radial_tables, dev, dtype)
     # set_precision, set_compile and set_radial_tables change the model: one each
     key = (model_path, _config_key(config), dev, str(dtype), mode, compile_model, radial_tables)
     with _MODEL_CACHE_LOCK:
@@ -165,6 +180,7 @@ def get_model(model_path: Optional[str], config: Any = None, device: Any = None,
                 if compile_model:
                     model.set_compile(True)
                 if radial_tables:
+                    model.requires_grad_(False)      # inference only: tables are built for frozen weights
                     model.set_radial_tables(True)
             _MODEL_CACHE[key] = model
     return model
@@ -217,7 +233,7 @@ class _Runtime:
         import torch
 
         self.model = get_model(comp.model_path, comp.config, comp.device, comp.precision,
-                               compile_model=bool(comp.compile_model), radial_tables=bool(comp.radial_tables))
+                               compile_model=bool(comp.compile_model), radial_tables=comp.radial_tables)
         self.dev = torch.device(resolve_device(comp.device))
         self.dtype = resolve_dtype(comp.precision)
         #: TF32 for the matrix products outside the fused kernels ('tf32', 'bf16'): torch's global switch, set for
@@ -299,7 +315,7 @@ class E2FormerForceComputation:
     def __init__(self, atomic_numbers: Sequence[int], model_path: Optional[str] = None, config: Any = None,
                  charge: int = 0, multiplicity: int = 1, head: Optional[str] = None, periodic: bool = False,
                  device: Any = None, precision: Optional[str] = None, cuda_graphs: Optional[bool] = None,
-                 compile_model: bool = False, radial_tables: bool = False):
+                 compile_model: bool = False, radial_tables: Optional[bool] = None):
         if model_path is not None and model_path not in _BUILTIN_MODELS:
             model_path = os.path.abspath(os.fspath(model_path))
         if isinstance(config, os.PathLike) or (isinstance(config, str) and os.path.exists(config)):
@@ -317,8 +333,8 @@ class E2FormerForceComputation:
         self.cuda_graphs = None if cuda_graphs is None else bool(cuda_graphs)
         #: E2FormerV2.set_compile (experimental; the eager path only)
         self.compile_model = bool(compile_model)
-        #: E2FormerV2.set_radial_tables (experimental)
-        self.radial_tables = bool(radial_tables)
+        #: E2FormerV2.set_radial_tables: True / False, or None = on for float32 on CUDA (resolve_radial_tables)
+        self.radial_tables = None if radial_tables is None else bool(radial_tables)
         self._rt: Optional[_Runtime] = None
 
     # -- pickling: the definition only, never the model or buffers --------------------------------
@@ -412,7 +428,7 @@ def create_python_force(atomic_numbers: Sequence[int], model_path: Optional[str]
                         multiplicity: int = 1, head: Optional[str] = None, device: Any = None,
                         precision: Optional[str] = None, force_group: int = 0, name: str = "E2FormerV2",
                         cuda_graphs: Optional[bool] = None, compile_model: bool = False,
-                        radial_tables: bool = False):
+                        radial_tables: Optional[bool] = None):
     """Build the ``openmm.PythonForce`` (not added to any System).
 
     ``atomic_numbers[i]`` belongs to particle ``particles[i]`` (all particles of the System when

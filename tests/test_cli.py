@@ -214,6 +214,11 @@ def test_cli_matmul_precision(water_pdb_factory, tiny_qk_checkpoint, tmp_path, c
     assert main([str(pdb), "--ml", "all", "--radial-tables"] + _common(tmp_path, tiny_qk_checkpoint, steps=2)) == 0
     tabled = [m for k, m in F._MODEL_CACHE.items() if k[0] == str(tiny_qk_checkpoint.resolve()) and k[6]]
     assert tabled and all(m.radial_tables for m in tabled)
+    # --no-radial-tables reaches it as radial_tables=False; without either flag the CLI passes nothing (the
+    # potential's automatic default: on for float32 on CUDA)
+    from openmm_e2former.cli import build_parser
+    for flags, want in (([], None), (["--no-radial-tables"], False), (["--radial-tables"], True)):
+        assert build_parser().parse_args([str(pdb)] + flags).radial_tables is want
     err = _err([str(pdb), "--ml", "all", "--matmul", "tf32", "--precision", "double"]
                + _common(tmp_path, tiny_qk_checkpoint), capsys)
     assert "--matmul tf32 needs a float32 model" in err
