@@ -52,7 +52,9 @@
 #   table12:  the radial-table attention kernels: GPU check vs float64, V1.5 end to end with tables (~6 min)
 #   tablecheck: tests/gpu/check_table.py alone
 #   table12s: the TABLE kernels as stages beside the MLP defaults, register caps (~5 min)
+#   tabletiles: tiles / warps / register caps re-swept under TABLE (~5 min)
 #   table12md: createSystem(radial_tables=True) through OpenMM, 600 waters and 115k atoms, beside plain (~4 min)
+#   default12md: OpenMM MD with the automatic defaults (radial tables on CUDA), bundled model, 1.8k / 14.4k / 115k atoms
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -279,6 +281,10 @@ for what in "$@"; do
       timeout ${STAGES_TIMEOUT:-560} python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
           --variants "stream;stream, table;stream/tile, DX2_SCR;stream/tile, table;stream/split, table;stream/tile, table, 96 registers;stream/tile, table, uncapped" \
           2>&1 | grep '^{' | cut -c1-220 ;;
+    tabletiles) # session 12: tiles / warps / caps re-swept under TABLE, beside the TABLE defaults (V1.5 10k, bundled 115k)
+      timeout ${STAGES_TIMEOUT:-560} python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
+          --variants "stream, table;stream/tile, table;stream, table, HB 64;stream, table, 4 warps;stream, table, 8 warps;stream, table, 2 edges per step;stream, table, 160 registers;stream/tile, table, bwd HB 64;stream/tile, table, bwd 8 warps;stream/tile, table, bwd BLOCK_T 2;stream/tile, table, bwd 160 registers" \
+          2>&1 | grep '^{' | cut -c1-220 ;;
     table12md)  # createSystem(radial_tables=True) through OpenMM: 600 waters (CUDA graph) and 115,200 atoms (eager)
       P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
       for r in 1,1,1 4,4,4; do
@@ -286,6 +292,13 @@ for what in "$@"; do
           timeout 120 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 $c \
               --out "$OUT/md_tables.json" 2>&1 | tail -n 1 | cut -c1-300
         done
+      done ;;
+    default12md) # session 12: OpenMM with the automatic default (radial tables on for float32 on CUDA), no flags:
+                 # 600 waters, 4,800 waters (CUDA graph) and 38,400 waters (eager); the JSON says what was used
+      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
+      for r in 1,1,1 2,2,2 4,4,4; do
+        timeout 120 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 \
+            --out "$OUT/md_default.json" 2>&1 | tail -n 1 | cut -c1-400
       done ;;
     water100k)
       # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16

@@ -385,8 +385,8 @@ def table_main():
         C, H, D, nb, HID, K = sizes
         win = 32 if nb >= 128 else 0
         for kind, fn in (("fwd", v2._attn_fwd_kernel_v2), ("bwd", v2._attn_bwd_kernel_v2)):
-            cfg = launch_config(H, HID, nb, K, kind)
             for on in (False, True):
+                cfg = launch_config(H, HID, nb, K, kind, table=on)    # the TABLE launch has its own warps
                 extra = dict(TABLE=on, **({"DX2_SCR": cfg["DX2_SCR"] and not on} if kind == "bwd" else {}))
                 c = _launch_consts(kind, cfg, sizes, cfg["AGG"], win, **extra)
                 r = compile_kernel(fn, c, cfg["num_warps"], cfg["maxnreg"])

@@ -905,7 +905,7 @@ def _scratch_floats(kind: str, agg: int, R: int, hid: int, H: int, dx2_scr: bool
     return 3 * R * hid + extra + (2 * R * H if dx2_scr else 0)    # DX2_SCR: [R, 2H] at the end of the slot
 
 
-def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") -> dict:
+def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", table: bool = False) -> dict:
     """Tile parameters of the forward ("fwd") or backward ("bwd") kernel.
 
     For H >= 64 the defaults are the fastest exact tiles of an H200 sweep at the V1.5 size (K = 32, H = 128;
@@ -914,6 +914,12 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
     defaults, chosen from sm_90 compile reports (zero spills; ``attention_v2_compile_report.txt``), untimed.
     Overridable with E2F_V2_{FWD,BWD}_{BLOCK_T, HB, KC, NUM_WARPS, PROGS_PER_SM} (E2F_V2_PROGS_PER_SM sets both
     kinds' programs per SM).
+
+    ``table``: the radial-table launch (TABLE: no edge MLP in the kernel), whose warps were re-swept on its own
+    (H200, session 12, ``benchmarks/results/attention_stages_tabletiles_s12_h200.jsonl``; every variant checked
+    against float64 first): the forward takes 4 warps at every size (bundled 115k: 10.03 -> 6.64 ms; V1.5 already
+    had 4), the backward 8 warps for H >= 64 (V1.5 10k forward + backward 15.41 -> 15.01 ms; bundled: no change,
+    46.19 vs 46.24 ms, so it keeps 4).  HB 64, BLOCK_T 2, 2 edges per step and a 160-register cap were slower.
     """
     K = kind.upper()
     tuned = H >= 64     # the GPU sweep (benchmarks/results/attention_v2_tune_h200.md) ran at the V1.5 size, H = 128
@@ -921,6 +927,8 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd") ->
         d_bt, d_hb, d_kc, d_nw = (max(1, 64 // block_e), 32, 16, 4) if tuned else (max(1, 64 // block_e), 32, 32, 8)
     else:               # ~32 rows per program
         d_bt, d_hb, d_kc, d_nw = (max(1, 32 // block_e), 32, 32, 4) if tuned else (max(1, 32 // block_e), 16, 16, 4)
+    if table:
+        d_nw = 4 if kind == "fwd" else (8 if tuned else d_nw)
     hb = min(H, _env_int(f"E2F_V2_{K}_HB", d_hb))
     kc = min(hid, _env_int(f"E2F_V2_{K}_KC", d_kc))
     cfg = dict(BLOCK_T=_env_int(f"E2F_V2_{K}_BLOCK_T", d_bt), HB=hb, KC=kc,
@@ -1073,7 +1081,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         S = torch.empty((N, H), device=v.device, dtype=f32)
         launches = _launches(rp, block_e) if N > 0 else []
         for be, perm, seg, use_perm in launches:
-            cfg = launch_config(H, hid, nb, be, "fwd")
+            cfg = launch_config(H, hid, nb, be, "fwd", table=bool(tab_args[6]))
             n_blocks = triton.cdiv(N, cfg["BLOCK_T"])     # with buckets: a bound (the kernel reads the count)
             nprog = _grid(n_blocks, v.device, cfg["progs_per_sm"])
             R = cfg["BLOCK_T"] * be
@@ -1123,7 +1131,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         dv = torch.zeros_like(vc)
         rp = row_ptr.contiguous()
         for be, perm, seg, use_perm in ctx.launches:
-            cfg = launch_config(H, hid, nb, be, "bwd")
+            cfg = launch_config(H, hid, nb, be, "bwd", table=bool(tab_args[6]))
             n_blocks = triton.cdiv(N, cfg["BLOCK_T"])     # with buckets: a bound (the kernel reads the count)
             nprog = _grid(n_blocks, v.device, cfg["progs_per_sm"])
             R = cfg["BLOCK_T"] * be

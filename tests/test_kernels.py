@@ -613,6 +613,17 @@ def test_v2_launch_defaults(monkeypatch):
     monkeypatch.setenv("E2F_V2_FWD_STREAM_G", "4")
     assert V2.launch_config(16, 32, 64, 64, "fwd")["SG"] == 4
     monkeypatch.delenv("E2F_V2_FWD_STREAM_G")
+    # the radial-table launch (TABLE) has its own warps (H200 re-sweep, session 12): forward 4 at every size,
+    # backward 8 for H >= 64; the MLP launch keeps its own, and the environment still overrides both
+    assert V2.launch_config(16, 32, 64, 64, "fwd")["num_warps"] == 8
+    assert V2.launch_config(16, 32, 64, 64, "fwd", table=True)["num_warps"] == 4
+    assert V2.launch_config(16, 32, 64, 64, "bwd", table=True)["num_warps"] == 4
+    assert V2.launch_config(128, 128, 256, 32, "bwd")["num_warps"] == 4
+    assert V2.launch_config(128, 128, 256, 32, "bwd", table=True)["num_warps"] == 8
+    assert V2.launch_config(128, 128, 256, 32, "fwd", table=True)["num_warps"] == 4
+    monkeypatch.setenv("E2F_V2_FWD_NUM_WARPS", "8")
+    assert V2.launch_config(16, 32, 64, 64, "fwd", table=True)["num_warps"] == 8
+    monkeypatch.delenv("E2F_V2_FWD_NUM_WARPS")
     assert V2.launch_config(16, 32, 64, 64, "bwd")["maxnreg"] == 128      # the default register cap (H200-timed)
     assert V2.launch_config(128, 128, 256, 32, "fwd")["maxnreg"] == 128
     monkeypatch.setenv("E2F_V2_FWD_MAXNREG", "0")                          # 0 lifts the cap

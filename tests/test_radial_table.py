@@ -160,6 +160,13 @@ _INTERP_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
         seen_ed.append(kw.get("table") is not None)
         return orig_ed(*a, **kw)
     K.fused_edge_degree = spy_ed
+    from openmm_e2former.kernels import attention_triton_v2 as V2
+    launched = []                                      # (kind, table) of each v2 attention launch
+    orig_lc = V2.launch_config
+    def spy_lc(*a, **kw):
+        launched.append((a[4] if len(a) > 4 else kw.get("kind", "fwd"), kw.get("table", False)))
+        return orig_lc(*a, **kw)
+    V2.launch_config = spy_lc
 
     def run(mode, fused):
         E2.Attention.use_fused = (lambda self, x: True) if fused else (lambda self, x: False)
@@ -180,8 +187,11 @@ _INTERP_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
     for mode in (False, "fine"):
         seen.clear()
         seen_ed.clear()
+        launched.clear()
         e1, f1 = run(mode, True)                       # the tables inside the v2 kernels
         assert seen and all(seen) and seen_ed == [True], (seen, seen_ed)
+        # both kernels launched with the TABLE launch configuration (its own warps, session 12)
+        assert {k for k, _ in launched} == {"fwd", "bwd"} and all(t for _, t in launched), launched
         errs = [rel(e1, ref_e), rel(f1, ref_f)]
         print("table kernels,", mode or "whole graph", "vs table reference (E, F):", ["%.1e" % x for x in errs])
         worst = max(worst, *errs)
