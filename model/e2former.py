@@ -541,6 +541,13 @@ class Block(nn.Module):
         x = x + self.attn.node_part(U, x.dtype)
         return x + self.ffn.parts(self.norm_ffn.parts(x))
 
+    def __getstate__(self):
+        """Pickling / deepcopy without the torch.compile'd functions of ``E2FormerV2.set_compile`` (they cannot be
+        pickled); the model's ``__setstate__`` compiles them again."""
+        state = dict(super().__getstate__() if hasattr(nn.Module, "__getstate__") else self.__dict__)
+        state.pop("_compiled_parts", None)
+        return state
+
     @torch.jit.unused
     def qkv_rows(self, x: torch.Tensor, system: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per atom: (q, k, v) of the fused kernel for the atoms of ``x``."""
@@ -779,8 +786,9 @@ class E2FormerV2(nn.Module):
         pass only: energies and forces,
         not training on forces (double backward). ``options`` go to ``torch.compile`` (default
         ``dynamic=True``: one compilation serves every system size). The compiled functions live on the
-        blocks; ``set_compile(False)`` drops them (needed before pickling the model)."""
+        blocks; a pickled or deep-copied model leaves them out and compiles them again when unpickled."""
         options.setdefault("dynamic", True)
+        self.__dict__["_compile_options"] = dict(options)
         for b in self.blocks:
             if on:
                 b.__dict__["_compiled_parts"] = (torch.compile(b.qkv_rows, **options),
@@ -790,6 +798,11 @@ class E2FormerV2(nn.Module):
         self.compile_node_parts = bool(on)
         self.compile_in_graphs = bool(on and in_graphs)
         return self
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self.__dict__.get("compile_node_parts"):       # the blocks left their compiled functions out
+            self.set_compile(True, in_graphs=self.compile_in_graphs, **self.__dict__.get("_compile_options", {}))
 
     @torch.jit.unused
     def _compiled_block(self, block: "Block", x: torch.Tensor, system: torch.Tensor, z: torch.Tensor,

@@ -8,6 +8,8 @@ a block runs in slices of ``checkpoint_chunk_atoms`` atoms.  Small random-weight
 """
 from __future__ import annotations
 
+import copy
+import pickle
 import textwrap
 from pathlib import Path
 
@@ -435,6 +437,13 @@ def test_set_compile_matches_plain(mode, monkeypatch):
     _assert_same(ref, out, 1e-12)
     z, pos, cell, pbc = sysm
     assert abs(float(torch.jit.script(m)(z, pos, cell, pbc)) - float(ref[0])) <= 1e-10 * abs(float(ref[0]))
+    # a compiled model pickles and deep-copies: the copy compiles its parts again, with the same options
+    for copy_ in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert copy_.compile_node_parts and all("_compiled_parts" in b.__dict__ for b in copy_.blocks)
+        assert copy_._compile_options == {"backend": "aot_eager", "dynamic": True}
+        calls["n"] = 0
+        _assert_same(ref, _evaluate(copy_, sysm, params=False), 1e-12)
+        assert calls["n"] >= len(m.blocks)
     m.set_compile(False)
     assert not m.compile_node_parts and not any("_compiled_parts" in b.__dict__ for b in m.blocks)
     calls["n"] = 0
