@@ -16,6 +16,11 @@ Implementations (--impls, default fused,reference):
   fused_v1     the v1 kernels (``attention_triton``), exact fp32: what sessions 1-2 measured as "fused"
   fused_v1_tf32 the v1 kernels with TF32 dots in the edge MLP (session 2's "fused_tf32")
   reference    the PyTorch reference (gather / softmax / scatter, E x H and E x C tensors in memory)
+  fused_table / reference_table   the same two with the edge MLP read from a radial table (``TABLE``, the OpenMM
+               force's default on CUDA since session 12): a random continuous table of the model's format
+               (``kernels._testing.random_table``, 3 elements), read by the kernels and by the PyTorch reference
+               alike, so the pair compares like with like; their FLOP / byte counts drop the MLP and add the
+               table rows (``flops_bytes(..., table=True)``)
 Timing: triton.testing.do_bench, median.  Peak memory: max_memory_allocated above the inputs.
 FLOPs / bytes are the algorithmic counts of the fused kernels (see flops_bytes); the same counts are used
 for the reference, so its "TFLOPS" is useful work per second, not what it executes.
@@ -35,10 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 try:
     import openmm_e2former.kernels as K
-    from openmm_e2former.kernels._testing import make_case, args_of, V15
+    from openmm_e2former.kernels._testing import make_case, args_of, random_table, V15
 except ImportError:
     import kernels as K
-    from kernels._testing import make_case, args_of, V15
+    from kernels._testing import make_case, args_of, random_table, V15
 from importlib import import_module
 
 AT = import_module(K.__name__ + ".attention_triton")
@@ -49,8 +54,10 @@ SETTINGS = {
 }
 
 
-def flops_bytes(N, K_, C, H, D, nb, T, hid, mode):
+def flops_bytes(N, K_, C, H, D, nb, T, hid, mode, table=False):
     E = N * K_
+    if table:
+        return _flops_bytes_table(E, N, C, H, D, mode)
     mlp = 2 * (nb * hid + hid * hid + hid * 2 * H)
     f_fwd = E * (mlp + 4 * nb + 2 * H * D + 12 * H + 63 * C) + N * 2 * 2 * T * hid
     b_fwd = E * (8 + 12 + 4 * H * D + 36 * C + 4 * hid) + N * (8 + 4 * (H * D + hid + 27 * C + 2 * H + 2 * T))
@@ -62,13 +69,31 @@ def flops_bytes(N, K_, C, H, D, nb, T, hid, mode):
     return f_fwd + f_bwd, b_fwd + b_bwd
 
 
-IMPLS = ("fused", "fused_tf32x3", "fused_v1", "fused_v1_tf32", "reference")
+def _flops_bytes_table(E, N, C, H, D, mode):
+    """The counts with the edge MLP read from a table: per edge, the cubic of 2H columns (6 flops each; the
+    backward also its slope, 5 more) instead of the RBF and the MLP, and one [4, 2H] float32 row read per pass
+    instead of the target / source projections; the rest as in the MLP counts (logits, softmax, aggregation)."""
+    f_fwd = E * (6 * 2 * H + 2 * H * D + 12 * H + 63 * C)
+    b_fwd = E * (8 + 12 + 4 * H * D + 36 * C + 16 * 2 * H) + N * (8 + 4 * (H * D + 27 * C + 2 * H))
+    if mode == "fwd":
+        return f_fwd, b_fwd
+    f_bwd = E * (11 * 2 * H + 6 * H * D + 30 * H + 6 * 27 * C)
+    b_bwd = (E * (8 + 12 + 4 * H * D + 36 * C + 16 * 2 * H + 12 + 8 * 9 * C + 8 * H * D)
+             + N * (8 + 4 * (2 * H * D + 27 * C + 2 * H)))
+    return f_fwd + f_bwd, b_fwd + b_bwd
+
+
+IMPLS = ("fused", "fused_tf32x3", "fused_v1", "fused_v1_tf32", "reference", "fused_table", "reference_table")
 IMPL_ENV = {"fused_tf32x3": {"E2F_V2_DOT_PREC": "tf32x3"}}
 
 
-def make_fn(impl, args, mode, K_):
+def make_fn(impl, args, mode, K_, table=None):
     if impl == "reference":
         call = lambda: K.attention_reference(*args)
+    elif impl == "reference_table":
+        call = lambda: K.attention_reference(*args, table=table)
+    elif impl == "fused_table":
+        call = lambda: K.fused_attention(*args, max_degree=K_, table=table)
     elif impl.startswith("fused_v1"):
         tf32 = impl == "fused_v1_tf32"
         call = lambda: AT.attention_triton(*args, allow_tf32=tf32, max_degree=K_)
@@ -100,7 +125,11 @@ def bench_one(setting, N, impl, mode, case):
     if mode != "fwd":
         for n in (2, 3, 4, 5):
             args[n] = args[n].detach().requires_grad_(True)
-    fn = make_fn(impl, args, mode, K_)
+    table = None
+    if impl.endswith("_table"):
+        coef, *rest = random_table(2 * cfg["H"], N, torch.Generator().manual_seed(N), device="cuda")
+        table = (coef.float(), *rest)
+    fn = make_fn(impl, args, mode, K_, table)
     row = dict(setting=setting, N=N, K=K_, impl=impl, mode=mode, **cfg)
     env = IMPL_ENV.get(impl, {})
     saved = {k: os.environ.get(k) for k in env}
@@ -115,7 +144,7 @@ def bench_one(setting, N, impl, mode, case):
         row["peak_mem_MB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
         del out
         ms = triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
-        fl, by = flops_bytes(N, K_, **cfg, mode=mode)
+        fl, by = flops_bytes(N, K_, **cfg, mode=mode, table=table is not None)
         row.update(ms=ms, TFLOPS=fl / ms * 1e-9, GBps=by / ms * 1e-6, flop=fl, bytes=by)
     except torch.cuda.OutOfMemoryError:
         row.update(ms=None, oom=True)
@@ -129,7 +158,7 @@ def bench_one(setting, N, impl, mode, case):
                 os.environ.pop(k_, None)
             else:
                 os.environ[k_] = v_
-    del fn, args
+    del fn, args, table
     torch.cuda.empty_cache()
     return row
 
@@ -172,7 +201,7 @@ def main(argv):
                              fixed_degree=True, special_rows=False)
             for mode in ("fwd", "fwd+bwd"):
                 for impl in impls:
-                    if impl == "reference" and ref_oom.get((setting, mode)):
+                    if impl.startswith("reference") and ref_oom.get((setting, mode, impl)):
                         rows.append(dict(setting=setting, N=N, impl=impl, mode=mode, ms=None, oom=True,
                                          skipped="smaller N already OOM"))
                         continue
@@ -180,8 +209,8 @@ def main(argv):
                         continue
                     r = bench_one(setting, N, impl, mode, case)
                     dead = dead or bool(r.get("fatal"))
-                    if r.get("oom") and impl == "reference":
-                        ref_oom[(setting, mode)] = True
+                    if r.get("oom") and impl.startswith("reference"):
+                        ref_oom[(setting, mode, impl)] = True
                     rows.append(r)
                     Path(prefix + ".partial.json").write_text(json.dumps(rows, indent=1))
                     ms = r.get("ms")
@@ -234,14 +263,20 @@ def to_markdown(res):
     keys = sorted({(r["setting"], r["mode"], r["N"]) for r in res["rows"]},
                   key=lambda x: (x[0], x[1], x[2]))
     for st, mo, n in keys:
-        f, rf = by.get((st, mo, n, "fused")), by.get((st, mo, n, "reference"))
-        sp = (f"{rf['ms'] / f['ms']:.1f}x" if f and rf and f.get("ms") and rf.get("ms") else "–")
-        ok = f and f.get("ms")
-        lines.append(f"| {st} | {mo} | {n} | " + " | ".join(ms(by.get((st, mo, n, i))) for i in impls) + f" | {sp} | "
-                     + (f"{f['TFLOPS']:.2f} | {f['GBps']:.0f} | "
-                        + (f"{100 * f['GBps'] / bw:.0f} %" if bw else "–") + f" | {f['peak_mem_MB']:.0f}"
-                        if ok else "– | – | – | –")
-                     + " | " + (f"{rf['peak_mem_MB']:.0f}" if rf and rf.get("ms") else ms(rf)) + " |")
+        # one row for the MLP pair (fused vs reference) and one for the table pair where measured
+        for fi, ri, label in (("fused", "reference", st), ("fused_table", "reference_table", f"{st}, table")):
+            f, rf = by.get((st, mo, n, fi)), by.get((st, mo, n, ri))
+            if f is None and rf is None:
+                continue
+            sp = (f"{rf['ms'] / f['ms']:.1f}x" if f and rf and f.get("ms") and rf.get("ms") else "–")
+            ok = f and f.get("ms")
+            cells = [ms(by.get((st, mo, n, i))) if (i.endswith("_table") == fi.endswith("_table")) else "–"
+                     for i in impls]
+            lines.append(f"| {label} | {mo} | {n} | " + " | ".join(cells) + f" | {sp} | "
+                         + (f"{f['TFLOPS']:.2f} | {f['GBps']:.0f} | "
+                            + (f"{100 * f['GBps'] / bw:.0f} %" if bw else "–") + f" | {f['peak_mem_MB']:.0f}"
+                            if ok else "– | – | – | –")
+                         + " | " + (f"{rf['peak_mem_MB']:.0f}" if rf and rf.get("ms") else ms(rf)) + " |")
     return "\n".join(lines) + "\n"
 
 

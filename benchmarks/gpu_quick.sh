@@ -24,6 +24,7 @@
 #             with the bundled model (training.report --nve; ~4 min)
 #   attn4a:   benchmarks/bench_attention.py (issue #4 item 4a): the default fused kernels vs the PyTorch reference,
 #             App. A and V1.5 settings, N = 128 ... 100,000 (~5 min)
+#   attn4a13: attn4a with the radial-table pair as well (fused_table vs reference_table), N = 2k ... 100k (~6 min)
 #   stages9:  attention_stages.py, the new variants only (split backward, tf32x3 / tf32 dots) beside the
 #             default stream/tile, at V1.5 (10k) and bundled (115k) sizes (~5 min)
 #   win9:     the RBF window (E2F_V2_RBF_WIN) on / off: attention stages, V1.5 end to end at 10k / 20k, and
@@ -161,6 +162,10 @@ for what in "$@"; do
     attn4a)
       BENCH_BUDGET_S=230 timeout 330 python3 benchmarks/bench_attention.py "$OUT/attention_v2" \
           --impls fused,reference 2>&1 | grep -vE '^\|' | tail -n 40 ;;
+    attn4a13)   # next session: item 4a again, the MLP pair and the radial-table pair (fused_table vs reference_table,
+                # like for like), App. A and V1.5 settings, N = 2,048 ... 100,000 (~6 min; written as it goes)
+      BENCH_BUDGET_S=420 timeout 540 python3 benchmarks/bench_attention.py "$OUT/attention_v2_tables" \
+          --impls fused,reference,fused_table,reference_table --ns 2048,8192,32768,100000 2>&1 | grep -vE '^\|' | tail -n 40 ;;
     stages9)
       timeout 400 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
           --variants "stream;stream, tf32x3 dots;stream/tile;stream/split;stream/tile, tf32x3 dots;stream/tile, tf32 dots" \
