@@ -240,6 +240,10 @@ def profile(out: Path, n: int = 10000, mode: str = "fp32"):
     from torch.profiler import ProfilerActivity, profile as tprofile
 
     m = v15_model()
+    tables = os.environ.get("E2F_RADIAL_TABLES") == "1"        # as in speed(): the radial tables (session 12)
+    if tables:
+        m.requires_grad_(False)
+        m.set_radial_tables(True)
     torch.backends.cuda.matmul.allow_tf32 = mode in ("tf32", "bf16")
     m.set_precision(mode)
     z = torch.full((n,), 6, device="cuda")
@@ -253,7 +257,7 @@ def profile(out: Path, n: int = 10000, mode: str = "fp32"):
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
     # by self CUDA time too, with names wide enough to tell the kernels apart
     table_self = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=60, max_name_column_width=110)
-    (out.parent / f"profile_{n}_{mode}.txt").write_text(
+    (out.parent / f"profile_{n}_{mode}{'_tables' if tables else ''}.txt").write_text(
         "## by total CUDA time\n" + table + "\n\n## by self CUDA time\n" + table_self)
     print(table[:6000], flush=True)
 
@@ -344,7 +348,8 @@ def main():
     if "diagnose" in args.parts:
         diagnose()
     if "profile" in args.parts:
-        profile(out, int(args.sizes.split(",")[0]))
+        for mode in args.modes.split(",") if "--modes" in sys.argv else ["fp32"]:   # --modes: one profile each
+            profile(out, int(args.sizes.split(",")[0]), mode)
     if "parity" in args.parts and not any(r.get("part") == "parity" for r in rows):
         parity(out, rows)
     if "speed" in args.parts:

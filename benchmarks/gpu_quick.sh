@@ -9,6 +9,7 @@
 #             degree buckets off and on, then 14,400 atoms with the CUDA graph forced on (~6 min)
 #   variants: the opt-in attention-backward variants (DR_ACC, DU_BCAST) end to end at 10k fp32 vs the default
 #   profile10k: torch.profiler of one V1.5-size energy + forces step at 10k atoms (fp32), per kernel
+#   profile13: profile10k with the radial tables, fp32 and TF32
 #   buckets:  the degree-bucketed kernel launches (E2F_V2_BUCKETS, on by default): correctness vs float64
 #             (tests/gpu/check_buckets.py), then the graph check (600 waters, solvated dipeptide, float32) with
 #             the buckets off and on (~7 min; md100k has the large systems)
@@ -96,6 +97,12 @@ for what in "$@"; do
       mkdir -p "$OUT/profile"
       timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 --out "$OUT/profile" \
           2>&1 | tail -n 3 ;;
+    profile13)  # next session: where the 10k step's time goes with the radial tables (fp32 and TF32)
+      mkdir -p "$OUT/profile"
+      for md in fp32 tf32; do
+        E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \
+            --modes $md --out "$OUT/profile" 2>&1 | tail -n 3
+      done ;;
     buckets)
       timeout 270 python3 tests/gpu/check_buckets.py "$OUT/buckets_gpu_check.json" 2>&1 | tail -n 5
       for b in 0 1; do
