@@ -10,6 +10,7 @@
 #   variants: the opt-in attention-backward variants (DR_ACC, DU_BCAST) end to end at 10k fp32 vs the default
 #   profile10k: torch.profiler of one V1.5-size energy + forces step at 10k atoms (fp32), per kernel
 #   profile13: profile10k with the radial tables, fp32 and TF32
+#   ed13:     edge-degree register caps (0 / 128 / 168) under TABLE, V1.5 end to end at 10k / 20k (~4 min)
 #   buckets:  the degree-bucketed kernel launches (E2F_V2_BUCKETS, on by default): correctness vs float64
 #             (tests/gpu/check_buckets.py), then the graph check (600 waters, solvated dipeptide, float32) with
 #             the buckets off and on (~7 min; md100k has the large systems)
@@ -102,6 +103,12 @@ for what in "$@"; do
       for md in fp32 tf32; do
         E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \
             --modes $md --out "$OUT/profile" 2>&1 | tail -n 3
+      done ;;
+    ed13)       # next session: register caps on the edge-degree kernels under TABLE (V1.5 table backward: 181 registers,
+                # 1 CTA of 8 warps per SM, attention_table_compile_report.md), V1.5 end to end at 10k / 20k with tables
+      for r in 0 128 168; do
+        E2F_ED_V2_MAXNREG=$r E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_ed_maxnreg$r" \
+            --parts speed --sizes 10000,20000 --modes fp32 --no-water --budget-s 80 2>&1 | grep -E '^\{|Error' | cut -c1-200
       done ;;
     buckets)
       timeout 270 python3 tests/gpu/check_buckets.py "$OUT/buckets_gpu_check.json" 2>&1 | tail -n 5
