@@ -544,7 +544,7 @@ class Block(nn.Module):
     def __getstate__(self):
         """Pickling / deepcopy without the torch.compile'd functions of ``E2FormerV2.set_compile`` (they cannot be
         pickled); the model's ``__setstate__`` compiles them again."""
-        state = dict(super().__getstate__() if hasattr(nn.Module, "__getstate__") else self.__dict__)
+        state = self.__dict__.copy()
         state.pop("_compiled_parts", None)
         return state
 

@@ -129,7 +129,7 @@ def resolve_radial_tables(radial_tables: Optional[bool], device: str, dtype) -> 
     float32 model on a CUDA device, off otherwise (float64 keeps the exact edge MLPs; the CPU keeps the
     reference path).  The tables (``E2FormerV2.set_radial_tables``) replace each edge MLP by per-element-pair
     cubic pieces whose error (~1e-8 relative) is below float32 rounding; on an H200 they pass the 70 GPU parity
-    cases and make an OpenMM step of 115,200 atoms 25 % faster (``benchmarks/results/session12_h200.md``)."""
+    cases and take 25 % off an OpenMM step of 115,200 atoms (``benchmarks/results/session12_h200.md``)."""
     import torch
 
     if radial_tables is not None:

@@ -28,8 +28,8 @@ node-level parts, see ``E2FormerV2.set_compile``; +10 % on an H200 at 10k-20k at
 size, and the first evaluation compiles for tens of seconds), ``radial_tables`` (default None = on for a float32
 model on CUDA, off for float64 and on the CPU; True / False force it: the edge MLPs read from per-element-pair
 cubic tables, see ``E2FormerV2.set_radial_tables``; interpolation error ~1e-8 relative, below float32 rounding;
-no edge MLP in the fused attention kernels: -25 % per OpenMM step at 115k atoms on an H200).  Any other keyword (embedding options such as ``mlLongRange`` or
-``linkAtomDistances``) is ignored, as openmm-ml expects.
+no edge MLP in the fused attention kernels: -25 % per OpenMM step at 115k atoms on an H200).  Any other keyword
+(embedding options such as ``mlLongRange`` or ``linkAtomDistances``) is ignored, as openmm-ml expects.
 
 E2Former-V2 is a 4.5 Å cutoff model: :meth:`getMLLongRange` returns False, so mechanical embedding of a
 periodic System keeps the MM electrostatics between periodic images of the ML region.
