@@ -288,15 +288,31 @@ def _minimize(sim, max_iterations: int, progress: bool = True) -> None:
             bar.close()
 
 
+def _ml_precision(args):
+    """createSystem's ``precision`` from --precision / --matmul."""
+    if args.precision == "double" and args.matmul != "fp32":
+        raise CLIError(f"--matmul {args.matmul} needs a float32 model: drop --precision double")
+    return "double" if args.precision == "double" else (None if args.matmul == "fp32" else args.matmul)
+
+
+def ml_setup(args) -> dict:
+    """What the ML force runs with, after the automatic choices: device, precision, radial tables, compile."""
+    from . import force as F
+
+    dev = F.resolve_device(args.device)
+    precision = _ml_precision(args)
+    dtype = F.resolve_dtype(precision)
+    return {"device": dev, "precision": "float64" if precision == "double" else F.resolve_mode(precision),
+            "radial_tables": F.resolve_radial_tables(args.radial_tables, dev, dtype), "compile": bool(args.compile)}
+
+
 def build_simulation(args, topology, positions):
     import openmm
     from openmm import app, unit
     from openmmml import MLPotential
 
     ml_atoms = select_atoms(topology, args.ml, args.ml_residues, args.ml_atoms)
-    if args.precision == "double" and args.matmul != "fp32":
-        raise CLIError(f"--matmul {args.matmul} needs a float32 model: drop --precision double")
-    ml_precision = "double" if args.precision == "double" else (None if args.matmul == "fp32" else args.matmul)
+    ml_precision = _ml_precision(args)
     ml_kwargs = dict(charge=args.charge, multiplicity=args.multiplicity, precision=ml_precision)
     if args.head is not None:
         ml_kwargs["head"] = args.head
@@ -423,11 +439,14 @@ def run(args) -> dict:
     periodic = topology.getPeriodicBoxVectors() is not None
     print(f"e2former-md: {n_atoms} atoms, {mode}, {'periodic' if periodic else 'non-periodic'}, "
           f"platform {ctx.getPlatform().getName()}", flush=True)
+    ml = ml_setup(args)
+    print(f"e2former-md: ML force on {ml['device']}, {ml['precision']}, radial tables "
+          f"{'on' if ml['radial_tables'] else 'off'}{', torch.compile' if ml['compile'] else ''}", flush=True)
 
     def epot():
         return ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
 
-    summary = {"atoms": n_atoms, "mode": mode, "platform": ctx.getPlatform().getName()}
+    summary = {"atoms": n_atoms, "mode": mode, "platform": ctx.getPlatform().getName(), "ml": ml}
     summary["initial_energy"] = epot()
     if args.minimize_steps >= 0:
         t0 = time.perf_counter()

@@ -204,7 +204,10 @@ def test_cli_matmul_precision(water_pdb_factory, tiny_qk_checkpoint, tmp_path, c
 
     pdb = water_pdb_factory(2)
     assert main([str(pdb), "--ml", "all", "--matmul", "bf16"] + _common(tmp_path, tiny_qk_checkpoint, steps=2)) == 0
-    assert "final potential energy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "final potential energy" in out
+    # the run says what the ML force uses after the automatic choices (CPU: no radial tables by default)
+    assert "e2former-md: ML force on cpu, bf16, radial tables off" in out
     assert any(k[0] == str(tiny_qk_checkpoint.resolve()) and k[4] == "bf16" for k in F._MODEL_CACHE)
     # --compile (experimental) reaches the force as createSystem(compile=True): a model of its own, set_compile on
     assert main([str(pdb), "--ml", "all", "--compile"] + _common(tmp_path, tiny_qk_checkpoint, steps=2)) == 0
@@ -212,6 +215,7 @@ def test_cli_matmul_precision(water_pdb_factory, tiny_qk_checkpoint, tmp_path, c
     assert compiled and all(m.compile_node_parts for m in compiled)
     # --radial-tables (experimental) likewise: createSystem(radial_tables=True)
     assert main([str(pdb), "--ml", "all", "--radial-tables"] + _common(tmp_path, tiny_qk_checkpoint, steps=2)) == 0
+    assert "ML force on cpu, fp32, radial tables on" in capsys.readouterr().out
     tabled = [m for k, m in F._MODEL_CACHE.items() if k[0] == str(tiny_qk_checkpoint.resolve()) and k[6]]
     assert tabled and all(m.radial_tables for m in tabled)
     # --no-radial-tables reaches it as radial_tables=False; without either flag the CLI passes nothing (the
