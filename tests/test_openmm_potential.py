@@ -344,6 +344,14 @@ def test_mixed_vs_interpolated(ala2_pdb, tiny_qk_checkpoint, region):
     assert e1 == pytest.approx(e_mixed, abs=1e-3)
     np.testing.assert_allclose(f1, f_mixed, atol=1e-3)
     assert e0 == pytest.approx(e_mm, abs=1e-3)
+    if region == "ALA":   # the CUDA default (radial tables) through ML/MM: a subset, link atoms, interpolation
+        from openmm_e2former import force as F
+
+        tabled = pot.createMixedSystem(top, mm, ml_atoms, interpolate=True, device="cpu", radial_tables=True)
+        et, ft = evaluate(tabled, full_pos, params={"lambda_interpolate": 1.0})
+        assert any(k[6] for k in F._MODEL_CACHE)
+        assert et == pytest.approx(e_mixed, abs=1e-3)
+        np.testing.assert_allclose(ft, f_mixed, atol=1e-3)
     if region == "all":
         case = dict(z=np.array([a.element.atomic_number for a in top.atoms()]), pos=pos * 10, cell=None, charge=0,
                     multiplicity=1)
