@@ -10,6 +10,7 @@
 #   variants: the opt-in attention-backward variants (DR_ACC, DU_BCAST) end to end at 10k fp32 vs the default
 #   profile10k: torch.profiler of one V1.5-size energy + forces step at 10k atoms (fp32), per kernel
 #   profile13: profile10k with the radial tables, fp32 and TF32
+#   ncu13:    ncu on the TABLE attention kernels (V1.5 10k), then the TABLE stage skips (~6 min)
 #   ed13:     edge-degree register caps (0 / 128 / 168) under TABLE, V1.5 end to end at 10k / 20k (~4 min)
 #   buckets:  the degree-bucketed kernel launches (E2F_V2_BUCKETS, on by default): correctness vs float64
 #             (tests/gpu/check_buckets.py), then the graph check (600 waters, solvated dipeptide, float32) with
@@ -104,6 +105,14 @@ for what in "$@"; do
         E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \
             --modes $md --out "$OUT/profile" 2>&1 | tail -n 3
       done ;;
+    ncu13)      # next session: Nsight Compute on the TABLE attention kernels at V1.5 10k (if the machine's runtime gives
+                # ncu its counters: KINDS.md), then the TABLE stage skips (aggregation left out) as the counter-free way
+      timeout 240 ncu --clock-control none -k regex:_attn_ --launch-skip 2 --launch-count 2 --section SpeedOfLight \
+          --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
+          python3 benchmarks/ncu_attention.py --setting v15 --n 10000 --k 32 --table > "$OUT/ncu_table_v15_10k.txt" 2>&1
+      tail -n 60 "$OUT/ncu_table_v15_10k.txt"
+      timeout 200 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
+          --variants "stream, table;none, table;stream/tile, table;stream/none, table" 2>&1 | grep '^{' | cut -c1-220 ;;
     ed13)       # next session: register caps on the edge-degree kernels under TABLE (V1.5 table backward: 181 registers,
                 # 1 CTA of 8 warps per SM, attention_table_compile_report.md), V1.5 end to end at 10k / 20k with tables
       for r in 0 128 168; do
