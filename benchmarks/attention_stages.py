@@ -82,7 +82,9 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
                                               E2F_V2_BWD_MAXNREG="96"), "fwd+bwd"),
     ("stream/tile, table, uncapped", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_FWD_MAXNREG="0",
                                           E2F_V2_BWD_MAXNREG="0"), "fwd+bwd"),
-    # session 12: tiles and caps re-swept under TABLE (its live state is much smaller than the MLP path's)
+    # session 12: tiles and caps re-swept under TABLE (its live state is much smaller than the MLP path's); since
+    # then the TABLE launch's own defaults are 4 forward warps and 8 backward warps for H >= 64, so "4 warps" and
+    # (at V1.5) "bwd 8 warps" now equal "stream, table" / "stream/tile, table"
     ("stream, table, HB 64", dict(_agg("stream"), TABLE="1", E2F_V2_FWD_HB="64"), "fwd"),
     ("stream, table, 4 warps", dict(_agg("stream"), TABLE="1", E2F_V2_FWD_NUM_WARPS="4"), "fwd"),
     ("stream, table, 8 warps", dict(_agg("stream"), TABLE="1", E2F_V2_FWD_NUM_WARPS="8"), "fwd"),

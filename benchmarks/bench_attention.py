@@ -129,6 +129,7 @@ def bench_one(setting, N, impl, mode, case):
     if impl.endswith("_table"):
         coef, *rest = random_table(2 * cfg["H"], N, torch.Generator().manual_seed(N), device="cuda")
         table = (coef.float(), *rest)
+        del coef                                    # the float64 copy (170 MB at the V1.5 size) is not timed
     fn = make_fn(impl, args, mode, K_, table)
     row = dict(setting=setting, N=N, K=K_, impl=impl, mode=mode, **cfg)
     env = IMPL_ENV.get(impl, {})
@@ -267,6 +268,10 @@ def to_markdown(res):
         for fi, ri, label in (("fused", "reference", st), ("fused_table", "reference_table", f"{st}, table")):
             f, rf = by.get((st, mo, n, fi)), by.get((st, mo, n, ri))
             if f is None and rf is None:
+                if fi == "fused" and not any((st, mo, n, i) in by for i in ("fused_table", "reference_table")):
+                    # neither pair (e.g. --impls fused_v1,fused_tf32x3): one row of every impl's times
+                    lines.append(f"| {st} | {mo} | {n} | " + " | ".join(ms(by.get((st, mo, n, i))) for i in impls)
+                                 + " | – | – | – | – | – | – |")
                 continue
             sp = (f"{rf['ms'] / f['ms']:.1f}x" if f and rf and f.get("ms") and rf.get("ms") else "–")
             ok = f and f.get("ms")

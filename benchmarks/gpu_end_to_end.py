@@ -348,7 +348,9 @@ def main():
     if "diagnose" in args.parts:
         diagnose()
     if "profile" in args.parts:
-        for mode in args.modes.split(",") if "--modes" in sys.argv else ["fp32"]:   # --modes: one profile each
+        given = any(a == "--modes" or a.startswith("--modes=") for a in sys.argv)
+        modes = dict.fromkeys(m.replace("graphed_", "") for m in args.modes.split(",")) if given else ["fp32"]
+        for mode in modes:                          # --modes: one profile each (eager; graphed_X profiles X)
             profile(out, int(args.sizes.split(",")[0]), mode)
     if "parity" in args.parts and not any(r.get("part") == "parity" for r in rows):
         parity(out, rows)

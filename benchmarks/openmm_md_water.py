@@ -135,10 +135,8 @@ def main():
            "setup_s": setup, "warmup_step_s": warmup, "compile": bool(args.compile),
            "radial_tables": args.radial_tables,      # None: the automatic default
            # what the force's model actually uses (the automatic default resolved for this device and precision)
-           "radial_tables_used": bool(getattr(_force.get_model(args.model, None, None, args.ml_precision,
-                                                               compile_model=bool(args.compile),
-                                                               radial_tables=args.radial_tables),
-                                              "radial_tables", False)),
+           "radial_tables_used": _force.resolve_radial_tables(args.radial_tables, _force.resolve_device(None),
+                                                              _force.resolve_dtype(args.ml_precision)),
            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
     print(json.dumps(row), flush=True)
     out = Path(args.out)

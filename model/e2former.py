@@ -147,8 +147,20 @@ class Graph:
         return cached
 
 
+def _state_without(module: nn.Module, key: str) -> dict:
+    """``module``'s pickling state (``nn.Module.__getstate__``) less ``key``: an inference-time attachment that
+    cannot be pickled (a radial table holds closures and a weakref, compiled functions hold code objects); the
+    model's ``__setstate__`` attaches it again."""
+    state = nn.Module.__getstate__(module)
+    state.pop(key, None)
+    return state
+
+
 class EdgeDegreeEmbedding(nn.Module):
     """Initial node features: h_i[l,m,c] = 1/avg_deg * sum_e Y_l(r_hat_e)[m] * u(d_e) * MLP_l(z_e)[c]."""
+
+    def __getstate__(self):
+        return _state_without(self, "_radial_table")
 
     def __init__(self, cfg: E2FormerConfig):
         super().__init__()
@@ -276,6 +288,9 @@ def _table_lookup(table, z: torch.Tensor, g: Graph, e0: int = 0, e1: Optional[in
 
 class Attention(nn.Module):
     """``E2AttentionArbOrder_sparse`` with ``so2-first-order`` EAAS (spec §2.5)."""
+
+    def __getstate__(self):
+        return _state_without(self, "_radial_table")
 
     qkdot: Final[bool]
     use_so2: Final[bool]
@@ -544,9 +559,7 @@ class Block(nn.Module):
     def __getstate__(self):
         """Pickling / deepcopy without the torch.compile'd functions of ``E2FormerV2.set_compile`` (they cannot be
         pickled); the model's ``__setstate__`` compiles them again."""
-        state = self.__dict__.copy()
-        state.pop("_compiled_parts", None)
-        return state
+        return _state_without(self, "_compiled_parts")
 
     @torch.jit.unused
     def qkv_rows(self, x: torch.Tensor, system: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -732,20 +745,23 @@ class E2FormerV2(nn.Module):
 
     @torch.jit.unused
     def set_radial_tables(self, on: bool = True, intervals: int = 2048) -> "E2FormerV2":
-        """Experimental, opt-in (session 11): read the edge MLPs (the attention's of every block and the three
+        """Inference option (session 11; the OpenMM force's default for float32 on CUDA since session 12): read the
+        edge MLPs (the attention's of every block and the three
         radial MLPs of the edge-degree embedding) from cubic Hermite tables in d per pair of elements
         (``model/radial_table.py``), on the PyTorch routes and in the fused v2 kernels (TABLE: no edge MLP forward
         or backward in them; the edge-degree table holds the MLPs' last hidden layers, before the last linear,
         which the kernels apply at the node level).
         Each MLP sees an edge only through (d, Z_i, Z_j), so a table is the same function up to the interpolation
         error, ~1e-9-1e-8 of max |f| at 2048 intervals (below float32 rounding).  Inference only: the weights
-        must be frozen (parameters that require grad are refused); tables grow when new elements appear."""
+        must be frozen (parameters that require grad are refused); tables grow when new elements appear.  A
+        pickled or deep-copied model leaves the built tables out and sets them up again (rebuilt on first use)."""
         from .radial_table import RadialTable
 
         mods = [b.attn for b in self.blocks] + [self.edge_degree]
         if not on:
             for mod in mods:
                 mod.__dict__.pop("_radial_table", None)
+            self.__dict__.pop("_radial_table_intervals", None)
             return self
         if any(p.requires_grad for mod in mods for p in mod.parameters()):
             raise ValueError("set_radial_tables is for inference with frozen weights, but some parameters require "
@@ -766,6 +782,7 @@ class E2FormerV2(nn.Module):
         ed = self.edge_degree
         ed.__dict__["_radial_table"] = RadialTable(ed, degree_fn, self.cutoff, intervals, dtype,
                                                    frozen=ed.radial[0].lin0.weight)
+        self.__dict__["_radial_table_intervals"] = int(intervals)      # for __setstate__
         return self
 
     @property
@@ -801,7 +818,10 @@ class E2FormerV2(nn.Module):
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        if self.__dict__.get("compile_node_parts"):       # the blocks left their compiled functions out
+        # the submodules left their inference-time attachments out (_state_without): attach them again
+        if "_radial_table_intervals" in self.__dict__:
+            self.set_radial_tables(True, self._radial_table_intervals)
+        if self.__dict__.get("compile_node_parts"):
             self.set_compile(True, in_graphs=self.compile_in_graphs, **self.__dict__.get("_compile_options", {}))
 
     @torch.jit.unused

@@ -200,11 +200,11 @@ def test_radial_tables_option(official_parity_dir, tiny_qk_checkpoint):
         pot.createSystem(top, device="cpu", radial_tables=1)
 
 
-def test_radial_tables_default_is_float32_on_cuda(official_parity_dir, tiny_qk_checkpoint):
+def test_radial_tables_default_is_float32_on_cuda(official_parity_dir, tiny_qk_checkpoint, monkeypatch):
     """radial_tables=None (the default): tables for a float32 model on CUDA (measured on the H200: 70 / 70 parity
     cases, -25 % per OpenMM step at 115k atoms), the exact MLPs for float64 and on the CPU; True / False are taken
-    as given.  The force keeps None in its pickled definition, so a deserialised System resolves it again for the
-    device it runs on."""
+    as given.  createSystem hands None to the force, which keeps it in its pickled definition, so a deserialised
+    System resolves it again for the device it runs on."""
     import pickle
 
     import torch
@@ -216,15 +216,21 @@ def test_radial_tables_default_is_float32_on_cuda(official_parity_dir, tiny_qk_c
     assert F.resolve_radial_tables(True, "cpu", torch.float64) is True
     assert F.resolve_radial_tables(False, "cuda:0", torch.float32) is False
     F.clear_model_cache()
+    handed = []
+    real = F.create_python_force
+
+    def spy(*a, **kw):
+        handed.append(kw.get("radial_tables", "missing"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(F, "create_python_force", spy)
     case = load_case(official_parity_dir, "ethanol")
     pot = MLPotential("e2formerv2", modelPath=str(tiny_qk_checkpoint))
-    system = pot.createSystem(make_topology(case["z"]), device="cpu")
+    pot.createSystem(make_topology(case["z"]), device="cpu")
+    assert handed == [None]                                               # unresolved in the force's definition
     assert F._MODEL_CACHE and not any(k[6] for k in F._MODEL_CACHE)      # CPU default: exact MLPs
-    comp = [f for f in system.getForces() if type(f).__name__ == "PythonForce"]
-    assert len(comp) == 1
-    state = F.E2FormerForceComputation([1, 8], radial_tables=None).__getstate__()
-    assert state["radial_tables"] is None and pickle.loads(pickle.dumps(
-        F.E2FormerForceComputation([1, 8]))).radial_tables is None
+    comp = F.E2FormerForceComputation([1, 8], radial_tables=None)
+    assert pickle.loads(pickle.dumps(comp)).radial_tables is None
 
 
 def test_charge_and_multiplicity_change_energy(official_parity_dir, tiny_qk_checkpoint):

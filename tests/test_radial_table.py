@@ -4,6 +4,7 @@ elements reproduces it up to an interpolation error far below float32 rounding."
 from __future__ import annotations
 
 import copy
+import pickle
 import textwrap
 from pathlib import Path
 
@@ -77,6 +78,11 @@ def test_model_with_tables_matches_exact(variant):
     assert all(b.attn.__dict__["_radial_table"].builds == 1 for b in m.blocks)
     s = torch.jit.script(m)
     assert float(s(z, pos, None, None)) == pytest.approx(float(m.forward(z, pos, None, None)), rel=1e-9)
+    # a model with tables pickles and deep-copies: the copy sets its tables up again and rebuilds them, identically
+    for c in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert c.radial_tables and c.edge_degree.__dict__["_radial_table"].builds == 0
+        ec, _, fc = c.energy_and_forces(z, pos)
+        assert float(ec) == float(e1) and torch.equal(fc, f1)
     m.set_radial_tables(False)
     assert not m.radial_tables
     e2, _, f2 = m.energy_and_forces(z, pos)
