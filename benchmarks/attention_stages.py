@@ -95,6 +95,11 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
     ("stream/tile, table, bwd BLOCK_T 2", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_BWD_BLOCK_T="2"), "fwd+bwd"),
     ("stream/tile, table, bwd 160 registers", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_BWD_MAXNREG="160"),
      "fwd+bwd"),
+    # q / k / dq / dk as [N, D, H] (E2F_V2_QK_LAYOUT=dh, session 12, untimed): contiguous dk atomics
+    ("stream, table, QK dh", dict(_agg("stream"), TABLE="1", E2F_V2_QK_LAYOUT="dh"), "fwd"),
+    ("stream/tile, table, QK dh", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_QK_LAYOUT="dh"), "fwd+bwd"),
+    ("stream/tile, DX2_SCR, QK dh", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1", E2F_V2_QK_LAYOUT="dh"),
+     "fwd+bwd"),
     # stage skips under TABLE (timing only, wrong results): what the aggregation costs in each direction
     ("none, table", dict(_agg("none"), TABLE="1"), "fwd"),
     ("stream/none, table", dict(_agg("stream", "none"), TABLE="1"), "fwd+bwd"),

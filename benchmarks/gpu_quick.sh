@@ -10,6 +10,7 @@
 #   variants: the opt-in attention-backward variants (DR_ACC, DU_BCAST) end to end at 10k fp32 vs the default
 #   profile10k: torch.profiler of one V1.5-size energy + forces step at 10k atoms (fp32), per kernel
 #   profile13: profile10k with the radial tables, fp32 and TF32
+#   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
 #   ncu13:    ncu on the TABLE attention kernels (V1.5 10k), then the TABLE stage skips (~6 min)
 #   ed13:     edge-degree register caps (0 / 128 / 168) under TABLE, V1.5 end to end at 10k / 20k (~4 min)
 #   buckets:  the degree-bucketed kernel launches (E2F_V2_BUCKETS, on by default): correctness vs float64
@@ -104,6 +105,16 @@ for what in "$@"; do
       for md in fp32 tf32; do
         E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \
             --modes $md --out "$OUT/profile" 2>&1 | tail -n 3
+      done ;;
+    qkl13)      # next session: q / k in the [N, D, H] layout (E2F_V2_QK_LAYOUT=dh: contiguous dk atomics; interpreter-
+                # checked, ptxas in attention_qk_layout_compile_report.md) as stages beside the defaults, then V1.5
+                # end to end with tables at 10k / 20k, both layouts in one call (~5 min)
+      timeout 200 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
+          --variants "stream, table;stream, table, QK dh;stream/tile, table;stream/tile, table, QK dh;stream/tile, DX2_SCR;stream/tile, DX2_SCR, QK dh" \
+          2>&1 | grep '^{' | cut -c1-220
+      for L in hd dh; do
+        E2F_V2_QK_LAYOUT=$L E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_qk_$L" \
+            --parts speed --sizes 10000,20000 --modes fp32,tf32 --no-water --budget-s 80 2>&1 | grep -E '^\{|Error' | cut -c1-200
       done ;;
     ncu13)      # next session: Nsight Compute on the TABLE attention kernels at V1.5 10k (if the machine's runtime gives
                 # ncu its counters: KINDS.md), then the TABLE stage skips (aggregation left out) as the counter-free way

@@ -408,8 +408,34 @@ def table_main():
                       f"{'on' if on else 'off'} | {_cells(r, cfg['num_warps'])}", flush=True)
 
 
+def qk_layout_main():
+    """The default v2 attention launches with q / k (and dq / dk) in the model's [N, H, D] layout ("hd") and in
+    [N, D, H] ("dh", E2F_V2_QK_LAYOUT=dh: contiguous dk atomics), with the edge MLP and with the radial table."""
+    launch_config = v2.launch_config
+    print(f"# sm_90a (ptxas -v, no GPU), v2 attention kernels, q / k layout [N, H, D] (hd, default) vs [N, D, H] (dh, "
+          f"E2F_V2_QK_LAYOUT=dh), edge MLP and radial table (TABLE), default launches; triton {triton.__version__}")
+    print("| sizes | kernel | TABLE | q / k layout | regs | spills | shared B | CTA/SM | warps/SM |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|")
+    for name, sizes in SIZES3.items():
+        C, H, D, nb, HID, K = sizes
+        win = 32 if nb >= 128 else 0
+        for kind, fn in (("fwd", v2._attn_fwd_kernel_v2), ("bwd", v2._attn_bwd_kernel_v2)):
+            for on in (False, True):
+                cfg = launch_config(H, HID, nb, K, kind, table=on)
+                for qkl in (False, True):
+                    extra = dict(TABLE=on, QKL=qkl)
+                    if kind == "bwd":
+                        extra["DX2_SCR"] = cfg["DX2_SCR"] and not on
+                    consts = _launch_consts(kind, cfg, sizes, cfg["AGG"], win, **extra)
+                    r = compile_kernel(fn, consts, cfg["num_warps"], cfg["maxnreg"])
+                    print(f"| {name} | {kind} | {'on' if on else 'off'} | {'dh' if qkl else 'hd'} | "
+                          f"{_cells(r, cfg['num_warps'])}", flush=True)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if "--qk-layout" in argv:
+        return qk_layout_main()
     if "--dx2-scr" in argv:
         return dx2_scr_main()
     if "--table" in argv:

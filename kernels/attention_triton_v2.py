@@ -263,7 +263,7 @@ def _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, l
 @triton.jit
 def _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
                        H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, R: tl.constexpr,
-                       HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr):
+                       HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, QKL: tl.constexpr = False):
     """g, w (columns hb0..hb0+HB of the last Linear), <q,k> and the logits a for one head block."""
     offs_hb = hb0 + tl.arange(0, HB)
     g = _chunked_dot(scr_x, W2T, 2 * H, hb0, tl.zeros([R, HB], dtype=tl.float32) + tl.load(b2 + offs_hb)[None, :],
@@ -271,18 +271,24 @@ def _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
     w = _chunked_dot(scr_x, W2T, 2 * H, H + hb0,
                      tl.zeros([R, HB], dtype=tl.float32) + tl.load(b2 + H + offs_hb)[None, :],
                      R, HID, HB, KC, PREC)
-    qk, a = _qk_logits(g, q, k, tgt, j, mask_e, offs_hb, sm_scale, H, D, R, HB)
+    qk, a = _qk_logits(g, q, k, tgt, j, mask_e, offs_hb, sm_scale, H, D, R, HB, QKL)
     return g, w, qk, a
 
 
 @triton.jit
 def _qk_logits(g, q, k, tgt, j, mask_e, offs_hb, sm_scale, H: tl.constexpr, D: tl.constexpr, R: tl.constexpr,
-               HB: tl.constexpr):
+               HB: tl.constexpr, QKL: tl.constexpr = False):
     """<q_i, k_j> of the head block offs_hb and the logits a = g <q,k> scale (-inf on padded rows)."""
+    # QKL: q, k as [N, D, H] (``qk_layout``), else the model's [N, H, D]; each branch spelled out in full, so that
+    # the default's code (and its register allocation) is what it was before the option existed
     qk = tl.zeros([R, HB], dtype=tl.float32)
     for dd in tl.static_range(D):
-        qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd)
-        kd = tl.load(k + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, mask=mask_e[:, None], other=0.0)
+        if QKL:
+            qd = tl.load(q + tgt[:, None] * (H * D) + dd * H + offs_hb[None, :])
+            kd = tl.load(k + j[:, None] * (H * D) + dd * H + offs_hb[None, :], mask=mask_e[:, None], other=0.0)
+        else:
+            qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd)
+            kd = tl.load(k + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, mask=mask_e[:, None], other=0.0)
         qk += qd * kd
     return qk, tl.where(mask_e[:, None], g * qk * sm_scale, float("-inf"))
 
@@ -316,11 +322,11 @@ def _table_cols(tcoef, trow, t, mask_e, col0, F: tl.constexpr, NC: tl.constexpr)
 
 @triton.jit
 def _table_logits(tcoef, trow, t, q, k, tgt, j, mask_e, hb0, sm_scale,
-                  H: tl.constexpr, D: tl.constexpr, R: tl.constexpr, HB: tl.constexpr):
+                  H: tl.constexpr, D: tl.constexpr, R: tl.constexpr, HB: tl.constexpr, QKL: tl.constexpr = False):
     """``_head_block_logits`` with g, w read from the radial table instead of the edge MLP."""
     g, _gs = _table_cols(tcoef, trow, t, mask_e, hb0, 2 * H, HB)
     w, _ws = _table_cols(tcoef, trow, t, mask_e, H + hb0, 2 * H, HB)
-    qk, a = _qk_logits(g, q, k, tgt, j, mask_e, hb0 + tl.arange(0, HB), sm_scale, H, D, R, HB)
+    qk, a = _qk_logits(g, q, k, tgt, j, mask_e, hb0 + tl.arange(0, HB), sm_scale, H, D, R, HB, QKL)
     return g, w, qk, a
 
 
@@ -441,7 +447,9 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         PERM: tl.constexpr, SCR_STRIDE: tl.constexpr, AGG: tl.constexpr = 0,
-                        RBF_WIN: tl.constexpr = 0, SG: tl.constexpr = 1, TABLE: tl.constexpr = False):
+                        RBF_WIN: tl.constexpr = 0, SG: tl.constexpr = 1, TABLE: tl.constexpr = False,
+                        QKL: tl.constexpr = False):
+    # QKL: q / k in the [N, D, H] layout (``qk_layout``)
     # TABLE: g, w read from a radial table of the edge MLP (tcoef [rows, 4, 2H] per-interval cubic coefficients,
     # tslot_t / tslot_s: element slot per target / source atom, tP elements, tM intervals of th; see
     # attention_reference.table_lookup)
@@ -472,10 +480,11 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         for hb0 in range(0, H, HB):
             offs_hb = hb0 + tl.arange(0, HB)
             if TABLE:
-                g, w, qk, a = _table_logits(tcoef, trow, t_loc, q, k, tgt, j, mask_e, hb0, sm_scale, H, D, R, HB)
+                g, w, qk, a = _table_logits(tcoef, trow, t_loc, q, k, tgt, j, mask_e, hb0, sm_scale, H, D, R, HB,
+                                            QKL)
             else:
                 g, w, qk, a = _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
-                                                 H, D, HID, R, HB, KC, PREC)
+                                                 H, D, HID, R, HB, KC, PREC, QKL)
             m = _softmax_shift(_seg_max(a, BLOCK_T, BLOCK_E, HB), SMOOTH)     # [BLOCK_T, HB]
             eps = tl.exp(a - _seg_bcast(m, BLOCK_T, BLOCK_E, HB)) * u[:, None]
             S = _softmax_denom(_seg_sum(eps, BLOCK_T, BLOCK_E, HB), m, SMOOTH)
@@ -512,16 +521,16 @@ def _bwd_alpha(scr_x, W2T, b2, q, k, M_in, S_in, tgt, j, mask_e, u, tgt_t, tmask
                tcoef, trow, t_loc,
                H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
                HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
-               TABLE: tl.constexpr = False):
+               TABLE: tl.constexpr = False, QKL: tl.constexpr = False):
     """Backward recompute of one head block: g, w, <q,k>, logits a, p = exp(a - m), eps = p u, the
     denominator S (per row) and alpha = eps w / S."""
     R: tl.constexpr = BLOCK_T * BLOCK_E
     offs_hb = hb0 + tl.arange(0, HB)
     if TABLE:
-        g, w, qk, a = _table_logits(tcoef, trow, t_loc, q, k, tgt, j, mask_e, hb0, sm_scale, H, D, R, HB)
+        g, w, qk, a = _table_logits(tcoef, trow, t_loc, q, k, tgt, j, mask_e, hb0, sm_scale, H, D, R, HB, QKL)
     else:
         g, w, qk, a = _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
-                                         H, D, HID, R, HB, KC, PREC)
+                                         H, D, HID, R, HB, KC, PREC, QKL)
     st = tgt_t[:, None] * H + offs_hb[None, :]
     m_t = tl.load(M_in + st, mask=tmask[:, None], other=0.0)
     m_r = _seg_bcast(m_t, BLOCK_T, BLOCK_E, HB)
@@ -629,7 +638,9 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr, PERM: tl.constexpr, SCR_STRIDE: tl.constexpr,
                         AGG: tl.constexpr = 0, BPREC: tl.constexpr = "ieee", RBF_WIN: tl.constexpr = 0,
-                        SG: tl.constexpr = 1, DX2_SCR: tl.constexpr = False, TABLE: tl.constexpr = False):
+                        SG: tl.constexpr = 1, DX2_SCR: tl.constexpr = False, TABLE: tl.constexpr = False,
+                        QKL: tl.constexpr = False):
+    # QKL: q / k / dq / dk in the [N, D, H] layout (``qk_layout``): contiguous dk atomics
     # TABLE: g, w from the radial table (see _attn_fwd_kernel_v2); the MLP backward is then d(g, w)/dd, the
     # table's slopes, accumulated per head block (no MLP recompute, no dx2)
     # variants (same result; speed untested on a GPU, off by default, swept by benchmarks/tune_attention_v2.py):
@@ -685,7 +696,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                 offs_hb = hb0 + tl.arange(0, HB)
                 _g, _w, _qk, _a, _p, _eps, _S, alpha = _bwd_alpha(
                     scr_x, W2T, b2, q, k, M_in, S_in, tgt, j, mask_e, u, tgt_t, tmask, hb0, sm_scale,
-                    tcoef, trow, t_loc, H, D, HID, BLOCK_T, BLOCK_E, HB, KC, PREC, SMOOTH, TABLE)
+                    tcoef, trow, t_loc, H, D, HID, BLOCK_T, BLOCK_E, HB, KC, PREC, SMOOTH, TABLE, QKL)
                 tl.store(scr_a + offs_r[:, None] * H + offs_hb[None, :], alpha)
             tl.debug_barrier()
             _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
@@ -698,7 +709,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             offs_hb = hb0 + tl.arange(0, HB)
             g, w, qk, a, p, eps, S_r, alpha = _bwd_alpha(
                 scr_x, W2T, b2, q, k, M_in, S_in, tgt, j, mask_e, u, tgt_t, tmask, hb0, sm_scale,
-                tcoef, trow, t_loc, H, D, HID, BLOCK_T, BLOCK_E, HB, KC, PREC, SMOOTH, TABLE)
+                tcoef, trow, t_loc, H, D, HID, BLOCK_T, BLOCK_E, HB, KC, PREC, SMOOTH, TABLE, QKL)
             # --- aggregation backward ------------------------------------------------------------
             dalpha = tl.zeros([R, HB], dtype=tl.float32)
             if AGG == 1:
@@ -754,12 +765,23 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             dg = da * qk * sm_scale
             dqk = da * g * sm_scale
             for dd in tl.static_range(D):
-                kd = tl.load(k + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, mask=mask_e[:, None], other=0.0)
-                tl.store(dq + tgt_t[:, None] * (H * D) + offs_hb[None, :] * D + dd,
-                         _seg_sum(dqk * kd, BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
-                qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd)
-                tl.atomic_add(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd,
-                              mask=mask_e[:, None])
+                if QKL:     # [N, D, H]: the HB heads of component dd are contiguous (one dk atomic per row
+                    # covers HB consecutive floats instead of HB floats D apart)
+                    kd = tl.load(k + j[:, None] * (H * D) + dd * H + offs_hb[None, :], mask=mask_e[:, None],
+                                 other=0.0)
+                    tl.store(dq + tgt_t[:, None] * (H * D) + dd * H + offs_hb[None, :],
+                             _seg_sum(dqk * kd, BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
+                    qd = tl.load(q + tgt[:, None] * (H * D) + dd * H + offs_hb[None, :])
+                    tl.atomic_add(dk + j[:, None] * (H * D) + dd * H + offs_hb[None, :], dqk * qd,
+                                  mask=mask_e[:, None])
+                else:
+                    kd = tl.load(k + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, mask=mask_e[:, None],
+                                 other=0.0)
+                    tl.store(dq + tgt_t[:, None] * (H * D) + offs_hb[None, :] * D + dd,
+                             _seg_sum(dqk * kd, BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
+                    qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd)
+                    tl.atomic_add(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd,
+                                  mask=mask_e[:, None])
             # --- last Linear: dx2 += dg W2[g rows of block] + dw W2[w rows of block] --------------------
             if TABLE:       # (g, w) = table(d): d/dd through the table's slopes (h times d/dd in _table_cols).
                 # The coefficients are read again here on purpose: returning the slopes from _bwd_alpha keeps two
@@ -976,6 +998,18 @@ def _maxnreg(cfg: dict) -> dict:
 _DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
 
 
+def qk_layout() -> bool:
+    """``E2F_V2_QK_LAYOUT``: how the kernels see q, k and their gradients.  "hd" (default): the model's
+    [N, H, D]; "dh" (opt-in, session 12, not yet timed on a GPU): [N, D, H] copies, made on the host before each
+    launch (2 N H D floats each way).  The backward's dk atomics then write HB consecutive floats per row and
+    component instead of HB floats D apart, i.e. D times fewer 32-byte sectors per atomic instruction (at V1.5,
+    D = 8, dk is 1024 of the 3328 floats each edge adds atomically)."""
+    val = os.environ.get("E2F_V2_QK_LAYOUT", "hd")
+    if val not in ("hd", "dh"):
+        raise ValueError(f"E2F_V2_QK_LAYOUT={val!r}: expected 'hd' or 'dh'")
+    return val == "dh"
+
+
 def dot_precision():
     """``E2F_V2_DOT_PREC`` (opt-in, untimed): the input precision of every edge-MLP dot, forward and backward.
     "tf32x3" splits each fp32 operand into two TF32 parts and runs three tensor-core products (about fp32
@@ -1073,6 +1107,9 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         rp = row_ptr.contiguous()
         srcc = src.contiguous()
         vecc, qc, kc_, vc = (x.detach().to(f32).contiguous() for x in (vec, q, k, v))
+        qkl = qk_layout()
+        if qkl:                                     # [N, D, H] copies (see qk_layout)
+            qc, kc_ = qc.transpose(1, 2).contiguous(), kc_.transpose(1, 2).contiguous()
         block_e = _block_e(rp, max_degree)
         prec = dot_precision() or ("tf32" if allow_tf32 else "ieee")
         win = rbf_window(mu, float(gamma), float(cutoff))
@@ -1092,10 +1129,11 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 N, n_blocks, nprog, float(gamma), float(cutoff), 1.0 / math.sqrt(D), *tab_args[:6], nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
-                SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], TABLE=tab_args[6], num_warps=cfg["num_warps"],
-                **_maxnreg(cfg))
+                SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], TABLE=tab_args[6], QKL=qkl,
+                num_warps=cfg["num_warps"], **_maxnreg(cfg))
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.table = table
+        ctx.qkl = qkl
         ctx.launches = launches
         ctx.rbf_win = win
         ctx.gamma, ctx.cutoff, ctx.prec, ctx.block_e, ctx.softmax = float(gamma), float(cutoff), prec, block_e, softmax
@@ -1124,6 +1162,8 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         f32 = torch.float32
         pt, ps, muc, fwd_w, bwd_w = _prep(t, s, mu, fc, nb)
         vecc, qc, kc_, vc = (x.detach().to(f32).contiguous() for x in (vec, q, k, v))
+        if ctx.qkl:                                 # the forward's layout; dq, dk below come out as [N, D, H] too
+            qc, kc_ = qc.transpose(1, 2).contiguous(), kc_.transpose(1, 2).contiguous()
         dUc = dU.to(f32).contiguous()
         dvec = torch.zeros_like(vecc)
         dq = torch.empty_like(qc)
@@ -1146,7 +1186,9 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 SMOOTH=ctx.softmax == "smooth",
                 DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, AGG=cfg["AGG"],
                 SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, SG=cfg["SG"], DX2_SCR=cfg["DX2_SCR"] and not tab_args[6],
-                TABLE=tab_args[6], num_warps=cfg["num_warps"], **_maxnreg(cfg))
+                TABLE=tab_args[6], QKL=ctx.qkl, num_warps=cfg["num_warps"], **_maxnreg(cfg))
+        if ctx.qkl:
+            dq, dk = dq.transpose(1, 2).contiguous(), dk.transpose(1, 2).contiguous()
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):
             if nig[idx]:
                 grads[idx] = gr.to(x.dtype)

@@ -446,6 +446,12 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
     worst = max(worst, check(7, 17, 48, env={"E2F_V2_BWD_AGG": "stream", "E2F_V2_BWD_STREAM_G": "4",
                                              "E2F_V2_BWD_BLOCK_T": "2", "E2F_V2_BUCKETS": "1"}))
     worst = max(worst, check(7, 9, 58, torch.int32, env={"E2F_V2_BWD_AGG": "split", "E2F_V2_BWD_STREAM_G": "2"}))
+    # q / k / dq / dk in the [N, D, H] layout (E2F_V2_QK_LAYOUT=dh, session 12, opt-in): contiguous dk atomics
+    worst = max(worst, check(7, 17, 62, env={"E2F_V2_QK_LAYOUT": "dh"}))
+    worst = max(worst, check(9, 17, 63, torch.int32, env={"E2F_V2_QK_LAYOUT": "dh", "E2F_V2_BUCKETS": "1",
+                                                          "E2F_V2_BWD_AGG": "split"}))
+    worst = max(worst, check(6, 5, 64, env={"E2F_V2_QK_LAYOUT": "dh", "E2F_V2_FWD_AGG": "tile",
+                                            "E2F_V2_BWD_AGG": "stream"}, softmax="smooth", extreme=10.0))
     # a row longer than the edge tile (the padded layout's ghost: max_degree bounds the real atoms only): every
     # aggregation mode reads just the row's first BLOCK_E edges.  The streamed loops once ran over the whole
     # row, past the program's scratch (found on an H200: the ghost's ~10^4 padding edges in one program).
