@@ -12,7 +12,8 @@
 #   profile13: profile10k with the radial tables, fp32 and TF32
 #   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
 #   ncu13:    ncu on the TABLE attention kernels (V1.5 10k), then the TABLE stage skips (~6 min)
-#   ed13:     edge-degree register caps (0 / 128 / 168) under TABLE, V1.5 end to end at 10k / 20k (~4 min)
+#   ed13:     edge-degree register caps (0 / 128 / 168) under TABLE, V1.5 end to end at 10k / 20k, bundled OpenMM
+#             at 115k (~6 min)
 #   buckets:  the degree-bucketed kernel launches (E2F_V2_BUCKETS, on by default): correctness vs float64
 #             (tests/gpu/check_buckets.py), then the graph check (600 waters, solvated dipeptide, float32) with
 #             the buckets off and on (~7 min; md100k has the large systems)
@@ -129,6 +130,13 @@ for what in "$@"; do
       for r in 0 128 168; do
         E2F_ED_V2_MAXNREG=$r E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_ed_maxnreg$r" \
             --parts speed --sizes 10000,20000 --modes fp32 --no-water --budget-s 80 2>&1 | grep -E '^\{|Error' | cut -c1-200
+      done
+      # the bundled model, where the edge-degree kernels took 17 % of the 115k step (session 10 profile); under TABLE
+      # its forward compiles to 128 registers with no spills at the cap (4 CTAs per SM instead of 3)
+      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
+      for r in 0 128; do
+        E2F_ED_V2_MAXNREG=$r timeout 100 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps 4,4,4 \
+            --steps 20 --out "$OUT/md_ed_maxnreg$r.json" 2>&1 | tail -n 1 | cut -c1-300
       done ;;
     buckets)
       timeout 270 python3 tests/gpu/check_buckets.py "$OUT/buckets_gpu_check.json" 2>&1 | tail -n 5
