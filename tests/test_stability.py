@@ -273,6 +273,20 @@ def test_cli_batched_part_and_resume(model, monkeypatch, tmp_path, capsys):
     assert printed == lines
 
 
+def _ml_it(it: int) -> int:
+    """The tests' cap on run_one's ML minimisation (100 iterations there, ~0.6 s per CPU force call: a minute per
+    test); the classical relax (1000 iterations, cheap) keeps its count."""
+    return min(it, 5) if it <= 100 else it
+
+
+def _cap_ml_minimisation(monkeypatch):
+    import openmm
+
+    real_min = openmm.LocalEnergyMinimizer.minimize
+    monkeypatch.setattr(openmm.LocalEnergyMinimizer, "minimize",
+                        staticmethod(lambda ctx, tol, it: real_min(ctx, tol, _ml_it(it))))
+
+
 def test_run_one_resumes_from_saved_state(tmp_path, monkeypatch):
     """openmm engine with --state-dir: a run cut by the wall-time limit saves its state, the next call continues
     it (no second ML minimisation) to the target and then removes the state; main() reruns resumable records."""
@@ -281,7 +295,7 @@ def test_run_one_resumes_from_saved_state(tmp_path, monkeypatch):
     minimised = []
     real_min = openmm.LocalEnergyMinimizer.minimize
     monkeypatch.setattr(openmm.LocalEnergyMinimizer, "minimize",
-                        staticmethod(lambda ctx, tol, it: minimised.append(it) or real_min(ctx, tol, it)))
+                        staticmethod(lambda ctx, tol, it: minimised.append(it) or real_min(ctx, tol, _ml_it(it))))
     sd = tmp_path / "state"
     kw = dict(device="cpu", platform="CPU", check_fs=3.0, state_dir=str(sd), box_nm=1.0)
     r1 = stability.run_one(None, "G", ps=0.006, minutes=1e-9, **kw)          # stops before the first step
@@ -334,10 +348,11 @@ def test_graphed_engine_equals_plain_and_per_system_targets(model, monkeypatch):
         stability.integrate_batched(model, [_waters()], 2, graphed=True)   # 7.5 Å box
 
 
-def test_batched_engine_resumes_openmm_state_and_back(tmp_path, model):
+def test_batched_engine_resumes_openmm_state_and_back(tmp_path, model, monkeypatch):
     """--state-dir is shared by the engines: the batched engine continues a run saved by run_one (same atoms,
     masses, bonds; counters carried on), saves its own state in run_one's format, and run_one finishes it."""
     pytest.importorskip("pdbfixer")
+    _cap_ml_minimisation(monkeypatch)
     sd = tmp_path / "state"
     kw = dict(timestep_fs=1.5, hmass=4.0, check_fs=3.0, box_nm=1.0)
     r1 = stability.run_one(None, "G", ps=0.009, minutes=1e-9, device="cpu", platform="CPU", state_dir=str(sd), **kw)
