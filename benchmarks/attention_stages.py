@@ -103,6 +103,9 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
     # stage skips under TABLE (timing only, wrong results): what the aggregation costs in each direction
     ("none, table", dict(_agg("none"), TABLE="1"), "fwd"),
     ("stream/none, table", dict(_agg("stream", "none"), TABLE="1"), "fwd+bwd"),
+    # the tiled backward's dv / dk atomics as plain stores, or left out (timing only, wrong gradients): their cost
+    ("stream/tile, table, plain stores", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_BWD_ATOM="1"), "fwd+bwd"),
+    ("stream/tile, table, no dv / dk write", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_BWD_ATOM="2"), "fwd+bwd"),
     ("stream/tile, DR_ACC", dict(_agg("stream", "tile"), E2F_V2_BWD_DR_ACC="1"), "fwd+bwd"),
     ("stream/tile, DU_BCAST", dict(_agg("stream", "tile"), E2F_V2_BWD_DU_BCAST="1"), "fwd+bwd"),
     ("stream/tile, every RBF centre", dict(_agg("stream", "tile"), E2F_V2_RBF_WIN="0"), "fwd+bwd"),

@@ -11,7 +11,8 @@
 #   profile10k: torch.profiler of one V1.5-size energy + forces step at 10k atoms (fp32), per kernel
 #   profile13: profile10k with the radial tables, fp32 and TF32
 #   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
-#   ncu13:    ncu on the TABLE attention kernels (V1.5 10k), then the TABLE stage skips (~6 min)
+#   ncu13:    ncu on the TABLE attention kernels (V1.5 10k), then the TABLE stage skips and the backward with its
+#             dv / dk atomics as plain stores / left out (timing only: what the atomics cost) (~6 min)
 #   ed13:     edge-degree register caps (0 / 128 / 168) under TABLE, V1.5 end to end at 10k / 20k, bundled OpenMM
 #             at 115k (~6 min)
 #   buckets:  the degree-bucketed kernel launches (E2F_V2_BUCKETS, on by default): correctness vs float64
@@ -124,7 +125,8 @@ for what in "$@"; do
           python3 benchmarks/ncu_attention.py --setting v15 --n 10000 --k 32 --table > "$OUT/ncu_table_v15_10k.txt" 2>&1
       tail -n 60 "$OUT/ncu_table_v15_10k.txt"
       timeout 200 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
-          --variants "stream, table;none, table;stream/tile, table;stream/none, table" 2>&1 | grep '^{' | cut -c1-220 ;;
+          --variants "stream, table;none, table;stream/tile, table;stream/none, table;stream/tile, table, plain stores;stream/tile, table, no dv / dk write" \
+          2>&1 | grep '^{' | cut -c1-220 ;;
     ed13)       # next session: register caps on the edge-degree kernels under TABLE (V1.5 table backward: 181 registers,
                 # 1 CTA of 8 warps per SM, attention_table_compile_report.md), V1.5 end to end at 10k / 20k with tables
       for r in 0 128 168; do

@@ -639,8 +639,10 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr, PERM: tl.constexpr, SCR_STRIDE: tl.constexpr,
                         AGG: tl.constexpr = 0, BPREC: tl.constexpr = "ieee", RBF_WIN: tl.constexpr = 0,
                         SG: tl.constexpr = 1, DX2_SCR: tl.constexpr = False, TABLE: tl.constexpr = False,
-                        QKL: tl.constexpr = False):
+                        QKL: tl.constexpr = False, ATOM: tl.constexpr = 0):
     # QKL: q / k / dq / dk in the [N, D, H] layout (``qk_layout``): contiguous dk atomics
+    # ATOM: the tiled backward's dv and dk writes: 0 atomics (the result); stage timing only, wrong gradients
+    #   (E2F_V2_BWD_ATOM, benchmarks/attention_stages.py): 1 plain stores of the same values, 2 no write at all
     # TABLE: g, w from the radial table (see _attn_fwd_kernel_v2); the MLP backward is then d(g, w)/dd, the
     # table's slopes, accumulated per head block (no MLP recompute, no dx2)
     # variants (same result; speed untested on a GPU, off by default, swept by benchmarks/tune_attention_v2.py):
@@ -746,8 +748,12 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                             dry += tl.sum(aV * Gy, 1)
                             drz += tl.sum(aV * Gz, 1)
                         if AGG == 0:
-                            tl.atomic_add(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
-                                          alpha * rG, mask=mask_e[:, None])
+                            if ATOM == 0:
+                                tl.atomic_add(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
+                                              alpha * rG, mask=mask_e[:, None])
+                            elif ATOM == 1:     # timing only (wrong dv): the same writes without the atomics
+                                tl.store(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
+                                         alpha * rG, mask=mask_e[:, None])
             # --- softmax backward (heads independent: local to the block) ---------------------------
             delta = _seg_sum(dalpha * alpha, BLOCK_T, BLOCK_E, HB)            # [BLOCK_T, HB]
             dw = dalpha * eps / S_r
@@ -772,16 +778,24 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                     tl.store(dq + tgt_t[:, None] * (H * D) + dd * H + offs_hb[None, :],
                              _seg_sum(dqk * kd, BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
                     qd = tl.load(q + tgt[:, None] * (H * D) + dd * H + offs_hb[None, :])
-                    tl.atomic_add(dk + j[:, None] * (H * D) + dd * H + offs_hb[None, :], dqk * qd,
-                                  mask=mask_e[:, None])
+                    if ATOM == 0:
+                        tl.atomic_add(dk + j[:, None] * (H * D) + dd * H + offs_hb[None, :], dqk * qd,
+                                      mask=mask_e[:, None])
+                    elif ATOM == 1:
+                        tl.store(dk + j[:, None] * (H * D) + dd * H + offs_hb[None, :], dqk * qd,
+                                 mask=mask_e[:, None])
                 else:
                     kd = tl.load(k + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, mask=mask_e[:, None],
                                  other=0.0)
                     tl.store(dq + tgt_t[:, None] * (H * D) + offs_hb[None, :] * D + dd,
                              _seg_sum(dqk * kd, BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
                     qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd)
-                    tl.atomic_add(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd,
-                                  mask=mask_e[:, None])
+                    if ATOM == 0:
+                        tl.atomic_add(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd,
+                                      mask=mask_e[:, None])
+                    elif ATOM == 1:
+                        tl.store(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd,
+                                 mask=mask_e[:, None])
             # --- last Linear: dx2 += dg W2[g rows of block] + dw W2[w rows of block] --------------------
             if TABLE:       # (g, w) = table(d): d/dd through the table's slopes (h times d/dd in _table_cols).
                 # The coefficients are read again here on purpose: returning the slopes from _bwd_alpha keeps two
@@ -974,6 +988,9 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         raise ValueError(f"E2F_V2_{K}_STREAM_G={cfg['SG']}: expected a power of two >= 1")
     if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2); DR_ACC / DU_BCAST timed without effect, opt-in
         cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
+        # E2F_V2_BWD_ATOM (stage timing only, wrong gradients): 1 = the dv / dk atomics as plain stores, 2 = no
+        # write; the difference to the default is what the atomics cost (session 12)
+        cfg["ATOM"] = _env_int("E2F_V2_BWD_ATOM", 0)
         # DX2_SCR (dg / dw through scratch, dx2 as one K = 2H dot after the head loop) is on by default wherever
         # 2 H is a multiple of the K chunk: H200, session 11 (benchmarks/results/attention_stages_s11_h200.jsonl),
         # forward + backward 22.2 -> 20.7 ms at V1.5 10k atoms, 56.1 -> 55.7 ms bundled 115k; E2F_V2_BWD_DX2_SCR=0
@@ -1186,7 +1203,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 SMOOTH=ctx.softmax == "smooth",
                 DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, AGG=cfg["AGG"],
                 SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, SG=cfg["SG"], DX2_SCR=cfg["DX2_SCR"] and not tab_args[6],
-                TABLE=tab_args[6], QKL=ctx.qkl, num_warps=cfg["num_warps"], **_maxnreg(cfg))
+                TABLE=tab_args[6], QKL=ctx.qkl, ATOM=cfg["ATOM"], num_warps=cfg["num_warps"], **_maxnreg(cfg))
         if ctx.qkl:
             dq, dk = dq.transpose(1, 2).contiguous(), dk.transpose(1, 2).contiguous()
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):

@@ -630,6 +630,7 @@ def test_v2_launch_defaults(monkeypatch):
     monkeypatch.setenv("E2F_V2_FWD_NUM_WARPS", "8")
     assert V2.launch_config(16, 32, 64, 64, "fwd", table=True)["num_warps"] == 8
     monkeypatch.delenv("E2F_V2_FWD_NUM_WARPS")
+    assert V2.launch_config(128, 128, 256, 32, "bwd")["ATOM"] == 0      # atomics unless a stage timing asks
     assert V2.launch_config(16, 32, 64, 64, "bwd")["maxnreg"] == 128      # the default register cap (H200-timed)
     assert V2.launch_config(128, 128, 256, 32, "fwd")["maxnreg"] == 128
     monkeypatch.setenv("E2F_V2_FWD_MAXNREG", "0")                          # 0 lifts the cap
