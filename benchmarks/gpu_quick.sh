@@ -11,6 +11,7 @@
 #   profile10k: torch.profiler of one V1.5-size energy + forces step at 10k atoms (fp32), per kernel
 #   profile13: profile10k with the radial tables, fp32 and TF32
 #   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
+#   bf16v13:  E2F_V2_BF16_VALUES=1 in bf16 mode with tables at 10k / 100k beside the default (~4 min)
 #   ncu13:    ncu on the TABLE attention kernels (V1.5 10k), then the TABLE stage skips and the backward with its
 #             dv / dk atomics as plain stores / left out (timing only: what the atomics cost) (~6 min)
 #   ed13:     edge-degree register caps (0 / 128 / 168) under TABLE, V1.5 end to end at 10k / 20k, bundled OpenMM
@@ -117,6 +118,12 @@ for what in "$@"; do
       for L in hd dh; do
         E2F_V2_QK_LAYOUT=$L E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_qk_$L" \
             --parts speed --sizes 10000,20000 --modes fp32,tf32 --no-water --budget-s 80 2>&1 | grep -E '^\{|Error' | cut -c1-200
+      done ;;
+    bf16v13)    # next session: E2F_V2_BF16_VALUES=1 (bf16 values straight into the kernels; bit-identical, interpreter-
+                # checked) in bf16 mode with tables, 10k / 100k, beside the default in the same call (~4 min)
+      for b in 0 1; do
+        E2F_V2_BF16_VALUES=$b E2F_RADIAL_TABLES=1 timeout 110 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_bf16v$b" \
+            --parts speed --sizes 10000,100000 --modes bf16 --no-water --budget-s 90 2>&1 | grep -E '^\{|Error' | cut -c1-220
       done ;;
     ncu13)      # next session: Nsight Compute on the TABLE attention kernels at V1.5 10k (if the machine's runtime gives
                 # ncu its counters: KINDS.md), then the TABLE stage skips (aggregation left out) as the counter-free way

@@ -394,8 +394,8 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
                 jj, rx, ry, rz = _stream_edge(src, vec, e)
                 a_c = tl.load(scr_a + row * H + a_col)                                  # [C]
                 vb = v + jj * (9 * C)
-                aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :])
-                aV1 = a_c * tl.load(vb + 8 * C + offs_c)
+                aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :]).to(tl.float32)
+                aV1 = a_c * tl.load(vb + 8 * C + offs_c).to(tl.float32)
                 ax8 += aV8 * rx
                 ay8 += aV8 * ry
                 az8 += aV8 * rz
@@ -413,8 +413,8 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
                 a_c = tl.load(scr_a + rows[:, None] * H + a_col[None, :], mask=mg[:, None], other=0.0)  # [SG, C]
                 vb = v + jg * (9 * C)
                 V8 = tl.load(vb[:, None, None] + (offs_m8[:, None] * C + offs_c[None, :])[None, :, :],
-                             mask=mg[:, None, None], other=0.0)                                  # [SG, 8, C]
-                V1 = tl.load(vb[:, None] + 8 * C + offs_c[None, :], mask=mg[:, None], other=0.0)  # [SG, C]
+                             mask=mg[:, None, None], other=0.0).to(tl.float32)                   # [SG, 8, C]
+                V1 = tl.load(vb[:, None] + 8 * C + offs_c[None, :], mask=mg[:, None], other=0.0).to(tl.float32)
                 aV8 = a_c[:, None, :] * V8
                 aV1 = a_c * V1
                 ax8 += tl.sum(aV8 * rx[:, None, None], 0)
@@ -498,7 +498,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                     for rr in tl.static_range(C // H):
                         c0 = rr * H + hb0
                         V = tl.load(v + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
-                                    mask=mask_e[:, None], other=0.0)
+                                    mask=mask_e[:, None], other=0.0).to(tl.float32)
                         aV = alpha * V
                         base = U + tgt_t[:, None] * (27 * C) + mm * C + c0 + tl.arange(0, HB)[None, :]
                         tl.store(base, _seg_sum(aV * rx[:, None], BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
@@ -583,8 +583,8 @@ def _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, p
                 a_c = tl.load(scr_a + rows[:, None] * H + a_col[None, :], mask=mg[:, None], other=0.0)  # [SG, C]
                 if not DV_ONLY:
                     vb = v + jg * (9 * C)
-                    V8 = tl.load(vb[:, None, None] + o8g, mask=mg[:, None, None], other=0.0)     # [SG, 8, C]
-                    V1 = tl.load(vb[:, None] + 8 * C + offs_c[None, :], mask=mg[:, None], other=0.0)
+                    V8 = tl.load(vb[:, None, None] + o8g, mask=mg[:, None, None], other=0.0).to(tl.float32)
+                    V1 = tl.load(vb[:, None] + 8 * C + offs_c[None, :], mask=mg[:, None], other=0.0).to(tl.float32)
                     wx = tl.sum(V8 * gx8[None, :, :], 1) + V1 * gx1[None, :]                 # [SG, C]
                     wy = tl.sum(V8 * gy8[None, :, :], 1) + V1 * gy1[None, :]
                     wz = tl.sum(V8 * gz8[None, :, :], 1) + V1 * gz1[None, :]
@@ -607,8 +607,8 @@ def _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, p
                 a_c = tl.load(scr_a + row * H + a_col)                                  # [C]
                 if not DV_ONLY:
                     vb = v + jj * (9 * C)
-                    V8 = tl.load(vb + o8)
-                    V1 = tl.load(vb + 8 * C + offs_c)
+                    V8 = tl.load(vb + o8).to(tl.float32)
+                    V1 = tl.load(vb + 8 * C + offs_c).to(tl.float32)
                     wx = tl.sum(V8 * gx8, 0) + V1 * gx1                                 # [C]
                     wy = tl.sum(V8 * gy8, 0) + V1 * gy1
                     wz = tl.sum(V8 * gz8, 0) + V1 * gz1
@@ -725,7 +725,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                     for rr in range(C // H):
                         c0 = rr * H + hb0
                         V = tl.load(v + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
-                                    mask=mask_e[:, None], other=0.0)
+                                    mask=mask_e[:, None], other=0.0).to(tl.float32)
                         if DU_BCAST:
                             gt = dU + tgt_t[:, None] * (27 * C) + mm * C + c0 + tl.arange(0, HB)[None, :]
                             Gx = _seg_bcast(tl.load(gt, mask=tmask[:, None], other=0.0), BLOCK_T, BLOCK_E, HB)
@@ -1015,6 +1015,15 @@ def _maxnreg(cfg: dict) -> dict:
 _DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
 
 
+def bf16_values(v: torch.Tensor) -> bool:
+    """``E2F_V2_BF16_VALUES=1`` (opt-in, session 12, not yet timed on a GPU): values that arrive in bf16 (the
+    model's ``set_precision("bf16")``: the value projection runs under bf16 autocast) go to the kernels as they are,
+    instead of as a float32 copy; the kernels convert each loaded value to float32 in registers.  The result is
+    bit-identical (bf16 -> float32 is exact either way), the values' share of the per-edge gathers halves (36 C
+    of ~41 C bytes per edge at the V1.5 size), and the float32 copy of v (N 9 C floats per layer) is not made."""
+    return v.dtype == torch.bfloat16 and os.environ.get("E2F_V2_BF16_VALUES", "0") == "1"
+
+
 def qk_layout() -> bool:
     """``E2F_V2_QK_LAYOUT``: how the kernels see q, k and their gradients.  "hd" (default): the model's
     [N, H, D]; "dh" (opt-in, session 12, not yet timed on a GPU): [N, D, H] copies, made on the host before each
@@ -1123,7 +1132,9 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         pt, ps, muc, fwd_w, _ = _prep(t, s, mu, fc, nb)
         rp = row_ptr.contiguous()
         srcc = src.contiguous()
-        vecc, qc, kc_, vc = (x.detach().to(f32).contiguous() for x in (vec, q, k, v))
+        vecc, qc, kc_ = (x.detach().to(f32).contiguous() for x in (vec, q, k))
+        # bf16 values (opt-in) go in as they are and are converted in the kernels (see bf16_values)
+        vc = v.detach().contiguous() if bf16_values(v) else v.detach().to(f32).contiguous()
         qkl = qk_layout()
         if qkl:                                     # [N, D, H] copies (see qk_layout)
             qc, kc_ = qc.transpose(1, 2).contiguous(), kc_.transpose(1, 2).contiguous()
@@ -1178,14 +1189,15 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         hid = fc[0].shape[0]
         f32 = torch.float32
         pt, ps, muc, fwd_w, bwd_w = _prep(t, s, mu, fc, nb)
-        vecc, qc, kc_, vc = (x.detach().to(f32).contiguous() for x in (vec, q, k, v))
+        vecc, qc, kc_ = (x.detach().to(f32).contiguous() for x in (vec, q, k))
+        vc = v.detach().contiguous() if bf16_values(v) else v.detach().to(f32).contiguous()
         if ctx.qkl:                                 # the forward's layout; dq, dk below come out as [N, D, H] too
             qc, kc_ = qc.transpose(1, 2).contiguous(), kc_.transpose(1, 2).contiguous()
         dUc = dU.to(f32).contiguous()
         dvec = torch.zeros_like(vecc)
         dq = torch.empty_like(qc)
         dk = torch.zeros_like(kc_)
-        dv = torch.zeros_like(vc)
+        dv = torch.zeros(vc.shape, device=vc.device, dtype=f32)        # float32 sums whatever v's dtype
         rp = row_ptr.contiguous()
         for be, perm, seg, use_perm in ctx.launches:
             cfg = launch_config(H, hid, nb, be, "bwd", table=bool(tab_args[6]))

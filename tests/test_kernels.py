@@ -25,7 +25,7 @@ except ImportError:  # plain checkout: kernels/ importable from the repository r
     KPKG = "kernels"
 from importlib import import_module
 
-from helpers import run_under_triton_interpreter
+from helpers import TRITON_MODEL_SCRIPT_HEAD, run_under_triton_interpreter
 
 FCParams, attention_reference, fused_attention = K.FCParams, K.attention_reference, K.fused_attention
 make_case, args_of = import_module(KPKG + "._testing").make_case, import_module(KPKG + "._testing").args_of
@@ -556,6 +556,88 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
 
 def test_triton_v2_interpreter_matches_reference():
     run_under_triton_interpreter(_INTERP_V2_SCRIPT, [KPKG], "Triton v2 interpreter test")
+
+
+_INTERP_BF16_VALUES_SCRIPT = textwrap.dedent(r"""
+    import os, sys
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    import torch
+    from importlib import import_module
+    KM = import_module(sys.argv[1])
+    T_ = import_module(sys.argv[1] + "._testing")
+
+    def run(case, table, bf16_in_kernel, env):
+        with T_.env_vars(dict(env, E2F_V2_BF16_VALUES="1" if bf16_in_kernel else "0")):
+            a = list(T_.args_of(case))
+            a[5] = a[5].to(torch.bfloat16)                    # values as the bf16 mode's projection makes them
+            for n in (2, 3, 4, 5):
+                a[n] = a[n].clone().requires_grad_(True)
+            U = KM.fused_attention(*a, backend="triton_v2", table=table)
+            G = torch.randn(U.shape, generator=torch.Generator().manual_seed(7))
+            return [U] + list(torch.autograd.grad(U, [a[n] for n in (2, 3, 4, 5)], G))
+
+    V2 = import_module(sys.argv[1] + ".attention_triton_v2")
+    seen = []                                                 # what the launches decided (the bf16 path was taken)
+    real = V2.bf16_values
+    V2.bf16_values = lambda v: seen.append(real(v)) or seen[-1]
+    n = 0
+    for seed, table_on, env in ((71, False, {}), (72, True, {}), (73, False, {"E2F_V2_BWD_AGG": "stream"}),
+                                (74, False, {"E2F_V2_BWD_AGG": "split", "E2F_V2_BUCKETS": "1"}),
+                                (75, True, {"E2F_V2_FWD_AGG": "tile", "E2F_V2_FWD_STREAM_G": "1"})):
+        case = T_.make_case(8, 17, **T_.TINY, seed=seed)
+        table = None
+        if table_on:
+            coef, *rest = T_.random_table(2 * T_.TINY["H"], 8, torch.Generator().manual_seed(seed))
+            table = (coef.float(), *rest)
+        seen.clear()
+        ref = run(case, table, False, env)                    # a float32 copy of the bf16 values (the default)
+        assert seen and not any(seen)
+        seen.clear()
+        got = run(case, table, True, env)                     # the bf16 values themselves, converted in the kernels
+        assert seen and all(seen)
+        assert got[4].dtype == torch.bfloat16 and ref[4].dtype == torch.bfloat16
+        for x, y in zip(got, ref):
+            assert torch.equal(x, y), (seed, env, (x.float() - y.float()).abs().max())
+        n += 1
+    print("bit-identical in", n, "cases")
+    print("WORST 0.0")
+""")
+
+
+def test_bf16_values_are_bit_identical_under_interpreter():
+    """E2F_V2_BF16_VALUES=1 (opt-in): bf16 values go into the v2 attention kernels as they are and are converted
+    there; U and every gradient equal the default's (a float32 copy made on the host) bit for bit, on the MLP and
+    table paths and in the tiled, streamed and split aggregations."""
+    out = run_under_triton_interpreter(_INTERP_BF16_VALUES_SCRIPT, [KPKG], "bf16 values in the v2 kernels")
+    assert "bit-identical in 5 cases" in out
+
+
+_INTERP_BF16_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
+    from openmm_e2former.kernels import attention_triton_v2 as V2
+    m, z, pos, cell, pbc = tiny_kernel_model()
+    E2.Attention.use_fused = lambda self, x: True
+    E2.EdgeDegreeEmbedding.use_fused = lambda self, x: True
+    os.environ["E2FORMER_ATTENTION_BACKEND"] = "triton_v2"
+    m.set_precision("bf16")
+    seen = []
+    real = V2.bf16_values
+    V2.bf16_values = lambda v: seen.append((v.dtype, real(v))) or real(v)
+    out = {}
+    for flag in ("0", "1"):
+        os.environ["E2F_V2_BF16_VALUES"] = flag
+        seen.clear()
+        out[flag] = m.energy_and_forces(z, pos, cell, pbc)
+        assert seen and all(dt == torch.bfloat16 and used == (flag == "1") for dt, used in seen), seen
+    assert all(torch.equal(a, b) for a, b in zip(out["0"], out["1"]))
+    print("WORST 0.0")
+""")
+
+
+def test_bf16_values_model_is_bit_identical_under_interpreter():
+    """With set_precision("bf16") the value projection arrives in bf16; E2F_V2_BF16_VALUES=1 hands it to the
+    kernels as it is, and the model's energy and forces are bit-identical to the default's."""
+    run_under_triton_interpreter(_INTERP_BF16_MODEL_SCRIPT, [Path(__file__).resolve().parent],
+                                 "the bf16 model with bf16 values in the kernels", drop_env=("E2FORMER_ATTENTION_BACKEND",))
 
 
 def test_degree_buckets_partition():
