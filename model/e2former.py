@@ -955,10 +955,6 @@ class E2FormerV2(nn.Module):
             b.attn.key.auto_recompute = bool(on)
 
     @torch.jit.unused
-    def _use_checkpointing(self, x: torch.Tensor) -> bool:
-        return self._checkpoint_mode(x) != "none"
-
-    @torch.jit.unused
     def _blocks_python(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph,
                        checkpoint: bool, mode: str) -> torch.Tensor:
         """Blocks with the Python-only options: activation checkpointing ``mode`` (see ``checkpoint_blocks``,

@@ -234,7 +234,6 @@ def test_auto_mode_thresholds(monkeypatch):
     for mode, want in ((False, "none"), (True, "block"), ("block", "block"), ("fine", "fine")):
         m.checkpoint_blocks = mode
         assert m._checkpoint_mode(_FakeFeatures(1, False)) == want
-        assert m._use_checkpointing(_FakeFeatures(1, False)) == (want != "none")
     m.checkpoint_blocks = "fin"
     with pytest.raises(ValueError, match="checkpoint_blocks"):
         m._checkpoint_mode(_FakeFeatures(1, False))
