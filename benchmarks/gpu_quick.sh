@@ -63,6 +63,7 @@
 #   tabletiles: tiles / warps / register caps re-swept under TABLE (~5 min)
 #   table12md: createSystem(radial_tables=True) through OpenMM, 600 waters and 115k atoms, beside plain (~4 min)
 #   default12md: OpenMM MD with the automatic defaults (radial tables on CUDA), bundled model, 1.8k / 14.4k / 115k atoms
+#   water13:  the water box with the radial tables (~5 min)
 #   water100k: the periodic ~100k-atom water box of item 4c, V1.5 size, fp32 / TF32 / bf16 (~6 min)
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -356,6 +357,9 @@ for what in "$@"; do
         timeout 120 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 \
             --out "$OUT/md_default.json" 2>&1 | tail -n 1 | cut -c1-400
       done ;;
+    water13)    # next session: the periodic ~100k-atom water box of item 4c with the radial tables (fp32 / TF32 / bf16)
+      E2F_RADIAL_TABLES=1 timeout 400 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water_tables" --parts speed \
+          --sizes "" --modes fp32,tf32,bf16 --budget-s 360 2>&1 | grep '^{' | cut -c1-260 ;;
     water100k)
       # item 4c's periodic ~100k-atom water box (last run in session 1, with older kernels): fp32, TF32, bf16
       timeout 560 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water" --parts speed --sizes "" \
