@@ -100,6 +100,12 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
     ("stream/tile, table, QK dh", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_QK_LAYOUT="dh"), "fwd+bwd"),
     ("stream/tile, DX2_SCR, QK dh", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1", E2F_V2_QK_LAYOUT="dh"),
      "fwd+bwd"),
+    # the dv / dk atomics with Triton's default acq_rel semantics (every session before 12; since then relaxed, so
+    # "stream/tile, table" and "stream/tile, DX2_SCR" run relaxed): an A/B of the change
+    ("stream/tile, table, acq_rel atomics", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_ATOMIC_SEM="acq_rel"),
+     "fwd+bwd"),
+    ("stream/tile, DX2_SCR, acq_rel atomics", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1",
+                                                   E2F_V2_ATOMIC_SEM="acq_rel"), "fwd+bwd"),
     # stage skips under TABLE (timing only, wrong results): what the aggregation costs in each direction
     ("none, table", dict(_agg("none"), TABLE="1"), "fwd"),
     ("stream/none, table", dict(_agg("stream", "none"), TABLE="1"), "fwd+bwd"),

@@ -10,6 +10,8 @@
 #   variants: the opt-in attention-backward variants (DR_ACC, DU_BCAST) end to end at 10k fp32 vs the default
 #   profile10k: torch.profiler of one V1.5-size energy + forces step at 10k atoms (fp32), per kernel
 #   profile13: profile10k with the radial tables, fp32 and TF32
+#   sem13:    FIRST next session: relaxed dv / dk atomics (the new default): GPU checks, A/B stages, V1.5 with tables
+#             at 10k / 20k, bundled OpenMM at 115k (~8 min)
 #   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
 #   bf16v13:  E2F_V2_BF16_VALUES=1 in bf16 mode with tables at 10k / 100k beside the default (~4 min)
 #   ncu13:    ncu on the TABLE attention kernels (V1.5 10k), then the TABLE stage skips and the backward with its
@@ -110,6 +112,20 @@ for what in "$@"; do
         E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \
             --modes $md --out "$OUT/profile" 2>&1 | tail -n 3
       done ;;
+    sem13)      # next session, FIRST: the relaxed dv / dk atomics (default since session 12, untimed; acq_rel compiled
+                # each atomic to MEMBAR.ALL.GPU + CCTL.IVALL, attention_atomic_sem_report.md): GPU checks against
+                # float64, the A/B as stages, then V1.5 end to end with tables and the bundled 115k OpenMM step, to
+                # set beside session 12's numbers (~8 min)
+      timeout 120 python3 tests/gpu/check_table.py "$OUT/table_gpu_check.json" 2>&1 | tail -n 2
+      timeout 150 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check.json" 2>&1 | tail -n 3
+      timeout 170 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
+          --variants "stream/tile, table;stream/tile, table, acq_rel atomics;stream/tile, DX2_SCR;stream/tile, DX2_SCR, acq_rel atomics" \
+          2>&1 | grep '^{' | cut -c1-220
+      E2F_RADIAL_TABLES=1 timeout 80 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_tables" --parts speed \
+          --sizes 10000,20000 --modes fp32,tf32 --no-water --budget-s 60 2>&1 | grep -E '^\{|Error' | cut -c1-200
+      timeout 70 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb \
+          benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb --reps 4,4,4 --steps 20 \
+          --out "$OUT/md_default.json" 2>&1 | tail -n 1 | cut -c1-300 ;;
     qkl13)      # next session: q / k in the [N, D, H] layout (E2F_V2_QK_LAYOUT=dh: contiguous dk atomics; interpreter-
                 # checked, ptxas in attention_qk_layout_compile_report.md) as stages beside the defaults, then V1.5
                 # end to end with tables at 10k / 20k, both layouts in one call (~5 min)

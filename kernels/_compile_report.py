@@ -432,8 +432,55 @@ def qk_layout_main():
                           f"{_cells(r, cfg['num_warps'])}", flush=True)
 
 
+def _sass_counts(fn, consts: dict, num_warps: int, maxnreg, opcodes) -> dict:
+    """How many SASS instructions of each of ``opcodes`` the sm_90a cubin of ``fn`` holds (cuobjdump)."""
+    consts = dict({p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **consts)
+    sig = {}
+    for n in fn.arg_names:
+        sig[n] = ("constexpr" if n in consts else "fp32" if n in FLOAT_SCALARS else "i32" if n in INT_SCALARS
+                  else "*i64" if n in INT_PTRS else "*i32" if n in ("tslot", "tslot_t", "tslot_s") else "*fp32")
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, ty in sig.items() if ty.startswith("*")}
+    ck = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                        target=GPUTarget("cuda", 90, 32),
+                        options=dict(num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {})))
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(ck.asm["cubin"])
+    try:
+        sass = subprocess.run([os.path.join(os.path.dirname(PTXAS), "cuobjdump"), "-sass", f.name],
+                              capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    return {op: sum(op in line for line in sass.splitlines()) for op in opcodes}
+
+
+def atomic_sem_main():
+    """The default v2 attention backward with its dv / dk atomics acq_rel (Triton's default, every session before
+    12) and relaxed (``attention_triton_v2.atomic_sem``): registers, spills and the SASS fences / cache
+    invalidations / atomics they compile to."""
+    ops = ("MEMBAR", "CCTL", "ATOMG", "REDG")
+    print(f"# sm_90a (ptxas -v and cuobjdump -sass, no GPU), v2 attention backward, default launches, dv / dk atomics "
+          f"acq_rel vs relaxed; SASS instruction counts in the unrolled kernel; triton {triton.__version__}")
+    print("| sizes | TABLE | atomics | regs | spills | " + " | ".join(ops) + " |")
+    print("|---|---|---|---:|---:|" + "---:|" * len(ops))
+    fn = v2._attn_bwd_kernel_v2
+    for name, sizes in SIZES3.items():
+        C, H, D, nb, HID, K = sizes
+        win = 32 if nb >= 128 else 0
+        for on in (False, True):
+            cfg = v2.launch_config(H, HID, nb, K, "bwd", table=on)
+            for sem in ("acq_rel", "relaxed"):
+                consts = _launch_consts("bwd", cfg, sizes, cfg["AGG"], win, TABLE=on,
+                                        DX2_SCR=cfg["DX2_SCR"] and not on, ASEM=sem)
+                r = compile_kernel(fn, consts, cfg["num_warps"], cfg["maxnreg"])
+                n = _sass_counts(fn, consts, cfg["num_warps"], cfg["maxnreg"], ops)
+                print(f"| {name} | {'on' if on else 'off'} | {sem} | {r['regs']} | {r['spills']} | "
+                      + " | ".join(str(n[o]) for o in ops) + " |", flush=True)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if "--atomic-sem" in argv:
+        return atomic_sem_main()
     if "--qk-layout" in argv:
         return qk_layout_main()
     if "--dx2-scr" in argv:

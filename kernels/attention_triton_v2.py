@@ -551,7 +551,8 @@ def _bwd_alpha(scr_x, W2T, b2, q, k, M_in, S_in, tgt, j, mask_e, u, tgt_t, tmask
 @triton.jit
 def _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
                           C: tl.constexpr, H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                          PERM: tl.constexpr, DV_ONLY: tl.constexpr, SG: tl.constexpr = 1):
+                          PERM: tl.constexpr, DV_ONLY: tl.constexpr, SG: tl.constexpr = 1,
+                          ASEM: tl.constexpr = "relaxed"):
     """Backward of ``_stream_aggregate``, one edge at a time (SG > 1, ``E2F_V2_BWD_STREAM_G``: SG edges per step,
     so each cross-lane reduction and its barrier serves SG edges) with the target's dU held in registers:
     with W_x[c] = sum_m V[j, m, c] dU[i, x, m, c] (x = 0..2),
@@ -596,9 +597,9 @@ def _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, p
                     tl.store(scr_dr + rows * 4 + 2, tl.sum(a_c * wz, 1), mask=mg)
                 dvb = dv + jg * (9 * C)
                 g8 = rx[:, :, None] * gx8[None, :, :] + ry[:, :, None] * gy8[None, :, :] + rz[:, :, None] * gz8[None, :, :]
-                tl.atomic_add(dvb[:, None, None] + o8g, a_c[:, None, :] * g8, mask=mg[:, None, None])
+                tl.atomic_add(dvb[:, None, None] + o8g, a_c[:, None, :] * g8, mask=mg[:, None, None], sem=ASEM)
                 tl.atomic_add(dvb[:, None] + 8 * C + offs_c[None, :],
-                              a_c * (rx * gx1[None, :] + ry * gy1[None, :] + rz * gz1[None, :]), mask=mg[:, None])
+                              a_c * (rx * gx1[None, :] + ry * gy1[None, :] + rz * gz1[None, :]), mask=mg[:, None], sem=ASEM)
                 e += SG
         else:
             while e < e1:
@@ -618,8 +619,8 @@ def _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, p
                     tl.store(scr_dr + row * 4 + 1, tl.sum(a_c * wy, 0))
                     tl.store(scr_dr + row * 4 + 2, tl.sum(a_c * wz, 0))
                 dvb = dv + jj * (9 * C)
-                tl.atomic_add(dvb + o8, a_c[None, :] * (rx * gx8 + ry * gy8 + rz * gz8))
-                tl.atomic_add(dvb + 8 * C + offs_c, a_c * (rx * gx1 + ry * gy1 + rz * gz1))
+                tl.atomic_add(dvb + o8, a_c[None, :] * (rx * gx8 + ry * gy8 + rz * gz8), sem=ASEM)
+                tl.atomic_add(dvb + 8 * C + offs_c, a_c * (rx * gx1 + ry * gy1 + rz * gz1), sem=ASEM)
                 e += 1
 
 
@@ -639,8 +640,11 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr, PERM: tl.constexpr, SCR_STRIDE: tl.constexpr,
                         AGG: tl.constexpr = 0, BPREC: tl.constexpr = "ieee", RBF_WIN: tl.constexpr = 0,
                         SG: tl.constexpr = 1, DX2_SCR: tl.constexpr = False, TABLE: tl.constexpr = False,
-                        QKL: tl.constexpr = False, ATOM: tl.constexpr = 0):
+                        QKL: tl.constexpr = False, ATOM: tl.constexpr = 0, ASEM: tl.constexpr = "relaxed"):
     # QKL: q / k / dq / dk in the [N, D, H] layout (``qk_layout``): contiguous dk atomics
+    # ASEM: memory semantics of the dv / dk atomics ("relaxed" since session 12, ``atomic_sem``; Triton's default
+    #   "acq_rel" compiles each to MEMBAR.ALL.GPU + ATOMG + CCTL.IVALL: a GPU-wide fence and an L1 invalidation,
+    #   which also drops the spills and gathered rows cached in L1; "relaxed" is one fire-and-forget REDG)
     # ATOM: the tiled backward's dv and dk writes: 0 atomics (the result); stage timing only, wrong gradients
     #   (E2F_V2_BWD_ATOM, benchmarks/attention_stages.py): 1 plain stores of the same values, 2 no write at all
     # TABLE: g, w from the radial table (see _attn_fwd_kernel_v2); the MLP backward is then d(g, w)/dd, the
@@ -702,7 +706,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                 tl.store(scr_a + offs_r[:, None] * H + offs_hb[None, :], alpha)
             tl.debug_barrier()
             _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
-                                  C, H, BLOCK_T, BLOCK_E, PERM, False, SG)
+                                  C, H, BLOCK_T, BLOCK_E, PERM, False, SG, ASEM)
             tl.debug_barrier()
             drx = tl.load(scr_dr + offs_r * 4 + 0, mask=mask_e, other=0.0)
             dry = tl.load(scr_dr + offs_r * 4 + 1, mask=mask_e, other=0.0)
@@ -750,7 +754,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         if AGG == 0:
                             if ATOM == 0:
                                 tl.atomic_add(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
-                                              alpha * rG, mask=mask_e[:, None])
+                                              alpha * rG, mask=mask_e[:, None], sem=ASEM)
                             elif ATOM == 1:     # timing only (wrong dv): the same writes without the atomics
                                 tl.store(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
                                          alpha * rG, mask=mask_e[:, None])
@@ -780,7 +784,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                     qd = tl.load(q + tgt[:, None] * (H * D) + dd * H + offs_hb[None, :])
                     if ATOM == 0:
                         tl.atomic_add(dk + j[:, None] * (H * D) + dd * H + offs_hb[None, :], dqk * qd,
-                                      mask=mask_e[:, None])
+                                      mask=mask_e[:, None], sem=ASEM)
                     elif ATOM == 1:
                         tl.store(dk + j[:, None] * (H * D) + dd * H + offs_hb[None, :], dqk * qd,
                                  mask=mask_e[:, None])
@@ -792,7 +796,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                     qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd)
                     if ATOM == 0:
                         tl.atomic_add(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd,
-                                      mask=mask_e[:, None])
+                                      mask=mask_e[:, None], sem=ASEM)
                     elif ATOM == 1:
                         tl.store(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd,
                                  mask=mask_e[:, None])
@@ -818,7 +822,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         if AGG == 3:                # dv edge by edge (alpha of every head block is in scratch)
             tl.debug_barrier()
             _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, perm, i0, n_t, t_start,
-                                  C, H, BLOCK_T, BLOCK_E, PERM, True, SG)
+                                  C, H, BLOCK_T, BLOCK_E, PERM, True, SG, ASEM)
         # --- LN1/SiLU backward, W1 (K-chunked through scratch), LN0/SiLU backward ----------------------
         dd_e = du * du_dd
         if TABLE:
@@ -991,6 +995,7 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         # E2F_V2_BWD_ATOM (stage timing only, wrong gradients): 1 = the dv / dk atomics as plain stores, 2 = no
         # write; the difference to the default is what the atomics cost (session 12)
         cfg["ATOM"] = _env_int("E2F_V2_BWD_ATOM", 0)
+        cfg["ASEM"] = atomic_sem()
         # DX2_SCR (dg / dw through scratch, dx2 as one K = 2H dot after the head loop) is on by default wherever
         # 2 H is a multiple of the K chunk: H200, session 11 (benchmarks/results/attention_stages_s11_h200.jsonl),
         # forward + backward 22.2 -> 20.7 ms at V1.5 10k atoms, 56.1 -> 55.7 ms bundled 115k; E2F_V2_BWD_DX2_SCR=0
@@ -1013,6 +1018,21 @@ def _maxnreg(cfg: dict) -> dict:
 
 
 _DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+def atomic_sem() -> str:
+    """Memory semantics of the backward's dv / dk atomics, ``E2F_V2_ATOMIC_SEM``: "relaxed" (default since
+    session 12) or "acq_rel" (Triton's default, what every earlier session ran).  They only accumulate (nothing in
+    the kernel reads dv or dk back, and the launch boundary orders them for later kernels), so relaxed atomics give
+    the same sums, in the same nondeterministic order, as CUDA's own ``atomicAdd``.  acq_rel compiles each
+    atomic to ``MEMBAR.ALL.GPU; ATOMG...; CCTL.IVALL``: a GPU-wide fence before it and an invalidation of the L1
+    cache after it, which also throws away the register spills and gathered rows held in L1 (sm_90 SASS, checked
+    with cuobjdump); relaxed is one ``REDG``.  Not yet timed on a GPU when it became the default: the SASS leaves
+    no way for it to be slower, and ``E2F_V2_ATOMIC_SEM=acq_rel`` brings the old code back for an A/B timing."""
+    val = os.environ.get("E2F_V2_ATOMIC_SEM", "relaxed")
+    if val not in ("relaxed", "acq_rel"):
+        raise ValueError(f"E2F_V2_ATOMIC_SEM={val!r}: expected 'relaxed' or 'acq_rel'")
+    return val
 
 
 def bf16_values(v: torch.Tensor) -> bool:
@@ -1215,7 +1235,8 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 SMOOTH=ctx.softmax == "smooth",
                 DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, AGG=cfg["AGG"],
                 SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, SG=cfg["SG"], DX2_SCR=cfg["DX2_SCR"] and not tab_args[6],
-                TABLE=tab_args[6], QKL=ctx.qkl, ATOM=cfg["ATOM"], num_warps=cfg["num_warps"], **_maxnreg(cfg))
+                TABLE=tab_args[6], QKL=ctx.qkl, ATOM=cfg["ATOM"], ASEM=cfg["ASEM"], num_warps=cfg["num_warps"],
+                **_maxnreg(cfg))
         if ctx.qkl:
             dq, dk = dq.transpose(1, 2).contiguous(), dk.transpose(1, 2).contiguous()
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):

@@ -713,6 +713,15 @@ def test_v2_launch_defaults(monkeypatch):
     assert V2.launch_config(16, 32, 64, 64, "fwd", table=True)["num_warps"] == 8
     monkeypatch.delenv("E2F_V2_FWD_NUM_WARPS")
     assert V2.launch_config(128, 128, 256, 32, "bwd")["ATOM"] == 0      # atomics unless a stage timing asks
+    # the dv / dk atomics are relaxed (acq_rel compiled each to a GPU-wide fence + an L1 invalidation); the old
+    # semantics stay reachable for an A/B timing, and a typo is an error
+    assert V2.launch_config(128, 128, 256, 32, "bwd")["ASEM"] == "relaxed"
+    monkeypatch.setenv("E2F_V2_ATOMIC_SEM", "acq_rel")
+    assert V2.launch_config(128, 128, 256, 32, "bwd")["ASEM"] == "acq_rel"
+    monkeypatch.setenv("E2F_V2_ATOMIC_SEM", "seq_cst")
+    with pytest.raises(ValueError, match="E2F_V2_ATOMIC_SEM='seq_cst'"):
+        V2.launch_config(128, 128, 256, 32, "bwd")
+    monkeypatch.delenv("E2F_V2_ATOMIC_SEM")
     assert V2.launch_config(16, 32, 64, 64, "bwd")["maxnreg"] == 128      # the default register cap (H200-timed)
     assert V2.launch_config(128, 128, 256, 32, "fwd")["maxnreg"] == 128
     monkeypatch.setenv("E2F_V2_FWD_MAXNREG", "0")                          # 0 lifts the cap
