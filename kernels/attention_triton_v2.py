@@ -628,6 +628,16 @@ def _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, p
 # backward kernel (grads w.r.t. vec, q, k, v)
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
+def _acc_write(ptr, val, mask, ATOM: tl.constexpr, ASEM: tl.constexpr):
+    """The tiled backward's dv / dk accumulation: an atomic add (ATOM 0, the result); for stage timing only (wrong
+    gradients) the same writes as plain stores (1) or none (2)."""
+    if ATOM == 0:
+        tl.atomic_add(ptr, val, mask=mask, sem=ASEM)
+    elif ATOM == 1:
+        tl.store(ptr, val, mask=mask)
+
+
+@triton.jit
 def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2, W0a, W1, W2,
                         M_in, S_in, dU,
@@ -752,12 +762,8 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                             dry += tl.sum(aV * Gy, 1)
                             drz += tl.sum(aV * Gz, 1)
                         if AGG == 0:
-                            if ATOM == 0:
-                                tl.atomic_add(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
-                                              alpha * rG, mask=mask_e[:, None], sem=ASEM)
-                            elif ATOM == 1:     # timing only (wrong dv): the same writes without the atomics
-                                tl.store(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
-                                         alpha * rG, mask=mask_e[:, None])
+                            _acc_write(dv + j[:, None] * (9 * C) + mm * C + c0 + tl.arange(0, HB)[None, :],
+                                       alpha * rG, mask_e[:, None], ATOM, ASEM)
             # --- softmax backward (heads independent: local to the block) ---------------------------
             delta = _seg_sum(dalpha * alpha, BLOCK_T, BLOCK_E, HB)            # [BLOCK_T, HB]
             dw = dalpha * eps / S_r
@@ -782,24 +788,16 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                     tl.store(dq + tgt_t[:, None] * (H * D) + dd * H + offs_hb[None, :],
                              _seg_sum(dqk * kd, BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
                     qd = tl.load(q + tgt[:, None] * (H * D) + dd * H + offs_hb[None, :])
-                    if ATOM == 0:
-                        tl.atomic_add(dk + j[:, None] * (H * D) + dd * H + offs_hb[None, :], dqk * qd,
-                                      mask=mask_e[:, None], sem=ASEM)
-                    elif ATOM == 1:
-                        tl.store(dk + j[:, None] * (H * D) + dd * H + offs_hb[None, :], dqk * qd,
-                                 mask=mask_e[:, None])
+                    _acc_write(dk + j[:, None] * (H * D) + dd * H + offs_hb[None, :], dqk * qd, mask_e[:, None],
+                               ATOM, ASEM)
                 else:
                     kd = tl.load(k + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, mask=mask_e[:, None],
                                  other=0.0)
                     tl.store(dq + tgt_t[:, None] * (H * D) + offs_hb[None, :] * D + dd,
                              _seg_sum(dqk * kd, BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
                     qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd)
-                    if ATOM == 0:
-                        tl.atomic_add(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd,
-                                      mask=mask_e[:, None], sem=ASEM)
-                    elif ATOM == 1:
-                        tl.store(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd,
-                                 mask=mask_e[:, None])
+                    _acc_write(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd, mask_e[:, None],
+                               ATOM, ASEM)
             # --- last Linear: dx2 += dg W2[g rows of block] + dw W2[w rows of block] --------------------
             if TABLE:       # (g, w) = table(d): d/dd through the table's slopes (h times d/dd in _table_cols).
                 # The coefficients are read again here on purpose: returning the slopes from _bwd_alpha keeps two
@@ -1138,6 +1136,17 @@ def _table_launch_args(table, device):
             int(P), int(M), float(h), True)
 
 
+def _kernel_inputs(vec, q, k, v, qkl: bool):
+    """vec, q, k, v as the v2 kernels read them (forward and backward alike): contiguous float32; q, k as [N, D, H]
+    copies when ``qkl`` (``qk_layout``); v left in bf16 where ``bf16_values`` says so (converted in the kernels)."""
+    f32 = torch.float32
+    vecc, qc, kc_ = (x.detach().to(f32).contiguous() for x in (vec, q, k))
+    vc = v.detach().contiguous() if bf16_values(v) else v.detach().to(f32).contiguous()
+    if qkl:
+        qc, kc_ = qc.transpose(1, 2).contiguous(), kc_.transpose(1, 2).contiguous()
+    return vecc, qc, kc_, vc
+
+
 class FusedAttentionFunctionV2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, row_ptr, src, vec, q, k, v, t, s, mu, gamma, cutoff, allow_tf32, max_degree, softmax, *fc):
@@ -1152,12 +1161,8 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         pt, ps, muc, fwd_w, _ = _prep(t, s, mu, fc, nb)
         rp = row_ptr.contiguous()
         srcc = src.contiguous()
-        vecc, qc, kc_ = (x.detach().to(f32).contiguous() for x in (vec, q, k))
-        # bf16 values (opt-in) go in as they are and are converted in the kernels (see bf16_values)
-        vc = v.detach().contiguous() if bf16_values(v) else v.detach().to(f32).contiguous()
         qkl = qk_layout()
-        if qkl:                                     # [N, D, H] copies (see qk_layout)
-            qc, kc_ = qc.transpose(1, 2).contiguous(), kc_.transpose(1, 2).contiguous()
+        vecc, qc, kc_, vc = _kernel_inputs(vec, q, k, v, qkl)
         block_e = _block_e(rp, max_degree)
         prec = dot_precision() or ("tf32" if allow_tf32 else "ieee")
         win = rbf_window(mu, float(gamma), float(cutoff))
@@ -1209,10 +1214,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         hid = fc[0].shape[0]
         f32 = torch.float32
         pt, ps, muc, fwd_w, bwd_w = _prep(t, s, mu, fc, nb)
-        vecc, qc, kc_ = (x.detach().to(f32).contiguous() for x in (vec, q, k))
-        vc = v.detach().contiguous() if bf16_values(v) else v.detach().to(f32).contiguous()
-        if ctx.qkl:                                 # the forward's layout; dq, dk below come out as [N, D, H] too
-            qc, kc_ = qc.transpose(1, 2).contiguous(), kc_.transpose(1, 2).contiguous()
+        vecc, qc, kc_, vc = _kernel_inputs(vec, q, k, v, ctx.qkl)    # dq, dk below come out in qc's layout too
         dUc = dU.to(f32).contiguous()
         dvec = torch.zeros_like(vecc)
         dq = torch.empty_like(qc)
