@@ -43,7 +43,9 @@ INT_PTRS = {"row_ptr", "src", "perm", "seg"}
 SMEM_PER_SM = 228 * 1024   # H100 / H200: 228 KB shared memory per SM (227 KB usable per block)
 
 
-def compile_kernel(fn, consts: dict, num_warps: int, maxnreg: int | None = None) -> dict:
+def compile_kernel(fn, consts: dict, num_warps: int, maxnreg: int | None = None, sass_ops=()) -> dict:
+    """ptxas -v of ``fn`` for sm_90a: regs, spills, shared memory, CTAs per SM; with ``sass_ops``, also how many
+    SASS instructions of each of those opcodes the cubin holds (cuobjdump), under "sass"."""
     # constexpr parameters the caller leaves out take their defaults, as at a launch
     consts = dict({p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **consts)
     sig = {}
@@ -79,8 +81,18 @@ def compile_kernel(fn, consts: dict, num_warps: int, maxnreg: int | None = None)
     threads = 32 * num_warps
     blocks_regs = 65536 // max(1, regs * threads)
     blocks_smem = SMEM_PER_SM // max(1, shared + 1024) if shared else 32
-    return dict(regs=regs, spills=stack // 4, spill_st=st, spill_ld=ld, shared=shared,
-                blocks_per_sm=min(blocks_regs, blocks_smem, 2048 // threads), secs=time.time() - t0)
+    r = dict(regs=regs, spills=stack // 4, spill_st=st, spill_ld=ld, shared=shared,
+             blocks_per_sm=min(blocks_regs, blocks_smem, 2048 // threads), secs=time.time() - t0)
+    if sass_ops:
+        with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+            f.write(ck.asm["cubin"])
+        try:
+            sass = subprocess.run([os.path.join(os.path.dirname(PTXAS), "cuobjdump"), "-sass", f.name],
+                                  capture_output=True, text=True, check=True).stdout
+        finally:
+            os.unlink(f.name)
+        r["sass"] = {op: sum(op in line for line in sass.splitlines()) for op in sass_ops}
+    return r
 
 
 CONFIGS = {  # name: (C, H, D, nb, HID, K)
@@ -373,25 +385,33 @@ def dx2_scr_main():
                       f"{cap or '-'} | {'on' if on else 'off'} | {_cells(r, cfg['num_warps'])}", flush=True)
 
 
+def _attn_default_launches(kinds=("fwd", "bwd")):
+    """(sizes name, kind, kernel, table on, launch config, constexprs) of every default v2 attention launch at the
+    SIZES3 sizes, with the edge MLP and with the radial table (whose launch has its own warps; DX2_SCR off)."""
+    for name, sizes in SIZES3.items():
+        C, H, D, nb, HID, K = sizes
+        for kind in kinds:
+            fn = v2._attn_fwd_kernel_v2 if kind == "fwd" else v2._attn_bwd_kernel_v2
+            for on in (False, True):
+                cfg = v2.launch_config(H, HID, nb, K, kind, table=on)
+                extra = dict(TABLE=on)
+                if kind == "bwd":
+                    extra["DX2_SCR"] = cfg["DX2_SCR"] and not on
+                yield name, kind, fn, on, cfg, _launch_consts(kind, cfg, sizes, cfg["AGG"], 32 if nb >= 128 else 0,
+                                                              **extra)
+
+
 def table_main():
     """The default v2 attention launches with the edge MLP read from a radial table (TABLE, session 11) beside
     the MLP, under the default register cap: what the table takes out of the kernels' live state."""
-    from .attention_triton_v2 import launch_config
     print(f"# sm_90a (ptxas -v, no GPU), v2 attention and edge-degree kernels, edge MLP vs radial table (TABLE), "
           f"triton {triton.__version__}")
     print("| sizes | kernel | tiles | maxnreg | TABLE | regs | spills | shared B | CTA/SM | warps/SM |")
     print("|---|---|---|---:|---|---:|---:|---:|---:|---:|")
-    for name, sizes in SIZES3.items():
-        C, H, D, nb, HID, K = sizes
-        win = 32 if nb >= 128 else 0
-        for kind, fn in (("fwd", v2._attn_fwd_kernel_v2), ("bwd", v2._attn_bwd_kernel_v2)):
-            for on in (False, True):
-                cfg = launch_config(H, HID, nb, K, kind, table=on)    # the TABLE launch has its own warps
-                extra = dict(TABLE=on, **({"DX2_SCR": cfg["DX2_SCR"] and not on} if kind == "bwd" else {}))
-                c = _launch_consts(kind, cfg, sizes, cfg["AGG"], win, **extra)
-                r = compile_kernel(fn, c, cfg["num_warps"], cfg["maxnreg"])
-                print(f"| {name} | {kind} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | "
-                      f"{cfg['maxnreg'] or '-'} | {'on' if on else 'off'} | {_cells(r, cfg['num_warps'])}", flush=True)
+    for name, kind, fn, on, cfg, consts in _attn_default_launches():
+        r = compile_kernel(fn, consts, cfg["num_warps"], cfg["maxnreg"])
+        print(f"| {name} | {kind} | BT{cfg['BLOCK_T']} HB{cfg['HB']} KC{cfg['KC']} W{cfg['num_warps']} | "
+              f"{cfg['maxnreg'] or '-'} | {'on' if on else 'off'} | {_cells(r, cfg['num_warps'])}", flush=True)
     # the edge-degree v2 kernels (launch_config defaults, RBF window as launched at nb >= 128)
     for name, sizes in SIZES3.items():
         C, H, D, nb, HID, K = sizes
@@ -411,46 +431,15 @@ def table_main():
 def qk_layout_main():
     """The default v2 attention launches with q / k (and dq / dk) in the model's [N, H, D] layout ("hd") and in
     [N, D, H] ("dh", E2F_V2_QK_LAYOUT=dh: contiguous dk atomics), with the edge MLP and with the radial table."""
-    launch_config = v2.launch_config
     print(f"# sm_90a (ptxas -v, no GPU), v2 attention kernels, q / k layout [N, H, D] (hd, default) vs [N, D, H] (dh, "
           f"E2F_V2_QK_LAYOUT=dh), edge MLP and radial table (TABLE), default launches; triton {triton.__version__}")
     print("| sizes | kernel | TABLE | q / k layout | regs | spills | shared B | CTA/SM | warps/SM |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|")
-    for name, sizes in SIZES3.items():
-        C, H, D, nb, HID, K = sizes
-        win = 32 if nb >= 128 else 0
-        for kind, fn in (("fwd", v2._attn_fwd_kernel_v2), ("bwd", v2._attn_bwd_kernel_v2)):
-            for on in (False, True):
-                cfg = launch_config(H, HID, nb, K, kind, table=on)
-                for qkl in (False, True):
-                    extra = dict(TABLE=on, QKL=qkl)
-                    if kind == "bwd":
-                        extra["DX2_SCR"] = cfg["DX2_SCR"] and not on
-                    consts = _launch_consts(kind, cfg, sizes, cfg["AGG"], win, **extra)
-                    r = compile_kernel(fn, consts, cfg["num_warps"], cfg["maxnreg"])
-                    print(f"| {name} | {kind} | {'on' if on else 'off'} | {'dh' if qkl else 'hd'} | "
-                          f"{_cells(r, cfg['num_warps'])}", flush=True)
-
-
-def _sass_counts(fn, consts: dict, num_warps: int, maxnreg, opcodes) -> dict:
-    """How many SASS instructions of each of ``opcodes`` the sm_90a cubin of ``fn`` holds (cuobjdump)."""
-    consts = dict({p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **consts)
-    sig = {}
-    for n in fn.arg_names:
-        sig[n] = ("constexpr" if n in consts else "fp32" if n in FLOAT_SCALARS else "i32" if n in INT_SCALARS
-                  else "*i64" if n in INT_PTRS else "*i32" if n in ("tslot", "tslot_t", "tslot_s") else "*fp32")
-    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, ty in sig.items() if ty.startswith("*")}
-    ck = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                        target=GPUTarget("cuda", 90, 32),
-                        options=dict(num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {})))
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(ck.asm["cubin"])
-    try:
-        sass = subprocess.run([os.path.join(os.path.dirname(PTXAS), "cuobjdump"), "-sass", f.name],
-                              capture_output=True, text=True, check=True).stdout
-    finally:
-        os.unlink(f.name)
-    return {op: sum(op in line for line in sass.splitlines()) for op in opcodes}
+    for name, kind, fn, on, cfg, consts in _attn_default_launches():
+        for qkl in (False, True):
+            r = compile_kernel(fn, dict(consts, QKL=qkl), cfg["num_warps"], cfg["maxnreg"])
+            print(f"| {name} | {kind} | {'on' if on else 'off'} | {'dh' if qkl else 'hd'} | "
+                  f"{_cells(r, cfg['num_warps'])}", flush=True)
 
 
 def atomic_sem_main():
@@ -462,19 +451,11 @@ def atomic_sem_main():
           f"acq_rel vs relaxed; SASS instruction counts in the unrolled kernel; triton {triton.__version__}")
     print("| sizes | TABLE | atomics | regs | spills | " + " | ".join(ops) + " |")
     print("|---|---|---|---:|---:|" + "---:|" * len(ops))
-    fn = v2._attn_bwd_kernel_v2
-    for name, sizes in SIZES3.items():
-        C, H, D, nb, HID, K = sizes
-        win = 32 if nb >= 128 else 0
-        for on in (False, True):
-            cfg = v2.launch_config(H, HID, nb, K, "bwd", table=on)
-            for sem in ("acq_rel", "relaxed"):
-                consts = _launch_consts("bwd", cfg, sizes, cfg["AGG"], win, TABLE=on,
-                                        DX2_SCR=cfg["DX2_SCR"] and not on, ASEM=sem)
-                r = compile_kernel(fn, consts, cfg["num_warps"], cfg["maxnreg"])
-                n = _sass_counts(fn, consts, cfg["num_warps"], cfg["maxnreg"], ops)
-                print(f"| {name} | {'on' if on else 'off'} | {sem} | {r['regs']} | {r['spills']} | "
-                      + " | ".join(str(n[o]) for o in ops) + " |", flush=True)
+    for name, kind, fn, on, cfg, consts in _attn_default_launches(("bwd",)):
+        for sem in ("acq_rel", "relaxed"):
+            r = compile_kernel(fn, dict(consts, ASEM=sem), cfg["num_warps"], cfg["maxnreg"], sass_ops=ops)
+            print(f"| {name} | {'on' if on else 'off'} | {sem} | {r['regs']} | {r['spills']} | "
+                  + " | ".join(str(r["sass"][o]) for o in ops) + " |", flush=True)
 
 
 def main(argv=None):
