@@ -40,10 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 try:
     import openmm_e2former.kernels as K
-    from openmm_e2former.kernels._testing import make_case, args_of, random_table, V15
+    from openmm_e2former.kernels._testing import make_case, args_of, env_vars, random_table, V15
 except ImportError:
     import kernels as K
-    from kernels._testing import make_case, args_of, random_table, V15
+    from kernels._testing import make_case, args_of, env_vars, random_table, V15
 from importlib import import_module
 
 AT = import_module(K.__name__ + ".attention_triton")
@@ -132,33 +132,25 @@ def bench_one(setting, N, impl, mode, case):
         del coef                                    # the float64 copy (170 MB at the V1.5 size) is not timed
     fn = make_fn(impl, args, mode, K_, table)
     row = dict(setting=setting, N=N, K=K_, impl=impl, mode=mode, **cfg)
-    env = IMPL_ENV.get(impl, {})
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        out = fn()
-        torch.cuda.synchronize()
-        row["peak_mem_MB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-        del out
-        ms = triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
-        fl, by = flops_bytes(N, K_, **cfg, mode=mode, table=table is not None)
-        row.update(ms=ms, TFLOPS=fl / ms * 1e-9, GBps=by / ms * 1e-6, flop=fl, bytes=by)
-    except torch.cuda.OutOfMemoryError:
-        row.update(ms=None, oom=True)
-    except Exception as exc:
-        row.update(ms=None, error=repr(exc)[:300])
-        if "CUDA error" in repr(exc) or "AcceleratorError" in repr(exc):
-            row["fatal"] = True
-    finally:
-        for k_, v_ in saved.items():
-            if v_ is None:
-                os.environ.pop(k_, None)
-            else:
-                os.environ[k_] = v_
+    with env_vars(IMPL_ENV.get(impl, {})):
+        try:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            out = fn()
+            torch.cuda.synchronize()
+            row["peak_mem_MB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            del out
+            ms = triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
+            fl, by = flops_bytes(N, K_, **cfg, mode=mode, table=table is not None)
+            row.update(ms=ms, TFLOPS=fl / ms * 1e-9, GBps=by / ms * 1e-6, flop=fl, bytes=by)
+        except torch.cuda.OutOfMemoryError:
+            row.update(ms=None, oom=True)
+        except Exception as exc:
+            row.update(ms=None, error=repr(exc)[:300])
+            if "CUDA error" in repr(exc) or "AcceleratorError" in repr(exc):
+                row["fatal"] = True
     del fn, args, table
     torch.cuda.empty_cache()
     return row
