@@ -599,7 +599,8 @@ def _stream_aggregate_bwd(row_ptr, src, vec, v, dU, dv, scr_a, scr_da, scr_dr, p
                 g8 = rx[:, :, None] * gx8[None, :, :] + ry[:, :, None] * gy8[None, :, :] + rz[:, :, None] * gz8[None, :, :]
                 tl.atomic_add(dvb[:, None, None] + o8g, a_c[:, None, :] * g8, mask=mg[:, None, None], sem=ASEM)
                 tl.atomic_add(dvb[:, None] + 8 * C + offs_c[None, :],
-                              a_c * (rx * gx1[None, :] + ry * gy1[None, :] + rz * gz1[None, :]), mask=mg[:, None], sem=ASEM)
+                              a_c * (rx * gx1[None, :] + ry * gy1[None, :] + rz * gz1[None, :]), mask=mg[:, None],
+                              sem=ASEM)
                 e += SG
         else:
             while e < e1:
