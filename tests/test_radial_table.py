@@ -154,25 +154,22 @@ def test_tables_grow_with_new_elements_and_refuse_training():
 _INTERP_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
 
     m, z, pos, cell, pbc = tiny_kernel_model()
-    seen = []
-    orig = K.fused_attention
-    def spy(*a, **kw):
-        seen.append(kw.get("table") is not None)
-        return orig(*a, **kw)
-    K.fused_attention = spy
-    seen_ed = []
-    orig_ed = K.fused_edge_degree
-    def spy_ed(*a, **kw):
-        seen_ed.append(kw.get("table") is not None)
-        return orig_ed(*a, **kw)
-    K.fused_edge_degree = spy_ed
     from openmm_e2former.kernels import attention_triton_v2 as V2
-    launched = []                                      # (kind, table) of each v2 attention launch
-    orig_lc = V2.launch_config
-    def spy_lc(*a, **kw):
-        launched.append((a[4] if len(a) > 4 else kw.get("kind", "fwd"), kw.get("table", False)))
-        return orig_lc(*a, **kw)
-    V2.launch_config = spy_lc
+
+    def spy(module, name, record):      # wrap module.name: each call appends record(args, kwargs) to the log
+        log, real = [], getattr(module, name)
+        def wrapper(*a, **kw):
+            log.append(record(a, kw))
+            return real(*a, **kw)
+        setattr(module, name, wrapper)
+        return log
+
+    has_table = lambda a, kw: kw.get("table") is not None
+    seen = spy(K, "fused_attention", has_table)
+    seen_ed = spy(K, "fused_edge_degree", has_table)
+    # (kind, table) of each v2 attention launch
+    launched = spy(V2, "launch_config",
+                   lambda a, kw: (a[4] if len(a) > 4 else kw.get("kind", "fwd"), kw.get("table", False)))
 
     def run(mode, fused):
         E2.Attention.use_fused = (lambda self, x: True) if fused else (lambda self, x: False)
