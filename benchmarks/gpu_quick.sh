@@ -79,6 +79,8 @@ printf 'Metadata-Version: 2.1\nName: openmm-e2former\nVersion: 0.1.0\n' > $D/MET
 printf '[openmmml.potentials]\ne2formerv2 = openmm_e2former.potential:E2FormerV2PotentialImplFactory\n' > $D/entry_points.txt
 export PYTHONPATH="/tmp/pkg:/tmp/site:$PWD" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 export E2F_FIXTURES="$PWD/.carry/shared/fixtures/official_parity"
+# liquid water from the last frame of the bundled model's 100 ps NPT run (the MD modes replicate it)
+P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
 nvidia-smi --query-gpu=name --format=csv,noheader
 for what in "$@"; do
   case "$what" in
@@ -87,7 +89,6 @@ for what in "$@"; do
     e2e1k) timeout 150 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e" --parts speed --sizes 1000,10000 \
                  --modes fp32,graphed_fp32 --no-water --budget-s 120 2>&1 | tail -n 6 ;;
     md100k)
-      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
       for r in 2,2,2 4,4,4; do
         for b in 0 1; do
           E2F_V2_BUCKETS=$b timeout 150 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P \
@@ -123,8 +124,7 @@ for what in "$@"; do
           2>&1 | grep '^{' | cut -c1-220
       E2F_RADIAL_TABLES=1 timeout 80 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_tables" --parts speed \
           --sizes 10000,20000 --modes fp32,tf32 --no-water --budget-s 60 2>&1 | grep -E '^\{|Error' | cut -c1-200
-      timeout 70 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb \
-          benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb --reps 4,4,4 --steps 20 \
+      timeout 70 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps 4,4,4 --steps 20 \
           --out "$OUT/md_default.json" 2>&1 | tail -n 1 | cut -c1-300 ;;
     qkl13)      # next session: q / k in the [N, D, H] layout (E2F_V2_QK_LAYOUT=dh: contiguous dk atomics; interpreter-
                 # checked, ptxas in attention_qk_layout_compile_report.md) as stages beside the defaults, then V1.5
@@ -159,7 +159,6 @@ for what in "$@"; do
       done
       # the bundled model, where the edge-degree kernels took 17 % of the 115k step (session 10 profile); under TABLE
       # its forward compiles to 128 registers with no spills at the cap (4 CTAs per SM instead of 3)
-      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
       for r in 0 128; do
         E2F_ED_V2_MAXNREG=$r timeout 100 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps 4,4,4 \
             --steps 20 --out "$OUT/md_ed_maxnreg$r.json" 2>&1 | tail -n 1 | cut -c1-300
@@ -185,7 +184,6 @@ for what in "$@"; do
       E2F_V2_BWD_AGG=split timeout 100 python3 benchmarks/gpu_end_to_end.py --parts speed --sizes 10000 \
           --modes fp32 --no-water --budget-s 80 --out "$OUT/e2e_split" 2>&1 | grep '^{' | tail -n 1 ;;
     defaults)
-      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
       timeout 110 python3 benchmarks/gpu_graphed_check.py --out "$OUT/graphed" --repeats 20 --dtypes float32 \
           --openmm-steps 200 2>&1 | grep -E "ms_graphed|openmm_steps" | cut -c1-300
       for r in 2,2,2 4,4,4; do
@@ -196,7 +194,6 @@ for what in "$@"; do
       timeout 160 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e" --parts speed --sizes 1000,10000,20000 \
           --modes fp32,graphed_fp32 --no-water --budget-s 140 2>&1 | grep '^{' | cut -c1-200 ;;
     bundled10)   # defaults without its V1.5 part (gpu_v15.sh e2e has that): graph check, bundled MD 14k / 115k, profile
-      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
       timeout 110 python3 benchmarks/gpu_graphed_check.py --out "$OUT/graphed" --repeats 20 --dtypes float32,float64 \
           --openmm-steps 200 2>&1 | grep -E "ms_graphed|openmm_steps|max_" | cut -c1-300
       for r in 2,2,2 4,4,4; do
@@ -294,7 +291,6 @@ for what in "$@"; do
       timeout 100 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water" --parts speed --sizes "" \
           --modes fp32,bf16 --budget-s 80 2>&1 | grep '^{' | cut -c1-200
       # createSystem(precision='tf32' / 'bf16') with the bundled model through OpenMM (CUDA graph path), 600 waters
-      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
       for mp in single tf32 bf16; do
         timeout 60 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps 1,1,1 --steps 200 \
             --ml-precision $mp --out "$OUT/md_precision.json" 2>&1 | tail -n 1 | cut -c1-300
@@ -307,7 +303,6 @@ for what in "$@"; do
         env $([ $d = tf32 ] && echo E2F_V2_DOT_PREC=tf32) timeout 100 python3 benchmarks/gpu_end_to_end.py --parts speed \
             --sizes 10000,20000 --modes tf32 --no-water --budget-s 80 --out "$OUT/e2e_dot_$d" 2>&1 | grep '^{' | cut -c1-200
       done
-      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
       timeout 150 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps 4,4,4 --steps 20 \
           --out "$OUT/md_bundled_115k.json" 2>&1 | tail -n 1 | cut -c1-300 ;;
     auto11)   # session 11: "auto" checkpointing on emulated smaller cards (a ballast leaves F GiB free), V1.5 at
@@ -335,7 +330,6 @@ for what in "$@"; do
             --sizes 1000,10000 --modes graphed_fp32,graphed_tf32 --no-water --budget-s 130 2>&1 | grep -E '^\{|Error' | cut -c1-260
       done ;;
     s12c)     # createSystem(compile=True) through OpenMM, bundled model, 115,200 atoms (eager path), beside plain
-      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
       for c in "" --compile; do
         timeout 150 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps 4,4,4 --steps 20 $c \
             --out "$OUT/md_bundled_115k.json" 2>&1 | tail -n 1 | cut -c1-300
@@ -359,7 +353,6 @@ for what in "$@"; do
           --variants "stream, table;stream/tile, table;stream, table, HB 64;stream, table, 4 warps;stream, table, 8 warps;stream, table, 2 edges per step;stream, table, 160 registers;stream/tile, table, bwd HB 64;stream/tile, table, bwd 8 warps;stream/tile, table, bwd BLOCK_T 2;stream/tile, table, bwd 160 registers" \
           2>&1 | grep '^{' | cut -c1-220 ;;
     table12md)  # createSystem(radial_tables=True) through OpenMM: 600 waters (CUDA graph) and 115,200 atoms (eager)
-      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
       for r in 1,1,1 4,4,4; do
         for c in "" --radial-tables; do
           timeout 120 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 $c \
@@ -368,7 +361,6 @@ for what in "$@"; do
       done ;;
     default12md) # session 12: OpenMM with the automatic default (radial tables on for float32 on CUDA), no flags:
                  # 600 waters, 4,800 waters (CUDA graph) and 38,400 waters (eager); the JSON says what was used
-      P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
       for r in 1,1,1 2,2,2 4,4,4; do
         timeout 120 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 \
             --out "$OUT/md_default.json" 2>&1 | tail -n 1 | cut -c1-400
