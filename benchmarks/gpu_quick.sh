@@ -12,6 +12,7 @@
 #   profile13: profile10k with the radial tables, fp32 and TF32
 #   sem13:    FIRST next session: relaxed dv / dk atomics (the new default): GPU checks, A/B stages, V1.5 with tables
 #             at 10k / 20k, bundled OpenMM at 115k (~8 min)
+#   kcheck:   tests/gpu/check_kernels.py alone (~4 min)
 #   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
 #   bf16v13:  E2F_V2_BF16_VALUES=1 in bf16 mode with tables at 10k / 100k beside the default (~4 min)
 #   ncu13:    ncu on the TABLE attention kernels (V1.5 10k), then the TABLE stage skips and the backward with its
@@ -113,6 +114,8 @@ for what in "$@"; do
         E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \
             --modes $md --out "$OUT/profile" 2>&1 | tail -n 3
       done ;;
+    kcheck)     # tests/gpu/check_kernels.py alone, with room to finish (sem13's 150 s cut it off before its summary)
+      timeout 300 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check.json" 2>&1 | tail -n 4 ;;
     sem13)      # next session, FIRST: the relaxed dv / dk atomics (default since session 12, untimed; acq_rel compiled
                 # each atomic to MEMBAR.ALL.GPU + CCTL.IVALL, attention_atomic_sem_report.md): GPU checks against
                 # float64, the A/B as stages, then V1.5 end to end with tables and the bundled 115k OpenMM step, to
