@@ -12,6 +12,8 @@
 #   profile13: profile10k with the radial tables, fp32 and TF32
 #   sem13:    FIRST next session: relaxed dv / dk atomics (the new default): GPU checks, A/B stages, V1.5 with tables
 #             at 10k / 20k, bundled OpenMM at 115k (~8 min)
+#   final13c / final13t: session 13's defaults: GPU checks and tiny parity (c), then OpenMM 1.8k / 14.4k / 115k
+#             and V1.5 10k / 20k / 100k (t) (~5 + 5 min)
 #   kcheck:   tests/gpu/check_kernels.py alone (~4 min)
 #   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
 #   bf16v13:  E2F_V2_BF16_VALUES=1 in bf16 mode with tables at 10k / 100k beside the default (~4 min)
@@ -114,6 +116,23 @@ for what in "$@"; do
         E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \
             --modes $md --out "$OUT/profile" 2>&1 | tail -n 3
       done ;;
+    final13c)   # session 13's defaults (q / k as [N, D, H] copies, bf16 values in the kernels, relaxed atomics): GPU
+                # checks vs float64 (kernels; TABLE kernels, with the old hd layout too), parity of the tiny
+                # official fixtures (the V1.5 checkpoint is not in .carry) (~5 min on a cold Triton cache)
+      timeout 260 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check.json" 2>&1 | tail -n 1
+      timeout 120 python3 tests/gpu/check_table.py "$OUT/table_gpu_check.json" 2>&1 | tail -n 1
+      timeout 60 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity.json" --variants tiny_qk,tiny_qkdot,tiny_direct \
+          2>&1 | tail -n 1 ;;
+    final13t)   # then, on the warm machine: OpenMM with no flags (600 / 4,800 / 38,400 waters), V1.5 end to end with
+                # tables at 10k / 20k (fp32, TF32) and 100k (bf16) (~5 min)
+      for r in 1,1,1 2,2,2 4,4,4; do
+        timeout 70 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 \
+            --out "$OUT/md_default.json" 2>&1 | tail -n 1 | cut -c1-300
+      done
+      E2F_RADIAL_TABLES=1 timeout 90 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_tables" --parts speed \
+          --sizes 10000,20000 --modes fp32,tf32 --no-water --budget-s 70 2>&1 | grep -E '^\{|Error' | cut -c1-200
+      E2F_RADIAL_TABLES=1 timeout 70 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_tables_100k" --parts speed \
+          --sizes 100000 --modes bf16 --no-water --budget-s 50 2>&1 | grep -E '^\{|Error' | cut -c1-200 ;;
     kcheck)     # tests/gpu/check_kernels.py alone, with room to finish (sem13's 150 s cut it off before its summary)
       timeout 300 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check.json" 2>&1 | tail -n 4 ;;
     sem13)      # next session, FIRST: the relaxed dv / dk atomics (default since session 12, untimed; acq_rel compiled

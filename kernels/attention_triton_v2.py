@@ -1035,21 +1035,28 @@ def atomic_sem() -> str:
 
 
 def bf16_values(v: torch.Tensor) -> bool:
-    """``E2F_V2_BF16_VALUES=1`` (opt-in, session 12, not yet timed on a GPU): values that arrive in bf16 (the
-    model's ``set_precision("bf16")``: the value projection runs under bf16 autocast) go to the kernels as they are,
-    instead of as a float32 copy; the kernels convert each loaded value to float32 in registers.  The result is
-    bit-identical (bf16 -> float32 is exact either way), the values' share of the per-edge gathers halves (36 C
-    of ~41 C bytes per edge at the V1.5 size), and the float32 copy of v (N 9 C floats per layer) is not made."""
-    return v.dtype == torch.bfloat16 and os.environ.get("E2F_V2_BF16_VALUES", "0") == "1"
+    """Values that arrive in bf16 (the model's ``set_precision("bf16")``: the value projection runs under bf16
+    autocast) go to the kernels as they are, instead of as a float32 copy; the kernels convert each loaded value to
+    float32 in registers.  The result is bit-identical (bf16 -> float32 is exact either way), the values' share of
+    the per-edge gathers halves (36 C of ~41 C bytes per edge at the V1.5 size), and the float32 copy of v (N 9 C
+    floats per layer) is not made.  The default since session 13 (H200, bf16 with radial tables: 10k atoms 12.27
+    -> 12.86 steps/s, 100k 1.268 -> 1.274, ``benchmarks/results/session13_h200.md``); ``E2F_V2_BF16_VALUES=0``
+    brings the float32 copy back."""
+    val = os.environ.get("E2F_V2_BF16_VALUES", "1")
+    if val not in ("0", "1"):
+        raise ValueError(f"E2F_V2_BF16_VALUES={val!r}: expected '0' or '1'")
+    return v.dtype == torch.bfloat16 and val == "1"
 
 
 def qk_layout() -> bool:
-    """``E2F_V2_QK_LAYOUT``: how the kernels see q, k and their gradients.  "hd" (default): the model's
-    [N, H, D]; "dh" (opt-in, session 12, not yet timed on a GPU): [N, D, H] copies, made on the host before each
-    launch (2 N H D floats each way).  The backward's dk atomics then write HB consecutive floats per row and
-    component instead of HB floats D apart, i.e. D times fewer 32-byte sectors per atomic instruction (at V1.5,
-    D = 8, dk is 1024 of the 3328 floats each edge adds atomically)."""
-    val = os.environ.get("E2F_V2_QK_LAYOUT", "hd")
+    """``E2F_V2_QK_LAYOUT``: how the kernels see q, k and their gradients.  "dh" (the default since session 13):
+    [N, D, H] copies of the model's [N, H, D], made before each launch (2 N H D floats each way); "hd": the model's
+    layout as it is.  In "dh" the backward's dk atomics write HB consecutive floats per row and component instead
+    of HB floats D apart, i.e. D times fewer 32-byte sectors per atomic instruction (at V1.5, D = 8, dk is 1024 of
+    the 3328 floats each edge adds atomically).  H200 (``benchmarks/results/session13_h200.md``), radial tables:
+    attention forward + backward 8.90 -> 5.46 ms at V1.5 10k and 23.85 -> 15.51 ms at the bundled 115k; end to end
+    V1.5 10k fp32 9.03 -> 9.21 and TF32 13.20 -> 14.00 steps/s, 20k 4.97 -> 5.17 and 7.48 -> 7.98."""
+    val = os.environ.get("E2F_V2_QK_LAYOUT", "dh")
     if val not in ("hd", "dh"):
         raise ValueError(f"E2F_V2_QK_LAYOUT={val!r}: expected 'hd' or 'dh'")
     return val == "dh"

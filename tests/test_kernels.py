@@ -446,11 +446,12 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
     worst = max(worst, check(7, 17, 48, env={"E2F_V2_BWD_AGG": "stream", "E2F_V2_BWD_STREAM_G": "4",
                                              "E2F_V2_BWD_BLOCK_T": "2", "E2F_V2_BUCKETS": "1"}))
     worst = max(worst, check(7, 9, 58, torch.int32, env={"E2F_V2_BWD_AGG": "split", "E2F_V2_BWD_STREAM_G": "2"}))
-    # q / k / dq / dk in the [N, D, H] layout (E2F_V2_QK_LAYOUT=dh, session 12, opt-in): contiguous dk atomics
-    worst = max(worst, check(7, 17, 62, env={"E2F_V2_QK_LAYOUT": "dh"}))
-    worst = max(worst, check(9, 17, 63, torch.int32, env={"E2F_V2_QK_LAYOUT": "dh", "E2F_V2_BUCKETS": "1",
+    # q / k / dq / dk in the model's own [N, H, D] layout (E2F_V2_QK_LAYOUT=hd; the default before session 13,
+    # since then [N, D, H] copies, which every other case here runs)
+    worst = max(worst, check(7, 17, 62, env={"E2F_V2_QK_LAYOUT": "hd"}))
+    worst = max(worst, check(9, 17, 63, torch.int32, env={"E2F_V2_QK_LAYOUT": "hd", "E2F_V2_BUCKETS": "1",
                                                           "E2F_V2_BWD_AGG": "split"}))
-    worst = max(worst, check(6, 5, 64, env={"E2F_V2_QK_LAYOUT": "dh", "E2F_V2_FWD_AGG": "tile",
+    worst = max(worst, check(6, 5, 64, env={"E2F_V2_QK_LAYOUT": "hd", "E2F_V2_FWD_AGG": "tile",
                                             "E2F_V2_BWD_AGG": "stream"}, softmax="smooth", extreme=10.0))
     # a row longer than the edge tile (the padded layout's ghost: max_degree bounds the real atoms only): every
     # aggregation mode reads just the row's first BLOCK_E edges.  The streamed loops once ran over the whole
@@ -605,9 +606,9 @@ _INTERP_BF16_VALUES_SCRIPT = textwrap.dedent(r"""
 
 
 def test_bf16_values_are_bit_identical_under_interpreter():
-    """E2F_V2_BF16_VALUES=1 (opt-in): bf16 values go into the v2 attention kernels as they are and are converted
-    there; U and every gradient equal the default's (a float32 copy made on the host) bit for bit, on the MLP and
-    table paths and in the tiled, streamed and split aggregations."""
+    """E2F_V2_BF16_VALUES=1 (the default since session 13): bf16 values go into the v2 attention kernels as they
+    are and are converted there; U and every gradient equal those of =0 (a float32 copy made on the host) bit for
+    bit, on the MLP and table paths and in the tiled, streamed and split aggregations."""
     out = run_under_triton_interpreter(_INTERP_BF16_VALUES_SCRIPT, [KPKG], "bf16 values in the v2 kernels")
     assert "bit-identical in 5 cases" in out
 
@@ -634,8 +635,8 @@ _INTERP_BF16_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
 
 
 def test_bf16_values_model_is_bit_identical_under_interpreter():
-    """With set_precision("bf16") the value projection arrives in bf16; E2F_V2_BF16_VALUES=1 hands it to the
-    kernels as it is, and the model's energy and forces are bit-identical to the default's."""
+    """With set_precision("bf16") the value projection arrives in bf16; E2F_V2_BF16_VALUES=1 (the default) hands it
+    to the kernels as it is, and the model's energy and forces are bit-identical to those of =0 (a float32 copy)."""
     run_under_triton_interpreter(_INTERP_BF16_MODEL_SCRIPT, [Path(__file__).resolve().parent],
                                  "the bf16 model with bf16 values in the kernels", drop_env=("E2FORMER_ATTENTION_BACKEND",))
 
@@ -722,6 +723,24 @@ def test_v2_launch_defaults(monkeypatch):
     with pytest.raises(ValueError, match="E2F_V2_ATOMIC_SEM='seq_cst'"):
         V2.launch_config(128, 128, 256, 32, "bwd")
     monkeypatch.delenv("E2F_V2_ATOMIC_SEM")
+    # session 13 (H200): q / k in the [N, D, H] layout and bf16 values straight into the kernels are the defaults;
+    # the old ones stay reachable, and a typo is an error
+    monkeypatch.delenv("E2F_V2_QK_LAYOUT", raising=False)
+    monkeypatch.delenv("E2F_V2_BF16_VALUES", raising=False)
+    assert V2.qk_layout() is True
+    bf, f32 = torch.zeros(2, dtype=torch.bfloat16), torch.zeros(2)
+    assert V2.bf16_values(bf) is True and V2.bf16_values(f32) is False
+    monkeypatch.setenv("E2F_V2_QK_LAYOUT", "hd")
+    monkeypatch.setenv("E2F_V2_BF16_VALUES", "0")
+    assert V2.qk_layout() is False and V2.bf16_values(bf) is False
+    monkeypatch.setenv("E2F_V2_QK_LAYOUT", "nhd")
+    monkeypatch.setenv("E2F_V2_BF16_VALUES", "yes")
+    with pytest.raises(ValueError, match="E2F_V2_QK_LAYOUT='nhd'"):
+        V2.qk_layout()
+    with pytest.raises(ValueError, match="E2F_V2_BF16_VALUES='yes'"):
+        V2.bf16_values(bf)
+    monkeypatch.delenv("E2F_V2_QK_LAYOUT")
+    monkeypatch.delenv("E2F_V2_BF16_VALUES")
     assert V2.launch_config(16, 32, 64, 64, "bwd")["maxnreg"] == 128      # the default register cap (H200-timed)
     assert V2.launch_config(128, 128, 256, 32, "fwd")["maxnreg"] == 128
     monkeypatch.setenv("E2F_V2_FWD_MAXNREG", "0")                          # 0 lifts the cap

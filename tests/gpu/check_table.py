@@ -76,10 +76,10 @@ def main(argv):
             ("tiny, split bwd", T_.TINY, 2000 if big else 9, 32 if big else 9, {"E2F_V2_BWD_AGG": "split"}),
             ("tiny, tiled fwd, streamed bwd", T_.TINY, 2000 if big else 9, 17,
              {"E2F_V2_FWD_AGG": "tile", "E2F_V2_BWD_AGG": "stream"}),
-            ("tiny, [N, D, H] q / k layout", T_.TINY, 2000 if big else 9, 32 if big else 9, {"E2F_V2_QK_LAYOUT": "dh"})]
+            ("tiny, [N, H, D] q / k layout", T_.TINY, 2000 if big else 9, 32 if big else 9, {"E2F_V2_QK_LAYOUT": "hd"})]
     if big:
         runs += [("v15", T_.V15, 2000, 32, {}), ("v15", T_.V15, 20000, 32, {}),
-                 ("v15, [N, D, H] q / k layout", T_.V15, 20000, 32, {"E2F_V2_QK_LAYOUT": "dh"}),
+                 ("v15, [N, H, D] q / k layout", T_.V15, 20000, 32, {"E2F_V2_QK_LAYOUT": "hd"}),
                  ("appA", dict(C=256, H=16, D=8, nb=256, T=128, hid=128), 2000, 64, {})]
     rows, worst = [], 0.0
     for i, (name, sizes, N, K, env) in enumerate(runs):
