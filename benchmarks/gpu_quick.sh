@@ -14,6 +14,7 @@
 #             at 10k / 20k, bundled OpenMM at 115k (~8 min)
 #   final13c / final13t: session 13's defaults: GPU checks and tiny parity (c), then OpenMM 1.8k / 14.4k / 115k
 #             and V1.5 10k / 20k / 100k (t) (~5 + 5 min)
+#   attn4a13s: item 4a, App. A setting, fused vs reference at 8k / 32k / 100k (~3 min)
 #   kcheck:   tests/gpu/check_kernels.py alone (~4 min)
 #   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
 #   bf16v13:  E2F_V2_BF16_VALUES=1 in bf16 mode with tables at 10k / 100k beside the default (~4 min)
@@ -133,6 +134,10 @@ for what in "$@"; do
           --sizes 10000,20000 --modes fp32,tf32 --no-water --budget-s 70 2>&1 | grep -E '^\{|Error' | cut -c1-200
       E2F_RADIAL_TABLES=1 timeout 70 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_tables_100k" --parts speed \
           --sizes 100000 --modes bf16 --no-water --budget-s 50 2>&1 | grep -E '^\{|Error' | cut -c1-200 ;;
+    attn4a13s)  # item 4a in what was left of session 13's device time: App. A setting, fused vs the PyTorch reference
+                # at 8k / 32k / 100k atoms with session 13's kernels (relaxed atomics, q / k as [N, D, H]) (~3 min)
+      BENCH_BUDGET_S=100 timeout 150 python3 benchmarks/bench_attention.py "$OUT/attention_v2_s13" --impls fused,reference \
+          --settings appA --ns 8192,32768,100000 2>&1 | grep -E '^appA' ;;
     kcheck)     # tests/gpu/check_kernels.py alone, with room to finish (sem13's 150 s cut it off before its summary)
       timeout 300 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check.json" 2>&1 | tail -n 4 ;;
     sem13)      # next session, FIRST: the relaxed dv / dk atomics (default since session 12, untimed; acq_rel compiled

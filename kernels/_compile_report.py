@@ -139,6 +139,7 @@ def _launch_consts(kind, cfg, sizes, agg, win, **extra):
     C, H, D, nb, HID, K = sizes
     consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=K, BLOCK_NB=cfg["BLOCK_NB"],
                   HB=cfg["HB"], KC=cfg["KC"], PREC="ieee", SMOOTH=False, PERM=True, AGG=agg, RBF_WIN=win, **extra)
+    consts.setdefault("QKL", v2.qk_layout())     # the q / k layout a launch would use ([N, D, H] since session 13)
     if kind == "bwd":
         consts.setdefault("DR_ACC", False)
         consts.setdefault("DU_BCAST", False)
@@ -431,8 +432,9 @@ def table_main():
 def qk_layout_main():
     """The default v2 attention launches with q / k (and dq / dk) in the model's [N, H, D] layout ("hd") and in
     [N, D, H] ("dh", E2F_V2_QK_LAYOUT=dh: contiguous dk atomics), with the edge MLP and with the radial table."""
-    print(f"# sm_90a (ptxas -v, no GPU), v2 attention kernels, q / k layout [N, H, D] (hd, default) vs [N, D, H] (dh, "
-          f"E2F_V2_QK_LAYOUT=dh), edge MLP and radial table (TABLE), default launches; triton {triton.__version__}")
+    print(f"# sm_90a (ptxas -v, no GPU), v2 attention kernels, q / k layout [N, H, D] (hd, E2F_V2_QK_LAYOUT=hd) vs "
+          f"[N, D, H] (dh, the default since session 13), edge MLP and radial table (TABLE), default launches; "
+          f"triton {triton.__version__}")
     print("| sizes | kernel | TABLE | q / k layout | regs | spills | shared B | CTA/SM | warps/SM |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|")
     for name, kind, fn, on, cfg, consts in _attn_default_launches():
