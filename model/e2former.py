@@ -265,7 +265,7 @@ class EdgeDegreeEmbedding(nn.Module):
         step = self.chunk_edges
         for e0 in range(0, max(E, 1), step):
             e1 = min(E, e0 + step)
-            center, neighbor = g.center[e0:e1], g.neighbor[e0:e1]
+            center = g.center[e0:e1]
             x2 = _table_lookup(self.__dict__["_radial_table"], z, g, e0, e1)
             hid = x2.shape[1] // 3
             env = g.env[e0:e1, None]

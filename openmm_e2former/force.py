@@ -48,7 +48,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
