@@ -15,6 +15,9 @@
 #   final13c / final13t: session 13's defaults: GPU checks and tiny parity (c), then OpenMM 1.8k / 14.4k / 115k
 #             and V1.5 10k / 20k / 100k (t) (~5 + 5 min)
 #   attn4a13s: item 4a, App. A setting, fused vs reference at 8k / 32k / 100k (~3 min)
+#   compile14: next session: set_compile / CUDA graph on session 13's kernels with tables, 1k-100k (~9 min)
+#   prof100k14: next session: the 100k step's profile (bf16, TF32) with tables (~5 min)
+#   attn4a14: next session: item 4a's table pair and V1.5 setting (~6 min)
 #   kcheck:   tests/gpu/check_kernels.py alone (~4 min)
 #   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
 #   bf16v13:  E2F_V2_BF16_VALUES=1 in bf16 mode with tables at 10k / 100k beside the default (~4 min)
@@ -138,6 +141,24 @@ for what in "$@"; do
                 # at 8k / 32k / 100k atoms with session 13's kernels (relaxed atomics, q / k as [N, D, H]) (~3 min)
       BENCH_BUDGET_S=100 timeout 150 python3 benchmarks/bench_attention.py "$OUT/attention_v2_s13" --impls fused,reference \
           --settings appA --ns 8192,32768,100000 2>&1 | grep -E '^appA' ;;
+    compile14)  # next session: set_compile and the CUDA graph on top of session 13's kernels, with tables: V1.5 at 10k /
+                # 20k (fp32, TF32) and 100k (TF32, bf16; the 3 steps/s target), then graphed 1k / 10k with compile (~9 min)
+      E2F_COMPILE=1 E2F_RADIAL_TABLES=1 timeout 300 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_compiled" \
+          --parts speed --sizes 10000,20000,100000 --modes fp32,tf32,bf16 --no-water --budget-s 270 2>&1 \
+          | grep -E '^\{|Error' | cut -c1-220
+      E2F_COMPILE=graphs E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed" \
+          --parts speed --sizes 1000,10000 --modes graphed_fp32,graphed_tf32 --no-water --budget-s 170 2>&1 \
+          | grep -E '^\{|Error' | cut -c1-220 ;;
+    prof100k14) # next session: where the 100k bf16 step's time goes with session 13's kernels (tables), and TF32
+      mkdir -p "$OUT/profile"
+      for md in bf16 tf32; do
+        E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 100000 \
+            --modes $md --out "$OUT/profile" 2>&1 | tail -n 3
+      done ;;
+    attn4a14)   # next session: the rest of item 4a (session 13 ran App. A, fused vs reference, 8k-100k): the radial-table
+                # pair and the V1.5 setting, N = 2k ... 100k (~6 min; written as it goes)
+      BENCH_BUDGET_S=420 timeout 540 python3 benchmarks/bench_attention.py "$OUT/attention_v2_tables_s14" \
+          --impls fused,reference,fused_table,reference_table --ns 2048,8192,32768,100000 2>&1 | grep -E '^(appA|v15)' ;;
     kcheck)     # tests/gpu/check_kernels.py alone, with room to finish (sem13's 150 s cut it off before its summary)
       timeout 300 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check.json" 2>&1 | tail -n 4 ;;
     sem13)      # next session, FIRST: the relaxed dv / dk atomics (default since session 12, untimed; acq_rel compiled
