@@ -15,6 +15,7 @@
 #   final13c / final13t: session 13's defaults: GPU checks and tiny parity (c), then OpenMM 1.8k / 14.4k / 115k
 #             and V1.5 10k / 20k / 100k (t) (~5 + 5 min)
 #   attn4a13s: item 4a, App. A setting, fused vs reference at 8k / 32k / 100k (~3 min)
+#   none14:   FIRST next session: "auto" without checkpointing where it fits vs "block", V1.5 50k / 100k (~8 min)
 #   compile14: next session: set_compile / CUDA graph on session 13's kernels with tables, 1k-100k (~9 min)
 #   prof100k14: next session: the 100k step's profile (bf16, TF32) with tables (~5 min)
 #   attn4a14: next session: item 4a's table pair and V1.5 setting (~6 min)
@@ -141,6 +142,14 @@ for what in "$@"; do
                 # at 8k / 32k / 100k atoms with session 13's kernels (relaxed atomics, q / k as [N, D, H]) (~3 min)
       BENCH_BUDGET_S=100 timeout 150 python3 benchmarks/bench_attention.py "$OUT/attention_v2_s13" --impls fused,reference \
           --settings appA --ns 8192,32768,100000 2>&1 | grep -E '^appA' ;;
+    none14)     # next session, FIRST: "auto" without checkpointing where it fits (session 13, untimed): V1.5 with tables at
+                # 50k / 100k, fp32 and bf16, "auto" (now "none" on an H200) beside an explicit "block"; the JSON
+                # says what "auto" chose and its peak memory (~8 min)
+      for c in auto block; do
+        E2F_RADIAL_TABLES=1 timeout 250 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_ckpt_$c" --parts speed \
+            --sizes 50000,100000 --modes fp32,bf16 --no-water --checkpoint $c --budget-s 220 2>&1 \
+            | grep -E '^\{|Error' | cut -c1-260
+      done ;;
     compile14)  # next session: set_compile and the CUDA graph on top of session 13's kernels, with tables: V1.5 at 10k /
                 # 20k (fp32, TF32) and 100k (TF32, bf16; the 3 steps/s target), then graphed 1k / 10k with compile (~9 min)
       E2F_COMPILE=1 E2F_RADIAL_TABLES=1 timeout 300 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_compiled" \

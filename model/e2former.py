@@ -658,7 +658,11 @@ class E2FormerV2(nn.Module):
         #:   per-atom rest runs in slices.  The block's forward runs once more than with ``"block"`` (the outer
         #:   recomputation, then the slices' own), i.e. more time for less memory;
         #: * ``"auto"`` (default): none below ``checkpoint_min_elements`` node-feature floats (N x 9 x C;
-        #:   ~29k atoms at C = 256 on the GPU, 1/32 of that on the CPU), ``"block"`` above; on the GPU
+        #:   ~29k atoms at C = 256 on the GPU, 1/32 of that on the CPU), and above that, on the GPU, also none
+        #:   wherever a step without checkpointing fits (session 13: ``checkpoint_none_bytes_per_element`` per
+        #:   node-feature float within 90 % of the memory the device has left, fused kernels in every block; an
+        #:   out-of-memory error there is caught and the step redone with checkpointing, see
+        #:   ``energy_and_forces``); else ``"block"``; on the GPU
         #:   ``"fine"`` from ``checkpoint_fine_min_elements`` (~116k atoms at C = 256) on, and below that
         #:   wherever ``"block"`` would not fit: its peak, ``checkpoint_block_bytes_per_element`` per node-feature
         #:   float, above 90 % of the memory the device has left (free plus the allocator's cached blocks).  In
@@ -680,10 +684,22 @@ class E2FormerV2(nn.Module):
         #: 25.08 GiB before session 10's node-level change) = 106.2 bytes, and 16.40 GiB = 76.4 bytes with the
         #: query / key projections recomputed (same file, "qk1_recompute")
         self.checkpoint_block_bytes_per_element = 107.0
+        #: allocator peak of an energy + forces step without checkpointing per node-feature float, fused kernels:
+        #: 6.24 / 6.32 GiB at 10k atoms and 12.33 / 12.50 GiB at 20k of the V1.5 size, fp32 (H200, session 13:
+        #: gpu_end_to_end_tables_s13_*_h200.json, with and without radial tables agree within 1.5 %) = 291-295 bytes,
+        #: linear in N; 320 leaves ~8 % of headroom (bf16 needs less: 205 bytes at 10k)
+        self.checkpoint_none_bytes_per_element = 320.0
+        #: node-feature floats at which a step "auto" ran without checkpointing above checkpoint_min_elements ran out
+        #: of memory: from there on "auto" checkpoints again (None: no such failure yet; Python side only)
+        self._auto_none_oom_elements: Optional[int] = None
+        #: whether the evaluation in progress took "none" by the memory test above (Python side only)
+        self._auto_none_taken = False
         self.checkpoint_block_qk_bytes_per_element = 77.0
         self.checkpoint_chunk_atoms = 65536
         #: the mode the last evaluation used ("none", "block", "block+qk" or "fine"; Python side only)
         self.last_checkpoint_mode = "none"
+        #: N x 9 x C of the last evaluation's node features (Python side only)
+        self.last_node_elements = 0
         #: bf16 autocast of the node-level matrix products (see set_precision)
         self.bf16 = False
         #: torch.compile of the blocks' node-level parts (see set_compile; experimental, opt-in), and whether the
@@ -818,6 +834,10 @@ class E2FormerV2(nn.Module):
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        # attributes added since a pickled model was written (session 13: "auto" without checkpointing where it fits)
+        for key, val in (("checkpoint_none_bytes_per_element", 320.0), ("_auto_none_oom_elements", None),
+                         ("_auto_none_taken", False), ("last_node_elements", 0)):
+            self.__dict__.setdefault(key, val)
         # the submodules left their inference-time attachments out (_state_without): attach them again
         if "_radial_table_intervals" in self.__dict__:
             self.set_radial_tables(True, self._radial_table_intervals)
@@ -900,6 +920,7 @@ class E2FormerV2(nn.Module):
         if not torch.jit.is_scripting():
             # the checkpoint mode is decided once per evaluation (on the GPU it asks for the free memory)
             mode = self._checkpoint_mode(x) if checkpoint else "none"
+            self.last_node_elements = x.numel()
             self._set_auto_recompute_qk(mode == "block+qk")
             self.last_checkpoint_mode = mode
             use_compiled = self.compile_node_parts and (checkpoint or self.compile_in_graphs)
@@ -917,11 +938,14 @@ class E2FormerV2(nn.Module):
             return "none"
         if isinstance(ckpt, str):
             if ckpt == "auto":
+                ok = x.numel() >= (self.checkpoint_min_elements if x.is_cuda else self.checkpoint_min_elements >> 5)
+                avail = self._cuda_available_bytes(x) if ok and x.is_cuda else None
+                if avail is not None and self._none_fits(x, avail):
+                    self._auto_none_taken = True
+                    return "none"
                 if x.is_cuda and x.numel() >= self.checkpoint_fine_min_elements:
                     return "fine"
-                ok = x.numel() >= (self.checkpoint_min_elements if x.is_cuda else self.checkpoint_min_elements >> 5)
                 if ok and x.is_cuda:
-                    avail = self._cuda_available_bytes(x)
                     if avail is not None and self.checkpoint_block_bytes_per_element * x.numel() > 0.9 * avail:
                         # q / k recomputed: a no-op where the user already asked for it, so straight to "fine"
                         if (not self.recompute_qk and
@@ -933,6 +957,19 @@ class E2FormerV2(nn.Module):
                 return ckpt
             raise ValueError(f"checkpoint_blocks must be True, False, 'auto', 'block' or 'fine', got {ckpt!r}")
         return "block" if ckpt else "none"
+
+    @torch.jit.unused
+    def _none_fits(self, x: torch.Tensor, avail: int) -> bool:
+        """Whether "auto" may run a step of node features ``x`` without checkpointing although it is above
+        ``checkpoint_min_elements``: its estimated peak (``checkpoint_none_bytes_per_element``, measured with the
+        fused kernels) within 90 % of ``avail``, the fused kernels in every block (the PyTorch attention routes
+        hold edge tensors that the estimate does not count), and no out-of-memory error at this size or below."""
+        n = x.numel()
+        if self.checkpoint_none_bytes_per_element * n > 0.9 * avail:
+            return False
+        if self._auto_none_oom_elements is not None and n >= self._auto_none_oom_elements:
+            return False
+        return all(b.attn.use_fused(x) for b in self.blocks) and self.edge_degree.use_fused(x)
 
     @staticmethod
     def _cuda_available_bytes(x):
@@ -1127,6 +1164,30 @@ class E2FormerV2(nn.Module):
         need_grad = forces and not self.direct_forces
         if need_grad:
             pos = pos.detach().requires_grad_(True)
+        self._auto_none_taken = False
+        try:
+            e_model, f = self._energy_forces_eval(z, pos, cell, pbc, charge, multiplicity, hi, validate, forces,
+                                                  need_grad)
+        except torch.cuda.OutOfMemoryError:
+            if not self._auto_none_taken:
+                raise
+            # "auto" ran this size without checkpointing on its memory estimate and the device ran out: checkpoint
+            # from this size on, and redo the step (nothing was changed by the failed one)
+            n = int(self.last_node_elements)
+            self._auto_none_oom_elements = min(n, self._auto_none_oom_elements or n)
+            self._auto_none_taken = False
+            torch.cuda.empty_cache()
+            e_model, f = self._energy_forces_eval(z, pos, cell, pbc, charge, multiplicity, hi, validate, forces,
+                                                  need_grad)
+        finally:
+            self._auto_none_taken = False
+        e_model = e_model.detach()
+        total = e_model.to(torch.float64) + self.reference(z, hi)
+        return total, e_model, (f.detach() if f is not None else None)
+
+    def _energy_forces_eval(self, z, pos, cell, pbc, charge: int, multiplicity: int, hi: int, validate: bool,
+                            forces: bool, need_grad: bool):
+        """(energy_model, forces or None) of one evaluation (``energy_and_forces``' body)."""
         with torch.set_grad_enabled(need_grad):
             e_model, direct = self.energy_terms(z, pos, cell, pbc, charge, multiplicity, hi, validate)
             f = None
@@ -1137,9 +1198,7 @@ class E2FormerV2(nn.Module):
                     f = -torch.autograd.grad(e_model, pos)[0]
                 else:
                     f = torch.zeros_like(pos)
-        e_model = e_model.detach()
-        total = e_model.to(torch.float64) + self.reference(z, hi)
-        return total, e_model, (f.detach() if f is not None else None)
+        return e_model, f
 
     def predict(self, atomic_numbers, positions, cell=None, pbc=None, charge: int = 0, multiplicity: int = 1,
                 head: Optional[str] = None, forces: bool = True) -> Dict[str, object]:

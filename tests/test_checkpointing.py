@@ -194,6 +194,95 @@ def test_auto_mode_picks_fine_where_block_would_not_fit(monkeypatch):
     assert real_query(_FakeFeatures(1, True)) is None
 
 
+class _FakeCudaFeatures(_FakeFeatures):
+    """_FakeFeatures with the dtype / device the fused-kernel test (``use_fused``) looks at."""
+    dtype = torch.float32
+
+
+def test_auto_mode_runs_without_checkpointing_where_it_fits(monkeypatch):
+    """Session 13: above checkpoint_min_elements, "auto" on the GPU takes no checkpointing where its estimated
+    peak (checkpoint_none_bytes_per_element per node-feature float) fits in 90 % of the device memory left and
+    every block runs the fused kernels; else it falls through to the "block" / "block+qk" / "fine" rules as
+    before.  An out-of-memory error at a size (``_auto_none_oom_elements``) rules "none" out from that size on."""
+    m = _model()
+    m.checkpoint_min_elements = 1000
+    m.checkpoint_fine_min_elements = 20000
+    m.checkpoint_block_bytes_per_element = 100.0
+    m.checkpoint_block_qk_bytes_per_element = 70.0
+    m.checkpoint_none_bytes_per_element = 300.0
+    m.checkpoint_blocks = "auto"
+    avail = {"bytes": 10_000_000}
+    monkeypatch.setattr(type(m), "_cuda_available_bytes", staticmethod(lambda x: avail["bytes"]))
+    fused = {"attn": True, "ed": True}
+    monkeypatch.setattr(E2.Attention, "use_fused", lambda self, x: fused["attn"])
+    monkeypatch.setattr(E2.EdgeDegreeEmbedding, "use_fused", lambda self, x: fused["ed"])
+    x = lambda n: _FakeCudaFeatures(n, True)
+    assert m._checkpoint_mode(x(999)) == "none" and not m._auto_none_taken       # below the threshold, as before
+    assert m._checkpoint_mode(x(30000)) == "none" and m._auto_none_taken          # 9.0 MB <= 0.9 * 10 MB
+    m._auto_none_taken = False
+    assert m._checkpoint_mode(x(30001)) == "fine"                                  # over: the "fine" threshold
+    assert m._checkpoint_mode(x(15000)) == "none"
+    avail["bytes"] = 2_000_000                                                      # 300 B x 15000 does not fit
+    assert m._checkpoint_mode(x(15000)) == "block"
+    avail["bytes"] = 10_000_000
+    fused["attn"] = False                                       # a PyTorch attention route: its edge tensors
+    assert m._checkpoint_mode(x(15000)) == "block"              # are not in the estimate
+    fused["attn"], fused["ed"] = True, False
+    assert m._checkpoint_mode(x(15000)) == "block"
+    fused["ed"] = True
+    m._auto_none_oom_elements = 12000                           # ran out of memory at 12000 once
+    assert m._checkpoint_mode(x(11999)) == "none"
+    assert m._checkpoint_mode(x(12000)) == "block"
+    avail["bytes"] = None                                       # the query failed: the old rules
+    m._auto_none_oom_elements = None
+    assert m._checkpoint_mode(x(15000)) == "block"
+    assert m._checkpoint_mode(_FakeFeatures(15000, False)) == "block"             # the CPU never asks
+    m.checkpoint_blocks = "block"                                                  # an explicit mode is obeyed
+    avail["bytes"] = 10 ** 12
+    assert m._checkpoint_mode(x(15000)) == "block"
+
+
+def test_out_of_memory_without_checkpointing_redoes_the_step_checkpointed(monkeypatch):
+    """When a step that "auto" ran without checkpointing on its memory estimate runs out of device memory,
+    energy_and_forces redoes it with checkpointing (the same energy and forces as a "block" step), and later
+    steps of that size checkpoint straight away; an out-of-memory error of any other step is raised as it is."""
+    m = _model()
+    z, pos, cell, pbc = _system()
+    ref = _set_mode(m, "block").energy_and_forces(z, pos, cell, pbc)
+    m.checkpoint_blocks = "auto"
+
+    def fake_mode(self, x):           # "auto" on a GPU with room for "none" (until it ran out at this size)
+        if self._auto_none_oom_elements is None or x.numel() < self._auto_none_oom_elements:
+            self._auto_none_taken = True
+            return "none"
+        return "block"
+
+    monkeypatch.setattr(type(m), "_checkpoint_mode", fake_mode)
+    real_node_part = E2.Block.node_part
+    raised = {"n": 0}
+
+    def node_part(self, x, U):        # the device runs out of memory in a step without checkpointing
+        if m.last_checkpoint_mode == "none":
+            raised["n"] += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return real_node_part(self, x, U)
+
+    monkeypatch.setattr(E2.Block, "node_part", node_part)
+    out = m.energy_and_forces(z, pos, cell, pbc)
+    assert raised["n"] == 1 and m.last_checkpoint_mode == "block"
+    assert m._auto_none_oom_elements == len(z) * 9 * SMALL["channels"] and not m._auto_none_taken
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    m.energy_and_forces(z, pos, cell, pbc)                      # the next step checkpoints at once
+    assert raised["n"] == 1 and m.last_checkpoint_mode == "block"
+    # an explicit "none" (or any step not taken by the memory estimate) that runs out of memory: raised
+    m._auto_none_oom_elements = None
+    monkeypatch.setattr(type(m), "_checkpoint_mode", lambda self, x: "none")
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        m.energy_and_forces(z, pos, cell, pbc)
+    assert m._auto_none_oom_elements is None
+
+
 def test_auto_block_qk_mode_matches_block_and_switches_back(monkeypatch):
     """"block+qk" (chosen by "auto" on the GPU where "block" would not fit and it does) is "block" with the
     query / key projections recomputed for that evaluation: the same energy, forces and parameter gradients
@@ -448,3 +537,21 @@ def test_set_compile_matches_plain(mode, monkeypatch):
     calls["n"] = 0
     _assert_same(ref, _evaluate(m, sysm, params=False), 1e-12)
     assert calls["n"] == 0
+
+
+def test_model_pickled_before_session13_gets_the_new_checkpoint_attributes():
+    """A model pickled before "auto" learned to skip checkpointing where it fits (session 13) has none of its
+    attributes: unpickling adds them with their defaults, and "auto" works on it."""
+    m = _model()
+    state = m.__getstate__()
+    for key in ("checkpoint_none_bytes_per_element", "_auto_none_oom_elements", "_auto_none_taken",
+                "last_node_elements"):
+        state.pop(key)
+    old = E2FormerV2.__new__(E2FormerV2)
+    old.__setstate__(state)
+    assert old.checkpoint_none_bytes_per_element == m.checkpoint_none_bytes_per_element
+    assert old._auto_none_oom_elements is None and old._auto_none_taken is False
+    z, pos, cell, pbc = _system()
+    torch.testing.assert_close(old.energy_and_forces(z, pos, cell, pbc)[2], m.energy_and_forces(z, pos, cell, pbc)[2],
+                               rtol=0, atol=0)
+    assert pickle.loads(pickle.dumps(old)).checkpoint_none_bytes_per_element == 320.0
