@@ -1,0 +1,136 @@
+"""Benchmark: the attention's CG contraction, kernel (``kernels.cg_triton``, opt-in E2F_CG_KERNEL=1) vs PyTorch.
+
+    python benchmarks/bench_cg.py OUT_PREFIX [--sizes v15:10000,v15:100000,bundled:115200] [--device cpu]
+
+(``--device cpu``: a rehearsal under TRITON_INTERPRET=1 with small sizes, one wall-clock call per timing.)
+
+Per size (C = 256 for V1.5, 64 for the bundled model), float32 on CUDA:
+  * check: the kernel's T0 / T1 / T2 and dU against the float64 reference (``cg_reference``); a row fails above
+    2e-6 relative, and the script exits 1 if any row failed;
+  * "contract": U -> (T0, T1, T2) alone, forward and forward + backward (dU for random upstream gradients), the
+    einsum + cats of ``cg_reference`` vs the kernel;
+  * "node_part": one V1.5-shaped ``Attention.node_part`` (contraction, folded per-degree GEMMs, cat), einsum vs
+    kernel, forward + backward.
+Timing: triton.testing.do_bench, median ms.  Writes OUT_PREFIX.json and OUT_PREFIX.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+try:
+    from openmm_e2former.kernels import cg_reference as R, cg_triton as KC
+except ImportError:
+    from kernels import cg_reference as R, cg_triton as KC
+from openmm_e2former.model import E2FormerConfig
+from openmm_e2former.model import e2former as E2
+from openmm_e2former.model.so3 import first_order_cg
+
+SETTINGS = {"v15": dict(channels=256, num_heads=128, head_dim=8), "bundled": dict(channels=64, num_heads=16,
+                                                                                    head_dim=4)}
+
+
+def _rel(a, b):
+    return float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def check(N, C, cg64):
+    g = torch.Generator(device=DEV).manual_seed(N + C)
+    U64 = torch.randn(N, 3, 9, C, device=DEV, dtype=torch.float64, generator=g)
+    U = U64.float().requires_grad_(True)
+    out = KC.cg_contract(U, cg64)
+    ref = R.cg_contract_reference(U64, cg64)
+    errs = [_rel(a, b) for a, b in zip(out, ref)]
+    d = [torch.randn(x.shape, device=DEV, dtype=torch.float64, generator=g) for x in ref]
+    (dU,) = torch.autograd.grad(out, U, [x.float() for x in d])
+    errs.append(_rel(dU, R.cg_adjoint_reference(*d, cg64)))
+    return errs
+
+
+DEV = "cuda"
+
+
+def main(argv):
+    global DEV
+    if "--device" in argv:
+        DEV = argv[argv.index("--device") + 1]
+    if DEV == "cuda":
+        from triton.testing import do_bench
+    else:                 # rehearsal: one wall-clock call instead of do_bench
+        import time
+
+        def do_bench(fn):
+            t0 = time.perf_counter()
+            fn()
+            return 1e3 * (time.perf_counter() - t0)
+
+    prefix = argv[0] if argv and not argv[0].startswith("--") else "benchmarks/results/cg_bench"
+    sizes = "v15:10000,v15:100000,bundled:115200"
+    if "--sizes" in argv:
+        sizes = argv[argv.index("--sizes") + 1]
+    cg64 = first_order_cg(torch.float64, DEV)
+    rows, failed = [], False
+    for item in sizes.split(","):
+        name, n = item.split(":")
+        N, C = int(n), SETTINGS[name]["channels"]
+        errs = check(min(N, 20000), C, cg64)
+        ok = max(errs) <= 2e-6
+        failed |= not ok
+        row = dict(setting=name, N=N, C=C, rel_err_T0_T1_T2_dU=errs, passed=ok)
+        U = torch.randn(N, 3, 9, C, device=DEV).requires_grad_(True)
+        cg32 = cg64.float()
+        dT = [torch.randn(s, device=DEV) for s in ((N, C), (N, 3, 3 * C), (N, 5, 2 * C))]
+
+        def fwd_ref():
+            with torch.no_grad():
+                return R.cg_contract_reference(U, cg32)
+
+        def fwd_kernel():
+            with torch.no_grad():
+                return KC.cg_contract(U, cg64)
+
+        def fb(fn):
+            return lambda: torch.autograd.grad(fn(U, cg32 if fn is R.cg_contract_reference else cg64), U, dT)
+
+        row["contract_fwd_ms"] = {"einsum": do_bench(fwd_ref), "kernel": do_bench(fwd_kernel)}
+        row["contract_fwdbwd_ms"] = {"einsum": do_bench(fb(R.cg_contract_reference)),
+                                     "kernel": do_bench(fb(KC.cg_contract))}
+        # one Attention.node_part of this width (random weights), einsum vs kernel, forward + backward
+        cfg = E2FormerConfig(**SETTINGS[name], num_layers=1)
+        attn = E2.Attention(cfg).to(DEV)
+        dy = torch.randn(N, 9, C, device=DEV)
+        res = {}
+        for flag, key in (("0", "einsum"), ("1", "kernel")):
+            os.environ["E2F_CG_KERNEL"] = flag
+            res[key] = do_bench(lambda: torch.autograd.grad(attn.node_part(U, torch.float32), U, dy))
+        os.environ.pop("E2F_CG_KERNEL", None)
+        row["node_part_fwdbwd_ms"] = res
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del U, dT, dy, attn
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+    out = dict(device=torch.cuda.get_device_name() if DEV == "cuda" else DEV, torch=torch.__version__, rows=rows)
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    Path(prefix + ".json").write_text(json.dumps(out, indent=1))
+    lines = [f"# CG contraction: kernel vs einsum + cats ({out['device']})", "",
+             "| setting | N | C | check | contract fwd ms (einsum / kernel) | contract fwd+bwd ms | "
+             "node_part fwd+bwd ms |", "|---|---:|---:|---|---|---|---|"]
+    for r in rows:
+        f, b, p = r["contract_fwd_ms"], r["contract_fwdbwd_ms"], r["node_part_fwdbwd_ms"]
+        lines.append(f"| {r['setting']} | {r['N']:,} | {r['C']} | {'pass' if r['passed'] else 'FAIL'} "
+                     f"({max(r['rel_err_T0_T1_T2_dU']):.1e}) | {f['einsum']:.3f} / {f['kernel']:.3f} | "
+                     f"{b['einsum']:.3f} / {b['kernel']:.3f} | {p['einsum']:.3f} / {p['kernel']:.3f} |")
+    Path(prefix + ".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

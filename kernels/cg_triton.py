@@ -1,0 +1,148 @@
+"""The attention's Clebsch-Gordan contraction as one Triton kernel each way (reference: ``cg_reference``).
+
+``cg_contract(U, cg) -> (T0 [N, C], T1 [N, 3, 3C], T2 [N, 5, 2C])`` reads U [N, 3, 9, C] once and writes the three
+GEMM-ready tensors of ``Attention.node_part`` once.  The PyTorch form (an einsum, which runs as a permuted copy of
+U, one [20, 27] x [27, N C] product and a permuted copy back, then two cats) moves about 3x the bytes forward and
+again in the backward.  Per program: a block of BLOCK consecutive (atom, channel) pairs; T = CGM [20, 27] @ U
+[27, BLOCK] as one exact-fp32 dot (rows padded to 32), each T row stored where its degree / path belongs.  The
+backward is the transpose, dU = CGM^T dT, and each direction is the other's backward, so double backward works.
+
+Opt-in (session 13, interpreter-checked, not yet timed on a GPU): ``E2F_CG_KERNEL=1``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .cg_reference import cg_matrix
+
+
+def cg_kernel_enabled() -> bool:
+    """``E2F_CG_KERNEL``: "1" runs the contraction with this module's kernels (float32 CUDA tensors, or under the
+    Triton interpreter); "0" (default until it is timed on a GPU) keeps the einsum."""
+    val = os.environ.get("E2F_CG_KERNEL", "0")
+    if val not in ("0", "1"):
+        raise ValueError(f"E2F_CG_KERNEL={val!r}: expected '0' or '1'")
+    return val == "1"
+
+
+@triton.jit
+def _t_offsets(n, c, r, C: tl.constexpr):
+    """Offsets of T row r (a [32] vector, 20 valid) of atom n, channel c (BLOCK vectors) in T0, T1, T2, and
+    their masks (``cg_reference``: T1[n, i, p C + c] = T[n, 1 + 3 p + i, c], T2[n, i, p C + c] = T[n, 10 + 5 p + i,
+    c])."""
+    r2 = r[:, None]
+    p1 = (r2 - 1) // 3
+    i1 = (r2 - 1) - 3 * p1
+    p2 = (r2 - 10) // 5
+    i2 = (r2 - 10) - 5 * p2
+    o0 = n[None, :] * C + c[None, :] + 0 * r2
+    o1 = n[None, :] * (9 * C) + i1 * (3 * C) + p1 * C + c[None, :]
+    o2 = n[None, :] * (10 * C) + i2 * (2 * C) + p2 * C + c[None, :]
+    return o0, o1, o2, r2 == 0, (r2 >= 1) & (r2 < 10), (r2 >= 10) & (r2 < 20)
+
+
+@triton.jit
+def _cg_fwd_kernel(U, CGM, T0, T1, T2, total, C: tl.constexpr, BLOCK: tl.constexpr):
+    col = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)      # (atom, channel) pairs, channel fastest
+    live = col < total
+    n = col // C
+    c = col - n * C
+    r = tl.arange(0, 32)
+    j = tl.arange(0, 32)
+    cgm = tl.load(CGM + r[:, None] * 27 + j[None, :], mask=(r[:, None] < 20) & (j[None, :] < 27), other=0.0)
+    u = tl.load(U + n[None, :] * (27 * C) + j[:, None] * C + c[None, :], mask=(j[:, None] < 27) & live[None, :],
+                other=0.0)
+    t = tl.dot(cgm, u, input_precision="ieee")                  # [32, BLOCK]; rows >= 20 are zero
+    o0, o1, o2, m0, m1, m2 = _t_offsets(n, c, r, C)
+    lv = live[None, :]
+    tl.store(T0 + o0, t, mask=m0 & lv)
+    tl.store(T1 + o1, t, mask=m1 & lv)
+    tl.store(T2 + o2, t, mask=m2 & lv)
+
+
+@triton.jit
+def _cg_adj_kernel(T0, T1, T2, CGMT, U, total, C: tl.constexpr, BLOCK: tl.constexpr):
+    col = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = col < total
+    n = col // C
+    c = col - n * C
+    r = tl.arange(0, 32)
+    j = tl.arange(0, 32)
+    o0, o1, o2, m0, m1, m2 = _t_offsets(n, c, r, C)
+    lv = live[None, :]
+    t = (tl.load(T0 + o0, mask=m0 & lv, other=0.0) + tl.load(T1 + o1, mask=m1 & lv, other=0.0)
+         + tl.load(T2 + o2, mask=m2 & lv, other=0.0))            # [32 rows r, BLOCK]
+    cgmt = tl.load(CGMT + j[:, None] * 20 + r[None, :], mask=(j[:, None] < 27) & (r[None, :] < 20), other=0.0)
+    u = tl.dot(cgmt, t, input_precision="ieee")                 # [32 rows j, BLOCK]
+    tl.store(U + n[None, :] * (27 * C) + j[:, None] * C + c[None, :], u, mask=(j[:, None] < 27) & lv)
+
+
+_BLOCK = 128
+_NUM_WARPS = 4
+
+
+def _launch_fwd(U: torch.Tensor, cgm: torch.Tensor):
+    N, C = U.shape[0], U.shape[3]
+    T0 = torch.empty((N, C), device=U.device, dtype=torch.float32)
+    T1 = torch.empty((N, 3, 3 * C), device=U.device, dtype=torch.float32)
+    T2 = torch.empty((N, 5, 2 * C), device=U.device, dtype=torch.float32)
+    total = N * C
+    if total:
+        _cg_fwd_kernel[(triton.cdiv(total, _BLOCK),)](U, cgm, T0, T1, T2, total, C=C, BLOCK=_BLOCK,
+                                                      num_warps=_NUM_WARPS)
+    return T0, T1, T2
+
+
+def _launch_adj(T0: torch.Tensor, T1: torch.Tensor, T2: torch.Tensor, cgm: torch.Tensor) -> torch.Tensor:
+    N, C = T0.shape
+    U = torch.empty((N, 3, 9, C), device=T0.device, dtype=torch.float32)
+    total = N * C
+    if total:
+        _cg_adj_kernel[(triton.cdiv(total, _BLOCK),)](T0, T1, T2, cgm.t().contiguous(), U, total, C=C, BLOCK=_BLOCK,
+                                                      num_warps=_NUM_WARPS)
+    return U
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float32).contiguous()
+
+
+class CGContract(torch.autograd.Function):
+    """U -> (T0, T1, T2); its backward is CGAdjoint, and CGAdjoint's is this (the map is linear)."""
+
+    @staticmethod
+    def forward(ctx, U, cgm):
+        ctx.save_for_backward(cgm)
+        return _launch_fwd(_f32(U), cgm)
+
+    @staticmethod
+    def backward(ctx, d0, d1, d2):
+        (cgm,) = ctx.saved_tensors
+        return CGAdjoint.apply(d0, d1, d2, cgm), None
+
+
+class CGAdjoint(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, T0, T1, T2, cgm):
+        ctx.save_for_backward(cgm)
+        return _launch_adj(_f32(T0), _f32(T1), _f32(T2), cgm)
+
+    @staticmethod
+    def backward(ctx, dU):
+        (cgm,) = ctx.saved_tensors
+        d0, d1, d2 = CGContract.apply(dU, cgm)
+        return d0, d1, d2, None
+
+
+def cg_contract(U: torch.Tensor, cg: torch.Tensor):
+    """(T0 [N, C], T1 [N, 3, 3C], T2 [N, 5, 2C]) in float32 of U [N, 3, 9, C] and CG [3, 20, 9] (see
+    ``cg_reference.cg_contract_reference``), by the kernels; differentiable in U, any order."""
+    if U.dim() != 4 or U.shape[1:3] != (3, 9) or tuple(cg.shape) != (3, 20, 9):
+        raise ValueError(f"cg_contract: U must be [N, 3, 9, C] and CG [3, 20, 9], got {tuple(U.shape)} and "
+                         f"{tuple(cg.shape)}")
+    cgm = cg_matrix(cg.detach()).to(device=U.device, dtype=torch.float32).contiguous()
+    return CGContract.apply(U, cgm)
