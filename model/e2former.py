@@ -1199,6 +1199,7 @@ class E2FormerV2(nn.Module):
         if need_grad:
             pos = pos.detach().requires_grad_(True)
         self._auto_none_taken = False
+        retry = False
         try:
             e_model, f = self._energy_forces_eval(z, pos, cell, pbc, charge, multiplicity, hi, validate, forces,
                                                   need_grad)
@@ -1206,15 +1207,17 @@ class E2FormerV2(nn.Module):
             if not self._auto_none_taken:
                 raise
             # "auto" ran this size without checkpointing on its memory estimate and the device ran out: checkpoint
-            # from this size on, and redo the step (nothing was changed by the failed one)
+            # from this size on, and redo the step (nothing was changed by the failed one) once the handler has
+            # let go of the failed step's tensors (its traceback holds them)
             n = int(self.last_node_elements)
             self._auto_none_oom_elements = min(n, self._auto_none_oom_elements or n)
+            retry = True
+        finally:
             self._auto_none_taken = False
+        if retry:
             torch.cuda.empty_cache()
             e_model, f = self._energy_forces_eval(z, pos, cell, pbc, charge, multiplicity, hi, validate, forces,
                                                   need_grad)
-        finally:
-            self._auto_none_taken = False
         e_model = e_model.detach()
         total = e_model.to(torch.float64) + self.reference(z, hi)
         return total, e_model, (f.detach() if f is not None else None)
