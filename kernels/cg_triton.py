@@ -47,7 +47,8 @@ def _t_offsets(n, c, r, C: tl.constexpr):
 
 @triton.jit
 def _cg_fwd_kernel(U, CGM, T0, T1, T2, total, C: tl.constexpr, BLOCK: tl.constexpr):
-    col = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)      # (atom, channel) pairs, channel fastest
+    # (atom, channel) pairs, channel fastest; int64: U's offsets pass 2^31 from ~310k atoms at C = 256
+    col = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = col < total
     n = col // C
     c = col - n * C
@@ -66,7 +67,7 @@ def _cg_fwd_kernel(U, CGM, T0, T1, T2, total, C: tl.constexpr, BLOCK: tl.constex
 
 @triton.jit
 def _cg_adj_kernel(T0, T1, T2, CGMT, U, total, C: tl.constexpr, BLOCK: tl.constexpr):
-    col = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    col = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)      # int64 offsets, as in the forward
     live = col < total
     n = col // C
     c = col - n * C
