@@ -95,8 +95,8 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
     ("stream/tile, table, bwd BLOCK_T 2", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_BWD_BLOCK_T="2"), "fwd+bwd"),
     ("stream/tile, table, bwd 160 registers", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_BWD_MAXNREG="160"),
      "fwd+bwd"),
-    # q / k / dq / dk in the model's [N, H, D] (E2F_V2_QK_LAYOUT=hd): the default until session 12, whose "QK dh"
-    # rows timed the [N, D, H] copies that are the default since session 13 (contiguous dk atomics)
+    # q / k / dq / dk in the model's [N, H, D] (E2F_V2_QK_LAYOUT=hd): the default before session 13; that session's
+    # "QK dh" rows timed the [N, D, H] copies that are the default since then (contiguous dk atomics)
     ("stream, table, QK hd", dict(_agg("stream"), TABLE="1", E2F_V2_QK_LAYOUT="hd"), "fwd"),
     ("stream/tile, table, QK hd", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_QK_LAYOUT="hd"), "fwd+bwd"),
     ("stream/tile, DX2_SCR, QK hd", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1", E2F_V2_QK_LAYOUT="hd"),

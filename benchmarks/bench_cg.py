@@ -6,7 +6,8 @@
 
 Per size (C = 256 for V1.5, 64 for the bundled model), float32 on CUDA:
   * check: the kernel's T0 / T1 / T2 and dU against the float64 reference (``cg_reference``); a row fails above
-    2e-6 relative, and the script exits 1 if any row failed;
+    2e-6 relative, and the script exits 1 if any row failed; at the end, 320,000 atoms at C = 256 (offsets past
+    2^31), the last 500 atoms checked the same way;
   * "contract": U -> (T0, T1, T2) alone, forward and forward + backward (dU for random upstream gradients), the
     einsum + cats of ``cg_reference`` vs the kernel;
   * "node_part": one V1.5-shaped ``Attention.node_part`` (contraction, folded per-degree GEMMs, cat), einsum vs
@@ -50,6 +51,20 @@ def check(N, C, cg64):
     d = [torch.randn(x.shape, device=DEV, dtype=torch.float64, generator=g) for x in ref]
     (dU,) = torch.autograd.grad(out, U, [x.float() for x in d])
     errs.append(_rel(dU, R.cg_adjoint_reference(*d, cg64)))
+    return errs
+
+
+def check_tail(N, C, cg64, tail=500):
+    """Offsets past 2^31 (N 27 C > 2^31 from ~310k atoms at C = 256): the kernels on N atoms, the last ``tail``
+    atoms' T0 / T1 / T2 and dU against the float64 reference of those atoms alone."""
+    g = torch.Generator(device=DEV).manual_seed(7)
+    U = torch.randn(N, 3, 9, C, device=DEV, generator=g).requires_grad_(True)
+    out = KC.cg_contract(U, cg64)
+    ref = R.cg_contract_reference(U[-tail:].detach().double(), cg64)
+    errs = [_rel(a[-tail:], b) for a, b in zip(out, ref)]
+    d = [torch.randn(x.shape, device=DEV, generator=g) for x in out]
+    (dU,) = torch.autograd.grad(out, U, d)
+    errs.append(_rel(dU[-tail:], R.cg_adjoint_reference(*[x[-tail:].double() for x in d], cg64)))
     return errs
 
 
@@ -116,7 +131,14 @@ def main(argv):
         del U, dT, dy, attn
         if DEV == "cuda":
             torch.cuda.empty_cache()
-    out = dict(device=torch.cuda.get_device_name() if DEV == "cuda" else DEV, torch=torch.__version__, rows=rows)
+    big = 320000 if DEV == "cuda" else 40
+    errs = check_tail(big, 256, cg64, tail=min(500, big))
+    tail_ok = max(errs) <= 2e-6
+    failed |= not tail_ok
+    tail_row = dict(N=big, C=256, offsets_past_2_31=big * 27 * 256 > 2 ** 31, rel_err_T0_T1_T2_dU=errs, passed=tail_ok)
+    print(json.dumps(dict(tail_check=tail_row)), flush=True)
+    out = dict(device=torch.cuda.get_device_name() if DEV == "cuda" else DEV, torch=torch.__version__, rows=rows,
+               tail_check=tail_row)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     Path(prefix + ".json").write_text(json.dumps(out, indent=1))
     lines = [f"# CG contraction: kernel vs einsum + cats ({out['device']})", "",
@@ -127,6 +149,8 @@ def main(argv):
         lines.append(f"| {r['setting']} | {r['N']:,} | {r['C']} | {'pass' if r['passed'] else 'FAIL'} "
                      f"({max(r['rel_err_T0_T1_T2_dU']):.1e}) | {f['einsum']:.3f} / {f['kernel']:.3f} | "
                      f"{b['einsum']:.3f} / {b['kernel']:.3f} | {p['einsum']:.3f} / {p['kernel']:.3f} |")
+    lines += ["", f"Last {min(500, big)} of {big:,} atoms at C = 256 (offsets past 2^31: {tail_row['offsets_past_2_31']}): "
+              f"{'pass' if tail_ok else 'FAIL'} ({max(errs):.1e})"]
     Path(prefix + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 1 if failed else 0

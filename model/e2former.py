@@ -40,6 +40,9 @@ from .so3 import PATH_NORM, first_order_cg, spherical_harmonics, tp_first_order_
 
 EAAS_MODES = ("relative", "so2")
 
+#: ``E2FormerV2.checkpoint_none_bytes_per_element``'s default (see there)
+CHECKPOINT_NONE_BYTES_PER_ELEMENT = 320.0
+
 
 def _fused_kernels_usable(x: torch.Tensor, backend: str) -> bool:
     """Whether a fused Triton kernel may run on ``x`` ('auto': float32 CUDA tensors and triton importable;
@@ -696,8 +699,9 @@ class E2FormerV2(nn.Module):
         #:   wherever a step without checkpointing fits (session 13: ``checkpoint_none_bytes_per_element`` per
         #:   node-feature float within 90 % of the memory the device has left, fused kernels in every block; an
         #:   out-of-memory error there is caught and the step redone with checkpointing, see
-        #:   ``energy_and_forces``); else ``"block"``; on the GPU
-        #:   ``"fine"`` from ``checkpoint_fine_min_elements`` (~116k atoms at C = 256) on, and below that
+        #:   ``energy_and_forces``, the only evaluation that takes this); else ``"block"``; on the GPU, where
+        #:   "none" does not fit, ``"fine"`` from ``checkpoint_fine_min_elements`` (~116k atoms at C = 256) on,
+        #:   and below that
         #:   wherever ``"block"`` would not fit: its peak, ``checkpoint_block_bytes_per_element`` per node-feature
         #:   float, above 90 % of the memory the device has left (free plus the allocator's cached blocks).  In
         #:   between comes ``"block+qk"``: "block" with the query / key projections recomputed in the backward
@@ -722,12 +726,16 @@ class E2FormerV2(nn.Module):
         #: 6.24 / 6.32 GiB at 10k atoms and 12.33 / 12.50 GiB at 20k of the V1.5 size, fp32 (H200, session 13:
         #: gpu_end_to_end_tables_s13_*_h200.json, with and without radial tables agree within 1.5 %) = 291-295 bytes,
         #: linear in N; 320 leaves ~8 % of headroom (bf16 needs less: 205 bytes at 10k)
-        self.checkpoint_none_bytes_per_element = 320.0
+        self.checkpoint_none_bytes_per_element = CHECKPOINT_NONE_BYTES_PER_ELEMENT
         #: node-feature floats at which a step "auto" ran without checkpointing above checkpoint_min_elements ran out
-        #: of memory: from there on "auto" checkpoints again (None: no such failure yet; Python side only)
+        #: of memory: from there on "auto" checkpoints again, for the model's lifetime (None: no such failure yet;
+        #: a pickled or deep-copied model starts without it; Python side only)
         self._auto_none_oom_elements: Optional[int] = None
-        #: whether the evaluation in progress took "none" by the memory test above (Python side only)
+        #: whether the evaluation in progress took "none" by the memory test above, and whether it may (only
+        #: inside energy_and_forces, which can redo the step: not for a caller's own backward or double backward,
+        #: which the estimate does not cover); Python side only
         self._auto_none_taken = False
+        self._auto_none_allowed = False
         self.checkpoint_block_qk_bytes_per_element = 77.0
         self.checkpoint_chunk_atoms = 65536
         #: the mode the last evaluation used ("none", "block", "block+qk" or "fine"; Python side only)
@@ -869,9 +877,12 @@ class E2FormerV2(nn.Module):
     def __setstate__(self, state):
         super().__setstate__(state)
         # attributes added since a pickled model was written (session 13: "auto" without checkpointing where it fits)
-        for key, val in (("checkpoint_none_bytes_per_element", 320.0), ("_auto_none_oom_elements", None),
-                         ("_auto_none_taken", False), ("last_node_elements", 0)):
+        for key, val in (("checkpoint_none_bytes_per_element", CHECKPOINT_NONE_BYTES_PER_ELEMENT),
+                         ("_auto_none_taken", False), ("_auto_none_allowed", False), ("last_node_elements", 0)):
             self.__dict__.setdefault(key, val)
+        # an out-of-memory failure belongs to the device and moment it happened on, not to the model: a copy
+        # starts without it
+        self._auto_none_oom_elements = None
         # the submodules left their inference-time attachments out (_state_without): attach them again
         if "_radial_table_intervals" in self.__dict__:
             self.set_radial_tables(True, self._radial_table_intervals)
@@ -974,7 +985,7 @@ class E2FormerV2(nn.Module):
             if ckpt == "auto":
                 ok = x.numel() >= (self.checkpoint_min_elements if x.is_cuda else self.checkpoint_min_elements >> 5)
                 avail = self._cuda_available_bytes(x) if ok and x.is_cuda else None
-                if avail is not None and self._none_fits(x, avail):
+                if avail is not None and self._auto_none_allowed and self._none_fits(x, avail):
                     self._auto_none_taken = True
                     return "none"
                 if x.is_cuda and x.numel() >= self.checkpoint_fine_min_elements:
@@ -1199,6 +1210,7 @@ class E2FormerV2(nn.Module):
         if need_grad:
             pos = pos.detach().requires_grad_(True)
         self._auto_none_taken = False
+        self._auto_none_allowed = True
         retry = False
         try:
             e_model, f = self._energy_forces_eval(z, pos, cell, pbc, charge, multiplicity, hi, validate, forces,
@@ -1214,6 +1226,7 @@ class E2FormerV2(nn.Module):
             retry = True
         finally:
             self._auto_none_taken = False
+            self._auto_none_allowed = False
         if retry:
             torch.cuda.empty_cache()
             e_model, f = self._energy_forces_eval(z, pos, cell, pbc, charge, multiplicity, hi, validate, forces,

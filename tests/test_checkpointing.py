@@ -217,6 +217,8 @@ def test_auto_mode_runs_without_checkpointing_where_it_fits(monkeypatch):
     monkeypatch.setattr(E2.Attention, "use_fused", lambda self, x: fused["attn"])
     monkeypatch.setattr(E2.EdgeDegreeEmbedding, "use_fused", lambda self, x: fused["ed"])
     x = lambda n: _FakeCudaFeatures(n, True)
+    assert m._checkpoint_mode(x(15000)) == "block"      # outside energy_and_forces (a caller's own backward, a
+    m._auto_none_allowed = True                         # double backward): never "none" by the estimate
     assert m._checkpoint_mode(x(999)) == "none" and not m._auto_none_taken       # below the threshold, as before
     assert m._checkpoint_mode(x(30000)) == "none" and m._auto_none_taken          # 9.0 MB <= 0.9 * 10 MB
     m._auto_none_taken = False
@@ -271,6 +273,7 @@ def test_out_of_memory_without_checkpointing_redoes_the_step_checkpointed(monkey
     out = m.energy_and_forces(z, pos, cell, pbc)
     assert raised["n"] == 1 and m.last_checkpoint_mode == "block"
     assert m._auto_none_oom_elements == len(z) * 9 * SMALL["channels"] and not m._auto_none_taken
+    assert not m._auto_none_allowed                             # only while energy_and_forces runs
     for a, b in zip(ref, out):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     m.energy_and_forces(z, pos, cell, pbc)                      # the next step checkpoints at once
@@ -539,7 +542,7 @@ def test_set_compile_matches_plain(mode, monkeypatch):
     assert calls["n"] == 0
 
 
-def test_model_pickled_before_session13_gets_the_new_checkpoint_attributes():
+def test_model_pickled_before_session13_gets_the_new_checkpoint_attributes(monkeypatch):
     """A model pickled before "auto" learned to skip checkpointing where it fits (session 13) has none of its
     attributes: unpickling adds them with their defaults, and "auto" works on it."""
     m = _model()
@@ -549,9 +552,17 @@ def test_model_pickled_before_session13_gets_the_new_checkpoint_attributes():
         state.pop(key)
     old = E2FormerV2.__new__(E2FormerV2)
     old.__setstate__(state)
-    assert old.checkpoint_none_bytes_per_element == m.checkpoint_none_bytes_per_element
-    assert old._auto_none_oom_elements is None and old._auto_none_taken is False
-    z, pos, cell, pbc = _system()
-    torch.testing.assert_close(old.energy_and_forces(z, pos, cell, pbc)[2], m.energy_and_forces(z, pos, cell, pbc)[2],
-                               rtol=0, atol=0)
-    assert pickle.loads(pickle.dumps(old)).checkpoint_none_bytes_per_element == 320.0
+    assert old.checkpoint_none_bytes_per_element == E2.CHECKPOINT_NONE_BYTES_PER_ELEMENT == 320.0
+    assert old._auto_none_oom_elements is None and old._auto_none_taken is False and old._auto_none_allowed is False
+    # and "auto" decides with them as on a fresh model (a GPU with room: "none"; without: "block")
+    old.checkpoint_min_elements = 1000
+    monkeypatch.setattr(type(old), "_cuda_available_bytes", staticmethod(lambda x: 10 ** 9))
+    monkeypatch.setattr(E2.Attention, "use_fused", lambda self, x: True)
+    monkeypatch.setattr(E2.EdgeDegreeEmbedding, "use_fused", lambda self, x: True)
+    old._auto_none_allowed = True
+    assert old._checkpoint_mode(_FakeCudaFeatures(20000, True)) == "none"
+    assert old._checkpoint_mode(_FakeCudaFeatures(5 * 10 ** 6, True)) == "block"      # 1.6 GB > 0.9 GB
+    # an out-of-memory record does not travel with a copy
+    old._auto_none_oom_elements = 5000
+    assert copy.deepcopy(old)._auto_none_oom_elements is None
+    assert pickle.loads(pickle.dumps(old))._auto_none_oom_elements is None

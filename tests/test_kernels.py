@@ -591,10 +591,10 @@ _INTERP_BF16_VALUES_SCRIPT = textwrap.dedent(r"""
             coef, *rest = T_.random_table(2 * T_.TINY["H"], 8, torch.Generator().manual_seed(seed))
             table = (coef.float(), *rest)
         seen.clear()
-        ref = run(case, table, False, env)                    # a float32 copy of the bf16 values (the default)
+        ref = run(case, table, False, env)                    # a float32 copy of the bf16 values (=0)
         assert seen and not any(seen)
         seen.clear()
-        got = run(case, table, True, env)                     # the bf16 values themselves, converted in the kernels
+        got = run(case, table, True, env)                     # the bf16 values as they are (the default)
         assert seen and all(seen)
         assert got[4].dtype == torch.bfloat16 and ref[4].dtype == torch.bfloat16
         for x, y in zip(got, ref):
