@@ -1,4 +1,5 @@
-"""Benchmark: the attention's CG contraction, kernel (``kernels.cg_triton``, opt-in E2F_CG_KERNEL=1) vs PyTorch.
+"""Benchmark: two node-level kernels vs their PyTorch forms: the attention's CG contraction (``kernels.cg_triton``,
+opt-in E2F_CG_KERNEL=1) and the query / key invariants (``kernels.pairdot_triton``, opt-in E2F_PAIRDOT_KERNEL=1).
 
     python benchmarks/bench_cg.py OUT_PREFIX [--sizes v15:10000,v15:100000,bundled:115200] [--device cpu]
 
@@ -11,7 +12,10 @@ Per size (C = 256 for V1.5, 64 for the bundled model), float32 on CUDA:
   * "contract": U -> (T0, T1, T2) alone, forward and forward + backward (dU for random upstream gradients), the
     einsum + cats of ``cg_reference`` vs the kernel;
   * "node_part": one V1.5-shaped ``Attention.node_part`` (contraction, folded per-degree GEMMs, cat), einsum vs
-    kernel, forward + backward.
+    kernel, forward + backward;
+  * "scalars": one ``SO3ToScalar.scalars`` of the setting's query width (projections and invariants), PyTorch vs
+    the pairdot kernel, forward + backward, float32 and under bf16 autocast, after a check of the kernel against
+    the float64 reference (2e-6).
 Timing: triton.testing.do_bench, median ms.  Writes OUT_PREFIX.json and OUT_PREFIX.md.
 """
 from __future__ import annotations
@@ -27,10 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 try:
     from openmm_e2former.kernels import cg_reference as R, cg_triton as KC
+    from openmm_e2former.kernels import pairdot_reference as PR, pairdot_triton as KP
 except ImportError:
     from kernels import cg_reference as R, cg_triton as KC
+    from kernels import pairdot_reference as PR, pairdot_triton as KP
 from openmm_e2former.model import E2FormerConfig
 from openmm_e2former.model import e2former as E2
+from openmm_e2former.model.layers import SO3ToScalar
 from openmm_e2former.model.so3 import first_order_cg
 
 SETTINGS = {"v15": dict(channels=256, num_heads=128, head_dim=8), "bundled": dict(channels=64, num_heads=16,
@@ -126,9 +133,43 @@ def main(argv):
             res[key] = do_bench(lambda: torch.autograd.grad(attn.node_part(U, torch.float32), U, dy))
         os.environ.pop("E2F_CG_KERNEL", None)
         row["node_part_fwdbwd_ms"] = res
+        # the query / key invariants (pairdot kernel): check, then SO3ToScalar.scalars forward + backward
+        qk = SETTINGS[name]["num_heads"] * SETTINGS[name]["head_dim"]
+        h = qk // 2
+        gen = torch.Generator(device=DEV).manual_seed(N)
+        n_chk = min(N, 20000)
+        ins64 = [torch.randn(*shape, device=DEV, dtype=torch.float64, generator=gen)
+                 for shape in ((n_chk, 2 * h), (n_chk, 3, 2 * h), (n_chk, 5, 2 * h), (h,))]
+        ins = [t.float().requires_grad_(True) for t in ins64]
+        got = KP.pairdot(*ins)
+        ds = torch.randn(n_chk, 3 * h, device=DEV, dtype=torch.float64, generator=gen)
+        perrs = [_rel(got, PR.pairdot_reference(*ins64))]
+        r_in = [t.clone().requires_grad_(True) for t in ins64]
+        perrs += [_rel(a, b) for a, b in zip(torch.autograd.grad(got, ins, ds.float()),
+                                              torch.autograd.grad(PR.pairdot_reference(*r_in), r_in, ds))]
+        row["pairdot_rel_err_s_da0_da1_da2_dbias"] = perrs
+        row["pairdot_passed"] = max(perrs) <= 2e-6
+        failed |= not row["pairdot_passed"]
+        mod = SO3ToScalar(C, qk).to(DEV)
+        xin = torch.randn(N, 9, C, device=DEV).requires_grad_(True)
+        dsc = torch.randn(N, 3 * h, device=DEV)
+        res = {}
+        for bf16 in (False, True):
+            for flag, key in (("0", "torch"), ("1", "kernel")):
+                os.environ["E2F_PAIRDOT_KERNEL"] = flag
+
+                def step():
+                    with torch.autocast(device_type=DEV, dtype=torch.bfloat16, enabled=bf16):
+                        out = mod.scalars(xin)
+                    return torch.autograd.grad(out, xin, dsc.to(out.dtype))
+
+                res[("bf16 " if bf16 else "fp32 ") + key] = do_bench(step)
+        os.environ.pop("E2F_PAIRDOT_KERNEL", None)
+        row["scalars_fwdbwd_ms"] = res
+        xin = dsc = mod = ins = ins64 = r_in = got = None        # free before the next size
         rows.append(row)
         print(json.dumps(row), flush=True)
-        del U, dT, dy, attn
+        U = dT = dy = attn = None
         if DEV == "cuda":
             torch.cuda.empty_cache()
     big = 320000 if DEV == "cuda" else 40
@@ -141,14 +182,18 @@ def main(argv):
                tail_check=tail_row)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     Path(prefix + ".json").write_text(json.dumps(out, indent=1))
-    lines = [f"# CG contraction: kernel vs einsum + cats ({out['device']})", "",
+    lines = [f"# Node-level kernels vs PyTorch: CG contraction, query / key invariants ({out['device']})", "",
              "| setting | N | C | check | contract fwd ms (einsum / kernel) | contract fwd+bwd ms | "
-             "node_part fwd+bwd ms |", "|---|---:|---:|---|---|---|---|"]
+             "node_part fwd+bwd ms | pairdot check | scalars fwd+bwd ms, fp32 (torch / kernel) | bf16 |",
+             "|---|---:|---:|---|---|---|---|---|---|---|"]
     for r in rows:
         f, b, p = r["contract_fwd_ms"], r["contract_fwdbwd_ms"], r["node_part_fwdbwd_ms"]
         lines.append(f"| {r['setting']} | {r['N']:,} | {r['C']} | {'pass' if r['passed'] else 'FAIL'} "
                      f"({max(r['rel_err_T0_T1_T2_dU']):.1e}) | {f['einsum']:.3f} / {f['kernel']:.3f} | "
-                     f"{b['einsum']:.3f} / {b['kernel']:.3f} | {p['einsum']:.3f} / {p['kernel']:.3f} |")
+                     f"{b['einsum']:.3f} / {b['kernel']:.3f} | {p['einsum']:.3f} / {p['kernel']:.3f} | "
+                     f"{'pass' if r['pairdot_passed'] else 'FAIL'} ({max(r['pairdot_rel_err_s_da0_da1_da2_dbias']):.1e}) | "
+                     f"{r['scalars_fwdbwd_ms']['fp32 torch']:.3f} / {r['scalars_fwdbwd_ms']['fp32 kernel']:.3f} | "
+                     f"{r['scalars_fwdbwd_ms']['bf16 torch']:.3f} / {r['scalars_fwdbwd_ms']['bf16 kernel']:.3f} |")
     lines += ["", f"Last {min(500, big)} of {big:,} atoms at C = 256 (offsets past 2^31: {tail_row['offsets_past_2_31']}): "
               f"{'pass' if tail_ok else 'FAIL'} ({max(errs):.1e})"]
     Path(prefix + ".md").write_text("\n".join(lines) + "\n")

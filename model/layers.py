@@ -1,6 +1,7 @@
 """Building blocks of E2Former-V2 (spec §2.2). Features are [N, 9, C] (rows: l=0 | l=1 x3 | l=2 x5)."""
 
 import math
+import os
 from typing import List
 
 import torch
@@ -81,13 +82,41 @@ class SO3ToScalar(nn.Module):
         w2 = torch.cat([self.weight[2], self.weight2[2]], dim=0)
         h = self.weight.shape[1]
         xs = torch.split(x, [1, 3, 5], dim=1)          # (see SO3Linear: split, not slices)
-        a0 = torch.split(F.linear(xs[0].reshape(N, C), w0), [h, h], dim=1)
-        a1 = torch.split(F.linear(xs[1].reshape(N * 3, C), w1).view(N, 3, 2 * h), [h, h], dim=2)
-        a2 = torch.split(F.linear(xs[2].reshape(N * 5, C), w2).view(N, 5, 2 * h), [h, h], dim=2)
+        p0 = F.linear(xs[0].reshape(N, C), w0)
+        p1 = F.linear(xs[1].reshape(N * 3, C), w1).view(N, 3, 2 * h)
+        p2 = F.linear(xs[2].reshape(N * 5, C), w2).view(N, 5, 2 * h)
+        if not torch.jit.is_scripting():
+            if self._pairdot_kernel_usable(p0):
+                return self._pairdot_kernel(p0, p1, p2)
+        a0 = torch.split(p0, [h, h], dim=1)
+        a1 = torch.split(p1, [h, h], dim=2)
+        a2 = torch.split(p2, [h, h], dim=2)
         s0 = (a0[0] + self.bias) * a0[1]
         s1 = (a1[0] * a1[1]).sum(dim=1)
         s2 = (a2[0] * a2[1]).sum(dim=1)
         return torch.cat([s0, s1, s2], dim=1)
+
+
+    @torch.jit.unused
+    def _pairdot_kernel_usable(self, p0: torch.Tensor) -> bool:
+        """The invariants by ``kernels.pairdot_triton`` (opt-in ``E2F_PAIRDOT_KERNEL=1``): float32 or bf16
+        projections on CUDA (or under the Triton interpreter), not inside torch.compile (set_compile fuses the
+        PyTorch form itself)."""
+        if p0.dtype not in (torch.float32, torch.bfloat16) or torch.compiler.is_compiling():
+            return False
+        from ..kernels import HAS_TRITON
+
+        if not HAS_TRITON:
+            return False
+        from ..kernels.pairdot_triton import pairdot_kernel_enabled
+
+        return pairdot_kernel_enabled() and (p0.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+    @torch.jit.unused
+    def _pairdot_kernel(self, p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+        from ..kernels.pairdot_triton import pairdot
+
+        return pairdot(p0, p1, p2, self.bias)
 
 
 class RadialMLP(nn.Module):

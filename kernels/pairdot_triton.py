@@ -1,0 +1,139 @@
+"""The query / key invariants (``SO3ToScalar.scalars``) as one Triton kernel each way (reference:
+``pairdot_reference``).
+
+``pairdot(a0 [N, 2h], a1 [N, 3, 2h], a2 [N, 5, 2h], bias [h]) -> s [N, 3h]`` reads each projection once and writes
+the invariants once, in the layout the next Linear takes.  The PyTorch form runs a product and a sum per degree
+(the [N, 2l+1, h] products go to memory and back) and a cat; its backward runs two products per degree and the
+cat of the split's backward.  Per program: BLOCK_N atoms x BLOCK_H channels of the three degrees, in float32
+whatever the input dtype (bf16 under autocast: loaded and converted; the result is stored in the input dtype).
+Backward: da = the other half times ds, in one kernel; d(bias) = sum over atoms of d(s0) a0[:, h:].  Double
+backward (training) goes through the reference.
+
+Opt-in (session 13, interpreter-checked, not yet timed on a GPU): ``E2F_PAIRDOT_KERNEL=1``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .pairdot_reference import pairdot_reference
+
+
+def pairdot_kernel_enabled() -> bool:
+    """``E2F_PAIRDOT_KERNEL``: "1" runs the invariants with this module's kernels (CUDA tensors, or under the
+    Triton interpreter); "0" (default until it is timed on a GPU) keeps PyTorch."""
+    val = os.environ.get("E2F_PAIRDOT_KERNEL", "0")
+    if val not in ("0", "1"):
+        raise ValueError(f"E2F_PAIRDOT_KERNEL={val!r}: expected '0' or '1'")
+    return val == "1"
+
+
+@triton.jit
+def _pairdot_fwd_kernel(A0, A1, A2, B, S, N, H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr):
+    n = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    j = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (n < N)[:, None] & (j < H)[None, :]
+    n2, j2 = n[:, None], j[None, :]
+    x = tl.load(A0 + n2 * (2 * H) + j2, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(A0 + n2 * (2 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(B + j, mask=j < H, other=0.0).to(tl.float32)
+    tl.store(S + n2 * (3 * H) + j2, ((x + b[None, :]) * y).to(S.dtype.element_ty), mask=mask)
+    acc = tl.zeros((BLOCK_N, BLOCK_H), dtype=tl.float32)
+    for m in tl.static_range(3):
+        x = tl.load(A1 + n2 * (6 * H) + m * (2 * H) + j2, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(A1 + n2 * (6 * H) + m * (2 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
+        acc += x * y
+    tl.store(S + n2 * (3 * H) + H + j2, acc.to(S.dtype.element_ty), mask=mask)
+    acc = tl.zeros((BLOCK_N, BLOCK_H), dtype=tl.float32)
+    for m in tl.static_range(5):
+        x = tl.load(A2 + n2 * (10 * H) + m * (2 * H) + j2, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(A2 + n2 * (10 * H) + m * (2 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
+        acc += x * y
+    tl.store(S + n2 * (3 * H) + 2 * H + j2, acc.to(S.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _pairdot_bwd_kernel(A0, A1, A2, B, DS, DA0, DA1, DA2, N, H: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_H: tl.constexpr):
+    n = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    j = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (n < N)[:, None] & (j < H)[None, :]
+    n2, j2 = n[:, None], j[None, :]
+    g = tl.load(DS + n2 * (3 * H) + j2, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(A0 + n2 * (2 * H) + j2, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(A0 + n2 * (2 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(B + j, mask=j < H, other=0.0).to(tl.float32)
+    tl.store(DA0 + n2 * (2 * H) + j2, (g * y).to(DA0.dtype.element_ty), mask=mask)
+    tl.store(DA0 + n2 * (2 * H) + H + j2, (g * (x + b[None, :])).to(DA0.dtype.element_ty), mask=mask)
+    g = tl.load(DS + n2 * (3 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
+    for m in tl.static_range(3):
+        off = n2 * (6 * H) + m * (2 * H) + j2
+        x = tl.load(A1 + off, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(A1 + off + H, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DA1 + off, (g * y).to(DA1.dtype.element_ty), mask=mask)
+        tl.store(DA1 + off + H, (g * x).to(DA1.dtype.element_ty), mask=mask)
+    g = tl.load(DS + n2 * (3 * H) + 2 * H + j2, mask=mask, other=0.0).to(tl.float32)
+    for m in tl.static_range(5):
+        off = n2 * (10 * H) + m * (2 * H) + j2
+        x = tl.load(A2 + off, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(A2 + off + H, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DA2 + off, (g * y).to(DA2.dtype.element_ty), mask=mask)
+        tl.store(DA2 + off + H, (g * x).to(DA2.dtype.element_ty), mask=mask)
+
+
+_BLOCK_N = 4
+_BLOCK_H = 128
+_NUM_WARPS = 4
+
+
+def _grid(N: int, H: int):
+    return (triton.cdiv(N, _BLOCK_N), triton.cdiv(H, _BLOCK_H))
+
+
+class PairDot(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a0, a1, a2, bias):
+        a0c, a1c, a2c = a0.contiguous(), a1.contiguous(), a2.contiguous()
+        bc = bias.detach().contiguous()
+        N, H = a0c.shape[0], a0c.shape[1] // 2
+        s = torch.empty((N, 3 * H), device=a0c.device, dtype=a0c.dtype)
+        if N:
+            _pairdot_fwd_kernel[_grid(N, H)](a0c, a1c, a2c, bc, s, N, H=H, BLOCK_N=_BLOCK_N, BLOCK_H=_BLOCK_H,
+                                             num_warps=_NUM_WARPS)
+        ctx.save_for_backward(a0, a1, a2, bias)
+        return s
+
+    @staticmethod
+    def backward(ctx, ds):
+        a0, a1, a2, bias = ctx.saved_tensors
+        if torch.is_grad_enabled():       # double backward (a force loss): autograd through the reference
+            with torch.enable_grad():
+                ins = [t if t.requires_grad else t.detach().requires_grad_(True) for t in (a0, a1, a2, bias)]
+                grads = torch.autograd.grad(pairdot_reference(*ins), ins, ds, create_graph=True)
+            return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+        a0c, a1c, a2c = a0.contiguous(), a1.contiguous(), a2.contiguous()
+        dsc = ds.contiguous()
+        N, H = a0c.shape[0], a0c.shape[1] // 2
+        da0, da1, da2 = torch.empty_like(a0c), torch.empty_like(a1c), torch.empty_like(a2c)
+        if N:
+            _pairdot_bwd_kernel[_grid(N, H)](a0c, a1c, a2c, bias.detach().contiguous(), dsc, da0, da1, da2, N, H=H,
+                                             BLOCK_N=_BLOCK_N, BLOCK_H=_BLOCK_H, num_warps=_NUM_WARPS)
+        dbias = None
+        if ctx.needs_input_grad[3]:
+            dbias = (dsc[:, :H].float() * a0c[:, H:].float()).sum(0).to(bias.dtype)
+        return da0, da1, da2, dbias
+
+
+def pairdot(a0: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """s [N, 3h] of a0 [N, 2h], a1 [N, 3, 2h], a2 [N, 5, 2h], bias [h] by the kernels (``pairdot_reference``);
+    differentiable in every input, any order."""
+    N, h2 = a0.shape
+    if h2 % 2 or tuple(a1.shape) != (N, 3, h2) or tuple(a2.shape) != (N, 5, h2) or tuple(bias.shape) != (h2 // 2,):
+        raise ValueError(f"pairdot: expected a0 [N, 2h], a1 [N, 3, 2h], a2 [N, 5, 2h], bias [h], got "
+                         f"{tuple(a0.shape)}, {tuple(a1.shape)}, {tuple(a2.shape)}, {tuple(bias.shape)}")
+    if not (a0.dtype == a1.dtype == a2.dtype):
+        raise ValueError(f"pairdot: a0, a1, a2 must share a dtype, got {a0.dtype}, {a1.dtype}, {a2.dtype}")
+    return PairDot.apply(a0, a1, a2, bias)

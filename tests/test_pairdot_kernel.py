@@ -1,0 +1,143 @@
+"""The query / key invariant kernels (``kernels.pairdot_triton``, opt-in ``E2F_PAIRDOT_KERNEL=1``) against their
+PyTorch reference (``kernels.pairdot_reference``) under the Triton interpreter on the CPU: forward, backward (with
+the bias gradient) and double backward, float32 and bf16 inputs, sizes that are not multiples of the kernel's
+blocks; and the model with the kernel against its PyTorch form.  The GPU timing is ``benchmarks/bench_cg.py``."""
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import TRITON_MODEL_SCRIPT_HEAD, run_under_triton_interpreter
+
+REPO = Path(__file__).resolve().parents[1]
+try:
+    import openmm_e2former.kernels  # noqa: F401
+    KPKG = "openmm_e2former.kernels"
+except ImportError:
+    sys.path.insert(0, str(REPO))
+    KPKG = "kernels"
+
+
+def test_reference_is_the_models_formula():
+    """pairdot_reference computes SO3ToScalar.scalars' invariants from the three projections."""
+    from importlib import import_module
+
+    R = import_module(KPKG + ".pairdot_reference")
+    from openmm_e2former.model.layers import SO3ToScalar
+
+    torch.manual_seed(0)
+    mod = SO3ToScalar(8, 12).double()
+    with torch.no_grad():
+        mod.bias.normal_()
+    x = torch.randn(5, 9, 8, dtype=torch.float64)
+    h = mod.weight.shape[1]
+    xs = torch.split(x, [1, 3, 5], dim=1)
+    p = [torch.einsum("nmc,oc->nmo", xs[l], torch.cat([mod.weight[l], mod.weight2[l]])) for l in range(3)]
+    got = R.pairdot_reference(p[0][:, 0], p[1], p[2], mod.bias)
+    torch.testing.assert_close(got, mod.scalars(x), rtol=1e-13, atol=1e-13)
+    assert got.shape == (5, 3 * h)
+
+
+_INTERP_PAIRDOT_SCRIPT = textwrap.dedent(r"""
+    import os, sys
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    import torch
+    from importlib import import_module
+    K = import_module(sys.argv[1] + ".pairdot_triton")
+    R = import_module(sys.argv[1] + ".pairdot_reference")
+    worst = 0.0
+
+    def rel(a, b):
+        a, b = a.detach(), b.detach()
+        return float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+    for N, h, seed in ((3, 16, 0), (6, 150, 1), (1, 8, 2), (9, 64, 3)):
+        g = torch.Generator().manual_seed(seed)
+        ins64 = [torch.randn(*shape, generator=g, dtype=torch.float64)
+                 for shape in ((N, 2 * h), (N, 3, 2 * h), (N, 5, 2 * h), (h,))]
+        for dt, tol in ((torch.float32, 2e-6), (torch.bfloat16, 2e-2)):
+            ins = [t.to(dt if i < 3 else torch.float32).requires_grad_(True) for i, t in enumerate(ins64)]
+            s = K.pairdot(*ins)
+            assert s.dtype == dt and s.shape == (N, 3 * h)
+            # reference of the inputs as the kernel saw them (bf16 inputs rounded), in float64
+            ref_in = [t.detach().double().requires_grad_(True) for t in ins]
+            ref = R.pairdot_reference(*ref_in)
+            e = rel(s, ref)
+            ds = torch.randn(N, 3 * h, generator=g, dtype=torch.float64)
+            grads = torch.autograd.grad(s, ins, ds.to(dt))
+            rgrads = torch.autograd.grad(ref, ref_in, ds.to(dt).double())
+            for a, b in zip(grads, rgrads):
+                assert a.dtype == (dt if a.dim() > 1 else torch.float32)
+                e = max(e, rel(a, b))
+            assert e < tol, (dt, e)
+            if dt == torch.float32:
+                worst = max(worst, e)
+                # double backward (a force loss): d/d(inputs) <grad(s), W> against the reference's
+                W = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ins]
+                gr = torch.autograd.grad(K.pairdot(*ins), ins, ds.float(), create_graph=True)
+                gg = torch.autograd.grad(sum((a * w.float()).sum() for a, w in zip(gr, W)), ins)
+                rr = torch.autograd.grad(R.pairdot_reference(*ref_in), ref_in, ds, create_graph=True)
+                rgg = torch.autograd.grad(sum((a * w).sum() for a, w in zip(rr, W)), ref_in)
+                for a, b in zip(gg, rgg):
+                    worst = max(worst, rel(a, b))
+    print("WORST", worst)
+    assert worst < 2e-6, worst
+""")
+
+
+def test_pairdot_kernels_match_the_reference_under_interpreter():
+    run_under_triton_interpreter(_INTERP_PAIRDOT_SCRIPT, [KPKG], "the query / key invariant kernels")
+
+
+_INTERP_PAIRDOT_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
+    from openmm_e2former.kernels import pairdot_triton
+    m, z, pos, cell, pbc = tiny_kernel_model()
+    E2.Attention.use_fused = lambda self, x: True
+    E2.EdgeDegreeEmbedding.use_fused = lambda self, x: True
+    os.environ["E2FORMER_ATTENTION_BACKEND"] = "triton_v2"
+    calls = []
+    real = pairdot_triton.pairdot
+    pairdot_triton.pairdot = lambda *a: calls.append(a[0].shape) or real(*a)
+    out = {}
+    for flag in ("0", "1"):
+        os.environ["E2F_PAIRDOT_KERNEL"] = flag
+        calls.clear()
+        out[flag] = m.energy_and_forces(z, pos, cell, pbc)
+        assert bool(calls) == (flag == "1"), (flag, calls)
+    e0, e1 = float(out["0"][1]), float(out["1"][1])
+    f0, f1 = out["0"][2], out["1"][2]
+    err = float((f1 - f0).abs().max() / f0.abs().max())
+    assert abs(e1 - e0) <= 1e-5 * abs(e0), (e0, e1)
+    print("WORST", err)
+    assert err < 1e-5, err
+""")
+
+
+def test_model_with_the_pairdot_kernel_under_interpreter():
+    """E2F_PAIRDOT_KERNEL=1: the query / key projections take the kernel (and only then), with the same energy and
+    forces as the PyTorch form to float32 rounding."""
+    run_under_triton_interpreter(_INTERP_PAIRDOT_MODEL_SCRIPT, [Path(__file__).resolve().parent],
+                                 "the model with the pairdot kernel",
+                                 drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_PAIRDOT_KERNEL"))
+
+
+def test_pairdot_switch_and_shape_errors(monkeypatch):
+    pytest.importorskip("triton")
+    from importlib import import_module
+
+    K = import_module(KPKG + ".pairdot_triton")
+    monkeypatch.delenv("E2F_PAIRDOT_KERNEL", raising=False)
+    assert K.pairdot_kernel_enabled() is False
+    monkeypatch.setenv("E2F_PAIRDOT_KERNEL", "1")
+    assert K.pairdot_kernel_enabled() is True
+    monkeypatch.setenv("E2F_PAIRDOT_KERNEL", "on")
+    with pytest.raises(ValueError, match="E2F_PAIRDOT_KERNEL='on'"):
+        K.pairdot_kernel_enabled()
+    with pytest.raises(ValueError, match="expected a0"):
+        K.pairdot(torch.zeros(2, 8), torch.zeros(2, 3, 8), torch.zeros(2, 4, 8), torch.zeros(4))
+    with pytest.raises(ValueError, match="share a dtype"):
+        K.pairdot(torch.zeros(2, 8), torch.zeros(2, 3, 8, dtype=torch.float64), torch.zeros(2, 5, 8), torch.zeros(4))
