@@ -55,6 +55,11 @@ The Triton backends compute d/d(vec) in a fused kernel; other gradients use the 
 Gradients: all inputs are differentiable on both backends.  The Triton backend computes d/d(vec, q, k, v)
 in a fused recompute kernel (dk, dv by fp32 atomics); d/d(t, s, mu, fc params) and double backward go
 through the reference.
+
+Node-level kernels (session 13, opt-in until timed on a GPU; each beside its PyTorch reference):
+``cg_triton.cg_contract`` (``E2F_CG_KERNEL=1``: the attention's CG contraction into the per-degree GEMM inputs,
+reference ``cg_reference``) and ``pairdot_triton.pairdot`` (``E2F_PAIRDOT_KERNEL=1``: the query / key invariants,
+reference ``pairdot_reference``).  The model calls them from ``Attention.node_part`` and ``SO3ToScalar.scalars``.
 """
 from __future__ import annotations
 
