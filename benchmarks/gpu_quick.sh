@@ -10,7 +10,7 @@
 #   variants: the opt-in attention-backward variants (DR_ACC, DU_BCAST) end to end at 10k fp32 vs the default
 #   profile10k: torch.profiler of one V1.5-size energy + forces step at 10k atoms (fp32), per kernel
 #   profile13: profile10k with the radial tables, fp32 and TF32
-#   sem13:    FIRST next session: relaxed dv / dk atomics (the new default): GPU checks, A/B stages, V1.5 with tables
+#   sem13:    (ran in session 13) relaxed dv / dk atomics: GPU checks, A/B stages, V1.5 with tables
 #             at 10k / 20k, bundled OpenMM at 115k (~8 min)
 #   final13c / final13t: session 13's defaults: GPU checks and tiny parity (c), then OpenMM 1.8k / 14.4k / 115k
 #             and V1.5 10k / 20k / 100k (t) (~5 + 5 min)
@@ -116,7 +116,7 @@ for what in "$@"; do
       mkdir -p "$OUT/profile"
       timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 --out "$OUT/profile" \
           2>&1 | tail -n 3 ;;
-    profile13)  # next session: where the 10k step's time goes with the radial tables (fp32 and TF32)
+    profile13)  # (ran in session 13) where the 10k step's time goes with the radial tables (fp32 and TF32)
       mkdir -p "$OUT/profile"
       for md in fp32 tf32; do
         E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \
@@ -181,7 +181,7 @@ for what in "$@"; do
           --impls fused,reference,fused_table,reference_table --ns 2048,8192,32768,100000 2>&1 | grep -E '^(appA|v15)' ;;
     kcheck)     # tests/gpu/check_kernels.py alone, with room to finish (sem13's 150 s cut it off before its summary)
       timeout 300 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check.json" 2>&1 | tail -n 4 ;;
-    sem13)      # next session, FIRST: the relaxed dv / dk atomics (default since session 12, untimed; acq_rel compiled
+    sem13)      # (ran in session 13) the relaxed dv / dk atomics (default since session 12, untimed; acq_rel compiled
                 # each atomic to MEMBAR.ALL.GPU + CCTL.IVALL, attention_atomic_sem_report.md): GPU checks against
                 # float64, the A/B as stages, then V1.5 end to end with tables and the bundled 115k OpenMM step, to
                 # set beside session 12's numbers (~8 min)
@@ -194,7 +194,7 @@ for what in "$@"; do
           --sizes 10000,20000 --modes fp32,tf32 --no-water --budget-s 60 2>&1 | grep -E '^\{|Error' | cut -c1-200
       timeout 70 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps 4,4,4 --steps 20 \
           --out "$OUT/md_default.json" 2>&1 | tail -n 1 | cut -c1-300 ;;
-    qkl13)      # next session: q / k in the [N, D, H] layout (E2F_V2_QK_LAYOUT=dh: contiguous dk atomics; interpreter-
+    qkl13)      # (ran in session 13; dh is the default since) q / k in the [N, D, H] layout (E2F_V2_QK_LAYOUT=dh: contiguous dk atomics; interpreter-
                 # checked, ptxas in attention_qk_layout_compile_report.md) as stages beside the defaults, then V1.5
                 # end to end with tables at 10k / 20k, both layouts in one call (~5 min)
       timeout 200 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
@@ -204,7 +204,7 @@ for what in "$@"; do
         E2F_V2_QK_LAYOUT=$L E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_qk_$L" \
             --parts speed --sizes 10000,20000 --modes fp32,tf32 --no-water --budget-s 80 2>&1 | grep -E '^\{|Error' | cut -c1-200
       done ;;
-    bf16v13)    # next session: E2F_V2_BF16_VALUES=1 (bf16 values straight into the kernels; bit-identical, interpreter-
+    bf16v13)    # (ran in session 13; now the default) E2F_V2_BF16_VALUES=1 (bf16 values straight into the kernels; bit-identical, interpreter-
                 # checked) in bf16 mode with tables, 10k / 100k, beside the default in the same call (~4 min)
       for b in 0 1; do
         E2F_V2_BF16_VALUES=$b E2F_RADIAL_TABLES=1 timeout 110 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_bf16v$b" \
@@ -295,7 +295,7 @@ for what in "$@"; do
     attn4a)
       BENCH_BUDGET_S=230 timeout 330 python3 benchmarks/bench_attention.py "$OUT/attention_v2" \
           --impls fused,reference 2>&1 | grep -vE '^\|' | tail -n 40 ;;
-    attn4a13)   # next session: item 4a again, the MLP pair and the radial-table pair (fused_table vs reference_table,
+    attn4a13)   # (not run: session 13 ran attn4a13s; attn4a14 has the rest) item 4a again, the MLP pair and the radial-table pair (fused_table vs reference_table,
                 # like for like), App. A and V1.5 settings, N = 2,048 ... 100,000 (~6 min; written as it goes)
       BENCH_BUDGET_S=420 timeout 540 python3 benchmarks/bench_attention.py "$OUT/attention_v2_tables" \
           --impls fused,reference,fused_table,reference_table --ns 2048,8192,32768,100000 2>&1 | grep -vE '^\|' | tail -n 40 ;;
@@ -348,7 +348,7 @@ for what in "$@"; do
         E2F_RECOMPUTE_QK=$q timeout 200 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_qk$q" --parts speed \
             --sizes 10000,100000 --modes fp32 --no-water --budget-s 180 2>&1 | grep '^{' | cut -c1-200
       done ;;
-    s11)      # the next session's first call (~6-9 min): s11a then s11b (each has its own time limits; if the call's
+    s11)      # (session 11's plan) the first call (~6-9 min): s11a then s11b (each has its own time limits; if the call's
               # 10 minutes are short, run "s11a" and "s11b" as two calls)
       bash "$0" s11a s11b 2>&1 | grep -v '^NVIDIA' ;;
     s11a) bash "$0" next11 qk100k 2>&1 | grep -v '^NVIDIA' ;;
@@ -385,7 +385,7 @@ for what in "$@"; do
           --no-water --budget-s 30 2>&1 | grep '^{' | cut -c1-200
       E2F_COMPILE=1 timeout ${COMPILE_TIMEOUT:-230} python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_compiled" \
           --parts speed --sizes 10000,20000 --modes fp32,tf32 --no-water --budget-s 200 2>&1 | grep -E '^\{|Error' | cut -c1-200 ;;
-    s12)      # next session, three calls of <= 10 min each: s12a, s12b, s12c (or "s12a s12b" in one if the first is short)
+    s12)      # (session 12's plan) three calls of <= 10 min each: s12a, s12b, s12c (or "s12a s12b" in one if the first is short)
       echo "run s12a, s12b and s12c as separate calls"; exit 2 ;;
     s12a)     # set_compile's first-call cost and what it gives at 100k / with bf16, beside plain runs (~5 min)
       E2F_COMPILE=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_compiled" --parts speed \
