@@ -198,7 +198,7 @@ for what in "$@"; do
                 # checked, ptxas in attention_qk_layout_compile_report.md) as stages beside the defaults, then V1.5
                 # end to end with tables at 10k / 20k, both layouts in one call (~5 min)
       timeout 200 python3 benchmarks/attention_stages.py --out "$OUT/stages" --sizes v15:10000:32,bundled:115200:64 \
-          --variants "stream, table;stream, table, QK dh;stream/tile, table;stream/tile, table, QK dh;stream/tile, DX2_SCR;stream/tile, DX2_SCR, QK dh" \
+          --variants "stream, table;stream, table, QK hd;stream/tile, table;stream/tile, table, QK hd;stream/tile, DX2_SCR;stream/tile, DX2_SCR, QK hd" \
           2>&1 | grep '^{' | cut -c1-220
       for L in hd dh; do
         E2F_V2_QK_LAYOUT=$L E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_qk_$L" \
