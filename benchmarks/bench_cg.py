@@ -1,5 +1,6 @@
-"""Benchmark: two node-level kernels vs their PyTorch forms: the attention's CG contraction (``kernels.cg_triton``,
-opt-in E2F_CG_KERNEL=1) and the query / key invariants (``kernels.pairdot_triton``, opt-in E2F_PAIRDOT_KERNEL=1).
+"""Benchmark: three node-level kernels vs their PyTorch forms: the attention's CG contraction (``kernels.cg_triton``,
+opt-in E2F_CG_KERNEL=1), the query / key invariants (``kernels.pairdot_triton``, opt-in E2F_PAIRDOT_KERNEL=1) and
+the equivariant RMS norm (``kernels.rmsnorm_triton``, opt-in E2F_RMSNORM_KERNEL=1).
 
     python benchmarks/bench_cg.py OUT_PREFIX [--sizes v15:10000,v15:100000,bundled:115200] [--device cpu]
 
@@ -15,7 +16,9 @@ Per size (C = 256 for V1.5, 64 for the bundled model), float32 on CUDA:
     kernel, forward + backward;
   * "scalars": one ``SO3ToScalar.scalars`` of the setting's query width (projections and invariants), PyTorch vs
     the pairdot kernel, forward + backward, float32 and under bf16 autocast, after a check of the kernel against
-    the float64 reference (2e-6).
+    the float64 reference (2e-6);
+  * "norm": one ``Block.attn_input`` (the norm with the system row, one tensor) and one ``EquivariantRMSNorm.parts``
+    (the FFN's pre-norm), PyTorch vs the RMS norm kernel, forward + backward, after a check against float64 (5e-6).
 Timing: triton.testing.do_bench, median ms.  Writes OUT_PREFIX.json and OUT_PREFIX.md.
 """
 from __future__ import annotations
@@ -32,9 +35,11 @@ sys.path.insert(0, str(REPO))
 try:
     from openmm_e2former.kernels import cg_reference as R, cg_triton as KC
     from openmm_e2former.kernels import pairdot_reference as PR, pairdot_triton as KP
+    from openmm_e2former.kernels import rmsnorm_reference as NR, rmsnorm_triton as KN
 except ImportError:
     from kernels import cg_reference as R, cg_triton as KC
     from kernels import pairdot_reference as PR, pairdot_triton as KP
+    from kernels import rmsnorm_reference as NR, rmsnorm_triton as KN
 from openmm_e2former.model import E2FormerConfig
 from openmm_e2former.model import e2former as E2
 from openmm_e2former.model.layers import SO3ToScalar
@@ -167,6 +172,40 @@ def main(argv):
         os.environ.pop("E2F_PAIRDOT_KERNEL", None)
         row["scalars_fwdbwd_ms"] = res
         xin = dsc = mod = ins = ins64 = r_in = got = None        # free before the next size
+        # the RMS norm: check (with the system row, one tensor, and as parts), then attn_input / norm parts
+        x64 = 2.0 * torch.randn(n_chk, 9, C, device=DEV, dtype=torch.float64, generator=gen) + 0.5
+        w64 = torch.randn(3, C, device=DEV, dtype=torch.float64, generator=gen)
+        b64 = torch.randn(C, device=DEV, dtype=torch.float64, generator=gen)
+        e64 = torch.randn(1, C, device=DEV, dtype=torch.float64, generator=gen)
+        dy64 = torch.randn(n_chk, 9, C, device=DEV, dtype=torch.float64, generator=gen)
+        nerrs = []
+        for parts, extra in ((False, True), (True, False)):
+            ins = [t.float().requires_grad_(True) for t in (x64, w64, b64, e64)]
+            r_in = [t.clone().requires_grad_(True) for t in (x64, w64, b64, e64)]
+            y = KN.rms_norm(ins[0], ins[1], ins[2], 1e-5, ins[3] if extra else None, parts=parts)
+            yr = NR.rms_norm_reference(r_in[0], r_in[1], r_in[2], 1e-5, r_in[3] if extra else None)
+            outs = list(y) if parts else [y]
+            dys = list(torch.split(dy64.float(), [1, 3, 5], dim=1)) if parts else [dy64.float()]
+            nerrs.append(_rel(torch.cat(outs, dim=1), yr))
+            k = 4 if extra else 3
+            nerrs += [_rel(a, b) for a, b in zip(torch.autograd.grad(outs, ins[:k], dys),
+                                                  torch.autograd.grad(yr, r_in[:k], dy64))]
+        row["rmsnorm_rel_err"] = nerrs
+        row["rmsnorm_passed"] = max(nerrs) <= 5e-6
+        failed |= not row["rmsnorm_passed"]
+        blk = E2.Block(E2FormerConfig(**SETTINGS[name], num_layers=1)).to(DEV)
+        xin = torch.randn(N, 9, C, device=DEV).requires_grad_(True)
+        sysv = torch.randn(1, C, device=DEV)
+        dyn = torch.randn(N, 9, C, device=DEV)
+        res = {}
+        for flag, key in (("0", "torch"), ("1", "kernel")):
+            os.environ["E2F_RMSNORM_KERNEL"] = flag
+            res["attn_input " + key] = do_bench(lambda: torch.autograd.grad(blk.attn_input(xin, sysv), xin, dyn))
+            res["parts " + key] = do_bench(
+                lambda: torch.autograd.grad(blk.norm_ffn.parts(xin), xin, list(torch.split(dyn, [1, 3, 5], dim=1))))
+        os.environ.pop("E2F_RMSNORM_KERNEL", None)
+        row["norm_fwdbwd_ms"] = res
+        blk = xin = sysv = dyn = x64 = w64 = b64 = e64 = dy64 = ins = r_in = y = yr = outs = dys = None
         rows.append(row)
         print(json.dumps(row), flush=True)
         U = dT = dy = attn = None
@@ -182,10 +221,11 @@ def main(argv):
                tail_check=tail_row)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     Path(prefix + ".json").write_text(json.dumps(out, indent=1))
-    lines = [f"# Node-level kernels vs PyTorch: CG contraction, query / key invariants ({out['device']})", "",
+    lines = [f"# Node-level kernels vs PyTorch: CG contraction, query / key invariants, RMS norm ({out['device']})", "",
              "| setting | N | C | check | contract fwd ms (einsum / kernel) | contract fwd+bwd ms | "
-             "node_part fwd+bwd ms | pairdot check | scalars fwd+bwd ms, fp32 (torch / kernel) | bf16 |",
-             "|---|---:|---:|---|---|---|---|---|---|---|"]
+             "node_part fwd+bwd ms | pairdot check | scalars fwd+bwd ms, fp32 (torch / kernel) | bf16 | "
+             "norm check | attn_input fwd+bwd ms | norm parts fwd+bwd ms |",
+             "|---|---:|---:|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f, b, p = r["contract_fwd_ms"], r["contract_fwdbwd_ms"], r["node_part_fwdbwd_ms"]
         lines.append(f"| {r['setting']} | {r['N']:,} | {r['C']} | {'pass' if r['passed'] else 'FAIL'} "
@@ -193,7 +233,10 @@ def main(argv):
                      f"{b['einsum']:.3f} / {b['kernel']:.3f} | {p['einsum']:.3f} / {p['kernel']:.3f} | "
                      f"{'pass' if r['pairdot_passed'] else 'FAIL'} ({max(r['pairdot_rel_err_s_da0_da1_da2_dbias']):.1e}) | "
                      f"{r['scalars_fwdbwd_ms']['fp32 torch']:.3f} / {r['scalars_fwdbwd_ms']['fp32 kernel']:.3f} | "
-                     f"{r['scalars_fwdbwd_ms']['bf16 torch']:.3f} / {r['scalars_fwdbwd_ms']['bf16 kernel']:.3f} |")
+                     f"{r['scalars_fwdbwd_ms']['bf16 torch']:.3f} / {r['scalars_fwdbwd_ms']['bf16 kernel']:.3f} | "
+                     f"{'pass' if r['rmsnorm_passed'] else 'FAIL'} ({max(r['rmsnorm_rel_err']):.1e}) | "
+                     f"{r['norm_fwdbwd_ms']['attn_input torch']:.3f} / {r['norm_fwdbwd_ms']['attn_input kernel']:.3f} | "
+                     f"{r['norm_fwdbwd_ms']['parts torch']:.3f} / {r['norm_fwdbwd_ms']['parts kernel']:.3f} |")
     lines += ["", f"Last {min(500, big)} of {big:,} atoms at C = 256 (offsets past 2^31: {tail_row['offsets_past_2_31']}): "
               f"{'pass' if tail_ok else 'FAIL'} ({max(errs):.1e})"]
     Path(prefix + ".md").write_text("\n".join(lines) + "\n")

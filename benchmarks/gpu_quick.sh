@@ -16,7 +16,7 @@
 #             and V1.5 10k / 20k / 100k (t) (~5 + 5 min)
 #   attn4a13s: item 4a, App. A setting, fused vs reference at 8k / 32k / 100k (~3 min)
 #   none14:   FIRST next session: "auto" without checkpointing where it fits vs "block", V1.5 50k / 100k (~8 min)
-#   cg14:     next session: the CG-contraction and q / k invariant kernels: checks, micro-benchmark, end to end (~6 min)
+#   cg14:     next session: the CG, q / k invariant and RMS norm kernels: checks, micro-benchmark, end to end (~7 min)
 #   compile14: next session: set_compile / CUDA graph on session 13's kernels with tables, 1k-100k (~9 min)
 #   prof100k14: next session: the 100k step's profile (bf16, TF32) with tables (~5 min)
 #   attn4a14: next session: item 4a's table pair and V1.5 setting (~6 min)
@@ -151,13 +151,14 @@ for what in "$@"; do
             --sizes 50000,100000 --modes fp32,bf16 --no-water --checkpoint $c --budget-s 220 2>&1 \
             | grep -E '^\{|Error' | cut -c1-260
       done ;;
-    cg14)       # next session: the two opt-in node-level kernels (session 13, interpreter-checked): the CG contraction
-                # (E2F_CG_KERNEL=1) and the query / key invariants (E2F_PAIRDOT_KERNEL=1): GPU checks vs float64 and
-                # timing beside PyTorch (benchmarks/bench_cg.py), then V1.5 end to end with tables at 10k / 20k:
-                # both off, both on (~6 min)
+    cg14)       # next session: the three opt-in node-level kernels (session 13, interpreter-checked): the CG
+                # contraction (E2F_CG_KERNEL=1), the query / key invariants (E2F_PAIRDOT_KERNEL=1) and the RMS norm
+                # (E2F_RMSNORM_KERNEL=1): GPU checks vs float64 and timing beside PyTorch (benchmarks/bench_cg.py),
+                # then V1.5 end to end with tables at 10k / 20k: all off, all on (~7 min); if all-on wins, time
+                # them one by one before making any the default
       timeout 170 python3 benchmarks/bench_cg.py "$OUT/cg_bench" 2>&1 | grep -E '^\||^Last|FAIL|Error'
       for c in 0 1; do
-        E2F_CG_KERNEL=$c E2F_PAIRDOT_KERNEL=$c E2F_RADIAL_TABLES=1 timeout 90 python3 benchmarks/gpu_end_to_end.py \
+        E2F_CG_KERNEL=$c E2F_PAIRDOT_KERNEL=$c E2F_RMSNORM_KERNEL=$c E2F_RADIAL_TABLES=1 timeout 90 python3 benchmarks/gpu_end_to_end.py \
             --out "$OUT/e2e_nodek$c" --parts speed --sizes 10000,20000 --modes fp32,tf32 --no-water --budget-s 70 2>&1 \
             | grep -E '^\{|Error' | cut -c1-200
       done ;;

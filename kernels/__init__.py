@@ -59,7 +59,9 @@ through the reference.
 Node-level kernels (session 13, opt-in until timed on a GPU; each beside its PyTorch reference):
 ``cg_triton.cg_contract`` (``E2F_CG_KERNEL=1``: the attention's CG contraction into the per-degree GEMM inputs,
 reference ``cg_reference``) and ``pairdot_triton.pairdot`` (``E2F_PAIRDOT_KERNEL=1``: the query / key invariants,
-reference ``pairdot_reference``).  The model calls them from ``Attention.node_part`` and ``SO3ToScalar.scalars``.
+reference ``pairdot_reference``) and ``rmsnorm_triton.rms_norm`` (``E2F_RMSNORM_KERNEL=1``: the equivariant RMS
+norm, reference ``rmsnorm_reference``).  The model calls them from ``Attention.node_part``, ``SO3ToScalar.scalars``
+and ``EquivariantRMSNorm`` / ``Block.attn_input``.
 """
 from __future__ import annotations
 

@@ -580,6 +580,10 @@ class Block(nn.Module):
 
     def attn_input(self, x: torch.Tensor, system: torch.Tensor) -> torch.Tensor:
         """Pre-norm, system embedding added to the l=0 row (per atom)."""
+        if not torch.jit.is_scripting():
+            y = self.norm_attn.with_extra(x, system)
+            if y is not None:
+                return y
         hs = self.norm_attn.parts(x)
         return torch.cat([hs[0] + system, hs[1], hs[2]], dim=1)
 

@@ -158,10 +158,16 @@ class EquivariantRMSNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if self._kernel_usable(x):
+                return self._kernel(x, None, False)
         return torch.cat(self.parts(x), dim=1)
 
     def parts(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The normalised features as degree parts ([N, 1, C], [N, 3, C], [N, 5, C]; see SO3Linear.parts)."""
+        if not torch.jit.is_scripting():
+            if self._kernel_usable(x):
+                return list(self._kernel(x, None, True))
         xs = torch.split(x, [1, 3, 5], dim=1)          # (see SO3Linear: split, not slices)
         x0 = xs[0] - xs[0].mean(dim=2, keepdim=True)
         # sum over rows of mean_c(x^2) * row weight: 1/3 for l = 0, 1/9 per l = 1 row, 1/15 per l = 2 row
@@ -172,6 +178,34 @@ class EquivariantRMSNorm(nn.Module):
         # no full-size x * scale)
         return [x0 * (scale * self.weight[0]) + self.bias, xs[1] * (scale * self.weight[1]),
                 xs[2] * (scale * self.weight[2])]
+
+    @torch.jit.unused
+    def _kernel_usable(self, x: torch.Tensor) -> bool:
+        """The norm by ``kernels.rmsnorm_triton`` (opt-in ``E2F_RMSNORM_KERNEL=1``): float32 features on CUDA (or
+        under the Triton interpreter), not inside torch.compile (set_compile fuses the PyTorch form itself)."""
+        if x.dtype != torch.float32 or x.dim() != 3 or x.shape[1] != 9 or torch.compiler.is_compiling():
+            return False
+        from ..kernels import HAS_TRITON
+
+        if not HAS_TRITON:
+            return False
+        from ..kernels.rmsnorm_triton import rmsnorm_kernel_enabled
+
+        return rmsnorm_kernel_enabled() and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+    @torch.jit.unused
+    def _kernel(self, x: torch.Tensor, extra, parts: bool):
+        from ..kernels.rmsnorm_triton import rms_norm
+
+        return rms_norm(x, self.weight, self.bias, self.eps, extra, parts)
+
+    @torch.jit.unused
+    def with_extra(self, x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        """[N, 9, C]: the norm with ``extra`` (C elements, e.g. [1, C]) added to the l = 0 row, in one kernel where
+        the kernel runs, else None (the caller adds it to the parts)."""
+        if extra.numel() == x.shape[2] and self._kernel_usable(x):
+            return self._kernel(x, extra, False)
+        return None
 
 
 class GatedFFN(nn.Module):

@@ -1,0 +1,205 @@
+"""The equivariant RMS norm as one Triton kernel each way (reference: ``rmsnorm_reference``).
+
+``rms_norm(x [N, 9, C], weight [3, C], bias [C], eps, extra=None, parts=False)`` reads each atom's features once and
+writes the normalised features once: as one [N, 9, C] tensor, or (``parts``) as the degree parts [N, 1, C],
+[N, 3, C], [N, 5, C] that ``SO3Linear.parts`` / ``GatedFFN.parts`` take.  The PyTorch form runs about a dozen
+passes over [N, 9, C]-sized tensors each way (centring, squares, means, the scaled products, the cat; in the
+backward their gradients).  Persistent programs, one atom per step: the 9 x C tile is centred, squared and summed
+in registers; the backward recomputes the centred tile, and sums d(weight) / d(bias) per program, added to the
+result with one set of atomics per program.  Double backward (training) goes through the reference.
+
+Opt-in (session 13, interpreter-checked, not yet timed on a GPU): ``E2F_RMSNORM_KERNEL=1``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .rmsnorm_reference import rms_norm_reference
+
+
+def rmsnorm_kernel_enabled() -> bool:
+    """``E2F_RMSNORM_KERNEL``: "1" runs the norm with this module's kernels (float32 CUDA tensors, or under the
+    Triton interpreter); "0" (default until it is timed on a GPU) keeps PyTorch."""
+    val = os.environ.get("E2F_RMSNORM_KERNEL", "0")
+    if val not in ("0", "1"):
+        raise ValueError(f"E2F_RMSNORM_KERNEL={val!r}: expected '0' or '1'")
+    return val == "1"
+
+
+@triton.jit
+def _rows(C: tl.constexpr, CP: tl.constexpr):
+    """Row / channel index vectors of a 9 x C tile padded to 16 x CP, the tile mask, each row's degree and mean-
+    square weight, and the masks of the three degree parts."""
+    r = tl.arange(0, 16)
+    c = tl.arange(0, CP)
+    m2 = (r < 9)[:, None] & (c < C)[None, :]
+    deg = tl.where(r == 0, 0, tl.where(r < 4, 1, 2))
+    alpha = tl.where(r == 0, 1.0 / 3.0, tl.where(r < 4, 1.0 / 9.0, 1.0 / 15.0))
+    p0 = (r == 0)[:, None] & m2
+    p1 = ((r >= 1) & (r < 4))[:, None] & m2
+    p2 = ((r >= 4) & (r < 9))[:, None] & m2
+    return r, c, m2, deg, alpha, p0, p1, p2
+
+
+@triton.jit
+def _centred(X, n64, r, c, m2, p0, C: tl.constexpr):
+    x = tl.load(X + n64 * (9 * C) + r[:, None] * C + c[None, :], mask=m2, other=0.0)
+    mean0 = tl.sum(tl.sum(tl.where(p0, x, 0.0), axis=1), axis=0) / C
+    return tl.where(p0, x - mean0, x)                          # masked lanes stay 0
+
+
+@triton.jit
+def _rms_fwd_kernel(X, W, B, E, Y0, Y1, Y2, SC, N, nprog, s0, s1, s2, eps, C: tl.constexpr, CP: tl.constexpr,
+                    HAS_E: tl.constexpr):
+    r, c, m2, deg, alpha, p0, p1, p2 = _rows(C, CP)
+    w = tl.load(W + deg[:, None] * C + c[None, :], mask=m2, other=0.0)
+    b = tl.load(B + c, mask=c < C, other=0.0)
+    if HAS_E:
+        b += tl.load(E + c, mask=c < C, other=0.0)
+    n = tl.program_id(0)
+    while n < N:                     # persistent loop over atoms (a while loop: the interpreter cannot iterate
+        n64 = n.to(tl.int64)         # range() over runtime scalars)
+        n += nprog
+        xc = _centred(X, n64, r, c, m2, p0, C)
+        nu = tl.sum(tl.sum(xc * xc, axis=1) * alpha, axis=0) / C
+        s = 1.0 / tl.sqrt(nu + eps)
+        y = xc * s * w + tl.where(p0, b[None, :], 0.0)
+        cc = c[None, :]
+        tl.store(Y0 + n64 * s0 + cc + 0 * r[:, None], y, mask=p0)
+        tl.store(Y1 + n64 * s1 + (r[:, None] - 1) * C + cc, y, mask=p1)
+        tl.store(Y2 + n64 * s2 + (r[:, None] - 4) * C + cc, y, mask=p2)
+        tl.store(SC + n64, s)
+
+
+@triton.jit
+def _rms_bwd_kernel(X, W, SC, DY0, DY1, DY2, t0, t1, t2, DX, DW, DB, N, nprog, C: tl.constexpr, CP: tl.constexpr):
+    r, c, m2, deg, alpha, p0, p1, p2 = _rows(C, CP)
+    w = tl.load(W + deg[:, None] * C + c[None, :], mask=m2, other=0.0)
+    acc = tl.zeros((16, CP), dtype=tl.float32)                 # sum over atoms of dy * xc * s, per row
+    accb = tl.zeros((16, CP), dtype=tl.float32)                # sum over atoms of dy (row 0 only)
+    cc = c[None, :]
+    n = tl.program_id(0)
+    while n < N:
+        n64 = n.to(tl.int64)
+        n += nprog
+        xc = _centred(X, n64, r, c, m2, p0, C)
+        s = tl.load(SC + n64)
+        dy = (tl.load(DY0 + n64 * t0 + cc + 0 * r[:, None], mask=p0, other=0.0)
+              + tl.load(DY1 + n64 * t1 + (r[:, None] - 1) * C + cc, mask=p1, other=0.0)
+              + tl.load(DY2 + n64 * t2 + (r[:, None] - 4) * C + cc, mask=p2, other=0.0))
+        g = dy * w
+        dot = tl.sum(tl.sum(g * xc, axis=1), axis=0)
+        dxc = s * g - (s * s * s * dot / C) * alpha[:, None] * xc
+        mean0 = tl.sum(tl.sum(tl.where(p0, dxc, 0.0), axis=1), axis=0) / C
+        dx = tl.where(p0, dxc - mean0, dxc)
+        tl.store(DX + n64 * (9 * C) + r[:, None] * C + cc, dx, mask=m2)
+        acc += dy * xc * s
+        accb += tl.where(p0, dy, 0.0)
+    cm = c < C
+    tl.atomic_add(DW + c, tl.sum(tl.where(p0, acc, 0.0), axis=0), mask=cm, sem="relaxed")
+    tl.atomic_add(DW + C + c, tl.sum(tl.where(p1, acc, 0.0), axis=0), mask=cm, sem="relaxed")
+    tl.atomic_add(DW + 2 * C + c, tl.sum(tl.where(p2, acc, 0.0), axis=0), mask=cm, sem="relaxed")
+    tl.atomic_add(DB + c, tl.sum(accb, axis=0), mask=cm, sem="relaxed")
+
+
+def _nprog(N: int, device) -> int:
+    if device.type == "cuda":
+        return max(1, min(N, 8 * torch.cuda.get_device_properties(device).multi_processor_count))
+    return max(1, min(N, 3))
+
+
+def _launch_fwd(x, weight, bias, extra, eps, outs, strides):
+    N, C = x.shape[0], x.shape[2]
+    sc = torch.empty(N, device=x.device, dtype=torch.float32)
+    if N:
+        nprog = _nprog(N, x.device)
+        e = extra if extra is not None else bias
+        _rms_fwd_kernel[(nprog,)](x, weight, bias, e, *outs, sc, N, nprog, *strides, float(eps), C=C,
+                                  CP=triton.next_power_of_2(C), HAS_E=extra is not None, num_warps=4)
+    return sc
+
+
+def _launch_bwd(x, weight, sc, dys, strides):
+    N, C = x.shape[0], x.shape[2]
+    dx = torch.empty_like(x)
+    dw = torch.zeros(3, C, device=x.device, dtype=torch.float32)
+    db = torch.zeros(C, device=x.device, dtype=torch.float32)
+    if N:
+        nprog = _nprog(N, x.device)
+        _rms_bwd_kernel[(nprog,)](x, weight, sc, *dys, *strides, dx, dw, db, N, nprog, C=C,
+                                  CP=triton.next_power_of_2(C), num_warps=4)
+    return dx, dw, db
+
+
+class _RMSNorm(torch.autograd.Function):
+    """x [N, 9, C] -> y [N, 9, C] (``parts`` False) or (y0, y1, y2) (``parts`` True)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, extra, eps, parts):
+        xc = x.contiguous()
+        w, b = weight.detach().contiguous(), bias.detach().contiguous()
+        e = None if extra is None else extra.detach().reshape(-1).contiguous()
+        N, C = xc.shape[0], xc.shape[2]
+        if parts:
+            outs = [torch.empty((N, k, C), device=x.device, dtype=x.dtype) for k in (1, 3, 5)]
+            strides = (C, 3 * C, 5 * C)
+            views = outs
+        else:
+            y = torch.empty_like(xc)
+            views = [y[:, 0:1], y[:, 1:4], y[:, 4:9]]              # one tensor; each part a view into it
+            strides = (9 * C, 9 * C, 9 * C)
+        sc = _launch_fwd(xc, w, b, e, eps, views, strides)
+        ctx.save_for_backward(x, weight, bias, extra, sc)
+        ctx.eps, ctx.parts = eps, parts
+        return tuple(outs) if parts else y
+
+    @staticmethod
+    def backward(ctx, *dys):
+        x, weight, bias, extra, sc = ctx.saved_tensors
+        nig = ctx.needs_input_grad
+        if torch.is_grad_enabled():       # double backward (a force loss): autograd through the reference
+            with torch.enable_grad():
+                ins = [t if t.requires_grad else t.detach().requires_grad_(True) for t in (x, weight, bias)]
+                ex = None if extra is None else (extra if extra.requires_grad else extra.detach().requires_grad_(True))
+                y = rms_norm_reference(ins[0], ins[1], ins[2], ctx.eps, ex)
+                dy = torch.cat(dys, dim=1) if ctx.parts else dys[0]
+                targets = ins + ([ex] if ex is not None else [])
+                grads = torch.autograd.grad(y, targets, dy, create_graph=True)
+            out = [g if need else None for g, need in zip(grads[:3], nig[:3])]
+            out.append(grads[3] if extra is not None and nig[3] else None)
+            return (*out, None, None)
+        xc = x.contiguous()
+        C = xc.shape[2]
+        if ctx.parts:
+            dyv = [d.contiguous() for d in dys]
+            strides = (C, 3 * C, 5 * C)
+        else:
+            dy = dys[0].contiguous()
+            dyv = [dy[:, 0:1], dy[:, 1:4], dy[:, 4:9]]
+            strides = (9 * C, 9 * C, 9 * C)
+        dx, dw, db = _launch_bwd(xc, weight.detach().contiguous(), sc, dyv, strides)
+        de = None
+        if extra is not None and nig[3]:
+            de = db.reshape(extra.shape).to(extra.dtype)
+        return (dx if nig[0] else None, dw.to(weight.dtype) if nig[1] else None,
+                db.to(bias.dtype) if nig[2] else None, de, None, None)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+             extra: Optional[torch.Tensor] = None, parts: bool = False):
+    """The equivariant RMS norm of x [N, 9, C] (float32) by the kernels (see ``rmsnorm_reference``); ``extra`` [C]
+    (any shape of C elements) is added to the l = 0 row.  Returns y [N, 9, C], or with ``parts`` the contiguous
+    degree parts (y0 [N, 1, C], y1 [N, 3, C], y2 [N, 5, C]).  Differentiable in x, weight, bias and extra."""
+    if x.dim() != 3 or x.shape[1] != 9 or tuple(weight.shape) != (3, x.shape[2]) or bias.numel() != x.shape[2]:
+        raise ValueError(f"rms_norm: expected x [N, 9, C], weight [3, C], bias [C], got {tuple(x.shape)}, "
+                         f"{tuple(weight.shape)}, {tuple(bias.shape)}")
+    if extra is not None and extra.numel() != x.shape[2]:
+        raise ValueError(f"rms_norm: extra must have C = {x.shape[2]} elements, got shape {tuple(extra.shape)}")
+    if x.dtype != torch.float32:
+        raise ValueError(f"rms_norm: the kernels take float32 features, got {x.dtype}")
+    return _RMSNorm.apply(x, weight, bias, extra, float(eps), bool(parts))
