@@ -9,7 +9,7 @@ the equivariant RMS norm (``kernels.rmsnorm_triton``, opt-in E2F_RMSNORM_KERNEL=
 Per size (C = 256 for V1.5, 64 for the bundled model), float32 on CUDA:
   * check: the kernel's T0 / T1 / T2 and dU against the float64 reference (``cg_reference``); a row fails above
     2e-6 relative, and the script exits 1 if any row failed; at the end, 320,000 atoms at C = 256 (offsets past
-    2^31), the last 500 atoms checked the same way;
+    2^31), the last 500 atoms checked the same way, and likewise the RMS norm at 1M atoms and pairdot at 450k;
   * "contract": U -> (T0, T1, T2) alone, forward and forward + backward (dU for random upstream gradients), the
     einsum + cats of ``cg_reference`` vs the kernel;
   * "node_part": one V1.5-shaped ``Attention.node_part`` (contraction, folded per-degree GEMMs, cat), einsum vs
@@ -77,6 +77,36 @@ def check_tail(N, C, cg64, tail=500):
     d = [torch.randn(x.shape, device=DEV, generator=g) for x in out]
     (dU,) = torch.autograd.grad(out, U, d)
     errs.append(_rel(dU[-tail:], R.cg_adjoint_reference(*[x[-tail:].double() for x in d], cg64)))
+    return errs
+
+
+def check_tail_norm_pairdot(N_norm, N_pd, tail=500):
+    """Offsets past 2^31 in the RMS-norm kernels (N 9 C at C = 256: from ~932k atoms) and the pairdot kernels
+    (N 10 h at h = 512: from ~420k atoms): outputs and input gradients of the last ``tail`` atoms against the float64
+    reference of those atoms alone."""
+    g = torch.Generator(device=DEV).manual_seed(11)
+    C = 256
+    x = torch.randn(N_norm, 9, C, device=DEV, generator=g).requires_grad_(True)
+    w, b = torch.randn(3, C, device=DEV, generator=g), torch.randn(C, device=DEV, generator=g)
+    y = KN.rms_norm(x, w, b, 1e-5)
+    dy = torch.randn(x.shape, device=DEV, generator=g)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    xt = x[-tail:].detach().double().requires_grad_(True)
+    yr = NR.rms_norm_reference(xt, w.double(), b.double(), 1e-5)
+    (dxr,) = torch.autograd.grad(yr, xt, dy[-tail:].double())
+    errs = [_rel(y[-tail:], yr), _rel(dx[-tail:], dxr)]
+    x = y = dy = dx = None
+    h = 512
+    ins = [torch.randn(*sh, device=DEV, generator=g).requires_grad_(True)
+           for sh in ((N_pd, 2 * h), (N_pd, 3, 2 * h), (N_pd, 5, 2 * h))]
+    bias = torch.randn(h, device=DEV, generator=g)
+    s = KP.pairdot(*ins, bias)
+    ds = torch.randn(s.shape, device=DEV, generator=g)
+    grads = torch.autograd.grad(s, ins, ds)
+    rt = [t[-tail:].detach().double().requires_grad_(True) for t in ins]
+    sr = PR.pairdot_reference(*rt, bias.double())
+    errs += [_rel(s[-tail:], sr)] + [_rel(a[-tail:], b_) for a, b_ in
+                                     zip(grads, torch.autograd.grad(sr, rt, ds[-tail:].double()))]
     return errs
 
 
@@ -217,8 +247,14 @@ def main(argv):
     failed |= not tail_ok
     tail_row = dict(N=big, C=256, offsets_past_2_31=big * 27 * 256 > 2 ** 31, rel_err_T0_T1_T2_dU=errs, passed=tail_ok)
     print(json.dumps(dict(tail_check=tail_row)), flush=True)
+    n_norm, n_pd = (1000000, 450000) if DEV == "cuda" else (12, 10)
+    nerrs = check_tail_norm_pairdot(n_norm, n_pd, tail=min(500, n_pd))
+    tail_ok2 = max(nerrs) <= 5e-6
+    failed |= not tail_ok2
+    tail_row2 = dict(rmsnorm_N=n_norm, pairdot_N=n_pd, rel_err_norm_y_dx_pairdot_s_da=nerrs, passed=tail_ok2)
+    print(json.dumps(dict(tail_check_norm_pairdot=tail_row2)), flush=True)
     out = dict(device=torch.cuda.get_device_name() if DEV == "cuda" else DEV, torch=torch.__version__, rows=rows,
-               tail_check=tail_row)
+               tail_check=tail_row, tail_check_norm_pairdot=tail_row2)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     Path(prefix + ".json").write_text(json.dumps(out, indent=1))
     lines = [f"# Node-level kernels vs PyTorch: CG contraction, query / key invariants, RMS norm ({out['device']})", "",
@@ -238,7 +274,9 @@ def main(argv):
                      f"{r['norm_fwdbwd_ms']['attn_input torch']:.3f} / {r['norm_fwdbwd_ms']['attn_input kernel']:.3f} | "
                      f"{r['norm_fwdbwd_ms']['parts torch']:.3f} / {r['norm_fwdbwd_ms']['parts kernel']:.3f} |")
     lines += ["", f"Last {min(500, big)} of {big:,} atoms at C = 256 (offsets past 2^31: {tail_row['offsets_past_2_31']}): "
-              f"{'pass' if tail_ok else 'FAIL'} ({max(errs):.1e})"]
+              f"{'pass' if tail_ok else 'FAIL'} ({max(errs):.1e})",
+              f"RMS norm at {n_norm:,} atoms and pairdot at {n_pd:,} (offsets past 2^31), last atoms: "
+              f"{'pass' if tail_ok2 else 'FAIL'} ({max(nerrs):.1e})"]
     Path(prefix + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 1 if failed else 0

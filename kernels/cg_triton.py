@@ -11,6 +11,7 @@ Opt-in (session 13, interpreter-checked, not yet timed on a GPU): ``E2F_CG_KERNE
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -82,6 +83,11 @@ def _cg_adj_kernel(T0, T1, T2, CGMT, U, total, C: tl.constexpr, BLOCK: tl.conste
     tl.store(U + n[None, :] * (27 * C) + j[:, None] * C + c[None, :], u, mask=(j[:, None] < 27) & lv)
 
 
+def _on(device):
+    """The launch's device as the current one (a model on cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 _BLOCK = 128
 _NUM_WARPS = 4
 
@@ -93,8 +99,9 @@ def _launch_fwd(U: torch.Tensor, cgm: torch.Tensor):
     T2 = torch.empty((N, 5, 2 * C), device=U.device, dtype=torch.float32)
     total = N * C
     if total:
-        _cg_fwd_kernel[(triton.cdiv(total, _BLOCK),)](U, cgm, T0, T1, T2, total, C=C, BLOCK=_BLOCK,
-                                                      num_warps=_NUM_WARPS)
+        with _on(U.device):
+            _cg_fwd_kernel[(triton.cdiv(total, _BLOCK),)](U, cgm, T0, T1, T2, total, C=C, BLOCK=_BLOCK,
+                                                          num_warps=_NUM_WARPS)
     return T0, T1, T2
 
 
@@ -103,8 +110,9 @@ def _launch_adj(T0: torch.Tensor, T1: torch.Tensor, T2: torch.Tensor, cgm: torch
     U = torch.empty((N, 3, 9, C), device=T0.device, dtype=torch.float32)
     total = N * C
     if total:
-        _cg_adj_kernel[(triton.cdiv(total, _BLOCK),)](T0, T1, T2, cgm.t().contiguous(), U, total, C=C, BLOCK=_BLOCK,
-                                                      num_warps=_NUM_WARPS)
+        with _on(T0.device):
+            _cg_adj_kernel[(triton.cdiv(total, _BLOCK),)](T0, T1, T2, cgm.t().contiguous(), U, total, C=C,
+                                                          BLOCK=_BLOCK, num_warps=_NUM_WARPS)
     return U
 
 

@@ -5,7 +5,8 @@
 the invariants once, in the layout the next Linear takes.  The PyTorch form runs a product and a sum per degree
 (the [N, 2l+1, h] products go to memory and back) and a cat; its backward runs two products per degree and the
 cat of the split's backward.  Per program: BLOCK_N atoms x BLOCK_H channels of the three degrees, in float32
-whatever the input dtype (bf16 under autocast: loaded and converted; the result is stored in the input dtype).
+whatever the input dtype (bf16 under autocast: loaded and converted; the result in the PyTorch form's dtype, float32
+with the float32 bias).
 Backward: da = the other half times ds, in one kernel; d(bias) = sum over atoms of d(s0) a0[:, h:].  Double
 backward (training) goes through the reference.
 
@@ -13,6 +14,7 @@ Opt-in (session 13, interpreter-checked, not yet timed on a GPU): ``E2F_PAIRDOT_
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -84,6 +86,11 @@ def _pairdot_bwd_kernel(A0, A1, A2, B, DS, DA0, DA1, DA2, N, H: tl.constexpr, BL
         tl.store(DA2 + off + H, (g * x).to(DA2.dtype.element_ty), mask=mask)
 
 
+def _on(device):
+    """The launch's device as the current one (a model on cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 _BLOCK_N = 4
 _BLOCK_H = 128
 _NUM_WARPS = 4
@@ -99,10 +106,12 @@ class PairDot(torch.autograd.Function):
         a0c, a1c, a2c = a0.contiguous(), a1.contiguous(), a2.contiguous()
         bc = bias.detach().contiguous()
         N, H = a0c.shape[0], a0c.shape[1] // 2
-        s = torch.empty((N, 3 * H), device=a0c.device, dtype=a0c.dtype)
+        # the PyTorch form's dtype: bf16 projections with the float32 bias (autocast) give float32
+        s = torch.empty((N, 3 * H), device=a0c.device, dtype=torch.promote_types(a0c.dtype, bc.dtype))
         if N:
-            _pairdot_fwd_kernel[_grid(N, H)](a0c, a1c, a2c, bc, s, N, H=H, BLOCK_N=_BLOCK_N, BLOCK_H=_BLOCK_H,
-                                             num_warps=_NUM_WARPS)
+            with _on(a0c.device):
+                _pairdot_fwd_kernel[_grid(N, H)](a0c, a1c, a2c, bc, s, N, H=H, BLOCK_N=_BLOCK_N, BLOCK_H=_BLOCK_H,
+                                                 num_warps=_NUM_WARPS)
         ctx.save_for_backward(a0, a1, a2, bias)
         return s
 
@@ -119,8 +128,9 @@ class PairDot(torch.autograd.Function):
         N, H = a0c.shape[0], a0c.shape[1] // 2
         da0, da1, da2 = torch.empty_like(a0c), torch.empty_like(a1c), torch.empty_like(a2c)
         if N:
-            _pairdot_bwd_kernel[_grid(N, H)](a0c, a1c, a2c, bias.detach().contiguous(), dsc, da0, da1, da2, N, H=H,
-                                             BLOCK_N=_BLOCK_N, BLOCK_H=_BLOCK_H, num_warps=_NUM_WARPS)
+            with _on(a0c.device):
+                _pairdot_bwd_kernel[_grid(N, H)](a0c, a1c, a2c, bias.detach().contiguous(), dsc, da0, da1, da2, N,
+                                                 H=H, BLOCK_N=_BLOCK_N, BLOCK_H=_BLOCK_H, num_warps=_NUM_WARPS)
         dbias = None
         if ctx.needs_input_grad[3]:
             dbias = (dsc[:, :H].float() * a0c[:, H:].float()).sum(0).to(bias.dtype)

@@ -5,13 +5,15 @@ writes the normalised features once: as one [N, 9, C] tensor, or (``parts``) as 
 [N, 3, C], [N, 5, C] that ``SO3Linear.parts`` / ``GatedFFN.parts`` take.  The PyTorch form runs about a dozen
 passes over [N, 9, C]-sized tensors each way (centring, squares, means, the scaled products, the cat; in the
 backward their gradients).  Persistent programs, one atom per step: the 9 x C tile is centred, squared and summed
-in registers; the backward recomputes the centred tile, and sums d(weight) / d(bias) per program, added to the
-result with one set of atomics per program.  Double backward (training) goes through the reference.
+in registers; the backward recomputes the centred tile, and sums d(weight) / d(bias) per program (only where
+they are needed: not for frozen weights), added up afterwards by torch (deterministic, unlike atomics).  Double
+backward (training) goes through the reference.
 
 Opt-in (session 13, interpreter-checked, not yet timed on a GPU): ``E2F_RMSNORM_KERNEL=1``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -77,11 +79,12 @@ def _rms_fwd_kernel(X, W, B, E, Y0, Y1, Y2, SC, N, nprog, s0, s1, s2, eps, C: tl
 
 
 @triton.jit
-def _rms_bwd_kernel(X, W, SC, DY0, DY1, DY2, t0, t1, t2, DX, DW, DB, N, nprog, C: tl.constexpr, CP: tl.constexpr):
+def _rms_bwd_kernel(X, W, SC, DY0, DY1, DY2, t0, t1, t2, DX, PART, N, nprog, C: tl.constexpr, CP: tl.constexpr,
+                    NEED_DWB: tl.constexpr):
     r, c, m2, deg, alpha, p0, p1, p2 = _rows(C, CP)
     w = tl.load(W + deg[:, None] * C + c[None, :], mask=m2, other=0.0)
     acc = tl.zeros((16, CP), dtype=tl.float32)                 # sum over atoms of dy * xc * s, per row
-    accb = tl.zeros((16, CP), dtype=tl.float32)                # sum over atoms of dy (row 0 only)
+    accb = tl.zeros((CP,), dtype=tl.float32)                   # sum over atoms of dy's row 0
     cc = c[None, :]
     n = tl.program_id(0)
     while n < N:
@@ -93,23 +96,27 @@ def _rms_bwd_kernel(X, W, SC, DY0, DY1, DY2, t0, t1, t2, DX, DW, DB, N, nprog, C
               + tl.load(DY1 + n64 * t1 + (r[:, None] - 1) * C + cc, mask=p1, other=0.0)
               + tl.load(DY2 + n64 * t2 + (r[:, None] - 4) * C + cc, mask=p2, other=0.0))
         g = dy * w
-        dot = tl.sum(tl.sum(g * xc, axis=1), axis=0)
-        dxc = s * g - (s * s * s * dot / C) * alpha[:, None] * xc
+        xh = xc * s                                              # the normalised tile (no s^3: it underflows)
+        dxc = s * (g - (tl.sum(tl.sum(g * xh, axis=1), axis=0) / C) * alpha[:, None] * xh)
         mean0 = tl.sum(tl.sum(tl.where(p0, dxc, 0.0), axis=1), axis=0) / C
         dx = tl.where(p0, dxc - mean0, dxc)
         tl.store(DX + n64 * (9 * C) + r[:, None] * C + cc, dx, mask=m2)
-        acc += dy * xc * s
-        accb += tl.where(p0, dy, 0.0)
-    cm = c < C
-    tl.atomic_add(DW + c, tl.sum(tl.where(p0, acc, 0.0), axis=0), mask=cm, sem="relaxed")
-    tl.atomic_add(DW + C + c, tl.sum(tl.where(p1, acc, 0.0), axis=0), mask=cm, sem="relaxed")
-    tl.atomic_add(DW + 2 * C + c, tl.sum(tl.where(p2, acc, 0.0), axis=0), mask=cm, sem="relaxed")
-    tl.atomic_add(DB + c, tl.sum(accb, axis=0), mask=cm, sem="relaxed")
+        if NEED_DWB:
+            acc += dy * xh
+            accb += tl.sum(tl.where(p0, dy, 0.0), axis=0)
+    if NEED_DWB:                     # this program's sums -> PART[pid] = [dw0, dw1, dw2, db] (summed on the host side:
+        cm = c < C                   # deterministic, unlike atomics)
+        base = PART + tl.program_id(0).to(tl.int64) * (4 * C)
+        tl.store(base + c, tl.sum(tl.where(p0, acc, 0.0), axis=0), mask=cm)
+        tl.store(base + C + c, tl.sum(tl.where(p1, acc, 0.0), axis=0), mask=cm)
+        tl.store(base + 2 * C + c, tl.sum(tl.where(p2, acc, 0.0), axis=0), mask=cm)
+        tl.store(base + 3 * C + c, accb, mask=cm)
 
 
 def _nprog(N: int, device) -> int:
+    """Persistent programs: 4 per SM (about what fits at once: 96 / 128 registers x 128 threads at C = 256)."""
     if device.type == "cuda":
-        return max(1, min(N, 8 * torch.cuda.get_device_properties(device).multi_processor_count))
+        return max(1, min(N, 4 * torch.cuda.get_device_properties(device).multi_processor_count))
     return max(1, min(N, 3))
 
 
@@ -119,21 +126,28 @@ def _launch_fwd(x, weight, bias, extra, eps, outs, strides):
     if N:
         nprog = _nprog(N, x.device)
         e = extra if extra is not None else bias
-        _rms_fwd_kernel[(nprog,)](x, weight, bias, e, *outs, sc, N, nprog, *strides, float(eps), C=C,
-                                  CP=triton.next_power_of_2(C), HAS_E=extra is not None, num_warps=4)
+        with _on(x.device):
+            _rms_fwd_kernel[(nprog,)](x, weight, bias, e, *outs, sc, N, nprog, *strides, float(eps), C=C,
+                                      CP=triton.next_power_of_2(C), HAS_E=extra is not None, num_warps=4)
     return sc
 
 
-def _launch_bwd(x, weight, sc, dys, strides):
+def _launch_bwd(x, weight, sc, dys, strides, need_dwb: bool):
     N, C = x.shape[0], x.shape[2]
     dx = torch.empty_like(x)
-    dw = torch.zeros(3, C, device=x.device, dtype=torch.float32)
-    db = torch.zeros(C, device=x.device, dtype=torch.float32)
+    nprog = _nprog(N, x.device) if N else 0
+    part = torch.zeros((max(nprog, 1) if need_dwb else 1, 4, C), device=x.device, dtype=torch.float32)
     if N:
-        nprog = _nprog(N, x.device)
-        _rms_bwd_kernel[(nprog,)](x, weight, sc, *dys, *strides, dx, dw, db, N, nprog, C=C,
-                                  CP=triton.next_power_of_2(C), num_warps=4)
-    return dx, dw, db
+        with _on(x.device):
+            _rms_bwd_kernel[(nprog,)](x, weight, sc, *dys, *strides, dx, part, N, nprog, C=C,
+                                      CP=triton.next_power_of_2(C), NEED_DWB=need_dwb, num_warps=4)
+    tot = part.sum(0) if need_dwb else None
+    return dx, (tot[:3] if need_dwb else None), (tot[3] if need_dwb else None)
+
+
+def _on(device):
+    """The launch's device as the current one (a model on cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -182,7 +196,8 @@ class _RMSNorm(torch.autograd.Function):
             dy = dys[0].contiguous()
             dyv = [dy[:, 0:1], dy[:, 1:4], dy[:, 4:9]]
             strides = (9 * C, 9 * C, 9 * C)
-        dx, dw, db = _launch_bwd(xc, weight.detach().contiguous(), sc, dyv, strides)
+        need_dwb = bool(nig[1] or nig[2] or (extra is not None and nig[3]))
+        dx, dw, db = _launch_bwd(xc, weight.detach().contiguous(), sc, dyv, strides, need_dwb)
         de = None
         if extra is not None and nig[3]:
             de = db.reshape(extra.shape).to(extra.dtype)

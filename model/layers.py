@@ -2,7 +2,7 @@
 
 import math
 import os
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -194,13 +194,13 @@ class EquivariantRMSNorm(nn.Module):
         return rmsnorm_kernel_enabled() and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
     @torch.jit.unused
-    def _kernel(self, x: torch.Tensor, extra, parts: bool):
+    def _kernel(self, x: torch.Tensor, extra: Optional[torch.Tensor], parts: bool):
         from ..kernels.rmsnorm_triton import rms_norm
 
         return rms_norm(x, self.weight, self.bias, self.eps, extra, parts)
 
     @torch.jit.unused
-    def with_extra(self, x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    def with_extra(self, x: torch.Tensor, extra: torch.Tensor) -> Optional[torch.Tensor]:
         """[N, 9, C]: the norm with ``extra`` (C elements, e.g. [1, C]) added to the l = 0 row, in one kernel where
         the kernel runs, else None (the caller adds it to the parts)."""
         if extra.numel() == x.shape[2] and self._kernel_usable(x):

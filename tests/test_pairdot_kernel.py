@@ -62,14 +62,16 @@ _INTERP_PAIRDOT_SCRIPT = textwrap.dedent(r"""
         for dt, tol in ((torch.float32, 2e-6), (torch.bfloat16, 2e-2)):
             ins = [t.to(dt if i < 3 else torch.float32).requires_grad_(True) for i, t in enumerate(ins64)]
             s = K.pairdot(*ins)
-            assert s.dtype == dt and s.shape == (N, 3 * h)
+            # the PyTorch form's dtype: with the float32 bias, bf16 projections give float32 invariants
+            assert s.dtype == torch.promote_types(dt, torch.float32) == R.pairdot_reference(*ins).dtype
+            assert s.shape == (N, 3 * h)
             # reference of the inputs as the kernel saw them (bf16 inputs rounded), in float64
             ref_in = [t.detach().double().requires_grad_(True) for t in ins]
             ref = R.pairdot_reference(*ref_in)
             e = rel(s, ref)
             ds = torch.randn(N, 3 * h, generator=g, dtype=torch.float64)
-            grads = torch.autograd.grad(s, ins, ds.to(dt))
-            rgrads = torch.autograd.grad(ref, ref_in, ds.to(dt).double())
+            grads = torch.autograd.grad(s, ins, ds.to(s.dtype))
+            rgrads = torch.autograd.grad(ref, ref_in, ds.to(s.dtype).double())
             for a, b in zip(grads, rgrads):
                 assert a.dtype == (dt if a.dim() > 1 else torch.float32)
                 e = max(e, rel(a, b))
