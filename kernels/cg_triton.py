@@ -11,23 +11,18 @@ Opt-in (session 13, interpreter-checked, not yet timed on a GPU): ``E2F_CG_KERNE
 """
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ._node_switch import env_switch, launch_device
 from .cg_reference import cg_matrix
 
 
 def cg_kernel_enabled() -> bool:
     """``E2F_CG_KERNEL``: "1" runs the contraction with this module's kernels (float32 CUDA tensors, or under the
     Triton interpreter); "0" (default until it is timed on a GPU) keeps the einsum."""
-    val = os.environ.get("E2F_CG_KERNEL", "0")
-    if val not in ("0", "1"):
-        raise ValueError(f"E2F_CG_KERNEL={val!r}: expected '0' or '1'")
-    return val == "1"
+    return env_switch("E2F_CG_KERNEL")
 
 
 @triton.jit
@@ -83,11 +78,6 @@ def _cg_adj_kernel(T0, T1, T2, CGMT, U, total, C: tl.constexpr, BLOCK: tl.conste
     tl.store(U + n[None, :] * (27 * C) + j[:, None] * C + c[None, :], u, mask=(j[:, None] < 27) & lv)
 
 
-def _on(device):
-    """The launch's device as the current one (a model on cuda:1 while cuda:0 is current)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
 _BLOCK = 128
 _NUM_WARPS = 4
 
@@ -99,7 +89,7 @@ def _launch_fwd(U: torch.Tensor, cgm: torch.Tensor):
     T2 = torch.empty((N, 5, 2 * C), device=U.device, dtype=torch.float32)
     total = N * C
     if total:
-        with _on(U.device):
+        with launch_device(U.device):
             _cg_fwd_kernel[(triton.cdiv(total, _BLOCK),)](U, cgm, T0, T1, T2, total, C=C, BLOCK=_BLOCK,
                                                           num_warps=_NUM_WARPS)
     return T0, T1, T2
@@ -110,7 +100,7 @@ def _launch_adj(T0: torch.Tensor, T1: torch.Tensor, T2: torch.Tensor, cgm: torch
     U = torch.empty((N, 3, 9, C), device=T0.device, dtype=torch.float32)
     total = N * C
     if total:
-        with _on(T0.device):
+        with launch_device(T0.device):
             _cg_adj_kernel[(triton.cdiv(total, _BLOCK),)](T0, T1, T2, cgm.t().contiguous(), U, total, C=C,
                                                           BLOCK=_BLOCK, num_warps=_NUM_WARPS)
     return U

@@ -14,23 +14,40 @@ Opt-in (session 13, interpreter-checked, not yet timed on a GPU): ``E2F_PAIRDOT_
 """
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ._node_switch import env_switch, launch_device
 from .pairdot_reference import pairdot_reference
 
 
 def pairdot_kernel_enabled() -> bool:
     """``E2F_PAIRDOT_KERNEL``: "1" runs the invariants with this module's kernels (CUDA tensors, or under the
     Triton interpreter); "0" (default until it is timed on a GPU) keeps PyTorch."""
-    val = os.environ.get("E2F_PAIRDOT_KERNEL", "0")
-    if val not in ("0", "1"):
-        raise ValueError(f"E2F_PAIRDOT_KERNEL={val!r}: expected '0' or '1'")
-    return val == "1"
+    return env_switch("E2F_PAIRDOT_KERNEL")
+
+
+@triton.jit
+def _degree_dot(A, n2, j2, mask, M: tl.constexpr, H: tl.constexpr):
+    """sum_m A[n, m, :h] * A[n, m, h:] of a degree's projection A [N, M, 2h] (M = 2l + 1), in float32."""
+    acc = tl.zeros(mask.shape, dtype=tl.float32)
+    for m in tl.static_range(M):
+        off = n2 * (2 * M * H) + m * (2 * H) + j2
+        acc += (tl.load(A + off, mask=mask, other=0.0).to(tl.float32)
+                * tl.load(A + off + H, mask=mask, other=0.0).to(tl.float32))
+    return acc
+
+
+@triton.jit
+def _degree_dot_bwd(A, DA, g, n2, j2, mask, M: tl.constexpr, H: tl.constexpr):
+    """DA = d/dA of _degree_dot for its upstream gradient g: each half times g and the other half."""
+    for m in tl.static_range(M):
+        off = n2 * (2 * M * H) + m * (2 * H) + j2
+        x = tl.load(A + off, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(A + off + H, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DA + off, (g * y).to(DA.dtype.element_ty), mask=mask)
+        tl.store(DA + off + H, (g * x).to(DA.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -43,18 +60,8 @@ def _pairdot_fwd_kernel(A0, A1, A2, B, S, N, H: tl.constexpr, BLOCK_N: tl.conste
     y = tl.load(A0 + n2 * (2 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(B + j, mask=j < H, other=0.0).to(tl.float32)
     tl.store(S + n2 * (3 * H) + j2, ((x + b[None, :]) * y).to(S.dtype.element_ty), mask=mask)
-    acc = tl.zeros((BLOCK_N, BLOCK_H), dtype=tl.float32)
-    for m in tl.static_range(3):
-        x = tl.load(A1 + n2 * (6 * H) + m * (2 * H) + j2, mask=mask, other=0.0).to(tl.float32)
-        y = tl.load(A1 + n2 * (6 * H) + m * (2 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
-        acc += x * y
-    tl.store(S + n2 * (3 * H) + H + j2, acc.to(S.dtype.element_ty), mask=mask)
-    acc = tl.zeros((BLOCK_N, BLOCK_H), dtype=tl.float32)
-    for m in tl.static_range(5):
-        x = tl.load(A2 + n2 * (10 * H) + m * (2 * H) + j2, mask=mask, other=0.0).to(tl.float32)
-        y = tl.load(A2 + n2 * (10 * H) + m * (2 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
-        acc += x * y
-    tl.store(S + n2 * (3 * H) + 2 * H + j2, acc.to(S.dtype.element_ty), mask=mask)
+    tl.store(S + n2 * (3 * H) + H + j2, _degree_dot(A1, n2, j2, mask, 3, H).to(S.dtype.element_ty), mask=mask)
+    tl.store(S + n2 * (3 * H) + 2 * H + j2, _degree_dot(A2, n2, j2, mask, 5, H).to(S.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -71,24 +78,9 @@ def _pairdot_bwd_kernel(A0, A1, A2, B, DS, DA0, DA1, DA2, N, H: tl.constexpr, BL
     tl.store(DA0 + n2 * (2 * H) + j2, (g * y).to(DA0.dtype.element_ty), mask=mask)
     tl.store(DA0 + n2 * (2 * H) + H + j2, (g * (x + b[None, :])).to(DA0.dtype.element_ty), mask=mask)
     g = tl.load(DS + n2 * (3 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
-    for m in tl.static_range(3):
-        off = n2 * (6 * H) + m * (2 * H) + j2
-        x = tl.load(A1 + off, mask=mask, other=0.0).to(tl.float32)
-        y = tl.load(A1 + off + H, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DA1 + off, (g * y).to(DA1.dtype.element_ty), mask=mask)
-        tl.store(DA1 + off + H, (g * x).to(DA1.dtype.element_ty), mask=mask)
+    _degree_dot_bwd(A1, DA1, g, n2, j2, mask, 3, H)
     g = tl.load(DS + n2 * (3 * H) + 2 * H + j2, mask=mask, other=0.0).to(tl.float32)
-    for m in tl.static_range(5):
-        off = n2 * (10 * H) + m * (2 * H) + j2
-        x = tl.load(A2 + off, mask=mask, other=0.0).to(tl.float32)
-        y = tl.load(A2 + off + H, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DA2 + off, (g * y).to(DA2.dtype.element_ty), mask=mask)
-        tl.store(DA2 + off + H, (g * x).to(DA2.dtype.element_ty), mask=mask)
-
-
-def _on(device):
-    """The launch's device as the current one (a model on cuda:1 while cuda:0 is current)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    _degree_dot_bwd(A2, DA2, g, n2, j2, mask, 5, H)
 
 
 _BLOCK_N = 4
@@ -109,7 +101,7 @@ class PairDot(torch.autograd.Function):
         # the PyTorch form's dtype: bf16 projections with the float32 bias (autocast) give float32
         s = torch.empty((N, 3 * H), device=a0c.device, dtype=torch.promote_types(a0c.dtype, bc.dtype))
         if N:
-            with _on(a0c.device):
+            with launch_device(a0c.device):
                 _pairdot_fwd_kernel[_grid(N, H)](a0c, a1c, a2c, bc, s, N, H=H, BLOCK_N=_BLOCK_N, BLOCK_H=_BLOCK_H,
                                                  num_warps=_NUM_WARPS)
         ctx.save_for_backward(a0, a1, a2, bias)
@@ -128,7 +120,7 @@ class PairDot(torch.autograd.Function):
         N, H = a0c.shape[0], a0c.shape[1] // 2
         da0, da1, da2 = torch.empty_like(a0c), torch.empty_like(a1c), torch.empty_like(a2c)
         if N:
-            with _on(a0c.device):
+            with launch_device(a0c.device):
                 _pairdot_bwd_kernel[_grid(N, H)](a0c, a1c, a2c, bias.detach().contiguous(), dsc, da0, da1, da2, N,
                                                  H=H, BLOCK_N=_BLOCK_N, BLOCK_H=_BLOCK_H, num_warps=_NUM_WARPS)
         dbias = None

@@ -13,24 +13,22 @@ Opt-in (session 13, interpreter-checked, not yet timed on a GPU): ``E2F_RMSNORM_
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from ._node_switch import env_switch, launch_device
+# persistent programs, 4 per SM (what fits at once: 96 / 128 registers x 128 threads at C = 256)
+from .attention_triton_v2 import _grid
 from .rmsnorm_reference import rms_norm_reference
 
 
 def rmsnorm_kernel_enabled() -> bool:
     """``E2F_RMSNORM_KERNEL``: "1" runs the norm with this module's kernels (float32 CUDA tensors, or under the
     Triton interpreter); "0" (default until it is timed on a GPU) keeps PyTorch."""
-    val = os.environ.get("E2F_RMSNORM_KERNEL", "0")
-    if val not in ("0", "1"):
-        raise ValueError(f"E2F_RMSNORM_KERNEL={val!r}: expected '0' or '1'")
-    return val == "1"
+    return env_switch("E2F_RMSNORM_KERNEL")
 
 
 @triton.jit
@@ -113,20 +111,13 @@ def _rms_bwd_kernel(X, W, SC, DY0, DY1, DY2, t0, t1, t2, DX, PART, N, nprog, C: 
         tl.store(base + 3 * C + c, accb, mask=cm)
 
 
-def _nprog(N: int, device) -> int:
-    """Persistent programs: 4 per SM (about what fits at once: 96 / 128 registers x 128 threads at C = 256)."""
-    if device.type == "cuda":
-        return max(1, min(N, 4 * torch.cuda.get_device_properties(device).multi_processor_count))
-    return max(1, min(N, 3))
-
-
 def _launch_fwd(x, weight, bias, extra, eps, outs, strides):
     N, C = x.shape[0], x.shape[2]
     sc = torch.empty(N, device=x.device, dtype=torch.float32)
     if N:
-        nprog = _nprog(N, x.device)
+        nprog = _grid(N, x.device, 4)
         e = extra if extra is not None else bias
-        with _on(x.device):
+        with launch_device(x.device):
             _rms_fwd_kernel[(nprog,)](x, weight, bias, e, *outs, sc, N, nprog, *strides, float(eps), C=C,
                                       CP=triton.next_power_of_2(C), HAS_E=extra is not None, num_warps=4)
     return sc
@@ -135,19 +126,14 @@ def _launch_fwd(x, weight, bias, extra, eps, outs, strides):
 def _launch_bwd(x, weight, sc, dys, strides, need_dwb: bool):
     N, C = x.shape[0], x.shape[2]
     dx = torch.empty_like(x)
-    nprog = _nprog(N, x.device) if N else 0
+    nprog = _grid(N, x.device, 4) if N else 0
     part = torch.zeros((max(nprog, 1) if need_dwb else 1, 4, C), device=x.device, dtype=torch.float32)
     if N:
-        with _on(x.device):
+        with launch_device(x.device):
             _rms_bwd_kernel[(nprog,)](x, weight, sc, *dys, *strides, dx, part, N, nprog, C=C,
                                       CP=triton.next_power_of_2(C), NEED_DWB=need_dwb, num_warps=4)
     tot = part.sum(0) if need_dwb else None
     return dx, (tot[:3] if need_dwb else None), (tot[3] if need_dwb else None)
-
-
-def _on(device):
-    """The launch's device as the current one (a model on cuda:1 while cuda:0 is current)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 class _RMSNorm(torch.autograd.Function):

@@ -23,7 +23,6 @@ EAAS, two exactly equivalent evaluations (``eaas=``):
 
 import functools
 import math
-import os
 from typing import Dict, Final, List, Optional, Tuple
 
 import torch
@@ -427,23 +426,27 @@ class Attention(nn.Module):
             if self._cg_kernel_usable(U):
                 return self._node_part_cg_kernel(U)
         T = U if self.use_so2 else torch.einsum("krm,nkmc->nrc", self.cg.to(dtype), U)
-        # mix the paths of each output degree (input channel index = path * C + c), scale by the path norm of the
-        # degree, then the output linear: per degree out_l(pn_l W_l T) = (pn_l out_l W_l) T, one GEMM with the
-        # product of the two weights ([C, P C], formed each call: C^2 P C multiply-adds, ~N / C times fewer than
-        # the products it saves) and no [N, 9, C] intermediate, cat or scaling pass
         N, C = T.shape[0], T.shape[2]
         Ts = torch.split(T, [1, 3, 3, 3, 5, 5], dim=1)   # split, not slices: one cat in the backward
-        W0, W1, W2 = self._folded_weights()
-        y0 = F.linear(Ts[0].reshape(N, C), W0, self.out.bias)[:, None]
-        y1 = F.linear(torch.cat([Ts[1], Ts[2], Ts[3]], dim=2).reshape(N * 3, 3 * C), W1).view(N, 3, -1)
-        y2 = F.linear(torch.cat([Ts[4], Ts[5]], dim=2).reshape(N * 5, 2 * C), W2).view(N, 5, -1)
-        return torch.cat([y0, y1, y2], dim=1)
+        return self._out_linear(Ts[0].reshape(N, C), torch.cat([Ts[1], Ts[2], Ts[3]], dim=2),
+                                torch.cat([Ts[4], Ts[5]], dim=2))
 
-    def _folded_weights(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(W0, W1, W2) of node_part: the output linear times the path mix times the path norm, per degree."""
+    def _out_linear(self, T0: torch.Tensor, T1: torch.Tensor, T2: torch.Tensor) -> torch.Tensor:
+        """[N, 9, C] from the tensor-product rows per degree, the paths side by side on the channel axis (T0 [N, C],
+        T1 [N, 3, 3C], T2 [N, 5, 2C]): mix the paths of each output degree (input channel index = path * C + c),
+        scale by the path norm of the degree, then the output linear.  Per degree out_l(pn_l W_l T) =
+        (pn_l out_l W_l) T: one GEMM with the product of the two weights ([C, P C], formed each call: C^2 P C
+        multiply-adds, ~N / C times fewer than the products it saves) and no [N, 9, C] intermediate or scaling
+        pass."""
+        N, C = T0.shape[0], T0.shape[1]
         Wo, pn = self.out.weight, self.path_norm
-        return (torch.mm(Wo[0], self.tp_mix[0].weight) * pn[0], torch.mm(Wo[1], self.tp_mix[1].weight) * pn[1],
-                torch.mm(Wo[2], self.tp_mix[2].weight) * pn[4])
+        W0 = torch.mm(Wo[0], self.tp_mix[0].weight) * pn[0]
+        W1 = torch.mm(Wo[1], self.tp_mix[1].weight) * pn[1]
+        W2 = torch.mm(Wo[2], self.tp_mix[2].weight) * pn[4]
+        y0 = F.linear(T0, W0, self.out.bias)[:, None]
+        y1 = F.linear(T1.reshape(N * 3, 3 * C), W1).view(N, 3, -1)
+        y2 = F.linear(T2.reshape(N * 5, 2 * C), W2).view(N, 5, -1)
+        return torch.cat([y0, y1, y2], dim=1)
 
     @torch.jit.unused
     def _cg_kernel_usable(self, U: torch.Tensor) -> bool:
@@ -452,26 +455,16 @@ class Attention(nn.Module):
         einsum, which it fuses itself)."""
         if self.use_so2 or U.dtype != torch.float32 or self.backend == "reference":
             return False
-        from ..kernels import HAS_TRITON
+        from ..kernels._node_switch import node_kernel_usable
 
-        if not HAS_TRITON or torch.compiler.is_compiling():
-            return False
-        from ..kernels.cg_triton import cg_kernel_enabled
-
-        return cg_kernel_enabled() and (U.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+        return node_kernel_usable(U, "E2F_CG_KERNEL")
 
     @torch.jit.unused
     def _node_part_cg_kernel(self, U: torch.Tensor) -> torch.Tensor:
         """node_part with T0, T1, T2 written by the CG kernel: the same products, no einsum copies or cats."""
         from ..kernels.cg_triton import cg_contract
 
-        N, C = U.shape[0], U.shape[3]
-        T0, T1, T2 = cg_contract(U, self.cg)
-        W0, W1, W2 = self._folded_weights()
-        y0 = F.linear(T0, W0, self.out.bias)[:, None]
-        y1 = F.linear(T1.reshape(N * 3, 3 * C), W1).view(N, 3, -1)
-        y2 = F.linear(T2.reshape(N * 5, 2 * C), W2).view(N, 5, -1)
-        return torch.cat([y0, y1, y2], dim=1)
+        return self._out_linear(*cg_contract(U, self.cg))
 
     @torch.jit.unused
     def use_fused(self, x: torch.Tensor) -> bool:
@@ -1213,8 +1206,7 @@ class E2FormerV2(nn.Module):
         need_grad = forces and not self.direct_forces
         if need_grad:
             pos = pos.detach().requires_grad_(True)
-        self._auto_none_taken = False
-        self._auto_none_allowed = True
+        self._auto_none_allowed = True     # (both flags are cleared in the finally below)
         retry = False
         try:
             e_model, f = self._energy_forces_eval(z, pos, cell, pbc, charge, multiplicity, hi, validate, forces,

@@ -1,7 +1,6 @@
 """Building blocks of E2Former-V2 (spec §2.2). Features are [N, 9, C] (rows: l=0 | l=1 x3 | l=2 x5)."""
 
 import math
-import os
 from typing import List, Optional
 
 import torch
@@ -102,15 +101,11 @@ class SO3ToScalar(nn.Module):
         """The invariants by ``kernels.pairdot_triton`` (opt-in ``E2F_PAIRDOT_KERNEL=1``): float32 or bf16
         projections on CUDA (or under the Triton interpreter), not inside torch.compile (set_compile fuses the
         PyTorch form itself)."""
-        if p0.dtype not in (torch.float32, torch.bfloat16) or torch.compiler.is_compiling():
+        if p0.dtype not in (torch.float32, torch.bfloat16):
             return False
-        from ..kernels import HAS_TRITON
+        from ..kernels._node_switch import node_kernel_usable
 
-        if not HAS_TRITON:
-            return False
-        from ..kernels.pairdot_triton import pairdot_kernel_enabled
-
-        return pairdot_kernel_enabled() and (p0.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+        return node_kernel_usable(p0, "E2F_PAIRDOT_KERNEL")
 
     @torch.jit.unused
     def _pairdot_kernel(self, p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
@@ -183,15 +178,11 @@ class EquivariantRMSNorm(nn.Module):
     def _kernel_usable(self, x: torch.Tensor) -> bool:
         """The norm by ``kernels.rmsnorm_triton`` (opt-in ``E2F_RMSNORM_KERNEL=1``): float32 features on CUDA (or
         under the Triton interpreter), not inside torch.compile (set_compile fuses the PyTorch form itself)."""
-        if x.dtype != torch.float32 or x.dim() != 3 or x.shape[1] != 9 or torch.compiler.is_compiling():
+        if x.dtype != torch.float32 or x.dim() != 3 or x.shape[1] != 9:
             return False
-        from ..kernels import HAS_TRITON
+        from ..kernels._node_switch import node_kernel_usable
 
-        if not HAS_TRITON:
-            return False
-        from ..kernels.rmsnorm_triton import rmsnorm_kernel_enabled
-
-        return rmsnorm_kernel_enabled() and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+        return node_kernel_usable(x, "E2F_RMSNORM_KERNEL")
 
     @torch.jit.unused
     def _kernel(self, x: torch.Tensor, extra: Optional[torch.Tensor], parts: bool):
