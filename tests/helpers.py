@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +151,50 @@ from openmm_e2former.model import e2former as E2
 import openmm_e2former.kernels as K
 assert K.HAS_TRITON, "triton imported but the kernels did not"
 """
+
+
+def kernels_package() -> str:
+    """The kernels' import name: ``openmm_e2former.kernels`` when the package is installed, else the plain
+    checkout's ``kernels`` (the repository root put on sys.path)."""
+    try:
+        importlib.import_module("openmm_e2former.kernels")
+        return "openmm_e2former.kernels"
+    except ImportError:
+        sys.path.insert(0, str(REPO))
+        return "kernels"
+
+
+_NODE_KERNEL_MODEL_SCRIPT = textwrap.dedent(r"""
+    from openmm_e2former.kernels import @MODULE@
+    m, z, pos, cell, pbc = tiny_kernel_model()
+    # (the attention and edge-degree embedding on their PyTorch routes: this checks the node-level kernel, whose
+    # input does not depend on the route, and the fused attention under the interpreter would take most of the time)
+    calls = []
+    real = @MODULE@.@FUNC@
+    @MODULE@.@FUNC@ = lambda *a, **k: calls.append(@RECORD@) or real(*a, **k)
+    out = {}
+    for flag in ("0", "1"):
+        os.environ["@ENV@"] = flag
+        calls.clear()
+        out[flag] = m.energy_and_forces(z, pos, cell, pbc)
+        assert bool(calls) == (flag == "1"), (flag, calls)
+    @CHECKS@
+    e0, e1 = float(out["0"][1]), float(out["1"][1])
+    f0, f1 = out["0"][2], out["1"][2]
+    err = float((f1 - f0).abs().max() / f0.abs().max())
+    assert abs(e1 - e0) <= 1e-5 * abs(e0), (e0, e1)
+    print("WORST", err)
+    assert err < 1e-5, err
+""")
+
+
+def node_kernel_model_script(module: str, func: str, env: str, record: str = "a[0].shape", checks: str = "") -> str:
+    """The interpreter script of a node-level kernel's model test: the tiny model's energy and forces with the
+    switch ``env`` off and on; ``module.func`` (spied on, each call appending ``record``, an expression of its
+    arguments ``a``) must run only when it is on, ``checks`` (top-level statements on ``calls`` and ``m``) must
+    hold, and the two results must agree to float32 rounding."""
+    body = _NODE_KERNEL_MODEL_SCRIPT
+    for key, val in (("@MODULE@", module), ("@FUNC@", func), ("@ENV@", env), ("@RECORD@", record),
+                     ("@CHECKS@", textwrap.dedent(checks).strip())):
+        body = body.replace(key, val)
+    return TRITON_MODEL_SCRIPT_HEAD + body

@@ -4,22 +4,15 @@ whose (atom, channel) count is not a multiple of the kernel's block; and the mod
 against its einsum form.  The GPU timing is ``benchmarks/bench_cg.py``."""
 from __future__ import annotations
 
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import TRITON_MODEL_SCRIPT_HEAD, run_under_triton_interpreter
+from helpers import kernels_package, node_kernel_model_script, run_under_triton_interpreter
 
-REPO = Path(__file__).resolve().parents[1]
-try:
-    import openmm_e2former.kernels  # noqa: F401
-    KPKG = "openmm_e2former.kernels"
-except ImportError:
-    sys.path.insert(0, str(REPO))
-    KPKG = "kernels"
+KPKG = kernels_package()
 
 
 def test_reference_matches_the_models_einsum_and_its_adjoint_is_the_transpose():
@@ -87,27 +80,7 @@ def test_cg_kernels_match_the_reference_under_interpreter():
     run_under_triton_interpreter(_INTERP_CG_SCRIPT, [KPKG], "the CG-contraction kernels")
 
 
-_INTERP_CG_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
-    from openmm_e2former.kernels import cg_triton
-    m, z, pos, cell, pbc = tiny_kernel_model()
-    # (the attention and edge-degree embedding on their PyTorch routes: this checks the node-level kernel, whose
-    # input does not depend on the route, and the fused attention under the interpreter would take most of the time)
-    calls = []
-    real = cg_triton.cg_contract
-    cg_triton.cg_contract = lambda U, cg: calls.append(U.shape) or real(U, cg)
-    out = {}
-    for flag in ("0", "1"):
-        os.environ["E2F_CG_KERNEL"] = flag
-        calls.clear()
-        out[flag] = m.energy_and_forces(z, pos, cell, pbc)
-        assert bool(calls) == (flag == "1"), (flag, calls)
-    e0, e1 = float(out["0"][1]), float(out["1"][1])
-    f0, f1 = out["0"][2], out["1"][2]
-    err = float((f1 - f0).abs().max() / f0.abs().max())
-    assert abs(e1 - e0) <= 1e-5 * abs(e0), (e0, e1)
-    print("WORST", err)
-    assert err < 1e-5, err
-""")
+_INTERP_CG_MODEL_SCRIPT = node_kernel_model_script("cg_triton", "cg_contract", "E2F_CG_KERNEL")
 
 
 def test_model_node_part_with_the_cg_kernel_under_interpreter():

@@ -4,22 +4,15 @@ the bias gradient) and double backward, float32 and bf16 inputs, sizes that are 
 blocks; and the model with the kernel against its PyTorch form.  The GPU timing is ``benchmarks/bench_cg.py``."""
 from __future__ import annotations
 
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import TRITON_MODEL_SCRIPT_HEAD, run_under_triton_interpreter
+from helpers import kernels_package, node_kernel_model_script, run_under_triton_interpreter
 
-REPO = Path(__file__).resolve().parents[1]
-try:
-    import openmm_e2former.kernels  # noqa: F401
-    KPKG = "openmm_e2former.kernels"
-except ImportError:
-    sys.path.insert(0, str(REPO))
-    KPKG = "kernels"
+KPKG = kernels_package()
 
 
 def test_reference_is_the_models_formula():
@@ -95,27 +88,7 @@ def test_pairdot_kernels_match_the_reference_under_interpreter():
     run_under_triton_interpreter(_INTERP_PAIRDOT_SCRIPT, [KPKG], "the query / key invariant kernels")
 
 
-_INTERP_PAIRDOT_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
-    from openmm_e2former.kernels import pairdot_triton
-    m, z, pos, cell, pbc = tiny_kernel_model()
-    # (the attention and edge-degree embedding on their PyTorch routes: this checks the node-level kernel, whose
-    # input does not depend on the route, and the fused attention under the interpreter would take most of the time)
-    calls = []
-    real = pairdot_triton.pairdot
-    pairdot_triton.pairdot = lambda *a: calls.append(a[0].shape) or real(*a)
-    out = {}
-    for flag in ("0", "1"):
-        os.environ["E2F_PAIRDOT_KERNEL"] = flag
-        calls.clear()
-        out[flag] = m.energy_and_forces(z, pos, cell, pbc)
-        assert bool(calls) == (flag == "1"), (flag, calls)
-    e0, e1 = float(out["0"][1]), float(out["1"][1])
-    f0, f1 = out["0"][2], out["1"][2]
-    err = float((f1 - f0).abs().max() / f0.abs().max())
-    assert abs(e1 - e0) <= 1e-5 * abs(e0), (e0, e1)
-    print("WORST", err)
-    assert err < 1e-5, err
-""")
+_INTERP_PAIRDOT_MODEL_SCRIPT = node_kernel_model_script("pairdot_triton", "pairdot", "E2F_PAIRDOT_KERNEL")
 
 
 def test_model_with_the_pairdot_kernel_under_interpreter():

@@ -4,22 +4,15 @@ with and without the l = 0 extra, channel counts that are not powers of two, for
 extra gradients summed over atoms) and double backward; and the model with the kernel against its PyTorch form."""
 from __future__ import annotations
 
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import TRITON_MODEL_SCRIPT_HEAD, run_under_triton_interpreter
+from helpers import kernels_package, node_kernel_model_script, run_under_triton_interpreter
 
-REPO = Path(__file__).resolve().parents[1]
-try:
-    import openmm_e2former.kernels  # noqa: F401
-    KPKG = "openmm_e2former.kernels"
-except ImportError:
-    sys.path.insert(0, str(REPO))
-    KPKG = "kernels"
+KPKG = kernels_package()
 
 
 def test_reference_is_the_models_norm():
@@ -107,31 +100,13 @@ def test_rmsnorm_kernels_match_the_reference_under_interpreter():
     run_under_triton_interpreter(_INTERP_RMSNORM_SCRIPT, [KPKG], "the RMS norm kernels")
 
 
-_INTERP_RMSNORM_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
-    from openmm_e2former.kernels import rmsnorm_triton
-    m, z, pos, cell, pbc = tiny_kernel_model()
-    # (the attention and edge-degree embedding on their PyTorch routes: this checks the node-level kernel, whose
-    # input does not depend on the route, and the fused attention under the interpreter would take most of the time)
-    calls = []
-    real = rmsnorm_triton.rms_norm
-    rmsnorm_triton.rms_norm = lambda *a, **k: calls.append((a[4] is not None, bool(a[5]))) or real(*a, **k)
-    out = {}
-    for flag in ("0", "1"):
-        os.environ["E2F_RMSNORM_KERNEL"] = flag
-        calls.clear()
-        out[flag] = m.energy_and_forces(z, pos, cell, pbc)
-        assert bool(calls) == (flag == "1"), (flag, calls)
-    # each block: attn_input (with the system row, one tensor) and norm_ffn (parts); the final norm (one tensor)
-    L = len(m.blocks)
-    assert sorted(set(calls)) == [(False, False), (False, True), (True, False)], calls
-    assert calls.count((True, False)) >= L and calls.count((False, True)) >= L
-    e0, e1 = float(out["0"][1]), float(out["1"][1])
-    f0, f1 = out["0"][2], out["1"][2]
-    err = float((f1 - f0).abs().max() / f0.abs().max())
-    assert abs(e1 - e0) <= 1e-5 * abs(e0), (e0, e1)
-    print("WORST", err)
-    assert err < 1e-5, err
-""")
+_INTERP_RMSNORM_MODEL_SCRIPT = node_kernel_model_script(
+    "rmsnorm_triton", "rms_norm", "E2F_RMSNORM_KERNEL", record="(a[4] is not None, bool(a[5]))", checks="""
+        # each block: attn_input (with the system row, one tensor) and norm_ffn (parts); the final norm (one tensor)
+        L = len(m.blocks)
+        assert sorted(set(calls)) == [(False, False), (False, True), (True, False)], calls
+        assert calls.count((True, False)) >= L and calls.count((False, True)) >= L
+    """)
 
 
 def test_model_with_the_rmsnorm_kernel_under_interpreter():
