@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO))  # after an installed or mapped openmm_e2former
 try:
     from openmm_e2former.kernels import cg_reference as R, cg_triton as KC
     from openmm_e2former.kernels import pairdot_reference as PR, pairdot_triton as KP

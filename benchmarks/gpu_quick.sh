@@ -162,6 +162,32 @@ for what in "$@"; do
             --out "$OUT/e2e_nodek$c" --parts speed --sizes 10000,20000 --modes fp32,tf32 --no-water --budget-s 70 2>&1 \
             | grep -E '^\{|Error' | cut -c1-200
       done ;;
+    cg14b)      # session 14: cg14's checks (bench_cg.py; its import was shadowed by the repo's own openmm_e2former in
+                # cg14), then each node-level kernel alone at V1.5 10k (fp32, TF32) with tables, and 100k bf16 all off / all on
+      timeout 170 python3 benchmarks/bench_cg.py "$OUT/cg_bench" 2>&1 | grep -E '^\||^Last|FAIL|Error|PASS'
+      for k in CG PAIRDOT RMSNORM; do
+        env E2F_${k}_KERNEL=1 E2F_RADIAL_TABLES=1 timeout 60 python3 benchmarks/gpu_end_to_end.py \
+            --out "$OUT/e2e_only_$k" --parts speed --sizes 10000 --modes fp32,tf32 --no-water --budget-s 45 2>&1 \
+            | grep -E '^\{|Error' | cut -c1-200
+      done
+      for c in 0 1; do
+        E2F_CG_KERNEL=$c E2F_PAIRDOT_KERNEL=$c E2F_RMSNORM_KERNEL=$c E2F_RADIAL_TABLES=1 timeout 80 python3 benchmarks/gpu_end_to_end.py \
+            --out "$OUT/e2e_100k_nodek$c" --parts speed --sizes 100000 --modes bf16,tf32 --no-water --budget-s 65 2>&1 \
+            | grep -E '^\{|Error' | cut -c1-200
+      done ;;
+    final14)    # session 14's defaults (node-level kernels on, "auto" without checkpointing where it fits): OpenMM with
+                # no flags (600 / 4,800 / 38,400 waters), then where the 100k bf16 step's time goes (~6 min)
+      for r in 1,1,1 2,2,2 4,4,4; do
+        timeout 70 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 \
+            --out "$OUT/md_default.json" 2>&1 | tail -n 1 | cut -c1-300
+      done
+      mkdir -p "$OUT/profile"
+      E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 100000 \
+          --modes bf16 --out "$OUT/profile" 2>&1 | tail -n 3 ;;
+    graphed14)  # session 14: compile + CUDA graph (E2F_COMPILE=graphs) with tables at 20k / 10k / 1k, TF32 / bf16 / fp32
+      E2F_COMPILE=graphs E2F_RADIAL_TABLES=1 timeout 430 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed14" \
+          --parts speed --sizes 20000,10000,1000 --modes graphed_tf32,graphed_bf16,graphed_fp32 --no-water --budget-s 390 2>&1 \
+          | grep -E '^\{|Error' | cut -c1-200 ;;
     compile14)  # next session: set_compile and the CUDA graph on top of session 13's kernels, with tables: V1.5 at 10k /
                 # 20k (fp32, TF32) and 100k (TF32, bf16; the 3 steps/s target), then graphed 1k / 10k with compile (~9 min)
       E2F_COMPILE=1 E2F_RADIAL_TABLES=1 timeout 300 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_compiled" \
