@@ -96,6 +96,8 @@ def test_cg_kernel_switch(monkeypatch):
 
     K = import_module(KPKG + ".cg_triton")
     monkeypatch.delenv("E2F_CG_KERNEL", raising=False)
+    assert K.cg_kernel_enabled() is True  # the default since session 14 (timed on an H200)
+    monkeypatch.setenv("E2F_CG_KERNEL", "0")
     assert K.cg_kernel_enabled() is False
     monkeypatch.setenv("E2F_CG_KERNEL", "1")
     assert K.cg_kernel_enabled() is True
@@ -104,3 +106,26 @@ def test_cg_kernel_switch(monkeypatch):
         K.cg_kernel_enabled()
     with pytest.raises(ValueError, match=r"\[N, 3, 9, C\]"):
         K.cg_contract(torch.zeros(2, 9, 3, 4), torch.zeros(3, 20, 9))
+
+
+def test_node_kernel_usable_defaults(monkeypatch):
+    """On by default only for CUDA tensors: a CPU tensor takes the kernel only under the Triton interpreter with the
+    switch set to "1" explicitly (the interpreter tests of the other kernels keep the PyTorch form), and "0" turns
+    it off everywhere."""
+    pytest.importorskip("triton")
+    from importlib import import_module
+
+    S = import_module(KPKG + "._node_switch")
+    x = torch.zeros(2, 3)
+    monkeypatch.delenv("E2F_CG_KERNEL", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert S.node_kernel_usable(x, "E2F_CG_KERNEL") is False
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert S.node_kernel_usable(x, "E2F_CG_KERNEL") is False
+    monkeypatch.setenv("E2F_CG_KERNEL", "1")
+    assert S.node_kernel_usable(x, "E2F_CG_KERNEL") is True
+    monkeypatch.setenv("E2F_CG_KERNEL", "0")
+    assert S.node_kernel_usable(x, "E2F_CG_KERNEL") is False
+    monkeypatch.setenv("E2F_CG_KERNEL", "on")
+    with pytest.raises(ValueError, match="E2F_CG_KERNEL='on'"):
+        S.node_kernel_usable(x, "E2F_CG_KERNEL")

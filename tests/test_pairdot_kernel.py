@@ -105,6 +105,8 @@ def test_pairdot_switch_and_shape_errors(monkeypatch):
 
     K = import_module(KPKG + ".pairdot_triton")
     monkeypatch.delenv("E2F_PAIRDOT_KERNEL", raising=False)
+    assert K.pairdot_kernel_enabled() is True  # the default since session 14 (timed on an H200)
+    monkeypatch.setenv("E2F_PAIRDOT_KERNEL", "0")
     assert K.pairdot_kernel_enabled() is False
     monkeypatch.setenv("E2F_PAIRDOT_KERNEL", "1")
     assert K.pairdot_kernel_enabled() is True

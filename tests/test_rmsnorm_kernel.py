@@ -123,6 +123,8 @@ def test_rmsnorm_switch_and_input_errors(monkeypatch):
 
     K = import_module(KPKG + ".rmsnorm_triton")
     monkeypatch.delenv("E2F_RMSNORM_KERNEL", raising=False)
+    assert K.rmsnorm_kernel_enabled() is True  # the default since session 14 (timed on an H200)
+    monkeypatch.setenv("E2F_RMSNORM_KERNEL", "0")
     assert K.rmsnorm_kernel_enabled() is False
     monkeypatch.setenv("E2F_RMSNORM_KERNEL", "1")
     assert K.rmsnorm_kernel_enabled() is True
