@@ -70,6 +70,7 @@ import os
 from .attention_reference import (FCParams, attention_reference, gaussian_rbf, polynomial_envelope,
                                   rbf_gamma, edge_mlp, csr_targets, check_softmax, SOFTMAX_MODES)
 from .edge_degree_reference import edge_degree_reference, spherical_harmonics_l2, EDGE_DEGREE_SCALE
+from ._node_switch import launch_device
 
 _TRITON_ERR = None
 try:  # triton is optional (CPU-only machines)
@@ -155,15 +156,19 @@ def fused_attention(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cuto
     check_softmax(softmax)
     chosen = select_backend(q, v, fc_params, backend)
     if chosen == "triton_v2":   # allow_tf32 ignored on purpose: see V2_IEEE_NOTE
-        return _attention_triton_v2.attention_triton_v2(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma,
-                                                        cutoff, allow_tf32=False, max_degree=max_degree,
-                                                        softmax=softmax, table=table)
+        # the launch on the tensors' device (a model on cuda:1 while cuda:0 is current); the backward runs on the
+        # autograd engine's thread of that device, which makes it current
+        with launch_device(q.device):
+            return _attention_triton_v2.attention_triton_v2(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma,
+                                                            cutoff, allow_tf32=False, max_degree=max_degree,
+                                                            softmax=softmax, table=table)
     if table is not None:
         return attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, softmax, table)
     if chosen == "triton":
-        return _attention_triton.attention_triton(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma,
-                                                  cutoff, allow_tf32=allow_tf32, max_degree=max_degree,
-                                                  softmax=softmax)
+        with launch_device(q.device):
+            return _attention_triton.attention_triton(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma,
+                                                      cutoff, allow_tf32=allow_tf32, max_degree=max_degree,
+                                                      softmax=softmax)
     return attention_reference(row_ptr, src, vec, q, k, v, t, s, fc_params, mu, gamma, cutoff, softmax)
 
 
@@ -191,13 +196,15 @@ def fused_edge_degree(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutof
     v2 kernels (v1 has no table path: it falls back to the reference)."""
     chosen = select_edge_degree_backend(vec, radial_params, backend)
     if chosen == "triton_v2":
-        return _edge_degree_triton_v2.edge_degree_triton_v2(row_ptr, src, vec, T0, S0, radial_params, mu, gamma,
-                                                            cutoff, scale, allow_tf32=allow_tf32,
-                                                            max_degree=max_degree, table=table)
+        with launch_device(vec.device):   # see fused_attention
+            return _edge_degree_triton_v2.edge_degree_triton_v2(row_ptr, src, vec, T0, S0, radial_params, mu,
+                                                                gamma, cutoff, scale, allow_tf32=allow_tf32,
+                                                                max_degree=max_degree, table=table)
     if table is not None:
         return edge_degree_reference(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutoff, scale, table)
     if chosen == "triton":
-        return _edge_degree_triton.edge_degree_triton(row_ptr, src, vec, T0, S0, radial_params, mu, gamma,
-                                                      cutoff, scale, allow_tf32=allow_tf32,
-                                                      max_degree=max_degree)
+        with launch_device(vec.device):
+            return _edge_degree_triton.edge_degree_triton(row_ptr, src, vec, T0, S0, radial_params, mu, gamma,
+                                                          cutoff, scale, allow_tf32=allow_tf32,
+                                                          max_degree=max_degree)
     return edge_degree_reference(row_ptr, src, vec, T0, S0, radial_params, mu, gamma, cutoff, scale)
