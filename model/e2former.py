@@ -31,8 +31,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from .config import E2FormerConfig
-from .layers import (EquivariantRMSNorm, GatedFFN, RadialMLP, SO3Linear, SO3ToScalar, envelope,
-                     gaussian_rbf)
+from .layers import (EquivariantRMSNorm, GatedFFN, RadialMLP, SO3Linear, SO3ToScalar, autocast_dtype,
+                     envelope, gaussian_rbf)
 from .neighbors import neighbor_list
 from .validation import OVERLAP_DISTANCE
 from .so3 import PATH_NORM, first_order_cg, spherical_harmonics, tp_first_order_so2
@@ -464,7 +464,8 @@ class Attention(nn.Module):
         """node_part with T0, T1, T2 written by the CG kernel: the same products, no einsum copies or cats."""
         from ..kernels.cg_triton import cg_contract
 
-        return self._out_linear(*cg_contract(U, self.cg))
+        # under bf16 autocast the kernel writes T in bf16 itself: the GEMMs would cast it to that anyway
+        return self._out_linear(*cg_contract(U, self.cg, autocast_dtype(U)))
 
     @torch.jit.unused
     def use_fused(self, x: torch.Tensor) -> bool:
@@ -588,6 +589,8 @@ class Block(nn.Module):
         """The rest of the block given its input ``x`` and the attention's U, atom by atom (any subset of
         atoms gives those atoms' rows): attention output, residual, FFN, residual."""
         x = x + self.attn.node_part(U, x.dtype)
+        if not torch.jit.is_scripting():
+            return x + self.ffn.parts(self.norm_ffn.parts_for_gemm(x))
         return x + self.ffn.parts(self.norm_ffn.parts(x))
 
     def __getstate__(self):

@@ -185,10 +185,20 @@ class EquivariantRMSNorm(nn.Module):
         return node_kernel_usable(x, "E2F_RMSNORM_KERNEL")
 
     @torch.jit.unused
-    def _kernel(self, x: torch.Tensor, extra: Optional[torch.Tensor], parts: bool):
+    def _kernel(self, x: torch.Tensor, extra: Optional[torch.Tensor], parts: bool,
+                out_dtype: torch.dtype = torch.float32):
         from ..kernels.rmsnorm_triton import rms_norm
 
-        return rms_norm(x, self.weight, self.bias, self.eps, extra, parts)
+        return rms_norm(x, self.weight, self.bias, self.eps, extra, parts, out_dtype)
+
+    @torch.jit.unused
+    def parts_for_gemm(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """``parts`` for a caller that hands them only to matrix products (the FFN's first SO3 linear): where the
+        kernel runs under bf16 autocast it writes them in bf16 itself, rounded as the products' casts would round
+        them (bit-identical, one pass less each way); otherwise ``parts``."""
+        if self._kernel_usable(x):
+            return list(self._kernel(x, None, True, autocast_dtype(x)))
+        return self.parts(x)
 
     @torch.jit.unused
     def with_extra(self, x: torch.Tensor, extra: torch.Tensor) -> Optional[torch.Tensor]:
@@ -223,6 +233,16 @@ class GatedFFN(nn.Module):
         y1 = self.c_sigmoid * torch.sigmoid(gs[1])[:, None] * zs[1]
         y2 = self.c_sigmoid * torch.sigmoid(gs[2])[:, None] * zs[2]
         return torch.cat(self.lin2.parts([y0[:, None], y1, y2]), dim=1)
+
+
+def autocast_dtype(t: torch.Tensor) -> torch.dtype:
+    """What autocast makes of a float32 input to a matrix product on ``t``'s device: bf16 under bf16 autocast (the
+    model's ``set_precision("bf16")``), else float32.  Kernels whose only consumer is such a product write this
+    dtype themselves, rounding as the cast would (Python side only)."""
+    dev = t.device.type
+    if torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16:
+        return torch.bfloat16
+    return torch.float32
 
 
 def envelope(x: torch.Tensor, kind: str) -> torch.Tensor:

@@ -1,0 +1,130 @@
+"""Under bf16 autocast (``set_precision("bf16")``) the CG-contraction kernel and the FFN's RMS norm write their
+outputs in bf16 themselves, since their only consumers are matrix products that would cast them to bf16 anyway.
+This saves one cast pass each way.
+
+The claim to check is bit-identity, under the Triton interpreter on the CPU:
+- the kernels' bf16 outputs equal their float32 outputs cast by torch;
+- the backward given bf16 gradients equals the backward given those gradients upcast to float32;
+- the bf16 model's energy and forces with the kernels' bf16 outputs equal those with float32 outputs (the old path).
+"""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from helpers import TRITON_MODEL_SCRIPT_HEAD, kernels_package, run_under_triton_interpreter
+
+KPKG = kernels_package()
+
+_KERNELS_SCRIPT = textwrap.dedent(r"""
+    import os, sys
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    import torch
+    from importlib import import_module
+    KC = import_module(sys.argv[1] + ".cg_triton")
+    KN = import_module(sys.argv[1] + ".rmsnorm_triton")
+    from openmm_e2former.model.so3 import first_order_cg
+    cg = first_order_cg(torch.float64)
+    bf = torch.bfloat16
+    for N, C, seed in ((3, 16, 0), (5, 48, 1)):
+        g = torch.Generator().manual_seed(seed)
+        # CG contraction: forward outputs and the backward from bf16 gradients
+        U = torch.randn(N, 3, 9, C, generator=g).requires_grad_(True)
+        o32 = KC.cg_contract(U, cg)
+        o16 = KC.cg_contract(U, cg, bf)
+        for a, b in zip(o32, o16):
+            assert b.dtype == bf and torch.equal(a.to(bf), b)
+        d16 = [torch.randn(x.shape, generator=g).to(bf) for x in o16]
+        (gU16,) = torch.autograd.grad(o16, U, d16)
+        (gU32,) = torch.autograd.grad(o32, U, [d.float() for d in d16])
+        assert gU16.dtype == torch.float32 and torch.equal(gU16, gU32)
+        # RMS norm as degree parts
+        x = torch.randn(N, 9, C, generator=g).requires_grad_(True)
+        w = (1 + 0.1 * torch.randn(3, C, generator=g)).requires_grad_(True)
+        b = (0.1 * torch.randn(C, generator=g)).requires_grad_(True)
+        p32 = KN.rms_norm(x, w, b, 1e-6, parts=True)
+        p16 = KN.rms_norm(x, w, b, 1e-6, parts=True, out_dtype=bf)
+        for a, c in zip(p32, p16):
+            assert c.dtype == bf and torch.equal(a.to(bf), c)
+        d16 = [torch.randn(p.shape, generator=g).to(bf) for p in p16]
+        g16 = torch.autograd.grad(p16, (x, w, b), d16)
+        g32 = torch.autograd.grad(p32, (x, w, b), [d.float() for d in d16])
+        for a, c in zip(g32, g16):
+            assert c.dtype == torch.float32 and torch.equal(a, c)
+    for bad in (torch.float16, torch.float64):
+        for call in (lambda: KC.cg_contract(U, cg, bad), lambda: KN.rms_norm(x, w, b, 1e-6, parts=True, out_dtype=bad)):
+            try:
+                call()
+            except ValueError as e:
+                assert "out_dtype" in str(e), e
+            else:
+                raise AssertionError(f"{bad} accepted")
+    # the rounding helper on ties, carries into the exponent, overflow, subnormals and signed zeros
+    import triton, triton.language as tl
+    B = import_module(sys.argv[1] + "._bf16")
+
+    @triton.jit
+    def _round(X, Y, n, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        tl.store(Y + i, B.to_out(tl.load(X + i, mask=i < n), True), mask=i < n)
+
+    x = torch.tensor([1.00390625, 1.01171875, 1.0078125 + 2 ** -9, -(1 + 2 ** -8), 1.9999999, 3.4e38, 3.3895e38,
+                      float("inf"), -float("inf"), 1e-40, -1e-40, 0.0, -0.0, 65504.0, 1e-3, -7.5e-21])
+    x = torch.cat([x, torch.randn(200, generator=torch.Generator().manual_seed(5)) * 10.0 ** torch.randint(-30, 30, (200,))])
+    y = torch.empty(x.shape, dtype=bf)
+    _round[(1,)](x, y, x.numel(), BLOCK=256)
+    assert torch.equal(y.view(torch.int16), x.to(bf).view(torch.int16)), (x, y, x.to(bf))
+    print("WORST 0")
+""")
+
+
+def test_bf16_outputs_of_the_cg_and_norm_kernels_are_the_casts_of_their_float32_outputs():
+    run_under_triton_interpreter(_KERNELS_SCRIPT, [KPKG], "the CG / RMS-norm kernels' bf16 outputs")
+
+
+_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
+    from openmm_e2former.model import layers as L
+    from openmm_e2former.kernels import cg_triton, rmsnorm_triton
+    os.environ["E2F_CG_KERNEL"] = "1"
+    os.environ["E2F_RMSNORM_KERNEL"] = "1"
+    m, z, pos, cell, pbc = tiny_kernel_model()
+    m.set_precision("bf16")
+    # the attention on its PyTorch route (the fused one under the interpreter would take most of the time) gives
+    # U in bf16 under autocast, where the fused kernel gives float32: hand node_part float32 U, as on the GPU
+    attn = m.blocks[0].attn
+    real_edge = attn.edge_part
+    attn.edge_part = lambda x, z, g: real_edge(x, z, g).float()
+    dtypes = []
+    real_cg, real_norm = cg_triton.cg_contract, rmsnorm_triton.rms_norm
+    def spy_cg(U, cg, out_dtype=torch.float32):
+        dtypes.append(("cg", out_dtype))
+        return real_cg(U, cg, out_dtype)
+    def spy_norm(x, w, b, eps, extra=None, parts=False, out_dtype=torch.float32):
+        dtypes.append(("norm", out_dtype))
+        return real_norm(x, w, b, eps, extra, parts, out_dtype)
+    cg_triton.cg_contract, rmsnorm_triton.rms_norm = spy_cg, spy_norm
+    out = {}
+    for label in ("bf16 outputs", "float32 outputs"):
+        if label == "float32 outputs":          # the path before: the kernels write float32, autocast casts
+            E2.autocast_dtype = L.autocast_dtype = lambda t: torch.float32
+        dtypes.clear()
+        out[label] = m.energy_and_forces(z, pos, cell, pbc)
+        kinds = {(k, d) for k, d in dtypes}
+        want = torch.bfloat16 if label == "bf16 outputs" else torch.float32
+        assert ("cg", want) in kinds and ("norm", want) in kinds, (label, kinds)
+    e1, f1 = out["bf16 outputs"][1], out["bf16 outputs"][2]
+    e0, f0 = out["float32 outputs"][1], out["float32 outputs"][2]
+    assert torch.equal(torch.as_tensor(e1), torch.as_tensor(e0)), (e0, e1)
+    assert torch.equal(f1, f0), float((f1 - f0).abs().max())
+    # and the float32 model is untouched: no bf16 anywhere without autocast
+    m.set_precision("fp32")
+    dtypes.clear()
+    m.energy_and_forces(z, pos, cell, pbc)
+    assert dtypes and all(d == torch.float32 for _, d in dtypes), dtypes
+    print("WORST 0")
+""")
+
+
+def test_bf16_model_with_bf16_kernel_outputs_is_bit_identical():
+    run_under_triton_interpreter(_MODEL_SCRIPT, [Path(__file__).resolve().parent], "the bf16 model's node kernels",
+                                 drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_CG_KERNEL", "E2F_RMSNORM_KERNEL"))
