@@ -20,7 +20,10 @@
 #   compile14: next session: set_compile / CUDA graph on session 13's kernels with tables, 1k-100k (~9 min)
 #   prof100k14: next session: the 100k step's profile (bf16, TF32) with tables (~5 min)
 #   attn4a14: next session: item 4a's table pair and V1.5 setting (~6 min)
-#   kcheck:   tests/gpu/check_kernels.py alone (~4 min)
+#   kcheck:   tests/gpu/check_kernels.py alone (~4 min; give the call 330 s: session 14's 250 s cut it off)
+#   bf16out15: NEXT session: the bf16 node-kernel outputs: GPU bit-identity check and A/B, V1.5 2k-100k (~3 min)
+#   prof10k15: NEXT session: the 10k TF32 profile with session 14's defaults (~2 min)
+#   final14 / graphed14 / cg14b: (ran in session 14) OpenMM defaults + 100k profile; compile + graphs; node kernels
 #   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
 #   bf16v13:  E2F_V2_BF16_VALUES=1 in bf16 mode with tables at 10k / 100k beside the default (~4 min)
 #   ncu13:    ncu on the TABLE attention kernels (V1.5 10k), then the TABLE stage skips and the backward with its
@@ -188,6 +191,14 @@ for what in "$@"; do
       E2F_COMPILE=graphs E2F_RADIAL_TABLES=1 timeout 430 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed14" \
           --parts speed --sizes 20000,10000,1000 --modes graphed_tf32,graphed_bf16,graphed_fp32 --no-water --budget-s 390 2>&1 \
           | grep -E '^\{|Error' | cut -c1-200 ;;
+    bf16out15)  # next session: the bf16 node-kernel outputs (session 14, interpreter-checked bit-identical): GPU bit
+                # check and A/B at V1.5 2k / 10k / 100k (bf16, tables) (~3 min)
+      timeout 240 python3 benchmarks/gpu_bf16_out_check.py "$OUT/bf16_out_check.json" --sizes 2000,10000,100000 2>&1 \
+          | grep -E '^\{|PASS|FAIL|Error' | cut -c1-300 ;;
+    prof10k15)  # next session: where the 10k TF32 step goes now (tables, node-level kernels on): the 5x target
+      mkdir -p "$OUT/profile"
+      E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \
+          --modes tf32 --out "$OUT/profile" 2>&1 | tail -n 3 ;;
     compile14)  # next session: set_compile and the CUDA graph on top of session 13's kernels, with tables: V1.5 at 10k /
                 # 20k (fp32, TF32) and 100k (TF32, bf16; the 3 steps/s target), then graphed 1k / 10k with compile (~9 min)
       E2F_COMPILE=1 E2F_RADIAL_TABLES=1 timeout 300 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_compiled" \

@@ -238,7 +238,12 @@ class GatedFFN(nn.Module):
 def autocast_dtype(t: torch.Tensor) -> torch.dtype:
     """What autocast makes of a float32 input to a matrix product on ``t``'s device: bf16 under bf16 autocast (the
     model's ``set_precision("bf16")``), else float32.  Kernels whose only consumer is such a product write this
-    dtype themselves, rounding as the cast would (Python side only)."""
+    dtype themselves, rounding as the cast would (Python side only; bit-identical).  ``E2F_BF16_NODE_OUT=0``
+    keeps them in float32 (the A/B switch of ``benchmarks/gpu_bf16_out_check.py``)."""
+    import os
+
+    if os.environ.get("E2F_BF16_NODE_OUT", "1") == "0":
+        return torch.float32
     dev = t.device.type
     if torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16:
         return torch.bfloat16

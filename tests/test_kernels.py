@@ -911,11 +911,12 @@ def test_dispatch_edge_degree_runs_chosen_kernels(monkeypatch):
     monkeypatch.setattr(K, "_edge_degree_triton_v2", types.SimpleNamespace(edge_degree_triton_v2=fake("v2")))
     monkeypatch.setattr(K, "edge_degree_reference", lambda *a, **kw: "reference")
     params = [FCParams.random(6, 6, 16, 16) for _ in range(3)]              # hid 16, C 32: kernel-compatible
-    cuda_vec = types.SimpleNamespace(is_cuda=True)
+    # (device: what launch_device switches to around the kernels; a CPU device here, where nothing can switch)
+    cuda_vec = types.SimpleNamespace(is_cuda=True, device=torch.device("cpu"))
     run = lambda vec, **kw: K.fused_edge_degree(None, None, vec, None, None, params, None, 0.0, 4.5, **kw)
     assert run(cuda_vec) == "v2"                                            # the default on CUDA
     assert run(cuda_vec, backend="auto") == "v2"
-    assert run(types.SimpleNamespace(is_cuda=False)) == "reference"
+    assert run(types.SimpleNamespace(is_cuda=False, device=torch.device("cpu"))) == "reference"
     assert run(cuda_vec, backend="reference") == "reference"
     assert run(cuda_vec, backend="triton") == "v1"                          # v1 stays reachable
     assert run(cuda_vec, backend="triton_v2") == "v2"
