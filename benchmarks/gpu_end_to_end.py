@@ -234,6 +234,30 @@ def speed(out: Path, rows, sizes, modes, budget_s, checkpoint="auto", water=True
             log(rows, out)
 
 
+def copy_sites(events, names=("aten::copy_", "aten::_to_copy")):
+    """[(device time us, count, site)] of the copy operations in a profile recorded with ``with_stack``, grouped by
+    the nearest model / kernels source lines among each one's ancestors (innermost first), largest first; copies
+    nested in another copy (``_to_copy`` -> ``copy_``) count once."""
+    agg = {}
+    for e in events:
+        if e.name not in names:
+            continue
+        p, nested, sites = e.cpu_parent, False, []
+        while p is not None:
+            if p.name in names:
+                nested = True
+                break
+            if ("model/" in p.name or "kernels/" in p.name) and "(" in p.name:
+                sites.append(p.name.split("/")[-1])
+            p = p.cpu_parent
+        if nested:
+            continue
+        site = " <- ".join(sites[:3]) or "(autograd)"
+        t, c = agg.get((e.name, site), (0.0, 0))
+        agg[(e.name, site)] = (t + e.device_time_total, c + 1)
+    return sorted(((t, c, f"{k[0]:15s} {k[1]}") for k, (t, c) in agg.items()), key=lambda r: -r[0])
+
+
 def profile(out: Path, n: int = 10000, mode: str = "fp32"):
     """CUDA time per kernel (torch.profiler) of one energy + forces step, FCC carbon, written to
     ``profile_<n>_<mode>.txt``: where the step's time goes."""
@@ -251,14 +275,27 @@ def profile(out: Path, n: int = 10000, mode: str = "fp32"):
     for _ in range(2):
         m.energy_and_forces(z, pos, None, None)
     torch.cuda.synchronize()
-    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    # shapes and Python stacks too: the copies (casts, .contiguous(), layout changes) are ~16 % of the 100k bf16
+    # step (session 14) and the per-kernel view cannot say which source lines make them
+    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True,
+                  with_stack=True) as prof:
         m.energy_and_forces(z, pos, None, None)
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
     # by self CUDA time too, with names wide enough to tell the kernels apart
     table_self = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=60, max_name_column_width=110)
+    copies = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in ("aten::copy_", "aten::_to_copy")]
+    copies.sort(key=lambda e: -e.device_time_total)
+    lines = [f"{e.device_time_total / 1e3:9.3f} ms  x{e.count:<4d} {e.key:15s} {str(e.input_shapes)[:150]}"
+             for e in copies[:40]]
+    lines += ["", "by the model's source lines above each copy (Python events of the profiler's tree; the backward's "
+              "copies have none: '(autograd)')"]
+    for t, cnt, site in copy_sites(prof.events())[:30]:
+        lines.append(f"{t / 1e3:9.3f} ms  x{cnt:<4d} {site[:220]}")
     (out.parent / f"profile_{n}_{mode}{'_tables' if tables else ''}.txt").write_text(
-        "## by total CUDA time\n" + table + "\n\n## by self CUDA time\n" + table_self)
+        "## by total CUDA time\n" + table + "\n\n## by self CUDA time\n" + table_self
+        + "\n\n## copies (aten::copy_ / aten::_to_copy) by input shape, then by model source lines\n"
+        + "\n".join(lines) + "\n")
     print(table[:6000], flush=True)
 
 
