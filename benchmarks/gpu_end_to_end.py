@@ -301,8 +301,6 @@ def profile(out: Path, n: int = 10000, mode: str = "fp32"):
 
 def diagnose(n: int = 1000):
     """Peak GPU memory after each stage of one energy + forces evaluation (FCC carbon)."""
-    from openmm_e2former import load_model
-
     m = v15_model()
     pos = torch.as_tensor(fcc_carbon(n), dtype=torch.float32, device="cuda").requires_grad_(True)
     z = torch.full((n,), 6, device="cuda")
