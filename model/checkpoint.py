@@ -15,11 +15,10 @@ official constant tables (Clebsch–Gordan weights, Wigner J matrices, ...) are 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 
