@@ -32,7 +32,7 @@ import torch.utils.checkpoint
 
 from .config import E2FormerConfig
 from .layers import (EquivariantRMSNorm, GatedFFN, RadialMLP, SO3Linear, SO3ToScalar, autocast_dtype,
-                     envelope, gaussian_rbf)
+                     envelope, gaussian_rbf, gemm_inputs)
 from .neighbors import neighbor_list
 from .validation import OVERLAP_DISTANCE
 from .so3 import PATH_NORM, first_order_cg, spherical_harmonics, tp_first_order_so2
@@ -406,12 +406,12 @@ class Attention(nn.Module):
     def edge_part(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         """The part that couples atoms: U [N, 3, 9, C] of the relative EAAS (``U_i[k, m, c] = sum_e alpha[e, h(c)]
         r_hat_e[k] v_j[m, c]``; fused kernel or PyTorch), or, on the ``so2`` route, T [N, 20, C] directly."""
-        v = self.value(x)
         fused = False
         if not torch.jit.is_scripting():
             fused = self.use_fused(x)
         if fused:
-            return self._fused_U(x, v, z, g)
+            return self._fused_U_of(x, z, g)
+        v = self.value(x)
         alpha = self.attention_weights(x, z, g)
         v = v.to(x.dtype)
         if self.use_so2:
@@ -476,9 +476,12 @@ class Attention(nn.Module):
 
     @torch.jit.unused
     def qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-atom inputs of the fused kernel: queries, keys [N, H, D] and values [N, 9, C]."""
+        """Per-atom inputs of the fused kernel: queries, keys [N, H, D] and values [N, 9, C].  Under bf16 autocast
+        the three projections share one bf16 cast of ``x`` (``gemm_inputs``): one cast pass instead of three, and
+        one gradient upcast and sum instead of three upcasts and two sums."""
         N, H = x.shape[0], self.H
-        return self.query(x).view(N, H, self.D), self.key(x).view(N, H, self.D), self.value(x)
+        xq, xk, xv = gemm_inputs(x, 3)
+        return self.query(xq).view(N, H, self.D), self.key(xk).view(N, H, self.D), self.value(xv)
 
     @torch.jit.unused
     def _kernel_table(self, z_t: torch.Tensor, z_s: torch.Tensor):
@@ -500,6 +503,13 @@ class Attention(nn.Module):
         return fused_attention(row_ptr, src, vec, q, k, v, t, s, _fc_params(self.edge_mlp), g.rbf_offsets,
                                g.rbf_coeff, g.cutoff, allow_tf32=self.allow_tf32, max_degree=g.padded()[1],
                                softmax="smooth" if self.smooth_softmax else "official", table=table)
+
+    @torch.jit.unused
+    def _fused_U_of(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        """U of the attention input ``x`` by the fused kernel (q, k, v from :meth:`qkv`)."""
+        q, k, v = self.qkv(x)
+        return self.fused_U_rows(q, k, v, self.target_embedding(z), self.source_embedding(z), g.row_ptr(),
+                                 g.neighbor, g.vec, g, self._kernel_table(z, z))
 
     @torch.jit.unused
     def _fused_U(self, x: torch.Tensor, v: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:

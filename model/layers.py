@@ -1,7 +1,7 @@
 """Building blocks of E2Former-V2 (spec §2.2). Features are [N, 9, C] (rows: l=0 | l=1 x3 | l=2 x5)."""
 
 import math
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -248,6 +248,34 @@ def autocast_dtype(t: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16:
         return torch.bfloat16
     return torch.float32
+
+
+class _SharedBF16(torch.autograd.Function):
+    """x (float32) -> n views of one bf16 copy of it.  The backward adds the n bf16 gradients in float32, as autograd
+    does for n separate casts of a non-leaf tensor, so n matrix products under bf16 autocast see the same bits as
+    before, and their gradients agree to float32 rounding (the order of the n additions may differ)."""
+
+    @staticmethod
+    def forward(ctx, x, n: int):
+        y = x.to(torch.bfloat16)
+        return tuple([y] + [y.view_as(y) for _ in range(n - 1)])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        total = None
+        for g in grads:
+            if g is not None:
+                total = g.to(torch.float32, copy=True) if total is None else total.add_(g)
+        return total, None
+
+
+def gemm_inputs(x: torch.Tensor, n: int) -> Tuple[torch.Tensor, ...]:
+    """``x`` for ``n`` matrix products that are its only consumers: under bf16 autocast, one bf16 cast shared by all
+    of them (``_SharedBF16``) instead of one cast each way per product; otherwise ``x`` n times (Python side only;
+    not inside torch.compile, which fuses the casts itself; ``E2F_BF16_NODE_OUT=0`` turns it off)."""
+    if x.dtype == torch.float32 and not torch.compiler.is_compiling() and autocast_dtype(x) == torch.bfloat16:
+        return _SharedBF16.apply(x, n)
+    return tuple(x for _ in range(n))
 
 
 def envelope(x: torch.Tensor, kind: str) -> torch.Tensor:

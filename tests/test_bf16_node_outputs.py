@@ -128,3 +128,64 @@ def test_bf16_model_with_bf16_kernel_outputs_is_bit_identical():
     run_under_triton_interpreter(_MODEL_SCRIPT, [Path(__file__).resolve().parent], "the bf16 model's node kernels",
                                  drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_CG_KERNEL", "E2F_RMSNORM_KERNEL",
                                            "E2F_BF16_NODE_OUT"))
+
+
+def test_qkv_projections_share_one_bf16_cast(monkeypatch):
+    """Under bf16 autocast the q / k / v projections take one shared bf16 cast of the attention input
+    (``gemm_inputs``) instead of one cast each.  The forward is bit-identical. The gradient sums the same three bf16
+    products in float32, as before, so forces agree to float32 rounding. This runs through the whole model on the
+    fused route's code path (``edge_part`` -> ``qkv`` -> ``fused_U_rows``); the attention itself runs on its
+    reference backend on the CPU."""
+    import torch
+
+    from helpers import tiny_kernel_model
+    from openmm_e2former.model import layers as L
+
+    m, z, pos, cell, pbc = tiny_kernel_model(num_layers=2)
+    m.set_precision("bf16")
+    for b in m.blocks:
+        monkeypatch.setattr(b.attn, "use_fused", lambda x: True, raising=False)
+        # (the reference backend takes float32 q / k / v; the GPU kernels take the bf16 ones as they are)
+        real_rows = b.attn.fused_U_rows
+        monkeypatch.setattr(b.attn, "fused_U_rows",
+                            lambda q, k, v, *rest, f=real_rows: f(q.float(), k.float(), v.float(), *rest),
+                            raising=False)
+    calls = []
+    real = L._SharedBF16.apply
+    monkeypatch.setattr(L._SharedBF16, "apply", lambda *a: calls.append(a[1]) or real(*a))
+    out = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("E2F_BF16_NODE_OUT", flag)
+        calls.clear()
+        out[flag] = m.energy_and_forces(z, pos, cell, pbc)
+        assert calls == ([3, 3] if flag == "1" else []), (flag, calls)
+    assert float(out["1"][1]) == float(out["0"][1])
+    f1, f0 = out["1"][2], out["0"][2]
+    assert torch.allclose(f1, f0, rtol=0, atol=1e-6 * float(f0.abs().max())), float((f1 - f0).abs().max())
+    # without autocast nothing is shared or cast
+    m.set_precision("fp32")
+    calls.clear()
+    x = torch.randn(5, 9, 32)
+    assert all(t is x for t in L.gemm_inputs(x, 3)) and not calls
+
+
+def test_shared_bf16_cast_gradient_is_the_float32_sum():
+    import torch
+
+    from openmm_e2former.model import layers as L
+
+    x0 = torch.randn(7, 9, 16, requires_grad=True)
+    x = x0 * 1.0
+    W = [torch.randn(12, 16) for _ in range(3)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ys = L.gemm_inputs(x, 3)
+        assert all(y.dtype == torch.bfloat16 for y in ys)
+        shared = [torch.nn.functional.linear(y, w) for y, w in zip(ys, W)]
+        separate = [torch.nn.functional.linear(x, w) for w in W]
+    for a, b in zip(shared, separate):
+        assert torch.equal(a, b)
+    d = [torch.randn(a.shape).to(torch.bfloat16) for a in shared]
+    (g1,) = torch.autograd.grad(shared, x0, d, retain_graph=True)
+    (g0,) = torch.autograd.grad(separate, x0, d)
+    assert g1.dtype == torch.float32
+    torch.testing.assert_close(g1, g0, rtol=1e-6, atol=1e-6)
