@@ -1,5 +1,5 @@
-"""float32 -> bf16 rounding inside the node-level kernels, as torch's cast rounds (to nearest, ties to even; NaN
-stays NaN).  Written with integer operations so that the GPU and the Triton interpreter give the same bits: the
+"""float32 -> bf16 rounding inside the node-level kernels, as torch's cast rounds (to nearest, ties to even; a NaN
+stays a NaN, written as 0x7FC0 whatever its sign and payload, where torch's bits may differ).  Written with integer operations so that the GPU and the Triton interpreter give the same bits: the
 interpreter's own float32 -> bf16 conversion truncates."""
 from __future__ import annotations
 

@@ -242,12 +242,22 @@ def autocast_dtype(t: torch.Tensor) -> torch.dtype:
     keeps them in float32 (the A/B switch of ``benchmarks/gpu_bf16_out_check.py``)."""
     import os
 
-    if os.environ.get("E2F_BF16_NODE_OUT", "1") == "0":
+    val = os.environ.get("E2F_BF16_NODE_OUT", "1")
+    if val not in ("0", "1"):
+        raise ValueError(f"E2F_BF16_NODE_OUT={val!r}: expected '0' or '1'")
+    if val == "0":
         return torch.float32
     dev = t.device.type
-    if torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16:
-        return torch.bfloat16
-    return torch.float32
+    try:                                   # torch >= 2.4
+        on, dtype = torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
+    except (TypeError, AttributeError):    # torch 2.3 (setup.py's floor): the per-device functions
+        if dev == "cuda":
+            on, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+        elif dev == "cpu":
+            on, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+        else:
+            return torch.float32
+    return torch.bfloat16 if on and dtype == torch.bfloat16 else torch.float32
 
 
 class _SharedBF16(torch.autograd.Function):

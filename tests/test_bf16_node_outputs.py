@@ -74,6 +74,10 @@ _KERNELS_SCRIPT = textwrap.dedent(r"""
     y = torch.empty(x.shape, dtype=bf)
     _round[(1,)](x, y, x.numel(), BLOCK=256)
     assert torch.equal(y.view(torch.int16), x.to(bf).view(torch.int16)), (x, y, x.to(bf))
+    nan = torch.tensor([float("nan"), -float("nan")])
+    yn = torch.empty(2, dtype=bf)
+    _round[(1,)](nan, yn, 2, BLOCK=256)
+    assert torch.isnan(yn.float()).all(), yn
     print("WORST 0")
 """)
 
@@ -189,3 +193,24 @@ def test_shared_bf16_cast_gradient_is_the_float32_sum():
     (g0,) = torch.autograd.grad(separate, x0, d)
     assert g1.dtype == torch.float32
     torch.testing.assert_close(g1, g0, rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_node_out_switch_and_autocast_query(monkeypatch):
+    import pytest
+    import torch
+
+    from openmm_e2former.model import layers as L
+
+    x = torch.zeros(2, 9, 4)
+    monkeypatch.delenv("E2F_BF16_NODE_OUT", raising=False)
+    assert L.autocast_dtype(x) == torch.float32                    # no autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert L.autocast_dtype(x) == torch.bfloat16
+        monkeypatch.setenv("E2F_BF16_NODE_OUT", "0")
+        assert L.autocast_dtype(x) == torch.float32
+        monkeypatch.setenv("E2F_BF16_NODE_OUT", "yes")
+        with pytest.raises(ValueError, match="E2F_BF16_NODE_OUT='yes'"):
+            L.autocast_dtype(x)
+    monkeypatch.setenv("E2F_BF16_NODE_OUT", "1")
+    with torch.autocast("cpu", dtype=torch.float16):               # only bf16 autocast counts
+        assert L.autocast_dtype(x) == torch.float32

@@ -129,3 +129,12 @@ def test_node_kernel_usable_defaults(monkeypatch):
     monkeypatch.setenv("E2F_CG_KERNEL", "on")
     with pytest.raises(ValueError, match="E2F_CG_KERNEL='on'"):
         S.node_kernel_usable(x, "E2F_CG_KERNEL")
+    # the CUDA branch (a stand-in: only .is_cuda is looked at): on by default, "0" off
+    import types
+
+    cuda_t = types.SimpleNamespace(is_cuda=True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("E2F_CG_KERNEL", raising=False)
+    assert S.node_kernel_usable(cuda_t, "E2F_CG_KERNEL") is True
+    monkeypatch.setenv("E2F_CG_KERNEL", "0")
+    assert S.node_kernel_usable(cuda_t, "E2F_CG_KERNEL") is False
