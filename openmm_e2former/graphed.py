@@ -26,6 +26,7 @@ runs eagerly (this is how the CPU tests check it).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -186,6 +187,14 @@ class _PaddedGraph:
         return np.stack(out)
 
     def _evaluate(self, positions: torch.Tensor, cells, cells_host=None) -> None:
+        # everything (buffers, side stream, capture, replay) on the model's device, also when another CUDA device
+        # is current (a model on cuda:1 while cuda:0 is current): torch.cuda.Stream() and the capture would
+        # otherwise use the current device
+        dev = self.model.device
+        with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+            self._evaluate_on_device(positions, cells, cells_host)
+
+    def _evaluate_on_device(self, positions: torch.Tensor, cells, cells_host=None) -> None:
         m = self.model
         pos = positions.to(m.device, m.dtype)
         boxes = self._boxes(cells, cells_host)

@@ -68,3 +68,26 @@ def test_launch_device_is_a_device_guard_on_cuda_only():
     S = import_module(kernels_package() + "._node_switch")
     assert isinstance(S.launch_device(torch.device("cpu")), contextlib.nullcontext)
     assert isinstance(S.launch_device(torch.device("cuda", 1)), torch.cuda.device)
+
+
+def test_graphed_path_runs_on_the_models_device(monkeypatch):
+    """The CUDA-graph path (buffers, side stream, capture, replay) runs under a device guard of the model's device;
+    on the CPU it needs none.  (Wiring only: the CPU cannot switch devices.)"""
+    import types
+
+    from openmm_e2former import graphed
+
+    entered, ran = [], []
+
+    @contextlib.contextmanager
+    def fake_device(dev):
+        entered.append(dev)
+        yield
+
+    monkeypatch.setattr(graphed.torch.cuda, "device", fake_device)
+    for dev, want in ((torch.device("cuda", 1), [torch.device("cuda", 1)]), (torch.device("cpu"), [])):
+        entered.clear()
+        stub = types.SimpleNamespace(model=types.SimpleNamespace(device=dev),
+                                     _evaluate_on_device=lambda *a: ran.append((list(entered), a)))
+        graphed._PaddedGraph._evaluate(stub, "pos", None, None)
+        assert entered == want and ran[-1] == (want, ("pos", None, None))
