@@ -15,10 +15,13 @@ two node-level kernels); ``E2F_PAIRDOT_KERNEL=0`` opts out.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
+from ._bf16 import to_out
 from ._node_switch import env_switch, launch_device
 from .pairdot_reference import pairdot_reference
 
@@ -53,7 +56,8 @@ def _degree_dot_bwd(A, DA, g, n2, j2, mask, M: tl.constexpr, H: tl.constexpr):
 
 
 @triton.jit
-def _pairdot_fwd_kernel(A0, A1, A2, B, S, N, H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr):
+def _pairdot_fwd_kernel(A0, A1, A2, B, S, N, H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+                        OUT_BF16: tl.constexpr):
     n = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     j = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = (n < N)[:, None] & (j < H)[None, :]
@@ -61,9 +65,10 @@ def _pairdot_fwd_kernel(A0, A1, A2, B, S, N, H: tl.constexpr, BLOCK_N: tl.conste
     x = tl.load(A0 + n2 * (2 * H) + j2, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(A0 + n2 * (2 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(B + j, mask=j < H, other=0.0).to(tl.float32)
-    tl.store(S + n2 * (3 * H) + j2, ((x + b[None, :]) * y).to(S.dtype.element_ty), mask=mask)
-    tl.store(S + n2 * (3 * H) + H + j2, _degree_dot(A1, n2, j2, mask, 3, H).to(S.dtype.element_ty), mask=mask)
-    tl.store(S + n2 * (3 * H) + 2 * H + j2, _degree_dot(A2, n2, j2, mask, 5, H).to(S.dtype.element_ty), mask=mask)
+    # float32, or bf16 for lin1's bf16 GEMM (rounded as torch's cast rounds: kernels/_bf16.py)
+    tl.store(S + n2 * (3 * H) + j2, to_out((x + b[None, :]) * y, OUT_BF16), mask=mask)
+    tl.store(S + n2 * (3 * H) + H + j2, to_out(_degree_dot(A1, n2, j2, mask, 3, H), OUT_BF16), mask=mask)
+    tl.store(S + n2 * (3 * H) + 2 * H + j2, to_out(_degree_dot(A2, n2, j2, mask, 5, H), OUT_BF16), mask=mask)
 
 
 @triton.jit
@@ -96,16 +101,18 @@ def _grid(N: int, H: int):
 
 class PairDot(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a0, a1, a2, bias):
+    def forward(ctx, a0, a1, a2, bias, out_dtype):
         a0c, a1c, a2c = a0.contiguous(), a1.contiguous(), a2.contiguous()
         bc = bias.detach().contiguous()
         N, H = a0c.shape[0], a0c.shape[1] // 2
-        # the PyTorch form's dtype: bf16 projections with the float32 bias (autocast) give float32
-        s = torch.empty((N, 3 * H), device=a0c.device, dtype=torch.promote_types(a0c.dtype, bc.dtype))
+        # by default the PyTorch form's dtype: bf16 projections with the float32 bias (autocast) give float32
+        if out_dtype is None:
+            out_dtype = torch.promote_types(a0c.dtype, bc.dtype)
+        s = torch.empty((N, 3 * H), device=a0c.device, dtype=out_dtype)
         if N:
             with launch_device(a0c.device):
                 _pairdot_fwd_kernel[_grid(N, H)](a0c, a1c, a2c, bc, s, N, H=H, BLOCK_N=_BLOCK_N, BLOCK_H=_BLOCK_H,
-                                                 num_warps=_NUM_WARPS)
+                                                 OUT_BF16=out_dtype == torch.bfloat16, num_warps=_NUM_WARPS)
         ctx.save_for_backward(a0, a1, a2, bias)
         return s
 
@@ -115,8 +122,9 @@ class PairDot(torch.autograd.Function):
         if torch.is_grad_enabled():       # double backward (a force loss): autograd through the reference
             with torch.enable_grad():
                 ins = [t if t.requires_grad else t.detach().requires_grad_(True) for t in (a0, a1, a2, bias)]
-                grads = torch.autograd.grad(pairdot_reference(*ins), ins, ds, create_graph=True)
-            return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+                ref = pairdot_reference(*ins)
+                grads = torch.autograd.grad(ref, ins, ds.to(ref.dtype), create_graph=True)
+            return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None)
         a0c, a1c, a2c = a0.contiguous(), a1.contiguous(), a2.contiguous()
         dsc = ds.contiguous()
         N, H = a0c.shape[0], a0c.shape[1] // 2
@@ -128,16 +136,21 @@ class PairDot(torch.autograd.Function):
         dbias = None
         if ctx.needs_input_grad[3]:
             dbias = (dsc[:, :H].float() * a0c[:, H:].float()).sum(0).to(bias.dtype)
-        return da0, da1, da2, dbias
+        return da0, da1, da2, dbias, None
 
 
-def pairdot(a0: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def pairdot(a0: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Tensor,
+            out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """s [N, 3h] of a0 [N, 2h], a1 [N, 3, 2h], a2 [N, 5, 2h], bias [h] by the kernels (``pairdot_reference``);
-    differentiable in every input, any order."""
+    differentiable in every input, any order.  ``out_dtype``: None (the PyTorch form's dtype), float32, or bf16
+    where s feeds only a matrix product under bf16 autocast (computed in float32 and rounded as the cast would
+    round it: bit-identical, one cast pass less each way; the backward reads the bf16 gradient directly)."""
+    if out_dtype not in (None, torch.float32, torch.bfloat16):
+        raise ValueError(f"pairdot: out_dtype must be None, float32 or bfloat16, got {out_dtype}")
     N, h2 = a0.shape
     if h2 % 2 or tuple(a1.shape) != (N, 3, h2) or tuple(a2.shape) != (N, 5, h2) or tuple(bias.shape) != (h2 // 2,):
         raise ValueError(f"pairdot: expected a0 [N, 2h], a1 [N, 3, 2h], a2 [N, 5, 2h], bias [h], got "
                          f"{tuple(a0.shape)}, {tuple(a1.shape)}, {tuple(a2.shape)}, {tuple(bias.shape)}")
     if not (a0.dtype == a1.dtype == a2.dtype):
         raise ValueError(f"pairdot: a0, a1, a2 must share a dtype, got {a0.dtype}, {a1.dtype}, {a2.dtype}")
-    return PairDot.apply(a0, a1, a2, bias)
+    return PairDot.apply(a0, a1, a2, bias, out_dtype)

@@ -111,7 +111,8 @@ class SO3ToScalar(nn.Module):
     def _pairdot_kernel(self, p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
         from ..kernels.pairdot_triton import pairdot
 
-        return pairdot(p0, p1, p2, self.bias)
+        # s feeds only lin1: under bf16 autocast the kernel writes it in bf16 itself (bit-identical)
+        return pairdot(p0, p1, p2, self.bias, torch.bfloat16 if autocast_dtype(p0) == torch.bfloat16 else None)
 
 
 class RadialMLP(nn.Module):

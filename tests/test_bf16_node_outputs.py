@@ -1,5 +1,6 @@
-"""Under bf16 autocast (``set_precision("bf16")``) the CG-contraction kernel and the FFN's RMS norm write their
-outputs in bf16 themselves, since their only consumers are matrix products that would cast them to bf16 anyway.
+"""Under bf16 autocast (``set_precision("bf16")``) the CG-contraction kernel, the FFN's RMS norm and the q / k
+invariant kernel write their outputs in bf16 themselves, since their only consumers are matrix products that would
+cast them to bf16 anyway.
 This saves one cast pass each way.
 
 The claim to check is bit-identity, under the Triton interpreter on the CPU:
@@ -51,8 +52,22 @@ _KERNELS_SCRIPT = textwrap.dedent(r"""
         g32 = torch.autograd.grad(p32, (x, w, b), [d.float() for d in d16])
         for a, c in zip(g32, g16):
             assert c.dtype == torch.float32 and torch.equal(a, c)
+        # q / k invariants (bf16 projections, as under autocast; float32 bias)
+        KP = import_module(sys.argv[1] + ".pairdot_triton")
+        h = 24
+        a = [(torch.randn(shape, generator=g)).to(bf).requires_grad_(True) for shape in ((N, 2 * h), (N, 3, 2 * h), (N, 5, 2 * h))]
+        bias = torch.randn(h, generator=g)
+        s32 = KP.pairdot(*a, bias)
+        s16 = KP.pairdot(*a, bias, bf)
+        assert s32.dtype == torch.float32 and s16.dtype == bf and torch.equal(s32.to(bf), s16)
+        ds = torch.randn(s16.shape, generator=g).to(bf)
+        ga16 = torch.autograd.grad(s16, a, ds)
+        ga32 = torch.autograd.grad(s32, a, ds.float())
+        for x16, x32 in zip(ga16, ga32):
+            assert torch.equal(x16, x32)
     for bad in (torch.float16, torch.float64):
-        for call in (lambda: KC.cg_contract(U, cg, bad), lambda: KN.rms_norm(x, w, b, 1e-6, parts=True, out_dtype=bad)):
+        for call in (lambda: KC.cg_contract(U, cg, bad), lambda: KN.rms_norm(x, w, b, 1e-6, parts=True, out_dtype=bad),
+                     lambda: KP.pairdot(*a, bias, bad)):
             try:
                 call()
             except ValueError as e:
@@ -90,6 +105,8 @@ _MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
     from openmm_e2former.kernels import cg_triton, rmsnorm_triton
     os.environ["E2F_CG_KERNEL"] = "1"
     os.environ["E2F_RMSNORM_KERNEL"] = "1"
+    os.environ["E2F_PAIRDOT_KERNEL"] = "1"
+    from openmm_e2former.kernels import pairdot_triton
     m, z, pos, cell, pbc = tiny_kernel_model()
     m.set_precision("bf16")
     # the attention on its PyTorch route (the fused one under the interpreter would take most of the time) gives
@@ -105,7 +122,11 @@ _MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
     def spy_norm(x, w, b, eps, extra=None, parts=False, out_dtype=torch.float32):
         dtypes.append(("norm", out_dtype))
         return real_norm(x, w, b, eps, extra, parts, out_dtype)
-    cg_triton.cg_contract, rmsnorm_triton.rms_norm = spy_cg, spy_norm
+    real_pd = pairdot_triton.pairdot
+    def spy_pd(a0, a1, a2, bias, out_dtype=None):
+        dtypes.append(("pairdot", out_dtype or torch.float32))
+        return real_pd(a0, a1, a2, bias, out_dtype)
+    cg_triton.cg_contract, rmsnorm_triton.rms_norm, pairdot_triton.pairdot = spy_cg, spy_norm, spy_pd
     out = {}
     for label in ("bf16 outputs", "float32 outputs"):
         if label == "float32 outputs":          # the path before: the kernels write float32, autocast casts
@@ -114,7 +135,7 @@ _MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
         out[label] = m.energy_and_forces(z, pos, cell, pbc)
         kinds = {(k, d) for k, d in dtypes}
         want = torch.bfloat16 if label == "bf16 outputs" else torch.float32
-        assert ("cg", want) in kinds and ("norm", want) in kinds, (label, kinds)
+        assert ("cg", want) in kinds and ("norm", want) in kinds and ("pairdot", want) in kinds, (label, kinds)
     e1, f1 = out["bf16 outputs"][1], out["bf16 outputs"][2]
     e0, f0 = out["float32 outputs"][1], out["float32 outputs"][2]
     assert torch.equal(torch.as_tensor(e1), torch.as_tensor(e0)), (e0, e1)
@@ -131,7 +152,7 @@ _MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
 def test_bf16_model_with_bf16_kernel_outputs_is_bit_identical():
     run_under_triton_interpreter(_MODEL_SCRIPT, [Path(__file__).resolve().parent], "the bf16 model's node kernels",
                                  drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_CG_KERNEL", "E2F_RMSNORM_KERNEL",
-                                           "E2F_BF16_NODE_OUT"))
+                                           "E2F_PAIRDOT_KERNEL", "E2F_BF16_NODE_OUT"))
 
 
 def test_qkv_projections_share_one_bf16_cast(monkeypatch):
