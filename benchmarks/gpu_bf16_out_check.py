@@ -9,7 +9,9 @@ projections share one bf16 cast of their input.  This script checks that nothing
   - the energy must be bit-identical (the forward computes the same bits);
   - the forces must agree to float32 rounding (1e-6 of max |F|): the shared q / k / v cast sums the same three
     bf16 gradients in float32, in an order that may differ. Whether they are bit-identical is reported too.
-- **Timing:** steps/s of each, with torch.cuda.synchronize around a few steps.
+- **Timing:** steps/s of each configuration (float32 copies as before; the bf16 node outputs and shared cast;
+  those plus bf16 q / k into the attention kernels, ``E2F_V2_BF16_QK``), with torch.cuda.synchronize around a
+  few steps.
 """
 from __future__ import annotations
 
@@ -34,32 +36,40 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
     m = v15_model()
+    m.requires_grad_(False)
+    torch.backends.cuda.matmul.allow_tf32 = True      # as gpu_end_to_end's bf16 mode
     m.set_precision("bf16")
     m.set_radial_tables(True)
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
         pos = torch.as_tensor(fcc_carbon(n), dtype=torch.float32, device="cuda")
         z = torch.full((n,), 6, dtype=torch.long, device="cuda")
+        configs = {"float32 copies (before)": {"E2F_BF16_NODE_OUT": "0", "E2F_V2_BF16_QK": "0"},
+                   "bf16 node outputs + shared q/k/v cast": {"E2F_BF16_NODE_OUT": "1", "E2F_V2_BF16_QK": "0"},
+                   "+ bf16 q/k into the attention kernels (default)": {"E2F_BF16_NODE_OUT": "1",
+                                                                       "E2F_V2_BF16_QK": "1"}}
         res, times = {}, {}
-        for flag in ("0", "1", "0", "1"):      # alternated, the second pair timed
-            os.environ["E2F_BF16_NODE_OUT"] = flag
-            out = m.energy_and_forces(z, pos)
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
+        for _round in range(2):                 # alternated; the second round timed
+            for label, env in configs.items():
+                os.environ.update(env)
                 out = m.energy_and_forces(z, pos)
-            torch.cuda.synchronize()
-            times[flag] = (time.perf_counter() - t0) / args.steps
-            res[flag] = (float(out[1]), out[2].detach().clone())
-        same_e = res["0"][0] == res["1"][0]
-        same_f = bool(torch.equal(res["0"][1], res["1"][1]))
-        diff_f = float((res["0"][1] - res["1"][1]).abs().max())
-        close_f = diff_f <= 1e-6 * float(res["0"][1].abs().max())
-        row = {"n_atoms": n, "mode": "bf16, tables", "energy_bit_identical": same_e, "forces_bit_identical": same_f, "forces_within_fp32_rounding": close_f,
-               "max_force_diff_eV_A": diff_f, "steps_per_s_float32_out": 1 / times["0"],
-               "steps_per_s_bf16_out": 1 / times["1"]}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    out = m.energy_and_forces(z, pos)
+                torch.cuda.synchronize()
+                times[label] = (time.perf_counter() - t0) / args.steps
+                res[label] = (float(out[1]), out[2].detach().clone())
+        base_e, base_f = res["float32 copies (before)"]
+        for label in configs:
+            e, f = res[label]
+            diff_f = float((f - base_f).abs().max())
+            row = {"n_atoms": n, "mode": "bf16, tables", "config": label, "steps_per_s": 1 / times[label],
+                   "energy_bit_identical": e == base_e, "forces_bit_identical": bool(torch.equal(f, base_f)),
+                   "max_force_diff_eV_A": diff_f,
+                   "forces_within_fp32_rounding": diff_f <= 1e-6 * float(base_f.abs().max())}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
         Path(args.out).write_text(json.dumps(rows, indent=1))
     ok = all(r["energy_bit_identical"] and r["forces_within_fp32_rounding"] for r in rows)
     print("PASS" if ok else "FAIL", flush=True)

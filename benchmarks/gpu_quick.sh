@@ -191,8 +191,9 @@ for what in "$@"; do
       E2F_COMPILE=graphs E2F_RADIAL_TABLES=1 timeout 430 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed14" \
           --parts speed --sizes 20000,10000,1000 --modes graphed_tf32,graphed_bf16,graphed_fp32 --no-water --budget-s 390 2>&1 \
           | grep -E '^\{|Error' | cut -c1-200 ;;
-    bf16out15)  # next session: the bf16 node-kernel outputs (session 14, interpreter-checked bit-identical): GPU bit
-                # check and A/B at V1.5 2k / 10k / 100k (bf16, tables) (~3 min)
+    bf16out15)  # next session: session 14's bf16 changes (node-kernel bf16 outputs, shared q/k/v cast, bf16 q/k into the
+                # attention kernels; interpreter-checked): GPU check (energy bit-identical) and A/B of the three
+                # configurations at V1.5 2k / 10k / 100k (bf16, tables) (~4 min)
       timeout 240 python3 benchmarks/gpu_bf16_out_check.py "$OUT/bf16_out_check.json" --sizes 2000,10000,100000 2>&1 \
           | grep -E '^\{|PASS|FAIL|Error' | cut -c1-300 ;;
     prof10k15)  # next session: where the 10k TF32 step goes now (tables, node-level kernels on): the 5x target

@@ -283,12 +283,16 @@ def _qk_logits(g, q, k, tgt, j, mask_e, offs_hb, sm_scale, H: tl.constexpr, D: t
     # the default's code (and its register allocation) is what it was before the option existed
     qk = tl.zeros([R, HB], dtype=tl.float32)
     for dd in tl.static_range(D):
+        # (q, k float32, or bf16 as the bf16 mode's projections make them (``bf16_qk``): converted exactly here;
+        # a no-op for float32)
         if QKL:
-            qd = tl.load(q + tgt[:, None] * (H * D) + dd * H + offs_hb[None, :])
-            kd = tl.load(k + j[:, None] * (H * D) + dd * H + offs_hb[None, :], mask=mask_e[:, None], other=0.0)
+            qd = tl.load(q + tgt[:, None] * (H * D) + dd * H + offs_hb[None, :]).to(tl.float32)
+            kd = tl.load(k + j[:, None] * (H * D) + dd * H + offs_hb[None, :], mask=mask_e[:, None],
+                         other=0.0).to(tl.float32)
         else:
-            qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd)
-            kd = tl.load(k + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, mask=mask_e[:, None], other=0.0)
+            qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd).to(tl.float32)
+            kd = tl.load(k + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, mask=mask_e[:, None],
+                         other=0.0).to(tl.float32)
         qk += qd * kd
     return qk, tl.where(mask_e[:, None], g * qk * sm_scale, float("-inf"))
 
@@ -785,18 +789,18 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                 if QKL:     # [N, D, H]: the HB heads of component dd are contiguous (one dk atomic per row
                     # covers HB consecutive floats instead of HB floats D apart)
                     kd = tl.load(k + j[:, None] * (H * D) + dd * H + offs_hb[None, :], mask=mask_e[:, None],
-                                 other=0.0)
+                                 other=0.0).to(tl.float32)
                     tl.store(dq + tgt_t[:, None] * (H * D) + dd * H + offs_hb[None, :],
                              _seg_sum(dqk * kd, BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
-                    qd = tl.load(q + tgt[:, None] * (H * D) + dd * H + offs_hb[None, :])
+                    qd = tl.load(q + tgt[:, None] * (H * D) + dd * H + offs_hb[None, :]).to(tl.float32)
                     _acc_write(dk + j[:, None] * (H * D) + dd * H + offs_hb[None, :], dqk * qd, mask_e[:, None],
                                ATOM, ASEM)
                 else:
                     kd = tl.load(k + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, mask=mask_e[:, None],
-                                 other=0.0)
+                                 other=0.0).to(tl.float32)
                     tl.store(dq + tgt_t[:, None] * (H * D) + offs_hb[None, :] * D + dd,
                              _seg_sum(dqk * kd, BLOCK_T, BLOCK_E, HB), mask=tmask[:, None])
-                    qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd)
+                    qd = tl.load(q + tgt[:, None] * (H * D) + offs_hb[None, :] * D + dd).to(tl.float32)
                     _acc_write(dk + j[:, None] * (H * D) + offs_hb[None, :] * D + dd, dqk * qd, mask_e[:, None],
                                ATOM, ASEM)
             # --- last Linear: dx2 += dg W2[g rows of block] + dw W2[w rows of block] --------------------
@@ -1144,11 +1148,27 @@ def _table_launch_args(table, device):
             int(P), int(M), float(h), True)
 
 
+def bf16_qk(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Queries and keys that arrive in bf16 (the bf16 mode: ``SO3ToScalar.lin2`` runs under bf16 autocast) go to
+    the kernels as they are, like the values (``bf16_values``), instead of as float32 copies; the kernels convert
+    each load exactly.  Bit-identical; it halves k's share of the per-edge gathers (H D of the floats each edge
+    reads) and the bytes of the host-side copies (cast, [N, D, H] layout), forward and backward.  Session 14,
+    interpreter-checked, the default (``E2F_V2_BF16_QK=0`` restores the float32 copies; not yet timed on a GPU:
+    ``benchmarks/gpu_quick.sh bf16out15``)."""
+    val = os.environ.get("E2F_V2_BF16_QK", "1")
+    if val not in ("0", "1"):
+        raise ValueError(f"E2F_V2_BF16_QK={val!r}: expected '0' or '1'")
+    return q.dtype == torch.bfloat16 and k.dtype == torch.bfloat16 and val == "1"
+
+
 def _kernel_inputs(vec, q, k, v, qkl: bool):
     """vec, q, k, v as the v2 kernels read them (forward and backward alike): contiguous float32; q, k as [N, D, H]
-    copies when ``qkl`` (``qk_layout``); v left in bf16 where ``bf16_values`` says so (converted in the kernels)."""
+    copies when ``qkl`` (``qk_layout``); v left in bf16 where ``bf16_values`` says so, q and k where ``bf16_qk``
+    does (converted in the kernels)."""
     f32 = torch.float32
-    vecc, qc, kc_ = (x.detach().to(f32).contiguous() for x in (vec, q, k))
+    vecc = vec.detach().to(f32).contiguous()
+    keep = bf16_qk(q, k)
+    qc, kc_ = (x.detach().contiguous() if keep else x.detach().to(f32).contiguous() for x in (q, k))
     vc = v.detach().contiguous() if bf16_values(v) else v.detach().to(f32).contiguous()
     if qkl:
         qc, kc_ = qc.transpose(1, 2).contiguous(), kc_.transpose(1, 2).contiguous()
@@ -1225,8 +1245,8 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
         vecc, qc, kc_, vc = _kernel_inputs(vec, q, k, v, ctx.qkl)    # dq, dk below come out in qc's layout too
         dUc = dU.to(f32).contiguous()
         dvec = torch.zeros_like(vecc)
-        dq = torch.empty_like(qc)
-        dk = torch.zeros_like(kc_)
+        dq = torch.empty(qc.shape, device=qc.device, dtype=f32)         # float32 whatever q's and k's dtype
+        dk = torch.zeros(kc_.shape, device=kc_.device, dtype=f32)
         dv = torch.zeros(vc.shape, device=vc.device, dtype=f32)        # float32 sums whatever v's dtype
         rp = row_ptr.contiguous()
         for be, perm, seg, use_perm in ctx.launches:

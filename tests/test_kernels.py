@@ -568,9 +568,11 @@ _INTERP_BF16_VALUES_SCRIPT = textwrap.dedent(r"""
     T_ = import_module(sys.argv[1] + "._testing")
 
     def run(case, table, bf16_in_kernel, env):
-        with T_.env_vars(dict(env, E2F_V2_BF16_VALUES="1" if bf16_in_kernel else "0")):
+        flag = "1" if bf16_in_kernel else "0"
+        with T_.env_vars(dict(env, E2F_V2_BF16_VALUES=flag, E2F_V2_BF16_QK=flag)):
             a = list(T_.args_of(case))
-            a[5] = a[5].to(torch.bfloat16)                    # values as the bf16 mode's projection makes them
+            for n in (3, 4, 5):                               # q, k, v as the bf16 mode's projections make them
+                a[n] = a[n].to(torch.bfloat16)
             for n in (2, 3, 4, 5):
                 a[n] = a[n].clone().requires_grad_(True)
             U = KM.fused_attention(*a, backend="triton_v2", table=table)
@@ -579,8 +581,9 @@ _INTERP_BF16_VALUES_SCRIPT = textwrap.dedent(r"""
 
     V2 = import_module(sys.argv[1] + ".attention_triton_v2")
     seen = []                                                 # what the launches decided (the bf16 path was taken)
-    real = V2.bf16_values
+    real, real_qk = V2.bf16_values, V2.bf16_qk
     V2.bf16_values = lambda v: seen.append(real(v)) or seen[-1]
+    V2.bf16_qk = lambda q, k: seen.append(real_qk(q, k)) or seen[-1]
     n = 0
     for seed, table_on, env in ((71, False, {}), (72, True, {}), (73, False, {"E2F_V2_BWD_AGG": "stream"}),
                                 (74, False, {"E2F_V2_BWD_AGG": "split", "E2F_V2_BUCKETS": "1"}),
@@ -596,7 +599,7 @@ _INTERP_BF16_VALUES_SCRIPT = textwrap.dedent(r"""
         seen.clear()
         got = run(case, table, True, env)                     # the bf16 values as they are (the default)
         assert seen and all(seen)
-        assert got[4].dtype == torch.bfloat16 and ref[4].dtype == torch.bfloat16
+        assert all(x.dtype == torch.bfloat16 for x in got[2:5] + ref[2:5])      # dq, dk, dv in the inputs' dtype
         for x, y in zip(got, ref):
             assert torch.equal(x, y), (seed, env, (x.float() - y.float()).abs().max())
         n += 1
@@ -606,9 +609,10 @@ _INTERP_BF16_VALUES_SCRIPT = textwrap.dedent(r"""
 
 
 def test_bf16_values_are_bit_identical_under_interpreter():
-    """E2F_V2_BF16_VALUES=1 (the default since session 13): bf16 values go into the v2 attention kernels as they
-    are and are converted there; U and every gradient equal those of =0 (a float32 copy made on the host) bit for
-    bit, on the MLP and table paths and in the tiled, streamed and split aggregations."""
+    """E2F_V2_BF16_VALUES=1 (the default since session 13) and E2F_V2_BF16_QK=1 (session 14): bf16 values, queries
+    and keys go into the v2 attention kernels as they are and are converted there; U and every gradient equal those
+    of =0 (float32 copies made on the host) bit for bit, on the MLP and table paths and in the tiled, streamed and
+    split aggregations."""
     out = run_under_triton_interpreter(_INTERP_BF16_VALUES_SCRIPT, [KPKG], "bf16 values in the v2 kernels")
     assert "bit-identical in 5 cases" in out
 
@@ -621,11 +625,13 @@ _INTERP_BF16_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
     os.environ["E2FORMER_ATTENTION_BACKEND"] = "triton_v2"
     m.set_precision("bf16")
     seen = []
-    real = V2.bf16_values
+    real, real_qk = V2.bf16_values, V2.bf16_qk
     V2.bf16_values = lambda v: seen.append((v.dtype, real(v))) or real(v)
+    V2.bf16_qk = lambda q, k: seen.append((q.dtype, real_qk(q, k))) or real_qk(q, k)
     out = {}
     for flag in ("0", "1"):
         os.environ["E2F_V2_BF16_VALUES"] = flag
+        os.environ["E2F_V2_BF16_QK"] = flag
         seen.clear()
         out[flag] = m.energy_and_forces(z, pos, cell, pbc)
         assert seen and all(dt == torch.bfloat16 and used == (flag == "1") for dt, used in seen), seen
