@@ -292,8 +292,13 @@ def profile(out: Path, n: int = 10000, mode: str = "fp32"):
               "copies have none: '(autograd)')"]
     for t, cnt, site in copy_sites(prof.events())[:30]:
         lines.append(f"{t / 1e3:9.3f} ms  x{cnt:<4d} {site[:220]}")
+    # every operation by input shape too (which GEMM / GEMV / elementwise pass is which)
+    table_shapes = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cuda_time_total", row_limit=50,
+                                                                      max_name_column_width=60,
+                                                                      max_shapes_column_width=120)
     (out.parent / f"profile_{n}_{mode}{'_tables' if tables else ''}.txt").write_text(
         "## by total CUDA time\n" + table + "\n\n## by self CUDA time\n" + table_self
+        + "\n\n## by self CUDA time and input shapes\n" + table_shapes
         + "\n\n## copies (aten::copy_ / aten::_to_copy) by input shape, then by model source lines\n"
         + "\n".join(lines) + "\n")
     print(table[:6000], flush=True)
