@@ -23,6 +23,7 @@
 #   kcheck:   tests/gpu/check_kernels.py alone (~4 min; give the call 330 s: session 14's 250 s cut it off)
 #   bf16out15: NEXT session: the bf16 node-kernel outputs: GPU bit-identity check and A/B, V1.5 2k-100k (~3 min)
 #   prof10k15: NEXT session: the 10k TF32 profile with session 14's defaults (~2 min)
+#   gate15:   NEXT session: the opt-in gate kernel (E2F_GATE_KERNEL=1): GPU check, A/B at 10k / 100k (~4 min)
 #   final14 / graphed14 / cg14b: (ran in session 14) OpenMM defaults + 100k profile; compile + graphs; node kernels
 #   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
 #   bf16v13:  E2F_V2_BF16_VALUES=1 in bf16 mode with tables at 10k / 100k beside the default (~4 min)
@@ -200,6 +201,15 @@ for what in "$@"; do
       mkdir -p "$OUT/profile"
       E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \
           --modes tf32 --out "$OUT/profile" 2>&1 | tail -n 3 ;;
+    gate15)     # next session: the opt-in gate kernel (E2F_GATE_KERNEL=1, session 14, interpreter-checked): GPU check
+                # vs float64, then V1.5 with tables at 10k (fp32, TF32) and 100k (bf16) off / on (~4 min)
+      timeout 120 python3 tests/gpu/check_gate.py "$OUT/gate_gpu_check.json" 2>&1 | tail -n 2
+      for c in 0 1; do
+        E2F_GATE_KERNEL=$c E2F_RADIAL_TABLES=1 timeout 70 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_gate$c" \
+            --parts speed --sizes 10000 --modes fp32,tf32 --no-water --budget-s 55 2>&1 | grep -E '^\{|Error' | cut -c1-200
+        E2F_GATE_KERNEL=$c E2F_RADIAL_TABLES=1 timeout 70 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_gate100k$c" \
+            --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 55 2>&1 | grep -E '^\{|Error' | cut -c1-200
+      done ;;
     compile14)  # next session: set_compile and the CUDA graph on top of session 13's kernels, with tables: V1.5 at 10k /
                 # 20k (fp32, TF32) and 100k (TF32, bf16; the 3 steps/s target), then graphed 1k / 10k with compile (~9 min)
       E2F_COMPILE=1 E2F_RADIAL_TABLES=1 timeout 300 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_compiled" \

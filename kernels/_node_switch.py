@@ -18,17 +18,18 @@ def env_switch(name: str, default: str = "1") -> bool:
     return val == "1"
 
 
-def node_kernel_usable(t: torch.Tensor, name: str) -> bool:
+def node_kernel_usable(t: torch.Tensor, name: str, cuda_default: str = "1") -> bool:
     """Whether the model may hand ``t`` to the kernel switched by ``name``: triton imports, the switch is on, ``t``
     is on CUDA (on by default) or the Triton interpreter runs (only with the switch set to "1" explicitly, so the
     interpreter's CPU tests of other kernels keep the PyTorch form), and torch.compile is not tracing (set_compile
-    fuses the PyTorch form itself).  The caller checks what is particular to its kernel (dtype, route)."""
+    fuses the PyTorch form itself).  ``cuda_default``: "0" for a kernel not yet timed on a GPU (opt-in).  The caller
+    checks what is particular to its kernel (dtype, route)."""
     from . import HAS_TRITON
 
     if not HAS_TRITON or torch.compiler.is_compiling():
         return False
     if t.is_cuda:
-        return env_switch(name)
+        return env_switch(name, default=cuda_default)
     return os.environ.get("TRITON_INTERPRET") == "1" and env_switch(name, default="0")
 
 

@@ -229,11 +229,33 @@ class GatedFFN(nn.Module):
         """The FFN of degree parts (see SO3Linear.parts) -> [N, 9, C]: one cat, at the end."""
         C = self.channels
         zs = self.lin1.parts(xs)
-        gs = torch.split(self.gate(zs[0].reshape(zs[0].shape[0], C)), [C, C, C], dim=1)
+        logits = self.gate(zs[0].reshape(zs[0].shape[0], C))
+        if not torch.jit.is_scripting():
+            if self._gate_kernel_usable(logits, zs[1]):
+                return torch.cat(self.lin2.parts(self._gate_kernel(logits, zs[1], zs[2])), dim=1)
+        gs = torch.split(logits, [C, C, C], dim=1)
         y0 = self.c_silu * F.silu(gs[0])
         y1 = self.c_sigmoid * torch.sigmoid(gs[1])[:, None] * zs[1]
         y2 = self.c_sigmoid * torch.sigmoid(gs[2])[:, None] * zs[2]
         return torch.cat(self.lin2.parts([y0[:, None], y1, y2]), dim=1)
+
+    @torch.jit.unused
+    def _gate_kernel_usable(self, logits: torch.Tensor, z1: torch.Tensor) -> bool:
+        """The gates by ``kernels.gate_triton`` (opt-in ``E2F_GATE_KERNEL=1``, not yet timed on a GPU): float32 or
+        bf16 tensors on CUDA (or under the Triton interpreter), not inside torch.compile."""
+        if logits.dtype not in (torch.float32, torch.bfloat16) or z1.dtype not in (torch.float32, torch.bfloat16):
+            return False
+        from ..kernels._node_switch import node_kernel_usable
+
+        return node_kernel_usable(logits, "E2F_GATE_KERNEL", cuda_default="0")
+
+    @torch.jit.unused
+    def _gate_kernel(self, logits: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> List[torch.Tensor]:
+        from ..kernels.gate_triton import gate
+
+        # the outputs feed only lin2: under bf16 autocast in bf16, else the PyTorch form's dtype
+        out = torch.bfloat16 if autocast_dtype(logits) == torch.bfloat16 else None
+        return list(gate(logits, z1, z2, self.c_silu, self.c_sigmoid, out))
 
 
 def autocast_dtype(t: torch.Tensor) -> torch.dtype:
