@@ -641,12 +641,7 @@ class Heads(nn.Module):
     def energy(self, x0: torch.Tensor, head: int) -> torch.Tensor:
         h = F.silu(F.linear(x0, self.w0[head], self.b0[head]))
         h = F.silu(F.linear(h, self.w1[head], self.b1[head]))
-        # the last layer (C -> 1) as a product and a row sum, not a matrix product.  As [N, C] x [C, 1] its
-        # forward is a GEMV and its backward an [N, 1] x [1, C] product; the 100k bf16 profile on an H200
-        # (profile_100k_bf16_tables_s14_h200.txt) has two float32 GEMV calls of 3.4 ms each, 1.8 % of the step,
-        # most likely these (to be confirmed by the next profile, which records shapes).  The same sum in another
-        # order: float32 rounding.
-        return (h * self.w2[head, 0]).sum(dim=1) + self.b2[head, 0]
+        return F.linear(h, self.w2[head], self.b2[head])[:, 0]
 
 
 class E2FormerV2(nn.Module):
