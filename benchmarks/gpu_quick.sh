@@ -203,7 +203,7 @@ for what in "$@"; do
           --modes tf32 --out "$OUT/profile" 2>&1 | tail -n 3 ;;
     gate15)     # next session: the opt-in gate kernel (E2F_GATE_KERNEL=1, session 14, interpreter-checked): GPU check
                 # vs float64, then V1.5 with tables at 10k (fp32, TF32) and 100k (bf16) off / on (~4 min)
-      timeout 120 python3 tests/gpu/check_gate.py "$OUT/gate_gpu_check.json" 2>&1 | tail -n 2
+      timeout 150 python3 tests/gpu/check_gate.py "$OUT/gate_gpu_check.json" 2>&1 | tail -n 2
       for c in 0 1; do
         E2F_GATE_KERNEL=$c E2F_RADIAL_TABLES=1 timeout 70 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_gate$c" \
             --parts speed --sizes 10000 --modes fp32,tf32 --no-water --budget-s 55 2>&1 | grep -E '^\{|Error' | cut -c1-200

@@ -153,6 +153,8 @@ def gate(g: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, c_silu: float, c_s
             or tuple(g.shape) != (z1.shape[0], 3 * z1.shape[2]):
         raise ValueError(f"gate: expected g [N, 3C], z1 [N, 3, C], z2 [N, 5, C], got {tuple(g.shape)}, "
                          f"{tuple(z1.shape)}, {tuple(z2.shape)}")
+    if z1.dtype != z2.dtype:
+        raise ValueError(f"gate: z1 and z2 must share a dtype, got {z1.dtype} and {z2.dtype}")
     if out_dtype is None:
         out_dtype = torch.promote_types(g.dtype, z1.dtype)
     if out_dtype not in (torch.float32, torch.bfloat16):
