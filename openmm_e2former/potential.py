@@ -41,17 +41,25 @@ from typing import Any, Iterable, Optional
 
 import openmm
 import openmm.app
-from openmmml.mlpotential import MLPotentialImpl, MLPotentialImplFactory
 
 __all__ = ["E2FormerV2PotentialImplFactory", "E2FormerV2PotentialImpl"]
 
 
-class E2FormerV2PotentialImplFactory(MLPotentialImplFactory):
-    """Creates :class:`E2FormerV2PotentialImpl` for ``MLPotential('e2formerv2', ...)``."""
+class E2FormerV2PotentialImplFactory:
+    """Creates :class:`E2FormerV2PotentialImpl` for ``MLPotential('e2formerv2', ...)`` (openmm-ml's factory
+    protocol: ``createImpl``).
+
+    It is defined before openmmml is imported, and so not as a subclass of ``MLPotentialImplFactory``. Importing
+    openmmml loads every plugin's entry point, this class included. A program that imports this module before
+    openmmml would otherwise have openmmml find it half-initialised, a circular import that broke
+    ``MLPotential`` altogether."""
 
     def createImpl(self, name: str, modelPath: Optional[str] = None, config: Any = None, head: Optional[str] = None,
                    **args) -> "E2FormerV2PotentialImpl":
         return E2FormerV2PotentialImpl(name, modelPath=modelPath, config=config, head=head)
+
+
+from openmmml.mlpotential import MLPotentialImpl  # noqa: E402  (after the factory: see its docstring)
 
 
 class E2FormerV2PotentialImpl(MLPotentialImpl):

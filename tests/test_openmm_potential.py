@@ -108,6 +108,25 @@ def test_import_openmmml_is_cheap():
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 
 
+def test_importing_the_plugin_before_openmmml_works():
+    """A program that imports openmm_e2former.potential before openmmml: importing openmmml (from inside this
+    module) loads every plugin's entry point, this module included, which must already hold its factory; the
+    registered factory is this module's, and MLPotential('e2formerv2') works."""
+    code = textwrap.dedent("""
+        import sys
+        import openmm_e2former.potential as p
+        from openmmml import MLPotential
+        assert isinstance(MLPotential._implFactories['e2formerv2'], p.E2FormerV2PotentialImplFactory)
+        from openmmml.mlpotential import MLPotentialImpl
+        assert issubclass(p.E2FormerV2PotentialImpl, MLPotentialImpl)
+        pot = MLPotential('e2formerv2')
+        assert isinstance(pot._impl, p.E2FormerV2PotentialImpl)
+        print('ok')
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
 def test_ml_long_range_is_false(tiny_qk_checkpoint):
     pot = MLPotential("e2formerv2", modelPath=str(tiny_qk_checkpoint))
     assert pot._impl.getMLLongRange() is False
