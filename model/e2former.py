@@ -505,19 +505,22 @@ class Attention(nn.Module):
                                softmax="smooth" if self.smooth_softmax else "official", table=table)
 
     @torch.jit.unused
-    def _fused_U_of(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
-        """U of the attention input ``x`` by the fused kernel (q, k, v from :meth:`qkv`)."""
-        q, k, v = self.qkv(x)
+    def fused_U_graph(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
+                      g: Graph) -> torch.Tensor:
+        """U of every atom of ``g`` by the fused kernel, from per-atom q, k, v (:meth:`fused_U_rows` over the
+        whole graph)."""
         return self.fused_U_rows(q, k, v, self.target_embedding(z), self.source_embedding(z), g.row_ptr(),
                                  g.neighbor, g.vec, g, self._kernel_table(z, z))
 
     @torch.jit.unused
+    def _fused_U_of(self, x: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        """U of the attention input ``x`` by the fused kernel (q, k, v from :meth:`qkv`)."""
+        return self.fused_U_graph(*self.qkv(x), z, g)
+
+    @torch.jit.unused
     def _fused_U(self, x: torch.Tensor, v: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         N, H = x.shape[0], self.H
-        q = self.query(x).view(N, H, self.D)
-        k = self.key(x).view(N, H, self.D)
-        return self.fused_U_rows(q, k, v, self.target_embedding(z), self.source_embedding(z), g.row_ptr(),
-                                 g.neighbor, g.vec, g, self._kernel_table(z, z))
+        return self.fused_U_graph(self.query(x).view(N, H, self.D), self.key(x).view(N, H, self.D), v, z, g)
 
     @torch.jit.unused
     def _eaas_fused(self, x: torch.Tensor, v: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
@@ -903,13 +906,9 @@ class E2FormerV2(nn.Module):
     def _compiled_block(self, block: "Block", x: torch.Tensor, system: torch.Tensor, z: torch.Tensor,
                         g: Graph) -> torch.Tensor:
         """``block(x, system, z, g)`` on the fused-kernel route with its compiled node-level parts (set_compile):
-        the same operations in the same order as Block.forward -> Attention.edge_part -> _fused_U."""
+        the same operations in the same order as Block.forward -> Attention.edge_part -> _fused_U_of."""
         qkv_rows, node_part = block.__dict__["_compiled_parts"]
-        q, k, v = qkv_rows(x, system)
-        a = block.attn
-        U = a.fused_U_rows(q, k, v, a.target_embedding(z), a.source_embedding(z), g.row_ptr(), g.neighbor, g.vec, g,
-                           a._kernel_table(z, z))
-        return node_part(x, U)
+        return node_part(x, block.attn.fused_U_graph(*qkv_rows(x, system), z, g))
 
     def head_index(self, head: Optional[str]) -> int:
         if head is None:
