@@ -1,5 +1,5 @@
-"""Switches and the launch device shared by the node-level kernels (``cg_triton``, ``pairdot_triton``,
-``rmsnorm_triton``) and the model code that calls them."""
+"""Switches, the launch device and the input form shared by the node-level kernels (``cg_triton``,
+``pairdot_triton``, ``rmsnorm_triton``, ``gate_triton``) and the model code that calls them."""
 from __future__ import annotations
 
 import contextlib
@@ -36,3 +36,9 @@ def node_kernel_usable(t: torch.Tensor, name: str, cuda_default: str = "1") -> b
 def launch_device(device: torch.device):
     """The launch's device as the current one (a model on cuda:1 while cuda:0 is current)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def float32_or_bf16(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the node-level kernels read it: contiguous float32 or bf16 (each load converted to float32 in the
+    kernel, exactly), anything else as float32."""
+    return x.contiguous() if x.dtype in (torch.float32, torch.bfloat16) else x.to(torch.float32).contiguous()

@@ -50,6 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._node_switch import env_switch
 from .attention_reference import (FCParams, FUSED_N_FIXED, check_softmax, needs_reference_backward,
                                   reference_backward)
 from .attention_triton import (_envelope, _rbf_chunk, _softmax_denom, _softmax_shift,  # noqa: F401  (shared)
@@ -1046,10 +1047,7 @@ def bf16_values(v: torch.Tensor) -> bool:
     floats per layer) is not made.  The default since session 13 (H200, bf16 with radial tables: 10k atoms 12.27
     -> 12.86 steps/s, 100k 1.268 -> 1.274, ``benchmarks/results/session13_h200.md``); ``E2F_V2_BF16_VALUES=0``
     brings the float32 copy back."""
-    val = os.environ.get("E2F_V2_BF16_VALUES", "1")
-    if val not in ("0", "1"):
-        raise ValueError(f"E2F_V2_BF16_VALUES={val!r}: expected '0' or '1'")
-    return v.dtype == torch.bfloat16 and val == "1"
+    return env_switch("E2F_V2_BF16_VALUES") and v.dtype == torch.bfloat16
 
 
 def qk_layout() -> bool:
@@ -1155,10 +1153,7 @@ def bf16_qk(q: torch.Tensor, k: torch.Tensor) -> bool:
     reads) and the bytes of the host-side copies (cast, [N, D, H] layout), forward and backward.  Session 14,
     interpreter-checked, the default (``E2F_V2_BF16_QK=0`` restores the float32 copies; not yet timed on a GPU:
     ``benchmarks/gpu_quick.sh bf16out15``)."""
-    val = os.environ.get("E2F_V2_BF16_QK", "1")
-    if val not in ("0", "1"):
-        raise ValueError(f"E2F_V2_BF16_QK={val!r}: expected '0' or '1'")
-    return q.dtype == torch.bfloat16 and k.dtype == torch.bfloat16 and val == "1"
+    return env_switch("E2F_V2_BF16_QK") and q.dtype == torch.bfloat16 and k.dtype == torch.bfloat16
 
 
 def _kernel_inputs(vec, q, k, v, qkl: bool):

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ._bf16 import to_out
-from ._node_switch import env_switch, launch_device
+from ._node_switch import env_switch, float32_or_bf16, launch_device
 from .cg_reference import cg_matrix
 
 
@@ -117,11 +117,6 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).contiguous()
 
 
-def _f32_or_bf16(x: torch.Tensor) -> torch.Tensor:
-    """The adjoint kernel reads float32 or bf16 (converting each load exactly); anything else as float32."""
-    return x.contiguous() if x.dtype in (torch.float32, torch.bfloat16) else _f32(x)
-
-
 class CGContract(torch.autograd.Function):
     """U -> (T0, T1, T2) in ``out_dtype``; its backward is CGAdjoint, and CGAdjoint's is this (the map is
     linear)."""
@@ -141,7 +136,7 @@ class CGAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, T0, T1, T2, cgm):
         ctx.save_for_backward(cgm)
-        return _launch_adj(_f32_or_bf16(T0), _f32_or_bf16(T1), _f32_or_bf16(T2), cgm)
+        return _launch_adj(float32_or_bf16(T0), float32_or_bf16(T1), float32_or_bf16(T2), cgm)
 
     @staticmethod
     def backward(ctx, dU):

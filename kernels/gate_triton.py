@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._bf16 import to_out
-from ._node_switch import env_switch, launch_device
+from ._node_switch import env_switch, float32_or_bf16, launch_device
 from .gate_reference import gate_reference
 
 
@@ -98,15 +98,10 @@ def _grid(N: int, C: int):
     return (triton.cdiv(N, _BLOCK_N), triton.cdiv(C, _BLOCK_C))
 
 
-def _in(x: torch.Tensor) -> torch.Tensor:
-    """float32 or bf16, contiguous (the kernels convert each load)."""
-    return x.contiguous() if x.dtype in (torch.float32, torch.bfloat16) else x.to(torch.float32).contiguous()
-
-
 class Gate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g, z1, z2, c_silu, c_sig, out_dtype):
-        gc, z1c, z2c = _in(g), _in(z1), _in(z2)
+        gc, z1c, z2c = float32_or_bf16(g), float32_or_bf16(z1), float32_or_bf16(z2)
         N, C = z1c.shape[0], z1c.shape[2]
         ys = [torch.empty((N, k, C), device=gc.device, dtype=out_dtype) for k in (1, 3, 5)]
         if N:
@@ -130,9 +125,9 @@ class Gate(torch.autograd.Function):
                 dys = [torch.zeros_like(y) if d is None else d.to(y.dtype) for y, d in zip(ys, (dy0, dy1, dy2))]
                 grads = torch.autograd.grad(ys, ins, dys, create_graph=True)
             return (*(gr if need else None for gr, need in zip(grads, nig[:3])), None, None, None)
-        gc, z1c, z2c = _in(g), _in(z1), _in(z2)
+        gc, z1c, z2c = float32_or_bf16(g), float32_or_bf16(z1), float32_or_bf16(z2)
         N, C = z1c.shape[0], z1c.shape[2]
-        dys = [torch.zeros((N, k, C), device=gc.device, dtype=torch.float32) if d is None else _in(d)
+        dys = [torch.zeros((N, k, C), device=gc.device, dtype=torch.float32) if d is None else float32_or_bf16(d)
                for d, k in zip((dy0, dy1, dy2), (1, 3, 5))]
         dg = torch.empty_like(gc)
         dz1, dz2 = torch.empty_like(z1c), torch.empty_like(z2c)

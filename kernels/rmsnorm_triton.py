@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ._bf16 import to_out
-from ._node_switch import env_switch, launch_device
+from ._node_switch import env_switch, float32_or_bf16, launch_device
 # persistent programs, 4 per SM (what fits at once: 96 / 128 registers x 128 threads at C = 256)
 from .attention_triton_v2 import _grid
 from .rmsnorm_reference import rms_norm_reference
@@ -142,12 +142,6 @@ def _launch_bwd(x, weight, sc, dys, strides, need_dwb: bool):
     return dx, (tot[:3] if need_dwb else None), (tot[3] if need_dwb else None)
 
 
-def _f32_or_bf16(x: torch.Tensor) -> torch.Tensor:
-    """The backward kernel reads float32 or bf16 gradients (converting each load exactly); anything else as
-    float32."""
-    return x.contiguous() if x.dtype in (torch.float32, torch.bfloat16) else x.to(torch.float32).contiguous()
-
-
 class _RMSNorm(torch.autograd.Function):
     """x [N, 9, C] -> y [N, 9, C] (``parts`` False) or (y0, y1, y2) (``parts`` True)."""
 
@@ -188,10 +182,10 @@ class _RMSNorm(torch.autograd.Function):
         xc = x.contiguous()
         C = xc.shape[2]
         if ctx.parts:
-            dyv = [_f32_or_bf16(d) for d in dys]
+            dyv = [float32_or_bf16(d) for d in dys]
             strides = (C, 3 * C, 5 * C)
         else:
-            dy = _f32_or_bf16(dys[0])
+            dy = float32_or_bf16(dys[0])
             dyv = [dy[:, 0:1], dy[:, 1:4], dy[:, 4:9]]
             strides = (9 * C, 9 * C, 9 * C)
         need_dwb = bool(nig[1] or nig[2] or (extra is not None and nig[3]))

@@ -263,12 +263,9 @@ def autocast_dtype(t: torch.Tensor) -> torch.dtype:
     model's ``set_precision("bf16")``), else float32.  Kernels whose only consumer is such a product write this
     dtype themselves, rounding as the cast would (Python side only; bit-identical).  ``E2F_BF16_NODE_OUT=0``
     keeps them in float32 (the A/B switch of ``benchmarks/gpu_bf16_out_check.py``)."""
-    import os
+    from ..kernels._node_switch import env_switch
 
-    val = os.environ.get("E2F_BF16_NODE_OUT", "1")
-    if val not in ("0", "1"):
-        raise ValueError(f"E2F_BF16_NODE_OUT={val!r}: expected '0' or '1'")
-    if val == "0":
+    if not env_switch("E2F_BF16_NODE_OUT"):
         return torch.float32
     dev = t.device.type
     try:                                   # torch >= 2.4

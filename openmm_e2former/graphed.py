@@ -26,7 +26,6 @@ runs eagerly (this is how the CPU tests check it).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import warnings
@@ -35,6 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .kernels._node_switch import launch_device
 from .model.e2former import pad_edges
 from .model.neighbors import dense_neighbor_edges
 
@@ -190,8 +190,7 @@ class _PaddedGraph:
         # everything (buffers, side stream, capture, replay) on the model's device, also when another CUDA device
         # is current (a model on cuda:1 while cuda:0 is current): torch.cuda.Stream() and the capture would
         # otherwise use the current device
-        dev = self.model.device
-        with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        with launch_device(self.model.device):
             self._evaluate_on_device(positions, cells, cells_host)
 
     def _evaluate_on_device(self, positions: torch.Tensor, cells, cells_host=None) -> None:
