@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._bf16 import to_out
+from ._node_jit import to_out
 from ._node_switch import env_switch, float32_or_bf16, launch_device
 from .cg_reference import cg_matrix
 

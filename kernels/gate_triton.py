@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._bf16 import to_out
+from ._node_jit import atom_tile, to_out
 from ._node_switch import env_switch, float32_or_bf16, launch_device
 from .gate_reference import gate_reference
 
@@ -36,57 +36,51 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _gated_rows(G, Z, Y, n2, c2, mask, col: tl.constexpr, c_sig, M: tl.constexpr, C: tl.constexpr,
+                OUT_BF16: tl.constexpr):
+    """y_m = c_sig s(g) z_m of a degree's parts Z [N, M, C] (M = 2l + 1), its gate logits in G's columns
+    col .. col + C."""
+    a = c_sig * _sigmoid(tl.load(G + n2 * (3 * C) + col + c2, mask=mask, other=0.0).to(tl.float32))
+    for m in tl.static_range(M):
+        z = tl.load(Z + n2 * (M * C) + m * C + c2, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Y + n2 * (M * C) + m * C + c2, to_out(a * z, OUT_BF16), mask=mask)
+
+
+@triton.jit
+def _gated_rows_bwd(G, Z, DY, DG, DZ, n2, c2, mask, col: tl.constexpr, c_sig, M: tl.constexpr, C: tl.constexpr,
+                    G_BF16: tl.constexpr, Z_BF16: tl.constexpr):
+    """_gated_rows' backward: dz_m = c_sig s dy_m, dg = c_sig s (1 - s) sum_m dy_m z_m."""
+    s = _sigmoid(tl.load(G + n2 * (3 * C) + col + c2, mask=mask, other=0.0).to(tl.float32))
+    acc = tl.zeros(mask.shape, dtype=tl.float32)
+    for m in tl.static_range(M):
+        off = n2 * (M * C) + m * C + c2
+        dy = tl.load(DY + off, mask=mask, other=0.0).to(tl.float32)
+        acc += dy * tl.load(Z + off, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DZ + off, to_out(c_sig * s * dy, Z_BF16), mask=mask)
+    tl.store(DG + n2 * (3 * C) + col + c2, to_out(c_sig * s * (1.0 - s) * acc, G_BF16), mask=mask)
+
+
+@triton.jit
 def _gate_fwd_kernel(G, Z1, Z2, Y0, Y1, Y2, N, c_silu, c_sig, C: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_C: tl.constexpr, OUT_BF16: tl.constexpr):
-    n = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = (n < N)[:, None] & (c < C)[None, :]
-    n2, c2 = n[:, None], c[None, :]
+    n2, c2, mask = atom_tile(N, C, BLOCK_N, BLOCK_C)
     g0 = tl.load(G + n2 * (3 * C) + c2, mask=mask, other=0.0).to(tl.float32)
-    g1 = tl.load(G + n2 * (3 * C) + C + c2, mask=mask, other=0.0).to(tl.float32)
-    g2 = tl.load(G + n2 * (3 * C) + 2 * C + c2, mask=mask, other=0.0).to(tl.float32)
     tl.store(Y0 + n2 * C + c2, to_out(c_silu * g0 * _sigmoid(g0), OUT_BF16), mask=mask)
-    a1 = c_sig * _sigmoid(g1)
-    for m in tl.static_range(3):
-        z = tl.load(Z1 + n2 * (3 * C) + m * C + c2, mask=mask, other=0.0).to(tl.float32)
-        tl.store(Y1 + n2 * (3 * C) + m * C + c2, to_out(a1 * z, OUT_BF16), mask=mask)
-    a2 = c_sig * _sigmoid(g2)
-    for m in tl.static_range(5):
-        z = tl.load(Z2 + n2 * (5 * C) + m * C + c2, mask=mask, other=0.0).to(tl.float32)
-        tl.store(Y2 + n2 * (5 * C) + m * C + c2, to_out(a2 * z, OUT_BF16), mask=mask)
+    _gated_rows(G, Z1, Y1, n2, c2, mask, C, c_sig, 3, C, OUT_BF16)
+    _gated_rows(G, Z2, Y2, n2, c2, mask, 2 * C, c_sig, 5, C, OUT_BF16)
 
 
 @triton.jit
 def _gate_bwd_kernel(G, Z1, Z2, DY0, DY1, DY2, DG, DZ1, DZ2, N, c_silu, c_sig, C: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, G_BF16: tl.constexpr, Z_BF16: tl.constexpr):
-    n = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = (n < N)[:, None] & (c < C)[None, :]
-    n2, c2 = n[:, None], c[None, :]
+    n2, c2, mask = atom_tile(N, C, BLOCK_N, BLOCK_C)
     # l = 0: d/dg0 of c_silu g0 s(g0) = c_silu s (1 + g0 (1 - s))
     g0 = tl.load(G + n2 * (3 * C) + c2, mask=mask, other=0.0).to(tl.float32)
     s0 = _sigmoid(g0)
     dy = tl.load(DY0 + n2 * C + c2, mask=mask, other=0.0).to(tl.float32)
     tl.store(DG + n2 * (3 * C) + c2, to_out(dy * c_silu * s0 * (1.0 + g0 * (1.0 - s0)), G_BF16), mask=mask)
-    # l = 1, 2: y_m = c_sig s(g) z_m -> dz_m = c_sig s dy_m, dg = c_sig s (1 - s) sum_m dy_m z_m
-    g1 = tl.load(G + n2 * (3 * C) + C + c2, mask=mask, other=0.0).to(tl.float32)
-    s1 = _sigmoid(g1)
-    acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
-    for m in tl.static_range(3):
-        off = n2 * (3 * C) + m * C + c2
-        dy = tl.load(DY1 + off, mask=mask, other=0.0).to(tl.float32)
-        acc += dy * tl.load(Z1 + off, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DZ1 + off, to_out(c_sig * s1 * dy, Z_BF16), mask=mask)
-    tl.store(DG + n2 * (3 * C) + C + c2, to_out(c_sig * s1 * (1.0 - s1) * acc, G_BF16), mask=mask)
-    g2 = tl.load(G + n2 * (3 * C) + 2 * C + c2, mask=mask, other=0.0).to(tl.float32)
-    s2 = _sigmoid(g2)
-    acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
-    for m in tl.static_range(5):
-        off = n2 * (5 * C) + m * C + c2
-        dy = tl.load(DY2 + off, mask=mask, other=0.0).to(tl.float32)
-        acc += dy * tl.load(Z2 + off, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DZ2 + off, to_out(c_sig * s2 * dy, Z_BF16), mask=mask)
-    tl.store(DG + n2 * (3 * C) + 2 * C + c2, to_out(c_sig * s2 * (1.0 - s2) * acc, G_BF16), mask=mask)
+    _gated_rows_bwd(G, Z1, DY1, DG, DZ1, n2, c2, mask, C, c_sig, 3, C, G_BF16, Z_BF16)
+    _gated_rows_bwd(G, Z2, DY2, DG, DZ2, n2, c2, mask, 2 * C, c_sig, 5, C, G_BF16, Z_BF16)
 
 
 _BLOCK_N = 4

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._bf16 import to_out
+from ._node_jit import atom_tile, to_out
 from ._node_switch import env_switch, launch_device
 from .pairdot_reference import pairdot_reference
 
@@ -58,15 +58,12 @@ def _degree_dot_bwd(A, DA, g, n2, j2, mask, M: tl.constexpr, H: tl.constexpr):
 @triton.jit
 def _pairdot_fwd_kernel(A0, A1, A2, B, S, N, H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
                         OUT_BF16: tl.constexpr):
-    n = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    j = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask = (n < N)[:, None] & (j < H)[None, :]
-    n2, j2 = n[:, None], j[None, :]
+    n2, j2, mask = atom_tile(N, H, BLOCK_N, BLOCK_H)
     x = tl.load(A0 + n2 * (2 * H) + j2, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(A0 + n2 * (2 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(B + j, mask=j < H, other=0.0).to(tl.float32)
-    # float32, or bf16 for lin1's bf16 GEMM (rounded as torch's cast rounds: kernels/_bf16.py)
-    tl.store(S + n2 * (3 * H) + j2, to_out((x + b[None, :]) * y, OUT_BF16), mask=mask)
+    b = tl.load(B + j2, mask=j2 < H, other=0.0).to(tl.float32)
+    # float32, or bf16 for lin1's bf16 GEMM (rounded as torch's cast rounds: kernels/_node_jit.py)
+    tl.store(S + n2 * (3 * H) + j2, to_out((x + b) * y, OUT_BF16), mask=mask)
     tl.store(S + n2 * (3 * H) + H + j2, to_out(_degree_dot(A1, n2, j2, mask, 3, H), OUT_BF16), mask=mask)
     tl.store(S + n2 * (3 * H) + 2 * H + j2, to_out(_degree_dot(A2, n2, j2, mask, 5, H), OUT_BF16), mask=mask)
 
@@ -74,16 +71,13 @@ def _pairdot_fwd_kernel(A0, A1, A2, B, S, N, H: tl.constexpr, BLOCK_N: tl.conste
 @triton.jit
 def _pairdot_bwd_kernel(A0, A1, A2, B, DS, DA0, DA1, DA2, N, H: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_H: tl.constexpr):
-    n = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    j = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask = (n < N)[:, None] & (j < H)[None, :]
-    n2, j2 = n[:, None], j[None, :]
+    n2, j2, mask = atom_tile(N, H, BLOCK_N, BLOCK_H)
     g = tl.load(DS + n2 * (3 * H) + j2, mask=mask, other=0.0).to(tl.float32)
     x = tl.load(A0 + n2 * (2 * H) + j2, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(A0 + n2 * (2 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(B + j, mask=j < H, other=0.0).to(tl.float32)
+    b = tl.load(B + j2, mask=j2 < H, other=0.0).to(tl.float32)
     tl.store(DA0 + n2 * (2 * H) + j2, (g * y).to(DA0.dtype.element_ty), mask=mask)
-    tl.store(DA0 + n2 * (2 * H) + H + j2, (g * (x + b[None, :])).to(DA0.dtype.element_ty), mask=mask)
+    tl.store(DA0 + n2 * (2 * H) + H + j2, (g * (x + b)).to(DA0.dtype.element_ty), mask=mask)
     g = tl.load(DS + n2 * (3 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
     _degree_dot_bwd(A1, DA1, g, n2, j2, mask, 3, H)
     g = tl.load(DS + n2 * (3 * H) + 2 * H + j2, mask=mask, other=0.0).to(tl.float32)

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._bf16 import to_out
+from ._node_jit import to_out
 from ._node_switch import env_switch, float32_or_bf16, launch_device
 # persistent programs, 4 per SM (what fits at once: 96 / 128 registers x 128 threads at C = 256)
 from .attention_triton_v2 import _grid

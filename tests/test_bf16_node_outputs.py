@@ -76,7 +76,7 @@ _KERNELS_SCRIPT = textwrap.dedent(r"""
                 raise AssertionError(f"{bad} accepted")
     # the rounding helper on ties, carries into the exponent, overflow, subnormals and signed zeros
     import triton, triton.language as tl
-    B = import_module(sys.argv[1] + "._bf16")
+    B = import_module(sys.argv[1] + "._node_jit")
 
     @triton.jit
     def _round(X, Y, n, BLOCK: tl.constexpr):
