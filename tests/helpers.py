@@ -164,6 +164,22 @@ def kernels_package() -> str:
         return "kernels"
 
 
+def assert_env_switch(monkeypatch, enabled, name: str, default: bool, bad: str = "yes") -> None:
+    """A node-level kernel's environment switch ``name`` as ``enabled()`` reads it: ``default`` when unset, "0" off,
+    "1" on, and ``bad`` an error naming the variable and the value."""
+    import pytest
+
+    monkeypatch.delenv(name, raising=False)
+    assert enabled() is default
+    monkeypatch.setenv(name, "0")
+    assert enabled() is False
+    monkeypatch.setenv(name, "1")
+    assert enabled() is True
+    monkeypatch.setenv(name, bad)
+    with pytest.raises(ValueError, match=f"{name}='{bad}'"):
+        enabled()
+
+
 _NODE_KERNEL_MODEL_SCRIPT = textwrap.dedent(r"""
     from openmm_e2former.kernels import @MODULE@
     m, z, pos, cell, pbc = tiny_kernel_model()

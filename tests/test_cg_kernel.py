@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import kernels_package, node_kernel_model_script, run_under_triton_interpreter
+from helpers import assert_env_switch, kernels_package, node_kernel_model_script, run_under_triton_interpreter
 
 KPKG = kernels_package()
 
@@ -95,15 +95,8 @@ def test_cg_kernel_switch(monkeypatch):
     from importlib import import_module
 
     K = import_module(KPKG + ".cg_triton")
-    monkeypatch.delenv("E2F_CG_KERNEL", raising=False)
-    assert K.cg_kernel_enabled() is True  # the default since session 14 (timed on an H200)
-    monkeypatch.setenv("E2F_CG_KERNEL", "0")
-    assert K.cg_kernel_enabled() is False
-    monkeypatch.setenv("E2F_CG_KERNEL", "1")
-    assert K.cg_kernel_enabled() is True
-    monkeypatch.setenv("E2F_CG_KERNEL", "yes")
-    with pytest.raises(ValueError, match="E2F_CG_KERNEL='yes'"):
-        K.cg_kernel_enabled()
+    # on by default since session 14 (timed on an H200)
+    assert_env_switch(monkeypatch, K.cg_kernel_enabled, "E2F_CG_KERNEL", default=True)
     with pytest.raises(ValueError, match=r"\[N, 3, 9, C\]"):
         K.cg_contract(torch.zeros(2, 9, 3, 4), torch.zeros(3, 20, 9))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import kernels_package, node_kernel_model_script, run_under_triton_interpreter
+from helpers import assert_env_switch, kernels_package, node_kernel_model_script, run_under_triton_interpreter
 
 KPKG = kernels_package()
 
@@ -104,15 +104,8 @@ def test_pairdot_switch_and_shape_errors(monkeypatch):
     from importlib import import_module
 
     K = import_module(KPKG + ".pairdot_triton")
-    monkeypatch.delenv("E2F_PAIRDOT_KERNEL", raising=False)
-    assert K.pairdot_kernel_enabled() is True  # the default since session 14 (timed on an H200)
-    monkeypatch.setenv("E2F_PAIRDOT_KERNEL", "0")
-    assert K.pairdot_kernel_enabled() is False
-    monkeypatch.setenv("E2F_PAIRDOT_KERNEL", "1")
-    assert K.pairdot_kernel_enabled() is True
-    monkeypatch.setenv("E2F_PAIRDOT_KERNEL", "on")
-    with pytest.raises(ValueError, match="E2F_PAIRDOT_KERNEL='on'"):
-        K.pairdot_kernel_enabled()
+    # on by default since session 14 (timed on an H200)
+    assert_env_switch(monkeypatch, K.pairdot_kernel_enabled, "E2F_PAIRDOT_KERNEL", default=True, bad="on")
     with pytest.raises(ValueError, match="expected a0"):
         K.pairdot(torch.zeros(2, 8), torch.zeros(2, 3, 8), torch.zeros(2, 4, 8), torch.zeros(4))
     with pytest.raises(ValueError, match="share a dtype"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import kernels_package, node_kernel_model_script, run_under_triton_interpreter
+from helpers import assert_env_switch, kernels_package, node_kernel_model_script, run_under_triton_interpreter
 
 KPKG = kernels_package()
 
@@ -122,15 +122,8 @@ def test_rmsnorm_switch_and_input_errors(monkeypatch):
     from importlib import import_module
 
     K = import_module(KPKG + ".rmsnorm_triton")
-    monkeypatch.delenv("E2F_RMSNORM_KERNEL", raising=False)
-    assert K.rmsnorm_kernel_enabled() is True  # the default since session 14 (timed on an H200)
-    monkeypatch.setenv("E2F_RMSNORM_KERNEL", "0")
-    assert K.rmsnorm_kernel_enabled() is False
-    monkeypatch.setenv("E2F_RMSNORM_KERNEL", "1")
-    assert K.rmsnorm_kernel_enabled() is True
-    monkeypatch.setenv("E2F_RMSNORM_KERNEL", "true")
-    with pytest.raises(ValueError, match="E2F_RMSNORM_KERNEL='true'"):
-        K.rmsnorm_kernel_enabled()
+    # on by default since session 14 (timed on an H200)
+    assert_env_switch(monkeypatch, K.rmsnorm_kernel_enabled, "E2F_RMSNORM_KERNEL", default=True, bad="true")
     with pytest.raises(ValueError, match=r"x \[N, 9, C\]"):
         K.rms_norm(torch.zeros(2, 8, 4), torch.ones(3, 4), torch.zeros(4), 1e-5)
     with pytest.raises(ValueError, match="extra must have C = 4"):
