@@ -56,12 +56,14 @@ Gradients: all inputs are differentiable on both backends.  The Triton backend c
 in a fused recompute kernel (dk, dv by fp32 atomics); d/d(t, s, mu, fc params) and double backward go
 through the reference.
 
-Node-level kernels (session 13, opt-in until timed on a GPU; each beside its PyTorch reference):
-``cg_triton.cg_contract`` (``E2F_CG_KERNEL=1``: the attention's CG contraction into the per-degree GEMM inputs,
-reference ``cg_reference``) and ``pairdot_triton.pairdot`` (``E2F_PAIRDOT_KERNEL=1``: the query / key invariants,
-reference ``pairdot_reference``) and ``rmsnorm_triton.rms_norm`` (``E2F_RMSNORM_KERNEL=1``: the equivariant RMS
-norm, reference ``rmsnorm_reference``).  The model calls them from ``Attention.node_part``, ``SO3ToScalar.scalars``
-and ``EquivariantRMSNorm`` / ``Block.attn_input``.
+Node-level kernels, each beside its PyTorch reference; the first three on by default on CUDA since session 14
+(``=0`` opts out), the gate opt-in until timed on a GPU:
+``cg_triton.cg_contract`` (``E2F_CG_KERNEL``: the attention's CG contraction into the per-degree GEMM inputs,
+reference ``cg_reference``), ``pairdot_triton.pairdot`` (``E2F_PAIRDOT_KERNEL``: the query / key invariants,
+reference ``pairdot_reference``), ``rmsnorm_triton.rms_norm`` (``E2F_RMSNORM_KERNEL``: the equivariant RMS norm,
+reference ``rmsnorm_reference``) and ``gate_triton.gate`` (``E2F_GATE_KERNEL=1``: the gated FFN's gates, reference
+``gate_reference``).  The model calls them from ``Attention.node_part``, ``SO3ToScalar.scalars``,
+``EquivariantRMSNorm`` / ``Block.attn_input`` and ``GatedFFN.parts``.
 """
 from __future__ import annotations
 
