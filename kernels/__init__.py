@@ -56,12 +56,12 @@ Gradients: all inputs are differentiable on both backends.  The Triton backend c
 in a fused recompute kernel (dk, dv by fp32 atomics); d/d(t, s, mu, fc params) and double backward go
 through the reference.
 
-Node-level kernels, each beside its PyTorch reference; the first three on by default on CUDA since session 14
-(``=0`` opts out), the gate opt-in until timed on a GPU:
+Node-level kernels, each beside its PyTorch reference, on by default on CUDA (the first three since session 14, the
+gate since session 15; ``=0`` opts out):
 ``cg_triton.cg_contract`` (``E2F_CG_KERNEL``: the attention's CG contraction into the per-degree GEMM inputs,
 reference ``cg_reference``), ``pairdot_triton.pairdot`` (``E2F_PAIRDOT_KERNEL``: the query / key invariants,
 reference ``pairdot_reference``), ``rmsnorm_triton.rms_norm`` (``E2F_RMSNORM_KERNEL``: the equivariant RMS norm,
-reference ``rmsnorm_reference``) and ``gate_triton.gate`` (``E2F_GATE_KERNEL=1``: the gated FFN's gates, reference
+reference ``rmsnorm_reference``) and ``gate_triton.gate`` (``E2F_GATE_KERNEL``: the gated FFN's gates, reference
 ``gate_reference``).  The model calls them from ``Attention.node_part``, ``SO3ToScalar.scalars``,
 ``EquivariantRMSNorm`` / ``Block.attn_input`` and ``GatedFFN.parts``.
 """

@@ -241,13 +241,14 @@ class GatedFFN(nn.Module):
 
     @torch.jit.unused
     def _gate_kernel_usable(self, logits: torch.Tensor, z1: torch.Tensor) -> bool:
-        """The gates by ``kernels.gate_triton`` (opt-in ``E2F_GATE_KERNEL=1``, not yet timed on a GPU): float32 or
-        bf16 tensors on CUDA (or under the Triton interpreter), not inside torch.compile."""
+        """The gates by ``kernels.gate_triton`` (``E2F_GATE_KERNEL``, on by default on CUDA since session 15): float32
+        or bf16 tensors on CUDA (or under the Triton interpreter with the switch set to "1"), not inside
+        torch.compile."""
         if logits.dtype not in (torch.float32, torch.bfloat16) or z1.dtype not in (torch.float32, torch.bfloat16):
             return False
         from ..kernels._node_switch import node_kernel_usable
 
-        return node_kernel_usable(logits, "E2F_GATE_KERNEL", cuda_default="0")
+        return node_kernel_usable(logits, "E2F_GATE_KERNEL")
 
     @torch.jit.unused
     def _gate_kernel(self, logits: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> List[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The gated FFN's gate kernels (``kernels.gate_triton``, opt-in ``E2F_GATE_KERNEL=1``) against their PyTorch
+"""The gated FFN's gate kernels (``kernels.gate_triton``, on by default on CUDA, ``E2F_GATE_KERNEL``) against their PyTorch
 reference (``kernels.gate_reference``), under the Triton interpreter on the CPU: forward, backward and double
 backward against float64, bf16 inputs (as under autocast) and bf16 outputs, sizes that are not multiples of the
 kernel's tiles; and the model's FFN with the kernel against its PyTorch form."""
@@ -111,13 +111,13 @@ def test_gate_switch_and_shape_errors(monkeypatch):
 
     K = import_module(KPKG + ".gate_triton")
     S = import_module(KPKG + "._node_switch")
-    assert_env_switch(monkeypatch, K.gate_kernel_enabled, "E2F_GATE_KERNEL", default=False)   # opt-in until timed
+    assert_env_switch(monkeypatch, K.gate_kernel_enabled, "E2F_GATE_KERNEL", default=True)   # default on (session 15)
     import types
     cuda_t = types.SimpleNamespace(is_cuda=True)
     monkeypatch.delenv("E2F_GATE_KERNEL", raising=False)
-    assert S.node_kernel_usable(cuda_t, "E2F_GATE_KERNEL", cuda_default="0") is False
-    monkeypatch.setenv("E2F_GATE_KERNEL", "1")
-    assert S.node_kernel_usable(cuda_t, "E2F_GATE_KERNEL", cuda_default="0") is True
+    assert S.node_kernel_usable(cuda_t, "E2F_GATE_KERNEL") is True
+    monkeypatch.setenv("E2F_GATE_KERNEL", "0")
+    assert S.node_kernel_usable(cuda_t, "E2F_GATE_KERNEL") is False
     with pytest.raises(ValueError, match="expected g"):
         K.gate(torch.zeros(2, 12), torch.zeros(2, 3, 4), torch.zeros(2, 4, 4), 1.0, 1.0)
     with pytest.raises(ValueError, match="share a dtype"):
