@@ -1150,10 +1150,10 @@ def bf16_qk(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Queries and keys that arrive in bf16 (the bf16 mode: ``SO3ToScalar.lin2`` runs under bf16 autocast) go to
     the kernels as they are, like the values (``bf16_values``), instead of as float32 copies; the kernels convert
     each load exactly.  Bit-identical; it halves k's share of the per-edge gathers (H D of the floats each edge
-    reads) and the bytes of the host-side copies (cast, [N, D, H] layout), forward and backward.  Session 14,
-    interpreter-checked, the default (``E2F_V2_BF16_QK=0`` restores the float32 copies; not yet timed on a GPU:
-    ``benchmarks/gpu_quick.sh bf16out15``)."""
-    return env_switch("E2F_V2_BF16_QK") and q.dtype == torch.bfloat16 and k.dtype == torch.bfloat16
+    reads) and the bytes of the host-side copies (cast, [N, D, H] layout), forward and backward.  Opt-in
+    (``E2F_V2_BF16_QK=1``): timed on an H200 in session 15 (V1.5, tables, bf16), it was slower at 2k and 10k atoms
+    (18.6 -> 16.7 steps/s at 10k) and within noise at 100k (2.74 -> 2.76)."""
+    return env_switch("E2F_V2_BF16_QK", default="0") and q.dtype == torch.bfloat16 and k.dtype == torch.bfloat16
 
 
 def _kernel_inputs(vec, q, k, v, qkl: bool):
