@@ -23,6 +23,8 @@
 #   kcheck:   tests/gpu/check_kernels.py alone (~4 min; give the call 330 s: session 14's 250 s cut it off)
 #   bf16out15: NEXT session: the bf16 node-kernel outputs: GPU bit-identity check and A/B, V1.5 2k-100k (~3 min)
 #   prof10k15: NEXT session: the 10k TF32 profile with session 14's defaults (~2 min)
+#   s15b:     session 15: bf16out15's check by accuracy against float32, three timed rounds; 10k TF32 / 100k bf16 profiles
+#   s15c:     session 15: the defaults after s15b's changes, V1.5 10k / 20k eager + graphed, 100k, 100k compiled bf16
 #   gate15:   NEXT session: the opt-in gate kernel (E2F_GATE_KERNEL=1): GPU check, A/B at 10k / 100k (~4 min)
 #   final14 / graphed14 / cg14b: (ran in session 14) OpenMM defaults + 100k profile; compile + graphs; node kernels
 #   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
@@ -197,6 +199,25 @@ for what in "$@"; do
                 # configurations at V1.5 2k / 10k / 100k (bf16, tables) (~4 min)
       timeout 240 python3 benchmarks/gpu_bf16_out_check.py "$OUT/bf16_out_check.json" --sizes 2000,10000,100000 2>&1 \
           | grep -E '^\{|PASS|FAIL|Error' | cut -c1-300 ;;
+    s15b)       # session 15: the bf16 check again (accuracy against float32 instead of bit-identity, three timed
+                # rounds), then the 10k TF32 and 100k bf16 profiles with the gate kernel on (~7 min)
+      timeout 250 python3 benchmarks/gpu_bf16_out_check.py "$OUT/bf16_out_check.json" --sizes 2000,10000,100000 2>&1 \
+          | grep -E '^\{|PASS|FAIL|Error' | cut -c1-400
+      mkdir -p "$OUT/prof10k" "$OUT/prof100k"
+      E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \
+          --modes tf32 --out "$OUT/prof10k" 2>&1 | tail -n 2
+      E2F_RADIAL_TABLES=1 timeout 150 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 100000 \
+          --modes bf16 --out "$OUT/prof100k" 2>&1 | tail -n 2 ;;
+    s15c)       # session 15: the defaults after the gate kernel, bf16 q / k off and the edge-degree last Linear as
+                # strided GEMMs: V1.5 with tables at 10k / 20k (eager fp32 / TF32 / bf16, graphed with the node
+                # kernels, no compile) and 100k (TF32, bf16); then set_compile at 100k bf16 (~9 min)
+      E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_s15" --parts speed \
+          --sizes 10000,20000 --modes fp32,tf32,bf16,graphed_fp32,graphed_tf32,graphed_bf16 --no-water \
+          --budget-s 180 2>&1 | grep -E '^\{|Error' | cut -c1-240
+      E2F_RADIAL_TABLES=1 timeout 150 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_s15_100k" --parts speed \
+          --sizes 100000 --modes bf16,tf32 --no-water --budget-s 130 2>&1 | grep -E '^\{|Error' | cut -c1-240
+      E2F_COMPILE=1 E2F_RADIAL_TABLES=1 timeout 190 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_s15_comp" \
+          --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 170 2>&1 | grep -E '^\{|Error' | cut -c1-240 ;;
     prof10k15)  # next session: where the 10k TF32 step goes now (tables, node-level kernels on): the 5x target
       mkdir -p "$OUT/profile"
       E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \

@@ -4,6 +4,8 @@
 # nothing beyond the device's torch + triton (no OpenMM).
 #   run(command="bash benchmarks/gpu_v15.sh parity e2e", carry=[".carry15"])
 #   parity: tests/gpu/check_parity.py, every fixture variant (tiny_* and v15) on the GPU vs the official outputs
+#   tablecheck / kcheck: tests/gpu/check_table.py (TABLE attention and the edge-degree v2 kernels vs float64) /
+#           tests/gpu/check_kernels.py (~4 min), as in gpu_quick.sh
 #   parity_tables: the same with model.set_radial_tables(True) (frozen weights, edge MLPs read from tables)
 #   tables12: radial tables end to end with bf16 (10k / 100k) and with set_compile (10k / 20k, fp32 / TF32)
 #   graphed12: the CUDA-graph path (1k / 10k, fp32 / TF32) with radial tables, without and with set_compile(in_graphs)
@@ -18,6 +20,8 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 for what in "$@"; do
   case "$what" in
     parity) timeout 200 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu.json" 2>&1 | tail -n 8 ;;
+    tablecheck) timeout 200 python3 tests/gpu/check_table.py "$OUT/table_gpu_check.json" 2>&1 | tail -n 6 ;;
+    kcheck) timeout 300 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check.json" 2>&1 | tail -n 4 ;;
     parity_tables) timeout 200 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu_tables.json" \
              --radial-tables 2>&1 | tail -n 8 ;;
     tables12) # session 12: radial tables with bf16 (10k / 100k), and with set_compile (fp32 / TF32, 10k / 20k)
