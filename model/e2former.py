@@ -23,7 +23,7 @@ EAAS, two exactly equivalent evaluations (``eaas=``):
 
 import functools
 import math
-from typing import Dict, Final, List, Optional, Tuple
+from typing import Dict, Final, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ import torch.utils.checkpoint
 
 from .config import E2FormerConfig
 from .layers import (EquivariantRMSNorm, GatedFFN, RadialMLP, SO3Linear, SO3ToScalar, autocast_dtype,
-                     envelope, gaussian_rbf, gemm_inputs)
+                     envelope, gaussian_rbf, gemm_input_parts)
 from .neighbors import neighbor_list
 from .validation import OVERLAP_DISTANCE
 from .so3 import PATH_NORM, first_order_cg, spherical_harmonics, tp_first_order_so2
@@ -475,13 +475,17 @@ class Attention(nn.Module):
         return _fused_kernels_usable(x, self.backend)
 
     @torch.jit.unused
-    def qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-atom inputs of the fused kernel: queries, keys [N, H, D] and values [N, 9, C].  Under bf16 autocast
-        the three projections share one bf16 cast of ``x`` (``gemm_inputs``): one cast pass instead of three, and
-        one gradient upcast and sum instead of three upcasts and two sums."""
-        N, H = x.shape[0], self.H
-        xq, xk, xv = gemm_inputs(x, 3)
-        return self.query(xq).view(N, H, self.D), self.key(xk).view(N, H, self.D), self.value(xv)
+    def qkv(self, x: Union[torch.Tensor, List[torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-atom inputs of the fused kernel: queries, keys [N, H, D] and values [N, 9, C], from the attention
+        input ``x`` [N, 9, C] or its degree parts (``Block.attn_input_parts``).  The three projections share one
+        contiguous form of each part (``gemm_input_parts``): under bf16 autocast one bf16 cast per part, else the
+        parts themselves (or one copy of a view part), instead of each projection copying each part for its GEMM,
+        and one gradient upcast and sum per part instead of three upcasts and two sums."""
+        xs = list(torch.split(x, [1, 3, 5], dim=1)) if isinstance(x, torch.Tensor) else list(x)
+        N, H = xs[0].shape[0], self.H
+        xq, xk, xv = gemm_input_parts(xs, 3)
+        return (self.query.from_parts(xq).view(N, H, self.D), self.key.from_parts(xk).view(N, H, self.D),
+                torch.cat(self.value.parts(xv), dim=1))
 
     @torch.jit.unused
     def _kernel_table(self, z_t: torch.Tensor, z_s: torch.Tensor):
@@ -594,8 +598,19 @@ class Block(nn.Module):
         hs = self.norm_attn.parts(x)
         return torch.cat([hs[0] + system, hs[1], hs[2]], dim=1)
 
+    @torch.jit.unused
+    def attn_input_parts(self, x: torch.Tensor, system: torch.Tensor) -> List[torch.Tensor]:
+        """``attn_input`` as degree parts: written as three contiguous tensors by the norm kernel where it runs (the
+        q / k / v GEMMs then read them without copies), else the split of ``attn_input``."""
+        if system.numel() == x.shape[2] and self.norm_attn._kernel_usable(x):
+            return list(self.norm_attn._kernel(x, system, True))
+        return list(torch.split(self.attn_input(x, system), [1, 3, 5], dim=1))
+
     def edge_part(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         """The only part of a block that couples atoms: U (or T on the so2 route), see Attention.edge_part."""
+        if not torch.jit.is_scripting():
+            if self.attn.use_fused(x):       # (the same test as Attention.edge_part's on the normalised input)
+                return self.attn.fused_U_graph(*self.attn.qkv(self.attn_input_parts(x, system)), z, g)
         return self.attn.edge_part(self.attn_input(x, system), z, g)
 
     def node_part(self, x: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -614,7 +629,7 @@ class Block(nn.Module):
     @torch.jit.unused
     def qkv_rows(self, x: torch.Tensor, system: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per atom: (q, k, v) of the fused kernel for the atoms of ``x``."""
-        return self.attn.qkv(self.attn_input(x, system))
+        return self.attn.qkv(self.attn_input_parts(x, system))
 
     @torch.jit.unused
     def fused_rows(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, z: torch.Tensor,

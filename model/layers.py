@@ -61,26 +61,40 @@ class SO3ToScalar(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.recompute or self.auto_recompute) and not torch.jit.is_scripting() and torch.is_grad_enabled():
-            s = self._scalars_recomputed(x)
+            s = self._scalars_recomputed(torch.split(x, [1, 3, 5], dim=1))
         else:
             s = self.scalars(x)
         return self.lin2(F.silu(self.norm(self.lin1(s))))
 
     @torch.jit.unused
-    def _scalars_recomputed(self, x: torch.Tensor) -> torch.Tensor:
+    def from_parts(self, xs: List[torch.Tensor]) -> torch.Tensor:
+        """``forward`` of the input's degree parts ([N, 1, C], [N, 3, C], [N, 5, C]; contiguous parts need no copy
+        before their GEMMs)."""
+        if (self.recompute or self.auto_recompute) and torch.is_grad_enabled():
+            s = self._scalars_recomputed(xs)
+        else:
+            s = self.scalars_parts(xs)
+        return self.lin2(F.silu(self.norm(self.lin1(s))))
+
+    @torch.jit.unused
+    def _scalars_recomputed(self, xs: List[torch.Tensor]) -> torch.Tensor:
         import torch.utils.checkpoint as ckpt
 
-        return ckpt.checkpoint(self.scalars, x, use_reentrant=False, preserve_rng_state=False)
+        return ckpt.checkpoint(lambda a, b, c: self.scalars_parts([a, b, c]), *xs, use_reentrant=False,
+                               preserve_rng_state=False)
 
     def scalars(self, x: torch.Tensor) -> torch.Tensor:
         """The per-degree invariants [N, 3 h] (l = 0 product with bias, l = 1, 2 inner products over m)."""
-        N, C = x.shape[0], x.shape[2]
+        return self.scalars_parts(torch.split(x, [1, 3, 5], dim=1))   # (see SO3Linear: split, not slices)
+
+    def scalars_parts(self, xs: List[torch.Tensor]) -> torch.Tensor:
+        """``scalars`` of the input's degree parts."""
+        N, C = xs[0].shape[0], xs[0].shape[2]
         # both per-degree linears in one GEMM per degree
         w0 = torch.cat([self.weight[0], self.weight2[0]], dim=0)
         w1 = torch.cat([self.weight[1], self.weight2[1]], dim=0)
         w2 = torch.cat([self.weight[2], self.weight2[2]], dim=0)
         h = self.weight.shape[1]
-        xs = torch.split(x, [1, 3, 5], dim=1)          # (see SO3Linear: split, not slices)
         p0 = F.linear(xs[0].reshape(N, C), w0)
         p1 = F.linear(xs[1].reshape(N * 3, C), w1).view(N, 3, 2 * h)
         p2 = F.linear(xs[2].reshape(N * 5, C), w2).view(N, 5, 2 * h)
@@ -300,13 +314,20 @@ class _SharedBF16(torch.autograd.Function):
         return total, None
 
 
-def gemm_inputs(x: torch.Tensor, n: int) -> Tuple[torch.Tensor, ...]:
-    """``x`` for ``n`` matrix products that are its only consumers: under bf16 autocast, one bf16 cast shared by all
-    of them (``_SharedBF16``) instead of one cast each way per product; otherwise ``x`` n times (Python side only;
-    not inside torch.compile, which fuses the casts itself; ``E2F_BF16_NODE_OUT=0`` turns it off)."""
-    if x.dtype == torch.float32 and not torch.compiler.is_compiling() and autocast_dtype(x) == torch.bfloat16:
-        return _SharedBF16.apply(x, n)
-    return tuple(x for _ in range(n))
+def gemm_input_parts(xs: List[torch.Tensor], n: int) -> List[List[torch.Tensor]]:
+    """Degree parts ``xs`` (views, e.g. of a split, or contiguous tensors) for ``n`` consumers that hand each part only
+    to a matrix product on its 2-D reshape: n lists of parts, each part contiguous and shared by the n consumers
+    (under bf16 autocast one bf16 cast per part, ``_SharedBF16``; otherwise one contiguous float32 copy where the
+    part is a view).  Without this each consumer's reshape copied each view part: n copies each way of every part
+    (Python side only)."""
+    shared: List[Tuple[torch.Tensor, ...]] = []
+    for p in xs:
+        if p.dtype == torch.float32 and not torch.compiler.is_compiling() and autocast_dtype(p) == torch.bfloat16:
+            shared.append(_SharedBF16.apply(p, n))           # the cast of a view writes a contiguous tensor
+        else:
+            c = p.contiguous()
+            shared.append(tuple(c for _ in range(n)))
+    return [[s[i] for s in shared] for i in range(n)]
 
 
 def envelope(x: torch.Tensor, kind: str) -> torch.Tensor:

@@ -156,8 +156,8 @@ def test_bf16_model_with_bf16_kernel_outputs_is_bit_identical():
 
 
 def test_qkv_projections_share_one_bf16_cast(monkeypatch):
-    """Under bf16 autocast the q / k / v projections take one shared bf16 cast of the attention input
-    (``gemm_inputs``) instead of one cast each.  The forward is bit-identical. The gradient sums the same three bf16
+    """Under bf16 autocast the q / k / v projections take one shared bf16 cast of each degree part of the attention
+    input (``gemm_input_parts``) instead of one cast each.  The forward is bit-identical. The gradient sums the same three bf16
     products in float32, as before, so forces agree to float32 rounding. This runs through the whole model on the
     fused route's code path (``edge_part`` -> ``qkv`` -> ``fused_U_rows``); the attention itself runs on its
     reference backend on the CPU."""
@@ -183,15 +183,20 @@ def test_qkv_projections_share_one_bf16_cast(monkeypatch):
         monkeypatch.setenv("E2F_BF16_NODE_OUT", flag)
         calls.clear()
         out[flag] = m.energy_and_forces(z, pos, cell, pbc)
-        assert calls == ([3, 3] if flag == "1" else []), (flag, calls)
+        assert calls == ([3] * 6 if flag == "1" else []), (flag, calls)     # 3 parts x 2 layers
     assert float(out["1"][1]) == float(out["0"][1])
     f1, f0 = out["1"][2], out["0"][2]
     assert torch.allclose(f1, f0, rtol=0, atol=1e-6 * float(f0.abs().max())), float((f1 - f0).abs().max())
     # without autocast nothing is shared or cast
     m.set_precision("fp32")
     calls.clear()
+    xs = [torch.randn(5, k, 32) for k in (1, 3, 5)]
+    assert all(t is x for parts in L.gemm_input_parts(xs, 3) for t, x in zip(parts, xs)) and not calls
+    # view parts (a split): one contiguous copy each, shared by the three consumers
     x = torch.randn(5, 9, 32)
-    assert all(t is x for t in L.gemm_inputs(x, 3)) and not calls
+    res = L.gemm_input_parts(list(torch.split(x, [1, 3, 5], dim=1)), 3)
+    assert all(r[i] is res[0][i] and r[i].is_contiguous() for r in res for i in range(3)) and not calls
+    assert torch.equal(torch.cat(res[2], dim=1), x)
 
 
 def test_shared_bf16_cast_gradient_is_the_float32_sum():
@@ -202,11 +207,12 @@ def test_shared_bf16_cast_gradient_is_the_float32_sum():
     x0 = torch.randn(7, 9, 16, requires_grad=True)
     x = x0 * 1.0
     W = [torch.randn(12, 16) for _ in range(3)]
+    xs = list(torch.split(x, [1, 3, 5], dim=1))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ys = L.gemm_inputs(x, 3)
-        assert all(y.dtype == torch.bfloat16 for y in ys)
-        shared = [torch.nn.functional.linear(y, w) for y, w in zip(ys, W)]
-        separate = [torch.nn.functional.linear(x, w) for w in W]
+        ys = L.gemm_input_parts(xs, 3)
+        assert all(y.dtype == torch.bfloat16 and y.is_contiguous() for parts in ys for y in parts)
+        shared = [torch.nn.functional.linear(y, w) for parts, w in zip(ys, W) for y in parts]
+        separate = [torch.nn.functional.linear(p, w) for w in W for p in xs]
     for a, b in zip(shared, separate):
         assert torch.equal(a, b)
     d = [torch.randn(a.shape).to(torch.bfloat16) for a in shared]

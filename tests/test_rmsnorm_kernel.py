@@ -1,7 +1,8 @@
-"""The equivariant RMS norm kernels (``kernels.rmsnorm_triton``, opt-in ``E2F_RMSNORM_KERNEL=1``) against their
-PyTorch reference (``kernels.rmsnorm_reference``) under the Triton interpreter on the CPU: both output layouts,
-with and without the l = 0 extra, channel counts that are not powers of two, forward, backward (weight / bias /
-extra gradients summed over atoms) and double backward; and the model with the kernel against its PyTorch form."""
+"""The equivariant RMS norm kernels (``kernels.rmsnorm_triton``, on by default on CUDA, ``E2F_RMSNORM_KERNEL``)
+against their PyTorch reference (``kernels.rmsnorm_reference``) under the Triton interpreter on the CPU: both output
+layouts, with and without the l = 0 extra, channel counts that are not powers of two, forward, backward (weight /
+bias / extra gradients summed over atoms) and double backward; the model with the kernel against its PyTorch form;
+and q / k / v from the kernel's degree parts on the fused route."""
 from __future__ import annotations
 
 import textwrap
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_env_switch, kernels_package, node_kernel_model_script, run_under_triton_interpreter
+from helpers import (TRITON_MODEL_SCRIPT_HEAD, assert_env_switch, kernels_package, node_kernel_model_script,
+                     run_under_triton_interpreter)
 
 KPKG = kernels_package()
 
@@ -130,3 +132,48 @@ def test_rmsnorm_switch_and_input_errors(monkeypatch):
         K.rms_norm(torch.zeros(2, 9, 4), torch.ones(3, 4), torch.zeros(4), 1e-5, torch.zeros(5))
     with pytest.raises(ValueError, match="float32"):
         K.rms_norm(torch.zeros(2, 9, 4, dtype=torch.float64), torch.ones(3, 4), torch.zeros(4), 1e-5)
+
+
+_INTERP_QKV_PARTS_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
+    from openmm_e2former.kernels import rmsnorm_triton
+    m, z, pos, cell, pbc = tiny_kernel_model()
+    # the fused route's code path (Block.edge_part -> attn_input_parts -> qkv -> fused_U_graph), with the attention
+    # itself on the reference backend (the fused kernel under the interpreter would take most of the time)
+    for b in m.blocks:
+        b.attn.use_fused = lambda x: True
+        real_rows = b.attn.fused_U_rows
+        b.attn.fused_U_rows = lambda q, k, v, *rest, f=real_rows: f(q.float(), k.float(), v.float(), *rest)
+    calls = []
+    real = rmsnorm_triton.rms_norm
+    rmsnorm_triton.rms_norm = lambda *a, **k: calls.append((a[4] is not None, bool(a[5]))) or real(*a, **k)
+    out = {}
+    for mode in ("fp32", "bf16"):
+        m.set_precision(mode)
+        for flag in ("0", "1"):
+            os.environ["E2F_RMSNORM_KERNEL"] = flag
+            calls.clear()
+            out[mode, flag] = m.energy_and_forces(z, pos, cell, pbc)
+            # the attention input's norm writes contiguous degree parts with the system row added
+            assert (calls.count((True, True)) == len(m.blocks)) == (flag == "1"), (mode, flag, calls)
+    worst = 0.0
+    for mode, tol in (("fp32", 1e-5), ("bf16", 2e-2)):
+        e0, f0 = out[mode, "0"][1], out[mode, "0"][2]
+        e1, f1 = out[mode, "1"][1], out[mode, "1"][2]
+        err = float((f1 - f0).abs().max() / f0.abs().max())
+        print(mode, "energy", float(e0), float(e1), "forces", err)
+        assert abs(float(e1) - float(e0)) <= 1e-5 * abs(float(e0)) + (0 if mode == "fp32" else 1e-3), (mode, e0, e1)
+        assert err < tol, (mode, err)
+        if mode == "fp32":
+            worst = err
+    print("WORST", worst)
+""")
+
+
+def test_qkv_from_the_norm_kernels_degree_parts_under_interpreter():
+    """On the fused route the attention input's norm writes its three degree parts as contiguous tensors, with the
+    system row added (``Block.attn_input_parts``), and q / k / v read them without copies (``Attention.qkv``,
+    ``gemm_input_parts``): the same energy and forces as the PyTorch norm's split, float32 to float32 rounding and
+    bf16 (shared casts per part) to bf16 rounding."""
+    run_under_triton_interpreter(_INTERP_QKV_PARTS_SCRIPT, [Path(__file__).resolve().parent],
+                                 "q / k / v from the norm kernel's parts",
+                                 drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_RMSNORM_KERNEL"))
