@@ -25,7 +25,7 @@
 #   prof10k15: NEXT session: the 10k TF32 profile with session 14's defaults (~2 min)
 #   s15b:     session 15: bf16out15's check by accuracy against float32, three timed rounds; 10k TF32 / 100k bf16 profiles
 #   s15c:     session 15: the defaults after s15b's changes, V1.5 10k / 20k eager + graphed, 100k, 100k compiled bf16
-#   s15d:     session 15: q / k / v from degree parts: tiny parity, V1.5 10k / 100k, OpenMM bundled 1.8k-115k
+#   s15d:     session 15: degree parts + in-place degree linears: checks, tiny parity, V1.5 10k-100k, OpenMM 1.8k / 115k
 #   gate15:   NEXT session: the opt-in gate kernel (E2F_GATE_KERNEL=1): GPU check, A/B at 10k / 100k (~4 min)
 #   final14 / graphed14 / cg14b: (ran in session 14) OpenMM defaults + 100k profile; compile + graphs; node kernels
 #   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
@@ -219,18 +219,24 @@ for what in "$@"; do
           --sizes 100000 --modes bf16,tf32 --no-water --budget-s 130 2>&1 | grep -E '^\{|Error' | cut -c1-240
       E2F_COMPILE=1 E2F_RADIAL_TABLES=1 timeout 190 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_s15_comp" \
           --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 170 2>&1 | grep -E '^\{|Error' | cut -c1-240 ;;
-    s15d)       # session 15, last call: q / k / v from contiguous degree parts (attn_input_parts, gemm_input_parts):
-                # tiny official fixtures' parity, V1.5 with tables 10k (TF32, bf16, graphed) and 100k (bf16, TF32),
-                # then OpenMM with the bundled model and no flags at 1.8k / 14.4k / 115k atoms (~8 min)
+    s15d)       # session 15, last call: q / k / v from contiguous degree parts and the degree-wise linears written in
+                # place (E2F_DEGREE_LINEAR): its GPU check (with a micro-benchmark against the cat), tiny official
+                # parity, V1.5 with tables at 10k / 20k (graphed TF32 / bf16, eager TF32) and 100k bf16 with
+                # E2F_DEGREE_LINEAR on / off, then OpenMM with the bundled model and no flags at 1.8k / 115k (~9 min)
+      timeout 60 python3 tests/gpu/check_degree_linear.py "$OUT/degree_linear_gpu_check.json" 2>&1 \
+          | grep -E '^\{|PASS|FAIL|Error' | cut -c1-260
       timeout 100 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_tiny.json" \
           --variants tiny_qk,tiny_qkdot,tiny_direct 2>&1 | tail -n 1
       E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_s15d" --parts speed \
-          --sizes 10000 --modes tf32,bf16,graphed_tf32,graphed_bf16 --no-water --budget-s 85 2>&1 \
+          --sizes 10000,20000 --modes graphed_tf32,graphed_bf16,tf32 --no-water --budget-s 80 2>&1 \
           | grep -E '^\{|Error' | cut -c1-200
-      E2F_RADIAL_TABLES=1 timeout 110 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_s15d_100k" --parts speed \
-          --sizes 100000 --modes bf16,tf32 --no-water --budget-s 95 2>&1 | grep -E '^\{|Error' | cut -c1-200
-      for r in 1,1,1 2,2,2 4,4,4; do
-        timeout 75 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 \
+      for dl in 1 0; do
+        E2F_DEGREE_LINEAR=$dl E2F_RADIAL_TABLES=1 timeout 90 python3 benchmarks/gpu_end_to_end.py \
+            --out "$OUT/e2e_s15d_100k_dl$dl" --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 75 2>&1 \
+            | grep -E '^\{|Error' | cut -c1-200
+      done
+      for r in 1,1,1 4,4,4; do
+        timeout 70 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 \
             --out "$OUT/md_default.json" 2>&1 | tail -n 1 | cut -c1-300
       done ;;
     prof10k15)  # next session: where the 10k TF32 step goes now (tables, node-level kernels on): the 5x target

@@ -32,7 +32,7 @@ import torch.utils.checkpoint
 
 from .config import E2FormerConfig
 from .layers import (EquivariantRMSNorm, GatedFFN, RadialMLP, SO3Linear, SO3ToScalar, autocast_dtype,
-                     envelope, gaussian_rbf, gemm_input_parts)
+                     degree_linear, envelope, gaussian_rbf, gemm_input_parts)
 from .neighbors import neighbor_list
 from .validation import OVERLAP_DISTANCE
 from .so3 import PATH_NORM, first_order_cg, spherical_harmonics, tp_first_order_so2
@@ -443,6 +443,10 @@ class Attention(nn.Module):
         W0 = torch.mm(Wo[0], self.tp_mix[0].weight) * pn[0]
         W1 = torch.mm(Wo[1], self.tp_mix[1].weight) * pn[1]
         W2 = torch.mm(Wo[2], self.tp_mix[2].weight) * pn[4]
+        if not torch.jit.is_scripting():
+            y = degree_linear(T0, T1, T2, W0, W1, W2, self.out.bias)
+            if y is not None:
+                return y
         y0 = F.linear(T0, W0, self.out.bias)[:, None]
         y1 = F.linear(T1.reshape(N * 3, 3 * C), W1).view(N, 3, -1)
         y2 = F.linear(T2.reshape(N * 5, 2 * C), W2).view(N, 5, -1)
@@ -485,7 +489,7 @@ class Attention(nn.Module):
         N, H = xs[0].shape[0], self.H
         xq, xk, xv = gemm_input_parts(xs, 3)
         return (self.query.from_parts(xq).view(N, H, self.D), self.key.from_parts(xk).view(N, H, self.D),
-                torch.cat(self.value.parts(xv), dim=1))
+                self.value.cat_parts(xv))
 
     @torch.jit.unused
     def _kernel_table(self, z_t: torch.Tensor, z_s: torch.Tensor):

@@ -24,6 +24,16 @@ class SO3Linear(nn.Module):
         # gradient per slice plus their sums (the same values; on a GPU those fills and adds cost ~10 % of a step)
         return torch.cat(self.parts(torch.split(x, [1, 3, 5], dim=1)), dim=1)
 
+    def cat_parts(self, xs: List[torch.Tensor]) -> torch.Tensor:
+        """``cat(parts(xs), dim=1)``: [N, 9, C_out] of the degree parts, without the cat where ``degree_linear``
+        runs."""
+        if not torch.jit.is_scripting():
+            y = degree_linear(xs[0].reshape(xs[0].shape[0], -1), xs[1], xs[2], self.weight[0], self.weight[1],
+                              self.weight[2], self.bias)
+            if y is not None:
+                return y
+        return torch.cat(self.parts(xs), dim=1)
+
     def parts(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
         """The map on degree parts ([N, 1, C], [N, 3, C], [N, 5, C]) -> the output's degree parts, so that callers
         holding parts need no cat before and no split after (each is a full pass over [N, 9, C], both ways)."""
@@ -246,11 +256,13 @@ class GatedFFN(nn.Module):
         logits = self.gate(zs[0].reshape(zs[0].shape[0], C))
         if not torch.jit.is_scripting():
             if self._gate_kernel_usable(logits, zs[1]):
-                return torch.cat(self.lin2.parts(self._gate_kernel(logits, zs[1], zs[2])), dim=1)
+                return self.lin2.cat_parts(self._gate_kernel(logits, zs[1], zs[2]))
         gs = torch.split(logits, [C, C, C], dim=1)
         y0 = self.c_silu * F.silu(gs[0])
         y1 = self.c_sigmoid * torch.sigmoid(gs[1])[:, None] * zs[1]
         y2 = self.c_sigmoid * torch.sigmoid(gs[2])[:, None] * zs[2]
+        if not torch.jit.is_scripting():
+            return self.lin2.cat_parts([y0[:, None], y1, y2])
         return torch.cat(self.lin2.parts([y0[:, None], y1, y2]), dim=1)
 
     @torch.jit.unused
@@ -273,15 +285,71 @@ class GatedFFN(nn.Module):
         return list(gate(logits, z1, z2, self.c_silu, self.c_sigmoid, out))
 
 
-def autocast_dtype(t: torch.Tensor) -> torch.dtype:
-    """What autocast makes of a float32 input to a matrix product on ``t``'s device: bf16 under bf16 autocast (the
-    model's ``set_precision("bf16")``), else float32.  Kernels whose only consumer is such a product write this
-    dtype themselves, rounding as the cast would (Python side only; bit-identical).  ``E2F_BF16_NODE_OUT=0``
-    keeps them in float32 (the A/B switch of ``benchmarks/gpu_bf16_out_check.py``)."""
+class _DegreeLinear(torch.autograd.Function):
+    """(x0 [N, A], x1 [N, 3, B], x2 [N, 5, D]; w0 [Co, A], w1 [Co, B], w2 [Co, D]; bias [Co] or None) -> y [N, 9, Co]
+    with y[:, 0] = x0 w0^T + bias, y[:, 1 + m] = x1[:, m] w1^T, y[:, 4 + m] = x2[:, m] w2^T, each degree's GEMMs
+    written in place into y (a strided batched GEMM over m), and their backward read from the strided rows of dy:
+    no cat forward, no copies of dy's degree slices backward.  All tensors share one dtype (the caller casts).
+    Inputs only (the weights must not require grad); a double backward goes through differentiable ops."""
+
+    @staticmethod
+    def forward(ctx, x0, x1, x2, w0, w1, w2, bias):
+        N, Co = x0.shape[0], w0.shape[0]
+        y = torch.empty((N, 9, Co), device=x0.device, dtype=x0.dtype)
+        if bias is None:
+            torch.mm(x0, w0.t(), out=y[:, 0])
+        else:
+            torch.addmm(bias, x0, w0.t(), out=y[:, 0])
+        torch.bmm(x1.transpose(0, 1), w1.t().expand(3, -1, -1), out=y[:, 1:4].transpose(0, 1))
+        torch.bmm(x2.transpose(0, 1), w2.t().expand(5, -1, -1), out=y[:, 4:9].transpose(0, 1))
+        ctx.save_for_backward(w0, w1, w2)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        w0, w1, w2 = ctx.saved_tensors
+        nig = ctx.needs_input_grad
+        if torch.is_grad_enabled():          # double backward: differentiable ops
+            return (dy[:, 0] @ w0 if nig[0] else None, dy[:, 1:4] @ w1 if nig[1] else None,
+                    dy[:, 4:9] @ w2 if nig[2] else None, None, None, None, None)
+        dy = dy.to(w0.dtype)
+        N = dy.shape[0]
+        d0 = d1 = d2 = None
+        if nig[0]:
+            d0 = torch.mm(dy[:, 0], w0)
+        if nig[1]:
+            d1 = torch.empty((N, 3, w1.shape[1]), device=dy.device, dtype=dy.dtype)
+            torch.bmm(dy[:, 1:4].transpose(0, 1), w1.expand(3, -1, -1), out=d1.transpose(0, 1))
+        if nig[2]:
+            d2 = torch.empty((N, 5, w2.shape[1]), device=dy.device, dtype=dy.dtype)
+            torch.bmm(dy[:, 4:9].transpose(0, 1), w2.expand(5, -1, -1), out=d2.transpose(0, 1))
+        return d0, d1, d2, None, None, None, None
+
+
+def degree_linear(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, w0: torch.Tensor, w1: torch.Tensor,
+                  w2: torch.Tensor, bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """[N, 9, C_out] of a degree-wise linear map of the parts x0 [N, A], x1 [N, 3, B], x2 [N, 5, D] (weights
+    w_l [C_out, .], bias on the l = 0 row) by ``_DegreeLinear``: the GEMMs write y's rows in place and the
+    backward reads dy's rows in place, where ``torch.cat`` of three GEMM outputs costs a copy forward and a copy of
+    each strided gradient slice backward (12 + 12 per step at the V1.5 size, ~2 % of the step on an H200).  For
+    frozen weights (inference: energies and forces); None where it does not run (the caller then uses the cat):
+    weights that require grad, TorchScript, torch.compile, or the switch ``E2F_DEGREE_LINEAR`` ("1" the default on
+    CUDA, "0" off; on the CPU only with "1").  Under bf16 autocast it computes in bf16, as the three GEMMs did."""
     from ..kernels._node_switch import env_switch
 
-    if not env_switch("E2F_BF16_NODE_OUT"):
-        return torch.float32
+    if torch.compiler.is_compiling() or any(t is not None and t.requires_grad for t in (w0, w1, w2, bias)):
+        return None
+    if not env_switch("E2F_DEGREE_LINEAR", default="1" if x0.is_cuda else "0"):
+        return None
+    dt = _autocast_lower(x0)
+    if dt is None:
+        dt = torch.promote_types(x0.dtype, w0.dtype)
+    x0, x1, x2, w0, w1, w2 = (t.to(dt).contiguous() for t in (x0, x1, x2, w0, w1, w2))
+    return _DegreeLinear.apply(x0, x1, x2, w0, w1, w2, None if bias is None else bias.to(dt))
+
+
+def _autocast_lower(t: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast gives a matrix product on ``t``'s device where it is on (bf16 or float16), else None."""
     dev = t.device.type
     try:                                   # torch >= 2.4
         on, dtype = torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
@@ -291,8 +359,20 @@ def autocast_dtype(t: torch.Tensor) -> torch.dtype:
         elif dev == "cpu":
             on, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
         else:
-            return torch.float32
-    return torch.bfloat16 if on and dtype == torch.bfloat16 else torch.float32
+            return None
+    return dtype if on else None
+
+
+def autocast_dtype(t: torch.Tensor) -> torch.dtype:
+    """What autocast makes of a float32 input to a matrix product on ``t``'s device: bf16 under bf16 autocast (the
+    model's ``set_precision("bf16")``), else float32.  Kernels whose only consumer is such a product write this
+    dtype themselves, rounding as the cast would (Python side only; bit-identical).  ``E2F_BF16_NODE_OUT=0``
+    keeps them in float32 (the A/B switch of ``benchmarks/gpu_bf16_out_check.py``)."""
+    from ..kernels._node_switch import env_switch
+
+    if not env_switch("E2F_BF16_NODE_OUT"):
+        return torch.float32
+    return torch.bfloat16 if _autocast_lower(t) == torch.bfloat16 else torch.float32
 
 
 class _SharedBF16(torch.autograd.Function):
