@@ -235,7 +235,7 @@ for what in "$@"; do
             --out "$OUT/e2e_s15d_100k_dl$dl" --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 75 2>&1 \
             | grep -E '^\{|Error' | cut -c1-200
       done
-      for r in 1,1,1 4,4,4; do
+      for r in 4,4,4 1,1,1; do
         timeout 70 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 \
             --out "$OUT/md_default.json" 2>&1 | tail -n 1 | cut -c1-300
       done ;;
