@@ -21,12 +21,13 @@
 #   prof100k14: next session: the 100k step's profile (bf16, TF32) with tables (~5 min)
 #   attn4a14: next session: item 4a's table pair and V1.5 setting (~6 min)
 #   kcheck:   tests/gpu/check_kernels.py alone (~4 min; give the call 330 s: session 14's 250 s cut it off)
-#   bf16out15: NEXT session: the bf16 node-kernel outputs: GPU bit-identity check and A/B, V1.5 2k-100k (~3 min)
-#   prof10k15: NEXT session: the 10k TF32 profile with session 14's defaults (~2 min)
+#   bf16out15: (ran in session 15): the bf16 node-kernel outputs: GPU bit-identity check and A/B, V1.5 2k-100k (~3 min)
+#   prof10k15: next session: the 10k TF32 profile with session 14's defaults (~2 min)
 #   s15b:     session 15: bf16out15's check by accuracy against float32, three timed rounds; 10k TF32 / 100k bf16 profiles
 #   s15c:     session 15: the defaults after s15b's changes, V1.5 10k / 20k eager + graphed, 100k, 100k compiled bf16
 #   s15d:     session 15: degree parts + in-place degree linears: checks, tiny parity, V1.5 10k-100k, OpenMM 1.8k / 115k
-#   gate15:   NEXT session: the opt-in gate kernel (E2F_GATE_KERNEL=1): GPU check, A/B at 10k / 100k (~4 min)
+#   s15e:     session 15: V1.5 10k / 20k graphed (fp32, TF32, bf16) and 100k bf16 with E2F_V2_BF16_QK=1 (~1-2 min)
+#   gate15:   (ran in session 15): the opt-in gate kernel (E2F_GATE_KERNEL=1): GPU check, A/B at 10k / 100k (~4 min)
 #   final14 / graphed14 / cg14b: (ran in session 14) OpenMM defaults + 100k profile; compile + graphs; node kernels
 #   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
 #   bf16v13:  E2F_V2_BF16_VALUES=1 in bf16 mode with tables at 10k / 100k beside the default (~4 min)
@@ -239,6 +240,13 @@ for what in "$@"; do
         timeout 70 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 \
             --out "$OUT/md_default.json" 2>&1 | tail -n 1 | cut -c1-300
       done ;;
+    s15e)       # session 15, after s15d: 10k / 20k graphed (fp32, TF32, bf16) with every session-15 default, and 100k
+                # bf16 with E2F_V2_BF16_QK=1 (opt-in; +1 % at 100k in s15b) (~4 min)
+      E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_s15e" --parts speed \
+          --sizes 20000,10000 --modes graphed_tf32,graphed_bf16,graphed_fp32 --no-water --budget-s 105 2>&1 \
+          | grep -E '^\{|Error' | cut -c1-200
+      E2F_V2_BF16_QK=1 E2F_RADIAL_TABLES=1 timeout 80 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_s15e_100k_qk" \
+          --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 65 2>&1 | grep -E '^\{|Error' | cut -c1-200 ;;
     prof10k15)  # next session: where the 10k TF32 step goes now (tables, node-level kernels on): the 5x target
       mkdir -p "$OUT/profile"
       E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \

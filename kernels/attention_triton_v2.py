@@ -1150,10 +1150,12 @@ def bf16_qk(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Queries and keys that arrive in bf16 (the bf16 mode: ``SO3ToScalar.lin2`` runs under bf16 autocast) go to
     the kernels as they are, like the values (``bf16_values``), instead of as float32 copies; the kernels convert
     each load exactly.  Bit-identical; it halves k's share of the per-edge gathers (H D of the floats each edge
-    reads) and the bytes of the host-side copies (cast, [N, D, H] layout), forward and backward.  Opt-in
-    (``E2F_V2_BF16_QK=1``): timed on an H200 in session 15 (V1.5, tables, bf16), it was slower at 2k and 10k atoms
-    (18.6 -> 16.7 steps/s at 10k) and within noise at 100k (2.74 -> 2.76)."""
-    return env_switch("E2F_V2_BF16_QK", default="0") and q.dtype == torch.bfloat16 and k.dtype == torch.bfloat16
+    reads) and the bytes of the host-side copies (cast, [N, D, H] layout), forward and backward.  The default
+    (``E2F_V2_BF16_QK=0`` restores the float32 copies).  Timed on an H200 in session 15 (V1.5, tables, bf16): with
+    the session's other changes in, +3.8 % at 100k atoms (2.96 -> 3.07 steps/s, twice), +2.5 % at 10k and +2 % at
+    20k on the CUDA-graph path; one earlier eager A/B at 2k / 10k, before those changes, was slower (10k 18.6 ->
+    16.7)."""
+    return env_switch("E2F_V2_BF16_QK") and q.dtype == torch.bfloat16 and k.dtype == torch.bfloat16
 
 
 def _kernel_inputs(vec, q, k, v, qkl: bool):

@@ -609,7 +609,7 @@ _INTERP_BF16_VALUES_SCRIPT = textwrap.dedent(r"""
 
 
 def test_bf16_values_are_bit_identical_under_interpreter():
-    """E2F_V2_BF16_VALUES=1 (the default since session 13) and E2F_V2_BF16_QK=1 (opt-in): bf16 values, queries
+    """E2F_V2_BF16_VALUES=1 (the default since session 13) and E2F_V2_BF16_QK=1 (the default): bf16 values, queries
     and keys go into the v2 attention kernels as they are and are converted there; U and every gradient equal those
     of =0 (float32 copies made on the host) bit for bit, on the MLP and table paths and in the tiled, streamed and
     split aggregations."""
