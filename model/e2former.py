@@ -925,7 +925,8 @@ class E2FormerV2(nn.Module):
     def _compiled_block(self, block: "Block", x: torch.Tensor, system: torch.Tensor, z: torch.Tensor,
                         g: Graph) -> torch.Tensor:
         """``block(x, system, z, g)`` on the fused-kernel route with its compiled node-level parts (set_compile):
-        the same operations in the same order as Block.forward -> Attention.edge_part -> _fused_U_of."""
+        the same operations in the same order as Block.forward -> Block.edge_part's fused route (attn_input_parts
+        -> Attention.qkv -> fused_U_graph) -> node_part."""
         qkv_rows, node_part = block.__dict__["_compiled_parts"]
         return node_part(x, block.attn.fused_U_graph(*qkv_rows(x, system), z, g))
 

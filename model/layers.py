@@ -341,7 +341,7 @@ def degree_linear(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, w0: torc
         return None
     if not env_switch("E2F_DEGREE_LINEAR", default="1" if x0.is_cuda else "0"):
         return None
-    dt = _autocast_lower(x0)
+    dt = _autocast_lower(x0) if x0.dtype == torch.float32 else None     # (autocast leaves float64 alone)
     if dt is None:
         dt = torch.promote_types(x0.dtype, w0.dtype)
     x0, x1, x2, w0, w1, w2 = (t.to(dt).contiguous() for t in (x0, x1, x2, w0, w1, w2))

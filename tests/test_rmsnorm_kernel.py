@@ -146,6 +146,13 @@ _INTERP_QKV_PARTS_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
     calls = []
     real = rmsnorm_triton.rms_norm
     rmsnorm_triton.rms_norm = lambda *a, **k: calls.append((a[4] is not None, bool(a[5]))) or real(*a, **k)
+    shared = []          # per call of gemm_input_parts: whether each consumer got the parts themselves, contiguous
+    real_gip = E2.gemm_input_parts
+    def spy_gip(xs, n):
+        res = real_gip(xs, n)
+        shared.append(all(r[i] is xs[i] and xs[i].is_contiguous() for r in res for i in range(3)))
+        return res
+    E2.gemm_input_parts = spy_gip
     out = {}
     for mode in ("fp32", "bf16"):
         m.set_precision(mode)
@@ -153,8 +160,13 @@ _INTERP_QKV_PARTS_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
             os.environ["E2F_RMSNORM_KERNEL"] = flag
             calls.clear()
             out[mode, flag] = m.energy_and_forces(z, pos, cell, pbc)
-            # the attention input's norm writes contiguous degree parts with the system row added
+            # the attention input's norm writes contiguous degree parts with the system row added, and in float32
+            # the three projections read those very tensors (no copies)
             assert (calls.count((True, True)) == len(m.blocks)) == (flag == "1"), (mode, flag, calls)
+            assert len(shared) == len(m.blocks), shared
+            if mode == "fp32":
+                assert all(shared) == (flag == "1"), (flag, shared)     # a split's views are copied once
+            shared.clear()
     worst = 0.0
     for mode, tol in (("fp32", 1e-5), ("bf16", 2e-2)):
         e0, f0 = out[mode, "0"][1], out[mode, "0"][2]
