@@ -45,14 +45,14 @@ def _degree_dot(A, n2, j2, mask, M: tl.constexpr, H: tl.constexpr):
 
 
 @triton.jit
-def _degree_dot_bwd(A, DA, g, n2, j2, mask, M: tl.constexpr, H: tl.constexpr):
+def _degree_dot_bwd(A, DA, g, n2, j2, mask, M: tl.constexpr, H: tl.constexpr, GRAD_BF16: tl.constexpr):
     """DA = d/dA of _degree_dot for its upstream gradient g: each half times g and the other half."""
     for m in tl.static_range(M):
         off = n2 * (2 * M * H) + m * (2 * H) + j2
         x = tl.load(A + off, mask=mask, other=0.0).to(tl.float32)
         y = tl.load(A + off + H, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DA + off, (g * y).to(DA.dtype.element_ty), mask=mask)
-        tl.store(DA + off + H, (g * x).to(DA.dtype.element_ty), mask=mask)
+        tl.store(DA + off, to_out(g * y, GRAD_BF16), mask=mask)
+        tl.store(DA + off + H, to_out(g * x, GRAD_BF16), mask=mask)
 
 
 @triton.jit
@@ -70,18 +70,20 @@ def _pairdot_fwd_kernel(A0, A1, A2, B, S, N, H: tl.constexpr, BLOCK_N: tl.conste
 
 @triton.jit
 def _pairdot_bwd_kernel(A0, A1, A2, B, DS, DA0, DA1, DA2, N, H: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_H: tl.constexpr):
+                        BLOCK_H: tl.constexpr, GRAD_BF16: tl.constexpr):
+    # the gradients in the projections' dtype: float32, or bf16 rounded to nearest even by to_out (as torch's
+    # cast; Triton's own float32 -> bf16 conversion truncates under the interpreter)
     n2, j2, mask = atom_tile(N, H, BLOCK_N, BLOCK_H)
     g = tl.load(DS + n2 * (3 * H) + j2, mask=mask, other=0.0).to(tl.float32)
     x = tl.load(A0 + n2 * (2 * H) + j2, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(A0 + n2 * (2 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(B + j2, mask=j2 < H, other=0.0).to(tl.float32)
-    tl.store(DA0 + n2 * (2 * H) + j2, (g * y).to(DA0.dtype.element_ty), mask=mask)
-    tl.store(DA0 + n2 * (2 * H) + H + j2, (g * (x + b)).to(DA0.dtype.element_ty), mask=mask)
+    tl.store(DA0 + n2 * (2 * H) + j2, to_out(g * y, GRAD_BF16), mask=mask)
+    tl.store(DA0 + n2 * (2 * H) + H + j2, to_out(g * (x + b), GRAD_BF16), mask=mask)
     g = tl.load(DS + n2 * (3 * H) + H + j2, mask=mask, other=0.0).to(tl.float32)
-    _degree_dot_bwd(A1, DA1, g, n2, j2, mask, 3, H)
+    _degree_dot_bwd(A1, DA1, g, n2, j2, mask, 3, H, GRAD_BF16)
     g = tl.load(DS + n2 * (3 * H) + 2 * H + j2, mask=mask, other=0.0).to(tl.float32)
-    _degree_dot_bwd(A2, DA2, g, n2, j2, mask, 5, H)
+    _degree_dot_bwd(A2, DA2, g, n2, j2, mask, 5, H, GRAD_BF16)
 
 
 _BLOCK_N = 4
@@ -126,7 +128,8 @@ class PairDot(torch.autograd.Function):
         if N:
             with launch_device(a0c.device):
                 _pairdot_bwd_kernel[_grid(N, H)](a0c, a1c, a2c, bias.detach().contiguous(), dsc, da0, da1, da2, N,
-                                                 H=H, BLOCK_N=_BLOCK_N, BLOCK_H=_BLOCK_H, num_warps=_NUM_WARPS)
+                                                 H=H, BLOCK_N=_BLOCK_N, BLOCK_H=_BLOCK_H,
+                                                 GRAD_BF16=da0.dtype == torch.bfloat16, num_warps=_NUM_WARPS)
         dbias = None
         if ctx.needs_input_grad[3]:
             dbias = (dsc[:, :H].float() * a0c[:, H:].float()).sum(0).to(bias.dtype)

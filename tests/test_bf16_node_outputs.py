@@ -65,6 +65,12 @@ _KERNELS_SCRIPT = textwrap.dedent(r"""
         ga32 = torch.autograd.grad(s32, a, ds.float())
         for x16, x32 in zip(ga16, ga32):
             assert torch.equal(x16, x32)
+        # the bf16 gradients are the float32 ones rounded to nearest even, as torch's cast rounds them
+        KPR = import_module(sys.argv[1] + ".pairdot_reference")
+        a32 = [t.detach().float().requires_grad_(True) for t in a]
+        gr = torch.autograd.grad(KPR.pairdot_reference(*a32, bias), a32, ds.float())
+        for x16, r in zip(ga16, gr):
+            assert x16.dtype == bf and torch.equal(x16, r.to(bf)), float((x16.float() - r).abs().max())
     for bad in (torch.float16, torch.float64):
         for call in (lambda: KC.cg_contract(U, cg, bad), lambda: KN.rms_norm(x, w, b, 1e-6, parts=True, out_dtype=bad),
                      lambda: KP.pairdot(*a, bias, bad)):
