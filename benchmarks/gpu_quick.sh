@@ -27,6 +27,7 @@
 #   s15c:     session 15: the defaults after s15b's changes, V1.5 10k / 20k eager + graphed, 100k, 100k compiled bf16
 #   s15d:     session 15: degree parts + in-place degree linears: checks, tiny parity, V1.5 10k-100k, OpenMM 1.8k / 115k
 #   s15e:     session 15: V1.5 10k / 20k graphed (fp32, TF32, bf16) and 100k bf16 with E2F_V2_BF16_QK=1 (~1-2 min)
+#   multigpu16: NEXT session, kind nvidia-h200-x2: tests/gpu/check_multi_gpu.py (model on cuda:1, graphs, two threads)
 #   gate15:   (ran in session 15): the opt-in gate kernel (E2F_GATE_KERNEL=1): GPU check, A/B at 10k / 100k (~4 min)
 #   final14 / graphed14 / cg14b: (ran in session 14) OpenMM defaults + 100k profile; compile + graphs; node kernels
 #   qkl13:    E2F_V2_QK_LAYOUT=dh (contiguous dk atomics) as stages and end to end with tables (~5 min)
@@ -247,6 +248,12 @@ for what in "$@"; do
           | grep -E '^\{|Error' | cut -c1-200
       E2F_V2_BF16_QK=1 E2F_RADIAL_TABLES=1 timeout 80 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_s15e_100k_qk" \
           --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 65 2>&1 | grep -E '^\{|Error' | cut -c1-200 ;;
+    multigpu16) # NEXT session, on kind nvidia-h200-x2 (2 GPUs): tests/gpu/check_multi_gpu.py (the model on cuda:1 while
+                # cuda:0 is current: eager fp32 / bf16, MLPs / tables, the CUDA-graph path, two replicas from two
+                # threads) (~2 min)
+      nvidia-smi --query-gpu=index,name --format=csv,noheader
+      timeout 200 python3 tests/gpu/check_multi_gpu.py "$OUT/multi_gpu_check.json" 2>&1 | grep -E '^\{|PASS|FAIL|SKIP|Error' \
+          | cut -c1-300 ;;
     prof10k15)  # next session: where the 10k TF32 step goes now (tables, node-level kernels on): the 5x target
       mkdir -p "$OUT/profile"
       E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \
