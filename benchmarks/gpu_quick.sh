@@ -27,6 +27,7 @@
 #   s15c:     session 15: the defaults after s15b's changes, V1.5 10k / 20k eager + graphed, 100k, 100k compiled bf16
 #   s15d:     session 15: degree parts + in-place degree linears: checks, tiny parity, V1.5 10k-100k, OpenMM 1.8k / 115k
 #   s15e:     session 15: V1.5 10k / 20k graphed (fp32, TF32, bf16) and 100k bf16 with E2F_V2_BF16_QK=1 (~1-2 min)
+#   s16a:     NEXT session: node-kernel checks, eager 10k bf16 q / k A/B, bundled graph threshold at 32k / 49k atoms
 #   multigpu16: NEXT session, kind nvidia-h200-x2: tests/gpu/check_multi_gpu.py (model on cuda:1, graphs, two threads)
 #   gate15:   (ran in session 15): the opt-in gate kernel (E2F_GATE_KERNEL=1): GPU check, A/B at 10k / 100k (~4 min)
 #   final14 / graphed14 / cg14b: (ran in session 14) OpenMM defaults + 100k profile; compile + graphs; node kernels
@@ -254,6 +255,21 @@ for what in "$@"; do
       nvidia-smi --query-gpu=index,name --format=csv,noheader
       timeout 200 python3 tests/gpu/check_multi_gpu.py "$OUT/multi_gpu_check.json" 2>&1 | grep -E '^\{|PASS|FAIL|SKIP|Error' \
           | cut -c1-300 ;;
+    s16a)       # NEXT session (~8 min): bench_cg.py (the node kernels' GPU checks, now with the pairdot backward's
+                # to_out rounding), eager 10k bf16 with E2F_V2_BF16_QK 0 / 1 (re-timed after session 15's changes), and
+                # the CUDA-graph threshold for the bundled model: OpenMM at 32,400 and 48,600 atoms with
+                # E2FORMER_CUDA_GRAPHS=0 / 1 (the default graphs up to 15,000 atoms; V1.5 at 20k is +21 % graphed)
+      timeout 170 python3 benchmarks/bench_cg.py "$OUT/cg_bench" 2>&1 | grep -E '^\||^Last|FAIL|Error|PASS'
+      for q in 0 1; do
+        E2F_V2_BF16_QK=$q E2F_RADIAL_TABLES=1 timeout 60 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_qk$q" \
+            --parts speed --sizes 10000 --modes bf16 --no-water --budget-s 45 2>&1 | grep -E '^\{|Error' | cut -c1-200
+      done
+      for r in 3,3,2 3,3,3; do
+        for gr in 0 1; do
+          E2FORMER_CUDA_GRAPHS=$gr timeout 80 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P \
+              --reps $r --steps 20 --out "$OUT/md_graphs$gr.json" 2>&1 | tail -n 1 | cut -c1-300
+        done
+      done ;;
     prof10k15)  # next session: where the 10k TF32 step goes now (tables, node-level kernels on): the 5x target
       mkdir -p "$OUT/profile"
       E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \
