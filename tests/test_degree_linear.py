@@ -34,8 +34,12 @@ def test_degree_linear_matches_the_cat_and_its_gradients(monkeypatch):
         y = L.degree_linear(*xs, *ws, bias)
         assert y is not None and y.shape == (29, 9, 12)
         torch.testing.assert_close(y, _cat(xs, ws, bias), rtol=1e-12, atol=1e-12)
-        assert torch.autograd.gradcheck(lambda a, c, d: L.degree_linear(a, c, d, *ws, bias), xs)
-        assert torch.autograd.gradgradcheck(lambda a, c, d: L.degree_linear(a, c, d, *ws, bias), xs)
+    # gradients and the double backward (smaller sizes: gradgradcheck's cost grows with the square of them)
+    xg, wg, bg = _parts(N=5, A=4, B=6, D=3, Co=5, seed=1)
+    xg = [x.requires_grad_(True) for x in xg]
+    for bias in (bg, None):
+        assert torch.autograd.gradcheck(lambda a, c, d: L.degree_linear(a, c, d, *wg, bias), xg)
+        assert torch.autograd.gradgradcheck(lambda a, c, d: L.degree_linear(a, c, d, *wg, bias), xg)
     # float32: the same products (each row's dot product in the same order up to the BLAS blocking)
     x32 = [x.detach().float().requires_grad_(True) for x in xs]
     w32 = [w.float() for w in ws]
