@@ -122,6 +122,18 @@ def count_calls(monkeypatch, owner, name: str) -> dict:
     return calls
 
 
+def fused_route_on_reference(m, setattr_=setattr) -> None:
+    """Put every block of ``m`` on the fused route's code path (``Block.edge_part`` -> ``attn_input_parts`` ->
+    ``qkv`` -> ``fused_U_graph``) with the attention itself on its reference backend: the CPU has no fused kernel,
+    and under the interpreter it would take most of a test's time.  The reference backend takes float32 q / k / v
+    (the GPU kernels take bf16 ones as they are).  ``setattr_``: e.g. ``monkeypatch.setattr``."""
+    for blk in m.blocks:
+        setattr_(blk.attn, "use_fused", lambda x: True)
+        real_rows = blk.attn.fused_U_rows
+        setattr_(blk.attn, "fused_U_rows",
+                 lambda q, k, v, *rest, f=real_rows: f(q.float(), k.float(), v.float(), *rest))
+
+
 def tiny_kernel_model(**cfg):
     """For the Triton-interpreter model scripts: the smallest model the kernels take (H, hid, C powers of two
     >= 16; one block; ``cfg`` overrides), seeded, weights perturbed and frozen, and 21 atoms of a periodic water

@@ -169,18 +169,12 @@ def test_qkv_projections_share_one_bf16_cast(monkeypatch):
     reference backend on the CPU."""
     import torch
 
-    from helpers import tiny_kernel_model
+    from helpers import fused_route_on_reference, tiny_kernel_model
     from openmm_e2former.model import layers as L
 
     m, z, pos, cell, pbc = tiny_kernel_model(num_layers=2)
     m.set_precision("bf16")
-    for b in m.blocks:
-        monkeypatch.setattr(b.attn, "use_fused", lambda x: True, raising=False)
-        # (the reference backend takes float32 q / k / v; the GPU kernels take the bf16 ones as they are)
-        real_rows = b.attn.fused_U_rows
-        monkeypatch.setattr(b.attn, "fused_U_rows",
-                            lambda q, k, v, *rest, f=real_rows: f(q.float(), k.float(), v.float(), *rest),
-                            raising=False)
+    fused_route_on_reference(m, lambda *a: monkeypatch.setattr(*a, raising=False))
     calls = []
     real = L._SharedBF16.apply
     monkeypatch.setattr(L._SharedBF16, "apply", lambda *a: calls.append(a[1]) or real(*a))

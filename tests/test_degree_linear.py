@@ -94,17 +94,12 @@ def test_model_with_degree_linear(monkeypatch, fused_route):
     """The tiny model's energy and forces with E2F_DEGREE_LINEAR=1 (value projection, attention output linear and
     FFN output linear as ``_DegreeLinear``) against =0, float32 and bf16, on the PyTorch route and on the fused
     route's code path (attention on its reference backend)."""
-    from helpers import tiny_kernel_model
+    from helpers import fused_route_on_reference, tiny_kernel_model
     from openmm_e2former.model import layers as L
 
     m, z, pos, cell, pbc = tiny_kernel_model(num_layers=2)
     if fused_route:
-        for blk in m.blocks:
-            monkeypatch.setattr(blk.attn, "use_fused", lambda x: True, raising=False)
-            real_rows = blk.attn.fused_U_rows
-            monkeypatch.setattr(blk.attn, "fused_U_rows",
-                                lambda q, k, v, *rest, f=real_rows: f(q.float(), k.float(), v.float(), *rest),
-                                raising=False)
+        fused_route_on_reference(m, lambda *a: monkeypatch.setattr(*a, raising=False))
     calls = []
     real = L._DegreeLinear.apply
     monkeypatch.setattr(L._DegreeLinear, "apply", lambda *a: calls.append(a[1].shape[1]) or real(*a))

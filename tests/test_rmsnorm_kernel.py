@@ -136,13 +136,9 @@ def test_rmsnorm_switch_and_input_errors(monkeypatch):
 
 _INTERP_QKV_PARTS_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
     from openmm_e2former.kernels import rmsnorm_triton
+    from helpers import fused_route_on_reference
     m, z, pos, cell, pbc = tiny_kernel_model()
-    # the fused route's code path (Block.edge_part -> attn_input_parts -> qkv -> fused_U_graph), with the attention
-    # itself on the reference backend (the fused kernel under the interpreter would take most of the time)
-    for b in m.blocks:
-        b.attn.use_fused = lambda x: True
-        real_rows = b.attn.fused_U_rows
-        b.attn.fused_U_rows = lambda q, k, v, *rest, f=real_rows: f(q.float(), k.float(), v.float(), *rest)
+    fused_route_on_reference(m)
     calls = []
     real = rmsnorm_triton.rms_norm
     rmsnorm_triton.rms_norm = lambda *a, **k: calls.append((a[4] is not None, bool(a[5]))) or real(*a, **k)
