@@ -4,7 +4,8 @@
 as 0x7FC0 whatever its sign and payload, where torch's bits may differ).  Written with integer operations so that
 the GPU and the Triton interpreter give the same bits: the interpreter's own float32 -> bf16 conversion truncates.
 
-``atom_tile``: a program's tile of BLOCK_N atoms x BLOCK_W columns of a per-atom row of W columns."""
+``atom_tile``: a program's tile of BLOCK_N atoms x BLOCK_W columns of a per-atom row of W columns; ``tile_grid`` its
+launch grid with the tile the pairdot and gate kernels use (``TILE_N`` x ``TILE_W``, ``TILE_WARPS`` warps)."""
 from __future__ import annotations
 
 import triton
@@ -21,6 +22,17 @@ def to_out(x, OUT_BF16: tl.constexpr):
         return r.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return x
+
+
+#: the atom tile of the pairdot and gate kernels: TILE_N atoms x TILE_W columns per program, TILE_WARPS warps
+TILE_N = 4
+TILE_W = 128
+TILE_WARPS = 4
+
+
+def tile_grid(N: int, W: int):
+    """The launch grid of ``atom_tile`` over N atoms x W columns with the TILE_N x TILE_W tile."""
+    return (triton.cdiv(N, TILE_N), triton.cdiv(W, TILE_W))
 
 
 @triton.jit

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._node_jit import atom_tile, to_out
+from ._node_jit import TILE_N, TILE_W, TILE_WARPS, atom_tile, tile_grid, to_out
 from ._node_switch import env_switch, float32_or_bf16, launch_device
 from .gate_reference import gate_reference
 
@@ -85,15 +85,6 @@ def _gate_bwd_kernel(G, Z1, Z2, DY0, DY1, DY2, DG, DZ1, DZ2, N, c_silu, c_sig, C
     _gated_rows_bwd(G, Z2, DY2, DG, DZ2, n2, c2, mask, 2 * C, c_sig, 5, C, G_BF16, Z_BF16)
 
 
-_BLOCK_N = 4
-_BLOCK_C = 128
-_NUM_WARPS = 4
-
-
-def _grid(N: int, C: int):
-    return (triton.cdiv(N, _BLOCK_N), triton.cdiv(C, _BLOCK_C))
-
-
 class Gate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g, z1, z2, c_silu, c_sig, out_dtype):
@@ -102,9 +93,9 @@ class Gate(torch.autograd.Function):
         ys = [torch.empty((N, k, C), device=gc.device, dtype=out_dtype) for k in (1, 3, 5)]
         if N:
             with launch_device(gc.device):
-                _gate_fwd_kernel[_grid(N, C)](gc, z1c, z2c, *ys, N, float(c_silu), float(c_sig), C=C,
-                                              BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C,
-                                              OUT_BF16=out_dtype == torch.bfloat16, num_warps=_NUM_WARPS)
+                _gate_fwd_kernel[tile_grid(N, C)](gc, z1c, z2c, *ys, N, float(c_silu), float(c_sig), C=C,
+                                                  BLOCK_N=TILE_N, BLOCK_C=TILE_W,
+                                                  OUT_BF16=out_dtype == torch.bfloat16, num_warps=TILE_WARPS)
         ctx.save_for_backward(g, z1, z2)
         ctx.c = (float(c_silu), float(c_sig))
         return tuple(ys)
@@ -129,9 +120,9 @@ class Gate(torch.autograd.Function):
         dz1, dz2 = torch.empty_like(z1c), torch.empty_like(z2c)
         if N:
             with launch_device(gc.device):
-                _gate_bwd_kernel[_grid(N, C)](gc, z1c, z2c, *dys, dg, dz1, dz2, N, c_silu, c_sig, C=C,
-                                              BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, G_BF16=gc.dtype == torch.bfloat16,
-                                              Z_BF16=z1c.dtype == torch.bfloat16, num_warps=_NUM_WARPS)
+                _gate_bwd_kernel[tile_grid(N, C)](gc, z1c, z2c, *dys, dg, dz1, dz2, N, c_silu, c_sig, C=C,
+                                                  BLOCK_N=TILE_N, BLOCK_C=TILE_W, G_BF16=gc.dtype == torch.bfloat16,
+                                                  Z_BF16=z1c.dtype == torch.bfloat16, num_warps=TILE_WARPS)
         return (dg if nig[0] else None, dz1 if nig[1] else None, dz2 if nig[2] else None, None, None, None)
 
 

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._node_jit import atom_tile, to_out
+from ._node_jit import TILE_N, TILE_W, TILE_WARPS, atom_tile, tile_grid, to_out
 from ._node_switch import env_switch, launch_device
 from .pairdot_reference import pairdot_reference
 
@@ -86,15 +86,6 @@ def _pairdot_bwd_kernel(A0, A1, A2, B, DS, DA0, DA1, DA2, N, H: tl.constexpr, BL
     _degree_dot_bwd(A2, DA2, g, n2, j2, mask, 5, H, GRAD_BF16)
 
 
-_BLOCK_N = 4
-_BLOCK_H = 128
-_NUM_WARPS = 4
-
-
-def _grid(N: int, H: int):
-    return (triton.cdiv(N, _BLOCK_N), triton.cdiv(H, _BLOCK_H))
-
-
 class PairDot(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a0, a1, a2, bias, out_dtype):
@@ -107,8 +98,8 @@ class PairDot(torch.autograd.Function):
         s = torch.empty((N, 3 * H), device=a0c.device, dtype=out_dtype)
         if N:
             with launch_device(a0c.device):
-                _pairdot_fwd_kernel[_grid(N, H)](a0c, a1c, a2c, bc, s, N, H=H, BLOCK_N=_BLOCK_N, BLOCK_H=_BLOCK_H,
-                                                 OUT_BF16=out_dtype == torch.bfloat16, num_warps=_NUM_WARPS)
+                _pairdot_fwd_kernel[tile_grid(N, H)](a0c, a1c, a2c, bc, s, N, H=H, BLOCK_N=TILE_N, BLOCK_H=TILE_W,
+                                                     OUT_BF16=out_dtype == torch.bfloat16, num_warps=TILE_WARPS)
         ctx.save_for_backward(a0, a1, a2, bias)
         return s
 
@@ -127,9 +118,9 @@ class PairDot(torch.autograd.Function):
         da0, da1, da2 = torch.empty_like(a0c), torch.empty_like(a1c), torch.empty_like(a2c)
         if N:
             with launch_device(a0c.device):
-                _pairdot_bwd_kernel[_grid(N, H)](a0c, a1c, a2c, bias.detach().contiguous(), dsc, da0, da1, da2, N,
-                                                 H=H, BLOCK_N=_BLOCK_N, BLOCK_H=_BLOCK_H,
-                                                 GRAD_BF16=da0.dtype == torch.bfloat16, num_warps=_NUM_WARPS)
+                _pairdot_bwd_kernel[tile_grid(N, H)](a0c, a1c, a2c, bias.detach().contiguous(), dsc, da0, da1, da2,
+                                                     N, H=H, BLOCK_N=TILE_N, BLOCK_H=TILE_W,
+                                                     GRAD_BF16=da0.dtype == torch.bfloat16, num_warps=TILE_WARPS)
         dbias = None
         if ctx.needs_input_grad[3]:
             dbias = (dsc[:, :H].float() * a0c[:, H:].float()).sum(0).to(bias.dtype)
