@@ -261,9 +261,7 @@ class GatedFFN(nn.Module):
         y0 = self.c_silu * F.silu(gs[0])
         y1 = self.c_sigmoid * torch.sigmoid(gs[1])[:, None] * zs[1]
         y2 = self.c_sigmoid * torch.sigmoid(gs[2])[:, None] * zs[2]
-        if not torch.jit.is_scripting():
-            return self.lin2.cat_parts([y0[:, None], y1, y2])
-        return torch.cat(self.lin2.parts([y0[:, None], y1, y2]), dim=1)
+        return self.lin2.cat_parts([y0[:, None], y1, y2])
 
     @torch.jit.unused
     def _gate_kernel_usable(self, logits: torch.Tensor, z1: torch.Tensor) -> bool:
