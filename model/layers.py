@@ -398,9 +398,10 @@ def gemm_input_parts(xs: List[torch.Tensor], n: int) -> List[List[torch.Tensor]]
     (under bf16 autocast one bf16 cast per part, ``_SharedBF16``; otherwise one contiguous float32 copy where the
     part is a view).  Without this each consumer's reshape copied each view part: n copies each way of every part
     (Python side only)."""
+    cast = not torch.compiler.is_compiling() and autocast_dtype(xs[0]) == torch.bfloat16
     shared: List[Tuple[torch.Tensor, ...]] = []
     for p in xs:
-        if p.dtype == torch.float32 and not torch.compiler.is_compiling() and autocast_dtype(p) == torch.bfloat16:
+        if cast and p.dtype == torch.float32:
             shared.append(_SharedBF16.apply(p, n))           # the cast of a view writes a contiguous tensor
         else:
             c = p.contiguous()
