@@ -454,9 +454,9 @@ class Attention(nn.Module):
 
     @torch.jit.unused
     def _cg_kernel_usable(self, U: torch.Tensor) -> bool:
-        """node_part's CG contraction by ``kernels.cg_triton`` (on by default on CUDA; ``E2F_CG_KERNEL=0`` opts out): float32 U of the
-        relative EAAS on CUDA (or under the Triton interpreter), not inside torch.compile (set_compile keeps the
-        einsum, which it fuses itself)."""
+        """node_part's CG contraction by ``kernels.cg_triton`` (on by default on CUDA; ``E2F_CG_KERNEL=0`` opts out):
+        float32 U of the relative EAAS on CUDA (or under the Triton interpreter), not inside torch.compile
+        (set_compile keeps the einsum, which it fuses itself)."""
         if self.use_so2 or U.dtype != torch.float32 or self.backend == "reference":
             return False
         from ..kernels._node_switch import node_kernel_usable

@@ -122,9 +122,9 @@ class SO3ToScalar(nn.Module):
 
     @torch.jit.unused
     def _pairdot_kernel_usable(self, p0: torch.Tensor) -> bool:
-        """The invariants by ``kernels.pairdot_triton`` (on by default on CUDA; ``E2F_PAIRDOT_KERNEL=0`` opts out): float32 or bf16
-        projections on CUDA (or under the Triton interpreter), not inside torch.compile (set_compile fuses the
-        PyTorch form itself)."""
+        """The invariants by ``kernels.pairdot_triton`` (on by default on CUDA; ``E2F_PAIRDOT_KERNEL=0`` opts out):
+        float32 or bf16 projections on CUDA (or under the Triton interpreter), not inside torch.compile (set_compile
+        fuses the PyTorch form itself)."""
         if p0.dtype not in (torch.float32, torch.bfloat16):
             return False
         from ..kernels._node_switch import node_kernel_usable
@@ -201,8 +201,9 @@ class EquivariantRMSNorm(nn.Module):
 
     @torch.jit.unused
     def _kernel_usable(self, x: torch.Tensor) -> bool:
-        """The norm by ``kernels.rmsnorm_triton`` (on by default on CUDA; ``E2F_RMSNORM_KERNEL=0`` opts out): float32 features on CUDA (or
-        under the Triton interpreter), not inside torch.compile (set_compile fuses the PyTorch form itself)."""
+        """The norm by ``kernels.rmsnorm_triton`` (on by default on CUDA; ``E2F_RMSNORM_KERNEL=0`` opts out): float32
+        features on CUDA (or under the Triton interpreter), not inside torch.compile (set_compile fuses the PyTorch
+        form itself)."""
         if x.dtype != torch.float32 or x.dim() != 3 or x.shape[1] != 9:
             return False
         from ..kernels._node_switch import node_kernel_usable
