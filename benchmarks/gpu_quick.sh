@@ -249,6 +249,16 @@ for what in "$@"; do
           | grep -E '^\{|Error' | cut -c1-200
       E2F_V2_BF16_QK=1 E2F_RADIAL_TABLES=1 timeout 80 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_s15e_100k_qk" \
           --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 65 2>&1 | grep -E '^\{|Error' | cut -c1-200 ;;
+    s16b)       # session 16 (run as "multigpu16 s16b" on kind nvidia-h200-x2): a fresh 10k TF32 profile (V1.5, tables; the last
+                # one predates session 15's copy fixes) and the bundled model at 115,200 atoms with
+                # E2FORMER_CUDA_GRAPHS 0 / 1 (s16a: graphs +35 % at 32k, +13 % at 49k), peak memory recorded (~7 min)
+      mkdir -p "$OUT/prof10k"
+      E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile --sizes 10000 \
+          --modes tf32 --out "$OUT/prof10k" 2>&1 | tail -n 2
+      for gr in 0 1; do
+        E2FORMER_CUDA_GRAPHS=$gr timeout 120 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P \
+            --reps 4,4,4 --steps 20 --out "$OUT/md115k_graphs$gr.json" 2>&1 | tail -n 1 | cut -c1-200
+      done ;;
     multigpu16) # NEXT session, on kind nvidia-h200-x2 (2 GPUs): tests/gpu/check_multi_gpu.py (the model on cuda:1 while
                 # cuda:0 is current: eager fp32 / bf16, MLPs / tables, the CUDA-graph path, two replicas from two
                 # threads) (~2 min)

@@ -137,7 +137,13 @@ def main():
            # what the force's model actually uses (the automatic default resolved for this device and precision)
            "radial_tables_used": _force.resolve_radial_tables(args.radial_tables, _force.resolve_device(None),
                                                               _force.resolve_dtype(args.ml_precision)),
-           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+           # E2FORMER_CUDA_GRAPHS as set for this run (None: the automatic choice by size)
+           "cuda_graphs_env": os.environ.get("E2FORMER_CUDA_GRAPHS"),
+           # the process's peak CUDA memory (the model runs in this process through PythonForce; a CUDA graph's
+           # private pool is counted in both), GiB
+           "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+           "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None}
     print(json.dumps(row), flush=True)
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.exists() else []

@@ -18,10 +18,16 @@ grows, rebuilding itself, when new ones appear)."""
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from typing import Callable, List, Optional
 
 import torch
+
+#: held while a table is built: the build's derivatives come from forward-mode AD (``torch.func.jvp``), whose dual
+#: levels are global to the process, not per thread, so two builds at once (two models, one per GPU, run from two
+#: threads) failed with "Trying to create a dual Tensor for forward AD but no level exists" (H200 x2, session 16)
+_BUILD_LOCK = threading.Lock()
 
 
 class RadialTable:
@@ -97,8 +103,12 @@ class RadialTable:
             self._build(sorted(self.elements + new), z.device)
         self._last_z = None if version is None else (weakref.ref(z), version)
 
-    @torch.no_grad()
     def _build(self, elements: List[int], device: torch.device) -> None:
+        with _BUILD_LOCK:
+            self._build_locked(elements, device)
+
+    @torch.no_grad()
+    def _build_locked(self, elements: List[int], device: torch.device) -> None:
         import copy
 
         from torch.func import jvp

@@ -267,3 +267,38 @@ def test_ensure_skips_the_same_tensor_only(monkeypatch):
     assert calls["n"] == 2 and tab.elements == [1, 6, 8]
     tab.ensure(torch.tensor([1, 8, 1]))         # another tensor: looked at again
     assert calls["n"] == 3 and tab.builds == 2
+
+
+def test_tables_build_from_two_threads_at_once():
+    """Two models built into tables from two threads at once (two MD replicas in one process, one per GPU): the
+    builds' forward-mode AD levels are process-wide, and without the build lock one thread's jvp found the other's
+    level gone ("no level exists", H200 x2 in session 16; reproduced on the CPU with these loops)."""
+    import threading
+
+    models = [_frozen() for _ in range(2)]
+    z = torch.tensor([1, 6, 8])
+    errors, tables = [], {}
+
+    def work(i, m):
+        try:
+            a = m.blocks[0].attn
+            fn = lambda mod, d, zi, zj: mod.radial_fn(m.rbf_offsets, m.rbf_coeff, d, zi, zj)  # noqa: E731
+            for _ in range(10):
+                tab = RadialTable(a, fn, m.cutoff, 64, torch.float64)
+                tab.ensure(z)
+            tables[i] = tab
+        except Exception as exc:        # reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(i, m)) for i, m in enumerate(models)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    # and what each thread built is the table a build on its own gives
+    m = models[0]
+    alone = RadialTable(m.blocks[0].attn, lambda mod, d, zi, zj: mod.radial_fn(m.rbf_offsets, m.rbf_coeff, d, zi, zj),
+                        m.cutoff, 64, torch.float64)
+    alone.ensure(z)
+    assert torch.equal(tables[0].coef, alone.coef) and torch.equal(tables[1].coef, alone.coef)
