@@ -1165,10 +1165,15 @@ def _kernel_inputs(vec, q, k, v, qkl: bool):
     f32 = torch.float32
     vecc = vec.detach().to(f32).contiguous()
     keep = bf16_qk(q, k)
-    qc, kc_ = (x.detach().contiguous() if keep else x.detach().to(f32).contiguous() for x in (q, k))
+
+    def qk_in(x):
+        # (a q / k made as [N, D, H] (``SO3ToScalar.from_parts_dh``) is a transposed view: no copy here; a dtype
+        # conversion keeps its strides)
+        x = x.detach() if keep else x.detach().to(f32)
+        return (x.transpose(1, 2) if qkl else x).contiguous()
+
+    qc, kc_ = qk_in(q), qk_in(k)
     vc = v.detach().contiguous() if bf16_values(v) else v.detach().to(f32).contiguous()
-    if qkl:
-        qc, kc_ = qc.transpose(1, 2).contiguous(), kc_.transpose(1, 2).contiguous()
     return vecc, qc, kc_, vc
 
 
@@ -1264,8 +1269,9 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, SG=cfg["SG"], DX2_SCR=cfg["DX2_SCR"] and not tab_args[6],
                 TABLE=tab_args[6], QKL=ctx.qkl, ATOM=cfg["ATOM"], ASEM=cfg["ASEM"], num_warps=cfg["num_warps"],
                 **_maxnreg(cfg))
-        if ctx.qkl:
-            dq, dk = dq.transpose(1, 2).contiguous(), dk.transpose(1, 2).contiguous()
+        if ctx.qkl:     # [N, H, D] views of the kernels' [N, D, H] sums: the gradients of queries and keys made as
+            # [N, D, H] (``SO3ToScalar.from_parts_dh``) need no copy; autograd takes any strides
+            dq, dk = dq.transpose(1, 2), dk.transpose(1, 2)
         for idx, gr, x in ((2, dvec, vec), (3, dq, q), (4, dk, k), (5, dv, v)):
             if nig[idx]:
                 grads[idx] = gr.to(x.dtype)

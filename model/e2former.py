@@ -88,6 +88,16 @@ def pad_edges(center: torch.Tensor, neighbor: torch.Tensor, shift: torch.Tensor,
     return out
 
 
+def _v2_qk_layout() -> bool:
+    """Whether the v2 attention kernels read queries and keys as [N, D, H] (``attention_triton_v2.qk_layout``;
+    False where they cannot be imported)."""
+    try:
+        from ..kernels.attention_triton_v2 import qk_layout
+    except ImportError:
+        return False
+    return qk_layout()
+
+
 class Graph:
     """Edges of one structure (target ``center`` <- source ``neighbor``), with geometry."""
 
@@ -484,10 +494,13 @@ class Attention(nn.Module):
         input ``x`` [N, 9, C] or its degree parts (``Block.attn_input_parts``).  The three projections share one
         contiguous form of each part (``gemm_input_parts``): under bf16 autocast one bf16 cast per part, else the
         parts themselves (or one copy of a view part), instead of each projection copying each part for its GEMM,
-        and one gradient upcast and sum per part instead of three upcasts and two sums."""
+        and one gradient upcast and sum per part instead of three upcasts and two sums.  Queries and keys come
+        stored as [N, D, H] where the v2 kernels read that layout (``SO3ToScalar.from_parts_dh``, ``qk_layout``)."""
         xs = list(torch.split(x, [1, 3, 5], dim=1)) if isinstance(x, torch.Tensor) else list(x)
         N, H = xs[0].shape[0], self.H
         xq, xk, xv = gemm_input_parts(xs, 3)
+        if _v2_qk_layout():
+            return self.query.from_parts_dh(xq, H), self.key.from_parts_dh(xk, H), self.value.cat_parts(xv)
         return (self.query.from_parts(xq).view(N, H, self.D), self.key.from_parts(xk).view(N, H, self.D),
                 self.value.cat_parts(xv))
 

@@ -87,6 +87,46 @@ class SO3ToScalar(nn.Module):
         return self.lin2(F.silu(self.norm(self.lin1(s))))
 
     @torch.jit.unused
+    def from_parts_dh(self, xs: List[torch.Tensor], heads: int) -> torch.Tensor:
+        """``from_parts(xs).view(N, heads, D)`` (D = out_features / heads) stored as [N, D, heads]: the same values,
+        as a strided [N, heads, D] view of a contiguous [N, D, heads] tensor.  The last Linear runs with its output
+        rows permuted to the order (d, h) (``_lin2_dh``), so each output element is the same dot product as in
+        ``lin2``.  The fused attention kernels read queries and keys as [N, D, heads] (``qk_layout``): given this
+        form they take it as it is, and hand back their [N, D, heads] gradients as such, instead of one transposing
+        copy per tensor each way (24 copies of [N, 1024] floats per step at the V1.5 size)."""
+        if (self.recompute or self.auto_recompute) and torch.is_grad_enabled():
+            s = self._scalars_recomputed(xs)
+        else:
+            s = self.scalars_parts(xs)
+        w, b = self._lin2_dh(heads)
+        out = F.linear(F.silu(self.norm(self.lin1(s))), w, b)
+        N, D = out.shape[0], out.shape[1] // heads
+        return out.view(N, D, heads).transpose(1, 2)
+
+    @torch.jit.unused
+    def _lin2_dh(self, heads: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``lin2``'s weight and bias with the output rows in (d, h) order instead of (h, d); for frozen weights
+        made once and kept while the parameters stay the same tensors, unmodified (their version counters)."""
+        W, b = self.lin2.weight, self.lin2.bias
+        D = W.shape[0] // heads
+
+        def permuted():
+            return (W.view(heads, D, -1).transpose(0, 1).reshape(heads * D, -1),
+                    b.view(heads, D).t().reshape(heads * D))
+
+        if W.requires_grad or b.requires_grad:
+            return permuted()
+        try:
+            key = (heads, W.data_ptr(), b.data_ptr(), W._version, b._version, str(W.device), str(W.dtype))
+        except RuntimeError:        # inference tensors have no version counter
+            return permuted()
+        cached = self.__dict__.get("_lin2_dh_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, *permuted())
+            self.__dict__["_lin2_dh_cache"] = cached
+        return cached[1], cached[2]
+
+    @torch.jit.unused
     def _scalars_recomputed(self, xs: List[torch.Tensor]) -> torch.Tensor:
         import torch.utils.checkpoint as ckpt
 
