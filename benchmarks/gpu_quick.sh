@@ -259,6 +259,11 @@ for what in "$@"; do
         E2FORMER_CUDA_GRAPHS=$gr timeout 120 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P \
             --reps 4,4,4 --steps 20 --out "$OUT/md115k_graphs$gr.json" 2>&1 | tail -n 1 | cut -c1-200
       done ;;
+    s16c)       # session 16 (run as "multigpu16 s16c" on kind nvidia-h200-x2): the graphed call's parts (eager neighbour
+                # list, replay) at V1.5 10k / 20k TF32 with tables, and queries / keys made as [N, D, H] against the
+                # [N, H, D] projection, alternated (~3 min)
+      E2F_RADIAL_TABLES=1 timeout 300 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_breakdown.json" \
+          --sizes 10000,20000 --precision tf32 2>&1 | grep -E '^\{|Error' | cut -c1-330 ;;
     multigpu16) # NEXT session, on kind nvidia-h200-x2 (2 GPUs): tests/gpu/check_multi_gpu.py (the model on cuda:1 while
                 # cuda:0 is current: eager fp32 / bf16, MLPs / tables, the CUDA-graph path, two replicas from two
                 # threads) (~2 min)

@@ -1,0 +1,97 @@
+"""Where the CUDA-graph path's call goes (V1.5 size, random weights, radial tables, FCC carbon, non-periodic): the
+whole ``GraphedEnergyForces`` call against its two parts, the eager neighbour list (``model.neighbor_edges``, used
+above the in-graph list's 5,000 atoms) and the graph replay alone; each as the median of synchronised calls.
+
+``--variants``: "dh" (the default code) and "hd_proj" (queries and keys projected as [N, H, D] and copied to the
+kernels' [N, D, H] layout, as before session 16: ``e2former._v2_qk_layout`` patched to False for the model side
+only), run alternately, ``--rounds`` times each, in one process.
+
+    python benchmarks/graphed_breakdown.py OUT.json [--sizes 10000,20000] [--precision tf32]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_end_to_end import fcc_carbon, v15_model  # noqa: E402
+
+
+def median_ms(call, repeats):
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--sizes", default="10000,20000")
+    ap.add_argument("--precision", default="tf32")
+    ap.add_argument("--variants", default="dh,hd_proj")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args()
+    from openmm_e2former.graphed import GraphedEnergyForces
+    from openmm_e2former.model import e2former as E
+
+    real_layout = E._v2_qk_layout
+    prec = args.precision
+    torch.backends.cuda.matmul.allow_tf32 = prec in ("tf32", "bf16")
+    m = v15_model()
+    m.requires_grad_(False)
+    m.set_radial_tables(True)
+    m.set_precision(prec)
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        pos = fcc_carbon(n)
+        z = [6] * n
+        pt = torch.as_tensor(pos, dtype=torch.float32, device="cuda")
+        graphs = {}
+        for rnd in range(args.rounds):
+            for variant in args.variants.split(","):
+                E._v2_qk_layout = real_layout if variant == "dh" else (lambda: False)
+                if variant not in graphs:          # one graph per variant (captured with its code path)
+                    G = GraphedEnergyForces(m, z, periodic=False)
+                    for _ in range(2):
+                        G(pt, None, None)
+                    graphs[variant] = G
+                G = graphs[variant]
+                row = {"n_atoms": n, "precision": prec, "variant": variant, "round": rnd,
+                       "neighbor_list_mode": G.mode, "graph_captured": G._graph is not None,
+                       "call_ms": median_ms(lambda: G(pt, None, None), args.repeats),
+                       "neighbor_edges_ms": median_ms(lambda: m.neighbor_edges(pt, None, None, check_overlap=False),
+                                                      args.repeats)}
+                if G._graph is not None:
+                    row["replay_ms"] = median_ms(G._graph.replay, args.repeats)
+                row["steps_per_s"] = 1e3 / row["call_ms"]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                Path(args.out).write_text(json.dumps(rows, indent=1))
+        E._v2_qk_layout = real_layout
+        e = {}
+        for variant, G in graphs.items():          # the two code paths give the same energy and forces
+            e[variant] = G(pt, None, None)
+        if len(e) == 2:
+            (ea, fa), (eb, fb) = e.values()
+            rows.append({"n_atoms": n, "check": "dh vs hd_proj", "dE_rel": float(abs(ea - eb) / abs(eb)),
+                         "dF_rel": float((fa - fb).abs().max() / fb.abs().max())})
+            print(json.dumps(rows[-1]), flush=True)
+        del graphs
+        torch.cuda.empty_cache()
+    Path(args.out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
