@@ -19,6 +19,15 @@ export E2F_FIXTURES="$PWD/.carry15/official_parity"
 nvidia-smi --query-gpu=name --format=csv,noheader
 for what in "$@"; do
   case "$what" in
+    s16d) # session 16: the graphed call's parts (Verlet list / eager list, [N, D, H] / [N, H, D] projections) at V1.5
+          # 10k TF32 and fp32, then the graphed V1.5 table at 10k / 20k (fp32 / TF32 / bf16), radial tables (~5 min)
+      E2F_RADIAL_TABLES=1 timeout 130 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_breakdown_tf32.json" \
+          --sizes 10000 --precision tf32 --rounds 1 2>&1 | grep -E '^\{|Error' | cut -c1-300
+      E2F_RADIAL_TABLES=1 timeout 80 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_breakdown_fp32.json" \
+          --sizes 10000 --precision fp32 --rounds 1 --variants dh,host_nl 2>&1 | grep -E '^\{|Error' | cut -c1-300
+      E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed" --parts speed \
+          --sizes 10000,20000 --modes graphed_fp32,graphed_tf32,graphed_bf16 --no-water --budget-s 180 2>&1 \
+          | grep -E '^\{|Error' | cut -c1-300 ;;
     parity) timeout 200 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu.json" 2>&1 | tail -n 8 ;;
     tablecheck) timeout 200 python3 tests/gpu/check_table.py "$OUT/table_gpu_check.json" 2>&1 | tail -n 6 ;;
     kcheck) timeout 300 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check.json" 2>&1 | tail -n 4 ;;

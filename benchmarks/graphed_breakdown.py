@@ -2,9 +2,12 @@
 whole ``GraphedEnergyForces`` call against its two parts, the eager neighbour list (``model.neighbor_edges``, used
 above the in-graph list's 5,000 atoms) and the graph replay alone; each as the median of synchronised calls.
 
-``--variants``: "dh" (the default code) and "hd_proj" (queries and keys projected as [N, H, D] and copied to the
-kernels' [N, D, H] layout, as before session 16: ``e2former._v2_qk_layout`` patched to False for the model side
-only), run alternately, ``--rounds`` times each, in one process.
+``--variants``: "dh" (the default code: since session 16 the Verlet list, its edges selected inside the graph),
+"hd_proj" (queries and keys projected as [N, H, D] and copied to the kernels' [N, D, H] layout, as before session
+16: ``e2former._v2_qk_layout`` patched to False for the model side only) and "host_nl" (the eager neighbour list
+before each replay, ``neighbors="host"``, as before session 16), run alternately, ``--rounds`` times each, in one
+process.  Each variant's energy and forces are compared with the first's (float32: the same up to the float
+atomics' order; TF32 amplifies that order to ~1e-3 in the forces).
 
     python benchmarks/graphed_breakdown.py OUT.json [--sizes 10000,20000] [--precision tf32]
 """
@@ -39,7 +42,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--sizes", default="10000,20000")
     ap.add_argument("--precision", default="tf32")
-    ap.add_argument("--variants", default="dh,hd_proj")
+    ap.add_argument("--variants", default="dh,hd_proj,host_nl")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
@@ -61,9 +64,10 @@ def main():
         graphs = {}
         for rnd in range(args.rounds):
             for variant in args.variants.split(","):
-                E._v2_qk_layout = real_layout if variant == "dh" else (lambda: False)
+                E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout
                 if variant not in graphs:          # one graph per variant (captured with its code path)
-                    G = GraphedEnergyForces(m, z, periodic=False)
+                    G = GraphedEnergyForces(m, z, periodic=False,
+                                            neighbors="host" if variant == "host_nl" else None)
                     for _ in range(2):
                         G(pt, None, None)
                     graphs[variant] = G
@@ -79,14 +83,17 @@ def main():
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 Path(args.out).write_text(json.dumps(rows, indent=1))
-        E._v2_qk_layout = real_layout
         e = {}
-        for variant, G in graphs.items():          # the two code paths give the same energy and forces
+        for variant, G in graphs.items():          # the code paths give the same energy and forces
+            E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout
             e[variant] = G(pt, None, None)
-        if len(e) == 2:
-            (ea, fa), (eb, fb) = e.values()
-            rows.append({"n_atoms": n, "check": "dh vs hd_proj", "dE_rel": float(abs(ea - eb) / abs(eb)),
-                         "dF_rel": float((fa - fb).abs().max() / fb.abs().max())})
+        E._v2_qk_layout = real_layout
+        names = list(e)
+        ea, fa = e[names[0]]
+        for other in names[1:]:
+            eb, fb = e[other]
+            rows.append({"n_atoms": n, "check": f"{other} vs {names[0]}", "dE_rel": float(abs(ea - eb) / abs(ea)),
+                         "dF_rel": float((fa - fb).abs().max() / fa.abs().max())})
             print(json.dumps(rows[-1]), flush=True)
         del graphs
         torch.cuda.empty_cache()

@@ -381,3 +381,83 @@ def dense_neighbor_edges(positions: torch.Tensor, slots: torch.Tensor, box: torc
         shift_out.scatter_(0, where[:, None].expand(-1, 3), shift.to(shift_out.dtype))
         bad = (~torch.isfinite(positions.detach())).any(dim=1).sum()
         stats_out.copy_(torch.stack([count.sum(), ok.sum(2).max(), bad]))
+
+
+def candidate_table(positions: torch.Tensor, cell: Optional[torch.Tensor], pbc: Optional[torch.Tensor],
+                    reach: float, ghost: int, capacity: int = 0) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """The candidates of a Verlet list (eager, with host syncs): every atom or periodic image within ``reach``
+    (the cutoff plus a skin) of each atom, by :func:`neighbor_list` with no cap, the atom itself excluded.
+
+    Returns (cand [N, K] int64, cand_shift [N, K, 3] float64, largest count): row i holds atom i's candidates,
+    nearest first, each with the image shift ``n @ cell`` of the list's call (``positions[i] - positions[j] -
+    shift`` is the edge vector), then padding entries ``ghost`` (any index >= N) with shift 0.  K is the largest
+    count, or ``capacity`` where that is larger (the caller's buffers: see :func:`candidate_neighbor_edges`)."""
+    n = positions.shape[0]
+    dev = positions.device
+    pos64 = positions.detach().to(torch.float64)
+    cell64 = None if cell is None else cell.detach().to(device=dev, dtype=torch.float64)
+    center, neighbor, shift = neighbor_list(pos64, cell64, pbc, reach, 1 << 30, 0.0)
+    not_self = (center != neighbor) | (shift != 0).any(dim=1)
+    keep = not_self.nonzero().squeeze(1)
+    center, neighbor, shift = center[keep], neighbor[keep], shift[keep]
+    rank = torch.arange(center.numel(), device=dev) - torch.searchsorted(center, center)
+    count = int(rank.max()) + 1 if center.numel() > 0 else 0
+    K = max(1, count, int(capacity))
+    cand = torch.full((n, K), int(ghost), dtype=torch.long, device=dev)
+    cand_shift = torch.zeros(n, K, 3, dtype=torch.float64, device=dev)
+    cand[center, rank] = neighbor
+    cand_shift[center, rank] = shift
+    return cand, cand_shift, count
+
+
+def candidate_neighbor_edges(positions: torch.Tensor, cand: torch.Tensor, cand_shift: torch.Tensor,
+                             ref_positions: torch.Tensor, max_move: float, cutoff: float, min_dist: float, k: int,
+                             capacity: int, ghost: int,
+                             out: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+    """The edges of ``E2FormerV2.neighbor_edges`` (the ``k`` nearest atoms or images with ``min_dist <= d <=
+    cutoff``, sorted by centre then distance) of one system from a Verlet list's candidates (:func:`candidate_table`
+    built at ``ref_positions`` with reach = cutoff + skin), with static shapes and no device -> host sync, so that
+    it can be captured in a CUDA graph (``openmm_e2former.graphed``): O(N K) work instead of the cell list's sorts
+    and syncs.
+
+    The candidates hold every pair within the cutoff as long as no atom has moved more than half the skin since
+    they were built (two atoms then close in by at most one skin) and the cell is the one they were built with
+    (the caller rebuilds them when it changes).  ``max_move`` = skin / 2: ``stats[3]`` is set to 1 where some atom
+    moved farther (the result must then be recomputed from new candidates).
+
+    Writes ``out = (center, neighbor, shift, stats [4])`` as :func:`dense_neighbor_edges` does: the edges in the
+    first E slots, then padding edges (``ghost -> ghost``, shift (2 cutoff, 0, 0)), the last slot a scratch slot;
+    ``stats`` = (E, the largest count before the cut to ``k``, atoms with a non-finite position, moved too far)."""
+    center_out, neighbor_out, shift_out, stats_out = out
+    n, K = cand.shape
+    f64 = torch.float64
+    with torch.no_grad():
+        p64 = positions.detach().to(f64)
+        p = torch.cat([p64, p64.new_zeros(1, 3)])
+        src = torch.clamp(cand, max=n)                                   # padding -> the zero row
+        dv = p64[:, None, :] - p.index_select(0, src.reshape(-1)).view(n, K, 3) - cand_shift
+        d2 = (dv * dv).sum(dim=2)                                        # [n, K]
+        ok = (d2 <= cutoff * cutoff) & (d2 >= min_dist * min_dist) & (cand < n)
+        kk = max(1, min(int(k), K))
+        key = torch.where(ok, d2, torch.full_like(d2, math.inf))
+        vals, idx = torch.topk(key, kk, dim=1, largest=False, sorted=True)   # [n, kk], by distance
+        sel = torch.isfinite(vals)
+        count = sel.sum(1)
+        start = torch.cumsum(count, 0) - count
+        where = start[:, None] + torch.arange(kk, device=positions.device)
+        where = torch.where(sel, where, torch.full_like(where, capacity)).clamp_max(capacity).reshape(-1)
+        center = torch.arange(n, device=positions.device)[:, None].expand(n, kk).reshape(-1)
+        neighbor = torch.gather(cand, 1, idx).reshape(-1)
+        shift = torch.gather(cand_shift, 1, idx[:, :, None].expand(n, kk, 3)).reshape(-1, 3)
+        center_out.fill_(ghost)
+        neighbor_out.fill_(ghost)
+        shift_out.zero_()
+        shift_out[:, 0] = 2.0 * cutoff
+        center_out.scatter_(0, where, center)
+        neighbor_out.scatter_(0, where, neighbor)
+        shift_out.scatter_(0, where[:, None].expand(-1, 3), shift.to(shift_out.dtype))
+        bad = (~torch.isfinite(positions.detach())).any(dim=1).sum()
+        move2 = ((p64 - ref_positions) ** 2).sum(dim=1)
+        moved = (move2 > max_move * max_move).any()
+        stats_out.copy_(torch.stack([count.sum(), ok.sum(1).max() if n > 0 else count.sum(), bad,
+                                     moved.to(torch.long)]))

@@ -36,7 +36,7 @@ import torch
 
 from .kernels._node_switch import launch_device
 from .model.e2former import pad_edges
-from .model.neighbors import dense_neighbor_edges
+from .model.neighbors import candidate_neighbor_edges, candidate_table, dense_neighbor_edges
 
 __all__ = ["AUTO_MAX_ATOMS", "BatchedGraphedEnergyForces", "DENSE_MAX_PAIRS", "ENV_VAR", "GraphedEnergyForces",
            "NEIGHBORS_ENV_VAR", "cuda_graphs_requested", "dense_box", "use_cuda_graphs"]
@@ -113,11 +113,11 @@ class _PaddedGraph:
 
     def __init__(self, model, atomic_numbers: Sequence[Sequence[int]], periodic: Sequence[bool],
                  charges: Sequence[int], multiplicities: Sequence[int], head: Optional[str], capture: Optional[bool],
-                 headroom: float, warmup: int, neighbors: str):
+                 headroom: float, warmup: int, neighbors: str, skin: float = 1.0):
         if neighbors is None:
             neighbors = os.environ.get(NEIGHBORS_ENV_VAR, "").strip().lower() or "auto"
-        if neighbors not in ("auto", "device", "host"):
-            raise ValueError(f"neighbors must be 'auto', 'device' or 'host', got {neighbors!r}")
+        if neighbors not in ("auto", "device", "verlet", "host"):
+            raise ValueError(f"neighbors must be 'auto', 'device', 'verlet' or 'host', got {neighbors!r}")
         dev = model.device
         self.model = model
         zs = [torch.as_tensor(z).reshape(-1).to(dev, torch.long) for z in atomic_numbers]
@@ -147,7 +147,13 @@ class _PaddedGraph:
         self.periodic_t = torch.tensor(self.periodic, device=dev)
         # the eager neighbour list's pbc (single periodic system), built once rather than on every call
         self._pbc = torch.tensor([True, True, True], device=dev) if self.B == 1 and self.periodic[0] else None
-        self.dense_ok = neighbors != "host" and self.B * nmax * nmax <= DENSE_MAX_PAIRS
+        self.dense_ok = neighbors in ("auto", "device") and self.B * nmax * nmax <= DENSE_MAX_PAIRS
+        # the Verlet list (one system; any cell): candidates within cutoff + skin built eagerly now and then, the
+        # edges selected from them inside the graph
+        self.verlet_ok = neighbors in ("auto", "verlet") and self.B == 1
+        self.skin = float(skin)
+        self.verlet_builds = 0                              # candidate builds so far
+        self._cand = self._cand_shift = self._cand_ref = self._cand_cell = None
         self.neighbors = neighbors
         self.capture = dev.type == "cuda" if capture is None else bool(capture)
         self.headroom = float(headroom)
@@ -156,12 +162,12 @@ class _PaddedGraph:
         self.degree_bound = 0
         self.captures = 0
         self.capture_error: Optional[BaseException] = None
-        self.mode: Optional[str] = None                    # "device" / "host": where the last call's edges came from
+        self.mode: Optional[str] = None        # "device" / "verlet" / "host": where the last call's edges came from
         self._graph = None
         self._graph_mode: Optional[str] = None
         self._pos = torch.zeros(self.n, 3, dtype=model.dtype, device=dev)
         self._box = torch.ones(self.B, 3, dtype=model.dtype, device=dev)
-        self._stats = torch.zeros(3, dtype=torch.long, device=dev)
+        self._stats = torch.zeros(4, dtype=torch.long, device=dev)     # see candidate_neighbor_edges
         self._edges = None
         self._energy = self._forces = None
 
@@ -201,9 +207,12 @@ class _PaddedGraph:
             raise ValueError("the in-graph neighbour list needs gas-phase systems or orthorhombic boxes with "
                              f"every edge longer than 2 x the cutoff ({2 * m.cutoff} Å), and at most "
                              f"{DENSE_MAX_PAIRS} atom pairs")
-        mode = "device" if boxes is not None else "host"
+        mode = "device" if boxes is not None else ("verlet" if self.verlet_ok else "host")
         self.mode = mode
         self._pos.copy_(pos)
+        if mode == "verlet":
+            self._evaluate_verlet(pos, cells, cells_host)
+            return
         if mode == "host":
             cell = cells if cells is None else cells.to(m.device, m.dtype)
             center, neighbor, shift = m.neighbor_edges(pos, cell, self._pbc, check_overlap=False)
@@ -223,20 +232,83 @@ class _PaddedGraph:
             # first call: size the buffers from a dry run of the neighbour list (every edge to the scratch slot)
             self._grow(0, 1)
             self._neighbors_device(m.max_neighbors)
-            E, degree, _ = self._stats.tolist()
+            E, degree = self._stats.tolist()[:2]
             self._grow(E, degree)
         for _ in range(3):
             self._execute(mode, False)
-            E, degree, _ = self._stats.tolist()            # the one device -> host read of the call
+            E, degree = self._stats.tolist()[:2]            # the one device -> host read of the call
             if E <= self.edge_capacity and (degree <= self.degree_bound or self.degree_bound >= m.max_neighbors):
                 return
             if degree > self.degree_bound and self.degree_bound < m.max_neighbors:
                 # the edge count above was cut at the old bound: count again, eagerly, at the model's cap
                 self._grow(0, degree)
                 self._neighbors_device(m.max_neighbors)
-                E, degree, _ = self._stats.tolist()
+                E, degree = self._stats.tolist()[:2]
             self._grow(E, degree)                          # did not fit: larger buffers, new graph, same step
         raise RuntimeError(f"the edge buffers keep overflowing ({E} edges, degree {degree})")  # pragma: no cover
+
+    def _evaluate_verlet(self, pos: torch.Tensor, cells, cells_host) -> None:
+        """One call with the Verlet list: candidates (re)built where there are none, the cell changed or (seen
+        after the replay) an atom moved more than half the skin since they were built; the step is then
+        recomputed from the new ones, as when the edge buffers overflow."""
+        m = self.model
+        cell_np = None
+        if self.periodic[0]:
+            src = cells_host if cells_host is not None else cells
+            if src is None:
+                raise ValueError("a periodic system needs its cell")
+            cell_np = np.asarray(src.detach().cpu() if isinstance(src, torch.Tensor) else src,
+                                 dtype=np.float64).reshape(3, 3)
+        if self._cand is None or (cell_np is not None and not np.array_equal(cell_np, self._cand_cell)):
+            self._build_candidates(pos, cell_np)
+        if self._edges is None:
+            # first call: size the edge buffers from a dry run (every edge to the scratch slot)
+            self._grow(0, 1)
+            self._neighbors_verlet(m.max_neighbors)
+            E, degree = self._stats.tolist()[:2]
+            self._grow(E, degree)
+        for _ in range(4):
+            self._execute("verlet", False)
+            E, degree, _bad, moved = self._stats.tolist()     # the one device -> host read of the call
+            if moved:
+                self._build_candidates(pos, cell_np)
+                continue
+            if E <= self.edge_capacity and (degree <= self.degree_bound or self.degree_bound >= m.max_neighbors):
+                return
+            if degree > self.degree_bound and self.degree_bound < m.max_neighbors:
+                self._grow(0, degree)                      # count again, eagerly, at the model's cap
+                self._neighbors_verlet(m.max_neighbors)
+                E, degree = self._stats.tolist()[:2]
+            self._grow(E, degree)                          # did not fit: larger buffers, new graph, same step
+        raise RuntimeError(f"the edge buffers keep overflowing ({E} edges, degree {degree})")  # pragma: no cover
+
+    def _build_candidates(self, pos: torch.Tensor, cell_np) -> None:
+        """The Verlet list's candidates at ``pos`` (eager, ``model.neighbors.candidate_table``), written into the
+        existing buffers where they fit (the captured graph reads them there), else into larger ones (a new
+        graph)."""
+        m = self.model
+        dev = pos.device
+        cell = None if cell_np is None else torch.as_tensor(cell_np, device=dev)
+        old = 0 if self._cand is None else self._cand.shape[1]
+        cand, shift, count = candidate_table(pos, cell, self._pbc, m.cutoff + self.skin, self.n, old)
+        if cand.shape[1] > old:                            # larger buffers, with headroom (padding columns)
+            width = max(cand.shape[1], 8 * math.ceil(max(1.0, count * self.headroom) / 8))
+            self._cand = torch.cat([cand, cand.new_full((self.n, width - cand.shape[1]), self.n)], dim=1)
+            self._cand_shift = torch.cat([shift, shift.new_zeros(self.n, width - cand.shape[1], 3)], dim=1)
+            self._cand_ref = pos.detach().to(torch.float64).clone()
+            self._graph = None                             # new buffers: capture again
+        else:
+            self._cand.copy_(cand)
+            self._cand_shift.copy_(shift)
+            self._cand_ref.copy_(pos.detach())
+        self._cand_cell = None if cell_np is None else cell_np.copy()
+        self.verlet_builds += 1
+
+    def _neighbors_verlet(self, k: Optional[int] = None) -> None:
+        m = self.model
+        candidate_neighbor_edges(self._pos, self._cand, self._cand_shift, self._cand_ref, 0.5 * self.skin, m.cutoff,
+                                 m.min_dist, self.degree_bound if k is None else k, self.edge_capacity, self.n,
+                                 (*self._edges, self._stats))
 
     def _execute(self, mode: str, grown: bool) -> None:
         if self.capture and (grown or self._graph is None or self._graph_mode != mode):
@@ -261,7 +333,7 @@ class _PaddedGraph:
         m = self.model
         dense_neighbor_edges(self._pos, self.slots, self._box, self.periodic_t, m.cutoff, m.min_dist,
                              self.degree_bound if k is None else k, self.edge_capacity, self.n,
-                             (*self._edges, self._stats))
+                             (*self._edges, self._stats[:3]))
 
     def _run(self, mode: str) -> None:
         """Energies and forces from the static buffers into ``_energy`` / ``_forces`` (what the graph captures);
@@ -269,6 +341,8 @@ class _PaddedGraph:
         m = self.model
         if mode == "device":
             self._neighbors_device()
+        elif mode == "verlet":
+            self._neighbors_verlet()
         cap = self.edge_capacity
         edges = tuple(t[:cap] for t in self._edges)
         autograd = not m.direct_forces
@@ -322,9 +396,9 @@ class GraphedEnergyForces(_PaddedGraph):
 
     def __init__(self, model, atomic_numbers: Sequence[int], periodic: bool = False, charge: int = 0,
                  multiplicity: int = 1, head: Optional[str] = None, capture: Optional[bool] = None,
-                 headroom: float = 1.2, warmup: int = 3, neighbors: Optional[str] = None):
+                 headroom: float = 1.2, warmup: int = 3, neighbors: Optional[str] = None, skin: float = 1.0):
         super().__init__(model, [atomic_numbers], [periodic], [charge], [multiplicity], head, capture, headroom,
-                         warmup, neighbors)
+                         warmup, neighbors, skin)
 
     def __call__(self, positions: torch.Tensor, cell: Optional[torch.Tensor] = None, cell_host=None):
         """``cell_host``: the same cell as a host array, if the caller has one (saves a device -> host read

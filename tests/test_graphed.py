@@ -355,20 +355,21 @@ def test_graphed_in_graph_neighbour_list_modes_and_growth(default64):
         got.append((G.mode, G.edge_capacity, int(G._stats[0])))
     (mode0, cap0, e0), (mode1, cap1, e1) = got
     assert mode0 == mode1 == "device" and e1 > cap0 and cap1 >= e1 > e0, got
-    # a triclinic cell: the eager neighbour list (auto), or an error naming the problem (device)
+    # a triclinic cell: the Verlet list (auto), or an error naming the problem (device)
     tri = cell + torch.tensor([[0.0, 0.0, 0.0], [1.5, 0.0, 0.0], [0.0, 0.0, 0.0]])
     total, _, f = m.energy_and_forces(z, pos, tri, PBC, validate=False)
     _assert_close(G(pos, tri), (total, f), 1e-10)
-    assert G.mode == "host"
+    assert G.mode == "verlet"
     _assert_close(G(pos, cell), m.energy_and_forces(z, pos, cell, PBC)[::2], 1e-10)
     assert G.mode == "device"
     with pytest.raises(ValueError, match="orthorhombic"):
         GraphedEnergyForces(m, z, periodic=True, neighbors="device")(pos, tri)
-    # a box edge not longer than 2 cutoffs: eager
+    # a box edge not longer than 2 cutoffs: the Verlet list (several images of one atom), or eager on request
     small = _tensors(*water_box(3, 3.1, seed=6))                         # 9.3 Å < 10 Å
-    G3 = GraphedEnergyForces(m, small[0], periodic=True)
-    _assert_close(G3(small[1], small[2]), m.energy_and_forces(small[0], small[1], small[2], PBC)[::2], 1e-10)
-    assert G3.mode == "host"
+    for neighbors, mode in ((None, "verlet"), ("host", "host")):
+        G3 = GraphedEnergyForces(m, small[0], periodic=True, neighbors=neighbors)
+        _assert_close(G3(small[1], small[2]), m.energy_and_forces(small[0], small[1], small[2], PBC)[::2], 1e-10)
+        assert G3.mode == mode
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 2e-5)])
@@ -522,3 +523,73 @@ def test_padded_path_with_compiled_node_parts(monkeypatch, in_graphs):
     _assert_close(out, ref, 1e-12)
     m.set_compile(False)
     assert not m.compile_node_parts and not m.compile_in_graphs
+
+
+def test_candidate_neighbor_edges_equal_the_cell_list():
+    """The Verlet list's in-graph selection (``candidate_neighbor_edges`` from ``candidate_table``'s candidates
+    within cutoff + skin) gives the edges of ``neighbor_edges``, sorted by centre then distance, for a triclinic
+    box smaller than 2 cutoffs (several images of one atom, and of the atom itself) and a gas-phase molecule, with
+    the nearest-k cut; atoms moved by less than half the skin keep the result exact, farther sets the flag."""
+    from openmm_e2former.model.neighbors import candidate_neighbor_edges, candidate_table
+
+    m = fixture_model("tiny_qk", dtype="float64")
+    z, pos, cell = _tensors(*water_box(3, 3.1, seed=2))
+    tri = cell + torch.tensor([[0.0, 0.0, 0.0], [2.1, 0.0, 0.0], [-1.3, 1.7, 0.0]])
+    gen = torch.Generator().manual_seed(0)
+    for p0, c, pbc in ((pos, tri, PBC), (torch.tensor(_ala2()[1]), None, None)):
+        n = p0.shape[0]
+        skin = 0.8
+        cand, cshift, count = candidate_table(p0, c, pbc, m.cutoff + skin, n)
+        assert cand.shape == (n, count) and bool((cand[:, :1] < n).all())
+        step = torch.randn(p0.shape, generator=gen, dtype=p0.dtype)
+        step = 0.39 * step / step.norm(dim=1, keepdim=True)          # every atom moved 0.39 Å < skin / 2
+        for k in (m.max_neighbors, 7):
+            for p, moved in ((p0, 0), (p0 + step, 0), (p0 + 1.2 * step, 1)):
+                ce, nb, sh = m.neighbor_edges(p, c, pbc)
+                rank = torch.arange(ce.numel()) - torch.searchsorted(ce, ce)
+                ce, nb, sh = ce[rank < k], nb[rank < k], sh[rank < k]
+                E = ce.numel()
+                out = (torch.empty(E + 8, dtype=torch.long), torch.empty(E + 8, dtype=torch.long),
+                       torch.empty(E + 8, 3, dtype=p.dtype), torch.zeros(4, dtype=torch.long))
+                candidate_neighbor_edges(p, cand, cshift, p0, 0.5 * skin, m.cutoff, m.min_dist, k, E + 7, n, out)
+                c_out, n_out, s_out, stats = out
+                assert int(stats[3]) == moved
+                if moved:
+                    continue
+                assert int(stats[0]) == E and torch.equal(c_out[:E], ce)
+                assert _edge_sets(c_out[:E], n_out[:E], s_out[:E]) == _edge_sets(ce, nb, sh)
+                d = (p[c_out[:E]] - p[n_out[:E]] - s_out[:E]).norm(dim=1)
+                same = c_out[1:E] == c_out[:E - 1]
+                assert bool((d[1:][same] >= d[:-1][same] - 1e-12).all())
+                assert bool((c_out[E:-1] == n).all())                   # padding: ghost -> ghost
+
+
+def test_graphed_verlet_list_rebuilds_when_atoms_move_or_the_cell_changes(default64):
+    """On the padded path with the Verlet list (a triclinic box, where the all-pairs list does not apply): the
+    same energy and forces as the eager model step after step; the candidates are rebuilt only when an atom has
+    moved more than half the skin since the last build or the cell changed, and grow (a new graph) when a denser
+    step needs more."""
+    m = default64
+    z, pos, cell = _tensors(*water_box(4, 3.1, seed=6))
+    tri = cell + torch.tensor([[0.0, 0.0, 0.0], [1.5, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    G = GraphedEnergyForces(m, z, periodic=True, skin=1.0)
+    gen = torch.Generator().manual_seed(1)
+
+    def moved(p, dist):
+        d = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        return p + dist * d / d.norm(dim=1, keepdim=True)
+
+    p1 = moved(pos, 0.2)
+    p2 = moved(p1, 0.2)               # 0.4 Å at most from pos: no rebuild
+    p3 = moved(p2, 0.3)               # up to 0.7 Å from pos: rebuilt
+    builds = []
+    for p, c in ((pos, tri), (p1, tri), (p2, tri), (p3, tri), (p3 * 1.01, tri * 1.01), (p3 * 0.93, tri * 0.93)):
+        total, _, f = m.energy_and_forces(z, p, c, PBC, validate=False)
+        _assert_close(G(p, c), (total, f), 1e-10)
+        assert G.mode == "verlet"
+        builds.append((G.verlet_builds, G._cand.shape[1]))
+    assert [b for b, _ in builds] == [1, 1, 1, 2, 3, 4], builds
+    assert builds[-1][1] > builds[-2][1], builds             # the denser cell needed more candidate columns
+    # the neighbour-list option names the choices
+    with pytest.raises(ValueError, match="'verlet'"):
+        GraphedEnergyForces(m, z, periodic=True, neighbors="cells")
