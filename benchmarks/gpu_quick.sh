@@ -264,6 +264,18 @@ for what in "$@"; do
                 # [N, H, D] projection, alternated (~3 min)
       E2F_RADIAL_TABLES=1 timeout 300 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_breakdown.json" \
           --sizes 10000,20000 --precision tf32 2>&1 | grep -E '^\{|Error' | cut -c1-330 ;;
+    s16e)       # session 16: the Verlet list against the eager list on the periodic water box (V1.5, 10k, fp32), then the
+                # bundled model through OpenMM at 32k / 49k / 115k atoms with E2FORMER_CUDA_GRAPHS 0 / 1 (graphs now
+                # with the Verlet list) for the size threshold (~6 min)
+      E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_breakdown_water_fp32.json" \
+          --system water --sizes 10000 --precision fp32 --rounds 1 --variants dh,host_nl 2>&1 \
+          | grep -E '^\{|Error' | cut -c1-300
+      for r in 3,3,2 3,3,3 4,4,4; do
+        for gr in 0 1; do
+          E2FORMER_CUDA_GRAPHS=$gr timeout 100 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P \
+              --reps $r --steps 20 --out "$OUT/md_verlet_graphs$gr.json" 2>&1 | tail -n 1 | cut -c1-120
+        done
+      done ;;
     multigpu16) # NEXT session, on kind nvidia-h200-x2 (2 GPUs): tests/gpu/check_multi_gpu.py (the model on cuda:1 while
                 # cuda:0 is current: eager fp32 / bf16, MLPs / tables, the CUDA-graph path, two replicas from two
                 # threads) (~2 min)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_end_to_end import fcc_carbon, v15_model  # noqa: E402
+from gpu_end_to_end import fcc_carbon, v15_model, water_box  # noqa: E402
 
 
 def median_ms(call, repeats):
@@ -45,6 +45,9 @@ def main():
     ap.add_argument("--variants", default="dh,hd_proj,host_nl")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--system", default="fcc", choices=["fcc", "water"],
+                    help="FCC carbon (non-periodic; a lattice: many equal distances, whose order within a centre's "
+                         "edges is arbitrary) or the periodic water box replicated from water216_pbc")
     args = ap.parse_args()
     from openmm_e2former.graphed import GraphedEnergyForces
     from openmm_e2former.model import e2former as E
@@ -58,24 +61,31 @@ def main():
     m.set_precision(prec)
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
-        pos = fcc_carbon(n)
-        z = [6] * n
+        if args.system == "water":
+            z, pos, cell = water_box(n)
+            z = [int(x) for x in z]
+            ct = torch.as_tensor(cell, dtype=torch.float32, device="cuda")
+            ch, pbc = np.asarray(cell, dtype=np.float64), torch.tensor([True, True, True], device="cuda")
+        else:
+            pos, z = fcc_carbon(n), [6] * n
+            ct = ch = pbc = None
+        n = len(z)
         pt = torch.as_tensor(pos, dtype=torch.float32, device="cuda")
         graphs = {}
         for rnd in range(args.rounds):
             for variant in args.variants.split(","):
                 E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout
                 if variant not in graphs:          # one graph per variant (captured with its code path)
-                    G = GraphedEnergyForces(m, z, periodic=False,
+                    G = GraphedEnergyForces(m, z, periodic=ct is not None,
                                             neighbors="host" if variant == "host_nl" else None)
                     for _ in range(2):
-                        G(pt, None, None)
+                        G(pt, ct, ch)
                     graphs[variant] = G
                 G = graphs[variant]
-                row = {"n_atoms": n, "precision": prec, "variant": variant, "round": rnd,
+                row = {"system": args.system, "n_atoms": n, "precision": prec, "variant": variant, "round": rnd,
                        "neighbor_list_mode": G.mode, "graph_captured": G._graph is not None,
-                       "call_ms": median_ms(lambda: G(pt, None, None), args.repeats),
-                       "neighbor_edges_ms": median_ms(lambda: m.neighbor_edges(pt, None, None, check_overlap=False),
+                       "call_ms": median_ms(lambda: G(pt, ct, ch), args.repeats),
+                       "neighbor_edges_ms": median_ms(lambda: m.neighbor_edges(pt, ct, pbc, check_overlap=False),
                                                       args.repeats)}
                 if G._graph is not None:
                     row["replay_ms"] = median_ms(G._graph.replay, args.repeats)
@@ -86,7 +96,7 @@ def main():
         e = {}
         for variant, G in graphs.items():          # the code paths give the same energy and forces
             E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout
-            e[variant] = G(pt, None, None)
+            e[variant] = G(pt, ct, ch)
         E._v2_qk_layout = real_layout
         names = list(e)
         ea, fa = e[names[0]]
