@@ -276,6 +276,18 @@ for what in "$@"; do
               --reps $r --steps 20 --out "$OUT/md_verlet_graphs$gr.json" 2>&1 | tail -n 1 | cut -c1-120
         done
       done ;;
+    s16f)       # session 16's defaults: OpenMM with the bundled model and no flags (graphs up to 150,000 atoms, the
+                # Verlet list checked before each replay) at 1.8k / 14.4k / 115k atoms, then the V1.5 graphed TF32
+                # cells (10k / 20k) in two processes (~4 min)
+      for r in 1,1,1 2,2,2 4,4,4; do
+        timeout 100 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 \
+            --out "$OUT/md_default.json" 2>&1 | tail -n 1 | cut -c1-120
+      done
+      for k in 1 2; do
+        E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed_tf32_$k" \
+            --parts speed --sizes 10000,20000 --modes graphed_tf32 --no-water --budget-s 90 2>&1 \
+            | grep -E '^\{|Error' | cut -c1-200
+      done ;;
     multigpu16) # NEXT session, on kind nvidia-h200-x2 (2 GPUs): tests/gpu/check_multi_gpu.py (the model on cuda:1 while
                 # cuda:0 is current: eager fp32 / bf16, MLPs / tables, the CUDA-graph path, two replicas from two
                 # threads) (~2 min)

@@ -36,7 +36,8 @@ buffer each way:
    back with one device->host copy into a pinned buffer; one stream synchronisation;
 5. the callable returns a float and a NumPy view of the pinned buffer (OpenMM copies it at once).
 
-On a CUDA device, for float32 systems of at most ``graphed.AUTO_MAX_ATOMS`` (15,000) ML atoms, or with
+On a CUDA device, for float32 systems of at most ``graphed.AUTO_MAX_ATOMS`` (150,000) ML atoms whose step fits in
+memory (``graphed.graph_memory_fits``), or with
 ``cuda_graphs=True`` (``E2FORMER_CUDA_GRAPHS=1`` / ``0`` forces it on / off on CUDA when the argument is None),
 step 3 runs, after the first (validated, eager) evaluation, through
 :class:`openmm_e2former.graphed.GraphedEnergyForces`: the network's forward and backward replayed from a CUDA
@@ -272,11 +273,12 @@ class _Runtime:
         self.validated = False
         self.lock = threading.Lock()
         # the padded / CUDA-graph path (built after the first, validated, evaluation); not for the test models
-        from .graphed import use_cuda_graphs
+        from .graphed import graph_memory_fits, use_cuda_graphs
 
-        # on CUDA: small systems by default, or as E2FORMER_CUDA_GRAPHS says; never on the CPU by default; the
-        # explicit argument forces the choice on any device (tests)
-        wanted = use_cuda_graphs(comp.cuda_graphs, self.cuda, self.n, self.dtype == torch.float32)
+        # on CUDA: systems up to AUTO_MAX_ATOMS whose step fits in memory by default, or as E2FORMER_CUDA_GRAPHS
+        # says; never on the CPU by default; the explicit argument forces the choice on any device (tests)
+        wanted = use_cuda_graphs(comp.cuda_graphs, self.cuda, self.n, self.dtype == torch.float32,
+                                 fits=not self.cuda or graph_memory_fits(self.model, self.n))
         # the padded path needs the relative EAAS route: a model switched to "so2" keeps the eager path unless
         # the padded one was asked for explicitly (which then names the problem)
         self.use_graphed = wanted and hasattr(self.model, "padded_energy_terms") and (
@@ -433,8 +435,8 @@ def create_python_force(atomic_numbers: Sequence[int], model_path: Optional[str]
 
     ``atomic_numbers[i]`` belongs to particle ``particles[i]`` (all particles of the System when
     ``particles`` is None).  ``cuda_graphs``: the padded / CUDA-graph path (None: on a CUDA device for float32
-    models of at most ``graphed.AUTO_MAX_ATOMS`` ML atoms, or as ``E2FORMER_CUDA_GRAPHS`` says; True forces it
-    on any device, without a graph on the CPU; False turns it off)."""
+    models of at most ``graphed.AUTO_MAX_ATOMS`` ML atoms whose step fits in memory, or as ``E2FORMER_CUDA_GRAPHS``
+    says; True forces it on any device, without a graph on the CPU; False turns it off)."""
     import openmm
 
     if particles is not None and len(particles) != len(atomic_numbers):

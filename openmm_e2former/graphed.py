@@ -1,4 +1,4 @@
-"""CUDA-graph replay of the model's energy and forces (on by default for small float32 CUDA systems).
+"""CUDA-graph replay of the model's energy and forces (on by default for float32 CUDA systems of up to 150,000 atoms).
 
 For small MD systems one force call is bound by the CPU: ~1,200 kernel launches and several host syncs for
 ~9 ms of GPU work (600 waters on an H200).  :class:`GraphedEnergyForces` captures the network's forward and
@@ -10,9 +10,14 @@ its ``torch.autograd.grad`` backward once in a ``torch.cuda.CUDAGraph`` and repl
    graph: ``model.neighbors.dense_neighbor_edges``, all pairs with static shapes, the same edges as
    ``E2FormerV2.neighbor_edges``; one device -> host read after the replay checks that they fitted (if not,
    the buffers grow and the step is recomputed; a system with a NaN / inf position gets a NaN energy).
-   Otherwise (triclinic or small boxes, systems of more
-   than ``DENSE_MAX_PAIRS`` atom pairs) it runs eagerly before the replay (``neighbor_edges`` + ``pad_edges``,
-   with host syncs): session 6 measured that eager part at 8.6 of the 24.4 ms of a 1,800-atom call on an H200;
+   Otherwise (more than ``DENSE_MAX_PAIRS`` atom pairs, triclinic or small boxes) it is a Verlet list: the
+   candidates within cutoff + ``skin`` (1 Å) of every atom are built eagerly now and then
+   (``model.neighbors.candidate_table``: the cell list, with host syncs), and each call selects the edges from
+   them inside the graph (``candidate_neighbor_edges``, O(N K)); the same read after the replay says whether an
+   atom moved more than skin / 2 since the build, and a changed cell is seen before it: then the candidates are
+   rebuilt and the step recomputed.  The eager cell list before every replay (``neighbors="host"``, the only
+   choice for these systems before session 16) took 3.1 of the 40.1 ms of a V1.5-size call at 10,000 atoms
+   (H200); session 6 measured it at 8.6 of the 24.4 ms of a 1,800-atom call;
 2. replay of the captured ``padded_energy_terms`` + backward (static shapes, no host sync).
 
 :class:`BatchedGraphedEnergyForces` does the same for several independent systems in one graph (disjoint
@@ -38,22 +43,47 @@ from .kernels._node_switch import launch_device
 from .model.e2former import pad_edges
 from .model.neighbors import candidate_neighbor_edges, candidate_table, dense_neighbor_edges
 
-__all__ = ["AUTO_MAX_ATOMS", "BatchedGraphedEnergyForces", "DENSE_MAX_PAIRS", "ENV_VAR", "GraphedEnergyForces",
-           "NEIGHBORS_ENV_VAR", "cuda_graphs_requested", "dense_box", "use_cuda_graphs"]
+__all__ = ["AUTO_MAX_ATOMS", "BatchedGraphedEnergyForces", "DENSE_MAX_PAIRS", "ENV_VAR", "GRAPH_MEMORY_FRACTION",
+           "GraphedEnergyForces", "NEIGHBORS_ENV_VAR", "cuda_graphs_requested", "dense_box", "graph_memory_fits",
+           "use_cuda_graphs"]
 
 #: environment variable that overrides the default choice of the OpenMM force (when its ``cuda_graphs``
 #: argument is None): 1 / true / yes / on forces the path on CUDA at any size, 0 / false / no / off turns it off
 ENV_VAR = "E2FORMER_CUDA_GRAPHS"
 
-#: on CUDA the path is on by default for float32 models up to this many ML atoms.  Small systems are bound by
-#: kernel launches, which the graph replays at once (H200, benchmarks/results/graphed_check_h200.md: 39.9 ->
-#: 23.3 ms at 1,800 atoms).  Since the index_select fix (session 7) and the degree buckets (session 8) the padded
-#: layout costs little extra GPU work, and the graph also wins at 14,400 atoms of water with the bundled model:
-#: 51.97 ms per OpenMM MD step against 63.69 eager (benchmarks/results/openmm_md_bundled_water_*_h200.json).
-#: Larger systems keep the eager path: above ~15k atoms the graph's gain was not measured, and its memory pool
-#: (the padded edge buffers) grows with them.  float64 (the PyTorch route, no fused kernels) is 3-4x slower
-#: padded: never on by default.
-AUTO_MAX_ATOMS = 15000
+#: on CUDA the path is on by default for float32 models up to this many ML atoms, where the step's estimated memory
+#: fits (``graph_memory_fits``).  Small systems are bound by kernel launches, which the graph replays at once (H200,
+#: benchmarks/results/graphed_check_h200.md: 39.9 -> 23.3 ms at 1,800 atoms).  Since session 16 the neighbour list
+#: of large systems is a Verlet list whose edges are selected inside the graph (before, an eager cell list ran
+#: before each replay), and the graph wins at every size measured with the bundled model through OpenMM (H200,
+#: benchmarks/results/session16_h200.md): 32,400 atoms 32.6 -> 22.4 ms per step, 48,600 atoms 45.3 -> 32.5,
+#: 115,200 atoms 90.1 -> 75.5 (with 12.8 instead of 6.7 GiB reserved).  Session 15's limit was 15,000 atoms.
+#: float64 (the PyTorch route, no fused kernels) is 3-4x slower padded: never on by default.
+AUTO_MAX_ATOMS = 150_000
+
+#: the graph is on by default only where the model's estimate of a step without activation checkpointing
+#: (``checkpoint_none_bytes_per_element`` x atoms x 9 x channels; the padded path never checkpoints) is at most
+#: this share of the device's available memory: its pool holds the step's activations, and the warm-up runs the
+#: step eagerly beside it.  The estimate is on the safe side (bundled model, 115,200 atoms: 21 GB estimated, 12.8
+#: GiB reserved in all; a V1.5-size model at 20k atoms: 14.7 GB estimated, 11.1 GiB peak measured)
+GRAPH_MEMORY_FRACTION = 0.5
+
+
+def graph_memory_fits(model, n_atoms: int) -> bool:
+    """Whether a step of ``n_atoms`` without checkpointing, as ``model`` estimates it, takes at most
+    ``GRAPH_MEMORY_FRACTION`` of the available memory of its CUDA device (free plus cached-but-unused bytes);
+    True where the model has no estimate or the device cannot be asked."""
+    per = getattr(model, "checkpoint_none_bytes_per_element", None)
+    channels = getattr(model, "channels", None)
+    dev = getattr(model, "device", None)
+    if per is None or channels is None or dev is None or getattr(dev, "type", None) != "cuda":
+        return True
+    try:
+        free, _total = torch.cuda.mem_get_info(dev)
+        avail = free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    except Exception:
+        return True
+    return float(per) * n_atoms * 9 * int(channels) <= GRAPH_MEMORY_FRACTION * avail
 
 
 def cuda_graphs_requested(flag: Optional[bool] = None) -> Optional[bool]:
@@ -67,23 +97,25 @@ def cuda_graphs_requested(flag: Optional[bool] = None) -> Optional[bool]:
     return val in ("1", "true", "yes", "on")
 
 
-def use_cuda_graphs(flag: Optional[bool], on_cuda: bool, n_atoms: int, float32: bool = True) -> bool:
+def use_cuda_graphs(flag: Optional[bool], on_cuda: bool, n_atoms: int, float32: bool = True,
+                    fits: bool = True) -> bool:
     """Whether the OpenMM force takes the padded / CUDA-graph path.
 
     An explicit ``flag`` wins on any device (``True`` on the CPU runs the padded path eagerly, for tests).
     Otherwise the environment variable decides on CUDA, and without it the path is on for float32 CUDA systems
-    of at most :data:`AUTO_MAX_ATOMS` atoms.  Never on the CPU by default (no graphs there; the padded path is
-    slower than the eager one), nor for float64 models by default (slower padded, see above)."""
+    of at most :data:`AUTO_MAX_ATOMS` atoms whose step ``fits`` (``graph_memory_fits``).  Never on the CPU by
+    default (no graphs there; the padded path is slower than the eager one), nor for float64 models by default
+    (slower padded, see above)."""
     if flag is not None:
         return bool(flag)
     if not on_cuda:
         return False
     env = cuda_graphs_requested()
-    return env if env is not None else (float32 and n_atoms <= AUTO_MAX_ATOMS)
+    return env if env is not None else (float32 and n_atoms <= AUTO_MAX_ATOMS and fits)
 
 
-#: environment variable with the default neighbour-list placement of the graphed path: auto (unset), host or
-#: device (see ``GraphedEnergyForces``)
+#: environment variable with the default neighbour-list placement of the graphed path: auto (unset), device,
+#: verlet or host (see ``GraphedEnergyForces``)
 NEIGHBORS_ENV_VAR = "E2FORMER_GRAPH_NEIGHBORS"
 
 #: the in-graph (all pairs) neighbour list is used while B x n_max^2 (systems x the largest system's atom count
@@ -259,7 +291,8 @@ class _PaddedGraph:
                 raise ValueError("a periodic system needs its cell")
             cell_np = np.asarray(src.detach().cpu() if isinstance(src, torch.Tensor) else src,
                                  dtype=np.float64).reshape(3, 3)
-        if self._cand is None or (cell_np is not None and not np.array_equal(cell_np, self._cand_cell)):
+        if (self._cand is None or (cell_np is not None and not np.array_equal(cell_np, self._cand_cell))
+                or self._moved_too_far()):
             self._build_candidates(pos, cell_np)
         if self._edges is None:
             # first call: size the edge buffers from a dry run (every edge to the scratch slot)
@@ -281,6 +314,15 @@ class _PaddedGraph:
                 E, degree = self._stats.tolist()[:2]
             self._grow(E, degree)                          # did not fit: larger buffers, new graph, same step
         raise RuntimeError(f"the edge buffers keep overflowing ({E} edges, degree {degree})")  # pragma: no cover
+
+    def _moved_too_far(self) -> bool:
+        """Whether an atom moved more than skin / 2 since the candidates were built: asked before the replay (one
+        small reduction and a device -> host read), so that an MD step that needs new candidates does not replay
+        the model twice (the graph's own check, after the replay, stays as the safety net).  In MD the candidates
+        are rebuilt every few to a few tens of steps; a replay thrown away each time would cost more than this read
+        (a 115,200-atom replay takes ~75 ms on an H200)."""
+        move = torch.linalg.vector_norm(self._pos.to(torch.float64) - self._cand_ref, dim=1)
+        return move.numel() > 0 and bool(move.max() > 0.5 * self.skin)
 
     def _build_candidates(self, pos: torch.Tensor, cell_np) -> None:
         """The Verlet list's candidates at ``pos`` (eager, ``model.neighbors.candidate_table``), written into the
@@ -387,9 +429,10 @@ class GraphedEnergyForces(_PaddedGraph):
     [N, 3] eV/Å)`` of one fixed system (atomic numbers, charge, multiplicity, head, periodicity), through the
     padded static-shape path; captured in a CUDA graph on CUDA unless ``capture=False``.
 
-    ``neighbors``: "auto" (the in-graph neighbour list where the cell allows it, see the module docstring),
-    "host" (always the eager one) or "device" (in-graph or an error); None: ``E2FORMER_GRAPH_NEIGHBORS`` if
-    set, else "auto".  ``mode`` says which the last call used.
+    ``neighbors``: "auto" (the all-pairs in-graph list where the system allows it, else the Verlet list; see the
+    module docstring), "device" (the all-pairs list or an error), "verlet" (always the Verlet list) or "host" (the
+    eager cell list before every replay); None: ``E2FORMER_GRAPH_NEIGHBORS`` if set, else "auto".  ``mode`` says
+    which the last call used.  ``skin``: the Verlet list's skin (Å); ``verlet_builds`` counts its candidate builds.
     ``captures`` counts the graph captures (1 + the capacity increases and neighbour-list switches);
     ``capture_error`` holds the exception if a capture failed (the padded path then runs eagerly, with a
     warning)."""

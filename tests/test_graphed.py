@@ -149,6 +149,7 @@ def test_default_choice_of_the_graphed_path(monkeypatch):
     assert not use_cuda_graphs(None, True, AUTO_MAX_ATOMS + 1)
     assert not use_cuda_graphs(None, False, 100)                      # never on the CPU by default
     assert not use_cuda_graphs(None, True, 100, float32=False)        # nor for float64 (slower padded)
+    assert not use_cuda_graphs(None, True, 100, fits=False)           # nor where the step would not fit
     monkeypatch.setenv(ENV_VAR, "0")
     assert not use_cuda_graphs(None, True, 100)
     monkeypatch.setenv(ENV_VAR, "1")
@@ -582,14 +583,45 @@ def test_graphed_verlet_list_rebuilds_when_atoms_move_or_the_cell_changes(defaul
     p1 = moved(pos, 0.2)
     p2 = moved(p1, 0.2)               # 0.4 Å at most from pos: no rebuild
     p3 = moved(p2, 0.3)               # up to 0.7 Å from pos: rebuilt
-    builds = []
+    builds, runs = [], []
+    real_execute = G._execute
+    G._execute = lambda *a: runs.append(a) or real_execute(*a)
     for p, c in ((pos, tri), (p1, tri), (p2, tri), (p3, tri), (p3 * 1.01, tri * 1.01), (p3 * 0.93, tri * 0.93)):
         total, _, f = m.energy_and_forces(z, p, c, PBC, validate=False)
+        runs.clear()
         _assert_close(G(p, c), (total, f), 1e-10)
         assert G.mode == "verlet"
         builds.append((G.verlet_builds, G._cand.shape[1]))
+        if len(builds) in (2, 3, 4):
+            # the move is seen before the replay: one model evaluation per call, also where it rebuilds
+            assert len(runs) == 1, (len(builds), runs)
     assert [b for b, _ in builds] == [1, 1, 1, 2, 3, 4], builds
     assert builds[-1][1] > builds[-2][1], builds             # the denser cell needed more candidate columns
     # the neighbour-list option names the choices
     with pytest.raises(ValueError, match="'verlet'"):
         GraphedEnergyForces(m, z, periodic=True, neighbors="cells")
+
+
+def test_graph_memory_fits_follows_the_models_estimate(monkeypatch):
+    """The default graph choice asks the model's estimate of a step without checkpointing against the device's
+    available memory (GRAPH_MEMORY_FRACTION of it); without a CUDA device or an estimate it does not object."""
+    from types import SimpleNamespace
+
+    import openmm_e2former.graphed as Gm
+
+    cuda_model = SimpleNamespace(checkpoint_none_bytes_per_element=320.0, channels=64,
+                                 device=torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (40 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev: 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev: 0)
+    # 41 GiB available, half of it 20.5 GiB: 115,200 atoms x 9 x 64 x 320 B = 19.8 GiB fits, 120,000 (20.6) not
+    assert Gm.graph_memory_fits(cuda_model, 115_200)
+    assert not Gm.graph_memory_fits(cuda_model, 120_000)
+    assert Gm.graph_memory_fits(SimpleNamespace(device=torch.device("cpu")), 10**9)
+    assert Gm.graph_memory_fits(SimpleNamespace(channels=64, device=torch.device("cuda", 0)), 10**9)
+
+    def broken(dev):
+        raise RuntimeError("no device")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", broken)
+    assert Gm.graph_memory_fits(cuda_model, 10**9)
