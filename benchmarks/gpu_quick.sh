@@ -288,6 +288,10 @@ for what in "$@"; do
             --parts speed --sizes 10000,20000 --modes graphed_tf32 --no-water --budget-s 90 2>&1 \
             | grep -E '^\{|Error' | cut -c1-200
       done ;;
+    s16g)       # session 16: NVE of 4,800 waters (14,400 atoms) for 1,000 steps of 0.5 fs through OpenMM, bundled model:
+                # the CUDA graph with its Verlet list against the eager path (energy drift / fluctuation, builds)
+      timeout 240 python3 benchmarks/verlet_nve_check.py "$OUT/verlet_nve.json" --from-pdb $P --reps 2,2,2 \
+          --steps 1000 2>&1 | grep -E '^\{|Error|Traceback' | cut -c1-420 ;;
     multigpu16) # NEXT session, on kind nvidia-h200-x2 (2 GPUs): tests/gpu/check_multi_gpu.py (the model on cuda:1 while
                 # cuda:0 is current: eager fp32 / bf16, MLPs / tables, the CUDA-graph path, two replicas from two
                 # threads) (~2 min)

@@ -625,3 +625,56 @@ def test_graph_memory_fits_follows_the_models_estimate(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", broken)
     assert Gm.graph_memory_fits(cuda_model, 10**9)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_openmm_trajectory_with_the_verlet_list_and_a_barostat(monkeypatch):
+    """12 velocity-Verlet steps of 64 waters through OpenMM (Reference platform, float64 model) with a Monte Carlo
+    barostat trying a volume move every 3 steps: the padded path with the Verlet list (forced: the box would take the
+    all-pairs list) follows the eager trajectory to float64 rounding, and rebuilds its candidates when the cell
+    changes."""
+    openmm = pytest.importorskip("openmm")
+    from openmm import unit
+
+    from openmm_e2former import force as F
+    from openmm_e2former.graphed import NEIGHBORS_ENV_VAR
+
+    z, pos, cell = water_box(4, 3.1, seed=8)
+
+    def run(cuda_graphs):
+        system = openmm.System()
+        for x in z:
+            system.addParticle(16.0 if x == 8 else 1.008)
+        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in cell / 10])
+        system.addForce(F.create_python_force(z.tolist(), periodic=True, device="cpu", precision="double",
+                                              cuda_graphs=cuda_graphs))
+        baro = openmm.MonteCarloBarostat(1.0 * unit.bar, 300 * unit.kelvin, 3)
+        baro.setRandomNumberSeed(11)
+        system.addForce(baro)
+        ctx = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
+        ctx.setPositions(pos / 10)
+        ctx.setVelocitiesToTemperature(300 * unit.kelvin, 7)
+        ctx.getIntegrator().step(12)
+        st = ctx.getState(getPositions=True, getEnergy=True)
+        return (st.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
+                st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
+                np.asarray(st.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)))
+
+    seen = []
+    original = GraphedEnergyForces.__call__
+
+    def spy(self, *a):
+        out = original(self, *a)
+        seen.append((self.mode, self.verlet_builds))
+        return out
+
+    monkeypatch.setenv(NEIGHBORS_ENV_VAR, "verlet")
+    monkeypatch.setattr(GraphedEnergyForces, "__call__", spy)
+    p1, e1, b1 = run(True)
+    monkeypatch.undo()
+    p0, e0, b0 = run(False)
+    assert len(seen) >= 12 and {m for m, _ in seen} == {"verlet"}
+    assert not np.allclose(b0, cell / 10)                         # a volume move was accepted ...
+    assert seen[-1][1] > 1                                        # ... and the candidates were rebuilt for it
+    assert np.abs(b1 - b0).max() < 1e-12
+    assert np.abs(p1 - p0).max() < 1e-9 and abs(e1 - e0) < 1e-6 * max(1.0, abs(e0))
