@@ -28,7 +28,11 @@ node-level parts, see ``E2FormerV2.set_compile``; +10 % on an H200 at 10k-20k at
 size, and the first evaluation compiles for tens of seconds), ``radial_tables`` (default None = on for a float32
 model on CUDA, off for float64 and on the CPU; True / False force it: the edge MLPs read from per-element-pair
 cubic tables, see ``E2FormerV2.set_radial_tables``; interpolation error ~1e-8 relative, below float32 rounding;
-no edge MLP in the fused attention kernels: -25 % per OpenMM step at 115k atoms on an H200).  Any other keyword
+no edge MLP in the fused attention kernels: -25 % per OpenMM step at 115k atoms on an H200), ``cuda_graphs``
+(default None = automatic: on CUDA, float32 systems of up to 150,000 ML atoms whose step fits in half the free
+memory replay each force call from a CUDA graph, with the neighbour list inside it; False keeps the eager path,
+e.g. where memory is short, since the graph holds about twice the memory of an eager step; True asks for it at
+any size; ``E2FORMER_CUDA_GRAPHS`` sets the automatic choice).  Any other keyword
 (embedding options such as ``mlLongRange`` or ``linkAtomDistances``) is ignored, as openmm-ml expects.
 
 E2Former-V2 is a 4.5 Å cutoff model: :meth:`getMLLongRange` returns False, so mechanical embedding of a
@@ -100,13 +104,16 @@ class E2FormerV2PotentialImpl(MLPotentialImpl):
     def addForces(self, topology: openmm.app.Topology, system: openmm.System, atoms: Optional[Iterable[int]],
                   forceGroup: int, precision: Optional[str] = None, device: Any = None, charge: int = 0,
                   multiplicity: int = 1, head: Optional[str] = None, periodic: Optional[bool] = None,
-                  compile: bool = False, radial_tables: Optional[bool] = None, **ignored) -> None:
+                  compile: bool = False, radial_tables: Optional[bool] = None, cuda_graphs: Optional[bool] = None,
+                  **ignored) -> None:
         from . import force as _force
 
         if not isinstance(compile, bool):
             raise TypeError(f"compile must be True or False, not {compile!r}")
         if radial_tables is not None and not isinstance(radial_tables, bool):
             raise TypeError(f"radial_tables must be None (automatic), True or False, not {radial_tables!r}")
+        if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
+            raise TypeError(f"cuda_graphs must be None (automatic), True or False, not {cuda_graphs!r}")
 
         all_atoms = list(topology.atoms())
         indices = list(range(len(all_atoms))) if atoms is None else [int(i) for i in atoms]
@@ -157,7 +164,7 @@ class E2FormerV2PotentialImpl(MLPotentialImpl):
             numbers, model_path=self.modelPath, config=self.config,
             particles=None if atoms is None else indices, periodic=periodic, charge=charge,
             multiplicity=multiplicity, head=head, device=device, precision=precision, force_group=forceGroup,
-            compile_model=compile, radial_tables=radial_tables)
+            compile_model=compile, radial_tables=radial_tables, cuda_graphs=cuda_graphs)
         system.addForce(pforce)
 
         # A pure-ML System from createSystem() has no bonded force, so OpenMM sees every atom as a molecule of

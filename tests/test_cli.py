@@ -223,6 +223,22 @@ def test_cli_matmul_precision(water_pdb_factory, tiny_qk_checkpoint, tmp_path, c
     from openmm_e2former.cli import build_parser
     for flags, want in (([], None), (["--no-radial-tables"], False), (["--radial-tables"], True)):
         assert build_parser().parse_args([str(pdb)] + flags).radial_tables is want
+    # --cuda-graphs / --no-cuda-graphs reach createSystem as cuda_graphs=True / False; nothing without them
+    for flags, want in (([], None), (["--no-cuda-graphs"], False), (["--cuda-graphs"], True)):
+        assert build_parser().parse_args([str(pdb)] + flags).cuda_graphs is want
+    handed = []
+    real_force = F.create_python_force
+
+    def spy(*a, **kw):
+        handed.append(kw.get("cuda_graphs"))
+        return real_force(*a, **kw)
+
+    F.create_python_force = spy
+    try:
+        assert main([str(pdb), "--ml", "all", "--no-cuda-graphs"] + _common(tmp_path, tiny_qk_checkpoint, steps=2)) == 0
+    finally:
+        F.create_python_force = real_force
+    assert handed == [False]
     err = _err([str(pdb), "--ml", "all", "--matmul", "tf32", "--precision", "double"]
                + _common(tmp_path, tiny_qk_checkpoint), capsys)
     assert "--matmul tf32 needs a float32 model" in err

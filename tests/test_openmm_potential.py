@@ -252,6 +252,46 @@ def test_radial_tables_default_is_float32_on_cuda(official_parity_dir, tiny_qk_c
     assert pickle.loads(pickle.dumps(comp)).radial_tables is None
 
 
+def test_cuda_graphs_option(official_parity_dir, tiny_qk_checkpoint, monkeypatch):
+    """createSystem(cuda_graphs=...) reaches the force as given (None: the automatic choice, kept unresolved in
+    its definition); True on the CPU runs the padded path without a graph and gives the same energy and forces;
+    a value that is not None or a bool is a clear error."""
+    from openmm_e2former import force as F
+    from openmm_e2former.graphed import GraphedEnergyForces
+
+    handed = []
+    real = F.create_python_force
+
+    def spy(*a, **kw):
+        handed.append(kw.get("cuda_graphs", "missing"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(F, "create_python_force", spy)
+    calls = []
+    real_call = GraphedEnergyForces.__call__
+    monkeypatch.setattr(GraphedEnergyForces, "__call__", lambda self, *a: calls.append(1) or real_call(self, *a))
+    case = load_case(official_parity_dir, "ethanol")
+    pot = MLPotential("e2formerv2", modelPath=str(tiny_qk_checkpoint))
+    top = make_topology(case["z"])
+    e0, f0 = evaluate(pot.createSystem(top, device="cpu"), case["pos"] * 0.1)
+    assert not calls
+    system = pot.createSystem(top, device="cpu", cuda_graphs=True)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(case["pos"] * 0.1)
+    ctx.getState(getEnergy=True)                            # the first evaluation: eager and validated
+    ctx.setPositions(case["pos"] * 0.1 + 1e-4)              # (a new evaluation, on the padded path)
+    ctx.setPositions(case["pos"] * 0.1)
+    st = ctx.getState(getEnergy=True, getForces=True)
+    e1, f1 = st.getPotentialEnergy().value_in_unit(KJ), st.getForces(asNumpy=True).value_in_unit(KJ / unit.nanometer)
+    assert calls                                            # the padded path ran
+    pot.createSystem(top, device="cpu", cuda_graphs=False)
+    assert handed == [None, True, False]
+    assert e1 == pytest.approx(e0, rel=1e-6)
+    assert np.abs(np.asarray(f1) - np.asarray(f0)).max() <= 1e-5 * np.abs(np.asarray(f0)).max()
+    with pytest.raises(TypeError, match="cuda_graphs must be None"):
+        pot.createSystem(top, device="cpu", cuda_graphs="on")
+
+
 def test_charge_and_multiplicity_change_energy(official_parity_dir, tiny_qk_checkpoint):
     case = load_case(official_parity_dir, "ethanol")
     pot = MLPotential("e2formerv2", modelPath=str(tiny_qk_checkpoint))
