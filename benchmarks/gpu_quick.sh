@@ -292,6 +292,11 @@ for what in "$@"; do
                 # the CUDA graph with its Verlet list against the eager path (energy drift / fluctuation, builds)
       timeout 240 python3 benchmarks/verlet_nve_check.py "$OUT/verlet_nve.json" --from-pdb $P --reps 2,2,2 \
           --steps 1000 2>&1 | grep -E '^\{|Error|Traceback' | cut -c1-420 ;;
+    s17a)       # NEXT session: the residual passthrough (E2F_RMS_RESIDUAL=1, written in session 16 after its GPU time:
+                # interpreter-checked only) against the default, graphed V1.5 10k / 20k TF32 with tables, alternated
+                # in one process, with the energy / force comparison (~3 min); then bench_cg.py's kernel checks
+      E2F_RADIAL_TABLES=1 timeout 250 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_rms_res.json" \
+          --sizes 10000,20000 --precision tf32 --variants dh,rms_res 2>&1 | grep -E '^\{|Error' | cut -c1-300 ;;
     multigpu16) # NEXT session, on kind nvidia-h200-x2 (2 GPUs): tests/gpu/check_multi_gpu.py (the model on cuda:1 while
                 # cuda:0 is current: eager fp32 / bf16, MLPs / tables, the CUDA-graph path, two replicas from two
                 # threads) (~2 min)

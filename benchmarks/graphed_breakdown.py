@@ -4,8 +4,9 @@ above the in-graph list's 5,000 atoms) and the graph replay alone; each as the m
 
 ``--variants``: "dh" (the default code: since session 16 the Verlet list, its edges selected inside the graph),
 "hd_proj" (queries and keys projected as [N, H, D] and copied to the kernels' [N, D, H] layout, as before session
-16: ``e2former._v2_qk_layout`` patched to False for the model side only) and "host_nl" (the eager neighbour list
-before each replay, ``neighbors="host"``, as before session 16), run alternately, ``--rounds`` times each, in one
+16: ``e2former._v2_qk_layout`` patched to False for the model side only), "host_nl" (the eager neighbour list
+before each replay, ``neighbors="host"``, as before session 16) and "rms_res" (``E2F_RMS_RESIDUAL=1``: the residual
+gradients summed in the norms' backward kernel, opt-in since session 16), run alternately, ``--rounds`` times each, in one
 process.  Each variant's energy and forces are compared with the first's (float32: the same up to the float
 atomics' order; TF32 amplifies that order to ~1e-3 in the forces).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,6 +77,7 @@ def main():
         for rnd in range(args.rounds):
             for variant in args.variants.split(","):
                 E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout
+                os.environ["E2F_RMS_RESIDUAL"] = "1" if variant == "rms_res" else "0"
                 if variant not in graphs:          # one graph per variant (captured with its code path)
                     G = GraphedEnergyForces(m, z, periodic=ct is not None,
                                             neighbors="host" if variant == "host_nl" else None)
@@ -96,6 +99,7 @@ def main():
         e = {}
         for variant, G in graphs.items():          # the code paths give the same energy and forces
             E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout
+            os.environ["E2F_RMS_RESIDUAL"] = "1" if variant == "rms_res" else "0"
             e[variant] = G(pt, ct, ch)
         E._v2_qk_layout = real_layout
         names = list(e)

@@ -11,6 +11,11 @@ backward (training) goes through the reference.
 
 On by default for CUDA tensors since session 14 (H200: checked against float64, +15-36 % end to end with the other
 two node-level kernels); ``E2F_RMSNORM_KERNEL=0`` opts out.
+
+``passthrough`` (session 16, opt-in, ``E2F_RMS_RESIDUAL``): the norm also hands back its input, as an output of its
+own, for the block's residual sum.  Autograd then gives the norm's backward both gradients of x, the residual's
+and the norm's own, and the kernel writes their sum: without it autograd adds them in a separate pass over
+[N, 9, C] (read both, write one), twice per block.
 """
 from __future__ import annotations
 
@@ -25,6 +30,13 @@ from ._node_switch import env_switch, float32_or_bf16, launch_device
 # persistent programs, 4 per SM (what fits at once: 96 / 128 registers x 128 threads at C = 256)
 from .attention_triton_v2 import _grid
 from .rmsnorm_reference import rms_norm_reference
+
+
+def residual_passthrough_enabled() -> bool:
+    """``E2F_RMS_RESIDUAL``: "1" lets the blocks take their residual stream through the norms' ``passthrough`` (the
+    residual gradient summed in the norm's backward kernel); "0", the default while it is untimed on a GPU, keeps
+    autograd's own sum."""
+    return env_switch("E2F_RMS_RESIDUAL", default="0")
 
 
 def rmsnorm_kernel_enabled() -> bool:
@@ -81,8 +93,9 @@ def _rms_fwd_kernel(X, W, B, E, Y0, Y1, Y2, SC, N, nprog, s0, s1, s2, eps, C: tl
 
 
 @triton.jit
-def _rms_bwd_kernel(X, W, SC, DY0, DY1, DY2, t0, t1, t2, DX, PART, N, nprog, C: tl.constexpr, CP: tl.constexpr,
-                    NEED_DWB: tl.constexpr):
+def _rms_bwd_kernel(X, W, SC, DY0, DY1, DY2, t0, t1, t2, DX, PART, RES, N, nprog, C: tl.constexpr,
+                    CP: tl.constexpr, NEED_DWB: tl.constexpr, HAS_RES: tl.constexpr = False):
+    # HAS_RES: RES [N, 9, C] (float32 or bf16, contiguous) is added to dx (the passthrough's gradient)
     r, c, m2, deg, alpha, p0, p1, p2 = _rows(C, CP)
     w = tl.load(W + deg[:, None] * C + c[None, :], mask=m2, other=0.0)
     acc = tl.zeros((16, CP), dtype=tl.float32)                 # sum over atoms of dy * xc * s, per row
@@ -103,6 +116,8 @@ def _rms_bwd_kernel(X, W, SC, DY0, DY1, DY2, t0, t1, t2, DX, PART, N, nprog, C: 
         dxc = s * (g - (tl.sum(tl.sum(g * xh, axis=1), axis=0) / C) * alpha[:, None] * xh)
         mean0 = tl.sum(tl.sum(tl.where(p0, dxc, 0.0), axis=1), axis=0) / C
         dx = tl.where(p0, dxc - mean0, dxc)
+        if HAS_RES:
+            dx += tl.load(RES + n64 * (9 * C) + r[:, None] * C + cc, mask=m2, other=0.0).to(tl.float32)
         tl.store(DX + n64 * (9 * C) + r[:, None] * C + cc, dx, mask=m2)
         if NEED_DWB:
             acc += dy * xh
@@ -129,24 +144,26 @@ def _launch_fwd(x, weight, bias, extra, eps, outs, strides):
     return sc
 
 
-def _launch_bwd(x, weight, sc, dys, strides, need_dwb: bool):
+def _launch_bwd(x, weight, sc, dys, strides, need_dwb: bool, res=None):
     N, C = x.shape[0], x.shape[2]
     dx = torch.empty_like(x)
     nprog = _grid(N, x.device, 4) if N else 0
     part = torch.zeros((max(nprog, 1) if need_dwb else 1, 4, C), device=x.device, dtype=torch.float32)
     if N:
         with launch_device(x.device):
-            _rms_bwd_kernel[(nprog,)](x, weight, sc, *dys, *strides, dx, part, N, nprog, C=C,
-                                      CP=triton.next_power_of_2(C), NEED_DWB=need_dwb, num_warps=4)
+            _rms_bwd_kernel[(nprog,)](x, weight, sc, *dys, *strides, dx, part, dx if res is None else res, N, nprog,
+                                      C=C, CP=triton.next_power_of_2(C), NEED_DWB=need_dwb, HAS_RES=res is not None,
+                                      num_warps=4)
     tot = part.sum(0) if need_dwb else None
     return dx, (tot[:3] if need_dwb else None), (tot[3] if need_dwb else None)
 
 
 class _RMSNorm(torch.autograd.Function):
-    """x [N, 9, C] -> y [N, 9, C] (``parts`` False) or (y0, y1, y2) (``parts`` True)."""
+    """x [N, 9, C] -> y [N, 9, C] (``parts`` False) or (y0, y1, y2) (``parts`` True); with ``passthrough`` x itself
+    first (as this Function's output, so that its gradient comes to this backward)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, extra, eps, parts, out_dtype):
+    def forward(ctx, x, weight, bias, extra, eps, parts, out_dtype, passthrough=False):
         xc = x.contiguous()
         w, b = weight.detach().contiguous(), bias.detach().contiguous()
         e = None if extra is None else extra.detach().reshape(-1).contiguous()
@@ -161,13 +178,19 @@ class _RMSNorm(torch.autograd.Function):
             strides = (9 * C, 9 * C, 9 * C)
         sc = _launch_fwd(xc, w, b, e, eps, views, strides)
         ctx.save_for_backward(x, weight, bias, extra, sc)
-        ctx.eps, ctx.parts = eps, parts
-        return tuple(outs) if parts else y
+        ctx.eps, ctx.parts, ctx.passthrough = eps, parts, passthrough
+        res = tuple(outs) if parts else (y,)
+        if passthrough:      # (an input returned as an output: autograd makes it a view with this Function's grad_fn)
+            return (x,) + res
+        return res if parts else y
 
     @staticmethod
     def backward(ctx, *dys):
         x, weight, bias, extra, sc = ctx.saved_tensors
         nig = ctx.needs_input_grad
+        g_res = None
+        if ctx.passthrough:
+            g_res, dys = dys[0], dys[1:]
         if torch.is_grad_enabled():       # double backward (a force loss): autograd through the reference
             with torch.enable_grad():
                 ins = [t if t.requires_grad else t.detach().requires_grad_(True) for t in (x, weight, bias)]
@@ -177,8 +200,10 @@ class _RMSNorm(torch.autograd.Function):
                 targets = ins + ([ex] if ex is not None else [])
                 grads = torch.autograd.grad(y, targets, dy, create_graph=True)
             out = [g if need else None for g, need in zip(grads[:3], nig[:3])]
+            if out[0] is not None and g_res is not None:
+                out[0] = out[0] + g_res
             out.append(grads[3] if extra is not None and nig[3] else None)
-            return (*out, None, None, None)
+            return (*out, None, None, None, None)
         xc = x.contiguous()
         C = xc.shape[2]
         if ctx.parts:
@@ -189,22 +214,26 @@ class _RMSNorm(torch.autograd.Function):
             dyv = [dy[:, 0:1], dy[:, 1:4], dy[:, 4:9]]
             strides = (9 * C, 9 * C, 9 * C)
         need_dwb = bool(nig[1] or nig[2] or (extra is not None and nig[3]))
-        dx, dw, db = _launch_bwd(xc, weight.detach().contiguous(), sc, dyv, strides, need_dwb)
+        res = None if g_res is None else float32_or_bf16(g_res)
+        dx, dw, db = _launch_bwd(xc, weight.detach().contiguous(), sc, dyv, strides, need_dwb, res)
         de = None
         if extra is not None and nig[3]:
             de = db.reshape(extra.shape).to(extra.dtype)
         return (dx if nig[0] else None, dw.to(weight.dtype) if nig[1] else None,
-                db.to(bias.dtype) if nig[2] else None, de, None, None, None)
+                db.to(bias.dtype) if nig[2] else None, de, None, None, None, None)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-             extra: Optional[torch.Tensor] = None, parts: bool = False, out_dtype: torch.dtype = torch.float32):
+             extra: Optional[torch.Tensor] = None, parts: bool = False, out_dtype: torch.dtype = torch.float32,
+             passthrough: bool = False):
     """The equivariant RMS norm of x [N, 9, C] (float32) by the kernels (see ``rmsnorm_reference``); ``extra`` [C]
     (any shape of C elements) is added to the l = 0 row.  Returns y [N, 9, C], or with ``parts`` the contiguous
     degree parts (y0 [N, 1, C], y1 [N, 3, C], y2 [N, 5, C]).  Differentiable in x, weight, bias and extra.
     ``out_dtype``: float32, or bf16 where every consumer is a GEMM under bf16 autocast (computed in float32 and
     rounded as the autocast cast would: the GEMMs' inputs and the gradients are bit-identical, and the cast's
-    pass is saved both ways; the backward reads the bf16 gradients directly)."""
+    pass is saved both ways; the backward reads the bf16 gradients directly).  ``passthrough``: x itself (a view of
+    it) first, then the above; use it instead of x for the residual sum, whose gradient the backward kernel then
+    adds into dx (see the module docstring)."""
     if out_dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"rms_norm: out_dtype must be float32 or bfloat16, got {out_dtype}")
     if x.dim() != 3 or x.shape[1] != 9 or tuple(weight.shape) != (3, x.shape[2]) or bias.numel() != x.shape[2]:
@@ -214,4 +243,4 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: flo
         raise ValueError(f"rms_norm: extra must have C = {x.shape[2]} elements, got shape {tuple(extra.shape)}")
     if x.dtype != torch.float32:
         raise ValueError(f"rms_norm: the kernels take float32 features, got {x.dtype}")
-    return _RMSNorm.apply(x, weight, bias, extra, float(eps), bool(parts), out_dtype)
+    return _RMSNorm.apply(x, weight, bias, extra, float(eps), bool(parts), out_dtype, bool(passthrough))

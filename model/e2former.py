@@ -604,7 +604,18 @@ class Block(nn.Module):
         self.ffn = GatedFFN(cfg.channels)
 
     def forward(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if self._attn_passthrough(x, system):
+                # the residual stream through the attention norm's passthrough (E2F_RMS_RESIDUAL, opt-in): its
+                # gradient is summed with the norm's in the norm's backward kernel instead of by autograd
+                xp, parts = self.norm_attn.parts_passthrough(x, system)
+                return self.node_part(xp, self.attn.fused_U_graph(*self.attn.qkv(parts), z, g))
         return self.node_part(x, self.edge_part(x, system, z, g))
+
+    @torch.jit.unused
+    def _attn_passthrough(self, x: torch.Tensor, system: torch.Tensor) -> bool:
+        return (system.numel() == x.shape[2] and self.attn.use_fused(x)
+                and self.norm_attn.passthrough_usable(x))
 
     def attn_input(self, x: torch.Tensor, system: torch.Tensor) -> torch.Tensor:
         """Pre-norm, system embedding added to the l=0 row (per atom)."""
@@ -635,6 +646,9 @@ class Block(nn.Module):
         atoms gives those atoms' rows): attention output, residual, FFN, residual."""
         x = x + self.attn.node_part(U, x.dtype)
         if not torch.jit.is_scripting():
+            if self.norm_ffn.passthrough_usable(x):          # (see forward)
+                xp, parts = self.norm_ffn.parts_passthrough(x, None, True)
+                return xp + self.ffn.parts(parts)
             return x + self.ffn.parts(self.norm_ffn.parts_for_gemm(x))
         return x + self.ffn.parts(self.norm_ffn.parts(x))
 

@@ -252,10 +252,29 @@ class EquivariantRMSNorm(nn.Module):
 
     @torch.jit.unused
     def _kernel(self, x: torch.Tensor, extra: Optional[torch.Tensor], parts: bool,
-                out_dtype: torch.dtype = torch.float32):
+                out_dtype: torch.dtype = torch.float32, passthrough: bool = False):
         from ..kernels.rmsnorm_triton import rms_norm
 
-        return rms_norm(x, self.weight, self.bias, self.eps, extra, parts, out_dtype)
+        return rms_norm(x, self.weight, self.bias, self.eps, extra, parts, out_dtype, passthrough)
+
+    @torch.jit.unused
+    def passthrough_usable(self, x: torch.Tensor) -> bool:
+        """Whether ``parts_passthrough`` may run: the kernel runs for ``x`` and ``E2F_RMS_RESIDUAL`` is "1"."""
+        if not self._kernel_usable(x):
+            return False
+        from ..kernels.rmsnorm_triton import residual_passthrough_enabled
+
+        return residual_passthrough_enabled()
+
+    @torch.jit.unused
+    def parts_passthrough(self, x: torch.Tensor, extra: Optional[torch.Tensor] = None,
+                          for_gemm: bool = False) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """(x as the norm kernel's passthrough output, the normalised degree parts, ``extra`` added to l = 0): the
+        caller sums its residual with the first instead of x, so the residual's gradient reaches the norm's
+        backward kernel, which writes dx as the sum of both (``rms_norm(passthrough=True)``; ``passthrough_usable``
+        first).  ``for_gemm``: the parts as ``parts_for_gemm`` writes them (bf16 under bf16 autocast)."""
+        out = self._kernel(x, extra, True, autocast_dtype(x) if for_gemm else torch.float32, True)
+        return out[0], list(out[1:])
 
     @torch.jit.unused
     def parts_for_gemm(self, x: torch.Tensor) -> List[torch.Tensor]:

@@ -185,3 +185,123 @@ def test_qkv_from_the_norm_kernels_degree_parts_under_interpreter():
     run_under_triton_interpreter(_INTERP_QKV_PARTS_SCRIPT, [Path(__file__).resolve().parent],
                                  "q / k / v from the norm kernel's parts",
                                  drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_RMSNORM_KERNEL"))
+
+
+_INTERP_PASSTHROUGH_SCRIPT = textwrap.dedent(r"""
+    import os, sys
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    import torch
+    from importlib import import_module
+    K = import_module(sys.argv[1] + ".rmsnorm_triton")
+    R = import_module(sys.argv[1] + ".rmsnorm_reference")
+    worst = 0.0
+
+    def rel(a, b):
+        a, b = a.detach(), b.detach()
+        return float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+    for N, C, seed in ((4, 16, 0), (6, 24, 1)):
+        for parts in (False, True):
+            for with_extra in (False, True):
+                for res_dtype in (torch.float32, torch.bfloat16):
+                    g = torch.Generator().manual_seed(seed)
+                    ins64 = [2.0 * torch.randn(N, 9, C, generator=g, dtype=torch.float64) + 0.5,
+                             torch.randn(3, C, generator=g, dtype=torch.float64),
+                             torch.randn(C, generator=g, dtype=torch.float64)]
+                    if with_extra:
+                        ins64.append(torch.randn(1, C, generator=g, dtype=torch.float64))
+                    ins = [t.float().requires_grad_(True) for t in ins64]
+                    ref_in = [t.clone().requires_grad_(True) for t in ins64]
+                    extra = ins[3] if with_extra else None
+                    out = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, extra, parts=parts, passthrough=True)
+                    xp, ys = out[0], list(out[1:])
+                    # the passthrough is x (a view of it, with the norm's grad_fn)
+                    assert xp.data_ptr() == ins[0].data_ptr() and torch.equal(xp, ins[0]) and xp.grad_fn is not None
+                    assert len(ys) == (3 if parts else 1)
+                    yr = R.rms_norm_reference(ref_in[0], ref_in[1], ref_in[2], 1e-5, ref_in[3] if with_extra else None)
+                    worst = max(worst, rel(torch.cat(ys, dim=1), yr))
+                    # the residual's gradient (float32, or bf16 from a bf16 consumer) and the norm's, summed in dx
+                    G = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
+                    Gr = G.to(res_dtype)
+                    dy = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
+                    dys = list(torch.split(dy.float(), [1, 3, 5], dim=1)) if parts else [dy.float()]
+                    grads = torch.autograd.grad([xp] + ys, ins, [Gr] + dys)
+                    rgrads = list(torch.autograd.grad(yr, ref_in, dy))
+                    rgrads[0] = rgrads[0] + Gr.double()
+                    for a, b in zip(grads, rgrads):
+                        assert a.shape == b.shape and a.dtype == torch.float32
+                        worst = max(worst, rel(a, b))
+                    # double backward (a force loss) through the reference, with the passthrough's gradient in dx
+                    out2 = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, extra, parts=parts, passthrough=True)
+                    gr = torch.autograd.grad(list(out2), ins, [Gr] + dys, create_graph=True)
+                    W = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ins]
+                    gg = torch.autograd.grad(sum((a * w.float()).sum() for a, w in zip(gr, W)), ins,
+                                             allow_unused=True)
+                    rr = torch.autograd.grad(R.rms_norm_reference(ref_in[0], ref_in[1], ref_in[2], 1e-5,
+                                                                  ref_in[3] if with_extra else None),
+                                             ref_in, dy, create_graph=True)
+                    rgg = torch.autograd.grad(sum((a * w).sum() for a, w in zip(rr, W)), ref_in, allow_unused=True)
+                    for a, b in zip(gg, rgg):
+                        assert (a is None) == (b is None)
+                        if a is not None:
+                            worst = max(worst, rel(a, b))
+    print("WORST", worst)
+    assert worst < 5e-6, worst
+""")
+
+
+def test_rmsnorm_passthrough_sums_the_residual_gradient_under_interpreter():
+    """``rms_norm(passthrough=True)``: x comes back first (a view, with the norm's grad_fn), the parts as without it,
+    and the backward kernel writes dx = the norm's gradient + the passthrough's (float32 or bf16), first and second
+    order, against the reference plus the residual gradient."""
+    run_under_triton_interpreter(_INTERP_PASSTHROUGH_SCRIPT, [KPKG], "the RMS norm passthrough")
+
+
+_INTERP_PASSTHROUGH_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
+    from openmm_e2former.kernels import rmsnorm_triton
+    from helpers import fused_route_on_reference
+    m, z, pos, cell, pbc = tiny_kernel_model(num_layers=2)
+    fused_route_on_reference(m)
+    os.environ["E2F_RMSNORM_KERNEL"] = "1"
+    calls = []
+    real = rmsnorm_triton.rms_norm
+    rmsnorm_triton.rms_norm = lambda *a, **k: calls.append(bool(a[7]) if len(a) > 7 else False) or real(*a, **k)
+    out = {}
+    for mode in ("fp32", "bf16"):
+        m.set_precision(mode)
+        for flag in ("0", "1"):
+            os.environ["E2F_RMS_RESIDUAL"] = flag
+            calls.clear()
+            out[mode, flag] = m.energy_and_forces(z, pos, cell, pbc)
+            # per block: the attention norm and the FFN norm take the passthrough with the switch on
+            assert calls.count(True) == (2 * len(m.blocks) if flag == "1" else 0), (mode, flag, calls)
+    worst = 0.0
+    for mode, tol in (("fp32", 1e-6), ("bf16", 1e-6)):
+        e0, f0 = out[mode, "0"][1], out[mode, "0"][2]
+        e1, f1 = out[mode, "1"][1], out[mode, "1"][2]
+        err = float((f1 - f0).abs().max() / f0.abs().max())
+        print(mode, "energy", float(e0), float(e1), "forces", err)
+        # the same sums in the same order (dx_norm + the residual's gradient): the same numbers
+        assert float(e1) == float(e0), (mode, e0, e1)
+        assert err < tol, (mode, err)
+        worst = max(worst, err)
+    print("WORST", worst)
+""")
+
+
+def test_model_with_the_residual_passthrough_under_interpreter():
+    """E2F_RMS_RESIDUAL=1 (opt-in): each block's residual stream goes through its two norms' passthrough (attention
+    norm with the system row, FFN norm), on the fused route's code path; the same energy and forces as without,
+    float32 and bf16."""
+    run_under_triton_interpreter(_INTERP_PASSTHROUGH_MODEL_SCRIPT, [Path(__file__).resolve().parent],
+                                 "the residual passthrough in the model",
+                                 drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_RMSNORM_KERNEL", "E2F_RMS_RESIDUAL"))
+
+
+def test_residual_passthrough_switch(monkeypatch):
+    pytest.importorskip("triton")
+    from importlib import import_module
+
+    K = import_module(KPKG + ".rmsnorm_triton")
+    # opt-in until timed on a GPU
+    assert_env_switch(monkeypatch, K.residual_passthrough_enabled, "E2F_RMS_RESIDUAL", default=False, bad="on")
