@@ -267,16 +267,20 @@ _INTERP_PASSTHROUGH_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"
     real = rmsnorm_triton.rms_norm
     rmsnorm_triton.rms_norm = lambda *a, **k: calls.append(bool(a[7]) if len(a) > 7 else False) or real(*a, **k)
     out = {}
-    for mode in ("fp32", "bf16"):
+    for mode, ckpt in (("fp32", False), ("bf16", False), ("fp32", "block"), ("fp32", "fine")):
         m.set_precision(mode)
+        m.checkpoint_blocks = ckpt
         for flag in ("0", "1"):
             os.environ["E2F_RMS_RESIDUAL"] = flag
             calls.clear()
-            out[mode, flag] = m.energy_and_forces(z, pos, cell, pbc)
-            # per block: the attention norm and the FFN norm take the passthrough with the switch on
-            assert calls.count(True) == (2 * len(m.blocks) if flag == "1" else 0), (mode, flag, calls)
+            out[(mode, ckpt), flag] = m.energy_and_forces(z, pos, cell, pbc)
+            # per block: the attention norm and the FFN norm take the passthrough with the switch on (the blocks'
+            # recomputation under checkpointing again; "fine" runs the edge and node parts apart: the FFN norm only)
+            want = {False: 2, "block": 4, "fine": 2}[ckpt] * len(m.blocks) if flag == "1" else 0
+            assert calls.count(True) == want, (mode, ckpt, flag, calls)
     worst = 0.0
-    for mode, tol in (("fp32", 1e-6), ("bf16", 1e-6)):
+    for mode, tol in (((("fp32", False), 1e-6), (("bf16", False), 1e-6), (("fp32", "block"), 1e-6),
+                       (("fp32", "fine"), 1e-6))):
         e0, f0 = out[mode, "0"][1], out[mode, "0"][2]
         e1, f1 = out[mode, "1"][1], out[mode, "1"][2]
         err = float((f1 - f0).abs().max() / f0.abs().max())
