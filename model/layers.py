@@ -255,7 +255,9 @@ class EquivariantRMSNorm(nn.Module):
                 out_dtype: torch.dtype = torch.float32, passthrough: bool = False):
         from ..kernels.rmsnorm_triton import rms_norm
 
-        return rms_norm(x, self.weight, self.bias, self.eps, extra, parts, out_dtype, passthrough)
+        if passthrough:
+            return rms_norm(x, self.weight, self.bias, self.eps, extra, parts, out_dtype, passthrough=True)
+        return rms_norm(x, self.weight, self.bias, self.eps, extra, parts, out_dtype)
 
     @torch.jit.unused
     def passthrough_usable(self, x: torch.Tensor) -> bool:

@@ -280,9 +280,10 @@ class _PaddedGraph:
         raise RuntimeError(f"the edge buffers keep overflowing ({E} edges, degree {degree})")  # pragma: no cover
 
     def _evaluate_verlet(self, pos: torch.Tensor, cells, cells_host) -> None:
-        """One call with the Verlet list: candidates (re)built where there are none, the cell changed or (seen
-        after the replay) an atom moved more than half the skin since they were built; the step is then
-        recomputed from the new ones, as when the edge buffers overflow."""
+        """One call with the Verlet list: candidates (re)built before the replay where there are none, the cell
+        changed or an atom moved more than half the skin since they were built (``_moved_too_far``); should the
+        graph's own check after the replay still see such a move, they are rebuilt and the step recomputed, as
+        when the edge buffers overflow."""
         m = self.model
         cell_np = None
         if self.periodic[0]:

@@ -265,7 +265,7 @@ _INTERP_PASSTHROUGH_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"
     os.environ["E2F_RMSNORM_KERNEL"] = "1"
     calls = []
     real = rmsnorm_triton.rms_norm
-    rmsnorm_triton.rms_norm = lambda *a, **k: calls.append(bool(a[7]) if len(a) > 7 else False) or real(*a, **k)
+    rmsnorm_triton.rms_norm = lambda *a, **k: calls.append(bool(k.get("passthrough"))) or real(*a, **k)
     out = {}
     for mode, ckpt in (("fp32", False), ("bf16", False), ("fp32", "block"), ("fp32", "fine")):
         m.set_precision(mode)
