@@ -267,20 +267,19 @@ _INTERP_PASSTHROUGH_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"
     real = rmsnorm_triton.rms_norm
     rmsnorm_triton.rms_norm = lambda *a, **k: calls.append(bool(k.get("passthrough"))) or real(*a, **k)
     out = {}
-    for mode, ckpt in (("fp32", False), ("bf16", False), ("fp32", "block"), ("fp32", "fine")):
+    for mode, ckpt in (("fp32", False), ("bf16", False), ("fp32", "block")):
         m.set_precision(mode)
         m.checkpoint_blocks = ckpt
         for flag in ("0", "1"):
             os.environ["E2F_RMS_RESIDUAL"] = flag
             calls.clear()
             out[(mode, ckpt), flag] = m.energy_and_forces(z, pos, cell, pbc)
-            # per block: the attention norm and the FFN norm take the passthrough with the switch on (the blocks'
-            # recomputation under checkpointing again; "fine" runs the edge and node parts apart: the FFN norm only)
-            want = {False: 2, "block": 4, "fine": 2}[ckpt] * len(m.blocks) if flag == "1" else 0
+            # per block: the attention norm and the FFN norm take the passthrough with the switch on (and the
+            # blocks' recomputation under checkpointing again)
+            want = {False: 2, "block": 4}[ckpt] * len(m.blocks) if flag == "1" else 0
             assert calls.count(True) == want, (mode, ckpt, flag, calls)
     worst = 0.0
-    for mode, tol in (((("fp32", False), 1e-6), (("bf16", False), 1e-6), (("fp32", "block"), 1e-6),
-                       (("fp32", "fine"), 1e-6))):
+    for mode, tol in ((("fp32", False), 1e-6), (("bf16", False), 1e-6), (("fp32", "block"), 1e-6)):
         e0, f0 = out[mode, "0"][1], out[mode, "0"][2]
         e1, f1 = out[mode, "1"][1], out[mode, "1"][2]
         err = float((f1 - f0).abs().max() / f0.abs().max())
@@ -296,7 +295,7 @@ _INTERP_PASSTHROUGH_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"
 def test_model_with_the_residual_passthrough_under_interpreter():
     """E2F_RMS_RESIDUAL=1 (opt-in): each block's residual stream goes through its two norms' passthrough (attention
     norm with the system row, FFN norm), on the fused route's code path; the same energy and forces as without,
-    float32 and bf16."""
+    float32 and bf16, and with "block" checkpointing (the recomputed blocks take it too)."""
     run_under_triton_interpreter(_INTERP_PASSTHROUGH_MODEL_SCRIPT, [Path(__file__).resolve().parent],
                                  "the residual passthrough in the model",
                                  drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_RMSNORM_KERNEL", "E2F_RMS_RESIDUAL"))
