@@ -152,9 +152,9 @@ def get_model(model_path: Optional[str], config: Any = None, device: Any = None,
               compile_model: bool = False, radial_tables: Optional[bool] = None):
     """Load (once per process) and return the model for (path, config, device, precision, compile_model,
     radial_tables).  ``compile_model``: ``E2FormerV2.set_compile`` (experimental: torch.compile of the blocks'
-    node-level parts, used by the eager path, i.e. above the CUDA-graph size); ``radial_tables``:
-    ``E2FormerV2.set_radial_tables`` (the edge MLPs read from per-element-pair tables; None: on for float32 on
-    CUDA, see :func:`resolve_radial_tables`)."""
+    node-level parts, used by the eager path, i.e. above the CUDA-graph size or with the graph turned off);
+    ``radial_tables``: ``E2FormerV2.set_radial_tables`` (the edge MLPs read from per-element-pair tables; None: on
+    for float32 on CUDA, see :func:`resolve_radial_tables`)."""
     dev = resolve_device(device)
     dtype = resolve_dtype(precision)
     mode = resolve_mode(precision)
