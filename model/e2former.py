@@ -90,12 +90,11 @@ def pad_edges(center: torch.Tensor, neighbor: torch.Tensor, shift: torch.Tensor,
 
 def _v2_qk_layout() -> bool:
     """Whether the v2 attention kernels read queries and keys as [N, D, H] (``attention_triton_v2.qk_layout``;
-    False where they cannot be imported)."""
-    try:
-        from ..kernels.attention_triton_v2 import qk_layout
-    except ImportError:
-        return False
-    return qk_layout()
+    False where they did not import: the fused route then runs v1 or the reference)."""
+    from .. import kernels as _K
+
+    v2 = getattr(_K, "_attention_triton_v2", None)
+    return v2 is not None and v2.qk_layout()
 
 
 class Graph:

@@ -86,6 +86,10 @@ class SO3ToScalar(nn.Module):
             s = self.scalars_parts(xs)
         return self.lin2(F.silu(self.norm(self.lin1(s))))
 
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__.pop("_lin2_dh_cache", None)      # (.to() / .cuda() / .half(): no stale copy kept alive)
+        return super()._apply(fn, *args, **kwargs)
+
     @torch.jit.unused
     def from_parts_dh(self, xs: List[torch.Tensor], heads: int) -> torch.Tensor:
         """``from_parts(xs).view(N, heads, D)`` (D = out_features / heads) stored as [N, D, heads]: the same values,
@@ -106,7 +110,8 @@ class SO3ToScalar(nn.Module):
     @torch.jit.unused
     def _lin2_dh(self, heads: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """``lin2``'s weight and bias with the output rows in (d, h) order instead of (h, d); for frozen weights
-        made once and kept while the parameters stay the same tensors, unmodified (their version counters)."""
+        made once and kept while the parameters stay the same tensors, unmodified (their version counters: writes
+        through ``.data`` bypass them, as for the radial tables, whose weights must not change either)."""
         W, b = self.lin2.weight, self.lin2.bias
         D = W.shape[0] // heads
 
@@ -114,8 +119,8 @@ class SO3ToScalar(nn.Module):
             return (W.view(heads, D, -1).transpose(0, 1).reshape(heads * D, -1),
                     b.view(heads, D).t().reshape(heads * D))
 
-        if W.requires_grad or b.requires_grad:
-            return permuted()
+        if W.requires_grad or b.requires_grad or torch.compiler.is_compiling():
+            return permuted()     # (compiling: a data-pointer key would split the traced graph)
         try:
             key = (heads, W.data_ptr(), b.data_ptr(), W._version, b._version, str(W.device), str(W.dtype))
         except RuntimeError:        # inference tensors have no version counter

@@ -100,12 +100,16 @@ class RadialTable:
             return
         new = sorted(set(int(e) for e in torch.unique(z).tolist()) - set(self.elements))
         if new:
-            self._build(sorted(self.elements + new), z.device)
+            self._build(new, z.device)
         self._last_z = None if version is None else (weakref.ref(z), version)
 
-    def _build(self, elements: List[int], device: torch.device) -> None:
+    def _build(self, new: List[int], device: torch.device) -> None:
+        """Rebuild over the union of the table's elements and ``new``, decided under the lock: two threads sharing
+        one model (one table) each keep the other's elements."""
         with _BUILD_LOCK:
-            self._build_locked(elements, device)
+            union = sorted(set(self.elements) | set(int(e) for e in new))
+            if union != self.elements:
+                self._build_locked(union, device)
 
     @torch.no_grad()
     def _build_locked(self, elements: List[int], device: torch.device) -> None:

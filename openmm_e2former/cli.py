@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "cores, or TF32 plus bf16 for the node-level products; faster, forces less exact "
                         "(V1.5 size on an H200, 10k-100k atoms: +23-29 %% / +25-34 %% steps/s; force error vs fp32 ~5e-3 / ~5e-2 eV/A)")
     g.add_argument("--compile", action="store_true",
-                   help="experimental: torch.compile the model's node-level parts (eager path only: above the CUDA-graph "
-                        "size or with --no-cuda-graphs; the first step compiles for tens of seconds)")
+                   help="experimental: torch.compile the model's node-level parts (eager path only: where no CUDA "
+                        "graph runs, e.g. with --no-cuda-graphs; the first step compiles for tens of seconds)")
     g.add_argument("--radial-tables", action=argparse.BooleanOptionalAction, default=None,
                    help="read the edge MLPs from per-element-pair cubic tables (error below float32 rounding; no "
                         "edge MLP in the fused GPU attention kernels). Default: on for float32 on a GPU, off for "

@@ -74,7 +74,7 @@ def graph_memory_fits(model, n_atoms: int) -> bool:
     ``GRAPH_MEMORY_FRACTION`` of the available memory of its CUDA device (free plus cached-but-unused bytes);
     True where the model has no estimate or the device cannot be asked."""
     per = getattr(model, "checkpoint_none_bytes_per_element", None)
-    channels = getattr(model, "channels", None)
+    channels = getattr(model, "channels", None) or getattr(getattr(model, "config", None), "channels", None)
     dev = getattr(model, "device", None)
     if per is None or channels is None or dev is None or getattr(dev, "type", None) != "cuda":
         return True
@@ -184,6 +184,8 @@ class _PaddedGraph:
         # edges selected from them inside the graph
         self.verlet_ok = neighbors in ("auto", "verlet") and self.B == 1
         self.skin = float(skin)
+        if not (math.isfinite(self.skin) and self.skin >= 0.0):
+            raise ValueError(f"the Verlet list's skin must be a finite length >= 0 Å, got {skin!r}")
         self.verlet_builds = 0                              # candidate builds so far
         self._cand = self._cand_shift = self._cand_ref = self._cand_cell = None
         self.neighbors = neighbors
@@ -314,7 +316,8 @@ class _PaddedGraph:
                 self._neighbors_verlet(m.max_neighbors)
                 E, degree = self._stats.tolist()[:2]
             self._grow(E, degree)                          # did not fit: larger buffers, new graph, same step
-        raise RuntimeError(f"the edge buffers keep overflowing ({E} edges, degree {degree})")  # pragma: no cover
+        raise RuntimeError(f"the Verlet list did not settle in 4 tries ({E} edges, degree {degree}, atoms moved "
+                           f"past the skin: {bool(moved)})")  # pragma: no cover
 
     def _moved_too_far(self) -> bool:
         """Whether an atom moved more than skin / 2 since the candidates were built: asked before the replay (one
@@ -434,7 +437,8 @@ class GraphedEnergyForces(_PaddedGraph):
     module docstring), "device" (the all-pairs list or an error), "verlet" (always the Verlet list) or "host" (the
     eager cell list before every replay); None: ``E2FORMER_GRAPH_NEIGHBORS`` if set, else "auto".  ``mode`` says
     which the last call used.  ``skin``: the Verlet list's skin (Å); ``verlet_builds`` counts its candidate builds.
-    ``captures`` counts the graph captures (1 + the capacity increases and neighbour-list switches);
+    ``captures`` counts the graph captures (1 + the capacity increases, the Verlet list's candidate-buffer growths
+    and neighbour-list switches);
     ``capture_error`` holds the exception if a capture failed (the padded path then runs eagerly, with a
     warning)."""
 

@@ -25,8 +25,9 @@ CUDA if torch sees a GPU), ``charge`` (total charge of the ML region, default 0)
 periodic when the topology has box vectors or the System uses PBC; True = require a box; False = treat
 the ML region as non-periodic), ``compile`` (experimental, default False: ``torch.compile`` of the model's
 node-level parts, see ``E2FormerV2.set_compile``; +10 % on an H200 at 10k-20k atoms in session 14, no gain over
-session 15's node-level kernels; used by the eager path only, i.e. above the CUDA-graph size of 150,000 atoms or
-with ``cuda_graphs=False``, and the first evaluation compiles for tens of seconds), ``radial_tables`` (default None = on for a float32
+session 15's node-level kernels; used by the eager path only, i.e. where no CUDA graph runs: above 150,000
+atoms, a step that would not fit in memory, float64, or ``cuda_graphs=False``; the first evaluation compiles for
+tens of seconds), ``radial_tables`` (default None = on for a float32
 model on CUDA, off for float64 and on the CPU; True / False force it: the edge MLPs read from per-element-pair
 cubic tables, see ``E2FormerV2.set_radial_tables``; interpolation error ~1e-8 relative, below float32 rounding;
 no edge MLP in the fused attention kernels: -25 % per OpenMM step at 115k atoms on an H200), ``cuda_graphs``

@@ -597,9 +597,12 @@ def test_graphed_verlet_list_rebuilds_when_atoms_move_or_the_cell_changes(defaul
             assert len(runs) == 1, (len(builds), runs)
     assert [b for b, _ in builds] == [1, 1, 1, 2, 3, 4], builds
     assert builds[-1][1] > builds[-2][1], builds             # the denser cell needed more candidate columns
-    # the neighbour-list option names the choices
+    # the neighbour-list option names the choices; the skin is a length >= 0
     with pytest.raises(ValueError, match="'verlet'"):
         GraphedEnergyForces(m, z, periodic=True, neighbors="cells")
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="skin"):
+            GraphedEnergyForces(m, z, periodic=True, skin=bad)
 
 
 def test_graph_memory_fits_follows_the_models_estimate(monkeypatch):
@@ -619,6 +622,15 @@ def test_graph_memory_fits_follows_the_models_estimate(monkeypatch):
     assert not Gm.graph_memory_fits(cuda_model, 120_000)
     assert Gm.graph_memory_fits(SimpleNamespace(device=torch.device("cpu")), 10**9)
     assert Gm.graph_memory_fits(SimpleNamespace(channels=64, device=torch.device("cuda", 0)), 10**9)
+
+    # the real model: its channels come from its config (E2FormerV2 has no ``channels`` attribute of its own)
+    real = fixture_model("tiny_qk", dtype="float32")
+    monkeypatch.setattr(type(real), "device", property(lambda self: torch.device("cuda", 0)))
+    C = real.config.channels
+    fits_at = int(0.5 * 41 * 2**30 / (real.checkpoint_none_bytes_per_element * 9 * C))
+    assert Gm.graph_memory_fits(real, fits_at) and not Gm.graph_memory_fits(real, fits_at + 100)
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (40 * 2**30, 80 * 2**30))
 
     def broken(dev):
         raise RuntimeError("no device")

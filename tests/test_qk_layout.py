@@ -59,6 +59,10 @@ def test_permuted_weights_are_cached_for_frozen_weights_only():
     torch.testing.assert_close(b4, b2 + 1.0)
     # and the result follows the new weights
     torch.testing.assert_close(p.from_parts_dh(xs, 4), p.from_parts(xs).view(7, 4, 3), rtol=1e-13, atol=1e-13)
+    # a dtype / device move drops the cache (no stale copy kept alive)
+    assert "_lin2_dh_cache" in p.__dict__
+    p.float()
+    assert "_lin2_dh_cache" not in p.__dict__
 
 
 def test_kernel_inputs_take_a_d_h_query_without_a_copy():

@@ -302,3 +302,29 @@ def test_tables_build_from_two_threads_at_once():
                         m.cutoff, 64, torch.float64)
     alone.ensure(z)
     assert torch.equal(tables[0].coef, alone.coef) and torch.equal(tables[1].coef, alone.coef)
+
+
+def test_one_table_grown_from_two_threads_keeps_both_elements():
+    """Two threads sharing one model (one table; the OpenMM force caches one model per device) each bring a new
+    element at once: the union is decided under the build lock, so neither build throws the other's element
+    away (with the union decided before the lock, one thread's slot stayed -1)."""
+    import threading
+    import time
+
+    m = _frozen()
+    tab = RadialTable(m.blocks[0].attn, lambda mod, d, zi, zj: mod.radial_fn(m.rbf_offsets, m.rbf_coeff, d, zi, zj),
+                      m.cutoff, 64, torch.float64)
+    real = tab._build_locked
+
+    def slow(elements, device):
+        time.sleep(0.2)                  # both threads pass their own check before either build finishes
+        real(elements, device)
+
+    tab._build_locked = slow
+    threads = [threading.Thread(target=tab.ensure, args=(torch.tensor([e]),)) for e in (1, 8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert tab.elements == [1, 8]
+    assert int(tab.slot[1]) >= 0 and int(tab.slot[8]) >= 0
