@@ -316,6 +316,36 @@ def neighbor_list(
     return _neighbor_list_impl(positions, cell, pbc, cutoff, max_neighbors, min_dist, 0, 100000, 4194304)
 
 
+def _nearest_slots(ok: torch.Tensor, d2: torch.Tensor, k: int, capacity: int):
+    """The static-shape selection shared by the in-graph lists: of each centre's candidates (the last axis of ``ok`` /
+    ``d2``), the ``k`` nearest allowed ones.  Returns (idx [..., kk] into the candidates, by distance; the edge count
+    per centre, flattened; each selected entry's slot in the edge buffer, flattened: centres in order, the entries
+    not kept sent to the scratch slot ``capacity``, as are those past it)."""
+    kk = max(1, min(int(k), d2.shape[-1]))
+    key = torch.where(ok, d2, torch.full_like(d2, math.inf))
+    vals, idx = torch.topk(key, kk, dim=-1, largest=False, sorted=True)
+    sel = torch.isfinite(vals)
+    count = sel.sum(-1).reshape(-1)                                     # edges per centre
+    start = torch.cumsum(count, 0) - count                              # centres in global order
+    where = start.reshape(sel.shape[:-1] + (1,)) + torch.arange(kk, device=d2.device)
+    where = torch.where(sel, where, torch.full_like(where, capacity)).clamp_max(capacity).reshape(-1)
+    return idx, count, where
+
+
+def _write_padded_edges(out, where: torch.Tensor, center: torch.Tensor, neighbor: torch.Tensor, shift: torch.Tensor,
+                        ghost: int, cutoff: float) -> None:
+    """The selected edges into their slots of ``out`` = (center, neighbor, shift, ...), padding edges
+    (``ghost -> ghost``, shift (2 cutoff, 0, 0)) everywhere else."""
+    center_out, neighbor_out, shift_out = out[0], out[1], out[2]
+    center_out.fill_(ghost)
+    neighbor_out.fill_(ghost)
+    shift_out.zero_()
+    shift_out[:, 0] = 2.0 * cutoff
+    center_out.scatter_(0, where, center)
+    neighbor_out.scatter_(0, where, neighbor)
+    shift_out.scatter_(0, where[:, None].expand(-1, 3), shift.to(shift_out.dtype))
+
+
 def dense_neighbor_edges(positions: torch.Tensor, slots: torch.Tensor, box: torch.Tensor, periodic: torch.Tensor,
                          cutoff: float, min_dist: float, k: int, capacity: int, ghost: int,
                          out: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
@@ -341,7 +371,7 @@ def dense_neighbor_edges(positions: torch.Tensor, slots: torch.Tensor, box: torc
     atom gets no edges here, so the caller must not trust the result).  E > capacity means the edges did not fit (those
     past the capacity were dropped): the caller must grow the buffers and call again; so must it when the
     largest count exceeds ``k`` while ``k`` is below the model's cap."""
-    center_out, neighbor_out, shift_out, stats_out = out
+    stats_out = out[3]
     M = positions.shape[0]
     B, n = slots.shape
     f64 = torch.float64
@@ -360,25 +390,13 @@ def dense_neighbor_edges(positions: torch.Tensor, slots: torch.Tensor, box: torc
             images.append(img.to(torch.float32))                                    # small integers: exact
         ok = (d2 <= cutoff * cutoff) & (d2 >= min_dist * min_dist) & valid[:, :, None] & valid[:, None, :]
         ok = ok & ~torch.eye(n, dtype=torch.bool, device=positions.device)
-        kk = max(1, min(int(k), n))
-        key = torch.where(ok, d2, torch.full_like(d2, math.inf))
-        vals, idx = torch.topk(key, kk, dim=2, largest=False, sorted=True)          # [B, n, kk], by distance
-        sel = torch.isfinite(vals)
-        count = sel.sum(2).reshape(-1)                                              # edges per centre
-        start = torch.cumsum(count, 0) - count                                      # centres in global order
-        where = start.reshape(B, n, 1) + torch.arange(kk, device=positions.device)
-        where = torch.where(sel, where, torch.full_like(where, capacity)).clamp_max(capacity).reshape(-1)
+        idx, count, where = _nearest_slots(ok, d2, k, capacity)                    # idx [B, n, kk]
+        kk = idx.shape[2]
         center = slots[:, :, None].expand(B, n, kk).reshape(-1)
         neighbor = torch.gather(slots[:, None, :].expand(B, n, n), 2, idx).reshape(-1)
         shift = torch.stack([torch.gather(images[a], 2, idx).to(f64) * L[:, a, None, None] for a in range(3)],
                             dim=-1).reshape(-1, 3)
-        center_out.fill_(ghost)
-        neighbor_out.fill_(ghost)
-        shift_out.zero_()
-        shift_out[:, 0] = 2.0 * cutoff
-        center_out.scatter_(0, where, center)
-        neighbor_out.scatter_(0, where, neighbor)
-        shift_out.scatter_(0, where[:, None].expand(-1, 3), shift.to(shift_out.dtype))
+        _write_padded_edges(out, where, center, neighbor, shift, ghost, cutoff)
         bad = (~torch.isfinite(positions.detach())).any(dim=1).sum()
         stats_out.copy_(torch.stack([count.sum(), ok.sum(2).max(), bad]))
 
@@ -428,7 +446,7 @@ def candidate_neighbor_edges(positions: torch.Tensor, cand: torch.Tensor, cand_s
     Writes ``out = (center, neighbor, shift, stats [4])`` as :func:`dense_neighbor_edges` does: the edges in the
     first E slots, then padding edges (``ghost -> ghost``, shift (2 cutoff, 0, 0)), the last slot a scratch slot;
     ``stats`` = (E, the largest count before the cut to ``k``, atoms with a non-finite position, moved too far)."""
-    center_out, neighbor_out, shift_out, stats_out = out
+    stats_out = out[3]
     n, K = cand.shape
     f64 = torch.float64
     with torch.no_grad():
@@ -438,24 +456,12 @@ def candidate_neighbor_edges(positions: torch.Tensor, cand: torch.Tensor, cand_s
         dv = p64[:, None, :] - p.index_select(0, src.reshape(-1)).view(n, K, 3) - cand_shift
         d2 = (dv * dv).sum(dim=2)                                        # [n, K]
         ok = (d2 <= cutoff * cutoff) & (d2 >= min_dist * min_dist) & (cand < n)
-        kk = max(1, min(int(k), K))
-        key = torch.where(ok, d2, torch.full_like(d2, math.inf))
-        vals, idx = torch.topk(key, kk, dim=1, largest=False, sorted=True)   # [n, kk], by distance
-        sel = torch.isfinite(vals)
-        count = sel.sum(1)
-        start = torch.cumsum(count, 0) - count
-        where = start[:, None] + torch.arange(kk, device=positions.device)
-        where = torch.where(sel, where, torch.full_like(where, capacity)).clamp_max(capacity).reshape(-1)
+        idx, count, where = _nearest_slots(ok, d2, k, capacity)                  # idx [n, kk]
+        kk = idx.shape[1]
         center = torch.arange(n, device=positions.device)[:, None].expand(n, kk).reshape(-1)
         neighbor = torch.gather(cand, 1, idx).reshape(-1)
         shift = torch.gather(cand_shift, 1, idx[:, :, None].expand(n, kk, 3)).reshape(-1, 3)
-        center_out.fill_(ghost)
-        neighbor_out.fill_(ghost)
-        shift_out.zero_()
-        shift_out[:, 0] = 2.0 * cutoff
-        center_out.scatter_(0, where, center)
-        neighbor_out.scatter_(0, where, neighbor)
-        shift_out.scatter_(0, where[:, None].expand(-1, 3), shift.to(shift_out.dtype))
+        _write_padded_edges(out, where, center, neighbor, shift, ghost, cutoff)
         bad = (~torch.isfinite(positions.detach())).any(dim=1).sum()
         move2 = ((p64 - ref_positions) ** 2).sum(dim=1)
         moved = (move2 > max_move * max_move).any()

@@ -278,7 +278,7 @@ class _Runtime:
         # on CUDA: systems up to AUTO_MAX_ATOMS whose step fits in memory by default, or as E2FORMER_CUDA_GRAPHS
         # says; never on the CPU by default; the explicit argument forces the choice on any device (tests)
         wanted = use_cuda_graphs(comp.cuda_graphs, self.cuda, self.n, self.dtype == torch.float32,
-                                 fits=not self.cuda or graph_memory_fits(self.model, self.n))
+                                 fits=graph_memory_fits(self.model, self.n))
         # the padded path needs the relative EAAS route: a model switched to "so2" keeps the eager path unless
         # the padded one was asked for explicitly (which then names the problem)
         self.use_graphed = wanted and hasattr(self.model, "padded_energy_terms") and (

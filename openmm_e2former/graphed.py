@@ -262,31 +262,44 @@ class _PaddedGraph:
             self._execute(mode, grown)
             return
         self._box.copy_(torch.as_tensor(boxes, dtype=m.dtype))
+        self._replay_with_list(mode, self._neighbors_device, None, 3)
+
+    def _replay_with_list(self, mode: str, neighbors, rebuild, tries: int) -> None:
+        """The replay with an in-graph neighbour list (``neighbors(k)`` runs it eagerly at degree bound k): on the
+        first call the edge buffers are sized from a dry run; after each replay the one device -> host read of the
+        stats says whether the edges fitted (if not: larger buffers, a new graph, the same step again) and, with
+        ``rebuild`` (the Verlet list), whether an atom moved past the skin (then ``rebuild()`` and again)."""
+        m = self.model
         if self._edges is None:
             # first call: size the buffers from a dry run of the neighbour list (every edge to the scratch slot)
             self._grow(0, 1)
-            self._neighbors_device(m.max_neighbors)
+            neighbors(m.max_neighbors)
             E, degree = self._stats.tolist()[:2]
             self._grow(E, degree)
-        for _ in range(3):
+        moved = False
+        for _ in range(tries):
             self._execute(mode, False)
-            E, degree = self._stats.tolist()[:2]            # the one device -> host read of the call
+            E, degree, _bad, moved = self._stats.tolist()
+            moved = bool(moved) and rebuild is not None
+            if moved:
+                rebuild()
+                continue
             if E <= self.edge_capacity and (degree <= self.degree_bound or self.degree_bound >= m.max_neighbors):
                 return
             if degree > self.degree_bound and self.degree_bound < m.max_neighbors:
                 # the edge count above was cut at the old bound: count again, eagerly, at the model's cap
                 self._grow(0, degree)
-                self._neighbors_device(m.max_neighbors)
+                neighbors(m.max_neighbors)
                 E, degree = self._stats.tolist()[:2]
             self._grow(E, degree)                          # did not fit: larger buffers, new graph, same step
-        raise RuntimeError(f"the edge buffers keep overflowing ({E} edges, degree {degree})")  # pragma: no cover
+        raise RuntimeError(f"the in-graph neighbour list did not settle in {tries} tries ({E} edges, degree "
+                           f"{degree}, atoms moved past the Verlet skin: {moved})")  # pragma: no cover
 
     def _evaluate_verlet(self, pos: torch.Tensor, cells, cells_host) -> None:
         """One call with the Verlet list: candidates (re)built before the replay where there are none, the cell
         changed or an atom moved more than half the skin since they were built (``_moved_too_far``); should the
         graph's own check after the replay still see such a move, they are rebuilt and the step recomputed, as
         when the edge buffers overflow."""
-        m = self.model
         cell_np = None
         if self.periodic[0]:
             src = cells_host if cells_host is not None else cells
@@ -297,27 +310,7 @@ class _PaddedGraph:
         if (self._cand is None or (cell_np is not None and not np.array_equal(cell_np, self._cand_cell))
                 or self._moved_too_far()):
             self._build_candidates(pos, cell_np)
-        if self._edges is None:
-            # first call: size the edge buffers from a dry run (every edge to the scratch slot)
-            self._grow(0, 1)
-            self._neighbors_verlet(m.max_neighbors)
-            E, degree = self._stats.tolist()[:2]
-            self._grow(E, degree)
-        for _ in range(4):
-            self._execute("verlet", False)
-            E, degree, _bad, moved = self._stats.tolist()     # the one device -> host read of the call
-            if moved:
-                self._build_candidates(pos, cell_np)
-                continue
-            if E <= self.edge_capacity and (degree <= self.degree_bound or self.degree_bound >= m.max_neighbors):
-                return
-            if degree > self.degree_bound and self.degree_bound < m.max_neighbors:
-                self._grow(0, degree)                      # count again, eagerly, at the model's cap
-                self._neighbors_verlet(m.max_neighbors)
-                E, degree = self._stats.tolist()[:2]
-            self._grow(E, degree)                          # did not fit: larger buffers, new graph, same step
-        raise RuntimeError(f"the Verlet list did not settle in 4 tries ({E} edges, degree {degree}, atoms moved "
-                           f"past the skin: {bool(moved)})")  # pragma: no cover
+        self._replay_with_list("verlet", self._neighbors_verlet, lambda: self._build_candidates(pos, cell_np), 4)
 
     def _moved_too_far(self) -> bool:
         """Whether an atom moved more than skin / 2 since the candidates were built: asked before the replay (one
