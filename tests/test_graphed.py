@@ -460,46 +460,62 @@ def test_openmm_force_graphed_names_nan_positions():
         ctx.getState(getEnergy=True)
 
 
-@pytest.mark.usefixtures("one_torch_thread")
-def test_openmm_trajectory_graphed_equals_eager(monkeypatch):
-    """10 velocity-Verlet steps of 64 waters through OpenMM (Reference platform, float64 model): the padded path
-    with the in-graph neighbour list follows the eager trajectory to float64 rounding."""
-    openmm = pytest.importorskip("openmm")
+def _water_trajectory(cuda_graphs, steps: int, barostat_every: int = 0):
+    """``steps`` velocity-Verlet steps of 64 waters through OpenMM (Reference platform, float64 model; with a Monte
+    Carlo barostat trying a volume move every ``barostat_every`` steps, fixed seed): (positions nm, potential
+    energy kJ/mol, box nm) at the end."""
+    import openmm
     from openmm import unit
 
     from openmm_e2former import force as F
 
     z, pos, cell = water_box(4, 3.1, seed=8)
+    system = openmm.System()
+    for x in z:
+        system.addParticle(16.0 if x == 8 else 1.008)
+    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in cell / 10])
+    system.addForce(F.create_python_force(z.tolist(), periodic=True, device="cpu", precision="double",
+                                          cuda_graphs=cuda_graphs))
+    if barostat_every:
+        baro = openmm.MonteCarloBarostat(1.0 * unit.bar, 300 * unit.kelvin, barostat_every)
+        baro.setRandomNumberSeed(11)
+        system.addForce(baro)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(pos / 10)
+    ctx.setVelocitiesToTemperature(300 * unit.kelvin, 7)
+    ctx.getIntegrator().step(steps)
+    st = ctx.getState(getPositions=True, getEnergy=True)
+    return (st.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
+            st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
+            np.asarray(st.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)))
 
-    def run(cuda_graphs):
-        system = openmm.System()
-        for x in z:
-            system.addParticle(16.0 if x == 8 else 1.008)
-        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in cell / 10])
-        system.addForce(F.create_python_force(z.tolist(), periodic=True, device="cpu", precision="double",
-                                              cuda_graphs=cuda_graphs))
-        ctx = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
-        ctx.setPositions(pos / 10)
-        ctx.setVelocitiesToTemperature(300 * unit.kelvin, 7)
-        ctx.getIntegrator().step(10)
-        st = ctx.getState(getPositions=True, getEnergy=True)
-        return (st.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
-                st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
 
-    calls = []
+def _spy_graphed_calls(monkeypatch, record):
+    """Record ``record(G)`` after every GraphedEnergyForces call (monkeypatched); returns the list."""
+    seen = []
     original = GraphedEnergyForces.__call__
 
     def spy(self, *a):
         out = original(self, *a)
-        calls.append(self.mode)
+        seen.append(record(self))
         return out
 
     monkeypatch.setattr(GraphedEnergyForces, "__call__", spy)
-    p1, e1 = run(True)
+    return seen
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_openmm_trajectory_graphed_equals_eager(monkeypatch):
+    """10 velocity-Verlet steps of 64 waters through OpenMM (Reference platform, float64 model): the padded path
+    with the in-graph neighbour list follows the eager trajectory to float64 rounding."""
+    pytest.importorskip("openmm")
+    calls = _spy_graphed_calls(monkeypatch, lambda G: G.mode)
+    p1, e1, _ = _water_trajectory(True, 10)
     monkeypatch.undo()
-    p0, e0 = run(False)
+    p0, e0, _ = _water_trajectory(False, 10)
     assert len(calls) >= 10 and set(calls) == {"device"}          # every step after the first: padded, in-graph list
     assert np.abs(p1 - p0).max() < 1e-9 and abs(e1 - e0) < 1e-6 * max(1.0, abs(e0))
+    pos = water_box(4, 3.1, seed=8)[1]
     assert np.abs(p1 - pos / 10).max() > 1e-5                    # it moved
 
 
@@ -645,46 +661,15 @@ def test_openmm_trajectory_with_the_verlet_list_and_a_barostat(monkeypatch):
     barostat trying a volume move every 3 steps: the padded path with the Verlet list (forced: the box would take the
     all-pairs list) follows the eager trajectory to float64 rounding, and rebuilds its candidates when the cell
     changes."""
-    openmm = pytest.importorskip("openmm")
-    from openmm import unit
-
-    from openmm_e2former import force as F
+    pytest.importorskip("openmm")
     from openmm_e2former.graphed import NEIGHBORS_ENV_VAR
 
-    z, pos, cell = water_box(4, 3.1, seed=8)
-
-    def run(cuda_graphs):
-        system = openmm.System()
-        for x in z:
-            system.addParticle(16.0 if x == 8 else 1.008)
-        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in cell / 10])
-        system.addForce(F.create_python_force(z.tolist(), periodic=True, device="cpu", precision="double",
-                                              cuda_graphs=cuda_graphs))
-        baro = openmm.MonteCarloBarostat(1.0 * unit.bar, 300 * unit.kelvin, 3)
-        baro.setRandomNumberSeed(11)
-        system.addForce(baro)
-        ctx = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
-        ctx.setPositions(pos / 10)
-        ctx.setVelocitiesToTemperature(300 * unit.kelvin, 7)
-        ctx.getIntegrator().step(9)
-        st = ctx.getState(getPositions=True, getEnergy=True)
-        return (st.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
-                st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
-                np.asarray(st.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)))
-
-    seen = []
-    original = GraphedEnergyForces.__call__
-
-    def spy(self, *a):
-        out = original(self, *a)
-        seen.append((self.mode, self.verlet_builds))
-        return out
-
     monkeypatch.setenv(NEIGHBORS_ENV_VAR, "verlet")
-    monkeypatch.setattr(GraphedEnergyForces, "__call__", spy)
-    p1, e1, b1 = run(True)
+    seen = _spy_graphed_calls(monkeypatch, lambda G: (G.mode, G.verlet_builds))
+    p1, e1, b1 = _water_trajectory(True, 9, barostat_every=3)
     monkeypatch.undo()
-    p0, e0, b0 = run(False)
+    p0, e0, b0 = _water_trajectory(False, 9, barostat_every=3)
+    cell = water_box(4, 3.1, seed=8)[2]
     assert len(seen) >= 9 and {m for m, _ in seen} == {"verlet"}
     assert not np.allclose(b0, cell / 10)                         # a volume move was accepted ...
     assert seen[-1][1] > 1                                        # ... and the candidates were rebuilt for it

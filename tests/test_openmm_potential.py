@@ -219,6 +219,21 @@ def test_radial_tables_option(official_parity_dir, tiny_qk_checkpoint):
         pot.createSystem(top, device="cpu", radial_tables=1)
 
 
+def _spy_force_kwarg(monkeypatch, name):
+    """The ``name`` keyword (or "missing") of every create_python_force call from here on, in a list."""
+    from openmm_e2former import force as F
+
+    handed = []
+    real = F.create_python_force
+
+    def spy(*a, **kw):
+        handed.append(kw.get(name, "missing"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(F, "create_python_force", spy)
+    return handed
+
+
 def test_radial_tables_default_is_float32_on_cuda(official_parity_dir, tiny_qk_checkpoint, monkeypatch):
     """radial_tables=None (the default): tables for a float32 model on CUDA (measured on the H200: 70 / 70 parity
     cases, -25 % per OpenMM step at 115k atoms), the exact MLPs for float64 and on the CPU; True / False are taken
@@ -235,14 +250,7 @@ def test_radial_tables_default_is_float32_on_cuda(official_parity_dir, tiny_qk_c
     assert F.resolve_radial_tables(True, "cpu", torch.float64) is True
     assert F.resolve_radial_tables(False, "cuda:0", torch.float32) is False
     F.clear_model_cache()
-    handed = []
-    real = F.create_python_force
-
-    def spy(*a, **kw):
-        handed.append(kw.get("radial_tables", "missing"))
-        return real(*a, **kw)
-
-    monkeypatch.setattr(F, "create_python_force", spy)
+    handed = _spy_force_kwarg(monkeypatch, "radial_tables")
     case = load_case(official_parity_dir, "ethanol")
     pot = MLPotential("e2formerv2", modelPath=str(tiny_qk_checkpoint))
     pot.createSystem(make_topology(case["z"]), device="cpu")
@@ -256,17 +264,9 @@ def test_cuda_graphs_option(official_parity_dir, tiny_qk_checkpoint, monkeypatch
     """createSystem(cuda_graphs=...) reaches the force as given (None: the automatic choice, kept unresolved in
     its definition); True on the CPU runs the padded path without a graph and gives the same energy and forces;
     a value that is not None or a bool is a clear error."""
-    from openmm_e2former import force as F
     from openmm_e2former.graphed import GraphedEnergyForces
 
-    handed = []
-    real = F.create_python_force
-
-    def spy(*a, **kw):
-        handed.append(kw.get("cuda_graphs", "missing"))
-        return real(*a, **kw)
-
-    monkeypatch.setattr(F, "create_python_force", spy)
+    handed = _spy_force_kwarg(monkeypatch, "cuda_graphs")
     calls = []
     real_call = GraphedEnergyForces.__call__
     monkeypatch.setattr(GraphedEnergyForces, "__call__", lambda self, *a: calls.append(1) or real_call(self, *a))

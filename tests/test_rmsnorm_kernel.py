@@ -37,7 +37,9 @@ def test_reference_is_the_models_norm():
                                atol=1e-14)
 
 
-_INTERP_RMSNORM_SCRIPT = textwrap.dedent(r"""
+#: the interpreter scripts' common start: the kernels (K) and reference (R) of the package named by argv[1], the
+#: relative error, and seeded float64 inputs (x, weight, bias[, extra]) with their float32 / reference leaves
+_INTERP_HEAD = textwrap.dedent(r"""
     import os, sys
     assert os.environ.get("TRITON_INTERPRET") == "1"
     import torch
@@ -50,17 +52,23 @@ _INTERP_RMSNORM_SCRIPT = textwrap.dedent(r"""
         a, b = a.detach(), b.detach()
         return float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
+    def make_inputs(N, C, seed, with_extra):
+        g = torch.Generator().manual_seed(seed)
+        ins64 = [2.0 * torch.randn(N, 9, C, generator=g, dtype=torch.float64) + 0.5,
+                 torch.randn(3, C, generator=g, dtype=torch.float64),
+                 torch.randn(C, generator=g, dtype=torch.float64)]
+        if with_extra:
+            ins64.append(torch.randn(1, C, generator=g, dtype=torch.float64))
+        return (g, [t.float().requires_grad_(True) for t in ins64],
+                [t.clone().requires_grad_(True) for t in ins64])
+""")
+
+_INTERP_RMSNORM_SCRIPT = _INTERP_HEAD + textwrap.dedent(r"""
+
     for N, C, seed in ((4, 16, 0), (7, 24, 1), (1, 8, 2), (5, 64, 3)):
         for parts in (False, True):
             for with_extra in (False, True):
-                g = torch.Generator().manual_seed(seed)
-                x64 = 2.0 * torch.randn(N, 9, C, generator=g, dtype=torch.float64) + 0.5
-                w64 = torch.randn(3, C, generator=g, dtype=torch.float64)
-                b64 = torch.randn(C, generator=g, dtype=torch.float64)
-                e64 = torch.randn(1, C, generator=g, dtype=torch.float64) if with_extra else None
-                ins64 = [x64, w64, b64] + ([e64] if with_extra else [])
-                ins = [t.float().requires_grad_(True) for t in ins64]
-                ref_in = [t.clone().requires_grad_(True) for t in ins64]
+                g, ins, ref_in = make_inputs(N, C, seed, with_extra)
                 y = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, ins[3] if with_extra else None, parts=parts)
                 yr = R.rms_norm_reference(ref_in[0], ref_in[1], ref_in[2], 1e-5, ref_in[3] if with_extra else None)
                 if parts:
@@ -187,31 +195,13 @@ def test_qkv_from_the_norm_kernels_degree_parts_under_interpreter():
                                  drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_RMSNORM_KERNEL"))
 
 
-_INTERP_PASSTHROUGH_SCRIPT = textwrap.dedent(r"""
-    import os, sys
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    import torch
-    from importlib import import_module
-    K = import_module(sys.argv[1] + ".rmsnorm_triton")
-    R = import_module(sys.argv[1] + ".rmsnorm_reference")
-    worst = 0.0
-
-    def rel(a, b):
-        a, b = a.detach(), b.detach()
-        return float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30))
+_INTERP_PASSTHROUGH_SCRIPT = _INTERP_HEAD + textwrap.dedent(r"""
 
     for N, C, seed in ((4, 16, 0), (6, 24, 1)):
         for parts in (False, True):
             for with_extra in (False, True):
                 for res_dtype in (torch.float32, torch.bfloat16):
-                    g = torch.Generator().manual_seed(seed)
-                    ins64 = [2.0 * torch.randn(N, 9, C, generator=g, dtype=torch.float64) + 0.5,
-                             torch.randn(3, C, generator=g, dtype=torch.float64),
-                             torch.randn(C, generator=g, dtype=torch.float64)]
-                    if with_extra:
-                        ins64.append(torch.randn(1, C, generator=g, dtype=torch.float64))
-                    ins = [t.float().requires_grad_(True) for t in ins64]
-                    ref_in = [t.clone().requires_grad_(True) for t in ins64]
+                    g, ins, ref_in = make_inputs(N, C, seed, with_extra)
                     extra = ins[3] if with_extra else None
                     out = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, extra, parts=parts, passthrough=True)
                     xp, ys = out[0], list(out[1:])
