@@ -256,6 +256,8 @@ def copy_sites(events, names=("aten::copy_", "aten::_to_copy")):
                 break
             if ("model/" in p.name or "kernels/" in p.name) and "(" in p.name:
                 sites.append(p.name.split("/")[-1])
+            elif p.name.startswith("autograd::engine::evaluate_function: "):     # a backward op: which node
+                sites.append(p.name.split(": ", 1)[1])
             p = p.cpu_parent
         if nested:
             continue
@@ -298,6 +300,10 @@ def profile(out: Path, n: int = 10000, mode: str = "fp32"):
     lines += ["", "by the model's source lines above each copy (Python events of the profiler's tree; the backward's "
               "copies have none: '(autograd)')"]
     for t, cnt, site in copy_sites(prof.events())[:30]:
+        lines.append(f"{t / 1e3:9.3f} ms  x{cnt:<4d} {site[:220]}")
+    # the elementwise adds too (residual adds in the forward, gradient sums in the backward: session 17)
+    lines += ["", "adds (aten::add / aten::add_) by source lines or backward node"]
+    for t, cnt, site in copy_sites(prof.events(), ("aten::add", "aten::add_"))[:30]:
         lines.append(f"{t / 1e3:9.3f} ms  x{cnt:<4d} {site[:220]}")
     # every operation by input shape too (which GEMM / GEMV / elementwise pass is which)
     table_shapes = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cuda_time_total", row_limit=50,

@@ -297,6 +297,13 @@ for what in "$@"; do
                 # in one process, with the energy / force comparison (~3 min); then bench_cg.py's kernel checks
       E2F_RADIAL_TABLES=1 timeout 250 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_rms_res.json" \
           --sizes 10000,20000 --precision tf32 --variants dh,rms_res 2>&1 | grep -E '^\{|Error' | cut -c1-300 ;;
+    s17b)       # session 17: the 10k TF32 profile (tables) with E2F_RMS_RESIDUAL=1, with the adds' sources; then the
+                # passthrough against the default in float32 (the TF32 A/B differed by 7e-4 in forces: is it TF32 noise?)
+      mkdir -p "$OUT/prof_rms"
+      E2F_RMS_RESIDUAL=1 E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --parts profile \
+          --sizes 10000 --modes tf32 --out "$OUT/prof_rms/x" 2>&1 | tail -n 3
+      E2F_RADIAL_TABLES=1 timeout 150 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_rms_res_fp32.json" \
+          --sizes 10000 --precision fp32 --variants dh,rms_res 2>&1 | grep -E '^\{|Error' | cut -c1-300 ;;
     multigpu16) # NEXT session, on kind nvidia-h200-x2 (2 GPUs): tests/gpu/check_multi_gpu.py (the model on cuda:1 while
                 # cuda:0 is current: eager fp32 / bf16, MLPs / tables, the CUDA-graph path, two replicas from two
                 # threads) (~2 min)

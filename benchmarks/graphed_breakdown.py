@@ -2,11 +2,12 @@
 whole ``GraphedEnergyForces`` call against its two parts, the eager neighbour list (``model.neighbor_edges``, used
 above the in-graph list's 5,000 atoms) and the graph replay alone; each as the median of synchronised calls.
 
-``--variants``: "dh" (the default code: since session 16 the Verlet list, its edges selected inside the graph),
+``--variants``: "dh" (the default code: since session 16 the Verlet list, its edges selected inside the graph; here
+with ``E2F_RMS_RESIDUAL=0``, the default before session 17),
 "hd_proj" (queries and keys projected as [N, H, D] and copied to the kernels' [N, D, H] layout, as before session
 16: ``e2former._v2_qk_layout`` patched to False for the model side only), "host_nl" (the eager neighbour list
 before each replay, ``neighbors="host"``, as before session 16) and "rms_res" (``E2F_RMS_RESIDUAL=1``: the residual
-gradients summed in the norms' backward kernel, opt-in since session 16), run alternately, ``--rounds`` times each, in one
+gradients summed in the norms' backward kernel, the default since session 17), run alternately, ``--rounds`` times each, in one
 process.  Each variant's energy and forces are compared with the first's (float32: the same up to the float
 atomics' order; TF32 amplifies that order to ~1e-3 in the forces).
 

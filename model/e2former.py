@@ -605,7 +605,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, system: torch.Tensor, z: torch.Tensor, g: Graph) -> torch.Tensor:
         if not torch.jit.is_scripting():
             if self._attn_passthrough(x, system):
-                # the residual stream through the attention norm's passthrough (E2F_RMS_RESIDUAL, opt-in): its
+                # the residual stream through the attention norm's passthrough (E2F_RMS_RESIDUAL, on by default): its
                 # gradient is summed with the norm's in the norm's backward kernel instead of by autograd
                 xp, parts = self.norm_attn.parts_passthrough(x, system)
                 return self.node_part(xp, self.attn.fused_U_graph(*self.attn.qkv(parts), z, g))
