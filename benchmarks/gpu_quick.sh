@@ -304,6 +304,10 @@ for what in "$@"; do
           --sizes 10000 --modes tf32 --out "$OUT/prof_rms/x" 2>&1 | tail -n 3
       E2F_RADIAL_TABLES=1 timeout 150 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_rms_res_fp32.json" \
           --sizes 10000 --precision fp32 --variants dh,rms_res 2>&1 | grep -E '^\{|Error' | cut -c1-300 ;;
+    s17c)       # session 17: where the graphed call's ~0.6 ms beyond its replay goes (the pre-replay move check, the stats
+                # read, the call without its replay) and the call without the pre-check, V1.5 10k / 20k TF32 (~2 min)
+      E2F_RADIAL_TABLES=1 timeout 250 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_overhead.json" \
+          --sizes 10000,20000 --precision tf32 --variants rms_res,rms_res_nopre 2>&1 | grep -E '^\{|Error' | cut -c1-400 ;;
     multigpu16) # NEXT session, on kind nvidia-h200-x2 (2 GPUs): tests/gpu/check_multi_gpu.py (the model on cuda:1 while
                 # cuda:0 is current: eager fp32 / bf16, MLPs / tables, the CUDA-graph path, two replicas from two
                 # threads) (~2 min)

@@ -7,7 +7,8 @@ with ``E2F_RMS_RESIDUAL=0``, the default before session 17),
 "hd_proj" (queries and keys projected as [N, H, D] and copied to the kernels' [N, D, H] layout, as before session
 16: ``e2former._v2_qk_layout`` patched to False for the model side only), "host_nl" (the eager neighbour list
 before each replay, ``neighbors="host"``, as before session 16) and "rms_res" (``E2F_RMS_RESIDUAL=1``: the residual
-gradients summed in the norms' backward kernel, the default since session 17), run alternately, ``--rounds`` times each, in one
+gradients summed in the norms' backward kernel, the default since session 17), "rms_res_nopre" (rms_res without the
+Verlet list's pre-replay move check: ``_moved_too_far`` patched to False, valid here since the atoms do not move), run alternately, ``--rounds`` times each, in one
 process.  Each variant's energy and forces are compared with the first's (float32: the same up to the float
 atomics' order; TF32 amplifies that order to ~1e-3 in the forces).
 
@@ -38,6 +39,23 @@ def median_ms(call, repeats):
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return 1e3 * float(np.median(times))
+
+
+def _without_replay(G, pt, ct, ch):
+    """The call ``G(pt, ct, ch)`` with the graph's replay replaced by nothing: what the call costs besides it."""
+    def call():
+        graph = G._graph
+        try:
+            G._graph = _NoReplay()
+            G(pt, ct, ch)
+        finally:
+            G._graph = graph
+    return call
+
+
+class _NoReplay:
+    def replay(self):
+        pass
 
 
 def main():
@@ -78,12 +96,14 @@ def main():
         for rnd in range(args.rounds):
             for variant in args.variants.split(","):
                 E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout
-                os.environ["E2F_RMS_RESIDUAL"] = "1" if variant == "rms_res" else "0"
+                os.environ["E2F_RMS_RESIDUAL"] = "1" if variant.startswith("rms_res") else "0"
                 if variant not in graphs:          # one graph per variant (captured with its code path)
                     G = GraphedEnergyForces(m, z, periodic=ct is not None,
                                             neighbors="host" if variant == "host_nl" else None)
                     for _ in range(2):
                         G(pt, ct, ch)
+                    if variant == "rms_res_nopre":
+                        G._moved_too_far = lambda: False
                     graphs[variant] = G
                 G = graphs[variant]
                 row = {"system": args.system, "n_atoms": n, "precision": prec, "variant": variant, "round": rnd,
@@ -93,6 +113,10 @@ def main():
                                                       args.repeats)}
                 if G._graph is not None:
                     row["replay_ms"] = median_ms(G._graph.replay, args.repeats)
+                    # the call's other parts, each alone (session 17: the call took ~0.6 ms more than the replay)
+                    row["precheck_ms"] = median_ms(G._moved_too_far, args.repeats)
+                    row["stats_read_ms"] = median_ms(lambda: G._stats.tolist(), args.repeats)
+                    row["call_no_replay_ms"] = median_ms(_without_replay(G, pt, ct, ch), args.repeats)
                 row["steps_per_s"] = 1e3 / row["call_ms"]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -100,7 +124,7 @@ def main():
         e = {}
         for variant, G in graphs.items():          # the code paths give the same energy and forces
             E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout
-            os.environ["E2F_RMS_RESIDUAL"] = "1" if variant == "rms_res" else "0"
+            os.environ["E2F_RMS_RESIDUAL"] = "1" if variant.startswith("rms_res") else "0"
             e[variant] = G(pt, ct, ch)
         E._v2_qk_layout = real_layout
         names = list(e)
