@@ -8,7 +8,9 @@ with ``E2F_RMS_RESIDUAL=0``, the default before session 17),
 16: ``e2former._v2_qk_layout`` patched to False for the model side only), "host_nl" (the eager neighbour list
 before each replay, ``neighbors="host"``, as before session 16) and "rms_res" (``E2F_RMS_RESIDUAL=1``: the residual
 gradients summed in the norms' backward kernel, the default since session 17), "rms_res_nopre" (rms_res without the
-Verlet list's pre-replay move check: ``_moved_too_far`` patched to False, valid here since the atoms do not move), run alternately, ``--rounds`` times each, in one
+Verlet list's pre-replay move check: ``_moved_too_far`` patched to False, valid here since the atoms do not move),
+"qkv" (rms_res with ``E2F_QKV_FUSED=1``, the fused query / key / value projections, the default since session 17;
+every other variant runs with ``E2F_QKV_FUSED=0``) and "qkv_nopre" (qkv without the pre-replay move check), run alternately, ``--rounds`` times each, in one
 process.  Each variant's energy and forces are compared with the first's (float32: the same up to the float
 atomics' order; TF32 amplifies that order to ~1e-3 in the forces).
 
@@ -41,6 +43,12 @@ def median_ms(call, repeats):
     return 1e3 * float(np.median(times))
 
 
+def _variant_env(variant: str) -> None:
+    """The environment switches of a variant (read at capture and on eager calls)."""
+    os.environ["E2F_RMS_RESIDUAL"] = "1" if variant.startswith(("rms_res", "qkv")) else "0"
+    os.environ["E2F_QKV_FUSED"] = "1" if variant.startswith("qkv") else "0"
+
+
 def _without_replay(G, pt, ct, ch):
     """The call ``G(pt, ct, ch)`` with the graph's replay replaced by nothing: what the call costs besides it."""
     def call():
@@ -51,6 +59,38 @@ def _without_replay(G, pt, ct, ch):
         finally:
             G._graph = graph
     return call
+
+
+def _replay_gpu_ms(G, call, repeats):
+    """Median GPU time (CUDA events on the current stream) of the graph's replay, replayed alone (``call`` None) or
+    inside ``call()``."""
+    graph = G._graph
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if call is None:
+            start.record()
+            graph.replay()
+            end.record()
+        else:
+            G._graph = _TimedReplay(graph, start, end)
+            try:
+                call()
+            finally:
+                G._graph = graph
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return float(np.median(times))
+
+
+class _TimedReplay:
+    def __init__(self, graph, start, end):
+        self.graph, self.start, self.end = graph, start, end
+
+    def replay(self):
+        self.start.record()
+        self.graph.replay()
+        self.end.record()
 
 
 class _NoReplay:
@@ -96,13 +136,13 @@ def main():
         for rnd in range(args.rounds):
             for variant in args.variants.split(","):
                 E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout
-                os.environ["E2F_RMS_RESIDUAL"] = "1" if variant.startswith("rms_res") else "0"
+                _variant_env(variant)
                 if variant not in graphs:          # one graph per variant (captured with its code path)
                     G = GraphedEnergyForces(m, z, periodic=ct is not None,
                                             neighbors="host" if variant == "host_nl" else None)
                     for _ in range(2):
                         G(pt, ct, ch)
-                    if variant == "rms_res_nopre":
+                    if variant.endswith("_nopre"):
                         G._moved_too_far = lambda: False
                     graphs[variant] = G
                 G = graphs[variant]
@@ -117,6 +157,10 @@ def main():
                     row["precheck_ms"] = median_ms(G._moved_too_far, args.repeats)
                     row["stats_read_ms"] = median_ms(lambda: G._stats.tolist(), args.repeats)
                     row["call_no_replay_ms"] = median_ms(_without_replay(G, pt, ct, ch), args.repeats)
+                    # the replay's GPU time (CUDA events around it), alone and inside the call; the call's wall time
+                    # minus the in-call GPU time is what the GPU waits for the host
+                    row["replay_gpu_ms"] = _replay_gpu_ms(G, None, args.repeats)
+                    row["replay_gpu_in_call_ms"] = _replay_gpu_ms(G, lambda: G(pt, ct, ch), args.repeats)
                 row["steps_per_s"] = 1e3 / row["call_ms"]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -124,7 +168,7 @@ def main():
         e = {}
         for variant, G in graphs.items():          # the code paths give the same energy and forces
             E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout
-            os.environ["E2F_RMS_RESIDUAL"] = "1" if variant.startswith("rms_res") else "0"
+            _variant_env(variant)
             e[variant] = G(pt, ct, ch)
         E._v2_qk_layout = real_layout
         names = list(e)

@@ -125,9 +125,9 @@ _MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
     def spy_cg(U, cg, out_dtype=torch.float32):
         dtypes.append(("cg", out_dtype))
         return real_cg(U, cg, out_dtype)
-    def spy_norm(x, w, b, eps, extra=None, parts=False, out_dtype=torch.float32):
+    def spy_norm(x, w, b, eps, extra=None, parts=False, out_dtype=torch.float32, **kw):   # kw: passthrough
         dtypes.append(("norm", out_dtype))
-        return real_norm(x, w, b, eps, extra, parts, out_dtype)
+        return real_norm(x, w, b, eps, extra, parts, out_dtype, **kw)
     real_pd = pairdot_triton.pairdot
     def spy_pd(a0, a1, a2, bias, out_dtype=None):
         dtypes.append(("pairdot", out_dtype or torch.float32))
