@@ -308,6 +308,30 @@ for what in "$@"; do
                 # read, the call without its replay) and the call without the pre-check, V1.5 10k / 20k TF32 (~2 min)
       E2F_RADIAL_TABLES=1 timeout 250 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_overhead.json" \
           --sizes 10000,20000 --precision tf32 --variants rms_res,rms_res_nopre 2>&1 | grep -E '^\{|Error' | cut -c1-400 ;;
+    s17d)       # session 17: the fused q / k / v projections (E2F_QKV_FUSED): GPU check (pairdot_groups against float64,
+                # the V1.5 model 0 vs 1 in float32), then graphed V1.5 10k / 20k TF32 A/B against session 17's first
+                # default (rms_res), with and without the pre-replay move check (~4 min)
+      timeout 150 python3 tests/gpu/check_qkv_fused.py "$OUT/qkv_fused_check.json" 2>&1 | grep -E '^\{|PASS|FAIL|Error' \
+          | cut -c1-300
+      E2F_RADIAL_TABLES=1 timeout 300 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_qkv.json" \
+          --sizes 10000,20000 --precision tf32 --variants rms_res,qkv,qkv_nopre 2>&1 | grep -E '^\{|Error' | cut -c1-400 ;;
+    s17e)       # session 17: the residual sums inside the norm kernels (E2F_RMS_ADD): GPU check against float64, then graphed
+                # V1.5 10k / 20k TF32 A/B against the fused q / k / v alone, and a float32 10k comparison (~5 min)
+      timeout 120 python3 tests/gpu/check_rms_addend.py "$OUT/rms_addend_check.json" 2>&1 | grep -E '^\{|PASS|FAIL|Error' \
+          | cut -c1-300
+      E2F_RADIAL_TABLES=1 timeout 280 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_add.json" \
+          --sizes 10000,20000 --precision tf32 --variants qkv,add --rounds 3 2>&1 | grep -E '^\{|Error' | cut -c1-600
+      E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_add_fp32.json" \
+          --sizes 10000 --precision fp32 --variants qkv,add --rounds 1 2>&1 | grep -E '^\{|Error' | cut -c1-600 ;;
+    s17f)       # session 17: a profiler trace of one graphed V1.5 20k TF32 call and one bare replay (where the call's ~0.6 ms
+                # beyond the replay's GPU time goes), then OpenMM with no flags on the bundled model (1,800 / 14,400 /
+                # 115,200 atoms) with every session-17 default (~4 min)
+      E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_trace.json" \
+          --sizes 20000 --precision tf32 --variants add --rounds 1 --trace 2>&1 | grep -E '^\{|Error' | cut -c1-3000
+      for r in 1,1,1 2,2,2 4,4,4; do
+        timeout 80 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 \
+            --out "$OUT/md_default.json" 2>&1 | tail -n 1 | cut -c1-300
+      done ;;
     multigpu16) # NEXT session, on kind nvidia-h200-x2 (2 GPUs): tests/gpu/check_multi_gpu.py (the model on cuda:1 while
                 # cuda:0 is current: eager fp32 / bf16, MLPs / tables, the CUDA-graph path, two replicas from two
                 # threads) (~2 min)

@@ -19,6 +19,14 @@ export E2F_FIXTURES="$PWD/.carry15/official_parity"
 nvidia-smi --query-gpu=name --format=csv,noheader
 for what in "$@"; do
   case "$what" in
+    s17g) # session 17: parity of every fixture (exact MLPs, then radial tables) with the session-17 defaults, then the
+          # graphed V1.5 table at 1k / 10k / 20k (TF32 / bf16 / fp32), radial tables (~7 min)
+      timeout 150 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu.json" 2>&1 | tail -n 3
+      E2F_RADIAL_TABLES=1 timeout 260 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed" --parts speed \
+          --sizes 20000,10000,1000 --modes graphed_tf32,graphed_bf16,graphed_fp32 --no-water --budget-s 240 2>&1 \
+          | grep -E '^\{|Error' | cut -c1-300
+      timeout 150 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu_tables.json" --radial-tables 2>&1 \
+          | tail -n 3 ;;
     s16d) # session 16: the graphed call's parts (Verlet list / eager list, [N, D, H] / [N, H, D] projections) at V1.5
           # 10k TF32 and fp32, then the graphed V1.5 table at 10k / 20k (fp32 / TF32 / bf16), radial tables (~5 min)
       E2F_RADIAL_TABLES=1 timeout 130 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_breakdown_tf32.json" \

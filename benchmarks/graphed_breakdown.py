@@ -10,7 +10,9 @@ before each replay, ``neighbors="host"``, as before session 16) and "rms_res" (`
 gradients summed in the norms' backward kernel, the default since session 17), "rms_res_nopre" (rms_res without the
 Verlet list's pre-replay move check: ``_moved_too_far`` patched to False, valid here since the atoms do not move),
 "qkv" (rms_res with ``E2F_QKV_FUSED=1``, the fused query / key / value projections, the default since session 17;
-every other variant runs with ``E2F_QKV_FUSED=0``) and "qkv_nopre" (qkv without the pre-replay move check), run alternately, ``--rounds`` times each, in one
+every other variant runs with ``E2F_QKV_FUSED=0``), "qkv_nopre" (qkv without the pre-replay move check) and "add"
+(qkv with ``E2F_RMS_ADD=1``, the residual sums inside the norm kernels, the default since session 17; every other
+variant runs with ``E2F_RMS_ADD=0``), run alternately, ``--rounds`` times each, in one
 process.  Each variant's energy and forces are compared with the first's (float32: the same up to the float
 atomics' order; TF32 amplifies that order to ~1e-3 in the forces).
 
@@ -45,8 +47,9 @@ def median_ms(call, repeats):
 
 def _variant_env(variant: str) -> None:
     """The environment switches of a variant (read at capture and on eager calls)."""
-    os.environ["E2F_RMS_RESIDUAL"] = "1" if variant.startswith(("rms_res", "qkv")) else "0"
-    os.environ["E2F_QKV_FUSED"] = "1" if variant.startswith("qkv") else "0"
+    os.environ["E2F_RMS_RESIDUAL"] = "1" if variant.startswith(("rms_res", "qkv", "add")) else "0"
+    os.environ["E2F_QKV_FUSED"] = "1" if variant.startswith(("qkv", "add")) else "0"
+    os.environ["E2F_RMS_ADD"] = "1" if variant.startswith("add") else "0"
 
 
 def _without_replay(G, pt, ct, ch):
@@ -59,6 +62,31 @@ def _without_replay(G, pt, ct, ch):
         finally:
             G._graph = graph
     return call
+
+
+def _trace(fn):
+    """[(name, start µs, duration µs)] of one ``fn()`` + synchronize under torch.profiler: the host's CUDA runtime
+    calls of 10 µs or more, and the first and last GPU kernel, from the first event's start."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    evs = [e for e in prof.events() if e.time_range.elapsed_us() >= 0]
+    t0 = min(e.time_range.start for e in evs)
+    gpu = [e for e in evs if e.device_type == torch.autograd.DeviceType.CUDA]
+    host = [e for e in evs if e.device_type != torch.autograd.DeviceType.CUDA and e.name.startswith("cuda")
+            and e.time_range.elapsed_us() >= 10]
+    out = [(e.name[:40], round(e.time_range.start - t0, 1), round(e.time_range.elapsed_us(), 1)) for e in host]
+    if gpu:
+        first = min(gpu, key=lambda e: e.time_range.start)
+        last = max(gpu, key=lambda e: e.time_range.end)
+        out += [("GPU first kernel " + first.name[:30], round(first.time_range.start - t0, 1), 0),
+                ("GPU last kernel end", round(last.time_range.end - t0, 1), 0), ("GPU kernels", len(gpu), 0)]
+    return sorted(out, key=lambda r: r[1] if isinstance(r[1], float) else 1e18)
 
 
 def _replay_gpu_ms(G, call, repeats):
@@ -105,6 +133,10 @@ def main():
     ap.add_argument("--precision", default="tf32")
     ap.add_argument("--variants", default="dh,hd_proj,host_nl")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--trace", action="store_true",
+                    help="also a torch.profiler trace of one call and one bare replay of the last variant: the host's "
+                         "runtime calls and the GPU's first / last kernel, in µs from the call's start (session 17: "
+                         "where the call's ~0.6 ms beyond the replay's GPU time goes)")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--system", default="fcc", choices=["fcc", "water"],
                     help="FCC carbon (non-periodic; a lattice: many equal distances, whose order within a centre's "
@@ -165,6 +197,10 @@ def main():
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 Path(args.out).write_text(json.dumps(rows, indent=1))
+        if args.trace:
+            for what, fn in (("call", lambda: G(pt, ct, ch)), ("replay", G._graph.replay)):
+                rows.append({"n_atoms": n, "trace": what, "events": _trace(fn)})
+                print(json.dumps(rows[-1]), flush=True)
         e = {}
         for variant, G in graphs.items():          # the code paths give the same energy and forces
             E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout

@@ -15,7 +15,12 @@ two node-level kernels); ``E2F_RMSNORM_KERNEL=0`` opts out.
 ``passthrough`` (session 16; on by default since session 17, ``E2F_RMS_RESIDUAL=0`` opts out): the norm also hands
 back its input, as an output of its own, for the block's residual sum.  Autograd then gives the norm's backward both
 gradients of x, the residual's and the norm's own, and the kernel writes their sum: without it autograd adds them in
-a separate pass over [N, 9, C] (read both, write one), twice per block.  H200, V1.5 graphed, alternated in one
+a separate pass over [N, 9, C] (read both, write one), twice per block.
+
+``addend`` (session 17, with ``passthrough``; ``E2F_RMS_ADD``, on by default): the norm of x + a, the sum computed by
+the forward kernel and handed back first (written once, for the residual stream), so the residual sum before a norm
+is not a pass of its own (an add reads x and a and writes the sum, which the norm then reads again: one read of the
+sum saved per norm, eight per V1.5 step).  The backward's dx is the gradient of both x and a.  H200, V1.5 graphed, alternated in one
 process (``benchmarks/results/graphed_rms_res_*_s17_h200.json``): 20k TF32 70.6 -> 69.9 ms per replay, 10k 36.3 ->
 36.0 ms; the same energy and forces to 1.0e-6 in float32.
 """
@@ -39,6 +44,12 @@ def residual_passthrough_enabled() -> bool:
     stream through the norms' ``passthrough`` where the norm kernel runs (the residual gradient summed in the norm's
     backward kernel); "0" keeps autograd's own sum."""
     return env_switch("E2F_RMS_RESIDUAL", default="1")
+
+
+def residual_add_enabled() -> bool:
+    """``E2F_RMS_ADD``: "1" (the default) lets the blocks hand the residual sum before a norm to the norm kernel
+    (``rms_norm(addend=...)``, with the passthrough); "0" keeps the separate add."""
+    return env_switch("E2F_RMS_ADD", default="1")
 
 
 def rmsnorm_kernel_enabled() -> bool:
@@ -71,8 +82,10 @@ def _centred(X, n64, r, c, m2, p0, C: tl.constexpr):
 
 
 @triton.jit
-def _rms_fwd_kernel(X, W, B, E, Y0, Y1, Y2, SC, N, nprog, s0, s1, s2, eps, C: tl.constexpr, CP: tl.constexpr,
-                    HAS_E: tl.constexpr, OUT_BF16: tl.constexpr):
+def _rms_fwd_kernel(X, W, B, E, Y0, Y1, Y2, SC, N, nprog, s0, s1, s2, eps, A, XS, C: tl.constexpr, CP: tl.constexpr,
+                    HAS_E: tl.constexpr, OUT_BF16: tl.constexpr, HAS_ADD: tl.constexpr = False):
+    # HAS_ADD: the input is X + A (A [N, 9, C] float32 or bf16, converted exactly, as torch's sum promotes it), the
+    # sum written to XS [N, 9, C] float32
     r, c, m2, deg, alpha, p0, p1, p2 = _rows(C, CP)
     w = tl.load(W + deg[:, None] * C + c[None, :], mask=m2, other=0.0)
     b = tl.load(B + c, mask=c < C, other=0.0)
@@ -82,7 +95,14 @@ def _rms_fwd_kernel(X, W, B, E, Y0, Y1, Y2, SC, N, nprog, s0, s1, s2, eps, C: tl
     while n < N:                     # persistent loop over atoms (a while loop: the interpreter cannot iterate
         n64 = n.to(tl.int64)         # range() over runtime scalars)
         n += nprog
-        xc = _centred(X, n64, r, c, m2, p0, C)
+        if HAS_ADD:
+            off = n64 * (9 * C) + r[:, None] * C + c[None, :]
+            xs = tl.load(X + off, mask=m2, other=0.0) + tl.load(A + off, mask=m2, other=0.0).to(tl.float32)
+            tl.store(XS + off, xs, mask=m2)
+            mean0 = tl.sum(tl.sum(tl.where(p0, xs, 0.0), axis=1), axis=0) / C
+            xc = tl.where(p0, xs - mean0, xs)
+        else:
+            xc = _centred(X, n64, r, c, m2, p0, C)
         nu = tl.sum(tl.sum(xc * xc, axis=1) * alpha, axis=0) / C
         s = 1.0 / tl.sqrt(nu + eps)
         # float32, or bf16 for a bf16 GEMM (rounded as torch's cast rounds)
@@ -133,16 +153,18 @@ def _rms_bwd_kernel(X, W, SC, DY0, DY1, DY2, t0, t1, t2, DX, PART, RES, N, nprog
         tl.store(base + 3 * C + c, accb, mask=cm)
 
 
-def _launch_fwd(x, weight, bias, extra, eps, outs, strides):
+def _launch_fwd(x, weight, bias, extra, eps, outs, strides, addend=None, xsum=None):
     N, C = x.shape[0], x.shape[2]
     sc = torch.empty(N, device=x.device, dtype=torch.float32)
     if N:
         nprog = _grid(N, x.device, 4)
         e = extra if extra is not None else bias
         with launch_device(x.device):
-            _rms_fwd_kernel[(nprog,)](x, weight, bias, e, *outs, sc, N, nprog, *strides, float(eps), C=C,
+            _rms_fwd_kernel[(nprog,)](x, weight, bias, e, *outs, sc, N, nprog, *strides, float(eps),
+                                      x if addend is None else addend, x if xsum is None else xsum, C=C,
                                       CP=triton.next_power_of_2(C), HAS_E=extra is not None,
-                                      OUT_BF16=outs[0].dtype == torch.bfloat16, num_warps=4)
+                                      OUT_BF16=outs[0].dtype == torch.bfloat16, HAS_ADD=addend is not None,
+                                      num_warps=4)
     return sc
 
 
@@ -162,10 +184,11 @@ def _launch_bwd(x, weight, sc, dys, strides, need_dwb: bool, res=None):
 
 class _RMSNorm(torch.autograd.Function):
     """x [N, 9, C] -> y [N, 9, C] (``parts`` False) or (y0, y1, y2) (``parts`` True); with ``passthrough`` x itself
-    first (as this Function's output, so that its gradient comes to this backward)."""
+    first (as this Function's output, so that its gradient comes to this backward); with ``addend`` a the norm of
+    x + a, and the sum first (written by the kernel)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, extra, eps, parts, out_dtype, passthrough=False):
+    def forward(ctx, x, weight, bias, extra, eps, parts, out_dtype, passthrough=False, addend=None):
         xc = x.contiguous()
         w, b = weight.detach().contiguous(), bias.detach().contiguous()
         e = None if extra is None else extra.detach().reshape(-1).contiguous()
@@ -178,10 +201,22 @@ class _RMSNorm(torch.autograd.Function):
             y = torch.empty_like(xc, dtype=out_dtype)
             views = [y[:, 0:1], y[:, 1:4], y[:, 4:9]]              # one tensor; each part a view into it
             strides = (9 * C, 9 * C, 9 * C)
-        sc = _launch_fwd(xc, w, b, e, eps, views, strides)
-        ctx.save_for_backward(x, weight, bias, extra, sc)
+        xsum = None
+        if addend is not None:
+            xsum = torch.empty_like(xc)
+            sc = _launch_fwd(xc, w, b, e, eps, views, strides, addend.contiguous(), xsum)
+            # the sum (an output) is what the backward normalises again; in a double backward its grad_fn is this
+            # node, through which the second-order terms reach x and the addend (the sum's derivative is 1 in each)
+            ctx.save_for_backward(xsum, weight, bias, extra, sc)
+            ctx.add_dtype = addend.dtype
+        else:
+            sc = _launch_fwd(xc, w, b, e, eps, views, strides)
+            ctx.save_for_backward(x, weight, bias, extra, sc)
+            ctx.add_dtype = None
         ctx.eps, ctx.parts, ctx.passthrough = eps, parts, passthrough
         res = tuple(outs) if parts else (y,)
+        if xsum is not None:
+            return (xsum,) + res
         if passthrough:      # (an input returned as an output: autograd makes it a view with this Function's grad_fn)
             return (x,) + res
         return res if parts else y
@@ -195,17 +230,33 @@ class _RMSNorm(torch.autograd.Function):
             g_res, dys = dys[0], dys[1:]
         if torch.is_grad_enabled():       # double backward (a force loss): autograd through the reference
             with torch.enable_grad():
-                ins = [t if t.requires_grad else t.detach().requires_grad_(True) for t in (x, weight, bias)]
-                ex = None if extra is None else (extra if extra.requires_grad else extra.detach().requires_grad_(True))
-                y = rms_norm_reference(ins[0], ins[1], ins[2], ctx.eps, ex)
-                dy = (torch.cat(dys, dim=1) if ctx.parts else dys[0]).to(y.dtype)
-                targets = ins + ([ex] if ex is not None else [])
-                grads = torch.autograd.grad(y, targets, dy, create_graph=True)
-            out = [g if need else None for g, need in zip(grads[:3], nig[:3])]
-            if out[0] is not None and g_res is not None:
-                out[0] = out[0] + g_res
+                dy = torch.cat(dys, dim=1) if ctx.parts else dys[0]
+                if ctx.add_dtype is not None:
+                    # x is the sum, an output of this node: autograd.grad with it as an input would re-enter this
+                    # node while it runs (it hangs); torch.func.vjp gives the same differentiable products without
+                    # the engine, and the second-order terms then reach x and the addend through this node again
+                    from torch.func import vjp
+
+                    eps, ex0 = ctx.eps, extra
+                    _y, pull = vjp(lambda xx, ww, bb: rms_norm_reference(xx, ww, bb, eps, ex0), x, weight, bias)
+                    grads = list(pull(dy.to(_y.dtype)))
+                    if extra is not None and nig[3]:
+                        _y, pull_e = vjp(lambda ee: rms_norm_reference(x, weight, bias, eps, ee), extra)
+                        grads.append(pull_e(dy.to(_y.dtype))[0])
+                    else:
+                        grads.append(None)
+                else:
+                    ins = [t if t.requires_grad else t.detach().requires_grad_(True) for t in (x, weight, bias)]
+                    ex = None if extra is None else (extra if extra.requires_grad
+                                                     else extra.detach().requires_grad_(True))
+                    y = rms_norm_reference(ins[0], ins[1], ins[2], ctx.eps, ex)
+                    targets = ins + ([ex] if ex is not None else [])
+                    grads = list(torch.autograd.grad(y, targets, dy.to(y.dtype), create_graph=True))
+            gx = grads[0] if g_res is None else grads[0] + g_res
+            out = [gx if nig[0] else None] + [g if need else None for g, need in zip(grads[1:3], nig[1:3])]
             out.append(grads[3] if extra is not None and nig[3] else None)
-            return (*out, None, None, None, None)
+            da = gx.to(ctx.add_dtype) if ctx.add_dtype is not None and nig[8] else None
+            return (*out, None, None, None, None, da)
         xc = x.contiguous()
         C = xc.shape[2]
         if ctx.parts:
@@ -221,13 +272,14 @@ class _RMSNorm(torch.autograd.Function):
         de = None
         if extra is not None and nig[3]:
             de = db.reshape(extra.shape).to(extra.dtype)
+        da = dx.to(ctx.add_dtype) if ctx.add_dtype is not None and nig[8] else None
         return (dx if nig[0] else None, dw.to(weight.dtype) if nig[1] else None,
-                db.to(bias.dtype) if nig[2] else None, de, None, None, None, None)
+                db.to(bias.dtype) if nig[2] else None, de, None, None, None, None, da)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
              extra: Optional[torch.Tensor] = None, parts: bool = False, out_dtype: torch.dtype = torch.float32,
-             passthrough: bool = False):
+             passthrough: bool = False, addend: Optional[torch.Tensor] = None):
     """The equivariant RMS norm of x [N, 9, C] (float32) by the kernels (see ``rmsnorm_reference``); ``extra`` [C]
     (any shape of C elements) is added to the l = 0 row.  Returns y [N, 9, C], or with ``parts`` the contiguous
     degree parts (y0 [N, 1, C], y1 [N, 3, C], y2 [N, 5, C]).  Differentiable in x, weight, bias and extra.
@@ -235,7 +287,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: flo
     rounded as the autocast cast would: the GEMMs' inputs and the gradients are bit-identical, and the cast's
     pass is saved both ways; the backward reads the bf16 gradients directly).  ``passthrough``: x itself (a view of
     it) first, then the above; use it instead of x for the residual sum, whose gradient the backward kernel then
-    adds into dx (see the module docstring)."""
+    adds into dx (see the module docstring).  ``addend`` (with ``passthrough``): a [N, 9, C] (float32 or bf16)
+    added to x first, by the kernel: the norm of x + a, and the sum (float32, as torch's x + a) first instead of x;
+    its gradient is the gradient of both."""
     if out_dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"rms_norm: out_dtype must be float32 or bfloat16, got {out_dtype}")
     if x.dim() != 3 or x.shape[1] != 9 or tuple(weight.shape) != (3, x.shape[2]) or bias.numel() != x.shape[2]:
@@ -245,4 +299,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: flo
         raise ValueError(f"rms_norm: extra must have C = {x.shape[2]} elements, got shape {tuple(extra.shape)}")
     if x.dtype != torch.float32:
         raise ValueError(f"rms_norm: the kernels take float32 features, got {x.dtype}")
-    return _RMSNorm.apply(x, weight, bias, extra, float(eps), bool(parts), out_dtype, bool(passthrough))
+    if addend is not None:
+        if not passthrough:
+            raise ValueError("rms_norm: addend needs passthrough=True (the sum is the residual stream)")
+        if addend.shape != x.shape or addend.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"rms_norm: addend must be float32 or bf16 of x's shape {tuple(x.shape)}, got "
+                             f"{addend.dtype} {tuple(addend.shape)}")
+        return _RMSNorm.apply(x, weight, bias, extra, float(eps), bool(parts), out_dtype, True, addend)
+    return _RMSNorm.apply(x, weight, bias, extra, float(eps), bool(parts), out_dtype, bool(passthrough), None)

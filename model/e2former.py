@@ -32,7 +32,7 @@ import torch.utils.checkpoint
 
 from .config import E2FormerConfig
 from .layers import (EquivariantRMSNorm, GatedFFN, RadialMLP, SO3Linear, SO3ToScalar, autocast_dtype,
-                     degree_linear, envelope, gaussian_rbf, gemm_input_parts)
+                     _autocast_lower, degree_linear, envelope, gaussian_rbf, gemm_input_parts, qkv_project)
 from .neighbors import neighbor_list
 from .validation import OVERLAP_DISTANCE
 from .so3 import PATH_NORM, first_order_cg, spherical_harmonics, tp_first_order_so2
@@ -497,11 +497,47 @@ class Attention(nn.Module):
         stored as [N, D, H] where the v2 kernels read that layout (``SO3ToScalar.from_parts_dh``, ``qk_layout``)."""
         xs = list(torch.split(x, [1, 3, 5], dim=1)) if isinstance(x, torch.Tensor) else list(x)
         N, H = xs[0].shape[0], self.H
+        if not torch.jit.is_scripting():
+            if self._qkv_fused_usable(xs):
+                return self._qkv_fused(xs)
         xq, xk, xv = gemm_input_parts(xs, 3)
         if _v2_qk_layout():
             return self.query.from_parts_dh(xq, H), self.key.from_parts_dh(xk, H), self.value.cat_parts(xv)
         return (self.query.from_parts(xq).view(N, H, self.D), self.key.from_parts(xk).view(N, H, self.D),
                 self.value.cat_parts(xv))
+
+    @torch.jit.unused
+    def _qkv_fused_usable(self, xs: List[torch.Tensor]) -> bool:
+        """Whether ``qkv`` runs as ``_qkv_fused`` (``E2F_QKV_FUSED``, on by default on CUDA since session 17; on the
+        CPU only under the Triton interpreter with "1"): float32 parts outside autocast (bf16 keeps its shared casts,
+        ``gemm_input_parts``), frozen projection weights, the pairdot kernel and ``degree_linear`` on, the v2
+        kernels' [N, D, H] queries and keys, no recomputed query / key projections, not under torch.compile."""
+        from ..kernels._node_switch import env_switch, node_kernel_usable
+
+        x0 = xs[0]
+        if x0.dtype != torch.float32 or _autocast_lower(x0) is not None or not _v2_qk_layout():
+            return False
+        q, k = self.query, self.key
+        if q.recompute or q.auto_recompute or k.recompute or k.auto_recompute:
+            return False
+        if any(p.requires_grad for p in (*q.parameters(), *k.parameters(), *self.value.parameters())):
+            return False
+        return (node_kernel_usable(x0, "E2F_QKV_FUSED") and node_kernel_usable(x0, "E2F_PAIRDOT_KERNEL")
+                and env_switch("E2F_DEGREE_LINEAR", default="1" if x0.is_cuda else "0"))
+
+    @torch.jit.unused
+    def _qkv_fused(self, xs: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``qkv`` with the query's and key's first projections as one GEMM per degree (their weights side by side)
+        and the value's beside them in one autograd node (``layers.qkv_project``), the invariants of both by one
+        ``pairdot_groups``: each degree part has one consumer, whose backward sums the three gradients inside its
+        GEMMs instead of two extra passes over the part per block (~1.3 % of the V1.5 10k TF32 step on an H200)."""
+        from ..kernels.pairdot_triton import pairdot_groups
+
+        q, k = self.query, self.key
+        wp = [torch.cat([q.weight[i], q.weight2[i], k.weight[i], k.weight2[i]], dim=0) for i in range(3)]
+        p0, p1, p2, v = qkv_project(xs, wp, self.value.weight, self.value.bias)
+        s_q, s_k = pairdot_groups(p0, p1, p2, (q.bias, k.bias))
+        return q.head_dh(s_q, self.H), k.head_dh(s_k, self.H), v
 
     @torch.jit.unused
     def _kernel_table(self, z_t: torch.Tensor, z_s: torch.Tensor):
@@ -616,6 +652,18 @@ class Block(nn.Module):
         return (system.numel() == x.shape[2] and self.attn.use_fused(x)
                 and self.norm_attn.passthrough_usable(x))
 
+    @torch.jit.unused
+    def forward_pending(self, x: torch.Tensor, pending: Optional[torch.Tensor], system: torch.Tensor,
+                        z: torch.Tensor, g: Graph) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` with the residual sums left to the norms (``E2F_RMS_ADD``): the block's input is x + pending
+        (pending None: x), summed by the attention norm's kernel, and the attention's output is summed with it by the
+        FFN norm's kernel; returns (that sum, the FFN's output), whose sum is the block's output, for the next
+        block's attention norm (or the caller) to add.  The caller checks ``E2FormerV2._pending_usable``."""
+        xp, parts = self.norm_attn.parts_passthrough(x, system, addend=pending)
+        y = self.attn.node_part(self.attn.fused_U_graph(*self.attn.qkv(parts), z, g), x.dtype)
+        xs, parts = self.norm_ffn.parts_passthrough(xp, None, True, addend=y)
+        return xs, self.ffn.parts(parts)
+
     def attn_input(self, x: torch.Tensor, system: torch.Tensor) -> torch.Tensor:
         """Pre-norm, system embedding added to the l=0 row (per atom)."""
         if not torch.jit.is_scripting():
@@ -643,12 +691,17 @@ class Block(nn.Module):
     def node_part(self, x: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         """The rest of the block given its input ``x`` and the attention's U, atom by atom (any subset of
         atoms gives those atoms' rows): attention output, residual, FFN, residual."""
-        x = x + self.attn.node_part(U, x.dtype)
         if not torch.jit.is_scripting():
+            y = self.attn.node_part(U, x.dtype)
+            if self.norm_ffn.addend_usable(x, y):            # the residual sum by the norm's kernel (E2F_RMS_ADD)
+                xs, parts = self.norm_ffn.parts_passthrough(x, None, True, addend=y)
+                return xs + self.ffn.parts(parts)
+            x = x + y
             if self.norm_ffn.passthrough_usable(x):          # (see forward)
                 xp, parts = self.norm_ffn.parts_passthrough(x, None, True)
                 return xp + self.ffn.parts(parts)
             return x + self.ffn.parts(self.norm_ffn.parts_for_gemm(x))
+        x = x + self.attn.node_part(U, x.dtype)                # (TorchScript)
         return x + self.ffn.parts(self.norm_ffn.parts(x))
 
     def __getstate__(self):
@@ -1026,9 +1079,25 @@ class E2FormerV2(nn.Module):
             use_compiled = self.compile_node_parts and (checkpoint or self.compile_in_graphs)
             if self.bf16 or use_compiled or mode != "none":
                 return self.norm_final(self._blocks_python(x, system, z, g, checkpoint, mode))
+            if self._pending_usable(x, system):
+                # the residual sums by the norm kernels (E2F_RMS_ADD): each block hands its FFN output to the next
+                pending: Optional[torch.Tensor] = None
+                for block in self.blocks:
+                    x, pending = block.forward_pending(x, pending, system, z, g)
+                return self.norm_final(x if pending is None else x + pending)
         for block in self.blocks:
             x = block(x, system, z, g)
         return self.norm_final(x)
+
+    @torch.jit.unused
+    def _pending_usable(self, x: torch.Tensor, system: torch.Tensor) -> bool:
+        """Whether the plain block loop may run as ``Block.forward_pending`` (the residual sums inside the norm
+        kernels): every block on the fused route with the passthrough norms, and ``E2F_RMS_ADD`` on.  The FFN's and
+        attention's outputs are float32 here (no autocast on this path)."""
+        if not len(self.blocks) or x.dtype != torch.float32:
+            return False
+        return all(b._attn_passthrough(x, system) and b.norm_ffn.addend_usable(x, x) and b.norm_attn.addend_usable(x, x)
+                   for b in self.blocks)
 
     @torch.jit.unused
     def _checkpoint_mode(self, x: torch.Tensor) -> str:

@@ -102,6 +102,12 @@ class SO3ToScalar(nn.Module):
             s = self._scalars_recomputed(xs)
         else:
             s = self.scalars_parts(xs)
+        return self.head_dh(s, heads)
+
+    @torch.jit.unused
+    def head_dh(self, s: torch.Tensor, heads: int) -> torch.Tensor:
+        """The MLP after the invariants ``s`` [N, 3h] (``scalars_parts``), as ``from_parts_dh`` returns it: a strided
+        [N, heads, D] view of a contiguous [N, D, heads] tensor."""
         w, b = self._lin2_dh(heads)
         out = F.linear(F.silu(self.norm(self.lin1(s))), w, b)
         N, D = out.shape[0], out.shape[1] // heads
@@ -257,9 +263,13 @@ class EquivariantRMSNorm(nn.Module):
 
     @torch.jit.unused
     def _kernel(self, x: torch.Tensor, extra: Optional[torch.Tensor], parts: bool,
-                out_dtype: torch.dtype = torch.float32, passthrough: bool = False):
+                out_dtype: torch.dtype = torch.float32, passthrough: bool = False,
+                addend: Optional[torch.Tensor] = None):
         from ..kernels.rmsnorm_triton import rms_norm
 
+        if addend is not None:
+            return rms_norm(x, self.weight, self.bias, self.eps, extra, parts, out_dtype, passthrough=True,
+                            addend=addend)
         if passthrough:
             return rms_norm(x, self.weight, self.bias, self.eps, extra, parts, out_dtype, passthrough=True)
         return rms_norm(x, self.weight, self.bias, self.eps, extra, parts, out_dtype)
@@ -274,13 +284,28 @@ class EquivariantRMSNorm(nn.Module):
         return residual_passthrough_enabled()
 
     @torch.jit.unused
+    def addend_usable(self, x: torch.Tensor, a: Optional[torch.Tensor]) -> bool:
+        """Whether ``parts_passthrough(x, ..., addend=a)`` may run: ``passthrough_usable(x)``, ``E2F_RMS_ADD`` on
+        (the default) and ``a`` float32 or bf16 of x's shape."""
+        if a is None or a.shape != x.shape or a.dtype not in (torch.float32, torch.bfloat16):
+            return False
+        if not self.passthrough_usable(x):
+            return False
+        from ..kernels.rmsnorm_triton import residual_add_enabled
+
+        return residual_add_enabled()
+
+    @torch.jit.unused
     def parts_passthrough(self, x: torch.Tensor, extra: Optional[torch.Tensor] = None,
-                          for_gemm: bool = False) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+                          for_gemm: bool = False,
+                          addend: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """(x as the norm kernel's passthrough output, the normalised degree parts, ``extra`` added to l = 0): the
         caller sums its residual with the first instead of x, so the residual's gradient reaches the norm's
         backward kernel, which writes dx as the sum of both (``rms_norm(passthrough=True)``; ``passthrough_usable``
-        first).  ``for_gemm``: the parts as ``parts_for_gemm`` writes them (bf16 under bf16 autocast)."""
-        out = self._kernel(x, extra, True, autocast_dtype(x) if for_gemm else torch.float32, True)
+        first).  ``for_gemm``: the parts as ``parts_for_gemm`` writes them (bf16 under bf16 autocast).  ``addend``
+        (``addend_usable`` first): the norm of x + addend, the sum written by the kernel and returned first instead
+        of x."""
+        out = self._kernel(x, extra, True, autocast_dtype(x) if for_gemm else torch.float32, True, addend)
         return out[0], list(out[1:])
 
     @torch.jit.unused
@@ -359,16 +384,8 @@ class _DegreeLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x0, x1, x2, w0, w1, w2, bias):
-        N, Co = x0.shape[0], w0.shape[0]
-        y = torch.empty((N, 9, Co), device=x0.device, dtype=x0.dtype)
-        if bias is None:
-            torch.mm(x0, w0.t(), out=y[:, 0])
-        else:
-            torch.addmm(bias, x0, w0.t(), out=y[:, 0])
-        torch.bmm(x1.transpose(0, 1), w1.t().expand(3, -1, -1), out=y[:, 1:4].transpose(0, 1))
-        torch.bmm(x2.transpose(0, 1), w2.t().expand(5, -1, -1), out=y[:, 4:9].transpose(0, 1))
         ctx.save_for_backward(w0, w1, w2)
-        return y
+        return _degree_linear_forward(x0, x1, x2, w0, w1, w2, bias)
 
     @staticmethod
     def backward(ctx, dy):
@@ -377,18 +394,90 @@ class _DegreeLinear(torch.autograd.Function):
         if torch.is_grad_enabled():          # double backward: differentiable ops
             return (dy[:, 0] @ w0 if nig[0] else None, dy[:, 1:4] @ w1 if nig[1] else None,
                     dy[:, 4:9] @ w2 if nig[2] else None, None, None, None, None)
-        dy = dy.to(w0.dtype)
-        N = dy.shape[0]
-        d0 = d1 = d2 = None
-        if nig[0]:
-            d0 = torch.mm(dy[:, 0], w0)
-        if nig[1]:
-            d1 = torch.empty((N, 3, w1.shape[1]), device=dy.device, dtype=dy.dtype)
-            torch.bmm(dy[:, 1:4].transpose(0, 1), w1.expand(3, -1, -1), out=d1.transpose(0, 1))
-        if nig[2]:
-            d2 = torch.empty((N, 5, w2.shape[1]), device=dy.device, dtype=dy.dtype)
-            torch.bmm(dy[:, 4:9].transpose(0, 1), w2.expand(5, -1, -1), out=d2.transpose(0, 1))
-        return d0, d1, d2, None, None, None, None
+        return (*_degree_linear_backward(dy.to(w0.dtype), w0, w1, w2, nig[:3]), None, None, None, None)
+
+
+def _degree_linear_forward(x0, x1, x2, w0, w1, w2, bias) -> torch.Tensor:
+    """``_DegreeLinear``'s forward: y [N, 9, Co], each degree's GEMMs writing its rows in place."""
+    N, Co = x0.shape[0], w0.shape[0]
+    y = torch.empty((N, 9, Co), device=x0.device, dtype=x0.dtype)
+    if bias is None:
+        torch.mm(x0, w0.t(), out=y[:, 0])
+    else:
+        torch.addmm(bias, x0, w0.t(), out=y[:, 0])
+    torch.bmm(x1.transpose(0, 1), w1.t().expand(3, -1, -1), out=y[:, 1:4].transpose(0, 1))
+    torch.bmm(x2.transpose(0, 1), w2.t().expand(5, -1, -1), out=y[:, 4:9].transpose(0, 1))
+    return y
+
+
+def _degree_linear_backward(dy, w0, w1, w2, need=(True, True, True)) -> List[Optional[torch.Tensor]]:
+    """``_DegreeLinear``'s first-order backward: [dx0 [N, A], dx1 [N, 3, B], dx2 [N, 5, D]] (None where not
+    ``need``), read from dy's strided degree rows in place."""
+    N = dy.shape[0]
+    d0 = d1 = d2 = None
+    if need[0]:
+        d0 = torch.mm(dy[:, 0], w0)
+    if need[1]:
+        d1 = torch.empty((N, 3, w1.shape[1]), device=dy.device, dtype=dy.dtype)
+        torch.bmm(dy[:, 1:4].transpose(0, 1), w1.expand(3, -1, -1), out=d1.transpose(0, 1))
+    if need[2]:
+        d2 = torch.empty((N, 5, w2.shape[1]), device=dy.device, dtype=dy.dtype)
+        torch.bmm(dy[:, 4:9].transpose(0, 1), w2.expand(5, -1, -1), out=d2.transpose(0, 1))
+    return [d0, d1, d2]
+
+
+class _QKVProject(torch.autograd.Function):
+    """The attention's three projections of one input, as one consumer of its degree parts: (x0 [N, C], x1 [N, 3,
+    C], x2 [N, 5, C]; wp0, wp1, wp2 [P, C]: the query's and key's first per-degree projections side by side;
+    wv0, wv1, wv2 [Cv, C], bias_v [Cv]: the value's ``SO3Linear``) -> (p0 [N, P], p1 [N, 3, P], p2 [N, 5, P], v [N,
+    9, Cv]).  Backward: dx_l = dv_l wv_l (the value's GEMMs, as ``_DegreeLinear``) and then += dp_l wp_l as a GEMM
+    accumulating into it (beta = 1).  Three consumers of each part (query, key, value) cost autograd two extra passes
+    over each part's gradient (read two, write one); here the sum costs one read of dx inside the GEMM.  float32,
+    frozen weights (inference: energies and forces); a double backward goes through differentiable ops."""
+
+    @staticmethod
+    def forward(ctx, x0, x1, x2, wp0, wp1, wp2, wv0, wv1, wv2, bias_v):
+        N = x0.shape[0]
+        p0 = torch.mm(x0, wp0.t())
+        p1 = torch.mm(x1.reshape(N * 3, -1), wp1.t()).view(N, 3, -1)
+        p2 = torch.mm(x2.reshape(N * 5, -1), wp2.t()).view(N, 5, -1)
+        v = _degree_linear_forward(x0, x1, x2, wv0, wv1, wv2, bias_v)
+        ctx.save_for_backward(wp0, wp1, wp2, wv0, wv1, wv2)
+        return p0, p1, p2, v
+
+    @staticmethod
+    def backward(ctx, dp0, dp1, dp2, dv):
+        wp0, wp1, wp2, wv0, wv1, wv2 = ctx.saved_tensors
+        dps, wps, wvs = (dp0, dp1, dp2), (wp0, wp1, wp2), (wv0, wv1, wv2)
+        if torch.is_grad_enabled():          # double backward: differentiable ops
+            dvs = (None, None, None) if dv is None else (dv[:, 0], dv[:, 1:4], dv[:, 4:9])
+            out = []
+            for dp, wp, dvl, wv in zip(dps, wps, dvs, wvs):
+                terms = [t @ w for t, w in ((dp, wp), (dvl, wv)) if t is not None]
+                out.append(sum(terms[1:], terms[0]) if terms else None)
+            return (*out, None, None, None, None, None, None, None)
+        dx = (_degree_linear_backward(dv.to(wv0.dtype), wv0, wv1, wv2) if dv is not None
+              else [None, None, None])
+        for i, (dp, wp) in enumerate(zip(dps, wps)):
+            if dp is None:
+                continue
+            dp2d = dp.to(wp.dtype).reshape(-1, wp.shape[0])
+            if dx[i] is None:
+                dx[i] = torch.mm(dp2d, wp).view(*dp.shape[:-1], wp.shape[1])
+            else:
+                dx[i].view(-1, wp.shape[1]).addmm_(dp2d, wp)
+        return (*dx, None, None, None, None, None, None, None)
+
+
+def qkv_project(xs: List[torch.Tensor], wp: List[torch.Tensor], wv: torch.Tensor,
+                bias_v: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(p0 [N, P], p1 [N, 3, P], p2 [N, 5, P], v [N, 9, Cv]) of the degree parts ``xs`` ([N, 1, C], [N, 3, C], [N, 5,
+    C]): p_l = x_l wp_l^T, v = the ``SO3Linear`` of weight ``wv`` [3, Cv, C] and bias ``bias_v``, by
+    ``_QKVProject`` (one autograd consumer of the parts; see there).  float32 tensors, frozen weights; the caller
+    checks (``Attention._qkv_fused_usable``)."""
+    N = xs[0].shape[0]
+    return _QKVProject.apply(xs[0].reshape(N, -1).contiguous(), xs[1].contiguous(), xs[2].contiguous(),
+                             wp[0], wp[1], wp[2], wv[0], wv[1], wv[2], bias_v)
 
 
 def degree_linear(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, w0: torch.Tensor, w1: torch.Tensor,

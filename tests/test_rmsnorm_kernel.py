@@ -247,6 +247,68 @@ def test_rmsnorm_passthrough_sums_the_residual_gradient_under_interpreter():
     run_under_triton_interpreter(_INTERP_PASSTHROUGH_SCRIPT, [KPKG], "the RMS norm passthrough")
 
 
+_INTERP_ADDEND_SCRIPT = _INTERP_HEAD + textwrap.dedent(r"""
+
+    for N, C, seed in ((4, 16, 0), (6, 24, 1)):
+        for parts in (False, True):
+            for with_extra in (False, True):
+                for add_dtype in (torch.float32, torch.bfloat16):
+                    g, ins, ref_in = make_inputs(N, C, seed, with_extra)
+                    extra = ins[3] if with_extra else None
+                    a64 = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
+                    a = a64.to(add_dtype).requires_grad_(True)
+                    ar = a.detach().double().requires_grad_(True)     # the addend as the kernel sees it
+                    out = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, extra, parts=parts, passthrough=True, addend=a)
+                    xs, ys = out[0], list(out[1:])
+                    # the sum first: float32, the bits of torch's x + a
+                    assert xs.dtype == torch.float32 and torch.equal(xs, ins[0] + a) and xs.grad_fn is not None
+                    xr = ref_in[0] + ar
+                    ex = ref_in[3] if with_extra else None
+                    yr = R.rms_norm_reference(xr, ref_in[1], ref_in[2], 1e-5, ex)
+                    worst = max(worst, rel(torch.cat(ys, dim=1), yr))
+                    # first order: the sum's own gradient (the residual stream's) plus the norm's, for x and a alike
+                    G = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
+                    dy = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
+                    dys = list(torch.split(dy.float(), [1, 3, 5], dim=1)) if parts else [dy.float()]
+                    targets = ins + [a]
+                    grads = torch.autograd.grad([xs] + ys, targets, [G.float()] + dys)
+                    rt = ref_in + [ar]
+                    rgrads = torch.autograd.grad([xr, yr], rt, [G, dy])
+                    for u, v in zip(grads, rgrads):
+                        assert u.shape == v.shape
+                        assert u.dtype == (add_dtype if u is grads[-1] else torch.float32)
+                        worst = max(worst, rel(u, v) if u.dtype == torch.float32 else 0.0)
+                        if u.dtype == torch.bfloat16:
+                            assert rel(u, v) < 1e-2
+                    # double backward (a force loss): the second-order terms reach x and a through the sum
+                    out2 = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, extra, parts=parts, passthrough=True, addend=a)
+                    gr = torch.autograd.grad(list(out2), targets, [G.float()] + dys, create_graph=True)
+                    W = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in targets]
+                    gg = torch.autograd.grad(sum((u * w.to(u.dtype)).float().sum() for u, w in zip(gr, W)), targets,
+                                             allow_unused=True)
+                    rr = torch.autograd.grad([xr, R.rms_norm_reference(xr, ref_in[1], ref_in[2], 1e-5, ex)], rt,
+                                             [G, dy], create_graph=True)
+                    rgg = torch.autograd.grad(sum((u * w.to(u.dtype).double()).sum() for u, w in zip(rr, W)), rt,
+                                              allow_unused=True)
+                    for u, v, t in zip(gg, rgg, targets):
+                        # (a target the second-order terms do not reach: None on one side, zeros on the other)
+                        u = torch.zeros_like(t) if u is None else u
+                        v = torch.zeros_like(t, dtype=torch.float64) if v is None else v
+                        if add_dtype == torch.float32:
+                            worst = max(worst, float((u.double() - v).abs().max()) if float(v.abs().max()) == 0
+                                        else rel(u, v))
+    print("WORST", worst)
+    assert worst < 5e-6, worst
+""")
+
+
+def test_rmsnorm_addend_sums_the_residual_under_interpreter():
+    """``rms_norm(passthrough=True, addend=a)``: the norm of x + a with the sum first (the bits of torch's x + a,
+    float32 for a float32 or bf16 addend), and one gradient for x and a (the sum's plus the norm's), first and second
+    order, against the reference of x + a."""
+    run_under_triton_interpreter(_INTERP_ADDEND_SCRIPT, [KPKG], "the RMS norm's residual addend")
+
+
 _INTERP_PASSTHROUGH_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
     from openmm_e2former.kernels import rmsnorm_triton
     from helpers import fused_route_on_reference
@@ -291,6 +353,80 @@ def test_model_with_the_residual_passthrough_under_interpreter():
                                  drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_RMSNORM_KERNEL", "E2F_RMS_RESIDUAL"))
 
 
+_INTERP_ADDEND_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
+    from openmm_e2former.kernels import rmsnorm_triton
+    from helpers import fused_route_on_reference
+    from torch.profiler import profile, ProfilerActivity
+    m, z, pos, cell, pbc = tiny_kernel_model(num_layers=2)
+    fused_route_on_reference(m)
+    os.environ["E2F_RMSNORM_KERNEL"] = "1"
+    calls = []
+    real = rmsnorm_triton.rms_norm
+    rmsnorm_triton.rms_norm = lambda *a, **k: calls.append(k.get("addend") is not None) or real(*a, **k)
+    L = len(m.blocks)
+    out = {}
+    for mode, ckpt in (("fp32", False), ("bf16", False), ("fp32", "block")):
+        m.set_precision(mode)
+        m.checkpoint_blocks = ckpt
+        for flag in ("0", "1"):
+            os.environ["E2F_RMS_ADD"] = flag
+            calls.clear()
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                out[(mode, ckpt), flag] = m.energy_and_forces(z, pos, cell, pbc)
+            sums = sum(1 for e in prof.events() if e.name == "aten::add" and e.input_shapes
+                       and e.input_shapes[0] == [len(z), 9, m.config.channels])
+            # the plain loop (float32, no checkpointing): every residual sum in a norm kernel but the last one, before
+            # the final norm; the Python loop (bf16, checkpointing): the FFN norm's (and again in the recomputation)
+            want = 0 if flag == "0" else {("fp32", False): 2 * L - 1, ("bf16", False): L, ("fp32", "block"): 2 * L}[
+                (mode, ckpt)]
+            assert calls.count(True) == want, (mode, ckpt, flag, calls)
+            if (mode, ckpt) == ("fp32", False):
+                assert sums == (2 * L if flag == "0" else 1), (flag, sums)
+    worst = 0.0
+    for key in (("fp32", False), ("bf16", False), ("fp32", "block")):
+        e0, f0 = out[key, "0"][1], out[key, "0"][2]
+        e1, f1 = out[key, "1"][1], out[key, "1"][2]
+        err = float((f1 - f0).abs().max() / f0.abs().max())
+        print(key, "energy", float(e0), float(e1), "forces", err)
+        assert abs(float(e1) - float(e0)) <= 1e-6 * abs(float(e0)), (key, e0, e1)
+        assert err < 1e-5, (key, err)
+        worst = max(worst, err)
+    # a force loss (training: weights that require grad, second order), the weights' gradients with the sums in the
+    # norm kernels against the separate adds
+    m.set_precision("fp32")
+    m.checkpoint_blocks = False
+    m.requires_grad_(True)
+    grads = {}
+    for flag in ("0", "1"):
+        os.environ["E2F_RMS_ADD"] = flag
+        calls.clear()
+        p = pos.clone().requires_grad_(True)
+        e = m.energy_terms(z, p, cell, pbc)[0].sum()
+        f = -torch.autograd.grad(e, p, create_graph=True)[0]
+        grads[flag] = torch.autograd.grad((f ** 2).sum() + e, [q for q in m.parameters()], allow_unused=True)
+        assert calls.count(True) == (2 * L - 1 if flag == "1" else 0), calls
+    for a, b in zip(grads["0"], grads["1"]):
+        if a is None or b is None:
+            assert a is None and b is None
+            continue
+        err = float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+        worst = max(worst, err)
+    print("WORST", worst)
+    assert worst < 1e-4, worst
+""")
+
+
+def test_model_with_the_residual_sums_in_the_norm_kernels_under_interpreter():
+    """E2F_RMS_ADD=1 (the default): the residual sums before the norms run inside the norm kernels (the plain block
+    loop: all but the last, each block handing its FFN output to the next; bf16 and checkpointed blocks: the FFN
+    norm's), with the same energy and forces as the separate adds, and the same weight gradients of a force loss
+    (second order, through the kernels' double-backward path)."""
+    run_under_triton_interpreter(_INTERP_ADDEND_MODEL_SCRIPT, [Path(__file__).resolve().parent],
+                                 "the residual sums in the norm kernels",
+                                 drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_RMSNORM_KERNEL", "E2F_RMS_RESIDUAL",
+                                           "E2F_RMS_ADD"))
+
+
 def test_residual_passthrough_switch(monkeypatch):
     pytest.importorskip("triton")
     from importlib import import_module
@@ -298,3 +434,5 @@ def test_residual_passthrough_switch(monkeypatch):
     K = import_module(KPKG + ".rmsnorm_triton")
     # on by default since session 17 (timed on an H200: benchmarks/results/graphed_rms_res_*_s17_h200.json)
     assert_env_switch(monkeypatch, K.residual_passthrough_enabled, "E2F_RMS_RESIDUAL", default=True, bad="on")
+    # the residual sums in the norm kernels: on by default (session 17)
+    assert_env_switch(monkeypatch, K.residual_add_enabled, "E2F_RMS_ADD", default=True, bad="yes")
