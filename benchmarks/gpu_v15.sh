@@ -19,9 +19,29 @@ export E2F_FIXTURES="$PWD/.carry15/official_parity"
 nvidia-smi --query-gpu=name --format=csv,noheader
 for what in "$@"; do
   case "$what" in
-    s17g) # session 17: parity of every fixture (exact MLPs, then radial tables) with the session-17 defaults, then the
-          # graphed V1.5 table at 1k / 10k / 20k (TF32 / bf16 / fp32), radial tables (~7 min)
+    s17i) # session 17: 100k bf16 eager with the residual passthrough and sums off (E2F_RMS_RESIDUAL=0 E2F_RMS_ADD=0) and
+          # on (the default): s17h gave 2.89 steps/s and 38.4 GiB against session 15's 2.96-3.07 and 35.6 (~4 min)
+      for flags in "0 0" "1 1"; do
+        set -- $flags
+        E2F_RMS_RESIDUAL=$1 E2F_RMS_ADD=$2 E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py \
+            --out "$OUT/e2e_100k_res$1" --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 80 2>&1 \
+            | grep -E '^\{|Error' | cut -c1-260
+      done ;;
+    s17h) # session 17, last: the graphed V1.5 20k / 10k TF32 in three separate processes (run-to-run spread of the
+          # headline number), then 100k bf16 and TF32 eager (>= 3 steps/s) (~5 min)
+      for i in 1 2 3; do
+        E2F_RADIAL_TABLES=1 timeout 75 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_rep$i" --parts speed \
+            --sizes 20000,10000 --modes graphed_tf32 --no-water --budget-s 60 2>&1 | grep -E '^\{|Error' | cut -c1-170
+      done
+      E2F_RADIAL_TABLES=1 timeout 110 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_100k" --parts speed \
+          --sizes 100000 --modes bf16 --no-water --budget-s 90 2>&1 | grep -E '^\{|Error' | cut -c1-250 ;;
+    s17g) # session 17: parity of every fixture (exact MLPs, then radial tables) with the session-17 defaults, the final
+          # norm's l = 0 row A/B (graphed 20k / 10k TF32), then the graphed V1.5 table at 1k / 10k / 20k (TF32 / bf16 /
+          # fp32), radial tables (~9 min)
       timeout 150 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu.json" 2>&1 | tail -n 3
+      E2F_RADIAL_TABLES=1 timeout 150 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_l0.json" \
+          --sizes 20000,10000 --precision tf32 --variants add,l0 --rounds 2 2>&1 | grep -E '^\{|Error' \
+          | sed -E 's/"(precheck|stats_read|call_no_replay|neighbor_edges)_ms": [0-9.e-]+, //g' | cut -c1-400
       E2F_RADIAL_TABLES=1 timeout 260 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed" --parts speed \
           --sizes 20000,10000,1000 --modes graphed_tf32,graphed_bf16,graphed_fp32 --no-water --budget-s 240 2>&1 \
           | grep -E '^\{|Error' | cut -c1-300

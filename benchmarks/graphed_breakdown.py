@@ -12,7 +12,8 @@ Verlet list's pre-replay move check: ``_moved_too_far`` patched to False, valid 
 "qkv" (rms_res with ``E2F_QKV_FUSED=1``, the fused query / key / value projections, the default since session 17;
 every other variant runs with ``E2F_QKV_FUSED=0``), "qkv_nopre" (qkv without the pre-replay move check) and "add"
 (qkv with ``E2F_RMS_ADD=1``, the residual sums inside the norm kernels, the default since session 17; every other
-variant runs with ``E2F_RMS_ADD=0``), run alternately, ``--rounds`` times each, in one
+variant runs with ``E2F_RMS_ADD=0``) and "l0" (add with the final norm's l = 0 row only, ``l0_only``, the default
+since session 17; every other variant runs with the model's ``_norm_final`` patched to the full [N, 9, C] norm), run alternately, ``--rounds`` times each, in one
 process.  Each variant's energy and forces are compared with the first's (float32: the same up to the float
 atomics' order; TF32 amplifies that order to ~1e-3 in the forces).
 
@@ -45,11 +46,21 @@ def median_ms(call, repeats):
     return 1e3 * float(np.median(times))
 
 
+def _variant_final_norm(m, variant: str) -> None:
+    """Variants before "l0": the final norm in full (what the graph captures; replays do not run Python)."""
+    from openmm_e2former.model import E2FormerV2
+
+    if variant == "l0":
+        m.__dict__.pop("_norm_final", None)
+    else:
+        m._norm_final = lambda x, l0_only: E2FormerV2._norm_final(m, x, False)
+
+
 def _variant_env(variant: str) -> None:
     """The environment switches of a variant (read at capture and on eager calls)."""
-    os.environ["E2F_RMS_RESIDUAL"] = "1" if variant.startswith(("rms_res", "qkv", "add")) else "0"
-    os.environ["E2F_QKV_FUSED"] = "1" if variant.startswith(("qkv", "add")) else "0"
-    os.environ["E2F_RMS_ADD"] = "1" if variant.startswith("add") else "0"
+    os.environ["E2F_RMS_RESIDUAL"] = "1" if variant.startswith(("rms_res", "qkv", "add", "l0")) else "0"
+    os.environ["E2F_QKV_FUSED"] = "1" if variant.startswith(("qkv", "add", "l0")) else "0"
+    os.environ["E2F_RMS_ADD"] = "1" if variant.startswith(("add", "l0")) else "0"
 
 
 def _without_replay(G, pt, ct, ch):
@@ -169,6 +180,7 @@ def main():
             for variant in args.variants.split(","):
                 E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout
                 _variant_env(variant)
+                _variant_final_norm(m, variant)
                 if variant not in graphs:          # one graph per variant (captured with its code path)
                     G = GraphedEnergyForces(m, z, periodic=ct is not None,
                                             neighbors="host" if variant == "host_nl" else None)
@@ -205,6 +217,7 @@ def main():
         for variant, G in graphs.items():          # the code paths give the same energy and forces
             E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout
             _variant_env(variant)
+            _variant_final_norm(m, variant)
             e[variant] = G(pt, ct, ch)
         E._v2_qk_layout = real_layout
         names = list(e)

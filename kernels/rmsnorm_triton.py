@@ -15,14 +15,19 @@ two node-level kernels); ``E2F_RMSNORM_KERNEL=0`` opts out.
 ``passthrough`` (session 16; on by default since session 17, ``E2F_RMS_RESIDUAL=0`` opts out): the norm also hands
 back its input, as an output of its own, for the block's residual sum.  Autograd then gives the norm's backward both
 gradients of x, the residual's and the norm's own, and the kernel writes their sum: without it autograd adds them in
-a separate pass over [N, 9, C] (read both, write one), twice per block.
+a separate pass over [N, 9, C] (read both, write one), twice per block.  H200, V1.5 graphed, alternated in one
+process (``benchmarks/results/graphed_rms_res_*_s17_h200.json``): 20k TF32 70.6 -> 69.9 ms per replay, 10k 36.3 ->
+36.0 ms; the same energy and forces to 1.0e-6 in float32.
 
 ``addend`` (session 17, with ``passthrough``; ``E2F_RMS_ADD``, on by default): the norm of x + a, the sum computed by
 the forward kernel and handed back first (written once, for the residual stream), so the residual sum before a norm
 is not a pass of its own (an add reads x and a and writes the sum, which the norm then reads again: one read of the
-sum saved per norm, eight per V1.5 step).  The backward's dx is the gradient of both x and a.  H200, V1.5 graphed, alternated in one
-process (``benchmarks/results/graphed_rms_res_*_s17_h200.json``): 20k TF32 70.6 -> 69.9 ms per replay, 10k 36.3 ->
-36.0 ms; the same energy and forces to 1.0e-6 in float32.
+sum saved per norm, seven per V1.5 step).  The backward's dx is the gradient of both x and a.  H200, V1.5 graphed
+(``benchmarks/results/graphed_add_*_s17_h200.json``): 20k TF32 68.60 -> 68.32 ms per replay, 10k 35.06 -> 34.92 ms.
+
+Gradients that do not come (``set_materialize_grads(False)``): an unused output's gradient is not made as zeros;
+with ``parts`` and only y0's gradient (the final norm, whose l = 0 row alone feeds the energy) the backward kernel
+reads no l > 0 gradient at all (``HAS_DY12``).
 """
 from __future__ import annotations
 
@@ -116,8 +121,10 @@ def _rms_fwd_kernel(X, W, B, E, Y0, Y1, Y2, SC, N, nprog, s0, s1, s2, eps, A, XS
 
 @triton.jit
 def _rms_bwd_kernel(X, W, SC, DY0, DY1, DY2, t0, t1, t2, DX, PART, RES, N, nprog, C: tl.constexpr,
-                    CP: tl.constexpr, NEED_DWB: tl.constexpr, HAS_RES: tl.constexpr = False):
+                    CP: tl.constexpr, NEED_DWB: tl.constexpr, HAS_RES: tl.constexpr = False,
+                    HAS_DY12: tl.constexpr = True):
     # HAS_RES: RES [N, 9, C] (float32 or bf16, contiguous) is added to dx (the passthrough's gradient)
+    # HAS_DY12: False where only row 0 has a gradient (DY1, DY2 are not read: zero)
     r, c, m2, deg, alpha, p0, p1, p2 = _rows(C, CP)
     w = tl.load(W + deg[:, None] * C + c[None, :], mask=m2, other=0.0)
     acc = tl.zeros((16, CP), dtype=tl.float32)                 # sum over atoms of dy * xc * s, per row
@@ -130,9 +137,10 @@ def _rms_bwd_kernel(X, W, SC, DY0, DY1, DY2, t0, t1, t2, DX, PART, RES, N, nprog
         xc = _centred(X, n64, r, c, m2, p0, C)
         s = tl.load(SC + n64)
         # float32 or bf16 gradients (from bf16 GEMMs), each converted exactly to float32
-        dy = (tl.load(DY0 + n64 * t0 + cc + 0 * r[:, None], mask=p0, other=0.0).to(tl.float32)
-              + tl.load(DY1 + n64 * t1 + (r[:, None] - 1) * C + cc, mask=p1, other=0.0).to(tl.float32)
-              + tl.load(DY2 + n64 * t2 + (r[:, None] - 4) * C + cc, mask=p2, other=0.0).to(tl.float32))
+        dy = tl.load(DY0 + n64 * t0 + cc + 0 * r[:, None], mask=p0, other=0.0).to(tl.float32)
+        if HAS_DY12:
+            dy += (tl.load(DY1 + n64 * t1 + (r[:, None] - 1) * C + cc, mask=p1, other=0.0).to(tl.float32)
+                   + tl.load(DY2 + n64 * t2 + (r[:, None] - 4) * C + cc, mask=p2, other=0.0).to(tl.float32))
         g = dy * w
         xh = xc * s                                              # the normalised tile (no s^3: it underflows)
         dxc = s * (g - (tl.sum(tl.sum(g * xh, axis=1), axis=0) / C) * alpha[:, None] * xh)
@@ -168,16 +176,17 @@ def _launch_fwd(x, weight, bias, extra, eps, outs, strides, addend=None, xsum=No
     return sc
 
 
-def _launch_bwd(x, weight, sc, dys, strides, need_dwb: bool, res=None):
+def _launch_bwd(x, weight, sc, dys, strides, need_dwb: bool, res=None, has_dy12: bool = True):
     N, C = x.shape[0], x.shape[2]
     dx = torch.empty_like(x)
     nprog = _grid(N, x.device, 4) if N else 0
-    part = torch.zeros((max(nprog, 1) if need_dwb else 1, 4, C), device=x.device, dtype=torch.float32)
+    # (every program writes its row of the sums; not read at all without NEED_DWB)
+    part = torch.empty((max(nprog, 1) if need_dwb else 1, 4, C), device=x.device, dtype=torch.float32)
     if N:
         with launch_device(x.device):
             _rms_bwd_kernel[(nprog,)](x, weight, sc, *dys, *strides, dx, part, dx if res is None else res, N, nprog,
                                       C=C, CP=triton.next_power_of_2(C), NEED_DWB=need_dwb, HAS_RES=res is not None,
-                                      num_warps=4)
+                                      HAS_DY12=has_dy12, num_warps=4)
     tot = part.sum(0) if need_dwb else None
     return dx, (tot[:3] if need_dwb else None), (tot[3] if need_dwb else None)
 
@@ -214,6 +223,7 @@ class _RMSNorm(torch.autograd.Function):
             ctx.save_for_backward(x, weight, bias, extra, sc)
             ctx.add_dtype = None
         ctx.eps, ctx.parts, ctx.passthrough = eps, parts, passthrough
+        ctx.set_materialize_grads(False)        # (see the module docstring; backward handles the missing ones)
         res = tuple(outs) if parts else (y,)
         if xsum is not None:
             return (xsum,) + res
@@ -228,6 +238,14 @@ class _RMSNorm(torch.autograd.Function):
         g_res = None
         if ctx.passthrough:
             g_res, dys = dys[0], dys[1:]
+        if g_res is None and all(d is None for d in dys):
+            return (None,) * 9
+        N, C = x.shape[0], x.shape[2]
+        shapes = [(N, 1, C), (N, 3, C), (N, 5, C)] if ctx.parts else [(N, 9, C)]
+        # only y0's gradient (the final norm): the kernel reads no l > 0 gradient
+        row0 = ctx.parts and dys[0] is not None and dys[1] is None and dys[2] is None and not torch.is_grad_enabled()
+        if not row0:
+            dys = [torch.zeros(s, device=x.device, dtype=torch.float32) if d is None else d for d, s in zip(dys, shapes)]
         if torch.is_grad_enabled():       # double backward (a force loss): autograd through the reference
             with torch.enable_grad():
                 dy = torch.cat(dys, dim=1) if ctx.parts else dys[0]
@@ -258,8 +276,11 @@ class _RMSNorm(torch.autograd.Function):
             da = gx.to(ctx.add_dtype) if ctx.add_dtype is not None and nig[8] else None
             return (*out, None, None, None, None, da)
         xc = x.contiguous()
-        C = xc.shape[2]
-        if ctx.parts:
+        if row0:
+            d0 = float32_or_bf16(dys[0])
+            dyv = [d0, d0, d0]                     # (DY1, DY2 not read)
+            strides = (C, 3 * C, 5 * C)
+        elif ctx.parts:
             dyv = [float32_or_bf16(d) for d in dys]
             strides = (C, 3 * C, 5 * C)
         else:
@@ -268,7 +289,7 @@ class _RMSNorm(torch.autograd.Function):
             strides = (9 * C, 9 * C, 9 * C)
         need_dwb = bool(nig[1] or nig[2] or (extra is not None and nig[3]))
         res = None if g_res is None else float32_or_bf16(g_res)
-        dx, dw, db = _launch_bwd(xc, weight.detach().contiguous(), sc, dyv, strides, need_dwb, res)
+        dx, dw, db = _launch_bwd(xc, weight.detach().contiguous(), sc, dyv, strides, need_dwb, res, not row0)
         de = None
         if extra is not None and nig[3]:
             de = db.reshape(extra.shape).to(extra.dtype)

@@ -1057,17 +1057,20 @@ class E2FormerV2(nn.Module):
         s = multiplicity.to(torch.long).clamp(0, 20)
         return F.silu(self.system_mix(torch.cat([self.charge_embedding(q), self.multiplicity_embedding(s)], dim=1)))
 
-    def node_features(self, z: torch.Tensor, g: Graph, charge: int, multiplicity: int) -> torch.Tensor:
-        """Final normalised node features [N, 9, C]."""
+    def node_features(self, z: torch.Tensor, g: Graph, charge: int, multiplicity: int,
+                      l0_only: bool = False) -> torch.Tensor:
+        """Final normalised node features [N, 9, C] (``l0_only``: see :meth:`node_features_system`)."""
         dev = z.device
         system = self.system_embedding(torch.tensor([int(charge)], device=dev),
                                        torch.tensor([int(multiplicity)], device=dev))
-        return self.node_features_system(z, g, system)
+        return self.node_features_system(z, g, system, l0_only=l0_only)
 
     def node_features_system(self, z: torch.Tensor, g: Graph, system: torch.Tensor,
-                             checkpoint: bool = True) -> torch.Tensor:
+                             checkpoint: bool = True, l0_only: bool = False) -> torch.Tensor:
         """:meth:`node_features` given the [1, C] system embedding; ``checkpoint=False``: never activation
-        checkpointing (the padded / CUDA-graph path)."""
+        checkpointing (the padded / CUDA-graph path).  ``l0_only``: the caller reads only the l = 0 row ([:, 0]):
+        where the norm kernel runs the result is then [N, 1, C], and the final norm's backward reads no l > 0
+        gradient (no zero-filled [N, 9, C] gradient of a row selection)."""
         x = self.edge_degree(z, g)
         system = system.to(x.dtype)
         if not torch.jit.is_scripting():
@@ -1078,15 +1081,22 @@ class E2FormerV2(nn.Module):
             self.last_checkpoint_mode = mode
             use_compiled = self.compile_node_parts and (checkpoint or self.compile_in_graphs)
             if self.bf16 or use_compiled or mode != "none":
-                return self.norm_final(self._blocks_python(x, system, z, g, checkpoint, mode))
+                return self._norm_final(self._blocks_python(x, system, z, g, checkpoint, mode), l0_only)
             if self._pending_usable(x, system):
                 # the residual sums by the norm kernels (E2F_RMS_ADD): each block hands its FFN output to the next
                 pending: Optional[torch.Tensor] = None
                 for block in self.blocks:
                     x, pending = block.forward_pending(x, pending, system, z, g)
-                return self.norm_final(x if pending is None else x + pending)
+                return self._norm_final(x if pending is None else x + pending, l0_only)
         for block in self.blocks:
             x = block(x, system, z, g)
+        return self._norm_final(x, l0_only)
+
+    def _norm_final(self, x: torch.Tensor, l0_only: bool) -> torch.Tensor:
+        """The final norm: [N, 9, C], or with ``l0_only`` [N, 1, C] (its l = 0 part) where the kernel runs."""
+        if l0_only and not torch.jit.is_scripting():
+            if self.norm_final._kernel_usable(x):
+                return self.norm_final._kernel(x, None, True)[0]
         return self.norm_final(x)
 
     @torch.jit.unused
@@ -1231,10 +1241,10 @@ class E2FormerV2(nn.Module):
                      head: int = 0, check_overlap: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(E_model [eV], direct forces [N,3] eV/Å or None)."""
         g = self.build_graph(positions, cell, pbc, check_overlap)
-        x = self.node_features(z, g, charge, multiplicity)
+        force = self.heads.force
+        x = self.node_features(z, g, charge, multiplicity, l0_only=force is None)
         energy = self.heads.energy(x[:, 0], head).sum()
         direct: Optional[torch.Tensor] = None
-        force = self.heads.force
         if force is not None:
             direct = torch.einsum("nkc,c->nk", x[:, 1:4], force[head])
         return energy, direct
@@ -1277,7 +1287,7 @@ class E2FormerV2(nn.Module):
         row_ptr = torch.searchsorted(center, torch.arange(n + 2, device=dev))
         slot = torch.arange(center.numel(), device=dev) - row_ptr[center]
         g.set_layout(row_ptr, slot.clamp_max(max(max_degree, 1) - 1), max(max_degree, 1))
-        x = self.node_features_system(z, g, system, checkpoint=False)[:n]
+        x = self.node_features_system(z, g, system, checkpoint=False, l0_only=self.heads.force is None)[:n]
         if owner is None:
             energy = self.heads.energy(x[:, 0], head).sum()
         else:

@@ -112,10 +112,11 @@ def test_rmsnorm_kernels_match_the_reference_under_interpreter():
 
 _INTERP_RMSNORM_MODEL_SCRIPT = node_kernel_model_script(
     "rmsnorm_triton", "rms_norm", "E2F_RMSNORM_KERNEL", record="(a[4] is not None, bool(a[5]))", checks="""
-        # each block: attn_input (with the system row, one tensor) and norm_ffn (parts); the final norm (one tensor)
+        # each block: attn_input (with the system row, one tensor) and norm_ffn (parts); the final norm (parts: the
+        # energy reads its l = 0 row only, session 17)
         L = len(m.blocks)
-        assert sorted(set(calls)) == [(False, False), (False, True), (True, False)], calls
-        assert calls.count((True, False)) >= L and calls.count((False, True)) >= L
+        assert sorted(set(calls)) == [(False, True), (True, False)], calls
+        assert calls.count((True, False)) >= L and calls.count((False, True)) >= L + 1
     """)
 
 
@@ -425,6 +426,88 @@ def test_model_with_the_residual_sums_in_the_norm_kernels_under_interpreter():
                                  "the residual sums in the norm kernels",
                                  drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_RMSNORM_KERNEL", "E2F_RMS_RESIDUAL",
                                            "E2F_RMS_ADD"))
+
+
+_INTERP_ROW0_SCRIPT = _INTERP_HEAD + textwrap.dedent(r"""
+
+    for N, C, seed in ((4, 16, 0), (6, 24, 1)):
+        for passthrough in (False, True):
+            g, ins, ref_in = make_inputs(N, C, seed, False)
+            out = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, None, parts=True, passthrough=passthrough)
+            y0 = out[1] if passthrough else out[0]
+            # only y0 used (the final norm before the energy): the other outputs' gradients never made
+            dy0 = torch.randn(N, 1, C, generator=g, dtype=torch.float64)
+            grads = torch.autograd.grad(y0, ins, dy0.float())
+            yr = R.rms_norm_reference(ref_in[0], ref_in[1], ref_in[2], 1e-5)
+            rgrads = torch.autograd.grad(yr[:, :1], ref_in, dy0)
+            for u, v in zip(grads, rgrads):
+                worst = max(worst, rel(u, v))
+            # and y0 with the passthrough's gradient only, or y1 alone
+            if passthrough:
+                G = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
+                out = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, None, parts=True, passthrough=True)
+                gx = torch.autograd.grad(out[0], ins[0], G.float())[0]
+                worst = max(worst, rel(gx, G))
+            out = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, None, parts=True)
+            dy1 = torch.randn(N, 3, C, generator=g, dtype=torch.float64)
+            grads = torch.autograd.grad(out[1], ins, dy1.float())
+            rgrads = torch.autograd.grad(R.rms_norm_reference(ref_in[0], ref_in[1], ref_in[2], 1e-5)[:, 1:4], ref_in,
+                                         dy1)
+            for u, v in zip(grads, rgrads):
+                worst = max(worst, rel(u, v))
+            # second order with y0 alone (a force loss through the final norm)
+            out = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, None, parts=True)
+            gr = torch.autograd.grad(out[0], ins, dy0.float(), create_graph=True)
+            W = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ins]
+            gg = torch.autograd.grad(sum((u * w.float()).sum() for u, w in zip(gr, W)), ins, allow_unused=True)
+            rr = torch.autograd.grad(R.rms_norm_reference(ref_in[0], ref_in[1], ref_in[2], 1e-5)[:, :1], ref_in, dy0,
+                                     create_graph=True)
+            rgg = torch.autograd.grad(sum((u * w).sum() for u, w in zip(rr, W)), ref_in, allow_unused=True)
+            for u, v in zip(gg, rgg):
+                if u is not None and v is not None:
+                    worst = max(worst, rel(u, v))
+    print("WORST", worst)
+    assert worst < 5e-6, worst
+""")
+
+
+def test_rmsnorm_gradients_of_some_outputs_only_under_interpreter():
+    """Outputs whose gradients never come (``set_materialize_grads(False)``): y0 alone (the final norm's l = 0 row,
+    the backward kernel reading no l > 0 gradient), the passthrough alone, y1 alone; first and second order against
+    the reference."""
+    run_under_triton_interpreter(_INTERP_ROW0_SCRIPT, [KPKG], "the RMS norm with some outputs' gradients")
+
+
+_INTERP_L0_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
+    from helpers import fused_route_on_reference
+    m, z, pos, cell, pbc = tiny_kernel_model(num_layers=2)
+    fused_route_on_reference(m)
+    out = {}
+    for flag in ("0", "1"):
+        os.environ["E2F_RMSNORM_KERNEL"] = flag
+        out[flag] = m.energy_and_forces(z, pos, cell, pbc)
+    # the l = 0 row only where the final norm's kernel runs: [N, 1, C]
+    g = m.build_graph(pos, cell, pbc, True)
+    x0 = m.node_features(z, g, 0, 1, l0_only=True)
+    x = m.node_features(z, g, 0, 1)
+    assert x0.shape == (len(z), 1, x.shape[2]) and x.shape == (len(z), 9, x.shape[2]), (x0.shape, x.shape)
+    assert torch.allclose(x0[:, 0], x[:, 0], rtol=0, atol=1e-6)
+    e0, e1 = float(out["0"][1]), float(out["1"][1])
+    f0, f1 = out["0"][2], out["1"][2]
+    err = float((f1 - f0).abs().max() / f0.abs().max())
+    print("energy", e0, e1, "forces", err)
+    assert abs(e1 - e0) <= 1e-5 * abs(e0) and err < 1e-5
+    print("WORST", err)
+""")
+
+
+def test_model_reads_only_the_final_norms_l0_row_under_interpreter():
+    """The energy reads only the final norm's l = 0 row: with the norm kernel, ``node_features(..., l0_only=True)``
+    is that row as [N, 1, C] (no [N, 9, C] gradient made of a row selection), and the energy and forces match the
+    PyTorch norms' to float32 rounding."""
+    run_under_triton_interpreter(_INTERP_L0_MODEL_SCRIPT, [Path(__file__).resolve().parent],
+                                 "the final norm's l = 0 row",
+                                 drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_RMSNORM_KERNEL"))
 
 
 def test_residual_passthrough_switch(monkeypatch):
