@@ -180,8 +180,9 @@ def _launch_bwd(x, weight, sc, dys, strides, need_dwb: bool, res=None, has_dy12:
     N, C = x.shape[0], x.shape[2]
     dx = torch.empty_like(x)
     nprog = _grid(N, x.device, 4) if N else 0
-    # (every program writes its row of the sums; not read at all without NEED_DWB)
-    part = torch.empty((max(nprog, 1) if need_dwb else 1, 4, C), device=x.device, dtype=torch.float32)
+    # (every program writes its row of the sums; not read at all without NEED_DWB; zeros where no program runs, N = 0)
+    shape = (max(nprog, 1) if need_dwb else 1, 4, C)
+    part = (torch.empty if N else torch.zeros)(shape, device=x.device, dtype=torch.float32)
     if N:
         with launch_device(x.device):
             _rms_bwd_kernel[(nprog,)](x, weight, sc, *dys, *strides, dx, part, dx if res is None else res, N, nprog,

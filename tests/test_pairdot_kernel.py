@@ -99,6 +99,77 @@ def test_model_with_the_pairdot_kernel_under_interpreter():
                                  drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_PAIRDOT_KERNEL"))
 
 
+_INTERP_PAIRDOT_GROUPS_SCRIPT = textwrap.dedent(r"""
+    import os, sys
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    import torch
+    from importlib import import_module
+    K = import_module(sys.argv[1] + ".pairdot_triton")
+    R = import_module(sys.argv[1] + ".pairdot_reference")
+    worst = 0.0
+
+    def rel(a, b):
+        a, b = a.detach(), b.detach()
+        return float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+    for N, h, G, seed in ((3, 16, 2, 0), (6, 40, 3, 1), (1, 8, 1, 2), (5, 64, 2, 3)):
+        g = torch.Generator().manual_seed(seed)
+        a64 = [torch.randn(N, M, 2 * h * G, generator=g, dtype=torch.float64) for M in (1, 3, 5)]
+        a64[0] = a64[0][:, 0]
+        b64 = [torch.randn(h, generator=g, dtype=torch.float64) for _ in range(G)]
+        for dt, tol in ((torch.float32, 2e-6), (torch.bfloat16, 2e-2)):
+            a = [t.to(dt).requires_grad_(True) for t in a64]
+            b = [t.float().requires_grad_(True) for t in b64]
+            outs = K.pairdot_groups(*a, b)
+            assert len(outs) == G and all(o.shape == (N, 3 * h) for o in outs)
+            assert all(o.dtype == torch.promote_types(dt, torch.float32) for o in outs)
+            # reference: each group's columns through pairdot_reference, in float64 of the inputs the kernel saw
+            ra = [t.detach().double().requires_grad_(True) for t in a]
+            rb = [t.detach().double().requires_grad_(True) for t in b]
+            cols = [slice(i * 2 * h, (i + 1) * 2 * h) for i in range(G)]
+            refs = [R.pairdot_reference(ra[0][:, c], ra[1][:, :, c], ra[2][:, :, c], rb[i]) for i, c in enumerate(cols)]
+            e = max(rel(o, r) for o, r in zip(outs, refs))
+            # backward with a gradient for every group, then with the first group's output unused (None)
+            for used in (list(range(G)), list(range(1, G))):
+                if not used:
+                    continue
+                ds = [torch.randn(N, 3 * h, generator=g, dtype=torch.float64) for _ in used]
+                grads = torch.autograd.grad([outs[i] for i in used], a + b, [d.to(outs[0].dtype) for d in ds],
+                                            retain_graph=True, allow_unused=True)
+                rgrads = torch.autograd.grad([refs[i] for i in used], ra + rb, [d.to(outs[0].dtype).double() for d in ds],
+                                             retain_graph=True, allow_unused=True)
+                for x, y in zip(grads, rgrads):
+                    if y is None:            # an unused group's bias
+                        assert x is None or float(x.abs().max()) == 0.0
+                        continue
+                    assert x.dtype == (dt if x.dim() > 1 else torch.float32)
+                    e = max(e, rel(x, y))
+            assert e < tol, (dt, G, e)
+            if dt == torch.float32:
+                worst = max(worst, e)
+                # double backward (a force loss) against the reference's
+                ds = [torch.randn(N, 3 * h, generator=g, dtype=torch.float64) for _ in range(G)]
+                W = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in a + b]
+                gr = torch.autograd.grad(K.pairdot_groups(*a, b), a + b, [d.float() for d in ds], create_graph=True)
+                gg = torch.autograd.grad(sum((x * w.float()).sum() for x, w in zip(gr, W)), a + b)
+                refs = [R.pairdot_reference(ra[0][:, c], ra[1][:, :, c], ra[2][:, :, c], rb[i])
+                        for i, c in enumerate(cols)]
+                rr = torch.autograd.grad(refs, ra + rb, ds, create_graph=True)
+                rgg = torch.autograd.grad(sum((x * w).sum() for x, w in zip(rr, W)), ra + rb)
+                for x, y in zip(gg, rgg):
+                    worst = max(worst, rel(x, y))
+    print("WORST", worst)
+    assert worst < 2e-6, worst
+""")
+
+
+def test_pairdot_groups_match_the_reference_under_interpreter():
+    """``pairdot_groups`` (the query's and key's invariants from one projection tensor per degree): each group as
+    ``pairdot_reference`` of its columns, forward, backward (every group's gradient written into one tensor, an
+    unused group's columns zero) and double backward, float32 and bf16, G = 1, 2, 3."""
+    run_under_triton_interpreter(_INTERP_PAIRDOT_GROUPS_SCRIPT, [KPKG], "the grouped query / key invariant kernels")
+
+
 def test_pairdot_switch_and_shape_errors(monkeypatch):
     pytest.importorskip("triton")
     from importlib import import_module
@@ -110,3 +181,8 @@ def test_pairdot_switch_and_shape_errors(monkeypatch):
         K.pairdot(torch.zeros(2, 8), torch.zeros(2, 3, 8), torch.zeros(2, 4, 8), torch.zeros(4))
     with pytest.raises(ValueError, match="share a dtype"):
         K.pairdot(torch.zeros(2, 8), torch.zeros(2, 3, 8, dtype=torch.float64), torch.zeros(2, 5, 8), torch.zeros(4))
+    with pytest.raises(ValueError, match="pairdot_groups: expected"):
+        K.pairdot_groups(torch.zeros(2, 8), torch.zeros(2, 3, 8), torch.zeros(2, 5, 8), [torch.zeros(4)] * 2)
+    with pytest.raises(ValueError, match="pairdot_groups: a0, a1, a2 must share"):
+        K.pairdot_groups(torch.zeros(2, 8), torch.zeros(2, 3, 8, dtype=torch.float64), torch.zeros(2, 5, 8),
+                         [torch.zeros(2)] * 2)
