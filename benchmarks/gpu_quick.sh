@@ -332,6 +332,10 @@ for what in "$@"; do
         timeout 80 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 \
             --out "$OUT/md_default.json" 2>&1 | tail -n 1 | cut -c1-300
       done ;;
+    s17j)       # session 17: tests/gpu/check_qkv_fused.py again, now with the bf16 section (pairdot_groups, and pairdot with
+                # float32 / bf16 outputs, backward in bf16: the session-15 to_out path had no GPU accuracy check) (~2 min)
+      timeout 200 python3 tests/gpu/check_qkv_fused.py "$OUT/qkv_fused_check.json" 2>&1 | grep -E '^\{|PASS|FAIL|Error' \
+          | cut -c1-300 ;;
     multigpu16) # NEXT session, on kind nvidia-h200-x2 (2 GPUs): tests/gpu/check_multi_gpu.py (the model on cuda:1 while
                 # cuda:0 is current: eager fp32 / bf16, MLPs / tables, the CUDA-graph path, two replicas from two
                 # threads) (~2 min)
