@@ -53,6 +53,55 @@ def kernels(rows):
     return ok
 
 
+def bf16(rows):
+    """The pairdot kernels with bf16 projections (bf16 autocast): ``pairdot`` with float32 and bf16 outputs (``to_out``
+    rounding, the session-15 path whose backward had no GPU accuracy check) and ``pairdot_groups``; forward against
+    float64 of the bf16-rounded inputs (<= 1e-5 for float32 outputs, one bf16 rounding for bf16 ones), backward (bf16
+    gradients) within bf16 rounding (<= 8e-3)."""
+    ok = True
+    for N, h, seed in ((10_000, 512, 10), (7, 48, 11)):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        a64 = [torch.randn(N, M, 4 * h, generator=g, device="cuda", dtype=torch.float64) for M in (1, 3, 5)]
+        a64[0] = a64[0][:, 0].contiguous()
+        b64 = [torch.randn(h, generator=g, device="cuda", dtype=torch.float64) for _ in range(2)]
+        a = [x.to(torch.bfloat16).requires_grad_(True) for x in a64]
+        b = [x.float().requires_grad_(True) for x in b64]
+        ra = [x.detach().double().requires_grad_(True) for x in a]
+        rb = [x.detach().double().requires_grad_(True) for x in b]
+        cols = [slice(i * 2 * h, (i + 1) * 2 * h) for i in range(2)]
+        refs = [R.pairdot_reference(ra[0][:, c], ra[1][:, :, c], ra[2][:, :, c], rb[i]) for i, c in enumerate(cols)]
+        d = [torch.randn(r.shape, generator=g, device="cuda", dtype=torch.float64) for r in refs]
+        rg = torch.autograd.grad(refs, ra + rb, d)
+        # pairdot_groups (bf16 projections -> float32 invariants, bf16 gradients)
+        outs = K.pairdot_groups(*a, b)
+        gk = torch.autograd.grad(outs, a + b, [x.float() for x in d])
+        fwd = max(rel(x, y) for x, y in zip(outs, refs))
+        bwd = max(rel(x, y) for x, y in zip(gk, rg))
+        row = {"check": "pairdot_groups bf16", "N": N, "h": h, "fwd_rel": fwd, "bwd_rel": bwd,
+               "grad_dtype": str(gk[0].dtype), "pass": fwd <= 1e-5 and bwd <= 8e-3 and gk[0].dtype == torch.bfloat16}
+        ok &= row["pass"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        # pairdot of group 0 alone, float32 and bf16 outputs (the latter rounded as torch's cast)
+        a0 = [x[:, cols[0]].contiguous() if x.dim() == 2 else x[:, :, cols[0]].contiguous() for x in a]
+        a0 = [x.detach().requires_grad_(True) for x in a0]
+        for out_dtype, tol in ((None, 1e-5), (torch.bfloat16, 8e-3)):
+            s = K.pairdot(*a0, b[0], out_dtype)
+            gk = torch.autograd.grad(s, a0 + [b[0]], d[0].to(s.dtype))
+            ref0 = refs[0].detach()
+            ra0 = [x.detach().double().requires_grad_(True) for x in a0 + [b[0]]]
+            # the reference's upstream gradient is the one the kernel saw (bf16-rounded for a bf16 output)
+            rg0 = torch.autograd.grad(R.pairdot_reference(*ra0), ra0, d[0].to(s.dtype).double())
+            fwd = rel(s, ref0)
+            bwd = max(rel(x, y) for x, y in zip(gk, rg0))
+            row = {"check": f"pairdot bf16 in, {'bf16' if out_dtype else 'float32'} out", "N": N, "h": h,
+                   "fwd_rel": fwd, "bwd_rel": bwd, "pass": fwd <= tol and bwd <= 8e-3}
+            ok &= row["pass"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return ok
+
+
 def model(rows):
     from gpu_end_to_end import fcc_carbon, v15_model
 
@@ -81,6 +130,7 @@ def model(rows):
 def main(out):
     rows = []
     ok = kernels(rows)
+    ok &= bf16(rows)
     ok &= model(rows)
     Path(out).write_text(json.dumps(rows, indent=1))
     print("PASS" if ok else "FAIL", flush=True)
