@@ -153,6 +153,28 @@ def tiny_kernel_model(**cfg):
     return m, z, pos, torch.tensor(cell, dtype=torch.float32), torch.tensor([True, True, True])
 
 
+def kernel_test_script(name: str, body: str) -> str:
+    """An interpreter script checking ``<name>_triton`` against ``<name>_reference`` (``run_under_triton_interpreter``
+    with the kernels' package as argv[1]): a head that asserts the interpreter is on and defines ``K``, ``R`` (the two
+    modules), ``worst = 0.0`` and ``rel(a, b)`` (the largest difference relative to the largest |b|, in float64),
+    followed by ``body`` (dedented)."""
+    head = textwrap.dedent(f"""\
+        import os, sys
+        assert os.environ.get("TRITON_INTERPRET") == "1"
+        import torch
+        from importlib import import_module
+        K = import_module(sys.argv[1] + ".{name}_triton")
+        R = import_module(sys.argv[1] + ".{name}_reference")
+        worst = 0.0
+
+
+        def rel(a, b):
+            a, b = a.detach(), b.detach()
+            return float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30))
+        """)
+    return head + textwrap.dedent(body)
+
+
 TRITON_MODEL_SCRIPT_HEAD = """import os, sys
 assert os.environ.get("TRITON_INTERPRET") == "1"
 import torch

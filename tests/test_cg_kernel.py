@@ -4,13 +4,13 @@ whose (atom, channel) count is not a multiple of the kernel's block; and the mod
 against its einsum form.  The GPU timing is ``benchmarks/bench_cg.py``."""
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import assert_env_switch, kernels_package, node_kernel_model_script, run_under_triton_interpreter
+from helpers import (assert_env_switch, kernel_test_script, kernels_package, node_kernel_model_script,
+                     run_under_triton_interpreter)
 
 KPKG = kernels_package()
 
@@ -36,19 +36,9 @@ def test_reference_matches_the_models_einsum_and_its_adjoint_is_the_transpose():
     assert abs(float(lhs - rhs)) < 1e-12 * float(lhs.abs() + 1)
 
 
-_INTERP_CG_SCRIPT = textwrap.dedent(r"""
-    import os, sys
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    import torch
-    from importlib import import_module
-    K = import_module(sys.argv[1] + ".cg_triton")
-    R = import_module(sys.argv[1] + ".cg_reference")
+_INTERP_CG_SCRIPT = kernel_test_script("cg", r"""
     from openmm_e2former.model.so3 import first_order_cg
     cg = first_order_cg(torch.float64)
-    worst = 0.0
-
-    def rel(a, b):
-        return float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
     for N, C, seed in ((3, 16, 0), (5, 48, 1), (1, 64, 2), (11, 32, 3)):      # N C = 48, 240, 64, 352 pairs
         g = torch.Generator().manual_seed(seed)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_env_switch, kernels_package, node_kernel_model_script, run_under_triton_interpreter
+from helpers import (assert_env_switch, kernel_test_script, kernels_package, node_kernel_model_script,
+                     run_under_triton_interpreter)
 
 KPKG = kernels_package()
 
@@ -31,18 +32,8 @@ def test_reference_is_the_models_gated_ffn():
     torch.testing.assert_close(torch.cat(ffn.lin2.parts(list(ys)), dim=1), ffn.parts(xs), rtol=1e-14, atol=1e-14)
 
 
-_INTERP_GATE_SCRIPT = textwrap.dedent(r"""
-    import os, sys
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    import torch
-    from importlib import import_module
-    K = import_module(sys.argv[1] + ".gate_triton")
-    R = import_module(sys.argv[1] + ".gate_reference")
+_INTERP_GATE_SCRIPT = kernel_test_script("gate", r"""
     cs, cg = 1.6791767923989418, 1.8467055342154763
-    worst = 0.0
-
-    def rel(a, b):
-        return float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
     for N, C, seed in ((3, 16, 0), (6, 48, 1), (1, 160, 2), (9, 32, 3)):
         g = torch.Generator().manual_seed(seed)

@@ -4,13 +4,13 @@ the bias gradient) and double backward, float32 and bf16 inputs, sizes that are 
 blocks; and the model with the kernel against its PyTorch form.  The GPU timing is ``benchmarks/bench_cg.py``."""
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import assert_env_switch, kernels_package, node_kernel_model_script, run_under_triton_interpreter
+from helpers import (assert_env_switch, kernel_test_script, kernels_package, node_kernel_model_script,
+                     run_under_triton_interpreter)
 
 KPKG = kernels_package()
 
@@ -35,18 +35,7 @@ def test_reference_is_the_models_formula():
     assert got.shape == (5, 3 * h)
 
 
-_INTERP_PAIRDOT_SCRIPT = textwrap.dedent(r"""
-    import os, sys
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    import torch
-    from importlib import import_module
-    K = import_module(sys.argv[1] + ".pairdot_triton")
-    R = import_module(sys.argv[1] + ".pairdot_reference")
-    worst = 0.0
-
-    def rel(a, b):
-        a, b = a.detach(), b.detach()
-        return float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30))
+_INTERP_PAIRDOT_SCRIPT = kernel_test_script("pairdot", r"""
 
     for N, h, seed in ((3, 16, 0), (6, 150, 1), (1, 8, 2), (9, 64, 3)):
         g = torch.Generator().manual_seed(seed)
@@ -99,18 +88,7 @@ def test_model_with_the_pairdot_kernel_under_interpreter():
                                  drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_PAIRDOT_KERNEL"))
 
 
-_INTERP_PAIRDOT_GROUPS_SCRIPT = textwrap.dedent(r"""
-    import os, sys
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    import torch
-    from importlib import import_module
-    K = import_module(sys.argv[1] + ".pairdot_triton")
-    R = import_module(sys.argv[1] + ".pairdot_reference")
-    worst = 0.0
-
-    def rel(a, b):
-        a, b = a.detach(), b.detach()
-        return float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30))
+_INTERP_PAIRDOT_GROUPS_SCRIPT = kernel_test_script("pairdot", r"""
 
     for N, h, G, seed in ((3, 16, 2, 0), (6, 40, 3, 1), (1, 8, 1, 2), (5, 64, 2, 3)):
         g = torch.Generator().manual_seed(seed)

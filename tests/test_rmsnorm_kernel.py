@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import (TRITON_MODEL_SCRIPT_HEAD, assert_env_switch, kernels_package, node_kernel_model_script,
-                     run_under_triton_interpreter)
+from helpers import (TRITON_MODEL_SCRIPT_HEAD, assert_env_switch, kernel_test_script, kernels_package,
+                     node_kernel_model_script, run_under_triton_interpreter)
 
 KPKG = kernels_package()
 
@@ -39,19 +39,7 @@ def test_reference_is_the_models_norm():
 
 #: the interpreter scripts' common start: the kernels (K) and reference (R) of the package named by argv[1], the
 #: relative error, and seeded float64 inputs (x, weight, bias[, extra]) with their float32 / reference leaves
-_INTERP_HEAD = textwrap.dedent(r"""
-    import os, sys
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    import torch
-    from importlib import import_module
-    K = import_module(sys.argv[1] + ".rmsnorm_triton")
-    R = import_module(sys.argv[1] + ".rmsnorm_reference")
-    worst = 0.0
-
-    def rel(a, b):
-        a, b = a.detach(), b.detach()
-        return float((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30))
-
+_INTERP_HEAD = kernel_test_script("rmsnorm", r"""
     def make_inputs(N, C, seed, with_extra):
         g = torch.Generator().manual_seed(seed)
         ins64 = [2.0 * torch.randn(N, 9, C, generator=g, dtype=torch.float64) + 0.5,
