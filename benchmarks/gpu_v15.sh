@@ -19,6 +19,21 @@ export E2F_FIXTURES="$PWD/.carry15/official_parity"
 nvidia-smi --query-gpu=name --format=csv,noheader
 for what in "$@"; do
   case "$what" in
+    s18a) # NEXT session: 100k bf16 eager, session 15's code (commit 6ff766d, where 3.07 steps/s / 35.6 GiB were
+          # measured) against this tree, alternated, two processes each (~6 min). Needs, carried beside .carry15:
+          #   mkdir -p .carry_old15 && git archive 6ff766d model kernels openmm_e2former | tar -x -C .carry_old15
+          #   run(command="bash benchmarks/gpu_v15.sh s18a", carry=[".carry15", ".carry_old15"])
+      rm -rf /tmp/pkg15 && mkdir -p /tmp/pkg15/openmm_e2former && cp -r .carry_old15/openmm_e2former/* /tmp/pkg15/openmm_e2former/
+      rm -rf /tmp/pkg15/openmm_e2former/model /tmp/pkg15/openmm_e2former/kernels
+      cp -r .carry_old15/model .carry_old15/kernels /tmp/pkg15/openmm_e2former/
+      for rep in 1 2; do
+        for tree in old15 now; do
+          pp="$PYTHONPATH"; [ "$tree" = old15 ] && pp="/tmp/pkg15:$PWD"
+          PYTHONPATH="$pp" E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py \
+              --out "$OUT/e2e_100k_${tree}_$rep" --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 80 2>&1 \
+              | grep -E '^\{|Error' | sed "s/^/$tree $rep /" | cut -c1-260
+        done
+      done ;;
     s17i) # session 17: 100k bf16 eager with the residual passthrough and sums off (E2F_RMS_RESIDUAL=0 E2F_RMS_ADD=0) and
           # on (the default): s17h gave 2.89 steps/s and 38.4 GiB against session 15's 2.96-3.07 and 35.6 (~4 min)
       for flags in "0 0" "1 1"; do

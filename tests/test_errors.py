@@ -36,6 +36,15 @@ def test_nan_inf_positions(bad):
         model().predict(WATER_Z, pos)
 
 
+def test_empty_system():
+    """No atoms: a clear error, not a reshape failure deep in the model."""
+    m = model()
+    with pytest.raises(ValueError, match="no atoms"):
+        m.predict(np.zeros(0, dtype=int), np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="no atoms"):
+        m.energy_and_forces(torch.zeros(0, dtype=torch.long), torch.zeros(0, 3, dtype=m.dtype))
+
+
 def test_coincident_and_overlapping_atoms():
     with pytest.raises(ValueError, match="atoms 0 and 3 overlap|atoms 3 and 0 overlap"):
         model().predict(WATER_Z + [8], WATER + [[0.0, 0.0, 0.0]])
