@@ -95,49 +95,6 @@ def _pairdot_bwd_kernel(A0, A1, A2, B, DS, DA0, DA1, DA2, N, H: tl.constexpr, BL
     _degree_dot_bwd(A2, DA2, g, n2, j2, mask, 5, H, GRAD_BF16, LD)
 
 
-class PairDot(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a0, a1, a2, bias, out_dtype):
-        a0c, a1c, a2c = a0.contiguous(), a1.contiguous(), a2.contiguous()
-        bc = bias.detach().contiguous()
-        N, H = a0c.shape[0], a0c.shape[1] // 2
-        # by default the PyTorch form's dtype: bf16 projections with the float32 bias (autocast) give float32
-        if out_dtype is None:
-            out_dtype = torch.promote_types(a0c.dtype, bc.dtype)
-        s = torch.empty((N, 3 * H), device=a0c.device, dtype=out_dtype)
-        if N:
-            with launch_device(a0c.device):
-                _pairdot_fwd_kernel[tile_grid(N, H)](a0c, a1c, a2c, bc, s, N, H=H, BLOCK_N=TILE_N, BLOCK_H=TILE_W,
-                                                     OUT_BF16=out_dtype == torch.bfloat16, LD=2 * H,
-                                                     num_warps=TILE_WARPS)
-        ctx.save_for_backward(a0, a1, a2, bias)
-        return s
-
-    @staticmethod
-    def backward(ctx, ds):
-        a0, a1, a2, bias = ctx.saved_tensors
-        if torch.is_grad_enabled():       # double backward (a force loss): autograd through the reference
-            with torch.enable_grad():
-                ins = [t if t.requires_grad else t.detach().requires_grad_(True) for t in (a0, a1, a2, bias)]
-                ref = pairdot_reference(*ins)
-                grads = torch.autograd.grad(ref, ins, ds.to(ref.dtype), create_graph=True)
-            return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None)
-        a0c, a1c, a2c = a0.contiguous(), a1.contiguous(), a2.contiguous()
-        dsc = ds.contiguous()
-        N, H = a0c.shape[0], a0c.shape[1] // 2
-        da0, da1, da2 = torch.empty_like(a0c), torch.empty_like(a1c), torch.empty_like(a2c)
-        if N:
-            with launch_device(a0c.device):
-                _pairdot_bwd_kernel[tile_grid(N, H)](a0c, a1c, a2c, bias.detach().contiguous(), dsc, da0, da1, da2,
-                                                     N, H=H, BLOCK_N=TILE_N, BLOCK_H=TILE_W,
-                                                     GRAD_BF16=da0.dtype == torch.bfloat16, LD=2 * H,
-                                                     num_warps=TILE_WARPS)
-        dbias = None
-        if ctx.needs_input_grad[3]:
-            dbias = (dsc[:, :H].float() * a0c[:, H:].float()).sum(0).to(bias.dtype)
-        return da0, da1, da2, dbias, None
-
-
 def pairdot(a0: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Tensor,
             out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """s [N, 3h] of a0 [N, 2h], a1 [N, 3, 2h], a2 [N, 5, 2h], bias [h] by the kernels (``pairdot_reference``);
@@ -152,19 +109,21 @@ def pairdot(a0: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Te
                          f"{tuple(a0.shape)}, {tuple(a1.shape)}, {tuple(a2.shape)}, {tuple(bias.shape)}")
     if not (a0.dtype == a1.dtype == a2.dtype):
         raise ValueError(f"pairdot: a0, a1, a2 must share a dtype, got {a0.dtype}, {a1.dtype}, {a2.dtype}")
-    return PairDot.apply(a0, a1, a2, bias, out_dtype)
+    return PairDotGroups.apply(a0.contiguous(), a1.contiguous(), a2.contiguous(), out_dtype, bias)[0]
 
 
 class PairDotGroups(torch.autograd.Function):
-    """``pairdot_groups``: G pairdot problems side by side in a0 [N, G 2h], a1 [N, 3, G 2h], a2 [N, 5, G 2h] (float32
-    or bf16, contiguous), biases [h] each -> G outputs [N, 3h] in the projections' promoted dtype with the bias."""
+    """``pairdot`` (G = 1) and ``pairdot_groups``: G pairdot problems side by side in a0 [N, G 2h], a1 [N, 3, G 2h],
+    a2 [N, 5, G 2h] (contiguous), biases [h] each -> G outputs [N, 3h] in ``out_dtype``, None: the projections'
+    dtype promoted with the bias's (the PyTorch form's: bf16 projections with a float32 bias give float32)."""
 
     @staticmethod
-    def forward(ctx, a0, a1, a2, *biases):
+    def forward(ctx, a0, a1, a2, out_dtype, *biases):
         G = len(biases)
         N, LD = a0.shape
         H = LD // (2 * G)
-        out_dtype = torch.promote_types(a0.dtype, biases[0].dtype)
+        if out_dtype is None:
+            out_dtype = torch.promote_types(a0.dtype, biases[0].dtype)
         outs = [torch.empty((N, 3 * H), device=a0.device, dtype=out_dtype) for _ in range(G)]
         if N:
             with launch_device(a0.device):
@@ -193,7 +152,9 @@ class PairDotGroups(torch.autograd.Function):
                         refs.append(pairdot_reference(ins[0][:, c], ins[1][:, :, c], ins[2][:, :, c], ins[3 + g]))
                         gs.append(ds[g].to(refs[-1].dtype))
                 grads = torch.autograd.grad(refs, ins, gs, create_graph=True, allow_unused=True)
-            return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+            need = ctx.needs_input_grad[:3] + ctx.needs_input_grad[4:]
+            return (*(g if n else None for g, n in zip(grads[:3], need[:3])), None,
+                    *(g if n else None for g, n in zip(grads[3:], need[3:])))
         da0, da1, da2 = torch.empty_like(a0), torch.empty_like(a1), torch.empty_like(a2)
         dbias = []
         with launch_device(a0.device):
@@ -207,8 +168,8 @@ class PairDotGroups(torch.autograd.Function):
                                                          BLOCK_H=TILE_W, GRAD_BF16=da0.dtype == torch.bfloat16,
                                                          LD=LD, num_warps=TILE_WARPS)
                 dbias.append((dsg[:, :H].float() * a0[:, c + H:c + 2 * H].float()).sum(0).to(biases[g].dtype)
-                             if ctx.needs_input_grad[3 + g] else None)
-        return (da0, da1, da2, *dbias)
+                             if ctx.needs_input_grad[4 + g] else None)
+        return (da0, da1, da2, None, *dbias)
 
 
 def pairdot_groups(a0: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, biases) -> tuple:
@@ -227,4 +188,4 @@ def pairdot_groups(a0: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, biases)
     if not (a0.dtype == a1.dtype == a2.dtype) or a0.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"pairdot_groups: a0, a1, a2 must share a dtype, float32 or bf16, got {a0.dtype}, "
                          f"{a1.dtype}, {a2.dtype}")
-    return PairDotGroups.apply(a0.contiguous(), a1.contiguous(), a2.contiguous(), *biases)
+    return PairDotGroups.apply(a0.contiguous(), a1.contiguous(), a2.contiguous(), None, *biases)
