@@ -250,27 +250,15 @@ class _RMSNorm(torch.autograd.Function):
         if torch.is_grad_enabled():       # double backward (a force loss): autograd through the reference
             with torch.enable_grad():
                 dy = torch.cat(dys, dim=1) if ctx.parts else dys[0]
-                if ctx.add_dtype is not None:
-                    # x is the sum, an output of this node: autograd.grad with it as an input would re-enter this
-                    # node while it runs (it hangs); torch.func.vjp gives the same differentiable products without
-                    # the engine, and the second-order terms then reach x and the addend through this node again
-                    from torch.func import vjp
+                # torch.func.vjp, not autograd.grad: with an addend x is the saved sum, an output of this node, and
+                # autograd.grad with it as an input re-entered this node while it ran (it hung); vjp gives the same
+                # differentiable products without the engine, and the second-order terms then reach x (and the
+                # addend) through this node again
+                from torch.func import vjp
 
-                    eps, ex0 = ctx.eps, extra
-                    _y, pull = vjp(lambda xx, ww, bb: rms_norm_reference(xx, ww, bb, eps, ex0), x, weight, bias)
-                    grads = list(pull(dy.to(_y.dtype)))
-                    if extra is not None and nig[3]:
-                        _y, pull_e = vjp(lambda ee: rms_norm_reference(x, weight, bias, eps, ee), extra)
-                        grads.append(pull_e(dy.to(_y.dtype))[0])
-                    else:
-                        grads.append(None)
-                else:
-                    ins = [t if t.requires_grad else t.detach().requires_grad_(True) for t in (x, weight, bias)]
-                    ex = None if extra is None else (extra if extra.requires_grad
-                                                     else extra.detach().requires_grad_(True))
-                    y = rms_norm_reference(ins[0], ins[1], ins[2], ctx.eps, ex)
-                    targets = ins + ([ex] if ex is not None else [])
-                    grads = list(torch.autograd.grad(y, targets, dy.to(y.dtype), create_graph=True))
+                eps, ex = ctx.eps, [] if extra is None else [extra]
+                y, pull = vjp(lambda xx, ww, bb, *ee: rms_norm_reference(xx, ww, bb, eps, *ee), x, weight, bias, *ex)
+                grads = list(pull(dy.to(y.dtype))) + ([None] if extra is None else [])
             gx = grads[0] if g_res is None else grads[0] + g_res
             out = [gx if nig[0] else None] + [g if need else None for g, need in zip(grads[1:3], nig[1:3])]
             out.append(grads[3] if extra is not None and nig[3] else None)
