@@ -660,9 +660,7 @@ class Block(nn.Module):
         FFN norm's kernel; returns (that sum, the FFN's output), whose sum is the block's output, for the next
         block's attention norm (or the caller) to add.  The caller checks ``E2FormerV2._pending_usable``."""
         xp, parts = self.norm_attn.parts_passthrough(x, system, addend=pending)
-        y = self.attn.node_part(self.attn.fused_U_graph(*self.attn.qkv(parts), z, g), x.dtype)
-        xs, parts = self.norm_ffn.parts_passthrough(xp, None, True, addend=y)
-        return xs, self.ffn.parts(parts)
+        return self._node_part_pair(xp, self.attn.fused_U_graph(*self.attn.qkv(parts), z, g))
 
     def attn_input(self, x: torch.Tensor, system: torch.Tensor) -> torch.Tensor:
         """Pre-norm, system embedding added to the l=0 row (per atom)."""
@@ -692,17 +690,23 @@ class Block(nn.Module):
         """The rest of the block given its input ``x`` and the attention's U, atom by atom (any subset of
         atoms gives those atoms' rows): attention output, residual, FFN, residual."""
         if not torch.jit.is_scripting():
-            y = self.attn.node_part(U, x.dtype)
-            if self.norm_ffn.addend_usable(x, y):            # the residual sum by the norm's kernel (E2F_RMS_ADD)
-                xs, parts = self.norm_ffn.parts_passthrough(x, None, True, addend=y)
-                return xs + self.ffn.parts(parts)
-            x = x + y
-            if self.norm_ffn.passthrough_usable(x):          # (see forward)
-                xp, parts = self.norm_ffn.parts_passthrough(x, None, True)
-                return xp + self.ffn.parts(parts)
-            return x + self.ffn.parts(self.norm_ffn.parts_for_gemm(x))
+            xs, f = self._node_part_pair(x, U)
+            return xs + f
         x = x + self.attn.node_part(U, x.dtype)                # (TorchScript)
         return x + self.ffn.parts(self.norm_ffn.parts(x))
+
+    @torch.jit.unused
+    def _node_part_pair(self, x: torch.Tensor, U: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``node_part`` before its last residual sum: (the residual stream after the attention, the FFN's output)."""
+        y = self.attn.node_part(U, x.dtype)
+        if self.norm_ffn.addend_usable(x, y):                # the residual sum by the norm's kernel (E2F_RMS_ADD)
+            xs, parts = self.norm_ffn.parts_passthrough(x, None, True, addend=y)
+            return xs, self.ffn.parts(parts)
+        x = x + y
+        if self.norm_ffn.passthrough_usable(x):              # (see forward)
+            xp, parts = self.norm_ffn.parts_passthrough(x, None, True)
+            return xp, self.ffn.parts(parts)
+        return x, self.ffn.parts(self.norm_ffn.parts_for_gemm(x))
 
     def __getstate__(self):
         """Pickling / deepcopy without the torch.compile'd functions of ``E2FormerV2.set_compile`` (they cannot be
@@ -1102,12 +1106,12 @@ class E2FormerV2(nn.Module):
     @torch.jit.unused
     def _pending_usable(self, x: torch.Tensor, system: torch.Tensor) -> bool:
         """Whether the plain block loop may run as ``Block.forward_pending`` (the residual sums inside the norm
-        kernels): every block on the fused route with the passthrough norms, and ``E2F_RMS_ADD`` on.  The FFN's and
-        attention's outputs are float32 here (no autocast on this path)."""
+        kernels): every block on the fused route with the passthrough norms, and ``E2F_RMS_ADD`` on (the attention
+        norm takes the previous block's FFN output; the FFN norm decides for itself, as in ``node_part``).  The FFN's
+        outputs are float32 here (no autocast on this path)."""
         if not len(self.blocks) or x.dtype != torch.float32:
             return False
-        return all(b._attn_passthrough(x, system) and b.norm_ffn.addend_usable(x, x) and b.norm_attn.addend_usable(x, x)
-                   for b in self.blocks)
+        return all(b._attn_passthrough(x, system) and b.norm_attn.addend_usable(x, x) for b in self.blocks)
 
     @torch.jit.unused
     def _checkpoint_mode(self, x: torch.Tensor) -> str:
