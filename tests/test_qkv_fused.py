@@ -42,12 +42,12 @@ def test_qkv_project_matches_the_separate_projections_first_and_second_order():
     # a second order term: d/d(seed) of <grad, W> is linear in the seeds; through the differentiable branch
     seeds = [s.requires_grad_(True) for s in seeds]
     W = [torch.randn(x.shape, generator=g, dtype=torch.float64) for x in xs]
-    for out in (got, want):
+
+    def second_order(out):
         gr = torch.autograd.grad(out, xs, seeds, create_graph=True, retain_graph=True)
-        dd = torch.autograd.grad(sum((a * w).sum() for a, w in zip(gr, W)), seeds)
-        if out is got:
-            first = dd
-    for a, b in zip(first, dd):
+        return torch.autograd.grad(sum((a * w).sum() for a, w in zip(gr, W)), seeds)
+
+    for a, b in zip(second_order(got), second_order(want)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     # only some outputs used (the others' gradients are zeros)
     ga = torch.autograd.grad(got[3].sum(), xs, retain_graph=True)

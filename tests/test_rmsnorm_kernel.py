@@ -105,12 +105,29 @@ _INTERP_RMSNORM_MODEL_SCRIPT = node_kernel_model_script(
         L = len(m.blocks)
         assert sorted(set(calls)) == [(False, True), (True, False)], calls
         assert calls.count((True, False)) >= L and calls.count((False, True)) >= L + 1
+        # the energy reads only the final norm's l = 0 row: its backward reads no l > 0 gradient (HAS_DY12 off once
+        # per evaluation, every other norm reads all rows), and node_features(l0_only=True) is that row, [N, 1, C]
+        dy12 = []
+        real_bwd = rmsnorm_triton._launch_bwd
+        def spy_bwd(*a, **k):
+            dy12.append(a[7] if len(a) > 7 else k.get("has_dy12", True))
+            return real_bwd(*a, **k)
+        rmsnorm_triton._launch_bwd = spy_bwd
+        m.energy_and_forces(z, pos, cell, pbc)
+        assert dy12.count(False) == 1 and dy12.count(True) == 2 * L, dy12
+        g = m.build_graph(pos, cell, pbc, True)
+        x0 = m.node_features(z, g, 0, 1, l0_only=True)
+        x = m.node_features(z, g, 0, 1)
+        assert x0.shape == (len(z), 1, x.shape[2]) and x.shape == (len(z), 9, x.shape[2]), (x0.shape, x.shape)
+        assert torch.allclose(x0[:, 0], x[:, 0], rtol=0, atol=1e-6)
     """)
 
 
 def test_model_with_the_rmsnorm_kernel_under_interpreter():
     """E2F_RMSNORM_KERNEL=1: every norm of the model takes the kernel (attn_input with its system row, the FFN's
-    pre-norm as parts, the final norm), with the same energy and forces as the PyTorch form to float32 rounding."""
+    pre-norm as parts, the final norm), with the same energy and forces as the PyTorch form to float32 rounding; the
+    energy reads only the final norm's l = 0 row (``node_features(..., l0_only=True)``, [N, 1, C], its backward
+    reading no l > 0 gradient: no [N, 9, C] gradient made of a row selection)."""
     run_under_triton_interpreter(_INTERP_RMSNORM_MODEL_SCRIPT, [Path(__file__).resolve().parent],
                                  "the model with the RMS norm kernel",
                                  drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_RMSNORM_KERNEL"))
@@ -473,48 +490,6 @@ def test_rmsnorm_gradients_of_some_outputs_only_under_interpreter():
     the backward kernel reading no l > 0 gradient), the passthrough alone, y1 alone; first and second order against
     the reference."""
     run_under_triton_interpreter(_INTERP_ROW0_SCRIPT, [KPKG], "the RMS norm with some outputs' gradients")
-
-
-_INTERP_L0_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
-    from helpers import fused_route_on_reference
-    from openmm_e2former.kernels import rmsnorm_triton
-    m, z, pos, cell, pbc = tiny_kernel_model(num_layers=2)
-    fused_route_on_reference(m)
-    dy12 = []          # has_dy12 of each backward launch of the norm kernel
-    real_bwd = rmsnorm_triton._launch_bwd
-    def spy_bwd(*a, **k):
-        dy12.append(a[7] if len(a) > 7 else k.get("has_dy12", True))
-        return real_bwd(*a, **k)
-    rmsnorm_triton._launch_bwd = spy_bwd
-    out = {}
-    for flag in ("0", "1"):
-        os.environ["E2F_RMSNORM_KERNEL"] = flag
-        dy12.clear()
-        out[flag] = m.energy_and_forces(z, pos, cell, pbc)
-        # the final norm's backward reads row 0 only; every other norm reads all rows
-        assert dy12.count(False) == (1 if flag == "1" else 0) and dy12.count(True) == (4 if flag == "1" else 0), dy12
-    # the l = 0 row only where the final norm's kernel runs: [N, 1, C]
-    g = m.build_graph(pos, cell, pbc, True)
-    x0 = m.node_features(z, g, 0, 1, l0_only=True)
-    x = m.node_features(z, g, 0, 1)
-    assert x0.shape == (len(z), 1, x.shape[2]) and x.shape == (len(z), 9, x.shape[2]), (x0.shape, x.shape)
-    assert torch.allclose(x0[:, 0], x[:, 0], rtol=0, atol=1e-6)
-    e0, e1 = float(out["0"][1]), float(out["1"][1])
-    f0, f1 = out["0"][2], out["1"][2]
-    err = float((f1 - f0).abs().max() / f0.abs().max())
-    print("energy", e0, e1, "forces", err)
-    assert abs(e1 - e0) <= 1e-5 * abs(e0) and err < 1e-5
-    print("WORST", err)
-""")
-
-
-def test_model_reads_only_the_final_norms_l0_row_under_interpreter():
-    """The energy reads only the final norm's l = 0 row: with the norm kernel, ``node_features(..., l0_only=True)``
-    is that row as [N, 1, C] (no [N, 9, C] gradient made of a row selection), and the energy and forces match the
-    PyTorch norms' to float32 rounding."""
-    run_under_triton_interpreter(_INTERP_L0_MODEL_SCRIPT, [Path(__file__).resolve().parent],
-                                 "the final norm's l = 0 row",
-                                 drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_RMSNORM_KERNEL"))
 
 
 def test_residual_passthrough_switch(monkeypatch):
