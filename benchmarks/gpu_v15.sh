@@ -15,11 +15,55 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 rm -rf /tmp/pkg2 && mkdir -p /tmp/pkg2/openmm_e2former && cp -r openmm_e2former/* /tmp/pkg2/openmm_e2former/
 rm -rf /tmp/pkg2/openmm_e2former/model /tmp/pkg2/openmm_e2former/kernels && cp -r model kernels /tmp/pkg2/openmm_e2former/
 export PYTHONPATH="/tmp/pkg2:$PWD" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
-export E2F_FIXTURES="$PWD/.carry15/official_parity"
+export E2F_FIXTURES="${E2F_FIXTURES:-$PWD/.carry15/official_parity}"
 nvidia-smi --query-gpu=name --format=csv,noheader
 for what in "$@"; do
   case "$what" in
-    s18a) # NEXT session: 100k bf16 eager, session 15's code (commit 6ff766d, where 3.07 steps/s / 35.6 GiB were
+    s18c) # session 18: parity of the tiny fixtures (carried as .carry15_tiny: the tiny_* variant folders), then 100k
+          # bf16 eager, session 15's code (.carry_old15) against this tree (degree_linear keeps bf16 parts in bf16
+          # again), alternated, two processes each, random V1.5 weights (~4 min)
+          #   run(command="E2F_FIXTURES=$PWD/.carry_bisect/fix bash benchmarks/gpu_v15.sh s18c",
+          #       carry=[".carry_bisect", ".carry_old15", ".carry15_tiny"])
+      timeout 120 python3 tests/gpu/check_parity.py .carry15_tiny "$OUT/parity_gpu_tiny.json" \
+          --variants tiny_qk,tiny_qkdot,tiny_direct 2>&1 | tail -n 2
+      rm -rf /tmp/pkg15 && mkdir -p /tmp/pkg15/openmm_e2former && cp -r .carry_old15/openmm_e2former/* /tmp/pkg15/openmm_e2former/
+      rm -rf /tmp/pkg15/openmm_e2former/model /tmp/pkg15/openmm_e2former/kernels
+      cp -r .carry_old15/model .carry_old15/kernels /tmp/pkg15/openmm_e2former/
+      for rep in 1 2; do
+        for tree in old15 now; do
+          pp="$PYTHONPATH"; [ "$tree" = old15 ] && pp="/tmp/pkg15:$PWD"
+          PYTHONPATH="$pp" E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py \
+              --out "$OUT/e2e_100k_${tree}_$rep" --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 80 2>&1 \
+              | grep -E '^\{|Error' | sed "s/^/$tree $rep /" | cut -c1-200
+        done
+      done ;;
+    bisect) # session 18: 100k bf16 eager (random V1.5 weights, radial tables) for each older tree unpacked under
+            # .carry_bisect/tNAME (git archive COMMIT model kernels openmm_e2former), then this tree, two passes:
+            # which commit after session 15 (6ff766d: 3.08 steps/s, 35.2 GiB) made 100k bf16 slower and larger.
+            #   run(command="E2F_FIXTURES=$PWD/.carry_bisect/fix bash benchmarks/gpu_v15.sh bisect", carry=[".carry_bisect"])
+      for rep in 1 2; do
+        for tree in .carry_bisect/t* now; do
+          pp="$PYTHONPATH"
+          if [ "$tree" != now ]; then
+            p=/tmp/pkgb/$(basename "$tree"); rm -rf "$p" && mkdir -p "$p/openmm_e2former"
+            cp -r "$tree"/openmm_e2former/* "$p/openmm_e2former/"; rm -rf "$p/openmm_e2former/model" "$p/openmm_e2former/kernels"
+            cp -r "$tree/model" "$tree/kernels" "$p/openmm_e2former/"; pp="$p:$PWD"
+          fi
+          PYTHONPATH="$pp" E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py \
+              --out "$OUT/bisect_$(basename $tree)_$rep" --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 80 2>&1 \
+              | grep -E '^\{|Error' | sed "s/^/$(basename $tree) $rep /" | cut -c1-200
+        done
+      done ;;
+    s18b) # session 18, first: the GPU checks of session 17's four refactor commits (pairdot as one Function, the
+          # RMS-norm vjp double backward, Block._node_part_pair): check_qkv_fused, check_rms_addend, then parity of
+          # every fixture with exact MLPs (~6 min)
+      timeout 170 python3 tests/gpu/check_qkv_fused.py "$OUT/qkv_fused_check.json" 2>&1 | grep -E '^\{|PASS|FAIL|Error' \
+          | cut -c1-300
+      timeout 150 python3 tests/gpu/check_rms_addend.py "$OUT/rms_addend_check.json" 2>&1 | grep -E '^\{|PASS|FAIL|Error' \
+          | cut -c1-300
+      timeout 170 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu_${PARITY_VARIANTS:-all}.json" \
+          ${PARITY_VARIANTS:+--variants $PARITY_VARIANTS} 2>&1 | tail -n 3 ;;
+    s18a) # session 18: 100k bf16 eager, session 15's code (commit 6ff766d, where 3.07 steps/s / 35.6 GiB were
           # measured) against this tree, alternated, two processes each (~6 min). Needs, carried beside .carry15:
           #   mkdir -p .carry_old15 && git archive 6ff766d model kernels openmm_e2former | tar -x -C .carry_old15
           #   run(command="bash benchmarks/gpu_v15.sh s18a", carry=[".carry15", ".carry_old15"])

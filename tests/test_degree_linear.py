@@ -70,6 +70,24 @@ def test_degree_linear_under_bf16_autocast_computes_in_bf16(monkeypatch):
     for a, c in zip(torch.autograd.grad(y, xs, G), torch.autograd.grad(y0, xs, G)):
         assert a.dtype == c.dtype == torch.float32
         torch.testing.assert_close(a, c, rtol=2e-2, atol=5e-2)
+    # parts already in bf16 (the gate kernel writes them so under bf16 autocast) stay bf16, as autocast keeps them:
+    # session 17's promotion to float32 here ran the FFN's second linear in float32 (+1.3 GiB at 100k atoms)
+    xb = [x.detach().to(torch.bfloat16).requires_grad_(True) for x in xs]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = L.degree_linear(*xb, *ws, b)
+        y0 = _cat(xb, ws, b)
+    assert y.dtype == y0.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y0.float(), rtol=1e-2, atol=1e-2)
+    for a, c in zip(torch.autograd.grad(y, xb, G), torch.autograd.grad(y0, xb, G)):
+        assert a.dtype == c.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), c.float(), rtol=2e-2, atol=5e-2)
+    # float64 is left alone by autocast, and so here
+    x64, w64 = [x.detach().double() for x in xs], [w.double() for w in ws]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = L.degree_linear(*x64, *w64, b.double())
+        y0 = _cat(x64, w64, b.double())
+    assert y.dtype == y0.dtype == torch.float64
+    torch.testing.assert_close(y, y0, rtol=1e-12, atol=1e-12)
 
 
 def test_degree_linear_switch_and_when_it_steps_aside(monkeypatch):
