@@ -19,6 +19,37 @@ export E2F_FIXTURES="${E2F_FIXTURES:-$PWD/.carry15/official_parity}"
 nvidia-smi --query-gpu=name --format=csv,noheader
 for what in "$@"; do
   case "$what" in
+    s18g) # session 18, last: the V1.5 headline with the table backward's 4 warps: graphed 20k / 10k / 1k (TF32, bf16,
+          # fp32), then 100k eager bf16 / TF32, official V1.5 checkpoint, radial tables (~5 min)
+      E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed" --parts speed \
+          --sizes 20000,10000,1000 --modes graphed_tf32,graphed_bf16,graphed_fp32 --no-water --budget-s 170 2>&1 \
+          | grep -E '^\{|Error' | cut -c1-230
+      E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_100k" --parts speed \
+          --sizes 100000 --modes bf16,tf32 --no-water --budget-s 100 2>&1 | grep -E '^\{|Error' | cut -c1-230 ;;
+    s18f) # session 18, after s18e: the table backward's new default (4 warps) against the old (8) and with HB 64, 20k /
+          # 10k TF32 graphed, alternated in one process; then tests/gpu/check_table.py (TABLE kernels vs float64)
+      timeout 200 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_nw.json" --sizes 20000,10000 --precision tf32 \
+          --variants "l0,l0+E2F_V2_BWD_NUM_WARPS=8,l0+E2F_V2_BWD_HB=64" --rounds 2 --repeats 10 2>&1 | grep -E '^\{|Error' \
+          | sed -E 's/"(precheck|stats_read|call_no_replay|neighbor_edges|neighbor_list_mode|graph_captured|system|replay|replay_gpu_in_call)(_ms)?": [^,]+, //g' \
+          | cut -c1-240
+      timeout 150 python3 tests/gpu/check_table.py "$OUT/table_gpu_check.json" 2>&1 | tail -n 3 ;;
+    s18e) # session 18: the attention kernels' launch settings re-swept on the graphed V1.5 20k TF32 step (radial
+          # tables; the table sweep of session 12 ran before the relaxed atomics and the [N, D, H] layout), alternated
+          # in one process, two rounds (~6 min)
+      v="l0"
+      for e in E2F_V2_BWD_NUM_WARPS=4 E2F_V2_BWD_MAXNREG=0 E2F_V2_BWD_MAXNREG=168 E2F_V2_BWD_PROGS_PER_SM=4 \
+               E2F_V2_BWD_HB=64 E2F_V2_FWD_NUM_WARPS=8 E2F_V2_FWD_MAXNREG=0; do v="$v,l0+$e"; done
+      timeout 420 python3 benchmarks/graphed_breakdown.py "$OUT/graphed_sweep.json" --sizes 20000 --precision tf32 \
+          --variants "$v" --rounds 2 --repeats 10 2>&1 | grep -E '^\{|Error' \
+          | sed -E 's/"(precheck|stats_read|call_no_replay|neighbor_edges|neighbor_list_mode|graph_captured|system)(_ms)?": [^,]+, //g' \
+          | cut -c1-300 ;;
+    s18d) # session 18, with the degree_linear fix: the graphed V1.5 headline (20k / 10k, TF32 / bf16) and 100k eager
+          # bf16 / TF32, official V1.5 checkpoint, radial tables (~5 min)
+      E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed" --parts speed \
+          --sizes 20000,10000 --modes graphed_tf32,graphed_bf16 --no-water --budget-s 180 2>&1 \
+          | grep -E '^\{|Error' | cut -c1-230
+      E2F_RADIAL_TABLES=1 timeout 150 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_100k" --parts speed \
+          --sizes 100000 --modes bf16,tf32 --no-water --budget-s 130 2>&1 | grep -E '^\{|Error' | cut -c1-230 ;;
     s18c) # session 18: parity of the tiny fixtures (carried as .carry15_tiny: the tiny_* variant folders), then 100k
           # bf16 eager, session 15's code (.carry_old15) against this tree (degree_linear keeps bf16 parts in bf16
           # again), alternated, two processes each, random V1.5 weights (~4 min)
@@ -40,6 +71,7 @@ for what in "$@"; do
     bisect) # session 18: 100k bf16 eager (random V1.5 weights, radial tables) for each older tree unpacked under
             # .carry_bisect/tNAME (git archive COMMIT model kernels openmm_e2former), then this tree, two passes:
             # which commit after session 15 (6ff766d: 3.08 steps/s, 35.2 GiB) made 100k bf16 slower and larger.
+            # BISECT_SIZES / BISECT_MODES: other cases (session 18: 20000 / graphed_tf32, before and after the refactors)
             #   run(command="E2F_FIXTURES=$PWD/.carry_bisect/fix bash benchmarks/gpu_v15.sh bisect", carry=[".carry_bisect"])
       for rep in 1 2; do
         for tree in .carry_bisect/t* now; do
@@ -50,7 +82,8 @@ for what in "$@"; do
             cp -r "$tree/model" "$tree/kernels" "$p/openmm_e2former/"; pp="$p:$PWD"
           fi
           PYTHONPATH="$pp" E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py \
-              --out "$OUT/bisect_$(basename $tree)_$rep" --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 80 2>&1 \
+              --out "$OUT/bisect_$(basename $tree)_$rep" --parts speed --sizes ${BISECT_SIZES:-100000} \
+              --modes ${BISECT_MODES:-bf16} --no-water --budget-s 80 2>&1 \
               | grep -E '^\{|Error' | sed "s/^/$(basename $tree) $rep /" | cut -c1-200
         done
       done ;;

@@ -14,7 +14,8 @@ every other variant runs with ``E2F_QKV_FUSED=0``), "qkv_nopre" (qkv without the
 (qkv with ``E2F_RMS_ADD=1``, the residual sums inside the norm kernels, the default since session 17; every other
 variant runs with ``E2F_RMS_ADD=0``) and "l0" (add with the final norm's l = 0 row only, ``l0_only``, the default
 since session 17; every other variant runs with the model's ``_norm_final`` patched to the full [N, 9, C] norm), run alternately, ``--rounds`` times each, in one
-process.  Each variant's energy and forces are compared with the first's (float32: the same up to the float
+process.  A variant may add environment settings after its name, "l0+E2F_V2_BWD_NUM_WARPS=4+E2F_V2_BWD_HB=64": set
+for its capture and calls only (session 18: the attention kernels' launch settings, re-swept on the graphed step).  Each variant's energy and forces are compared with the first's (float32: the same up to the float
 atomics' order; TF32 amplifies that order to ~1e-3 in the forces).
 
     python benchmarks/graphed_breakdown.py OUT.json [--sizes 10000,20000] [--precision tf32]
@@ -46,18 +47,43 @@ def median_ms(call, repeats):
     return 1e3 * float(np.median(times))
 
 
+def _base(variant: str) -> str:
+    """The variant's name without its "+KEY=VALUE" environment settings."""
+    return variant.split("+")[0]
+
+
+def _extra_env(variant: str) -> dict:
+    """The variant's "+KEY=VALUE" environment settings."""
+    out = {}
+    for kv in variant.split("+")[1:]:
+        key, sep, val = kv.partition("=")
+        if not sep or not key.startswith("E2F_"):
+            raise SystemExit(f"variant {variant!r}: expected NAME+E2F_KEY=VALUE+...")
+        out[key] = val
+    return out
+
+
+_EXTRA_KEYS: set = set()
+
+
 def _variant_final_norm(m, variant: str) -> None:
     """Variants before "l0": the final norm in full (what the graph captures; replays do not run Python)."""
     from openmm_e2former.model import E2FormerV2
 
-    if variant == "l0":
+    if _base(variant) == "l0":
         m.__dict__.pop("_norm_final", None)
     else:
         m._norm_final = lambda x, l0_only: E2FormerV2._norm_final(m, x, False)
 
 
 def _variant_env(variant: str) -> None:
-    """The environment switches of a variant (read at capture and on eager calls)."""
+    """The environment switches of a variant (read at capture and on eager calls); another variant's extra settings
+    are removed first."""
+    for key in _EXTRA_KEYS:
+        os.environ.pop(key, None)
+    extra = _extra_env(variant)
+    _EXTRA_KEYS.update(extra)
+    os.environ.update(extra)
     os.environ["E2F_RMS_RESIDUAL"] = "1" if variant.startswith(("rms_res", "qkv", "add", "l0")) else "0"
     os.environ["E2F_QKV_FUSED"] = "1" if variant.startswith(("qkv", "add", "l0")) else "0"
     os.environ["E2F_RMS_ADD"] = "1" if variant.startswith(("add", "l0")) else "0"
@@ -178,15 +204,15 @@ def main():
         graphs = {}
         for rnd in range(args.rounds):
             for variant in args.variants.split(","):
-                E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout
+                E._v2_qk_layout = (lambda: False) if _base(variant) == "hd_proj" else real_layout
                 _variant_env(variant)
                 _variant_final_norm(m, variant)
                 if variant not in graphs:          # one graph per variant (captured with its code path)
                     G = GraphedEnergyForces(m, z, periodic=ct is not None,
-                                            neighbors="host" if variant == "host_nl" else None)
+                                            neighbors="host" if _base(variant) == "host_nl" else None)
                     for _ in range(2):
                         G(pt, ct, ch)
-                    if variant.endswith("_nopre"):
+                    if _base(variant).endswith("_nopre"):
                         G._moved_too_far = lambda: False
                     graphs[variant] = G
                 G = graphs[variant]
@@ -215,7 +241,7 @@ def main():
                 print(json.dumps(rows[-1]), flush=True)
         e = {}
         for variant, G in graphs.items():          # the code paths give the same energy and forces
-            E._v2_qk_layout = (lambda: False) if variant == "hd_proj" else real_layout
+            E._v2_qk_layout = (lambda: False) if _base(variant) == "hd_proj" else real_layout
             _variant_env(variant)
             _variant_final_norm(m, variant)
             e[variant] = G(pt, ct, ch)

@@ -962,8 +962,10 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
     ``table``: the radial-table launch (TABLE: no edge MLP in the kernel), whose warps were re-swept on its own
     (H200, session 12, ``benchmarks/results/attention_stages_tabletiles_s12_h200.jsonl``; every variant checked
     against float64 first): the forward takes 4 warps at every size (bundled 115k: 10.03 -> 6.64 ms; V1.5 already
-    had 4), the backward 8 warps for H >= 64 (V1.5 10k forward + backward 15.41 -> 15.01 ms; bundled: no change,
-    46.19 vs 46.24 ms, so it keeps 4).  HB 64, BLOCK_T 2, 2 edges per step and a 160-register cap were slower.
+    had 4).  The backward took 8 warps for H >= 64 then (V1.5 10k forward + backward 15.41 -> 15.01 ms), with the
+    acquire-release atomics of that time; with the relaxed ones (session 13) 4 warps are faster again: V1.5 20k TF32
+    graphed step 69.2 -> 61.3 ms (H200, session 18, ``graphed_sweep_20k_tf32_s18_h200.json``), so every size now
+    takes 4.  HB 64, BLOCK_T 2, 2 edges per step and a 160-register cap were slower in session 12.
     """
     K = kind.upper()
     tuned = H >= 64     # the GPU sweep (benchmarks/results/attention_v2_tune_h200.md) ran at the V1.5 size, H = 128
@@ -972,7 +974,7 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
     else:               # ~32 rows per program
         d_bt, d_hb, d_kc, d_nw = (max(1, 32 // block_e), 32, 32, 4) if tuned else (max(1, 32 // block_e), 16, 16, 4)
     if table:
-        d_nw = 4 if kind == "fwd" else (8 if tuned else d_nw)
+        d_nw = 4
     hb = min(H, _env_int(f"E2F_V2_{K}_HB", d_hb))
     kc = min(hid, _env_int(f"E2F_V2_{K}_KC", d_kc))
     cfg = dict(BLOCK_T=_env_int(f"E2F_V2_{K}_BLOCK_T", d_bt), HB=hb, KC=kc,
