@@ -660,7 +660,11 @@ class Block(nn.Module):
         FFN norm's kernel; returns (that sum, the FFN's output), whose sum is the block's output, for the next
         block's attention norm (or the caller) to add.  The caller checks ``E2FormerV2._pending_usable``."""
         xp, parts = self.norm_attn.parts_passthrough(x, system, addend=pending)
-        return self._node_part_pair(xp, self.attn.fused_U_graph(*self.attn.qkv(parts), z, g))
+        y = self.attn.node_part(self.attn.fused_U_graph(*self.attn.qkv(parts), z, g), x.dtype)
+        # U ([N, 3, 9, C], a temporary above) and the attention norm's parts are not kept alive through the FFN:
+        # session 17's refactor passed U down as an argument, +0.5 GiB at the 20k graphed peak (session 18)
+        del parts
+        return self._ffn_pair(xp, y)
 
     def attn_input(self, x: torch.Tensor, system: torch.Tensor) -> torch.Tensor:
         """Pre-norm, system embedding added to the l=0 row (per atom)."""
@@ -690,15 +694,15 @@ class Block(nn.Module):
         """The rest of the block given its input ``x`` and the attention's U, atom by atom (any subset of
         atoms gives those atoms' rows): attention output, residual, FFN, residual."""
         if not torch.jit.is_scripting():
-            xs, f = self._node_part_pair(x, U)
+            xs, f = self._ffn_pair(x, self.attn.node_part(U, x.dtype))
             return xs + f
         x = x + self.attn.node_part(U, x.dtype)                # (TorchScript)
         return x + self.ffn.parts(self.norm_ffn.parts(x))
 
     @torch.jit.unused
-    def _node_part_pair(self, x: torch.Tensor, U: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``node_part`` before its last residual sum: (the residual stream after the attention, the FFN's output)."""
-        y = self.attn.node_part(U, x.dtype)
+    def _ffn_pair(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``node_part`` after the attention's output ``y``, before its last residual sum: (the residual stream x + y,
+        the FFN's output)."""
         if self.norm_ffn.addend_usable(x, y):                # the residual sum by the norm's kernel (E2F_RMS_ADD)
             xs, parts = self.norm_ffn.parts_passthrough(x, None, True, addend=y)
             return xs, self.ffn.parts(parts)

@@ -399,6 +399,27 @@ _INTERP_ADDEND_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
         assert abs(float(e1) - float(e0)) <= 1e-6 * abs(float(e0)), (key, e0, e1)
         assert err < 1e-5, (key, err)
         worst = max(worst, err)
+    # the plain loop's blocks (forward_pending) do not keep the attention's U [N, 3, 9, C] alive while their FFN
+    # runs (session 17's refactor did: +0.5 GiB at the V1.5 20k graphed peak); U is not saved for the backward
+    import weakref
+    m.set_precision("fp32")
+    m.checkpoint_blocks = False
+    os.environ["E2F_RMS_ADD"] = "1"
+    alive, last_U = [], {}
+    for b in m.blocks:
+        def U_spy(*a, _real=b.attn.fused_U_graph):
+            U = _real(*a)
+            last_U["ref"] = weakref.ref(U)
+            return U
+        def ffn_spy(parts, _real=b.ffn.parts):
+            alive.append(last_U.pop("ref")() is not None)
+            return _real(parts)
+        b.attn.fused_U_graph, b.ffn.parts = U_spy, ffn_spy
+    calls.clear()
+    m.energy_and_forces(z, pos, cell, pbc)
+    assert calls.count(True) == 2 * L - 1 and alive == [False] * L, (calls, alive)
+    for b in m.blocks:
+        del b.attn.fused_U_graph, b.ffn.parts
     # a force loss (training: weights that require grad, second order), the weights' gradients with the sums in the
     # norm kernels against the separate adds
     m.set_precision("fp32")
