@@ -19,6 +19,9 @@ export E2F_FIXTURES="${E2F_FIXTURES:-$PWD/.carry15/official_parity}"
 nvidia-smi --query-gpu=name --format=csv,noheader
 for what in "$@"; do
   case "$what" in
+    s18h) # session 18, after the forward_pending memory fix: graphed V1.5 20k / 10k TF32, peak memory (~1.5 min)
+      E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed" --parts speed \
+          --sizes 20000,10000 --modes graphed_tf32 --no-water --budget-s 100 2>&1 | grep -E '^\{|Error' | cut -c1-230 ;;
     s18g) # session 18, last: the V1.5 headline with the table backward's 4 warps: graphed 20k / 10k / 1k (TF32, bf16,
           # fp32), then 100k eager bf16 / TF32, official V1.5 checkpoint, radial tables (~5 min)
       E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed" --parts speed \
