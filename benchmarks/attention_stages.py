@@ -82,9 +82,9 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
                                               E2F_V2_BWD_MAXNREG="96"), "fwd+bwd"),
     ("stream/tile, table, uncapped", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_FWD_MAXNREG="0",
                                           E2F_V2_BWD_MAXNREG="0"), "fwd+bwd"),
-    # session 12: tiles and caps re-swept under TABLE (its live state is much smaller than the MLP path's); since
-    # then the TABLE launch's own defaults are 4 forward warps and 8 backward warps for H >= 64, so "4 warps" and
-    # (at V1.5) "bwd 8 warps" now equal "stream, table" / "stream/tile, table"
+    # session 12: tiles and caps re-swept under TABLE (its live state is much smaller than the MLP path's); the
+    # TABLE launch's own defaults are 4 forward warps and, since session 18, 4 backward warps (8 for H >= 64 from
+    # session 12 to 17), so "4 warps" now equals "stream, table" and "bwd 8 warps" is session 12's choice
     ("stream, table, HB 64", dict(_agg("stream"), TABLE="1", E2F_V2_FWD_HB="64"), "fwd"),
     ("stream, table, 4 warps", dict(_agg("stream"), TABLE="1", E2F_V2_FWD_NUM_WARPS="4"), "fwd"),
     ("stream, table, 8 warps", dict(_agg("stream"), TABLE="1", E2F_V2_FWD_NUM_WARPS="8"), "fwd"),
@@ -113,6 +113,22 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
     # the tiled backward's dv / dk atomics as plain stores, or left out (timing only, wrong gradients): their cost
     ("stream/tile, table, plain stores", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_BWD_ATOM="1"), "fwd+bwd"),
     ("stream/tile, table, no dv / dk write", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_BWD_ATOM="2"), "fwd+bwd"),
+    # session 18 (prepared for session 19): the edge-MLP launch's settings re-swept after the relaxed atomics, as the
+    # TABLE backward's warps were (8 -> 4: -11 % of the V1.5 20k step); "stream/tile, DX2_SCR" is today's MLP default
+    ("stream, uncapped", dict(_agg("stream"), E2F_V2_FWD_MAXNREG="0"), "fwd"),
+    ("stream, KC 16", dict(_agg("stream"), E2F_V2_FWD_KC="16"), "fwd"),
+    ("stream, KC 64", dict(_agg("stream"), E2F_V2_FWD_KC="64"), "fwd"),
+    ("stream, 4 programs per SM", dict(_agg("stream"), E2F_V2_FWD_PROGS_PER_SM="4"), "fwd"),
+    ("stream/tile, DX2_SCR, bwd 8 warps", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1",
+                                               E2F_V2_BWD_NUM_WARPS="8"), "fwd+bwd"),
+    ("stream/tile, DX2_SCR, bwd 2 warps", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1",
+                                               E2F_V2_BWD_NUM_WARPS="2"), "fwd+bwd"),
+    ("stream/tile, DX2_SCR, bwd uncapped", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1",
+                                                E2F_V2_BWD_MAXNREG="0"), "fwd+bwd"),
+    ("stream/tile, DX2_SCR, bwd KC 16", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1", E2F_V2_BWD_KC="16"),
+     "fwd+bwd"),
+    ("stream/tile, DX2_SCR, bwd 4 programs per SM", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1",
+                                                         E2F_V2_BWD_PROGS_PER_SM="4"), "fwd+bwd"),
     ("stream/tile, DR_ACC", dict(_agg("stream", "tile"), E2F_V2_BWD_DR_ACC="1"), "fwd+bwd"),
     ("stream/tile, DU_BCAST", dict(_agg("stream", "tile"), E2F_V2_BWD_DU_BCAST="1"), "fwd+bwd"),
     ("stream/tile, every RBF centre", dict(_agg("stream", "tile"), E2F_V2_RBF_WIN="0"), "fwd+bwd"),

@@ -19,6 +19,21 @@ export E2F_FIXTURES="${E2F_FIXTURES:-$PWD/.carry15/official_parity}"
 nvidia-smi --query-gpu=name --format=csv,noheader
 for what in "$@"; do
   case "$what" in
+    appa19) # NEXT session (19), for item 4a's MLP pair: the edge-MLP launch settings at the App. A size (H 16, K 64,
+            # the untuned launch) re-swept after the relaxed atomics, as session 18 did for the TABLE backward (8 -> 4
+            # warps: -11 % of the V1.5 20k step), 32k atoms, every variant checked against float64 first; then item
+            # 4a's pair with the defaults (~7 min; needs no carry)
+            #   run(command="bash benchmarks/gpu_v15.sh appa19")
+      V="stream;stream, 4 warps;stream, uncapped;stream, 128 registers;stream, KC 16;stream, KC 64"
+      V="$V;stream, 4 programs per SM;stream, 2 edges per step;stream/tile, DX2_SCR;stream/tile, DX2_SCR, bwd 8 warps"
+      V="$V;stream/tile, DX2_SCR, bwd 2 warps;stream/tile, DX2_SCR, bwd uncapped;stream/tile, DX2_SCR, bwd KC 16"
+      V="$V;stream/tile, DX2_SCR, bwd 4 programs per SM"
+      timeout 420 python3 benchmarks/attention_stages.py --out "$OUT/appa_stages" --sizes appA:32768:64 \
+          --variants "$V" 2>&1 | tail -n 3
+      [ -f "$OUT/appa_stages/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
+          --report "$OUT/appa_stages/attention_stages.jsonl"
+      BENCH_BUDGET_S=100 timeout 150 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s19" \
+          --impls fused,reference --settings appA --ns 8192,32768 2>&1 | tail -n 4 ;;
     s18h) # session 18, after the forward_pending memory fix: graphed V1.5 20k / 10k TF32, peak memory (~1.5 min)
       E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed" --parts speed \
           --sizes 20000,10000 --modes graphed_tf32 --no-water --budget-s 100 2>&1 | grep -E '^\{|Error' | cut -c1-230 ;;
