@@ -95,6 +95,12 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
     ("stream/tile, table, bwd BLOCK_T 2", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_BWD_BLOCK_T="2"), "fwd+bwd"),
     ("stream/tile, table, bwd 160 registers", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_BWD_MAXNREG="160"),
      "fwd+bwd"),
+    # session 18 (prepared for session 19): the TABLE backward's other launch settings after the relaxed atomics
+    ("stream/tile, table, bwd 2 warps", dict(_agg("stream", "tile"), TABLE="1", E2F_V2_BWD_NUM_WARPS="2"), "fwd+bwd"),
+    ("stream/tile, table, bwd 4 programs per SM", dict(_agg("stream", "tile"), TABLE="1",
+                                                       E2F_V2_BWD_PROGS_PER_SM="4"), "fwd+bwd"),
+    ("stream/tile, table, bwd 16 programs per SM", dict(_agg("stream", "tile"), TABLE="1",
+                                                        E2F_V2_BWD_PROGS_PER_SM="16"), "fwd+bwd"),
     # q / k / dq / dk in the model's [N, H, D] (E2F_V2_QK_LAYOUT=hd): the default before session 13; that session's
     # "QK dh" rows timed the [N, D, H] copies that are the default since then (contiguous dk atomics)
     ("stream, table, QK hd", dict(_agg("stream"), TABLE="1", E2F_V2_QK_LAYOUT="hd"), "fwd"),

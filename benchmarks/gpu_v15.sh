@@ -19,6 +19,30 @@ export E2F_FIXTURES="${E2F_FIXTURES:-$PWD/.carry15/official_parity}"
 nvidia-smi --query-gpu=name --format=csv,noheader
 for what in "$@"; do
   case "$what" in
+    s19a) # NEXT session (19), first: Block.forward no longer keeps U [N, 3, 9, C] through the FFN (session 18, untimed:
+          # the bf16 / checkpointed blocks' path). 100k bf16 eager before / after, alternated, through the bisect mode:
+          #   rm -rf .carry_bisect/t* && mkdir -p .carry_bisect/t7-55bd35a && git archive 55bd35a model kernels \
+          #     openmm_e2former | tar -x -C .carry_bisect/t7-55bd35a
+          #   run(command="E2F_FIXTURES=$PWD/.carry_bisect/fix BISECT_SIZES=100000 BISECT_MODES=bf16 bash
+          #       benchmarks/gpu_v15.sh bisect", carry=[".carry_bisect"])
+          # then this mode: the "block"-checkpointed 100k peaks (the <= 25 GB target; session 14: 23.5 GiB fp32 /
+          # 19.3 GiB bf16) and graphed bf16 20k / 10k (~4 min)
+      E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_100k_block" --parts speed \
+          --sizes 100000 --modes fp32,bf16 --checkpoint block --no-water --budget-s 180 2>&1 | grep -E '^\{|Error' \
+          | cut -c1-230
+      E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed_bf16" --parts speed \
+          --sizes 20000,10000 --modes graphed_bf16 --no-water --budget-s 100 2>&1 | grep -E '^\{|Error' | cut -c1-230 ;;
+    tab19) # NEXT session (19): the TABLE launch settings re-swept at the bundled model's size (H 16, K 64, 115,200
+           # atoms: the OpenMM main job) and at V1.5 10k, after the relaxed atomics; each variant checked against
+           # float64 first (~6 min; needs no carry)
+      V="stream, table;stream, table, 8 warps;stream, table, 160 registers;stream, table, 2 edges per step"
+      V="$V;stream/tile, table;stream/tile, table, bwd 8 warps;stream/tile, table, bwd 2 warps"
+      V="$V;stream/tile, table, bwd BLOCK_T 2;stream/tile, table, bwd 160 registers;stream/tile, table, uncapped"
+      V="$V;stream/tile, table, bwd 4 programs per SM;stream/tile, table, bwd 16 programs per SM"
+      timeout 500 python3 benchmarks/attention_stages.py --out "$OUT/tab_stages" --sizes bundled:115200:64,v15:10000:32 \
+          --variants "$V" 2>&1 | tail -n 3
+      [ -f "$OUT/tab_stages/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
+          --report "$OUT/tab_stages/attention_stages.jsonl" ;;
     appa19) # NEXT session (19), for item 4a's MLP pair: the edge-MLP launch settings at the App. A size (H 16, K 64,
             # the untuned launch) re-swept after the relaxed atomics, as session 18 did for the TABLE backward (8 -> 4
             # warps: -11 % of the V1.5 20k step), 32k atoms, every variant checked against float64 first; then item

@@ -643,9 +643,22 @@ class Block(nn.Module):
             if self._attn_passthrough(x, system):
                 # the residual stream through the attention norm's passthrough (E2F_RMS_RESIDUAL, on by default): its
                 # gradient is summed with the norm's in the norm's backward kernel instead of by autograd
-                xp, parts = self.norm_attn.parts_passthrough(x, system)
-                return self.node_part(xp, self.attn.fused_U_graph(*self.attn.qkv(parts), z, g))
+                xs, f = self._ffn_pair(*self._attn_out_passthrough(x, None, system, z, g))
+            else:
+                # (node_part(x, U) would keep U alive through the FFN: the caller's argument)
+                xs, f = self._ffn_pair(x, self.attn.node_part(self.edge_part(x, system, z, g), x.dtype))
+            return xs + f
         return self.node_part(x, self.edge_part(x, system, z, g))
+
+    @torch.jit.unused
+    def _attn_out_passthrough(self, x: torch.Tensor, pending: Optional[torch.Tensor], system: torch.Tensor,
+                              z: torch.Tensor, g: Graph) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(the attention norm's passthrough output: x, or x + pending summed by its kernel; the attention's output)
+        on the fused route.  U [N, 3, 9, C] is a temporary here and the norm's parts are this frame's, so neither
+        lives on through the FFN that the caller runs next (session 17's refactor kept U there: +0.5 GiB at the
+        V1.5 20k graphed peak, session 18)."""
+        xp, parts = self.norm_attn.parts_passthrough(x, system, addend=pending)
+        return xp, self.attn.node_part(self.attn.fused_U_graph(*self.attn.qkv(parts), z, g), x.dtype)
 
     @torch.jit.unused
     def _attn_passthrough(self, x: torch.Tensor, system: torch.Tensor) -> bool:
@@ -659,12 +672,7 @@ class Block(nn.Module):
         (pending None: x), summed by the attention norm's kernel, and the attention's output is summed with it by the
         FFN norm's kernel; returns (that sum, the FFN's output), whose sum is the block's output, for the next
         block's attention norm (or the caller) to add.  The caller checks ``E2FormerV2._pending_usable``."""
-        xp, parts = self.norm_attn.parts_passthrough(x, system, addend=pending)
-        y = self.attn.node_part(self.attn.fused_U_graph(*self.attn.qkv(parts), z, g), x.dtype)
-        # U ([N, 3, 9, C], a temporary above) and the attention norm's parts are not kept alive through the FFN:
-        # session 17's refactor passed U down as an argument, +0.5 GiB at the 20k graphed peak (session 18)
-        del parts
-        return self._ffn_pair(xp, y)
+        return self._ffn_pair(*self._attn_out_passthrough(x, pending, system, z, g))
 
     def attn_input(self, x: torch.Tensor, system: torch.Tensor) -> torch.Tensor:
         """Pre-norm, system embedding added to the l=0 row (per atom)."""

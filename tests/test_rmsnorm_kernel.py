@@ -399,10 +399,10 @@ _INTERP_ADDEND_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
         assert abs(float(e1) - float(e0)) <= 1e-6 * abs(float(e0)), (key, e0, e1)
         assert err < 1e-5, (key, err)
         worst = max(worst, err)
-    # the plain loop's blocks (forward_pending) do not keep the attention's U [N, 3, 9, C] alive while their FFN
-    # runs (session 17's refactor did: +0.5 GiB at the V1.5 20k graphed peak); U is not saved for the backward
+    # the blocks do not keep the attention's U [N, 3, 9, C] alive while their FFN runs (U is not saved for the
+    # backward): neither the plain loop's (forward_pending; session 17's refactor did: +0.5 GiB at the V1.5 20k graphed
+    # peak) nor the Python loop's (Block.forward, bf16: node_part(x, U) held it as its caller's argument)
     import weakref
-    m.set_precision("fp32")
     m.checkpoint_blocks = False
     os.environ["E2F_RMS_ADD"] = "1"
     alive, last_U = [], {}
@@ -415,9 +415,13 @@ _INTERP_ADDEND_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
             alive.append(last_U.pop("ref")() is not None)
             return _real(parts)
         b.attn.fused_U_graph, b.ffn.parts = U_spy, ffn_spy
-    calls.clear()
-    m.energy_and_forces(z, pos, cell, pbc)
-    assert calls.count(True) == 2 * L - 1 and alive == [False] * L, (calls, alive)
+    for mode, adds in (("fp32", 2 * L - 1), ("bf16", L)):
+        m.set_precision(mode)
+        calls.clear()
+        alive.clear()
+        m.energy_and_forces(z, pos, cell, pbc)
+        assert calls.count(True) == adds and alive == [False] * L, (mode, calls, alive)
+    m.set_precision("fp32")
     for b in m.blocks:
         del b.attn.fused_U_graph, b.ffn.parts
     # a force loss (training: weights that require grad, second order), the weights' gradients with the sums in the
