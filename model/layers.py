@@ -496,8 +496,8 @@ def degree_linear(x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, w0: torc
     if not env_switch("E2F_DEGREE_LINEAR", default="1" if x0.is_cuda else "0"):
         return None
     # autocast lowers float32 and keeps inputs already in its dtype (the gate kernel writes bf16 parts under bf16
-    # autocast: promoting them to float32 ran the FFN's second linear in float32 at 100k, +1.3 GiB and -3 % steps/s,
-    # session 18); it leaves float64 alone
+    # autocast: promoting them to float32 ran the FFN's second linear in float32, at 100k bf16 +3.0 GiB at the peak
+    # and ~4 % fewer steps/s, sessions 16-17, found in session 18); it leaves float64 alone
     dt = _autocast_lower(x0) if x0.dtype != torch.float64 else None
     if dt is None:
         dt = torch.promote_types(x0.dtype, w0.dtype)
