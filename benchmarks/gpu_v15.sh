@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device call with the official V1.5 checkpoint (47 MB), which does not fit beside the carried wheels: carry
 # only the fixtures, copied to .carry15/official_parity (cp -r ../shared/fixtures/official_parity .carry15/).  Needs
-# nothing beyond the device's torch + triton (no OpenMM).
+# nothing beyond the device's torch + triton (no OpenMM).  Since session 18 the tree plus all fixtures exceed the
+# 64 MiB carry: .carry15 holds the V1.5 variant only and .carry15_tiny the tiny_* folders (modes s18c / parity with
+# PARITY_VARIANTS); speed-only modes need just the config (E2F_FIXTURES=$PWD/.carry_bisect/fix, random weights).
 #   run(command="bash benchmarks/gpu_v15.sh parity e2e", carry=[".carry15"])
 #   parity: tests/gpu/check_parity.py, every fixture variant (tiny_* and v15) on the GPU vs the official outputs
 #   tablecheck / kcheck: tests/gpu/check_table.py (TABLE attention and the edge-degree v2 kernels vs float64) /
