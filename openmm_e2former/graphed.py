@@ -155,6 +155,14 @@ class _PaddedGraph:
         zs = [torch.as_tensor(z).reshape(-1).to(dev, torch.long) for z in atomic_numbers]
         self.sizes = [int(z.numel()) for z in zs]
         self.B = len(zs)
+        # (as the eager path's check_inputs: the node-level layers cannot take zero rows, and here the padded
+        # buffers failed with an index error)
+        if not zs:
+            raise ValueError("no systems: give the atomic numbers of at least one system")
+        empty = [b for b, s in enumerate(self.sizes) if s == 0]
+        if empty:
+            raise ValueError("no atoms: the system is empty (the model needs at least one atom)" if self.B == 1
+                             else f"no atoms in system(s) {empty} of the batch: every system needs at least one atom")
         self.n = sum(self.sizes)
         z = torch.cat(zs) if zs else torch.zeros(0, dtype=torch.long, device=dev)
         self.z = torch.cat([z, z.new_zeros(1)])          # ghost node N: any valid element index

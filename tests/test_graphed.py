@@ -400,6 +400,19 @@ def test_batched_graphed_equals_each_system_alone(dtype, rtol):
     assert abs(float(G0(torch.cat([s[1] for s in systems]), cells)[0][1] - e[1])) > 1e-4
 
 
+def test_empty_systems_get_a_clear_error(default64):
+    """Zero atoms, as in the eager path's check_inputs (the padded buffers failed with 'selected index k out of
+    range'), for one system, an empty batch and a batch with an empty member."""
+    from openmm_e2former.graphed import BatchedGraphedEnergyForces
+
+    with pytest.raises(ValueError, match="no atoms: the system is empty"):
+        GraphedEnergyForces(default64, [], periodic=False)
+    with pytest.raises(ValueError, match="no systems"):
+        BatchedGraphedEnergyForces(default64, [], [])
+    with pytest.raises(ValueError, match=r"no atoms in system\(s\) \[1\] of the batch"):
+        BatchedGraphedEnergyForces(default64, [[8, 1, 1], []], [False, False])
+
+
 def test_neighbour_list_placement_from_the_environment(default64, monkeypatch):
     from openmm_e2former.graphed import NEIGHBORS_ENV_VAR
     z, pos, cell = _tensors(*water_box(4, 3.1, seed=6))
