@@ -643,22 +643,24 @@ class Block(nn.Module):
             if self._attn_passthrough(x, system):
                 # the residual stream through the attention norm's passthrough (E2F_RMS_RESIDUAL, on by default): its
                 # gradient is summed with the norm's in the norm's backward kernel instead of by autograd
-                xs, f = self._ffn_pair(*self._attn_out_passthrough(x, None, system, z, g))
+                xs, parts = self._attn_ffn_norm(x, None, system, z, g)
             else:
                 # (node_part(x, U) would keep U alive through the FFN: the caller's argument)
-                xs, f = self._ffn_pair(x, self.attn.node_part(self.edge_part(x, system, z, g), x.dtype))
-            return xs + f
+                xs, parts = self._ffn_norm(x, self.attn.node_part(self.edge_part(x, system, z, g), x.dtype))
+            return xs + self.ffn.parts(parts)
         return self.node_part(x, self.edge_part(x, system, z, g))
 
     @torch.jit.unused
-    def _attn_out_passthrough(self, x: torch.Tensor, pending: Optional[torch.Tensor], system: torch.Tensor,
-                              z: torch.Tensor, g: Graph) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(the attention norm's passthrough output: x, or x + pending summed by its kernel; the attention's output)
-        on the fused route.  U [N, 3, 9, C] is a temporary here and the norm's parts are this frame's, so neither
-        lives on through the FFN that the caller runs next (session 17's refactor kept U there: +0.5 GiB at the
-        V1.5 20k graphed peak, session 18)."""
+    def _attn_ffn_norm(self, x: torch.Tensor, pending: Optional[torch.Tensor], system: torch.Tensor,
+                       z: torch.Tensor, g: Graph) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """On the fused route, everything before the FFN's matrix products: the attention norm (its passthrough
+        output x, or x + pending summed by its kernel), the attention, its residual sum and the FFN norm
+        (``_ffn_norm``).  U [N, 3, 9, C], the attention's output [N, 9, C] and the attention norm's parts live only
+        in this call's frames, so none of them is alive while the caller runs the FFN (session 17's refactor kept U
+        there: +0.5 GiB at the V1.5 20k graphed peak, session 18)."""
         xp, parts = self.norm_attn.parts_passthrough(x, system, addend=pending)
-        return xp, self.attn.node_part(self.attn.fused_U_graph(*self.attn.qkv(parts), z, g), x.dtype)
+        y = self.attn.node_part(self.attn.fused_U_graph(*self.attn.qkv(parts), z, g), x.dtype)
+        return self._ffn_norm(xp, y)
 
     @torch.jit.unused
     def _attn_passthrough(self, x: torch.Tensor, system: torch.Tensor) -> bool:
@@ -672,7 +674,8 @@ class Block(nn.Module):
         (pending None: x), summed by the attention norm's kernel, and the attention's output is summed with it by the
         FFN norm's kernel; returns (that sum, the FFN's output), whose sum is the block's output, for the next
         block's attention norm (or the caller) to add.  The caller checks ``E2FormerV2._pending_usable``."""
-        return self._ffn_pair(*self._attn_out_passthrough(x, pending, system, z, g))
+        xs, parts = self._attn_ffn_norm(x, pending, system, z, g)
+        return xs, self.ffn.parts(parts)
 
     def attn_input(self, x: torch.Tensor, system: torch.Tensor) -> torch.Tensor:
         """Pre-norm, system embedding added to the l=0 row (per atom)."""
@@ -702,23 +705,22 @@ class Block(nn.Module):
         """The rest of the block given its input ``x`` and the attention's U, atom by atom (any subset of
         atoms gives those atoms' rows): attention output, residual, FFN, residual."""
         if not torch.jit.is_scripting():
-            xs, f = self._ffn_pair(x, self.attn.node_part(U, x.dtype))
-            return xs + f
+            xs, parts = self._ffn_norm(x, self.attn.node_part(U, x.dtype))
+            return xs + self.ffn.parts(parts)
         x = x + self.attn.node_part(U, x.dtype)                # (TorchScript)
         return x + self.ffn.parts(self.norm_ffn.parts(x))
 
     @torch.jit.unused
-    def _ffn_pair(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``node_part`` after the attention's output ``y``, before its last residual sum: (the residual stream x + y,
-        the FFN's output)."""
+    def _ffn_norm(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The attention output ``y``'s residual sum and the FFN norm: (the residual stream x + y, the FFN norm's
+        degree parts for the FFN's matrix products).  Every block path runs this, then ``ffn.parts`` of the parts;
+        ``y`` is not saved for the backward, so a caller that passes it as a temporary has it freed before the FFN."""
         if self.norm_ffn.addend_usable(x, y):                # the residual sum by the norm's kernel (E2F_RMS_ADD)
-            xs, parts = self.norm_ffn.parts_passthrough(x, None, True, addend=y)
-            return xs, self.ffn.parts(parts)
+            return self.norm_ffn.parts_passthrough(x, None, True, addend=y)
         x = x + y
         if self.norm_ffn.passthrough_usable(x):              # (see forward)
-            xp, parts = self.norm_ffn.parts_passthrough(x, None, True)
-            return xp, self.ffn.parts(parts)
-        return x, self.ffn.parts(self.norm_ffn.parts_for_gemm(x))
+            return self.norm_ffn.parts_passthrough(x, None, True)
+        return x, self.norm_ffn.parts_for_gemm(x)
 
     def __getstate__(self):
         """Pickling / deepcopy without the torch.compile'd functions of ``E2FormerV2.set_compile`` (they cannot be

@@ -260,16 +260,16 @@ def test_out_of_memory_without_checkpointing_redoes_the_step_checkpointed(monkey
         return "block"
 
     monkeypatch.setattr(type(m), "_checkpoint_mode", fake_mode)
-    real_ffn_pair = E2.Block._ffn_pair
+    real_ffn_norm = E2.Block._ffn_norm
     raised = {"n": 0}
 
-    def ffn_pair(self, x, y):         # the device runs out of memory in a step without checkpointing (in the FFN,
-        if m.last_checkpoint_mode == "none":            # which every block path runs)
+    def ffn_norm(self, x, y):         # the device runs out of memory in a step without checkpointing (in the FFN
+        if m.last_checkpoint_mode == "none":            # norm, which every block path runs)
             raised["n"] += 1
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
-        return real_ffn_pair(self, x, y)
+        return real_ffn_norm(self, x, y)
 
-    monkeypatch.setattr(E2.Block, "_ffn_pair", ffn_pair)
+    monkeypatch.setattr(E2.Block, "_ffn_norm", ffn_norm)
     out = m.energy_and_forces(z, pos, cell, pbc)
     assert raised["n"] == 1 and m.last_checkpoint_mode == "block"
     assert m._auto_none_oom_elements == len(z) * 9 * SMALL["channels"] and not m._auto_none_taken
@@ -341,9 +341,9 @@ def test_fine_mode_runs_in_atom_slices(fused, monkeypatch):
     m = _set_mode(_model(), "fine")
     sysm = _system()
     N = len(sysm[0])
-    # (every block path runs its FFN through Block._ffn_pair: the slices' node_part, and the plain Block.forward)
-    calls = {"_ffn_pair": [], "qkv_rows": [], "fused_U_rows": [], "edge_part": []}
-    for cls, name in ((E2.Block, "_ffn_pair"), (E2.Block, "qkv_rows"), (E2.Attention, "fused_U_rows"),
+    # (every block path runs its FFN norm through Block._ffn_norm: the slices' node_part, the plain Block.forward)
+    calls = {"_ffn_norm": [], "qkv_rows": [], "fused_U_rows": [], "edge_part": []}
+    for cls, name in ((E2.Block, "_ffn_norm"), (E2.Block, "qkv_rows"), (E2.Attention, "fused_U_rows"),
                       (E2.Block, "edge_part")):
         orig = getattr(cls, name)
 
@@ -357,7 +357,7 @@ def test_fine_mode_runs_in_atom_slices(fused, monkeypatch):
     e, _ = m.energy_terms(z, p, cell, pbc)
     slices = [CHUNK] * (N // CHUNK) + [N % CHUNK]
     L = len(m.blocks)
-    assert calls["_ffn_pair"] == slices * L                        # forward: one call per slice and block
+    assert calls["_ffn_norm"] == slices * L                        # forward: one call per slice and block
     if fused:
         assert calls["qkv_rows"] == slices * L and calls["fused_U_rows"] == slices * L
         assert calls["edge_part"] == []                             # no whole-system attention
@@ -368,8 +368,8 @@ def test_fine_mode_runs_in_atom_slices(fused, monkeypatch):
     (g,) = torch.autograd.grad(e, p)
     assert g.abs().max() > 0
     # backward: the outer recomputation of each block and then every slice's own recomputation
-    assert sorted(set(calls["_ffn_pair"])) == sorted({CHUNK, N % CHUNK})
-    assert len(calls["_ffn_pair"]) >= 2 * (len(slices) - 1) * L
+    assert sorted(set(calls["_ffn_norm"])) == sorted({CHUNK, N % CHUNK})
+    assert len(calls["_ffn_norm"]) >= 2 * (len(slices) - 1) * L
     if fused:
         assert sorted(set(calls["fused_U_rows"])) == sorted({CHUNK, N % CHUNK})
         assert calls["edge_part"] == []
@@ -378,7 +378,7 @@ def test_fine_mode_runs_in_atom_slices(fused, monkeypatch):
         v.clear()
     with torch.no_grad():
         m.energy_terms(z, pos, cell, pbc)
-    assert calls["_ffn_pair"] == [N] * L
+    assert calls["_ffn_norm"] == [N] * L
 
 
 def test_fine_mode_bf16_autocast_close_to_plain_bf16():

@@ -399,31 +399,36 @@ _INTERP_ADDEND_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
         assert abs(float(e1) - float(e0)) <= 1e-6 * abs(float(e0)), (key, e0, e1)
         assert err < 1e-5, (key, err)
         worst = max(worst, err)
-    # the blocks do not keep the attention's U [N, 3, 9, C] alive while their FFN runs (U is not saved for the
-    # backward): neither the plain loop's (forward_pending; session 17's refactor did: +0.5 GiB at the V1.5 20k graphed
-    # peak) nor the Python loop's (Block.forward, bf16: node_part(x, U) held it as its caller's argument)
+    # the blocks keep neither the attention's U [N, 3, 9, C] nor its output [N, 9, C] alive while their FFN runs
+    # (neither is saved for the backward): not the plain loop's (forward_pending; session 17's refactor kept U: +0.5
+    # GiB at the V1.5 20k graphed peak) nor the Python loop's (Block.forward, bf16: node_part(x, U) held U as its
+    # caller's argument, and the attention output was a local through the FFN)
     import weakref
     m.checkpoint_blocks = False
     os.environ["E2F_RMS_ADD"] = "1"
-    alive, last_U = [], {}
+    alive, last = [], {}
     for b in m.blocks:
         def U_spy(*a, _real=b.attn.fused_U_graph):
             U = _real(*a)
-            last_U["ref"] = weakref.ref(U)
+            last["U"] = weakref.ref(U)
             return U
+        def out_spy(*a, _real=b.attn.node_part):
+            y = _real(*a)
+            last["y"] = weakref.ref(y)
+            return y
         def ffn_spy(parts, _real=b.ffn.parts):
-            alive.append(last_U.pop("ref")() is not None)
+            alive.append((last.pop("U")() is not None, last.pop("y")() is not None))
             return _real(parts)
-        b.attn.fused_U_graph, b.ffn.parts = U_spy, ffn_spy
+        b.attn.fused_U_graph, b.attn.node_part, b.ffn.parts = U_spy, out_spy, ffn_spy
     for mode, adds in (("fp32", 2 * L - 1), ("bf16", L)):
         m.set_precision(mode)
         calls.clear()
         alive.clear()
         m.energy_and_forces(z, pos, cell, pbc)
-        assert calls.count(True) == adds and alive == [False] * L, (mode, calls, alive)
+        assert calls.count(True) == adds and alive == [(False, False)] * L, (mode, calls, alive)
     m.set_precision("fp32")
     for b in m.blocks:
-        del b.attn.fused_U_graph, b.ffn.parts
+        del b.attn.fused_U_graph, b.attn.node_part, b.ffn.parts
     # a force loss (training: weights that require grad, second order), the weights' gradients with the sums in the
     # norm kernels against the separate adds
     m.set_precision("fp32")
