@@ -19,6 +19,24 @@ rm -rf /tmp/pkg2/openmm_e2former/model /tmp/pkg2/openmm_e2former/kernels && cp -
 export PYTHONPATH="/tmp/pkg2:$PWD" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 export E2F_FIXTURES="${E2F_FIXTURES:-$PWD/.carry15/official_parity}"
 nvidia-smi --query-gpu=name --format=csv,noheader
+# an older tree (git archive COMMIT model kernels openmm_e2former, unpacked in $1) as the openmm_e2former package under
+# $2, as setup.py maps it (session 18's A/B modes)
+old_tree_pkg() {
+  rm -rf "$2" && mkdir -p "$2/openmm_e2former" && cp -r "$1"/openmm_e2former/* "$2/openmm_e2former/"
+  rm -rf "$2/openmm_e2former/model" "$2/openmm_e2former/kernels" && cp -r "$1/model" "$1/kernels" "$2/openmm_e2former/"
+}
+# 100k bf16 eager (radial tables), session 15's tree (.carry_old15) against this one, alternated, two processes each
+ab_100k_old15() {
+  old_tree_pkg .carry_old15 /tmp/pkg15
+  for rep in 1 2; do
+    for tree in old15 now; do
+      pp="$PYTHONPATH"; [ "$tree" = old15 ] && pp="/tmp/pkg15:$PWD"
+      PYTHONPATH="$pp" E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py \
+          --out "$OUT/e2e_100k_${tree}_$rep" --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 80 2>&1 \
+          | grep -E '^\{|Error' | sed "s/^/$tree $rep /" | cut -c1-260
+    done
+  done
+}
 for what in "$@"; do
   case "$what" in
     s19a) # NEXT session (19), first: Block.forward no longer keeps U [N, 3, 9, C] through the FFN (session 18, untimed:
@@ -101,17 +119,7 @@ for what in "$@"; do
           #       carry=[".carry_bisect", ".carry_old15", ".carry15_tiny"])
       timeout 120 python3 tests/gpu/check_parity.py .carry15_tiny "$OUT/parity_gpu_tiny.json" \
           --variants tiny_qk,tiny_qkdot,tiny_direct 2>&1 | tail -n 2
-      rm -rf /tmp/pkg15 && mkdir -p /tmp/pkg15/openmm_e2former && cp -r .carry_old15/openmm_e2former/* /tmp/pkg15/openmm_e2former/
-      rm -rf /tmp/pkg15/openmm_e2former/model /tmp/pkg15/openmm_e2former/kernels
-      cp -r .carry_old15/model .carry_old15/kernels /tmp/pkg15/openmm_e2former/
-      for rep in 1 2; do
-        for tree in old15 now; do
-          pp="$PYTHONPATH"; [ "$tree" = old15 ] && pp="/tmp/pkg15:$PWD"
-          PYTHONPATH="$pp" E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py \
-              --out "$OUT/e2e_100k_${tree}_$rep" --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 80 2>&1 \
-              | grep -E '^\{|Error' | sed "s/^/$tree $rep /" | cut -c1-200
-        done
-      done ;;
+      ab_100k_old15 ;;
     bisect) # session 18: 100k bf16 eager (random V1.5 weights, radial tables) for each older tree unpacked under
             # .carry_bisect/tNAME (git archive COMMIT model kernels openmm_e2former), then this tree, two passes:
             # which commit after session 15 (6ff766d: 3.08 steps/s, 35.2 GiB) made 100k bf16 slower and larger.
@@ -121,9 +129,7 @@ for what in "$@"; do
         for tree in .carry_bisect/t* now; do
           pp="$PYTHONPATH"
           if [ "$tree" != now ]; then
-            p=/tmp/pkgb/$(basename "$tree"); rm -rf "$p" && mkdir -p "$p/openmm_e2former"
-            cp -r "$tree"/openmm_e2former/* "$p/openmm_e2former/"; rm -rf "$p/openmm_e2former/model" "$p/openmm_e2former/kernels"
-            cp -r "$tree/model" "$tree/kernels" "$p/openmm_e2former/"; pp="$p:$PWD"
+            p=/tmp/pkgb/$(basename "$tree"); old_tree_pkg "$tree" "$p"; pp="$p:$PWD"
           fi
           PYTHONPATH="$pp" E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py \
               --out "$OUT/bisect_$(basename $tree)_$rep" --parts speed --sizes ${BISECT_SIZES:-100000} \
@@ -144,17 +150,7 @@ for what in "$@"; do
           # measured) against this tree, alternated, two processes each (~6 min). Needs, carried beside .carry15:
           #   mkdir -p .carry_old15 && git archive 6ff766d model kernels openmm_e2former | tar -x -C .carry_old15
           #   run(command="bash benchmarks/gpu_v15.sh s18a", carry=[".carry15", ".carry_old15"])
-      rm -rf /tmp/pkg15 && mkdir -p /tmp/pkg15/openmm_e2former && cp -r .carry_old15/openmm_e2former/* /tmp/pkg15/openmm_e2former/
-      rm -rf /tmp/pkg15/openmm_e2former/model /tmp/pkg15/openmm_e2former/kernels
-      cp -r .carry_old15/model .carry_old15/kernels /tmp/pkg15/openmm_e2former/
-      for rep in 1 2; do
-        for tree in old15 now; do
-          pp="$PYTHONPATH"; [ "$tree" = old15 ] && pp="/tmp/pkg15:$PWD"
-          PYTHONPATH="$pp" E2F_RADIAL_TABLES=1 timeout 100 python3 benchmarks/gpu_end_to_end.py \
-              --out "$OUT/e2e_100k_${tree}_$rep" --parts speed --sizes 100000 --modes bf16 --no-water --budget-s 80 2>&1 \
-              | grep -E '^\{|Error' | sed "s/^/$tree $rep /" | cut -c1-260
-        done
-      done ;;
+      ab_100k_old15 ;;
     s17i) # session 17: 100k bf16 eager with the residual passthrough and sums off (E2F_RMS_RESIDUAL=0 E2F_RMS_ADD=0) and
           # on (the default): s17h gave 2.89 steps/s and 38.4 GiB against session 15's 2.96-3.07 and 35.6 (~4 min)
       for flags in "0 0" "1 1"; do
