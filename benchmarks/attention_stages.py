@@ -34,6 +34,11 @@ def _agg(fwd, bwd=None):
     return env if bwd is None else dict(env, E2F_V2_BWD_AGG=bwd, E2F_V2_BWD_DX2_SCR="0")
 
 
+def _mlp_default(**extra):
+    """Today's edge-MLP default ("stream/tile, DX2_SCR") with ``extra`` settings."""
+    return dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1", **extra)
+
+
 VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed part); every mode set explicitly
     ("tile", _agg("tile"), "fwd"),
     ("stream", _agg("stream"), "fwd"),
@@ -125,16 +130,11 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
     ("stream, KC 16", dict(_agg("stream"), E2F_V2_FWD_KC="16"), "fwd"),
     ("stream, KC 64", dict(_agg("stream"), E2F_V2_FWD_KC="64"), "fwd"),
     ("stream, 4 programs per SM", dict(_agg("stream"), E2F_V2_FWD_PROGS_PER_SM="4"), "fwd"),
-    ("stream/tile, DX2_SCR, bwd 8 warps", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1",
-                                               E2F_V2_BWD_NUM_WARPS="8"), "fwd+bwd"),
-    ("stream/tile, DX2_SCR, bwd 2 warps", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1",
-                                               E2F_V2_BWD_NUM_WARPS="2"), "fwd+bwd"),
-    ("stream/tile, DX2_SCR, bwd uncapped", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1",
-                                                E2F_V2_BWD_MAXNREG="0"), "fwd+bwd"),
-    ("stream/tile, DX2_SCR, bwd KC 16", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1", E2F_V2_BWD_KC="16"),
-     "fwd+bwd"),
-    ("stream/tile, DX2_SCR, bwd 4 programs per SM", dict(_agg("stream", "tile"), E2F_V2_BWD_DX2_SCR="1",
-                                                         E2F_V2_BWD_PROGS_PER_SM="4"), "fwd+bwd"),
+    ("stream/tile, DX2_SCR, bwd 8 warps", _mlp_default(E2F_V2_BWD_NUM_WARPS="8"), "fwd+bwd"),
+    ("stream/tile, DX2_SCR, bwd 2 warps", _mlp_default(E2F_V2_BWD_NUM_WARPS="2"), "fwd+bwd"),
+    ("stream/tile, DX2_SCR, bwd uncapped", _mlp_default(E2F_V2_BWD_MAXNREG="0"), "fwd+bwd"),
+    ("stream/tile, DX2_SCR, bwd KC 16", _mlp_default(E2F_V2_BWD_KC="16"), "fwd+bwd"),
+    ("stream/tile, DX2_SCR, bwd 4 programs per SM", _mlp_default(E2F_V2_BWD_PROGS_PER_SM="4"), "fwd+bwd"),
     ("stream/tile, DR_ACC", dict(_agg("stream", "tile"), E2F_V2_BWD_DR_ACC="1"), "fwd+bwd"),
     ("stream/tile, DU_BCAST", dict(_agg("stream", "tile"), E2F_V2_BWD_DU_BCAST="1"), "fwd+bwd"),
     ("stream/tile, every RBF centre", dict(_agg("stream", "tile"), E2F_V2_RBF_WIN="0"), "fwd+bwd"),
