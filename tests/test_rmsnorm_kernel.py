@@ -317,15 +317,23 @@ def test_rmsnorm_addend_sums_the_residual_under_interpreter():
     run_under_triton_interpreter(_INTERP_ADDEND_SCRIPT, [KPKG], "the RMS norm's residual addend")
 
 
-_INTERP_PASSTHROUGH_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
-    from openmm_e2former.kernels import rmsnorm_triton
-    from helpers import fused_route_on_reference
-    m, z, pos, cell, pbc = tiny_kernel_model(num_layers=2)
-    fused_route_on_reference(m)
-    os.environ["E2F_RMSNORM_KERNEL"] = "1"
-    calls = []
-    real = rmsnorm_triton.rms_norm
-    rmsnorm_triton.rms_norm = lambda *a, **k: calls.append(bool(k.get("passthrough"))) or real(*a, **k)
+def _model_norm_spy_script(record: str, body: str) -> str:
+    """An interpreter model script: the two-block tiny model on the fused route's code path with the RMS-norm
+    kernel on, each ``rms_norm`` call appending ``record`` (an expression of its keyword arguments ``k``) to
+    ``calls``; then ``body``."""
+    return TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
+        from openmm_e2former.kernels import rmsnorm_triton
+        from helpers import fused_route_on_reference
+        m, z, pos, cell, pbc = tiny_kernel_model(num_layers=2)
+        fused_route_on_reference(m)
+        os.environ["E2F_RMSNORM_KERNEL"] = "1"
+        calls = []
+        real = rmsnorm_triton.rms_norm
+        rmsnorm_triton.rms_norm = lambda *a, **k: calls.append(@RECORD@) or real(*a, **k)
+    """).replace("@RECORD@", record) + textwrap.dedent(body)
+
+
+_INTERP_PASSTHROUGH_MODEL_SCRIPT = _model_norm_spy_script('bool(k.get("passthrough"))', r"""
     out = {}
     for mode, ckpt in (("fp32", False), ("bf16", False), ("fp32", "block")):
         m.set_precision(mode)
@@ -361,16 +369,8 @@ def test_model_with_the_residual_passthrough_under_interpreter():
                                  drop_env=("E2FORMER_ATTENTION_BACKEND", "E2F_RMSNORM_KERNEL", "E2F_RMS_RESIDUAL"))
 
 
-_INTERP_ADDEND_MODEL_SCRIPT = TRITON_MODEL_SCRIPT_HEAD + textwrap.dedent(r"""
-    from openmm_e2former.kernels import rmsnorm_triton
-    from helpers import fused_route_on_reference
+_INTERP_ADDEND_MODEL_SCRIPT = _model_norm_spy_script('k.get("addend") is not None', r"""
     from torch.profiler import profile, ProfilerActivity
-    m, z, pos, cell, pbc = tiny_kernel_model(num_layers=2)
-    fused_route_on_reference(m)
-    os.environ["E2F_RMSNORM_KERNEL"] = "1"
-    calls = []
-    real = rmsnorm_triton.rms_norm
-    rmsnorm_triton.rms_norm = lambda *a, **k: calls.append(k.get("addend") is not None) or real(*a, **k)
     L = len(m.blocks)
     out = {}
     for mode, ckpt in (("fp32", False), ("bf16", False), ("fp32", "block")):
