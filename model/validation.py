@@ -50,13 +50,17 @@ def as_inputs(atomic_numbers, positions, cell=None, pbc=None):
     return z, pos, cell_t, pbc_t
 
 
+#: the error of a system without atoms (check_inputs; the padded / CUDA-graph path says the same)
+EMPTY_SYSTEM = "no atoms: the system is empty (the model needs at least one atom)"
+
+
 def check_inputs(model, z: torch.Tensor, pos: torch.Tensor, cell: Optional[torch.Tensor],
                  pbc: Optional[torch.Tensor], charge: int, multiplicity: int, head: int) -> None:
     """Raise ValueError naming the problem; cheap enough to run every MD step."""
     n = z.shape[0]
     if n == 0:
         # (the node-level layers cannot take zero rows; the CLI says the same of an empty PDB file)
-        raise ValueError("no atoms: the system is empty (the model needs at least one atom)")
+        raise ValueError(EMPTY_SYSTEM)
     if n:
         zmin, zmax = int(z.min()), int(z.max())
         limit = int(model.reference_length[head])

@@ -42,6 +42,7 @@ import torch
 from .kernels._node_switch import launch_device
 from .model.e2former import pad_edges
 from .model.neighbors import candidate_neighbor_edges, candidate_table, dense_neighbor_edges
+from .model.validation import EMPTY_SYSTEM
 
 __all__ = ["AUTO_MAX_ATOMS", "BatchedGraphedEnergyForces", "DENSE_MAX_PAIRS", "ENV_VAR", "GRAPH_MEMORY_FRACTION",
            "GraphedEnergyForces", "NEIGHBORS_ENV_VAR", "cuda_graphs_requested", "dense_box", "graph_memory_fits",
@@ -161,10 +162,10 @@ class _PaddedGraph:
             raise ValueError("no systems: give the atomic numbers of at least one system")
         empty = [b for b, s in enumerate(self.sizes) if s == 0]
         if empty:
-            raise ValueError("no atoms: the system is empty (the model needs at least one atom)" if self.B == 1
+            raise ValueError(EMPTY_SYSTEM if self.B == 1
                              else f"no atoms in system(s) {empty} of the batch: every system needs at least one atom")
         self.n = sum(self.sizes)
-        z = torch.cat(zs) if zs else torch.zeros(0, dtype=torch.long, device=dev)
+        z = torch.cat(zs)
         self.z = torch.cat([z, z.new_zeros(1)])          # ghost node N: any valid element index
         self.periodic = [bool(p) for p in periodic]
         self.head = model.head_index(head)
@@ -178,7 +179,7 @@ class _PaddedGraph:
             self.owner = torch.repeat_interleave(torch.arange(self.B, device=dev),
                                                  torch.tensor(self.sizes, device=dev))
             self.system = torch.cat([system[self.owner], system[:1]])[:, None, :]   # per node [N + 1, 1, C]
-        nmax = max(self.sizes) if self.sizes else 1
+        nmax = max(self.sizes)
         off = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
         slots = np.full((self.B, nmax), self.n, dtype=np.int64)
         for b, (o, nb) in enumerate(zip(off, self.sizes)):
