@@ -78,6 +78,17 @@ for what in "$@"; do
           --report "$OUT/appa_stages/attention_stages.jsonl"
       BENCH_BUDGET_S=100 timeout 150 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s19" \
           --impls fused,reference --settings appA --ns 8192,32768 2>&1 | tail -n 4 ;;
+    appa19b) # session 19, after appa19 (appA 32k: bwd 8 warps 46.0 -> 41.0 ms, fwd 4 programs per SM 11.3 -> 10.9):
+             # the MLP launch's combinations around those two at the App. A size and the bundled model's (H 16, hid
+             # 32: the same "untuned" defaults), each checked against float64 first (~3 min; needs no carry)
+      V="stream;stream, 8 warps;stream, 4 programs per SM;stream, 2 programs per SM;stream/tile, DX2_SCR"
+      V="$V;stream/tile, DX2_SCR, bwd 4 warps;stream/tile, DX2_SCR, bwd 8 warps;stream/tile, DX2_SCR, bwd 8 warps, HB 32"
+      V="$V;stream/tile, DX2_SCR, bwd 8 warps, KC 32;stream/tile, DX2_SCR, bwd 8 warps, 4 programs per SM"
+      V="$V;stream/tile, DX2_SCR, bwd 8 warps, uncapped"
+      timeout 400 python3 benchmarks/attention_stages.py --out "$OUT/appa_stages_b" \
+          --sizes appA:32768:64,bundled:14400:64 --variants "$V" 2>&1 | tail -n 2
+      [ -f "$OUT/appa_stages_b/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
+          --report "$OUT/appa_stages_b/attention_stages.jsonl" ;;
     s18h) # session 18, after the forward_pending memory fix: graphed V1.5 20k / 10k TF32, peak memory (~1.5 min)
       E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed" --parts speed \
           --sizes 20000,10000 --modes graphed_tf32 --no-water --budget-s 100 2>&1 | grep -E '^\{|Error' | cut -c1-230 ;;
@@ -123,9 +134,9 @@ for what in "$@"; do
     bisect) # session 18: 100k bf16 eager (random V1.5 weights, radial tables) for each older tree unpacked under
             # .carry_bisect/tNAME (git archive COMMIT model kernels openmm_e2former), then this tree, two passes:
             # which commit after session 15 (6ff766d: 3.08 steps/s, 35.2 GiB) made 100k bf16 slower and larger.
-            # BISECT_SIZES / BISECT_MODES: other cases (session 18: 20000 / graphed_tf32, before and after the refactors)
+            # BISECT_REPS: passes (default 2). BISECT_SIZES / BISECT_MODES: other cases (session 18: 20000 / graphed_tf32, before and after the refactors)
             #   run(command="E2F_FIXTURES=$PWD/.carry_bisect/fix bash benchmarks/gpu_v15.sh bisect", carry=[".carry_bisect"])
-      for rep in 1 2; do
+      for rep in $(seq 1 ${BISECT_REPS:-2}); do
         for tree in .carry_bisect/t* now; do
           pp="$PYTHONPATH"
           if [ "$tree" != now ]; then
