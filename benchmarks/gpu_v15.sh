@@ -89,6 +89,10 @@ for what in "$@"; do
           --sizes appA:32768:64,bundled:14400:64 --variants "$V" 2>&1 | tail -n 2
       [ -f "$OUT/appa_stages_b/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
           --report "$OUT/appa_stages_b/attention_stages.jsonl" ;;
+    appa19c) # session 19, with the App. A launch of appa19 / appa19b (bwd 8 warps, fwd 4 programs per SM from hid 128):
+             # item 4a's table, both pairs (MLP and radial table), N = 128 ... 32768 and 100k (~3 min; needs no carry)
+      BENCH_BUDGET_S=120 timeout 200 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s19c" \
+          --impls fused,reference,fused_table,reference_table --settings appA 2>&1 | grep -E '^\| appA|budget' ;;
     s18h) # session 18, after the forward_pending memory fix: graphed V1.5 20k / 10k TF32, peak memory (~1.5 min)
       E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed" --parts speed \
           --sizes 20000,10000 --modes graphed_tf32 --no-water --budget-s 100 2>&1 | grep -E '^\{|Error' | cut -c1-230 ;;

@@ -966,20 +966,31 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
     acquire-release atomics of that time; with the relaxed ones (session 13) 4 warps are faster again: V1.5 20k TF32
     graphed step 69.2 -> 61.3 ms (H200, session 18, ``graphed_sweep_20k_tf32_s18_h200.json``), so every size now
     takes 4.  HB 64, BLOCK_T 2, 2 edges per step and a 160-register cap were slower in session 12.
+
+    The untuned edge-MLP launch (H < 64) re-swept after the relaxed atomics (H200, session 19,
+    ``benchmarks/results/attention_stages_appa*_s19_h200.jsonl``, every variant checked against float64 first): at
+    the App. A size (H 16, hid 128, K 64, 32k atoms) the backward is faster with 8 warps (forward + backward 45.4 ->
+    40.6 ms, 46.0 -> 41.0 in a first call) and the forward with 4 programs per SM (11.3 -> 10.8 ms, twice); at the
+    bundled model's (hid 32, 14.4k atoms) 8 backward warps are slower (4.03 -> 4.81 ms) and the programs per SM make
+    no difference, so both apply from hid 128 on.  HB 32, KC 32, 4 programs per SM and no register cap beside the 8
+    backward warps were equal or slower.
     """
     K = kind.upper()
     tuned = H >= 64     # the GPU sweep (benchmarks/results/attention_v2_tune_h200.md) ran at the V1.5 size, H = 128
+    d_pps = 8           # programs per SM
     if kind == "fwd":   # ~64 rows per program
         d_bt, d_hb, d_kc, d_nw = (max(1, 64 // block_e), 32, 16, 4) if tuned else (max(1, 64 // block_e), 32, 32, 8)
     else:               # ~32 rows per program
         d_bt, d_hb, d_kc, d_nw = (max(1, 32 // block_e), 32, 32, 4) if tuned else (max(1, 32 // block_e), 16, 16, 4)
     if table:
         d_nw = 4
+    elif not tuned and hid >= 128:     # the App. A size (session 19)
+        d_nw, d_pps = (8, 8) if kind == "bwd" else (d_nw, 4)
     hb = min(H, _env_int(f"E2F_V2_{K}_HB", d_hb))
     kc = min(hid, _env_int(f"E2F_V2_{K}_KC", d_kc))
     cfg = dict(BLOCK_T=_env_int(f"E2F_V2_{K}_BLOCK_T", d_bt), HB=hb, KC=kc,
                BLOCK_NB=min(kc, triton.next_power_of_2(nb)), num_warps=_env_int(f"E2F_V2_{K}_NUM_WARPS", d_nw),
-               progs_per_sm=_env_int(f"E2F_V2_{K}_PROGS_PER_SM", _env_int("E2F_V2_PROGS_PER_SM", 8)))
+               progs_per_sm=_env_int(f"E2F_V2_{K}_PROGS_PER_SM", _env_int("E2F_V2_PROGS_PER_SM", d_pps)))
     agg = os.environ.get(f"E2F_V2_{K}_AGG") or _AGG_DEFAULT[kind]
     if agg not in _AGG_MODES or (kind == "fwd" and agg == "split"):
         raise ValueError(f"E2F_V2_{K}_AGG={agg!r}: expected one of "

@@ -717,6 +717,17 @@ def test_v2_launch_defaults(monkeypatch):
     assert V2.launch_config(128, 128, 256, 32, "bwd")["num_warps"] == 4
     assert V2.launch_config(128, 128, 256, 32, "bwd", table=True)["num_warps"] == 4
     assert V2.launch_config(128, 128, 256, 32, "fwd", table=True)["num_warps"] == 4
+    # the untuned MLP launch at the App. A size (H 16, hid 128; session 19): 8 backward warps, 4 forward programs per
+    # SM; the bundled model's (hid 32) keeps 4 warps and 8 programs per SM, and the table launch its own
+    appa = V2.launch_config(16, 128, 256, 64, "fwd"), V2.launch_config(16, 128, 256, 64, "bwd")
+    assert [(c["num_warps"], c["progs_per_sm"]) for c in appa] == [(8, 4), (8, 8)]
+    assert V2.launch_config(16, 32, 64, 64, "bwd")["num_warps"] == 4
+    assert V2.launch_config(16, 32, 64, 64, "fwd")["progs_per_sm"] == 8
+    assert V2.launch_config(16, 128, 256, 64, "bwd", table=True)["num_warps"] == 4
+    assert V2.launch_config(16, 128, 256, 64, "fwd", table=True)["progs_per_sm"] == 8
+    monkeypatch.setenv("E2F_V2_PROGS_PER_SM", "6")
+    assert V2.launch_config(16, 128, 256, 64, "fwd")["progs_per_sm"] == 6
+    monkeypatch.delenv("E2F_V2_PROGS_PER_SM")
     monkeypatch.setenv("E2F_V2_FWD_NUM_WARPS", "8")
     assert V2.launch_config(16, 32, 64, 64, "fwd", table=True)["num_warps"] == 8
     monkeypatch.delenv("E2F_V2_FWD_NUM_WARPS")
