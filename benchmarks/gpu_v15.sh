@@ -39,7 +39,7 @@ ab_100k_old15() {
 }
 for what in "$@"; do
   case "$what" in
-    s19a) # NEXT session (19), first: Block.forward no longer keeps U [N, 3, 9, C] through the FFN (session 18, untimed:
+    s19a) # session 19, first: Block.forward no longer keeps U [N, 3, 9, C] through the FFN (session 18, untimed:
           # the bf16 / checkpointed blocks' path). 100k bf16 eager before / after, alternated, through the bisect mode:
           #   rm -rf .carry_bisect/t* && mkdir -p .carry_bisect/t7-55bd35a && git archive 55bd35a model kernels \
           #     openmm_e2former | tar -x -C .carry_bisect/t7-55bd35a
@@ -52,7 +52,7 @@ for what in "$@"; do
           | cut -c1-230
       E2F_RADIAL_TABLES=1 timeout 120 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed_bf16" --parts speed \
           --sizes 20000,10000 --modes graphed_bf16 --no-water --budget-s 100 2>&1 | grep -E '^\{|Error' | cut -c1-230 ;;
-    tab19) # NEXT session (19): the TABLE launch settings re-swept at the bundled model's size (H 16, K 64, 115,200
+    tab19) # session 19: the TABLE launch settings re-swept at the bundled model's size (H 16, K 64, 115,200
            # atoms: the OpenMM main job) and at V1.5 10k, after the relaxed atomics; each variant checked against
            # float64 first (~6 min; needs no carry)
       V="stream, table;stream, table, 8 warps;stream, table, 160 registers;stream, table, 2 edges per step"
@@ -63,7 +63,7 @@ for what in "$@"; do
           --variants "$V" 2>&1 | tail -n 3
       [ -f "$OUT/tab_stages/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
           --report "$OUT/tab_stages/attention_stages.jsonl" ;;
-    appa19) # NEXT session (19), for item 4a's MLP pair: the edge-MLP launch settings at the App. A size (H 16, K 64,
+    appa19) # session 19, for item 4a's MLP pair: the edge-MLP launch settings at the App. A size (H 16, K 64,
             # the untuned launch) re-swept after the relaxed atomics, as session 18 did for the TABLE backward (8 -> 4
             # warps: -11 % of the V1.5 20k step), 32k atoms, every variant checked against float64 first; then item
             # 4a's pair with the defaults (~7 min; needs no carry)
