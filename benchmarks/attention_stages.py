@@ -148,6 +148,11 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
                                                                           E2F_V2_BWD_PROGS_PER_SM="4"), "fwd+bwd"),
     ("stream/tile, DX2_SCR, bwd 8 warps, uncapped", _mlp_default(E2F_V2_BWD_NUM_WARPS="8", E2F_V2_BWD_MAXNREG="0"),
      "fwd+bwd"),
+    # session 19: the streamed forward's one-edge step unrolled (E2F_V2_FWD_STREAM_U; U bit-for-bit unchanged)
+    ("stream, unroll 2", dict(_agg("stream"), E2F_V2_FWD_STREAM_U="2"), "fwd"),
+    ("stream, unroll 4", dict(_agg("stream"), E2F_V2_FWD_STREAM_U="4"), "fwd"),
+    ("stream, table, unroll 2", dict(_agg("stream"), TABLE="1", E2F_V2_FWD_STREAM_U="2"), "fwd"),
+    ("stream, table, unroll 4", dict(_agg("stream"), TABLE="1", E2F_V2_FWD_STREAM_U="4"), "fwd"),
     ("stream/tile, DR_ACC", dict(_agg("stream", "tile"), E2F_V2_BWD_DR_ACC="1"), "fwd+bwd"),
     ("stream/tile, DU_BCAST", dict(_agg("stream", "tile"), E2F_V2_BWD_DU_BCAST="1"), "fwd+bwd"),
     ("stream/tile, every RBF centre", dict(_agg("stream", "tile"), E2F_V2_RBF_WIN="0"), "fwd+bwd"),

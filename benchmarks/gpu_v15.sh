@@ -89,6 +89,16 @@ for what in "$@"; do
           --sizes appA:32768:64,bundled:14400:64 --variants "$V" 2>&1 | tail -n 2
       [ -f "$OUT/appa_stages_b/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
           --report "$OUT/appa_stages_b/attention_stages.jsonl" ;;
+    su19) # session 19: the streamed forward's one-edge step unrolled 2 / 4 times (E2F_V2_FWD_STREAM_U; U bit-for-bit
+          # the same), MLP and table forward, at App. A 32k with random sources (item 4a's setting), then the bundled
+          # 115k (table: the OpenMM main job) and V1.5 10k with local ones; each checked against float64 (~5 min)
+      V="stream;stream, unroll 2;stream, unroll 4;stream, table;stream, table, unroll 2;stream, table, unroll 4"
+      timeout 220 python3 benchmarks/attention_stages.py --out "$OUT/su_random" --sizes appA:32768:64 --random-src \
+          --variants "$V" 2>&1 | tail -n 1
+      timeout 260 python3 benchmarks/attention_stages.py --out "$OUT/su_local" --sizes bundled:115200:64,v15:10000:32 \
+          --variants "$V" 2>&1 | tail -n 1
+      for f in su_random su_local; do [ -f "$OUT/$f/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
+          --report "$OUT/$f/attention_stages.jsonl"; done ;;
     appa19c) # session 19, with the App. A launch of appa19 / appa19b (bwd 8 warps, fwd 4 programs per SM from hid 128):
              # item 4a's table, both pairs (MLP and radial table), N = 128 ... 32768 and 100k (~3 min; needs no carry)
       BENCH_BUDGET_S=120 timeout 200 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s19c" \

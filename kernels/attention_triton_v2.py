@@ -374,13 +374,18 @@ def _load_u_rows(X, it, C: tl.constexpr):
 @triton.jit
 def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
                       C: tl.constexpr, H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                      PERM: tl.constexpr, SG: tl.constexpr = 1):
+                      PERM: tl.constexpr, SG: tl.constexpr = 1, SU: tl.constexpr = 1):
     """U[i] = sum over the in-edges e of i of alpha[e, c mod H] r_e (x) v[j_e, :, c], one edge at a time, for
     the block's targets; alpha [rows, H] is read from the program's scratch (row = t * BLOCK_E + edge slot).
     The [9, C] value rows are held as [8, C] + [C] accumulators (9 is not a power of two), per direction.
     SG > 1 (``E2F_V2_FWD_STREAM_G``): SG edges per step, their value rows gathered as one [SG, 8, C] load and
     summed over the group axis (in-thread in the default layouts), so SG independent gathers are in flight
-    instead of one; one edge per step leaves each step waiting on the latency of its source-dependent gather."""
+    instead of one; one edge per step leaves each step waiting on the latency of its source-dependent gather.
+    SU > 1 (``E2F_V2_FWD_STREAM_U``, session 19, opt-in until timed): the one-edge step unrolled SU times in one
+    loop body without branches, so the SU value-row gathers are independent loads the compiler may issue before the
+    first edge's multiply-adds (no [SG, 8, C] tile, no group sum); each edge is still added in order, so U is
+    bit-for-bit the SU = 1 result.  Edges past the row's end repeat edge e with alpha 0 (no masks, no new rows).
+    (SG > 1 takes precedence.)"""
     offs_c = tl.arange(0, C)
     offs_m8 = tl.arange(0, 8)
     a_col = offs_c % H
@@ -393,7 +398,26 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
         ay1 = tl.zeros([C], dtype=tl.float32)
         az1 = tl.zeros([C], dtype=tl.float32)
         e = e0
-        if SG == 1:
+        if SG == 1 and SU > 1:
+            while e < e1:
+                for u in tl.static_range(SU):
+                    eu = e + u
+                    oku = eu < e1
+                    euc = tl.where(oku, eu, e)                # an edge of the row (e < e1 here)
+                    jj, rx, ry, rz = _stream_edge(src, vec, euc)
+                    a_c = tl.load(scr_a + (tt * BLOCK_E + (euc - e0)) * H + a_col)
+                    a_c = tl.where(oku, a_c, 0.0)
+                    vb = v + jj * (9 * C)
+                    aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :]).to(tl.float32)
+                    aV1 = a_c * tl.load(vb + 8 * C + offs_c).to(tl.float32)
+                    ax8 += aV8 * rx
+                    ay8 += aV8 * ry
+                    az8 += aV8 * rz
+                    ax1 += aV1 * rx
+                    ay1 += aV1 * ry
+                    az1 += aV1 * rz
+                e += SU
+        elif SG == 1:
             while e < e1:
                 row = tt * BLOCK_E + (e - e0)
                 jj, rx, ry, rz = _stream_edge(src, vec, e)
@@ -453,7 +477,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         PERM: tl.constexpr, SCR_STRIDE: tl.constexpr, AGG: tl.constexpr = 0,
                         RBF_WIN: tl.constexpr = 0, SG: tl.constexpr = 1, TABLE: tl.constexpr = False,
-                        QKL: tl.constexpr = False):
+                        QKL: tl.constexpr = False, SU: tl.constexpr = 1):
     # QKL: q / k in the [N, D, H] layout (``qk_layout``)
     # TABLE: g, w read from a radial table of the edge MLP (tcoef [rows, 4, 2H] per-interval cubic coefficients,
     # tslot_t / tslot_s: element slot per target / source atom, tP elements, tM intervals of th; see
@@ -518,7 +542,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         if AGG == 1:
             tl.debug_barrier()              # alpha of every head visible to the whole CTA
             _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
-                              C, H, BLOCK_T, BLOCK_E, PERM, SG)
+                              C, H, BLOCK_T, BLOCK_E, PERM, SG, SU)
 
 
 @triton.jit
@@ -1007,6 +1031,10 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
     cfg["SG"] = _env_int(f"E2F_V2_{K}_STREAM_G", 1)
     if cfg["SG"] < 1 or cfg["SG"] & (cfg["SG"] - 1):
         raise ValueError(f"E2F_V2_{K}_STREAM_G={cfg['SG']}: expected a power of two >= 1")
+    if kind == "fwd":   # the streamed forward's one-edge step unrolled (``_stream_aggregate``; opt-in, session 19)
+        cfg["SU"] = _env_int("E2F_V2_FWD_STREAM_U", 1)
+        if cfg["SU"] < 1:
+            raise ValueError(f"E2F_V2_FWD_STREAM_U={cfg['SU']}: expected an integer >= 1")
     if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2); DR_ACC / DU_BCAST timed without effect, opt-in
         cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
         # E2F_V2_BWD_ATOM (stage timing only, wrong gradients): 1 = the dv / dk atomics as plain stores, 2 = no
@@ -1225,7 +1253,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 N, n_blocks, nprog, float(gamma), float(cutoff), 1.0 / math.sqrt(D), *tab_args[:6], nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
-                SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], TABLE=tab_args[6], QKL=qkl,
+                SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], TABLE=tab_args[6], QKL=qkl, SU=cfg["SU"],
                 num_warps=cfg["num_warps"], **_maxnreg(cfg))
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.table = table

@@ -442,6 +442,18 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
                                                           "E2F_V2_BUCKETS": "1"}))
     worst = max(worst, check(6, 5, 47, env={"E2F_V2_FWD_AGG": "stream", "E2F_V2_FWD_STREAM_G": "2"},
                              softmax="smooth", extreme=10.0))
+    # the streamed forward's one-edge step unrolled SU times (E2F_V2_FWD_STREAM_U): the same additions in the same
+    # order, so U is bit-for-bit the SU = 1 result, rows shorter than SU and not a multiple of it included
+    for n, k_, sd, extra in ((7, 17, 65, {"E2F_V2_FWD_BLOCK_T": "2"}), (9, 17, 66, {"E2F_V2_BUCKETS": "1"}),
+                             (6, 5, 67, {})):
+        cs = make_case(n, k_, **TINY, seed=sd)
+        us = {}
+        for su in ("1", "2", "3"):
+            with T_.env_vars(dict(extra, E2F_V2_FWD_AGG="stream", E2F_V2_FWD_STREAM_U=su)):
+                us[su] = KM.fused_attention(*args_of(cs), backend="triton_v2", max_degree=k_)
+        assert torch.equal(us["1"], us["2"]) and torch.equal(us["1"], us["3"]), (n, k_)
+        worst = max(worst, rel(us["2"].double(), KM.attention_reference(*args_of(cs)).double()))
+    worst = max(worst, check(7, 9, 68, env={"E2F_V2_FWD_STREAM_U": "2"}, softmax="smooth", extreme=10.0))
     # the streamed and split backward with SG edges per step (E2F_V2_BWD_STREAM_G)
     worst = max(worst, check(7, 17, 48, env={"E2F_V2_BWD_AGG": "stream", "E2F_V2_BWD_STREAM_G": "4",
                                              "E2F_V2_BWD_BLOCK_T": "2", "E2F_V2_BUCKETS": "1"}))
