@@ -381,7 +381,8 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
     SG > 1 (``E2F_V2_FWD_STREAM_G``): SG edges per step, their value rows gathered as one [SG, 8, C] load and
     summed over the group axis (in-thread in the default layouts), so SG independent gathers are in flight
     instead of one; one edge per step leaves each step waiting on the latency of its source-dependent gather.
-    SU > 1 (``E2F_V2_FWD_STREAM_U``, session 19, opt-in until timed): the one-edge step unrolled SU times in one
+    SU > 1 (``E2F_V2_FWD_STREAM_U``, session 19; opt-in: on an H200 it gained at some sizes and lost at others,
+    ``benchmarks/results/session19_h200.md`` section 4): the one-edge step unrolled SU times in one
     loop body without branches, so the SU value-row gathers are independent loads the compiler may issue before the
     first edge's multiply-adds (no [SG, 8, C] tile, no group sum); each edge is still added in order, so U is
     bit-for-bit the SU = 1 result.  Edges past the row's end repeat edge e with alpha 0 (no masks, no new rows).
