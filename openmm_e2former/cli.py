@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--barostat-interval", type=int, default=25, help="steps between barostat moves (with --pressure)")
     g.add_argument("--minimize-steps", type=int, default=200,
                    help="max. L-BFGS iterations of the energy minimisation (0: until converged, -1: skip)")
-    g.add_argument("--report-interval", type=int, default=100, help="steps between reports / DCD frames")
+    g.add_argument("--report-interval", type=int, default=None,
+                   help="steps between reports / DCD frames (default: 100, or steps / 10 for runs under 1000 steps, "
+                        "so that a short run still has a trace and plots)")
     g.add_argument("--seed", type=int, default=None, help="random seed (velocities, Langevin noise)")
     g = p.add_argument_group("output")
     g.add_argument("--output", default=None, help="output prefix (default: input file name without extension)")
@@ -409,6 +411,12 @@ def build_simulation(args, topology, positions):
     return sim, mode, ml_atoms, topology
 
 
+def default_report_interval(steps: int) -> int:
+    """Steps between reports when --report-interval is not given: 100, or a tenth of a run under 1000 steps
+    (at least 1), so that a short test run still writes a trace, frames and plots."""
+    return 100 if steps >= 1000 else max(1, steps // 10)
+
+
 def run(args) -> dict:
     import numpy as np
     import openmm
@@ -416,6 +424,8 @@ def run(args) -> dict:
 
     if args.steps < 0:
         raise CLIError("--steps must be >= 0")
+    if args.report_interval is None:
+        args.report_interval = default_report_interval(args.steps)
     if args.report_interval <= 0:
         raise CLIError("--report-interval must be > 0")
     if args.fix:
@@ -517,6 +527,9 @@ def run(args) -> dict:
     summary["outputs"] = [log_path, dcd_path, prefix + "_minimized.pdb", prefix + "_final.pdb"]
     if not args.no_plots and args.steps >= args.report_interval:
         summary["outputs"] += _plots(args, prefix, log_path, dcd_path, periodic)
+    elif args.steps > 0 and args.steps < args.report_interval:
+        print(f"e2former-md: note: no reports, DCD frames or plots: --steps {args.steps} is fewer than "
+              f"--report-interval {args.report_interval}", file=sys.stderr)
 
     print("summary:")
     print(f"  initial potential energy   {summary['initial_energy']:.3f} kJ/mol")

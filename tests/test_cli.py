@@ -32,6 +32,28 @@ def test_cli_pure_ml_waters(water_pdb_factory, tiny_qk_checkpoint, tmp_path, cap
     assert (tmp_path / "out" / "run_final.pdb").exists()
 
 
+def test_cli_short_run_reports_without_interval(water_pdb_factory, tiny_qk_checkpoint, tmp_path, capsys):
+    # no --report-interval: a run under 1000 steps reports every tenth of it (here every step), so a short test
+    # run still gets its CSV rows, DCD frames and energy plot; an interval longer than the run says why there are none
+    pdb = water_pdb_factory(3)
+    common = [a for a in _common(tmp_path, tiny_qk_checkpoint) if a not in ("--report-interval", "2")]
+    assert main([str(pdb), "--ml", "all"] + common) == 0
+    csv = (tmp_path / "out" / "run.csv").read_text().splitlines()
+    assert len(csv) == 1 + 4                                          # header + a report per step of 4
+    assert (tmp_path / "out" / "run_energy.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    out2 = tmp_path / "out2" / "run"
+    common[common.index("--output") + 1] = str(out2)
+    assert main([str(pdb), "--ml", "all", "--report-interval", "10"] + common) == 0
+    assert "--steps 4 is fewer than --report-interval 10" in capsys.readouterr().err
+    assert not (tmp_path / "out2" / "run_energy.png").exists()
+
+
+def test_cli_default_report_interval():
+    from openmm_e2former.cli import default_report_interval
+    assert [default_report_interval(n) for n in (0, 4, 20, 999, 1000, 50000)] == [1, 1, 2, 99, 100, 100]
+
+
 def test_cli_ml_mm_periodic(water_pdb_factory, tiny_qk_checkpoint, tmp_path, capsys):
     pdb = water_pdb_factory(8, box_angstrom=(12.0, 12.0, 12.0))
     args = [str(pdb), "--ml-residues", "1-2", "--nonbonded-cutoff", "0.55"] + _common(tmp_path, tiny_qk_checkpoint)
