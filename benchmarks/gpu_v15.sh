@@ -99,6 +99,13 @@ for what in "$@"; do
           --variants "$V" 2>&1 | tail -n 1
       for f in su_random su_local; do [ -f "$OUT/$f/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
           --report "$OUT/$f/attention_stages.jsonl"; done ;;
+    x3_19) # session 19, last: tf32x3 edge-MLP dots (fp32-accurate on tensor cores; 17-38 % slower at V1.5 / bundled in
+           # session 9, never timed at App. A) at App. A 32k, random sources, with and without SU 4 (~3 min)
+      V="stream;stream, tf32x3 dots;stream, unroll 4;stream, tf32x3 dots, unroll 4;stream/tile, DX2_SCR"
+      V="$V;stream/tile, DX2_SCR, tf32x3 dots"
+      timeout 250 python3 benchmarks/attention_stages.py --out "$OUT/x3" --sizes appA:32768:64 --random-src \
+          --variants "$V" 2>&1 | tail -n 1
+      [ -f "$OUT/x3/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py --report "$OUT/x3/attention_stages.jsonl" ;;
     appa19c) # session 19, with the App. A launch of appa19 / appa19b (bwd 8 warps, fwd 4 programs per SM from hid 128):
              # item 4a's table, both pairs (MLP and radial table), N = 128 ... 32768 and 100k (~3 min; needs no carry)
       BENCH_BUDGET_S=120 timeout 200 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s19c" \
