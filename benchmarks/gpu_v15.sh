@@ -99,6 +99,9 @@ for what in "$@"; do
           --variants "$V" 2>&1 | tail -n 1
       for f in su_random su_local; do [ -f "$OUT/$f/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
           --report "$OUT/$f/attention_stages.jsonl"; done ;;
+    sucheck) # session 19: tests/gpu/check_stream_unroll.py (SU 4 and the default bit-equal to SU 1, MLP and table, App. A /
+             # V1.5 / bundled sizes; the default against float64, forward and backward; ~2 min; needs no carry)
+      timeout 180 python3 tests/gpu/check_stream_unroll.py "$OUT/stream_unroll_check.json" 2>&1 | tail -n 8 | cut -c1-300 ;;
     x3_19) # session 19, last: tf32x3 edge-MLP dots (fp32-accurate on tensor cores; 17-38 % slower at V1.5 / bundled in
            # session 9, never timed at App. A) at App. A 32k, random sources, with and without SU 4 (~3 min)
       V="stream;stream, tf32x3 dots;stream, unroll 4;stream, tf32x3 dots, unroll 4;stream/tile, DX2_SCR"

@@ -733,6 +733,14 @@ def test_v2_launch_defaults(monkeypatch):
     # SM; the bundled model's (hid 32) keeps 4 warps and 8 programs per SM, and the table launch its own
     appa = V2.launch_config(16, 128, 256, 64, "fwd"), V2.launch_config(16, 128, 256, 64, "bwd")
     assert [(c["num_warps"], c["progs_per_sm"]) for c in appa] == [(8, 4), (8, 8)]
+    # ... and its streamed forward unrolled 4 times (SU); every other forward launch keeps SU 1
+    assert appa[0]["SU"] == 4
+    assert V2.launch_config(16, 32, 64, 64, "fwd")["SU"] == 1
+    assert V2.launch_config(16, 128, 256, 64, "fwd", table=True)["SU"] == 1
+    assert V2.launch_config(128, 128, 256, 32, "fwd")["SU"] == 1
+    monkeypatch.setenv("E2F_V2_FWD_STREAM_U", "2")
+    assert V2.launch_config(16, 128, 256, 64, "fwd")["SU"] == 2
+    monkeypatch.delenv("E2F_V2_FWD_STREAM_U")
     assert V2.launch_config(16, 32, 64, 64, "bwd")["num_warps"] == 4
     assert V2.launch_config(16, 32, 64, 64, "fwd")["progs_per_sm"] == 8
     assert V2.launch_config(16, 128, 256, 64, "bwd", table=True)["num_warps"] == 4
