@@ -381,13 +381,13 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
     SG > 1 (``E2F_V2_FWD_STREAM_G``): SG edges per step, their value rows gathered as one [SG, 8, C] load and
     summed over the group axis (in-thread in the default layouts), so SG independent gathers are in flight
     instead of one; one edge per step leaves each step waiting on the latency of its source-dependent gather.
-    SU > 1 (``E2F_V2_FWD_STREAM_U``, session 19; on an H200 it gained at some sizes and lost at others,
-    ``benchmarks/results/session19_h200.md`` section 4, so only the App. A launch takes 4 by default, see
-    ``launch_config``): the one-edge step unrolled SU times in one
-    loop body without branches, so the SU value-row gathers are independent loads the compiler may issue before the
-    first edge's multiply-adds (no [SG, 8, C] tile, no group sum); each edge is still added in order, so U is
-    bit-for-bit the SU = 1 result.  Edges past the row's end repeat edge e with alpha 0 (no masks, no new rows).
-    (SG > 1 takes precedence.)"""
+    SU > 1 (``E2F_V2_FWD_STREAM_U``, session 19): the one-edge step unrolled SU times in one loop body without
+    branches, so the SU value-row gathers are independent loads the compiler may issue before the first edge's
+    multiply-adds (no [SG, 8, C] tile, no group sum).  Each edge is still added in order, so U is bit-for-bit the
+    SU = 1 result: edges past the row's end repeat edge e with alpha 0, and adding +0.0 to an accumulator that
+    started at +0.0 changes no bit (round to nearest never makes -0.0 from +0.0).  On an H200 it gained at some
+    sizes and lost at others (``benchmarks/results/session19_h200.md`` section 4), so only the App. A launch takes
+    4 by default (``launch_config``).  SG > 1 takes precedence."""
     offs_c = tl.arange(0, C)
     offs_m8 = tl.arange(0, 8)
     a_col = offs_c % H
@@ -1000,8 +1000,9 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
     bundled model's (hid 32, 14.4k atoms) 8 backward warps are slower (4.03 -> 4.81 ms) and the programs per SM make
     no difference, so both apply from hid 128 on.  HB 32, KC 32, 4 programs per SM and no register cap beside the 8
     backward warps were equal or slower.  The same launch unrolls its streamed forward 4 times (SU,
-    ``_stream_aggregate``): App. A 32k with random sources 13.82 -> 12.96 and 13.64 -> 12.82 ms in two calls; at the bundled model's, V1.5's
-    and the table launch's sizes SU was mixed or slower, so they keep SU 1 (``session19_h200.md`` section 4).
+    ``_stream_aggregate``): App. A 32k with random sources 13.82 -> 12.96 and 13.64 -> 12.82 ms in two calls; at
+    the bundled model's, V1.5's and the table launch's sizes SU was mixed or slower, so they keep SU 1
+    (``session19_h200.md`` section 4).
     """
     K = kind.upper()
     tuned = H >= 64     # the GPU sweep (benchmarks/results/attention_v2_tune_h200.md) ran at the V1.5 size, H = 128
@@ -1035,7 +1036,7 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
     cfg["SG"] = _env_int(f"E2F_V2_{K}_STREAM_G", 1)
     if cfg["SG"] < 1 or cfg["SG"] & (cfg["SG"] - 1):
         raise ValueError(f"E2F_V2_{K}_STREAM_G={cfg['SG']}: expected a power of two >= 1")
-    if kind == "fwd":   # the streamed forward's one-edge step unrolled (``_stream_aggregate``; opt-in, session 19)
+    if kind == "fwd":   # the streamed forward's one-edge step unrolled (``_stream_aggregate``; see above)
         cfg["SU"] = _env_int("E2F_V2_FWD_STREAM_U", d_su)
         if cfg["SU"] < 1:
             raise ValueError(f"E2F_V2_FWD_STREAM_U={cfg['SU']}: expected an integer >= 1")
