@@ -101,10 +101,15 @@ for what in "$@"; do
           --report "$OUT/$f/attention_stages.jsonl"; done ;;
     s20a) # NEXT session (20), first (~4 min; needs no carry): the GPU check of the App. A launch's SU 4 default
           # (sucheck, never run: session 19's device time ran out), then item 4a's MLP pair with it (fused and
-          # reference, App. A, 8k / 32k / 100k), to replace the SU 1 rows of attention_appa_s19c_h200.md
+          # reference, App. A, 8k / 32k / 100k), to replace the SU 1 rows of attention_appa_s19c_h200.md; then the
+          # MLP forward's breakdown at App. A 32k (aggregation left out: "none"), for the next lever (~6 min)
       timeout 180 python3 tests/gpu/check_stream_unroll.py "$OUT/stream_unroll_check.json" 2>&1 | tail -n 2 | cut -c1-300
       BENCH_BUDGET_S=120 timeout 200 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s20" \
-          --impls fused,reference --settings appA --ns 8192,32768,100000 2>&1 | grep -E '^\| appA|budget' ;;
+          --impls fused,reference --settings appA --ns 8192,32768,100000 2>&1 | grep -E '^\| appA|budget'
+      timeout 150 python3 benchmarks/attention_stages.py --out "$OUT/appa_none" --sizes appA:32768:64 --random-src \
+          --variants "stream;none;stream, table;none, table" 2>&1 | tail -n 1
+      [ -f "$OUT/appa_none/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
+          --report "$OUT/appa_none/attention_stages.jsonl" ;;
     sucheck) # session 19: tests/gpu/check_stream_unroll.py (SU 4 and the default bit-equal to SU 1, MLP and table, App. A /
              # V1.5 / bundled sizes; the default against float64, forward and backward; ~2 min; needs no carry)
       timeout 180 python3 tests/gpu/check_stream_unroll.py "$OUT/stream_unroll_check.json" 2>&1 | tail -n 8 | cut -c1-300 ;;
