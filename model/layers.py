@@ -267,12 +267,8 @@ class EquivariantRMSNorm(nn.Module):
                 addend: Optional[torch.Tensor] = None):
         from ..kernels.rmsnorm_triton import rms_norm
 
-        if addend is not None:
-            return rms_norm(x, self.weight, self.bias, self.eps, extra, parts, out_dtype, passthrough=True,
-                            addend=addend)
-        if passthrough:
-            return rms_norm(x, self.weight, self.bias, self.eps, extra, parts, out_dtype, passthrough=True)
-        return rms_norm(x, self.weight, self.bias, self.eps, extra, parts, out_dtype)
+        return rms_norm(x, self.weight, self.bias, self.eps, extra, parts, out_dtype,
+                        passthrough=passthrough or addend is not None, addend=addend)
 
     @torch.jit.unused
     def passthrough_usable(self, x: torch.Tensor) -> bool:

@@ -61,28 +61,27 @@ def check_inputs(model, z: torch.Tensor, pos: torch.Tensor, cell: Optional[torch
     if n == 0:
         # (the node-level layers cannot take zero rows; the CLI says the same of an empty PDB file)
         raise ValueError(EMPTY_SYSTEM)
-    if n:
-        zmin, zmax = int(z.min()), int(z.max())
-        limit = int(model.reference_length[head])
-        limit = min(limit, model.config.num_elements)
-        if zmin < 1 or zmax >= limit:
-            bad = [(i, int(v)) for i, v in enumerate(z.tolist()) if v < 1 or v >= limit][:5]
+    zmin, zmax = int(z.min()), int(z.max())
+    limit = int(model.reference_length[head])
+    limit = min(limit, model.config.num_elements)
+    if zmin < 1 or zmax >= limit:
+        bad = [(i, int(v)) for i, v in enumerate(z.tolist()) if v < 1 or v >= limit][:5]
+        desc = ", ".join(f"atom {i}: {element_name(v)}" for i, v in bad)
+        raise ValueError(f"unsupported element(s) for head {model.head_names[head]!r} "
+                         f"(supported: 1 <= Z < {limit}): {desc}")
+    trained = (getattr(model, "metadata", None) or {}).get("elements")
+    if trained:
+        # a model of ours records the elements of its training data: others have untrained embeddings
+        allowed = set(int(t) for t in trained)
+        present = set(z.unique().tolist())
+        if not present <= allowed:
+            bad = [(i, int(v)) for i, v in enumerate(z.tolist()) if int(v) not in allowed][:5]
             desc = ", ".join(f"atom {i}: {element_name(v)}" for i, v in bad)
-            raise ValueError(f"unsupported element(s) for head {model.head_names[head]!r} "
-                             f"(supported: 1 <= Z < {limit}): {desc}")
-        trained = (getattr(model, "metadata", None) or {}).get("elements")
-        if trained:
-            # a model of ours records the elements of its training data: others have untrained embeddings
-            allowed = set(int(t) for t in trained)
-            present = set(z.unique().tolist())
-            if not present <= allowed:
-                bad = [(i, int(v)) for i, v in enumerate(z.tolist()) if int(v) not in allowed][:5]
-                desc = ", ".join(f"atom {i}: {element_name(v)}" for i, v in bad)
-                names = ", ".join(element_name(t) for t in sorted(allowed))
-                raise ValueError(f"unsupported element(s): {desc}; this model was trained on {names} only")
-        if not bool(torch.isfinite(pos).all()):
-            bad = torch.nonzero(~torch.isfinite(pos).all(dim=1)).flatten()[:5].tolist()
-            raise ValueError(f"positions contain NaN or infinite values (atoms {bad})")
+            names = ", ".join(element_name(t) for t in sorted(allowed))
+            raise ValueError(f"unsupported element(s): {desc}; this model was trained on {names} only")
+    if not bool(torch.isfinite(pos).all()):
+        bad = torch.nonzero(~torch.isfinite(pos).all(dim=1)).flatten()[:5].tolist()
+        raise ValueError(f"positions contain NaN or infinite values (atoms {bad})")
     if not (-10 <= int(charge) <= 10):
         raise ValueError(f"charge {charge} out of range: the model supports total charges -10..10")
     if not (1 <= int(multiplicity) <= 20):
