@@ -40,6 +40,8 @@ def test_reference_is_the_models_norm():
 #: the interpreter scripts' common start: the kernels (K) and reference (R) of the package named by argv[1], the
 #: relative error, and seeded float64 inputs (x, weight, bias[, extra]) with their float32 / reference leaves
 _INTERP_HEAD = kernel_test_script("rmsnorm", r"""
+    import itertools
+
     def make_inputs(N, C, seed, with_extra):
         g = torch.Generator().manual_seed(seed)
         ins64 = [2.0 * torch.randn(N, 9, C, generator=g, dtype=torch.float64) + 0.5,
@@ -49,6 +51,15 @@ _INTERP_HEAD = kernel_test_script("rmsnorm", r"""
             ins64.append(torch.randn(1, C, generator=g, dtype=torch.float64))
         return (g, [t.float().requires_grad_(True) for t in ins64],
                 [t.clone().requires_grad_(True) for t in ins64])
+
+    def residual_cases():
+        # the passthrough's and the addend's cases: (N, C, parts, with_extra, dtype, g, ins, ref_in, extra) for two
+        # sizes, the single norm and its degree parts, without and with the extra l = 0 input, and the residual
+        # gradient's / addend's dtype float32 and bf16
+        for (N, C, seed), parts, with_extra, dtype in itertools.product(
+                ((4, 16, 0), (6, 24, 1)), (False, True), (False, True), (torch.float32, torch.bfloat16)):
+            g, ins, ref_in = make_inputs(N, C, seed, with_extra)
+            yield N, C, parts, with_extra, dtype, g, ins, ref_in, (ins[3] if with_extra else None)
 """)
 
 _INTERP_RMSNORM_SCRIPT = _INTERP_HEAD + textwrap.dedent(r"""
@@ -203,44 +214,39 @@ def test_qkv_from_the_norm_kernels_degree_parts_under_interpreter():
 
 _INTERP_PASSTHROUGH_SCRIPT = _INTERP_HEAD + textwrap.dedent(r"""
 
-    for N, C, seed in ((4, 16, 0), (6, 24, 1)):
-        for parts in (False, True):
-            for with_extra in (False, True):
-                for res_dtype in (torch.float32, torch.bfloat16):
-                    g, ins, ref_in = make_inputs(N, C, seed, with_extra)
-                    extra = ins[3] if with_extra else None
-                    out = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, extra, parts=parts, passthrough=True)
-                    xp, ys = out[0], list(out[1:])
-                    # the passthrough is x (a view of it, with the norm's grad_fn)
-                    assert xp.data_ptr() == ins[0].data_ptr() and torch.equal(xp, ins[0]) and xp.grad_fn is not None
-                    assert len(ys) == (3 if parts else 1)
-                    yr = R.rms_norm_reference(ref_in[0], ref_in[1], ref_in[2], 1e-5, ref_in[3] if with_extra else None)
-                    worst = max(worst, rel(torch.cat(ys, dim=1), yr))
-                    # the residual's gradient (float32, or bf16 from a bf16 consumer) and the norm's, summed in dx
-                    G = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
-                    Gr = G.to(res_dtype)
-                    dy = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
-                    dys = list(torch.split(dy.float(), [1, 3, 5], dim=1)) if parts else [dy.float()]
-                    grads = torch.autograd.grad([xp] + ys, ins, [Gr] + dys)
-                    rgrads = list(torch.autograd.grad(yr, ref_in, dy))
-                    rgrads[0] = rgrads[0] + Gr.double()
-                    for a, b in zip(grads, rgrads):
-                        assert a.shape == b.shape and a.dtype == torch.float32
-                        worst = max(worst, rel(a, b))
-                    # double backward (a force loss) through the reference, with the passthrough's gradient in dx
-                    out2 = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, extra, parts=parts, passthrough=True)
-                    gr = torch.autograd.grad(list(out2), ins, [Gr] + dys, create_graph=True)
-                    W = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ins]
-                    gg = torch.autograd.grad(sum((a * w.float()).sum() for a, w in zip(gr, W)), ins,
-                                             allow_unused=True)
-                    rr = torch.autograd.grad(R.rms_norm_reference(ref_in[0], ref_in[1], ref_in[2], 1e-5,
-                                                                  ref_in[3] if with_extra else None),
-                                             ref_in, dy, create_graph=True)
-                    rgg = torch.autograd.grad(sum((a * w).sum() for a, w in zip(rr, W)), ref_in, allow_unused=True)
-                    for a, b in zip(gg, rgg):
-                        assert (a is None) == (b is None)
-                        if a is not None:
-                            worst = max(worst, rel(a, b))
+    for N, C, parts, with_extra, res_dtype, g, ins, ref_in, extra in residual_cases():
+        out = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, extra, parts=parts, passthrough=True)
+        xp, ys = out[0], list(out[1:])
+        # the passthrough is x (a view of it, with the norm's grad_fn)
+        assert xp.data_ptr() == ins[0].data_ptr() and torch.equal(xp, ins[0]) and xp.grad_fn is not None
+        assert len(ys) == (3 if parts else 1)
+        yr = R.rms_norm_reference(ref_in[0], ref_in[1], ref_in[2], 1e-5, ref_in[3] if with_extra else None)
+        worst = max(worst, rel(torch.cat(ys, dim=1), yr))
+        # the residual's gradient (float32, or bf16 from a bf16 consumer) and the norm's, summed in dx
+        G = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
+        Gr = G.to(res_dtype)
+        dy = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
+        dys = list(torch.split(dy.float(), [1, 3, 5], dim=1)) if parts else [dy.float()]
+        grads = torch.autograd.grad([xp] + ys, ins, [Gr] + dys)
+        rgrads = list(torch.autograd.grad(yr, ref_in, dy))
+        rgrads[0] = rgrads[0] + Gr.double()
+        for a, b in zip(grads, rgrads):
+            assert a.shape == b.shape and a.dtype == torch.float32
+            worst = max(worst, rel(a, b))
+        # double backward (a force loss) through the reference, with the passthrough's gradient in dx
+        out2 = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, extra, parts=parts, passthrough=True)
+        gr = torch.autograd.grad(list(out2), ins, [Gr] + dys, create_graph=True)
+        W = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ins]
+        gg = torch.autograd.grad(sum((a * w.float()).sum() for a, w in zip(gr, W)), ins,
+                                 allow_unused=True)
+        rr = torch.autograd.grad(R.rms_norm_reference(ref_in[0], ref_in[1], ref_in[2], 1e-5,
+                                                      ref_in[3] if with_extra else None),
+                                 ref_in, dy, create_graph=True)
+        rgg = torch.autograd.grad(sum((a * w).sum() for a, w in zip(rr, W)), ref_in, allow_unused=True)
+        for a, b in zip(gg, rgg):
+            assert (a is None) == (b is None)
+            if a is not None:
+                worst = max(worst, rel(a, b))
     print("WORST", worst)
     assert worst < 5e-6, worst
 """)
@@ -255,56 +261,51 @@ def test_rmsnorm_passthrough_sums_the_residual_gradient_under_interpreter():
 
 _INTERP_ADDEND_SCRIPT = _INTERP_HEAD + textwrap.dedent(r"""
 
-    for N, C, seed in ((4, 16, 0), (6, 24, 1)):
-        for parts in (False, True):
-            for with_extra in (False, True):
-                for add_dtype in (torch.float32, torch.bfloat16):
-                    g, ins, ref_in = make_inputs(N, C, seed, with_extra)
-                    extra = ins[3] if with_extra else None
-                    a64 = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
-                    a = a64.to(add_dtype).requires_grad_(True)
-                    ar = a.detach().double().requires_grad_(True)     # the addend as the kernel sees it
-                    out = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, extra, parts=parts, passthrough=True, addend=a)
-                    xs, ys = out[0], list(out[1:])
-                    # the sum first: float32, the bits of torch's x + a
-                    assert xs.dtype == torch.float32 and torch.equal(xs, ins[0] + a) and xs.grad_fn is not None
-                    xr = ref_in[0] + ar
-                    ex = ref_in[3] if with_extra else None
-                    yr = R.rms_norm_reference(xr, ref_in[1], ref_in[2], 1e-5, ex)
-                    worst = max(worst, rel(torch.cat(ys, dim=1), yr))
-                    # first order: the sum's own gradient (the residual stream's) plus the norm's, for x and a alike
-                    G = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
-                    dy = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
-                    dys = list(torch.split(dy.float(), [1, 3, 5], dim=1)) if parts else [dy.float()]
-                    targets = ins + [a]
-                    grads = torch.autograd.grad([xs] + ys, targets, [G.float()] + dys)
-                    rt = ref_in + [ar]
-                    rgrads = torch.autograd.grad([xr, yr], rt, [G, dy])
-                    for u, v in zip(grads, rgrads):
-                        assert u.shape == v.shape
-                        assert u.dtype == (add_dtype if u is grads[-1] else torch.float32)
-                        worst = max(worst, rel(u, v) if u.dtype == torch.float32 else 0.0)
-                        if u.dtype == torch.bfloat16:
-                            assert rel(u, v) < 1e-2
-                    # double backward (a force loss): the second-order terms reach x and a through the sum
-                    out2 = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, extra, parts=parts, passthrough=True, addend=a)
-                    gr = torch.autograd.grad(list(out2), targets, [G.float()] + dys, create_graph=True)
-                    W = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in targets]
-                    gg = torch.autograd.grad(sum((u * w.to(u.dtype)).float().sum() for u, w in zip(gr, W)), targets,
-                                             allow_unused=True)
-                    rr = torch.autograd.grad([xr, R.rms_norm_reference(xr, ref_in[1], ref_in[2], 1e-5, ex)], rt,
-                                             [G, dy], create_graph=True)
-                    rgg = torch.autograd.grad(sum((u * w.to(u.dtype).double()).sum() for u, w in zip(rr, W)), rt,
-                                              allow_unused=True)
-                    for u, v, t in zip(gg, rgg, targets):
-                        # (a target the second-order terms do not reach: None on one side, zeros on the other)
-                        u = torch.zeros_like(t) if u is None else u
-                        v = torch.zeros_like(t, dtype=torch.float64) if v is None else v
-                        e2 = float((u.double() - v).abs().max()) if float(v.abs().max()) == 0 else rel(u, v)
-                        if add_dtype == torch.float32:
-                            worst = max(worst, e2)
-                        else:            # the bf16 addend's own gradient is rounded to bf16
-                            assert e2 < 2e-2, e2
+    for N, C, parts, with_extra, add_dtype, g, ins, ref_in, extra in residual_cases():
+        a64 = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
+        a = a64.to(add_dtype).requires_grad_(True)
+        ar = a.detach().double().requires_grad_(True)     # the addend as the kernel sees it
+        out = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, extra, parts=parts, passthrough=True, addend=a)
+        xs, ys = out[0], list(out[1:])
+        # the sum first: float32, the bits of torch's x + a
+        assert xs.dtype == torch.float32 and torch.equal(xs, ins[0] + a) and xs.grad_fn is not None
+        xr = ref_in[0] + ar
+        ex = ref_in[3] if with_extra else None
+        yr = R.rms_norm_reference(xr, ref_in[1], ref_in[2], 1e-5, ex)
+        worst = max(worst, rel(torch.cat(ys, dim=1), yr))
+        # first order: the sum's own gradient (the residual stream's) plus the norm's, for x and a alike
+        G = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
+        dy = torch.randn(N, 9, C, generator=g, dtype=torch.float64)
+        dys = list(torch.split(dy.float(), [1, 3, 5], dim=1)) if parts else [dy.float()]
+        targets = ins + [a]
+        grads = torch.autograd.grad([xs] + ys, targets, [G.float()] + dys)
+        rt = ref_in + [ar]
+        rgrads = torch.autograd.grad([xr, yr], rt, [G, dy])
+        for u, v in zip(grads, rgrads):
+            assert u.shape == v.shape
+            assert u.dtype == (add_dtype if u is grads[-1] else torch.float32)
+            worst = max(worst, rel(u, v) if u.dtype == torch.float32 else 0.0)
+            if u.dtype == torch.bfloat16:
+                assert rel(u, v) < 1e-2
+        # double backward (a force loss): the second-order terms reach x and a through the sum
+        out2 = K.rms_norm(ins[0], ins[1], ins[2], 1e-5, extra, parts=parts, passthrough=True, addend=a)
+        gr = torch.autograd.grad(list(out2), targets, [G.float()] + dys, create_graph=True)
+        W = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in targets]
+        gg = torch.autograd.grad(sum((u * w.to(u.dtype)).float().sum() for u, w in zip(gr, W)), targets,
+                                 allow_unused=True)
+        rr = torch.autograd.grad([xr, R.rms_norm_reference(xr, ref_in[1], ref_in[2], 1e-5, ex)], rt,
+                                 [G, dy], create_graph=True)
+        rgg = torch.autograd.grad(sum((u * w.to(u.dtype).double()).sum() for u, w in zip(rr, W)), rt,
+                                  allow_unused=True)
+        for u, v, t in zip(gg, rgg, targets):
+            # (a target the second-order terms do not reach: None on one side, zeros on the other)
+            u = torch.zeros_like(t) if u is None else u
+            v = torch.zeros_like(t, dtype=torch.float64) if v is None else v
+            e2 = float((u.double() - v).abs().max()) if float(v.abs().max()) == 0 else rel(u, v)
+            if add_dtype == torch.float32:
+                worst = max(worst, e2)
+            else:            # the bf16 addend's own gradient is rounded to bf16
+                assert e2 < 2e-2, e2
     print("WORST", worst)
     assert worst < 5e-6, worst
 """)
