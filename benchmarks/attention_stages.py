@@ -163,6 +163,24 @@ VARIANTS = [  # (label: forward aggregation / backward aggregation, env, timed p
 ]
 
 
+def resolve_variant(label):
+    """A VARIANTS entry by its label, or "BASE + KEY=VAL, KEY=VAL": the entry BASE with E2F_V2_KEY=VAL added (e.g.
+    "stream + FWD_MAXNREG=80, FWD_PROGS_PER_SM=3"), so that a launch sweep needs no new list entries."""
+    known = {v[0]: v for v in VARIANTS}
+    base, plus, extra = label.partition(" + ")
+    if base not in known:
+        raise ValueError(f"unknown variant {base!r}; known: {list(known)}")
+    if not plus:
+        return known[base]
+    env = dict(known[base][1])
+    for item in extra.split(","):
+        key, eq, val = item.strip().partition("=")
+        if not eq or not key or not val:
+            raise ValueError(f"variant {label!r}: expected KEY=VAL after ' + ', got {item.strip()!r}")
+        env[key if key == "TABLE" else "E2F_V2_" + key] = val
+    return (label, env, known[base][2])
+
+
 def set_env(env):
     for key in [k for k in os.environ if k.startswith("E2F_V2_") and k != "E2F_V2_BUCKETS"]:
         del os.environ[key]
@@ -240,11 +258,10 @@ def main(argv=None):
 
     variants = VARIANTS
     if args.variants:
-        want = args.variants.split(";")
-        unknown = [w for w in want if w not in {v[0] for v in VARIANTS}]
-        if unknown:
-            ap.error(f"unknown variants {unknown}; known: {[v[0] for v in VARIANTS]}")
-        variants = [v for v in VARIANTS if v[0] in want]
+        try:
+            variants = [resolve_variant(w) for w in args.variants.split(";")]
+        except ValueError as exc:
+            ap.error(str(exc))
     for spec in args.sizes.split(","):
         name, N, K = spec.split(":")
         N, K = int(N), int(K)

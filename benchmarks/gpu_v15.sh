@@ -99,6 +99,32 @@ for what in "$@"; do
           --variants "$V" 2>&1 | tail -n 1
       for f in su_random su_local; do [ -f "$OUT/$f/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
           --report "$OUT/$f/attention_stages.jsonl"; done ;;
+    s20c) # session 20, after s20b (App. A fwd 12.84 -> 11.30 ms with KC 16, 80 registers, 3 programs per SM: 3 CTAs of 8
+          # warps resident instead of 2): around that launch (SU, 16 / 4 warps, programs per SM), and the backward's
+          # register cap the same way (offline sm_90: 80 -> 3 CTAs, 188 spills; 16 warps at 64 -> 2 CTAs of 16, 110) (~5 min)
+      F="stream + FWD_KC=16, FWD_MAXNREG=80, FWD_PROGS_PER_SM=3"
+      V="stream;$F;$F, FWD_STREAM_U=2;$F, FWD_STREAM_U=8;$F, FWD_STREAM_U=1"
+      V="$V;stream + FWD_NUM_WARPS=16, FWD_KC=16, FWD_MAXNREG=64, FWD_PROGS_PER_SM=2"
+      V="$V;stream + FWD_KC=16, FWD_MAXNREG=80, FWD_PROGS_PER_SM=6"
+      V="$V;stream + FWD_NUM_WARPS=4, FWD_KC=16, FWD_MAXNREG=96, FWD_PROGS_PER_SM=5"
+      B="stream/tile, DX2_SCR"
+      V="$V;$B;$B + BWD_MAXNREG=80, BWD_PROGS_PER_SM=3;$B + BWD_NUM_WARPS=16, BWD_MAXNREG=64, BWD_PROGS_PER_SM=2"
+      V="$V;$B + BWD_MAXNREG=64, BWD_PROGS_PER_SM=4"
+      timeout 420 python3 benchmarks/attention_stages.py --out "$OUT/s20c" --sizes appA:32768:64 --random-src \
+          --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 2
+      [ -f "$OUT/s20c/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
+          --report "$OUT/s20c/attention_stages.jsonl" ;;
+    s20b) # session 20, after s20a (App. A MLP forward 12.98 ms = 6.07 MLP/logits/softmax + ~6.9 aggregation; the table
+          # kernel aggregates the same gathers in ~4.7 ms at 4 CTAs of 4 warps per SM against the MLP kernel's 2 of 8):
+          # more resident CTAs through a register cap (offline sm_90: 80 regs -> 3 CTAs, 74 spills; 64 -> 4, 94 spills;
+          # 16 warps at 64 -> 2 CTAs of 16 warps, 58 spills), and the RBF window's share of the MLP phase (~4 min)
+      V="stream;none;none + RBF_WIN=0;stream + RBF_WIN=0;stream + FWD_MAXNREG=80, FWD_PROGS_PER_SM=3"
+      V="$V;stream + FWD_MAXNREG=64, FWD_PROGS_PER_SM=4;stream + FWD_NUM_WARPS=16, FWD_MAXNREG=64, FWD_PROGS_PER_SM=2"
+      V="$V;none + FWD_MAXNREG=64, FWD_PROGS_PER_SM=4;stream + FWD_KC=16, FWD_MAXNREG=80, FWD_PROGS_PER_SM=3"
+      timeout 280 python3 benchmarks/attention_stages.py --out "$OUT/s20b" --sizes appA:32768:64 --random-src \
+          --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 3
+      [ -f "$OUT/s20b/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
+          --report "$OUT/s20b/attention_stages.jsonl" ;;
     s20a) # NEXT session (20), first (~4 min; needs no carry): the GPU check of the App. A launch's SU 4 default
           # (sucheck, never run: session 19's device time ran out), then item 4a's MLP pair with it (fused and
           # reference, App. A, 8k / 32k / 100k), to replace the SU 1 rows of attention_appa_s19c_h200.md; then the
