@@ -99,6 +99,41 @@ for what in "$@"; do
           --variants "$V" 2>&1 | tail -n 1
       for f in su_random su_local; do [ -f "$OUT/$f/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
           --report "$OUT/$f/attention_stages.jsonl"; done ;;
+    s20d) # session 20, with the App. A launch from s20b / s20c (8 warps, 80 registers, KC 16, 3 programs per SM both ways,
+          # forward SU 8): the unroll check (SU 4 / 8 / default bit-equal to SU 1; the default against float64), then
+          # item 4a's MLP pair (fused and reference, App. A, N = 128 ... 32768 and 100k) (~5 min; needs no carry)
+      timeout 170 python3 tests/gpu/check_stream_unroll.py "$OUT/stream_unroll_check.json" 2>&1 | tail -n 1 | cut -c1-300
+      BENCH_BUDGET_S=150 timeout 260 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s20d" \
+          --impls fused,reference --settings appA 2>&1 | grep -E '^\| appA|budget' ;;
+    s20e) # session 20, after s20d: tests/gpu/check_kernels.py (every kernel against its reference, App. A included) with
+          # the new App. A launch (~4 min; needs no carry)
+      timeout 400 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check.json" 2>&1 | tail -n 4 ;;
+    s20f) # session 20, after s20d (whose unroll check ran past its 170 s): tests/gpu/check_kernels.py's App. A cases and
+          # the unroll check again, then a last sweep around the new App. A launch (SU 16, HB 8, BLOCK_T 2, every RBF
+          # centre; backward HB 8, KC 32, 6 programs per SM) (~6 min; needs no carry)
+      timeout 150 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check_appa.json" --only=appA 2>&1 | tail -n 3 \
+          | cut -c1-200
+      timeout 230 python3 tests/gpu/check_stream_unroll.py "$OUT/stream_unroll_check.json" 2>&1 | tail -n 7 \
+          | sed -E 's/"rel_err_U_dvec_dq_dk_dv": \[[^]]*\], //' | cut -c1-200
+      B="stream/tile, DX2_SCR"
+      V="stream;stream + FWD_STREAM_U=16;stream + FWD_HB=8;stream + FWD_BLOCK_T=2;stream + RBF_WIN=0"
+      V="$V;$B;$B + BWD_HB=8;$B + BWD_KC=32;$B + BWD_PROGS_PER_SM=6"
+      timeout 200 python3 benchmarks/attention_stages.py --out "$OUT/s20f" --sizes appA:32768:64 --random-src \
+          --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
+      [ -f "$OUT/s20f/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
+          --report "$OUT/s20f/attention_stages.jsonl" ;;
+    s20h) # session 20, last: E2F_V2_FWD_PIPE (each block's streamed aggregation inside the next block's second Linear, so its
+          # gathers are in flight under the dot's multiply-adds; bit-equal U in the interpreter) at App. A 32k, random
+          # sources: with the new launch (80 registers: offline 122 spills), at 128 registers / 2 programs per SM (54
+          # spills), and with KC 32 (16 edges per chunk) (~3 min; needs no carry)
+      V="stream;stream + FWD_PIPE=1;stream + FWD_PIPE=1, FWD_MAXNREG=128, FWD_PROGS_PER_SM=2;stream + FWD_PIPE=1, FWD_KC=32"
+      timeout 260 python3 benchmarks/attention_stages.py --out "$OUT/s20h" --sizes appA:32768:64 --random-src \
+          --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
+      [ -f "$OUT/s20h/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
+          --report "$OUT/s20h/attention_stages.jsonl" ;;
+    s20g) # session 20: tests/gpu/check_kernels.py with --v2 (the default CUDA kernel; every earlier kcheck ran v1, the
+          # script's only kernel until now), all 20 cases, today's default launches (App. A's from session 20) (~5 min)
+      timeout 450 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check_v2.json" --v2 2>&1 | cut -c1-150 | tail -n 24 ;;
     s20c) # session 20, after s20b (App. A fwd 12.84 -> 11.30 ms with KC 16, 80 registers, 3 programs per SM: 3 CTAs of 8
           # warps resident instead of 2): around that launch (SU, 16 / 4 warps, programs per SM), and the backward's
           # register cap the same way (offline sm_90: 80 -> 3 CTAs, 188 spills; 16 warps at 64 -> 2 CTAs of 16, 110) (~5 min)
@@ -262,7 +297,8 @@ for what in "$@"; do
           | grep -E '^\{|Error' | cut -c1-300 ;;
     parity) timeout 200 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu.json" 2>&1 | tail -n 8 ;;
     tablecheck) timeout 200 python3 tests/gpu/check_table.py "$OUT/table_gpu_check.json" 2>&1 | tail -n 6 ;;
-    kcheck) timeout 300 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check.json" 2>&1 | tail -n 4 ;;
+    kcheck) # the v1 kernels (the script's default); s20g: --v2
+      timeout 300 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check.json" 2>&1 | tail -n 4 ;;
     parity_tables) timeout 200 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu_tables.json" \
              --radial-tables 2>&1 | tail -n 8 ;;
     tables12) # session 12: radial tables with bf16 (10k / 100k), and with set_compile (fp32 / TF32, 10k / 20k)

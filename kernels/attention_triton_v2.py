@@ -386,8 +386,8 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
     multiply-adds (no [SG, 8, C] tile, no group sum).  Each edge is still added in order, so U is bit-for-bit the
     SU = 1 result: edges past the row's end repeat edge e with alpha 0, and adding +0.0 to an accumulator that
     started at +0.0 changes no bit (round to nearest never makes -0.0 from +0.0).  On an H200 it gained at some
-    sizes and lost at others (``benchmarks/results/session19_h200.md`` section 4), so only the App. A launch takes
-    4 by default (``launch_config``).  SG > 1 takes precedence."""
+    sizes and lost at others (``benchmarks/results/session19_h200.md`` section 4), so only the App. A launch unrolls
+    by default: 4 times in session 19, 8 since session 20 (``launch_config``).  SG > 1 takes precedence."""
     offs_c = tl.arange(0, C)
     offs_m8 = tl.arange(0, 8)
     a_col = offs_c % H
@@ -999,22 +999,31 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
     40.6 ms, 46.0 -> 41.0 in a first call) and the forward with 4 programs per SM (11.3 -> 10.8 ms, twice); at the
     bundled model's (hid 32, 14.4k atoms) 8 backward warps are slower (4.03 -> 4.81 ms) and the programs per SM make
     no difference, so both apply from hid 128 on.  HB 32, KC 32, 4 programs per SM and no register cap beside the 8
-    backward warps were equal or slower.  The same launch unrolls its streamed forward 4 times (SU,
-    ``_stream_aggregate``): App. A 32k with random sources 13.82 -> 12.96 and 13.64 -> 12.82 ms in two calls; at
+    backward warps were equal or slower.  The same launch unrolls its streamed forward (SU, ``_stream_aggregate``):
+    4 times in session 19 (App. A 32k with random sources 13.82 -> 12.96 and 13.64 -> 12.82 ms in two calls); at
     the bundled model's, V1.5's and the table launch's sizes SU was mixed or slower, so they keep SU 1
     (``session19_h200.md`` section 4).
+
+    Session 20 (H200, ``benchmarks/results/session20_h200.md``): the App. A forward spends 6.1 of its 12.8 ms in
+    the edge MLP, logits and softmax ("none") and the rest in the streamed aggregation, which the table launch (4 CTAs
+    of 4 warps per SM) does in ~4.7 ms; the MLP launch had 2 CTAs of 8 warps (128 registers each), so little of one
+    CTA's gathers overlapped another's arithmetic.  An 80-register cap and KC 16 (24 KB of shared memory instead of
+    48) give 3 resident CTAs of 8 warps (64 spilled floats per thread, to L1), and a grid of exactly that many (3
+    programs per SM): forward 12.81 -> 10.91 ms with SU 8 (SU 1 / 2 / 4: 11.45 / 11.04 / 11.28; 64 registers and 4
+    CTAs 13.55, 16 warps at 64 registers 11.5-12.2, 4 warps 14.9).  The backward the same way (80 registers, 3
+    programs per SM; its KC is 16 already): forward + backward 54.07 -> 48.08 ms with the old forward.
     """
     K = kind.upper()
     tuned = H >= 64     # the GPU sweep (benchmarks/results/attention_v2_tune_h200.md) ran at the V1.5 size, H = 128
-    d_pps, d_su = 8, 1  # programs per SM; the streamed forward's unroll (SU)
+    d_pps, d_su, d_mr = 8, 1, 128   # programs per SM; the streamed forward's unroll (SU); register cap
     if kind == "fwd":   # ~64 rows per program
         d_bt, d_hb, d_kc, d_nw = (max(1, 64 // block_e), 32, 16, 4) if tuned else (max(1, 64 // block_e), 32, 32, 8)
     else:               # ~32 rows per program
         d_bt, d_hb, d_kc, d_nw = (max(1, 32 // block_e), 32, 32, 4) if tuned else (max(1, 32 // block_e), 16, 16, 4)
     if table:
         d_nw = 4
-    elif not tuned and hid >= 128:     # the App. A size (session 19)
-        d_nw, d_pps, d_su = (8, 8, 1) if kind == "bwd" else (d_nw, 4, 4)
+    elif not tuned and hid >= 128:     # the App. A size (sessions 19, 20)
+        d_nw, d_kc, d_mr, d_pps, d_su = (8, 16, 80, 3, 1) if kind == "bwd" else (8, 16, 80, 3, 8)
     hb = min(H, _env_int(f"E2F_V2_{K}_HB", d_hb))
     kc = min(hid, _env_int(f"E2F_V2_{K}_KC", d_kc))
     cfg = dict(BLOCK_T=_env_int(f"E2F_V2_{K}_BLOCK_T", d_bt), HB=hb, KC=kc,
@@ -1030,7 +1039,7 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
     # little to hide it; the cap trades spills (to L1) for resident warps (16 per SM).  H200, session 10
     # (benchmarks/results/attention_stages_s10_h200.jsonl): forward + backward 27.7 -> 22.5 ms (V1.5, 10k atoms),
     # 82.5 -> 56.6 ms (bundled, 115k); 96 / 80 registers and 168 for the backward alone were slower
-    cfg["maxnreg"] = _env_int(f"E2F_V2_{K}_MAXNREG", 128) or None
+    cfg["maxnreg"] = _env_int(f"E2F_V2_{K}_MAXNREG", d_mr) or None
     # edges per step of the streamed aggregation and its backward (``_stream_aggregate``, ``_stream_aggregate_bwd``:
     # E2F_V2_{FWD,BWD}_STREAM_G; untimed, opt-in)
     cfg["SG"] = _env_int(f"E2F_V2_{K}_STREAM_G", 1)

@@ -448,10 +448,10 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
                              (6, 5, 67, {})):
         cs = make_case(n, k_, **TINY, seed=sd)
         us = {}
-        for su in ("1", "2", "3"):
+        for su in ("1", "2", "3", "8"):     # 8: the App. A launch's default (session 20)
             with T_.env_vars(dict(extra, E2F_V2_FWD_AGG="stream", E2F_V2_FWD_STREAM_U=su)):
                 us[su] = KM.fused_attention(*args_of(cs), backend="triton_v2", max_degree=k_)
-        assert torch.equal(us["1"], us["2"]) and torch.equal(us["1"], us["3"]), (n, k_)
+        assert all(torch.equal(us["1"], us[su]) for su in ("2", "3", "8")), (n, k_)
         worst = max(worst, rel(us["2"].double(), KM.attention_reference(*args_of(cs)).double()))
     worst = max(worst, check(7, 9, 68, env={"E2F_V2_FWD_STREAM_U": "2"}, softmax="smooth", extreme=10.0))
     # the streamed and split backward with SG edges per step (E2F_V2_BWD_STREAM_G)
@@ -729,12 +729,19 @@ def test_v2_launch_defaults(monkeypatch):
     assert V2.launch_config(128, 128, 256, 32, "bwd")["num_warps"] == 4
     assert V2.launch_config(128, 128, 256, 32, "bwd", table=True)["num_warps"] == 4
     assert V2.launch_config(128, 128, 256, 32, "fwd", table=True)["num_warps"] == 4
-    # the untuned MLP launch at the App. A size (H 16, hid 128; session 19): 8 backward warps, 4 forward programs per
-    # SM; the bundled model's (hid 32) keeps 4 warps and 8 programs per SM, and the table launch its own
+    # the untuned MLP launch at the App. A size (H 16, hid 128; sessions 19, 20): 8 warps under an 80-register cap, KC
+    # 16 and 3 programs per SM both ways (3 resident CTAs); the bundled model's (hid 32) keeps 4 backward warps, 128
+    # registers and 8 programs per SM, and the table launch its own
     appa = V2.launch_config(16, 128, 256, 64, "fwd"), V2.launch_config(16, 128, 256, 64, "bwd")
-    assert [(c["num_warps"], c["progs_per_sm"]) for c in appa] == [(8, 4), (8, 8)]
-    # ... and its streamed forward unrolled 4 times (SU); every other forward launch keeps SU 1
-    assert appa[0]["SU"] == 4
+    assert [(c["num_warps"], c["progs_per_sm"], c["maxnreg"], c["KC"]) for c in appa] == [(8, 3, 80, 16)] * 2
+    assert [V2.launch_config(16, 32, 64, 64, kind)["maxnreg"] for kind in ("fwd", "bwd")] == [128, 128]
+    assert V2.launch_config(16, 128, 256, 64, "fwd", table=True)["maxnreg"] == 128
+    assert V2.launch_config(128, 128, 256, 32, "fwd")["maxnreg"] == 128
+    monkeypatch.setenv("E2F_V2_FWD_MAXNREG", "0")   # 0: no cap
+    assert V2.launch_config(16, 128, 256, 64, "fwd")["maxnreg"] is None
+    monkeypatch.delenv("E2F_V2_FWD_MAXNREG")
+    # ... and its streamed forward unrolled 8 times (SU); every other forward launch keeps SU 1
+    assert appa[0]["SU"] == 8
     assert V2.launch_config(16, 32, 64, 64, "fwd")["SU"] == 1
     assert V2.launch_config(16, 128, 256, 64, "fwd", table=True)["SU"] == 1
     assert V2.launch_config(128, 128, 256, 32, "fwd")["SU"] == 1

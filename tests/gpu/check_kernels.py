@@ -1,6 +1,8 @@
 """GPU correctness check: fused Triton attention vs the PyTorch reference (float64 ground truth).
 
-Usage:  python tests/gpu/check_kernels.py [out.json] [--quick]
+Usage:  python tests/gpu/check_kernels.py [out.json] [--quick] [--only=PREFIX] [--v2]
+The attention kernel checked is v1 (``attention_triton``) unless --v2 is given: then v2 (``attention_triton_v2``, the
+default on CUDA) with today's default launches.  --only=appA: the cases whose name starts so.
 For every case, fresh random inputs; forward U and the gradients w.r.t. vec, q, k, v (random upstream
 gradient) are compared as ||a - b|| / ||b|| against the reference evaluated in float64 on the GPU.
 Outputs are poisoned (NaN) before each kernel run by pre-filling the CUDA caching allocator's blocks; every
@@ -28,6 +30,9 @@ except ImportError:
 from importlib import import_module
 
 AT = import_module(K.__name__ + ".attention_triton")
+AT2 = import_module(K.__name__ + ".attention_triton_v2")
+#: the attention kernel under test: AT (v1, the default of this script) or AT2 (--v2)
+IMPL = {"mod": AT, "fn": AT.attention_triton}
 TOL = 1e-5
 DEV = os.environ.get("E2F_CHECK_DEVICE", "cuda")   # "cpu" + TRITON_INTERPRET=1: dry run of this script
 
@@ -62,7 +67,7 @@ def check_case(name, N, K_, cfg, seed, allow_tf32=False, fixed_degree=False):
     out_bytes = N * 27 * cfg["C"] * 4
     poison_allocator(max(4 * out_bytes, 1 << 20))
     t0 = time.time()
-    U = AT.attention_triton(*a32, allow_tf32=allow_tf32, max_degree=K_)
+    U = IMPL["fn"](*a32, allow_tf32=allow_tf32, max_degree=K_)
     sync()
     t_fwd = time.time() - t0
     gen = torch.Generator(device=DEV).manual_seed(seed + 1000)
@@ -76,14 +81,14 @@ def check_case(name, N, K_, cfg, seed, allow_tf32=False, fixed_degree=False):
     # also the fp32 reference, for context
     with torch.no_grad():
         U32r = K.attention_reference(*[x.detach() if isinstance(x, torch.Tensor) else x for x in a32])
-    row = dict(name=name, N=N, K=K_, E=E, tf32=allow_tf32, **cfg,
+    row = dict(name=name, N=N, K=K_, E=E, tf32=allow_tf32, kernel=IMPL["mod"].__name__.rsplit(".", 1)[-1], **cfg,
                err_U=rel(U, U64), err_dvec=rel(grads[0], g64[0]), err_dq=rel(grads[1], g64[1]),
                err_dk=rel(grads[2], g64[2]), err_dv=rel(grads[3], g64[3]),
                err_U_ref32_vs_ref64=rel(U32r, U64), finite=finite, first_call_s=t_fwd,
                isolated_zero=bool((U[0] == 0).all()))
     errs = [row[k] for k in ("err_U", "err_dvec", "err_dq", "err_dk", "err_dv")]
     try:
-        row["compile_info"] = AT.compile_info() if DEV == "cuda" else None
+        row["compile_info"] = IMPL["mod"].compile_info() if DEV == "cuda" else None
     except BaseException as exc:
         row["compile_info"] = repr(exc)[:100]
     row["pass"] = finite and row["isolated_zero"] and (allow_tf32 or max(errs) <= TOL)
@@ -171,6 +176,9 @@ def cases(quick=False):
 
 def main(argv):
     quick = "--quick" in argv
+    only = [a.split("=", 1)[1] for a in argv if a.startswith("--only=")]   # --only=appA: cases whose name starts so
+    if "--v2" in argv:
+        IMPL.update(mod=AT2, fn=AT2.attention_triton_v2)
     paths = [a for a in argv if not a.startswith("--")]
     out_path = paths[0] if paths else os.path.join(os.environ.get("OUT", "."), "kernels_gpu_check.json")
     if "--final" in argv:
@@ -178,7 +186,11 @@ def main(argv):
     rows = []
     print(f"{'case':14s} {'N':>6s} {'K':>3s} {'E':>8s} {'U':>9s} {'dvec':>9s} {'dq':>9s} {'dk':>9s} "
           f"{'dv':>9s} {'ref32':>9s} pass", flush=True)
-    for args in cases(quick):
+    todo = [c for c in cases(quick) if not only or c[0].startswith(only[0])]
+    if not todo:
+        print(f"no case matches --only={only[0]}", flush=True)
+        return 2
+    for args in todo:
         try:
             r = check_case(*args)
         except Exception as exc:  # keep going, record the failure

@@ -1,7 +1,8 @@
 """GPU check of the streamed forward's unroll (E2F_V2_FWD_STREAM_U, session 19): at the App. A size (H 16, hid 128,
-where the default launch takes SU 4) and at the bundled / V1.5 sizes, U with SU 4 and with the default must equal U
-with SU 1 bit for bit (the same additions in the same order), with the MLP and with a radial table, on rows of
-random degree 0..K (partial unrolled groups, empty rows); the default's U and gradients against float64.
+where the default launch takes SU 8 since session 20, 4 before) and at the bundled / V1.5 sizes, U with SU 4, with
+SU 8 and with the default must equal U with SU 1 bit for bit (the same additions in the same order), with the MLP and
+with a radial table, on rows of random degree 0..K (partial unrolled groups, empty rows); the default's U and gradients
+against float64.
 
 Usage (GPU): python tests/gpu/check_stream_unroll.py OUT.json
 (CPU rehearsal: TRITON_INTERPRET=1 CHECK_DEVICE=cpu CHECK_N=40 ...)"""
@@ -40,11 +41,11 @@ def main(out):
                 coef, *rest = random_table(2 * cfg["H"], N, torch.Generator().manual_seed(3), device=DEV)
                 tab = (coef.float(), *rest)
             us = {}
-            for su in ("1", "4", "default"):
+            for su in ("1", "4", "8", "default"):
                 env = {} if su == "default" else {"E2F_V2_FWD_STREAM_U": su}
                 with env_vars(env), torch.no_grad():
                     us[su] = K.fused_attention(*args_of(case), backend="triton_v2", max_degree=Kd, table=tab)
-            equal = {su: bool(torch.equal(us["1"], us[su])) for su in ("4", "default")}
+            equal = {su: bool(torch.equal(us["1"], us[su])) for su in ("4", "8", "default")}
             # the default launch against float64, forward and backward
             c64 = make_case(N, Kd, **cfg, device=DEV, seed=7, dtype=torch.float64)
             a32, a64 = list(args_of(case)), list(args_of(c64))
