@@ -122,7 +122,8 @@ for what in "$@"; do
           --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
       [ -f "$OUT/s20f/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
           --report "$OUT/s20f/attention_stages.jsonl" ;;
-    s20h) # session 20, last: E2F_V2_FWD_PIPE (each block's streamed aggregation inside the next block's second Linear, so its
+    s20h) # needs the tree of commit e4fc2ce (the option was removed after this run: slower; session20_h200.md section 5)
+          # session 20, last: E2F_V2_FWD_PIPE (each block's streamed aggregation inside the next block's second Linear, so its
           # gathers are in flight under the dot's multiply-adds; bit-equal U in the interpreter) at App. A 32k, random
           # sources: with the new launch (80 registers: offline 122 spills), at 128 registers / 2 programs per SM (54
           # spills), and with KC 32 (16 edges per chunk) (~3 min; needs no carry)

@@ -262,102 +262,6 @@ def _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, l
 
 
 @triton.jit
-def _pipe_edge(src, vec, v, scr_a, e, e0, e1, ax8, ay8, az8, ax1, ay1, az1, C: tl.constexpr, H: tl.constexpr):
-    """Edge e of the previous block's target (rows e0 .. e1 - 1) added to its [9, C] accumulators, as one step of
-    ``_stream_aggregate`` (SG 1) does it: the same loads and the same arithmetic in the same order, so that U is
-    bit-for-bit the unpipelined one.  e >= e1: every load masked (alpha 0, values 0), i.e. +0.0 added, which
-    changes no bit of an accumulator that started at +0.0; no address past the row is read."""
-    offs_c = tl.arange(0, C)
-    offs_m8 = tl.arange(0, 8)
-    ok = e < e1
-    jj = tl.load(src + e, mask=ok, other=0).to(tl.int64)
-    vx = tl.load(vec + e * 3 + 0, mask=ok, other=1.0)
-    vy = tl.load(vec + e * 3 + 1, mask=ok, other=0.0)
-    vz = tl.load(vec + e * 3 + 2, mask=ok, other=0.0)
-    dist = tl.sqrt(vx * vx + vy * vy + vz * vz)
-    rx = vx / dist
-    ry = vy / dist
-    rz = vz / dist
-    a_c = tl.load(scr_a + (e - e0) * H + offs_c % H, mask=ok, other=0.0)
-    vb = v + jj * (9 * C)
-    aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :], mask=ok, other=0.0).to(tl.float32)
-    aV1 = a_c * tl.load(vb + 8 * C + offs_c, mask=ok, other=0.0).to(tl.float32)
-    ax8 += aV8 * rx
-    ay8 += aV8 * ry
-    az8 += aV8 * rz
-    ax1 += aV1 * rx
-    ay1 += aV1 * ry
-    az1 += aV1 * rz
-    return ax8, ay8, az8, ax1, ay1, az1
-
-
-@triton.jit
-def _chunked_dot_pipe(scr, W, acc, src, vec, v, scr_a, e0, e1, R: tl.constexpr, HID: tl.constexpr,
-                      KC: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, H: tl.constexpr, EPW: tl.constexpr):
-    """``_chunked_dot(scr, W, HID, 0, acc, R, HID, HID, KC, PREC)`` (the edge MLP's second Linear) with the
-    previous block's streamed aggregation spread over its K chunks: EPW edges per chunk, in edge order, so that
-    their value-row gathers are in flight while the chunk's multiply-adds run (E2F_V2_FWD_PIPE).  Returns the
-    dot and the previous target's [9, C] sums as [8, C] + [C] parts per direction."""
-    offs_r = tl.arange(0, R)
-    offs_n = tl.arange(0, HID)
-    ax8 = tl.zeros([8, C], dtype=tl.float32)
-    ay8 = tl.zeros([8, C], dtype=tl.float32)
-    az8 = tl.zeros([8, C], dtype=tl.float32)
-    ax1 = tl.zeros([C], dtype=tl.float32)
-    ay1 = tl.zeros([C], dtype=tl.float32)
-    az1 = tl.zeros([C], dtype=tl.float32)
-    for k0 in range(0, HID, KC):
-        eb = e0 + (k0 // KC) * EPW
-        for u in tl.static_range(EPW):
-            ax8, ay8, az8, ax1, ay1, az1 = _pipe_edge(src, vec, v, scr_a, eb + u, e0, e1, ax8, ay8, az8, ax1, ay1,
-                                                      az1, C, H)
-        offs_k = k0 + tl.arange(0, KC)
-        xk = tl.load(scr + offs_r[:, None] * HID + offs_k[None, :])
-        wk = tl.load(W + offs_k[:, None] * HID + offs_n[None, :])
-        acc = tl.dot(xk, wk, acc, input_precision=PREC)
-    return acc, ax8, ay8, az8, ax1, ay1, az1
-
-
-@triton.jit
-def _store_u(U, it, ok, ax8, ay8, az8, ax1, ay1, az1, C: tl.constexpr):
-    """Row ``it`` of U [N, 3, 9, C] from its [8, C] + [C] parts per direction (where ``ok``)."""
-    offs_c = tl.arange(0, C)
-    ub = U + it * (27 * C)
-    o8 = tl.arange(0, 8)[:, None] * C + offs_c[None, :]
-    tl.store(ub + o8, ax8, mask=ok)
-    tl.store(ub + 9 * C + o8, ay8, mask=ok)
-    tl.store(ub + 18 * C + o8, az8, mask=ok)
-    tl.store(ub + 8 * C + offs_c, ax1, mask=ok)
-    tl.store(ub + 17 * C + offs_c, ay1, mask=ok)
-    tl.store(ub + 26 * C + offs_c, az1, mask=ok)
-
-
-@triton.jit
-def _mlp_to_x2_pipe(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, gamma, cutoff,
-                    row_ptr, src, vec, v, U, scr_a, perm, i0_p, n_t, t_start,
-                    nb: tl.constexpr, HID: tl.constexpr, R: tl.constexpr, BLOCK_NB: tl.constexpr, KC: tl.constexpr,
-                    PREC: tl.constexpr, WIN: tl.constexpr, C: tl.constexpr, H: tl.constexpr, BLOCK_E: tl.constexpr,
-                    PERM: tl.constexpr):
-    """``_mlp_to_x2`` (forward, SAVE_PRE off) with the streamed aggregation of the previous block (target block
-    i0_p, BLOCK_T 1; none where i0_p >= n_t) inside the second Linear's K loop (``_chunked_dot_pipe``); the
-    previous target's U row is written here."""
-    offs_f = tl.arange(0, HID)
-    h0 = _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, cutoff, nb, HID, R, BLOCK_NB, PREC, WIN)
-    y0, _r0 = _ln_stats(h0, HID)
-    n0 = y0 * tl.load(ln0w + offs_f)[None, :] + tl.load(ln0b + offs_f)[None, :]
-    _to_scratch(scr_x, n0 * tl.sigmoid(n0), R, HID)
-    ok_p, it_p, e0_p, e1_p = _stream_target(row_ptr, perm, i0_p, 0, n_t, t_start, BLOCK_E, PERM)
-    EPW: tl.constexpr = (BLOCK_E * KC + HID - 1) // HID      # edges per K chunk: HID / KC chunks cover BLOCK_E
-    h1, ax8, ay8, az8, ax1, ay1, az1 = _chunked_dot_pipe(
-        scr_x, W1T, tl.zeros([R, HID], dtype=tl.float32) + tl.load(b1 + offs_f)[None, :], src, vec, v, scr_a,
-        e0_p, e1_p, R, HID, KC, PREC, C, H, EPW)
-    _store_u(U, it_p, ok_p, ax8, ay8, az8, ax1, ay1, az1, C)
-    y1, _r1 = _ln_stats(h1, HID)
-    n1 = y1 * tl.load(ln1w + offs_f)[None, :] + tl.load(ln1b + offs_f)[None, :]
-    _to_scratch(scr_x, n1 * tl.sigmoid(n1), R, HID)
-
-
-@triton.jit
 def _head_block_logits(scr_x, W2T, b2, q, k, tgt, j, mask_e, hb0, sm_scale,
                        H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr, R: tl.constexpr,
                        HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, QKL: tl.constexpr = False):
@@ -575,11 +479,8 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         PERM: tl.constexpr, SCR_STRIDE: tl.constexpr, AGG: tl.constexpr = 0,
                         RBF_WIN: tl.constexpr = 0, SG: tl.constexpr = 1, TABLE: tl.constexpr = False,
-                        QKL: tl.constexpr = False, SU: tl.constexpr = 1, PIPE: tl.constexpr = False):
+                        QKL: tl.constexpr = False, SU: tl.constexpr = 1):
     # QKL: q / k in the [N, D, H] layout (``qk_layout``)
-    # PIPE (E2F_V2_FWD_PIPE; edge MLP, AGG 1, SG 1, BLOCK_T 1 only): each block's streamed aggregation runs inside the
-    # next block's second Linear (``_mlp_to_x2_pipe``), the program's last one after its loop; U is bit-for-bit the
-    # same
     # TABLE: g, w read from a radial table of the edge MLP (tcoef [rows, 4, 2H] per-interval cubic coefficients,
     # tslot_t / tslot_s: element slot per target / source atom, tP elements, tM intervals of th; see
     # attention_reference.table_lookup)
@@ -594,9 +495,6 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
     scr_x = scratch + pid.to(tl.int64) * SCR_STRIDE        # [R, HID] (+ alpha [R, H] with AGG 1)
     scr_a = scr_x + R * HID
     t_start, n_t, n_blk = _bucket(N, n_blocks, seg, BLOCK_T, PERM)
-    if PIPE:
-        tl.static_assert(BLOCK_T == 1 and AGG == 1 and SG == 1 and not TABLE)
-        i0_p = n_t.to(tl.int64)      # the previous block: none yet
     blk = pid
     while blk < n_blk:               # persistent loop over target blocks (a while loop: the interpreter
         i0 = blk.to(tl.int64) * BLOCK_T   # cannot iterate range() over runtime scalars)
@@ -605,10 +503,6 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             row_ptr, src, vec, i0, n_t, perm, t_start, BLOCK_T, BLOCK_E, PERM)
         if TABLE:
             t_loc, trow, _live = _table_pos(d, tgt, j, mask_e, tslot_t, tslot_s, tP, tM, th)
-        elif PIPE:
-            _mlp_to_x2_pipe(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, gamma, cutoff,
-                            row_ptr, src, vec, v, U, scr_a, perm, i0_p, n_t, t_start,
-                            nb, HID, R, BLOCK_NB, KC, PREC, RBF_WIN, C, H, BLOCK_E, PERM)
         else:
             _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_x, scr_x,
                        gamma, cutoff, nb, HID, R, BLOCK_NB, KC, PREC, False, RBF_WIN)
@@ -649,13 +543,8 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                 tl.store(scr_a + offs_r[:, None] * H + offs_hb[None, :], alpha)
         if AGG == 1:
             tl.debug_barrier()              # alpha of every head visible to the whole CTA
-            if PIPE:
-                i0_p = i0                   # aggregated inside the next block's MLP, or below
-            else:
-                _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
-                                  C, H, BLOCK_T, BLOCK_E, PERM, SG, SU)
-    if PIPE:
-        _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0_p, n_t, t_start, C, H, BLOCK_T, BLOCK_E, PERM, SG, SU)
+            _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
+                              C, H, BLOCK_T, BLOCK_E, PERM, SG, SU)
 
 
 @triton.jit
@@ -1160,10 +1049,6 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         cfg["SU"] = _env_int("E2F_V2_FWD_STREAM_U", d_su)
         if cfg["SU"] < 1:
             raise ValueError(f"E2F_V2_FWD_STREAM_U={cfg['SU']}: expected an integer >= 1")
-        # E2F_V2_FWD_PIPE=1 (opt-in, session 20): each block's streamed aggregation inside the next block's second
-        # Linear (``_mlp_to_x2_pipe``); only where it applies (edge MLP, one target per block, streamed, SG 1)
-        cfg["PIPE"] = (bool(_env_int("E2F_V2_FWD_PIPE", 0)) and not table and cfg["BLOCK_T"] == 1
-                       and cfg["AGG"] == _AGG_MODES["stream"] and cfg["SG"] == 1)
     if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2); DR_ACC / DU_BCAST timed without effect, opt-in
         cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
         # E2F_V2_BWD_ATOM (stage timing only, wrong gradients): 1 = the dv / dk atomics as plain stores, 2 = no
@@ -1383,7 +1268,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
                 SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], TABLE=tab_args[6], QKL=qkl, SU=cfg["SU"],
-                **({"PIPE": True} if cfg["PIPE"] else {}), num_warps=cfg["num_warps"], **_maxnreg(cfg))
+                num_warps=cfg["num_warps"], **_maxnreg(cfg))
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.table = table
         ctx.qkl = qkl
