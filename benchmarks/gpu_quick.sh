@@ -4,6 +4,7 @@
 #   run(command="bash benchmarks/gpu_quick.sh graphed", carry=[".whl", ".carry"], timeout_s=...)
 #   graphed:  benchmarks/gpu_graphed_check.py (float32 + float64, 200 OpenMM steps)
 #   e2e1k:    gpu_end_to_end at 1,000 and 10,000 atoms, modes fp32 and graphed_fp32
+#   s21a:     NEXT session: the table forward under a 64-register cap (session 20's lead), stages + OpenMM 115k (~5 min)
 #   md100k:   MD through OpenMM with the BUNDLED model on liquid water replicated from the last frame of the
 #             100 ps campaign run: 2x2x2 (14,400 atoms) and 4x4x4 (115,200 atoms), fp32, 0.5 fs, each with the
 #             degree buckets off and on, then 14,400 atoms with the CUDA graph forced on (~6 min)
@@ -107,6 +108,21 @@ for what in "$@"; do
                  --dtypes float32,float64 --openmm-steps 200 2>&1 | tail -n 12 ;;
     e2e1k) timeout 150 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e" --parts speed --sizes 1000,10000 \
                  --modes fp32,graphed_fp32 --no-water --budget-s 120 2>&1 | tail -n 6 ;;
+    s21a) # NEXT session (21), first (~5 min; carry .whl and .carry): session 20's lead for the radial-table forward (the
+          # main job's attention kernel: 64 registers, 8 CTAs per SM, 4.88 -> 4.64 ms at 115k in ONE call,
+          # session20_h200.md section 6): the forward and forward + backward alternated twice at the bundled 115k, then
+          # the bundled OpenMM main job at 115,200 atoms with and without E2F_V2_FWD_MAXNREG=64 (it caps every forward
+          # launch; with the radial tables on, those are table launches)
+      T="stream, table"; B="stream/tile, table"
+      V="$T;$T + FWD_MAXNREG=64;$T;$T + FWD_MAXNREG=64;$B;$B + FWD_MAXNREG=64;$B;$B + FWD_MAXNREG=64"
+      timeout 150 python3 benchmarks/attention_stages.py --out "$OUT/s21a" --sizes bundled:115200:64 --variants "$V" \
+          2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
+      [ -f "$OUT/s21a/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
+          --report "$OUT/s21a/attention_stages.jsonl"
+      for cap in "" 64 "" 64; do
+        E2F_V2_FWD_MAXNREG=$cap timeout 80 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P \
+            --reps 4,4,4 --steps 20 --out "$OUT/md_cap${cap:-default}.json" 2>&1 | tail -n 1 | cut -c1-300
+      done ;;
     md100k)
       for r in 2,2,2 4,4,4; do
         for b in 0 1; do

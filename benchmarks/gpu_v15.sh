@@ -122,6 +122,15 @@ for what in "$@"; do
           --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
       [ -f "$OUT/s20f/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
           --report "$OUT/s20f/attention_stages.jsonl" ;;
+    s20i) # session 20, last call: the radial-table forward (the OpenMM main job's attention kernel) under a lower register cap:
+          # offline sm_90 the bundled table forward needs no spills at 80 registers (6 CTAs of 4 warps per SM instead of 4)
+          # and 4 spilled floats at 64 (8 CTAs); V1.5's spills 30 -> 80 at 80 (~3 min; needs no carry)
+      T="stream, table"
+      V="$T;$T + FWD_MAXNREG=80, FWD_PROGS_PER_SM=6;$T + FWD_MAXNREG=80;$T + FWD_MAXNREG=64"
+      timeout 200 python3 benchmarks/attention_stages.py --out "$OUT/s20i" --sizes bundled:115200:64,v15:10000:32 \
+          --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
+      [ -f "$OUT/s20i/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
+          --report "$OUT/s20i/attention_stages.jsonl" ;;
     s20h) # needs the tree of commit e4fc2ce (the option was removed after this run: slower; session20_h200.md section 5)
           # session 20, last: E2F_V2_FWD_PIPE (each block's streamed aggregation inside the next block's second Linear, so its
           # gathers are in flight under the dot's multiply-adds; bit-equal U in the interpreter) at App. A 32k, random
