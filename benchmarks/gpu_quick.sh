@@ -119,6 +119,13 @@ for what in "$@"; do
           2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
       [ -f "$OUT/s21a/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
           --report "$OUT/s21a/attention_stages.jsonl"
+      # the bundled model's edge-MLP forward (tables off, training) the App. A way: offline 80 registers fit 3 CTAs of 8
+      # warps (88 spills), 64 fit 4 (132)
+      V="stream;stream + FWD_MAXNREG=80, FWD_PROGS_PER_SM=3;stream + FWD_MAXNREG=64, FWD_PROGS_PER_SM=4"
+      timeout 120 python3 benchmarks/attention_stages.py --out "$OUT/s21a_mlp" --sizes bundled:115200:64,bundled:14400:64 \
+          --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
+      [ -f "$OUT/s21a_mlp/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
+          --report "$OUT/s21a_mlp/attention_stages.jsonl"
       for cap in "" 64 "" 64; do
         E2F_V2_FWD_MAXNREG=$cap timeout 80 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P \
             --reps 4,4,4 --steps 20 --out "$OUT/md_cap${cap:-default}.json" 2>&1 | tail -n 1 | cut -c1-300
