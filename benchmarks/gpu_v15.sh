@@ -122,6 +122,20 @@ for what in "$@"; do
           --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
       [ -f "$OUT/s20f/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
           --report "$OUT/s20f/attention_stages.jsonl" ;;
+    s21b) # NEXT session (21), after gpu_quick.sh s21a (~4 min; needs no carry): what the backward's dv / dk atomics cost
+          # (E2F_V2_BWD_ATOM=1: plain stores, 2: no write; timing only, wrong gradients, so their float64 checks fail by
+          # design) and the backward without its aggregation, at the bundled 115k (table launch, the main job's) and App. A
+          # 32k (MLP, item 4a): it decides whether a source-major backward without atomics is worth writing
+      B="stream/tile, table"
+      V="$B;$B, plain stores;$B, no dv / dk write;stream/none, table"
+      timeout 150 python3 benchmarks/attention_stages.py --out "$OUT/s21b" --sizes bundled:115200:64 --variants "$V" \
+          2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
+      M="stream/tile, DX2_SCR"
+      V="$M;$M + BWD_ATOM=1;$M + BWD_ATOM=2;$M + BWD_AGG=none"
+      timeout 200 python3 benchmarks/attention_stages.py --out "$OUT/s21b" --sizes appA:32768:64 --random-src \
+          --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
+      [ -f "$OUT/s21b/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
+          --report "$OUT/s21b/attention_stages.jsonl" ;;
     s20i) # session 20, last call: the radial-table forward (the OpenMM main job's attention kernel) under a lower register cap:
           # offline sm_90 the bundled table forward needs no spills at 80 registers (6 CTAs of 4 warps per SM instead of 4)
           # and 4 spilled floats at 64 (8 CTAs); V1.5's spills 30 -> 80 at 80 (~3 min; needs no carry)
