@@ -1008,8 +1008,8 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
     the edge MLP, logits and softmax ("none") and the rest in the streamed aggregation, which the table launch (4 CTAs
     of 4 warps per SM) does in ~4.7 ms; the MLP launch had 2 CTAs of 8 warps (128 registers each), so little of one
     CTA's gathers overlapped another's arithmetic.  An 80-register cap and KC 16 (24 KB of shared memory instead of
-    48) give 3 resident CTAs of 8 warps (64 spilled floats per thread, to L1), and a grid of exactly that many (3
-    programs per SM): forward 12.81 -> 10.91 ms with SU 8 (SU 1 / 2 / 4: 11.45 / 11.04 / 11.28; 64 registers and 4
+    48) give 3 resident CTAs of 8 warps (66 spilled floats per thread in the forward, 188 in the backward; to L1),
+    and a grid of exactly that many (3 programs per SM): forward 12.81 -> 10.91 ms with SU 8 (SU 1 / 2 / 4: 11.45 / 11.04 / 11.28; 64 registers and 4
     CTAs 13.55, 16 warps at 64 registers 11.5-12.2, 4 warps 14.9).  The backward the same way (80 registers, 3
     programs per SM; its KC is 16 already): forward + backward 54.07 -> 48.08 ms with the old forward.
     """
