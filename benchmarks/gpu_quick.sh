@@ -101,6 +101,7 @@ export PYTHONPATH="/tmp/pkg:/tmp/site:$PWD" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 export E2F_FIXTURES="$PWD/.carry/shared/fixtures/official_parity"
 # liquid water from the last frame of the bundled model's 100 ps NPT run (the MD modes replicate it)
 P=benchmarks/results/default_model/long_campaign/water_100ps/last_frame.pdb
+. benchmarks/stages.sh    # stages DIR LIMIT ARGS...: attention_stages.py into $OUT/DIR, then its table
 nvidia-smi --query-gpu=name --format=csv,noheader
 for what in "$@"; do
   case "$what" in
@@ -115,17 +116,11 @@ for what in "$@"; do
           # launch; with the radial tables on, those are table launches)
       T="stream, table"; B="stream/tile, table"
       V="$T;$T + FWD_MAXNREG=64;$T;$T + FWD_MAXNREG=64;$B;$B + FWD_MAXNREG=64;$B;$B + FWD_MAXNREG=64"
-      timeout 150 python3 benchmarks/attention_stages.py --out "$OUT/s21a" --sizes bundled:115200:64 --variants "$V" \
-          2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
-      [ -f "$OUT/s21a/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
-          --report "$OUT/s21a/attention_stages.jsonl"
+      stages s21a 150 --sizes bundled:115200:64 --variants "$V"
       # the bundled model's edge-MLP forward (tables off, training) the App. A way: offline 80 registers fit 3 CTAs of 8
       # warps (88 spills), 64 fit 4 (132)
       V="stream;stream + FWD_MAXNREG=80, FWD_PROGS_PER_SM=3;stream + FWD_MAXNREG=64, FWD_PROGS_PER_SM=4"
-      timeout 120 python3 benchmarks/attention_stages.py --out "$OUT/s21a_mlp" --sizes bundled:115200:64,bundled:14400:64 \
-          --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
-      [ -f "$OUT/s21a_mlp/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
-          --report "$OUT/s21a_mlp/attention_stages.jsonl"
+      stages s21a_mlp 120 --sizes bundled:115200:64,bundled:14400:64 --variants "$V"
       for cap in "" 64 "" 64; do
         E2F_V2_FWD_MAXNREG=$cap timeout 80 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P \
             --reps 4,4,4 --steps 20 --out "$OUT/md_cap${cap:-default}.json" 2>&1 | tail -n 1 | cut -c1-300

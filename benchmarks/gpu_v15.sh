@@ -14,6 +14,7 @@
 #   e2e:    the V1.5 end-to-end table of item 4c: FCC carbon 1k / 10k / 20k / 100k, fp32 / TF32 / bf16 / graphed
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+. benchmarks/stages.sh    # stages DIR LIMIT ARGS...: attention_stages.py into $OUT/DIR, then its table
 rm -rf /tmp/pkg2 && mkdir -p /tmp/pkg2/openmm_e2former && cp -r openmm_e2former/* /tmp/pkg2/openmm_e2former/
 rm -rf /tmp/pkg2/openmm_e2former/model /tmp/pkg2/openmm_e2former/kernels && cp -r model kernels /tmp/pkg2/openmm_e2former/
 export PYTHONPATH="/tmp/pkg2:$PWD" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
@@ -59,10 +60,7 @@ for what in "$@"; do
       V="$V;stream/tile, table;stream/tile, table, bwd 8 warps;stream/tile, table, bwd 2 warps"
       V="$V;stream/tile, table, bwd BLOCK_T 2;stream/tile, table, bwd 160 registers;stream/tile, table, uncapped"
       V="$V;stream/tile, table, bwd 4 programs per SM;stream/tile, table, bwd 16 programs per SM"
-      timeout 500 python3 benchmarks/attention_stages.py --out "$OUT/tab_stages" --sizes bundled:115200:64,v15:10000:32 \
-          --variants "$V" 2>&1 | tail -n 3
-      [ -f "$OUT/tab_stages/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
-          --report "$OUT/tab_stages/attention_stages.jsonl" ;;
+      stages tab_stages 500 --sizes bundled:115200:64,v15:10000:32 --variants "$V" ;;
     appa19) # session 19, for item 4a's MLP pair: the edge-MLP launch settings at the App. A size (H 16, K 64,
             # the untuned launch) re-swept after the relaxed atomics, as session 18 did for the TABLE backward (8 -> 4
             # warps: -11 % of the V1.5 20k step), 32k atoms, every variant checked against float64 first; then item
@@ -72,10 +70,7 @@ for what in "$@"; do
       V="$V;stream, 4 programs per SM;stream, 2 edges per step;stream/tile, DX2_SCR;stream/tile, DX2_SCR, bwd 8 warps"
       V="$V;stream/tile, DX2_SCR, bwd 2 warps;stream/tile, DX2_SCR, bwd uncapped;stream/tile, DX2_SCR, bwd KC 16"
       V="$V;stream/tile, DX2_SCR, bwd 4 programs per SM"
-      timeout 420 python3 benchmarks/attention_stages.py --out "$OUT/appa_stages" --sizes appA:32768:64 \
-          --variants "$V" 2>&1 | tail -n 3
-      [ -f "$OUT/appa_stages/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
-          --report "$OUT/appa_stages/attention_stages.jsonl"
+      stages appa_stages 420 --sizes appA:32768:64 --variants "$V"
       BENCH_BUDGET_S=100 timeout 150 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s19" \
           --impls fused,reference --settings appA --ns 8192,32768 2>&1 | tail -n 4 ;;
     appa19b) # session 19, after appa19 (appA 32k: bwd 8 warps 46.0 -> 41.0 ms, fwd 4 programs per SM 11.3 -> 10.9):
@@ -85,20 +80,13 @@ for what in "$@"; do
       V="$V;stream/tile, DX2_SCR, bwd 4 warps;stream/tile, DX2_SCR, bwd 8 warps;stream/tile, DX2_SCR, bwd 8 warps, HB 32"
       V="$V;stream/tile, DX2_SCR, bwd 8 warps, KC 32;stream/tile, DX2_SCR, bwd 8 warps, 4 programs per SM"
       V="$V;stream/tile, DX2_SCR, bwd 8 warps, uncapped"
-      timeout 400 python3 benchmarks/attention_stages.py --out "$OUT/appa_stages_b" \
-          --sizes appA:32768:64,bundled:14400:64 --variants "$V" 2>&1 | tail -n 2
-      [ -f "$OUT/appa_stages_b/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
-          --report "$OUT/appa_stages_b/attention_stages.jsonl" ;;
+      stages appa_stages_b 400 --sizes appA:32768:64,bundled:14400:64 --variants "$V" ;;
     su19) # session 19: the streamed forward's one-edge step unrolled 2 / 4 times (E2F_V2_FWD_STREAM_U; U bit-for-bit
           # the same), MLP and table forward, at App. A 32k with random sources (item 4a's setting), then the bundled
           # 115k (table: the OpenMM main job) and V1.5 10k with local ones; each checked against float64 (~5 min)
       V="stream;stream, unroll 2;stream, unroll 4;stream, table;stream, table, unroll 2;stream, table, unroll 4"
-      timeout 220 python3 benchmarks/attention_stages.py --out "$OUT/su_random" --sizes appA:32768:64 --random-src \
-          --variants "$V" 2>&1 | tail -n 1
-      timeout 260 python3 benchmarks/attention_stages.py --out "$OUT/su_local" --sizes bundled:115200:64,v15:10000:32 \
-          --variants "$V" 2>&1 | tail -n 1
-      for f in su_random su_local; do [ -f "$OUT/$f/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
-          --report "$OUT/$f/attention_stages.jsonl"; done ;;
+      stages su_random 220 --sizes appA:32768:64 --random-src --variants "$V"
+      stages su_local 260 --sizes bundled:115200:64,v15:10000:32 --variants "$V" ;;
     s20d) # session 20, with the App. A launch from s20b / s20c (8 warps, 80 registers, KC 16, 3 programs per SM both ways,
           # forward SU 8): the unroll check (SU 4 / 8 / default bit-equal to SU 1; the default against float64), then
           # item 4a's MLP pair (fused and reference, App. A, N = 128 ... 32768 and 100k) (~5 min; needs no carry)
@@ -118,43 +106,30 @@ for what in "$@"; do
       B="stream/tile, DX2_SCR"
       V="stream;stream + FWD_STREAM_U=16;stream + FWD_HB=8;stream + FWD_BLOCK_T=2;stream + RBF_WIN=0"
       V="$V;$B;$B + BWD_HB=8;$B + BWD_KC=32;$B + BWD_PROGS_PER_SM=6"
-      timeout 200 python3 benchmarks/attention_stages.py --out "$OUT/s20f" --sizes appA:32768:64 --random-src \
-          --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
-      [ -f "$OUT/s20f/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
-          --report "$OUT/s20f/attention_stages.jsonl" ;;
+      stages s20f 200 --sizes appA:32768:64 --random-src --variants "$V" ;;
     s21b) # NEXT session (21), after gpu_quick.sh s21a (~4 min; needs no carry): what the backward's dv / dk atomics cost
           # (E2F_V2_BWD_ATOM=1: plain stores, 2: no write; timing only, wrong gradients, so their float64 checks fail by
           # design) and the backward without its aggregation, at the bundled 115k (table launch, the main job's) and App. A
           # 32k (MLP, item 4a): it decides whether a source-major backward without atomics is worth writing
       B="stream/tile, table"
       V="$B;$B, plain stores;$B, no dv / dk write;stream/none, table"
-      timeout 150 python3 benchmarks/attention_stages.py --out "$OUT/s21b" --sizes bundled:115200:64 --variants "$V" \
-          2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
+      stages s21b_table 150 --sizes bundled:115200:64 --variants "$V"
       M="stream/tile, DX2_SCR"
       V="$M;$M + BWD_ATOM=1;$M + BWD_ATOM=2;$M + BWD_AGG=none"
-      timeout 200 python3 benchmarks/attention_stages.py --out "$OUT/s21b" --sizes appA:32768:64 --random-src \
-          --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
-      [ -f "$OUT/s21b/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
-          --report "$OUT/s21b/attention_stages.jsonl" ;;
+      stages s21b_mlp 200 --sizes appA:32768:64 --random-src --variants "$V" ;;
     s20i) # session 20, last call: the radial-table forward (the OpenMM main job's attention kernel) under a lower register cap:
           # offline sm_90 the bundled table forward needs no spills at 80 registers (6 CTAs of 4 warps per SM instead of 4)
           # and 4 spilled floats at 64 (8 CTAs); V1.5's spills 30 -> 80 at 80 (~3 min; needs no carry)
       T="stream, table"
       V="$T;$T + FWD_MAXNREG=80, FWD_PROGS_PER_SM=6;$T + FWD_MAXNREG=80;$T + FWD_MAXNREG=64"
-      timeout 200 python3 benchmarks/attention_stages.py --out "$OUT/s20i" --sizes bundled:115200:64,v15:10000:32 \
-          --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
-      [ -f "$OUT/s20i/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
-          --report "$OUT/s20i/attention_stages.jsonl" ;;
+      stages s20i 200 --sizes bundled:115200:64,v15:10000:32 --variants "$V" ;;
     s20h) # needs the tree of commit e4fc2ce (the option was removed after this run: slower; session20_h200.md section 5)
           # session 20, last: E2F_V2_FWD_PIPE (each block's streamed aggregation inside the next block's second Linear, so its
           # gathers are in flight under the dot's multiply-adds; bit-equal U in the interpreter) at App. A 32k, random
           # sources: with the new launch (80 registers: offline 122 spills), at 128 registers / 2 programs per SM (54
           # spills), and with KC 32 (16 edges per chunk) (~3 min; needs no carry)
       V="stream;stream + FWD_PIPE=1;stream + FWD_PIPE=1, FWD_MAXNREG=128, FWD_PROGS_PER_SM=2;stream + FWD_PIPE=1, FWD_KC=32"
-      timeout 260 python3 benchmarks/attention_stages.py --out "$OUT/s20h" --sizes appA:32768:64 --random-src \
-          --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 1
-      [ -f "$OUT/s20h/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
-          --report "$OUT/s20h/attention_stages.jsonl" ;;
+      stages s20h 260 --sizes appA:32768:64 --random-src --variants "$V" ;;
     s20g) # session 20: tests/gpu/check_kernels.py with --v2 (the default CUDA kernel; every earlier kcheck ran v1, the
           # script's only kernel until now), all 20 cases, today's default launches (App. A's from session 20) (~5 min)
       timeout 450 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check_v2.json" --v2 2>&1 | cut -c1-150 | tail -n 24 ;;
@@ -169,10 +144,7 @@ for what in "$@"; do
       B="stream/tile, DX2_SCR"
       V="$V;$B;$B + BWD_MAXNREG=80, BWD_PROGS_PER_SM=3;$B + BWD_NUM_WARPS=16, BWD_MAXNREG=64, BWD_PROGS_PER_SM=2"
       V="$V;$B + BWD_MAXNREG=64, BWD_PROGS_PER_SM=4"
-      timeout 420 python3 benchmarks/attention_stages.py --out "$OUT/s20c" --sizes appA:32768:64 --random-src \
-          --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 2
-      [ -f "$OUT/s20c/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
-          --report "$OUT/s20c/attention_stages.jsonl" ;;
+      stages s20c 420 --sizes appA:32768:64 --random-src --variants "$V" ;;
     s20b) # session 20, after s20a (App. A MLP forward 12.98 ms = 6.07 MLP/logits/softmax + ~6.9 aggregation; the table
           # kernel aggregates the same gathers in ~4.7 ms at 4 CTAs of 4 warps per SM against the MLP kernel's 2 of 8):
           # more resident CTAs through a register cap (offline sm_90: 80 regs -> 3 CTAs, 74 spills; 64 -> 4, 94 spills;
@@ -180,10 +152,7 @@ for what in "$@"; do
       V="stream;none;none + RBF_WIN=0;stream + RBF_WIN=0;stream + FWD_MAXNREG=80, FWD_PROGS_PER_SM=3"
       V="$V;stream + FWD_MAXNREG=64, FWD_PROGS_PER_SM=4;stream + FWD_NUM_WARPS=16, FWD_MAXNREG=64, FWD_PROGS_PER_SM=2"
       V="$V;none + FWD_MAXNREG=64, FWD_PROGS_PER_SM=4;stream + FWD_KC=16, FWD_MAXNREG=80, FWD_PROGS_PER_SM=3"
-      timeout 280 python3 benchmarks/attention_stages.py --out "$OUT/s20b" --sizes appA:32768:64 --random-src \
-          --variants "$V" 2>&1 | grep -E '^\{|Error' | cut -c1-200 | tail -n 3
-      [ -f "$OUT/s20b/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
-          --report "$OUT/s20b/attention_stages.jsonl" ;;
+      stages s20b 280 --sizes appA:32768:64 --random-src --variants "$V" ;;
     s20a) # NEXT session (20), first (~4 min; needs no carry): the GPU check of the App. A launch's SU 4 default
           # (sucheck, never run: session 19's device time ran out), then item 4a's MLP pair with it (fused and
           # reference, App. A, 8k / 32k / 100k), to replace the SU 1 rows of attention_appa_s19c_h200.md; then the
@@ -191,10 +160,7 @@ for what in "$@"; do
       timeout 180 python3 tests/gpu/check_stream_unroll.py "$OUT/stream_unroll_check.json" 2>&1 | tail -n 2 | cut -c1-300
       BENCH_BUDGET_S=120 timeout 200 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s20" \
           --impls fused,reference --settings appA --ns 8192,32768,100000 2>&1 | grep -E '^\| appA|budget'
-      timeout 150 python3 benchmarks/attention_stages.py --out "$OUT/appa_none" --sizes appA:32768:64 --random-src \
-          --variants "stream;none;stream, table;none, table" 2>&1 | tail -n 1
-      [ -f "$OUT/appa_none/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py \
-          --report "$OUT/appa_none/attention_stages.jsonl" ;;
+      stages appa_none 150 --sizes appA:32768:64 --random-src --variants "stream;none;stream, table;none, table" ;;
     sucheck) # session 19: tests/gpu/check_stream_unroll.py (SU 4 and the default bit-equal to SU 1, MLP and table, App. A /
              # V1.5 / bundled sizes; the default against float64, forward and backward; ~2 min; needs no carry)
       timeout 180 python3 tests/gpu/check_stream_unroll.py "$OUT/stream_unroll_check.json" 2>&1 | tail -n 8 | cut -c1-300 ;;
@@ -202,9 +168,7 @@ for what in "$@"; do
            # session 9, never timed at App. A) at App. A 32k, random sources, with and without SU 4 (~3 min)
       V="stream;stream, tf32x3 dots;stream, unroll 4;stream, tf32x3 dots, unroll 4;stream/tile, DX2_SCR"
       V="$V;stream/tile, DX2_SCR, tf32x3 dots"
-      timeout 250 python3 benchmarks/attention_stages.py --out "$OUT/x3" --sizes appA:32768:64 --random-src \
-          --variants "$V" 2>&1 | tail -n 1
-      [ -f "$OUT/x3/attention_stages.jsonl" ] && python3 benchmarks/attention_stages.py --report "$OUT/x3/attention_stages.jsonl" ;;
+      stages x3 250 --sizes appA:32768:64 --random-src --variants "$V" ;;
     appa19c) # session 19, with the App. A launch of appa19 / appa19b (bwd 8 warps, fwd 4 programs per SM from hid 128):
              # item 4a's table, both pairs (MLP and radial table), N = 128 ... 32768 and 100k (~3 min; needs no carry)
       BENCH_BUDGET_S=120 timeout 200 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s19c" \
