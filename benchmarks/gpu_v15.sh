@@ -107,7 +107,18 @@ for what in "$@"; do
       V="stream;stream + FWD_STREAM_U=16;stream + FWD_HB=8;stream + FWD_BLOCK_T=2;stream + RBF_WIN=0"
       V="$V;$B;$B + BWD_HB=8;$B + BWD_KC=32;$B + BWD_PROGS_PER_SM=6"
       stages s20f 200 --sizes appA:32768:64 --random-src --variants "$V" ;;
-    s21b) # NEXT session (21), after gpu_quick.sh s21a (~4 min; needs no carry): what the backward's dv / dk atomics cost
+    s21c) # session 21, after s21a / s21b (~3 min; needs no carry): (1) the App. A forward's CTAs started out of phase
+          # (E2F_V2_FWD_STAGGER_NS: program pid waits (pid // n_SM) * T ns, or (pid % 3) * T with STAGGER_MOD=3, so one
+          # CTA of an SM runs its edge MLP while another gathers; session 20: MLP ~6.1 ms + gathers ~4.7 ms = 10.85 ms,
+          # i.e. little overlap), alternated; (2) the bundled table forward's new 64-register default at 14,400 atoms
+          # beside the old 128 (s21a measured 115k)
+      S="stream + FWD_STAGGER_NS"
+      V="stream;$S=15000;$S=30000;$S=45000;stream;$S=30000;$S=30000, FWD_STAGGER_MOD=3;$S=60000"
+      stages s21c 260 --sizes appA:32768:64 --random-src --variants "$V"
+      T="stream, table"
+      V="$T;$T + FWD_MAXNREG=128;$T;$T + FWD_MAXNREG=128"
+      stages s21c_table 100 --sizes bundled:14400:64,bundled:115200:64 --variants "$V" ;;
+    s21b) # (ran in session 21), after gpu_quick.sh s21a (~4 min; needs no carry): what the backward's dv / dk atomics cost
           # (E2F_V2_BWD_ATOM=1: plain stores, 2: no write; timing only, wrong gradients, so their float64 checks fail by
           # design) and the backward without its aggregation, at the bundled 115k (table launch, the main job's) and App. A
           # 32k (MLP, item 4a): it decides whether a source-major backward without atomics is worth writing

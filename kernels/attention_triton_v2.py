@@ -479,7 +479,11 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         PERM: tl.constexpr, SCR_STRIDE: tl.constexpr, AGG: tl.constexpr = 0,
                         RBF_WIN: tl.constexpr = 0, SG: tl.constexpr = 1, TABLE: tl.constexpr = False,
-                        QKL: tl.constexpr = False, SU: tl.constexpr = 1):
+                        QKL: tl.constexpr = False, SU: tl.constexpr = 1, STAGGER: tl.constexpr = 0,
+                        NSM: tl.constexpr = 1):
+    # STAGGER > 0 (E2F_V2_FWD_STAGGER_NS; experimental, stage timing): program pid first waits (pid // NSM) *
+    # STAGGER ns, so the CTAs sharing an SM start out of phase (one in its edge MLP while another gathers); NSM < 0:
+    # (pid % -NSM) * STAGGER ns instead
     # QKL: q / k in the [N, D, H] layout (``qk_layout``)
     # TABLE: g, w read from a radial table of the edge MLP (tcoef [rows, 4, 2H] per-interval cubic coefficients,
     # tslot_t / tslot_s: element slot per target / source atom, tP elements, tM intervals of th; see
@@ -496,6 +500,14 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
     scr_a = scr_x + R * HID
     t_start, n_t, n_blk = _bucket(N, n_blocks, seg, BLOCK_T, PERM)
     blk = pid
+    if STAGGER > 0:
+        if NSM > 0:
+            cls = pid // NSM         # the round of CTAs pid belongs to (one CTA per SM per round)
+        else:
+            cls = pid % (-NSM)
+        t_go = tl.extra.cuda.globaltimer() + cls.to(tl.int64) * STAGGER
+        while tl.extra.cuda.globaltimer() < t_go:
+            pass
     while blk < n_blk:               # persistent loop over target blocks (a while loop: the interpreter
         i0 = blk.to(tl.int64) * BLOCK_T   # cannot iterate range() over runtime scalars)
         blk += nprog
@@ -1012,6 +1024,12 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
     and a grid of exactly that many (3 programs per SM): forward 12.81 -> 10.91 ms with SU 8 (SU 1 / 2 / 4: 11.45 / 11.04 / 11.28; 64 registers and 4
     CTAs 13.55, 16 warps at 64 registers 11.5-12.2, 4 warps 14.9).  The backward the same way (80 registers, 3
     programs per SM; its KC is 16 already): forward + backward 54.07 -> 48.08 ms with the old forward.
+
+    Session 21 (H200, ``benchmarks/results/session21_h200.md``): the untuned table forward (H < 64: the bundled model,
+    the OpenMM main job's kernel) takes a 64-register cap: bundled 115k 4.88 / 4.87 -> 4.69 / 4.69 ms (alternated,
+    two rounds; 8 resident CTAs of 4 warps), forward + backward 15.41 / 15.44 -> 15.28 / 15.23 ms, and the OpenMM
+    main job at 115,200 atoms 74.5 / 75.0 -> 74.0 / 73.9 ms per step.  V1.5's (H 128) was slower at 64 in session 20,
+    so the tuned table launch keeps 128.
     """
     K = kind.upper()
     tuned = H >= 64     # the GPU sweep (benchmarks/results/attention_v2_tune_h200.md) ran at the V1.5 size, H = 128
@@ -1022,6 +1040,8 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         d_bt, d_hb, d_kc, d_nw = (max(1, 32 // block_e), 32, 32, 4) if tuned else (max(1, 32 // block_e), 16, 16, 4)
     if table:
         d_nw = 4
+        if kind == "fwd" and not tuned:   # the bundled model's table forward (session 21)
+            d_mr = 64
     elif not tuned and hid >= 128:     # the App. A size (sessions 19, 20)
         d_nw, d_kc, d_mr, d_pps, d_su = (8, 16, 80, 3, 1) if kind == "bwd" else (8, 16, 80, 3, 8)
     hb = min(H, _env_int(f"E2F_V2_{K}_HB", d_hb))
@@ -1049,6 +1069,9 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         cfg["SU"] = _env_int("E2F_V2_FWD_STREAM_U", d_su)
         if cfg["SU"] < 1:
             raise ValueError(f"E2F_V2_FWD_STREAM_U={cfg['SU']}: expected an integer >= 1")
+        cfg["STAGGER"] = _env_int("E2F_V2_FWD_STAGGER_NS", 0)   # experimental (``_stagger``)
+        if cfg["STAGGER"] < 0:
+            raise ValueError(f"E2F_V2_FWD_STAGGER_NS={cfg['STAGGER']}: expected an integer >= 0")
     if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2); DR_ACC / DU_BCAST timed without effect, opt-in
         cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
         # E2F_V2_BWD_ATOM (stage timing only, wrong gradients): 1 = the dv / dk atomics as plain stores, 2 = no
@@ -1074,6 +1097,16 @@ def _maxnreg(cfg: dict) -> dict:
     if not cfg.get("maxnreg") or os.environ.get("TRITON_INTERPRET") == "1" or torch.version.hip:
         return {}
     return {"maxnreg": cfg["maxnreg"]}
+
+
+def _stagger(cfg: dict, device) -> dict:
+    """The forward's start stagger (E2F_V2_FWD_STAGGER_NS, experimental, off by default): only on CUDA devices,
+    never in the interpreter (no global timer there)."""
+    ns = cfg.get("STAGGER", 0)
+    if not ns or device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return {}
+    mod = _env_int("E2F_V2_FWD_STAGGER_MOD", 0)     # > 0: class pid % MOD instead of the CTA round
+    return {"STAGGER": ns, "NSM": -mod if mod > 0 else torch.cuda.get_device_properties(device).multi_processor_count}
 
 
 _DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
@@ -1268,7 +1301,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
                 SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], TABLE=tab_args[6], QKL=qkl, SU=cfg["SU"],
-                num_warps=cfg["num_warps"], **_maxnreg(cfg))
+                num_warps=cfg["num_warps"], **_maxnreg(cfg), **_stagger(cfg, v.device))
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.table = table
         ctx.qkl = qkl
