@@ -4,7 +4,9 @@
 #   run(command="bash benchmarks/gpu_quick.sh graphed", carry=[".whl", ".carry"], timeout_s=...)
 #   graphed:  benchmarks/gpu_graphed_check.py (float32 + float64, 200 OpenMM steps)
 #   e2e1k:    gpu_end_to_end at 1,000 and 10,000 atoms, modes fp32 and graphed_fp32
-#   s21a:     NEXT session: the table forward under a 64-register cap (session 20's lead), stages + OpenMM 115k (~5 min)
+#   s21a:     (ran in session 21) the table forward under a 64-register cap (session 20's lead), stages + OpenMM 115k
+#   s21d:     session 21: check_stream_unroll.py under the table forward's new cap, the bundled OpenMM main job 14k / 115k
+#   ncu21:    session 21: Nsight Compute on the App. A MLP forward at 32k atoms
 #   md100k:   MD through OpenMM with the BUNDLED model on liquid water replicated from the last frame of the
 #             100 ps campaign run: 2x2x2 (14,400 atoms) and 4x4x4 (115,200 atoms), fp32, 0.5 fs, each with the
 #             degree buckets off and on, then 14,400 atoms with the CUDA graph forced on (~6 min)
@@ -109,7 +111,16 @@ for what in "$@"; do
                  --dtypes float32,float64 --openmm-steps 200 2>&1 | tail -n 12 ;;
     e2e1k) timeout 150 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e" --parts speed --sizes 1000,10000 \
                  --modes fp32,graphed_fp32 --no-water --budget-s 120 2>&1 | tail -n 6 ;;
-    s21a) # NEXT session (21), first (~5 min; carry .whl and .carry): session 20's lead for the radial-table forward (the
+    s21d) # session 21, after the table forward's 64-register default (~4 min; carry .whl and .carry): the GPU check of the
+          # streamed forward (tests/gpu/check_stream_unroll.py: MLP and table launches at the App. A / V1.5 / bundled sizes
+          # vs SU 1 and float64, now under the new cap), then the bundled OpenMM main job with the defaults and no flags
+          # at 14,400 (once) and 115,200 atoms (twice)
+      timeout 200 python3 tests/gpu/check_stream_unroll.py "$OUT/stream_unroll_check.json" 2>&1 | tail -n 8 | cut -c1-300
+      for r in 2,2,2 4,4,4 4,4,4; do
+        timeout 90 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 \
+            --out "$OUT/md_s21d.json" 2>&1 | tail -n 1 | cut -c1-300
+      done ;;
+    s21a) # (ran in session 21) first (~5 min; carry .whl and .carry): session 20's lead for the radial-table forward (the
           # main job's attention kernel: 64 registers, 8 CTAs per SM, 4.88 -> 4.64 ms at 115k in ONE call,
           # session20_h200.md section 6): the forward and forward + backward alternated twice at the bundled 115k, then
           # the bundled OpenMM main job at 115,200 atoms with and without E2F_V2_FWD_MAXNREG=64 (it caps every forward

@@ -107,7 +107,8 @@ for what in "$@"; do
       V="stream;stream + FWD_STREAM_U=16;stream + FWD_HB=8;stream + FWD_BLOCK_T=2;stream + RBF_WIN=0"
       V="$V;$B;$B + BWD_HB=8;$B + BWD_KC=32;$B + BWD_PROGS_PER_SM=6"
       stages s20f 200 --sizes appA:32768:64 --random-src --variants "$V" ;;
-    s21c) # session 21, after s21a / s21b (~3 min; needs no carry): (1) the App. A forward's CTAs started out of phase
+    s21c) # needs the tree of commit 21ffa03 (E2F_V2_FWD_STAGGER_NS was removed after this run: no gain, session21_h200.md)
+          # session 21, after s21a / s21b (~3 min; needs no carry): (1) the App. A forward's CTAs started out of phase
           # (E2F_V2_FWD_STAGGER_NS: program pid waits (pid // n_SM) * T ns, or (pid % 3) * T with STAGGER_MOD=3, so one
           # CTA of an SM runs its edge MLP while another gathers; session 20: MLP ~6.1 ms + gathers ~4.7 ms = 10.85 ms,
           # i.e. little overlap), alternated; (2) the bundled table forward's new 64-register default at 14,400 atoms

@@ -479,11 +479,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         PERM: tl.constexpr, SCR_STRIDE: tl.constexpr, AGG: tl.constexpr = 0,
                         RBF_WIN: tl.constexpr = 0, SG: tl.constexpr = 1, TABLE: tl.constexpr = False,
-                        QKL: tl.constexpr = False, SU: tl.constexpr = 1, STAGGER: tl.constexpr = 0,
-                        NSM: tl.constexpr = 1):
-    # STAGGER > 0 (E2F_V2_FWD_STAGGER_NS; experimental, stage timing): program pid first waits (pid // NSM) *
-    # STAGGER ns, so the CTAs sharing an SM start out of phase (one in its edge MLP while another gathers); NSM < 0:
-    # (pid % -NSM) * STAGGER ns instead
+                        QKL: tl.constexpr = False, SU: tl.constexpr = 1):
     # QKL: q / k in the [N, D, H] layout (``qk_layout``)
     # TABLE: g, w read from a radial table of the edge MLP (tcoef [rows, 4, 2H] per-interval cubic coefficients,
     # tslot_t / tslot_s: element slot per target / source atom, tP elements, tM intervals of th; see
@@ -500,14 +496,6 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
     scr_a = scr_x + R * HID
     t_start, n_t, n_blk = _bucket(N, n_blocks, seg, BLOCK_T, PERM)
     blk = pid
-    if STAGGER > 0:
-        if NSM > 0:
-            cls = pid // NSM         # the round of CTAs pid belongs to (one CTA per SM per round)
-        else:
-            cls = pid % (-NSM)
-        t_go = tl.extra.cuda.globaltimer() + cls.to(tl.int64) * STAGGER
-        while tl.extra.cuda.globaltimer() < t_go:
-            pass
     while blk < n_blk:               # persistent loop over target blocks (a while loop: the interpreter
         i0 = blk.to(tl.int64) * BLOCK_T   # cannot iterate range() over runtime scalars)
         blk += nprog
@@ -1027,8 +1015,9 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
 
     Session 21 (H200, ``benchmarks/results/session21_h200.md``): the untuned table forward (H < 64: the bundled model,
     the OpenMM main job's kernel) takes a 64-register cap: bundled 115k 4.88 / 4.87 -> 4.69 / 4.69 ms (alternated,
-    two rounds; 8 resident CTAs of 4 warps), forward + backward 15.41 / 15.44 -> 15.28 / 15.23 ms, and the OpenMM
-    main job at 115,200 atoms 74.5 / 75.0 -> 74.0 / 73.9 ms per step.  V1.5's (H 128) was slower at 64 in session 20,
+    two rounds; 8 resident CTAs of 4 warps; a third call 4.90 / 4.90 -> 4.68 / 4.77), forward + backward 15.41 /
+    15.44 -> 15.28 / 15.23 ms, and the OpenMM main job at 115,200 atoms 74.5 / 75.0 -> 74.0 / 73.9 ms per step; at
+    14,400 atoms equal within noise (1.18 / 0.94 -> 1.05 / 0.95 ms).  V1.5's (H 128) was slower at 64 in session 20,
     so the tuned table launch keeps 128.
     """
     K = kind.upper()
@@ -1069,9 +1058,6 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         cfg["SU"] = _env_int("E2F_V2_FWD_STREAM_U", d_su)
         if cfg["SU"] < 1:
             raise ValueError(f"E2F_V2_FWD_STREAM_U={cfg['SU']}: expected an integer >= 1")
-        cfg["STAGGER"] = _env_int("E2F_V2_FWD_STAGGER_NS", 0)   # experimental (``_stagger``)
-        if cfg["STAGGER"] < 0:
-            raise ValueError(f"E2F_V2_FWD_STAGGER_NS={cfg['STAGGER']}: expected an integer >= 0")
     if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2); DR_ACC / DU_BCAST timed without effect, opt-in
         cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
         # E2F_V2_BWD_ATOM (stage timing only, wrong gradients): 1 = the dv / dk atomics as plain stores, 2 = no
@@ -1097,16 +1083,6 @@ def _maxnreg(cfg: dict) -> dict:
     if not cfg.get("maxnreg") or os.environ.get("TRITON_INTERPRET") == "1" or torch.version.hip:
         return {}
     return {"maxnreg": cfg["maxnreg"]}
-
-
-def _stagger(cfg: dict, device) -> dict:
-    """The forward's start stagger (E2F_V2_FWD_STAGGER_NS, experimental, off by default): only on CUDA devices,
-    never in the interpreter (no global timer there)."""
-    ns = cfg.get("STAGGER", 0)
-    if not ns or device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
-        return {}
-    mod = _env_int("E2F_V2_FWD_STAGGER_MOD", 0)     # > 0: class pid % MOD instead of the CTA round
-    return {"STAGGER": ns, "NSM": -mod if mod > 0 else torch.cuda.get_device_properties(device).multi_processor_count}
 
 
 _DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
@@ -1301,7 +1277,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
                 SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], TABLE=tab_args[6], QKL=qkl, SU=cfg["SU"],
-                num_warps=cfg["num_warps"], **_maxnreg(cfg), **_stagger(cfg, v.device))
+                num_warps=cfg["num_warps"], **_maxnreg(cfg))
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.table = table
         ctx.qkl = qkl
