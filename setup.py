@@ -26,7 +26,7 @@ setup(
     extras_require={
         "openmm": ["openmm>=8.2", "openmmml"],
         "analysis": ["mdtraj", "matplotlib"],
-        "test": ["pytest", "scipy", "pdbfixer", "ase", "h5py", "matscipy", "e3nn", "torch-geometric"],
+        "test": ["pytest", "pytest-xdist", "scipy", "pdbfixer", "ase", "h5py", "matscipy", "e3nn", "torch-geometric"],
         "gpu": ["triton"],
     },
     entry_points={
