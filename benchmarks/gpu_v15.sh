@@ -107,6 +107,16 @@ for what in "$@"; do
       V="stream;stream + FWD_STREAM_U=16;stream + FWD_HB=8;stream + FWD_BLOCK_T=2;stream + RBF_WIN=0"
       V="$V;$B;$B + BWD_HB=8;$B + BWD_KC=32;$B + BWD_PROGS_PER_SM=6"
       stages s20f 200 --sizes appA:32768:64 --random-src --variants "$V" ;;
+    s21e) # session 21 (~2 min; needs no carry): the App. A table forward at 128 registers (fixed default) and at 64 (the
+          # first version of session 21's table cap also applied to it), then overlap21 again
+      T="stream, table"
+      stages s21e 120 --sizes appA:32768:64 --random-src --variants "$T;$T + FWD_MAXNREG=64;$T"
+      timeout 200 python3 benchmarks/overlap_probe.py --out "$OUT/overlap" 2>&1 | grep -v '^{' | tail -n 9 ;;
+    overlap21) # session 21 (~2 min; needs no carry): benchmarks/overlap_probe.py: the App. A MLP forward without its
+          # aggregation and the table forward (same gathers, no MLP) each alone and together on two CUDA streams
+      # (its last call in session 21 ran --pairs 2:1,1:2,1:1,2:2, where both kernels fit on an SM at once: PAIRS=...)
+      timeout 200 python3 benchmarks/overlap_probe.py --out "$OUT/overlap" ${PAIRS:+--pairs $PAIRS} 2>&1 \
+          | grep -v '^{' | tail -n 9 ;;
     s21c) # needs the tree of commit 21ffa03 (E2F_V2_FWD_STAGGER_NS was removed after this run: no gain, session21_h200.md)
           # session 21, after s21a / s21b (~3 min; needs no carry): (1) the App. A forward's CTAs started out of phase
           # (E2F_V2_FWD_STAGGER_NS: program pid waits (pid // n_SM) * T ns, or (pid % 3) * T with STAGGER_MOD=3, so one

@@ -1018,7 +1018,8 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
     two rounds; 8 resident CTAs of 4 warps; a third call 4.90 / 4.90 -> 4.68 / 4.77), forward + backward 15.41 /
     15.44 -> 15.28 / 15.23 ms, and the OpenMM main job at 115,200 atoms 74.5 / 75.0 -> 74.0 / 73.9 ms per step; at
     14,400 atoms equal within noise (1.18 / 0.94 -> 1.05 / 0.95 ms).  V1.5's (H 128) was slower at 64 in session 20,
-    so the tuned table launch keeps 128.
+    so the tuned table launch keeps 128, and so does the App. A size (hid 128, C 256: its [9, C] accumulators spill 34
+    floats per thread at 64 registers, none at 128; its table forward ran ~2x slower at 64 in session 21).
     """
     K = kind.upper()
     tuned = H >= 64     # the GPU sweep (benchmarks/results/attention_v2_tune_h200.md) ran at the V1.5 size, H = 128
@@ -1029,7 +1030,7 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         d_bt, d_hb, d_kc, d_nw = (max(1, 32 // block_e), 32, 32, 4) if tuned else (max(1, 32 // block_e), 16, 16, 4)
     if table:
         d_nw = 4
-        if kind == "fwd" and not tuned:   # the bundled model's table forward (session 21)
+        if kind == "fwd" and not tuned and hid < 128:   # the bundled model's table forward (session 21)
             d_mr = 64
     elif not tuned and hid >= 128:     # the App. A size (sessions 19, 20)
         d_nw, d_kc, d_mr, d_pps, d_su = (8, 16, 80, 3, 1) if kind == "bwd" else (8, 16, 80, 3, 8)
