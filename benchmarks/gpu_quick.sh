@@ -7,6 +7,7 @@
 #   s21a:     (ran in session 21) the table forward under a 64-register cap (session 20's lead), stages + OpenMM 115k
 #   s21d:     session 21: check_stream_unroll.py under the table forward's new cap, the bundled OpenMM main job 14k / 115k
 #   ncu21:    session 21: Nsight Compute on the App. A MLP forward at 32k atoms
+#   ncu21b:   session 21: its per-instruction counts (SourceCounters), SASS and Python-line CSV
 #   md100k:   MD through OpenMM with the BUNDLED model on liquid water replicated from the last frame of the
 #             100 ps campaign run: 2x2x2 (14,400 atoms) and 4x4x4 (115,200 atoms), fp32, 0.5 fs, each with the
 #             degree buckets off and on, then 14,400 atoms with the CUDA graph forced on (~6 min)
@@ -456,6 +457,16 @@ for what in "$@"; do
           --section InstructionStats --metrics sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.avg.pct_of_peak_sustained_elapsed,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum,lts__t_sectors_srcunit_tex_op_read.sum,dram__bytes_read.sum,smsp__inst_executed.sum \
           python3 benchmarks/ncu_attention.py --setting appA --n 32768 --k 64 --repeats 3 > "$OUT/ncu_appa_fwd_32k.txt" 2>&1
       grep -v "^==PROF==" "$OUT/ncu_appa_fwd_32k.txt" | grep -v -E "^ +(OPT|WRN|INF)? +[A-Za-z(].*[a-z.,]  +$" | cut -c1-130 | tail -n 150 ;;
+    ncu21b)     # session 21 (~2 min; needs no carry): per-instruction counts (SourceCounters) of the App. A MLP forward at 32k,
+                # to see which part of the edge MLP issues the instructions that are not FFMA (ncu21: 2.2 of 5.4 G are)
+      timeout 240 ncu --clock-control none -k regex:_attn_fwd --launch-skip 3 --launch-count 1 --section SourceCounters \
+          --section WarpStateStats --import-source yes -o "$OUT/appa_src" \
+          python3 benchmarks/ncu_attention.py --setting appA --n 32768 --k 64 --repeats 3 2>&1 | tail -n 3
+      for p in sass cuda; do
+        timeout 120 ncu -i "$OUT/appa_src.ncu-rep" --page source --csv --print-source $p > "$OUT/appa_src_$p.csv" 2>&1
+        echo "$p: $(wc -l < "$OUT/appa_src_$p.csv") lines"; head -c 600 "$OUT/appa_src_$p.csv"; echo
+      done
+      gzip "$OUT"/appa_src_*.csv; ls -la "$OUT" ;;
     ncu13)      # next session: Nsight Compute on the TABLE attention kernels at V1.5 10k (if the machine's runtime gives
                 # ncu its counters: KINDS.md), then the TABLE stage skips (aggregation left out) as the counter-free way
       timeout 240 ncu --clock-control none -k regex:_attn_ --launch-skip 2 --launch-count 2 --section SpeedOfLight \

@@ -107,6 +107,17 @@ for what in "$@"; do
       V="stream;stream + FWD_STREAM_U=16;stream + FWD_HB=8;stream + FWD_BLOCK_T=2;stream + RBF_WIN=0"
       V="$V;$B;$B + BWD_HB=8;$B + BWD_KC=32;$B + BWD_PROGS_PER_SM=6"
       stages s20f 200 --sizes appA:32768:64 --random-src --variants "$V" ;;
+    s21f) # session 21, last call (~5 min; needs no carry): the RBF window's basis values staged in scratch once per block
+          # (E2F_V2_PHI_SCR, the new default; ncu21b: the window loop issued 23 % of the App. A forward's instructions,
+          # ~40 % of them the per-term exp) against the old per-term form, App. A 32k random sources and V1.5 10k,
+          # alternated, every variant checked against float64 first; then item 4a's MLP pair at 8k / 32k / 100k
+      F="stream/tile, DX2_SCR"
+      V="stream;stream + PHI_SCR=0;stream;stream + PHI_SCR=0;$F;$F + PHI_SCR=0;$F;$F + PHI_SCR=0"
+      stages s21f 170 --sizes appA:32768:64 --random-src --variants "$V"
+      V="stream;stream + PHI_SCR=0;$F;$F + PHI_SCR=0"
+      stages s21f_v15 70 --sizes v15:10000:32 --variants "$V"
+      BENCH_BUDGET_S=70 timeout 110 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s21f" \
+          --impls fused,reference --settings appA --ns 8192,32768,100000 2>&1 | grep -E '^\| appA|budget' ;;
     s21e) # session 21 (~2 min; needs no carry): the App. A table forward at 128 registers (fixed default) and at 64 (the
           # first version of session 21's table cap also applied to it), then overlap21 again
       T="stream, table"

@@ -139,6 +139,7 @@ def _launch_consts(kind, cfg, sizes, agg, win, **extra):
     C, H, D, nb, HID, K = sizes
     consts = dict(nb=nb, C=C, H=H, D=D, HID=HID, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=K, BLOCK_NB=cfg["BLOCK_NB"],
                   HB=cfg["HB"], KC=cfg["KC"], PREC="ieee", SMOOTH=False, PERM=True, AGG=agg, RBF_WIN=win, **extra)
+    consts.setdefault("PHI_SCR", bool(cfg.get("PHI_SCR", False)))   # the window's basis values in scratch (session 21)
     consts.setdefault("QKL", v2.qk_layout())     # the q / k layout a launch would use ([N, D, H] since session 13)
     if kind == "bwd":
         consts.setdefault("DR_ACC", False)

@@ -191,18 +191,37 @@ def _rbf_window_dd(d, dh0, mu, W0aT, gamma, cutoff, nb: tl.constexpr, HID: tl.co
 
 @triton.jit
 def _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, cutoff, nb: tl.constexpr, HID: tl.constexpr,
-            R: tl.constexpr, BLOCK_NB: tl.constexpr, PREC: tl.constexpr, WIN: tl.constexpr = 0):
+            R: tl.constexpr, BLOCK_NB: tl.constexpr, PREC: tl.constexpr, WIN: tl.constexpr = 0, scr=0,
+            PHI: tl.constexpr = False):
     """pre-LN h0 = W0 [phi(d); t; s] + b0  ->  [R, HID].  WIN = 0: every centre, as chunked dots over the RBF
     axis; WIN > 0: only the WIN centres nearest to each row's d (``rbf_window``: the others are below
-    exp(-30) of the largest basis value), as WIN rank-1 updates with the row's gathered weight row."""
+    exp(-30) of the largest basis value), as WIN rank-1 updates with the row's gathered weight row.
+
+    With PHI, a scratch slot ``scr`` (R HID floats, free until the caller's next barrier), WIN <= HID and WIN a power
+    of two (``E2F_V2_PHI_SCR``, on by default), the
+    window's basis values are computed once as an [R, WIN] tile and staged there (session 21): in the [R, HID]
+    layout each thread holds several rows, and every thread of a row computed that row's exp again in every term,
+    ~40 % of this loop's instructions (Nsight Compute, App. A forward: the loop issued 23 % of the kernel's).  The
+    values are the same expressions in the same precision, so h0 is bit-for-bit the per-term result."""
     offs_f = tl.arange(0, HID)
     h0 = tl.load(pt + tgt[:, None] * HID + offs_f[None, :]).to(tl.float32)    # (bf16 under autocast)
     h0 += tl.load(ps + j[:, None] * HID + offs_f[None, :], mask=mask_e[:, None], other=0.0).to(tl.float32)
     if WIN > 0:
         k0 = _rbf_window_start(d, cutoff, nb, WIN)
-        for w in range(WIN):
-            kk, _diff, phi = _rbf_window_term(d, mu, k0, w, gamma)
-            h0 += phi[:, None] * tl.load(W0aT + kk[:, None] * HID + offs_f[None, :])
+        if PHI and WIN <= HID and (WIN & (WIN - 1)) == 0:
+            offs_r = tl.arange(0, R)
+            offs_w = tl.arange(0, WIN)
+            diff2 = d[:, None] - tl.load(mu + (k0[:, None] + offs_w[None, :]))
+            tl.debug_barrier()      # earlier readers of this slot are done
+            tl.store(scr + offs_r[:, None] * WIN + offs_w[None, :], tl.exp(gamma * diff2 * diff2))
+            tl.debug_barrier()      # visible to the whole CTA
+            for w in range(WIN):
+                phi = tl.load(scr + offs_r * WIN + w)
+                h0 += phi[:, None] * tl.load(W0aT + (k0 + w)[:, None] * HID + offs_f[None, :])
+        else:
+            for w in range(WIN):
+                kk, _diff, phi = _rbf_window_term(d, mu, k0, w, gamma)
+                h0 += phi[:, None] * tl.load(W0aT + kk[:, None] * HID + offs_f[None, :])
     else:
         for k0 in range(0, nb, BLOCK_NB):
             offs_k, mk, diff, phi = _rbf_chunk(d, mu, k0, gamma, nb, BLOCK_NB)
@@ -242,11 +261,12 @@ def _to_scratch(scr, x, R: tl.constexpr, HID: tl.constexpr):
 @triton.jit
 def _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_h0, scr_h1,
                gamma, cutoff, nb: tl.constexpr, HID: tl.constexpr, R: tl.constexpr, BLOCK_NB: tl.constexpr,
-               KC: tl.constexpr, PREC: tl.constexpr, SAVE_PRE: tl.constexpr, WIN: tl.constexpr):
+               KC: tl.constexpr, PREC: tl.constexpr, SAVE_PRE: tl.constexpr, WIN: tl.constexpr,
+               PHI_SCR: tl.constexpr = False):
     """Edge MLP up to x2 = silu(LN(W1 x1 + b1)); x2 is left in scr_x.  With SAVE_PRE the pre-LN h0 / h1
     are also written to scr_h0 / scr_h1 (backward)."""
     offs_f = tl.arange(0, HID)
-    h0 = _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, cutoff, nb, HID, R, BLOCK_NB, PREC, WIN)
+    h0 = _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, cutoff, nb, HID, R, BLOCK_NB, PREC, WIN, scr_x, PHI_SCR)
     if SAVE_PRE:
         _to_scratch(scr_h0, h0, R, HID)
     y0, _r0 = _ln_stats(h0, HID)
@@ -479,7 +499,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         PERM: tl.constexpr, SCR_STRIDE: tl.constexpr, AGG: tl.constexpr = 0,
                         RBF_WIN: tl.constexpr = 0, SG: tl.constexpr = 1, TABLE: tl.constexpr = False,
-                        QKL: tl.constexpr = False, SU: tl.constexpr = 1):
+                        QKL: tl.constexpr = False, SU: tl.constexpr = 1, PHI_SCR: tl.constexpr = False):
     # QKL: q / k in the [N, D, H] layout (``qk_layout``)
     # TABLE: g, w read from a radial table of the edge MLP (tcoef [rows, 4, 2H] per-interval cubic coefficients,
     # tslot_t / tslot_s: element slot per target / source atom, tP elements, tM intervals of th; see
@@ -505,7 +525,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             t_loc, trow, _live = _table_pos(d, tgt, j, mask_e, tslot_t, tslot_s, tP, tM, th)
         else:
             _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_x, scr_x,
-                       gamma, cutoff, nb, HID, R, BLOCK_NB, KC, PREC, False, RBF_WIN)
+                       gamma, cutoff, nb, HID, R, BLOCK_NB, KC, PREC, False, RBF_WIN, PHI_SCR)
         u, _du = _envelope(d, cutoff)
         u = tl.where(mask_e, u, 0.0)
         for hb0 in range(0, H, HB):
@@ -682,7 +702,8 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         DR_ACC: tl.constexpr, DU_BCAST: tl.constexpr, PERM: tl.constexpr, SCR_STRIDE: tl.constexpr,
                         AGG: tl.constexpr = 0, BPREC: tl.constexpr = "ieee", RBF_WIN: tl.constexpr = 0,
                         SG: tl.constexpr = 1, DX2_SCR: tl.constexpr = False, TABLE: tl.constexpr = False,
-                        QKL: tl.constexpr = False, ATOM: tl.constexpr = 0, ASEM: tl.constexpr = "relaxed"):
+                        QKL: tl.constexpr = False, ATOM: tl.constexpr = 0, ASEM: tl.constexpr = "relaxed",
+                        PHI_SCR: tl.constexpr = False):
     # QKL: q / k / dq / dk in the [N, D, H] layout (``qk_layout``): contiguous dk atomics
     # ASEM: memory semantics of the dv / dk atomics ("relaxed" since session 12, ``atomic_sem``; Triton's default
     #   "acq_rel" compiles each to MEMBAR.ALL.GPU + ATOMG + CCTL.IVALL: a GPU-wide fence and an L1 invalidation,
@@ -727,7 +748,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             trow = tgt
             t_live = d
             _mlp_to_x2(d, tgt, j, mask_e, pt, ps, mu, W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, scr_x, scr_h0, scr_h1,
-                       gamma, cutoff, nb, HID, R, BLOCK_NB, KC, PREC, True, RBF_WIN)
+                       gamma, cutoff, nb, HID, R, BLOCK_NB, KC, PREC, True, RBF_WIN, PHI_SCR)
         dd_tab = tl.zeros([R], dtype=tl.float32)
         u, du_dd = _envelope(d, cutoff)
         u = tl.where(mask_e, u, 0.0)
@@ -1044,6 +1065,9 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         raise ValueError(f"E2F_V2_{K}_AGG={agg!r}: expected one of "
                          f"{sorted(m for m in _AGG_MODES if kind != 'fwd' or m != 'split')}")
     cfg["AGG"] = _AGG_MODES[agg]
+    # the RBF window's basis values computed once per block and staged in scratch (``_layer1``; session 21, bit-for-bit
+    # the per-term result); E2F_V2_PHI_SCR=0 computes them in every term as before
+    cfg["PHI_SCR"] = bool(_env_int("E2F_V2_PHI_SCR", 1))
     # a register cap per thread, 128 by default (E2F_V2_{FWD,BWD}_MAXNREG; 0 = none): uncapped, every tile compiles
     # to 155-255 registers, i.e. one or two CTAs (8 warps) per SM, so these kernels waited on memory latency with
     # little to hide it; the cap trades spills (to L1) for resident warps (16 per SM).  H200, session 10
@@ -1278,7 +1302,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
                 SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], TABLE=tab_args[6], QKL=qkl, SU=cfg["SU"],
-                num_warps=cfg["num_warps"], **_maxnreg(cfg))
+                PHI_SCR=cfg["PHI_SCR"], num_warps=cfg["num_warps"], **_maxnreg(cfg))
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.table = table
         ctx.qkl = qkl
@@ -1332,7 +1356,8 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 SMOOTH=ctx.softmax == "smooth",
                 DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, AGG=cfg["AGG"],
                 SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, SG=cfg["SG"], DX2_SCR=cfg["DX2_SCR"] and not tab_args[6],
-                TABLE=tab_args[6], QKL=ctx.qkl, ATOM=cfg["ATOM"], ASEM=cfg["ASEM"], num_warps=cfg["num_warps"],
+                TABLE=tab_args[6], QKL=ctx.qkl, ATOM=cfg["ATOM"], ASEM=cfg["ASEM"], PHI_SCR=cfg["PHI_SCR"],
+                num_warps=cfg["num_warps"],
                 **_maxnreg(cfg))
         if ctx.qkl:     # [N, H, D] views of the kernels' [N, D, H] sums: the gradients of queries and keys made as
             # [N, D, H] (``SO3ToScalar.from_parts_dh``) need no copy; autograd takes any strides
