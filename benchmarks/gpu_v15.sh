@@ -107,6 +107,12 @@ for what in "$@"; do
       V="stream;stream + FWD_STREAM_U=16;stream + FWD_HB=8;stream + FWD_BLOCK_T=2;stream + RBF_WIN=0"
       V="$V;$B;$B + BWD_HB=8;$B + BWD_KC=32;$B + BWD_PROGS_PER_SM=6"
       stages s20f 200 --sizes appA:32768:64 --random-src --variants "$V" ;;
+    s21h) # session 21, after PHI_SCR became the V1.5 (tuned) launches' default: tests/gpu/check_kernels.py --v2, the v15 cases
+          # (every kernel against its reference, N 100-20,000, degrees 8-64, with the RBF window) (~3 min; needs no carry)
+      timeout 230 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check_v2_v15.json" --v2 --only=v15 2>&1 | tail -n 14 ;;
+    s21g) # (ran in session 21 as a raw command) V1.5 10k PHI_SCR off / on, alternated (~1 min)
+      F="stream/tile, DX2_SCR"
+      stages s21g 150 --sizes v15:10000:32 --variants "stream + PHI_SCR=0;stream;$F + PHI_SCR=0;$F;stream + PHI_SCR=0;stream" ;;
     s21f) # session 21, last call (~5 min; needs no carry): the RBF window's basis values staged in scratch once per block
           # (E2F_V2_PHI_SCR, the new default; ncu21b: the window loop issued 23 % of the App. A forward's instructions,
           # ~40 % of them the per-term exp) against the old per-term form, App. A 32k random sources and V1.5 10k,

@@ -198,7 +198,7 @@ def _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, cutoff, nb: tl.constexpr
     exp(-30) of the largest basis value), as WIN rank-1 updates with the row's gathered weight row.
 
     With PHI, a scratch slot ``scr`` (R HID floats, free until the caller's next barrier), WIN <= HID and WIN a power
-    of two (``E2F_V2_PHI_SCR``, on by default), the
+    of two (``E2F_V2_PHI_SCR``; on by default for the tuned launches, ``launch_config``), the
     window's basis values are computed once as an [R, WIN] tile and staged there (session 21): in the [R, HID]
     layout each thread holds several rows, and every thread of a row computed that row's exp again in every term,
     ~40 % of this loop's instructions (Nsight Compute, App. A forward: the loop issued 23 % of the kernel's).  The
@@ -1066,8 +1066,10 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
                          f"{sorted(m for m in _AGG_MODES if kind != 'fwd' or m != 'split')}")
     cfg["AGG"] = _AGG_MODES[agg]
     # the RBF window's basis values computed once per block and staged in scratch (``_layer1``; session 21, bit-for-bit
-    # the per-term result); E2F_V2_PHI_SCR=0 computes them in every term as before
-    cfg["PHI_SCR"] = bool(_env_int("E2F_V2_PHI_SCR", 1))
+    # the per-term result), on for the tuned (H >= 64) launches: H200, V1.5 10k forward 2.91 -> 2.68 ms (three rounds),
+    # forward + backward 10.05 -> 9.34 ms; the App. A launch (80 registers: forward spills 66 -> 78) 10.99 -> 11.09
+    # ms forward (two rounds), forward + backward equal, so it stays off there.  E2F_V2_PHI_SCR=0 / 1 overrides
+    cfg["PHI_SCR"] = bool(_env_int("E2F_V2_PHI_SCR", 1 if tuned else 0))
     # a register cap per thread, 128 by default (E2F_V2_{FWD,BWD}_MAXNREG; 0 = none): uncapped, every tile compiles
     # to 155-255 registers, i.e. one or two CTAs (8 warps) per SM, so these kernels waited on memory latency with
     # little to hide it; the cap trades spills (to L1) for resident warps (16 per SM).  H200, session 10

@@ -747,6 +747,12 @@ def test_v2_launch_defaults(monkeypatch):
     monkeypatch.delenv("E2F_V2_FWD_MAXNREG")
     # ... and its streamed forward unrolled 8 times (SU); every other forward launch keeps SU 1
     assert appa[0]["SU"] == 8
+    # the RBF window's basis values staged in scratch (session 21): on for the tuned (V1.5) launches, off for App. A's
+    assert [V2.launch_config(128, 128, 256, 32, kind)["PHI_SCR"] for kind in ("fwd", "bwd")] == [True, True]
+    assert [c["PHI_SCR"] for c in appa] == [False, False]
+    monkeypatch.setenv("E2F_V2_PHI_SCR", "1")
+    assert V2.launch_config(16, 128, 256, 64, "fwd")["PHI_SCR"] is True
+    monkeypatch.delenv("E2F_V2_PHI_SCR")
     assert V2.launch_config(16, 32, 64, 64, "fwd")["SU"] == 1
     assert V2.launch_config(16, 128, 256, 64, "fwd", table=True)["SU"] == 1
     assert V2.launch_config(128, 128, 256, 32, "fwd")["SU"] == 1
@@ -1146,7 +1152,8 @@ _INTERP_RBF_WIN_SCRIPT = textwrap.dedent(r"""
             worst = max(worst, max(errs))
         # window on vs every centre: the same function up to fp32 rounding
         worst = max(worst, max(rel(x, y.double()) for x, y in zip(got["auto", "1"], got["0", "1"])))
-        # the window's basis values staged in scratch once per block (the default) or computed in every term: the
+        # the window's basis values staged in scratch once per block (the tuned launches' default) or computed in
+        # every term: the
         # same expressions, so U and every gradient are bit-for-bit equal
         for x, y in zip(got["auto", "1"], got["auto", "0"]):
             assert torch.equal(x, y), (seed, (x - y).abs().max())
@@ -1185,7 +1192,7 @@ def test_rbf_window_interpreter_matches_reference():
     """The RBF window of the first edge-MLP Linear (``attention_triton_v2.rbf_window``: 32 of 128 centres here):
     attention v2 forward / backward (streamed and tiled aggregation, buckets, 2 targets per program) and the
     edge-degree v2 kernels against the float64 reference, with edges whose windows clamp at either end of the
-    centre grid, and window on against window off; the window's basis values staged in scratch (the default) give
+    centre grid, and window on against window off; the window's basis values staged in scratch (the V1.5 default) give
     bit-for-bit what computing them in every term gives."""
     run_under_triton_interpreter(_INTERP_RBF_WIN_SCRIPT, [KPKG], "RBF window interpreter test",
                                  drop_env=("E2FORMER_EDGE_DEGREE_BACKEND", "E2FORMER_ATTENTION_BACKEND",
