@@ -178,14 +178,35 @@ def _rbf_window_term(d, mu, kw, w, gamma):
 
 
 @triton.jit
-def _rbf_window_dd(d, dh0, mu, W0aT, gamma, cutoff, nb: tl.constexpr, HID: tl.constexpr, WIN: tl.constexpr):
-    """d/dd of dh0 . (W0a phi(d)) [R] over each row's RBF window: sum_k (dh0 . W0a[:, k]) dphi_k/dd."""
+def _rbf_window_dd(d, dh0, mu, W0aT, gamma, cutoff, nb: tl.constexpr, HID: tl.constexpr, WIN: tl.constexpr,
+                   R: tl.constexpr = 1, scr_p=0, scr_d=0, STAGE: tl.constexpr = False):
+    """d/dd of dh0 . (W0a phi(d)) [R] over each row's RBF window: sum_k (dh0 . W0a[:, k]) dphi_k/dd.
+
+    STAGE (``E2F_V2_BWD_DD_SCR``, opt-in, untimed; session 21), where WIN <= HID and WIN is a power of two: every
+    row's basis values and offsets d - mu_k are computed once as [R, WIN] tiles and staged in the scratch slots
+    scr_p / scr_d (R HID floats each, free until the caller's next barrier), as ``_layer1`` does in the forward,
+    instead of again in every term by every thread holding the row; the same expressions, so dd is bit-for-bit the
+    per-term result."""
     offs_f = tl.arange(0, HID)
     kw = _rbf_window_start(d, cutoff, nb, WIN)
     dd = tl.zeros_like(d)
-    for w in range(WIN):
-        kk, diff, phi = _rbf_window_term(d, mu, kw, w, gamma)
-        dd += tl.sum(dh0 * tl.load(W0aT + kk[:, None] * HID + offs_f[None, :]), 1) * phi * (2.0 * gamma) * diff
+    if STAGE and WIN <= HID and (WIN & (WIN - 1)) == 0:
+        offs_r = tl.arange(0, R)
+        offs_w = tl.arange(0, WIN)
+        diff2 = d[:, None] - tl.load(mu + (kw[:, None] + offs_w[None, :]))
+        tl.debug_barrier()      # earlier readers of these slots are done
+        tl.store(scr_p + offs_r[:, None] * WIN + offs_w[None, :], tl.exp(gamma * diff2 * diff2))
+        tl.store(scr_d + offs_r[:, None] * WIN + offs_w[None, :], diff2)
+        tl.debug_barrier()      # visible to the whole CTA
+        for w in range(WIN):
+            phi = tl.load(scr_p + offs_r * WIN + w)
+            diff = tl.load(scr_d + offs_r * WIN + w)
+            dd += (tl.sum(dh0 * tl.load(W0aT + (kw + w)[:, None] * HID + offs_f[None, :]), 1) * phi * (2.0 * gamma)
+                   * diff)
+    else:
+        for w in range(WIN):
+            kk, diff, phi = _rbf_window_term(d, mu, kw, w, gamma)
+            dd += tl.sum(dh0 * tl.load(W0aT + kk[:, None] * HID + offs_f[None, :]), 1) * phi * (2.0 * gamma) * diff
     return dd
 
 
@@ -703,7 +724,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         AGG: tl.constexpr = 0, BPREC: tl.constexpr = "ieee", RBF_WIN: tl.constexpr = 0,
                         SG: tl.constexpr = 1, DX2_SCR: tl.constexpr = False, TABLE: tl.constexpr = False,
                         QKL: tl.constexpr = False, ATOM: tl.constexpr = 0, ASEM: tl.constexpr = "relaxed",
-                        PHI_SCR: tl.constexpr = False):
+                        PHI_SCR: tl.constexpr = False, DD_SCR: tl.constexpr = False):
     # QKL: q / k / dq / dk in the [N, D, H] layout (``qk_layout``): contiguous dk atomics
     # ASEM: memory semantics of the dv / dk atomics ("relaxed" since session 12, ``atomic_sem``; Triton's default
     #   "acq_rel" compiles each to MEMBAR.ALL.GPU + ATOMG + CCTL.IVALL: a GPU-wide fence and an L1 invalidation,
@@ -886,7 +907,7 @@ def _attn_bwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
             h0 = tl.load(scr_h0 + offs_r[:, None] * HID + offs_f[None, :])
             dh0 = _silu_ln_bwd(dx1, h0, tl.load(ln0w + offs_f), tl.load(ln0b + offs_f), HID)
             if RBF_WIN > 0:     # d/dd through the RBF window only
-                dd_e += _rbf_window_dd(d, dh0, mu, W0aT, gamma, cutoff, nb, HID, RBF_WIN)
+                dd_e += _rbf_window_dd(d, dh0, mu, W0aT, gamma, cutoff, nb, HID, RBF_WIN, R, scr_x, scr_h1, DD_SCR)
             else:
                 # dphi = dh0 W0a[:, chunk]: K = HID is chunked through scratch (a K = HID FMA dot keeps whole
                 # K-strips of both operands in registers)
@@ -1091,6 +1112,9 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         # write; the difference to the default is what the atomics cost (session 12)
         cfg["ATOM"] = _env_int("E2F_V2_BWD_ATOM", 0)
         cfg["ASEM"] = atomic_sem()
+        # the backward's d/dd over the RBF window with its basis values staged in scratch (``_rbf_window_dd``; opt-in,
+        # untimed, bit-for-bit the default's result)
+        cfg["DD_SCR"] = bool(_env_int("E2F_V2_BWD_DD_SCR", 0))
         # DX2_SCR (dg / dw through scratch, dx2 as one K = 2H dot after the head loop) is on by default wherever
         # 2 H is a multiple of the K chunk: H200, session 11 (benchmarks/results/attention_stages_s11_h200.jsonl),
         # forward + backward 22.2 -> 20.7 ms at V1.5 10k atoms, 56.1 -> 55.7 ms bundled 115k; E2F_V2_BWD_DX2_SCR=0
@@ -1359,6 +1383,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 DR_ACC=cfg["DR_ACC"], DU_BCAST=cfg["DU_BCAST"], PERM=use_perm, AGG=cfg["AGG"],
                 SCR_STRIDE=stride, RBF_WIN=ctx.rbf_win, SG=cfg["SG"], DX2_SCR=cfg["DX2_SCR"] and not tab_args[6],
                 TABLE=tab_args[6], QKL=ctx.qkl, ATOM=cfg["ATOM"], ASEM=cfg["ASEM"], PHI_SCR=cfg["PHI_SCR"],
+                DD_SCR=cfg["DD_SCR"],
                 num_warps=cfg["num_warps"],
                 **_maxnreg(cfg))
         if ctx.qkl:     # [N, H, D] views of the kernels' [N, D, H] sums: the gradients of queries and keys made as

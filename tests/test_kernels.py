@@ -1139,25 +1139,27 @@ _INTERP_RBF_WIN_SCRIPT = textwrap.dedent(r"""
         G = torch.randn(U64.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         ref = [U64] + list(torch.autograd.grad(U64, [a64[n] for n in (2, 3, 4, 5)], G))
         got = {}
-        for win, phi in (("auto", "1"), ("auto", "0"), ("0", "1")):
+        for win, phi, dd in (("auto", "1", "0"), ("auto", "0", "0"), ("0", "1", "0"), ("auto", "1", "1")):
             os.environ["E2F_V2_RBF_WIN"] = win
             os.environ["E2F_V2_PHI_SCR"] = phi
+            os.environ["E2F_V2_BWD_DD_SCR"] = dd
             a = list(T_.args_of(c32))
             for n in (2, 3, 4, 5):
                 a[n] = a[n].clone().requires_grad_(True)
             U = KM.fused_attention(*a, backend="triton_v2", max_degree=20)
-            got[win, phi] = [U] + list(torch.autograd.grad(U, [a[n] for n in (2, 3, 4, 5)], G.float()))
-            errs = [rel(x, y) for x, y in zip(got[win, phi], ref)]
-            print("attention RBF_WIN", win, "PHI_SCR", phi, env, ["%.1e" % e for e in errs])
+            got[win, phi, dd] = [U] + list(torch.autograd.grad(U, [a[n] for n in (2, 3, 4, 5)], G.float()))
+            errs = [rel(x, y) for x, y in zip(got[win, phi, dd], ref)]
+            print("attention RBF_WIN", win, "PHI_SCR", phi, "BWD_DD_SCR", dd, env, ["%.1e" % e for e in errs])
             worst = max(worst, max(errs))
         # window on vs every centre: the same function up to fp32 rounding
-        worst = max(worst, max(rel(x, y.double()) for x, y in zip(got["auto", "1"], got["0", "1"])))
-        # the window's basis values staged in scratch once per block (the tuned launches' default) or computed in
-        # every term: the
-        # same expressions, so U and every gradient are bit-for-bit equal
-        for x, y in zip(got["auto", "1"], got["auto", "0"]):
-            assert torch.equal(x, y), (seed, (x - y).abs().max())
-        del os.environ["E2F_V2_PHI_SCR"]
+        worst = max(worst, max(rel(x, y.double()) for x, y in zip(got["auto", "1", "0"], got["0", "1", "0"])))
+        # the window's basis values staged in scratch once per block (the tuned launches' default), or computed in
+        # every term, and the backward's d/dd with them staged too (E2F_V2_BWD_DD_SCR, opt-in): the same expressions,
+        # so U and every gradient are bit-for-bit equal
+        for other in (("auto", "0", "0"), ("auto", "1", "1")):
+            for x, y in zip(got["auto", "1", "0"], got[other]):
+                assert torch.equal(x, y), (seed, other, (x - y).abs().max())
+        del os.environ["E2F_V2_PHI_SCR"], os.environ["E2F_V2_BWD_DD_SCR"]
         for key in env:
             del os.environ[key]
     # the edge-degree kernels (both d/dd forms: G accumulated beside h0, or recomputed chunk by chunk)
@@ -1192,11 +1194,12 @@ def test_rbf_window_interpreter_matches_reference():
     """The RBF window of the first edge-MLP Linear (``attention_triton_v2.rbf_window``: 32 of 128 centres here):
     attention v2 forward / backward (streamed and tiled aggregation, buckets, 2 targets per program) and the
     edge-degree v2 kernels against the float64 reference, with edges whose windows clamp at either end of the
-    centre grid, and window on against window off; the window's basis values staged in scratch (the V1.5 default) give
-    bit-for-bit what computing them in every term gives."""
+    centre grid, and window on against window off; the window's basis values staged in scratch (the V1.5 default; in
+    the backward's d/dd too with E2F_V2_BWD_DD_SCR) give bit-for-bit what computing them in every term gives."""
     run_under_triton_interpreter(_INTERP_RBF_WIN_SCRIPT, [KPKG], "RBF window interpreter test",
                                  drop_env=("E2FORMER_EDGE_DEGREE_BACKEND", "E2FORMER_ATTENTION_BACKEND",
-                                           "E2F_V2_RBF_WIN", "E2F_ED_V2_G_FUSED", "E2F_V2_PHI_SCR"))
+                                           "E2F_V2_RBF_WIN", "E2F_ED_V2_G_FUSED", "E2F_V2_PHI_SCR",
+                                           "E2F_V2_BWD_DD_SCR"))
 
 
 def test_rbf_window_width(monkeypatch):
