@@ -110,7 +110,8 @@ for what in "$@"; do
     s22a) # NEXT session (22), first (~4 min; needs no carry): E2F_V2_BWD_DD_SCR (written in session 21, opt-in, untimed): the
           # backward's d/dd over the RBF window with the basis values staged in scratch (bit-for-bit the default's result
           # in the interpreter; offline sm_90 its loop 255 -> 202 instructions per term at V1.5, 282 -> 218 at App. A),
-          # forward + backward alternated at V1.5 10k and App. A 32k (random sources), checked against float64 first; then
+          # forward + backward alternated at V1.5 10k and App. A 32k (both with random sources), checked against float64
+          # first; then
           # tests/gpu/check_kernels.py --v2 --only=v15 with it on
       F="stream/tile, DX2_SCR"
       V="$F;$F + BWD_DD_SCR=1;$F;$F + BWD_DD_SCR=1"
