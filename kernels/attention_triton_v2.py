@@ -178,6 +178,22 @@ def _rbf_window_term(d, mu, kw, w, gamma):
 
 
 @triton.jit
+def _stage_window(d, mu, kw, gamma, scr_p, scr_d, R: tl.constexpr, WIN: tl.constexpr, DIFF: tl.constexpr):
+    """Every row's RBF window (centres kw .. kw + WIN - 1) as [R, WIN] tiles staged in scratch, row-major: the basis
+    values phi_k(d) in scr_p and, with DIFF, the offsets d - mu_k in scr_d (session 21; ``_layer1`` and
+    ``_rbf_window_dd`` read them back term by term).  The same expressions as ``_rbf_window_term``, so the values are
+    bit-for-bit its values.  The slots must be free until the caller's next barrier."""
+    offs_r = tl.arange(0, R)
+    offs_w = tl.arange(0, WIN)
+    diff2 = d[:, None] - tl.load(mu + (kw[:, None] + offs_w[None, :]))
+    tl.debug_barrier()      # earlier readers of these slots are done
+    tl.store(scr_p + offs_r[:, None] * WIN + offs_w[None, :], tl.exp(gamma * diff2 * diff2))
+    if DIFF:
+        tl.store(scr_d + offs_r[:, None] * WIN + offs_w[None, :], diff2)
+    tl.debug_barrier()      # visible to the whole CTA
+
+
+@triton.jit
 def _rbf_window_dd(d, dh0, mu, W0aT, gamma, cutoff, nb: tl.constexpr, HID: tl.constexpr, WIN: tl.constexpr,
                    R: tl.constexpr = 1, scr_p=0, scr_d=0, STAGE: tl.constexpr = False):
     """d/dd of dh0 . (W0a phi(d)) [R] over each row's RBF window: sum_k (dh0 . W0a[:, k]) dphi_k/dd.
@@ -191,13 +207,8 @@ def _rbf_window_dd(d, dh0, mu, W0aT, gamma, cutoff, nb: tl.constexpr, HID: tl.co
     kw = _rbf_window_start(d, cutoff, nb, WIN)
     dd = tl.zeros_like(d)
     if STAGE and WIN <= HID and (WIN & (WIN - 1)) == 0:
+        _stage_window(d, mu, kw, gamma, scr_p, scr_d, R, WIN, True)
         offs_r = tl.arange(0, R)
-        offs_w = tl.arange(0, WIN)
-        diff2 = d[:, None] - tl.load(mu + (kw[:, None] + offs_w[None, :]))
-        tl.debug_barrier()      # earlier readers of these slots are done
-        tl.store(scr_p + offs_r[:, None] * WIN + offs_w[None, :], tl.exp(gamma * diff2 * diff2))
-        tl.store(scr_d + offs_r[:, None] * WIN + offs_w[None, :], diff2)
-        tl.debug_barrier()      # visible to the whole CTA
         for w in range(WIN):
             phi = tl.load(scr_p + offs_r * WIN + w)
             diff = tl.load(scr_d + offs_r * WIN + w)
@@ -230,12 +241,8 @@ def _layer1(d, tgt, j, mask_e, pt, ps, mu, W0aT, gamma, cutoff, nb: tl.constexpr
     if WIN > 0:
         k0 = _rbf_window_start(d, cutoff, nb, WIN)
         if PHI and WIN <= HID and (WIN & (WIN - 1)) == 0:
+            _stage_window(d, mu, k0, gamma, scr, scr, R, WIN, False)
             offs_r = tl.arange(0, R)
-            offs_w = tl.arange(0, WIN)
-            diff2 = d[:, None] - tl.load(mu + (k0[:, None] + offs_w[None, :]))
-            tl.debug_barrier()      # earlier readers of this slot are done
-            tl.store(scr + offs_r[:, None] * WIN + offs_w[None, :], tl.exp(gamma * diff2 * diff2))
-            tl.debug_barrier()      # visible to the whole CTA
             for w in range(WIN):
                 phi = tl.load(scr + offs_r * WIN + w)
                 h0 += phi[:, None] * tl.load(W0aT + (k0 + w)[:, None] * HID + offs_f[None, :])
