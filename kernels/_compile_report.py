@@ -43,9 +43,10 @@ INT_PTRS = {"row_ptr", "src", "perm", "seg"}
 SMEM_PER_SM = 228 * 1024   # H100 / H200: 228 KB shared memory per SM (227 KB usable per block)
 
 
-def compile_kernel(fn, consts: dict, num_warps: int, maxnreg: int | None = None, sass_ops=()) -> dict:
+def compile_kernel(fn, consts: dict, num_warps: int, maxnreg: int | None = None, sass_ops=(), loops=False) -> dict:
     """ptxas -v of ``fn`` for sm_90a: regs, spills, shared memory, CTAs per SM; with ``sass_ops``, also how many
-    SASS instructions of each of those opcodes the cubin holds (cuobjdump), under "sass"."""
+    SASS instructions of each of those opcodes the cubin holds (cuobjdump), under "sass"; with ``loops``, under
+    "loops" every loop of the SASS (a backward branch) as (first, last instruction index, {opcode: count})."""
     # constexpr parameters the caller leaves out take their defaults, as at a launch
     consts = dict({p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **consts)
     sig = {}
@@ -83,7 +84,7 @@ def compile_kernel(fn, consts: dict, num_warps: int, maxnreg: int | None = None,
     blocks_smem = SMEM_PER_SM // max(1, shared + 1024) if shared else 32
     r = dict(regs=regs, spills=stack // 4, spill_st=st, spill_ld=ld, shared=shared,
              blocks_per_sm=min(blocks_regs, blocks_smem, 2048 // threads), secs=time.time() - t0)
-    if sass_ops:
+    if sass_ops or loops:
         with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
             f.write(ck.asm["cubin"])
         try:
@@ -91,8 +92,30 @@ def compile_kernel(fn, consts: dict, num_warps: int, maxnreg: int | None = None,
                                   capture_output=True, text=True, check=True).stdout
         finally:
             os.unlink(f.name)
-        r["sass"] = {op: sum(op in line for line in sass.splitlines()) for op in sass_ops}
+        if sass_ops:
+            r["sass"] = {op: sum(op in line for line in sass.splitlines()) for op in sass_ops}
+        if loops:
+            r["loops"] = sass_loops(sass)
     return r
+
+
+def sass_loops(sass: str) -> list:
+    """The loops of cuobjdump -sass text: for every branch to an earlier instruction, (index of its target, index of
+    the branch, {opcode without modifiers or predicate: count}) over the instructions in between."""
+    ins = [(int(m.group(1), 16), m.group(2)) for m in
+           (re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line) for line in sass.splitlines()) if m]
+    index = {a: i for i, (a, _) in enumerate(ins)}
+    out = []
+    for i, (a, text) in enumerate(ins):
+        m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
+        if m and int(m.group(1), 16) < a and int(m.group(1), 16) in index:
+            j = index[int(m.group(1), 16)]
+            ops = {}
+            for _, t in ins[j:i + 1]:
+                op = re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0]
+                ops[op] = ops.get(op, 0) + 1
+            out.append((j, i, ops))
+    return out
 
 
 CONFIGS = {  # name: (C, H, D, nb, HID, K)
