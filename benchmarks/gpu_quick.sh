@@ -449,7 +449,7 @@ for what in "$@"; do
         E2F_V2_BF16_VALUES=$b E2F_RADIAL_TABLES=1 timeout 110 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_bf16v$b" \
             --parts speed --sizes 10000,100000 --modes bf16 --no-water --budget-s 90 2>&1 | grep -E '^\{|Error' | cut -c1-220
       done ;;
-    ncu21)      # session 21 (~2 min; needs no carry): Nsight Compute on the App. A MLP forward at 32k atoms (item 4a): is its
+    ncu21)      # session 21 (~2 min; carry .whl, which this script installs first): Nsight Compute on the App. A MLP forward at 32k atoms (item 4a): is its
                 # edge-MLP phase bound by the FMA pipe or by the shared-memory / LSU path its gathers also use (s21c: CTAs
                 # started out of phase gained nothing)
       timeout 200 ncu --clock-control none -k regex:_attn_fwd --launch-skip 2 --launch-count 2 --section SpeedOfLight \
@@ -457,7 +457,7 @@ for what in "$@"; do
           --section InstructionStats --metrics sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.avg.pct_of_peak_sustained_elapsed,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum,lts__t_sectors_srcunit_tex_op_read.sum,dram__bytes_read.sum,smsp__inst_executed.sum \
           python3 benchmarks/ncu_attention.py --setting appA --n 32768 --k 64 --repeats 3 > "$OUT/ncu_appa_fwd_32k.txt" 2>&1
       grep -v "^==PROF==" "$OUT/ncu_appa_fwd_32k.txt" | grep -v -E "^ +(OPT|WRN|INF)? +[A-Za-z(].*[a-z.,]  +$" | cut -c1-130 | tail -n 150 ;;
-    ncu21b)     # session 21 (~2 min; needs no carry): per-instruction counts (SourceCounters) of the App. A MLP forward at 32k,
+    ncu21b)     # session 21 (~2 min; carry .whl): per-instruction counts (SourceCounters) of the App. A MLP forward at 32k,
                 # to see which part of the edge MLP issues the instructions that are not FFMA (ncu21: 2.2 of 5.4 G are)
       timeout 240 ncu --clock-control none -k regex:_attn_fwd --launch-skip 3 --launch-count 1 --section SourceCounters \
           --section WarpStateStats --import-source yes -o "$OUT/appa_src" \
