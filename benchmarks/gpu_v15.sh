@@ -107,14 +107,14 @@ for what in "$@"; do
       V="stream;stream + FWD_STREAM_U=16;stream + FWD_HB=8;stream + FWD_BLOCK_T=2;stream + RBF_WIN=0"
       V="$V;$B;$B + BWD_HB=8;$B + BWD_KC=32;$B + BWD_PROGS_PER_SM=6"
       stages s20f 200 --sizes appA:32768:64 --random-src --variants "$V" ;;
-    s22a) # NEXT session (22), first (~4 min; needs no carry): E2F_V2_BWD_DD_SCR (written in session 21, opt-in, untimed): the
+    s22a) # session 22, first (~4 min; needs no carry; its result made it the default, so the variants now name both states): E2F_V2_BWD_DD_SCR: the
           # backward's d/dd over the RBF window with the basis values staged in scratch (bit-for-bit the default's result
           # in the interpreter; offline sm_90 its loop 255 -> 202 instructions per term at V1.5, 282 -> 218 at App. A),
           # forward + backward alternated at V1.5 10k and App. A 32k (both with random sources), checked against float64
           # first; then
           # tests/gpu/check_kernels.py --v2 --only=v15 with it on
       F="stream/tile, DX2_SCR"
-      V="$F;$F + BWD_DD_SCR=1;$F;$F + BWD_DD_SCR=1"
+      V="$F + BWD_DD_SCR=0;$F + BWD_DD_SCR=1;$F + BWD_DD_SCR=0;$F + BWD_DD_SCR=1"
       stages s22a 200 --sizes v15:10000:32,appA:32768:64 --random-src --variants "$V"
       E2F_V2_BWD_DD_SCR=1 timeout 230 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check_v2_v15_ddscr.json" --v2 \
           --only=v15 2>&1 | tail -n 3 | cut -c1-200 ;;

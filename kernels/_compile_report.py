@@ -168,7 +168,7 @@ def _launch_consts(kind, cfg, sizes, agg, win, **extra):
         consts.setdefault("DR_ACC", False)
         consts.setdefault("DU_BCAST", False)
         consts.setdefault("DX2_SCR", bool(cfg.get("DX2_SCR", False)))     # the default since session 11
-        consts.setdefault("DD_SCR", bool(cfg.get("DD_SCR", False)))       # opt-in (session 21)
+        consts.setdefault("DD_SCR", bool(cfg.get("DD_SCR", False)))       # default on since session 22
     consts["SCR_STRIDE"] = _v2_stride(kind, agg, consts)
     return consts
 

@@ -198,7 +198,7 @@ def _rbf_window_dd(d, dh0, mu, W0aT, gamma, cutoff, nb: tl.constexpr, HID: tl.co
                    R: tl.constexpr = 1, scr_p=0, scr_d=0, STAGE: tl.constexpr = False):
     """d/dd of dh0 . (W0a phi(d)) [R] over each row's RBF window: sum_k (dh0 . W0a[:, k]) dphi_k/dd.
 
-    STAGE (``E2F_V2_BWD_DD_SCR``, opt-in, untimed; session 21), where WIN <= HID and WIN is a power of two: every
+    STAGE (``E2F_V2_BWD_DD_SCR``, on by default since session 22), where WIN <= HID and WIN is a power of two: every
     row's basis values and offsets d - mu_k are computed once as [R, WIN] tiles and staged in the scratch slots
     scr_p / scr_d (R HID floats each, free until the caller's next barrier), as ``_layer1`` does in the forward,
     instead of again in every term by every thread holding the row; the same expressions, so dd is bit-for-bit the
@@ -1119,9 +1119,11 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         # write; the difference to the default is what the atomics cost (session 12)
         cfg["ATOM"] = _env_int("E2F_V2_BWD_ATOM", 0)
         cfg["ASEM"] = atomic_sem()
-        # the backward's d/dd over the RBF window with its basis values staged in scratch (``_rbf_window_dd``; opt-in,
-        # untimed, bit-for-bit the default's result)
-        cfg["DD_SCR"] = bool(_env_int("E2F_V2_BWD_DD_SCR", 0))
+        # the backward's d/dd over the RBF window with its basis values staged in scratch (``_rbf_window_dd``; bit-for-bit
+        # the per-term result), on by default (session 22, H200, two rounds alternated,
+        # benchmarks/results/attention_stages_ddscr_s22a_h200.jsonl): forward + backward 10.73 -> 10.67 ms at V1.5 10k,
+        # 46.0 -> 45.3 ms at App. A 32k; only windowed launches (V1.5, App. A) reach it.  E2F_V2_BWD_DD_SCR=0 turns it off
+        cfg["DD_SCR"] = bool(_env_int("E2F_V2_BWD_DD_SCR", 1))
         # DX2_SCR (dg / dw through scratch, dx2 as one K = 2H dot after the head loop) is on by default wherever
         # 2 H is a multiple of the K chunk: H200, session 11 (benchmarks/results/attention_stages_s11_h200.jsonl),
         # forward + backward 22.2 -> 20.7 ms at V1.5 10k atoms, 56.1 -> 55.7 ms bundled 115k; E2F_V2_BWD_DX2_SCR=0

@@ -753,6 +753,12 @@ def test_v2_launch_defaults(monkeypatch):
     monkeypatch.setenv("E2F_V2_PHI_SCR", "1")
     assert V2.launch_config(16, 128, 256, 64, "fwd")["PHI_SCR"] is True
     monkeypatch.delenv("E2F_V2_PHI_SCR")
+    # ... and the backward's d/dd over the window staged the same way, on for every backward launch (session 22)
+    assert [V2.launch_config(h, hid, c, k, "bwd")["DD_SCR"]
+            for h, hid, c, k in ((128, 128, 256, 32), (16, 128, 256, 64), (16, 32, 64, 64))] == [True] * 3
+    monkeypatch.setenv("E2F_V2_BWD_DD_SCR", "0")
+    assert V2.launch_config(16, 128, 256, 64, "bwd")["DD_SCR"] is False
+    monkeypatch.delenv("E2F_V2_BWD_DD_SCR")
     assert V2.launch_config(16, 32, 64, 64, "fwd")["SU"] == 1
     assert V2.launch_config(16, 128, 256, 64, "fwd", table=True)["SU"] == 1
     assert V2.launch_config(128, 128, 256, 32, "fwd")["SU"] == 1
@@ -1154,7 +1160,7 @@ _INTERP_RBF_WIN_SCRIPT = textwrap.dedent(r"""
         # window on vs every centre: the same function up to fp32 rounding
         worst = max(worst, max(rel(x, y.double()) for x, y in zip(got["auto", "1", "0"], got["0", "1", "0"])))
         # the window's basis values staged in scratch once per block (the tuned launches' default), or computed in
-        # every term, and the backward's d/dd with them staged too (E2F_V2_BWD_DD_SCR, opt-in): the same expressions,
+        # every term, and the backward's d/dd with them staged too (E2F_V2_BWD_DD_SCR, default since session 22) or not: the same expressions,
         # so U and every gradient are bit-for-bit equal
         for other in (("auto", "0", "0"), ("auto", "1", "1")):
             for x, y in zip(got["auto", "1", "0"], got[other]):
