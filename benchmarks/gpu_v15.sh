@@ -107,6 +107,25 @@ for what in "$@"; do
       V="stream;stream + FWD_STREAM_U=16;stream + FWD_HB=8;stream + FWD_BLOCK_T=2;stream + RBF_WIN=0"
       V="$V;$B;$B + BWD_HB=8;$B + BWD_KC=32;$B + BWD_PROGS_PER_SM=6"
       stages s20f 200 --sizes appA:32768:64 --random-src --variants "$V" ;;
+    s22c) # session 22, after R_SCR / DD_SCR became defaults (~9 min; needs no carry): tests/gpu/check_kernels.py --v2, all 20
+          # cases with today's default launches, then item 4a's MLP and table pairs (fused and reference, App. A, 8k / 32k / 100k)
+      timeout 330 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check_v2.json" --v2 2>&1 | cut -c1-150 | tail -n 22
+      BENCH_BUDGET_S=150 timeout 220 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s22c" \
+          --impls fused,reference,fused_table,reference_table --settings appA --ns 8192,32768,100000 2>&1 \
+          | grep -E '^\| appA|budget' ;;
+    s22b) # session 22 (~8 min; needs no carry): E2F_V2_FWD_R_SCR, the streamed forward's unit vectors staged in scratch once
+          # per block instead of recomputed (3 loads, sqrt, 3 divisions) per edge by every thread (bit-for-bit the same U;
+          # offline sm_90 its per-edge loop App. A MLP 733 -> 622 instructions per 8 edges, V1.5 138 -> 118), forward only,
+          # alternated: App. A 32k random sources (MLP and table), the bundled 115k table (the OpenMM main job), V1.5 10k;
+          # then tests/gpu/check_table.py with it on
+      S="stream"; T="stream, table"
+      V="$S;$S + FWD_R_SCR=1;$S;$S + FWD_R_SCR=1;$T;$T + FWD_R_SCR=1;$T;$T + FWD_R_SCR=1"
+      stages s22b_appa 200 --sizes appA:32768:64 --random-src --variants "$V"
+      V="$T;$T + FWD_R_SCR=1;$T;$T + FWD_R_SCR=1"
+      stages s22b_bundled 110 --sizes bundled:115200:64 --variants "$V"
+      V="$S;$S + FWD_R_SCR=1;$S;$S + FWD_R_SCR=1"
+      stages s22b_v15 80 --sizes v15:10000:32 --variants "$V"
+      E2F_V2_FWD_R_SCR=1 timeout 150 python3 tests/gpu/check_table.py "$OUT/table_gpu_check_rscr.json" 2>&1 | tail -n 4 ;;
     s22a) # session 22, first (~4 min; needs no carry; its result made it the default, so the variants now name both states): E2F_V2_BWD_DD_SCR: the
           # backward's d/dd over the RBF window with the basis values staged in scratch (bit-for-bit the default's result
           # in the interpreter; offline sm_90 its loop 255 -> 202 instructions per term at V1.5, 282 -> 218 at App. A),

@@ -148,7 +148,7 @@ def v2_runs(name, variants):
 def _v2_stride(kind, agg, consts):
     """The scratch stride the host would pass (``attention_triton_v2._scratch_floats``)."""
     return v2._scratch_floats(kind, agg, consts["BLOCK_T"] * consts["BLOCK_E"], consts["HID"], consts["H"],
-                              bool(consts.get("DX2_SCR")))
+                              bool(consts.get("DX2_SCR")), bool(consts.get("R_SCR")))
 
 
 #: the bundled model's, V1.5's and the App. A setting's attention sizes: (C, H, D, nb, HID, K)
@@ -164,6 +164,8 @@ def _launch_consts(kind, cfg, sizes, agg, win, **extra):
                   HB=cfg["HB"], KC=cfg["KC"], PREC="ieee", SMOOTH=False, PERM=True, AGG=agg, RBF_WIN=win, **extra)
     consts.setdefault("PHI_SCR", bool(cfg.get("PHI_SCR", False)))   # the window's basis values in scratch (session 21)
     consts.setdefault("QKL", v2.qk_layout())     # the q / k layout a launch would use ([N, D, H] since session 13)
+    if kind == "fwd":
+        consts.setdefault("R_SCR", bool(cfg.get("R_SCR", False)))     # the default since session 22
     if kind == "bwd":
         consts.setdefault("DR_ACC", False)
         consts.setdefault("DU_BCAST", False)

@@ -422,7 +422,8 @@ def _load_u_rows(X, it, C: tl.constexpr):
 @triton.jit
 def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
                       C: tl.constexpr, H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                      PERM: tl.constexpr, SG: tl.constexpr = 1, SU: tl.constexpr = 1):
+                      PERM: tl.constexpr, SG: tl.constexpr = 1, SU: tl.constexpr = 1, scr_r=0,
+                      R_SCR: tl.constexpr = False):
     """U[i] = sum over the in-edges e of i of alpha[e, c mod H] r_e (x) v[j_e, :, c], one edge at a time, for
     the block's targets; alpha [rows, H] is read from the program's scratch (row = t * BLOCK_E + edge slot).
     The [9, C] value rows are held as [8, C] + [C] accumulators (9 is not a power of two), per direction.
@@ -435,7 +436,11 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
     SU = 1 result: edges past the row's end repeat edge e with alpha 0, and adding +0.0 to an accumulator that
     started at +0.0 changes no bit (round to nearest never makes -0.0 from +0.0).  On an H200 it gained at some
     sizes and lost at others (``benchmarks/results/session19_h200.md`` section 4), so only the App. A launch unrolls
-    by default: 4 times in session 19, 8 since session 20 (``launch_config``).  SG > 1 takes precedence."""
+    by default: 4 times in session 19, 8 since session 20 (``launch_config``).  SG > 1 takes precedence.
+    R_SCR (``E2F_V2_FWD_R_SCR``, the default since session 22; SG = 1): each edge's unit vector read from the program's scratch scr_r
+    ([3, R], written by the caller from ``_rows``, the same arithmetic) instead of recomputed from vec by every
+    thread (three loads, a square root and three divisions per edge and thread); bit-for-bit the same U."""
+    R: tl.constexpr = BLOCK_T * BLOCK_E
     offs_c = tl.arange(0, C)
     offs_m8 = tl.arange(0, 8)
     a_col = offs_c % H
@@ -454,8 +459,15 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
                     eu = e + u
                     oku = eu < e1
                     euc = tl.where(oku, eu, e)                # an edge of the row (e < e1 here)
-                    jj, rx, ry, rz = _stream_edge(src, vec, euc)
-                    a_c = tl.load(scr_a + (tt * BLOCK_E + (euc - e0)) * H + a_col)
+                    rowu = tt * BLOCK_E + (euc - e0)
+                    if R_SCR:
+                        jj = tl.load(src + euc).to(tl.int64)
+                        rx = tl.load(scr_r + rowu)
+                        ry = tl.load(scr_r + R + rowu)
+                        rz = tl.load(scr_r + 2 * R + rowu)
+                    else:
+                        jj, rx, ry, rz = _stream_edge(src, vec, euc)
+                    a_c = tl.load(scr_a + rowu * H + a_col)
                     a_c = tl.where(oku, a_c, 0.0)
                     vb = v + jj * (9 * C)
                     aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :]).to(tl.float32)
@@ -470,7 +482,13 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
         elif SG == 1:
             while e < e1:
                 row = tt * BLOCK_E + (e - e0)
-                jj, rx, ry, rz = _stream_edge(src, vec, e)
+                if R_SCR:
+                    jj = tl.load(src + e).to(tl.int64)
+                    rx = tl.load(scr_r + row)
+                    ry = tl.load(scr_r + R + row)
+                    rz = tl.load(scr_r + 2 * R + row)
+                else:
+                    jj, rx, ry, rz = _stream_edge(src, vec, e)
                 a_c = tl.load(scr_a + row * H + a_col)                                  # [C]
                 vb = v + jj * (9 * C)
                 aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :]).to(tl.float32)
@@ -527,7 +545,8 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         HB: tl.constexpr, KC: tl.constexpr, PREC: tl.constexpr, SMOOTH: tl.constexpr,
                         PERM: tl.constexpr, SCR_STRIDE: tl.constexpr, AGG: tl.constexpr = 0,
                         RBF_WIN: tl.constexpr = 0, SG: tl.constexpr = 1, TABLE: tl.constexpr = False,
-                        QKL: tl.constexpr = False, SU: tl.constexpr = 1, PHI_SCR: tl.constexpr = False):
+                        QKL: tl.constexpr = False, SU: tl.constexpr = 1, PHI_SCR: tl.constexpr = False,
+                        R_SCR: tl.constexpr = False):
     # QKL: q / k in the [N, D, H] layout (``qk_layout``)
     # TABLE: g, w read from a radial table of the edge MLP (tcoef [rows, 4, 2H] per-interval cubic coefficients,
     # tslot_t / tslot_s: element slot per target / source atom, tP elements, tM intervals of th; see
@@ -542,6 +561,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
     pid = tl.program_id(0)
     scr_x = scratch + pid.to(tl.int64) * SCR_STRIDE        # [R, HID] (+ alpha [R, H] with AGG 1)
     scr_a = scr_x + R * HID
+    scr_r = scr_a + R * H                                  # [3, R] unit vectors with AGG 1 and R_SCR
     t_start, n_t, n_blk = _bucket(N, n_blocks, seg, BLOCK_T, PERM)
     blk = pid
     while blk < n_blk:               # persistent loop over target blocks (a while loop: the interpreter
@@ -587,12 +607,16 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                                  mask=tmask[:, None])
             elif AGG == 1:
                 if hb0 == 0:
-                    tl.debug_barrier()      # the previous block's stream loop has read scr_a
+                    tl.debug_barrier()      # the previous block's stream loop has read scr_a (and scr_r)
+                    if R_SCR:
+                        tl.store(scr_r + offs_r, rx)
+                        tl.store(scr_r + R + offs_r, ry)
+                        tl.store(scr_r + 2 * R + offs_r, rz)
                 tl.store(scr_a + offs_r[:, None] * H + offs_hb[None, :], alpha)
         if AGG == 1:
             tl.debug_barrier()              # alpha of every head visible to the whole CTA
             _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
-                              C, H, BLOCK_T, BLOCK_E, PERM, SG, SU)
+                              C, H, BLOCK_T, BLOCK_E, PERM, SG, SU, scr_r, R_SCR and SG == 1)
 
 
 @triton.jit
@@ -1013,13 +1037,14 @@ _AGG_MODES = {"tile": 0, "stream": 1, "none": 2, "split": 3}   # split: backward
 _AGG_DEFAULT = {"fwd": "stream", "bwd": "tile"}
 
 
-def _scratch_floats(kind: str, agg: int, R: int, hid: int, H: int, dx2_scr: bool = False) -> int:
+def _scratch_floats(kind: str, agg: int, R: int, hid: int, H: int, dx2_scr: bool = False,
+                    r_scr: bool = False) -> int:
     """Floats of one program's scratch slot: the edge-MLP activations ([R, hid] forward, x / h0 / h1 backward)
     and, only where the aggregation mode uses them, alpha [R, H] (stream, split) and dalpha [R, H] + dr [R, 4]
-    (streamed backward).  Allocated by the host and passed to the kernel as its SCR_STRIDE (a constexpr: it
-    depends only on constexprs, so it adds no specialisation)."""
+    (streamed backward), and the streamed forward's unit vectors [3, R] (R_SCR).  Allocated by the host and passed
+    to the kernel as its SCR_STRIDE (a constexpr: it depends only on constexprs, so it adds no specialisation)."""
     if kind == "fwd":
-        return R * hid + (R * H if agg == _AGG_MODES["stream"] else 0)
+        return R * hid + ((R * H + (3 * R if r_scr else 0)) if agg == _AGG_MODES["stream"] else 0)
     extra = {_AGG_MODES["stream"]: 2 * R * H + 4 * R, _AGG_MODES["split"]: R * H}.get(agg, 0)
     return 3 * R * hid + extra + (2 * R * H if dx2_scr else 0)    # DX2_SCR: [R, 2H] at the end of the slot
 
@@ -1113,6 +1138,12 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         cfg["SU"] = _env_int("E2F_V2_FWD_STREAM_U", d_su)
         if cfg["SU"] < 1:
             raise ValueError(f"E2F_V2_FWD_STREAM_U={cfg['SU']}: expected an integer >= 1")
+        # the streamed forward's unit vectors staged in scratch once per block (``_stream_aggregate``; bit-for-bit the
+        # same U), on for every forward launch: H200, session 22, two rounds alternated
+        # (benchmarks/results/attention_stages_rscr_*_s22b_h200.jsonl): the bundled model's table forward at 115k
+        # 4.79 -> 4.50 ms, App. A 32k MLP 11.12 -> 10.97 ms and table 5.82 -> 5.77 ms, V1.5 10k 2.68 -> 2.67 ms.
+        # E2F_V2_FWD_R_SCR=0 turns it off
+        cfg["R_SCR"] = bool(_env_int("E2F_V2_FWD_R_SCR", 1))
     if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2); DR_ACC / DU_BCAST timed without effect, opt-in
         cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
         # E2F_V2_BWD_ATOM (stage timing only, wrong gradients): 1 = the dv / dk atomics as plain stores, 2 = no
@@ -1329,7 +1360,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
             n_blocks = triton.cdiv(N, cfg["BLOCK_T"])     # with buckets: a bound (the kernel reads the count)
             nprog = _grid(n_blocks, v.device, cfg["progs_per_sm"])
             R = cfg["BLOCK_T"] * be
-            stride = _scratch_floats("fwd", cfg["AGG"], R, hid, H)
+            stride = _scratch_floats("fwd", cfg["AGG"], R, hid, H, r_scr=cfg["R_SCR"])
             scratch = torch.empty(nprog * stride, device=v.device, dtype=f32)
             _LAST_COMPILED["fwd" if be == block_e else "fwd_small"] = _attn_fwd_kernel_v2[(nprog,)](
                 rp, srcc, vecc, qc, kc_, vc, pt, ps, muc, *fwd_w, U, M, S, scratch, perm, seg,
@@ -1337,7 +1368,7 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
                 SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], TABLE=tab_args[6], QKL=qkl, SU=cfg["SU"],
-                PHI_SCR=cfg["PHI_SCR"], num_warps=cfg["num_warps"], **_maxnreg(cfg))
+                PHI_SCR=cfg["PHI_SCR"], R_SCR=cfg["R_SCR"], num_warps=cfg["num_warps"], **_maxnreg(cfg))
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.table = table
         ctx.qkl = qkl

@@ -443,16 +443,18 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
     worst = max(worst, check(6, 5, 47, env={"E2F_V2_FWD_AGG": "stream", "E2F_V2_FWD_STREAM_G": "2"},
                              softmax="smooth", extreme=10.0))
     # the streamed forward's one-edge step unrolled SU times (E2F_V2_FWD_STREAM_U): the same additions in the same
-    # order, so U is bit-for-bit the SU = 1 result, rows shorter than SU and not a multiple of it included
+    # order, so U is bit-for-bit the SU = 1 result, rows shorter than SU and not a multiple of it included; and
+    # with the unit vectors staged in scratch by the block (E2F_V2_FWD_R_SCR, session 22): the same values
     for n, k_, sd, extra in ((7, 17, 65, {"E2F_V2_FWD_BLOCK_T": "2"}), (9, 17, 66, {"E2F_V2_BUCKETS": "1"}),
                              (6, 5, 67, {})):
         cs = make_case(n, k_, **TINY, seed=sd)
         us = {}
         for su in ("1", "2", "3", "8"):     # 8: the App. A launch's default (session 20)
-            with T_.env_vars(dict(extra, E2F_V2_FWD_AGG="stream", E2F_V2_FWD_STREAM_U=su)):
-                us[su] = KM.fused_attention(*args_of(cs), backend="triton_v2", max_degree=k_)
-        assert all(torch.equal(us["1"], us[su]) for su in ("2", "3", "8")), (n, k_)
-        worst = max(worst, rel(us["2"].double(), KM.attention_reference(*args_of(cs)).double()))
+            for rs in ("0", "1"):
+                with T_.env_vars(dict(extra, E2F_V2_FWD_AGG="stream", E2F_V2_FWD_STREAM_U=su, E2F_V2_FWD_R_SCR=rs)):
+                    us[su, rs] = KM.fused_attention(*args_of(cs), backend="triton_v2", max_degree=k_)
+        assert all(torch.equal(us["1", "0"], u) for u in us.values()), (n, k_)
+        worst = max(worst, rel(us["2", "1"].double(), KM.attention_reference(*args_of(cs)).double()))
     worst = max(worst, check(7, 9, 68, env={"E2F_V2_FWD_STREAM_U": "2"}, softmax="smooth", extreme=10.0))
     # the streamed and split backward with SG edges per step (E2F_V2_BWD_STREAM_G)
     worst = max(worst, check(7, 17, 48, env={"E2F_V2_BWD_AGG": "stream", "E2F_V2_BWD_STREAM_G": "4",
@@ -753,7 +755,13 @@ def test_v2_launch_defaults(monkeypatch):
     monkeypatch.setenv("E2F_V2_PHI_SCR", "1")
     assert V2.launch_config(16, 128, 256, 64, "fwd")["PHI_SCR"] is True
     monkeypatch.delenv("E2F_V2_PHI_SCR")
-    # ... and the backward's d/dd over the window staged the same way, on for every backward launch (session 22)
+    # ... and the backward's d/dd over the window staged the same way, on for every backward launch, and the streamed
+    # forward's unit vectors, on for every forward launch (session 22)
+    assert all(V2.launch_config(h, hid, c, k, "fwd", table=t)["R_SCR"]
+               for h, hid, c, k in ((128, 128, 256, 32), (16, 128, 256, 64), (16, 32, 64, 64)) for t in (False, True))
+    monkeypatch.setenv("E2F_V2_FWD_R_SCR", "0")
+    assert V2.launch_config(16, 32, 64, 64, "fwd", table=True)["R_SCR"] is False
+    monkeypatch.delenv("E2F_V2_FWD_R_SCR")
     assert [V2.launch_config(h, hid, c, k, "bwd")["DD_SCR"]
             for h, hid, c, k in ((128, 128, 256, 32), (16, 128, 256, 64), (16, 32, 64, 64))] == [True] * 3
     monkeypatch.setenv("E2F_V2_BWD_DD_SCR", "0")

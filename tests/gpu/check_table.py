@@ -76,7 +76,8 @@ def main(argv):
             ("tiny, split bwd", T_.TINY, 2000 if big else 9, 32 if big else 9, {"E2F_V2_BWD_AGG": "split"}),
             ("tiny, tiled fwd, streamed bwd", T_.TINY, 2000 if big else 9, 17,
              {"E2F_V2_FWD_AGG": "tile", "E2F_V2_BWD_AGG": "stream"}),
-            ("tiny, [N, H, D] q / k layout", T_.TINY, 2000 if big else 9, 32 if big else 9, {"E2F_V2_QK_LAYOUT": "hd"})]
+            ("tiny, [N, H, D] q / k layout", T_.TINY, 2000 if big else 9, 32 if big else 9, {"E2F_V2_QK_LAYOUT": "hd"}),
+            ("tiny, unit vectors in scratch", T_.TINY, 2000 if big else 9, 17, {"E2F_V2_FWD_R_SCR": "1"})]
     if big:
         runs += [("v15", T_.V15, 2000, 32, {}), ("v15", T_.V15, 20000, 32, {}),
                  ("v15, [N, H, D] q / k layout", T_.V15, 20000, 32, {"E2F_V2_QK_LAYOUT": "hd"}),
