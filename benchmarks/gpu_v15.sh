@@ -107,6 +107,11 @@ for what in "$@"; do
       V="stream;stream + FWD_STREAM_U=16;stream + FWD_HB=8;stream + FWD_BLOCK_T=2;stream + RBF_WIN=0"
       V="$V;$B;$B + BWD_HB=8;$B + BWD_KC=32;$B + BWD_PROGS_PER_SM=6"
       stages s20f 200 --sizes appA:32768:64 --random-src --variants "$V" ;;
+    s22d) # (ran in session 22 as a raw command, ~1 min) item 4a's two fused kernels at App. A 32k in bench_attention's own
+          # harness with E2F_V2_FWD_R_SCR off / on, alternated (s22c's table forward at 32k, 6.19 ms, was off its 5.8 ms)
+      for i in 1 2; do for r in 0 1; do E2F_V2_FWD_R_SCR=$r BENCH_BUDGET_S=60 timeout 100 python3 benchmarks/bench_attention.py \
+          "$OUT/ab_r${r}_$i" --impls fused_table,fused --settings appA --ns 32768 2>&1 | grep -E '^\| appA' \
+          | sed "s/^/R_SCR=$r round $i /" | cut -c1-90; done; done ;;
     s22c) # session 22, after R_SCR / DD_SCR became defaults (~9 min; needs no carry): tests/gpu/check_kernels.py --v2, all 20
           # cases with today's default launches, then item 4a's MLP and table pairs (fused and reference, App. A, 8k / 32k / 100k)
       timeout 330 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check_v2.json" --v2 2>&1 | cut -c1-150 | tail -n 22
