@@ -107,6 +107,22 @@ for what in "$@"; do
       V="stream;stream + FWD_STREAM_U=16;stream + FWD_HB=8;stream + FWD_BLOCK_T=2;stream + RBF_WIN=0"
       V="$V;$B;$B + BWD_HB=8;$B + BWD_KC=32;$B + BWD_PROGS_PER_SM=6"
       stages s20f 200 --sizes appA:32768:64 --random-src --variants "$V" ;;
+    s22f) # session 22, after s22e (~4 min; needs no carry): the bundled table forward at 128 registers (s22e, 115k: 4.51 -> 3.83 ms)
+          # at the main job's small size too, and App. A with PHI_SCR on for both kernels (s22e forward: 10.97 -> 10.74
+          # ms) as forward + backward; alternated
+      T="stream, table"
+      stages s22f_bundled 100 --sizes bundled:14400:64 --variants "$T;$T + FWD_MAXNREG=128;$T;$T + FWD_MAXNREG=128"
+      F="stream/tile, DX2_SCR"
+      stages s22f_appa 200 --sizes appA:32768:64 --random-src --variants "$F;$F + PHI_SCR=1;$F;$F + PHI_SCR=1" ;;
+    s22e) # session 22 (~5 min; needs no carry): the launch knobs around R_SCR (it moved the forward's spills: App. A MLP 66 -> 74
+          # at 80 registers, bundled table 4 -> 16 at 64): App. A 32k random sources, the MLP forward with SU 4 / 16 and
+          # PHI_SCR on; the bundled 115k table forward with SU 2 and at 128 registers; defaults alternated
+      S="stream"
+      V="$S;$S + FWD_STREAM_U=4;$S + FWD_STREAM_U=16;$S + PHI_SCR=1;$S;$S + FWD_STREAM_U=4;$S + FWD_STREAM_U=16;$S + PHI_SCR=1"
+      stages s22e_appa 250 --sizes appA:32768:64 --random-src --variants "$V"
+      T="stream, table"
+      V="$T;$T + FWD_STREAM_U=2;$T + FWD_MAXNREG=128;$T;$T + FWD_STREAM_U=2;$T + FWD_MAXNREG=128"
+      stages s22e_bundled 150 --sizes bundled:115200:64 --variants "$V" ;;
     s22d) # (ran in session 22 as a raw command, ~1 min) item 4a's two fused kernels at App. A 32k in bench_attention's own
           # harness with E2F_V2_FWD_R_SCR off / on, alternated (s22c's table forward at 32k, 6.19 ms, was off its 5.8 ms)
       for i in 1 2; do for r in 0 1; do E2F_V2_FWD_R_SCR=$r BENCH_BUDGET_S=60 timeout 100 python3 benchmarks/bench_attention.py \

@@ -1,8 +1,8 @@
 """The loops of the v2 attention kernels' sm_90 SASS (offline: Triton + ptxas/cuobjdump, no GPU), per launch variant:
 instructions per loop body and its commonest opcodes. Session 21 read the RBF window's scratch staging off these
 (``E2F_V2_PHI_SCR`` forward / backward recompute, ``E2F_V2_BWD_DD_SCR`` backward d/dd) before timing it on the GPU.
-Last, the radial-table forward's registers, spills and CTAs per SM under a 64 / 128-register cap at each size (the
-session's 64-register default for the bundled model's table forward).
+Last, the radial-table forward's registers, spills and CTAs per SM under a 64 / 128-register cap at each size (session
+21's 64-register default for the bundled model's table forward, undone in session 22).
 
     python benchmarks/sass_loops.py > benchmarks/results/sass_loops_s21.txt
 """

@@ -1094,6 +1094,10 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
     14,400 atoms equal within noise (1.18 / 0.94 -> 1.05 / 0.95 ms).  V1.5's (H 128) was slower at 64 in session 20,
     so the tuned table launch keeps 128, and so does the App. A size (hid 128, C 256: its [9, C] accumulators spill 34
     floats per thread at 64 registers, none at 128; its table forward ran ~2x slower at 64 in session 21).
+    Session 22 (``benchmarks/results/session22_h200.md``) undid that cap: with the streamed forward's unit vectors
+    in scratch (R_SCR) the bundled table forward spills 16 floats at 64 registers, and at 128 it runs 4.51 / 4.50 ->
+    3.85 / 3.82 ms at 115k and 0.97 -> 0.96 / 0.92 ms at 14.4k (alternated).  The same session turned PHI_SCR on for
+    the App. A forward (10.97 -> 10.74 ms twice; forward + backward with it on in both kernels: equal).
     """
     K = kind.upper()
     tuned = H >= 64     # the GPU sweep (benchmarks/results/attention_v2_tune_h200.md) ran at the V1.5 size, H = 128
@@ -1104,8 +1108,6 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         d_bt, d_hb, d_kc, d_nw = (max(1, 32 // block_e), 32, 32, 4) if tuned else (max(1, 32 // block_e), 16, 16, 4)
     if table:
         d_nw = 4
-        if kind == "fwd" and not tuned and hid < 128:   # the bundled model's table forward (session 21)
-            d_mr = 64
     elif not tuned and hid >= 128:     # the App. A size (sessions 19, 20)
         d_nw, d_kc, d_mr, d_pps, d_su = (8, 16, 80, 3, 1) if kind == "bwd" else (8, 16, 80, 3, 8)
     hb = min(H, _env_int(f"E2F_V2_{K}_HB", d_hb))
@@ -1121,8 +1123,10 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
     # the RBF window's basis values computed once per block and staged in scratch (``_layer1``; session 21, bit-for-bit
     # the per-term result), on for the tuned (H >= 64) launches: H200, V1.5 10k forward 2.91 -> 2.68 ms (three rounds),
     # forward + backward 10.05 -> 9.34 ms; the App. A launch (80 registers: forward spills 66 -> 78) 10.99 -> 11.09
-    # ms forward (two rounds), forward + backward equal, so it stays off there.  E2F_V2_PHI_SCR=0 / 1 overrides
-    cfg["PHI_SCR"] = bool(_env_int("E2F_V2_PHI_SCR", 1 if tuned else 0))
+    # ms forward (two rounds), forward + backward equal, so it stayed off there; after session 22's R_SCR the App. A
+    # forward gains from it (10.97 -> 10.74 ms, two rounds), so every forward launch takes it (only windowed ones reach
+    # it), and the untuned backward stays without.  E2F_V2_PHI_SCR=0 / 1 overrides both kinds
+    cfg["PHI_SCR"] = bool(_env_int("E2F_V2_PHI_SCR", 1 if tuned or kind == "fwd" else 0))
     # a register cap per thread, 128 by default (E2F_V2_{FWD,BWD}_MAXNREG; 0 = none): uncapped, every tile compiles
     # to 155-255 registers, i.e. one or two CTAs (8 warps) per SM, so these kernels waited on memory latency with
     # little to hide it; the cap trades spills (to L1) for resident warps (16 per SM).  H200, session 10
