@@ -5,6 +5,7 @@
 #   graphed:  benchmarks/gpu_graphed_check.py (float32 + float64, 200 OpenMM steps)
 #   e2e1k:    gpu_end_to_end at 1,000 and 10,000 atoms, modes fp32 and graphed_fp32
 #   s21a:     (ran in session 21) the table forward under a 64-register cap (session 20's lead), stages + OpenMM 115k
+#   s22g:     session 22: the bundled OpenMM main job at 14k / 115k with session 22's kernel defaults, item 4a's MLP pair at 32k
 #   s21d:     session 21: check_stream_unroll.py under the table forward's new cap, the bundled OpenMM main job 14k / 115k
 #   ncu21:    session 21: Nsight Compute on the App. A MLP forward at 32k atoms
 #   ncu21b:   session 21: its per-instruction counts (SourceCounters), SASS and Python-line CSV
@@ -112,6 +113,17 @@ for what in "$@"; do
                  --dtypes float32,float64 --openmm-steps 200 2>&1 | tail -n 12 ;;
     e2e1k) timeout 150 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e" --parts speed --sizes 1000,10000 \
                  --modes fp32,graphed_fp32 --no-water --budget-s 120 2>&1 | tail -n 6 ;;
+    s22g) # session 22, after its kernel defaults (R_SCR, DD_SCR, PHI_SCR on every forward, table forward back at 128
+          # registers) (~4 min; carry .whl): the bundled OpenMM main job with no flags at 14,400 atoms (once) and 115,200
+          # (twice), then item 4a's MLP pair at App. A 32k
+      i=0
+      for r in 2,2,2 4,4,4 4,4,4; do
+        i=$((i + 1))
+        timeout 90 python3 benchmarks/openmm_md_water.py --model bundled --from-pdb $P --reps $r --steps 20 \
+            --out "$OUT/md_s22g_$i.json" 2>&1 | tail -n 1 | cut -c1-300
+      done
+      BENCH_BUDGET_S=60 timeout 100 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s22g" \
+          --impls fused,reference --settings appA --ns 32768 2>&1 | grep -E '^\| appA|budget' ;;
     s21d) # session 21, after the table forward's 64-register default (~4 min; carry .whl and .carry): the GPU check of the
           # streamed forward (tests/gpu/check_stream_unroll.py: MLP and table launches at the App. A / V1.5 / bundled sizes
           # vs SU 1 and float64, now under the new cap), then the bundled OpenMM main job with the defaults and no flags
