@@ -420,6 +420,27 @@ def _load_u_rows(X, it, C: tl.constexpr):
 
 
 @triton.jit
+def _stream_step(src, vec, v, scr_a, scr_r, e, row, keep, a_col, offs_c, offs_m8, ax8, ay8, az8, ax1, ay1, az1,
+                 C: tl.constexpr, H: tl.constexpr, R: tl.constexpr, R_SCR: tl.constexpr, MASK: tl.constexpr):
+    """``_stream_aggregate``'s one-edge step: edge e (scratch row ``row``) added to the [8, C] + [C] accumulators
+    of the three directions, which it returns.  MASK (the unrolled loop): alpha taken as 0 where keep is False."""
+    if R_SCR:
+        jj = tl.load(src + e).to(tl.int64)
+        rx = tl.load(scr_r + row)
+        ry = tl.load(scr_r + R + row)
+        rz = tl.load(scr_r + 2 * R + row)
+    else:
+        jj, rx, ry, rz = _stream_edge(src, vec, e)
+    a_c = tl.load(scr_a + row * H + a_col)                                  # [C]
+    if MASK:
+        a_c = tl.where(keep, a_c, 0.0)
+    vb = v + jj * (9 * C)
+    aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :]).to(tl.float32)
+    aV1 = a_c * tl.load(vb + 8 * C + offs_c).to(tl.float32)
+    return ax8 + aV8 * rx, ay8 + aV8 * ry, az8 + aV8 * rz, ax1 + aV1 * rx, ay1 + aV1 * ry, az1 + aV1 * rz
+
+
+@triton.jit
 def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
                       C: tl.constexpr, H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
                       PERM: tl.constexpr, SG: tl.constexpr = 1, SU: tl.constexpr = 1, scr_r=0,
@@ -459,46 +480,15 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
                     eu = e + u
                     oku = eu < e1
                     euc = tl.where(oku, eu, e)                # an edge of the row (e < e1 here)
-                    rowu = tt * BLOCK_E + (euc - e0)
-                    if R_SCR:
-                        jj = tl.load(src + euc).to(tl.int64)
-                        rx = tl.load(scr_r + rowu)
-                        ry = tl.load(scr_r + R + rowu)
-                        rz = tl.load(scr_r + 2 * R + rowu)
-                    else:
-                        jj, rx, ry, rz = _stream_edge(src, vec, euc)
-                    a_c = tl.load(scr_a + rowu * H + a_col)
-                    a_c = tl.where(oku, a_c, 0.0)
-                    vb = v + jj * (9 * C)
-                    aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :]).to(tl.float32)
-                    aV1 = a_c * tl.load(vb + 8 * C + offs_c).to(tl.float32)
-                    ax8 += aV8 * rx
-                    ay8 += aV8 * ry
-                    az8 += aV8 * rz
-                    ax1 += aV1 * rx
-                    ay1 += aV1 * ry
-                    az1 += aV1 * rz
+                    ax8, ay8, az8, ax1, ay1, az1 = _stream_step(
+                        src, vec, v, scr_a, scr_r, euc, tt * BLOCK_E + (euc - e0), oku, a_col, offs_c, offs_m8,
+                        ax8, ay8, az8, ax1, ay1, az1, C, H, R, R_SCR, True)
                 e += SU
         elif SG == 1:
             while e < e1:
-                row = tt * BLOCK_E + (e - e0)
-                if R_SCR:
-                    jj = tl.load(src + e).to(tl.int64)
-                    rx = tl.load(scr_r + row)
-                    ry = tl.load(scr_r + R + row)
-                    rz = tl.load(scr_r + 2 * R + row)
-                else:
-                    jj, rx, ry, rz = _stream_edge(src, vec, e)
-                a_c = tl.load(scr_a + row * H + a_col)                                  # [C]
-                vb = v + jj * (9 * C)
-                aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :]).to(tl.float32)
-                aV1 = a_c * tl.load(vb + 8 * C + offs_c).to(tl.float32)
-                ax8 += aV8 * rx
-                ay8 += aV8 * ry
-                az8 += aV8 * rz
-                ax1 += aV1 * rx
-                ay1 += aV1 * ry
-                az1 += aV1 * rz
+                ax8, ay8, az8, ax1, ay1, az1 = _stream_step(
+                    src, vec, v, scr_a, scr_r, e, tt * BLOCK_E + (e - e0), ok, a_col, offs_c, offs_m8,
+                    ax8, ay8, az8, ax1, ay1, az1, C, H, R, R_SCR, False)
                 e += 1
         else:
             offs_g = tl.arange(0, SG)
