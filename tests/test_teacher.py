@@ -85,7 +85,9 @@ def test_fast_teacher_matches_ase_calculator(fast, ase_calcs):
         e1, f1 = fast.energy_forces(z, pos, cell, q)
         de, df = abs(e1 - e0), float(np.abs(f1 - f0).max())
         rows.append(f"{name}: dE {de:.1e} eV, max dF {df:.1e} eV/A")
-        assert de <= 1e-4, rows[-1]
+        # both sides sum the energy in float32: allow 2 ulps of |E| (4.9e-4 eV at |E| ~ 5,000 eV), as the two
+        # sum in different orders (a fresh install in session 23 gave 1 ulp on water7_cubic6_pbc)
+        assert de <= max(1e-4, 2 * float(np.spacing(np.float32(abs(e0))))), rows[-1]
         assert df <= 1e-4, rows[-1]
     print("\n".join(rows))
 
