@@ -107,6 +107,26 @@ for what in "$@"; do
       V="stream;stream + FWD_STREAM_U=16;stream + FWD_HB=8;stream + FWD_BLOCK_T=2;stream + RBF_WIN=0"
       V="$V;$B;$B + BWD_HB=8;$B + BWD_KC=32;$B + BWD_PROGS_PER_SM=6"
       stages s20f 200 --sizes appA:32768:64 --random-src --variants "$V" ;;
+    s23a) # session 23 (~9 min): (1) the _stream_step merge timed where its SASS changed (offline: the V1.5 table forward,
+          # same loops, set-up order only): V1.5 10k table forward, this tree against the one before the merge (.carry_prev:
+          # git archive 817c087 kernels benchmarks), alternated, two rounds; (2) item 4c's V1.5 table with session 22's
+          # kernels, as s18g: graphed 20k / 10k / 1k TF32 / bf16 / fp32, then 100k eager bf16 / TF32, radial tables,
+          # random V1.5 weights
+          #   run(command="E2F_FIXTURES=$PWD/.carry_cfg bash benchmarks/gpu_v15.sh s23a", carry=[".carry_prev", ".carry_cfg"])
+      for r in 1 2; do
+        (cd .carry_prev && stages s23a_prev_$r 70 --sizes v15:10000:32 --variants "stream, table")
+        stages s23a_new_$r 70 --sizes v15:10000:32 --variants "stream, table"
+      done
+      E2F_RADIAL_TABLES=1 timeout 200 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_graphed_s23" --parts speed \
+          --sizes 20000,10000,1000 --modes graphed_tf32,graphed_bf16,graphed_fp32 --no-water --budget-s 170 2>&1 \
+          | grep -E '^\{|Error' | cut -c1-230
+      E2F_RADIAL_TABLES=1 timeout 130 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_100k_s23" --parts speed \
+          --sizes 100000 --modes bf16,tf32 --no-water --budget-s 100 2>&1 | grep -E '^\{|Error' | cut -c1-230 ;;
+    s23b) # session 23 (~8 min): one million atoms (FCC carbon, item 4c's last target) with today's kernels: fp32 then
+          # bf16, eager, radial tables, automatic checkpointing; session 4 ran it at 38.7 s/step, 100.6 GiB (exact MLPs)
+          #   run(command="E2F_FIXTURES=$PWD/.carry_cfg bash benchmarks/gpu_v15.sh s23b", carry=[".carry_cfg"])
+      E2F_RADIAL_TABLES=1 timeout 560 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_1m_s23" --parts speed \
+          --sizes 1000000 --modes fp32,bf16 --no-water --budget-s 400 2>&1 | grep -E '^\{|Error|budget' | cut -c1-300 ;;
     s22f) # session 22, after s22e (~4 min; needs no carry): the bundled table forward at 128 registers (s22e, 115k: 4.51 -> 3.83 ms)
           # at the main job's small size too, and App. A with PHI_SCR on for both kernels (s22e forward: 10.97 -> 10.74
           # ms) as forward + backward; alternated
