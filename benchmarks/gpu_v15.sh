@@ -122,6 +122,16 @@ for what in "$@"; do
           | grep -E '^\{|Error' | cut -c1-230
       E2F_RADIAL_TABLES=1 timeout 130 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_100k_s23" --parts speed \
           --sizes 100000 --modes bf16,tf32 --no-water --budget-s 100 2>&1 | grep -E '^\{|Error' | cut -c1-230 ;;
+    s23c) # session 23 (~8 min): the whole model on the GPU against the official V1.5 outputs with session 19-22's kernels
+          # (exact MLPs, then radial tables; parity last ran in session 18), then item 4c's periodic ~100k-atom water box
+          # (last measured in session 14): eager fp32 / TF32 / bf16, radial tables, the V1.5 fixture checkpoint
+          #   run(command="bash benchmarks/gpu_v15.sh s23c", carry=[".carry15"])   (.carry15/official_parity/v15 only)
+      timeout 150 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu_s23.json" --variants v15 2>&1 \
+          | tail -n 3
+      timeout 150 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu_tables_s23.json" --variants v15 \
+          --radial-tables 2>&1 | tail -n 3
+      E2F_RADIAL_TABLES=1 timeout 280 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water_s23" --parts speed \
+          --sizes "" --modes fp32,tf32,bf16 --budget-s 250 2>&1 | grep -E '^\{|Error|budget' | cut -c1-300 ;;
     s23b) # session 23 (~8 min): one million atoms (FCC carbon, item 4c's last target) with today's kernels: fp32 then
           # bf16, eager, radial tables, automatic checkpointing; session 4 ran it at 38.7 s/step, 100.6 GiB (exact MLPs)
           #   run(command="E2F_FIXTURES=$PWD/.carry_cfg bash benchmarks/gpu_v15.sh s23b", carry=[".carry_cfg"])
