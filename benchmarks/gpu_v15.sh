@@ -132,6 +132,13 @@ for what in "$@"; do
           --radial-tables 2>&1 | tail -n 3
       E2F_RADIAL_TABLES=1 timeout 280 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water_s23" --parts speed \
           --sizes "" --modes fp32,tf32,bf16 --budget-s 250 2>&1 | grep -E '^\{|Error|budget' | cut -c1-300 ;;
+    s23e) # session 23, after the shift fix (neighbor_list's n @ cell in float64): tests/gpu/check_tf32_shift.py (the shifts
+          # under allow_tf32 against float64, now and in the former float32 product), then s23c's water box again
+          # (fp32 / TF32 / bf16 force differences; s23c had 0.35 / 0.34 eV/Å) (~5 min)
+          #   run(command="bash benchmarks/gpu_v15.sh s23e", carry=[".carry15"])
+      timeout 100 python3 tests/gpu/check_tf32_shift.py "$OUT/tf32_shift_check.json" 2>&1 | tail -n 2 | cut -c1-600
+      E2F_RADIAL_TABLES=1 timeout 300 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water_s23e" --parts speed \
+          --sizes "" --modes fp32,tf32,bf16 --budget-s 260 2>&1 | grep -E '^\{|Error|budget' | cut -c1-300 ;;
     s23b) # session 23 (~8 min): one million atoms (FCC carbon, item 4c's last target) with today's kernels: fp32 then
           # bf16, eager, radial tables, automatic checkpointing; session 4 ran it at 38.7 s/step, 100.6 GiB (exact MLPs)
           #   run(command="E2F_FIXTURES=$PWD/.carry_cfg bash benchmarks/gpu_v15.sh s23b", carry=[".carry_cfg"])

@@ -36,8 +36,8 @@ Algorithm (O(N) time and memory, fully vectorised, no Python loop over atoms):
 
 The selection is done in float64 whatever the input dtype, so float32 and float64
 inputs holding the same numbers select exactly the same edges, and wrapping adds only
-float64 rounding (~1e-13 A) to the selection distances.  The returned ``shift`` is ``n_total @ cell`` computed in the
-input dtype from the integer image offset ``n_total`` (image offset + wrapping offsets),
+float64 rounding (~1e-13 A) to the selection distances.  The returned ``shift`` is ``n_total @ cell`` computed in float64
+and rounded once to the input dtype, from the integer image offset ``n_total`` (image offset + wrapping offsets),
 so that ``positions[i] - positions[j] - shift`` is the edge vector for the ORIGINAL,
 unwrapped positions.
 
@@ -281,7 +281,10 @@ def _neighbor_list_impl(
     neighbor = ghost_j[gidx]
     if any_periodic:
         n_tot = ghost_m[gidx] + wrap_i[center]
-        shift = n_tot.to(dtype) @ cell_out
+        # formed in float64 and rounded once: a float32 product would run on TF32 tensor cores under
+        # torch.backends.cuda.matmul.allow_tf32 (precision 'tf32' / 'bf16') or in bf16 under autocast, which
+        # rounds the cell to 10 (7) mantissa bits: ~0.05 A off across the boundary of a 90 A box
+        shift = (n_tot.to(torch.float64) @ cell_out.to(torch.float64)).to(dtype)
     else:
         shift = torch.zeros(center.shape[0], 3, dtype=dtype, device=device)
     return center, neighbor, shift

@@ -291,6 +291,29 @@ def test_float32_matches_float64():
     check_against_reference(r32, pos32, cell, pbc, CUTOFF, expect_cap=True)
 
 
+@pytest.mark.parametrize("cell", [np.eye(3) * 93.7, TRICLINIC * 8.3], ids=["cubic", "triclinic"])
+def test_float32_shift_is_exact_under_low_precision_matmul(cell):
+    """The float32 shift is n @ cell formed in float64 and rounded once, so a reduced-precision matrix-product setting
+    cannot touch it.  A float32 product would run on TF32 tensor cores under allow_tf32 on CUDA (the 'tf32' / 'bf16'
+    modes; edges across a 90 A box were off by ~0.05 A, tests/gpu/check_tf32_shift.py) or in bf16 under autocast; CPU
+    bf16 autocast stands in for both here."""
+    k = RNG.integers(-3, 4, size=(1500, 3)).astype(np.float64)
+    pos = random_in_cell(1500, cell) + k @ cell                           # unwrapped: most edges get an offset
+    pos32 = pos.astype(np.float32).astype(np.float64)
+    cell32 = cell.astype(np.float32).astype(np.float64)
+    pbc = [True, True, True]
+    r64 = run(pos32, cell32, pbc, cutoff=6.0, dtype=torch.float64)
+    nvec = np.round(r64[2].numpy() @ np.linalg.inv(cell32))
+    exact = torch.from_numpy(nvec @ cell32).float()               # integer offsets times the float32 cell, rounded once
+    assert (nvec != 0).any(axis=1).mean() > 0.5
+    for low in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+            r32 = run(pos32, cell32, pbc, cutoff=6.0, dtype=torch.float32)
+        assert torch.equal(r32[0], r64[0]) and torch.equal(r32[1], r64[1])
+        assert r32[2].dtype == torch.float32
+        assert torch.equal(r32[2], exact), float((r32[2] - exact).abs().max())
+
+
 def test_large_cell_list_vs_brute_force():
     rho = 0.1
     n_atoms = 3000
