@@ -136,7 +136,7 @@ for what in "$@"; do
           # under allow_tf32 against float64, now and in the former float32 product), then s23c's water box again
           # (fp32 / TF32 / bf16 force differences; s23c had 0.35 / 0.34 eV/Å) (~5 min)
           #   run(command="bash benchmarks/gpu_v15.sh s23e", carry=[".carry15"])
-      timeout 100 python3 tests/gpu/check_tf32_shift.py "$OUT/tf32_shift_check.json" 2>&1 | tail -n 2 | cut -c1-600
+      timeout 100 python3 tests/gpu/check_tf32_shift.py "$OUT/tf32_shift_check.json" 2>&1 | tail -n 3 | cut -c1-600
       E2F_RADIAL_TABLES=1 timeout 300 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water_s23e" --parts speed \
           --sizes "" --modes fp32,tf32,bf16 --budget-s 260 2>&1 | grep -E '^\{|Error|budget' | cut -c1-300 ;;
     s23b) # session 23 (~8 min): one million atoms (FCC carbon, item 4c's last target) with today's kernels: fp32 then
