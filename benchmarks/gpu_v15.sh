@@ -26,6 +26,12 @@ old_tree_pkg() {
   rm -rf "$2" && mkdir -p "$2/openmm_e2former" && cp -r "$1"/openmm_e2former/* "$2/openmm_e2former/"
   rm -rf "$2/openmm_e2former/model" "$2/openmm_e2former/kernels" && cp -r "$1/model" "$1/kernels" "$2/openmm_e2former/"
 }
+# water_e2e DIR LIMIT BUDGET: item 4c's periodic ~100k-atom water box alone, eager fp32 / TF32 / bf16, radial tables
+# (session 23), into $OUT/DIR under a time limit of LIMIT seconds and a measuring budget of BUDGET
+water_e2e() {
+  E2F_RADIAL_TABLES=1 timeout "$2" python3 benchmarks/gpu_end_to_end.py --out "$OUT/$1" --parts speed --sizes "" \
+      --modes fp32,tf32,bf16 --budget-s "$3" 2>&1 | grep -E '^\{|Error|budget' | cut -c1-300
+}
 # 100k bf16 eager (radial tables), session 15's tree (.carry_old15) against this one, alternated, two processes each
 ab_100k_old15() {
   old_tree_pkg .carry_old15 /tmp/pkg15
@@ -130,15 +136,13 @@ for what in "$@"; do
           | tail -n 3
       timeout 150 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu_tables_s23.json" --variants v15 \
           --radial-tables 2>&1 | tail -n 3
-      E2F_RADIAL_TABLES=1 timeout 280 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water_s23" --parts speed \
-          --sizes "" --modes fp32,tf32,bf16 --budget-s 250 2>&1 | grep -E '^\{|Error|budget' | cut -c1-300 ;;
+      water_e2e e2e_water_s23 280 250 ;;
     s23e) # session 23, after the shift fix (neighbor_list's n @ cell in float64): tests/gpu/check_tf32_shift.py (the shifts
           # under allow_tf32 against float64, now and in the former float32 product), then s23c's water box again
           # (fp32 / TF32 / bf16 force differences; s23c had 0.35 / 0.34 eV/Å) (~5 min)
           #   run(command="bash benchmarks/gpu_v15.sh s23e", carry=[".carry15"])
       timeout 100 python3 tests/gpu/check_tf32_shift.py "$OUT/tf32_shift_check.json" 2>&1 | tail -n 3 | cut -c1-600
-      E2F_RADIAL_TABLES=1 timeout 300 python3 benchmarks/gpu_end_to_end.py --out "$OUT/e2e_water_s23e" --parts speed \
-          --sizes "" --modes fp32,tf32,bf16 --budget-s 260 2>&1 | grep -E '^\{|Error|budget' | cut -c1-300 ;;
+      water_e2e e2e_water_s23e 300 260 ;;
     s23b) # session 23 (~8 min): one million atoms (FCC carbon, item 4c's last target) with today's kernels: fp32 then
           # bf16, eager, radial tables, automatic checkpointing; session 4 ran it at 38.7 s/step, 100.6 GiB (exact MLPs)
           #   run(command="E2F_FIXTURES=$PWD/.carry_cfg bash benchmarks/gpu_v15.sh s23b", carry=[".carry_cfg"])
