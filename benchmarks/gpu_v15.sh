@@ -137,6 +137,26 @@ for what in "$@"; do
       timeout 150 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu_tables_s23.json" --variants v15 \
           --radial-tables 2>&1 | tail -n 3
       water_e2e e2e_water_s23 280 250 ;;
+    s24c) # session 24 (~5 min; needs no carry): the streamed forward's value rows cached in L2 only (E2F_V2_FWD_V_CG=1), to
+          # keep L1 for the edge MLP's gathered first-layer weight rows: App. A 32k random sources (MLP and table forward,
+          # MLP forward + backward), the bundled 115k table forward and V1.5 10k (MLP, table); alternated with the default
+          #   run(command="bash benchmarks/gpu_v15.sh s24c")
+      S="stream"; T="stream, table"; B="stream/tile, DX2_SCR"
+      stages s24c_appa 300 --sizes appA:32768:64 --random-src \
+          --variants "$S;$S + FWD_V_CG=1;$T;$T + FWD_V_CG=1;$S;$S + FWD_V_CG=1;$T;$T + FWD_V_CG=1;$B;$B + FWD_V_CG=1"
+      stages s24c_bundled 120 --sizes bundled:115200:64 --variants "$T;$T + FWD_V_CG=1;$T;$T + FWD_V_CG=1"
+      stages s24c_v15 120 --sizes v15:10000:32 --random-src --variants "$S;$S + FWD_V_CG=1;$T;$T + FWD_V_CG=1;$S;$S + FWD_V_CG=1" ;;
+    s24b) # session 24, after s24a (~2 min; needs no carry): the probe's second config list (layer 1 with RBF windows of
+          # 32 / 24 / 16 / 0 centres; tf32x3 with the weights split on the host and loaded once per program)
+          #   run(command="bash benchmarks/gpu_v15.sh s24b")
+      timeout 200 python3 benchmarks/mlp_phase_probe.py --out "$OUT/mlp_phase_probe_${what}" 2>&1 | cut -c1-300 ;;
+    s24a) # session 24 (~4 min; needs no carry): benchmarks/mlp_phase_probe.py, the App. A edge MLP alone in the kernels'
+          # SIMT form against full-K tensor-core dots (tf32x3) kept in the MMA layout through LN / SiLU, 32k atoms x 64;
+          # then the real App. A forward with and without its aggregation ("none"), random sources, alternated (the
+          # probe's config list has changed since: s24a ran the simt / tc3 / tc1 rows of mlp_phase_probe_s24a_h200.json)
+          #   run(command="bash benchmarks/gpu_v15.sh s24a")
+      timeout 200 python3 benchmarks/mlp_phase_probe.py --out "$OUT/mlp_phase_probe_${what}" 2>&1 | cut -c1-300
+      stages s24a_appa 200 --sizes appA:32768:64 --random-src --variants "stream;none;stream;none" ;;
     s23e) # session 23, after the shift fix (neighbor_list's n @ cell in float64): tests/gpu/check_tf32_shift.py (the shifts
           # under allow_tf32 against float64, now and in the former float32 product), then s23c's water box again
           # (fp32 / TF32 / bf16 force differences; s23c had 0.35 / 0.34 eV/Å) (~5 min)

@@ -421,9 +421,11 @@ def _load_u_rows(X, it, C: tl.constexpr):
 
 @triton.jit
 def _stream_step(src, vec, v, scr_a, scr_r, e, row, keep, a_col, offs_c, offs_m8, ax8, ay8, az8, ax1, ay1, az1,
-                 C: tl.constexpr, H: tl.constexpr, R: tl.constexpr, R_SCR: tl.constexpr, MASK: tl.constexpr):
+                 C: tl.constexpr, H: tl.constexpr, R: tl.constexpr, R_SCR: tl.constexpr, MASK: tl.constexpr,
+                 VCACHE: tl.constexpr = ""):
     """``_stream_aggregate``'s one-edge step: edge e (scratch row ``row``) added to the [8, C] + [C] accumulators
-    of the three directions, which it returns.  MASK (the unrolled loop): alpha taken as 0 where keep is False."""
+    of the three directions, which it returns.  MASK (the unrolled loop): alpha taken as 0 where keep is False.
+    VCACHE: the value rows' cache modifier ("" = the default ".ca"; ".cg" = L2 only, ``E2F_V2_FWD_V_CG``)."""
     if R_SCR:
         jj = tl.load(src + e).to(tl.int64)
         rx = tl.load(scr_r + row)
@@ -435,8 +437,8 @@ def _stream_step(src, vec, v, scr_a, scr_r, e, row, keep, a_col, offs_c, offs_m8
     if MASK:
         a_c = tl.where(keep, a_c, 0.0)
     vb = v + jj * (9 * C)
-    aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :]).to(tl.float32)
-    aV1 = a_c * tl.load(vb + 8 * C + offs_c).to(tl.float32)
+    aV8 = a_c[None, :] * tl.load(vb + offs_m8[:, None] * C + offs_c[None, :], cache_modifier=VCACHE).to(tl.float32)
+    aV1 = a_c * tl.load(vb + 8 * C + offs_c, cache_modifier=VCACHE).to(tl.float32)
     return ax8 + aV8 * rx, ay8 + aV8 * ry, az8 + aV8 * rz, ax1 + aV1 * rx, ay1 + aV1 * ry, az1 + aV1 * rz
 
 
@@ -444,7 +446,7 @@ def _stream_step(src, vec, v, scr_a, scr_r, e, row, keep, a_col, offs_c, offs_m8
 def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
                       C: tl.constexpr, H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
                       PERM: tl.constexpr, SG: tl.constexpr = 1, SU: tl.constexpr = 1, scr_r=0,
-                      R_SCR: tl.constexpr = False):
+                      R_SCR: tl.constexpr = False, VCACHE: tl.constexpr = ""):
     """U[i] = sum over the in-edges e of i of alpha[e, c mod H] r_e (x) v[j_e, :, c], one edge at a time, for
     the block's targets; alpha [rows, H] is read from the program's scratch (row = t * BLOCK_E + edge slot).
     The [9, C] value rows are held as [8, C] + [C] accumulators (9 is not a power of two), per direction.
@@ -482,13 +484,13 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
                     euc = tl.where(oku, eu, e)                # an edge of the row (e < e1 here)
                     ax8, ay8, az8, ax1, ay1, az1 = _stream_step(
                         src, vec, v, scr_a, scr_r, euc, tt * BLOCK_E + (euc - e0), oku, a_col, offs_c, offs_m8,
-                        ax8, ay8, az8, ax1, ay1, az1, C, H, R, R_SCR, True)
+                        ax8, ay8, az8, ax1, ay1, az1, C, H, R, R_SCR, True, VCACHE)
                 e += SU
         elif SG == 1:
             while e < e1:
                 ax8, ay8, az8, ax1, ay1, az1 = _stream_step(
                     src, vec, v, scr_a, scr_r, e, tt * BLOCK_E + (e - e0), ok, a_col, offs_c, offs_m8,
-                    ax8, ay8, az8, ax1, ay1, az1, C, H, R, R_SCR, False)
+                    ax8, ay8, az8, ax1, ay1, az1, C, H, R, R_SCR, False, VCACHE)
                 e += 1
         else:
             offs_g = tl.arange(0, SG)
@@ -536,7 +538,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         PERM: tl.constexpr, SCR_STRIDE: tl.constexpr, AGG: tl.constexpr = 0,
                         RBF_WIN: tl.constexpr = 0, SG: tl.constexpr = 1, TABLE: tl.constexpr = False,
                         QKL: tl.constexpr = False, SU: tl.constexpr = 1, PHI_SCR: tl.constexpr = False,
-                        R_SCR: tl.constexpr = False):
+                        R_SCR: tl.constexpr = False, VCACHE: tl.constexpr = ""):
     # QKL: q / k in the [N, D, H] layout (``qk_layout``)
     # TABLE: g, w read from a radial table of the edge MLP (tcoef [rows, 4, 2H] per-interval cubic coefficients,
     # tslot_t / tslot_s: element slot per target / source atom, tP elements, tM intervals of th; see
@@ -606,7 +608,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
         if AGG == 1:
             tl.debug_barrier()              # alpha of every head visible to the whole CTA
             _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
-                              C, H, BLOCK_T, BLOCK_E, PERM, SG, SU, scr_r, R_SCR and SG == 1)
+                              C, H, BLOCK_T, BLOCK_E, PERM, SG, SU, scr_r, R_SCR and SG == 1, VCACHE)
 
 
 @triton.jit
@@ -1138,6 +1140,10 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         # 4.79 -> 4.50 ms, App. A 32k MLP 11.12 -> 10.97 ms and table 5.82 -> 5.77 ms, V1.5 10k 2.68 -> 2.67 ms.
         # E2F_V2_FWD_R_SCR=0 turns it off
         cfg["R_SCR"] = bool(_env_int("E2F_V2_FWD_R_SCR", 1))
+        # the streamed forward's value-row gathers cached in L2 only (".cg"; session 24, opt-in until timed): each
+        # source's row is read by ~K targets spread over the grid, so L1 keeps little of it, while the edge MLP's
+        # gathered first-layer weight rows (``_layer1``'s RBF window) and the scratch reads do reuse L1
+        cfg["VCACHE"] = ".cg" if _env_int("E2F_V2_FWD_V_CG", 0) else ""
     if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2); DR_ACC / DU_BCAST timed without effect, opt-in
         cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
         # E2F_V2_BWD_ATOM (stage timing only, wrong gradients): 1 = the dv / dk atomics as plain stores, 2 = no
@@ -1362,7 +1368,8 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
                 SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], TABLE=tab_args[6], QKL=qkl, SU=cfg["SU"],
-                PHI_SCR=cfg["PHI_SCR"], R_SCR=cfg["R_SCR"], num_warps=cfg["num_warps"], **_maxnreg(cfg))
+                PHI_SCR=cfg["PHI_SCR"], R_SCR=cfg["R_SCR"], VCACHE=cfg["VCACHE"], num_warps=cfg["num_warps"],
+                **_maxnreg(cfg))
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.table = table
         ctx.qkl = qkl

@@ -444,7 +444,8 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
                              softmax="smooth", extreme=10.0))
     # the streamed forward's one-edge step unrolled SU times (E2F_V2_FWD_STREAM_U): the same additions in the same
     # order, so U is bit-for-bit the SU = 1 result, rows shorter than SU and not a multiple of it included; and
-    # with the unit vectors staged in scratch by the block (E2F_V2_FWD_R_SCR, session 22): the same values
+    # with the unit vectors staged in scratch by the block (E2F_V2_FWD_R_SCR, session 22): the same values; and with
+    # the value rows' L2-only cache hint (E2F_V2_FWD_V_CG, session 24)
     for n, k_, sd, extra in ((7, 17, 65, {"E2F_V2_FWD_BLOCK_T": "2"}), (9, 17, 66, {"E2F_V2_BUCKETS": "1"}),
                              (6, 5, 67, {})):
         cs = make_case(n, k_, **TINY, seed=sd)
@@ -453,6 +454,9 @@ _INTERP_V2_SCRIPT = textwrap.dedent(r"""
             for rs in ("0", "1"):
                 with T_.env_vars(dict(extra, E2F_V2_FWD_AGG="stream", E2F_V2_FWD_STREAM_U=su, E2F_V2_FWD_R_SCR=rs)):
                     us[su, rs] = KM.fused_attention(*args_of(cs), backend="triton_v2", max_degree=k_)
+        # the value rows cached in L2 only (E2F_V2_FWD_V_CG, session 24): a cache hint, the same values
+        with T_.env_vars(dict(extra, E2F_V2_FWD_AGG="stream", E2F_V2_FWD_STREAM_U="8", E2F_V2_FWD_V_CG="1")):
+            us["8", "cg"] = KM.fused_attention(*args_of(cs), backend="triton_v2", max_degree=k_)
         assert all(torch.equal(us["1", "0"], u) for u in us.values()), (n, k_)
         worst = max(worst, rel(us["2", "1"].double(), KM.attention_reference(*args_of(cs)).double()))
     worst = max(worst, check(7, 9, 68, env={"E2F_V2_FWD_STREAM_U": "2"}, softmax="smooth", extreme=10.0))
@@ -765,6 +769,11 @@ def test_v2_launch_defaults(monkeypatch):
     monkeypatch.setenv("E2F_V2_FWD_R_SCR", "0")
     assert V2.launch_config(16, 32, 64, 64, "fwd", table=True)["R_SCR"] is False
     monkeypatch.delenv("E2F_V2_FWD_R_SCR")
+    # the value rows' L2-only cache hint (session 24): opt-in (no launch of the real models moved on the H200)
+    assert V2.launch_config(16, 128, 256, 64, "fwd", table=True)["VCACHE"] == ""
+    monkeypatch.setenv("E2F_V2_FWD_V_CG", "1")
+    assert V2.launch_config(16, 128, 256, 64, "fwd", table=True)["VCACHE"] == ".cg"
+    monkeypatch.delenv("E2F_V2_FWD_V_CG")
     assert [V2.launch_config(h, hid, c, k, "bwd")["DD_SCR"]
             for h, hid, c, k in ((128, 128, 256, 32), (16, 128, 256, 64), (16, 32, 64, 64))] == [True] * 3
     monkeypatch.setenv("E2F_V2_BWD_DD_SCR", "0")
@@ -1248,3 +1257,35 @@ def test_rbf_window_width(monkeypatch):
     outside = (k[None, :] < k0[:, None]) | (k[None, :] >= k0[:, None] + W)
     phi = torch.exp(gamma * (d[:, None] - mu.double()[None, :]) ** 2)
     assert phi[outside].max() < math.exp(-30)
+
+
+# ------------------------------------------------------------------------------------------------
+# benchmarks/mlp_phase_probe.py (session 24): its edge-MLP kernel in every mode against the float64 MLP, under the
+# interpreter, so the probe that dropped the tensor-core plan stays runnable and correct
+# ------------------------------------------------------------------------------------------------
+_MLP_PROBE_SCRIPT = textwrap.dedent(r"""
+    import sys
+    import torch
+    sys.path.insert(0, "benchmarks")
+    import mlp_phase_probe as P
+    host, dev = P.make_inputs(3, 16, device="cpu")      # 48 edges: one full and one partial 32-row tile
+    E = 48
+    rows = torch.arange(E)
+    worst = 0.0
+    for mode, win in (("l1", 32), ("l1", 24), ("simt", 32), ("tc3", 32), ("tc3h", 32), ("tc1", 32)):
+        out = P.run(dev, E, mode, 32, 16, 4, 1, win=win)()
+        ref = P.reference(host, rows, mode)
+        err = float((out[:, :ref.shape[1]].double() - ref).abs().max() / ref.abs().max())
+        print(mode, win, err)
+        worst = max(worst, err)
+    # without the RBF term the function differs: the check must see it
+    out = P.run(dev, E, "l1", 32, 16, 4, 1, win=0)()
+    ref = P.reference(host, rows, "l1")
+    assert float((out[:, :1].double() - ref).abs().max() / ref.abs().max()) > 1e-3
+    print("WORST", worst)
+    assert worst < 2e-6, worst
+""")
+
+
+def test_mlp_phase_probe_matches_float64_under_interpreter():
+    run_under_triton_interpreter(_MLP_PROBE_SCRIPT, [], "mlp_phase_probe interpreter test")
