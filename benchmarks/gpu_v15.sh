@@ -137,6 +137,14 @@ for what in "$@"; do
       timeout 150 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu_tables_s23.json" --variants v15 \
           --radial-tables 2>&1 | tail -n 3
       water_e2e e2e_water_s23 280 250 ;;
+    s24e) # session 24, after s24d (grouped layer 1 3x slower: an exp per row and column thread in the inner loop): the
+          # same with the basis values staged per 32-column chunk (~2 min; needs no carry)
+          #   run(command="bash benchmarks/gpu_v15.sh s24e")
+      timeout 200 python3 benchmarks/mlp_phase_probe.py --set l1gs --out "$OUT/mlp_phase_probe_${what}" 2>&1 | cut -c1-300 ;;
+    s24d) # session 24, after s24c (~2 min; needs no carry): the probe's grouped first layer (rows sorted by d in the tile,
+          # groups of RG rows walking the union of their windows: one weight row per group instead of per row)
+          #   run(command="bash benchmarks/gpu_v15.sh s24d")
+      timeout 200 python3 benchmarks/mlp_phase_probe.py --set l1g --out "$OUT/mlp_phase_probe_${what}" 2>&1 | cut -c1-300 ;;
     s24c) # session 24 (~5 min; needs no carry): the streamed forward's value rows cached in L2 only (E2F_V2_FWD_V_CG=1), to
           # keep L1 for the edge MLP's gathered first-layer weight rows: App. A 32k random sources (MLP and table forward,
           # MLP forward + backward), the bundled 115k table forward and V1.5 10k (MLP, table); alternated with the default

@@ -23,12 +23,16 @@ Modes:
            ("win", 32 in every other mode) set to 24 / 16 / 0 centres to see its cost
   tc3h     tf32x3 by hand: the weights split into TF32 hi / lo parts on the host and loaded once per program,
            three TF32 dots per layer
+  l1g      layer 1 as l1, with the tile's rows sorted by d and groups of RG rows walking the union of their windows
+           (one weight row load per group instead of per row; bit-for-bit l1's sums); ``--set l1g``
+  l1gs     the same with each 32-column chunk's basis values staged in scratch; ``--set l1gs``
 
 Usage: python benchmarks/mlp_phase_probe.py [--out PREFIX] [--quick] [--configs 0,4,...]
 
 Results (H200, session 24): ``benchmarks/results/session24_h200.md`` section 2, raw rows in
 ``mlp_phase_probe_s24{a,b}_h200.json`` (s24a ran an earlier config list, without tc3h and the window sweep; each row
-records its settings).  In short: simt 5.24 ms, tc3 8.9 ms, tc3h 6.3 ms, tc1 4.4 ms; layer 1 alone 2.92 ms.
+records its settings), and ``_s24{d,e}`` for the grouped first layer.  In short: simt 5.24 ms, tc3 8.9 ms, tc3h 6.3 ms,
+tc1 4.4 ms; layer 1 alone 2.92 ms, grouped 4.4-11 ms.
 """
 from __future__ import annotations
 
@@ -56,7 +60,7 @@ def _ln_silu(h, w, b, HID: tl.constexpr):
 def _mlp_probe_kernel(d_ptr, tgt_ptr, src_ptr, pt, ps, mu, W0aT, b0, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2,
                       W1h, W1l, W2h, W2l, out, scratch, E, n_tiles, nprog, gamma, cutoff,
                       nb: tl.constexpr, HID: tl.constexpr, NO: tl.constexpr, BM: tl.constexpr, WIN: tl.constexpr,
-                      KC: tl.constexpr, MODE: tl.constexpr):
+                      KC: tl.constexpr, MODE: tl.constexpr, RG: tl.constexpr = 8):
     # MODE 0 simt, 1 tc3 (tf32x3), 2 tc1 (tf32), 3 layer 1 only, 4 tc3h (weights split on the host into TF32 hi / lo
     # parts and loaded once per program, three TF32 dots by hand)
     pid = tl.program_id(0)
@@ -77,64 +81,123 @@ def _mlp_probe_kernel(d_ptr, tgt_ptr, src_ptr, pt, ps, mu, W0aT, b0, ln0w, ln0b,
         d = tl.load(d_ptr + offs_r, mask=mask, other=1.0)
         tgt = tl.load(tgt_ptr + offs_r, mask=mask, other=0)
         j = tl.load(src_ptr + offs_r, mask=mask, other=0)
-        h0 = tl.load(pt + tgt[:, None] * HID + offs_f[None, :]) + tl.load(ps + j[:, None] * HID + offs_f[None, :])
-        h0 += tl.load(b0 + offs_f)[None, :]
-        x = tl.minimum(tl.maximum(d * ((nb - 1) / cutoff) + 0.5, 0.0), nb * 1.0)
-        k0 = tl.minimum(tl.maximum(x.to(tl.int32) - (WIN // 2 - 1), 0), nb - WIN)
-        for w in range(WIN):
-            kk = k0 + w
-            diff = d - tl.load(mu + kk)
-            h0 += tl.exp(gamma * diff * diff)[:, None] * tl.load(W0aT + kk[:, None] * HID + offs_f[None, :])
-        x1 = _ln_silu(h0, tl.load(ln0w + offs_f), tl.load(ln0b + offs_f), HID)
-        if MODE == 3:
-            tl.store(out + offs_r * NO, tl.sum(x1, 1), mask=mask)
-        else:
-            if MODE == 0:
-                tl.debug_barrier()
-                tl.store(scr + offs_m[:, None] * HID + offs_f[None, :], x1)
-                tl.debug_barrier()
-                h1 = tl.zeros([BM, HID], dtype=tl.float32) + tl.load(b1 + offs_f)[None, :]
-                for c0 in range(0, HID, KC):
-                    offs_k = c0 + tl.arange(0, KC)
-                    xk = tl.load(scr + offs_m[:, None] * HID + offs_k[None, :])
-                    h1 = tl.dot(xk, tl.load(W1T + offs_k[:, None] * HID + offs_f[None, :]), h1,
-                                input_precision="ieee")
-                x2 = _ln_silu(h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID)
-                tl.debug_barrier()
-                tl.store(scr + offs_m[:, None] * HID + offs_f[None, :], x2)
-                tl.debug_barrier()
-                o = tl.zeros([BM, NO], dtype=tl.float32) + tl.load(b2 + offs_o)[None, :]
-                for c0 in range(0, HID, KC):
-                    offs_k = c0 + tl.arange(0, KC)
-                    xk = tl.load(scr + offs_m[:, None] * HID + offs_k[None, :])
-                    o = tl.dot(xk, tl.load(W2T + offs_k[:, None] * NO + offs_o[None, :]), o, input_precision="ieee")
-            elif MODE == 4:
-                x1h = (x1.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
-                x1l = x1 - x1h
-                h1 = tl.zeros([BM, HID], dtype=tl.float32) + tl.load(b1 + offs_f)[None, :]
-                h1 = tl.dot(x1l, w1h, h1, input_precision="tf32")
-                h1 = tl.dot(x1h, w1l, h1, input_precision="tf32")
-                h1 = tl.dot(x1h, w1h, h1, input_precision="tf32")
-                x2 = _ln_silu(h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID)
-                x2h = (x2.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
-                x2l = x2 - x2h
-                o = tl.zeros([BM, NO], dtype=tl.float32) + tl.load(b2 + offs_o)[None, :]
-                o = tl.dot(x2l, w2h, o, input_precision="tf32")
-                o = tl.dot(x2h, w2l, o, input_precision="tf32")
-                o = tl.dot(x2h, w2h, o, input_precision="tf32")
+        if MODE == 5 or MODE == 6:
+            # the rows sorted by d, in groups of RG consecutive ones; each group walks the union of its rows'
+            # windows once, so one weight row serves RG rows (terms outside a row's own window are exact zeros,
+            # added in the same ascending order: bit-for-bit the per-row sum)
+            NG: tl.constexpr = BM // RG
+            key = (d.to(tl.int32, bitcast=True).to(tl.int64) << 16) | offs_m.to(tl.int64)
+            perm = (tl.sort(key, 0) & 65535).to(tl.int64)
+            srow = (offs_r - offs_m) + perm
+            smask = srow < E
+            ds = tl.load(d_ptr + srow, mask=smask, other=1.0)
+            ts = tl.load(tgt_ptr + srow, mask=smask, other=0)
+            js = tl.load(src_ptr + srow, mask=smask, other=0)
+            hs = tl.load(pt + ts[:, None] * HID + offs_f[None, :]) + tl.load(ps + js[:, None] * HID + offs_f[None, :])
+            hs += tl.load(b0 + offs_f)[None, :]
+            xs = tl.minimum(tl.maximum(ds * ((nb - 1) / cutoff) + 0.5, 0.0), nb * 1.0)
+            k0s = tl.minimum(tl.maximum(xs.to(tl.int32) - (WIN // 2 - 1), 0), nb - WIN)
+            d2 = tl.reshape(ds, [NG, RG])
+            k02 = tl.reshape(k0s, [NG, RG])
+            kb = tl.min(k02, 1)
+            span = tl.max(tl.max(k02, 1) - kb, 0) + WIN
+            acc = tl.reshape(hs, [NG, RG, HID])
+            if MODE == 5:
+                kk = 0
+                while kk < span:                    # (a while loop: the interpreter cannot range() over a tensor)
+                    kidx = kb + kk
+                    kk += 1
+                    km = kidx < nb
+                    wrow = tl.load(W0aT + kidx[:, None] * HID + offs_f[None, :], mask=km[:, None], other=0.0)
+                    diff = d2 - tl.load(mu + kidx, mask=km, other=0.0)[:, None]
+                    inwin = (kidx[:, None] >= k02) & (kidx[:, None] < k02 + WIN)
+                    phi = tl.where(inwin, tl.exp(gamma * diff * diff), 0.0)
+                    acc += phi[:, :, None] * wrow[:, None, :]
             else:
-                PREC: tl.constexpr = "tf32x3" if MODE == 1 else "tf32"
-                w1 = tl.load(W1T + offs_f[:, None] * HID + offs_f[None, :])
-                h1 = tl.dot(x1, w1, tl.zeros([BM, HID], dtype=tl.float32) + tl.load(b1 + offs_f)[None, :],
-                            input_precision=PREC)
-                x2 = _ln_silu(h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID)
-                w2 = tl.load(W2T + offs_f[:, None] * NO + offs_o[None, :])
-                o = tl.dot(x2, w2, tl.zeros([BM, NO], dtype=tl.float32) + tl.load(b2 + offs_o)[None, :],
-                           input_precision=PREC)
-            tl.store(out + offs_r[:, None] * NO + offs_o[None, :], o, mask=mask[:, None])
+                # MODE 6: the basis values of each SC-column chunk of the span computed once, as a [BM, SC] tile
+                # staged in scratch, then read back [NG, RG] per column (no exp in the inner loop)
+                SC: tl.constexpr = 32
+                offs_c = tl.arange(0, SC)
+                kb_row = tl.reshape(tl.broadcast_to(kb[:, None], [NG, RG]), [BM])
+                g_off = tl.arange(0, NG)[:, None] * (RG * SC) + tl.arange(0, RG)[None, :] * SC
+                c0 = 0
+                while c0 < span:
+                    kc2 = kb_row[:, None] + c0 + offs_c[None, :]                  # [BM, SC] centre index
+                    km2 = kc2 < nb
+                    diff2 = ds[:, None] - tl.load(mu + kc2, mask=km2, other=0.0)
+                    inwin2 = (kc2 >= k0s[:, None]) & (kc2 < k0s[:, None] + WIN)
+                    tl.debug_barrier()
+                    tl.store(scr + offs_m[:, None] * SC + offs_c[None, :],
+                             tl.where(inwin2, tl.exp(gamma * diff2 * diff2), 0.0))
+                    tl.debug_barrier()
+                    for c in range(SC):
+                        kidx = kb + c0 + c
+                        wrow = tl.load(W0aT + kidx[:, None] * HID + offs_f[None, :], mask=(kidx < nb)[:, None],
+                                       other=0.0)
+                        phi = tl.load(scr + g_off + c)
+                        acc += phi[:, :, None] * wrow[:, None, :]
+                    c0 += SC
+            x1s = _ln_silu(tl.reshape(acc, [BM, HID]), tl.load(ln0w + offs_f), tl.load(ln0b + offs_f), HID)
+            tl.store(out + srow * NO, tl.sum(x1s, 1), mask=smask)
+        else:
+            h0 = tl.load(pt + tgt[:, None] * HID + offs_f[None, :]) + tl.load(ps + j[:, None] * HID + offs_f[None, :])
+            h0 += tl.load(b0 + offs_f)[None, :]
+            x = tl.minimum(tl.maximum(d * ((nb - 1) / cutoff) + 0.5, 0.0), nb * 1.0)
+            k0 = tl.minimum(tl.maximum(x.to(tl.int32) - (WIN // 2 - 1), 0), nb - WIN)
+            for w in range(WIN):
+                kk = k0 + w
+                diff = d - tl.load(mu + kk)
+                h0 += tl.exp(gamma * diff * diff)[:, None] * tl.load(W0aT + kk[:, None] * HID + offs_f[None, :])
+            x1 = _ln_silu(h0, tl.load(ln0w + offs_f), tl.load(ln0b + offs_f), HID)
+            if MODE == 3:
+                tl.store(out + offs_r * NO, tl.sum(x1, 1), mask=mask)
+            else:
+                if MODE == 0:
+                    tl.debug_barrier()
+                    tl.store(scr + offs_m[:, None] * HID + offs_f[None, :], x1)
+                    tl.debug_barrier()
+                    h1 = tl.zeros([BM, HID], dtype=tl.float32) + tl.load(b1 + offs_f)[None, :]
+                    for c0 in range(0, HID, KC):
+                        offs_k = c0 + tl.arange(0, KC)
+                        xk = tl.load(scr + offs_m[:, None] * HID + offs_k[None, :])
+                        h1 = tl.dot(xk, tl.load(W1T + offs_k[:, None] * HID + offs_f[None, :]), h1,
+                                    input_precision="ieee")
+                    x2 = _ln_silu(h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID)
+                    tl.debug_barrier()
+                    tl.store(scr + offs_m[:, None] * HID + offs_f[None, :], x2)
+                    tl.debug_barrier()
+                    o = tl.zeros([BM, NO], dtype=tl.float32) + tl.load(b2 + offs_o)[None, :]
+                    for c0 in range(0, HID, KC):
+                        offs_k = c0 + tl.arange(0, KC)
+                        xk = tl.load(scr + offs_m[:, None] * HID + offs_k[None, :])
+                        o = tl.dot(xk, tl.load(W2T + offs_k[:, None] * NO + offs_o[None, :]), o, input_precision="ieee")
+                elif MODE == 4:
+                    x1h = (x1.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+                    x1l = x1 - x1h
+                    h1 = tl.zeros([BM, HID], dtype=tl.float32) + tl.load(b1 + offs_f)[None, :]
+                    h1 = tl.dot(x1l, w1h, h1, input_precision="tf32")
+                    h1 = tl.dot(x1h, w1l, h1, input_precision="tf32")
+                    h1 = tl.dot(x1h, w1h, h1, input_precision="tf32")
+                    x2 = _ln_silu(h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID)
+                    x2h = (x2.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+                    x2l = x2 - x2h
+                    o = tl.zeros([BM, NO], dtype=tl.float32) + tl.load(b2 + offs_o)[None, :]
+                    o = tl.dot(x2l, w2h, o, input_precision="tf32")
+                    o = tl.dot(x2h, w2l, o, input_precision="tf32")
+                    o = tl.dot(x2h, w2h, o, input_precision="tf32")
+                else:
+                    PREC: tl.constexpr = "tf32x3" if MODE == 1 else "tf32"
+                    w1 = tl.load(W1T + offs_f[:, None] * HID + offs_f[None, :])
+                    h1 = tl.dot(x1, w1, tl.zeros([BM, HID], dtype=tl.float32) + tl.load(b1 + offs_f)[None, :],
+                                input_precision=PREC)
+                    x2 = _ln_silu(h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID)
+                    w2 = tl.load(W2T + offs_f[:, None] * NO + offs_o[None, :])
+                    o = tl.dot(x2, w2, tl.zeros([BM, NO], dtype=tl.float32) + tl.load(b2 + offs_o)[None, :],
+                               input_precision=PREC)
+                tl.store(out + offs_r[:, None] * NO + offs_o[None, :], o, mask=mask[:, None])
 
 
-MODES = {"simt": 0, "tc3": 1, "tc1": 2, "l1": 3, "tc3h": 4}
+MODES = {"simt": 0, "tc3": 1, "tc1": 2, "l1": 3, "tc3h": 4, "l1g": 5, "l1gs": 6}
 
 
 def tf32_split(w):
@@ -186,13 +249,13 @@ def reference(host, rows, mode):
     h0 = phi @ P["W0"][:, :host["nb"]].T + host["pt"][host["tgt"][rows]] + host["ps"][host["src"][rows]] + P["b0"]
     hid = host["hid"]
     x1 = F.silu(F.layer_norm(h0, (hid,), P["ln0w"], P["ln0b"], 1e-5))
-    if mode == "l1":
+    if mode in ("l1", "l1g", "l1gs"):
         return x1.sum(1, keepdim=True)
     x2 = F.silu(F.layer_norm(x1 @ P["W1"].T + P["b1"], (hid,), P["ln1w"], P["ln1b"], 1e-5))
     return x2 @ P["W2"].T + P["b2"]
 
 
-def run(dev, E, mode, BM, KC, num_warps, progs_per_sm, maxnreg=None, num_stages=None, win=32):
+def run(dev, E, mode, BM, KC, num_warps, progs_per_sm, maxnreg=None, num_stages=None, win=32, rg=8):
     nb = dev["mu"].numel()
     hid = dev["W1T"].shape[0]
     NO = dev["W2T"].shape[1]
@@ -214,7 +277,7 @@ def run(dev, E, mode, BM, KC, num_warps, progs_per_sm, maxnreg=None, num_stages=
                                     dev["b0"], dev["ln0w"], dev["ln0b"], dev["W1T"], dev["b1"], dev["ln1w"],
                                     dev["ln1b"], dev["W2T"], dev["b2"], dev["W1h"], dev["W1l"], dev["W2h"],
                                     dev["W2l"], out, scratch, E, n_tiles, nprog, gamma, 4.5,
-                                    nb=nb, HID=hid, NO=NO, BM=BM, WIN=win, KC=KC, MODE=MODES[mode], **kw)
+                                    nb=nb, HID=hid, NO=NO, BM=BM, WIN=win, KC=KC, MODE=MODES[mode], RG=rg, **kw)
         return out
     return fn
 
@@ -225,6 +288,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--n", type=int, default=32768)
     ap.add_argument("--configs", default=None, help="comma-separated indices into the config list")
+    ap.add_argument("--set", default="default", choices=("default", "l1g", "l1gs"), help="which config list")
     a = ap.parse_args(argv)
     N, K = (2048, 64) if a.quick else (a.n, 64)
     host, dev = make_inputs(N, K)
@@ -237,22 +301,34 @@ def main(argv=None):
                ("simt", 64, 16, 8, 3, 80, 32), ("simt", 64, 16, 4, 4, None, 32),
                ("tc3h", 64, 16, 4, 2, None, 32), ("tc3h", 64, 16, 8, 2, None, 32), ("tc3h", 64, 16, 8, 1, None, 32),
                ("tc3", 64, 16, 8, 1, None, 32), ("tc1", 128, 16, 8, 1, None, 32)]
+    if a.set == "l1gs":     # session 24, after s24d: the grouped first layer with its basis values staged
+        configs = [("l1", 64, 16, 8, 3, None, 32), ("l1gs", 64, 16, 8, 3, None, 32, 8),
+                   ("l1gs", 64, 16, 8, 3, None, 32, 4), ("l1gs", 64, 16, 4, 4, None, 32, 8),
+                   ("l1gs", 64, 16, 4, 4, None, 32, 4), ("l1gs", 64, 16, 4, 4, None, 32, 16),
+                   ("l1", 64, 16, 8, 3, None, 32), ("l1gs", 64, 16, 4, 4, None, 32, 8)]
+    if a.set == "l1g":      # session 24, after s24b: the grouped first layer against the per-row one
+        configs = [("l1", 64, 16, 8, 3, None, 32), ("l1g", 64, 16, 8, 3, None, 32, 8), ("l1g", 64, 16, 8, 3, None, 32, 4),
+                   ("l1g", 64, 16, 8, 3, None, 32, 16), ("l1g", 64, 16, 4, 4, None, 32, 8),
+                   ("l1g", 64, 16, 8, 2, None, 32, 8), ("l1", 64, 16, 8, 3, None, 32), ("l1g", 64, 16, 8, 3, None, 32, 8)]
     if a.configs:
         configs = [c for i, c in enumerate(configs) if str(i) in a.configs.split(",")]
     hid, NO = 128, 32
     mac = E * (32 * hid + hid * hid + hid * NO)          # windowed layer 1 + layers 2, 3
     rows_out = []
-    for mode, BM, KC, nw, pps, mr, win in configs:
+    for mode, BM, KC, nw, pps, mr, win, *rest in configs:
+        rg = rest[0] if rest else 8
         row = dict(mode=mode, BM=BM, KC=KC, num_warps=nw, progs_per_sm=pps, maxnreg=mr, win=win, N=N, K=K)
+        if mode.startswith("l1g"):
+            row["RG"] = rg
         try:
-            fn = run(dev, E, mode, BM, KC, nw, pps, mr, win=win)
+            fn = run(dev, E, mode, BM, KC, nw, pps, mr, win=win, rg=rg)
             o = fn()
             torch.cuda.synchronize()
             ref = reference(host, rows, mode)
             got = o[rows.to("cuda")][:, :ref.shape[1]].double().cpu()
             row["max_rel_err"] = float((got - ref).abs().max() / ref.abs().max())
             ms = triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
-            row.update(ms=ms, mlp_TFLOPS=(2 * mac / ms * 1e-9) if mode != "l1" else None)
+            row.update(ms=ms, mlp_TFLOPS=(2 * mac / ms * 1e-9) if not mode.startswith("l1") else None)
         except Exception as exc:            # a config that does not compile / fit is a result too
             row["error"] = repr(exc)[:300]
         print(json.dumps(row), flush=True)

@@ -1278,6 +1278,12 @@ _MLP_PROBE_SCRIPT = textwrap.dedent(r"""
         err = float((out[:, :ref.shape[1]].double() - ref).abs().max() / ref.abs().max())
         print(mode, win, err)
         worst = max(worst, err)
+    # the grouped first layer (rows sorted by d, groups walking the union of their windows; session 24): bit-for-bit
+    # the per-row window's sums, in the original row order
+    base = P.run(dev, E, "l1", 32, 16, 4, 1)()[:, :1].clone()
+    for mode in ("l1g", "l1gs"):
+        for rg in (4, 8):
+            assert torch.equal(P.run(dev, E, mode, 32, 16, 4, 1, rg=rg)()[:, :1], base), (mode, rg)
     # without the RBF term the function differs: the check must see it
     out = P.run(dev, E, "l1", 32, 16, 4, 1, win=0)()
     ref = P.reference(host, rows, "l1")
