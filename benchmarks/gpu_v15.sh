@@ -139,7 +139,8 @@ for what in "$@"; do
       water_e2e e2e_water_s23 280 250 ;;
     s24f) # session 24 (~4 min; needs no carry): E2F_V2_FWD_DEPHASE_NS, the programs sharing an SM started k * N ns apart
           # (s24a: the MLP phase and the aggregation add up, 5.35 + ~5.4 ms; with equal work per block the resident
-          # programs may stay in step); App. A 32k random sources, MLP forward, then the table forward; alternated
+          # programs may stay in step); App. A 32k random sources, MLP forward, then the table forward; alternated.
+          # No gain: the switch was removed again after this run; its code is in commit 550bbb8
           #   run(command="bash benchmarks/gpu_v15.sh s24f")
       S="stream"; T="stream, table"
       stages s24f_appa 300 --sizes appA:32768:64 --random-src --variants "$S;$S + FWD_DEPHASE_NS=20000;$S + FWD_DEPHASE_NS=43000;$S + FWD_DEPHASE_NS=65000;$S;$S + FWD_DEPHASE_NS=20000;$S + FWD_DEPHASE_NS=43000;$S + FWD_DEPHASE_NS=65000;$T;$T + FWD_DEPHASE_NS=10000;$T + FWD_DEPHASE_NS=25000" ;;

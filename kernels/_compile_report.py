@@ -59,7 +59,7 @@ def compile_kernel(fn, consts: dict, num_warps: int, maxnreg: int | None = None,
             sig[n] = "i32"
         elif n in INT_PTRS:
             sig[n] = "*i64"
-        elif n in ("tslot", "tslot_t", "tslot_s", "sm_cnt"):
+        elif n in ("tslot", "tslot_t", "tslot_s"):
             sig[n] = "*i32"
         else:
             sig[n] = "*fp32"

@@ -49,7 +49,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import cuda as tlcuda
 
 from ._node_switch import env_switch
 from .attention_reference import (FCParams, FUSED_N_FIXED, check_softmax, needs_reference_backward,
@@ -531,7 +530,7 @@ def _stream_aggregate(row_ptr, src, vec, v, U, scr_a, perm, i0, n_t, t_start,
 def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         W0aT, ln0w, ln0b, W1T, b1, ln1w, ln1b, W2T, b2,
                         U, M_out, S_out, scratch, perm, seg,
-                        N, n_blocks, nprog, gamma, cutoff, sm_scale, tcoef, tslot_t, tslot_s, tP, tM, th, sm_cnt,
+                        N, n_blocks, nprog, gamma, cutoff, sm_scale, tcoef, tslot_t, tslot_s, tP, tM, th,
                         nb: tl.constexpr,
                         C: tl.constexpr, H: tl.constexpr, D: tl.constexpr, HID: tl.constexpr,
                         BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_NB: tl.constexpr,
@@ -539,11 +538,7 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
                         PERM: tl.constexpr, SCR_STRIDE: tl.constexpr, AGG: tl.constexpr = 0,
                         RBF_WIN: tl.constexpr = 0, SG: tl.constexpr = 1, TABLE: tl.constexpr = False,
                         QKL: tl.constexpr = False, SU: tl.constexpr = 1, PHI_SCR: tl.constexpr = False,
-                        R_SCR: tl.constexpr = False, VCACHE: tl.constexpr = "", DEPHASE_NS: tl.constexpr = 0):
-    # DEPHASE_NS > 0 (``E2F_V2_FWD_DEPHASE_NS``, session 24, an experiment): the k-th program to start on an SM
-    # (counted in sm_cnt, zeroed per launch) first waits k * DEPHASE_NS ns, so that the programs sharing an SM are
-    # not all in the edge-MLP phase (issue-bound) at the same time and then all in the aggregation (latency-bound):
-    # with equal work per block (App. A: every atom K edges) they would otherwise stay in step
+                        R_SCR: tl.constexpr = False, VCACHE: tl.constexpr = ""):
     # QKL: q / k in the [N, D, H] layout (``qk_layout``)
     # TABLE: g, w read from a radial table of the edge MLP (tcoef [rows, 4, 2H] per-interval cubic coefficients,
     # tslot_t / tslot_s: element slot per target / source atom, tP elements, tM intervals of th; see
@@ -560,12 +555,6 @@ def _attn_fwd_kernel_v2(row_ptr, src, vec, q, k, v, pt, ps, mu,
     scr_a = scr_x + R * HID
     scr_r = scr_a + R * H                                  # [3, R] unit vectors with AGG 1 and R_SCR
     t_start, n_t, n_blk = _bucket(N, n_blocks, seg, BLOCK_T, PERM)
-    if DEPHASE_NS > 0:
-        slot = tl.atomic_add(sm_cnt + tlcuda.smid(), 1)
-        wait = slot.to(tl.int64) * DEPHASE_NS
-        t0 = tlcuda.globaltimer()
-        while tlcuda.globaltimer() - t0 < wait:
-            wait = wait + 0
     blk = pid
     while blk < n_blk:               # persistent loop over target blocks (a while loop: the interpreter
         i0 = blk.to(tl.int64) * BLOCK_T   # cannot iterate range() over runtime scalars)
@@ -1155,9 +1144,6 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         # source's row is read by ~K targets spread over the grid, so L1 keeps little of it, while the edge MLP's
         # gathered first-layer weight rows (``_layer1``'s RBF window) and the scratch reads do reuse L1
         cfg["VCACHE"] = ".cg" if _env_int("E2F_V2_FWD_V_CG", 0) else ""
-        # the programs sharing an SM started k * this many ns apart (``_attn_fwd_kernel_v2``; session 24, an
-        # experiment, off by default; never under the interpreter, which has no SM clock)
-        cfg["DEPHASE_NS"] = 0 if os.environ.get("TRITON_INTERPRET") == "1" else _env_int("E2F_V2_FWD_DEPHASE_NS", 0)
     if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2); DR_ACC / DU_BCAST timed without effect, opt-in
         cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
         # E2F_V2_BWD_ATOM (stage timing only, wrong gradients): 1 = the dv / dk atomics as plain stores, 2 = no
@@ -1303,12 +1289,6 @@ def _grid(n_blocks: int, device, progs_per_sm: int) -> int:
 _TABLE_ARG = threading.local()
 
 
-def _sm_counters(device) -> torch.Tensor:
-    """One zeroed int32 counter per SM (``DEPHASE_NS``: each program takes its slot on its SM from it)."""
-    return torch.zeros(torch.cuda.get_device_properties(device).multi_processor_count, device=device,
-                       dtype=torch.int32)
-
-
 def _table_launch_args(table, device):
     """(tcoef, tslot_t, tslot_s, tP, tM, th, TABLE) for a launch; dummies where there is no table."""
     if table is None:
@@ -1384,13 +1364,12 @@ class FusedAttentionFunctionV2(torch.autograd.Function):
             scratch = torch.empty(nprog * stride, device=v.device, dtype=f32)
             _LAST_COMPILED["fwd" if be == block_e else "fwd_small"] = _attn_fwd_kernel_v2[(nprog,)](
                 rp, srcc, vecc, qc, kc_, vc, pt, ps, muc, *fwd_w, U, M, S, scratch, perm, seg,
-                N, n_blocks, nprog, float(gamma), float(cutoff), 1.0 / math.sqrt(D), *tab_args[:6],
-                _sm_counters(v.device) if cfg["DEPHASE_NS"] else tab_args[1], nb=nb,
+                N, n_blocks, nprog, float(gamma), float(cutoff), 1.0 / math.sqrt(D), *tab_args[:6], nb=nb,
                 C=C, H=H, D=D, HID=hid, BLOCK_T=cfg["BLOCK_T"], BLOCK_E=be, BLOCK_NB=cfg["BLOCK_NB"],
                 HB=cfg["HB"], KC=cfg["KC"], PREC=prec, SMOOTH=smooth, PERM=use_perm, AGG=cfg["AGG"],
                 SCR_STRIDE=stride, RBF_WIN=win, SG=cfg["SG"], TABLE=tab_args[6], QKL=qkl, SU=cfg["SU"],
-                PHI_SCR=cfg["PHI_SCR"], R_SCR=cfg["R_SCR"], VCACHE=cfg["VCACHE"], DEPHASE_NS=cfg["DEPHASE_NS"],
-                num_warps=cfg["num_warps"], **_maxnreg(cfg))
+                PHI_SCR=cfg["PHI_SCR"], R_SCR=cfg["R_SCR"], VCACHE=cfg["VCACHE"], num_warps=cfg["num_warps"],
+                **_maxnreg(cfg))
         ctx.save_for_backward(row_ptr, src, vec, q, k, v, t, s, mu, M, S, *fc)
         ctx.table = table
         ctx.qkl = qkl
