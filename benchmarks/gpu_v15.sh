@@ -137,6 +137,13 @@ for what in "$@"; do
       timeout 150 python3 tests/gpu/check_parity.py "$E2F_FIXTURES" "$OUT/parity_gpu_tables_s23.json" --variants v15 \
           --radial-tables 2>&1 | tail -n 3
       water_e2e e2e_water_s23 280 250 ;;
+    s24g) # session 24, last (~9 min; needs no carry): s22c again with this session's tree (no default changed), for the
+          # closing note: tests/gpu/check_kernels.py --v2 (20 cases), then item 4a's MLP and table pairs (App. A, 8k / 32k / 100k)
+          #   run(command="bash benchmarks/gpu_v15.sh s24g")
+      timeout 330 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check_v2_s24g.json" --v2 2>&1 | cut -c1-150 | tail -n 22
+      BENCH_BUDGET_S=150 timeout 220 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s24g" \
+          --impls fused,reference,fused_table,reference_table --settings appA --ns 8192,32768,100000 2>&1 \
+          | grep -E '^\| appA|budget' ;;
     s24f) # session 24 (~4 min; needs no carry): E2F_V2_FWD_DEPHASE_NS, the programs sharing an SM started k * N ns apart
           # (s24a: the MLP phase and the aggregation add up, 5.35 + ~5.4 ms; with equal work per block the resident
           # programs may stay in step); App. A 32k random sources, MLP forward, then the table forward; alternated.
