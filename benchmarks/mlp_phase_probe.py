@@ -32,7 +32,9 @@ Usage: python benchmarks/mlp_phase_probe.py [--out PREFIX] [--quick] [--configs 
 Results (H200, session 24): ``benchmarks/results/session24_h200.md`` section 2, raw rows in
 ``mlp_phase_probe_s24{a,b}_h200.json`` (s24a ran an earlier config list, without tc3h and the window sweep; each row
 records its settings), and ``_s24{d,e}`` for the grouped first layer.  In short: simt 5.24 ms, tc3 8.9 ms, tc3h 6.3 ms,
-tc1 4.4 ms; layer 1 alone 2.92 ms, grouped 4.4-11 ms.
+tc1 4.4 ms; layer 1 alone 2.92 ms, grouped 4.4-11 ms.  Since then the probe calls the fused kernels' own helpers
+(``_chunked_dot``, ``_to_scratch``, ``_ln_stats``, ``_rbf_window_start``) instead of copies of them; re-timed
+(``_s24i``): l1 2.93, simt 5.25, tc3 8.91 ms, the same errors.
 """
 from __future__ import annotations
 
@@ -46,13 +48,18 @@ import torch
 import triton
 import triton.language as tl
 
+try:        # the fused kernels' own helpers, so that "simt" is their form and not a copy of it
+    from openmm_e2former.kernels.attention_triton_v2 import _chunked_dot, _ln_stats, _rbf_window_start, _to_scratch
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from kernels.attention_triton_v2 import _chunked_dot, _ln_stats, _rbf_window_start, _to_scratch
+
 
 @triton.jit
 def _ln_silu(h, w, b, HID: tl.constexpr):
-    mean = tl.sum(h, 1) / HID
-    xc = h - mean[:, None]
-    var = tl.sum(xc * xc, 1) / HID
-    n = xc * (1.0 / tl.sqrt(var + 1e-5))[:, None] * w[None, :] + b[None, :]
+    """silu(LN(h)) as the fused kernels' ``_mlp_to_x2`` forms it."""
+    y, _rstd = _ln_stats(h, HID)
+    n = y * w[None, :] + b[None, :]
     return n * tl.sigmoid(n)
 
 
@@ -95,8 +102,7 @@ def _mlp_probe_kernel(d_ptr, tgt_ptr, src_ptr, pt, ps, mu, W0aT, b0, ln0w, ln0b,
             js = tl.load(src_ptr + srow, mask=smask, other=0)
             hs = tl.load(pt + ts[:, None] * HID + offs_f[None, :]) + tl.load(ps + js[:, None] * HID + offs_f[None, :])
             hs += tl.load(b0 + offs_f)[None, :]
-            xs = tl.minimum(tl.maximum(ds * ((nb - 1) / cutoff) + 0.5, 0.0), nb * 1.0)
-            k0s = tl.minimum(tl.maximum(xs.to(tl.int32) - (WIN // 2 - 1), 0), nb - WIN)
+            k0s = _rbf_window_start(ds, cutoff, nb, WIN)
             d2 = tl.reshape(ds, [NG, RG])
             k02 = tl.reshape(k0s, [NG, RG])
             kb = tl.min(k02, 1)
@@ -142,8 +148,7 @@ def _mlp_probe_kernel(d_ptr, tgt_ptr, src_ptr, pt, ps, mu, W0aT, b0, ln0w, ln0b,
         else:
             h0 = tl.load(pt + tgt[:, None] * HID + offs_f[None, :]) + tl.load(ps + j[:, None] * HID + offs_f[None, :])
             h0 += tl.load(b0 + offs_f)[None, :]
-            x = tl.minimum(tl.maximum(d * ((nb - 1) / cutoff) + 0.5, 0.0), nb * 1.0)
-            k0 = tl.minimum(tl.maximum(x.to(tl.int32) - (WIN // 2 - 1), 0), nb - WIN)
+            k0 = _rbf_window_start(d, cutoff, nb, WIN)
             for w in range(WIN):
                 kk = k0 + w
                 diff = d - tl.load(mu + kk)
@@ -153,24 +158,12 @@ def _mlp_probe_kernel(d_ptr, tgt_ptr, src_ptr, pt, ps, mu, W0aT, b0, ln0w, ln0b,
                 tl.store(out + offs_r * NO, tl.sum(x1, 1), mask=mask)
             else:
                 if MODE == 0:
-                    tl.debug_barrier()
-                    tl.store(scr + offs_m[:, None] * HID + offs_f[None, :], x1)
-                    tl.debug_barrier()
-                    h1 = tl.zeros([BM, HID], dtype=tl.float32) + tl.load(b1 + offs_f)[None, :]
-                    for c0 in range(0, HID, KC):
-                        offs_k = c0 + tl.arange(0, KC)
-                        xk = tl.load(scr + offs_m[:, None] * HID + offs_k[None, :])
-                        h1 = tl.dot(xk, tl.load(W1T + offs_k[:, None] * HID + offs_f[None, :]), h1,
-                                    input_precision="ieee")
-                    x2 = _ln_silu(h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID)
-                    tl.debug_barrier()
-                    tl.store(scr + offs_m[:, None] * HID + offs_f[None, :], x2)
-                    tl.debug_barrier()
-                    o = tl.zeros([BM, NO], dtype=tl.float32) + tl.load(b2 + offs_o)[None, :]
-                    for c0 in range(0, HID, KC):
-                        offs_k = c0 + tl.arange(0, KC)
-                        xk = tl.load(scr + offs_m[:, None] * HID + offs_k[None, :])
-                        o = tl.dot(xk, tl.load(W2T + offs_k[:, None] * NO + offs_o[None, :]), o, input_precision="ieee")
+                    _to_scratch(scr, x1, BM, HID)
+                    h1 = _chunked_dot(scr, W1T, HID, 0, tl.zeros([BM, HID], dtype=tl.float32)
+                                      + tl.load(b1 + offs_f)[None, :], BM, HID, HID, KC, "ieee")
+                    _to_scratch(scr, _ln_silu(h1, tl.load(ln1w + offs_f), tl.load(ln1b + offs_f), HID), BM, HID)
+                    o = _chunked_dot(scr, W2T, NO, 0, tl.zeros([BM, NO], dtype=tl.float32)
+                                     + tl.load(b2 + offs_o)[None, :], BM, HID, NO, KC, "ieee")
                 elif MODE == 4:
                     x1h = (x1.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
                     x1l = x1 - x1h

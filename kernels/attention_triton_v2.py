@@ -1140,9 +1140,11 @@ def launch_config(H: int, hid: int, nb: int, block_e: int, kind: str = "fwd", ta
         # 4.79 -> 4.50 ms, App. A 32k MLP 11.12 -> 10.97 ms and table 5.82 -> 5.77 ms, V1.5 10k 2.68 -> 2.67 ms.
         # E2F_V2_FWD_R_SCR=0 turns it off
         cfg["R_SCR"] = bool(_env_int("E2F_V2_FWD_R_SCR", 1))
-        # the streamed forward's value-row gathers cached in L2 only (".cg"; session 24, opt-in until timed): each
-        # source's row is read by ~K targets spread over the grid, so L1 keeps little of it, while the edge MLP's
-        # gathered first-layer weight rows (``_layer1``'s RBF window) and the scratch reads do reuse L1
+        # the streamed forward's value-row gathers cached in L2 only (".cg"; session 24, opt-in): each source's row is
+        # read by ~K targets spread over the grid, so L1 keeps little of it.  H200, two rounds alternated
+        # (benchmarks/results/attention_stages_vcg_*_s24c_h200.jsonl): App. A 32k table forward 5.79 -> 5.41 ms, but
+        # the App. A MLP forward (10.68 -> 10.70), the bundled 115k and the V1.5 10k launches did not move, so no
+        # real model's launch takes it
         cfg["VCACHE"] = ".cg" if _env_int("E2F_V2_FWD_V_CG", 0) else ""
     if kind != "fwd":   # backward variants (see _attn_bwd_kernel_v2); DR_ACC / DU_BCAST timed without effect, opt-in
         cfg.update(DR_ACC=bool(_env_int("E2F_V2_BWD_DR_ACC", 0)), DU_BCAST=bool(_env_int("E2F_V2_BWD_DU_BCAST", 0)))
