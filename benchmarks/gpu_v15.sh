@@ -32,6 +32,14 @@ water_e2e() {
   E2F_RADIAL_TABLES=1 timeout "$2" python3 benchmarks/gpu_end_to_end.py --out "$OUT/$1" --parts speed --sizes "" \
       --modes fp32,tf32,bf16 --budget-s "$3" 2>&1 | grep -E '^\{|Error|budget' | cut -c1-300
 }
+# kcheck_appa CHECK BENCH: tests/gpu/check_kernels.py --v2 (every v2 case, today's default launches) into $OUT/CHECK.json,
+# then item 4a's MLP and table pairs (fused and reference, App. A, 8k / 32k / 100k) into $OUT/BENCH (s22c, s24g)
+kcheck_appa() {
+  timeout 330 python3 tests/gpu/check_kernels.py "$OUT/$1.json" --v2 2>&1 | cut -c1-150 | tail -n 22
+  BENCH_BUDGET_S=150 timeout 220 python3 benchmarks/bench_attention.py "$OUT/$2" \
+      --impls fused,reference,fused_table,reference_table --settings appA --ns 8192,32768,100000 2>&1 \
+      | grep -E '^\| appA|budget'
+}
 # 100k bf16 eager (radial tables), session 15's tree (.carry_old15) against this one, alternated, two processes each
 ab_100k_old15() {
   old_tree_pkg .carry_old15 /tmp/pkg15
@@ -140,10 +148,7 @@ for what in "$@"; do
     s24g) # session 24, last (~9 min; needs no carry): s22c again with this session's tree (no default changed), for the
           # closing note: tests/gpu/check_kernels.py --v2 (20 cases), then item 4a's MLP and table pairs (App. A, 8k / 32k / 100k)
           #   run(command="bash benchmarks/gpu_v15.sh s24g")
-      timeout 330 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check_v2_s24g.json" --v2 2>&1 | cut -c1-150 | tail -n 22
-      BENCH_BUDGET_S=150 timeout 220 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s24g" \
-          --impls fused,reference,fused_table,reference_table --settings appA --ns 8192,32768,100000 2>&1 \
-          | grep -E '^\| appA|budget' ;;
+      kcheck_appa kernels_gpu_check_v2_s24g attention_appa_s24g ;;
     s24f) # session 24 (~4 min; needs no carry): E2F_V2_FWD_DEPHASE_NS, the programs sharing an SM started k * N ns apart
           # (s24a: the MLP phase and the aggregation add up, 5.35 + ~5.4 ms; with equal work per block the resident
           # programs may stay in step); App. A 32k random sources, MLP forward, then the table forward; alternated.
@@ -213,10 +218,7 @@ for what in "$@"; do
           | sed "s/^/R_SCR=$r round $i /" | cut -c1-90; done; done ;;
     s22c) # session 22, after R_SCR / DD_SCR became defaults (~9 min; needs no carry): tests/gpu/check_kernels.py --v2, all 20
           # cases with today's default launches, then item 4a's MLP and table pairs (fused and reference, App. A, 8k / 32k / 100k)
-      timeout 330 python3 tests/gpu/check_kernels.py "$OUT/kernels_gpu_check_v2.json" --v2 2>&1 | cut -c1-150 | tail -n 22
-      BENCH_BUDGET_S=150 timeout 220 python3 benchmarks/bench_attention.py "$OUT/attention_appa_s22c" \
-          --impls fused,reference,fused_table,reference_table --settings appA --ns 8192,32768,100000 2>&1 \
-          | grep -E '^\| appA|budget' ;;
+      kcheck_appa kernels_gpu_check_v2 attention_appa_s22c ;;
     s22b) # session 22 (~8 min; needs no carry): E2F_V2_FWD_R_SCR, the streamed forward's unit vectors staged in scratch once
           # per block instead of recomputed (3 loads, sqrt, 3 divisions) per edge by every thread (bit-for-bit the same U;
           # offline sm_90 its per-edge loop App. A MLP 733 -> 622 instructions per 8 edges, V1.5 138 -> 118), forward only,
